@@ -1,0 +1,27 @@
+"""The `escalate` command line: one subcommand per pipeline stage, each a thin wrapper over pure code.
+
+Stage modules import their heavy dependencies inside the command so `escalate --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="escalate",
+    help="Predict and explain the response of refractory dermatomyositis to each escalation option.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# Registered stage commands (one line each; keep the pipeline order).
+# <stages>
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

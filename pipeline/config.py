@@ -1,0 +1,39 @@
+"""Configuration at the edge: read `params.yaml` (tuning) and `configs/*.yaml` (reference data).
+
+Each section is validated into the frozen pydantic model that lives next to the code using it; this module
+only finds and reads the files, so pure code never touches the file system.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML mapping; an empty file is an empty mapping."""
+    with Path(path).open(encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
+    """`params.yaml` of the working directory (DVC runs stages from the repository root)."""
+    p = Path(path)
+    if not p.exists() and not p.is_absolute():
+        p = ROOT / p
+    return read_yaml(p)
+
+
+@cache
+def load_reference(name: str) -> dict[str, Any]:
+    """A reference-data file from `configs/` by stem, e.g. `load_reference("drugs")`."""
+    return read_yaml(CONFIGS / f"{name}.yaml")
