@@ -1,0 +1,349 @@
+"""Drug vocabulary, dose targets and the escalation-option catalogue (reference data from `configs/`).
+
+Records name drugs as clinicians write them (brands, abbreviations, misspellings) and give doses in mixed units
+and schedules; everything downstream works on a generic name and a dose intensity in mg/day, compared with the
+target the clinical recommendation checks before adding drugs (clinical.md section 4).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+DAYS_PER_MONTH = 365.25 / 12
+
+#: dose units of the contract and their factor to mg (per kg / per m² stays per kg / per m²).
+DOSE_UNITS: dict[str, tuple[float, str]] = {
+    "mg": (1.0, "mg"),
+    "g": (1000.0, "mg"),
+    "mg/kg": (1.0, "mg_per_kg"),
+    "g/kg": (1000.0, "mg_per_kg"),
+    "mg/m2": (1.0, "mg_per_m2"),
+    "mg/m²": (1.0, "mg_per_m2"),
+    "g/m2": (1000.0, "mg_per_m2"),
+    "g/m²": (1000.0, "mg_per_m2"),
+}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class WeightBand(_Frozen):
+    below_kg: float
+    mg: float
+
+
+class DoseTarget(_Frozen):
+    """The target regimen of one drug: a band of the dose per administration on a schedule."""
+
+    basis: Literal["mg", "mg_per_kg", "mg_per_m2"] = "mg"
+    low: float | None = None
+    high: float | None = None
+    doses_per_cycle: float = 1.0
+    cycle_days: float = 1.0
+    route: str | None = None
+    max_mg_per_administration: float | None = None
+    daily_cap_mg_per_kg: float | None = None
+    weight_bands: tuple[WeightBand, ...] = ()
+    alternatives: tuple[DoseTarget, ...] = ()
+    taper_goal_mg_per_day: float | None = None
+
+    @property
+    def has_target(self) -> bool:
+        return self.low is not None or bool(self.weight_bands)
+
+
+class Drug(_Frozen):
+    generic: str
+    label: str
+    drug_class: str = Field(alias="class")
+    immunosuppressant: bool
+    aliases: tuple[str, ...]
+    target: DoseTarget
+    text: str
+
+
+class Vocabulary(_Frozen):
+    """All known drugs; looks up what a record wrote and computes target intensities."""
+
+    drugs: tuple[Drug, ...]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Vocabulary:
+        return cls.model_validate(config)
+
+    def model_post_init(self, __context: Any) -> None:
+        index: dict[str, str] = {}
+        for drug in self.drugs:
+            for name in (drug.generic, drug.label, *drug.aliases):
+                index[_key(name)] = drug.generic
+        object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_by_generic", {d.generic: d for d in self.drugs})
+
+    @property
+    def generics(self) -> tuple[str, ...]:
+        return tuple(d.generic for d in self.drugs)
+
+    def drug(self, generic: str) -> Drug:
+        return self._by_generic[generic]  # type: ignore[attr-defined]
+
+    def lookup(self, written: str) -> str | None:
+        """Generic name for a drug as written ("IVIG (Privigen)", "CellCept", "Plaquinil"), or None."""
+        if written is None or (isinstance(written, float) and np.isnan(written)):
+            return None
+        index: dict[str, str] = self._index  # type: ignore[attr-defined]
+        key = _key(written)
+        if key in index:
+            return index[key]
+        # "IVIG (Privigen)", "Xeljanz XR 11 mg": try the text outside and inside brackets, then each word.
+        parts = [p for p in re.split(r"[()\[\],/]+", key) if p.strip()]
+        for part in parts:
+            if part.strip() in index:
+                return index[part.strip()]
+        for word in key.replace("(", " ").replace(")", " ").split():
+            if word in index:
+                return index[word]
+        return None
+
+    def closest(self, written: str, n: int = 3) -> list[str]:
+        """The known names nearest to an unknown one, for the error message."""
+        index: dict[str, str] = self._index  # type: ignore[attr-defined]
+        matches = difflib.get_close_matches(_key(str(written)), list(index), n=n * 3, cutoff=0.5)
+        out: list[str] = []
+        for m in matches:
+            label = f"{m} ({index[m]})" if m != index[m] else m
+            if label not in out:
+                out.append(label)
+        return out[:n]
+
+    def lookup_many(self, written: pd.Series) -> pd.Series:
+        """Vectorised `lookup`: each distinct spelling is resolved once."""
+        uniques = pd.Series(written.dropna().unique())
+        mapping = {u: self.lookup(u) for u in uniques}
+        return written.map(mapping).astype("object")
+
+    def target_daily_mg(
+        self,
+        generic: pd.Series,
+        route: pd.Series,
+        weight_kg: pd.Series,
+        bsa_m2: pd.Series,
+    ) -> pd.DataFrame:
+        """Target band as dose intensity (mg/day) per row: columns `target_low`, `target_high`, `target_text`.
+
+        Weight- and BSA-based targets use the given weight / body-surface area; a missing weight leaves the
+        target missing rather than guessed. Drugs without a target (glucocorticoids) get NaN.
+        """
+        n = len(generic)
+        low = np.full(n, np.nan)
+        high = np.full(n, np.nan)
+        text = np.full(n, None, dtype=object)
+        g = generic.to_numpy(dtype=object)
+        r = route.fillna("").astype(str).str.lower().to_numpy(dtype=object)
+        w = pd.to_numeric(weight_kg, errors="coerce").to_numpy(dtype=float)
+        b = pd.to_numeric(bsa_m2, errors="coerce").to_numpy(dtype=float)
+        for drug in self.drugs:
+            sel = g == drug.generic
+            if not sel.any():
+                continue
+            text[sel] = drug.text
+            targets = [(drug.target, np.ones(n, dtype=bool))]
+            for alt in drug.target.alternatives:
+                on_alt = r == (alt.route or "").lower()
+                targets[0] = (drug.target, targets[0][1] & ~on_alt)
+                targets.append((alt, on_alt))
+            for target, mask in targets:
+                m = sel & mask
+                if not m.any() or not target.has_target:
+                    continue
+                lo, hi = _target_band_mg(target, w[m], b[m])
+                low[m], high[m] = lo, hi
+        return pd.DataFrame({"target_low": low, "target_high": high, "target_text": text}, index=generic.index)
+
+
+def _target_band_mg(target: DoseTarget, weight: np.ndarray, bsa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Target band in mg/day for rows with the given weight and BSA."""
+    if target.weight_bands:
+        per_admin = np.full(len(weight), np.nan)
+        for band in sorted(target.weight_bands, key=lambda wb: wb.below_kg, reverse=True):
+            per_admin = np.where(weight < band.below_kg, band.mg, per_admin)
+        per_admin = np.where(np.isnan(weight), np.nan, per_admin)
+        lo = hi = per_admin
+    else:
+        scale = {"mg": np.ones_like(weight), "mg_per_kg": weight, "mg_per_m2": bsa}[target.basis]
+        lo = target.low * scale
+        hi = (target.high if target.high is not None else target.low) * scale
+    if target.max_mg_per_administration is not None:
+        lo = np.minimum(lo, target.max_mg_per_administration)
+        hi = np.minimum(hi, target.max_mg_per_administration)
+    per_day = target.doses_per_cycle / target.cycle_days
+    lo, hi = lo * per_day, hi * per_day
+    if target.daily_cap_mg_per_kg is not None:
+        cap = target.daily_cap_mg_per_kg * weight
+        hi = np.minimum(hi, cap)
+        lo = np.minimum(lo, hi)
+    return lo, hi
+
+
+def _key(name: str) -> str:
+    return re.sub(r"\s+", " ", str(name).strip().lower().replace("®", "").replace("™", ""))
+
+
+# --- schedules -------------------------------------------------------------------------------------------------
+_WORD_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "six": 6, "eight": 8, "twelve": 12}
+_PER_DAY = {
+    "daily": 1, "once daily": 1, "every day": 1, "qd": 1, "od": 1, "at night": 1, "every morning": 1,
+    "twice daily": 2, "bid": 2, "b.i.d.": 2, "twice a day": 2, "two times daily": 2, "every 12 hours": 2,
+    "three times daily": 3, "tid": 3, "t.i.d.": 3, "three times a day": 3, "every 8 hours": 3,
+    "four times daily": 4, "qid": 4,
+}
+_UNIT_DAYS = {"day": 1.0, "days": 1.0, "week": 7.0, "weeks": 7.0, "month": DAYS_PER_MONTH,
+              "months": DAYS_PER_MONTH, "year": 365.25, "years": 365.25}
+
+
+def parse_interval(text: str) -> tuple[float, float] | None:
+    """Schedule text → (doses per cycle, cycle length in days); None when it cannot be read.
+
+    Understands "daily", "twice daily", "weekly", "every 4 weeks", "every N days/months", "monthly", "once",
+    and course schedules such as "days 1 and 15, every 6 months" (two doses per 6-month cycle).
+    """
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return None
+    t = re.sub(r"\s+", " ", str(text).strip().lower())
+    if t in _PER_DAY:
+        return float(_PER_DAY[t]), 1.0
+    for word, num in _WORD_NUMBERS.items():
+        t = re.sub(rf"\b{word}\b", str(num), t)
+    if t in {"weekly", "once weekly", "once a week", "every week", "qw"}:
+        return 1.0, 7.0
+    if t in {"monthly", "every month", "once a month"}:
+        return 1.0, DAYS_PER_MONTH
+    if t in {"once", "single dose", "one dose", "stat"}:
+        return 1.0, np.inf
+    m = re.fullmatch(r"(?:once )?every (\d+(?:\.\d+)?) (days?|weeks?|months?|years?)", t)
+    if m:
+        return 1.0, float(m.group(1)) * _UNIT_DAYS[m.group(2)]
+    m = re.fullmatch(r"(\d+) times (?:a|per) (day|week|month)", t)
+    if m:
+        return float(m.group(1)), _UNIT_DAYS[m.group(2)]
+    m = re.fullmatch(r"q(\d+)w", t)
+    if m:
+        return 1.0, 7.0 * float(m.group(1))
+    # course schedules: "days 1 and 15, every 6 months", "day 1 and day 15 every 24 weeks"
+    m = re.fullmatch(r"(days? [\d, and&day]+?),? (?:repeat(?:ed)? )?every (\d+(?:\.\d+)?) (days?|weeks?|months?|years?)", t)
+    if m:
+        n_doses = len(re.findall(r"\d+", m.group(1)))
+        return float(n_doses), float(m.group(2)) * _UNIT_DAYS[m.group(3)]
+    return None
+
+
+def parse_intervals(texts: pd.Series) -> pd.DataFrame:
+    """Vectorised `parse_interval`: columns `doses_per_cycle`, `cycle_days` (NaN where unreadable)."""
+    uniques = {u: parse_interval(u) for u in texts.dropna().unique()}
+    parsed = texts.map(lambda v: uniques.get(v) or (np.nan, np.nan))
+    return pd.DataFrame(parsed.tolist(), columns=["doses_per_cycle", "cycle_days"], index=texts.index, dtype=float)
+
+
+def dose_to_mg(dose: pd.Series, dose_unit: pd.Series, weight_kg: pd.Series, bsa_m2: pd.Series) -> pd.Series:
+    """Dose per administration in mg: g→mg, mg/kg × weight, mg/m² × BSA (NaN when the unit or body size is missing)."""
+    unit = dose_unit.astype("object").map(lambda u: DOSE_UNITS.get(_key(u)) if isinstance(u, str) else None)
+    factor = unit.map(lambda u: u[0] if u else np.nan).astype(float)
+    basis = unit.map(lambda u: u[1] if u else None)
+    scale = np.select(
+        [basis == "mg", basis == "mg_per_kg", basis == "mg_per_m2"],
+        [1.0, pd.to_numeric(weight_kg, errors="coerce"), pd.to_numeric(bsa_m2, errors="coerce")],
+        default=np.nan,
+    )
+    return pd.Series(pd.to_numeric(dose, errors="coerce").to_numpy(float) * factor.to_numpy() * scale, index=dose.index)
+
+
+def body_surface_area(weight_kg: pd.Series | np.ndarray, height_cm: pd.Series | np.ndarray) -> np.ndarray:
+    """Mosteller body-surface area in m²."""
+    return np.sqrt(np.asarray(weight_kg, dtype=float) * np.asarray(height_cm, dtype=float) / 3600.0)
+
+
+# --- options ---------------------------------------------------------------------------------------------------
+class StartDose(_Frozen):
+    dose: float
+    dose_unit: str
+    route: str
+    interval: str
+
+
+class OptionSpec(_Frozen):
+    name: str
+    label: str
+    kind: Literal["continue", "optimise", "add"]
+    adds: str | None = None
+    eligible_unless_on: tuple[str, ...] = ()
+    start_dose: StartDose | None = None
+
+
+class OptionCatalog(_Frozen):
+    """The configured escalation options, in display order, with their eligibility rules."""
+
+    options: tuple[OptionSpec, ...]
+    rituximab_active_days: int = 365
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> OptionCatalog:
+        return cls.model_validate(config)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.options)
+
+    def option(self, name: str) -> OptionSpec:
+        for o in self.options:
+            if o.name == name:
+                return o
+        raise KeyError(f"unknown option {name!r}; known: {', '.join(self.names)}")
+
+    @property
+    def control(self) -> str:
+        return next(o.name for o in self.options if o.kind == "continue")
+
+    def eligibility(self, on_drug: pd.DataFrame, any_below_target: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Which options each row may take, and why not.
+
+        `on_drug`: one boolean column per generic (missing columns mean "not on it"); `any_below_target`: a current
+        drug is below its target dose. Returns (eligible: bool frame, reason: str frame, "" where eligible).
+        """
+        eligible = pd.DataFrame(index=on_drug.index)
+        reason = pd.DataFrame(index=on_drug.index)
+        for opt in self.options:
+            if opt.kind == "continue":
+                ok = pd.Series(True, index=on_drug.index)
+                why = pd.Series("", index=on_drug.index)
+            elif opt.kind == "optimise":
+                ok = any_below_target.fillna(False).astype(bool)
+                why = pd.Series(np.where(ok, "", "every current drug is at or above its target dose"), index=on_drug.index)
+            else:
+                blocking = [g for g in opt.eligible_unless_on if g in on_drug.columns]
+                on_any = on_drug[blocking].any(axis=1) if blocking else pd.Series(False, index=on_drug.index)
+                ok = ~on_any
+                names = on_drug[blocking].apply(
+                    lambda row: ", ".join(g for g, v in row.items() if v), axis=1
+                ) if blocking and on_any.any() else pd.Series("", index=on_drug.index)
+                why = pd.Series(np.where(ok, "", "already on " + names.astype(str)), index=on_drug.index)
+            eligible[opt.name] = ok.to_numpy()
+            reason[opt.name] = why.to_numpy()
+        return eligible, reason
+
+
+def immunosuppressants(vocabulary: Vocabulary) -> tuple[str, ...]:
+    """Generics that count towards the number of immunosuppressants taken at once."""
+    return tuple(d.generic for d in vocabulary.drugs if d.immunosuppressant)
+
+
+def known_generics(vocabulary: Vocabulary, names: Iterable[str]) -> list[str]:
+    """The subset of `names` that the vocabulary knows (keeps order)."""
+    known = set(vocabulary.generics)
+    return [n for n in names if n in known]
