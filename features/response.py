@@ -1,0 +1,456 @@
+"""Myositis response criteria: the ACR/EULAR 2016 Total Improvement Score and the IMACS Definition of Improvement.
+
+Sources (see ../shared/reference/clinical.md section 1):
+- Total Improvement Score (TIS), improvement categories: Aggarwal R, Rider LG, Ruperto N, et al. 2016 ACR/EULAR
+  criteria for minimal, moderate, and major clinical response in adult dermatomyositis and polymyositis.
+  Arthritis Rheumatol 2017;69(5):898-910 / Ann Rheum Dis 2017;76(5):792-801 (points: PMC5577002, Table 3);
+  methodology Rider LG et al., Rheumatology 2017;56:1884-1893. Juvenile DM thresholds 30/45/70.
+- IMACS Definition of Improvement (DOI, 2004): >= 20 % improvement in 3 of any 6 core set measures, at most 2
+  worse by >= 25 %, and manual muscle testing not among the worsened.
+
+Every function works column-wise on aligned wide frames (one row per baseline/follow-up pair), so a million
+pairs score in well under a second. Band tables, instrument ranges and thresholds live in frozen pydantic
+models defaulting to the published values; the enzyme rule the reference marks [unconfirmed] is a setting.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: the six IMACS core set measures in display order (the enzyme is the most abnormal one at baseline).
+CORE_SET: tuple[str, ...] = (
+    "physician_global",
+    "patient_global",
+    "mmt8",
+    "haq",
+    "extramuscular_global",
+    "enzyme",
+)
+#: the core set measures scored on a fixed instrument range where a lower value is better.
+FIXED_RANGE_MEASURES: tuple[str, ...] = ("physician_global", "patient_global", "haq", "extramuscular_global")
+#: muscle enzymes in their tie-break order (the first listed wins a tie for "most abnormal").
+ENZYMES: tuple[str, ...] = ("ck", "aldolase", "ast", "alt", "ldh")
+#: improvement categories, ordered from worst to best.
+CATEGORIES: tuple[str, ...] = ("none", "minimal", "moderate", "major")
+
+_EPS_TOTAL = 1e-9
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BandTable(_Frozen):
+    """Points for a percent improvement: band i covers (upper_edges[i-1], upper_edges[i]]; upper edges inclusive."""
+
+    upper_edges: tuple[float, ...]
+    points: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _check(self) -> BandTable:
+        if len(self.points) != len(self.upper_edges) + 1:
+            raise ValueError(
+                f"a band table needs one more points value than upper edges "
+                f"(got {len(self.upper_edges)} edges, {len(self.points)} points)"
+            )
+        if any(b <= a for a, b in zip(self.upper_edges, self.upper_edges[1:], strict=False)):
+            raise ValueError(f"band upper edges must rise strictly, got {self.upper_edges}")
+        if any(p < 0 for p in self.points) or any(
+            b < a for a, b in zip(self.points, self.points[1:], strict=False)
+        ):
+            raise ValueError(f"band points must be non-negative and non-decreasing, got {self.points}")
+        return self
+
+    @property
+    def max_points(self) -> float:
+        return self.points[-1]
+
+    def score(self, percent: np.ndarray) -> np.ndarray:
+        """Points for each (already rounded) percent improvement; NaN stays NaN, worsening is the lowest band."""
+        band = np.searchsorted(np.asarray(self.upper_edges, dtype=float), percent, side="left")
+        band = np.minimum(band, len(self.upper_edges))  # NaN sorts past the end; masked below
+        out = np.asarray(self.points, dtype=float)[band]
+        out[np.isnan(percent)] = np.nan
+        return out
+
+
+def _standard_bands(points: tuple[float, ...]) -> BandTable:
+    return BandTable(upper_edges=(5.0, 15.0, 25.0, 40.0), points=points)
+
+
+class Instruments(_Frozen):
+    """Ranges of the core set instruments (the TIS denominators and the validity limits of the inputs)."""
+
+    physician_global_max: float = Field(10.0, gt=0, description="VAS 0-10 cm")
+    patient_global_max: float = Field(10.0, gt=0, description="VAS 0-10 cm")
+    haq_max: float = Field(3.0, gt=0, description="HAQ disability index 0-3")
+    extramuscular_global_max: float = Field(10.0, gt=0, description="MDAAT extramuscular VAS 0-10 cm")
+    mmt8_scales: tuple[float, ...] = Field((80.0, 150.0), min_length=1, description="0-80 or 0-150")
+    enzymes: tuple[str, ...] = Field(ENZYMES, min_length=1, description="tie-break order for most abnormal")
+
+    @model_validator(mode="after")
+    def _check(self) -> Instruments:
+        if len(set(self.enzymes)) != len(self.enzymes):
+            raise ValueError(f"enzymes must be unique, got {self.enzymes}")
+        if any(s <= 0 for s in self.mmt8_scales):
+            raise ValueError(f"mmt8 scales must be positive, got {self.mmt8_scales}")
+        return self
+
+    def range_of(self, measure: str) -> float:
+        """The instrument range of a fixed-range core set measure."""
+        return float(getattr(self, f"{measure}_max"))
+
+
+class TisRules(_Frozen):
+    """The ACR/EULAR 2016 scoring rules; defaults are the published table (clinical.md section 1)."""
+
+    physician_global: BandTable = _standard_bands((0.0, 7.5, 15.0, 17.5, 20.0))
+    patient_global: BandTable = _standard_bands((0.0, 2.5, 5.0, 7.5, 10.0))
+    haq: BandTable = _standard_bands((0.0, 5.0, 7.5, 7.5, 10.0))
+    enzyme: BandTable = _standard_bands((0.0, 2.5, 5.0, 7.5, 7.5))
+    extramuscular_global: BandTable = _standard_bands((0.0, 7.5, 12.5, 15.0, 20.0))
+    mmt8: BandTable = BandTable(upper_edges=(2.0, 10.0, 20.0, 30.0), points=(0.0, 10.0, 20.0, 27.5, 32.5))
+    instruments: Instruments = Instruments()
+    #: [unconfirmed] how the enzyme change becomes a percent: of its baseline value, or of its baseline ULN.
+    enzyme_change: Literal["relative_to_baseline", "relative_to_uln"] = "relative_to_baseline"
+    #: percents are rounded to this many decimals before banding, so 15.000000000000002 % counts as 15 %.
+    percent_decimals: int = Field(9, ge=0, le=12)
+    adult_thresholds: tuple[float, float, float] = (20.0, 40.0, 60.0)
+    juvenile_thresholds: tuple[float, float, float] = (30.0, 45.0, 70.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TisRules:
+        total = sum(self.bands(m).max_points for m in CORE_SET)
+        if abs(total - 100.0) > _EPS_TOTAL:
+            raise ValueError(f"the maximum points of the six core set measures must add to 100, got {total}")
+        for name in ("adult_thresholds", "juvenile_thresholds"):
+            thr = getattr(self, name)
+            if not (0 < thr[0] < thr[1] < thr[2] <= 100):
+                raise ValueError(f"{name} must rise strictly within (0, 100], got {thr}")
+        return self
+
+    def bands(self, measure: str) -> BandTable:
+        """The band table of one core set measure."""
+        return getattr(self, measure)
+
+
+class DoiRules(_Frozen):
+    """The IMACS 2004 Definition of Improvement; percent changes are relative to the baseline value."""
+
+    improvement_percent: float = Field(20.0, gt=0)
+    min_improved: int = Field(3, ge=1, le=6)
+    worsening_percent: float = Field(25.0, gt=0)
+    max_worsened: int = Field(2, ge=0, le=6)
+    mmt8_may_worsen: bool = False
+    percent_decimals: int = Field(9, ge=0, le=12)
+    instruments: Instruments = Instruments()
+
+
+DEFAULT_TIS_RULES = TisRules()
+DEFAULT_DOI_RULES = DoiRules()
+
+
+class ResponseInputError(ValueError):
+    """Bad response-criteria input; `violations` has one row per finding (table, row, column, rule, message)."""
+
+    def __init__(self, violations: pd.DataFrame) -> None:
+        self.violations = violations.reset_index(drop=True)
+        shown = "\n".join(f"  - {m}" for m in self.violations["message"].head(10))
+        more = len(self.violations) - 10
+        tail = f"\n  ... and {more} more (see .violations)" if more > 0 else ""
+        super().__init__(f"{len(self.violations)} invalid value(s) in the response-criteria input:\n{shown}{tail}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input checks
+
+
+def _violations(table: str, rows: pd.Index, column: str, rule: str, values: np.ndarray | None, what: str):
+    """One violation frame for the rows of one table and column that break one rule."""
+    shown = [f"{v!r}" for v in np.asarray(values).tolist()] if values is not None else [""] * len(rows)
+    msgs = [
+        f"{table} row {r!r} column {column!r}: {what}" + (f" (got {v})" if v else "") + f" [rule: {rule}]"
+        for r, v in zip(rows, shown, strict=True)
+    ]
+    return pd.DataFrame(
+        {"table": table, "row": list(rows), "column": column, "rule": rule, "message": msgs},
+        columns=["table", "row", "column", "rule", "message"],
+    )
+
+
+def _numeric(frame: pd.DataFrame, table: str, column: str, found: list[pd.DataFrame]) -> np.ndarray:
+    """A column as float64; values that are not numbers are reported (and treated as missing)."""
+    col = frame[column]
+    if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+        return col.to_numpy(dtype=float, na_value=np.nan)
+    coerced = pd.to_numeric(col, errors="coerce")
+    bad = (coerced.isna() & col.notna()).to_numpy() | col.map(lambda v: isinstance(v, bool)).to_numpy(bool)
+    if bad.any():
+        found.append(_violations(table, frame.index[bad], column, "numeric", col.to_numpy()[bad], "not a number"))
+    return np.where(bad, np.nan, coerced.to_numpy(dtype=float, na_value=np.nan))
+
+
+def _check_range(
+    values: np.ndarray,
+    low: float | np.ndarray,
+    high: float | np.ndarray,
+    index: pd.Index,
+    table: str,
+    column: str,
+    what: str,
+    found: list[pd.DataFrame],
+    low_open: bool = False,
+) -> None:
+    with np.errstate(invalid="ignore"):
+        below = values <= low if low_open else values < low
+        bad = below | (values > high) | np.isinf(values)
+    if bad.any():
+        found.append(_violations(table, index[bad], column, "range", values[bad], what))
+
+
+def _read_visit(frame: pd.DataFrame, table: str, instruments: Instruments, found: list[pd.DataFrame]):
+    """Validate one visit frame and return its core set columns and enzyme pairs as float arrays."""
+    cols: dict[str, np.ndarray] = {}
+    idx = frame.index
+    required = (*FIXED_RANGE_MEASURES, "mmt8", "mmt8_scale")
+    for column in required:
+        if column not in frame.columns:
+            found.append(_violations(table, pd.Index([None]), column, "required_column", None, "column is missing"))
+            cols[column] = np.full(len(frame), np.nan)
+            continue
+        cols[column] = _numeric(frame, table, column, found)
+    for measure in FIXED_RANGE_MEASURES:
+        hi = instruments.range_of(measure)
+        _check_range(cols[measure], 0.0, hi, idx, table, measure, f"outside the instrument range 0-{hi:g}", found)
+    scale, mmt = cols["mmt8_scale"], cols["mmt8"]
+    bad_scale = ~np.isnan(scale) & ~np.isin(scale, np.asarray(instruments.mmt8_scales, dtype=float))
+    if bad_scale.any():
+        allowed = " or ".join(f"{s:g}" for s in instruments.mmt8_scales)
+        found.append(
+            _violations(table, idx[bad_scale], "mmt8_scale", "allowed_value", scale[bad_scale], f"must be {allowed}")
+        )
+    no_scale = ~np.isnan(mmt) & np.isnan(scale)
+    if no_scale.any():
+        found.append(
+            _violations(table, idx[no_scale], "mmt8_scale", "required_with_mmt8", None, "mmt8 has no scale (80/150)")
+        )
+    _check_range(mmt, 0.0, np.where(bad_scale, np.inf, scale), idx, table, "mmt8", "outside 0-mmt8_scale", found)
+    for enzyme in instruments.enzymes:
+        uln_col = f"{enzyme}_uln"
+        if enzyme not in frame.columns:
+            continue
+        value = _numeric(frame, table, enzyme, found)
+        _check_range(value, 0.0, np.inf, idx, table, enzyme, "an enzyme level must be >= 0 and finite", found)
+        if uln_col in frame.columns:
+            uln = _numeric(frame, table, uln_col, found)
+            _check_range(uln, 0.0, np.inf, idx, table, uln_col, "an upper limit of normal must be > 0", found, True)
+        else:
+            uln = np.full(len(frame), np.nan)
+            if table == "baseline":
+                found.append(
+                    _violations(table, pd.Index([None]), uln_col, "required_column", None, f"{enzyme} needs {uln_col}")
+                )
+        if table == "baseline":
+            no_uln = ~np.isnan(value) & np.isnan(uln)
+            if no_uln.any():
+                found.append(
+                    _violations(
+                        table, idx[no_uln], uln_col, "required_with_value", None,
+                        f"a baseline {enzyme} value needs its upper limit of normal",
+                    )
+                )
+        cols[enzyme], cols[uln_col] = value, uln
+    return cols
+
+
+def _read_pair(baseline: pd.DataFrame, followup: pd.DataFrame, instruments: Instruments):
+    """Validate a baseline/follow-up pair; raise ResponseInputError listing every problem."""
+    for name, frame in (("baseline", baseline), ("followup", followup)):
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
+    found: list[pd.DataFrame] = []
+    if not baseline.index.equals(followup.index):
+        if len(baseline) != len(followup):
+            what, row = f"has {len(followup)} rows, baseline has {len(baseline)}", None
+        else:
+            pos = int(np.flatnonzero(baseline.index.to_numpy() != followup.index.to_numpy())[0])
+            what, row = f"index differs from baseline at position {pos}", followup.index[pos]
+        raise ResponseInputError(_violations("followup", pd.Index([row]), "(index)", "aligned_index", None, what))
+    b = _read_visit(baseline, "baseline", instruments, found)
+    f = _read_visit(followup, "followup", instruments, found)
+    if found:
+        raise ResponseInputError(pd.concat(found, ignore_index=True))
+    return b, f
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shared arithmetic
+
+
+def _safe_percent(change: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """change / denominator x 100; no change is 0 % and a change from a zero denominator is +/-inf %."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(change == 0, 0.0, change / denominator * 100.0)
+        zero = (denominator == 0) & (change != 0)
+        return np.where(zero, np.sign(change) * np.inf, out)
+
+
+def _most_abnormal_enzyme(b: dict, f: dict, enzymes: tuple[str, ...], decimals: int):
+    """Per row: position in `enzymes` of the highest baseline value/ULN among enzymes measured at both visits
+    (-1 when none), and that enzyme's baseline value, follow-up value and baseline ULN."""
+    n = len(b["physician_global"])
+    position = np.full(n, -1, dtype=np.int64)
+    best = np.full(n, -np.inf)
+    base, follow, uln = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    for pos, enzyme in enumerate(enzymes):
+        if enzyme not in b or enzyme not in f:
+            continue
+        bv, bu, fv = b[enzyme], b[f"{enzyme}_uln"], f[enzyme]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.round(bv / bu, decimals)
+        # strictly greater: on a tie the enzyme listed first keeps its place (deterministic tie-break)
+        take = ~np.isnan(bv) & ~np.isnan(bu) & ~np.isnan(fv) & (ratio > best)
+        best = np.where(take, ratio, best)
+        position[take] = pos
+        base = np.where(take, bv, base)
+        follow = np.where(take, fv, follow)
+        uln = np.where(take, bu, uln)
+    return position, base, follow, uln
+
+
+def _labels(codes: np.ndarray, labels: tuple[str, ...] | list[str]) -> pd.Categorical:
+    """A categorical of `labels` from integer codes (-1 = missing), without a Python loop per row."""
+    return pd.Categorical.from_codes(codes, categories=list(labels))
+
+
+def _reasons(masks: list[tuple[str, np.ndarray]], n: int) -> pd.Categorical:
+    """Join the reasons that apply to each row with '; ' (missing when none); built per distinct combination."""
+    code = np.zeros(n, dtype=np.int64)
+    for bit, (_, mask) in enumerate(masks):
+        code |= mask.astype(np.int64) << bit
+    uniq, inverse = np.unique(code, return_inverse=True)
+    text = ["; ".join(r for bit, (r, _) in enumerate(masks) if c >> bit & 1) for c in uniq.tolist()]
+    labels = [t for t in text if t]
+    codes = np.asarray([labels.index(t) if t else -1 for t in text], dtype=np.int64)
+    return _labels(codes[inverse.reshape(-1)], labels)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Total Improvement Score
+
+
+def total_improvement_score(
+    baseline: pd.DataFrame, followup: pd.DataFrame, rules: TisRules = DEFAULT_TIS_RULES
+) -> pd.DataFrame:
+    """ACR/EULAR 2016 Total Improvement Score (0-100) for each aligned baseline/follow-up row, with the points
+    of each core set measure, the enzyme used and why a score is missing (NaN when any core set measure is)."""
+    inst = rules.instruments
+    b, f = _read_pair(baseline, followup, inst)
+    n = len(baseline)
+    dec = rules.percent_decimals
+    percent: dict[str, np.ndarray] = {}
+    for measure in FIXED_RANGE_MEASURES:
+        percent[measure] = (b[measure] - f[measure]) / inst.range_of(measure) * 100.0
+    scale_differs = ~np.isnan(b["mmt8_scale"]) & ~np.isnan(f["mmt8_scale"]) & (b["mmt8_scale"] != f["mmt8_scale"])
+    mmt_pct = (f["mmt8"] - b["mmt8"]) / b["mmt8_scale"] * 100.0
+    percent["mmt8"] = np.where(scale_differs, np.nan, mmt_pct)
+    enzyme_pos, e_base, e_follow, e_uln = _most_abnormal_enzyme(b, f, inst.enzymes, dec)
+    denominator = e_base if rules.enzyme_change == "relative_to_baseline" else e_uln
+    percent["enzyme"] = _safe_percent(e_base - e_follow, denominator)
+
+    out: dict[str, object] = {}
+    points = []
+    for measure in CORE_SET:
+        pts = rules.bands(measure).score(np.round(percent[measure], dec))
+        out[f"points_{measure}"] = pts
+        points.append(pts)
+    tis = np.sum(points, axis=0)  # NaN when any measure is missing
+
+    masks: list[tuple[str, np.ndarray]] = []
+    for measure in CORE_SET[:-1]:
+        masks.append((f"missing baseline {measure}", np.isnan(b[measure])))
+        masks.append((f"missing follow-up {measure}", np.isnan(f[measure])))
+    masks.append(("mmt8_scale differs between baseline and follow-up", scale_differs))
+    masks.append(("no muscle enzyme measured at both baseline and follow-up", enzyme_pos < 0))
+    result = pd.DataFrame(
+        {
+            "total_improvement_score": tis,
+            "missing_reason": _reasons(masks, n),
+            **out,
+            "enzyme_used": _labels(enzyme_pos, inst.enzymes),
+        }
+    )
+    result.index = baseline.index
+    return result
+
+
+def _threshold_table(juvenile: bool | np.ndarray | pd.Series, n: int, rules: TisRules) -> np.ndarray:
+    juv = np.asarray(juvenile)
+    if juv.dtype != bool:
+        raise TypeError(f"juvenile must be a bool or an array of bools (no missing values), got dtype {juv.dtype}")
+    if juv.ndim > 0 and juv.shape != (n,):
+        raise ValueError(f"juvenile has {juv.shape[0]} values but tis has {n}")
+    juv = np.broadcast_to(juv, (n,))
+    return np.where(juv[:, None], np.asarray(rules.juvenile_thresholds), np.asarray(rules.adult_thresholds))
+
+
+def improvement_category(
+    tis: pd.Series | np.ndarray,
+    juvenile: bool | np.ndarray | pd.Series = False,
+    rules: TisRules = DEFAULT_TIS_RULES,
+) -> pd.Series:
+    """Ordered category none < minimal < moderate < major of each TIS (adult 20/40/60, juvenile DM 30/45/70)."""
+    index = tis.index if isinstance(tis, pd.Series) else pd.RangeIndex(len(tis))
+    values = np.round(np.asarray(tis, dtype=float), rules.percent_decimals)
+    if values.ndim != 1:
+        raise ValueError(f"tis must be one-dimensional, got shape {values.shape}")
+    with np.errstate(invalid="ignore"):
+        bad = (values < 0) | (values > 100)
+    if bad.any():
+        where = index[bad][:5].tolist()
+        raise ValueError(f"total improvement score must lie in 0-100; rows {where} do not [rule: range]")
+    thresholds = _threshold_table(juvenile, len(values), rules)
+    codes = (values[:, None] >= thresholds).sum(axis=1)
+    codes = np.where(np.isnan(values), -1, codes)
+    cat = pd.Categorical.from_codes(codes, categories=list(CATEGORIES), ordered=True)
+    return pd.Series(cat, index=index, name="improvement_category")
+
+
+def response_threshold(category: str, juvenile: bool = False, rules: TisRules = DEFAULT_TIS_RULES) -> float:
+    """The lowest TIS that reaches a response category ('minimal', 'moderate' or 'major')."""
+    thresholds = rules.juvenile_thresholds if juvenile else rules.adult_thresholds
+    names = CATEGORIES[1:]
+    if category not in names:
+        raise ValueError(f"unknown response category {category!r}; expected one of {', '.join(names)}")
+    return float(thresholds[names.index(category)])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# IMACS Definition of Improvement
+
+
+def imacs_doi(
+    baseline: pd.DataFrame, followup: pd.DataFrame, rules: DoiRules = DEFAULT_DOI_RULES
+) -> pd.Series:
+    """IMACS 2004 Definition of Improvement per row (nullable boolean): >= 20 % better in 3 of 6 core set
+    measures, at most 2 worse by >= 25 %, MMT-8 not among them; NA when a measure is missing."""
+    inst = rules.instruments
+    b, f = _read_pair(baseline, followup, inst)
+    dec = rules.percent_decimals
+    change = {m: b[m] - f[m] for m in FIXED_RANGE_MEASURES}
+    change["mmt8"] = f["mmt8"] - b["mmt8"]
+    _, e_base, e_follow, _ = _most_abnormal_enzyme(b, f, inst.enzymes, dec)
+    change["enzyme"] = e_base - e_follow
+    base = {**{m: b[m] for m in (*FIXED_RANGE_MEASURES, "mmt8")}, "enzyme": e_base}
+    pct = np.column_stack([np.round(_safe_percent(change[m], base[m]), dec) for m in CORE_SET])
+    scale_differs = ~np.isnan(b["mmt8_scale"]) & ~np.isnan(f["mmt8_scale"]) & (b["mmt8_scale"] != f["mmt8_scale"])
+    missing = np.isnan(pct).any(axis=1) | scale_differs
+    improved = (pct >= rules.improvement_percent).sum(axis=1)
+    worse = pct <= -rules.worsening_percent
+    mmt_worse = worse[:, CORE_SET.index("mmt8")] & (not rules.mmt8_may_worsen)
+    met = (improved >= rules.min_improved) & (worse.sum(axis=1) <= rules.max_worsened) & ~mmt_worse
+    return pd.Series(pd.arrays.BooleanArray(met, missing), index=baseline.index, name="imacs_doi")
