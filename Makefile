@@ -9,7 +9,7 @@ EXTRAS ?= dev
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install repro test lint bench clean-data
+.PHONY: install repro test browser lint bench
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,14 @@ repro: install
 	dvc repro
 
 ## Set up and run the whole test suite (unit, data, model, browser and end-to-end tests).
-test: install
+test: install browser
 	python -m pytest -n 2
+
+## The browser tests drive Debian's Chromium (a test tool's own browser download cannot work offline).
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
+		echo "chromium not installed: browser tests will be skipped"
 
 lint: install
 	ruff check .
