@@ -1,0 +1,883 @@
+"""The data contract: check the four raw tables a record system exports and normalise them for every later stage.
+
+`validate` lists every violation (never just the first) as a row naming table, row, column and rule;
+`normalise` returns the normalised tables of docs/architecture.md for the rows free of errors; `reject_patients`
+lets a caller drop whole patients with an error; `check` does all three in one call. Per-column rules (presence,
+emptiness, types, ranges, code lists) are pandera schemas validated lazily; rules that span columns or tables
+(units per measure, dates against birth and today, unknown patients, weight-based doses) are vectorised checks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.vocabulary import DOSE_UNITS, Vocabulary, body_surface_area, parse_intervals
+
+CONTRACT_TABLES: tuple[str, ...] = ("patients", "regimens", "assessments", "events")
+
+VIOLATION_COLUMNS: tuple[str, ...] = ("table", "row", "patient_id", "column", "rule", "severity", "message")
+
+Severity = Literal["error", "warning"]
+Kind = Literal[
+    "id", "text", "date", "number", "integer", "sex", "diagnosis", "antibodies", "boolean", "drug", "dose_unit",
+    "route", "interval", "measure", "unit", "event",
+]
+
+#: canonical spelling of each accepted dose unit (the keys of `vocabulary.DOSE_UNITS`, "²" written "2").
+CANONICAL_DOSE_UNITS: dict[str, str] = {k: k.replace("²", "2") for k in DOSE_UNITS}
+
+
+# --- reference data ----------------------------------------------------------------------------------------------
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class UnitScale(_Frozen):
+    """A unit with its own range (MMT-8 is scored 0–80 or 0–150; the unit says which)."""
+
+    min: float | None = None
+    max: float | None = None
+    scale_max: float | None = None
+
+
+class Measure(_Frozen):
+    """One assessment measure: canonical unit, accepted units (value × factor → canonical), range."""
+
+    label: str
+    canonical: str
+    units: dict[str, float]
+    scales: dict[str, UnitScale] = Field(default_factory=dict)
+    min: float | None = None
+    max: float | None = None
+    enzyme: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+class Antibody(_Frozen):
+    flag: str
+    aliases: tuple[str, ...] = ()
+
+
+class MeasureCatalog(_Frozen):
+    """Measures, units, conversions and the code lists (with aliases) of `configs/measures.yaml`."""
+
+    measures: dict[str, Measure]
+    unit_aliases: dict[str, str] = Field(default_factory=dict)
+    sex: dict[str, tuple[str, ...]]
+    diagnosis: dict[str, tuple[str, ...]]
+    antibodies: dict[str, Antibody]
+    routes: dict[str, tuple[str, ...]]
+    events: dict[str, tuple[str, ...]]
+    booleans: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> MeasureCatalog:
+        return cls.model_validate(dict(config))
+
+    def model_post_init(self, __context: Any) -> None:
+        indexes: dict[str, dict[str, Any]] = {
+            "sex": _alias_index(self.sex),
+            "diagnosis": _alias_index(self.diagnosis),
+            "route": _alias_index(self.routes),
+            "event": _alias_index(self.events),
+            "measure": _alias_index({code: m.aliases for code, m in self.measures.items()}),
+            "antibody": _alias_index({code: a.aliases for code, a in self.antibodies.items()}),
+            "boolean": {k: v == "true" for k, v in _alias_index(self.booleans).items()},
+        }
+        object.__setattr__(self, "_indexes", indexes)
+
+    def index(self, kind: str) -> dict[str, Any]:
+        """Alias key (lower case, single blanks) → code for one code list: sex, diagnosis, route, event, ..."""
+        return self._indexes[kind]  # type: ignore[attr-defined]
+
+    def codes(self, kind: str) -> tuple[str, ...]:
+        """The canonical codes of one code list, in configuration order."""
+        source = {"sex": self.sex, "diagnosis": self.diagnosis, "route": self.routes, "event": self.events,
+                  "measure": self.measures, "antibody": self.antibodies, "boolean": self.booleans}[kind]
+        return tuple(source)
+
+    @property
+    def antibody_flags(self) -> tuple[str, ...]:
+        """The normalised boolean antibody columns, in configuration order (no duplicates)."""
+        return tuple(dict.fromkeys(a.flag for a in self.antibodies.values()))
+
+    def unit_table(self) -> pd.DataFrame:
+        """One row per (measure, accepted unit spelling): factor to canonical, range, output unit, scale_max."""
+        rows = []
+        alias_to_unit: dict[str, list[str]] = {}
+        for alias, unit in self.unit_aliases.items():
+            alias_to_unit.setdefault(_unit_key(unit), []).append(_unit_key(alias))
+        for code, m in self.measures.items():
+            for unit, factor in m.units.items():
+                scale = m.scales.get(unit)
+                lo = scale.min if scale and scale.min is not None else m.min
+                hi = scale.max if scale and scale.max is not None else m.max
+                out_unit = unit if scale is not None else m.canonical
+                for key in {_unit_key(unit), *alias_to_unit.get(_unit_key(unit), [])}:
+                    rows.append({
+                        "measure": code, "unit_key": key, "factor": float(factor),
+                        "lo": np.nan if lo is None else float(lo), "hi": np.nan if hi is None else float(hi),
+                        "out_unit": out_unit, "scale_max": scale.scale_max if scale and scale.scale_max else np.nan,
+                        "enzyme": m.enzyme,
+                    })
+        return pd.DataFrame(rows)
+
+
+def _key(text: Any) -> str:
+    return re.sub(r"\s+", " ", str(text).strip().lower())
+
+
+def _unit_key(text: Any) -> str:
+    return re.sub(r"\s+", "", str(text).strip().lower())
+
+
+def _alias_index(codes: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    index: dict[str, str] = {}
+    for code, aliases in codes.items():
+        for name in (code, *aliases):
+            index[_key(name)] = code
+    return index
+
+
+# --- the columns of each table -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One contract column: its kind of value, whether the column must exist and whether a value may be empty."""
+
+    name: str
+    kind: Kind
+    required: bool = True
+    nullable: bool = False
+    description: str = ""
+
+
+CONTRACT_COLUMNS: dict[str, tuple[ColumnSpec, ...]] = {
+    "patients": (
+        ColumnSpec("patient_id", "id", description="identifier, unique in patients"),
+        ColumnSpec("sex", "sex", description="F or M"),
+        ColumnSpec("birth_year", "integer", description="four-digit year"),
+        ColumnSpec("diagnosis", "diagnosis", description="diagnosis code"),
+        ColumnSpec("diagnosis_date", "date", description="date of diagnosis"),
+        ColumnSpec("antibodies", "antibodies", nullable=True, description="';'-separated antibodies; empty = not tested"),
+        ColumnSpec("ild", "boolean", description="interstitial lung disease"),
+        ColumnSpec("cancer_associated", "boolean", description="cancer-associated myositis"),
+    ),
+    "regimens": (
+        ColumnSpec("patient_id", "id"),
+        ColumnSpec("drug", "drug", description="as written: generic, brand, abbreviation"),
+        ColumnSpec("dose", "number", description="dose per administration, > 0"),
+        ColumnSpec("dose_unit", "dose_unit", description="mg, g, mg/kg, g/kg, mg/m2, g/m2"),
+        ColumnSpec("route", "route", description="oral, intravenous, subcutaneous"),
+        ColumnSpec("interval", "interval", description="schedule text"),
+        ColumnSpec("start_date", "date"),
+        ColumnSpec("end_date", "date", nullable=True, description="empty = ongoing"),
+    ),
+    "assessments": (
+        ColumnSpec("patient_id", "id"),
+        ColumnSpec("date", "date"),
+        ColumnSpec("measure", "measure"),
+        ColumnSpec("value", "number"),
+        ColumnSpec("unit", "unit"),
+        ColumnSpec("upper_limit_normal", "number", required=False, nullable=True,
+                   description="required for muscle enzymes, same unit as the value"),
+    ),
+    "events": (
+        ColumnSpec("patient_id", "id"),
+        ColumnSpec("date", "date"),
+        ColumnSpec("event", "event"),
+        ColumnSpec("grade", "integer", required=False, nullable=True, description="1–4; required for cytopenia"),
+        ColumnSpec("details", "text", required=False, nullable=True),
+    ),
+}
+
+#: numeric ranges of single columns (inclusive unless the bound is marked exclusive); birth_year's upper bound is
+#: the year of `today`.
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
+    ("patients", "birth_year"): (1900, None, True),
+    ("regimens", "dose"): (0, None, False),
+    ("assessments", "upper_limit_normal"): (0, None, False),
+    ("events", "grade"): (1, 4, True),
+}
+
+_CATEGORY_KINDS = {"sex": "sex", "diagnosis": "diagnosis", "route": "route", "event": "event",
+                   "measure": "measure", "boolean": "boolean"}
+
+#: normalised output columns (the shapes of docs/architecture.md "Normalised tables").
+NORMALISED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "patients": ("patient_id", "row", "sex", "birth_year", "diagnosis", "diagnosis_date", "antibodies", "ild",
+                 "cancer_associated"),
+    "regimens": ("patient_id", "row", "drug", "generic", "drug_class", "route", "dose", "dose_unit", "interval",
+                 "doses_per_cycle", "cycle_days", "dose_mg", "daily_mg", "start_date", "end_date"),
+    "assessments": ("patient_id", "row", "date", "measure", "value", "unit", "upper_limit_normal", "scale_max"),
+    "events": ("patient_id", "row", "date", "event", "grade", "details"),
+}
+
+
+# --- parsing helpers (shared by the pandera checks and the normalisation) ---------------------------------------
+def _blank_to_na(s: pd.Series) -> pd.Series:
+    """Strings stripped; empty or blank strings become missing (a CSV cell of spaces is an empty cell)."""
+    if isinstance(s.dtype, pd.StringDtype):
+        t = s.str.strip()
+        return t.where(t != "", np.nan)
+    if pd.api.types.is_object_dtype(s.dtype):
+        stripped = s.map(lambda v: v.strip() if isinstance(v, str) else v)
+        return stripped.where(~stripped.map(lambda v: isinstance(v, str) and v == ""), np.nan)
+    return s
+
+
+def parse_dates(s: pd.Series) -> pd.Series:
+    """ISO dates (YYYY-MM-DD, a time part is dropped) → datetime64[ns] calendar dates; NaT where unreadable."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        s = s.dt.tz_localize(None)
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        out = s
+    else:
+        # numbers are not dates (an integer would otherwise be read as nanoseconds since 1970)
+        text = s if isinstance(s.dtype, pd.StringDtype) else s.astype("object").map(
+            lambda v: v if isinstance(v, str | date) else None)
+        out = pd.to_datetime(text, errors="coerce", format="ISO8601")
+        if isinstance(out.dtype, pd.DatetimeTZDtype):
+            out = out.dt.tz_localize(None)
+    return out.dt.normalize().astype("datetime64[ns]")
+
+
+def parse_numbers(s: pd.Series) -> pd.Series:
+    """Numbers as written (strings or numeric) → float64; NaN where unreadable. Booleans are not numbers."""
+    if pd.api.types.is_bool_dtype(s.dtype):
+        return pd.Series(np.nan, index=s.index)
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        return s.astype("float64")
+    text = s.astype("object").map(lambda v: v.strip() if isinstance(v, str) else v)
+    return pd.to_numeric(text, errors="coerce").astype("float64")
+
+
+def map_codes(s: pd.Series, index: Mapping[str, Any]) -> pd.Series:
+    """Values → codes through an alias index (case-insensitive); NaN where missing or unknown."""
+    uniques = pd.unique(s.dropna())
+    mapping = {u: index.get(_key(u), np.nan) for u in uniques}
+    return s.astype("object").map(mapping)
+
+
+def _split_antibodies(s: pd.Series) -> pd.DataFrame:
+    """One row per written antibody: columns `row` (index of s) and `token` (stripped text)."""
+    tokens = s.dropna().astype(str).str.split(r"[;,]").explode().str.strip()
+    tokens = tokens[tokens != ""]
+    return pd.DataFrame({"row": tokens.index.to_numpy(), "token": tokens.to_numpy(dtype=object)})
+
+
+# --- pandera schemas ---------------------------------------------------------------------------------------------
+def contract_schema(
+    table: str, vocabulary: Vocabulary, measures: MeasureCatalog, today: pd.Timestamp | None = None
+) -> pa.DataFrameSchema:
+    """The pandera schema of one raw table: column presence, empty values, types, single-column ranges, codes.
+
+    Check names are the violation rule names; run it with `lazy=True` to collect every failure.
+    """
+    columns = {}
+    for spec in CONTRACT_COLUMNS[table]:
+        checks = _column_checks(table, spec, vocabulary, measures, today)
+        columns[spec.name] = pa.Column(
+            dtype=None,
+            nullable=spec.nullable,
+            required=spec.required,
+            unique=(table == "patients" and spec.name == "patient_id"),
+            report_duplicates="all",
+            checks=checks,
+        )
+    return pa.DataFrameSchema(columns, name=table, coerce=False, strict=False)
+
+
+def _passes(fails: Callable[[pd.Series], pd.Series], name: str) -> pa.Check:
+    """A pandera check from a 'which values fail' function; missing values pass (emptiness is its own rule)."""
+    return pa.Check(lambda s: ~(fails(s) & s.notna()), name=name, ignore_na=False)
+
+
+def _column_checks(
+    table: str, spec: ColumnSpec, vocabulary: Vocabulary, measures: MeasureCatalog, today: pd.Timestamp | None
+) -> list[pa.Check]:
+    kind = spec.kind
+    checks: list[pa.Check] = []
+    if kind == "date":
+        checks.append(_passes(lambda s: parse_dates(s).isna(), "unparseable_date"))
+    elif kind in ("number", "integer"):
+        if kind == "integer":
+            checks.append(_passes(lambda s: ~_is_whole(parse_numbers(s)), "unparseable_number"))
+        else:
+            checks.append(_passes(lambda s: parse_numbers(s).isna(), "unparseable_number"))
+        bounds = _range(table, spec.name, today)
+        if bounds is not None:
+            checks.append(_passes(lambda s, b=bounds: _outside(parse_numbers(s), *b), "out_of_range"))
+    elif kind in _CATEGORY_KINDS:
+        index = measures.index(_CATEGORY_KINDS[kind])
+        checks.append(_passes(lambda s, ix=index: map_codes(s, ix).isna(), "unknown_category"))
+    elif kind == "antibodies":
+        index = measures.index("antibody")
+
+        def unknown_antibody(s: pd.Series) -> pd.Series:
+            tokens = _split_antibodies(s)
+            bad = tokens.loc[map_codes(tokens["token"], index).isna(), "row"]
+            return pd.Series(s.index.isin(bad), index=s.index)
+
+        checks.append(_passes(unknown_antibody, "unknown_category"))
+    elif kind == "drug":
+        checks.append(_passes(lambda s: vocabulary.lookup_many(s).isna(), "unknown_drug"))
+    elif kind == "dose_unit":
+        checks.append(_passes(lambda s: map_codes(s, _DOSE_UNIT_INDEX).isna(), "unknown_dose_unit"))
+    elif kind == "interval":
+        checks.append(_passes(lambda s: parse_intervals(s.astype("object"))["cycle_days"].isna(),
+                              "unreadable_interval"))
+    return checks
+
+
+_DOSE_UNIT_INDEX = {_key(k): v for k, v in CANONICAL_DOSE_UNITS.items()}
+
+
+def _is_whole(x: pd.Series) -> pd.Series:
+    return x.notna() & (np.floor(x) == x)
+
+
+def _range(table: str, column: str, today: pd.Timestamp | None) -> tuple[float | None, float | None, bool] | None:
+    bounds = _RANGES.get((table, column))
+    if bounds is None:
+        return None
+    lo, hi, lo_inclusive = bounds
+    if (table, column) == ("patients", "birth_year") and today is not None:
+        hi = float(today.year)
+    return lo, hi, lo_inclusive
+
+
+def _outside(x: pd.Series, lo: float | None, hi: float | None, lo_inclusive: bool = True) -> pd.Series:
+    bad = pd.Series(False, index=x.index)
+    if lo is not None:
+        bad |= (x < lo) if lo_inclusive else (x <= lo)
+    if hi is not None:
+        bad |= x > hi
+    return bad.fillna(False).astype(bool)
+
+
+# --- validation --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Analysis:
+    """Parsed tables (row = position in the input) and every violation found."""
+
+    parsed: dict[str, pd.DataFrame]
+    violations: pd.DataFrame
+    broken_tables: frozenset[str]
+
+
+def validate(
+    tables: Mapping[str, pd.DataFrame],
+    vocabulary: Vocabulary,
+    measures: MeasureCatalog,
+    today: date | pd.Timestamp | str | None,
+) -> pd.DataFrame:
+    """Every violation of the contract as one row: `table, row, patient_id, column, rule, severity, message`.
+
+    `row` is the 0-based row of the input table (missing for a whole-table finding such as a missing column).
+    """
+    return _analyse(tables, vocabulary, measures, today).violations
+
+
+def _analyse(
+    tables: Mapping[str, pd.DataFrame],
+    vocabulary: Vocabulary,
+    measures: MeasureCatalog,
+    today: date | pd.Timestamp | str | None,
+) -> _Analysis:
+    today_ts = None if today is None else pd.Timestamp(today).normalize()
+    missing_tables = [t for t in CONTRACT_TABLES if t not in tables]
+    if missing_tables:
+        raise KeyError(f"contract tables missing: {', '.join(missing_tables)} (expected {', '.join(CONTRACT_TABLES)})")
+    raw = {t: _prepare(tables[t]) for t in CONTRACT_TABLES}
+    found: list[pd.DataFrame] = []
+    broken: set[str] = set()
+    for t in CONTRACT_TABLES:
+        schema = contract_schema(t, vocabulary, measures, today_ts)
+        cases = _schema_failures(schema, raw[t])
+        found.append(_describe_failures(t, cases, raw[t], vocabulary, measures, today_ts))
+        missing = {c for c in cases.loc[cases["rule"] == "missing_column", "column"]}
+        if any(spec.required and spec.name in missing for spec in CONTRACT_COLUMNS[t]):
+            broken.add(t)
+    parsed = {t: _parse_table(t, raw[t], vocabulary, measures) for t in CONTRACT_TABLES}
+    found.extend(_cross_checks(parsed, raw, measures, today_ts, broken))
+    violations = _assemble(found)
+    # dose in mg needs body size from valid assessments only, so it comes after the row errors are known
+    parsed["regimens"], body_size = _resolve_doses(parsed, violations, broken)
+    violations = _assemble([violations, body_size])
+    return _Analysis(parsed=parsed, violations=violations, broken_tables=frozenset(broken))
+
+
+def _prepare(df: pd.DataFrame) -> pd.DataFrame:
+    """Positional index (= the violation's `row`), stripped strings, blanks as missing."""
+    out = df.reset_index(drop=True).copy()
+    for c in out.columns:
+        out[c] = _blank_to_na(out[c])
+    return out
+
+
+def _schema_failures(schema: pa.DataFrameSchema, df: pd.DataFrame) -> pd.DataFrame:
+    """Run the schema lazily; pandera's failure cases as `rule, column, row, value`."""
+    empty = pd.DataFrame({"rule": pd.Series(dtype=object), "column": pd.Series(dtype=object),
+                          "row": pd.Series(dtype="Int64"), "value": pd.Series(dtype=object)})
+    try:
+        schema.validate(df, lazy=True)
+    except pa.errors.SchemaErrors as err:
+        fc = err.failure_cases
+    else:
+        return empty
+    rule = fc["check"].astype(str).replace({
+        "column_in_dataframe": "missing_column", "not_nullable": "required", "field_uniqueness": "duplicate_patient",
+    })
+    is_missing_column = rule == "missing_column"
+    column = fc["column"].astype(object).where(~is_missing_column, fc["failure_case"])
+    out = pd.DataFrame({
+        "rule": rule.to_numpy(dtype=object),
+        "column": column.to_numpy(dtype=object),
+        "row": pd.to_numeric(fc["index"], errors="coerce").astype("Int64").to_numpy(),
+        "value": fc["failure_case"].astype(object).to_numpy(),
+    })
+    # pandera also reports a missing value as not unique; emptiness is already its own finding
+    out = out[~((out["rule"] == "duplicate_patient") & out["value"].isna())]
+    return out.drop_duplicates(subset=["rule", "column", "row"]).reset_index(drop=True)
+
+
+def _describe_failures(
+    table: str,
+    cases: pd.DataFrame,
+    raw: pd.DataFrame,
+    vocabulary: Vocabulary,
+    measures: MeasureCatalog,
+    today: pd.Timestamp | None,
+) -> pd.DataFrame:
+    """Violation rows with a clinician-readable message for each pandera failure case."""
+    if cases.empty:
+        return _empty_violations()
+    messages = []
+    closest_cache: dict[str, str] = {}
+    for rule, column, value in zip(cases["rule"], cases["column"], cases["value"], strict=True):
+        messages.append(_message(table, rule, column, value, vocabulary, measures, today, closest_cache))
+    row = cases["row"]
+    patient = _patient_at(raw, row)
+    return pd.DataFrame({
+        "table": table, "row": row.to_numpy(), "patient_id": patient, "column": cases["column"].to_numpy(),
+        "rule": cases["rule"].to_numpy(), "severity": "error", "message": messages,
+    })
+
+
+def _patient_at(raw: pd.DataFrame, rows: pd.Series) -> np.ndarray:
+    if "patient_id" not in raw.columns:
+        return np.full(len(rows), None, dtype=object)
+    ids = raw["patient_id"].astype("object").to_numpy()
+    r = rows.to_numpy(dtype="float64", na_value=np.nan)
+    ok = ~np.isnan(r)
+    out = np.full(len(rows), None, dtype=object)
+    out[ok] = [None if pd.isna(v) else str(v) for v in ids[r[ok].astype(int)]]
+    return out
+
+
+_KIND_OF = {(t, s.name): s.kind for t, specs in CONTRACT_COLUMNS.items() for s in specs}
+
+
+def _message(
+    table: str,
+    rule: str,
+    column: str,
+    value: Any,
+    vocabulary: Vocabulary,
+    measures: MeasureCatalog,
+    today: pd.Timestamp | None,
+    closest_cache: dict[str, str],
+) -> str:
+    kind = _KIND_OF.get((table, column), "text")
+    if rule == "missing_column":
+        return f"required column {value!r} is missing from the {table} table"
+    if rule == "required":
+        return f"{column} is empty; every {table} row needs one"
+    if rule == "duplicate_patient":
+        return f"patient_id {value!r} appears more than once in patients; each patient needs exactly one row"
+    if rule == "unparseable_date":
+        return f"{value!r} is not a date; write dates as YYYY-MM-DD"
+    if rule == "unparseable_number":
+        expected = "a whole number" if kind == "integer" else "a number"
+        return f"{value!r} is not {expected}"
+    if rule == "out_of_range":
+        lo, hi, lo_inclusive = _range(table, column, today) or (None, None, True)
+        lower = f"≥ {lo:g}" if lo_inclusive else f"> {lo:g}"
+        bound = lower if hi is None else f"between {lo:g} and {hi:g}"
+        return f"{value!r} is out of range: {column} must be {bound}"
+    if rule == "unknown_drug":
+        key = str(value)
+        if key not in closest_cache:
+            near = vocabulary.closest(key)
+            closest_cache[key] = f"closest known: {', '.join(near)}" if near else "no similar known drug"
+        return (f"unknown drug {value!r}; {closest_cache[key]} "
+                "(add the spelling to the drug's aliases in configs/drugs.yaml if it is right)")
+    if rule == "unknown_dose_unit":
+        return f"unknown dose unit {value!r}; expected one of {', '.join(dict.fromkeys(CANONICAL_DOSE_UNITS.values()))}"
+    if rule == "unreadable_interval":
+        return (f"unreadable interval {value!r}; write e.g. 'daily', 'twice daily', 'weekly', 'every 4 weeks', "
+                "'every 6 months', 'once' or 'days 1 and 15, every 6 months'")
+    if rule == "unknown_category":
+        if kind == "antibodies":
+            index = measures.index("antibody")
+            unknown = [t for t in _split_antibodies(pd.Series([value]))["token"] if _key(t) not in index]
+            return (f"unknown antibody {', '.join(map(repr, unknown))}; expected one or more of "
+                    f"{', '.join(measures.codes('antibody'))} separated by ';'")
+        list_kind = _CATEGORY_KINDS.get(kind, kind)
+        codes = ("true", "false") if list_kind == "boolean" else measures.codes(list_kind)
+        return f"unknown {column} {value!r}; expected one of {', '.join(codes)} (or a configured alias)"
+    return f"{column}: {rule} ({value!r})"
+
+
+def _parse_table(table: str, raw: pd.DataFrame, vocabulary: Vocabulary, measures: MeasureCatalog) -> pd.DataFrame:
+    """Typed, coded columns of one table (NaN/NaT where a value is missing or unreadable); `row` = input row."""
+    out = pd.DataFrame({"row": np.arange(len(raw), dtype="int64")}, index=raw.index)
+    for spec in CONTRACT_COLUMNS[table]:
+        s = raw[spec.name] if spec.name in raw.columns else pd.Series(np.nan, index=raw.index, dtype=object)
+        kind = spec.kind
+        if kind == "date":
+            out[spec.name] = parse_dates(s)
+        elif kind in ("number", "integer"):
+            out[spec.name] = parse_numbers(s)
+        elif kind in _CATEGORY_KINDS:
+            out[spec.name] = map_codes(s, measures.index(_CATEGORY_KINDS[kind]))
+        elif kind == "id":
+            out[spec.name] = s.astype("object").map(lambda v: None if pd.isna(v) else str(v))
+        elif kind == "dose_unit":
+            out[spec.name] = map_codes(s, _DOSE_UNIT_INDEX)
+        else:
+            out[spec.name] = s.astype("object")
+    if table == "patients":
+        out = out.join(_antibody_flags(out["antibodies"], measures))
+    elif table == "regimens":
+        generic = vocabulary.lookup_many(out["drug"])
+        classes = {d.generic: d.drug_class for d in vocabulary.drugs}
+        out["generic"] = generic
+        out["drug_class"] = generic.map(classes)
+        out = out.join(parse_intervals(out["interval"]))
+    elif table == "assessments":
+        out["unit_key"] = raw["unit"].map(lambda v: _unit_key(v) if isinstance(v, str) else np.nan) \
+            if "unit" in raw.columns else np.nan
+        # unit aliases point to an accepted unit; resolve them to that unit's key
+        alias_keys = {_unit_key(a): _unit_key(u) for a, u in measures.unit_aliases.items()}
+        out["unit_key"] = out["unit_key"].map(lambda k: alias_keys.get(k, k) if isinstance(k, str) else k)
+        units = measures.unit_table()
+        out = out.reset_index().merge(units, on=["measure", "unit_key"], how="left").set_index("index")
+        out.index.name = None
+        out["canonical_value"] = out["value"] * out["factor"]
+        out["canonical_uln"] = out["upper_limit_normal"] * out["factor"]
+    return out
+
+
+def _antibody_flags(antibodies: pd.Series, measures: MeasureCatalog) -> pd.DataFrame:
+    """Canonical antibody list and one boolean column per antibody group (docs/architecture.md)."""
+    tokens = _split_antibodies(antibodies)
+    tokens["code"] = map_codes(tokens["token"], measures.index("antibody"))
+    tokens = tokens.dropna(subset=["code"]).drop_duplicates(subset=["row", "code"])
+    tokens["flag"] = tokens["code"].map({c: a.flag for c, a in measures.antibodies.items()})
+    flags = pd.DataFrame(False, index=antibodies.index, columns=list(measures.antibody_flags))
+    if not tokens.empty:
+        wide = pd.crosstab(tokens["row"], tokens["flag"]).gt(0)
+        wide = wide.reindex(index=antibodies.index, columns=flags.columns, fill_value=False)
+        flags = wide.fillna(False).astype(bool)
+    canonical = tokens.groupby("row")["code"].agg(";".join)
+    out = flags.copy()
+    out["antibodies_canonical"] = canonical.reindex(antibodies.index)
+    return out
+
+
+def _finding(
+    table: str, frame: pd.DataFrame, mask: pd.Series, column: str, rule: str, message: pd.Series | str,
+    severity: Severity = "error",
+) -> pd.DataFrame:
+    mask = mask.fillna(False).astype(bool)
+    sel = frame[mask]
+    msg = message[mask] if isinstance(message, pd.Series) else message
+    return pd.DataFrame({
+        "table": table, "row": sel["row"].astype("Int64").to_numpy(),
+        "patient_id": sel["patient_id"].to_numpy(dtype=object), "column": column, "rule": rule,
+        "severity": severity, "message": np.asarray(msg, dtype=object) if isinstance(msg, pd.Series) else msg,
+    })
+
+
+def _fmt_dates(d: pd.Series) -> pd.Series:
+    return d.dt.strftime("%Y-%m-%d").astype(object)
+
+
+def _cross_checks(
+    parsed: dict[str, pd.DataFrame],
+    raw: dict[str, pd.DataFrame],
+    measures: MeasureCatalog,
+    today: pd.Timestamp | None,
+    broken: set[str],
+) -> list[pd.DataFrame]:
+    """Rules spanning columns or tables: units per measure, enzyme ULN, dates vs birth / today, end vs start,
+    unknown patients, cytopenia grade, contradictory antibodies."""
+    out: list[pd.DataFrame] = []
+    patients = parsed["patients"]
+    known_ids = set(patients["patient_id"].dropna())
+    birth = patients.dropna(subset=["patient_id"]).drop_duplicates("patient_id").set_index("patient_id")["birth_year"]
+
+    # antibodies: 'negative' together with a positive antibody
+    ab = patients
+    positive = ab[[f for f in measures.antibody_flags if f != "antibody_negative"]].any(axis=1)
+    if "antibody_negative" in ab.columns:
+        out.append(_finding("patients", ab, positive & ab["antibody_negative"], "antibodies", "conflicting_values",
+                            "antibodies lists 'negative' together with a positive antibody"))
+
+    a = parsed["assessments"]
+    measure_ok = a["measure"].notna()
+    unit_known = a["factor"].notna()
+    accepted = {code: ", ".join(m.units) for code, m in measures.measures.items()}
+    raw_unit = raw["assessments"]["unit"].reindex(a.index) if "unit" in raw["assessments"].columns else None
+    if raw_unit is not None:
+        bad_unit = measure_ok & raw_unit.notna() & ~unit_known
+        msg = ("unit " + raw_unit.astype(str).map(repr) + " is not a unit of " + a["measure"].astype(str)
+               + " (accepted: " + a["measure"].map(accepted).astype(str) + ")")
+        out.append(_finding("assessments", a, bad_unit, "unit", "unknown_unit", msg))
+    outside = unit_known & a["canonical_value"].notna() & (
+        (a["canonical_value"] < a["lo"]) | (a["canonical_value"] > a["hi"]))
+    rng = a["lo"].map("{:g}".format) + "–" + a["hi"].map(lambda h: "" if np.isnan(h) else f"{h:g}")
+    written = a["value"].map("{:g}".format) + " " + (raw_unit.astype(str) if raw_unit is not None else "")
+    converted = a["factor"] != 1.0
+    as_canonical = a["canonical_value"].map("{:g}".format) + " " + a["out_unit"].astype(str)
+    msg = (a["measure"].astype(str) + " " + written.where(~converted, written + " (= " + as_canonical + ")")
+           + " is outside the instrument's range " + rng + " " + a["out_unit"].astype(str))
+    out.append(_finding("assessments", a, outside, "value", "out_of_range", msg))
+    enzyme = a["enzyme"].fillna(False).astype(bool)
+    uln_raw_missing = (raw["assessments"]["upper_limit_normal"].isna() if "upper_limit_normal"
+                       in raw["assessments"].columns else pd.Series(True, index=a.index))
+    out.append(_finding("assessments", a, enzyme & uln_raw_missing, "upper_limit_normal",
+                        "missing_upper_limit_normal",
+                        a["measure"].astype(str) + " needs its upper_limit_normal (the laboratory's reference limit)"))
+
+    r = parsed["regimens"]
+    out.append(_finding("regimens", r, r["end_date"] < r["start_date"], "end_date", "end_before_start",
+                        "end_date " + _fmt_dates(r["end_date"]) + " is before start_date "
+                        + _fmt_dates(r["start_date"])))
+
+    e = parsed["events"]
+    out.append(_finding("events", e, (e["event"] == "cytopenia") & e["grade"].isna()
+                        & raw["events"].get("grade", pd.Series(np.nan, index=e.index)).isna(),
+                        "grade", "missing_grade", "a cytopenia needs its grade (1–4)"))
+
+    date_columns = {"patients": ["diagnosis_date"], "regimens": ["start_date", "end_date"],
+                    "assessments": ["date"], "events": ["date"]}
+    for table, cols in date_columns.items():
+        frame = parsed[table]
+        if table != "patients":
+            out.append(_finding(table, frame, frame["patient_id"].notna() & ~frame["patient_id"].isin(known_ids),
+                                "patient_id", "unknown_patient",
+                                "patient_id " + frame["patient_id"].astype(str).map(repr)
+                                + " is not in the patients table"))
+        by = frame["patient_id"].map(birth)
+        for col in cols:
+            d = frame[col]
+            before = d.dt.year < by
+            out.append(_finding(table, frame, before, col, "date_before_birth",
+                                col + " " + _fmt_dates(d) + " is before the birth year " + by.map(
+                                    lambda y: "" if pd.isna(y) else f"{y:g}")))
+            if today is not None:
+                out.append(_finding(table, frame, d > today, col, "date_in_future",
+                                    col + " " + _fmt_dates(d) + f" is after today ({today:%Y-%m-%d})"))
+    return out
+
+
+def _resolve_doses(
+    parsed: dict[str, pd.DataFrame], violations: pd.DataFrame, broken: set[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`dose_mg` and `daily_mg` of each regimen row, using the weight and height measured nearest on or before
+    its start date (valid assessments only); a weight-based dose without body size is a warning."""
+    r = parsed["regimens"].copy()
+    a = parsed["assessments"]
+    bad_assessments = _error_rows(violations, "assessments")
+    valid = a[~a["row"].isin(bad_assessments)] if "assessments" not in broken else a.iloc[:0]
+    basis = r["dose_unit"].map({CANONICAL_DOSE_UNITS[k]: v[1] for k, v in DOSE_UNITS.items()})
+    factor = r["dose_unit"].map({CANONICAL_DOSE_UNITS[k]: v[0] for k, v in DOSE_UNITS.items()}).astype(float)
+    r["weight_kg"] = _nearest_before(r, valid, "weight")
+    r["height_cm"] = _nearest_before(r, valid, "height")
+    bsa = pd.Series(body_surface_area(r["weight_kg"], r["height_cm"]), index=r.index)
+    scale = np.select([basis == "mg", basis == "mg_per_kg", basis == "mg_per_m2"],
+                      [np.ones(len(r)), r["weight_kg"].to_numpy(float), bsa.to_numpy(float)], default=np.nan)
+    r["dose_mg"] = r["dose"].to_numpy(float) * factor.to_numpy(float) * scale
+    r["daily_mg"] = r["dose_mg"] * r["doses_per_cycle"] / r["cycle_days"]
+    start = _fmt_dates(r["start_date"])
+    no_weight = basis.isin(["mg_per_kg", "mg_per_m2"]) & r["weight_kg"].isna() & r["start_date"].notna()
+    no_height = (basis == "mg_per_m2") & r["weight_kg"].notna() & r["height_cm"].isna() & r["start_date"].notna()
+    warnings = _assemble([
+        _finding("regimens", r, no_weight, "dose_unit", "no_body_size",
+                 r["dose_unit"].astype(str) + " dose but no weight measured on or before " + start
+                 + "; dose_mg left empty", severity="warning"),
+        _finding("regimens", r, no_height, "dose_unit", "no_body_size",
+                 "mg/m2 dose but no height measured on or before " + start + "; dose_mg left empty",
+                 severity="warning"),
+    ])
+    return r, warnings
+
+
+def _nearest_before(regimens: pd.DataFrame, assessments: pd.DataFrame, measure: str) -> pd.Series:
+    """The canonical value of `measure` measured nearest on or before each regimen's start date (merge_asof)."""
+    left = regimens.loc[regimens["start_date"].notna() & regimens["patient_id"].notna(),
+                        ["patient_id", "start_date"]].reset_index()
+    right = assessments.loc[(assessments["measure"] == measure) & assessments["canonical_value"].notna()
+                            & assessments["date"].notna(), ["patient_id", "date", "canonical_value", "row"]]
+    if left.empty or right.empty:
+        return pd.Series(np.nan, index=regimens.index, dtype=float)
+    # on one date with two records, the later input row wins (deterministic whatever the input order)
+    right = right.sort_values(["date", "row"]).drop_duplicates(["patient_id", "date"], keep="last")
+    merged = pd.merge_asof(
+        left.sort_values("start_date"), right.drop(columns="row").sort_values("date"),
+        left_on="start_date", right_on="date", by="patient_id", direction="backward", allow_exact_matches=True,
+    )
+    return merged.set_index("index")["canonical_value"].reindex(regimens.index).astype(float)
+
+
+def _empty_violations() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="Int64" if c == "row" else object) for c in VIOLATION_COLUMNS})
+
+
+def _assemble(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return _empty_violations()
+    v = pd.concat(parts, ignore_index=True)
+    v["row"] = v["row"].astype("Int64")
+    v = v[list(VIOLATION_COLUMNS)].astype({c: object for c in VIOLATION_COLUMNS if c != "row"})
+    order = {t: i for i, t in enumerate(CONTRACT_TABLES)}
+    v = v.assign(_t=v["table"].map(order)).sort_values(["_t", "row", "column", "rule"], na_position="first",
+                                                       kind="stable")
+    return v.drop(columns="_t").reset_index(drop=True)
+
+
+def _error_rows(violations: pd.DataFrame, table: str) -> pd.Index:
+    v = violations[(violations["table"] == table) & (violations["severity"] == "error") & violations["row"].notna()]
+    return pd.Index(v["row"].astype("int64").unique())
+
+
+# --- normalisation -----------------------------------------------------------------------------------------------
+def normalise(
+    tables: Mapping[str, pd.DataFrame],
+    vocabulary: Vocabulary,
+    measures: MeasureCatalog,
+    today: date | pd.Timestamp | str | None = None,
+) -> dict[str, pd.DataFrame]:
+    """The normalised tables (docs/architecture.md) of the rows free of errors; `row` = the input row.
+
+    Without `today` the after-today rule is not applied. A table with a missing required column comes back empty.
+    """
+    return _normalised(_analyse(tables, vocabulary, measures, today), measures)
+
+
+def _normalised(analysis: _Analysis, measures: MeasureCatalog) -> dict[str, pd.DataFrame]:
+    out: dict[str, pd.DataFrame] = {}
+    for table in CONTRACT_TABLES:
+        p = analysis.parsed[table]
+        keep = ~p["row"].isin(_error_rows(analysis.violations, table))
+        if table in analysis.broken_tables:
+            keep &= False
+        out[table] = _shape(table, p[keep], measures)
+    return out
+
+
+def _shape(table: str, p: pd.DataFrame, measures: MeasureCatalog) -> pd.DataFrame:
+    """Select, rename and type the normalised columns; rows sorted by patient, date and input row."""
+    if table == "patients":
+        df = p.assign(antibodies=p["antibodies_canonical"], birth_year=p["birth_year"].astype("int64"),
+                      ild=p["ild"].astype(bool), cancer_associated=p["cancer_associated"].astype(bool))
+        cols = [*NORMALISED_COLUMNS[table], *measures.antibody_flags]
+        df = df[cols].astype({f: bool for f in measures.antibody_flags})
+        keys = ["patient_id", "row"]
+    elif table == "regimens":
+        df = p[list(NORMALISED_COLUMNS[table])]
+        keys = ["patient_id", "start_date", "row"]
+    elif table == "assessments":
+        df = p.assign(value=p["canonical_value"], unit=p["out_unit"], upper_limit_normal=p["canonical_uln"])
+        df = df[list(NORMALISED_COLUMNS[table])]
+        keys = ["patient_id", "date", "measure", "row"]
+    else:
+        df = p.assign(grade=p["grade"].astype(float))[list(NORMALISED_COLUMNS[table])]
+        keys = ["patient_id", "date", "row"]
+    df = df.sort_values(keys, kind="stable").reset_index(drop=True)
+    text = [c for c in df.columns if c in {"patient_id", "sex", "diagnosis", "antibodies", "drug", "generic",
+                                           "drug_class", "route", "dose_unit", "interval", "measure", "unit",
+                                           "event", "details"}]
+    df = df.astype({c: object for c in text})
+    df["row"] = df["row"].astype("int64")
+    return df
+
+
+# --- whole patients ----------------------------------------------------------------------------------------------
+def reject_patients(
+    tables: Mapping[str, pd.DataFrame], violations: pd.DataFrame
+) -> tuple[dict[str, pd.DataFrame], pd.Index]:
+    """Drop every row of each patient with at least one error (in any table); returns the tables and the ids."""
+    errors = violations[(violations["severity"] == "error") & violations["patient_id"].notna()]
+    rejected = pd.Index(sorted(errors["patient_id"].astype(str).unique()), name="patient_id", dtype=object)
+    kept = {
+        name: df[~df["patient_id"].astype(object).isin(rejected)].reset_index(drop=True)
+        if "patient_id" in df.columns else df
+        for name, df in tables.items()
+    }
+    return kept, rejected
+
+
+class ContractError(ValueError):
+    """Raised by `ContractResult.raise_for_errors` when the tables break the contract."""
+
+
+@dataclass(frozen=True)
+class ContractResult:
+    """What `check` returns: normalised tables of the accepted patients, every violation, the rejected ids."""
+
+    normalised: dict[str, pd.DataFrame]
+    violations: pd.DataFrame
+    rejected_patients: pd.Index
+
+    @property
+    def errors(self) -> pd.DataFrame:
+        return self.violations[self.violations["severity"] == "error"]
+
+    @property
+    def warnings(self) -> pd.DataFrame:
+        return self.violations[self.violations["severity"] == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return self.errors.empty
+
+    def raise_for_errors(self, limit: int = 20) -> None:
+        """Raise a `ContractError` listing the first `limit` errors (table, row, column, rule, message)."""
+        if self.ok:
+            return
+        lines = [format_violation(v) for v in self.errors.head(limit).itertuples(index=False)]
+        more = len(self.errors) - limit
+        tail = [f"... and {more} more"] if more > 0 else []
+        raise ContractError(f"{len(self.errors)} contract error(s):\n" + "\n".join([*lines, *tail]))
+
+
+def format_violation(v: Any) -> str:
+    """One violation as a line: `table row N (patient P), column C [rule]: message`."""
+    row = "" if pd.isna(v.row) else f" row {int(v.row)}"
+    patient = "" if v.patient_id is None or pd.isna(v.patient_id) else f" (patient {v.patient_id})"
+    return f"{v.table}{row}{patient}, column {v.column} [{v.rule}]: {v.message}"
+
+
+def check(
+    tables: Mapping[str, pd.DataFrame],
+    vocabulary: Vocabulary,
+    measures: MeasureCatalog,
+    today: date | pd.Timestamp | str | None,
+) -> ContractResult:
+    """Validate, normalise and drop every patient with an error, in one call (the pipeline's entry point)."""
+    analysis = _analyse(tables, vocabulary, measures, today)
+    normalised, rejected = reject_patients(_normalised(analysis, measures), analysis.violations)
+    return ContractResult(normalised=normalised, violations=analysis.violations, rejected_patients=rejected)
