@@ -162,7 +162,9 @@ class ResponseInputError(ValueError):
         shown = "\n".join(f"  - {m}" for m in self.violations["message"].head(10))
         more = len(self.violations) - 10
         tail = f"\n  ... and {more} more (see .violations)" if more > 0 else ""
-        super().__init__(f"{len(self.violations)} invalid value(s) in the response-criteria input:\n{shown}{tail}")
+        super().__init__(
+            f"{len(self.violations)} invalid value(s) in the response-criteria input:\n{shown}{tail}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -190,7 +192,9 @@ def _numeric(frame: pd.DataFrame, table: str, column: str, found: list[pd.DataFr
     coerced = pd.to_numeric(col, errors="coerce")
     bad = (coerced.isna() & col.notna()).to_numpy() | col.map(lambda v: isinstance(v, bool)).to_numpy(bool)
     if bad.any():
-        found.append(_violations(table, frame.index[bad], column, "numeric", col.to_numpy()[bad], "not a number"))
+        found.append(
+            _violations(table, frame.index[bad], column, "numeric", col.to_numpy()[bad], "not a number")
+        )
     return np.where(bad, np.nan, coerced.to_numpy(dtype=float, na_value=np.nan))
 
 
@@ -219,26 +223,36 @@ def _read_visit(frame: pd.DataFrame, table: str, instruments: Instruments, found
     required = (*FIXED_RANGE_MEASURES, "mmt8", "mmt8_scale")
     for column in required:
         if column not in frame.columns:
-            found.append(_violations(table, pd.Index([None]), column, "required_column", None, "column is missing"))
+            found.append(
+                _violations(table, pd.Index([None]), column, "required_column", None, "column is missing")
+            )
             cols[column] = np.full(len(frame), np.nan)
             continue
         cols[column] = _numeric(frame, table, column, found)
     for measure in FIXED_RANGE_MEASURES:
         hi = instruments.range_of(measure)
-        _check_range(cols[measure], 0.0, hi, idx, table, measure, f"outside the instrument range 0-{hi:g}", found)
+        _check_range(
+            cols[measure], 0.0, hi, idx, table, measure, f"outside the instrument range 0-{hi:g}", found
+        )
     scale, mmt = cols["mmt8_scale"], cols["mmt8"]
     bad_scale = ~np.isnan(scale) & ~np.isin(scale, np.asarray(instruments.mmt8_scales, dtype=float))
     if bad_scale.any():
         allowed = " or ".join(f"{s:g}" for s in instruments.mmt8_scales)
         found.append(
-            _violations(table, idx[bad_scale], "mmt8_scale", "allowed_value", scale[bad_scale], f"must be {allowed}")
+            _violations(
+                table, idx[bad_scale], "mmt8_scale", "allowed_value", scale[bad_scale], f"must be {allowed}"
+            )
         )
     no_scale = ~np.isnan(mmt) & np.isnan(scale)
     if no_scale.any():
         found.append(
-            _violations(table, idx[no_scale], "mmt8_scale", "required_with_mmt8", None, "mmt8 has no scale (80/150)")
+            _violations(
+                table, idx[no_scale], "mmt8_scale", "required_with_mmt8", None, "mmt8 has no scale (80/150)"
+            )
         )
-    _check_range(mmt, 0.0, np.where(bad_scale, np.inf, scale), idx, table, "mmt8", "outside 0-mmt8_scale", found)
+    _check_range(
+        mmt, 0.0, np.where(bad_scale, np.inf, scale), idx, table, "mmt8", "outside 0-mmt8_scale", found
+    )
     for enzyme in instruments.enzymes:
         uln_col = f"{enzyme}_uln"
         if enzyme not in frame.columns:
@@ -247,19 +261,27 @@ def _read_visit(frame: pd.DataFrame, table: str, instruments: Instruments, found
         _check_range(value, 0.0, np.inf, idx, table, enzyme, "an enzyme level must be >= 0 and finite", found)
         if uln_col in frame.columns:
             uln = _numeric(frame, table, uln_col, found)
-            _check_range(uln, 0.0, np.inf, idx, table, uln_col, "an upper limit of normal must be > 0", found, True)
+            _check_range(
+                uln, 0.0, np.inf, idx, table, uln_col, "an upper limit of normal must be > 0", found, True
+            )
         else:
             uln = np.full(len(frame), np.nan)
             if table == "baseline":
                 found.append(
-                    _violations(table, pd.Index([None]), uln_col, "required_column", None, f"{enzyme} needs {uln_col}")
+                    _violations(
+                        table, pd.Index([None]), uln_col, "required_column", None, f"{enzyme} needs {uln_col}"
+                    )
                 )
         if table == "baseline":
             no_uln = ~np.isnan(value) & np.isnan(uln)
             if no_uln.any():
                 found.append(
                     _violations(
-                        table, idx[no_uln], uln_col, "required_with_value", None,
+                        table,
+                        idx[no_uln],
+                        uln_col,
+                        "required_with_value",
+                        None,
                         f"a baseline {enzyme} value needs its upper limit of normal",
                     )
                 )
@@ -279,7 +301,9 @@ def _read_pair(baseline: pd.DataFrame, followup: pd.DataFrame, instruments: Inst
         else:
             pos = int(np.flatnonzero(baseline.index.to_numpy() != followup.index.to_numpy())[0])
             what, row = f"index differs from baseline at position {pos}", followup.index[pos]
-        raise ResponseInputError(_violations("followup", pd.Index([row]), "(index)", "aligned_index", None, what))
+        raise ResponseInputError(
+            _violations("followup", pd.Index([row]), "(index)", "aligned_index", None, what)
+        )
     b = _read_visit(baseline, "baseline", instruments, found)
     f = _read_visit(followup, "followup", instruments, found)
     if found:
@@ -355,7 +379,9 @@ def total_improvement_score(
     percent: dict[str, np.ndarray] = {}
     for measure in FIXED_RANGE_MEASURES:
         percent[measure] = (b[measure] - f[measure]) / inst.range_of(measure) * 100.0
-    scale_differs = ~np.isnan(b["mmt8_scale"]) & ~np.isnan(f["mmt8_scale"]) & (b["mmt8_scale"] != f["mmt8_scale"])
+    scale_differs = (
+        ~np.isnan(b["mmt8_scale"]) & ~np.isnan(f["mmt8_scale"]) & (b["mmt8_scale"] != f["mmt8_scale"])
+    )
     mmt_pct = (f["mmt8"] - b["mmt8"]) / b["mmt8_scale"] * 100.0
     percent["mmt8"] = np.where(scale_differs, np.nan, mmt_pct)
     enzyme_pos, e_base, e_follow, e_uln = _most_abnormal_enzyme(b, f, inst.enzymes, dec)
@@ -391,7 +417,9 @@ def total_improvement_score(
 def _threshold_table(juvenile: bool | np.ndarray | pd.Series, n: int, rules: TisRules) -> np.ndarray:
     juv = np.asarray(juvenile)
     if juv.dtype != bool:
-        raise TypeError(f"juvenile must be a bool or an array of bools (no missing values), got dtype {juv.dtype}")
+        raise TypeError(
+            f"juvenile must be a bool or an array of bools (no missing values), got dtype {juv.dtype}"
+        )
     if juv.ndim > 0 and juv.shape != (n,):
         raise ValueError(f"juvenile has {juv.shape[0]} values but tis has {n}")
     juv = np.broadcast_to(juv, (n,))
@@ -447,10 +475,95 @@ def imacs_doi(
     change["enzyme"] = e_base - e_follow
     base = {**{m: b[m] for m in (*FIXED_RANGE_MEASURES, "mmt8")}, "enzyme": e_base}
     pct = np.column_stack([np.round(_safe_percent(change[m], base[m]), dec) for m in CORE_SET])
-    scale_differs = ~np.isnan(b["mmt8_scale"]) & ~np.isnan(f["mmt8_scale"]) & (b["mmt8_scale"] != f["mmt8_scale"])
+    scale_differs = (
+        ~np.isnan(b["mmt8_scale"]) & ~np.isnan(f["mmt8_scale"]) & (b["mmt8_scale"] != f["mmt8_scale"])
+    )
     missing = np.isnan(pct).any(axis=1) | scale_differs
     improved = (pct >= rules.improvement_percent).sum(axis=1)
     worse = pct <= -rules.worsening_percent
     mmt_worse = worse[:, CORE_SET.index("mmt8")] & (not rules.mmt8_may_worsen)
     met = (improved >= rules.min_improved) & (worse.sum(axis=1) <= rules.max_worsened) & ~mmt_worse
     return pd.Series(pd.arrays.BooleanArray(met, missing), index=baseline.index, name="imacs_doi")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Confirmed deterioration (ProDERM)
+
+
+class DeteriorationRules(_Frozen):
+    """ProDERM deterioration at one visit; MMT-8 and the 3-of-5 rule use percent of the baseline value
+    [unconfirmed: the reference does not say which percent; kept a setting like the enzyme rule]."""
+
+    physician_global_cm: float = Field(2.0, gt=0)
+    mmt8_percent: float = Field(20.0, gt=0)
+    extramuscular_global_cm: float = Field(2.0, gt=0)
+    any_measures: int = Field(3, ge=1, le=5)
+    any_percent: float = Field(30.0, gt=0)
+    percent_of: Literal["baseline", "range"] = "baseline"
+    percent_decimals: int = Field(9, ge=0, le=12)
+    instruments: Instruments = Instruments()
+
+
+DEFAULT_DETERIORATION_RULES = DeteriorationRules()
+
+
+def _worsening_percent(b: dict, f: dict, measure: str, rules: DeteriorationRules) -> np.ndarray:
+    """How much worse (positive = worse) a core set measure is at follow-up, in percent."""
+    worse = f[measure] - b[measure] if measure != "mmt8" else b[measure] - f[measure]
+    if rules.percent_of == "baseline":
+        denominator = b[measure]
+    elif measure == "mmt8":
+        denominator = b["mmt8_scale"]
+    else:
+        denominator = np.full_like(worse, rules.instruments.range_of(measure))
+    return np.round(_safe_percent(worse, denominator), rules.percent_decimals)
+
+
+def _kleene(values: np.ndarray, missing: np.ndarray) -> pd.arrays.BooleanArray:
+    return pd.arrays.BooleanArray(np.where(missing, False, values), missing)
+
+
+def deterioration(
+    baseline: pd.DataFrame, followup: pd.DataFrame, rules: DeteriorationRules = DEFAULT_DETERIORATION_RULES
+) -> pd.Series:
+    """Whether a visit meets the ProDERM deterioration criteria against baseline (nullable boolean): physician
+    global >= 2 cm worse and MMT-8 >= 20 % worse; or extramuscular global >= 2 cm worse; or 3 of the 5
+    non-enzyme core set measures >= 30 % worse. NA only when missing values leave the answer open."""
+    inst = rules.instruments
+    b, f = _read_pair(baseline, followup, inst)
+    dec = rules.percent_decimals
+    scale_differs = (
+        ~np.isnan(b["mmt8_scale"]) & ~np.isnan(f["mmt8_scale"]) & (b["mmt8_scale"] != f["mmt8_scale"])
+    )
+    phys = np.round(f["physician_global"] - b["physician_global"], dec)
+    extra = np.round(f["extramuscular_global"] - b["extramuscular_global"], dec)
+    mmt = np.where(scale_differs, np.nan, _worsening_percent(b, f, "mmt8", rules))
+    phys_worse = _kleene(phys >= rules.physician_global_cm, np.isnan(phys))
+    mmt_worse = _kleene(mmt >= rules.mmt8_percent, np.isnan(mmt))
+    extra_worse = _kleene(extra >= rules.extramuscular_global_cm, np.isnan(extra))
+    pct = np.column_stack(
+        [mmt if m == "mmt8" else _worsening_percent(b, f, m, rules) for m in CORE_SET if m != "enzyme"]
+    )
+    unknown = np.isnan(pct).sum(axis=1)
+    count = (pct >= rules.any_percent).sum(axis=1)
+    several = _kleene(
+        count >= rules.any_measures, (count < rules.any_measures) & (count + unknown >= rules.any_measures)
+    )
+    met = (phys_worse & mmt_worse) | extra_worse | several
+    return pd.Series(met, index=baseline.index, name="deterioration")
+
+
+def confirmed_deterioration(
+    baseline: pd.DataFrame,
+    visits: list[pd.DataFrame],
+    rules: DeteriorationRules = DEFAULT_DETERIORATION_RULES,
+) -> pd.Series:
+    """ProDERM confirmed deterioration: the deterioration criteria met at two consecutive visits (each an
+    aligned frame, in date order) against the same baseline; Kleene logic keeps undecidable rows NA."""
+    if len(visits) < 2:
+        raise ValueError(f"confirmed deterioration needs at least two consecutive visits, got {len(visits)}")
+    flags = [deterioration(baseline, visit, rules).array for visit in visits]
+    confirmed = flags[0] & flags[1]
+    for earlier, later in zip(flags[1:], flags[2:], strict=False):
+        confirmed = confirmed | (earlier & later)
+    return pd.Series(confirmed, index=baseline.index, name="confirmed_deterioration")

@@ -15,10 +15,13 @@ from hypothesis import strategies as st
 
 from features.response import (
     CATEGORIES,
+    DeteriorationRules,
     DoiRules,
     Instruments,
     ResponseInputError,
     TisRules,
+    confirmed_deterioration,
+    deterioration,
     imacs_doi,
     improvement_category,
     response_threshold,
@@ -93,7 +96,9 @@ def test_fixed_range_measure_band_edges(measure: str, pct: float, expected: floa
     ("start", "end", "edge", "expected"),
     [(2.2, 0.7, 15, 7.5), (1.1, 0.6, 5, 0.0), (4.4, 1.9, 25, 15.0)],
 )
-def test_floating_point_edge_counts_as_the_edge(start: float, end: float, edge: float, expected: float) -> None:
+def test_floating_point_edge_counts_as_the_edge(
+    start: float, end: float, edge: float, expected: float
+) -> None:
     """2.2 -> 0.7 cm is 15.000000000000002 % in floating point: it must still score the band ending at 15 %."""
     assert (start - end) / 10 * 100 > edge  # the trap this guards against
     b, f = pair({"physician_global": start}, {"physician_global": end})
@@ -144,10 +149,22 @@ def test_worsening_scores_zero(measure: str) -> None:
 
 
 def test_perfect_improvement_scores_100() -> None:
-    worst = {"physician_global": 10.0, "patient_global": 10.0, "haq": 3.0, "extramuscular_global": 10.0,
-             "mmt8": 0.0, "ck": 4000.0}
-    best = {"physician_global": 0.0, "patient_global": 0.0, "haq": 0.0, "extramuscular_global": 0.0,
-            "mmt8": 80.0, "ck": 150.0}
+    worst = {
+        "physician_global": 10.0,
+        "patient_global": 10.0,
+        "haq": 3.0,
+        "extramuscular_global": 10.0,
+        "mmt8": 0.0,
+        "ck": 4000.0,
+    }
+    best = {
+        "physician_global": 0.0,
+        "patient_global": 0.0,
+        "haq": 0.0,
+        "extramuscular_global": 0.0,
+        "mmt8": 80.0,
+        "ck": 150.0,
+    }
     result = total_improvement_score(*pair(worst, best))
     assert result["total_improvement_score"].iloc[0] == 100.0
     assert result["missing_reason"].isna().all()
@@ -155,17 +172,47 @@ def test_perfect_improvement_scores_100() -> None:
 
 def test_seed_case_hand_computed() -> None:
     """The seed patient, 19 May 2026 (combination started) -> 17 Nov 2026, copied from the fixture export."""
-    may = {"physician_global": 6.5, "patient_global": 7.0, "mmt8": 56.0, "mmt8_scale": 80.0, "haq": 1.625,
-           "extramuscular_global": 5.5, "ck": 1900.0, "ck_uln": 200.0, "aldolase": 11.9, "aldolase_uln": 7.6,
-           "alt": 24.0, "alt_uln": 35.0}
-    nov = {"physician_global": 5.5, "patient_global": 6.2, "mmt8": 63.0, "mmt8_scale": 80.0, "haq": 1.375,
-           "extramuscular_global": 4.2, "ck": 980.0, "ck_uln": 200.0, "aldolase": 6.1, "aldolase_uln": 7.6,
-           "alt": 24.0, "alt_uln": 35.0}
+    may = {
+        "physician_global": 6.5,
+        "patient_global": 7.0,
+        "mmt8": 56.0,
+        "mmt8_scale": 80.0,
+        "haq": 1.625,
+        "extramuscular_global": 5.5,
+        "ck": 1900.0,
+        "ck_uln": 200.0,
+        "aldolase": 11.9,
+        "aldolase_uln": 7.6,
+        "alt": 24.0,
+        "alt_uln": 35.0,
+    }
+    nov = {
+        "physician_global": 5.5,
+        "patient_global": 6.2,
+        "mmt8": 63.0,
+        "mmt8_scale": 80.0,
+        "haq": 1.375,
+        "extramuscular_global": 4.2,
+        "ck": 980.0,
+        "ck_uln": 200.0,
+        "aldolase": 6.1,
+        "aldolase_uln": 7.6,
+        "alt": 24.0,
+        "alt_uln": 35.0,
+    }
     b, f = pd.DataFrame([may], index=["SEED-0001"]), pd.DataFrame([nov], index=["SEED-0001"])
     row = total_improvement_score(b, f).loc["SEED-0001"]
     # 10 % -> 7.5; 8 % -> 2.5; 7/80 = 8.75 % -> 10; 0.25/3 = 8.3 % -> 5; 13 % -> 7.5; CK (9.5x ULN) -48 % -> 7.5
-    assert row[["points_physician_global", "points_patient_global", "points_mmt8", "points_haq",
-                "points_extramuscular_global", "points_enzyme"]].tolist() == [7.5, 2.5, 10, 5, 7.5, 7.5]
+    assert row[
+        [
+            "points_physician_global",
+            "points_patient_global",
+            "points_mmt8",
+            "points_haq",
+            "points_extramuscular_global",
+            "points_enzyme",
+        ]
+    ].tolist() == [7.5, 2.5, 10, 5, 7.5, 7.5]
     assert row["total_improvement_score"] == 40.0
     assert row["enzyme_used"] == "ck"
     assert improvement_category(pd.Series([40.0])).iloc[0] == "moderate"
@@ -185,16 +232,27 @@ def test_seed_case_hand_computed() -> None:
         # tie at 2x ULN: CK comes first in the default order
         ({"ck": 400.0, "aldolase": 15.2}, {"ck": 400.0, "aldolase": 1.0}, TisRules(), "ck", 0.0),
         # the same tie with aldolase listed first
-        ({"ck": 400.0, "aldolase": 15.2}, {"ck": 400.0, "aldolase": 1.0},
-         TisRules(instruments=Instruments(enzymes=("aldolase", "ck", "ast", "alt", "ldh"))), "aldolase", 7.5),
+        (
+            {"ck": 400.0, "aldolase": 15.2},
+            {"ck": 400.0, "aldolase": 1.0},
+            TisRules(instruments=Instruments(enzymes=("aldolase", "ck", "ast", "alt", "ldh"))),
+            "aldolase",
+            7.5,
+        ),
         # CK is the most abnormal at baseline but not measured at follow-up: aldolase is the one in both
         ({}, {"ck": None, "aldolase": 8.0}, TisRules(), "aldolase", 5.0),
         # [unconfirmed] rule: CK 1000 -> 900 is 10 % of baseline (2.5) but 50 % of its ULN 200 (7.5)
         ({}, {"ck": 900.0}, TisRules(), "ck", 2.5),
         ({}, {"ck": 900.0}, TisRules(enzyme_change="relative_to_uln"), "ck", 7.5),
     ],
-    ids=["most-abnormal", "tie-default-order", "tie-configured-order", "needs-both-visits",
-         "relative-to-baseline", "relative-to-uln"],
+    ids=[
+        "most-abnormal",
+        "tie-default-order",
+        "tie-configured-order",
+        "needs-both-visits",
+        "relative-to-baseline",
+        "relative-to-uln",
+    ],
 )
 def test_enzyme_choice(baseline, followup, rules, used, points) -> None:
     result = total_improvement_score(*pair(baseline, followup), rules=rules)
@@ -298,10 +356,21 @@ def test_missing_column_and_misaligned_rows_are_errors() -> None:
 @pytest.mark.parametrize(
     ("tis", "juvenile", "expected"),
     [
-        (0.0, False, "none"), (19.99, False, "none"), (20.0, False, "minimal"), (39.99, False, "minimal"),
-        (40.0, False, "moderate"), (59.99, False, "moderate"), (60.0, False, "major"), (100.0, False, "major"),
-        (20.0, True, "none"), (29.99, True, "none"), (30.0, True, "minimal"), (44.99, True, "minimal"),
-        (45.0, True, "moderate"), (69.99, True, "moderate"), (70.0, True, "major"),
+        (0.0, False, "none"),
+        (19.99, False, "none"),
+        (20.0, False, "minimal"),
+        (39.99, False, "minimal"),
+        (40.0, False, "moderate"),
+        (59.99, False, "moderate"),
+        (60.0, False, "major"),
+        (100.0, False, "major"),
+        (20.0, True, "none"),
+        (29.99, True, "none"),
+        (30.0, True, "minimal"),
+        (44.99, True, "minimal"),
+        (45.0, True, "moderate"),
+        (69.99, True, "moderate"),
+        (70.0, True, "major"),
     ],
 )
 def test_improvement_category_thresholds(tis: float, juvenile: bool, expected: str) -> None:
@@ -325,8 +394,14 @@ def test_improvement_category_rejects_impossible_scores(bad: np.ndarray) -> None
 
 @pytest.mark.parametrize(
     ("category", "juvenile", "expected"),
-    [("minimal", False, 20.0), ("moderate", False, 40.0), ("major", False, 60.0),
-     ("minimal", True, 30.0), ("moderate", True, 45.0), ("major", True, 70.0)],
+    [
+        ("minimal", False, 20.0),
+        ("moderate", False, 40.0),
+        ("major", False, 60.0),
+        ("minimal", True, 30.0),
+        ("moderate", True, 45.0),
+        ("major", True, 70.0),
+    ],
 )
 def test_response_threshold(category: str, juvenile: bool, expected: float) -> None:
     assert response_threshold(category, juvenile=juvenile) == expected
@@ -363,7 +438,10 @@ IMPROVED_MMT = {"physician_global": 4.0, "patient_global": 4.0, "mmt8": 48.0}  #
         (IMPROVED_20, True),
         ({**IMPROVED_20, "haq": 1.21}, False),  # 19.3 %: only 2 improved
         ({"physician_global": 4.0, "patient_global": 4.0}, False),
-        ({**IMPROVED_20, "extramuscular_global": 6.25, "ck": 1250.0}, True),  # 2 worse by exactly 25 %: allowed
+        (
+            {**IMPROVED_20, "extramuscular_global": 6.25, "ck": 1250.0},
+            True,
+        ),  # 2 worse by exactly 25 %: allowed
         # 4 improved (aldolase also improves, but CK is the most abnormal enzyme and it is worse), 2 worse
         ({**IMPROVED_20, "mmt8": 80.0, "extramuscular_global": 6.25, "ck": 1250.0, "aldolase": 1.0}, True),
         (IMPROVED_MMT | {"extramuscular_global": 6.25, "ck": 1250.0}, True),
@@ -372,8 +450,18 @@ IMPROVED_MMT = {"physician_global": 4.0, "patient_global": 4.0, "mmt8": 48.0}  #
         ({**IMPROVED_20, "extramuscular_global": 1.0, "mmt8": 30.4}, True),  # MMT worse by 24 %: no veto
         ({**IMPROVED_20, "mmt8": None}, None),  # missing -> NA
     ],
-    ids=["3-improved", "19pct-not-counted", "2-improved", "2-worse-allowed", "enzyme-is-the-most-abnormal",
-         "mmt-improved-2-worse", "3-worse", "mmt-veto", "mmt-24pct", "missing"],
+    ids=[
+        "3-improved",
+        "19pct-not-counted",
+        "2-improved",
+        "2-worse-allowed",
+        "enzyme-is-the-most-abnormal",
+        "mmt-improved-2-worse",
+        "3-worse",
+        "mmt-veto",
+        "mmt-24pct",
+        "missing",
+    ],
 )
 def test_imacs_doi(followup: dict, expected: bool | None) -> None:
     result = imacs_doi(*pair(None, followup))
@@ -386,8 +474,10 @@ def test_imacs_doi(followup: dict, expected: bool | None) -> None:
 
 def test_doi_is_relative_to_baseline_not_to_the_range() -> None:
     """Physician global 2 -> 1.6 cm is 20 % of baseline (counts for DOI) but 4 % of the range (0 TIS points)."""
-    b, f = pair({"physician_global": 2.0, "patient_global": 2.0, "haq": 0.5},
-                {"physician_global": 1.6, "patient_global": 1.6, "haq": 0.4})
+    b, f = pair(
+        {"physician_global": 2.0, "patient_global": 2.0, "haq": 0.5},
+        {"physician_global": 1.6, "patient_global": 1.6, "haq": 0.4},
+    )
     assert bool(imacs_doi(b, f).iloc[0]) is True
     assert total_improvement_score(b, f)["total_improvement_score"].iloc[0] == 0.0
 
@@ -396,6 +486,79 @@ def test_doi_rules_are_configurable() -> None:
     b, f = pair(None, {**IMPROVED_20, "extramuscular_global": 1.0, "mmt8": 30.0})
     assert bool(imacs_doi(b, f, DoiRules(mmt8_may_worsen=True)).iloc[0]) is True
     assert bool(imacs_doi(*pair(None, IMPROVED_20), DoiRules(min_improved=4)).iloc[0]) is False
+
+
+# ---- ProDERM deterioration ---------------------------------------------------------------------------------------
+
+WORSE_30 = {"patient_global": 6.5, "haq": 1.95, "extramuscular_global": 6.5}  # 30 % worse than baseline each
+
+
+@pytest.mark.parametrize(
+    ("followup", "expected"),
+    [
+        ({"physician_global": 7.0, "mmt8": 32.0}, True),  # +2 cm and MMT 20 % worse
+        ({"physician_global": 7.0}, False),
+        ({"mmt8": 32.0}, False),
+        ({"physician_global": 6.9, "mmt8": 32.0}, False),
+        ({"physician_global": 7.0, "mmt8": 32.4}, False),  # MMT 19 % worse
+        ({"extramuscular_global": 7.0}, True),  # +2 cm alone
+        ({"extramuscular_global": 6.9}, False),
+        (WORSE_30, True),  # 3 of 5 >= 30 % worse
+        ({**WORSE_30, "haq": 1.9}, False),  # 26.7 %: only 2
+        ({"patient_global": 6.5, "haq": 1.95, "ck": 5000.0}, False),  # enzymes do not count
+        ({"physician_global": None, "extramuscular_global": 7.0}, True),  # decided despite a gap
+        ({"physician_global": None, "mmt8": 32.0}, None),  # could be either: NA
+        ({"haq": None}, False),  # even if HAQ were worse, nothing else is
+        ({"patient_global": 6.5, "haq": 1.95, "mmt8": None}, None),  # 2 known worse, MMT unknown
+    ],
+    ids=[
+        "phys-and-mmt",
+        "phys-only",
+        "mmt-only",
+        "phys-1.9cm",
+        "mmt-19pct",
+        "extramuscular-2cm",
+        "extramuscular-1.9cm",
+        "three-of-five",
+        "two-of-five",
+        "enzyme-excluded",
+        "decided-with-gap",
+        "open-gap",
+        "closed-gap",
+        "three-of-five-open",
+    ],
+)
+def test_deterioration_criteria(followup: dict, expected: bool | None) -> None:
+    result = deterioration(*pair(None, followup))
+    if expected is None:
+        assert result.isna().all()
+    else:
+        assert result.notna().all() and bool(result.iloc[0]) is expected
+
+
+def test_deterioration_percent_basis_is_configurable() -> None:
+    """MMT 40 -> 32 is 20 % of baseline but 10 % of the 0-80 range."""
+    b, f = pair(None, {"physician_global": 7.0, "mmt8": 32.0})
+    assert bool(deterioration(b, f, DeteriorationRules(percent_of="range")).iloc[0]) is False
+
+
+@pytest.mark.parametrize(
+    ("worse_at", "expected"),
+    [((0,), False), ((0, 1), True), ((1, 2), True), ((0, 2), False), ((), False)],
+)
+def test_confirmed_deterioration_needs_two_consecutive_visits(
+    worse_at: tuple[int, ...], expected: bool
+) -> None:
+    b, same = pair()
+    worse = pair(None, {"extramuscular_global": 8.0})[1]
+    visits = [worse if i in worse_at else same for i in range(3)]
+    assert bool(confirmed_deterioration(b, visits).iloc[0]) is expected
+
+
+def test_confirmed_deterioration_rejects_a_single_visit() -> None:
+    b, f = pair()
+    with pytest.raises(ValueError, match="two consecutive visits"):
+        confirmed_deterioration(b, [f])
 
 
 # ---- properties -------------------------------------------------------------------------------------------------
@@ -411,22 +574,31 @@ def visit_pair(draw):
     def visit() -> dict:
         row = {m: draw(unit) * span for m, span in RANGES.items()}
         row |= {"mmt8": draw(unit) * scale, "mmt8_scale": scale}
-        row |= {"ck": draw(st.floats(0.0, 20000.0)), "ck_uln": draw(st.floats(20.0, 400.0)),
-                "aldolase": draw(st.floats(0.0, 80.0)), "aldolase_uln": 7.6}
+        row |= {
+            "ck": draw(st.floats(0.0, 20000.0)),
+            "ck_uln": draw(st.floats(20.0, 400.0)),
+            "aldolase": draw(st.floats(0.0, 80.0)),
+            "aldolase_uln": 7.6,
+        }
         return row
 
     return visit(), visit()
 
 
 @settings(max_examples=150, deadline=None)
-@given(visits=visit_pair(), measure=st.sampled_from([*RANGES, "mmt8", "ck", "aldolase"]),
-       step=st.floats(0.0, 1.0))
+@given(
+    visits=visit_pair(),
+    measure=st.sampled_from([*RANGES, "mmt8", "ck", "aldolase"]),
+    step=st.floats(0.0, 1.0),
+)
 def test_tis_bounded_and_monotone_in_each_followup_measure(visits, measure: str, step: float) -> None:
     """TIS stays within 0-100, and improving any one follow-up measure never lowers it."""
     base, follow = visits
     better = dict(follow)
     if measure == "mmt8":
-        better["mmt8"] = min(follow["mmt8_scale"], follow["mmt8"] + step * (follow["mmt8_scale"] - follow["mmt8"]))
+        better["mmt8"] = min(
+            follow["mmt8_scale"], follow["mmt8"] + step * (follow["mmt8_scale"] - follow["mmt8"])
+        )
     else:
         better[measure] = follow[measure] * (1.0 - step)
     frames = [pd.DataFrame([row]) for row in (base, follow, better)]
