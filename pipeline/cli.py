@@ -17,6 +17,9 @@ app = typer.Typer(
 
 # Registered stage commands (one line each; keep the pipeline order).
 # <stages>
+from pipeline.validate import validate_command  # noqa: E402
+
+app.command("validate")(validate_command)
 
 
 def main() -> None:  # pragma: no cover - console entry point
