@@ -189,8 +189,12 @@ def _numeric(frame: pd.DataFrame, table: str, column: str, found: list[pd.DataFr
     col = frame[column]
     if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
         return col.to_numpy(dtype=float, na_value=np.nan)
-    coerced = pd.to_numeric(col, errors="coerce")
-    bad = (coerced.isna() & col.notna()).to_numpy() | col.map(lambda v: isinstance(v, bool)).to_numpy(bool)
+    if pd.api.types.is_bool_dtype(col.dtype):  # True/False is not a measurement
+        coerced, bad = pd.Series(np.nan, index=col.index), col.notna().to_numpy()
+    else:
+        coerced = pd.to_numeric(col, errors="coerce")
+        is_bool = col.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(bool)
+        bad = (coerced.isna() & col.notna()).to_numpy() | is_bool
     if bad.any():
         found.append(
             _violations(table, frame.index[bad], column, "numeric", col.to_numpy()[bad], "not a number")

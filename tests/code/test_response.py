@@ -313,6 +313,21 @@ def test_many_rows_keep_index_and_order() -> None:
     assert result["total_improvement_score"].notna().tolist() == [True, True, False]
 
 
+def test_nullable_dtypes_and_empty_frames() -> None:
+    """Frames read from parquet carry nullable dtypes (pd.NA); an empty batch scores to an empty frame."""
+    b, f = pair(None, {"physician_global": 0.0})
+    b = pd.concat([b, b.set_axis(["p2"])]).astype("Float64")
+    f = pd.concat([f, f.set_axis(["p2"])]).astype("Float64")
+    f.loc["p2", "haq"] = pd.NA
+    result = total_improvement_score(b, f)
+    assert result["total_improvement_score"].iloc[0] == 20.0  # 5 -> 0 cm is 50 % of the range
+    assert np.isnan(result["total_improvement_score"].iloc[1])
+    assert result["missing_reason"].iloc[1] == "missing follow-up haq"
+    assert imacs_doi(b, f).isna().tolist() == [False, True]
+    empty = total_improvement_score(b.iloc[:0], f.iloc[:0])
+    assert empty.empty and "total_improvement_score" in empty.columns
+
+
 # ---- bad input --------------------------------------------------------------------------------------------------
 
 
@@ -328,6 +343,7 @@ def test_many_rows_keep_index_and_order() -> None:
         ({"ck_uln": 0.0}, None, "baseline", "ck_uln", "range"),
         (None, {"ck": -1.0}, "followup", "ck", "range"),
         (None, {"patient_global": "7 cm"}, "followup", "patient_global", "numeric"),
+        (None, {"haq": True}, "followup", "haq", "numeric"),
         ({"extramuscular_global": np.inf}, None, "baseline", "extramuscular_global", "range"),
     ],
 )
