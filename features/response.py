@@ -321,7 +321,7 @@ def _read_pair(baseline: pd.DataFrame, followup: pd.DataFrame, instruments: Inst
 
 def _safe_percent(change: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """change / denominator x 100; no change is 0 % and a change from a zero denominator is +/-inf %."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         out = np.where(change == 0, 0.0, change / denominator * 100.0)
         zero = (denominator == 0) & (change != 0)
         return np.where(zero, np.sign(change) * np.inf, out)
@@ -338,7 +338,7 @@ def _most_abnormal_enzyme(b: dict, f: dict, enzymes: tuple[str, ...], decimals: 
         if enzyme not in b or enzyme not in f:
             continue
         bv, bu, fv = b[enzyme], b[f"{enzyme}_uln"], f[enzyme]
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             ratio = np.round(bv / bu, decimals)
         # strictly greater: on a tie the enzyme listed first keeps its place (deterministic tie-break)
         take = ~np.isnan(bv) & ~np.isnan(bu) & ~np.isnan(fv) & (ratio > best)
