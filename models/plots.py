@@ -44,31 +44,32 @@ def _require(data: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} data: column(s) {missing} missing; build it with models.evaluation")
 
 
-def _ordered_options(
-    data: pd.DataFrame, colours: Mapping[str, str] | None
+def _display_order(
+    data: pd.DataFrame, options: Sequence[str] | None, labels: Mapping[str, str] | None
 ) -> tuple[list[str], dict[str, str]]:
-    """Options in display order (as in `colours`, else first appearance) and their colours."""
+    """Options present in `data` in display order, and a colour per option fixed by its place in the full list.
+
+    The full list is `options`, else the keys of `labels` (options.yaml order), then any other option in
+    order of appearance; fixing colours on the full list keeps an option's colour the same in every figure,
+    including those that leave the control out.
+    """
     present = list(pd.unique(data["option"]))
-    if colours:
-        order = [o for o in colours if o in present] + [o for o in present if o not in colours]
-    else:
-        order = present
-    palette = option_colours(order)
-    palette.update({o: c for o, c in (colours or {}).items() if o in palette})
-    return order, palette
+    reference = list(options) if options is not None else list(labels or {})
+    full = reference + [o for o in present if o not in reference]
+    return [o for o in full if o in present], option_colours(full)
 
 
 def plot_calibration(
     data: pd.DataFrame,
     *,
     labels: Mapping[str, str] | None = None,
-    colours: Mapping[str, str] | None = None,
+    options: Sequence[str] | None = None,
     title: str = "Calibration: predicted vs observed response",
 ) -> Figure:
     """Calibration curves, one line per option, against the diagonal of perfect calibration."""
     _require(data, ["option", "mean_predicted", "observed_rate", "n"], "calibration")
     names = dict(labels or {})
-    order, palette = _ordered_options(data, colours)
+    order, palette = _display_order(data, options, labels)
     fig, (ax,) = _new_figure()
     ax.plot([0, 1], [0, 1], linestyle="--", color=REFERENCE_COLOUR, linewidth=1, label="perfect calibration")
     for option in order:
@@ -96,13 +97,13 @@ def plot_roc(
     data: pd.DataFrame,
     *,
     labels: Mapping[str, str] | None = None,
-    colours: Mapping[str, str] | None = None,
+    options: Sequence[str] | None = None,
     title: str = "Discrimination: ROC curve by option",
 ) -> Figure:
     """ROC curves, one line per option (legend shows its AUROC), against the chance diagonal."""
     _require(data, ["option", "false_positive_rate", "true_positive_rate"], "ROC")
     names = dict(labels or {})
-    order, palette = _ordered_options(data, colours)
+    order, palette = _display_order(data, options, labels)
     fig, (ax,) = _new_figure()
     ax.plot([0, 1], [0, 1], linestyle="--", color=REFERENCE_COLOUR, linewidth=1, label="chance (AUROC 0.50)")
     for option in order:
@@ -126,14 +127,14 @@ def plot_effect_scatter(
     data: pd.DataFrame,
     *,
     labels: Mapping[str, str] | None = None,
-    colours: Mapping[str, str] | None = None,
+    options: Sequence[str] | None = None,
     control_label: str = "continue current regimen",
     title: str = "Predicted vs true benefit of each option (simulated cohort)",
 ) -> Figure:
     """One panel per option: predicted vs true effect against the control, with the identity line."""
     _require(data, ["option", "true_effect", "predicted_effect"], "effect scatter")
     names = dict(labels or {})
-    order, palette = _ordered_options(data, colours)
+    order, palette = _display_order(data, options, labels)
     fig, axes = _new_figure(len(order))
     values = data[["true_effect", "predicted_effect"]].to_numpy()
     low, high = (float(values.min()), float(values.max())) if values.size else (-1.0, 1.0)
@@ -166,14 +167,14 @@ def plot_qini(
     data: pd.DataFrame,
     *,
     labels: Mapping[str, str] | None = None,
-    colours: Mapping[str, str] | None = None,
+    options: Sequence[str] | None = None,
     control_label: str = "continue current regimen",
     title: str = "Qini curves: extra responders when treating those with the most predicted benefit",
 ) -> Figure:
     """One panel per option: the Qini curve vs control and the random-targeting baseline."""
     _require(data, ["option", "fraction_targeted", "qini", "random"], "Qini")
     names = dict(labels or {})
-    order, palette = _ordered_options(data, colours)
+    order, palette = _display_order(data, options, labels)
     fig, axes = _new_figure(len(order))
     for ax, option in zip(axes, order, strict=False):
         g = data[data["option"] == option]

@@ -493,7 +493,9 @@ def test_calibration_plot_one_line_per_option(factual):
     data = ev.calibration_curve_data(factual["y"], factual["p"], factual["option"], n_bins=5)
     assert set(data["option"]) == set(OPTIONS)
     assert data.groupby("option")["n"].sum().sum() == 3_000
-    fig = plots.plot_calibration(data, labels=LABELS, colours=plots.option_colours(OPTIONS))
+    fig = plots.plot_calibration(
+        data, labels=LABELS
+    )  # display order and colours follow LABELS (options.yaml)
     (ax,) = fig.axes
     assert len(ax.get_lines()) == len(OPTIONS) + 1  # + perfect-calibration diagonal
     assert ax.get_xlabel() == "Predicted probability of response"
@@ -537,3 +539,19 @@ def test_qini_plot_curve_and_random_baseline_per_option(sim):
     for ax in fig.axes:
         assert {"ranked by the model", "random targeting"} <= {line.get_label() for line in ax.get_lines()}
         assert ax.get_ylabel() == "Additional responders"
+    # An option keeps its colour in every figure, even those that leave the control out.
+    ivig_panel = fig.axes[OPTIONS.index("add_ivig") - 1]
+    model_line = next(line for line in ivig_panel.get_lines() if line.get_label() == "ranked by the model")
+    assert model_line.get_color() == plots.option_colours(OPTIONS)["add_ivig"]
+    assert ivig_panel.get_title() == "add IVIG vs continue current regimen"
+
+
+def test_plot_data_reject_missing_columns():
+    with pytest.raises(ValueError, match="calibration data: column"):
+        plots.plot_calibration(pd.DataFrame({"option": ["continue"], "mean_predicted": [0.3]}))
+
+
+def test_empty_input_gives_nan_metrics_not_an_error():
+    m = ev.factual_metrics(np.zeros(0), np.zeros(0))
+    assert m["n"] == 0
+    assert all(math.isnan(m[k]) for k in ("auroc", "brier", "log_loss", "ece", "calibration_slope"))
