@@ -555,3 +555,12 @@ def test_empty_input_gives_nan_metrics_not_an_error():
     m = ev.factual_metrics(np.zeros(0), np.zeros(0))
     assert m["n"] == 0
     assert all(math.isnan(m[k]) for k in ("auroc", "brier", "log_loss", "ece", "calibration_slope"))
+
+
+def test_params_yaml_evaluation_section_is_a_valid_config():
+    from pipeline.config import load_params
+
+    cfg = ev.EvaluationConfig(**load_params()["evaluation"])
+    assert 0 < cfg.propensity_floor < 0.5
+    with pytest.raises(ValueError, match="calibration_strategy"):
+        ev.EvaluationConfig(calibration_strategy="deciles")
