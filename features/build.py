@@ -1,0 +1,762 @@
+"""Point-in-time features for (patient, as-of date) pairs, the feature dictionary and the current-regimen table.
+
+One function, `build_features`, serves training (one row per derived decision point) and scoring (one row per
+patient "as of today"). Everything is computed from rows dated strictly before `as_of`; regimen rows count only
+if started before the cut-off `as_of − regimen_lag_days`, and their end dates are read as of that cut-off (a row
+ending on or after it is "ongoing"). All look-ups are vectorised: tables are sorted once by (patient, day) and
+queried with `searchsorted` range joins, so the cost is linear in rows + decisions, with no loop per patient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from features.config import FeatureConfig
+from features.vocabulary import DAYS_PER_MONTH, DOSE_UNITS, OptionCatalog, Vocabulary, body_surface_area
+
+# ---------------------------------------------------------------------------------------------------------------
+# point-in-time primitives
+
+_STRIDE = np.int64(1 << 23)  # composite key = patient code × stride + day + offset
+_OFFSET = np.int64(1 << 22)
+FAR_FUTURE = int((1 << 22) - 2)  # the day of an open end date ("ongoing")
+RITUXIMAB = "rituximab"
+
+#: disease-activity measures with a latest / change / worst feature: (measure, label, unit, higher is worse).
+DISEASE_MEASURES: tuple[tuple[str, str, str, bool], ...] = (
+    ("physician_global", "physician global activity", "cm (0-10)", True),
+    ("patient_global", "patient global activity", "cm (0-10)", True),
+    ("mmt8", "MMT-8 muscle strength", "% of scale maximum", False),
+    ("haq", "HAQ disability index", "score (0-3)", True),
+    ("extramuscular_global", "extramuscular global activity", "cm (0-10)", True),
+    ("cdasi_activity", "CDASI activity", "score (0-100)", True),
+    ("cdasi_damage", "CDASI damage", "score (0-32)", True),
+)
+ENZYMES: tuple[str, ...] = ("ck", "aldolase", "ast", "alt", "ldh")
+#: safety laboratory values reported as their latest value: (measure, label, unit).
+SAFETY_LABS: tuple[tuple[str, str, str], ...] = (
+    ("neutrophils", "neutrophils", "10^9/L"),
+    ("lymphocytes", "lymphocytes", "10^9/L"),
+    ("platelets", "platelets", "10^9/L"),
+    ("haemoglobin", "haemoglobin", "g/dL"),
+    ("alt", "ALT", "U/L"),
+    ("creatinine", "creatinine", "umol/L"),
+)
+DIAGNOSES: tuple[str, ...] = (
+    "adult_dermatomyositis",
+    "juvenile_dermatomyositis",
+    "amyopathic_dermatomyositis",
+    "polymyositis",
+    "antisynthetase_syndrome",
+    "immune_mediated_necrotising_myopathy",
+)
+ANTIBODY_FLAGS: tuple[tuple[str, str], ...] = (
+    ("anti_mda5", "anti-MDA5"),
+    ("anti_tif1g", "anti-TIF1γ"),
+    ("anti_nxp2", "anti-NXP2"),
+    ("anti_mi2", "anti-Mi-2"),
+    ("anti_sae", "anti-SAE"),
+    ("anti_synthetase", "anti-synthetase (Jo-1, PL-7, PL-12, EJ, OJ)"),
+    ("anti_srp_hmgcr", "anti-SRP / anti-HMGCR"),
+    ("antibody_negative", "antibody negative"),
+)
+KEY_COLUMNS: tuple[str, ...] = ("patient_id", "decision_id", "as_of")
+DICTIONARY_COLUMNS: tuple[str, ...] = (
+    "feature", "family", "clinical_feature", "label", "unit", "description", "dtype",
+)
+
+
+def to_days(values: pd.Series | np.ndarray) -> np.ndarray:
+    """Calendar dates → int64 days since 1970-01-01; a missing date (an open end) becomes FAR_FUTURE."""
+    arr = np.asarray(pd.to_datetime(pd.Series(values)).to_numpy()).astype("datetime64[D]")
+    out = arr.astype(np.int64)
+    return np.where(np.isnat(arr), FAR_FUTURE, out)
+
+
+def from_days(days: np.ndarray) -> np.ndarray:
+    """int64 days → datetime64[ns] (FAR_FUTURE → NaT)."""
+    d = np.asarray(days, dtype=np.int64)
+    out = d.astype("datetime64[D]").astype("datetime64[ns]")
+    return np.where(d >= FAR_FUTURE, np.datetime64("NaT"), out)
+
+
+def patient_codes(index: pd.Index, ids: pd.Series | np.ndarray) -> np.ndarray:
+    """Integer code of each id in `index` (-1 for ids not in it: they are never matched)."""
+    return index.get_indexer(pd.Index(np.asarray(ids, dtype=object))).astype(np.int64)
+
+
+def composite(codes: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """Sortable (patient, day) key."""
+    return codes.astype(np.int64) * _STRIDE + np.asarray(days, dtype=np.int64) + _OFFSET
+
+
+def pairs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Expand ranges [lo, hi) into (query index, position) pairs, grouped by query in order (a range join)."""
+    n = np.maximum(hi - lo, 0)
+    query = np.repeat(np.arange(len(lo)), n)
+    starts = np.cumsum(n) - n
+    pos = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(starts, n) + np.repeat(lo, n)
+    return query, pos
+
+
+class Track:
+    """One measure's values sorted by (patient, day), one value per day (same-day duplicates averaged)."""
+
+    def __init__(self, codes: np.ndarray, days: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+        key = composite(codes, days)
+        order = np.argsort(key, kind="stable")
+        k = key[order]
+        first = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, dtype=np.int64)
+        self.key = k[first]
+        self.days = np.asarray(days, dtype=np.int64)[order][first]
+        self.columns = {name: _group_mean(np.asarray(v, dtype=float)[order], first) for name, v in columns.items()}
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def bounds(self, codes: np.ndarray, day_from: np.ndarray | int, day_to: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions [lo, hi) of each query patient's values dated in [day_from, day_to)."""
+        lo = np.searchsorted(self.key, composite(codes, np.maximum(day_from, -_OFFSET)), side="left")
+        hi = np.searchsorted(self.key, composite(codes, day_to), side="left")
+        return lo, np.maximum(hi, lo)
+
+    def latest(self, codes: np.ndarray, before: np.ndarray, since: np.ndarray | int | None = None):
+        """Position of each query patient's latest value dated before `before` (and on/after `since`), -1 if none."""
+        lo, hi = self.bounds(codes, -_OFFSET if since is None else since, before)
+        return np.where(hi > lo, hi - 1, -1)
+
+    def take(self, column: str, pos: np.ndarray) -> np.ndarray:
+        """Values at positions (NaN where pos is -1)."""
+        v = self.columns[column]
+        if not len(v):
+            return np.full(len(pos), np.nan)
+        return np.where(pos >= 0, v[np.maximum(pos, 0)], np.nan)
+
+    def take_days(self, pos: np.ndarray) -> np.ndarray:
+        if not len(self.days):
+            return np.full(len(pos), np.nan)
+        return np.where(pos >= 0, self.days[np.maximum(pos, 0)], np.nan)
+
+    def window_reduce(self, codes, day_from, day_to, values: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
+        """`ufunc.reduce` of `values` (aligned with the track) over each query's window; NaN for an empty one."""
+        lo, hi = self.bounds(codes, day_from, day_to)
+        out = np.full(len(codes), np.nan)
+        q, pos = pairs(lo, hi)
+        if not len(q):
+            return out
+        starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
+        out[q[starts]] = ufunc.reduceat(values[pos], starts)
+        return out
+
+
+def _group_mean(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Mean of each block of sorted values starting at `first`, ignoring NaN (NaN when all are)."""
+    if not len(values):
+        return values
+    ok = ~np.isnan(values)
+    total = np.add.reduceat(np.where(ok, values, 0.0), first)
+    count = np.add.reduceat(ok.astype(np.int64), first)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def measure_tracks(assessments: pd.DataFrame, index: pd.Index, measures: tuple[str, ...] | None = None) -> dict[str, Track]:
+    """One Track per measure (value, upper limit of normal, scale maximum) for patients in `index`."""
+    codes = patient_codes(index, assessments["patient_id"])
+    days = to_days(assessments["date"])
+    measure = assessments["measure"].astype(str).to_numpy()
+    value = pd.to_numeric(assessments["value"], errors="coerce").to_numpy(float)
+    uln = pd.to_numeric(assessments.get("upper_limit_normal", pd.Series(np.nan, index=assessments.index)), errors="coerce").to_numpy(float)
+    scale = pd.to_numeric(assessments.get("scale_max", pd.Series(np.nan, index=assessments.index)), errors="coerce").to_numpy(float)
+    keep = codes >= 0
+    tracks: dict[str, Track] = {}
+    wanted = set(measures) if measures is not None else set(np.unique(measure))
+    # group rows by measure once (argsort) rather than one boolean scan per measure
+    order = np.argsort(measure, kind="stable")
+    sorted_m = measure[order]
+    uniq, first = np.unique(sorted_m, return_index=True)
+    bounds = np.r_[first, len(sorted_m)]
+    for i, m in enumerate(uniq):
+        if m not in wanted:
+            continue
+        sel = order[bounds[i]:bounds[i + 1]]
+        sel = sel[keep[sel]]
+        tracks[m] = Track(codes[sel], days[sel], {"value": value[sel], "uln": uln[sel], "scale": scale[sel]})
+    for m in wanted - set(tracks):
+        empty = np.zeros(0)
+        tracks[m] = Track(np.zeros(0, np.int64), np.zeros(0, np.int64), {"value": empty, "uln": empty, "scale": empty})
+    return tracks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# regimens as of a cut-off
+
+
+class RegimenIndex:
+    """Normalised regimen rows sorted by (patient, start) with derived run starts and stability-change flags.
+
+    `ignore_classes` mark rows that make no option (steroid tapers); `stability_ignore_classes` rows whose changes
+    do not break a stable regimen.
+    """
+
+    def __init__(
+        self,
+        regimens: pd.DataFrame,
+        index: pd.Index,
+        vocabulary: Vocabulary,
+        catalog: OptionCatalog,
+        continuity_gap_days: int,
+        ignore_classes: tuple[str, ...] = (),
+        stability_ignore_classes: tuple[str, ...] = (),
+    ) -> None:
+        reg = regimens.reset_index(drop=True)
+        codes = patient_codes(index, reg["patient_id"])
+        start = to_days(reg["start_date"])
+        end = to_days(reg["end_date"])
+        generic = reg["generic"].astype(object).to_numpy()
+        # a deterministic order that never depends on the input row order
+        gen_code = pd.Index(sorted(pd.unique(generic[pd.notna(generic)]))).get_indexer(generic)
+        daily = pd.to_numeric(reg["daily_mg"], errors="coerce").to_numpy(float)
+        order = np.lexsort((np.nan_to_num(daily, nan=-1.0), end, gen_code, start, codes))
+        order = order[codes[order] >= 0]
+        self.frame = reg.iloc[order].reset_index(drop=True)
+        self.codes = codes[order]
+        self.start = start[order]
+        self.end = end[order]
+        self.generic = generic[order]
+        self.daily_mg = daily[order]
+        self.drug_class = self.frame["drug_class"].astype(object).to_numpy()
+        self.key = composite(self.codes, self.start)
+        self.rituximab_active_days = int(catalog.rituximab_active_days)
+        immuno = {d.generic for d in vocabulary.drugs if d.immunosuppressant}
+        self.immunosuppressant = np.isin(self.generic, list(immuno))
+        self.ignored = np.isin(self.drug_class, list(ignore_classes))
+        self.stability_ignored = np.isin(self.drug_class, list(stability_ignore_classes))
+        unit = self.frame["dose_unit"].astype(object).map(
+            lambda u: DOSE_UNITS.get(str(u).strip().lower()) if isinstance(u, str) else None
+        )
+        self.unit_factor = unit.map(lambda u: u[0] if u else np.nan).to_numpy(float)
+        self.unit_basis = unit.map(lambda u: u[1] if u else "").to_numpy(object)
+        self.dose = pd.to_numeric(self.frame["dose"], errors="coerce").to_numpy(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.per_day = (pd.to_numeric(self.frame["doses_per_cycle"], errors="coerce").to_numpy(float)
+                            / pd.to_numeric(self.frame["cycle_days"], errors="coerce").to_numpy(float))
+        self.is_rituximab = self.generic == RITUXIMAB
+        cycle = pd.to_numeric(self.frame["cycle_days"], errors="coerce").to_numpy(float)
+        self.cycle_days = np.where(np.isfinite(cycle) & (cycle > 0), cycle, np.nan)
+        self._derive_runs(gen_code[order], continuity_gap_days)
+
+    def _derive_runs(self, gen_code: np.ndarray, gap: int) -> None:
+        """Start of each row's continuous exposure to its drug, and whether a rituximab row is a re-dose.
+
+        Only earlier-starting rows of the same drug decide, so later rows never change an earlier row's run.
+        """
+        n = len(self.start)
+        self.run_start = np.zeros(n, np.int64)
+        self.redose = np.zeros(n, bool)
+        if n == 0:
+            return
+        # rows are sorted by (patient, start, drug, ...): re-sort by (patient, drug, start) for the runs
+        o = np.lexsort((self.end, self.start, gen_code, self.codes))
+        group = self.codes[o] * np.int64(10_000) + gen_code[o]
+        start, end, ritux = self.start[o], self.end[o], self.is_rituximab[o]
+        new_group = np.r_[True, group[1:] != group[:-1]]
+        # for rituximab the "end" of exposure is the end of its active period after the last infusion
+        last_exposure = np.where(ritux, np.minimum(end, FAR_FUTURE - self.rituximab_active_days)
+                                 + self.rituximab_active_days, end)
+        tol = np.where(ritux, 0, gap)
+        gid = np.cumsum(new_group)
+        prev_max = pd.Series(last_exposure).groupby(gid).cummax().groupby(gid).shift(1).to_numpy(float)
+        new_run = new_group | (start > np.nan_to_num(prev_max, nan=-np.inf) + tol)
+        run_id = np.cumsum(new_run)
+        self.run_start[o] = pd.Series(start).groupby(run_id).transform("min").to_numpy()
+        self.redose[o] = ritux & ~new_run
+
+    def started_before(self, codes: np.ndarray, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query, row) pairs of every row started before each query's cut-off day."""
+        lo = np.searchsorted(self.key, composite(codes, np.full(len(codes), -_OFFSET)), side="left")
+        hi = np.searchsorted(self.key, composite(codes, cut), side="left")
+        return pairs(lo, np.maximum(hi, lo))
+
+    def started_between(self, codes: np.ndarray, day_from: np.ndarray, day_to: np.ndarray):
+        """(query, row) pairs of rows started in [day_from, day_to)."""
+        lo = np.searchsorted(self.key, composite(codes, day_from), side="left")
+        hi = np.searchsorted(self.key, composite(codes, day_to), side="left")
+        return pairs(lo, np.maximum(hi, lo))
+
+    def state(self, codes: np.ndarray, cut: np.ndarray) -> pd.DataFrame:
+        """Every row started before each query's cut-off, with its end read as of the cut-off.
+
+        Columns: query, row (position), generic, ongoing (end on/after cut), current (ongoing, or rituximab given
+        within the active period), last_dose_day (rituximab: start of the latest course before the cut-off).
+        """
+        q, r = self.started_before(codes, cut)
+        c = cut[q]
+        end = self.end[r]
+        ongoing = end >= c
+        start = self.start[r]
+        cycle = self.cycle_days[r]
+        # the latest course start before the cut-off for an ongoing repeating row; else the end (last infusion)
+        with np.errstate(invalid="ignore"):
+            k = np.floor((c - 1 - start) / cycle)
+        course = np.where(np.isnan(k), start, start + np.nan_to_num(k, nan=0.0) * np.nan_to_num(cycle, nan=0.0))
+        last_dose = np.where(ongoing, course, end).astype(np.int64)
+        ritux = self.is_rituximab[r]
+        current = np.where(ritux, (c - last_dose) <= self.rituximab_active_days, ongoing)
+        return pd.DataFrame(
+            {
+                "query": q,
+                "row": r,
+                "generic": self.generic[r],
+                "start": start,
+                "end_as_of": np.where(ongoing, FAR_FUTURE, end),
+                "ongoing": ongoing,
+                "current": current,
+                "last_dose_day": last_dose,
+                "rituximab": ritux,
+                "ignored": self.ignored[r],
+                "stability_ignored": self.stability_ignored[r],
+                "redose": self.redose[r],
+            }
+        )
+
+
+def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | None = None,
+                  bsa: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per (query, generic) currently taken: summed intensity (mg/day), run start, latest row position.
+
+    Weight- and BSA-based doses are re-resolved with each query's `weight` / `bsa` (measured before as_of) when
+    given, else the normalised `daily_mg` is used. Rituximab after its course has ended still counts (while
+    active) at the intensity of its latest course only.
+    """
+    cur = state[state["current"].to_numpy() & pd.notna(state["generic"]).to_numpy()]
+    later_course = cur["rituximab"].to_numpy() & cur.duplicated(["query", "generic"], keep="last").to_numpy()
+    cur = cur[~later_course]
+    r = cur["row"].to_numpy()
+    q = cur["query"].to_numpy()
+    daily = reg.daily_mg[r]
+    if weight is not None and bsa is not None:
+        basis = reg.unit_basis[r]
+        scale = np.select([basis == "mg", basis == "mg_per_kg", basis == "mg_per_m2"],
+                          [1.0, weight[q], bsa[q]], default=np.nan)
+        daily = reg.dose[r] * reg.unit_factor[r] * scale * reg.per_day[r]
+    cur = pd.DataFrame({"query": q, "generic": cur["generic"].to_numpy(), "row": r,
+                        "daily_mg": daily, "run_start": reg.run_start[r], "ignored": reg.ignored[r]})
+    agg = (
+        cur.groupby(["query", "generic"], sort=True)
+        .agg(daily_mg=("daily_mg", "sum"), n_dosed=("daily_mg", "count"), run_start=("run_start", "min"),
+             row=("row", "max"), ignored=("ignored", "all"))
+        .reset_index()
+    )
+    agg.loc[agg["n_dosed"].to_numpy() == 0, "daily_mg"] = np.nan
+    return agg.drop(columns="n_dosed")
+
+
+def last_change_day(state: pd.DataFrame, cut: np.ndarray, n: int) -> np.ndarray:
+    """Day of the latest regimen change (a start, or the day after an end) before each cut-off (NaN when none),
+    ignoring stability-ignored classes, rituximab re-doses (a new course while the last one is active) and the
+    end of a rituximab course (its second infusion completes the course; the drug stays active for months)."""
+    s = state[~state["stability_ignored"].to_numpy()]
+    starts = np.where(s["redose"].to_numpy(), -np.inf, s["start"].to_numpy(float))
+    ends = np.where(s["ongoing"].to_numpy() | s["rituximab"].to_numpy(), -np.inf, s["end_as_of"].to_numpy(float) + 1)
+    change = np.maximum(starts, ends)
+    out = np.full(n, -np.inf)
+    np.maximum.at(out, s["query"].to_numpy(), change)
+    out[np.isinf(out)] = np.nan
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the feature builder
+
+
+class FeatureSet(NamedTuple):
+    """Features (keys + numeric columns), their dictionary, and the current drugs with doses versus targets."""
+
+    features: pd.DataFrame
+    dictionary: pd.DataFrame
+    current_regimen: pd.DataFrame
+
+    @property
+    def matrix(self) -> pd.DataFrame:
+        """The numeric columns only (what a model sees)."""
+        return self.features.drop(columns=list(KEY_COLUMNS))
+
+
+class _Builder:
+    """Collects feature columns and their dictionary entries in order."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.columns: dict[str, np.ndarray] = {}
+        self.entries: list[dict[str, str]] = []
+
+    def add(self, feature: str, values, family: str, clinical: str, label: str, unit: str, description: str) -> None:
+        arr = np.asarray(values, dtype=float)
+        if arr.shape != (self.n,):
+            raise ValueError(f"feature {feature!r} has shape {arr.shape}, expected ({self.n},)")
+        if feature in self.columns:
+            raise ValueError(f"feature {feature!r} defined twice")
+        self.columns[feature] = arr
+        self.entries.append(
+            {"feature": feature, "family": family, "clinical_feature": clinical, "label": label, "unit": unit,
+             "description": description, "dtype": "float64"}
+        )
+
+
+def _keys_frame(keys: pd.DataFrame) -> pd.DataFrame:
+    missing = {"patient_id", "as_of"} - set(keys.columns)
+    if missing:
+        raise ValueError(f"keys: missing column(s) {sorted(missing)}; need patient_id and as_of [rule: required_column]")
+    out = pd.DataFrame(
+        {
+            "patient_id": keys["patient_id"].astype(str).to_numpy(),
+            "as_of": pd.to_datetime(keys["as_of"]).to_numpy().astype("datetime64[ns]"),
+        }
+    )
+    bad = np.isnat(out["as_of"].to_numpy())
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"keys row {row} column 'as_of': missing date [rule: required_value]")
+    if "decision_id" in keys.columns:
+        out["decision_id"] = keys["decision_id"].astype(str).to_numpy()
+    else:
+        out["decision_id"] = out["patient_id"] + "@" + pd.Series(out["as_of"]).dt.strftime("%Y-%m-%d").to_numpy()
+    return out[list(KEY_COLUMNS)]
+
+
+def build_features(
+    keys: pd.DataFrame,
+    tables: Mapping[str, pd.DataFrame],
+    vocabulary: Vocabulary,
+    catalog: OptionCatalog,
+    config: FeatureConfig | None = None,
+) -> FeatureSet:
+    """Point-in-time features for each (patient_id, as_of) row of `keys` from the normalised contract tables.
+
+    Only data dated before `as_of` is used (regimens: started before as_of − lag); the same call serves
+    training decision rows and "as of today" scoring, so both share one feature dictionary.
+    """
+    config = config or FeatureConfig()
+    k = _keys_frame(keys)
+    n = len(k)
+    index = pd.Index(pd.unique(k["patient_id"]))
+    codes = patient_codes(index, k["patient_id"])
+    as_of = to_days(k["as_of"])
+    cut = as_of - config.regimen_lag_days
+    b = _Builder(n)
+    tracks = measure_tracks(
+        tables["assessments"], index,
+        tuple(m for m, *_ in DISEASE_MEASURES) + ENZYMES + tuple(m for m, *_ in SAFETY_LABS) + ("weight", "height"),
+    )
+    weight_pos = tracks["weight"].latest(codes, as_of)
+    weight = tracks["weight"].take("value", weight_pos)
+    height = tracks["height"].take("value", tracks["height"].latest(codes, as_of))
+    bsa = body_surface_area(weight, height)
+
+    current = _regimen_features(b, k, codes, cut, weight, bsa, tables["regimens"], index, vocabulary, catalog, config)
+    _disease_features(b, codes, as_of, tracks, config)
+    _patient_features(b, k, as_of, tables["patients"])
+    _safety_features(b, codes, as_of, tracks, tables["events"], index, config)
+    b.add("weight_kg", weight, "patient", "body weight", "body weight", "kg",
+          "latest weight before the decision (used for weight-based dose targets)")
+    b.add("weight_observed", ~np.isnan(weight), "patient", "body weight", "weight recorded", "0/1",
+          "a weight was recorded before the decision (dose targets by weight need it)")
+
+    features = pd.concat([k.reset_index(drop=True), pd.DataFrame(b.columns)], axis=1)
+    dictionary = pd.DataFrame(b.entries, columns=list(DICTIONARY_COLUMNS))
+    return FeatureSet(features, dictionary, current)
+
+
+def _regimen_features(
+    b: _Builder,
+    k: pd.DataFrame,
+    codes: np.ndarray,
+    cut: np.ndarray,
+    weight: np.ndarray,
+    bsa: np.ndarray,
+    regimens: pd.DataFrame,
+    index: pd.Index,
+    vocabulary: Vocabulary,
+    catalog: OptionCatalog,
+    config: FeatureConfig,
+) -> pd.DataFrame:
+    """Current regimen, doses versus targets (dose-optimisation flags), lines of therapy, cumulative prednisone."""
+    n = len(k)
+    reg = RegimenIndex(regimens, index, vocabulary, catalog, config.continuity_gap_days,
+                       config.decisions.option_ignore_classes, config.decisions.stability_ignore_classes)
+    st = reg.state(codes, cut)
+    q = st["query"].to_numpy()
+    rows = st["row"].to_numpy()
+    agg = current_drugs(reg, st, weight, bsa)
+    aq = agg["query"].to_numpy()
+    latest_row = agg["row"].to_numpy()  # rows are sorted by start within a drug: max position = latest start
+    frame = reg.frame
+    route = frame["route"].astype(object).to_numpy()[latest_row] if len(agg) else np.zeros(0, dtype=object)
+    targets = vocabulary.target_daily_mg(
+        pd.Series(agg["generic"].to_numpy(), dtype=object), pd.Series(route, dtype=object),
+        pd.Series(weight[aq]), pd.Series(bsa[aq]),
+    )
+    intensity = agg["daily_mg"].to_numpy(float)
+    low = targets["target_low"].to_numpy(float)
+    high = targets["target_high"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = intensity / low
+        below = intensity < low * (1 - config.dose_tolerance)
+        above = intensity > high * (1 + config.dose_tolerance)
+    has_target = ~np.isnan(low)
+    status = np.where(~has_target, "no_target", np.where(below, "below", np.where(above, "above", "at")))
+    unknown = has_target & np.isnan(intensity)
+    status = np.where(unknown, "unknown", status)
+    months_on = (cut[aq] - agg["run_start"].to_numpy()) / DAYS_PER_MONTH
+
+    generics = list(vocabulary.generics)
+    gpos = pd.Index(generics).get_indexer(agg["generic"].to_numpy())
+
+    def wide(values: np.ndarray, fill: float) -> np.ndarray:
+        out = np.full((n, len(generics)), fill, dtype=float)
+        ok = gpos >= 0
+        out[aq[ok], gpos[ok]] = values[ok]
+        return out
+
+    on = wide(np.ones(len(agg)), 0.0)
+    frac_w = wide(np.where(has_target, fraction, np.nan), np.nan)
+    below_w = wide(below.astype(float), 0.0)
+    above_w = wide(above.astype(float), 0.0)
+    months_w = wide(months_on, np.nan)
+    for j, g in enumerate(generics):
+        drug = vocabulary.drug(g)
+        b.add(f"on_{g}", on[:, j], "current_regimen", drug.label, f"on {drug.label}", "0/1",
+              f"{drug.label} is part of the current regimen")
+        b.add(f"{g}_months_on", months_w[:, j], "current_regimen", drug.label, f"months on {drug.label}",
+              "months", f"time on {drug.label} in its current continuous exposure (NaN when not on it)")
+        if drug.target.has_target:
+            b.add(f"{g}_dose_fraction", frac_w[:, j], "dose_optimisation", drug.label,
+                  f"{drug.label} dose as a fraction of target", "fraction of target",
+                  f"current intensity / lower end of the target ({drug.text}); NaN when not on it or no weight")
+            b.add(f"{g}_below_target", below_w[:, j], "dose_optimisation", drug.label,
+                  f"{drug.label} below target dose", "0/1",
+                  f"on {drug.label} below its target ({drug.text}) beyond the tolerance")
+            b.add(f"{g}_above_target", above_w[:, j], "dose_optimisation", drug.label,
+                  f"{drug.label} above target dose", "0/1",
+                  f"on {drug.label} above its target ({drug.text}) beyond the tolerance")
+    below_any = np.zeros(n)
+    np.add.at(below_any, aq, below.astype(float))
+    b.add("n_drugs_below_target", below_any, "dose_optimisation", "doses below target",
+          "number of drugs below target dose", "count", "current drugs whose intensity is below the target band")
+    b.add("any_below_target", below_any > 0, "dose_optimisation", "doses below target",
+          "any drug below target dose", "0/1", "the dose-optimisation option is open: a drug is below target")
+
+    # --- prednisone
+    gluco = np.isin(agg["generic"].to_numpy(), [d.generic for d in vocabulary.drugs if d.drug_class == "glucocorticoid"])
+    pred_mg = np.zeros(n)
+    np.add.at(pred_mg, aq[gluco], np.nan_to_num(intensity[gluco]))
+    goal = next((d.target.taper_goal_mg_per_day for d in vocabulary.drugs
+                 if d.drug_class == "glucocorticoid" and d.target.taper_goal_mg_per_day is not None), 7.5)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pred_kg = pred_mg / weight
+    b.add("prednisone_mg_day", pred_mg, "current_regimen", "prednisone dose", "prednisone dose", "mg/day",
+          "current glucocorticoid dose as prednisone mg/day (0 when not on a glucocorticoid)")
+    b.add("prednisone_mg_kg_day", pred_kg, "current_regimen", "prednisone dose", "prednisone dose per kg",
+          "mg/kg/day", "current prednisone dose per kg of the latest body weight (NaN without a weight)")
+    b.add("prednisone_above_taper_goal", pred_mg > goal, "dose_optimisation", "prednisone dose",
+          "prednisone above taper goal", "0/1", f"prednisone above the taper goal of {goal:g} mg/day")
+    # cumulative prednisone: dose × days on it up to the cut-off, over every glucocorticoid row started before it
+    is_gluco_row = np.isin(reg.drug_class[rows], ["glucocorticoid"])
+    stop = np.minimum(st["end_as_of"].to_numpy() + 1, cut[q])
+    days_on = np.clip(stop - st["start"].to_numpy(), 0, None)
+    cum = np.zeros(n)
+    np.add.at(cum, q[is_gluco_row], np.nan_to_num(reg.daily_mg[rows][is_gluco_row] * days_on[is_gluco_row]))
+    b.add("cumulative_prednisone_g", cum / 1000.0, "current_regimen", "prednisone exposure",
+          "cumulative prednisone", "g", "total glucocorticoid taken (prednisone mg/day × days) before the decision")
+
+    # --- counts, rituximab timing, lines of therapy, stability
+    is_immuno = np.isin(agg["generic"].to_numpy(), [d.generic for d in vocabulary.drugs if d.immunosuppressant])
+    n_immuno = np.bincount(aq[is_immuno], minlength=n).astype(float)
+    b.add("n_immunosuppressants", n_immuno, "current_regimen", "immunosuppression burden",
+          "number of immunosuppressants at once", "count", "current immunosuppressive drugs (not IVIG, HCQ, steroids)")
+    b.add("n_current_drugs", np.bincount(aq, minlength=n).astype(float), "current_regimen",
+          "immunosuppression burden", "number of current drugs", "count", "all current myositis drugs")
+    rx = st[st["rituximab"].to_numpy()]
+    last_rx = np.full(n, -np.inf)
+    np.maximum.at(last_rx, rx["query"].to_numpy(), rx["last_dose_day"].to_numpy(float))
+    rx_months = np.where(np.isinf(last_rx), np.nan, (cut - last_rx) / DAYS_PER_MONTH)
+    b.add("months_since_rituximab", rx_months, "current_regimen", "rituximab", "months since last rituximab course",
+          "months", "time since the last rituximab course (NaN if never given)")
+    b.add("rituximab_ever", ~np.isnan(rx_months), "current_regimen", "rituximab", "rituximab ever given", "0/1",
+          "rituximab was given at some time before the decision")
+    # lines of therapy: distinct non-glucocorticoid drugs ever started before the cut-off
+    steroid_sparing = (reg.drug_class[rows] != "glucocorticoid") & pd.notna(st["generic"]).to_numpy()
+    lines = st.loc[steroid_sparing, ["query", "generic"]].drop_duplicates()
+    b.add("lines_of_therapy", np.bincount(lines["query"].to_numpy(), minlength=n).astype(float), "current_regimen",
+          "treatment history", "lines of therapy so far", "count",
+          "distinct steroid-sparing drugs or immunoglobulin ever started before the decision")
+    last_change = last_change_day(st, cut, n)
+    b.add("months_since_regimen_change", (cut - last_change) / DAYS_PER_MONTH, "current_regimen",
+          "treatment history", "months on the current regimen", "months",
+          "time since the last start, stop or dose change of a steroid-sparing drug (NaN if never treated)")
+
+    # --- the side table of current drugs (pages and explanations name the target used)
+    keys_q = k.iloc[aq].reset_index(drop=True)
+    side = pd.DataFrame(
+        {
+            "patient_id": keys_q["patient_id"].to_numpy(),
+            "decision_id": keys_q["decision_id"].to_numpy(),
+            "as_of": keys_q["as_of"].to_numpy(),
+            "generic": agg["generic"].to_numpy(),
+            "label": [vocabulary.drug(g).label if g in generics else g for g in agg["generic"].to_numpy()],
+            "drug": frame["drug"].astype(object).to_numpy()[latest_row] if len(agg) else [],
+            "dose": pd.to_numeric(frame["dose"], errors="coerce").to_numpy(float)[latest_row] if len(agg) else [],
+            "dose_unit": frame["dose_unit"].astype(object).to_numpy()[latest_row] if len(agg) else [],
+            "route": route,
+            "interval": frame["interval"].astype(object).to_numpy()[latest_row] if len(agg) else [],
+            "start_date": from_days(agg["run_start"].to_numpy()),
+            "months_on": months_on,
+            "intensity_mg_day": intensity,
+            "target_low_mg_day": low,
+            "target_high_mg_day": high,
+            "target_text": targets["target_text"].to_numpy(),
+            "fraction_of_target": np.where(has_target, fraction, np.nan),
+            "status": status,
+            "weight_kg": weight[aq],
+        }
+    )
+    return side
+
+
+def _disease_features(b: _Builder, codes: np.ndarray, as_of: np.ndarray, tracks: Mapping[str, Track],
+                      config: FeatureConfig) -> None:
+    """Latest core set and CDASI values, their change over recent windows, the worst in the last year, enzymes."""
+    for measure, label, unit, higher_worse in DISEASE_MEASURES:
+        t = tracks[measure]
+        values = t.columns["value"]
+        if measure == "mmt8":  # comparable across the 0-80 and 0-150 scales
+            with np.errstate(invalid="ignore", divide="ignore"):
+                values = values / t.columns["scale"] * 100.0
+        pos = t.latest(codes, as_of)
+        latest = np.where(pos >= 0, values[np.maximum(pos, 0)] if len(values) else np.nan, np.nan)
+        clinical = label
+        b.add(f"{measure}_latest", latest, "disease_activity", clinical, f"latest {label}", unit,
+              f"most recent {label} before the decision")
+        b.add(f"{measure}_observed", pos >= 0, "disease_activity", clinical, f"{label} recorded", "0/1",
+              f"{label} was recorded at least once before the decision")
+        b.add(f"{measure}_days_since", as_of - t.take_days(pos), "disease_activity", clinical,
+              f"days since {label}", "days", f"age of the latest {label} (NaN if never recorded)")
+        for window in config.change_windows_days:
+            then_pos = t.latest(codes, as_of - window + 1)  # latest value at least `window` days before as_of
+            then = np.where(then_pos >= 0, values[np.maximum(then_pos, 0)] if len(values) else np.nan, np.nan)
+            months = round(window / DAYS_PER_MONTH)
+            b.add(f"{measure}_change_{months}m", latest - then, "disease_activity", clinical,
+                  f"change in {label} over {months} months", unit,
+                  f"latest {label} minus the value {months} months earlier (positive = higher)")
+        ufunc = np.fmax if higher_worse else np.fmin
+        worst = t.window_reduce(codes, as_of - config.worst_window_days, as_of, values, ufunc)
+        wm = round(config.worst_window_days / DAYS_PER_MONTH)
+        b.add(f"{measure}_worst_{wm}m", worst, "disease_activity", clinical, f"worst {label} in {wm} months", unit,
+              f"{'highest' if higher_worse else 'lowest'} {label} in the {wm} months before the decision")
+    ratios = []
+    for enzyme in ENZYMES:
+        t = tracks[enzyme]
+        pos = t.latest(codes, as_of)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratios.append(t.take("value", pos) / t.take("uln", pos))
+    stacked = np.column_stack(ratios)
+    any_enzyme = ~np.all(np.isnan(stacked), axis=1)
+    most = np.where(any_enzyme, np.nanmax(np.where(np.isnan(stacked), -np.inf, stacked), axis=1), np.nan)
+    b.add("enzyme_max_x_uln", most, "disease_activity", "muscle enzymes", "most abnormal muscle enzyme",
+          "× upper limit of normal", "highest latest CK, aldolase, AST, ALT or LDH as a multiple of its upper limit")
+    b.add("enzyme_observed", any_enzyme, "disease_activity", "muscle enzymes", "muscle enzyme recorded", "0/1",
+          "a muscle enzyme with its upper limit of normal was recorded before the decision")
+    ck = ratios[0]
+    b.add("ck_x_uln", ck, "disease_activity", "muscle enzymes", "creatine kinase", "× upper limit of normal",
+          "latest CK as a multiple of its upper limit of normal")
+
+
+def _patient_features(b: _Builder, k: pd.DataFrame, as_of: np.ndarray, patients: pd.DataFrame) -> None:
+    """Age, sex, diagnosis, disease duration, antibodies, ILD and cancer association (static or dated before)."""
+    p = patients.assign(patient_id=patients["patient_id"].astype(str)).drop_duplicates("patient_id")
+    p = p.set_index("patient_id")
+    idx = p.index.get_indexer(k["patient_id"].to_numpy())
+    if (idx < 0).any():
+        row = int(np.flatnonzero(idx < 0)[0])
+        raise ValueError(f"keys row {row} column 'patient_id': {k['patient_id'].iloc[row]!r} is not in the "
+                         "patients table [rule: known_patient]")
+
+    def col(name: str) -> pd.Series:
+        return p[name].iloc[idx].reset_index(drop=True) if name in p.columns else pd.Series([np.nan] * len(idx))
+
+    as_of_year = from_days(as_of).astype("datetime64[Y]").astype(np.int64) + 1970
+    birth = pd.to_numeric(col("birth_year"), errors="coerce").to_numpy(float)
+    b.add("age_years", as_of_year - birth, "patient", "age", "age", "years", "age in years at the decision")
+    b.add("sex_female", col("sex").astype(str).str.upper().eq("F").to_numpy(), "patient", "sex", "female sex", "0/1",
+          "recorded sex is female")
+    diagnosis = col("diagnosis").astype(str).to_numpy()
+    for code in DIAGNOSES:
+        b.add(f"diagnosis_{code}", diagnosis == code, "patient", "diagnosis", code.replace("_", " "), "0/1",
+              f"diagnosis is {code.replace('_', ' ')}")
+    diag_day = to_days(col("diagnosis_date"))
+    known = (diag_day < FAR_FUTURE) & (diag_day < as_of)
+    b.add("disease_duration_years", np.where(known, (as_of - diag_day) / 365.25, np.nan), "patient",
+          "disease duration", "disease duration", "years", "time from diagnosis to the decision")
+    for flag, label in ANTIBODY_FLAGS:
+        values = col(flag).astype("boolean").fillna(False).to_numpy(bool) if flag in p.columns else np.zeros(len(idx))
+        b.add(flag, values, "patient", "myositis antibodies", label, "0/1", f"{label} antibody positive")
+    for flag, label in (("ild", "interstitial lung disease"), ("cancer_associated", "cancer-associated myositis")):
+        values = col(flag).astype("boolean").fillna(False).to_numpy(bool) if flag in p.columns else np.zeros(len(idx))
+        b.add(flag, values, "patient", label, label, "0/1", f"{label} recorded")
+
+
+def _safety_features(b: _Builder, codes: np.ndarray, as_of: np.ndarray, tracks: Mapping[str, Track],
+                     events: pd.DataFrame, index: pd.Index, config: FeatureConfig) -> None:
+    """Serious/opportunistic infections and severe cytopenias in recent windows; latest safety laboratory values."""
+    ev_codes = patient_codes(index, events["patient_id"])
+    ev_days = to_days(events["date"])
+    kind = events["event"].astype(str).to_numpy()
+    grade = pd.to_numeric(events.get("grade", pd.Series(np.nan, index=events.index)), errors="coerce").to_numpy(float)
+    specs: tuple[tuple[str, Callable[[], np.ndarray], str], ...] = (
+        ("serious_infections", lambda: kind == "serious_infection", "serious infections"),
+        ("opportunistic_infections", lambda: kind == "opportunistic_infection", "opportunistic infections"),
+        ("severe_cytopenias", lambda: (kind == "cytopenia") & (grade >= config.cytopenia_min_grade),
+         f"cytopenias of grade ≥ {config.cytopenia_min_grade}"),
+        ("thromboembolisms", lambda: kind == "thromboembolism", "thrombo-embolic events"),
+    )
+    for name, select, label in specs:
+        sel = select()
+        t = Track(ev_codes[sel], ev_days[sel], {"count": np.ones(int(sel.sum()))})
+        # Track averages same-day duplicates; count distinct event days instead (no double counting of one episode)
+        for window in config.safety_windows_days:
+            lo, hi = t.bounds(codes, as_of - window, as_of)
+            months = round(window / DAYS_PER_MONTH)
+            b.add(f"{name}_{months}m", (hi - lo).astype(float), "safety", label, f"{label} in {months} months",
+                  "count (days with an event)", f"{label} in the {months} months before the decision")
+    for measure, label, unit in SAFETY_LABS:
+        t = tracks[measure]
+        pos = t.latest(codes, as_of)
+        b.add(f"{measure}_lab_latest", t.take("value", pos), "safety", label, f"latest {label}", unit,
+              f"most recent {label} before the decision (NaN if never measured)")
+        b.add(f"{measure}_lab_observed", pos >= 0, "safety", label, f"{label} measured", "0/1",
+              f"{label} was measured before the decision")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# eligibility from the current regimen
+
+
+def option_eligibility(
+    feature_set: FeatureSet, catalog: OptionCatalog, vocabulary: Vocabulary
+) -> pd.DataFrame:
+    """`eligible_<option>` (bool) and `ineligible_reason_<option>` (str) per feature row, from the current drugs
+    (rituximab counts while active) and whether any current drug is below its target dose."""
+    f = feature_set.features
+    on = pd.DataFrame({g: f[f"on_{g}"].to_numpy() > 0 for g in vocabulary.generics}, index=f.index)
+    below = pd.Series(f["any_below_target"].to_numpy() > 0, index=f.index)
+    eligible, reason = catalog.eligibility(on, below)
+    out = pd.DataFrame(index=f.index)
+    for name in catalog.names:
+        out[f"eligible_{name}"] = eligible[name].to_numpy(bool)
+        out[f"ineligible_reason_{name}"] = reason[name].astype(str).to_numpy()
+    return out

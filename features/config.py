@@ -1,0 +1,95 @@
+"""Frozen settings of decision-point derivation, point-in-time features, outcome labels and the patient split.
+
+Built at the edge from the `features:`, `labels:` and `split:` sections of `params.yaml` and passed into the pure
+code in `features/decisions.py`, `features/build.py`, `features/labels.py` and `features/split.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ActivityRule(_Frozen):
+    """Active disease at a visit: any one criterion met (physician global, CDASI activity or weak MMT-8)."""
+
+    physician_global_min_cm: float | None = Field(2.0, ge=0, le=10)
+    cdasi_activity_min: float | None = Field(14.0, ge=0, le=100)
+    #: MMT-8 below this percentage of its scale maximum (80 or 150) counts as active muscle disease.
+    mmt8_below_percent: float | None = Field(90.0, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> ActivityRule:
+        if self.physician_global_min_cm is None and self.cdasi_activity_min is None and self.mmt8_below_percent is None:
+            raise ValueError("the activity rule needs at least one criterion")
+        return self
+
+
+class DecisionConfig(_Frozen):
+    """How decision points and the option taken are read from raw history (records have no decision table)."""
+
+    activity: ActivityRule = ActivityRule()
+    #: the regimen must be unchanged for at least this long before the visit (about 3 months).
+    stable_days: int = Field(91, ge=0)
+    #: a later decision point needs at least this long since the previous one (one escalation at a time).
+    min_gap_days: int = Field(140, ge=0)
+    #: regimen changes started within [visit, visit + window] are the option taken at that visit.
+    option_window_days: int = Field(30, ge=0)
+    #: changes of these drug classes do not make an option (a steroid taper alongside is routine care).
+    option_ignore_classes: tuple[str, ...] = ("glucocorticoid",)
+    #: changes of these drug classes do not break stability (default none: a steroid taper is a regimen change).
+    stability_ignore_classes: tuple[str, ...] = ()
+    #: a decision needs at least one current (non-ignored) drug: refractory disease is disease despite treatment.
+    require_treatment: bool = True
+    #: a dose change of at most this fraction of the current intensity is not a change (rounding in records).
+    dose_change_tolerance: float = Field(0.05, ge=0, lt=1)
+
+
+class FeatureConfig(_Frozen):
+    """Point-in-time feature settings: the regimen lag, look-back windows and dose-versus-target tolerance."""
+
+    decisions: DecisionConfig = DecisionConfig()
+    #: regimen rows count only if started before as_of − lag (changes on the decision visit's day belong to it).
+    regimen_lag_days: int = Field(1, ge=0)
+    change_windows_days: tuple[int, ...] = (91, 182)
+    worst_window_days: int = Field(365, gt=0)
+    safety_windows_days: tuple[int, ...] = (182, 365)
+    #: a dose within ±tolerance of its target band counts as "at target".
+    dose_tolerance: float = Field(0.1, ge=0, lt=1)
+    #: rows of one drug separated by at most this gap are one continuous exposure ("months on drug").
+    continuity_gap_days: int = Field(7, ge=0)
+    #: a grade at or above this makes a cytopenia serious (safety features and label).
+    cytopenia_min_grade: int = Field(3, ge=1, le=4)
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureConfig:
+        for name in ("change_windows_days", "safety_windows_days"):
+            values = getattr(self, name)
+            if not values or any(v <= 0 for v in values) or len(set(values)) != len(values):
+                raise ValueError(f"{name} must be distinct positive day counts, got {values}")
+        return self
+
+
+class LabelConfig(_Frozen):
+    """Outcome labels after a decision: follow-up visit, response threshold, skin response and safety window."""
+
+    horizon_weeks: int = Field(24, gt=0)
+    window_weeks: int = Field(6, ge=0)
+    #: a core set measure missing at a visit is carried forward from at most this many days before.
+    carry_forward_days: int = Field(30, ge=0)
+    response_category: Literal["minimal", "moderate", "major"] = "moderate"
+    skin_response_drop: float = Field(5.0, gt=0)
+    safety_events: tuple[str, ...] = ("serious_infection", "opportunistic_infection", "cytopenia")
+    cytopenia_min_grade: int = Field(3, ge=1, le=4)
+
+
+class SplitConfig(_Frozen):
+    """Patient-level train/test split by hashing patient ids with the seed (stable as patients are added)."""
+
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 20261125

@@ -1,0 +1,284 @@
+"""Point-in-time features: doses versus targets, the regimen cut-off, look-back windows, the dictionary.
+
+`normalised(...)` builds small normalised contract tables by hand (the shape docs/architecture.md defines), so
+each rule is tested on a record a clinician can read; the seed case goes through the real data contract.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.build import FeatureSet, build_features, option_eligibility
+from features.config import FeatureConfig
+from features.vocabulary import OptionCatalog, Vocabulary, dose_to_mg, parse_intervals
+from pipeline.config import load_reference
+
+SEED = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "seed-case"
+VOCABULARY = Vocabulary.from_config(load_reference("drugs"))
+CATALOG = OptionCatalog.from_config(load_reference("options"))
+
+ANTIBODY_FLAGS = ("anti_mda5", "anti_tif1g", "anti_nxp2", "anti_mi2", "anti_sae", "anti_synthetase",
+                  "anti_srp_hmgcr", "antibody_negative")
+
+
+def normalised(
+    regimens: list[tuple] = (),
+    assessments: list[tuple] = (),
+    events: list[tuple] = (),
+    patients: list[dict] | None = None,
+    weight_kg: float = 70.0,
+) -> dict[str, pd.DataFrame]:
+    """Normalised tables from compact records.
+
+    regimens: (patient, drug as written, dose, unit, route, interval, start, end or None);
+    assessments: (patient, date, measure, value[, upper limit]) in canonical units (mmt8 on the 0-80 scale);
+    events: (patient, date, event, grade or None). Weight-based doses resolve with `weight_kg`.
+    """
+    pats = pd.DataFrame(patients or [{"patient_id": "P1"}])
+    defaults = {"sex": "F", "birth_year": 1970, "diagnosis": "adult_dermatomyositis", "diagnosis_date": "2018-01-01",
+                "antibodies": "negative", "ild": False, "cancer_associated": False}
+    for col, value in defaults.items():
+        if col not in pats:
+            pats[col] = value
+    for flag in ANTIBODY_FLAGS:
+        pats[flag] = pats[flag].astype(bool) if flag in pats else False
+    pats["diagnosis_date"] = pd.to_datetime(pats["diagnosis_date"])
+    pats.insert(1, "row", range(len(pats)))
+
+    reg = pd.DataFrame(list(regimens), columns=["patient_id", "drug", "dose", "dose_unit", "route", "interval",
+                                                "start_date", "end_date"])
+    reg["generic"] = VOCABULARY.lookup_many(reg["drug"])
+    reg["drug_class"] = reg["generic"].map({d.generic: d.drug_class for d in VOCABULARY.drugs}).astype(object)
+    reg = pd.concat([reg, parse_intervals(reg["interval"])], axis=1)
+    w = pd.Series(weight_kg, index=reg.index)
+    reg["dose_mg"] = dose_to_mg(reg["dose"].astype(float), reg["dose_unit"], w, np.sqrt(w * 170 / 3600))
+    reg["daily_mg"] = reg["dose_mg"] * reg["doses_per_cycle"] / reg["cycle_days"]
+    reg["start_date"] = pd.to_datetime(reg["start_date"])
+    reg["end_date"] = pd.to_datetime(reg["end_date"])
+    reg.insert(1, "row", range(len(reg)))
+
+    rows = [tuple(a) + (np.nan,) * (5 - len(a)) for a in assessments]
+    ass = pd.DataFrame(rows, columns=["patient_id", "date", "measure", "value", "upper_limit_normal"])
+    ass["date"] = pd.to_datetime(ass["date"])
+    ass["value"] = ass["value"].astype(float)
+    ass["upper_limit_normal"] = ass["upper_limit_normal"].astype(float)
+    ass["unit"] = ""
+    ass["scale_max"] = np.where(ass["measure"] == "mmt8", 80.0, np.nan)
+    ass.insert(1, "row", range(len(ass)))
+
+    ev = pd.DataFrame(list(events), columns=["patient_id", "date", "event", "grade"])
+    ev["date"] = pd.to_datetime(ev["date"])
+    ev["grade"] = ev["grade"].astype(float)
+    ev["details"] = ""
+    ev.insert(1, "row", range(len(ev)))
+    return {"patients": pats, "regimens": reg, "assessments": ass, "events": ev}
+
+
+def features_at(tables: dict[str, pd.DataFrame], *dates: str, config: FeatureConfig | None = None) -> FeatureSet:
+    keys = pd.DataFrame({"patient_id": "P1", "as_of": pd.to_datetime(list(dates))})
+    return build_features(keys, tables, VOCABULARY, CATALOG, config)
+
+
+@pytest.fixture(scope="module")
+def seed_tables() -> dict[str, pd.DataFrame]:
+    from features.contract import MeasureCatalog, check
+    from pipeline.io import read_contract_tables
+
+    result = check(read_contract_tables(SEED), VOCABULARY, MeasureCatalog.from_config(load_reference("measures")),
+                   "2026-11-25")
+    assert result.ok, result.errors
+    return result.normalised
+
+
+@pytest.fixture(scope="module")
+def seed_features(seed_tables) -> FeatureSet:
+    keys = pd.DataFrame({"patient_id": ["SEED-0001"], "as_of": [pd.Timestamp("2026-11-18")]})
+    return build_features(keys, seed_tables, VOCABULARY, CATALOG)
+
+
+# --- the seed case: the dose check the clinical recommendation makes ------------------------------------------
+@pytest.mark.parametrize(
+    ("generic", "fraction", "status"),
+    [
+        ("ivig", 0.5, "below"),  # 1 g/kg every 4 weeks = half of 2 g/kg
+        ("mycophenolate", 1.0, "at"),  # 2 g/day, low end of 2-3 g/day
+        ("hydroxychloroquine", 1.0, "at"),  # 200 mg/day at 70 kg (≤ 5 mg/kg/day)
+        ("tocilizumab", 1.0, "at"),  # 8 mg/kg every 4 weeks
+        ("rituximab", 1.0, "at"),  # 1 g × 2 in May/June: still active
+    ],
+)
+def test_seed_case_doses_versus_targets(seed_features, generic, fraction, status):
+    side = seed_features.current_regimen.set_index("generic")
+    assert side.loc[generic, "fraction_of_target"] == pytest.approx(fraction, abs=0.01)
+    assert side.loc[generic, "status"] == status
+    assert side.loc[generic, "target_text"] == VOCABULARY.drug(generic).text
+    f = seed_features.features.iloc[0]
+    assert f[f"{generic}_dose_fraction"] == pytest.approx(fraction, abs=0.01)
+    assert f[f"{generic}_below_target"] == float(status == "below")
+
+
+def test_seed_case_regimen_summary(seed_features):
+    f = seed_features.features.iloc[0]
+    assert f["prednisone_mg_day"] == 15.0
+    assert f["prednisone_mg_kg_day"] == pytest.approx(15 / 70)
+    assert f["prednisone_above_taper_goal"] == 1.0
+    assert f["n_immunosuppressants"] == 3.0  # rituximab, tocilizumab, mycophenolate
+    assert f["n_current_drugs"] == 6.0
+    assert f["months_since_rituximab"] == pytest.approx((pd.Timestamp("2026-11-17") - pd.Timestamp("2026-06-03")).days / 30.4375)
+    assert f["months_since_regimen_change"] == pytest.approx(181 / 30.4375)  # the combination since 20 May
+    assert f["lines_of_therapy"] == 6.0  # methotrexate, HCQ, MMF, IVIG, rituximab, tocilizumab
+    assert f["serious_infections_12m"] == 0.0
+
+
+def test_seed_case_eligible_options(seed_features):
+    e = option_eligibility(seed_features, CATALOG, VOCABULARY).iloc[0]
+    eligible = [o for o in CATALOG.names if e[f"eligible_{o}"]]
+    assert eligible == ["continue", "optimise_dose", "add_cyclophosphamide", "add_abatacept", "add_jak_inhibitor"]
+    assert e["ineligible_reason_add_ivig"] == "already on ivig"
+    assert e["ineligible_reason_add_rituximab"] == "already on rituximab"
+
+
+# --- the regimen cut-off -------------------------------------------------------------------------------------
+BASE_REGIMEN = [("P1", "CellCept", 1000, "mg", "oral", "twice daily", "2024-01-01", None)]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "as_of", "current"),
+    [
+        ("2025-06-01", None, "2025-06-02", False),  # started on the decision visit's day: part of the decision
+        ("2025-05-31", None, "2025-06-02", True),  # started the day before the visit
+        ("2025-01-01", "2025-06-01", "2025-06-02", True),  # ends on the visit day: still taken at the visit
+        ("2025-01-01", "2025-05-31", "2025-06-02", False),  # stopped before the visit
+    ],
+)
+def test_regimen_cut_off(start, end, as_of, current):
+    t = normalised(BASE_REGIMEN + [("P1", "Privigen", 2, "g/kg", "intravenous", "every 4 weeks", start, end)])
+    f = features_at(t, as_of).features.iloc[0]
+    assert f["on_ivig"] == float(current)
+    assert f["on_mycophenolate"] == 1.0
+
+
+def test_dose_fraction_uses_weight_measured_before_as_of():
+    regimen = BASE_REGIMEN + [("P1", "IVIG", 140, "g", "intravenous", "every 4 weeks", "2024-06-01", None)]
+    t = normalised(regimen, [("P1", "2025-01-10", "weight", 70.0), ("P1", "2025-06-10", "weight", 140.0)])
+    early, late = features_at(t, "2025-06-01", "2025-07-01").features["ivig_dose_fraction"]
+    assert early == pytest.approx(1.0)  # 140 g at 70 kg = 2 g/kg
+    assert late == pytest.approx(0.5)  # the later 140 kg weight halves the per-kg dose
+    no_weight = features_at(normalised(regimen), "2025-06-01").features.iloc[0]
+    assert np.isnan(no_weight["ivig_dose_fraction"]) and no_weight["weight_observed"] == 0.0
+
+
+@pytest.mark.parametrize(("days_after", "active"), [(200, True), (364, True), (400, False)])
+def test_rituximab_counts_as_current_while_active(days_after, active):
+    t = normalised(BASE_REGIMEN + [("P1", "Rituxan", 1000, "mg", "intravenous", "days 1 and 15, every 6 months",
+                                    "2024-06-01", "2024-06-15")])
+    as_of = (pd.Timestamp("2024-06-15") + pd.Timedelta(days=days_after + 1)).strftime("%Y-%m-%d")
+    fs = features_at(t, as_of)
+    assert fs.features.iloc[0]["on_rituximab"] == float(active)
+    assert fs.features.iloc[0]["months_since_rituximab"] == pytest.approx(days_after / 30.4375)
+    e = option_eligibility(fs, CATALOG, VOCABULARY).iloc[0]
+    assert e["eligible_add_rituximab"] == (not active)
+
+
+def test_prednisone_taper_cumulative_dose_and_continuity():
+    t = normalised([
+        ("P1", "prednisone", 60, "mg", "oral", "daily", "2025-01-01", "2025-01-10"),
+        ("P1", "prednisolone", 20, "mg", "oral", "daily", "2025-01-11", None),
+    ], [("P1", "2025-01-01", "weight", 80.0)])
+    f = features_at(t, "2025-01-21").features.iloc[0]
+    assert f["prednisone_mg_day"] == 20.0
+    assert f["prednisone_mg_kg_day"] == pytest.approx(0.25)
+    assert f["cumulative_prednisone_g"] == pytest.approx((60 * 10 + 20 * 9) / 1000)  # to the cut-off day
+    assert f["prednisone_months_on"] == pytest.approx(19 / 30.4375)  # one continuous exposure
+
+
+# --- disease activity, safety ------------------------------------------------------------------------------------
+def test_disease_activity_windows_and_missingness():
+    t = normalised(BASE_REGIMEN, [
+        ("P1", "2024-03-01", "physician_global", 8.0),
+        ("P1", "2025-01-01", "physician_global", 3.0),
+        ("P1", "2025-04-01", "physician_global", 5.0),
+        ("P1", "2025-07-01", "physician_global", 6.0),
+        ("P1", "2025-07-01", "ck", 1000.0, 200.0),
+        ("P1", "2025-07-01", "aldolase", 15.0, 7.5),
+        ("P1", "2025-07-01", "mmt8", 60.0),
+    ])
+    f = features_at(t, "2025-07-02").features.iloc[0]
+    assert f["physician_global_latest"] == 6.0
+    assert f["physician_global_change_3m"] == pytest.approx(1.0)  # vs the value on 2025-04-01
+    assert f["physician_global_change_6m"] == pytest.approx(3.0)  # vs 2025-01-01
+    assert f["physician_global_worst_12m"] == 6.0  # the 8.0 of March 2024 is older than 12 months
+    assert f["enzyme_max_x_uln"] == pytest.approx(5.0) and f["ck_x_uln"] == pytest.approx(5.0)
+    assert f["mmt8_latest"] == pytest.approx(75.0)  # % of the 0-80 scale
+    assert f["haq_observed"] == 0.0 and np.isnan(f["haq_latest"])
+    assert f["physician_global_days_since"] == 1.0
+
+
+def test_safety_event_counts_by_window_and_grade():
+    t = normalised(BASE_REGIMEN, events=[
+        ("P1", "2025-05-01", "serious_infection", None),
+        ("P1", "2024-10-01", "serious_infection", None),
+        ("P1", "2025-05-01", "cytopenia", 2),
+        ("P1", "2025-06-01", "cytopenia", 3),
+        ("P1", "2025-07-02", "opportunistic_infection", None),  # on the as-of date: not yet known
+    ])
+    f = features_at(t, "2025-07-02").features.iloc[0]
+    assert (f["serious_infections_6m"], f["serious_infections_12m"]) == (1.0, 2.0)
+    assert f["severe_cytopenias_12m"] == 1.0
+    assert f["opportunistic_infections_12m"] == 0.0
+
+
+def test_patient_features():
+    t = normalised(BASE_REGIMEN, patients=[{"patient_id": "P1", "birth_year": 1980, "diagnosis_date": "2020-07-02",
+                                            "anti_mda5": True, "ild": True,
+                                            "diagnosis": "juvenile_dermatomyositis"}])
+    f = features_at(t, "2025-07-02").features.iloc[0]
+    assert f["age_years"] == 45.0
+    assert f["disease_duration_years"] == pytest.approx(1826 / 365.25)
+    assert (f["anti_mda5"], f["anti_tif1g"], f["ild"]) == (1.0, 0.0, 1.0)
+    assert f["diagnosis_juvenile_dermatomyositis"] == 1.0 and f["diagnosis_adult_dermatomyositis"] == 0.0
+
+
+# --- shape of the output -------------------------------------------------------------------------------------------
+def test_matrix_is_numeric_and_dictionary_covers_every_feature(seed_features):
+    matrix = seed_features.matrix
+    assert all(dtype == np.float64 for dtype in matrix.dtypes)
+    d = seed_features.dictionary
+    assert list(d["feature"]) == list(matrix.columns)
+    assert d["feature"].is_unique
+    assert set(d["family"]) == {"current_regimen", "dose_optimisation", "disease_activity", "patient", "safety"}
+    assert d[["label", "unit", "description", "clinical_feature"]].ne("").all().all()
+    assert list(seed_features.features.columns[:3]) == ["patient_id", "decision_id", "as_of"]
+
+
+def test_scoring_mode_one_row_per_patient_same_dictionary(seed_tables, seed_features):
+    keys = pd.DataFrame({"patient_id": ["SEED-0001"], "as_of": [pd.Timestamp("2026-11-18")], "decision_id": ["d1"]})
+    fs = build_features(keys, seed_tables, VOCABULARY, CATALOG)
+    pd.testing.assert_frame_equal(fs.matrix, seed_features.matrix)
+    assert fs.features["decision_id"].tolist() == ["d1"]
+    assert seed_features.features["decision_id"].tolist() == ["SEED-0001@2026-11-18"]
+
+
+def test_unknown_patient_and_missing_date_are_clear_errors(seed_tables):
+    keys = pd.DataFrame({"patient_id": ["NOPE"], "as_of": [pd.Timestamp("2026-01-01")]})
+    with pytest.raises(ValueError, match=r"keys row 0 column 'patient_id'.*known_patient"):
+        build_features(keys, seed_tables, VOCABULARY, CATALOG)
+    keys = pd.DataFrame({"patient_id": ["SEED-0001"], "as_of": [pd.NaT]})
+    with pytest.raises(ValueError, match=r"keys row 0 column 'as_of'.*required_value"):
+        build_features(keys, seed_tables, VOCABULARY, CATALOG)
+
+
+def test_many_patients_match_one_at_a_time(seed_tables):
+    """The vectorised builder gives each patient the features it would get alone (no cross-patient bleed)."""
+    t2 = {name: df.assign(patient_id="SEED-0002") for name, df in seed_tables.items()}
+    t2["assessments"] = t2["assessments"].assign(value=t2["assessments"]["value"] * 0.9)
+    both = {name: pd.concat([seed_tables[name], t2[name]], ignore_index=True) for name in seed_tables}
+    keys = pd.DataFrame({"patient_id": ["SEED-0002", "SEED-0001"], "as_of": pd.to_datetime(["2026-09-01", "2026-11-18"])})
+    together = build_features(keys, both, VOCABULARY, CATALOG).matrix
+    for i in range(2):
+        alone = build_features(keys.iloc[[i]], both, VOCABULARY, CATALOG).matrix
+        pd.testing.assert_frame_equal(together.iloc[[i]].reset_index(drop=True), alone)
