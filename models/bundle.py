@@ -1,0 +1,721 @@
+"""The deployable Escalate model: feature contract, eligibility, response / TIS / safety learners, calibration,
+bootstrap intervals and the recommendation, behind one `predict_frame(features)` call.
+
+`fit_escalate_model` trains it from the feature table and the decision labels; the MLflow pyfunc
+(`pipeline.registry.EscalatePyfunc`) only unpickles it and calls `predict_frame`, so the batch job, the
+clinician page and the evaluation all get the same numbers. Pure: no I/O, no MLflow, randomness from seeds.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.vocabulary import OptionCatalog
+from models.calibration import CalibratedLearner
+from models.config import BoosterConfig, CalibrationConfig, IntervalConfig, LearnerConfig, PropensityConfig
+from models.intervals import BootstrapEnsemble
+from models.learners import BaseLearner, make_learner
+from models.propensity import PropensityModel, as_feature_frame, overlap_report
+
+LearnerKind = Literal["s_learner", "t_learner", "dr_learner", "linear"]
+_KIND = {"s_learner": "s", "t_learner": "t", "dr_learner": "dr", "linear": "linear"}
+#: identifier / date columns carried through to the output, never used as features.
+KEY_COLUMNS: tuple[str, ...] = ("patient_id", "decision_id", "as_of")
+ELIGIBLE_PREFIX = "eligible_"
+REASON_PREFIX = "ineligible_reason_"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EligibilityColumns(_Frozen):
+    """Which feature columns carry eligibility: `on_<generic>` flags and the "a drug is below target" flag."""
+
+    on_prefix: str = "on_"
+    below_target: str = "any_below_target"
+
+
+class BundleConfig(_Frozen):
+    """Training settings of the whole model (the `train:` section of params.yaml)."""
+
+    learner: LearnerKind = "t_learner"
+    safety_learner: LearnerKind = "s_learner"
+    tis_learner: LearnerKind | None = None  # None: same as `learner`
+    booster: BoosterConfig = BoosterConfig()
+    propensity: PropensityConfig = PropensityConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    calibrate: bool = True
+    intervals: IntervalConfig = IntervalConfig()
+    response_threshold: float = Field(40.0, gt=0, le=100)
+    cv_folds: int = Field(5, ge=2, le=20)
+    #: an option taken at fewer training decisions than this is not modelled (reported, never predicted).
+    min_rows_per_option: int = Field(20, ge=2)
+    #: recommendation utility = p_response − safety_weight × p_safety (0: rank by response alone).
+    safety_weight: float = Field(0.0, ge=0)
+    eligibility: EligibilityColumns = EligibilityColumns()
+    seed: int = 20261125
+
+
+class FeatureContract(_Frozen):
+    """The feature columns (in model order) and their dtypes at fit; predict checks input against it."""
+
+    keys: tuple[str, ...]
+    columns: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    eligibility_source: Literal["features", "columns"]
+
+    def check(self, features: pd.DataFrame, table: str = "features") -> pd.DataFrame:
+        """The feature block as float64 in model order; every violation names table, row, column and rule."""
+        missing = [c for c in self.columns if c not in features.columns]
+        if missing:
+            raise ValueError(
+                f"table {table}: missing column(s) {missing[:10]}{' …' if len(missing) > 10 else ''} "
+                "(rule: the feature contract of the trained model)"
+            )
+        block = features[list(self.columns)]
+        bad = [
+            c
+            for c in self.columns
+            if not (pd.api.types.is_numeric_dtype(block[c]) or pd.api.types.is_bool_dtype(block[c]))
+        ]
+        if bad:
+            col = bad[0]
+            values = pd.to_numeric(block[col], errors="coerce")
+            rows = np.flatnonzero(values.isna().to_numpy() & block[col].notna().to_numpy())
+            where = f"row {int(rows[0])}, " if len(rows) else ""
+            raise ValueError(
+                f"table {table}: {where}column {col!r} has dtype {block[col].dtype} "
+                f"(rule: numeric, trained as {self.dtypes[self.columns.index(col)]})"
+            )
+        try:
+            return as_feature_frame(block)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("table X", f"table {table}")) from exc
+
+
+class Head:
+    """One outcome (response, TIS or safety): the full-data learner (a `CalibratedLearner` for a binary
+    outcome) and a patient bootstrap ensemble for intervals; `predict` gives point, low and high (n, arms)."""
+
+    def __init__(self, learner: BaseLearner, ensemble: BootstrapEnsemble | None, level: float) -> None:
+        self.learner = learner
+        self.ensemble = ensemble
+        self.level = level
+
+    def predict(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Point estimate (full-data learner) and the percentile interval of the bootstrap members (mapped
+        through the same calibration), widened where needed so it always contains the point estimate."""
+        point = self.learner.predict_outcomes(X)
+        if self.ensemble is None:
+            return point, point.copy(), point.copy()
+        draws = self.ensemble.predict_draws(X)
+        if isinstance(self.learner, CalibratedLearner):
+            draws = np.stack([self.learner.calibrate(d) for d in draws])
+        alpha = (1 - self.level) / 2
+        low, high = np.quantile(draws, [alpha, 1 - alpha], axis=0)
+        return point, np.minimum(low, point), np.maximum(high, point)
+
+
+class EscalateModel:
+    """The fitted bundle. `predict_frame(features)` returns one row per input row x option."""
+
+    def __init__(
+        self,
+        *,
+        config: BundleConfig,
+        catalog: OptionCatalog,
+        contract: FeatureContract,
+        arms: tuple[str, ...],
+        heads: dict[str, Head],
+        propensity: PropensityModel,
+        summary: dict[str, object],
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.contract = contract
+        self.arms = arms
+        self.heads = heads
+        self.propensity = propensity
+        self.summary = summary
+
+    # --- eligibility ---------------------------------------------------------------------------------------
+    def eligibility(self, features: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(eligible, reason) frames, one column per catalogue option; options not modelled are ineligible."""
+        return eligibility_frames(
+            features,
+            self.catalog,
+            self.config.eligibility,
+            self.contract.eligibility_source,
+            self.arms,
+            self.summary.get("option_counts", {}),
+        )  # type: ignore[arg-type]
+
+    def propensity_matrix(self, features: pd.DataFrame, eligible: pd.DataFrame | None = None) -> np.ndarray:
+        """(n, arms) P(clinician picks option | features), 0 where ineligible (for AIPW and overlap)."""
+        X = self.contract.check(features)
+        elig = (eligible if eligible is not None else self.eligibility(features)[0])[list(self.arms)]
+        return self.propensity.predict_proba(X, elig.to_numpy(dtype=bool))
+
+    def predict_arrays(self, features: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Raw (n, arms) arrays per output (`p_response`, `p_response_low`, …) in `self.arms` order, before
+        eligibility masking: for evaluation code that needs matrices."""
+        X = self.contract.check(features)
+        out: dict[str, np.ndarray] = {}
+        for head, name in (("response", "p_response"), ("tis", "expected_tis"), ("safety", "p_safety")):
+            point, low, high = self.heads[head].predict(X)
+            out[name], out[f"{name}_low"], out[f"{name}_high"] = point, low, high
+        return out
+
+    def predict_frame(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Long table, one row per input row x catalogue option: eligibility and reason, P(response),
+        expected TIS and P(safety event) with intervals, effect vs continue, rank and the recommendation.
+        Ineligible (or unmodelled) options get NaN predictions and rank."""
+        features = features.reset_index(drop=True)
+        n = len(features)
+        options = list(self.catalog.names)
+        k = len(options)
+        eligible, reason = self.eligibility(features)
+        arrays = self.predict_arrays(features) if n else {}
+        elig = eligible[options].to_numpy(dtype=bool)
+        col_of = {a: options.index(a) for a in self.arms}
+        full: dict[str, np.ndarray] = {}
+        for name, values in arrays.items():
+            m = np.full((n, k), np.nan)
+            for j, arm in enumerate(self.arms):
+                m[:, col_of[arm]] = values[:, j]
+            full[name] = np.where(elig, m, np.nan)
+        if not n:
+            full = {name: np.empty((0, k)) for name in _PRED_COLUMNS}
+        control = options.index(self.catalog.control)
+        p = full["p_response"]
+        effect = p - p[:, [control]]
+        utility = p - self.config.safety_weight * np.nan_to_num(full["p_safety"], nan=0.0)
+        utility = np.where(elig, utility, -np.inf)
+        # rank 1 = best eligible option; ties keep catalogue order (stable sort)
+        order = np.argsort(-utility, axis=1, kind="stable")
+        rank = np.empty((n, k))
+        rank[np.arange(n)[:, None], order] = np.arange(1, k + 1)[None, :]
+        rank = np.where(elig, rank, np.nan)
+        prop = np.full((n, k), np.nan)
+        if n:
+            pm = self.propensity_matrix(features, eligible)
+            for j, arm in enumerate(self.arms):
+                prop[:, col_of[arm]] = np.where(elig[:, col_of[arm]], pm[:, j], np.nan)
+        out = pd.DataFrame({"row": np.repeat(np.arange(n), k)})
+        for key in self.contract.keys:
+            if key in features.columns:
+                out[key] = np.repeat(features[key].to_numpy(), k)
+        out["option"] = np.tile(np.asarray(options, dtype=object), n)
+        out["eligible"] = elig.ravel()
+        out["ineligible_reason"] = reason[options].to_numpy(dtype=object).ravel()
+        for name in _PRED_COLUMNS:
+            out[name] = full[name].ravel()
+        out["effect_vs_continue"] = effect.ravel()
+        out["propensity"] = prop.ravel()
+        out["rank"] = rank.ravel()
+        out["recommended"] = (rank == 1).ravel()
+        return out
+
+
+_PRED_COLUMNS = (
+    "p_response",
+    "p_response_low",
+    "p_response_high",
+    "expected_tis",
+    "expected_tis_low",
+    "expected_tis_high",
+    "p_safety",
+    "p_safety_low",
+    "p_safety_high",
+)
+
+
+def eligibility_frames(
+    features: pd.DataFrame,
+    catalog: OptionCatalog,
+    columns: EligibilityColumns,
+    source: Literal["features", "columns"],
+    arms: Sequence[str] | None = None,
+    option_counts: dict[str, int] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Eligibility per catalogue option: derived with `OptionCatalog.eligibility` from the `on_<generic>` and
+    below-target flags (source "features"), or read from `eligible_<option>` columns (source "columns").
+    With `arms`, options outside it are ineligible with the reason "not modelled"."""
+    features = features.reset_index(drop=True)
+    if source == "features":
+        on_cols = [c for c in features.columns if c.startswith(columns.on_prefix)]
+        if columns.below_target not in features.columns:
+            raise ValueError(
+                f"table features: missing column {columns.below_target!r} (rule: eligibility needs the "
+                "below-target flag)"
+            )
+        on = features[on_cols].rename(columns=lambda c: c[len(columns.on_prefix) :])
+        _check_flags(on, "features", prefix=columns.on_prefix)
+        below = features[columns.below_target]
+        _check_flags(below.to_frame(), "features")
+        eligible, reason = catalog.eligibility(on.astype(bool), below.astype(bool))
+    else:
+        names = list(catalog.names)
+        cols = [f"{ELIGIBLE_PREFIX}{o}" for o in names]
+        missing = [c for c in cols if c not in features.columns]
+        if missing:
+            raise ValueError(
+                f"table features: missing column(s) {missing} (rule: one eligibility flag per option)"
+            )
+        flags = features[cols]
+        _check_flags(flags, "features")
+        eligible = flags.astype(bool).set_axis(names, axis=1)
+        reason_cols = [f"{REASON_PREFIX}{o}" for o in names]
+        if all(c in features.columns for c in reason_cols):
+            reason = features[reason_cols].fillna("").astype(str).set_axis(names, axis=1)
+            reason = reason.where(~eligible, "")
+        else:
+            reason = pd.DataFrame(np.where(eligible, "", "ineligible"), columns=names, index=features.index)
+    if arms is not None:
+        counts = option_counts or {}
+        for option in catalog.names:
+            if option not in arms:
+                eligible[option] = False
+                reason[option] = (
+                    f"not modelled: taken at {counts.get(option, 0)} training decision(s), too few to estimate"
+                )
+    return eligible, reason
+
+
+def _check_flags(frame: pd.DataFrame, table: str, prefix: str = "") -> None:
+    """Boolean flags must be true/false (or 0/1) with no missing values."""
+    for col in frame.columns:
+        s = frame[col]
+        ok = s.isin([True, False, 0, 1]) & s.notna()
+        if not ok.all():
+            r = int(np.flatnonzero(~ok.to_numpy())[0])
+            raise ValueError(
+                f"table {table}: row {r}, column {prefix}{col!r} is {s.iloc[r]!r} (rule: a true/false flag)"
+            )
+
+
+def eligibility_source(
+    features: pd.DataFrame, catalog: OptionCatalog, columns: EligibilityColumns
+) -> Literal["features", "columns"]:
+    """ "features" when the feature table carries every flag the catalogue's rules read, else "columns"."""
+    needed = {g for o in catalog.options for g in o.eligible_unless_on}
+    has_on = all(f"{columns.on_prefix}{g}" in features.columns for g in needed)
+    if has_on and columns.below_target in features.columns:
+        return "features"
+    return "columns"
+
+
+def feature_columns(features: pd.DataFrame, catalog: OptionCatalog | None = None) -> list[str]:
+    """The model's feature columns: every numeric / boolean column except keys, eligibility and reason columns."""
+    skip = set(KEY_COLUMNS)
+    cols = []
+    for c in features.columns:
+        if c in skip or c.startswith(ELIGIBLE_PREFIX) or c.startswith(REASON_PREFIX):
+            continue
+        if pd.api.types.is_numeric_dtype(features[c]) or pd.api.types.is_bool_dtype(features[c]):
+            cols.append(str(c))
+    return cols
+
+
+def _fit_head(
+    kind: str,
+    cfg: BundleConfig,
+    outcome: Literal["binary", "continuous"],
+    arms: tuple[str, ...],
+    X: pd.DataFrame,
+    t: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    eligible: np.ndarray,
+    seed_offset: int,
+) -> Head:
+    """Fit one outcome head: full-data learner, calibration (binary) and bootstrap ensemble."""
+    booster = cfg.booster.model_copy(update={"seed": cfg.seed + seed_offset})
+    lcfg = LearnerConfig(
+        control=arms[0],
+        arms=arms,
+        outcome=outcome,
+        booster=booster,
+        cv_folds=cfg.cv_folds,
+        propensity=cfg.propensity,
+    )
+    learner: BaseLearner = make_learner(_KIND[kind], lcfg)
+    if outcome == "binary" and cfg.calibrate:
+        learner = CalibratedLearner(learner, cfg.calibration)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # small options left uncalibrated: listed in summary
+        learner.fit(X, t, y, groups=groups, eligible=eligible)
+        ensemble = None
+        if cfg.intervals.n_boot > 0:
+            icfg = cfg.intervals.model_copy(update={"seed": cfg.intervals.seed + seed_offset})
+            ensemble = BootstrapEnsemble(make_learner(_KIND[kind], lcfg), icfg)
+            ensemble.fit(X, t, y, groups=groups, eligible=eligible)
+    return Head(learner, ensemble, cfg.intervals.level)
+
+
+def fit_escalate_model(
+    features: pd.DataFrame,
+    decisions: pd.DataFrame,
+    catalog: OptionCatalog,
+    config: BundleConfig | None = None,
+) -> EscalateModel:
+    """Train the bundle on training-patient decisions.
+
+    `features`: keys `patient_id, decision_id, as_of` + numeric features (+ `on_<generic>` and the below-target
+    flag for eligibility). `decisions`: `decision_id, option_taken, eligible_<option>,
+    total_improvement_score, safety_event`. Rows with a missing label are left out of that head's fit and
+    counted in `summary`; options taken too rarely are not modelled (reported, predicted as ineligible).
+    """
+    cfg = config or BundleConfig()
+    for table, frame, need in (
+        ("features", features, ("patient_id", "decision_id")),
+        ("decisions", decisions, ("decision_id", "option_taken", "total_improvement_score", "safety_event")),
+    ):
+        missing = [c for c in need if c not in frame.columns]
+        if missing:
+            raise ValueError(f"table {table}: missing column(s) {missing} (rule: training input contract)")
+    dup = features["decision_id"].duplicated()
+    if dup.any():
+        r = int(np.flatnonzero(dup.to_numpy())[0])
+        raise ValueError(
+            f"table features: row {r}, column 'decision_id' is repeated (rule: one row per decision)"
+        )
+    features = features.reset_index(drop=True)
+    label_cols = ["decision_id", "option_taken", "total_improvement_score", "safety_event"]
+    label_cols += [c for c in decisions.columns if c.startswith(ELIGIBLE_PREFIX)]
+    merged = features[["decision_id"]].merge(
+        decisions[label_cols], on="decision_id", how="left", validate="one_to_one", indicator=True
+    )
+    unmatched = merged["_merge"] != "both"
+    if unmatched.any():
+        r = int(np.flatnonzero(unmatched.to_numpy())[0])
+        raise ValueError(
+            f"table features: row {r}, column 'decision_id' has no row in decisions "
+            f"(rule: every feature row has labels); {int(unmatched.sum())} such row(s)"
+        )
+    unknown = ~merged["option_taken"].isin(catalog.names)
+    if unknown.any():
+        r = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise ValueError(
+            f"table decisions: row for decision {merged['decision_id'].iloc[r]!r}, column 'option_taken' is "
+            f"{merged['option_taken'].iloc[r]!r} (rule: one of {list(catalog.names)})"
+        )
+
+    source = eligibility_source(features, catalog, cfg.eligibility)
+    cols = feature_columns(features)
+    contract = FeatureContract(
+        keys=tuple(k for k in KEY_COLUMNS if k in features.columns),
+        columns=tuple(cols),
+        dtypes=tuple(str(features[c].dtype) for c in cols),
+        eligibility_source=source,
+    )
+    if source == "columns":  # eligibility is then part of the input contract: take it from decisions
+        elig_input = pd.concat([features, merged.drop(columns=["decision_id", "_merge"])], axis=1)
+    else:
+        elig_input = features
+    eligible_all, _ = eligibility_frames(elig_input, catalog, cfg.eligibility, source)
+    X = contract.check(features)
+    taken = merged["option_taken"].astype(str).to_numpy()
+    counts = pd.Series(taken).value_counts()
+    option_counts = {o: int(counts.get(o, 0)) for o in catalog.names}
+    control = catalog.control
+    arms = tuple(o for o in catalog.names if option_counts[o] >= cfg.min_rows_per_option or o == control)
+    if option_counts[control] < cfg.min_rows_per_option:
+        raise ValueError(
+            f"table decisions: control option {control!r} taken at {option_counts[control]} decision(s) "
+            f"(rule: at least min_rows_per_option={cfg.min_rows_per_option})"
+        )
+    in_arms = np.isin(taken, arms)
+    elig = eligible_all[list(arms)].to_numpy(dtype=bool)
+    taken_ok = elig[np.arange(len(taken)), np.maximum(pd.Index(arms).get_indexer(taken), 0)] | ~in_arms
+    if not taken_ok.all():
+        r = int(np.flatnonzero(~taken_ok)[0])
+        raise ValueError(
+            f"table decisions: decision {merged['decision_id'].iloc[r]!r} took {taken[r]!r} but the eligibility "
+            f"rules say it was ineligible (rule: the option taken is eligible); {int((~taken_ok).sum())} such row(s)"
+        )
+    groups = features["patient_id"].astype(str).to_numpy()
+    tis = pd.to_numeric(merged["total_improvement_score"], errors="coerce").to_numpy(dtype=float)
+    safety = pd.to_numeric(merged["safety_event"], errors="coerce").to_numpy(dtype=float)
+    response = np.where(np.isnan(tis), np.nan, (tis >= cfg.response_threshold).astype(float))
+
+    heads: dict[str, Head] = {}
+    labelled: dict[str, int] = {}
+    specs = (
+        ("response", cfg.learner, "binary", response, 1),
+        ("tis", cfg.tis_learner or cfg.learner, "continuous", tis, 2),
+        ("safety", cfg.safety_learner, "binary", safety, 3),
+    )
+    for name, kind, outcome, y, offset in specs:
+        rows = in_arms & np.isfinite(y)
+        labelled[name] = int(rows.sum())
+        idx = np.flatnonzero(rows)
+        heads[name] = _fit_head(
+            kind,
+            cfg,
+            outcome,
+            arms,
+            X.iloc[idx].reset_index(drop=True),
+            taken[idx],
+            y[idx],
+            groups[idx],
+            elig[idx],
+            seed_offset=100 * offset,
+        )
+    fit_rows = np.flatnonzero(in_arms)
+    propensity = PropensityModel(arms, cfg.propensity).fit(
+        X.iloc[fit_rows].reset_index(drop=True), taken[fit_rows], eligible=elig[fit_rows]
+    )
+    prop = propensity.predict_proba(X.iloc[fit_rows].reset_index(drop=True), elig[fit_rows])
+    overlap = overlap_report(
+        prop, elig[fit_rows], taken[fit_rows], arms=list(arms), threshold=cfg.propensity.positivity_threshold
+    )
+    summary: dict[str, object] = {
+        "n_decisions": len(features),
+        "n_patients": int(pd.Series(groups).nunique()),
+        "option_counts": option_counts,
+        "modelled_options": list(arms),
+        "rows_unmodelled_option": int((~in_arms).sum()),
+        "labelled_rows": labelled,
+        "unlabelled_rows": {k: int(in_arms.sum()) - v for k, v in labelled.items()},
+        "response_rate": float(np.nanmean(response[in_arms])) if in_arms.any() else float("nan"),
+        "eligibility_source": source,
+        "overlap": overlap.reset_index().to_dict(orient="records"),
+    }
+    return EscalateModel(
+        config=cfg,
+        catalog=catalog,
+        contract=contract,
+        arms=arms,
+        heads=heads,
+        propensity=propensity,
+        summary=summary,
+    )
+
+
+# --- held-out evaluation ---------------------------------------------------------------------------------------
+_ANTIBODY_COLUMNS = ("anti_mda5", "anti_tif1g", "anti_nxp2", "anti_mi2", "anti_sae", "anti_synthetase",
+                     "anti_srp_hmgcr", "antibody_negative")
+
+
+@dataclass
+class HeldOutEvaluation:
+    """Everything `escalate evaluate` writes: headline metrics (flat), tables and plot data."""
+
+    headline: dict[str, float]
+    factual: pd.DataFrame
+    decision_values: pd.DataFrame
+    subgroups: pd.DataFrame
+    plot_data: dict[str, pd.DataFrame]
+    simulator: pd.DataFrame | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def subgroup_labels(features: pd.DataFrame) -> pd.DataFrame:
+    """Antibody group, ILD and juvenile/adult per decision row, from the feature table's patient flags."""
+    from models.evaluation import clinical_subgroups
+
+    frame = pd.DataFrame({"patient_id": features["patient_id"].to_numpy()})
+    for col in _ANTIBODY_COLUMNS:
+        frame[col] = features[col].fillna(0).astype(bool).to_numpy() if col in features.columns else False
+    frame["ild"] = features["ild"].astype("boolean").to_numpy() if "ild" in features.columns else pd.NA
+    juvenile = "diagnosis_juvenile_dermatomyositis"
+    frame["diagnosis"] = np.where(
+        features[juvenile].fillna(0).astype(bool) if juvenile in features.columns else False,
+        "juvenile_dermatomyositis", "other")
+    return clinical_subgroups(frame, table="features").drop(columns="patient_id").reset_index(drop=True)
+
+
+def match_truth(features: pd.DataFrame, truth_decisions: pd.DataFrame) -> np.ndarray:
+    """Position in `truth_decisions` of each feature row's decision (same patient and visit date), -1 if none."""
+    need = [c for c in ("decision_id", "patient_id", "date") if c not in truth_decisions.columns]
+    if need:
+        raise ValueError(f"table truth/decisions: missing column(s) {need} (rule: simulator truth contract)")
+    key_t = truth_decisions["patient_id"].astype(str) + "|" + pd.to_datetime(truth_decisions["date"]).dt.strftime(
+        "%Y-%m-%d")
+    key_f = features["patient_id"].astype(str) + "|" + pd.to_datetime(features["as_of"]).dt.strftime("%Y-%m-%d")
+    first = ~key_t.duplicated().to_numpy()  # a visit with two truth rows: the first is the decision
+    positions = np.flatnonzero(first)
+    found = pd.Index(key_t.to_numpy()[first]).get_indexer(key_f)
+    return np.where(found >= 0, positions[np.maximum(found, 0)], -1)
+
+
+def evaluate_bundle(
+    model: EscalateModel,
+    features: pd.DataFrame,
+    decisions: pd.DataFrame,
+    config: object | None = None,
+    truth_decisions: pd.DataFrame | None = None,
+    truth_outcomes: pd.DataFrame | None = None,
+) -> HeldOutEvaluation:
+    """Evaluate the bundle on held-out decisions: factual metrics per outcome, the doubly robust decision value
+    of the recommendation vs care as given and each fixed option, subgroups, plot data, and — when the
+    simulator's truth is given — oracle AUROC, √PEHE, regret and interval coverage. Rows whose option taken is
+    not modelled, or whose label is missing, are counted in `counts`, not silently dropped."""
+    from models import evaluation as ev
+
+    cfg = config if config is not None else ev.EvaluationConfig()
+    features = features.reset_index(drop=True)
+    labels = features[["decision_id"]].merge(
+        decisions[["decision_id", "option_taken", "total_improvement_score", "safety_event"]],
+        on="decision_id", how="left", validate="one_to_one")
+    arms = list(model.arms)
+    control = arms.index(model.catalog.control)
+    eligible_frame, _ = model.eligibility(features)
+    elig = eligible_frame[arms].to_numpy(dtype=bool)
+    pred = model.predict_arrays(features)
+    prop = model.propensity_matrix(features, eligible_frame)
+    taken_names = labels["option_taken"].astype(str).to_numpy()
+    codes = pd.Index(arms).get_indexer(taken_names)
+    modelled = codes >= 0
+    rows = np.arange(len(features))
+    taken_ok = modelled & elig[rows, np.maximum(codes, 0)]
+    tis = pd.to_numeric(labels["total_improvement_score"], errors="coerce").to_numpy(dtype=float)
+    safety = pd.to_numeric(labels["safety_event"], errors="coerce").to_numpy(dtype=float)
+    response = np.where(np.isnan(tis), np.nan, (tis >= model.config.response_threshold).astype(float))
+    counts = {
+        "test_decisions": len(features),
+        "test_patients": int(features["patient_id"].nunique()),
+        "option_not_modelled": int((~modelled).sum()),
+        "option_taken_ineligible": int((modelled & ~taken_ok).sum()),
+        "response_unlabelled": int((taken_ok & np.isnan(response)).sum()),
+        "safety_unlabelled": int((taken_ok & np.isnan(safety)).sum()),
+    }
+
+    def factual(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        use = taken_ok & np.isfinite(values)
+        return use, np.flatnonzero(use)
+
+    use_r, idx_r = factual(response)
+    p_taken = pred["p_response"][idx_r, codes[idx_r]]
+    y_r = response[idx_r]
+    use_s, idx_s = factual(safety)
+    s_taken = pred["p_safety"][idx_s, codes[idx_s]]
+    _, idx_t = factual(tis)
+    tis_metrics = ev.continuous_metrics(tis[idx_t], pred["expected_tis"][idx_t, codes[idx_t]])
+    resp_metrics = ev.factual_metrics(y_r, p_taken, cfg)
+    safety_metrics = ev.factual_metrics(safety[idx_s], s_taken, cfg)
+    factual_rows = [{"outcome": "response", **resp_metrics}, {"outcome": "safety", **safety_metrics},
+                    {"outcome": "tis", **{k: v for k, v in tis_metrics.items()}}]
+    for j, arm in enumerate(arms):
+        m = codes[idx_r] == j
+        if m.sum() >= 2:
+            factual_rows.append({"outcome": "response", "option": arm, **ev.factual_metrics(y_r[m], p_taken[m], cfg)})
+    factual_table = pd.DataFrame(factual_rows)
+
+    mu = np.where(elig, pred["p_response"], np.nan)[idx_r]
+    e = np.where(elig, prop, 0.0)[idx_r]
+    labels_map = {o.name: o.label for o in model.catalog.options}
+    dv = ev.decision_value_table(codes[idx_r], y_r, mu, e, arms, control=control, eligible=elig[idx_r],
+                                 labels=labels_map, config=cfg)
+    groups = subgroup_labels(features).iloc[idx_r].reset_index(drop=True)
+    subgroups = ev.subgroup_metrics(y_r, p_taken, groups, config=cfg)
+
+    option_of = np.asarray(arms, dtype=object)[codes[idx_r]]
+    weight = 1.0 / np.maximum(e[np.arange(len(idx_r)), codes[idx_r]], cfg.propensity_floor)
+    plot_data = {
+        "calibration": ev.calibration_curve_data(y_r, p_taken, option_of, n_bins=cfg.calibration_bins,
+                                                 strategy=cfg.calibration_strategy),
+        "roc": _quiet(ev.roc_curve_data, y_r, p_taken, option_of),
+        "qini": ev.qini_curve_data(y_r, codes[idx_r], np.nan_to_num(mu, nan=0.0), arms, control=control,
+                                   eligible=elig[idx_r], sample_weight=weight),
+    }
+    headline: dict[str, float] = {
+        "n_test_decisions": float(len(features)),
+        "n_test_patients": float(counts["test_patients"]),
+        "response_n": resp_metrics["n"],
+        "response_auroc": resp_metrics["auroc"],
+        "response_brier": resp_metrics["brier"],
+        "response_log_loss": resp_metrics["log_loss"],
+        "response_calibration_slope": resp_metrics["calibration_slope"],
+        "response_calibration_intercept": resp_metrics["calibration_intercept"],
+        "response_ece": resp_metrics["ece"],
+        "tis_rmse": tis_metrics["rmse"],
+        "safety_auroc": safety_metrics["auroc"],
+        "safety_brier": safety_metrics["brier"],
+    }
+    by_policy = dv.set_index("policy")
+    rec, obs = by_policy.loc["recommended"], by_policy.loc["observed"]
+    fixed = by_policy[by_policy.index.str.startswith("always_")]
+    headline.update({
+        "decision_value_recommended": float(rec["value"]),
+        "decision_value_recommended_ci_low": float(rec["ci_low"]),
+        "decision_value_recommended_ci_high": float(rec["ci_high"]),
+        "decision_value_observed": float(obs["value"]),
+        "decision_value_gain_vs_observed": float(rec["difference_vs_care_given"]),
+        "decision_value_gain_ci_low": float(rec["difference_ci_low"]),
+        "decision_value_gain_ci_high": float(rec["difference_ci_high"]),
+        "decision_value_best_fixed": float(fixed["value"].max()) if len(fixed) else float("nan"),
+    })
+
+    simulator = None
+    if truth_decisions is not None and truth_outcomes is not None:
+        simulator, sim_headline, sim_plots, matched = _simulator_evaluation(
+            model, features, truth_decisions, truth_outcomes, pred, elig, arms, control)
+        headline.update(sim_headline)
+        plot_data.update(sim_plots)
+        counts["truth_matched"] = matched
+    return HeldOutEvaluation(headline=headline, factual=factual_table, decision_values=dv, subgroups=subgroups,
+                             plot_data=plot_data, simulator=simulator, counts=counts)
+
+
+def _quiet(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Call `fn` with its per-option "only one class" warnings silenced (the option is simply absent)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return fn(*args, **kwargs)
+
+
+def _simulator_evaluation(
+    model: EscalateModel,
+    features: pd.DataFrame,
+    truth_decisions: pd.DataFrame,
+    truth_outcomes: pd.DataFrame,
+    pred: dict[str, np.ndarray],
+    elig: np.ndarray,
+    arms: list[str],
+    control: int,
+) -> tuple[pd.DataFrame, dict[str, float], dict[str, pd.DataFrame], int]:
+    """Per-option oracle AUROC, √PEHE, interval coverage and regret on the decisions matched to the truth."""
+    from models import evaluation as ev
+
+    pos = match_truth(features, truth_decisions)
+    hit = np.flatnonzero(pos >= 0)
+    truth_ids = truth_decisions["decision_id"].to_numpy()[pos[hit]]
+    outcomes = truth_outcomes[truth_outcomes["option"].isin(arms)]
+    true_p = ev.option_matrix(outcomes, "p_response", arms).reindex(truth_ids).to_numpy(dtype=float)
+    true_tis = ev.option_matrix(outcomes, "tis", arms).reindex(truth_ids).to_numpy(dtype=float)
+    true_elig = ev.option_matrix(outcomes, "eligible", arms).reindex(truth_ids)
+    both = elig[hit] & true_elig.fillna(False).astype(bool).to_numpy() & np.isfinite(true_p)
+    both[:, control] = both[:, control] | ~both.any(axis=1)  # continue is always possible
+    potential = np.where(np.isfinite(true_tis), (true_tis >= model.config.response_threshold), 0).astype(float)
+    p = np.where(both, pred["p_response"][hit], np.nan)
+    rec = np.argmax(np.where(both, p, -np.inf), axis=1)
+    sim = ev.simulator_metrics(
+        np.nan_to_num(p, nan=0.5), np.nan_to_num(true_p, nan=0.5), potential, both, rec, arms, control=control,
+        lower=np.where(both, pred["p_response_low"][hit], 0.0), upper=np.where(both, pred["p_response_high"][hit], 1.0))
+    table = sim.per_option
+    coverage = np.where(both, (pred["p_response_low"][hit] <= true_p) & (true_p <= pred["p_response_high"][hit]),
+                        False).sum() / max(int(both.sum()), 1)
+    headline = {
+        "sim_matched_decisions": float(len(hit)),
+        "sim_sqrt_pehe": sim.sqrt_pehe_overall,
+        "sim_regret": sim.regret.regret,
+        "sim_share_suboptimal": sim.regret.share_suboptimal,
+        "sim_oracle_value": sim.regret.oracle_value,
+        "sim_recommended_value": sim.regret.recommended_value,
+        "sim_interval_coverage": float(coverage),
+        "sim_auroc_model_mean": float(np.nanmean(table["auroc_model"])),
+        "sim_auroc_oracle_mean": float(np.nanmean(table["auroc_oracle"])),
+    }
+    plots = {"effect_scatter": ev.effect_scatter_data(np.nan_to_num(p, nan=0.0), np.nan_to_num(true_p, nan=0.0),
+                                                      both, arms, control=control)}
+    return table, headline, plots, len(hit)

@@ -1,0 +1,152 @@
+"""The model card: a markdown summary of the registered model following the TRIPOD+AI items that apply.
+
+Pure: built from the training summary, the configuration and the held-out metrics (no I/O). It states the
+intended use (decision support, not validated for clinical use), the data and population, the outcome
+definition, the options and eligibility rules, performance with subgroups and calibration, and limitations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+
+class ModelCardInputs(BaseModel):
+    """Everything the card reports; aggregate numbers only (never a patient identifier)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    model_name: str
+    model_version: str | None = None
+    learner: str
+    response_threshold: float
+    horizon_weeks: int | None = None
+    data_source: str
+    n_train_patients: int
+    n_train_decisions: int
+    n_test_patients: int
+    n_test_decisions: int
+    options: Sequence[tuple[str, str]]  # (name, label)
+    eligibility_rules: Mapping[str, str]
+    headline: Mapping[str, float]
+    decision_values: pd.DataFrame | None = None
+    subgroups: pd.DataFrame | None = None
+    simulator: pd.DataFrame | None = None
+    overlap_warnings: Mapping[str, str] = {}
+    git_revision: str | None = None
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table cell: fixed digits, blank for missing."""
+    if value is None:
+        return ""
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        if isinstance(value, float) and math.isnan(value):
+            return "–"
+        if isinstance(value, int):
+            return str(value)
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame, columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    """A DataFrame as a GitHub markdown table (numbers rounded), for cards and notes."""
+    cols = [c for c in (columns or list(frame.columns)) if c in frame.columns]
+    if not cols or frame.empty:
+        return "_(none)_"
+    head = "| " + " | ".join(cols) + " |"
+    rule = "|" + "|".join("---" for _ in cols) + "|"
+    body = ["| " + " | ".join(_fmt(row[c], digits) for c in cols) + " |" for _, row in frame[cols].iterrows()]
+    return "\n".join([head, rule, *body])
+
+
+def build_model_card(inputs: ModelCardInputs) -> str:
+    """The markdown model card (TRIPOD+AI items 1-3, 5-7, 9, 12, 19, 22-23, 26 as they apply to a CDS model)."""
+    i = inputs
+    h = dict(i.headline)
+    version = f" version {i.model_version}" if i.model_version else ""
+    lines: list[str] = [
+        f"# Model card: {i.model_name}{version}",
+        "",
+        "## Intended use",
+        "**Decision support, not validated for clinical use.** For a patient with refractory dermatomyositis "
+        "who still has active disease on their current regimen, the model estimates, for each escalation "
+        "option the patient is eligible for, the probability of a clinical response, the expected Total "
+        "Improvement Score and the risk of a serious infection or grade ≥ 3 cytopenia, each with an interval. "
+        "It informs a rheumatologist's discussion with the patient; it does not make the decision.",
+        "",
+        "## Data and population",
+        f"- Source: {i.data_source}.",
+        f"- Development: {i.n_train_decisions} decision points from {i.n_train_patients} patients; "
+        f"held-out evaluation: {i.n_test_decisions} decision points from {i.n_test_patients} patients "
+        "(split by patient, so no patient is in both).",
+        "- A decision point is a visit with active disease on a regimen stable for about 3 months; features "
+        "use only data dated strictly before the visit.",
+        "",
+        "## Outcome",
+        f"- Response: ACR/EULAR 2016 Total Improvement Score (TIS) ≥ {i.response_threshold:g} "
+        f"(moderate improvement) at {i.horizon_weeks or 24} weeks after the decision.",
+        "- Expected TIS (0-100) at the same visit; safety: serious infection or grade ≥ 3 cytopenia within "
+        "the horizon.",
+        "",
+        "## Options and eligibility",
+    ]
+    for name, label in i.options:
+        rule = i.eligibility_rules.get(name, "")
+        lines.append(f"- `{name}` — {label}" + (f": {rule}" if rule else ""))
+    lines += [
+        "",
+        "Ineligible options get no number. The recommended option is the eligible option with the highest "
+        "predicted probability of response.",
+        "",
+        "## Model",
+        f"- Outcome learner: `{i.learner}` (per-option outcome model on XGBoost unless linear); probabilities "
+        "recalibrated on patient-grouped out-of-fold predictions; intervals from a patient-level bootstrap "
+        "ensemble.",
+        "- A propensity model of the option clinicians chose gives overlap diagnostics and the doubly robust "
+        "decision value.",
+        "",
+        "## Performance on held-out patients",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key in sorted(h):
+        lines.append(f"| {key} | {_fmt(h[key])} |")
+    if i.decision_values is not None:
+        lines += [
+            "",
+            "### Decision value (doubly robust response rate if every patient followed the policy)",
+            markdown_table(i.decision_values),
+        ]
+    if i.subgroups is not None:
+        lines += ["", "### Subgroups (response model, factual option)", markdown_table(i.subgroups)]
+    if i.simulator is not None:
+        lines += [
+            "",
+            "### Against the simulator's truth (evaluation only, never training)",
+            markdown_table(i.simulator),
+        ]
+    lines += ["", "## Overlap"]
+    if i.overlap_warnings:
+        lines += [f"- `{k}`: {v}" for k, v in i.overlap_warnings.items()]
+    else:
+        lines.append("- No option has eligible decisions below the positivity threshold.")
+    lines += [
+        "",
+        "## Limitations",
+        "- Per-option estimates come from observational data and assume **no unmeasured confounding**: "
+        "everything that drove the clinician's choice and affects the outcome is among the features.",
+        "- Positivity: options rarely chosen for patients like this one rest on extrapolation (see Overlap).",
+        "- Options outside the catalogue, combinations of options, and doses other than the catalogue's "
+        "starting regimens are not modelled.",
+        "- The default data are simulated from published trial results; performance on real records is "
+        "unknown until validated externally.",
+        "- Calibration can drift with practice and population; recheck it before any use.",
+    ]
+    if i.git_revision:
+        lines += ["", f"_Code revision {i.git_revision}._"]
+    return "\n".join(lines) + "\n"

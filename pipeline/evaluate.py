@@ -1,0 +1,170 @@
+"""`escalate evaluate`: held-out evaluation of the trained bundle, logged to the training run in MLflow.
+
+Writes `data/evaluate/metrics.json` (flat headline metrics for `dvc metrics show`), CSV tables and plot data
+(calibration, ROC, Qini, effect scatter when the simulator's truth exists) with PNGs, and `model_card.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.config import ROOT, load_params, load_reference
+from pipeline.train import FEATURES_DIR, SPLIT_DIR, TRAIN_DIR, read_split, select_set
+
+EVALUATE_DIR = Path("data/evaluate")
+PLOTS = {  # plot data name -> (csv, png, models.plots function)
+    "calibration": ("calibration.csv", "calibration.png", "plot_calibration"),
+    "roc": ("roc.csv", "roc.png", "plot_roc"),
+    "qini": ("qini.csv", "qini.png", "plot_qini"),
+    "effect_scatter": ("effect_scatter.csv", "effect_scatter.png", "plot_effect_scatter"),
+}
+
+
+def truth_dir(params: dict[str, Any], root: Path = ROOT) -> Path | None:
+    """`<data.dir>/truth` when the simulator wrote it (evaluation only), else None."""
+    data_dir = Path((params.get("data") or {}).get("dir", "data/cohort"))
+    folder = data_dir / "truth"
+    if not folder.is_absolute() and not folder.exists():
+        folder = Path(root) / folder
+    ok = (folder / "decisions.parquet").is_file() and (folder / "outcomes.parquet").is_file()
+    return folder if ok else None
+
+
+def run_evaluate(
+    params_path: Path = Path("params.yaml"),
+    features_dir: Path = FEATURES_DIR,
+    split_dir: Path = SPLIT_DIR,
+    train_dir: Path = TRAIN_DIR,
+    out_dir: Path = EVALUATE_DIR,
+    root: Path = ROOT,
+    log_to_mlflow: bool = True,
+) -> dict[str, float]:
+    """The stage: returns the headline metrics it wrote to metrics.json."""
+    import joblib
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from models import plots
+    from models.bundle import evaluate_bundle
+    from models.evaluation import EvaluationConfig
+    from models.model_card import ModelCardInputs, build_model_card
+    from pipeline import registry
+    from pipeline.io import write_json
+    from pipeline.train import git_revision
+
+    started = time.perf_counter()
+    params = load_params(params_path)
+    cfg = EvaluationConfig.model_validate(params.get("evaluation") or params.get("evaluate") or {})
+    model = joblib.load(Path(train_dir) / "model" / registry.BUNDLE_FILE)
+    run = json.loads((Path(train_dir) / "run.json").read_text(encoding="utf-8"))
+    features = pd.read_parquet(Path(features_dir) / "features.parquet")
+    decisions = pd.read_parquet(Path(features_dir) / "decisions.parquet")
+    split = read_split(split_dir)
+    test = select_set(features, split, "test", "features")
+    truth = truth_dir(params, root)
+    truth_decisions = pd.read_parquet(truth / "decisions.parquet") if truth else None
+    truth_outcomes = pd.read_parquet(truth / "outcomes.parquet") if truth else None
+
+    result = evaluate_bundle(model, test, decisions, cfg, truth_decisions, truth_outcomes)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result.factual.to_csv(out / "factual.csv", index=False)
+    result.decision_values.to_csv(out / "decision_value.csv", index=False)
+    result.subgroups.to_csv(out / "subgroups.csv", index=False)
+    if result.simulator is not None:
+        result.simulator.to_csv(out / "simulator.csv", index=False)
+    labels = {o.name: o.label for o in model.catalog.options}
+    for name, (csv, png, fn) in PLOTS.items():
+        data = result.plot_data.get(name)
+        if data is None:
+            continue
+        data.to_csv(out / csv, index=False)
+        if len(data):
+            fig = getattr(plots, fn)(data, labels=labels)
+            fig.savefig(out / png, dpi=110, bbox_inches="tight")
+            plt.close(fig)
+
+    n_train = model.summary
+    overlap = pd.DataFrame(n_train["overlap"])
+    warnings_ = {r["option"]: r["warning"] for r in overlap.to_dict(orient="records") if r.get("warning")}
+    catalog = load_reference("options")
+    rules = {
+        o["name"]: ("always" if o["kind"] == "continue" else
+                    "when a current drug is below its target dose" if o["kind"] == "optimise" else
+                    f"unless already on {', '.join(o.get('eligible_unless_on', []))}")
+        for o in catalog["options"]
+    }
+    dv_cols = ["policy", "description", "value", "ci_low", "ci_high", "difference_vs_care_given",
+               "difference_ci_low", "difference_ci_high"]
+    sub_cols = ["subgroup", "level", "n", "events", "auroc", "brier", "calibration_slope", "ece"]
+    sim_cols = ["option", "n_eligible", "auroc_model", "auroc_oracle", "sqrt_pehe", "coverage",
+                "mean_interval_width"]
+    card = build_model_card(ModelCardInputs(
+        model_name=registry.MODEL_NAME,
+        model_version=str(run.get("model_version")),
+        learner=model.config.learner,
+        response_threshold=model.config.response_threshold,
+        horizon_weeks=(params.get("labels") or {}).get("horizon_weeks"),
+        data_source="literature-calibrated simulated cohort" if truth else f"contract tables in {params.get('data', {}).get('dir')}",
+        n_train_patients=int(n_train["n_patients"]),
+        n_train_decisions=int(n_train["n_decisions"]),
+        n_test_patients=result.counts["test_patients"],
+        n_test_decisions=result.counts["test_decisions"],
+        options=[(o.name, o.label) for o in model.catalog.options],
+        eligibility_rules=rules,
+        headline=result.headline,
+        decision_values=result.decision_values[[c for c in dv_cols if c in result.decision_values.columns]],
+        subgroups=result.subgroups[[c for c in sub_cols if c in result.subgroups.columns]],
+        simulator=None if result.simulator is None else result.simulator[
+            [c for c in sim_cols if c in result.simulator.columns]],
+        overlap_warnings=warnings_,
+        git_revision=git_revision(root)[0][:12],
+    ))
+    (out / "model_card.md").write_text(card, encoding="utf-8")
+    metrics = {k: (round(v, 6) if v == v else None) for k, v in result.headline.items()}
+    write_json(metrics, out / "metrics.json")
+    write_json(result.counts, out / "counts.json")
+
+    if log_to_mlflow:
+        import mlflow
+
+        registry.setup_mlflow(root)
+        with mlflow.start_run(run_id=run["run_id"]):
+            mlflow.log_metrics({k: v for k, v in result.headline.items() if v == v})
+            if result.simulator is not None:
+                for rec in result.simulator.to_dict(orient="records"):
+                    for key in ("auroc_model", "auroc_oracle", "sqrt_pehe", "coverage"):
+                        value = rec.get(key)
+                        if value is not None and value == value:
+                            mlflow.log_metric(f"sim_{key}.{rec['option']}", float(value))
+            mlflow.log_artifacts(str(out), artifact_path="evaluate")
+            mlflow.set_tag("evaluated", "true")
+        version = run.get("model_version")
+        if version:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient().update_model_version(registry.MODEL_NAME, str(version), description=card[:5000])
+    metrics["evaluate_seconds"] = round(time.perf_counter() - started, 2)
+    return metrics
+
+
+def evaluate_command(
+    params: Annotated[Path, typer.Option(help="params.yaml with the evaluate: section")] = Path("params.yaml"),
+    features_dir: Annotated[Path, typer.Option(help="folder written by `escalate features`")] = FEATURES_DIR,
+    split_dir: Annotated[Path, typer.Option(help="folder written by `escalate split`")] = SPLIT_DIR,
+    train_dir: Annotated[Path, typer.Option(help="folder written by `escalate train`")] = TRAIN_DIR,
+    out_dir: Annotated[Path, typer.Option(help="metrics, tables, plots and the model card")] = EVALUATE_DIR,
+) -> None:
+    """Evaluate the trained model on the held-out patients and log the results to its MLflow run."""
+    metrics = run_evaluate(params, features_dir, split_dir, train_dir, out_dir)
+    keys = ("response_auroc", "response_ece", "decision_value_recommended", "decision_value_observed",
+            "sim_sqrt_pehe", "sim_regret")
+    typer.echo(", ".join(f"{k} {metrics[k]:.3f}" for k in keys if metrics.get(k) is not None))

@@ -1,0 +1,121 @@
+"""`escalate promote`: move the `champion` alias to the candidate only when it is better on held-out data.
+
+The rule (`promotion_decision`, pure): the first evaluated candidate becomes champion; after that the candidate
+must beat the champion's held-out decision value (doubly robust response rate under the recommendation) by
+more than `min_decision_value_gain` AND be at least as well calibrated (expected calibration error no worse
+than the champion's plus `ece_tolerance`). Otherwise the champion stays and the reason is printed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.config import ROOT, load_params
+
+DECISION_VALUE = "decision_value_recommended"
+CALIBRATION = "response_ece"
+
+
+class PromotionRule(BaseModel):
+    """Margins of the promotion rule (the `promote:` section of params.yaml)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_decision_value_gain: float = Field(0.0, ge=0, description="candidate DV must exceed champion DV by more")
+    ece_tolerance: float = Field(0.0, ge=0, description="candidate ECE may exceed champion ECE by at most this")
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """Whether to move `champion`, and why (printed either way)."""
+
+    promote: bool
+    reason: str
+
+
+def _metric(metrics: Mapping[str, float] | None, key: str) -> float:
+    value = (metrics or {}).get(key)
+    return float(value) if value is not None and not math.isnan(float(value)) else math.nan
+
+
+def promotion_decision(
+    candidate: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    rule: PromotionRule | None = None,
+    *,
+    same_data: bool = True,
+) -> PromotionDecision:
+    """Apply the promotion rule to the held-out metrics of candidate and champion (None: no champion yet)."""
+    rule = rule or PromotionRule()
+    c_dv, c_ece = _metric(candidate, DECISION_VALUE), _metric(candidate, CALIBRATION)
+    if math.isnan(c_dv) or math.isnan(c_ece):
+        missing = [k for k, v in ((DECISION_VALUE, c_dv), (CALIBRATION, c_ece)) if math.isnan(v)]
+        return PromotionDecision(False, f"candidate has no held-out {', '.join(missing)}: run `escalate evaluate` first")
+    if champion is None:
+        return PromotionDecision(True, f"no champion yet: the first evaluated candidate becomes champion "
+                                       f"(decision value {c_dv:.3f}, ECE {c_ece:.3f})")
+    h_dv, h_ece = _metric(champion, DECISION_VALUE), _metric(champion, CALIBRATION)
+    if math.isnan(h_dv) or math.isnan(h_ece):
+        return PromotionDecision(True, "the champion has no held-out decision value or ECE on record: the "
+                                       "evaluated candidate replaces it")
+    note = "" if same_data else " (note: candidate and champion were evaluated on different data)"
+    gain = c_dv - h_dv
+    better_value = gain > rule.min_decision_value_gain
+    calibrated = c_ece <= h_ece + rule.ece_tolerance
+    summary = (f"decision value {c_dv:.3f} vs champion {h_dv:.3f} (gain {gain:+.3f}, needs > "
+               f"{rule.min_decision_value_gain:g}); ECE {c_ece:.3f} vs champion {h_ece:.3f} "
+               f"(allowed up to {h_ece + rule.ece_tolerance:.3f})")
+    if better_value and calibrated:
+        return PromotionDecision(True, f"candidate beats the champion: {summary}{note}")
+    why = []
+    if not better_value:
+        why.append("its held-out decision value is not higher")
+    if not calibrated:
+        why.append("it is worse calibrated")
+    return PromotionDecision(False, f"champion kept: the candidate {' and '.join(why)}: {summary}{note}")
+
+
+def run_promote(params_path: Path = Path("params.yaml"), root: Path = ROOT) -> PromotionDecision:
+    """Compare the `candidate` and `champion` versions' run metrics and move `champion` when the rule says so."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import registry
+
+    params = load_params(params_path)
+    rule = PromotionRule.model_validate(params.get("promote") or {})
+    registry.setup_mlflow(root)
+    client = MlflowClient()
+    cand = registry.alias_run_id(registry.CANDIDATE)
+    if cand is None:
+        raise typer.BadParameter(f"no version of {registry.MODEL_NAME} has alias 'candidate': run `escalate train`")
+    cand_version, cand_run = cand
+    champ = registry.alias_run_id(registry.CHAMPION)
+    if champ is not None and champ[0] == cand_version:
+        return PromotionDecision(False, f"version {cand_version} is already the champion")
+    cand_info = client.get_run(cand_run).data
+    champ_info = client.get_run(champ[1]).data if champ is not None else None
+    same = champ_info is None or all(
+        cand_info.tags.get(k) == champ_info.tags.get(k) for k in cand_info.tags if k.startswith("dataset.")
+    )
+    decision = promotion_decision(cand_info.metrics, champ_info.metrics if champ_info else None, rule,
+                                  same_data=same)
+    if decision.promote:
+        registry.set_alias(registry.CHAMPION, cand_version)
+        client.set_model_version_tag(registry.MODEL_NAME, cand_version, "promotion", decision.reason[:4900])
+    return decision
+
+
+def promote_command(
+    params: Annotated[Path, typer.Option(help="params.yaml with the promote: section")] = Path("params.yaml"),
+) -> None:
+    """Move alias `champion` to the candidate if it beats the champion on held-out decision value and calibration."""
+    decision = run_promote(params)
+    prefix = "promoted" if decision.promote else "not promoted"
+    typer.echo(f"{prefix}: {decision.reason}")

@@ -1,0 +1,216 @@
+"""`escalate train`: fit the Escalate bundle on the training patients, log one MLflow run, register the pyfunc.
+
+Reads `data/features/{features,decisions}.parquet`, the patient split and `params.yaml`; writes the bundle to
+`data/train/model/` (later stages load it without MLflow), `data/train/run.json` and `data/train/overlap.json`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from pipeline.config import ROOT, load_params, load_reference
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FEATURES_DIR = Path("data/features")
+SPLIT_DIR = Path("data/split")
+TRAIN_DIR = Path("data/train")
+#: params.yaml sections logged as MLflow params (flattened): what shaped the data and the model.
+LOGGED_SECTIONS: tuple[str, ...] = ("seed", "simulate", "features", "labels", "split", "train", "evaluation", "promote")
+
+
+def bundle_config(params: dict[str, Any]) -> Any:
+    """`BundleConfig` from the `train:` section; every seed not set there defaults to the top-level `seed`."""
+    from models.bundle import BundleConfig
+
+    section = dict(params.get("train") or {})
+    seed = int(params.get("seed", 20261125))
+    section.setdefault("seed", seed)
+    for key in ("booster", "calibration", "intervals"):
+        sub = dict(section.get(key) or {})
+        sub.setdefault("seed", seed)
+        if key == "intervals" and sub.get("boot_booster") is not None:
+            boot = dict(sub["boot_booster"])
+            boot.setdefault("seed", seed)
+            sub["boot_booster"] = boot
+        section[key] = sub
+    prop = dict(section.get("propensity") or {})
+    if "booster" in prop:
+        prop["booster"] = {"seed": seed, **prop["booster"]}
+    section["propensity"] = prop
+    return BundleConfig.model_validate(section)
+
+
+def read_split(split_dir: Path) -> pd.DataFrame:
+    """The patient split (`patient_id`, `set` in {train, test}) from the Parquet/CSV file(s) in `split_dir`."""
+    import pandas as pd
+
+    files = sorted([*Path(split_dir).glob("*.parquet"), *Path(split_dir).glob("*.csv")])
+    if not files:
+        raise FileNotFoundError(f"no split table (.parquet/.csv) in {split_dir}: run `escalate split` first")
+    frames = [pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f, dtype=str) for f in files]
+    split = pd.concat(frames, ignore_index=True)
+    column = next((c for c in ("set", "split") if c in split.columns), None)
+    if column is None or "patient_id" not in split.columns:
+        raise ValueError(f"table split ({files[0]}): needs columns patient_id and set (rule: patient split)")
+    split = split[["patient_id", column]].rename(columns={column: "set"}).drop_duplicates()
+    bad = ~split["set"].isin(["train", "test"])
+    if bad.any():
+        r = int(bad.to_numpy().nonzero()[0][0])
+        raise ValueError(f"table split: row {r}, column 'set' is {split['set'].iloc[r]!r} (rule: train or test)")
+    dup = split["patient_id"].duplicated()
+    if dup.any():
+        r = int(dup.to_numpy().nonzero()[0][0])
+        raise ValueError(f"table split: row {r}, patient in both sets (rule: one set per patient)")
+    split["patient_id"] = split["patient_id"].astype(str)
+    return split
+
+
+def select_set(frame: pd.DataFrame, split: pd.DataFrame, which: str, table: str) -> pd.DataFrame:
+    """Rows of `frame` whose patient is in set `which`; a patient missing from the split is an error."""
+    sets = frame["patient_id"].astype(str).map(split.set_index("patient_id")["set"])
+    if sets.isna().any():
+        r = int(sets.isna().to_numpy().nonzero()[0][0])
+        raise ValueError(f"table {table}: row {r}, column 'patient_id' is not in the split (rule: every patient split)")
+    return frame[sets.eq(which).to_numpy()].reset_index(drop=True)
+
+
+def git_revision(root: Path = ROOT) -> tuple[str, bool]:
+    """(commit sha or 'unknown', whether the working tree has uncommitted changes)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+        return sha, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+
+
+def dvc_stage_hashes(root: Path = ROOT) -> dict[str, str]:
+    """`dvc.lock.<stage>` -> sha256 (16 hex) of that stage's lock entry (its deps, params and outs hashes)."""
+    import hashlib
+    import json
+
+    from pipeline.config import read_yaml
+
+    lock = Path(root) / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    stages = read_yaml(lock).get("stages") or {}
+    return {
+        f"dvc.lock.{name}": hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        for name, entry in stages.items()
+    }
+
+
+def run_train(
+    params_path: Path = Path("params.yaml"),
+    features_dir: Path = FEATURES_DIR,
+    split_dir: Path = SPLIT_DIR,
+    out_dir: Path = TRAIN_DIR,
+    root: Path = ROOT,
+) -> dict[str, Any]:
+    """The stage: returns what it wrote to run.json (run id, model version and uri, timings)."""
+    import joblib
+    import mlflow
+    import pandas as pd
+
+    from features.vocabulary import OptionCatalog
+    from models.bundle import fit_escalate_model
+    from pipeline import registry
+    from pipeline.io import write_json
+
+    started = time.perf_counter()
+    params = load_params(params_path)
+    cfg = bundle_config(params)
+    catalog = OptionCatalog.from_config(load_reference("options"))
+    features_path = Path(features_dir) / "features.parquet"
+    decisions_path = Path(features_dir) / "decisions.parquet"
+    features = pd.read_parquet(features_path)
+    decisions = pd.read_parquet(decisions_path)
+    split = read_split(split_dir)
+    train_features = select_set(features, split, "train", "features")
+
+    fit_started = time.perf_counter()
+    model = fit_escalate_model(train_features, decisions, catalog, cfg)
+    fit_seconds = time.perf_counter() - fit_started
+
+    model_dir = Path(out_dir) / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    bundle_path = model_dir / registry.BUNDLE_FILE
+    joblib.dump(model, bundle_path)
+    write_json(model.contract.model_dump(), model_dir / "contract.json")
+    overlap = pd.DataFrame(model.summary["overlap"])
+    write_json({"threshold": cfg.propensity.positivity_threshold, "options": overlap}, Path(out_dir) / "overlap.json")
+
+    sha, dirty = git_revision(root)
+    tags = {
+        "git.revision": sha,
+        "git.dirty": str(dirty).lower(),
+        "stage": "train",
+        "learner": cfg.learner,
+        **dvc_stage_hashes(root),
+    }
+    for name, path in (("features", features_path), ("decisions", decisions_path)):
+        tags[f"dataset.{name}.sha256"] = registry.sha256_file(path)
+    for f in sorted(Path(split_dir).glob("*.parquet")):
+        tags[f"dataset.split.{f.stem}.sha256"] = registry.sha256_file(f)
+
+    registry.setup_mlflow(root)
+    run_name = f"train-{cfg.learner}-{sha[:7]}"
+    logged = {k: params[k] for k in LOGGED_SECTIONS if k in params}
+    summary = model.summary
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params(registry.flatten_params(logged))
+        mlflow.log_metrics({
+            "train_decisions": float(summary["n_decisions"]),
+            "train_patients": float(summary["n_patients"]),
+            "train_response_rate": float(summary["response_rate"]),
+            "train_fit_seconds": fit_seconds,
+            **{f"train_taken_{k}": float(v) for k, v in summary["option_counts"].items()},
+        })
+        dictionary = Path(features_dir) / "feature_dictionary.json"
+        if dictionary.is_file():
+            mlflow.log_artifact(str(dictionary), artifact_path="features")
+        mlflow.log_artifact(str(Path(out_dir) / "overlap.json"), artifact_path="train")
+        mlflow.log_artifact(str(model_dir / "contract.json"), artifact_path="train")
+        example = registry.deidentified_example(train_features, key_columns=model.contract.keys)
+        model_uri, version = registry.log_and_register(model, bundle_path, example)
+        run_id = run.info.run_id
+    record = {
+        "run_id": run_id,
+        "run_name": run_name,
+        "experiment": registry.EXPERIMENT,
+        "registered_model": registry.MODEL_NAME,
+        "model_version": version,
+        "model_uri": model_uri,
+        "alias_uri": f"models:/{registry.MODEL_NAME}@{registry.CANDIDATE}",
+        "learner": cfg.learner,
+        "modelled_options": summary["modelled_options"],
+        "fit_seconds": round(fit_seconds, 2),
+        "stage_seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(record, Path(out_dir) / "run.json")
+    return record
+
+
+def train_command(
+    params: Annotated[Path, typer.Option(help="params.yaml with the train: section")] = Path("params.yaml"),
+    features_dir: Annotated[Path, typer.Option(help="folder written by `escalate features`")] = FEATURES_DIR,
+    split_dir: Annotated[Path, typer.Option(help="folder written by `escalate split`")] = SPLIT_DIR,
+    out_dir: Annotated[Path, typer.Option(help="where the bundle, run.json and overlap.json go")] = TRAIN_DIR,
+) -> None:
+    """Fit the response, TIS and safety models on the training patients; log and register them in MLflow."""
+    record = run_train(params, features_dir, split_dir, out_dir)
+    typer.echo(
+        f"trained {record['learner']} on options {', '.join(record['modelled_options'])} in "
+        f"{record['fit_seconds']} s; registered {record['model_uri']} (alias candidate), run {record['run_id']}"
+    )
