@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -84,7 +85,7 @@ def _to_float(values: object, name: str, ndim: int) -> np.ndarray:
     return arr
 
 
-def _vector(values: object, name: str, *, allow_nan: bool = False) -> np.ndarray:
+def _vector(values: ArrayLike, name: str, *, allow_nan: bool = False) -> np.ndarray:
     """A 1-D float vector; NaN/inf rejected unless allowed."""
     arr = _to_float(values, name, 1)
     if not allow_nan:
@@ -92,21 +93,21 @@ def _vector(values: object, name: str, *, allow_nan: bool = False) -> np.ndarray
     return arr
 
 
-def _binary(values: object, name: str = "y (observed response)") -> np.ndarray:
+def _binary(values: ArrayLike, name: str = "y (observed response)") -> np.ndarray:
     """A 0/1 outcome vector (booleans allowed)."""
     arr = _vector(values, name)
     _fail(name, (arr != 0) & (arr != 1), arr, "binary outcome: 0 or 1")
     return arr
 
 
-def _probability(values: object, name: str = "p (predicted probability)") -> np.ndarray:
+def _probability(values: ArrayLike, name: str = "p (predicted probability)") -> np.ndarray:
     """A probability vector with every value in [0, 1]."""
     arr = _vector(values, name)
     _fail(name, (arr < 0) | (arr > 1), arr, "probability in [0, 1]")
     return arr
 
 
-def _matrix(values: object, name: str, n: int | None = None) -> np.ndarray:
+def _matrix(values: ArrayLike, name: str, n: int | None = None) -> np.ndarray:
     """An (n, arms) float matrix, one column per option."""
     arr = _to_float(values, name, 2)
     if n is not None and arr.shape[0] != n:
@@ -116,7 +117,7 @@ def _matrix(values: object, name: str, n: int | None = None) -> np.ndarray:
     return arr
 
 
-def _arm_index(values: object, name: str, n: int, arms: int) -> np.ndarray:
+def _arm_index(values: ArrayLike, name: str, n: int, arms: int) -> np.ndarray:
     """An integer option index per decision, each in [0, arms)."""
     arr = _vector(values, name)
     if arr.shape[0] != n:
@@ -150,7 +151,7 @@ def _z(confidence_level: float) -> float:
 # 1. Factual metrics
 
 
-def auroc(y: object, p: object) -> float:
+def auroc(y: ArrayLike, p: ArrayLike) -> float:
     """Area under the ROC curve (discrimination); NaN when y has a single class, where it is undefined."""
     yy, pp = _binary(y), _probability(p)
     _same_length(y=yy, p=pp)
@@ -159,14 +160,14 @@ def auroc(y: object, p: object) -> float:
     return float(roc_auc_score(yy, pp))
 
 
-def brier_score(y: object, p: object) -> float:
+def brier_score(y: ArrayLike, p: ArrayLike) -> float:
     """Mean squared difference between predicted probability and the 0/1 outcome (0 is perfect)."""
     yy, pp = _binary(y), _probability(p)
     _same_length(y=yy, p=pp)
     return float(np.mean((pp - yy) ** 2)) if yy.size else math.nan
 
 
-def log_loss(y: object, p: object) -> float:
+def log_loss(y: ArrayLike, p: ArrayLike) -> float:
     """Mean negative log-likelihood of the outcomes (probabilities clipped to stay finite)."""
     yy, pp = _binary(y), _probability(p)
     _same_length(y=yy, p=pp)
@@ -215,7 +216,7 @@ def _logistic_fit(y: np.ndarray, x: np.ndarray | None, offset: np.ndarray) -> np
     return None
 
 
-def calibration_slope_intercept(y: object, p: object) -> tuple[float, float]:
+def calibration_slope_intercept(y: ArrayLike, p: ArrayLike) -> tuple[float, float]:
     """Slope and intercept of the unpenalised logistic recalibration y ~ a + b·logit(p) (b=1, a=0 is perfect).
 
     A slope below 1 means over-confident predictions (too extreme), above 1 under-confident. Returns NaN
@@ -237,7 +238,7 @@ def calibration_slope_intercept(y: object, p: object) -> tuple[float, float]:
     return float(beta[1]), float(beta[0])
 
 
-def calibration_in_the_large(y: object, p: object) -> float:
+def calibration_in_the_large(y: ArrayLike, p: ArrayLike) -> float:
     """Intercept of y ~ a + offset(logit(p)) with the slope fixed at 1: >0 means risks are underestimated overall."""
     yy, pp = _binary(y), _probability(p)
     _same_length(y=yy, p=pp)
@@ -281,7 +282,7 @@ def _binned(y: np.ndarray, p: np.ndarray, n_bins: int, strategy: BinStrategy) ->
 
 
 def expected_calibration_error(
-    y: object, p: object, *, n_bins: int = 10, strategy: BinStrategy = "uniform"
+    y: ArrayLike, p: ArrayLike, *, n_bins: int = 10, strategy: BinStrategy = "uniform"
 ) -> float:
     """Expected calibration error: bin-size-weighted mean |observed rate − mean predicted| over probability bins."""
     yy, pp = _binary(y), _probability(p)
@@ -292,7 +293,7 @@ def expected_calibration_error(
     return float(np.sum(b["n"] * np.abs(b["observed_rate"] - b["mean_predicted"])) / n)
 
 
-def continuous_metrics(y: object, prediction: object) -> dict[str, float]:
+def continuous_metrics(y: ArrayLike, prediction: ArrayLike) -> dict[str, float]:
     """RMSE, MAE and mean error (prediction − observed) for a continuous outcome such as the TIS."""
     yy = _vector(y, "y (observed value)")
     pp = _vector(prediction, "prediction")
@@ -323,7 +324,7 @@ FACTUAL_METRICS = (
 )
 
 
-def factual_metrics(y: object, p: object, config: EvaluationConfig | None = None) -> dict[str, float]:
+def factual_metrics(y: ArrayLike, p: ArrayLike, config: EvaluationConfig | None = None) -> dict[str, float]:
     """All factual metrics of predicted response probabilities against observed 0/1 responses.
 
     Keys are `FACTUAL_METRICS`. A single-class y gives NaN AUROC and calibration slope/intercept, not an error.
@@ -373,7 +374,7 @@ def _summarise(contributions: np.ndarray, confidence_level: float) -> PolicyValu
     return PolicyValue(estimate=est, standard_error=se, ci_low=est - z * se, ci_high=est + z * se, n=n)
 
 
-def option_codes(taken: object, options: Sequence[str], name: str = "option_taken") -> np.ndarray:
+def option_codes(taken: ArrayLike, options: Sequence[str], name: str = "option_taken") -> np.ndarray:
     """Map option names (e.g. `option_taken`) to column indices of the option matrices; unknown names fail."""
     values = pd.Series(taken).astype("object").to_numpy()
     lookup = {o: i for i, o in enumerate(options)}
@@ -384,11 +385,11 @@ def option_codes(taken: object, options: Sequence[str], name: str = "option_take
 
 
 def aipw_contributions(
-    policy: object,
-    treatment: object,
-    y: object,
-    mu: object,
-    propensity: object,
+    policy: ArrayLike,
+    treatment: ArrayLike,
+    y: ArrayLike,
+    mu: ArrayLike,
+    propensity: ArrayLike,
     *,
     propensity_floor: float = 0.02,
 ) -> np.ndarray:
@@ -442,11 +443,11 @@ def aipw_contributions(
 
 
 def policy_value(
-    policy: object,
-    treatment: object,
-    y: object,
-    mu: object,
-    propensity: object,
+    policy: ArrayLike,
+    treatment: ArrayLike,
+    y: ArrayLike,
+    mu: ArrayLike,
+    propensity: ArrayLike,
     *,
     propensity_floor: float = 0.02,
     confidence_level: float = 0.95,
@@ -460,12 +461,12 @@ def policy_value(
     return _summarise(psi, confidence_level)
 
 
-def observed_policy_value(y: object, *, confidence_level: float = 0.95) -> PolicyValue:
+def observed_policy_value(y: ArrayLike, *, confidence_level: float = 0.95) -> PolicyValue:
     """Value of care as actually given: the mean observed outcome, with its standard error."""
     return _summarise(_vector(y, "y (observed outcome)"), confidence_level)
 
 
-def recommended_policy(mu: object, eligible: object) -> np.ndarray:
+def recommended_policy(mu: ArrayLike, eligible: ArrayLike) -> np.ndarray:
     """The option with the highest predicted response among eligible options (ties: earliest in display order)."""
     mu_m = _matrix(mu, "mu (predicted outcome per option)")
     elig = _matrix(eligible, "eligible (per option)", mu_m.shape[0]).astype(bool)
@@ -481,7 +482,7 @@ def recommended_policy(mu: object, eligible: object) -> np.ndarray:
     return np.argmax(np.where(elig, mu_m, -np.inf), axis=1).astype(np.intp)
 
 
-def fixed_option_policy(option: int, eligible: object, *, control: int = 0) -> np.ndarray:
+def fixed_option_policy(option: int, eligible: ArrayLike, *, control: int = 0) -> np.ndarray:
     """Policy "give `option` where eligible, otherwise the control (continue current regimen)"."""
     elig = _matrix(eligible, "eligible (per option)").astype(bool)
     if not (0 <= option < elig.shape[1] and 0 <= control < elig.shape[1]):
@@ -497,14 +498,14 @@ def fixed_option_policy(option: int, eligible: object, *, control: int = 0) -> n
 
 
 def decision_value_table(
-    treatment: object,
-    y: object,
-    mu: object,
-    propensity: object,
+    treatment: ArrayLike,
+    y: ArrayLike,
+    mu: ArrayLike,
+    propensity: ArrayLike,
     options: Sequence[str],
     *,
     control: int = 0,
-    eligible: object | None = None,
+    eligible: ArrayLike | None = None,
     labels: Mapping[str, str] | None = None,
     config: EvaluationConfig | None = None,
 ) -> pd.DataFrame:
@@ -607,7 +608,7 @@ def option_matrix(
 
 
 def interval_coverage(
-    truth: object, lower: object, upper: object, eligible: object, options: Sequence[str]
+    truth: ArrayLike, lower: ArrayLike, upper: ArrayLike, eligible: ArrayLike, options: Sequence[str]
 ) -> pd.DataFrame:
     """Per option: share of eligible decisions whose true value lies inside [lower, upper], and mean width."""
     t = _matrix(truth, "truth (per option)")
@@ -649,7 +650,7 @@ def _effects(p: np.ndarray, control: int) -> np.ndarray:
 
 
 def sqrt_pehe(
-    predicted: object, true: object, eligible: object, options: Sequence[str], *, control: int = 0
+    predicted: ArrayLike, true: ArrayLike, eligible: ArrayLike, options: Sequence[str], *, control: int = 0
 ) -> pd.DataFrame:
     """√PEHE per option: root mean squared error of the predicted vs the true option-minus-control effect."""
     pp = _matrix(predicted, "predicted probability (per option)")
@@ -694,7 +695,7 @@ class Regret:
     n: int
 
 
-def regret(true_p: object, eligible: object, recommended: object) -> Regret:
+def regret(true_p: ArrayLike, eligible: ArrayLike, recommended: ArrayLike) -> Regret:
     """Mean over decisions of (true p of the best eligible option − true p of the recommended option)."""
     pt = _matrix(true_p, "true probability (per option)")
     elig = _matrix(eligible, "eligible (per option)", pt.shape[0]).astype(bool)
@@ -734,16 +735,16 @@ class SimulatorMetrics:
 
 
 def simulator_metrics(
-    predicted_p: object,
-    true_p: object,
-    potential_response: object,
-    eligible: object,
-    recommended: object,
+    predicted_p: ArrayLike,
+    true_p: ArrayLike,
+    potential_response: ArrayLike,
+    eligible: ArrayLike,
+    recommended: ArrayLike,
     options: Sequence[str],
     *,
     control: int = 0,
-    lower: object | None = None,
-    upper: object | None = None,
+    lower: ArrayLike | None = None,
+    upper: ArrayLike | None = None,
 ) -> SimulatorMetrics:
     """Per option: model vs oracle AUROC on the realised potential response, √PEHE vs control, interval coverage.
 
@@ -840,8 +841,8 @@ def clinical_subgroups(patients: pd.DataFrame, *, table: str = "patients") -> pd
 
 
 def subgroup_metrics(
-    y: object,
-    p: object,
+    y: ArrayLike,
+    p: ArrayLike,
     groups: pd.Series | pd.DataFrame,
     *,
     min_n: int | None = None,
@@ -885,7 +886,7 @@ def subgroup_metrics(
 # 5. Data behind the plots (long DataFrames with explicit x/y columns, ready for `dvc plots`)
 
 
-def _labels_for(option: object, n: int) -> np.ndarray:
+def _labels_for(option: ArrayLike, n: int) -> np.ndarray:
     """Option label per row, or 'all' when no option is given."""
     if option is None:
         return np.full(n, "all", dtype=object)
@@ -899,9 +900,9 @@ def _labels_for(option: object, n: int) -> np.ndarray:
 
 
 def calibration_curve_data(
-    y: object,
-    p: object,
-    option: object | None = None,
+    y: ArrayLike,
+    p: ArrayLike,
+    option: ArrayLike | None = None,
     *,
     n_bins: int = 10,
     strategy: BinStrategy = "uniform",
@@ -920,7 +921,7 @@ def calibration_curve_data(
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
 
-def roc_curve_data(y: object, p: object, option: object | None = None) -> pd.DataFrame:
+def roc_curve_data(y: ArrayLike, p: ArrayLike, option: ArrayLike | None = None) -> pd.DataFrame:
     """ROC curve per option: false-positive rate (x) vs sensitivity (y); single-class options warn and are skipped."""
     yy, pp = _binary(y), _probability(p)
     n = _same_length(y=yy, p=pp)
@@ -947,7 +948,12 @@ def roc_curve_data(y: object, p: object, option: object | None = None) -> pd.Dat
 
 
 def effect_scatter_data(
-    predicted_p: object, true_p: object, eligible: object, options: Sequence[str], *, control: int = 0
+    predicted_p: ArrayLike,
+    true_p: ArrayLike,
+    eligible: ArrayLike,
+    options: Sequence[str],
+    *,
+    control: int = 0,
 ) -> pd.DataFrame:
     """Predicted vs true effect (option − control, in response probability) per eligible decision and option."""
     pp = _matrix(predicted_p, "predicted probability (per option)")
@@ -969,14 +975,14 @@ def effect_scatter_data(
 
 
 def qini_curve_data(
-    y: object,
-    treatment: object,
-    mu: object,
+    y: ArrayLike,
+    treatment: ArrayLike,
+    mu: ArrayLike,
     options: Sequence[str],
     *,
     control: int = 0,
-    eligible: object | None = None,
-    sample_weight: object | None = None,
+    eligible: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
 ) -> pd.DataFrame:
     """Qini curve of each option vs control, ranking decisions by predicted benefit μ(option) − μ(control).
 

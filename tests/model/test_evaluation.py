@@ -173,7 +173,7 @@ def test_continuous_metrics_known_answer():
     assert m["mean_error"] == pytest.approx(2.0)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     st.lists(st.tuples(st.booleans(), st.floats(0, 1, allow_nan=False)), min_size=2, max_size=60),
     st.sampled_from(["uniform", "quantile"]),
@@ -529,7 +529,6 @@ def test_effect_scatter_one_panel_per_option(sim, factual):
     assert len(fig.axes) == len(OPTIONS) - 1
     assert [ax.get_title() for ax in fig.axes] == [LABELS[o] for o in OPTIONS[1:]]
     assert all(len(ax.collections) == 1 and len(ax.get_lines()) == 1 for ax in fig.axes)
-    assert _png_bytes(fig).startswith(b"\x89PNG")
 
 
 def test_qini_plot_curve_and_random_baseline_per_option(sim):
