@@ -17,6 +17,13 @@ app = typer.Typer(
 
 # Registered stage commands (one line each; keep the pipeline order).
 # <stages>
+from pipeline.evaluate import evaluate_command  # noqa: E402
+from pipeline.promote import promote_command  # noqa: E402
+from pipeline.train import train_command  # noqa: E402
+
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.command("promote")(promote_command)
 from pipeline.validate import validate_command  # noqa: E402
 
 app.command("validate")(validate_command)
