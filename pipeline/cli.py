@@ -5,7 +5,12 @@ Stage modules import their heavy dependencies inside the command so `escalate --
 
 from __future__ import annotations
 
+import warnings
+
 import typer
+
+# pandera imports pyspark.pandas when the optional spark extra is installed; its pandas-3 notice is noise here.
+warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
 
 app = typer.Typer(
     name="escalate",
@@ -24,6 +29,9 @@ from pipeline.train import train_command  # noqa: E402
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command("promote")(promote_command)
+from pipeline.simulate import simulate  # noqa: E402
+
+app.command("simulate")(simulate)
 from pipeline.validate import validate_command  # noqa: E402
 
 app.command("validate")(validate_command)
