@@ -154,8 +154,8 @@ def plot_effect_scatter(
         ax.set(
             xlim=lim,
             ylim=lim,
-            title=names.get(option, option),
-            xlabel=f"True change in response probability vs {control_label}",
+            title=f"{names.get(option, option)} vs {control_label}",
+            xlabel="True change in response probability",
             ylabel="Predicted change in response probability",
         )
         ax.legend(loc="upper left", fontsize="small", frameon=False)
@@ -191,7 +191,7 @@ def plot_qini(
         ax.set(
             xlim=(0, 1),
             title=f"{names.get(option, option)} vs {control_label}",
-            xlabel="Share of decisions given the option (highest predicted benefit first)",
+            xlabel="Share of decisions treated (most benefit first)",
             ylabel="Additional responders",
         )
         ax.legend(loc="upper left", fontsize="small", frameon=False)

@@ -527,7 +527,9 @@ def test_effect_scatter_one_panel_per_option(sim, factual):
     assert row["true_effect"] == pytest.approx(sim["p_true"][d, 1] - sim["p_true"][d, 0])
     fig = plots.plot_effect_scatter(data, labels=LABELS)
     assert len(fig.axes) == len(OPTIONS) - 1
-    assert [ax.get_title() for ax in fig.axes] == [LABELS[o] for o in OPTIONS[1:]]
+    assert [ax.get_title() for ax in fig.axes] == [
+        f"{LABELS[o]} vs continue current regimen" for o in OPTIONS[1:]
+    ]
     assert all(len(ax.collections) == 1 and len(ax.get_lines()) == 1 for ax in fig.axes)
 
 
