@@ -94,6 +94,7 @@ class MeasureCatalog(_Frozen):
             "boolean": {k: v == "true" for k, v in _alias_index(self.booleans).items()},
         }
         object.__setattr__(self, "_indexes", indexes)
+        object.__setattr__(self, "_unit_table", self._build_unit_table())
 
     def index(self, kind: str) -> dict[str, Any]:
         """Alias key (lower case, single blanks) → code for one code list: sex, diagnosis, route, event, ..."""
@@ -112,6 +113,9 @@ class MeasureCatalog(_Frozen):
 
     def unit_table(self) -> pd.DataFrame:
         """One row per (measure, accepted unit spelling): factor to canonical, range, output unit, scale_max."""
+        return self._unit_table.copy()  # type: ignore[attr-defined]
+
+    def _build_unit_table(self) -> pd.DataFrame:
         rows = []
         alias_to_unit: dict[str, list[str]] = {}
         for alias, unit in self.unit_aliases.items():
@@ -398,7 +402,7 @@ def _analyse(
     if missing_tables:
         raise KeyError(f"contract tables missing: {', '.join(missing_tables)} (expected {', '.join(CONTRACT_TABLES)})")
     raw = {t: _prepare(tables[t]) for t in CONTRACT_TABLES}
-    found: list[pd.DataFrame] = []
+    found: list[pd.DataFrame | None] = []
     broken: set[str] = set()
     for t in CONTRACT_TABLES:
         schema = contract_schema(t, vocabulary, measures, today_ts)
@@ -408,7 +412,7 @@ def _analyse(
         if any(spec.required and spec.name in missing for spec in CONTRACT_COLUMNS[t]):
             broken.add(t)
     parsed = {t: _parse_table(t, raw[t], vocabulary, measures) for t in CONTRACT_TABLES}
-    found.extend(_cross_checks(parsed, raw, measures, today_ts, broken))
+    found.extend(_cross_checks(parsed, raw, measures, today_ts))
     violations = _assemble(found)
     # dose in mg needs body size from valid assessments only, so it comes after the row errors are known
     parsed["regimens"], body_size = _resolve_doses(parsed, violations, broken)
@@ -457,10 +461,10 @@ def _describe_failures(
     vocabulary: Vocabulary,
     measures: MeasureCatalog,
     today: pd.Timestamp | None,
-) -> pd.DataFrame:
+) -> pd.DataFrame | None:
     """Violation rows with a clinician-readable message for each pandera failure case."""
     if cases.empty:
-        return _empty_violations()
+        return None
     messages = []
     closest_cache: dict[str, str] = {}
     for rule, column, value in zip(cases["rule"], cases["column"], cases["value"], strict=True):
@@ -596,16 +600,19 @@ def _antibody_flags(antibodies: pd.Series, measures: MeasureCatalog) -> pd.DataF
 
 
 def _finding(
-    table: str, frame: pd.DataFrame, mask: pd.Series, column: str, rule: str, message: pd.Series | str,
-    severity: Severity = "error",
-) -> pd.DataFrame:
+    table: str, frame: pd.DataFrame, mask: pd.Series, column: str, rule: str,
+    message: Callable[[pd.DataFrame], pd.Series] | str, severity: Severity = "error",
+) -> pd.DataFrame | None:
+    """Violation rows for the rows of `frame` where `mask` holds; the message is built for those rows only."""
     mask = mask.fillna(False).astype(bool)
+    if not mask.to_numpy().any():
+        return None
     sel = frame[mask]
-    msg = message[mask] if isinstance(message, pd.Series) else message
+    msg = message if isinstance(message, str) else np.asarray(message(sel), dtype=object)
     return pd.DataFrame({
         "table": table, "row": sel["row"].astype("Int64").to_numpy(),
         "patient_id": sel["patient_id"].to_numpy(dtype=object), "column": column, "rule": rule,
-        "severity": severity, "message": np.asarray(msg, dtype=object) if isinstance(msg, pd.Series) else msg,
+        "severity": severity, "message": msg,
     })
 
 
@@ -613,82 +620,82 @@ def _fmt_dates(d: pd.Series) -> pd.Series:
     return d.dt.strftime("%Y-%m-%d").astype(object)
 
 
+def _fmt_numbers(x: pd.Series) -> pd.Series:
+    return x.map(lambda v: "" if pd.isna(v) else f"{v:g}").astype(object)
+
+
 def _cross_checks(
     parsed: dict[str, pd.DataFrame],
     raw: dict[str, pd.DataFrame],
     measures: MeasureCatalog,
     today: pd.Timestamp | None,
-    broken: set[str],
-) -> list[pd.DataFrame]:
+) -> list[pd.DataFrame | None]:
     """Rules spanning columns or tables: units per measure, enzyme ULN, dates vs birth / today, end vs start,
     unknown patients, cytopenia grade, contradictory antibodies."""
-    out: list[pd.DataFrame] = []
+    out: list[pd.DataFrame | None] = []
     patients = parsed["patients"]
     known_ids = set(patients["patient_id"].dropna())
     birth = patients.dropna(subset=["patient_id"]).drop_duplicates("patient_id").set_index("patient_id")["birth_year"]
 
     # antibodies: 'negative' together with a positive antibody
-    ab = patients
-    positive = ab[[f for f in measures.antibody_flags if f != "antibody_negative"]].any(axis=1)
-    if "antibody_negative" in ab.columns:
-        out.append(_finding("patients", ab, positive & ab["antibody_negative"], "antibodies", "conflicting_values",
-                            "antibodies lists 'negative' together with a positive antibody"))
+    positive = patients[[f for f in measures.antibody_flags if f != "antibody_negative"]].any(axis=1)
+    if "antibody_negative" in patients.columns:
+        out.append(_finding("patients", patients, positive & patients["antibody_negative"], "antibodies",
+                            "conflicting_values", "antibodies lists 'negative' together with a positive antibody"))
 
-    a = parsed["assessments"]
-    measure_ok = a["measure"].notna()
+    a = parsed["assessments"].assign(
+        raw_unit=raw["assessments"]["unit"] if "unit" in raw["assessments"].columns else np.nan)
     unit_known = a["factor"].notna()
     accepted = {code: ", ".join(m.units) for code, m in measures.measures.items()}
-    raw_unit = raw["assessments"]["unit"].reindex(a.index) if "unit" in raw["assessments"].columns else None
-    if raw_unit is not None:
-        bad_unit = measure_ok & raw_unit.notna() & ~unit_known
-        msg = ("unit " + raw_unit.astype(str).map(repr) + " is not a unit of " + a["measure"].astype(str)
-               + " (accepted: " + a["measure"].map(accepted).astype(str) + ")")
-        out.append(_finding("assessments", a, bad_unit, "unit", "unknown_unit", msg))
-    outside = unit_known & a["canonical_value"].notna() & (
-        (a["canonical_value"] < a["lo"]) | (a["canonical_value"] > a["hi"]))
-    rng = a["lo"].map("{:g}".format) + "–" + a["hi"].map(lambda h: "" if np.isnan(h) else f"{h:g}")
-    written = a["value"].map("{:g}".format) + " " + (raw_unit.astype(str) if raw_unit is not None else "")
-    converted = a["factor"] != 1.0
-    as_canonical = a["canonical_value"].map("{:g}".format) + " " + a["out_unit"].astype(str)
-    msg = (a["measure"].astype(str) + " " + written.where(~converted, written + " (= " + as_canonical + ")")
-           + " is outside the instrument's range " + rng + " " + a["out_unit"].astype(str))
-    out.append(_finding("assessments", a, outside, "value", "out_of_range", msg))
+    out.append(_finding(
+        "assessments", a, a["measure"].notna() & a["raw_unit"].notna() & ~unit_known, "unit", "unknown_unit",
+        lambda f: ("unit " + f["raw_unit"].astype(str).map(repr) + " is not a unit of " + f["measure"].astype(str)
+                   + " (accepted: " + f["measure"].map(accepted).astype(str) + ")")))
+
+    def range_message(f: pd.DataFrame) -> pd.Series:
+        written = _fmt_numbers(f["value"]) + " " + f["raw_unit"].astype(str)
+        as_canonical = _fmt_numbers(f["canonical_value"]) + " " + f["out_unit"].astype(str)
+        shown = written.where(f["factor"] == 1.0, written + " (= " + as_canonical + ")")
+        return (f["measure"].astype(str) + " " + shown + " is outside the instrument's range "
+                + _fmt_numbers(f["lo"]) + "–" + _fmt_numbers(f["hi"]) + " " + f["out_unit"].astype(str))
+
+    outside = unit_known & ((a["canonical_value"] < a["lo"]) | (a["canonical_value"] > a["hi"]))
+    out.append(_finding("assessments", a, outside, "value", "out_of_range", range_message))
     enzyme = a["enzyme"].fillna(False).astype(bool)
     uln_raw_missing = (raw["assessments"]["upper_limit_normal"].isna() if "upper_limit_normal"
                        in raw["assessments"].columns else pd.Series(True, index=a.index))
-    out.append(_finding("assessments", a, enzyme & uln_raw_missing, "upper_limit_normal",
-                        "missing_upper_limit_normal",
-                        a["measure"].astype(str) + " needs its upper_limit_normal (the laboratory's reference limit)"))
+    out.append(_finding(
+        "assessments", a, enzyme & uln_raw_missing, "upper_limit_normal", "missing_upper_limit_normal",
+        lambda f: f["measure"].astype(str) + " needs its upper_limit_normal (the laboratory's reference limit)"))
 
     r = parsed["regimens"]
     out.append(_finding("regimens", r, r["end_date"] < r["start_date"], "end_date", "end_before_start",
-                        "end_date " + _fmt_dates(r["end_date"]) + " is before start_date "
-                        + _fmt_dates(r["start_date"])))
+                        lambda f: "end_date " + _fmt_dates(f["end_date"]) + " is before start_date "
+                        + _fmt_dates(f["start_date"])))
 
     e = parsed["events"]
-    out.append(_finding("events", e, (e["event"] == "cytopenia") & e["grade"].isna()
-                        & raw["events"].get("grade", pd.Series(np.nan, index=e.index)).isna(),
+    raw_grade = raw["events"]["grade"] if "grade" in raw["events"].columns else pd.Series(np.nan, index=e.index)
+    out.append(_finding("events", e, (e["event"] == "cytopenia") & raw_grade.isna(),
                         "grade", "missing_grade", "a cytopenia needs its grade (1–4)"))
 
     date_columns = {"patients": ["diagnosis_date"], "regimens": ["start_date", "end_date"],
                     "assessments": ["date"], "events": ["date"]}
     for table, cols in date_columns.items():
-        frame = parsed[table]
+        frame = parsed[table].assign(birth_year_of_patient=parsed[table]["patient_id"].map(birth))
         if table != "patients":
             out.append(_finding(table, frame, frame["patient_id"].notna() & ~frame["patient_id"].isin(known_ids),
                                 "patient_id", "unknown_patient",
-                                "patient_id " + frame["patient_id"].astype(str).map(repr)
+                                lambda f: "patient_id " + f["patient_id"].astype(str).map(repr)
                                 + " is not in the patients table"))
-        by = frame["patient_id"].map(birth)
         for col in cols:
             d = frame[col]
-            before = d.dt.year < by
-            out.append(_finding(table, frame, before, col, "date_before_birth",
-                                col + " " + _fmt_dates(d) + " is before the birth year " + by.map(
-                                    lambda y: "" if pd.isna(y) else f"{y:g}")))
+            out.append(_finding(table, frame, d.dt.year < frame["birth_year_of_patient"], col, "date_before_birth",
+                                lambda f, c=col: c + " " + _fmt_dates(f[c]) + " is before the birth year "
+                                + _fmt_numbers(f["birth_year_of_patient"])))
             if today is not None:
                 out.append(_finding(table, frame, d > today, col, "date_in_future",
-                                    col + " " + _fmt_dates(d) + f" is after today ({today:%Y-%m-%d})"))
+                                    lambda f, c=col: c + " " + _fmt_dates(f[c])
+                                    + f" is after today ({today:%Y-%m-%d})"))
     return out
 
 
@@ -710,16 +717,15 @@ def _resolve_doses(
                       [np.ones(len(r)), r["weight_kg"].to_numpy(float), bsa.to_numpy(float)], default=np.nan)
     r["dose_mg"] = r["dose"].to_numpy(float) * factor.to_numpy(float) * scale
     r["daily_mg"] = r["dose_mg"] * r["doses_per_cycle"] / r["cycle_days"]
-    start = _fmt_dates(r["start_date"])
     no_weight = basis.isin(["mg_per_kg", "mg_per_m2"]) & r["weight_kg"].isna() & r["start_date"].notna()
     no_height = (basis == "mg_per_m2") & r["weight_kg"].notna() & r["height_cm"].isna() & r["start_date"].notna()
     warnings = _assemble([
         _finding("regimens", r, no_weight, "dose_unit", "no_body_size",
-                 r["dose_unit"].astype(str) + " dose but no weight measured on or before " + start
-                 + "; dose_mg left empty", severity="warning"),
+                 lambda f: f["dose_unit"].astype(str) + " dose but no weight measured on or before "
+                 + _fmt_dates(f["start_date"]) + "; dose_mg left empty", severity="warning"),
         _finding("regimens", r, no_height, "dose_unit", "no_body_size",
-                 "mg/m2 dose but no height measured on or before " + start + "; dose_mg left empty",
-                 severity="warning"),
+                 lambda f: "mg/m2 dose but no height measured on or before " + _fmt_dates(f["start_date"])
+                 + "; dose_mg left empty", severity="warning"),
     ])
     return r, warnings
 
@@ -732,10 +738,10 @@ def _nearest_before(regimens: pd.DataFrame, assessments: pd.DataFrame, measure: 
                             & assessments["date"].notna(), ["patient_id", "date", "canonical_value", "row"]]
     if left.empty or right.empty:
         return pd.Series(np.nan, index=regimens.index, dtype=float)
-    # on one date with two records, the later input row wins (deterministic whatever the input order)
-    right = right.sort_values(["date", "row"]).drop_duplicates(["patient_id", "date"], keep="last")
+    # two records on one date count as their mean (the same answer whatever the input order)
+    right = right.groupby(["patient_id", "date"], as_index=False)["canonical_value"].mean()
     merged = pd.merge_asof(
-        left.sort_values("start_date"), right.drop(columns="row").sort_values("date"),
+        left.sort_values("start_date"), right.sort_values("date"),
         left_on="start_date", right_on="date", by="patient_id", direction="backward", allow_exact_matches=True,
     )
     return merged.set_index("index")["canonical_value"].reindex(regimens.index).astype(float)
@@ -745,8 +751,8 @@ def _empty_violations() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="Int64" if c == "row" else object) for c in VIOLATION_COLUMNS})
 
 
-def _assemble(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    parts = [p for p in parts if len(p)]
+def _assemble(parts: list[pd.DataFrame | None]) -> pd.DataFrame:
+    parts = [p for p in parts if p is not None and len(p)]
     if not parts:
         return _empty_violations()
     v = pd.concat(parts, ignore_index=True)

@@ -223,6 +223,10 @@ def parse_interval(text: str) -> tuple[float, float] | None:
         t = re.sub(rf"\b{word}\b", str(num), t)
     if t in {"weekly", "once weekly", "once a week", "every week", "qw"}:
         return 1.0, 7.0
+    if t in {"every other week", "every second week", "fortnightly", "once a fortnight"}:
+        return 1.0, 14.0
+    if t in {"every other day", "alternate days", "on alternate days", "every second day"}:
+        return 1.0, 2.0
     if t in {"monthly", "every month", "once a month"}:
         return 1.0, DAYS_PER_MONTH
     if t in {"once", "single dose", "one dose", "stat"}:
