@@ -1,0 +1,721 @@
+"""SHAP explanations of every per-option prediction, grouped into the clinical features a clinician reads.
+
+Three explanations per row and option, each exactly additive on the scale the model computes:
+- `response`: the response model's output for that option (log-odds margin for tree/linear learners;
+  the probability for the DR learner, whose arms are control probability + a probability-scale effect);
+- `safety`: the same for the safety model;
+- `contrast`: the option against the control option ("continue"): SHAP(arm) - SHAP(control) for S/T/linear
+  learners (additive on the margin difference), TreeSHAP of the effect model for the DR learner.
+
+Trees use xgboost's native exact TreeSHAP (`pred_contribs=True`); the linear baseline uses exact linear SHAP,
+coef x (z - mean z) on its standardised design. Contributions are converted to probability points by
+sharing the probability change (final, possibly calibrated, probability at x minus the probability at the base
+value) in proportion to each feature's margin contribution, so the points add up to the shown probability too.
+SHAP says which facts moved this model's prediction; it is not a causal effect of the facts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from features.vocabulary import Vocabulary
+
+Target = Literal["response", "safety", "contrast", "safety_contrast"]
+Scale = Literal["log_odds", "probability", "value"]
+
+#: the S-learner's option columns (`models.learners.OPTION_PREFIX`) group into one pseudo-feature.
+OPTION_PREFIX = "option__"
+OPTION_GROUP = "option_chosen"
+OPTION_LABEL = "the option itself"
+#: how an explanation says what it explains (shown next to the numbers on the page and in the batch output).
+CALIBRATION_NOTE = (
+    "SHAP values explain the model's uncalibrated margin exactly; the probability points share the calibrated "
+    "probability change in proportion to them, so they add up to the probability shown."
+)
+
+
+# --- exact SHAP of one model ------------------------------------------------------------------------------------
+def tree_shap(
+    model: xgb.XGBModel | xgb.Booster, X: pd.DataFrame | xgb.DMatrix
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact TreeSHAP via xgboost's native `pred_contribs`: (values (n, p) float64, base (n,)) in margin space.
+
+    base + values.sum(1) equals `predict(X, output_margin=True)` (the log-odds for a binary classifier).
+    """
+    booster = model.get_booster() if isinstance(model, xgb.XGBModel) else model
+    dm = X if isinstance(X, xgb.DMatrix) else _dmatrix(X)
+    contribs = np.asarray(booster.predict(dm, pred_contribs=True, validate_features=False), dtype="float64")
+    if contribs.ndim != 2:
+        raise ValueError(
+            f"model: pred_contribs returned shape {contribs.shape} (rule: one output per row; multi-class "
+            "models are not supported)"
+        )
+    return contribs[:, :-1], contribs[:, -1]
+
+
+def _dmatrix(frame: pd.DataFrame) -> xgb.DMatrix:
+    """A DMatrix of a numeric feature frame (float32 as xgboost uses internally, NaN = missing)."""
+    values = np.ascontiguousarray(frame.to_numpy(dtype="float32", na_value=np.nan))
+    return xgb.DMatrix(values, feature_names=[str(c) for c in frame.columns], missing=np.nan)
+
+
+def linear_shap(
+    weights: np.ndarray, intercept: float, z: np.ndarray, z_mean: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact SHAP of a linear model w.z + b with independent features: w_j (z_j - E z_j); base = b + w.E z."""
+    w = np.asarray(weights, dtype="float64").ravel()
+    zm = np.zeros_like(w) if z_mean is None else np.asarray(z_mean, dtype="float64").ravel()
+    values = w[None, :] * (np.asarray(z, dtype="float64") - zm[None, :])
+    base = np.full(len(values), float(intercept) + float(w @ zm))
+    return values, base
+
+
+# --- explanations of a learner ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shap:
+    """One explained output for every row: `base + values.sum(1) == output` on `scale`.
+
+    `probability` is the probability shown to the user (after calibration when a calibrator was given) and
+    `probability_base` the same function at the base value; both None for a continuous outcome.
+    """
+
+    target: str
+    option: str
+    scale: Scale
+    columns: tuple[str, ...]
+    values: np.ndarray
+    base: np.ndarray
+    output: np.ndarray
+    probability: np.ndarray | None = None
+    probability_base: np.ndarray | None = None
+    note: str = ""
+
+    def points(self) -> np.ndarray:
+        """Contributions in probability units (fractions: 0.06 = 6 in 100) that add up to
+        probability - probability_base; the values themselves on a probability or value scale."""
+        if self.probability is None or self.probability_base is None:
+            return self.values
+        dm = self.output - self.base
+        dp = self.probability - self.probability_base
+        small = np.abs(dm) <= 1e-9
+        if self.scale == "log_odds":
+            p_mid = _sigmoid((self.output + self.base) / 2)
+            fallback = p_mid * (1 - p_mid)
+        else:
+            fallback = np.ones_like(dm)
+        slope = np.where(small, fallback, dp / np.where(small, 1.0, dm))
+        return self.values * slope[:, None]
+
+
+@dataclass(frozen=True)
+class Explanations:
+    """Every explanation of a batch of rows, keyed by (target, option); `arms` in the learner's order."""
+
+    items: dict[tuple[str, str], Shap]
+    arms: tuple[str, ...]
+    control: str
+    learner: str
+    n_rows: int
+    notes: tuple[str, ...] = field(default=())
+
+    def get(self, target: str, option: str) -> Shap | None:
+        return self.items.get((target, option))
+
+
+Calibrator = Callable[[str, np.ndarray], np.ndarray]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype="float64")))
+
+
+def learner_kind(learner: object) -> str:
+    """'s', 't', 'dr' or 'linear' from the fitted attributes described in `models.learners`."""
+    if hasattr(learner, "effect_models_"):
+        return "dr"
+    if hasattr(learner, "models_"):
+        return "t"
+    if hasattr(learner, "preprocess_"):
+        return "linear"
+    if hasattr(learner, "model_") and hasattr(learner, "design"):
+        return "s"
+    raise TypeError(
+        f"{type(learner).__name__}: not a fitted learner from models.learners (rule: fit it first; S, T, DR "
+        "and linear learners are explainable)"
+    )
+
+
+def explain_learner(
+    learner: object,
+    X: pd.DataFrame,
+    *,
+    target: Literal["response", "safety"] = "response",
+    options: Sequence[str] | None = None,
+    calibrator: Calibrator | None = None,
+    contrasts: bool = True,
+) -> dict[tuple[str, str], Shap]:
+    """Exact SHAP of a fitted learner's prediction for each option (and, with `contrasts`, of each option
+    against the learner's control option), keyed by (target or f"{target}_contrast" -> "contrast", option).
+
+    `calibrator(option, p)` maps raw probabilities to the calibrated ones the user sees; SHAP still explains
+    the raw margin exactly, and `Shap.points()` shares the calibrated change.
+    """
+    if hasattr(learner, "base_") and hasattr(learner, "calibrators_"):  # models.calibration.CalibratedLearner
+        calibrator = calibrator or _arm_calibrator(learner.calibrators_)  # type: ignore[attr-defined]
+        learner = learner.base_  # type: ignore[attr-defined]
+    kind = learner_kind(learner)
+    arms: tuple[str, ...] = tuple(learner.arms_)  # type: ignore[attr-defined]
+    control: str = learner.control  # type: ignore[attr-defined]
+    wanted = list(arms if options is None else options)
+    unknown = [o for o in wanted if o not in arms]
+    if unknown:
+        raise ValueError(
+            f"options {unknown}: not arms of the {target} learner {list(arms)} (rule: explain fitted arms)"
+        )
+    frame = learner._frame(X)  # type: ignore[attr-defined]  # checks columns against those seen at fit
+    binary = learner.outcome == "binary"  # type: ignore[attr-defined]
+    contrast_name = "contrast" if target == "response" else f"{target}_contrast"
+    need = list(dict.fromkeys([*wanted, control])) if contrasts else wanted
+    out: dict[tuple[str, str], Shap] = {}
+
+    def finish(
+        option: str, columns: Sequence[str], values: np.ndarray, base: np.ndarray, scale: Scale
+    ) -> Shap:
+        output = base + values.sum(axis=1)
+        prob = prob_base = None
+        note = ""
+        if binary:
+            if scale == "log_odds":
+                prob, prob_base = _sigmoid(output), _sigmoid(base)
+            else:  # DR arms: control probability + effect, clipped to [0, 1] as the learner predicts
+                prob, prob_base = np.clip(output, 0.0, 1.0), np.clip(base, 0.0, 1.0)
+            if calibrator is not None:
+                prob, prob_base = calibrator(option, prob), calibrator(option, prob_base)
+                note = CALIBRATION_NOTE
+        return Shap(target, option, scale, tuple(columns), values, base, output, prob, prob_base, note)
+
+    if kind in ("t", "s"):
+        if kind == "t":
+            dm = _dmatrix(frame)
+            raw = {a: tree_shap(learner.models_[a], dm) for a in need}  # type: ignore[attr-defined]
+            columns = list(frame.columns)
+        else:
+            raw = {}
+            for a in need:
+                design = learner.design(frame, a)  # type: ignore[attr-defined]
+                raw[a] = tree_shap(learner.model_, design)  # type: ignore[attr-defined]
+            columns = list(design.columns)
+        scale: Scale = "log_odds" if binary else "value"
+        for a in wanted:
+            out[(target, a)] = finish(a, columns, raw[a][0], raw[a][1], scale)
+        if contrasts:
+            ctrl = out.get((target, control)) or finish(control, columns, *raw[control], scale)
+            for a in wanted:
+                if a != control:
+                    out[(contrast_name, a)] = _contrast(out[(target, a)], ctrl, contrast_name)
+    elif kind == "linear":
+        columns = list(frame.columns)
+        scale = "log_odds" if binary else "value"
+        shaps = {a: finish(a, columns, *_linear_arm_shap(learner, frame, a), scale) for a in need}
+        for a in wanted:
+            out[(target, a)] = shaps[a]
+        if contrasts:
+            for a in wanted:
+                if a != control:
+                    out[(contrast_name, a)] = _contrast(shaps[a], shaps[control], contrast_name)
+    else:  # doubly robust: control outcome model + per-option effect models on the outcome scale
+        dm = _dmatrix(frame)
+        columns = list(frame.columns)
+        v_c, b_c = tree_shap(learner.models_[control], dm)  # type: ignore[attr-defined]
+        if binary:
+            ctrl = finish(control, columns, v_c, b_c, "log_odds")
+            ctrl_points = Shap(
+                target,
+                control,
+                "log_odds",
+                ctrl.columns,
+                v_c,
+                b_c,
+                ctrl.output,
+                _sigmoid(ctrl.output),
+                _sigmoid(b_c),
+            ).points()
+            ctrl_prob_base = _sigmoid(b_c)
+        else:
+            ctrl = finish(control, columns, v_c, b_c, "value")
+            ctrl_points, ctrl_prob_base = v_c, b_c
+        effects = {a: tree_shap(learner.effect_models_[a], dm) for a in need if a != control}  # type: ignore[attr-defined]
+        for a in wanted:
+            if a == control:
+                out[(target, a)] = ctrl
+                continue
+            v_e, b_e = effects[a]
+            # arm = P(control) + effect: probability points of the control model plus the effect's SHAP.
+            out[(target, a)] = finish(
+                a, columns, ctrl_points + v_e, ctrl_prob_base + b_e, "probability" if binary else "value"
+            )
+            if contrasts:
+                out[(contrast_name, a)] = Shap(
+                    contrast_name,
+                    a,
+                    "probability" if binary else "value",
+                    tuple(columns),
+                    v_e,
+                    b_e,
+                    b_e + v_e.sum(axis=1),
+                )
+    return out
+
+
+def _arm_calibrator(calibrators: dict[str, object]) -> Calibrator:
+    """A `Calibrator` from a CalibratedLearner's per-arm calibrators (None = left uncalibrated)."""
+
+    def calibrate(option: str, p: np.ndarray) -> np.ndarray:
+        cal = calibrators.get(option)
+        return p if cal is None else np.asarray(cal.predict(np.asarray(p, dtype="float64")), dtype="float64")
+
+    return calibrate
+
+
+def _contrast(arm: Shap, control: Shap, name: str) -> Shap:
+    """SHAP(arm) - SHAP(control): exactly additive on the margin difference; probabilities as differences."""
+    prob = prob_base = None
+    if arm.probability is not None and control.probability is not None:
+        prob = arm.probability - control.probability
+        prob_base = arm.probability_base - control.probability_base  # type: ignore[operator]
+    return Shap(
+        name,
+        arm.option,
+        arm.scale,
+        arm.columns,
+        arm.values - control.values,
+        arm.base - control.base,
+        arm.output - control.output,
+        prob,
+        prob_base,
+        arm.note,
+    )
+
+
+def contrast_points(contrast: Shap) -> np.ndarray:
+    """Probability points of a contrast: the probability difference shared in proportion to the margin
+    contributions (a contrast's probabilities are differences, so `Shap.points` cannot use a sigmoid slope)."""
+    if contrast.scale != "log_odds" or contrast.probability is None:
+        return contrast.values
+    dm = contrast.output - contrast.base
+    dp = contrast.probability - contrast.probability_base  # type: ignore[operator]
+    small = np.abs(dm) < 1e-9
+    slope = np.where(small, 0.25, dp / np.where(small, 1.0, dm))
+    return contrast.values * slope[:, None]
+
+
+def _linear_arm_shap(learner: object, frame: pd.DataFrame, arm: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact linear SHAP of the linear baseline for one option, mapped back from its standardised design
+    (features plus missing-indicators) to the original feature columns."""
+    z = learner.preprocess_.transform(frame)  # type: ignore[attr-defined]
+    arms: tuple[str, ...] = learner.arms_  # type: ignore[attr-defined]
+    c = learner.control_index_  # type: ignore[attr-defined]
+    others = [j for j in range(len(arms)) if j != c]
+    coef = np.asarray(learner.model_.coef_, dtype="float64").ravel()  # type: ignore[attr-defined]
+    intercept = float(np.ravel(learner.model_.intercept_)[0])  # type: ignore[attr-defined]
+    d = z.shape[1]
+    w_main, w_onehot = coef[:d], coef[d : d + len(others)]
+    w_inter = coef[d + len(others) :].reshape(len(others), d)
+    k = arms.index(arm)
+    w, offset = (w_main, 0.0) if k == c else (w_main + w_inter[others.index(k)], w_onehot[others.index(k)])
+    # StandardScaler centres the training design, so E[z] = 0: the base value is the intercept (+ option term).
+    values_z, base = linear_shap(w, intercept + offset, z)
+    p = frame.shape[1]
+    values = values_z[:, :p].copy()
+    imputer = learner.preprocess_.named_steps["impute"]  # type: ignore[attr-defined]
+    indicator = getattr(imputer, "indicator_", None)
+    if indicator is not None and d > p:
+        np.add.at(values.T, np.asarray(indicator.features_), values_z[:, p:].T)
+    return values, base
+
+
+def explain(
+    X: pd.DataFrame,
+    response: object,
+    *,
+    safety: object | None = None,
+    options: Sequence[str] | None = None,
+    response_calibrator: Calibrator | None = None,
+    safety_calibrator: Calibrator | None = None,
+) -> Explanations:
+    """Every explanation the page and the batch job show: response, contrast vs control, safety (and its
+    contrast) for each option; `options` defaults to the response learner's arms."""
+    arms = tuple(response.arms_)  # type: ignore[attr-defined]
+    opts = list(arms if options is None else options)
+    items = explain_learner(response, X, target="response", options=opts, calibrator=response_calibrator)
+    notes = {s.note for s in items.values() if s.note}
+    if safety is not None:
+        s_arms = set(safety.arms_)  # type: ignore[attr-defined]
+        s_items = explain_learner(
+            safety, X, target="safety", options=[o for o in opts if o in s_arms], calibrator=safety_calibrator
+        )
+        items.update(s_items)
+        notes |= {s.note for s in s_items.values() if s.note}
+    return Explanations(
+        items,
+        arms,
+        str(response.control),
+        learner_kind(getattr(response, "base_", response)),
+        len(X),  # type: ignore[attr-defined]
+        tuple(sorted(notes)),
+    )
+
+
+# --- clinical grouping and plain-words reasons ------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureGroups:
+    """Model columns grouped into clinical features: `membership` (p, g) 0/1, group names and labels, and
+    each column's label and unit for the patient-value text."""
+
+    columns: tuple[str, ...]
+    groups: tuple[str, ...]
+    group_labels: tuple[str, ...]
+    membership: np.ndarray
+    column_labels: tuple[str, ...]
+    column_units: tuple[str, ...]
+    column_group: np.ndarray
+
+    def group(self, values: np.ndarray) -> np.ndarray:
+        """(n, p) per-column contributions -> (n, g) per clinical feature (sums, so additivity is kept)."""
+        return np.asarray(values, dtype="float64") @ self.membership
+
+
+DICTIONARY_COLUMNS = ("feature", "clinical_feature", "label", "unit")
+
+
+def feature_groups(columns: Sequence[str], dictionary: pd.DataFrame) -> FeatureGroups:
+    """Group model columns by the dictionary's `clinical_feature`; S-learner option columns form one group.
+
+    A model column missing from the dictionary is an error naming it (every reason must read clinically).
+    """
+    missing_cols = [c for c in DICTIONARY_COLUMNS if c not in dictionary.columns]
+    if missing_cols:
+        raise ValueError(
+            f"table feature_dictionary: missing column(s) {missing_cols} (rule: {list(DICTIONARY_COLUMNS)})"
+        )
+    dup = dictionary["feature"][dictionary["feature"].duplicated()]
+    if len(dup):
+        raise ValueError(
+            f"table feature_dictionary: row {int(dup.index[0])}, column feature: {dup.iloc[0]!r} appears twice "
+            "(rule: one entry per feature)"
+        )
+    d = dictionary.set_index("feature")
+    cols = [str(c) for c in columns]
+    unknown = [c for c in cols if c not in d.index and not c.startswith(OPTION_PREFIX)]
+    if unknown:
+        raise ValueError(
+            f"table feature_dictionary: no entry for model column(s) {unknown[:10]}"
+            f"{' and more' if len(unknown) > 10 else ''} (rule: every model feature has a clinical label)"
+        )
+    group_of: list[str] = []
+    labels: list[str] = []
+    units: list[str] = []
+    for c in cols:
+        if c.startswith(OPTION_PREFIX):
+            group_of.append(OPTION_GROUP)
+            labels.append(c[len(OPTION_PREFIX) :].replace("_", " "))
+            units.append("flag")
+        else:
+            row = d.loc[c]
+            cf = row["clinical_feature"]
+            group_of.append(str(cf) if isinstance(cf, str) and cf else c)
+            label = str(row["label"]) if isinstance(row["label"], str) and row["label"] else c
+            unit = str(row["unit"]) if isinstance(row["unit"], str) else ""
+            if "fraction" in unit:  # "IVIG dose as a fraction of target" -> "IVIG dose = 50 % of target (...)"
+                label = label.replace(" as a fraction of target", "")
+                target = row.get("target_text")
+                if isinstance(target, str) and target:
+                    unit = f"{unit} {target}"
+            labels.append(label)
+            units.append(unit)
+    groups = tuple(dict.fromkeys(group_of))
+    index = {g: i for i, g in enumerate(groups)}
+    col_group = np.array([index[g] for g in group_of], dtype=np.int64)
+    membership = np.zeros((len(cols), len(groups)))
+    membership[np.arange(len(cols)), col_group] = 1.0
+    group_labels = []
+    for g in groups:
+        if g == OPTION_GROUP:
+            group_labels.append(OPTION_LABEL)
+        elif g in d.index and isinstance(d.loc[g, "label"], str):
+            group_labels.append(str(d.loc[g, "label"]))
+        else:
+            group_labels.append(g.replace("_", " "))
+    return FeatureGroups(
+        tuple(cols), groups, tuple(group_labels), membership, tuple(labels), tuple(units), col_group
+    )
+
+
+def format_value(values: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """The patient's value as a clinician reads it: fractions of target as %, flags as yes/no, missing as
+    'not recorded', numbers to 3 significant figures with their unit."""
+    v = np.asarray(values, dtype="float64")
+    u = np.asarray(units, dtype=object).astype(str)
+    out = np.empty(len(v), dtype=object)
+    missing = np.isnan(v)
+    flag = np.isin(np.char.lower(u.astype("U")), ["0/1", "flag", "yes/no", "boolean", "bool", "indicator"])
+    fraction = np.char.find(np.char.lower(u.astype("U")), "fraction") >= 0
+    pct = (np.char.find(np.char.lower(u.astype("U")), "% of") >= 0) & ~fraction
+    rest = ~(missing | flag | fraction)
+    out[missing] = "not recorded"
+    out[flag & ~missing] = np.where(v[flag & ~missing] > 0.5, "yes", "no")
+    fm = fraction & ~missing
+    if fm.any():
+        suffix = np.char.replace(np.char.replace(u[fm].astype("U"), "fraction of", "% of"), "fraction", "%")
+        out[fm] = np.char.add(np.char.add(_fmt(v[fm] * 100, integer=True), " "), suffix)
+    if rest.any():
+        unit_txt = np.where((u[rest] == "") | pct[rest], u[rest], np.char.add(" ", u[rest].astype("U")))
+        unit_txt = np.where(pct[rest], np.char.add(" ", u[rest].astype("U")), unit_txt)
+        out[rest] = np.char.add(_fmt(v[rest]), unit_txt.astype("U"))
+    return out
+
+
+def _fmt(v: np.ndarray, *, integer: bool = False) -> np.ndarray:
+    """Numbers for reading: integers without decimals, else up to 3 significant figures."""
+    if integer:
+        return np.char.mod("%d", np.round(v).astype(np.int64))
+    r = np.where(np.abs(v) >= 100, np.round(v), np.round(v, 1))
+    whole = np.isclose(r, np.round(r))
+    return np.where(whole, np.char.mod("%d", np.round(r).astype(np.int64)), np.char.mod("%.3g", v))
+
+
+def format_points(points: np.ndarray) -> np.ndarray:
+    """Probability points as '+6 in 100' / '−6 in 100' (a true minus sign); '<1 in 100' when it rounds to 0."""
+    p = np.round(np.asarray(points, dtype="float64") * 100).astype(np.int64)
+    body = np.char.mod("%d in 100", np.abs(p))
+    signed = np.where(p > 0, np.char.add("+", body), np.char.add("\u2212", body))
+    tiny = np.where(np.asarray(points) >= 0, "+<1 in 100", "\u2212<1 in 100")
+    return np.where(p == 0, tiny, signed)
+
+
+def grouped_frame(
+    shap: Shap, groups: FeatureGroups, *, row: int, points: np.ndarray | None = None
+) -> pd.DataFrame:
+    """One row's explanation per clinical feature, largest |contribution| first: group, label, contribution
+    (on the model's scale), points (probability points) — what a waterfall draws."""
+    if tuple(shap.columns) != groups.columns:
+        raise ValueError("explanation and feature groups cover different model columns (rule: same model)")
+    pts = shap.points() if points is None else points
+    contrib = groups.group(shap.values[row : row + 1])[0]
+    pgroup = groups.group(pts[row : row + 1])[0]
+    frame = pd.DataFrame(
+        {"group": groups.groups, "label": groups.group_labels, "contribution": contrib, "points": pgroup}
+    )
+    order = np.argsort(-np.abs(contrib), kind="stable")
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def top_reasons(
+    shap: Shap,
+    X: pd.DataFrame,
+    groups: FeatureGroups,
+    k: int,
+    *,
+    points: np.ndarray | None = None,
+    prefix: str = "reason",
+    suffix: str = "",
+) -> pd.DataFrame:
+    """The k clinical features that moved this prediction most, per row (vectorised over rows):
+    `{prefix}_{i}_feature`, `{prefix}_{i}_text` ("CDASI activity = 28 → −6 in 100") and
+    `{prefix}_{i}_contribution` (probability points as a fraction, or the outcome's own units)."""
+    n = len(X)
+    if shap.values.shape[0] != n:
+        raise ValueError(f"explanation has {shap.values.shape[0]} rows but X has {n} (rule: same rows)")
+    pts = shap.points() if points is None else points
+    grouped = groups.group(pts)  # (n, g)
+    k_eff = min(k, grouped.shape[1])
+    order = np.argsort(-np.abs(grouped), axis=1, kind="stable")[:, :k_eff]
+    values_all = (
+        X[list(groups.columns[: _n_feature_cols(groups)])].to_numpy(dtype="float64", na_value=np.nan)
+        if _n_feature_cols(groups)
+        else np.empty((n, 0))
+    )
+    # Within a group, the member column that moved the prediction most gives the value shown.
+    col_pts = np.abs(pts)
+    out: dict[str, np.ndarray] = {}
+    probability_scale = shap.scale in ("log_odds", "probability")
+    for i in range(k_eff):
+        g = order[:, i]
+        contrib = grouped[np.arange(n), g]
+        member_mask = groups.column_group[None, :] == g[:, None]  # (n, p)
+        best_col = np.argmax(np.where(member_mask, col_pts, -1.0), axis=1)
+        is_option = np.asarray(groups.groups, dtype=object)[g] == OPTION_GROUP
+        labels = np.asarray(groups.column_labels, dtype=object)[best_col]
+        units = np.asarray(groups.column_units, dtype=object)[best_col]
+        safe_col = np.minimum(best_col, max(values_all.shape[1] - 1, 0))
+        vals = values_all[np.arange(n), safe_col] if values_all.shape[1] else np.full(n, np.nan)
+        vals = np.where(is_option, np.nan, vals)
+        value_txt = format_value(vals, units)
+        fact = np.where(
+            is_option,
+            np.char.add("option: ", np.asarray(shap.option, dtype="U")).astype(object),
+            np.char.add(np.char.add(labels.astype("U"), " = "), value_txt.astype("U")).astype(object),
+        )
+        effect = format_points(contrib) if probability_scale else np.char.mod("%+.3g", contrib)
+        text = np.char.add(np.char.add(fact.astype("U"), " \u2192 "), effect.astype("U"))
+        if suffix:
+            text = np.char.add(text, suffix)
+        out[f"{prefix}_{i + 1}_feature"] = np.asarray(groups.groups, dtype=object)[g]
+        out[f"{prefix}_{i + 1}_text"] = text.astype(object)
+        out[f"{prefix}_{i + 1}_contribution"] = contrib
+    return pd.DataFrame(out, index=X.index)
+
+
+def _n_feature_cols(groups: FeatureGroups) -> int:
+    """Columns that are features of X (the S-learner's option columns come last and are not in X)."""
+    return sum(1 for c in groups.columns if not c.startswith(OPTION_PREFIX)) or 0
+
+
+def reason_columns(k: int, prefix: str = "reason") -> list[str]:
+    """The structured reason columns for top-k reasons, in output order."""
+    return [f"{prefix}_{i}_{part}" for i in range(1, k + 1) for part in ("feature", "text", "contribution")]
+
+
+def reasons_frame(
+    explanations: Explanations,
+    X: pd.DataFrame,
+    dictionary: pd.DataFrame,
+    k: int = 3,
+    *,
+    eligible: pd.DataFrame | np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Top-k reasons for every row x option, long (row, option, reason_i_*, contrast_reason_i_*): what the
+    bundle's `predict_frame(..., explain_top_k=k)` appends so the batch job and the page show the same numbers.
+
+    `row` is the 0-based position in X. Ineligible options (per `eligible`, columns = options) get empty
+    reasons; the control option has no contrast reasons.
+    """
+    if k < 1:
+        raise ValueError(f"explain_top_k={k} (rule: at least 1)")
+    options = [o for o in explanations.arms if ("response", o) in explanations.items]
+    elig = _eligible_matrix(eligible, options, len(X))
+    any_shap = next(iter(explanations.items.values()))
+    groups = feature_groups(any_shap.columns, dictionary)
+    pieces = []
+    resp_cols = reason_columns(k)
+    con_cols = reason_columns(k, "contrast_reason")
+    for j, option in enumerate(options):
+        resp = explanations.items[("response", option)]
+        frame = top_reasons(
+            resp, X, groups if resp.columns == groups.columns else feature_groups(resp.columns, dictionary), k
+        )
+        frame = frame.reindex(columns=resp_cols)
+        con = explanations.get("contrast", option)
+        if con is not None:
+            g2 = groups if con.columns == groups.columns else feature_groups(con.columns, dictionary)
+            cframe = top_reasons(
+                con,
+                X,
+                g2,
+                k,
+                points=contrast_points(con),
+                prefix="contrast_reason",
+                suffix=f" vs {explanations.control.replace('_', ' ')}",
+            )
+            frame = pd.concat([frame, cframe.reindex(columns=con_cols)], axis=1)
+        else:
+            frame = frame.reindex(columns=[*resp_cols, *con_cols])
+        frame = frame.reset_index(drop=True)
+        mask = ~elig[:, j]
+        if mask.any():
+            for col in frame.columns:
+                if col.endswith("_contribution"):
+                    frame[col] = frame[col].astype("float64").where(~mask)
+                else:
+                    frame[col] = frame[col].astype(object).where(~mask, None)
+        frame.insert(0, "option", option)
+        frame.insert(0, "row", np.arange(len(X)))
+        pieces.append(frame)
+    out = pd.concat(pieces, ignore_index=True)
+    order = np.lexsort(
+        (out["option"].map({o: i for i, o in enumerate(options)}).to_numpy(), out["row"].to_numpy())
+    )
+    return out.iloc[order].reset_index(drop=True)
+
+
+def _eligible_matrix(eligible: pd.DataFrame | np.ndarray | None, options: list[str], n: int) -> np.ndarray:
+    """Boolean (n, options) eligibility; all True when not given."""
+    if eligible is None:
+        return np.ones((n, len(options)), dtype=bool)
+    if isinstance(eligible, pd.DataFrame):
+        missing = [o for o in options if o not in eligible.columns]
+        if missing:
+            raise ValueError(
+                f"table eligible: missing option column(s) {missing} (rule: one column per option)"
+            )
+        m = eligible[options].to_numpy(dtype=bool)
+    else:
+        m = np.asarray(eligible, dtype=bool)
+    if m.shape != (n, len(options)):
+        raise ValueError(
+            f"table eligible: shape {m.shape}, expected {(n, len(options))} (rule: rows x options)"
+        )
+    return m
+
+
+def mean_abs_shap(shap: Shap, groups: FeatureGroups) -> pd.DataFrame:
+    """Global importance of one explanation: mean |SHAP| per clinical feature (model scale), largest first."""
+    grouped = groups.group(shap.values)
+    frame = pd.DataFrame(
+        {
+            "clinical_feature": groups.groups,
+            "label": groups.group_labels,
+            "mean_abs_shap": np.abs(grouped).mean(axis=0),
+            "target": shap.target,
+            "option": shap.option,
+            "scale": shap.scale,
+        }
+    )
+    return frame.sort_values("mean_abs_shap", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def with_dose_targets(dictionary: pd.DataFrame, vocabulary: Vocabulary) -> pd.DataFrame:
+    """The dictionary plus a `target_text` column naming each drug's target on its dose-fraction feature
+    ("IVIG dose = 50 % of target 2 g/kg every 4 weeks")."""
+    out = dictionary.copy()
+    texts = {f"{d.generic}_dose_fraction": d.text for d in vocabulary.drugs}
+    out["target_text"] = out["feature"].map(texts)
+    return out
+
+
+# --- the deployable bundle (models.bundle.EscalateModel) ----------------------------------------------------------
+def explain_model(model: object, features: pd.DataFrame) -> Explanations:
+    """Response (+ contrast vs continue) and safety explanations of an `EscalateModel` for each modelled option,
+    using the same calibrated heads as `predict_frame`."""
+    X = model.contract.check(features.reset_index(drop=True))  # type: ignore[attr-defined]
+    heads = model.heads  # type: ignore[attr-defined]
+    return explain(X, heads["response"].learner, safety=heads["safety"].learner if "safety" in heads else None)
+
+
+def model_reasons(
+    model: object,
+    features: pd.DataFrame,
+    dictionary: pd.DataFrame,
+    k: int = 3,
+    *,
+    explanations: Explanations | None = None,
+) -> pd.DataFrame:
+    """Top-k reasons (row, option, reason_i_*, contrast_reason_i_*) for every row x catalogue option of an
+    `EscalateModel`, aligned with `predict_frame(features)` (merge on row and option); ineligible or
+    unmodelled options get empty reasons."""
+    features = features.reset_index(drop=True)
+    X = model.contract.check(features)  # type: ignore[attr-defined]
+    ex = explanations or explain_model(model, features)
+    eligible, _ = model.eligibility(features)  # type: ignore[attr-defined]
+    options = [o for o in ex.arms if ("response", o) in ex.items]
+    reasons = reasons_frame(ex, X, dictionary, k, eligible=eligible[options])
+    catalogue = list(model.catalog.names)  # type: ignore[attr-defined]
+    grid = pd.DataFrame({"row": np.repeat(np.arange(len(features)), len(catalogue)),
+                         "option": np.tile(np.asarray(catalogue, dtype=object), len(features))})
+    return grid.merge(reasons, on=["row", "option"], how="left", validate="one_to_one")
