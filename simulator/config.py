@@ -1,0 +1,283 @@
+"""Frozen settings of the literature-calibrated cohort simulator (values and sources: configs/simulator.yaml).
+
+Built at the edge (`pipeline/simulate.py`) from `configs/simulator.yaml` and passed into the pure code, so every
+effect size, prevalence and noise level is a visible, sourced number rather than a constant buried in code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: patient subgroups an effect modifier can name (computed per decision by `simulator.effects.subgroups`).
+Subgroup = Literal[
+    "anti_mda5",
+    "anti_synthetase",
+    "anti_mi2",
+    "antibody_negative",
+    "juvenile",
+    "dermatomyositis",
+    "pm_imnm",
+    "ild",
+    "severe_muscle",
+    "skin_predominant",
+    "prior_infection",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Range(_Frozen):
+    """A closed interval [low, high] drawn uniformly."""
+
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _check(self) -> Range:
+        if self.high < self.low:
+            raise ValueError(f"range high {self.high} is below low {self.low}")
+        return self
+
+
+class DiagnosisProfile(_Frozen):
+    """What a diagnosis implies for a patient: antibody mix, ILD, cancer, and which tissues are active."""
+
+    share: float = Field(ge=0)
+    antibodies: dict[str, float] = Field(default_factory=dict, description="antibody → prevalence; rest negative")
+    ild: float = Field(ge=0, le=1, description="ILD probability when no antibody sets it")
+    cancer: float = Field(ge=0, le=1, description="cancer-associated probability when no antibody sets it")
+    juvenile: bool = False
+    muscle: Range = Range(low=0.3, high=0.8)
+    skin: Range = Range(low=0.2, high=0.7)
+
+
+class CohortConfig(_Frozen):
+    """Demographics and disease mix (EuroMyositis; clinical.md section 5)."""
+
+    female_fraction: float = Field(0.69, ge=0, le=1)
+    diagnoses: dict[str, DiagnosisProfile]
+    #: antibody → ILD probability overriding the diagnosis default (anti-MDA5: RP-ILD; synthetase: 71 %).
+    ild_by_antibody: dict[str, float] = Field(default_factory=dict)
+    #: antibody → cancer-associated probability overriding the diagnosis default (anti-TIF1γ ~41 %).
+    cancer_by_antibody: dict[str, float] = Field(default_factory=dict)
+    cancer_male_rr: float = Field(1.53, gt=0)
+    cancer_ild_rr: float = Field(0.49, gt=0)
+    cancer_sites: tuple[str, ...] = ("breast carcinoma", "ovarian carcinoma", "lung carcinoma")
+    adult_age_at_diagnosis: Range = Range(low=25, high=75)
+    juvenile_age_at_diagnosis: Range = Range(low=5, high=16)
+    years_since_diagnosis_max: float = Field(10.0, gt=1)
+    weight_kg: dict[str, Range] = Field(default_factory=lambda: {"F": Range(low=50, high=95), "M": Range(low=62, high=110)})
+    height_cm: dict[str, Range] = Field(default_factory=lambda: {"F": Range(low=152, high=176), "M": Range(low=165, high=190)})
+    mmt8_150_fraction: float = Field(0.15, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> CohortConfig:
+        if not self.diagnoses or sum(d.share for d in self.diagnoses.values()) <= 0:
+            raise ValueError("cohort.diagnoses needs at least one diagnosis with a positive share")
+        for name, d in self.diagnoses.items():
+            if sum(d.antibodies.values()) > 1 + 1e-9:
+                raise ValueError(f"cohort.diagnoses.{name}.antibodies: prevalences add to more than 1")
+        return self
+
+
+class DoseVariant(_Frozen):
+    """One way a record writes a drug's regimen."""
+
+    dose: float = Field(gt=0)
+    dose_unit: str
+    route: str
+    interval: str
+
+
+class DrugRegimens(_Frozen):
+    """How records write one generic: brand names as clinicians write them, at-target and below-target regimens."""
+
+    written_as: tuple[str, ...] = Field(min_length=1)
+    at_target: tuple[DoseVariant, ...] = Field(min_length=1)
+    below_target: tuple[DoseVariant, ...] = ()
+
+
+class HistoryConfig(_Frozen):
+    """The treatment history before the first decision point (induction, steroid-sparing agents, biologics)."""
+
+    prednisone_mg_per_kg: Range = Range(low=0.75, high=1.0)
+    prednisone_max_mg: float = 80.0
+    prednisone_taper_factor: Range = Range(low=0.55, high=0.75)
+    prednisone_taper_step_days: Range = Range(low=28, high=84)
+    prednisone_floor_mg: tuple[float, ...] = (5.0, 7.5, 10.0, 15.0, 20.0)
+    hydroxychloroquine_in_dm: float = Field(0.8, ge=0, le=1)
+    conventional_start_days: Range = Range(low=90, high=365)
+    conventional_mix: dict[str, float] = Field(default_factory=lambda: {"mycophenolate": 0.5, "methotrexate": 0.3, "azathioprine": 0.2})
+    conventional_switch: float = Field(0.35, ge=0, le=1)
+    conventional_switch_after_days: Range = Range(low=180, high=365)
+    #: probability that a patient received each advanced agent before the first decision point.
+    prior_advanced: dict[str, float] = Field(default_factory=lambda: {"ivig": 0.35, "rituximab": 0.25, "tocilizumab": 0.06})
+    prior_advanced_start_days: Range = Range(low=240, high=900)
+    #: rituximab given as one course only (row ends after day 15) rather than an ongoing 6-monthly schedule.
+    rituximab_single_course: float = Field(0.3, ge=0, le=1)
+    below_target_fraction: float = Field(0.3, ge=0, le=1)
+    induction_decay_days: Range = Range(low=25, high=45)
+    remission_muscle: Range = Range(low=0.0, high=0.07)
+    remission_skin: Range = Range(low=0.0, high=0.08)
+    #: extra months of quiet disease between the last history change (+ stable period) and the flare.
+    remission_mean_days: float = Field(365.0, gt=0)
+    stable_before_flare_days: int = Field(100, ge=0)
+    active_visit_interval_days: Range = Range(low=30, high=91)
+    quiet_visit_interval_days: Range = Range(low=91, high=182)
+    first_decision_before_today_days: Range = Range(low=182, high=1000)
+    regimens: dict[str, DrugRegimens]
+
+
+class MeasurementConfig(_Frozen):
+    """How latent muscle (m) and skin (s) activity in [0, 1] become IMACS core set measures, and their noise."""
+
+    physician_global: tuple[float, float] = (0.55, 0.45)
+    physician_global_sd: float = 0.5
+    patient_global: tuple[float, float] = (0.45, 0.35)
+    patient_global_offset: Range = Range(low=0.0, high=1.5)
+    patient_global_sd: float = 0.8
+    mmt8_loss_at_full_activity: float = Field(0.45, gt=0, le=1)
+    mmt8_sd_fraction: float = 0.02
+    haq: tuple[float, float] = (2.2, 0.3)
+    haq_offset: Range = Range(low=0.0, high=0.5)
+    haq_sd: float = 0.12
+    extramuscular_global: tuple[float, float, float] = (0.15, 0.65, 0.12)
+    extramuscular_global_sd: float = 0.5
+    enzyme_ratio_at_rest: float = 0.6
+    enzyme_gain: dict[str, Range] = Field(default_factory=dict, description="log(value/ULN) gain per unit m")
+    enzyme_log_sd: float = 0.12
+    enzyme_uln: dict[str, tuple[float, ...]] = Field(default_factory=dict)
+    enzyme_measured: dict[str, float] = Field(default_factory=dict, description="patient-level panel probability")
+    cdasi_activity_at_full: float = 60.0
+    cdasi_activity_sd: float = 2.0
+    cdasi_damage: Range = Range(low=0, high=12)
+    core_missing: float = Field(0.03, ge=0, lt=1, description="a core set measure missing at a routine visit")
+    other_missing: float = Field(0.05, ge=0, lt=1, description="a non-core measure missing at a visit")
+
+
+class Modifier(_Frozen):
+    """Multiplies a drug's muscle / skin effect (and its onset time constant) in one subgroup."""
+
+    when: Subgroup
+    muscle: float = Field(1.0, ge=0)
+    skin: float = Field(1.0, ge=0)
+    onset: float = Field(1.0, gt=0)
+
+
+class DrugEffect(_Frozen):
+    """Fraction of latent activity a drug removes at full onset, with kinetics 1 − exp(−t/onset_weeks)."""
+
+    muscle: float = Field(0.0, ge=0, le=0.95)
+    skin: float = Field(0.0, ge=0, le=0.95)
+    onset_weeks: float = Field(8.0, gt=0)
+    modifiers: tuple[Modifier, ...] = ()
+
+
+class OptimiseEffect(_Frozen):
+    """Raising below-target doses: effect per unit of shortfall (1 − dose/target) for each generic."""
+
+    potency: dict[str, float] = Field(default_factory=dict)
+    onset_weeks: float = Field(6.0, gt=0)
+
+
+class EffectsConfig(_Frozen):
+    """Treatment effects on latent activity (clinical.md section 3; uncontrolled results shrunk to placebo)."""
+
+    #: what every arm gets: placebo response and regression to the mean of a flare.
+    background: DrugEffect
+    drugs: dict[str, DrugEffect]
+    optimise: OptimiseEffect
+    severe_muscle_threshold: float = Field(0.6, ge=0, le=1)
+    latent_sd: float = Field(0.07, ge=0, description="sd of follow-up latent activity (shared by all options)")
+    #: sd of the log of a per-draw responsiveness multiplier (mean 1) on every effect: responders and non-responders.
+    responsiveness_log_sd: float = Field(0.6, ge=0)
+    #: share of draws in which a newly started treatment does nothing (primary non-response).
+    non_responder_fraction: float = Field(0.0, ge=0, lt=1)
+    max_effect: float = Field(0.95, gt=0, le=1)
+
+
+class SafetyConfig(_Frozen):
+    """Logistic model of serious infection or grade ≥ 3 cytopenia within the reference horizon."""
+
+    intercept: float
+    reference_weeks: float = Field(24.0, gt=0)
+    prednisone_over_10mg: float = 0.0
+    drug: dict[str, float] = Field(default_factory=dict, description="generic → log-odds when on it")
+    age_per_decade_over_50: float = 0.0
+    ild: float = 0.0
+    prior_infection: float = 0.0
+    event_mix: dict[str, float] = Field(default_factory=lambda: {"serious_infection": 0.6, "opportunistic_infection": 0.15, "cytopenia": 0.25})
+    #: IVIG thrombo-embolism (ProDERM 6.3 %) — recorded, but not part of the safety outcome.
+    ivig_thromboembolism: float = Field(0.063, ge=0, le=1)
+    background_infection_per_year: float = Field(0.05, ge=0)
+    background_cytopenia_per_year: float = Field(0.06, ge=0)
+    background_cytopenia_grades: tuple[float, float, float, float] = (0.5, 0.3, 0.15, 0.05)
+
+
+class PolicyConfig(_Frozen):
+    """The simulated clinician: option log-odds by patient features (confounding by indication), with overlap."""
+
+    min_probability: float = Field(0.02, ge=0, lt=0.14)
+    base: dict[str, float]
+    coefficients: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="feature → option → log-odds per unit of the feature"
+    )
+    start_delay_days: Range = Range(low=0, high=21)
+
+
+class DecisionRule(_Frozen):
+    """When a visit is a decision point and how follow-up unfolds after it."""
+
+    physician_global_min_cm: float = 2.0
+    cdasi_activity_min: float = 14.0
+    mmt8_below_fraction: float = 0.9
+    stable_days: int = 91
+    min_gap_weeks: float = 20.0
+    max_decisions: Range = Range(low=1, high=4)
+    horizon_weeks: int = 24
+    outcome_window_days: int = 14
+    interim_visit_days: Range = Range(low=30, high=91)
+    interim_last_day: int = 112
+    loss_to_follow_up: float = Field(0.1, ge=0, le=1)
+
+
+class TrialConfig(_Frozen):
+    """Trial-mode inclusion and visits (ProDERM-like: adult DM, active, randomised among eligible options)."""
+
+    diagnosis: str = "adult_dermatomyositis"
+    horizons_weeks: tuple[int, ...] = (16, 24)
+    visit_window_days: int = 7
+    start_delay_days: Range = Range(low=0, high=3)
+    min_muscle: float = 0.35
+    min_skin: float = 0.25
+
+
+class TruthConfig(_Frozen):
+    """Monte Carlo settings of the true probabilities."""
+
+    mc_draws: int = Field(200, ge=10)
+    response_category: Literal["minimal", "moderate", "major"] = "moderate"
+    chunk_rows: int = Field(2_000_000, ge=10_000, description="pairs scored per batch (memory bound)")
+
+
+class SimulatorConfig(_Frozen):
+    """Everything the simulator needs besides the drug vocabulary and option catalogue."""
+
+    cohort: CohortConfig
+    history: HistoryConfig
+    measurement: MeasurementConfig
+    effects: EffectsConfig
+    safety: SafetyConfig
+    policy: PolicyConfig
+    decisions: DecisionRule = DecisionRule()
+    trial: TrialConfig = TrialConfig()
+    truth: TruthConfig = TruthConfig()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SimulatorConfig:
+        """Validate the parsed `configs/simulator.yaml` mapping."""
+        return cls.model_validate(config)

@@ -1,0 +1,214 @@
+"""Heterogeneous treatment effects, safety risk and the simulated clinician's choice at a decision point.
+
+Effects act multiplicatively on latent activity: follow-up = baseline × (1 − δ) + noise, with
+1 − δ = (1 − background)(1 − still-accruing effect of recently started drugs)(1 − the option's new effect).
+Each drug's effect accrues as 1 − exp(−t / onset); subgroup modifiers encode clinical.md sections 3 and 5.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from features.vocabulary import OptionCatalog
+from simulator.config import DrugEffect, EffectsConfig, PolicyConfig, SafetyConfig
+
+DAYS_PER_WEEK = 7.0
+
+
+class DecisionState(NamedTuple):
+    """What is true of each patient at a decision point (one row per decision)."""
+
+    on_drug: pd.DataFrame  # bool column per generic
+    days_on: pd.DataFrame  # days since the current exposure of each generic started (NaN = not on)
+    shortfall: pd.DataFrame  # 1 − dose/target for below-target drugs, else 0
+    prednisone_mg: np.ndarray
+    muscle: np.ndarray
+    skin: np.ndarray
+    age: np.ndarray
+    prior_infection: np.ndarray
+    physician_global: np.ndarray
+
+
+def onset(weeks: np.ndarray | float, onset_weeks: np.ndarray | float) -> np.ndarray:
+    """Fraction of a drug's full effect reached after `weeks`: 1 − exp(−weeks / onset)."""
+    return 1.0 - np.exp(-np.maximum(weeks, 0.0) / onset_weeks)
+
+
+def subgroups(patients: pd.DataFrame, state: DecisionState, config: EffectsConfig) -> dict[str, np.ndarray]:
+    """Boolean subgroup membership per decision, by the names effect modifiers and the policy use."""
+    return {
+        "anti_mda5": patients["anti_mda5"].to_numpy(bool),
+        "anti_synthetase": patients["anti_synthetase"].to_numpy(bool),
+        "anti_mi2": patients["anti_mi2"].to_numpy(bool),
+        "antibody_negative": patients["antibody_negative"].to_numpy(bool),
+        "juvenile": patients["juvenile"].to_numpy(bool),
+        "dermatomyositis": patients["dermatomyositis"].to_numpy(bool),
+        "pm_imnm": patients["pm_imnm"].to_numpy(bool),
+        "ild": patients["ild"].to_numpy(bool),
+        "severe_muscle": state.muscle >= config.severe_muscle_threshold,
+        "skin_predominant": state.skin > state.muscle,
+        "prior_infection": state.prior_infection,
+    }
+
+
+def drug_effect(effect: DrugEffect, groups: dict[str, np.ndarray], cap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full-onset muscle and skin effect and onset time constant (weeks) of one drug for each decision."""
+    n = len(next(iter(groups.values())))
+    muscle = np.full(n, effect.muscle)
+    skin = np.full(n, effect.skin)
+    tau = np.full(n, effect.onset_weeks)
+    for mod in effect.modifiers:
+        sel = groups[mod.when]
+        muscle = np.where(sel, muscle * mod.muscle, muscle)
+        skin = np.where(sel, skin * mod.skin, skin)
+        tau = np.where(sel, tau * mod.onset, tau)
+    return np.minimum(muscle, cap), np.minimum(skin, cap), tau
+
+
+class OptionEffects(NamedTuple):
+    """Per decision × option: the share of activity kept by what every arm gets (background + still-accruing
+    drugs) and the option's new effect; `delta` combines them with a responsiveness multiplier."""
+
+    keep_muscle: np.ndarray  # (decisions, 1)
+    keep_skin: np.ndarray
+    new_muscle: np.ndarray  # (decisions, options)
+    new_skin: np.ndarray
+
+    def delta(
+        self, responsiveness: np.ndarray | float, cap: float, new_responsiveness: np.ndarray | float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """δ for muscle and skin; `responsiveness` (broadcastable, mean 1) scales every effect of this draw and
+        `new_responsiveness` (default: the same) the option's new effect (0 for a non-responder)."""
+        r = np.asarray(responsiveness)
+        rn = r if new_responsiveness is None else np.asarray(new_responsiveness)
+        dm = 1 - (1 - np.minimum((1 - self.keep_muscle) * r, cap)) * (1 - np.minimum(self.new_muscle * rn, cap))
+        ds = 1 - (1 - np.minimum((1 - self.keep_skin) * r, cap)) * (1 - np.minimum(self.new_skin * rn, cap))
+        return np.minimum(dm, cap), np.minimum(ds, cap)
+
+
+def option_effects(
+    catalog: OptionCatalog,
+    state: DecisionState,
+    groups: dict[str, np.ndarray],
+    horizon_weeks: float,
+    config: EffectsConfig,
+) -> OptionEffects:
+    """Effects of every option by the horizon (see `OptionEffects`); δ = 1 − keep × (1 − new).
+
+    Adding a drug the patient already takes changes nothing; optimising with nothing below target equals continue.
+    """
+    n = len(state.muscle)
+    h = float(horizon_weeks)
+    keep_m = np.full(n, 1.0 - config.background.muscle * onset(h, config.background.onset_weeks))
+    keep_s = np.full(n, 1.0 - config.background.skin * onset(h, config.background.onset_weeks))
+    full: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for generic, effect in config.drugs.items():
+        dm, ds, tau = drug_effect(effect, groups, config.max_effect)
+        full[generic] = (dm, ds, tau)
+        if generic not in state.days_on.columns:
+            continue
+        weeks_on = state.days_on[generic].to_numpy(float) / DAYS_PER_WEEK
+        on = ~np.isnan(weeks_on)
+        w = np.nan_to_num(weeks_on)
+        now, later = onset(w, tau), onset(w + h, tau)
+        keep_m *= np.where(on, (1 - dm * later) / (1 - dm * now), 1.0)
+        keep_s *= np.where(on, (1 - ds * later) / (1 - ds * now), 1.0)
+    new_muscle = np.zeros((n, len(catalog.options)))
+    new_skin = np.zeros((n, len(catalog.options)))
+    for j, opt in enumerate(catalog.options):
+        new_m = np.zeros(n)
+        new_s = np.zeros(n)
+        if opt.kind == "optimise":
+            remaining = np.ones(n)
+            for generic, potency in config.optimise.potency.items():
+                if generic in state.shortfall.columns:
+                    remaining *= 1 - np.clip(potency * state.shortfall[generic].to_numpy(float), 0, 1)
+            new_m = new_s = (1 - remaining) * onset(h, config.optimise.onset_weeks)
+        elif opt.kind == "add" and opt.adds in full:
+            dm, ds, tau = full[opt.adds]
+            already = state.on_drug[opt.adds].to_numpy(bool) if opt.adds in state.on_drug.columns else np.zeros(n, bool)
+            g = onset(h, tau)
+            new_m = np.where(already, 0.0, dm * g)
+            new_s = np.where(already, 0.0, ds * g)
+        new_muscle[:, j] = new_m
+        new_skin[:, j] = new_s
+    return OptionEffects(keep_m[:, None], keep_s[:, None], new_muscle, new_skin)
+
+
+def safety_risk(
+    catalog: OptionCatalog,
+    state: DecisionState,
+    ild: np.ndarray,
+    horizon_weeks: float,
+    config: SafetyConfig,
+) -> np.ndarray:
+    """True probability of serious infection or grade ≥ 3 cytopenia within the horizon, per decision × option,
+    from a logistic model of the immunosuppression burden after the option (IVIG adds none)."""
+    n = len(state.muscle)
+    base = (
+        config.intercept
+        + config.prednisone_over_10mg * (state.prednisone_mg > 10)
+        + config.age_per_decade_over_50 * np.maximum(state.age - 50, 0) / 10
+        + config.ild * ild
+        + config.prior_infection * state.prior_infection
+    )
+    on = {g: state.on_drug[g].to_numpy(bool) if g in state.on_drug.columns else np.zeros(n, bool) for g in config.drug}
+    current = sum((coef * on[g] for g, coef in config.drug.items()), np.zeros(n))
+    out = np.empty((n, len(catalog.options)))
+    for j, opt in enumerate(catalog.options):
+        extra = np.zeros(n)
+        if opt.kind == "add" and opt.adds in config.drug:
+            extra = np.where(on[opt.adds], 0.0, config.drug[opt.adds])
+        p_ref = 1 / (1 + np.exp(-(base + current + extra)))
+        out[:, j] = 1 - (1 - p_ref) ** (horizon_weeks / config.reference_weeks)
+    return out
+
+
+def policy_features(state: DecisionState, groups: dict[str, np.ndarray], any_below: np.ndarray) -> dict[str, np.ndarray]:
+    """The features the simulated clinician weighs (severity standardised around a physician global of 5 cm)."""
+    return {
+        "severity": (state.physician_global - 5.0) / 2.0,
+        "ild": groups["ild"].astype(float),
+        "anti_mda5": groups["anti_mda5"].astype(float),
+        "prior_infection": state.prior_infection.astype(float),
+        "skin_predominant": groups["skin_predominant"].astype(float),
+        "below_target": any_below.astype(float),
+        "pm_imnm": groups["pm_imnm"].astype(float),
+    }
+
+
+def propensities(
+    catalog: OptionCatalog, eligible: np.ndarray, features: dict[str, np.ndarray], config: PolicyConfig
+) -> np.ndarray:
+    """Probability of each option at each decision: softmax of configured log-odds over the eligible options,
+    mixed with a floor so every eligible option keeps at least `min_probability` (overlap)."""
+    n, k = eligible.shape
+    logits = np.zeros((n, k))
+    for j, name in enumerate(catalog.names):
+        logits[:, j] = config.base.get(name, 0.0)
+    for feature, coefs in config.coefficients.items():
+        if feature not in features:
+            raise KeyError(f"policy.coefficients names an unknown feature {feature!r}; known: {', '.join(features)}")
+        for name, coef in coefs.items():
+            if name not in catalog.names:
+                raise KeyError(f"policy.coefficients.{feature} names an unknown option {name!r}")
+            logits[:, catalog.names.index(name)] += coef * features[feature]
+    logits = np.where(eligible, logits, -np.inf)
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.where(eligible, np.exp(logits), 0.0)
+    soft = weights / weights.sum(axis=1, keepdims=True)
+    n_eligible = eligible.sum(axis=1, keepdims=True)
+    floor = config.min_probability
+    return np.where(eligible, floor + (1 - floor * n_eligible) * soft, 0.0)
+
+
+def choose(prob: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Index of the option drawn for each row from its probabilities."""
+    u = rng.random(len(prob))
+    cum = np.cumsum(prob, axis=1)
+    picked = (u[:, None] >= cum).sum(axis=1)
+    last_possible = prob.shape[1] - 1 - np.argmax(prob[:, ::-1] > 0, axis=1)
+    return np.minimum(picked, last_possible)

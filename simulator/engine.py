@@ -1,0 +1,608 @@
+"""The cohort simulator: patients → history → decision points with potential outcomes → contract tables + truth.
+
+`simulate_cohort` is pure: it takes the frozen configuration, the drug vocabulary, the option catalogue, a seed and
+`today`, and returns DataFrames. It loops only over decision rounds (at most `decisions.max_decisions.high`);
+everything inside a round is vectorised over patients.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import numpy as np
+import pandas as pd
+from scipy import special
+
+from features.vocabulary import OptionCatalog, Vocabulary, dose_to_mg, parse_intervals
+from simulator.cohort import sample_patients
+from simulator.config import SimulatorConfig
+from simulator.effects import (
+    DecisionState,
+    choose,
+    option_effects,
+    policy_features,
+    propensities,
+    safety_risk,
+    subgroups,
+)
+from simulator.history import INFECTION_DETAILS, OPPORTUNISTIC_DETAILS, regimen_rows, treatment_history
+from simulator.measures import (
+    CORE_MEASURES,
+    ENZYMES,
+    NOISE_COLUMNS,
+    SAFETY_LABS,
+    UNITS,
+    is_active,
+    latent_to_measures,
+    safety_labs,
+)
+from simulator.truth import probabilities_from_draws, response_thresholds, score_pairs
+
+Mode = Literal["observational", "trial"]
+#: measures of a visit in export order (wide working frame → long contract table).
+VISIT_MEASURES: tuple[str, ...] = (
+    *CORE_MEASURES,
+    *ENZYMES,
+    "cdasi_activity",
+    "cdasi_damage",
+    "weight",
+    "height",
+    *SAFETY_LABS,
+)
+BELOW_TARGET_TOLERANCE = 0.1
+
+
+class SimulatedCohort(NamedTuple):
+    """The four contract tables (raw export format) and the simulator's truth."""
+
+    patients: pd.DataFrame
+    regimens: pd.DataFrame
+    assessments: pd.DataFrame
+    events: pd.DataFrame
+    decisions: pd.DataFrame
+    outcomes: pd.DataFrame
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# regimen state
+
+
+def annotate_rows(rows: pd.DataFrame, patients: pd.DataFrame, vocabulary: Vocabulary) -> pd.DataFrame:
+    """Add daily intensity (mg/day) and the shortfall below target (1 − dose/target low; 0 at target) to rows."""
+    p = rows["patient"].to_numpy()
+    weight = pd.Series(patients["weight"].to_numpy()[p], index=rows.index)
+    bsa = pd.Series(patients["bsa"].to_numpy()[p], index=rows.index)
+    dose_mg = dose_to_mg(rows["dose"], rows["dose_unit"], weight, bsa)
+    schedule = parse_intervals(rows["interval"])
+    daily = (dose_mg * schedule["doses_per_cycle"] / schedule["cycle_days"]).to_numpy(float)
+    target = vocabulary.target_daily_mg(rows["generic"], rows["route"], weight, bsa)["target_low"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        below = daily < (1 - BELOW_TARGET_TOLERANCE) * target
+        shortfall = np.where(below, 1 - daily / target, 0.0)
+    out = rows.copy()
+    out["daily_mg"] = daily
+    out["shortfall"] = np.nan_to_num(shortfall)
+    return out
+
+
+def regimen_state(
+    rows: pd.DataFrame, patient: np.ndarray, day: np.ndarray, generics: tuple[str, ...], rituximab_active_days: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Per decision (patient, day): on each generic, days since it started, shortfall below target, prednisone mg/day.
+
+    A row counts if it started on or before the day and has not ended; rituximab counts for
+    `rituximab_active_days` after its last infusion row ends.
+    """
+    n, g = len(patient), len(generics)
+    position = np.full(int(rows["patient"].max()) + 1 if len(rows) else 1, -1)
+    position[patient] = np.arange(n)
+    rp = rows["patient"].to_numpy()
+    pos = position[np.minimum(rp, len(position) - 1)]
+    keep = (rp < len(position)) & (pos >= 0)
+    sub = rows.loc[keep]
+    pos = pos[keep]
+    t = day[pos]
+    start = sub["start"].to_numpy(float)
+    end = sub["end"].to_numpy(float)
+    gen = sub["generic"].to_numpy(object)
+    gidx = pd.Index(generics).get_indexer(gen)
+    started = start <= t
+    open_ = started & (np.isnan(end) | (end >= t))
+    ritux = gen == "rituximab"
+    on_row = open_ | (ritux & started & (end >= t - rituximab_active_days))
+    on = np.zeros((n, g), bool)
+    ok = on_row & (gidx >= 0)
+    on[pos[ok], gidx[ok]] = True
+    first = np.full((n, g), np.inf)
+    ok_s = started & (gidx >= 0)
+    np.minimum.at(first, (pos[ok_s], gidx[ok_s]), start[ok_s])
+    days_on = np.where(on, day[:, None] - first, np.nan)
+    short = np.zeros((n, g))
+    ok_o = open_ & (gidx >= 0)
+    np.maximum.at(short, (pos[ok_o], gidx[ok_o]), sub["shortfall"].to_numpy(float)[ok_o])
+    pred = np.zeros(n)
+    is_pred = open_ & (gen == "prednisone")
+    np.maximum.at(pred, pos[is_pred], sub["daily_mg"].to_numpy(float)[is_pred])
+    cols = list(generics)
+    return pd.DataFrame(on, columns=cols), pd.DataFrame(days_on, columns=cols), pd.DataFrame(short, columns=cols), pred
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# visits
+
+
+def _missing(values: dict[str, np.ndarray], names: tuple[str, ...], rate: float, rng: np.random.Generator) -> None:
+    """Blank each named measure independently with probability `rate` (in place)."""
+    for name in names:
+        if rate > 0 and name in values:
+            drop = rng.random(values[name].shape) < rate
+            values[name] = np.where(drop, np.nan, values[name])
+
+
+def _visit_batch(
+    patient: np.ndarray,
+    day: np.ndarray,
+    measures: dict[str, np.ndarray],
+    patients: pd.DataFrame,
+    config: SimulatorConfig,
+    rng: np.random.Generator,
+    routine: bool,
+) -> pd.DataFrame:
+    """A wide visit frame: latent-driven measures plus weight, CDASI damage and safety labs, with missingness."""
+    values = {k: np.asarray(v, dtype=float).copy() for k, v in measures.items()}
+    values["cdasi_damage"] = patients["cdasi_damage"].to_numpy()[patient]
+    values["weight"] = patients["weight"].to_numpy()[patient]
+    female = patients["sex"].to_numpy()[patient] == "F"
+    values.update(safety_labs(len(patient), female, rng))
+    if routine:
+        _missing(values, CORE_MEASURES, config.measurement.core_missing, rng)
+    _missing(values, ("cdasi_damage", *SAFETY_LABS), config.measurement.other_missing, rng)
+    frame = pd.DataFrame({"patient": patient.astype(np.int64), "day": day.astype(np.int64)})
+    for name in VISIT_MEASURES:
+        frame[name] = values.get(name, np.full(len(patient), np.nan))
+    return frame
+
+
+def _traits(patients: pd.DataFrame, patient: np.ndarray) -> pd.DataFrame:
+    return patients.iloc[patient].reset_index(drop=True)
+
+
+def _measures_at(
+    patients: pd.DataFrame, patient: np.ndarray, muscle: np.ndarray, skin: np.ndarray, config: SimulatorConfig, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Noisy measures for one visit per entry (fresh noise)."""
+    sub = _traits(patients, patient)
+    z = rng.standard_normal((len(patient), len(NOISE_COLUMNS)))
+    return latent_to_measures(muscle, skin, sub["ild"].to_numpy(), sub["mmt8_scale"].to_numpy(), sub, z, config.measurement)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the simulation
+
+
+def simulate_cohort(
+    n_patients: int,
+    seed: int,
+    config: SimulatorConfig,
+    vocabulary: Vocabulary,
+    catalog: OptionCatalog,
+    today: str | np.datetime64 | pd.Timestamp,
+    mode: Mode = "observational",
+) -> SimulatedCohort:
+    """Simulate `n_patients` refractory myositis records up to `today` with decision points, the option a
+    simulated clinician took, and the true potential outcome of every option (deterministic for a seed)."""
+    if n_patients < 1:
+        raise ValueError(f"n_patients must be at least 1, got {n_patients}")
+    if mode not in ("observational", "trial"):
+        raise ValueError(f"mode must be 'observational' or 'trial', got {mode!r}")
+    unknown = [o.adds for o in catalog.options if o.kind == "add" and o.adds not in config.history.regimens]
+    if unknown:
+        raise ValueError(f"configs/simulator.yaml history.regimens lacks how records write: {', '.join(unknown)}")
+    trial = mode == "trial"
+    rng = np.random.default_rng(seed)
+    today_d = np.datetime64(pd.Timestamp(today).date(), "D")
+    cfg = config
+    dec = cfg.decisions
+
+    patients = sample_patients(n_patients, cfg.cohort, cfg.measurement, rng, cfg.trial.diagnosis if trial else None)
+    if trial:
+        u = rng.random((2, n_patients))
+        patients["refractory_muscle"] = np.maximum(patients["refractory_muscle"], cfg.trial.min_muscle + 0.3 * u[0])
+        patients["refractory_skin"] = np.maximum(patients["refractory_skin"], cfg.trial.min_skin + 0.3 * u[1])
+    brand_u = rng.random(n_patients)
+    hist = treatment_history(
+        patients, cfg.history, cfg.safety, cfg.cohort.cancer_sites, cfg.cohort.years_since_diagnosis_max, brand_u, rng
+    )
+    rows = annotate_rows(hist.regimens, patients, vocabulary)
+    events = [hist.events]
+
+    hv = hist.visits
+    hp = hv["patient"].to_numpy()
+    visits = [
+        _visit_batch(hp, hv["day"].to_numpy(), _measures_at(patients, hp, hv["muscle"].to_numpy(), hv["skin"].to_numpy(), cfg, rng), patients, cfg, rng, True)
+    ]
+
+    generics = vocabulary.generics
+    option_names = catalog.names
+    n_opt = len(option_names)
+    horizons = tuple(cfg.trial.horizons_weeks) if trial else (dec.horizon_weeks,)
+    main_h = max(horizons)
+    juvenile_all = patients["juvenile"].to_numpy(bool)
+    age_at_dx = patients["age_at_diagnosis"].to_numpy()
+    first_infection = np.full(n_patients, np.inf)
+    ev0 = hist.events
+    inf_rows = ev0["event"].isin(["serious_infection", "opportunistic_infection"]).to_numpy()
+    np.minimum.at(first_infection, ev0["patient"].to_numpy()[inf_rows], ev0["day"].to_numpy(float)[inf_rows])
+    k_cap = np.ones(n_patients, int) if trial else rng.integers(int(dec.max_decisions.low), int(dec.max_decisions.high) + 1, n_patients)
+
+    # round 0: the first decision visit (the flare)
+    idx = np.arange(n_patients)
+    t = hist.first_decision_day.astype(np.int64)
+    m0 = patients["refractory_muscle"].to_numpy().copy()
+    s0 = patients["refractory_skin"].to_numpy().copy()
+    base = _measures_at(patients, idx, m0, s0, cfg, rng)
+    decision_frames: list[pd.DataFrame] = []
+    outcome_frames: list[pd.DataFrame] = []
+    max_rounds = int(dec.max_decisions.high) if not trial else 1
+
+    for k in range(max_rounds):
+        if len(idx) == 0:
+            break
+        n = len(idx)
+        sub = _traits(patients, idx)
+        visits.append(_visit_batch(idx, t, base, patients, cfg, rng, routine=False))
+        on, days_on, short, pred = regimen_state(rows, idx, t, generics, catalog.rituximab_active_days)
+        any_below = (short.to_numpy() > 0).any(axis=1)
+        eligible_df, _ = catalog.eligibility(on, pd.Series(any_below))
+        eligible = eligible_df[list(option_names)].to_numpy(bool)
+        state = DecisionState(
+            on_drug=on,
+            days_on=days_on,
+            shortfall=short,
+            prednisone_mg=pred,
+            muscle=m0,
+            skin=s0,
+            age=age_at_dx[idx] + (t - hist.diagnosis_day[idx]) / 365.25,
+            prior_infection=first_infection[idx] < t,
+            physician_global=np.nan_to_num(base["physician_global"], nan=5.0),
+        )
+        groups = subgroups(sub, state, cfg.effects)
+        scale = sub["mmt8_scale"].to_numpy()
+        ild = sub["ild"].to_numpy()
+        uln = {e: sub[f"{e}_uln"].to_numpy() for e in ENZYMES}
+        threshold = response_thresholds(juvenile_all[idx], cfg.truth.response_category)
+        eps = rng.standard_normal((n, 4))  # latent follow-up noise + responsiveness, shared by options and horizons
+        rho = _responsiveness(eps[:, 2:3], cfg)
+        rho_new = rho * _responder(eps[:, 3:4], cfg)
+        u_safety = rng.random(n)
+        realised: dict[int, dict[str, np.ndarray]] = {}
+        effects_at: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        safety_at: dict[int, np.ndarray] = {}
+        latent_taken_inputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        per_h: list[pd.DataFrame] = []
+        for h in horizons:
+            eff = option_effects(catalog, state, groups, h, cfg.effects)
+            dm, ds = eff.delta(rho, cfg.effects.max_effect, rho_new)
+            effects_at[h] = (dm, ds)
+            sd = cfg.effects.latent_sd
+            mf = np.clip(m0[:, None] * (1 - dm) + sd * eps[:, :1], 0, 1)
+            sf = np.clip(s0[:, None] * (1 - ds) + sd * eps[:, 1:2], 0, 1)
+            z = rng.standard_normal((n, 1, len(NOISE_COLUMNS)))
+            follow = latent_to_measures(mf, sf, ild, scale, sub, z, cfg.measurement)
+            realised[h] = follow
+            latent_taken_inputs[h] = (mf, sf)
+            scores = score_pairs(base, follow, scale, uln)
+            probs = _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, cfg, rng)
+            p_safe = safety_risk(catalog, state, ild, h, cfg.safety)
+            safety_at[h] = p_safe
+            per_h.append(
+                pd.DataFrame(
+                    {
+                        "decision": np.repeat(np.arange(n), n_opt),
+                        "option": np.tile(np.asarray(option_names, dtype=object), n),
+                        "eligible": eligible.reshape(-1),
+                        "horizon_weeks": h,
+                        "p_response": probs.p_response.reshape(-1),
+                        "p_tis20": probs.p_tis20.reshape(-1),
+                        "p_tis40": probs.p_tis40.reshape(-1),
+                        "p_tis60": probs.p_tis60.reshape(-1),
+                        "p_doi": probs.p_doi.reshape(-1),
+                        "tis": scores.tis.reshape(-1),
+                        "cdasi_change": (follow["cdasi_activity"] - base["cdasi_activity"][:, None]).reshape(-1),
+                        "p_safety": p_safe.reshape(-1),
+                        "safety_event": (u_safety[:, None] < p_safe).reshape(-1),
+                    }
+                )
+            )
+
+        if trial:
+            prop = np.where(eligible, 1.0 / eligible.sum(axis=1, keepdims=True), 0.0)
+        else:
+            feats = policy_features(state, groups, any_below)
+            prop = propensities(catalog, eligible, feats, cfg.policy)
+        taken = choose(prop, rng)
+        pid = patients["patient_id"].to_numpy()[idx]
+        decision_ids = np.char.add(np.char.add(pid.astype(str), "-D"), str(k + 1))
+        dframe = pd.DataFrame({"decision_id": decision_ids, "patient_id": pid, "day": t, "option_taken": np.asarray(option_names, dtype=object)[taken]})
+        for j, name in enumerate(option_names):
+            dframe[f"propensity_{name}"] = prop[:, j]
+        decision_frames.append(dframe)
+        for frame in per_h:
+            frame.insert(0, "decision_id", decision_ids[frame.pop("decision").to_numpy()])
+            outcome_frames.append(frame)
+
+        # ---- what is observed after the decision
+        delay_cfg = cfg.trial.start_delay_days if trial else cfg.policy.start_delay_days
+        change_day = t + np.round(rng.uniform(delay_cfg.low, delay_cfg.high, n)).astype(np.int64)
+        rows = _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, vocabulary, brand_u, rng)
+        lost = rng.random(n) < dec.loss_to_follow_up
+        loss_day = t + rng.integers(14, 151, n)
+        window = dec.outcome_window_days
+        outcome_day = t + 7 * main_h + rng.integers(-window, window + 1, n)
+        last_interim = dec.interim_last_day if not trial else 7 * min(horizons) - cfg.trial.visit_window_days - 21
+        pi, di = _interim_days(t, last_interim, dec.interim_visit_days.low, dec.interim_visit_days.high, rng)
+        dm_t, ds_t = (arr[np.arange(n), taken] for arr in effects_at[main_h])
+        frac = (1 - np.exp(-(di - t[pi]) / 42.0)) / (1 - np.exp(-7 * main_h / 42.0))
+        im = np.clip(m0[pi] * (1 - dm_t[pi] * frac) + cfg.effects.latent_sd * frac * eps[pi, 0], 0, 1)
+        is_ = np.clip(s0[pi] * (1 - ds_t[pi] * frac) + cfg.effects.latent_sd * frac * eps[pi, 1], 0, 1)
+        seen = ~lost[pi] | (di <= loss_day[pi])
+        gi = idx[pi][seen]
+        if len(gi):
+            visits.append(_visit_batch(gi, di[seen], _measures_at(patients, gi, im[seen], is_[seen], cfg, rng), patients, cfg, rng, True))
+        if trial:
+            for h in horizons[:-1]:
+                hd = t + 7 * h + rng.integers(-cfg.trial.visit_window_days, cfg.trial.visit_window_days + 1, n)
+                keep = ~lost
+                vals = {m: v[np.arange(n), taken][keep] for m, v in realised[h].items()}
+                visits.append(_visit_batch(idx[keep], hd[keep], vals, patients, cfg, rng, routine=True))
+        keep = ~lost
+        out_vals = {m: v[np.arange(n), taken] for m, v in realised[main_h].items()}
+        out_visit = _visit_batch(idx[keep], outcome_day[keep], {m: v[keep] for m, v in out_vals.items()}, patients, cfg, rng, routine=True)
+        visits.append(out_visit)
+
+        # realised safety events under the option taken (and IVIG thrombo-embolism)
+        event_taken = u_safety < safety_at[main_h][np.arange(n), taken]
+        ev = _safety_events(idx, t, event_taken, main_h, cfg, rng)
+        if "add_ivig" in option_names:
+            te = (taken == option_names.index("add_ivig")) & (rng.random(n) < cfg.safety.ivig_thromboembolism)
+            te_day = t + rng.integers(7, 7 * main_h - 14, n)
+            ev = pd.concat([ev, pd.DataFrame({"patient": idx[te], "day": te_day[te], "event": "thromboembolism", "grade": np.nan, "details": "deep vein thrombosis"})], ignore_index=True)
+        pos = np.full(n_patients, -1)
+        pos[idx] = np.arange(n)
+        ev_pos = pos[ev["patient"].to_numpy()]
+        seen_ev = ~(lost[ev_pos] & (ev["day"].to_numpy() > loss_day[ev_pos]))
+        ev = ev.loc[seen_ev]
+        events.append(ev)
+        inf = ev["event"].isin(["serious_infection", "opportunistic_infection"]).to_numpy()
+        np.minimum.at(first_infection, ev["patient"].to_numpy()[inf], ev["day"].to_numpy(float)[inf])
+
+        # ---- next round: the outcome visit is the next decision point if disease is still active
+        core_ok = np.all(np.column_stack([out_visit[m].notna().to_numpy() for m in CORE_MEASURES]), axis=1)
+        active = is_active(
+            out_visit["physician_global"].to_numpy(),
+            out_visit["cdasi_activity"].to_numpy(),
+            out_visit["mmt8"].to_numpy(),
+            scale[keep],
+            dec.physician_global_min_cm,
+            dec.cdasi_activity_min,
+            dec.mmt8_below_fraction,
+        )
+        cont_local = np.flatnonzero(keep)[core_ok & active & (outcome_day[keep] <= 0) & (k + 1 < k_cap[idx[keep]])]
+        mf_taken, sf_taken = latent_taken_inputs[main_h]
+        next_base = {m: out_vals[m][cont_local] for m in out_vals}
+        idx, t = idx[cont_local], outcome_day[cont_local]
+        m0, s0 = mf_taken[cont_local, taken[cont_local]], sf_taken[cont_local, taken[cont_local]]
+        base = next_base
+        # the next round re-appends this visit as its decision visit: drop it from the outcome batch
+        if len(cont_local):
+            drop = pd.MultiIndex.from_arrays([idx, t])
+            ov = visits[-1]
+            visits[-1] = ov.loc[~pd.MultiIndex.from_arrays([ov["patient"], ov["day"]]).isin(drop)]
+
+    return _export(patients, hist, rows, visits, events, decision_frames, outcome_frames, today_d)
+
+
+def _responsiveness(z: np.ndarray, cfg: SimulatorConfig) -> np.ndarray:
+    """Log-normal effect multiplier with mean 1 from standard normals."""
+    sd = cfg.effects.responsiveness_log_sd
+    return np.exp(sd * z - sd**2 / 2)
+
+
+def _responder(z: np.ndarray, cfg: SimulatorConfig) -> np.ndarray:
+    """1.0 for a draw that responds to a newly started treatment, 0.0 for a primary non-responder."""
+    return (special.ndtr(z) >= cfg.effects.non_responder_fraction).astype(float)
+
+
+def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, cfg: SimulatorConfig, rng: np.random.Generator):
+    """True probabilities per decision × option from `mc_draws` noise draws shared across options, in chunks."""
+    n, n_opt = eff.new_muscle.shape
+    draws = cfg.truth.mc_draws
+    per_chunk = max(1, cfg.truth.chunk_rows // (n_opt * draws))
+    parts = []
+    for lo in range(0, n, per_chunk):
+        sl = slice(lo, min(n, lo + per_chunk))
+        c = sl.stop - sl.start
+        eps = rng.standard_normal((c, 1, draws, 4))
+        part = type(eff)(*(a[sl, :, None] for a in eff))
+        rho = _responsiveness(eps[..., 2], cfg)
+        dm, ds = part.delta(rho, cfg.effects.max_effect, rho * _responder(eps[..., 3], cfg))
+        mf = np.clip(m0[sl, None, None] * (1 - dm) + cfg.effects.latent_sd * eps[..., 0], 0, 1)
+        sf = np.clip(s0[sl, None, None] * (1 - ds) + cfg.effects.latent_sd * eps[..., 1], 0, 1)
+        z = rng.standard_normal((c, 1, draws, len(NOISE_COLUMNS)))
+        follow = latent_to_measures(mf, sf, ild[sl], scale[sl], sub.iloc[sl].reset_index(drop=True), z, cfg.measurement)
+        scores = score_pairs({k: v[sl] for k, v in base.items()}, follow, scale[sl], {k: v[sl] for k, v in uln.items()})
+        parts.append(probabilities_from_draws(scores, threshold[sl]))
+    return type(parts[0])(*(np.concatenate([getattr(p, f) for p in parts]) for f in parts[0]._fields))
+
+
+def _interim_days(t: np.ndarray, last: int, low: float, high: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Routine visits after a decision, every U(low, high) days up to `last` days after it: (row index, day)."""
+    n = len(t)
+    m = int(np.ceil(last / low)) + 1
+    offs = np.cumsum(np.round(rng.uniform(low, high, (n, m))), axis=1)
+    keep = offs <= last
+    pi, ji = np.nonzero(keep)
+    return pi, (t[pi] + offs[pi, ji]).astype(np.int64)
+
+
+def _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, vocabulary, brand_u, rng) -> pd.DataFrame:
+    """Regimen changes of the options taken: add a drug at its start dose, or raise below-target doses to target."""
+    new_parts = []
+    rows = rows.copy()
+    for j, opt in enumerate(catalog.options):
+        sel = taken == j
+        if not sel.any() or opt.kind == "continue":
+            continue
+        if opt.kind == "add":
+            p = idx[sel]
+            added = regimen_rows(p, opt.adds, np.zeros(len(p), bool), change_day[sel], np.full(len(p), np.nan), cfg.history.regimens, brand_u, rng)
+            if opt.start_dose is not None:
+                added["dose"] = opt.start_dose.dose
+                added["dose_unit"] = opt.start_dose.dose_unit
+                added["route"] = opt.start_dose.route
+                added["interval"] = opt.start_dose.interval
+            new_parts.append(added)
+        elif opt.kind == "optimise":
+            p = idx[sel]
+            day = np.full(len(brand_u), -1, dtype=np.int64)
+            day[p] = change_day[sel]
+            rp = rows["patient"].to_numpy()
+            d = day[rp]
+            end = rows["end"].to_numpy(float)
+            target_rows = (d >= 0) & (rows["shortfall"].to_numpy() > 0) & (rows["start"].to_numpy() <= d) & (np.isnan(end) | (end >= d))
+            old = rows.loc[target_rows]
+            rows.loc[target_rows, "end"] = (d[target_rows] - 1).astype(float)
+            for generic, grp in old.groupby("generic", sort=True):
+                fixed = regimen_rows(grp["patient"].to_numpy(), str(generic), np.zeros(len(grp), bool), day[grp["patient"].to_numpy()], np.full(len(grp), np.nan), cfg.history.regimens, brand_u, rng)
+                fixed["drug"] = grp["drug"].to_numpy()
+                new_parts.append(fixed)
+    if new_parts:
+        rows = pd.concat([rows, annotate_rows(pd.concat(new_parts, ignore_index=True), patients, vocabulary)], ignore_index=True)
+    return rows
+
+
+def _safety_events(idx, t, event, horizon_weeks, cfg: SimulatorConfig, rng: np.random.Generator) -> pd.DataFrame:
+    """Serious infection / opportunistic infection / grade 3–4 cytopenia rows for realised safety events."""
+    p = idx[event]
+    n = len(p)
+    mix = cfg.safety.event_mix
+    kinds = np.asarray(list(mix), dtype=object)
+    w = np.asarray([mix[k] for k in kinds], dtype=float)
+    kind = kinds[rng.choice(len(kinds), n, p=w / w.sum())] if n else np.array([], dtype=object)
+    day = t[event] + rng.integers(1, max(2, 7 * horizon_weeks - 14), n)
+    grade = np.where(kind == "cytopenia", rng.integers(3, 5, n), np.nan)
+    details = np.where(
+        kind == "cytopenia",
+        np.where(rng.random(n) < 0.7, "neutropenia", "thrombocytopenia"),
+        np.where(
+            kind == "opportunistic_infection",
+            np.asarray(OPPORTUNISTIC_DETAILS, dtype=object)[rng.integers(0, len(OPPORTUNISTIC_DETAILS), n)],
+            np.asarray(INFECTION_DETAILS, dtype=object)[rng.integers(0, len(INFECTION_DETAILS), n)],
+        ),
+    )
+    return pd.DataFrame({"patient": p, "day": day, "event": kind, "grade": grade, "details": details})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# export to the contract
+
+
+def _dates(today: np.datetime64, days: np.ndarray) -> np.ndarray:
+    return (today + np.asarray(days, dtype="float64").astype("int64").astype("timedelta64[D]")).astype("datetime64[ns]")
+
+
+def _export(patients, hist, rows, visits, events, decision_frames, outcome_frames, today) -> SimulatedCohort:
+    """Contract tables (nothing dated after today) and truth tables."""
+    pid = patients["patient_id"].to_numpy()
+    dx_dates = _dates(today, hist.diagnosis_day)
+    dx_year = pd.DatetimeIndex(dx_dates).year.to_numpy()
+    patient_table = pd.DataFrame(
+        {
+            "patient_id": pid,
+            "sex": patients["sex"].to_numpy(),
+            "birth_year": (dx_year - np.floor(patients["age_at_diagnosis"].to_numpy())).astype(np.int64),
+            "diagnosis": patients["diagnosis"].to_numpy(),
+            "diagnosis_date": dx_dates,
+            "antibodies": patients["antibodies"].to_numpy(),
+            "ild": patients["ild"].to_numpy(bool),
+            "cancer_associated": patients["cancer_associated"].to_numpy(bool),
+        }
+    )
+
+    rows = rows.loc[rows["start"].to_numpy() <= 0].sort_values(["patient", "start", "generic"], kind="stable")
+    end = rows["end"].to_numpy(float)
+    end = np.where(end > 0, np.nan, end)
+    end_dates = np.where(np.isnan(end), np.datetime64("NaT", "ns"), _dates(today, np.nan_to_num(end)))
+    regimens = pd.DataFrame(
+        {
+            "patient_id": pid[rows["patient"].to_numpy()],
+            "drug": rows["drug"].to_numpy(),
+            "dose": rows["dose"].to_numpy(float),
+            "dose_unit": rows["dose_unit"].to_numpy(),
+            "route": rows["route"].to_numpy(),
+            "interval": rows["interval"].to_numpy(),
+            "start_date": _dates(today, rows["start"].to_numpy()),
+            "end_date": end_dates.astype("datetime64[ns]"),
+        }
+    )
+
+    wide = pd.concat(visits, ignore_index=True)
+    wide = wide.loc[wide["day"].to_numpy() <= 0].sort_values(["patient", "day"], kind="stable").drop_duplicates(["patient", "day"])
+    first_visit = ~wide["patient"].duplicated()
+    wide["height"] = np.where(first_visit, patients["height"].to_numpy()[wide["patient"].to_numpy()], np.nan)
+    assessments = _long_assessments(wide, patients, pid, today)
+
+    ev = pd.concat(events, ignore_index=True)
+    ev = ev.loc[ev["day"].to_numpy() <= 0].sort_values(["patient", "day"], kind="stable")
+    event_table = pd.DataFrame(
+        {
+            "patient_id": pid[ev["patient"].to_numpy()],
+            "date": _dates(today, ev["day"].to_numpy()),
+            "event": ev["event"].to_numpy(),
+            "grade": pd.array(ev["grade"].to_numpy(float), dtype="Int64"),
+            "details": ev["details"].to_numpy(),
+        }
+    )
+
+    decisions = pd.concat(decision_frames, ignore_index=True)
+    decisions.insert(2, "date", _dates(today, decisions.pop("day").to_numpy()))
+    decisions = decisions.sort_values(["patient_id", "date"], ignore_index=True)
+    outcomes = pd.concat(outcome_frames, ignore_index=True)
+    outcomes["horizon_weeks"] = outcomes["horizon_weeks"].astype(np.int64)
+    outcomes["eligible"] = outcomes["eligible"].astype(bool)
+    outcomes["safety_event"] = outcomes["safety_event"].astype(bool)
+    order = pd.Index(decisions["decision_id"]).get_indexer(outcomes["decision_id"])
+    outcomes = outcomes.iloc[np.lexsort((outcomes["horizon_weeks"].to_numpy(), order))].reset_index(drop=True)
+    return SimulatedCohort(
+        patient_table, regimens.reset_index(drop=True), assessments, event_table.reset_index(drop=True), decisions, outcomes
+    )
+
+
+def _long_assessments(wide: pd.DataFrame, patients: pd.DataFrame, pid: np.ndarray, today: np.datetime64) -> pd.DataFrame:
+    """Melt the wide visit frame into the long contract table (measure, value, unit, upper limit of normal)."""
+    names = list(VISIT_MEASURES)
+    values = wide[names].to_numpy(float)
+    n_v, n_m = values.shape
+    flat = values.reshape(-1)
+    keep = ~np.isnan(flat)
+    vis = np.repeat(np.arange(n_v), n_m)[keep]
+    meas = np.tile(np.arange(n_m), n_v)[keep]
+    p = wide["patient"].to_numpy()[vis]
+    scale = patients["mmt8_scale"].to_numpy()[p]
+    units = np.asarray([UNITS.get(m, "") for m in names], dtype=object)[meas]
+    is_mmt = meas == names.index("mmt8")
+    units = np.where(is_mmt, np.where(scale == 150, "score_0_150", "score_0_80"), units)
+    uln = np.full(len(meas), np.nan)
+    for enzyme in ENZYMES:
+        sel = meas == names.index(enzyme)
+        uln[sel] = patients[f"{enzyme}_uln"].to_numpy()[p[sel]]
+    return pd.DataFrame(
+        {
+            "patient_id": pid[p],
+            "date": _dates(today, wide["day"].to_numpy()[vis]),
+            "measure": np.asarray(names, dtype=object)[meas],
+            "value": flat[keep],
+            "unit": units,
+            "upper_limit_normal": uln,
+        }
+    )

@@ -1,0 +1,229 @@
+"""Behaviour of the literature-calibrated cohort simulator: determinism, the data contract, no records after
+today, calibration anchors (clinical.md §3), overlap, heterogeneity and truth consistency."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.response import total_improvement_score
+from features.vocabulary import OptionCatalog, Vocabulary
+from pipeline.config import load_reference
+from simulator.config import SimulatorConfig
+from simulator.engine import simulate_cohort
+
+TODAY = "2026-11-01"
+CONTRACT_COLUMNS = {
+    "patients": ["patient_id", "sex", "birth_year", "diagnosis", "diagnosis_date", "antibodies", "ild", "cancer_associated"],
+    "regimens": ["patient_id", "drug", "dose", "dose_unit", "route", "interval", "start_date", "end_date"],
+    "assessments": ["patient_id", "date", "measure", "value", "unit", "upper_limit_normal"],
+    "events": ["patient_id", "date", "event", "grade", "details"],
+}
+OUTCOME_COLUMNS = [
+    "decision_id", "option", "eligible", "horizon_weeks", "p_response", "p_tis20", "p_tis40", "p_tis60", "p_doi",
+    "tis", "cdasi_change", "p_safety", "safety_event",
+]
+CORE = ["physician_global", "patient_global", "mmt8", "haq", "extramuscular_global"]
+ENZYMES = ["ck", "aldolase", "ast", "alt", "ldh"]
+
+
+@pytest.fixture(scope="module")
+def inputs() -> tuple[SimulatorConfig, Vocabulary, OptionCatalog]:
+    config = SimulatorConfig.from_config(load_reference("simulator"))
+    config = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": 40})})
+    return config, Vocabulary.from_config(load_reference("drugs")), OptionCatalog.from_config(load_reference("options"))
+
+
+@pytest.fixture(scope="module")
+def cohort(inputs):
+    config, vocabulary, catalog = inputs
+    return simulate_cohort(300, 11, config, vocabulary, catalog, TODAY)
+
+
+@pytest.fixture(scope="module")
+def trial(inputs):
+    config, vocabulary, catalog = inputs
+    return simulate_cohort(1500, 5, config, vocabulary, catalog, TODAY, mode="trial")
+
+
+def _wide(assessments: pd.DataFrame) -> pd.DataFrame:
+    return assessments.pivot_table(index=["patient_id", "date"], columns="measure", values="value", aggfunc="first")
+
+
+def test_same_seed_gives_identical_tables_and_another_seed_differs(inputs, cohort):
+    config, vocabulary, catalog = inputs
+    again = simulate_cohort(300, 11, config, vocabulary, catalog, TODAY)
+    for name in cohort._fields:
+        pd.testing.assert_frame_equal(getattr(cohort, name), getattr(again, name))
+    other = simulate_cohort(300, 12, config, vocabulary, catalog, TODAY)
+    assert not other.assessments["value"].equals(cohort.assessments["value"])
+
+
+@pytest.mark.parametrize("table", list(CONTRACT_COLUMNS))
+def test_contract_tables_have_documented_columns(cohort, table):
+    assert list(getattr(cohort, table).columns) == CONTRACT_COLUMNS[table]
+
+
+def test_truth_tables_have_documented_columns(cohort, inputs):
+    _, _, catalog = inputs
+    assert list(cohort.decisions.columns[:4]) == ["decision_id", "patient_id", "date", "option_taken"]
+    assert [c for c in cohort.decisions.columns if c.startswith("propensity_")] == [f"propensity_{o}" for o in catalog.names]
+    assert list(cohort.outcomes.columns) == OUTCOME_COLUMNS
+    # every decision has exactly one row per configured option
+    per_decision = cohort.outcomes.groupby("decision_id")["option"].apply(tuple)
+    assert (per_decision == tuple(catalog.names)).all()
+    assert set(per_decision.index) == set(cohort.decisions["decision_id"])
+
+
+def test_no_record_after_today_and_no_assessment_before_diagnosis(cohort):
+    today = pd.Timestamp(TODAY)
+    assert (cohort.assessments["date"] <= today).all()
+    assert (cohort.events["date"] <= today).all()
+    assert (cohort.regimens["start_date"] <= today).all()
+    assert (cohort.regimens["end_date"].dropna() <= today).all()
+    assert (cohort.decisions["date"] <= today).all()
+    dx = cohort.patients.set_index("patient_id")["diagnosis_date"]
+    assert (cohort.assessments["date"].to_numpy() >= dx.loc[cohort.assessments["patient_id"]].to_numpy()).all()
+    assert (cohort.regimens["start_date"].to_numpy() >= dx.loc[cohort.regimens["patient_id"]].to_numpy()).all()
+
+
+def test_records_use_the_raw_export_vocabulary(cohort, inputs):
+    _, vocabulary, _ = inputs
+    resolved = vocabulary.lookup_many(cohort.regimens["drug"])
+    assert resolved.notna().all(), cohort.regimens.loc[resolved.isna(), "drug"].unique()
+    assert {"CellCept", "Plaquenil", "IVIG (Privigen)"} & set(cohort.regimens["drug"])  # brands as written
+    assert {"g/kg", "mg/kg", "mg"} <= set(cohort.regimens["dose_unit"])
+    assert set(cohort.assessments["unit"][cohort.assessments["measure"] == "mmt8"]) <= {"score_0_80", "score_0_150"}
+    enzymes = cohort.assessments[cohort.assessments["measure"].isin(ENZYMES)]
+    assert enzymes["upper_limit_normal"].notna().all()
+    assert cohort.patients["patient_id"].is_unique
+    cyto = cohort.events[cohort.events["event"] == "cytopenia"]
+    assert cyto["grade"].between(1, 4).all()
+
+
+def test_cohort_mix_follows_published_prevalence(inputs):
+    config, vocabulary, catalog = inputs
+    big = simulate_cohort(2000, 3, config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": 10})}), vocabulary, catalog, TODAY)
+    p = big.patients
+    assert abs((p["sex"] == "F").mean() - 0.69) < 0.04  # EuroMyositis
+    assert abs(p["ild"].mean() - 0.30) < 0.06
+    asyn = p["diagnosis"] == "antisynthetase_syndrome"
+    assert abs(p.loc[asyn, "ild"].mean() - 0.71) < 0.08
+    tif = (p["antibodies"] == "anti-TIF1g") & (p["diagnosis"] == "adult_dermatomyositis")
+    assert p.loc[tif, "cancer_associated"].mean() > 0.3
+    years = (pd.Timestamp(TODAY) - p["diagnosis_date"]).dt.days / 365.25
+    assert years.min() >= 0.99 and years.max() <= 10.01
+    per_patient = big.decisions.groupby("patient_id").size()
+    assert per_patient.min() >= 1 and per_patient.max() <= 4
+
+
+def test_every_eligible_option_keeps_positive_propensity(cohort, inputs):
+    _, _, catalog = inputs
+    elig = cohort.outcomes.pivot(index="decision_id", columns="option", values="eligible").loc[cohort.decisions["decision_id"], list(catalog.names)]
+    prop = cohort.decisions[[f"propensity_{o}" for o in catalog.names]].to_numpy()
+    assert (prop[elig.to_numpy()] >= 0.02 - 1e-12).all()
+    assert (prop[~elig.to_numpy()] == 0).all()
+    np.testing.assert_allclose(prop.sum(axis=1), 1.0)
+    taken = cohort.decisions["option_taken"].to_numpy()
+    taken_elig = elig.to_numpy()[np.arange(len(taken)), [catalog.names.index(o) for o in taken]]
+    assert taken_elig.all()
+
+
+def test_optimise_without_a_below_target_dose_equals_continue(cohort):
+    o = cohort.outcomes.set_index(["decision_id", "option"])
+    opt = o.xs("optimise_dose", level="option")
+    cont = o.xs("continue", level="option").loc[opt.index]
+    none_below = ~opt["eligible"]
+    assert none_below.any() and (~none_below).any()
+    cols = ["tis", "p_tis20", "p_tis40", "p_response", "p_doi", "p_safety"]
+    pd.testing.assert_frame_equal(opt.loc[none_below, cols], cont.loc[none_below, cols])
+    gain = (opt.loc[~none_below, "p_tis40"] - cont.loc[~none_below, "p_tis40"]).mean()
+    assert gain > 0.05
+
+
+def test_jak_inhibitor_gains_more_in_anti_mda5(inputs):
+    config, vocabulary, catalog = inputs
+    c = simulate_cohort(1500, 8, config, vocabulary, catalog, TODAY)
+    o = c.outcomes.merge(c.decisions[["decision_id", "patient_id"]], on="decision_id").merge(
+        c.patients[["patient_id", "antibodies"]], on="patient_id"
+    )
+    wide = o.pivot(index="decision_id", columns="option", values="p_response")
+    mda5 = o.drop_duplicates("decision_id").set_index("decision_id").loc[wide.index, "antibodies"].eq("anti-MDA5")
+    gain = wide["add_jak_inhibitor"] - wide["continue"]
+    assert mda5.sum() > 20
+    assert gain[mda5].mean() > gain[~mda5].mean() + 0.05
+
+
+def test_safety_risk_rises_with_cyclophosphamide_and_not_with_ivig(cohort):
+    o = cohort.outcomes.pivot(index="decision_id", columns="option", values="p_safety")
+    cyc_eligible = cohort.outcomes.pivot(index="decision_id", columns="option", values="eligible")["add_cyclophosphamide"]
+    assert (o.loc[cyc_eligible, "add_cyclophosphamide"] > o.loc[cyc_eligible, "continue"]).all()
+    assert (o["add_ivig"] == o["continue"]).all()
+
+
+def test_observed_follow_up_reproduces_true_tis(cohort):
+    """The outcome visit's core set under the option taken scores exactly the truth's `tis`."""
+    d = cohort.decisions
+    o = cohort.outcomes.merge(d[["decision_id", "patient_id", "date", "option_taken"]], on="decision_id")
+    taken = o[o["option"] == o["option_taken"]].set_index("decision_id")
+    a = cohort.assessments
+    wide = a.pivot_table(index=["patient_id", "date"], columns="measure", values="value", aggfunc="first").reset_index()
+    uln = a[a["measure"].isin(ENZYMES)].pivot_table(index=["patient_id", "date"], columns="measure", values="upper_limit_normal", aggfunc="first")
+    uln.columns = [f"{c}_uln" for c in uln.columns]
+    wide = wide.merge(uln.reset_index(), on=["patient_id", "date"], how="left")
+    scale = a[a["measure"] == "mmt8"].drop_duplicates("patient_id").set_index("patient_id")["unit"].map({"score_0_80": 80.0, "score_0_150": 150.0})
+    wide["mmt8_scale"] = wide["patient_id"].map(scale)
+    base = d.merge(wide, on=["patient_id", "date"], how="left").set_index("decision_id")
+    after = wide.merge(d[["decision_id", "patient_id", "date"]].rename(columns={"date": "decision_date"}), on="patient_id")
+    lag = (after["date"] - after["decision_date"]).dt.days
+    after = after[(lag >= 7 * 22) & (lag <= 7 * 26)].set_index("decision_id")
+    common = after.index.intersection(base.index)
+    assert len(common) > 50
+    cols = [*CORE, "mmt8_scale", *[c for e in ENZYMES for c in (e, f"{e}_uln") if e in wide.columns]]
+    b, f = base.loc[common, cols], after.loc[common, cols]
+    observed = total_improvement_score(b, f)["total_improvement_score"]
+    complete = observed.notna()
+    assert complete.mean() > 0.8
+    np.testing.assert_allclose(observed[complete].to_numpy(), taken.loc[common[complete.to_numpy()], "tis"].to_numpy())
+    # the realised CDASI change is the observed one
+    cd = (f["cdasi_activity"] if "cdasi_activity" in f else after.loc[common, "cdasi_activity"]) if False else after.loc[common, "cdasi_activity"] - base.loc[common, "cdasi_activity"]
+    np.testing.assert_allclose(cd.to_numpy(), taken.loc[common, "cdasi_change"].to_numpy())
+
+
+def test_trial_mode_includes_active_adult_dm_once_each(trial):
+    assert (trial.patients["diagnosis"] == "adult_dermatomyositis").all()
+    assert trial.decisions["patient_id"].is_unique
+    assert sorted(trial.outcomes["horizon_weeks"].unique()) == [16, 24]
+    # randomised uniformly among the eligible options
+    prop = trial.decisions.filter(like="propensity_").to_numpy()
+    positive = np.where(prop > 0, prop, np.nan)
+    np.testing.assert_allclose(np.nanmax(positive, axis=1), np.nanmin(positive, axis=1))
+
+
+ANCHORS = [
+    # (option, horizon, measure, target, source) — clinical.md §3
+    ("continue", 16, "p_tis20", 0.44, "ProDERM placebo"),
+    ("add_ivig", 16, "p_tis20", 0.79, "ProDERM IVIG"),
+    ("add_ivig", 16, "p_tis40", 0.68, "ProDERM IVIG"),
+    ("add_ivig", 16, "p_tis60", 0.32, "ProDERM IVIG"),
+]
+
+
+@pytest.mark.parametrize(("option", "horizon", "measure", "target", "source"), ANCHORS)
+def test_trial_mode_reproduces_published_rates(trial, option, horizon, measure, target, source):
+    o = trial.outcomes
+    rows = o[(o["option"] == option) & (o["horizon_weeks"] == horizon) & o["eligible"]]
+    assert abs(rows[measure].mean() - target) <= 0.05, f"{source}: {measure} {rows[measure].mean():.3f} vs {target}"
+
+
+def test_trial_mode_mean_tis_matches_proderm(trial):
+    o = trial.outcomes[(trial.outcomes["horizon_weeks"] == 16) & trial.outcomes["eligible"]]
+    assert 22 - 3 <= o.loc[o["option"] == "continue", "tis"].mean() <= 31
+    assert abs(o.loc[o["option"] == "add_ivig", "tis"].mean() - 48.4) <= 5
+
+
+def test_abatacept_is_near_placebo_in_dm(trial):
+    o = trial.outcomes[trial.outcomes["horizon_weeks"] == 24]
+    diff = o.loc[o["option"] == "add_abatacept", "p_doi"].mean() - o.loc[o["option"] == "continue", "p_doi"].mean()
+    assert 0 < diff <= 0.1  # 55 % vs 50 %: a small effect in DM
