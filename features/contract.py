@@ -233,9 +233,14 @@ def _blank_to_na(s: pd.Series) -> pd.Series:
         t = s.str.strip()
         return t.where(t != "", np.nan)
     if pd.api.types.is_object_dtype(s.dtype):
-        stripped = s.map(lambda v: v.strip() if isinstance(v, str) else v)
-        return stripped.where(~stripped.map(lambda v: isinstance(v, str) and v == ""), np.nan)
+        return _map_unique(s, lambda v: (v.strip() or np.nan) if isinstance(v, str) else v)
     return s
+
+
+def _map_unique(s: pd.Series, func: Callable[[Any], Any]) -> pd.Series:
+    """`func` applied once per distinct non-missing value (exports repeat the same few spellings); object result."""
+    uniques = pd.unique(s.dropna())
+    return s.astype("object").map({u: func(u) for u in uniques})
 
 
 def parse_dates(s: pd.Series) -> pd.Series:
@@ -246,8 +251,8 @@ def parse_dates(s: pd.Series) -> pd.Series:
         out = s
     else:
         # numbers are not dates (an integer would otherwise be read as nanoseconds since 1970)
-        text = s if isinstance(s.dtype, pd.StringDtype) else s.astype("object").map(
-            lambda v: v if isinstance(v, str | date) else None)
+        text = s if isinstance(s.dtype, pd.StringDtype) else _map_unique(
+            s, lambda v: v if isinstance(v, str | date) else None)
         out = pd.to_datetime(text, errors="coerce", format="ISO8601")
         if isinstance(out.dtype, pd.DatetimeTZDtype):
             out = out.dt.tz_localize(None)
@@ -260,15 +265,12 @@ def parse_numbers(s: pd.Series) -> pd.Series:
         return pd.Series(np.nan, index=s.index)
     if pd.api.types.is_numeric_dtype(s.dtype):
         return s.astype("float64")
-    text = s.astype("object").map(lambda v: v.strip() if isinstance(v, str) else v)
-    return pd.to_numeric(text, errors="coerce").astype("float64")
+    return pd.to_numeric(s, errors="coerce").astype("float64")
 
 
 def map_codes(s: pd.Series, index: Mapping[str, Any]) -> pd.Series:
     """Values → codes through an alias index (case-insensitive); NaN where missing or unknown."""
-    uniques = pd.unique(s.dropna())
-    mapping = {u: index.get(_key(u), np.nan) for u in uniques}
-    return s.astype("object").map(mapping)
+    return _map_unique(s, lambda u: index.get(_key(u), np.nan))
 
 
 def _split_antibodies(s: pd.Series) -> pd.DataFrame:
@@ -555,7 +557,7 @@ def _parse_table(table: str, raw: pd.DataFrame, vocabulary: Vocabulary, measures
         elif kind in _CATEGORY_KINDS:
             out[spec.name] = map_codes(s, measures.index(_CATEGORY_KINDS[kind]))
         elif kind == "id":
-            out[spec.name] = s.astype("object").map(lambda v: None if pd.isna(v) else str(v))
+            out[spec.name] = _map_unique(s, str)
         elif kind == "dose_unit":
             out[spec.name] = map_codes(s, _DOSE_UNIT_INDEX)
         else:
@@ -569,11 +571,10 @@ def _parse_table(table: str, raw: pd.DataFrame, vocabulary: Vocabulary, measures
         out["drug_class"] = generic.map(classes)
         out = out.join(parse_intervals(out["interval"]))
     elif table == "assessments":
-        out["unit_key"] = raw["unit"].map(lambda v: _unit_key(v) if isinstance(v, str) else np.nan) \
-            if "unit" in raw.columns else np.nan
         # unit aliases point to an accepted unit; resolve them to that unit's key
         alias_keys = {_unit_key(a): _unit_key(u) for a, u in measures.unit_aliases.items()}
-        out["unit_key"] = out["unit_key"].map(lambda k: alias_keys.get(k, k) if isinstance(k, str) else k)
+        unit = raw["unit"] if "unit" in raw.columns else pd.Series(np.nan, index=raw.index, dtype=object)
+        out["unit_key"] = _map_unique(unit, lambda v: alias_keys.get(_unit_key(v), _unit_key(v)))
         units = measures.unit_table()
         out = out.reset_index().merge(units, on=["measure", "unit_key"], how="left").set_index("index")
         out.index.name = None

@@ -292,30 +292,36 @@ def test_a_weight_with_an_error_is_not_used_for_a_dose(vocabulary, measures):
                          ("regimens", 1, "dose_unit", "no_body_size", W)}
 
 
-@pytest.mark.parametrize(
-    "measure, value, unit, canonical_value, canonical_unit",
-    [
-        ("physician_global", "55", "mm", 5.5, "cm"),
-        ("patient_global", "7", "CM", 7.0, "cm"),
-        ("haemoglobin", "129", "g/L", 12.9, "g/dL"),
-        ("creatinine", "0.8", "mg/dL", 0.8 * 88.4, "umol/L"),
-        ("creatinine", "70", "µmol/L", 70.0, "umol/L"),
-        ("weight", "154", "lb", 154 * 0.45359237, "kg"),
-        ("height", "1.8", "m", 180.0, "cm"),
-        ("platelets", "242000", "/uL", 242.0, "10^9/L"),
-        ("neutrophils", "4.1", "x10^9/L", 4.1, "10^9/L"),
-        ("alt", "24", "IU/L", 24.0, "U/L"),
-        ("mmt8", "120", "score_0_150", 120.0, "score_0_150"),
-    ],
-)
-def test_units_are_converted_to_the_canonical_unit(vocabulary, measures, measure, value, unit, canonical_value,
-                                                   canonical_unit):
+CONVERSIONS = [
+    ("physician_global", "55", "mm", 5.5, "cm"),
+    ("patient_global", "7", "CM", 7.0, "cm"),
+    ("haemoglobin", "129", "g/L", 12.9, "g/dL"),
+    ("creatinine", "0.8", "mg/dL", 0.8 * 88.4, "umol/L"),
+    ("creatinine", "70", "µmol/L", 70.0, "umol/L"),
+    ("weight", "154", "lb", 154 * 0.45359237, "kg"),
+    ("height", "1.8", "m", 180.0, "cm"),
+    ("platelets", "242000", "/uL", 242.0, "10^9/L"),
+    ("neutrophils", "4.1", "x10^9/L", 4.1, "10^9/L"),
+    ("alt", "24", "IU/L", 24.0, "U/L"),
+    ("mmt8", "120", "score_0_150", 120.0, "score_0_150"),
+]
+
+
+@pytest.fixture(scope="module")
+def converted(vocabulary, measures):
+    """One check over the valid tables plus one assessment row per conversion case (rows 10, 11, ...)."""
     tables = valid_tables()
-    uln = "35" if measure == "alt" else ""
-    tables["assessments"].loc[9] = ["P2", "2022-03-15", measure, value, unit, uln]
-    result = check(tables, vocabulary, measures, TODAY)
-    assert result.violations.empty, result.violations.to_string()
-    row = result.normalised["assessments"].set_index("row").loc[9]
+    extra = _frame("patient_id,date,measure,value,unit,upper_limit_normal",
+                   *[("P2", "2022-03-16", m, v, u, "35" if m == "alt" else "") for m, v, u, _, _ in CONVERSIONS])
+    tables["assessments"] = pd.concat([tables["assessments"], extra], ignore_index=True)
+    return check(tables, vocabulary, measures, TODAY)
+
+
+@pytest.mark.parametrize("case", range(len(CONVERSIONS)), ids=[f"{c[0]} {c[2]}" for c in CONVERSIONS])
+def test_units_are_converted_to_the_canonical_unit(converted, case):
+    measure, _, _, canonical_value, canonical_unit = CONVERSIONS[case]
+    assert converted.violations.empty, converted.violations.to_string()
+    row = converted.normalised["assessments"].set_index("row").loc[10 + case]
     assert row["measure"] == measure
     assert row["value"] == pytest.approx(canonical_value) and row["unit"] == canonical_unit
     if measure == "mmt8":
@@ -327,53 +333,80 @@ def test_enzyme_upper_limit_normal_is_kept(vocabulary, measures):
     assert a.loc[3, "upper_limit_normal"] == 200 and a.loc[3, "unit"] == "U/L"
 
 
-@pytest.mark.parametrize(
-    "column, written, code",
-    [
-        ("diagnosis", "DM", "adult_dermatomyositis"),
-        ("diagnosis", "adult DM", "adult_dermatomyositis"),
-        ("diagnosis", "JDM", "juvenile_dermatomyositis"),
-        ("diagnosis", "IMNM", "immune_mediated_necrotising_myopathy"),
-        ("diagnosis", "Antisynthetase syndrome", "antisynthetase_syndrome"),
-        ("sex", "female", "F"),
-        ("sex", "m", "M"),
-        ("antibodies", "anti-TIF1γ", "anti-TIF1g"),
-        ("antibodies", "anti-TIF1g", "anti-TIF1g"),
-        ("antibodies", "TIF1-gamma", "anti-TIF1g"),
-        ("antibodies", "Jo-1", "anti-Jo-1"),
-        ("antibodies", "MDA5; Ro52", None),
-        ("antibodies", "anti-MDA5 ; PL-7", "anti-MDA5;anti-PL-7"),
-    ],
-)
-def test_code_aliases_are_accepted(vocabulary, measures, column, written, code):
+ALIASES = [
+    ("diagnosis", "DM", "adult_dermatomyositis"),
+    ("diagnosis", "adult DM", "adult_dermatomyositis"),
+    ("diagnosis", "JDM", "juvenile_dermatomyositis"),
+    ("diagnosis", "IMNM", "immune_mediated_necrotising_myopathy"),
+    ("diagnosis", "Antisynthetase syndrome", "antisynthetase_syndrome"),
+    ("sex", "female", "F"),
+    ("sex", "m", "M"),
+    ("ild", "Yes", True),
+    ("antibodies", "anti-TIF1γ", "anti-TIF1g"),
+    ("antibodies", "anti-TIF1g", "anti-TIF1g"),
+    ("antibodies", "TIF1-gamma", "anti-TIF1g"),
+    ("antibodies", "Jo-1", "anti-Jo-1"),
+    ("antibodies", "anti-MDA5 ; PL-7", "anti-MDA5;anti-PL-7"),
+    ("antibodies", "MDA5; Ro52", None),  # Ro52 is not a contract antibody: an error naming it
+]
+
+
+def _extra_patients(column: str, values: list[str]) -> pd.DataFrame:
+    """Valid patients P3, P4, ... differing from P1 only in `column`."""
+    base = valid_tables()["patients"].iloc[[0] * len(values)].reset_index(drop=True)
+    base["patient_id"] = [f"P{3 + i}" for i in range(len(values))]
+    base[column] = values
+    return base
+
+
+@pytest.fixture(scope="module")
+def aliased(vocabulary, measures):
+    """One check over patients rows 2, 3, ...: one per alias case."""
     tables = valid_tables()
-    tables["patients"].loc[0, column] = written
-    result = check(tables, vocabulary, measures, TODAY)
+    extra = pd.concat([_extra_patients(c, [w]) for c, w, _ in ALIASES], ignore_index=True)
+    extra["patient_id"] = [f"P{3 + i}" for i in range(len(extra))]
+    tables["patients"] = pd.concat([tables["patients"], extra], ignore_index=True)
+    return check(tables, vocabulary, measures, TODAY)
+
+
+@pytest.mark.parametrize("case", range(len(ALIASES)), ids=[f"{c[0]} {c[1]}" for c in ALIASES])
+def test_code_aliases_are_accepted(aliased, case):
+    column, _, code = ALIASES[case]
+    row = 2 + case
+    found = {f for f in _found(aliased.violations) if f[1] == row}
     if code is None:
-        assert _found(result.violations) == {("patients", 0, column, "unknown_category", E)}
-        assert "'Ro52'" in result.violations["message"].iloc[0]
+        assert found == {("patients", row, column, "unknown_category", E)}
+        assert "'Ro52'" in aliased.violations.set_index("row").loc[row, "message"]
         return
-    assert result.violations.empty, result.violations.to_string()
-    assert result.normalised["patients"].set_index("row").loc[0, column] == code
+    assert not found
+    assert aliased.normalised["patients"].set_index("row").loc[row, column] == code
 
 
-@pytest.mark.parametrize(
-    "antibodies, flags",
-    [
-        ("anti-TIF1γ", {"anti_tif1g"}),
-        ("anti-Jo-1;anti-PL-12", {"anti_synthetase"}),
-        ("anti-SRP", {"anti_srp_hmgcr"}),
-        ("HMGCR;anti-MDA5", {"anti_srp_hmgcr", "anti_mda5"}),
-        ("anti-NXP2;anti-SAE;anti-Mi-2", {"anti_nxp2", "anti_sae", "anti_mi2"}),
-        ("negative", {"antibody_negative"}),
-        ("", set()),  # not tested
-    ],
-)
-def test_antibody_flags(vocabulary, measures, antibodies, flags):
+ANTIBODY_FLAGS = [
+    ("anti-TIF1γ", {"anti_tif1g"}),
+    ("anti-Jo-1;anti-PL-12", {"anti_synthetase"}),
+    ("anti-SRP", {"anti_srp_hmgcr"}),
+    ("HMGCR;anti-MDA5", {"anti_srp_hmgcr", "anti_mda5"}),
+    ("anti-NXP2;anti-SAE;anti-Mi-2", {"anti_nxp2", "anti_sae", "anti_mi2"}),
+    ("negative", {"antibody_negative"}),
+    (None, set()),  # not tested
+]
+
+
+@pytest.fixture(scope="module")
+def flagged(vocabulary, measures) -> pd.DataFrame:
     tables = valid_tables()
-    tables["patients"].loc[0, "antibodies"] = antibodies or None
-    p = normalise(tables, vocabulary, measures, TODAY)["patients"].set_index("row")
-    on = {f for f in measures.antibody_flags if p.loc[0, f]}
+    tables["patients"] = pd.concat(
+        [tables["patients"], _extra_patients("antibodies", [a for a, _ in ANTIBODY_FLAGS])], ignore_index=True)
+    out = check(tables, vocabulary, measures, TODAY)
+    assert out.violations.empty, out.violations.to_string()
+    return out.normalised["patients"].set_index("row")
+
+
+@pytest.mark.parametrize("case", range(len(ANTIBODY_FLAGS)), ids=[str(a) for a, _ in ANTIBODY_FLAGS])
+def test_antibody_flags(flagged, measures, case):
+    flags = ANTIBODY_FLAGS[case][1]
+    on = {f for f in measures.antibody_flags if flagged.loc[2 + case, f]}
     assert on == flags
 
 
