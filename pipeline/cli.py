@@ -22,6 +22,9 @@ app = typer.Typer(
 
 # Registered stage commands (one line each; keep the pipeline order).
 # <stages>
+from pipeline.report import report_command  # noqa: E402
+
+app.command("report")(report_command)
 from pipeline.evaluate import evaluate_command  # noqa: E402
 from pipeline.promote import promote_command  # noqa: E402
 from pipeline.train import train_command  # noqa: E402
