@@ -1,0 +1,186 @@
+"""Drug lookup (brands, misspellings, closest names), schedule parsing, dose conversion and dose targets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.vocabulary import (
+    DAYS_PER_MONTH,
+    Vocabulary,
+    body_surface_area,
+    dose_to_mg,
+    parse_interval,
+    parse_intervals,
+)
+from pipeline.config import load_reference
+
+
+@pytest.fixture(scope="module")
+def vocabulary() -> Vocabulary:
+    return Vocabulary.from_config(load_reference("drugs"))
+
+
+@pytest.mark.parametrize(
+    "written, generic",
+    [
+        # as the seed case's record writes them
+        ("IVIG (Privigen)", "ivig"),
+        ("Rituxan", "rituximab"),
+        ("Actemra", "tocilizumab"),
+        ("Plaquenil", "hydroxychloroquine"),
+        ("CellCept", "mycophenolate"),
+        ("prednisone", "prednisone"),
+        # brands, abbreviations, case and blanks
+        ("  ACTEMRA ", "tocilizumab"),
+        ("MabThera", "rituximab"),
+        ("Octagam 10%", "ivig"),
+        ("Xeljanz XR", "tofacitinib"),
+        ("Xeljanz XR 11 mg", "tofacitinib"),
+        ("Orencia", "abatacept"),
+        ("Cytoxan", "cyclophosphamide"),
+        ("MTX", "methotrexate"),
+        ("Imuran", "azathioprine"),
+        ("Prograf", "tacrolimus"),
+        ("Olumiant", "baricitinib"),
+        ("Myfortic", "mycophenolate"),
+        ("Solu-Medrol", "prednisone"),
+        # common misspellings
+        ("Plaquinil", "hydroxychloroquine"),
+        ("cellcep", "mycophenolate"),
+        ("toclizumab", "tocilizumab"),
+        ("rituxamab", "rituximab"),
+        ("cyclophosphomide", "cyclophosphamide"),
+    ],
+)
+def test_lookup_finds_the_generic(vocabulary, written, generic):
+    assert vocabulary.lookup(written) == generic
+
+
+@pytest.mark.parametrize("written", ["aspirin", "tocilizumabb", "Privigenn", "", None, float("nan")])
+def test_lookup_of_an_unknown_drug_is_none(vocabulary, written):
+    assert vocabulary.lookup(written) is None
+
+
+@pytest.mark.parametrize(
+    "written, expected",
+    [
+        ("tocilizumabb", "tocilizumab"),
+        ("Actemraa", "actemra (tocilizumab)"),
+        ("Privigenn", "privigen (ivig)"),
+        ("Plaqenil", "plaquenil (hydroxychloroquine)"),
+        ("mycophenolat mofetil", "mycophenolate mofetil (mycophenolate)"),
+    ],
+)
+def test_closest_names_an_unknown_drugs_nearest_known_spellings(vocabulary, written, expected):
+    near = vocabulary.closest(written)
+    assert expected in near
+    assert 1 <= len(near) <= 3
+
+
+def test_closest_has_nothing_for_a_drug_unlike_any_known(vocabulary):
+    assert vocabulary.closest("zzzzqqq") == []
+
+
+def test_lookup_many_matches_lookup_and_keeps_the_index(vocabulary):
+    written = pd.Series(["Actemra", None, "aspirin", "Actemra", "CellCept"], index=[10, 11, 12, 13, 14])
+    out = vocabulary.lookup_many(written)
+    assert list(out.index) == [10, 11, 12, 13, 14]
+    assert out.tolist()[0] == "tocilizumab" and out.tolist()[4] == "mycophenolate" and out.tolist()[3] == "tocilizumab"
+    assert pd.isna(out[11]) and pd.isna(out[12])
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("daily", (1, 1)),
+        ("once daily", (1, 1)),
+        ("twice daily", (2, 1)),
+        ("BID", (2, 1)),
+        ("three times daily", (3, 1)),
+        ("weekly", (1, 7)),
+        ("Weekly ", (1, 7)),
+        ("every 4 weeks", (1, 28)),
+        ("every two weeks", (1, 14)),
+        ("every other week", (1, 14)),
+        ("q4w", (1, 28)),
+        ("every 10 days", (1, 10)),
+        ("every 6 months", (1, 6 * DAYS_PER_MONTH)),
+        ("monthly", (1, DAYS_PER_MONTH)),
+        ("3 times a week", (3, 7)),
+        ("once", (1, math.inf)),
+        ("days 1 and 15, every 6 months", (2, 6 * DAYS_PER_MONTH)),
+        ("Day 1 and day 15 every 24 weeks", (2, 168)),
+        ("days 1, 8 and 15 every 28 days", (3, 28)),
+    ],
+)
+def test_parse_interval_reads_schedules(text, expected):
+    doses, days = parse_interval(text)
+    assert doses == expected[0]
+    assert days == pytest.approx(expected[1])
+
+
+@pytest.mark.parametrize("text", ["as needed", "prn", "whenever", "every weeks", "", None, float("nan")])
+def test_parse_interval_of_an_unreadable_schedule_is_none(text):
+    assert parse_interval(text) is None
+
+
+def test_parse_intervals_is_vectorised_with_nan_where_unreadable():
+    out = parse_intervals(pd.Series(["daily", None, "as needed", "every 4 weeks"], index=[3, 4, 5, 6]))
+    assert list(out.columns) == ["doses_per_cycle", "cycle_days"] and list(out.index) == [3, 4, 5, 6]
+    assert out.loc[3].tolist() == [1.0, 1.0] and out.loc[6].tolist() == [1.0, 28.0]
+    assert out.loc[[4, 5]].isna().all().all()
+
+
+@pytest.mark.parametrize(
+    "dose, unit, weight, bsa, mg",
+    [
+        (60, "mg", np.nan, np.nan, 60.0),
+        (1, "g", np.nan, np.nan, 1000.0),
+        (1, "g/kg", 70, np.nan, 70_000.0),
+        (8, "mg/kg", 70, np.nan, 560.0),
+        (750, "mg/m2", np.nan, 2.0, 1500.0),
+        (750, "mg/m²", np.nan, 2.0, 1500.0),
+        (0.75, "g/m2", np.nan, 2.0, 1500.0),
+        (8, "mg/kg", np.nan, np.nan, np.nan),  # no weight: unknown, never guessed
+        (8, "mg/day", 70, np.nan, np.nan),  # not a dose unit of the contract
+    ],
+)
+def test_dose_to_mg(dose, unit, weight, bsa, mg):
+    out = dose_to_mg(pd.Series([dose]), pd.Series([unit]), pd.Series([weight]), pd.Series([bsa]))
+    if np.isnan(mg):
+        assert np.isnan(out.iloc[0])
+    else:
+        assert out.iloc[0] == pytest.approx(mg)
+
+
+def test_body_surface_area_is_mosteller():
+    assert body_surface_area(np.array([80.0, 70.0]), np.array([180.0, 165.0])) == pytest.approx(
+        [2.0, math.sqrt(70 * 165 / 3600)])
+
+
+def test_target_daily_mg_follows_the_recommended_doses(vocabulary):
+    generic = pd.Series(["ivig", "hydroxychloroquine", "tocilizumab", "abatacept", "abatacept", "prednisone",
+                         "mycophenolate", "cyclophosphamide"])
+    route = pd.Series(["intravenous", "oral", "intravenous", "intravenous", "subcutaneous", "oral", "oral",
+                       "intravenous"])
+    weight = pd.Series([70.0, 60.0, 120.0, 70.0, 70.0, 70.0, 70.0, 80.0])
+    bsa = pd.Series([np.nan] * 7 + [2.0])
+    t = vocabulary.target_daily_mg(generic, route, weight, bsa)
+    assert t.loc[0, "target_low"] == pytest.approx(2000 * 70 / 28)  # IVIG 2 g/kg every 4 weeks
+    assert t.loc[1, ["target_low", "target_high"]].tolist() == pytest.approx([200, 300])  # ≤ 5 mg/kg/day
+    assert t.loc[2, "target_high"] == pytest.approx(800 / 28)  # at most 800 mg an infusion
+    assert t.loc[3, "target_low"] == pytest.approx(750 / 28)  # IV by weight band
+    assert t.loc[4, "target_low"] == pytest.approx(125 / 7)  # SC weekly
+    assert np.isnan(t.loc[5, "target_low"])  # glucocorticoid: a taper goal, no target
+    assert t.loc[6, ["target_low", "target_high"]].tolist() == pytest.approx([2000, 3000])
+    assert t.loc[7, ["target_low", "target_high"]].tolist() == pytest.approx([1000 / 28, 2000 / 28])
+
+
+def test_a_missing_weight_leaves_a_weight_based_target_missing(vocabulary):
+    t = vocabulary.target_daily_mg(pd.Series(["ivig"]), pd.Series(["intravenous"]), pd.Series([np.nan]),
+                                   pd.Series([np.nan]))
+    assert np.isnan(t.loc[0, "target_low"]) and np.isnan(t.loc[0, "target_high"])
