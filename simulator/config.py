@@ -128,7 +128,7 @@ class HistoryConfig(_Frozen):
     stable_before_flare_days: int = Field(100, ge=0)
     active_visit_interval_days: Range = Range(low=30, high=91)
     quiet_visit_interval_days: Range = Range(low=91, high=182)
-    first_decision_before_today_days: Range = Range(low=182, high=1000)
+    first_decision_before_today_days: Range = Range(low=182, high=600)
     regimens: dict[str, DrugRegimens]
 
 
@@ -226,7 +226,7 @@ class PolicyConfig(_Frozen):
     coefficients: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="feature → option → log-odds per unit of the feature"
     )
-    start_delay_days: Range = Range(low=0, high=21)
+    start_delay_days: Range = Range(low=1, high=21)
 
 
 class DecisionRule(_Frozen):
@@ -237,7 +237,8 @@ class DecisionRule(_Frozen):
     mmt8_below_fraction: float = 0.9
     stable_days: int = 91
     min_gap_weeks: float = 20.0
-    max_decisions: Range = Range(low=1, high=4)
+    #: hard cap on decision rounds; with the first decision ≤ 600 days before today at most 4 fit anyway.
+    max_decisions: int = Field(4, ge=1)
     horizon_weeks: int = 24
     outcome_window_days: int = 14
     interim_visit_days: Range = Range(low=30, high=91)
@@ -251,7 +252,7 @@ class TrialConfig(_Frozen):
     diagnosis: str = "adult_dermatomyositis"
     horizons_weeks: tuple[int, ...] = (16, 24)
     visit_window_days: int = 7
-    start_delay_days: Range = Range(low=0, high=3)
+    start_delay_days: Range = Range(low=1, high=3)
     min_muscle: float = 0.35
     min_skin: float = 0.25
 

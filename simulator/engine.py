@@ -1,7 +1,7 @@
 """The cohort simulator: patients → history → decision points with potential outcomes → contract tables + truth.
 
 `simulate_cohort` is pure: it takes the frozen configuration, the drug vocabulary, the option catalogue, a seed and
-`today`, and returns DataFrames. It loops only over decision rounds (at most `decisions.max_decisions.high`);
+`today`, and returns DataFrames. It loops only over decision rounds (at most `decisions.max_decisions`);
 everything inside a round is vectorised over patients.
 """
 
@@ -233,7 +233,6 @@ def simulate_cohort(
     ev0 = hist.events
     inf_rows = ev0["event"].isin(["serious_infection", "opportunistic_infection"]).to_numpy()
     np.minimum.at(first_infection, ev0["patient"].to_numpy()[inf_rows], ev0["day"].to_numpy(float)[inf_rows])
-    k_cap = np.ones(n_patients, int) if trial else rng.integers(int(dec.max_decisions.low), int(dec.max_decisions.high) + 1, n_patients)
 
     # round 0: the first decision visit (the flare)
     idx = np.arange(n_patients)
@@ -243,7 +242,7 @@ def simulate_cohort(
     base = _measures_at(patients, idx, m0, s0, cfg, rng)
     decision_frames: list[pd.DataFrame] = []
     outcome_frames: list[pd.DataFrame] = []
-    max_rounds = int(dec.max_decisions.high) if not trial else 1
+    max_rounds = dec.max_decisions if not trial else 1
 
     for k in range(max_rounds):
         if len(idx) == 0:
@@ -357,7 +356,9 @@ def simulate_cohort(
                 visits.append(_visit_batch(idx[keep], hd[keep], vals, patients, cfg, rng, routine=True))
         keep = ~lost
         out_vals = {m: v[np.arange(n), taken] for m, v in realised[main_h].items()}
-        out_visit = _visit_batch(idx[keep], outcome_day[keep], {m: v[keep] for m, v in out_vals.items()}, patients, cfg, rng, routine=True)
+        # the core set at the outcome visit is complete (missing labels come from loss to follow-up), so an
+        # active outcome visit is always the next decision point, as a reader of the records would find it
+        out_visit = _visit_batch(idx[keep], outcome_day[keep], {m: v[keep] for m, v in out_vals.items()}, patients, cfg, rng, routine=False)
         visits.append(out_visit)
 
         # realised safety events under the option taken (and IVIG thrombo-embolism)
@@ -387,7 +388,7 @@ def simulate_cohort(
             dec.cdasi_activity_min,
             dec.mmt8_below_fraction,
         )
-        cont_local = np.flatnonzero(keep)[core_ok & active & (outcome_day[keep] <= 0) & (k + 1 < k_cap[idx[keep]])]
+        cont_local = np.flatnonzero(keep)[core_ok & active & (outcome_day[keep] <= 0)]
         mf_taken, sf_taken = latent_taken_inputs[main_h]
         next_base = {m: out_vals[m][cont_local] for m in out_vals}
         idx, t = idx[cont_local], outcome_day[cont_local]
@@ -464,12 +465,14 @@ def _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, 
             new_parts.append(added)
         elif opt.kind == "optimise":
             p = idx[sel]
-            day = np.full(len(brand_u), -1, dtype=np.int64)
+            day = np.zeros(len(brand_u), dtype=np.int64)
+            chosen = np.zeros(len(brand_u), dtype=bool)
             day[p] = change_day[sel]
+            chosen[p] = True
             rp = rows["patient"].to_numpy()
             d = day[rp]
             end = rows["end"].to_numpy(float)
-            target_rows = (d >= 0) & (rows["shortfall"].to_numpy() > 0) & (rows["start"].to_numpy() <= d) & (np.isnan(end) | (end >= d))
+            target_rows = chosen[rp] & (rows["shortfall"].to_numpy() > 0) & (rows["start"].to_numpy() <= d) & (np.isnan(end) | (end >= d))
             old = rows.loc[target_rows]
             rows.loc[target_rows, "end"] = (d[target_rows] - 1).astype(float)
             for generic, grp in old.groupby("generic", sort=True):
