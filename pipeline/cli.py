@@ -25,6 +25,9 @@ app = typer.Typer(
 from pipeline.report import report_command  # noqa: E402
 
 app.command("report")(report_command)
+from pipeline.explain import explain_command  # noqa: E402
+
+app.command("explain")(explain_command)
 from pipeline.evaluate import evaluate_command  # noqa: E402
 from pipeline.promote import promote_command  # noqa: E402
 from pipeline.train import train_command  # noqa: E402

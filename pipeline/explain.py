@@ -1,0 +1,116 @@
+"""`escalate explain`: global SHAP summaries of the trained model, per option, as DVC plots and in MLflow.
+
+For a seeded sample of decision rows it explains every modelled option (response, contrast vs continue, safety)
+with `models.explain`, then writes the mean |SHAP| per clinical feature (`mean_abs_shap.csv`, a DVC bar plot),
+a bar and a beeswarm plot per option (PNG), and logs them to the training run in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+FEATURES = Path("data/features/features.parquet")
+DICTIONARY = Path("data/features/feature_dictionary.json")
+MODEL_DIR = Path("data/train/model")
+OUT = Path("data/explain")
+
+
+def explain_command(
+    features: Annotated[Path, typer.Option(help="feature table the model was trained on")] = FEATURES,
+    dictionary: Annotated[Path, typer.Option(help="feature dictionary (JSON records)")] = DICTIONARY,
+    model_dir: Annotated[Path, typer.Option(help="folder with escalate_model.joblib")] = MODEL_DIR,
+    out: Annotated[Path, typer.Option(help="output folder (DVC plots)")] = OUT,
+    sample: Annotated[int, typer.Option(help="decision rows explained (seeded sample)")] = 2000,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 20261125,
+    mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log the summaries to MLflow")] = True,
+) -> None:
+    """Global explanation summaries per option: mean |SHAP| table, bar and beeswarm plots."""
+    import joblib
+    import numpy as np
+    import pandas as pd
+
+    from features.vocabulary import Vocabulary
+    from models import explain as E
+    from pipeline.config import load_reference
+    from pipeline.io import write_json
+
+    started = time.perf_counter()
+    model = joblib.load(Path(model_dir) / "escalate_model.joblib")
+    frame = pd.read_parquet(features)
+    dict_frame = E.with_dose_targets(pd.read_json(dictionary, orient="records"),
+                                     Vocabulary.from_config(load_reference("drugs")))
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(frame), size=min(sample, len(frame)), replace=False))
+    frame = frame.iloc[rows].reset_index(drop=True)
+    X = model.contract.check(frame)
+    ex = E.explain_model(model, frame)
+    tables = []
+    plots = Path(out) / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    for (target, option), s in ex.items.items():
+        groups = E.feature_groups(s.columns, dict_frame)
+        tables.append(E.mean_abs_shap(s, groups))
+        if target in ("response", "contrast"):
+            _plots(s, groups, X, plots / f"{target}_{option}")
+    table = pd.concat(tables, ignore_index=True)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    table.to_csv(Path(out) / "mean_abs_shap.csv", index=False)
+    summary = {"rows_explained": len(frame), "options": list(ex.arms), "learner": ex.learner,
+               "seconds": round(time.perf_counter() - started, 2), "notes": list(ex.notes)}
+    write_json(summary, Path(out) / "summary.json")
+    if mlflow_log:
+        _log(Path(out), model_dir)
+    typer.echo(f"explained {len(frame)} rows x {len(ex.arms)} options in {summary['seconds']} s -> {out}")
+
+
+def _plots(shap_values: object, groups: object, X: object, stem: Path) -> None:
+    """Bar (mean |SHAP| per clinical feature) and beeswarm (per model column, coloured by value) plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import shap
+
+    s, g = shap_values, groups
+    grouped = g.group(s.values)  # type: ignore[attr-defined]
+    imp = np.abs(grouped).mean(axis=0)
+    order = np.argsort(imp)[-15:]
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(order) + 1.2))
+    ax.barh([g.group_labels[i] for i in order], imp[order], color="#0072B2")  # type: ignore[attr-defined]
+    ax.set_xlabel(f"mean |SHAP| ({s.scale.replace('_', ' ')})")  # type: ignore[attr-defined]
+    ax.set_title(f"{s.target}: {s.option.replace('_', ' ')}")  # type: ignore[attr-defined]
+    fig.tight_layout()
+    fig.savefig(f"{stem}_bar.png", dpi=110)
+    plt.close(fig)
+    n_cols = len(X.columns)  # type: ignore[attr-defined]
+    explanation = shap.Explanation(
+        values=s.values[:, :n_cols], base_values=s.base,  # type: ignore[attr-defined]
+        data=X.to_numpy(dtype=float), feature_names=list(g.column_labels[:n_cols]),  # type: ignore[attr-defined]
+    )
+    shap.plots.beeswarm(explanation, max_display=15, show=False)
+    plt.gcf().set_size_inches(8, 6)
+    plt.title(f"{s.target}: {s.option.replace('_', ' ')}")  # type: ignore[attr-defined]
+    plt.tight_layout()
+    plt.savefig(f"{stem}_beeswarm.png", dpi=110)
+    plt.close("all")
+
+
+def _log(out: Path, model_dir: Path) -> None:
+    """Log the summaries into the training run (from data/train/run.json) or a new `explain` run."""
+    import mlflow
+
+    from pipeline import registry
+
+    registry.setup_mlflow()
+    run_file = Path(model_dir).parent / "run.json"
+    run_id = json.loads(run_file.read_text()).get("run_id") if run_file.is_file() else None
+    with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name="explain"):
+        mlflow.log_artifact(str(out / "mean_abs_shap.csv"), artifact_path="explain")
+        mlflow.log_artifact(str(out / "summary.json"), artifact_path="explain")
+        mlflow.log_artifacts(str(out / "plots"), artifact_path="explain/plots")
