@@ -298,7 +298,7 @@ def _check_flags(frame: pd.DataFrame, table: str, prefix: str = "") -> None:
         if not ok.all():
             r = int(np.flatnonzero(~ok.to_numpy())[0])
             raise ValueError(
-                f"table {table}: row {r}, column {prefix}{col!r} is {s.iloc[r]!r} (rule: a true/false flag)"
+                f"table {table}: row {r}, column {prefix + str(col)!r} is {s.iloc[r]!r} (rule: a true/false flag)"
             )
 
 

@@ -100,7 +100,7 @@ def deidentified_example(features: pd.DataFrame, n_rows: int = 5, key_columns: I
         if col not in example.columns:
             continue
         if pd.api.types.is_datetime64_any_dtype(example[col]):
-            example[col] = pd.Series(pd.Timestamp("2000-01-01"), index=example.index).astype(example[col].dtype)
+            example[col] = pd.Series(pd.Timestamp("1900-01-01"), index=example.index).astype(example[col].dtype)
         else:
             codes, _ = pd.factorize(example[col].astype(str))
             stem = col.removesuffix("_id")

@@ -98,12 +98,13 @@ TINY_TRAIN = {
     "response_threshold": 40,
     "min_rows_per_option": 20,
     "booster": {"n_estimators": 25, "max_depth": 2, "learning_rate": 0.2, "n_jobs": 1},
-    "calibration": {"method": "sigmoid", "n_folds": 3, "min_rows_per_arm": 20},
-    "intervals": {"n_boot": 4, "level": 0.9},
+    "calibration": {"method": "sigmoid", "n_folds": 2, "min_rows_per_arm": 20},
+    "intervals": {"n_boot": 3, "level": 0.9},
 }
 
 
-def write_stage_inputs(root: Path, n_patients: int = 160, seed: int = 7, with_truth: bool = True) -> dict[str, Path]:
+def write_stage_inputs(root: Path, n_patients: int = 160, seed: int = 7, with_truth: bool = True,
+                       train_overrides: dict | None = None) -> dict[str, Path]:
     """Write what `escalate features`/`split`/`simulate` would (features, decisions, split, optional truth)
     and a tiny params.yaml under `root`; returns the paths the stages take."""
     import yaml
@@ -124,7 +125,7 @@ def write_stage_inputs(root: Path, n_patients: int = 160, seed: int = 7, with_tr
         td, to = make_truth(features, decisions, seed)
         td.to_parquet(truth / "decisions.parquet", index=False)
         to.to_parquet(truth / "outcomes.parquet", index=False)
-    params = {"seed": 11, "data": {"dir": str(paths["cohort"])}, "train": TINY_TRAIN,
+    params = {"seed": 11, "data": {"dir": str(paths["cohort"])}, "train": {**TINY_TRAIN, **(train_overrides or {})},
               "evaluation": {"propensity_floor": 0.02, "subgroup_min_n": 5}, "promote": {}}
     paths["params"] = root / "params.yaml"
     paths["params"].write_text(yaml.safe_dump(params), encoding="utf-8")
@@ -148,3 +149,26 @@ def make_truth(features: pd.DataFrame, decisions: pd.DataFrame, seed: int = 7) -
                                   "eligible": decisions[f"eligible_{name}"].to_numpy(), "horizon_weeks": 24,
                                   "p_response": p_response, "tis": tis, "p_safety": 0.1, "safety_event": 0}))
     return td, pd.concat(rows, ignore_index=True)
+
+
+def mlflow_store(root: Path) -> str:
+    """A tracking URI for a fresh SQLite store under `root`, copied from a migrated template (creating the
+    MLflow schema costs seconds of fsync-heavy migrations; the copy costs milliseconds)."""
+    import fcntl
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    template = Path(tempfile.gettempdir()) / f"escalate-mlflow-template-{mlflow.__version__}.db"
+    with (template.with_suffix(".lock")).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers build the template once
+        if not template.is_file():
+            from mlflow.tracking import MlflowClient
+
+            building = template.with_suffix(".building")
+            building.unlink(missing_ok=True)
+            MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments()
+            building.replace(template)
+    shutil.copyfile(template, root / "mlflow.db")
+    return f"sqlite:///{root / 'mlflow.db'}"

@@ -1,0 +1,188 @@
+"""Behaviour a clinician relies on from the deployed bundle (`EscalateModel.predict_frame`): ineligible options
+never get a number, probabilities are probabilities, intervals hold the estimate, exactly one eligible option
+is recommended, more active disease does not raise the predicted response to continuing, bad input is named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.bundle import BundleConfig, EscalateModel, fit_escalate_model
+from tests.model.synthetic_escalate import catalog, make_cohort
+
+PRED = [
+    "p_response", "p_response_low", "p_response_high", "expected_tis", "expected_tis_low", "expected_tis_high",
+    "p_safety", "p_safety_low", "p_safety_high", "effect_vs_continue", "propensity", "rank",
+]
+
+
+def small_config(learner: str = "t_learner", **extra: object) -> BundleConfig:
+    return BundleConfig.model_validate({
+        "learner": learner,
+        "safety_learner": "s_learner" if learner != "linear" else "linear",
+        "min_rows_per_option": 20,
+        "booster": {"n_estimators": 20, "max_depth": 2, "learning_rate": 0.3, "n_jobs": 1},
+        "calibration": {"method": "sigmoid", "n_folds": 2, "min_rows_per_arm": 20},
+        "intervals": {"n_boot": 3, "level": 0.9},
+        **extra,
+    })
+
+
+@pytest.fixture(scope="module")
+def cohort() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    return make_cohort(180, seed=3)
+
+
+@pytest.fixture(scope="module")
+def model(cohort) -> EscalateModel:
+    features, decisions, _ = cohort
+    return fit_escalate_model(features, decisions, catalog(), small_config())
+
+
+@pytest.fixture(scope="module")
+def predictions(model, cohort) -> pd.DataFrame:
+    return model.predict_frame(cohort[0])
+
+
+def test_one_row_per_decision_and_option(predictions, cohort):
+    features = cohort[0]
+    assert len(predictions) == len(features) * len(catalog().names)
+    counts = predictions.groupby("decision_id")["option"].nunique()
+    assert (counts == len(catalog().names)).all()
+    assert list(predictions["option"].iloc[: len(catalog().names)]) == list(catalog().names)
+
+
+def test_ineligible_options_never_get_a_number(predictions):
+    ineligible = predictions[~predictions["eligible"]]
+    assert len(ineligible) > 0
+    assert ineligible[PRED].isna().all().all()
+    assert not ineligible["recommended"].any()
+    assert (ineligible["ineligible_reason"].str.len() > 0).all()
+    eligible = predictions[predictions["eligible"]]
+    assert eligible[[c for c in PRED if c != "propensity"]].notna().all().all()
+    assert (eligible["ineligible_reason"] == "").all()
+
+
+def test_options_already_on_the_regimen_are_ineligible(predictions, cohort):
+    features = cohort[0].reset_index(drop=True)
+    on_ivig = features["decision_id"][features["on_ivig"] > 0]
+    rows = predictions[predictions["decision_id"].isin(on_ivig) & (predictions["option"] == "add_ivig")]
+    assert len(rows) == len(on_ivig) > 0
+    assert not rows["eligible"].any()
+    assert rows["ineligible_reason"].str.contains("already on ivig").all()
+    jak = predictions[predictions["decision_id"].isin(features["decision_id"][features["on_baricitinib"] > 0])
+                      & (predictions["option"] == "add_jak_inhibitor")]
+    assert not jak["eligible"].any()
+
+
+def test_rarely_taken_option_is_not_modelled_and_says_so(model, predictions):
+    assert "add_abatacept" not in model.arms
+    rows = predictions[predictions["option"] == "add_abatacept"]
+    assert not rows["eligible"].any()
+    assert rows["ineligible_reason"].str.startswith("not modelled").all()
+    assert rows["p_response"].isna().all()
+
+
+@pytest.mark.parametrize("name", ["p_response", "p_safety"])
+def test_probabilities_are_probabilities(predictions, name):
+    values = predictions[[name, f"{name}_low", f"{name}_high"]].dropna().to_numpy()
+    assert len(values) > 0
+    assert ((values >= 0) & (values <= 1)).all()
+
+
+@pytest.mark.parametrize("name", ["p_response", "expected_tis", "p_safety"])
+def test_intervals_contain_the_point_estimate(predictions, name):
+    rows = predictions[predictions["eligible"]]
+    assert (rows[f"{name}_low"] <= rows[name]).all()
+    assert (rows[name] <= rows[f"{name}_high"]).all()
+    assert (rows[f"{name}_high"] - rows[f"{name}_low"]).mean() > 0  # the bootstrap gives real width
+
+
+def test_exactly_one_recommendation_the_best_eligible_option(predictions):
+    per_decision = predictions.groupby("decision_id", sort=False)
+    assert (per_decision["recommended"].sum() == 1).all()
+    best = predictions.loc[predictions["eligible"]].groupby("decision_id")["p_response"].max()
+    chosen = predictions[predictions["recommended"]].set_index("decision_id")["p_response"]
+    np.testing.assert_allclose(chosen.loc[best.index].to_numpy(), best.to_numpy())
+    assert (predictions.loc[predictions["recommended"], "rank"] == 1).all()
+
+
+def test_effect_is_the_difference_from_continue(predictions):
+    cont = predictions[predictions["option"] == "continue"].set_index("decision_id")["p_response"]
+    rows = predictions[predictions["eligible"]]
+    expected = rows["p_response"].to_numpy() - cont.loc[rows["decision_id"]].to_numpy()
+    np.testing.assert_allclose(rows["effect_vs_continue"].to_numpy(), expected)
+
+
+def test_more_active_disease_does_not_raise_predicted_response_to_continue(model, cohort):
+    features = cohort[0]
+    worse = features.copy()
+    worse["physician_global"] = np.minimum(worse["physician_global"] + 2.0, 10.0)
+    worse["cdasi_activity"] = np.minimum(worse["cdasi_activity"] + 10.0, 100.0)
+    base = model.predict_frame(features)
+    more = model.predict_frame(worse)
+    cont = base["option"] == "continue"
+    delta = more.loc[cont, "p_response"].to_numpy() - base.loc[cont, "p_response"].to_numpy()
+    assert delta.mean() < 0  # lower on average
+    assert (delta <= 1e-9).mean() >= 0.8  # and for the large majority of decisions
+
+
+def test_prediction_does_not_depend_on_row_order_or_batch(model, cohort):
+    features = cohort[0]
+    full = model.predict_frame(features).set_index(["decision_id", "option"])
+    part = model.predict_frame(features.iloc[::-1].head(7)).set_index(["decision_id", "option"])
+    cols = ["p_response", "p_response_low", "expected_tis", "p_safety", "rank"]
+    pd.testing.assert_frame_equal(part[cols], full.loc[part.index, cols])
+
+
+def test_same_seed_same_model(cohort):
+    features, decisions, _ = cohort
+    features = features[features["patient_id"] < "P00120"]
+    a = fit_escalate_model(features, decisions, catalog(), small_config("linear")).predict_frame(features)
+    b = fit_escalate_model(features, decisions, catalog(), small_config("linear")).predict_frame(features)
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda f: f.drop(columns=["physician_global"]), "missing column(s) ['physician_global']"),
+        (lambda f: f.assign(physician_global=f["physician_global"].astype(str)), "column 'physician_global'"),
+        (lambda f: f.assign(cdasi_activity=np.where(np.arange(len(f)) == 2, np.inf, f["cdasi_activity"])),
+         "row 2, column 'cdasi_activity'"),
+        (lambda f: f.assign(on_ivig=np.where(np.arange(len(f)) == 1, np.nan, f["on_ivig"])),
+         "row 1, column 'on_ivig'"),
+        (lambda f: f.drop(columns=["any_below_target"]), "missing column 'any_below_target'"),
+    ],
+    ids=["missing-feature", "text-feature", "infinite-value", "missing-flag", "missing-below-target"],
+)
+def test_bad_input_is_named(model, cohort, mutate, message):
+    features = mutate(cohort[0].head(5).copy())
+    with pytest.raises(ValueError, match="table features") as err:
+        model.predict_frame(features)
+    assert message in str(err.value)
+    assert "rule" in str(err.value)
+
+
+def test_training_labels_must_cover_every_feature_row(cohort):
+    features, decisions, _ = cohort
+    with pytest.raises(ValueError, match="has no row in decisions"):
+        fit_escalate_model(features, decisions.iloc[5:], catalog(), small_config("linear"))
+
+
+def test_training_refuses_an_option_taken_while_ineligible(cohort):
+    features, decisions, _ = cohort
+    bad = decisions.copy()
+    row = int(np.flatnonzero(features["on_ivig"].to_numpy() > 0)[0])
+    bad.loc[row, "option_taken"] = "add_ivig"
+    with pytest.raises(ValueError, match="the option taken is eligible"):
+        fit_escalate_model(features, bad, catalog(), small_config("linear"))
+
+
+def test_unlabelled_decisions_are_counted_not_hidden(model, cohort):
+    decisions = cohort[1]
+    modelled = decisions["option_taken"].isin(model.arms)
+    assert model.summary["unlabelled_rows"]["response"] == int(
+        (modelled & decisions["total_improvement_score"].isna()).sum()) > 0
+    assert model.summary["rows_unmodelled_option"] == int((~modelled).sum())

@@ -1,0 +1,124 @@
+"""The registered pyfunc (`models:/escalate-response@candidate`) gives the same table as the in-memory bundle,
+carries a signature and a de-identified input example, and the tracking store defaults to the repository."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.model.synthetic_escalate import mlflow_store, write_stage_inputs
+
+LINEAR = {"learner": "linear", "safety_learner": "linear"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny `escalate train` run against a temporary SQLite store."""
+    root = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_store(root))
+        paths = write_stage_inputs(root, n_patients=120, with_truth=False, train_overrides=LINEAR)
+        from pipeline.train import run_train
+
+        record = run_train(paths["params"], paths["features"], paths["split"], paths["train"], root)
+        yield root, paths, record
+
+
+def test_registered_pyfunc_by_alias_matches_the_bundle(trained):
+    from pipeline import registry
+
+    root, paths, record = trained
+    features = pd.read_parquet(paths["features"] / "features.parquet").head(25)
+    bundle = joblib.load(paths["train"] / "model" / registry.BUNDLE_FILE)
+    expected = bundle.predict_frame(features)
+    pyfunc = registry.load_by_alias("candidate")
+    got = pyfunc.predict(features)
+    assert list(got.columns) == list(expected.columns)
+    assert len(got) == len(expected) == 25 * len(bundle.catalog.names)
+    numeric = expected.select_dtypes("number").columns
+    np.testing.assert_allclose(got[numeric].to_numpy(float), expected[numeric].to_numpy(float), equal_nan=True)
+    for col in ("decision_id", "option", "eligible", "ineligible_reason", "recommended"):
+        assert got[col].tolist() == expected[col].tolist()
+
+
+def test_alias_candidate_points_at_the_run_that_trained(trained):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import registry
+
+    _, paths, record = trained
+    version = MlflowClient().get_model_version_by_alias(registry.MODEL_NAME, "candidate")
+    assert str(version.version) == record["model_version"]
+    assert version.run_id == record["run_id"]
+    on_disk = json.loads((paths["train"] / "run.json").read_text())
+    assert on_disk["run_id"] == record["run_id"]
+    assert on_disk["alias_uri"] == "models:/escalate-response@candidate"
+
+
+def test_signature_and_input_example_are_logged(trained):
+    import mlflow
+
+    from pipeline import registry
+
+    _, paths, _ = trained
+    info = mlflow.models.get_model_info("models:/escalate-response@candidate")
+    assert info.signature is not None
+    inputs = info.signature.inputs.input_names()
+    outputs = info.signature.outputs.input_names()
+    assert {"physician_global", "on_ivig", "any_below_target"} <= set(inputs)
+    for col in ("option", "eligible", "p_response", "p_response_low", "p_response_high", "expected_tis",
+                "p_safety", "effect_vs_continue", "rank", "recommended"):
+        assert col in outputs
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    example = json.loads((local / "input_example.json").read_text())
+    text = json.dumps(example)
+    real_ids = pd.read_parquet(paths["features"] / "features.parquet")["patient_id"].unique()
+    assert not any(pid in text for pid in real_ids)
+    assert "example-patient-1" in text
+    requirements = (local / "requirements.txt").read_text().split()
+    assert any(r.startswith("xgboost-cpu==") for r in requirements)
+    assert not any(r.startswith("xgboost==") for r in requirements)
+    assert registry.BUNDLE_FILE in {p.name for p in (local / "artifacts").iterdir()}
+
+
+def test_bundle_on_disk_loads_without_mlflow(trained):
+    from pipeline import registry
+
+    _, paths, record = trained
+    bundle = joblib.load(paths["train"] / "model" / registry.BUNDLE_FILE)
+    assert tuple(record["modelled_options"]) == bundle.arms
+    contract = json.loads((paths["train"] / "model" / "contract.json").read_text())
+    assert contract["eligibility_source"] == "features"
+    assert "patient_id" not in contract["columns"]
+
+
+def test_default_store_is_the_repository_sqlite_file(monkeypatch, tmp_path):
+    from pipeline import registry
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert registry.tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert registry.tracking_uri(tmp_path) == "http://mlflow.example:5000"
+
+
+def test_experiment_artifacts_live_under_the_repository(trained):
+    from mlflow.tracking import MlflowClient
+
+    root, _, _ = trained
+    experiment = MlflowClient().get_experiment_by_name("escalate")
+    assert experiment.artifact_location == (root / "mlruns").resolve().as_uri()
+
+
+@pytest.mark.parametrize("nested, flat", [
+    ({"train": {"booster": {"max_depth": 3}}, "seed": 1}, {"train.booster.max_depth": "3", "seed": "1"}),
+    ({"a": {}}, {}),
+])
+def test_flatten_params(nested, flat):
+    from pipeline.registry import flatten_params
+
+    assert flatten_params(nested) == flat
