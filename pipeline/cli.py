@@ -28,6 +28,9 @@ app.command("report")(report_command)
 from pipeline.explain import explain_command  # noqa: E402
 
 app.command("explain")(explain_command)
+from pipeline.score import score_command  # noqa: E402
+
+app.command("score")(score_command)
 from pipeline.evaluate import evaluate_command  # noqa: E402
 from pipeline.promote import promote_command  # noqa: E402
 from pipeline.train import train_command  # noqa: E402

@@ -1,0 +1,224 @@
+"""Pure pieces of the batch scoring job: chunk planning, per-chunk output assembly, rejects and the invariant.
+
+The job (`pipeline/score.py`) reads files and calls these; keeping them pure makes the chunk plan, the output
+layout and the "every input patient scored or rejected, none lost, none twice" check testable on small frames.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+#: the columns of `rejects.parquet`: which record broke which rule (`row` is the 0-based row of the input table).
+REJECT_COLUMNS: tuple[str, ...] = ("patient_id", "table", "row", "column", "rule", "message")
+#: the leading columns of every scored part file (the model's prediction and reason columns follow).
+LEAD_COLUMNS: tuple[str, ...] = ("patient_id", "as_of", "option")
+#: fixed key of the id hash that places rows of patients missing from `patients` into a chunk (stable across runs).
+_HASH_KEY = "escalate-score01"  # 16 bytes, as pandas requires
+
+
+class ScoreSettings(BaseModel):
+    """What decides a scoring run's output (chunking and explanation depth); part of the run's identity."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    chunk_patients: int = Field(1000, ge=1, description="patients per chunk (bounds memory per chunk)")
+    explain_top_k: int = Field(3, ge=0, le=20, description="reasons per option; 0 = no explanations")
+
+
+def clean_ids(ids: pd.Series | np.ndarray | Sequence[object]) -> pd.Series:
+    """Patient ids as the contract normalises them: strings stripped of blanks; empty or missing → None (vectorised)."""
+    s = pd.Series(ids).reset_index(drop=True)
+    text = s.astype("string").str.strip()
+    keep = text.notna() & (text != "")
+    return text.astype(object).where(keep.to_numpy(dtype=bool), None)
+
+
+def plan_chunks(patient_ids: pd.Series | np.ndarray | Sequence[object], chunk_patients: int) -> pd.DataFrame:
+    """Deterministic chunk plan: the distinct (cleaned) patient ids sorted, cut into runs of `chunk_patients`.
+
+    Returns `patient_id, chunk` (int); the same ids give the same plan whatever their order in the input.
+    """
+    if chunk_patients < 1:
+        raise ValueError(f"chunk_patients={chunk_patients} (rule: at least 1 patient per chunk)")
+    ids = clean_ids(patient_ids).dropna()
+    unique = np.sort(pd.unique(ids.to_numpy(dtype=object)).astype(str))
+    return pd.DataFrame({"patient_id": unique.astype(object),
+                         "chunk": (np.arange(len(unique)) // chunk_patients).astype(np.int64)})
+
+
+def n_chunks(n_patients: int, chunk_patients: int) -> int:
+    """How many chunks a plan has (at least one, so an empty input still writes a complete, empty output)."""
+    return max(1, -(-int(n_patients) // int(chunk_patients)))
+
+
+def assign_chunks(ids: pd.Series | np.ndarray, plan: pd.DataFrame, total_chunks: int) -> np.ndarray:
+    """Chunk of each row given its patient id: the plan's chunk; rows of patients absent from the plan (they
+    break the contract: unknown patient) go to a chunk chosen by a fixed hash of the id; rows without an id go
+    to chunk 0. Every row lands in exactly one chunk, so nothing is silently dropped."""
+    clean = clean_ids(ids)
+    index = pd.Index(plan["patient_id"].to_numpy(dtype=object))
+    pos = index.get_indexer(clean.fillna("").to_numpy(dtype=object))
+    chunk = np.where(pos >= 0, plan["chunk"].to_numpy(dtype=np.int64)[np.maximum(pos, 0)], -1)
+    orphan = (pos < 0) & clean.notna().to_numpy()
+    if orphan.any():
+        hashed = pd.util.hash_array(clean[orphan].to_numpy(dtype=object), hash_key=_HASH_KEY)
+        chunk[orphan] = (hashed % np.uint64(max(total_chunks, 1))).astype(np.int64)
+    chunk[clean.isna().to_numpy()] = 0
+    return chunk
+
+
+def part_name(chunk: int) -> str:
+    """File name of one chunk's scored rows (sortable, deterministic)."""
+    return f"part-{int(chunk):05d}.parquet"
+
+
+def rejects_from_violations(violations: pd.DataFrame, row_map: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """Rejects rows (patient_id, table, row, column, rule, message) from contract violations, errors only.
+
+    `row_map[table]` maps a row position in the chunk's table back to the row of the input table.
+    """
+    errors = violations[violations["severity"] == "error"] if "severity" in violations else violations
+    rows = errors["row"].to_numpy(dtype="float64", na_value=np.nan)
+    if row_map is not None and len(errors):
+        mapped = np.full(len(errors), np.nan)
+        tables = errors["table"].to_numpy(dtype=object)
+        for table, rmap in row_map.items():
+            sel = (tables == table) & ~np.isnan(rows)
+            if sel.any():
+                mapped[sel] = np.asarray(rmap, dtype=np.int64)[rows[sel].astype(np.int64)]
+        rows = mapped
+    out = pd.DataFrame({
+        "patient_id": clean_ids(errors["patient_id"].to_numpy(dtype=object)).to_numpy(dtype=object),
+        "table": errors["table"].astype(str).to_numpy(dtype=object),
+        "row": pd.array(np.where(np.isnan(rows), 0, rows).astype(np.int64), dtype="Int64"),
+        "column": errors["column"].astype(str).to_numpy(dtype=object),
+        "rule": errors["rule"].astype(str).to_numpy(dtype=object),
+        "message": errors["message"].astype(str).to_numpy(dtype=object),
+    })
+    out.loc[np.isnan(rows), "row"] = pd.NA
+    return sort_rejects(out)
+
+
+def sort_rejects(rejects: pd.DataFrame) -> pd.DataFrame:
+    """Rejects in a fixed order (patient, table, row, column, rule) with plain string columns."""
+    out = rejects[list(REJECT_COLUMNS)].copy()
+    for col in ("patient_id", "table", "column", "rule", "message"):
+        out[col] = out[col].astype(object)
+    key = out.assign(_pid=out["patient_id"].fillna(""), _row=out["row"].astype("Float64").fillna(-1.0))
+    order = key.sort_values(["_pid", "table", "_row", "column", "rule", "message"], kind="stable").index
+    return out.loc[order].reset_index(drop=True)
+
+
+def empty_rejects() -> pd.DataFrame:
+    """A rejects table with no rows (the right columns and dtypes)."""
+    frame = pd.DataFrame({c: pd.Series(dtype=object) for c in REJECT_COLUMNS})
+    frame["row"] = pd.Series(dtype="Int64")
+    return frame
+
+
+def assemble_chunk(predictions: pd.DataFrame, option_order: Sequence[str]) -> pd.DataFrame:
+    """One chunk's output: patient_id, as_of, option first, then the model's columns, rows sorted by patient and
+    catalogue option order; drops the model's positional `row` and the derived `decision_id`."""
+    missing = [c for c in LEAD_COLUMNS if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"table predictions: missing column(s) {missing} (rule: the model's output contract)")
+    frame = predictions.drop(columns=[c for c in ("row", "decision_id") if c in predictions.columns])
+    rest = [c for c in frame.columns if c not in LEAD_COLUMNS]
+    frame = frame[[*LEAD_COLUMNS, *rest]]
+    rank = {o: i for i, o in enumerate(option_order)}
+    unknown = ~frame["option"].isin(list(rank))
+    if unknown.any():
+        r = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise ValueError(f"table predictions: row {r}, column 'option' is {frame['option'].iloc[r]!r} "
+                         f"(rule: one of the catalogue options {list(option_order)})")
+    order = np.lexsort((frame["option"].map(rank).to_numpy(dtype=np.int64),
+                        frame["patient_id"].astype(str).to_numpy()))
+    out = frame.iloc[order].reset_index(drop=True)
+    out["patient_id"] = out["patient_id"].astype(str).astype(object)
+    out["option"] = out["option"].astype(str).astype(object)
+    return out
+
+
+@dataclass(frozen=True)
+class InvariantReport:
+    """Counts behind the end-of-run invariant; `problems` lists every breach (empty = the invariant holds)."""
+
+    input_patients: int
+    scored_patients: int
+    rejected_patients: int
+    unknown_patients: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_invariant(
+    input_ids: pd.Series | np.ndarray,
+    scored: pd.DataFrame,
+    rejected_ids: pd.Series | np.ndarray,
+    n_options: int,
+) -> InvariantReport:
+    """Every input patient is scored or rejected, never both, never twice; every scored patient has exactly one row
+    per catalogue option. Rejected ids not among the input patients (rows of unknown patients) are counted apart.
+
+    Problems name counts and at most a few example positions, never patient identifiers (they may reach logs).
+    """
+    inputs = pd.Index(clean_ids(input_ids).dropna().unique())
+    rows_per = scored.groupby(clean_ids(scored["patient_id"]).to_numpy(dtype=object), sort=False).size() \
+        if len(scored) else pd.Series(dtype=np.int64)
+    scored_ids = pd.Index(rows_per.index)
+    rejected = pd.Index(clean_ids(rejected_ids).dropna().unique())
+    problems: list[str] = []
+    lost = inputs.difference(scored_ids.union(rejected))
+    if len(lost):
+        problems.append(f"{len(lost)} input patient(s) neither scored nor rejected")
+    both = scored_ids.intersection(rejected)
+    if len(both):
+        problems.append(f"{len(both)} patient(s) both scored and rejected")
+    wrong = rows_per[rows_per != n_options]
+    if len(wrong):
+        problems.append(f"{len(wrong)} scored patient(s) without exactly {n_options} option rows "
+                        f"(seen {sorted(set(wrong.tolist()))[:5]} rows): scored twice or partly")
+    extra = scored_ids.difference(inputs)
+    if len(extra):
+        problems.append(f"{len(extra)} scored patient(s) not in the input patients table")
+    unknown = rejected.difference(inputs)
+    return InvariantReport(
+        input_patients=len(inputs),
+        scored_patients=len(scored_ids),
+        rejected_patients=len(rejected.intersection(inputs)),
+        unknown_patients=len(unknown),
+        problems=tuple(problems),
+    )
+
+
+def predict_explained(model: object, features: pd.DataFrame, dictionary: pd.DataFrame, explain_top_k: int) -> pd.DataFrame:
+    """The model's long per-option table for `features`, with top-k reasons per option when `explain_top_k` > 0.
+
+    Uses the bundle's own `predict_frame(..., explain_top_k=k)` when it offers it (what the clinician page calls),
+    else merges `models.explain.model_reasons` on (row, option): the same explanation code either way.
+    """
+    predict = model.predict_frame  # type: ignore[attr-defined]
+    if explain_top_k <= 0:
+        return predict(features)
+    if "explain_top_k" in inspect.signature(predict).parameters:
+        return predict(features, explain_top_k=explain_top_k)
+    from models.explain import model_reasons
+
+    preds = predict(features)
+    if not len(features):
+        from models.explain import reason_columns
+
+        for col in [*reason_columns(explain_top_k), *reason_columns(explain_top_k, "contrast_reason")]:
+            preds[col] = pd.Series(dtype="float64" if col.endswith("_contribution") else object)
+        return preds
+    reasons = model_reasons(model, features, dictionary, explain_top_k)
+    return preds.merge(reasons, on=["row", "option"], how="left", validate="one_to_one")

@@ -1,0 +1,475 @@
+"""`escalate score`: score every patient of a folder of contract tables as of a date, with reasons, resumably.
+
+Steps: refuse bad runs before any work (model URI, feature contract, future as-of, foreign output folder) →
+plan chunks of N patients (sorted ids) → stage the input tables once into per-chunk Parquet shards (streamed in
+record batches, so memory does not grow with the input) → for each chunk not already done: validate, reject broken
+patients, build as-of features, predict + explain with the registered pyfunc, write `part-<chunk>.parquet`
+atomically → `rejects.parquet`, the invariant check, `manifest.json`. Patient identifiers never reach logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from features.contract import CONTRACT_COLUMNS, CONTRACT_TABLES
+from models.scoring import ScoreSettings, part_name
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+WORK = "_work"  # inside the output folder: run identity, staged shards, per-chunk rejects
+RUN_FILE = "run.json"
+MANIFEST = "manifest.json"
+REJECTS = "rejects.parquet"
+BATCH_ROWS = 262_144  # rows per record batch while staging (bounds staging memory)
+
+
+class ScoreRefusal(RuntimeError):
+    """A run refused before any work: the message says what is wrong and how to fix it."""
+
+
+# --- inputs -----------------------------------------------------------------------------------------------------
+def table_paths(directory: Path) -> dict[str, Path | None]:
+    """`<name>.parquet` (preferred) or `<name>.csv` per contract table; None for an absent optional table."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ScoreRefusal(f"--data {directory}: no such folder of contract tables")
+    found: dict[str, Path | None] = {}
+    for name in CONTRACT_TABLES:
+        path = next((p for p in (directory / f"{name}.parquet", directory / f"{name}.csv") if p.is_file()), None)
+        if path is None and name != "events":
+            raise ScoreRefusal(f"--data {directory}: contract table {name!r} not found "
+                               f"(expected {name}.parquet or {name}.csv)")
+        found[name] = path
+    return found
+
+
+def input_hash(paths: dict[str, Path | None]) -> str:
+    """sha256 over the tables' names and bytes: the identity of the input (a changed file is a different run)."""
+    digest = hashlib.sha256()
+    for name, path in sorted(paths.items()):
+        digest.update(name.encode())
+        if path is None:
+            continue
+        digest.update(path.suffix.encode())
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _columns_of(path: Path) -> list[str]:
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".parquet":
+        return list(pq.read_schema(path).names)
+    return list(pd.read_csv(path, nrows=0, dtype=str, encoding="utf-8-sig").columns)
+
+
+def check_structure(paths: dict[str, Path | None]) -> None:
+    """Every required contract column exists in every table: a missing column breaks all patients, so it refuses
+    the run (naming table and column) instead of rejecting everyone."""
+    for name, path in paths.items():
+        if path is None:
+            continue
+        have = set(_columns_of(path))
+        missing = [c.name for c in CONTRACT_COLUMNS[name] if c.required and c.name not in have]
+        if missing:
+            raise ScoreRefusal(f"table {name} ({path.name}): required column(s) {missing} missing "
+                               "(rule: missing_column); every patient would be rejected")
+
+
+def _batches(path: Path) -> Any:
+    """Record batches of one table: Parquet batches as stored; CSV read as text (only empty cells missing)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".parquet":
+        yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
+        return
+    names = _columns_of(path)
+    schema = pa.schema([(n, pa.string()) for n in names])
+    for frame in pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig",
+                             chunksize=BATCH_ROWS):
+        yield pa.RecordBatch.from_pandas(frame.astype(object), schema=schema, preserve_index=False)
+
+
+def read_patient_ids(path: Path) -> pd.Series:
+    """The raw `patient_id` column of the patients table (the population to score)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".parquet":
+        return pq.read_table(path, columns=["patient_id"]).column(0).to_pandas()
+    return pd.read_csv(path, usecols=["patient_id"], dtype=str, keep_default_na=False, na_values=[""],
+                       encoding="utf-8-sig")["patient_id"]
+
+
+def stage_tables(paths: dict[str, Path | None], plan: pd.DataFrame, total_chunks: int, staging: Path) -> dict[str, int]:
+    """Write each table once into `staging/<table>/<chunk>/` shards with the input row number `_row`, streaming
+    record batches (memory bounded by the batch size); returns rows per table."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    from models.scoring import assign_chunks
+
+    counts: dict[str, int] = {}
+    for name, path in paths.items():
+        target = staging / name
+        if target.exists():
+            shutil.rmtree(target)
+        if path is None:
+            counts[name] = 0
+            continue
+        offset = [0]
+
+        def tagged(path: Path = path, offset: list[int] = offset) -> Any:
+            for batch in _batches(path):
+                ids = batch.column(batch.schema.get_field_index("patient_id")).to_pandas()
+                chunk = assign_chunks(ids, plan, total_chunks)
+                rows = np.arange(offset[0], offset[0] + batch.num_rows, dtype=np.int64)
+                offset[0] += batch.num_rows
+                yield pa.RecordBatch.from_arrays(
+                    [*batch.columns, pa.array(rows), pa.array(chunk, pa.int64())],
+                    names=[*batch.schema.names, "_row", "_chunk"],
+                )
+
+        first = next(_batches(path), None)
+        base = first.schema.remove_metadata() if first is not None else None
+        if base is None:
+            counts[name] = 0
+            continue
+        schema = base.append(pa.field("_row", pa.int64())).append(pa.field("_chunk", pa.int64()))
+        ds.write_dataset(
+            tagged(), target, schema=schema, format="parquet",
+            partitioning=ds.partitioning(pa.schema([("_chunk", pa.int64())])),
+            existing_data_behavior="overwrite_or_ignore", max_partitions=total_chunks + 1,
+            max_open_files=512, use_threads=False,
+        )
+        counts[name] = offset[0]
+    return counts
+
+
+def read_shard(staging: Path, table: str, chunk: int) -> tuple[pd.DataFrame, Any]:
+    """One chunk's rows of one table in input order, and their input row numbers."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    folder = staging / table / str(int(chunk))
+    if not folder.is_dir():
+        empty = pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[table]})
+        return empty, empty.index.to_numpy()
+    frame = pq.read_table(folder).to_pandas()
+    frame = frame.sort_values("_row", kind="stable").reset_index(drop=True)
+    rows = frame.pop("_row").to_numpy()
+    return frame, rows
+
+
+# --- the model ----------------------------------------------------------------------------------------------------
+def resolve_model(uri: str) -> tuple[Any, str | None]:
+    """(the `EscalateModel` inside the pyfunc at `uri`, registered version or None); refuses an unknown URI."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.registry import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        pyfunc = mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ScoreRefusal(f"--model {uri}: cannot load this model ({first}); check the name, version or alias "
+                           f"in the registry at {tracking_uri()}") from err
+    inner = pyfunc.unwrap_python_model()
+    model = getattr(inner, "model", inner)
+    if not hasattr(model, "predict_frame"):
+        raise ScoreRefusal(f"--model {uri}: not an Escalate model (no predict_frame); register one with "
+                           "`escalate train`")
+    return model, _model_version(uri)
+
+
+def _model_version(uri: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("models:/"):
+        return None
+    ref = uri.removeprefix("models:/")
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+        parts = ref.split("/")
+        return parts[1] if len(parts) == 2 and parts[1].isdigit() else None
+    except MlflowException:
+        return None
+
+
+def check_feature_contract(model: Any, feature_columns: list[str]) -> list[str]:
+    """Refuse when the feature builder does not produce every column the model was trained on; returns the
+    builder's columns the model does not use (reported in the manifest)."""
+    wanted = list(model.contract.columns)
+    missing = [c for c in wanted if c not in feature_columns]
+    if missing:
+        raise ScoreRefusal(
+            f"the model's feature contract does not match the data's features: {len(missing)} column(s) the model "
+            f"needs are not built ({missing[:8]}{' …' if len(missing) > 8 else ''}); retrain on the current "
+            "feature code or score with the matching model version"
+        )
+    keys = {"patient_id", "decision_id", "as_of"}
+    return [c for c in feature_columns if c not in wanted and c not in keys]
+
+
+# --- one chunk ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChunkTask:
+    """Everything a worker needs to score one chunk (picklable: the Spark engine ships it to executors)."""
+
+    staging: str
+    out: str
+    model_uri: str
+    tracking_uri: str
+    as_of: str
+    today: str
+    settings: ScoreSettings
+    feature_config: dict[str, Any] = field(default_factory=dict)
+
+    def references(self) -> tuple[Any, Any, Any, Any]:
+        """(vocabulary, measures, option catalogue, feature config) from configs/ and params."""
+        from features.config import FeatureConfig
+        from features.contract import MeasureCatalog
+        from features.vocabulary import OptionCatalog, Vocabulary
+        from pipeline.config import load_reference
+
+        return (Vocabulary.from_config(load_reference("drugs")),
+                MeasureCatalog.from_config(load_reference("measures")),
+                OptionCatalog.from_config(load_reference("options")),
+                FeatureConfig.model_validate(self.feature_config))
+
+    def run(self, chunk: int, model: Any, refs: tuple[Any, Any, Any, Any]) -> dict[str, Any]:
+        """Validate, reject, build features, predict + explain one chunk; write its rejects and part atomically
+        (the part last: its presence marks the chunk done). Returns counts and timings (no identifiers)."""
+        import pandas as pd
+
+        from features.build import build_features
+        from features.contract import check
+        from models.scoring import assemble_chunk, predict_explained, rejects_from_violations
+        from pipeline.io import write_parquet
+
+        vocabulary, measures, catalog, fconfig = refs
+        t0 = time.perf_counter()
+        staging = Path(self.staging)
+        tables: dict[str, pd.DataFrame] = {}
+        row_map = {}
+        for name in CONTRACT_TABLES:
+            tables[name], row_map[name] = read_shard(staging, name, chunk)
+        t1 = time.perf_counter()
+        result = check(tables, vocabulary, measures, pd.Timestamp(self.today))
+        rejects = rejects_from_violations(result.violations, row_map)
+        t2 = time.perf_counter()
+        patients = result.normalised["patients"]
+        keys = pd.DataFrame({"patient_id": patients["patient_id"].astype(str).to_numpy(),
+                             "as_of": pd.Timestamp(self.as_of)})
+        fs = build_features(keys, result.normalised, vocabulary, catalog, fconfig)
+        t3 = time.perf_counter()
+        preds = predict_explained(model, fs.features, fs.dictionary, self.settings.explain_top_k)
+        scored = assemble_chunk(preds, list(catalog.names))
+        t4 = time.perf_counter()
+        out = Path(self.out)
+        write_parquet(rejects, out / WORK / "rejects" / f"rejects-{int(chunk):05d}.parquet")
+        write_parquet(scored, out / part_name(chunk))
+        t5 = time.perf_counter()
+        return {"chunk": int(chunk), "patients": int(len(tables["patients"])), "scored": int(len(keys)),
+                "rejected": int(rejects["patient_id"].dropna().nunique()), "rows": int(len(scored)),
+                "read_s": t1 - t0, "validate_s": t2 - t1, "features_s": t3 - t2, "predict_s": t4 - t3,
+                "write_s": t5 - t4}
+
+
+def load_task_model(task: ChunkTask) -> Any:
+    """The Escalate model of a task's URI (what each worker loads once)."""
+    os.environ.setdefault("MLFLOW_TRACKING_URI", task.tracking_uri)
+    model, _ = resolve_model(task.model_uri)
+    return model
+
+
+# --- the job --------------------------------------------------------------------------------------------------------
+def run_score(
+    data: Path,
+    as_of: str,
+    model_uri: str,
+    out: Path,
+    *,
+    engine: str = "local",
+    settings: ScoreSettings | None = None,
+    today: str | None = None,
+    master: str | None = None,
+    progress: bool = True,
+    params_path: Path = Path("params.yaml"),
+) -> dict[str, Any]:
+    """The whole job; returns the manifest. Raises `ScoreRefusal` before any work for a run it will not do."""
+    import pandas as pd
+
+    from features.build import build_features
+    from features.contract import NORMALISED_COLUMNS
+    from models.scoring import check_invariant, empty_rejects, n_chunks, plan_chunks, sort_rejects
+    from pipeline.config import load_params
+    from pipeline.io import write_json, write_parquet
+    from pipeline.registry import tracking_uri
+
+    started = time.perf_counter()
+    settings = settings or ScoreSettings()
+    if engine not in ("local", "spark"):
+        raise ScoreRefusal(f"--engine {engine!r}: choose local or spark")
+    the_day = pd.Timestamp(today or date.today().isoformat()).normalize()
+    try:
+        when = pd.Timestamp(as_of).normalize()
+    except ValueError as err:
+        raise ScoreRefusal(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)") from err
+    if when > the_day:
+        raise ScoreRefusal(f"--as-of {when.date()} is in the future (today is {the_day.date()}): a prediction "
+                           "can only use what is already recorded")
+    out = Path(out)
+    paths = table_paths(Path(data))
+    check_structure(paths)
+    model, version = resolve_model(model_uri)
+    params = load_params(params_path) if Path(params_path).exists() else {}
+    feature_config = dict(params.get("features") or {})
+    task = ChunkTask(staging=str(out / WORK / "staging"), out=str(out), model_uri=model_uri,
+                     tracking_uri=tracking_uri(), as_of=str(when.date()), today=str(the_day.date()),
+                     settings=settings, feature_config=feature_config)
+    refs = task.references()
+    vocabulary, _, catalog, fconfig = refs
+    empty_tables = {k: pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+                    for k, cols in NORMALISED_COLUMNS.items()}
+    empty_keys = pd.DataFrame({"patient_id": pd.Series(dtype=str), "as_of": pd.Series(dtype="datetime64[ns]")})
+    built = build_features(empty_keys, empty_tables, vocabulary, catalog, fconfig)
+    unused = check_feature_contract(model, list(built.features.columns))
+
+    digest = input_hash(paths)
+    identity = {"input_hash": digest, "as_of": task.as_of, "model_uri": model_uri, "model_version": version,
+                "settings": settings.model_dump(), "feature_config": feature_config}
+    run_file = out / WORK / RUN_FILE
+    if out.exists() and any(out.iterdir()):
+        if not run_file.is_file():
+            raise ScoreRefusal(f"--out {out} is not empty and holds no scoring run: choose an empty folder")
+        import json
+
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        if previous.get("identity") != identity:
+            diff = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
+            raise ScoreRefusal(f"--out {out} holds a different run (differs in: {', '.join(diff)}); use another "
+                               "folder or delete it to start over")
+
+    # planning and staging (redone unless a finished staging of this very input exists)
+    ids = read_patient_ids(paths["patients"])  # type: ignore[arg-type]
+    plan = plan_chunks(ids, settings.chunk_patients)
+    total = n_chunks(len(plan), settings.chunk_patients)
+    staged_marker = out / WORK / "staged.json"
+    t_stage = time.perf_counter()
+    if staged_marker.is_file():
+        import json
+
+        rows = json.loads(staged_marker.read_text(encoding="utf-8"))["rows"]
+    else:
+        write_json({"identity": identity}, run_file)
+        rows = stage_tables(paths, plan, total, Path(task.staging))
+        write_json({"rows": rows}, staged_marker)
+    stage_s = time.perf_counter() - t_stage
+
+    todo = [c for c in range(total) if not (out / part_name(c)).is_file()]
+    per_chunk = plan.groupby("chunk").size().reindex(range(total), fill_value=0)
+    t_chunks = time.perf_counter()
+    if engine == "spark":
+        from pipeline.spark_engine import run_chunks_spark
+
+        summaries = run_chunks_spark(task, todo, master=master)
+    else:
+        summaries = _run_local(task, todo, model, refs, per_chunk, progress)
+    chunks_s = time.perf_counter() - t_chunks
+
+    # rejects, invariant, manifest
+    parts = sorted((out / WORK / "rejects").glob("rejects-*.parquet"))
+    rejects = sort_rejects(pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)) if parts \
+        else empty_rejects()
+    write_parquet(rejects, out / REJECTS)
+    scored_ids = pd.concat(
+        [pd.read_parquet(out / part_name(c), columns=["patient_id"]) for c in range(total)], ignore_index=True)
+    report = check_invariant(ids, scored_ids, rejects["patient_id"], len(catalog.names))
+    if not report.ok:
+        raise RuntimeError("scoring invariant broken: " + "; ".join(report.problems))
+    shutil.rmtree(Path(task.staging), ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    timing_keys = ("read_s", "validate_s", "features_s", "predict_s", "write_s")
+    manifest = {
+        "model_uri": model_uri, "model_version": version, "as_of": task.as_of, "today": task.today,
+        "input_hash": digest, "engine": engine, "settings": settings.model_dump(),
+        "counts": {"input_patients": report.input_patients, "scored_patients": report.scored_patients,
+                   "rejected_patients": report.rejected_patients, "unknown_patients": report.unknown_patients,
+                   "reject_rows": int(len(rejects)), "output_rows": int(len(scored_ids)), "input_rows": rows},
+        "chunks": {"total": total, "run_now": len(todo), "resumed": total - len(todo)},
+        "options": list(catalog.names),
+        "unused_feature_columns": unused,
+        "invariant": "every input patient scored or rejected, none lost, none twice: ok",
+        "timings": {"total_s": round(elapsed, 3), "stage_s": round(stage_s, 3), "chunks_s": round(chunks_s, 3),
+                    **{k: round(sum(s[k] for s in summaries), 3) for k in timing_keys},
+                    "patients_per_second": round(sum(s["patients"] for s in summaries) / chunks_s, 1)
+                    if summaries and chunks_s > 0 else None},
+    }
+    write_json(manifest, out / MANIFEST)
+    return manifest
+
+
+def _run_local(task: ChunkTask, todo: list[int], model: Any, refs: Any, per_chunk: Any, progress: bool) -> list:
+    """The local engine: chunks one after another in this process, with a patients/second progress bar."""
+    from tqdm import tqdm
+
+    done = int(per_chunk.sum()) - int(per_chunk.reindex(todo).sum()) if todo else int(per_chunk.sum())
+    summaries = []
+    with tqdm(total=int(per_chunk.sum()), initial=done, unit="patient", unit_scale=True, disable=not progress,
+              desc="scoring", dynamic_ncols=True) as bar:
+        for chunk in todo:
+            summaries.append(task.run(chunk, model, refs))
+            bar.update(int(per_chunk.get(chunk, 0)))
+    return summaries
+
+
+def score_command(
+    data: Annotated[Path, typer.Option("--data", help="folder of contract tables (.parquet or .csv)")],
+    as_of: Annotated[str, typer.Option("--as-of", help="score as of this date (YYYY-MM-DD); only data dated "
+                                                       "before it is used")],
+    out: Annotated[Path, typer.Option("--out", help="output folder (part-*.parquet, rejects.parquet, "
+                                                    "manifest.json); rerun the same command to resume")],
+    model: Annotated[str, typer.Option("--model", help="MLflow model URI")] = "models:/escalate-response@champion",
+    engine: Annotated[str, typer.Option("--engine", help="local | spark")] = "local",
+    chunk_patients: Annotated[int, typer.Option("--chunk-patients", min=1, help="patients per chunk")] = 1000,
+    explain_top: Annotated[int, typer.Option("--explain-top", min=0, max=20,
+                                             help="reasons per option (0 = no explanations)")] = 3,
+    today: Annotated[str | None, typer.Option("--today", help="the data's today (default: the current date)")] = None,
+    master: Annotated[str | None, typer.Option("--master", help="Spark master (default: SPARK_REMOTE / Spark "
+                                                               "config / local[*])")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+) -> None:
+    """Score every patient of a data folder as of a date: per-option predictions with reasons, rejects, manifest."""
+    try:
+        manifest = run_score(data, as_of, model, out, engine=engine, today=today, master=master, progress=progress,
+                             settings=ScoreSettings(chunk_patients=chunk_patients, explain_top_k=explain_top))
+    except ScoreRefusal as err:
+        typer.secho(f"refused: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from err
+    c = manifest["counts"]
+    typer.echo(f"scored {c['scored_patients']} patient(s), rejected {c['rejected_patients']} "
+               f"(+{c['unknown_patients']} unknown) of {c['input_patients']} with model "
+               f"{manifest['model_uri']} (version {manifest['model_version']}) as of {manifest['as_of']} in "
+               f"{manifest['timings']['total_s']} s → {out}")

@@ -1,0 +1,183 @@
+"""Unit behaviour of the batch scoring job's pieces: chunk plans, row placement, staging, rejects, the invariant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.scoring import (
+    REJECT_COLUMNS,
+    assemble_chunk,
+    assign_chunks,
+    check_invariant,
+    clean_ids,
+    n_chunks,
+    part_name,
+    plan_chunks,
+    rejects_from_violations,
+)
+from pipeline.score import ScoreRefusal, check_structure, input_hash, read_shard, stage_tables, table_paths
+
+OPTIONS = ("continue", "optimise_dose", "add_ivig")
+
+
+@pytest.mark.parametrize("chunk_patients", [1, 3, 4, 10, 50])
+def test_plan_is_sorted_complete_and_independent_of_input_order(chunk_patients: int) -> None:
+    ids = [f"P{i:03d}" for i in range(10)]
+    shuffled = list(np.random.default_rng(1).permutation(ids))
+    plan = plan_chunks(shuffled + [" P003 ", None, ""], chunk_patients)
+    assert plan["patient_id"].tolist() == ids  # cleaned, deduplicated, sorted; blanks are no patient
+    assert plan["chunk"].value_counts().max() <= chunk_patients
+    assert plan["chunk"].nunique() == n_chunks(10, chunk_patients)
+    pd.testing.assert_frame_equal(plan, plan_chunks(ids, chunk_patients))
+
+
+def test_plan_of_nobody_still_has_one_chunk() -> None:
+    assert plan_chunks([], 5).empty and n_chunks(0, 5) == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        plan_chunks(["a"], 0)
+
+
+def test_every_row_lands_in_exactly_one_chunk() -> None:
+    plan = plan_chunks(["a", "b", "c", "d"], 2)
+    rows = pd.Series(["a", " d", "x-unknown", None, "c", "x-unknown"], dtype=object)
+    chunk = assign_chunks(rows, plan, 2)
+    assert chunk.tolist()[:2] == [0, 1] and chunk[4] == 1
+    assert chunk[3] == 0  # no id: chunk 0, where the contract reports it
+    assert chunk[2] == chunk[5] and 0 <= chunk[2] < 2  # an unknown patient's rows stay together
+    assert (assign_chunks(rows, plan, 2) == chunk).all()  # deterministic
+
+
+def test_clean_ids_strip_like_the_contract() -> None:
+    assert clean_ids(pd.Series([" a", "b ", "", None, 7], dtype=object)).tolist() == ["a", "b", None, None, "7"]
+
+
+def test_rejects_keep_errors_only_and_point_at_input_rows() -> None:
+    violations = pd.DataFrame({
+        "table": ["assessments", "assessments", "patients", "regimens"],
+        "row": [1, 0, np.nan, 0],
+        "patient_id": ["b", "a", None, "a"],
+        "column": ["value", "unit", "patient_id", "dose"],
+        "rule": ["unparseable_number", "unknown_unit", "missing_column", "out_of_range"],
+        "severity": ["error", "warning", "error", "error"],
+        "message": ["'x' is not a number", "odd unit", "gone", "-1 is out of range"],
+    })
+    out = rejects_from_violations(violations, {"assessments": np.array([40, 41]), "regimens": np.array([7])})
+    assert list(out.columns) == list(REJECT_COLUMNS)
+    assert "unknown_unit" not in set(out["rule"])  # a warning rejects nobody
+    by_rule = out.set_index("rule")
+    assert int(by_rule.loc["unparseable_number", "row"]) == 41 and int(by_rule.loc["out_of_range", "row"]) == 7
+    assert pd.isna(by_rule.loc["missing_column", "row"])
+
+
+def _predictions(ids: list[str], options=OPTIONS) -> pd.DataFrame:
+    n = len(ids)
+    return pd.DataFrame({"row": np.repeat(np.arange(n), len(options)), "patient_id": np.repeat(ids, len(options)),
+                         "decision_id": "d", "as_of": pd.Timestamp("2026-01-01"),
+                         "option": np.tile(options, n), "p_response": np.linspace(0, 1, n * len(options))})
+
+
+def test_assembled_chunk_has_keys_first_and_a_fixed_order() -> None:
+    pred = _predictions(["b", "a"]).iloc[::-1]
+    out = assemble_chunk(pred, OPTIONS)
+    assert list(out.columns) == ["patient_id", "as_of", "option", "p_response"]
+    assert out["patient_id"].tolist() == ["a"] * 3 + ["b"] * 3
+    assert out["option"].tolist() == list(OPTIONS) * 2
+    with pytest.raises(ValueError, match="column 'option'.*catalogue"):
+        assemble_chunk(_predictions(["a"], ("continue", "bloodletting")), OPTIONS)
+    with pytest.raises(ValueError, match="missing column"):
+        assemble_chunk(_predictions(["a"]).drop(columns="option"), OPTIONS)
+
+
+@pytest.mark.parametrize(
+    ("scored", "rejected", "problem"),
+    [
+        (["a", "b"], ["c"], None),
+        (["a"], ["c"], "neither scored nor rejected"),
+        (["a", "b", "c"], ["c"], "both scored and rejected"),
+        (["a", "b", "b"], ["c"], "exactly 3 option rows"),
+        (["a", "b", "z"], ["c"], "not in the input"),
+    ],
+)
+def test_invariant_names_each_breach(scored: list[str], rejected: list[str], problem: str | None) -> None:
+    frame = pd.concat([_predictions([p]) for p in scored], ignore_index=True)
+    report = check_invariant(pd.Series(["a", "b", "c"]), frame, pd.Series([*rejected, "stray"]), len(OPTIONS))
+    if problem is None:
+        assert report.ok and report.scored_patients == 2 and report.rejected_patients == 1
+        assert report.unknown_patients == 1
+    else:
+        assert not report.ok and any(problem in p for p in report.problems)
+        assert not any(pid in " ".join(report.problems) for pid in ("'a'", "'b'", "'c'"))
+
+
+def _write_tables(folder: Path, fmt: str) -> dict[str, pd.DataFrame]:
+    folder.mkdir()
+    tables = {
+        "patients": pd.DataFrame({"patient_id": ["p2", "p1", "p3"], "sex": ["F", "M", "F"],
+                                  "birth_year": ["1970", "1980", "1990"],
+                                  "diagnosis": ["adult_dermatomyositis"] * 3,
+                                  "diagnosis_date": ["2020-01-01"] * 3, "antibodies": ["negative"] * 3,
+                                  "ild": ["false"] * 3, "cancer_associated": ["false"] * 3}),
+        "regimens": pd.DataFrame({"patient_id": ["p1", "p3", "ghost", "p1"], "drug": ["prednisone"] * 4,
+                                  "dose": ["10"] * 4, "dose_unit": ["mg"] * 4, "route": ["oral"] * 4,
+                                  "interval": ["daily"] * 4, "start_date": ["2021-01-01"] * 4,
+                                  "end_date": [None] * 4}),
+        "assessments": pd.DataFrame({"patient_id": ["p3", "p2", "p1"], "date": ["2022-01-01"] * 3,
+                                     "measure": ["weight"] * 3, "value": ["70", "71", "72"], "unit": ["kg"] * 3}),
+    }
+    for name, frame in tables.items():
+        if fmt == "csv":
+            frame.to_csv(folder / f"{name}.csv", index=False)
+        else:
+            frame.to_parquet(folder / f"{name}.parquet", index=False)
+    return tables
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_staging_puts_every_row_in_its_patients_chunk_with_its_input_row(tmp_path: Path, fmt: str) -> None:
+    tables = _write_tables(tmp_path / "in", fmt)
+    paths = table_paths(tmp_path / "in")
+    assert paths["events"] is None  # optional table
+    plan = plan_chunks(tables["patients"]["patient_id"], 2)
+    counts = stage_tables(paths, plan, 2, tmp_path / "staging")
+    assert counts == {"patients": 3, "regimens": 4, "assessments": 3, "events": 0}
+    for name, frame in tables.items():
+        seen = []
+        for chunk in range(2):
+            shard, rows = read_shard(tmp_path / "staging", name, chunk)
+            assert list(shard.columns) == list(frame.columns)
+            assert (np.diff(rows) > 0).all()
+            # each row is the input row it claims to be
+            assert shard["patient_id"].tolist() == frame["patient_id"].iloc[rows].tolist()
+            known = shard["patient_id"].isin(plan["patient_id"])
+            assert (assign_chunks(shard.loc[known, "patient_id"], plan, 2) == chunk).all()
+            seen.extend(rows.tolist())
+        assert sorted(seen) == list(range(len(frame)))
+    events, rows = read_shard(tmp_path / "staging", "events", 0)
+    assert events.empty and "event" in events.columns and len(rows) == 0
+
+
+def test_structure_and_identity_of_the_input(tmp_path: Path) -> None:
+    _write_tables(tmp_path / "in", "parquet")
+    paths = table_paths(tmp_path / "in")
+    check_structure(paths)
+    before = input_hash(paths)
+    assert before == input_hash(paths)
+    frame = pd.read_parquet(paths["assessments"]).drop(columns="unit")
+    frame.to_parquet(paths["assessments"], index=False)
+    assert input_hash(paths) != before
+    with pytest.raises(ScoreRefusal, match=r"table assessments.*\['unit'\].*missing_column"):
+        check_structure(paths)
+    (tmp_path / "in" / "patients.parquet").unlink()
+    with pytest.raises(ScoreRefusal, match="'patients' not found"):
+        table_paths(tmp_path / "in")
+    with pytest.raises(ScoreRefusal, match="no such folder"):
+        table_paths(tmp_path / "nowhere")
+
+
+def test_part_names_sort_in_chunk_order() -> None:
+    names = [part_name(c) for c in (0, 9, 10, 123)]
+    assert names == sorted(names) and names[0] == "part-00000.parquet"
