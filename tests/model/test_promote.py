@@ -1,0 +1,125 @@
+"""Promotion rule: `champion` moves to the candidate only when it beats the champion on held-out decision value
+AND calibration; otherwise the reason is printed; the first evaluated candidate becomes champion."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from pipeline.promote import PromotionRule, promotion_decision
+from tests.model.synthetic_escalate import mlflow_store
+
+CHAMPION = {"decision_value_recommended": 0.50, "response_ece": 0.05}
+
+
+@pytest.mark.parametrize(
+    "candidate, rule, promote, reason",
+    [
+        ({"decision_value_recommended": 0.55, "response_ece": 0.04}, PromotionRule(), True, "beats the champion"),
+        ({"decision_value_recommended": 0.55, "response_ece": 0.05}, PromotionRule(), True, "beats the champion"),
+        ({"decision_value_recommended": 0.55, "response_ece": 0.08}, PromotionRule(), False, "worse calibrated"),
+        ({"decision_value_recommended": 0.50, "response_ece": 0.01}, PromotionRule(), False,
+         "decision value is not higher"),
+        ({"decision_value_recommended": 0.45, "response_ece": 0.09}, PromotionRule(), False,
+         "not higher and it is worse calibrated"),
+        ({"decision_value_recommended": 0.52, "response_ece": 0.04},
+         PromotionRule(min_decision_value_gain=0.05), False, "needs > 0.05"),
+        ({"decision_value_recommended": 0.56, "response_ece": 0.06},
+         PromotionRule(ece_tolerance=0.02), True, "allowed up to 0.070"),
+        ({"decision_value_recommended": 0.60}, PromotionRule(), False, "run `escalate evaluate` first"),
+        ({"decision_value_recommended": math.nan, "response_ece": 0.01}, PromotionRule(), False,
+         "no held-out decision_value_recommended"),
+    ],
+    ids=["better-both", "tie-calibration", "worse-calibration", "tie-value", "worse-both", "margin-not-met",
+         "within-tolerance", "not-evaluated", "nan-value"],
+)
+def test_promotion_rule(candidate, rule, promote, reason):
+    decision = promotion_decision(candidate, CHAMPION, rule)
+    assert decision.promote is promote
+    assert reason in decision.reason
+
+
+def test_first_evaluated_candidate_becomes_champion():
+    decision = promotion_decision({"decision_value_recommended": 0.3, "response_ece": 0.2}, None)
+    assert decision.promote
+    assert "first evaluated candidate" in decision.reason
+
+
+def test_different_evaluation_data_is_flagged():
+    decision = promotion_decision({"decision_value_recommended": 0.6, "response_ece": 0.01}, CHAMPION,
+                                  same_data=False)
+    assert decision.promote and "different data" in decision.reason
+
+
+@pytest.fixture()
+def registry_store(tmp_path, monkeypatch):
+    """A temporary store with a registered model whose versions point at runs carrying held-out metrics."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import registry
+
+    registry.setup_mlflow(tmp_path)
+    client = MlflowClient()
+    client.create_registered_model(registry.MODEL_NAME)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"promote": {"min_decision_value_gain": 0.0, "ece_tolerance": 0.0}}))
+
+    def add_version(metrics: dict[str, float]) -> str:
+        with mlflow.start_run() as run:
+            mlflow.log_metrics(metrics)
+            mlflow.set_tag("dataset.features.sha256", "same")
+        version = client.create_model_version(registry.MODEL_NAME, f"runs:/{run.info.run_id}/m", run.info.run_id)
+        client.set_registered_model_alias(registry.MODEL_NAME, "candidate", version.version)
+        return str(version.version)
+
+    return tmp_path, params, add_version, client
+
+
+def _champion(client) -> str | None:
+    from pipeline import registry
+
+    found = registry.alias_run_id("champion")
+    return None if found is None else found[0]
+
+
+def test_champion_moves_only_for_a_better_candidate(registry_store):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root, params, add_version, client = registry_store
+    runner = CliRunner()
+    first = add_version({"decision_value_recommended": 0.50, "response_ece": 0.05})
+    result = runner.invoke(app, ["promote", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    assert "promoted: no champion yet" in result.output
+    assert _champion(client) == first
+
+    worse = add_version({"decision_value_recommended": 0.60, "response_ece": 0.09})
+    result = runner.invoke(app, ["promote", "--params", str(params)])
+    assert "not promoted" in result.output and "worse calibrated" in result.output
+    assert _champion(client) == first != worse
+
+    better = add_version({"decision_value_recommended": 0.58, "response_ece": 0.04})
+    result = runner.invoke(app, ["promote", "--params", str(params)])
+    assert "promoted: candidate beats the champion" in result.output
+    assert _champion(client) == better
+    assert "beats the champion" in client.get_model_version("escalate-response", better).tags["promotion"]
+
+    result = runner.invoke(app, ["promote", "--params", str(params)])
+    assert "already the champion" in result.output
+
+
+def test_unevaluated_candidate_is_not_promoted(registry_store):
+    from pipeline.promote import run_promote
+
+    root, params, add_version, client = registry_store
+    add_version({"train_decisions": 100.0})
+    decision = run_promote(params, root)
+    assert not decision.promote
+    assert "escalate evaluate" in decision.reason
+    assert _champion(client) is None
