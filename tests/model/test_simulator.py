@@ -206,7 +206,8 @@ ANCHORS = [
     ("continue", 16, "p_tis20", 0.44, "ProDERM placebo"),
     ("add_ivig", 16, "p_tis20", 0.79, "ProDERM IVIG"),
     ("add_ivig", 16, "p_tis40", 0.68, "ProDERM IVIG"),
-    # not yet within ±5 pp (see configs/simulator.yaml): IVIG TIS ≥ 60 (≈ 0.40 vs 0.32) and the DOI levels
+    ("add_ivig", 16, "p_tis60", 0.32, "ProDERM IVIG"),
+    # not reproduced (see the report): the DOI *levels* of the abatacept trial (55 % / 50 %); the difference is
 ]
 
 
@@ -227,3 +228,16 @@ def test_abatacept_is_near_placebo_in_dm(trial):
     o = trial.outcomes[trial.outcomes["horizon_weeks"] == 24]
     diff = o.loc[o["option"] == "add_abatacept", "p_doi"].mean() - o.loc[o["option"] == "continue", "p_doi"].mean()
     assert 0 < diff <= 0.1  # 55 % vs 50 %: a small effect in DM
+
+
+def test_records_let_a_reader_recover_the_true_decision_points(cohort, inputs):
+    """Decision points derived from the exported records (features.decisions) are exactly the simulator's."""
+    from features.contract import MeasureCatalog, normalise
+    from features.decisions import compare_with_truth, derive_decisions
+
+    _, vocabulary, catalog = inputs
+    tables = {name: getattr(cohort, name) for name in CONTRACT_COLUMNS}
+    normalised = normalise(tables, vocabulary, MeasureCatalog.from_config(load_reference("measures")), TODAY)
+    result = compare_with_truth(derive_decisions(normalised, vocabulary, catalog), cohort.decisions)
+    assert result["precision"] == 1.0 and result["recall"] == 1.0
+    assert result["option_accuracy"] > 0.9
