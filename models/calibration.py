@@ -1,0 +1,195 @@
+"""Calibration of per-option predictions: patient-grouped out-of-fold predictions, then a per-arm isotonic or
+Platt (sigmoid) map fitted on the factual option's out-of-fold prediction and outcome.
+
+A patient's rows never straddle folds, so no calibrator sees a prediction made by a model trained on the
+same patient. `mask_ineligible` blanks options a patient cannot receive, so they never get a prediction.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Self
+
+import numpy as np
+import pandas as pd
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+
+from models.config import CalibrationConfig
+from models.learners import (
+    BaseLearner,
+    FitData,
+    OutcomeLearner,
+    patient_folds,
+    prepare_fit,
+)
+from models.propensity import ArrayLike, as_eligible_matrix
+
+
+def fold_labels(data: FitData) -> np.ndarray:
+    """Stratification label for patient-grouped folds: option x response (option only when continuous)."""
+    if data.outcome == "binary":
+        return data.codes * 2 + data.y.astype(np.int64)
+    return data.codes
+
+
+def out_of_fold_predictions(
+    learner: OutcomeLearner, data: FitData, *, n_folds: int = 5, seed: int = 0
+) -> np.ndarray:
+    """(n, n_arms) predictions for each row from a clone of `learner` fitted on the other patients' folds."""
+    oof = np.full((len(data.y), len(data.arms)), np.nan)
+    folds = patient_folds(data.groups, n_folds, seed=seed, stratify=fold_labels(data))
+    for train, test in folds:
+        member = learner.clone(arms=data.arms, outcome=data.outcome)
+        member.fit_prepared(data.rows(train))
+        oof[test] = member.predict_outcomes(data.X.iloc[test])
+    return oof
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(q / (1 - q))
+
+
+class PlattCalibrator:
+    """Sigmoid recalibration: a logistic regression of the outcome on the logit of the predicted probability."""
+
+    def fit(self, p: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> Self:
+        """Fit slope and intercept on (prediction, outcome) pairs."""
+        self.model_ = LogisticRegression(C=1e6, max_iter=1000)
+        self.model_.fit(_logit(p)[:, None], y, sample_weight=sample_weight)
+        return self
+
+    def predict(self, p: np.ndarray) -> np.ndarray:
+        """Recalibrated probabilities."""
+        return self.model_.predict_proba(_logit(np.asarray(p, dtype="float64"))[:, None])[:, 1]
+
+
+def fit_arm_calibrators(
+    oof: np.ndarray, data: FitData, method: str, min_rows: int
+) -> tuple[dict[str, IsotonicRegression | PlattCalibrator | None], list[str]]:
+    """One calibrator per option, fitted on the rows that took it (their factual out-of-fold prediction).
+
+    Options with fewer than `min_rows` factual rows get None (left uncalibrated) and are listed.
+    """
+    if method == "sigmoid" and data.outcome != "binary":
+        raise ValueError("calibration method 'sigmoid' needs a binary outcome; use 'isotonic' for a score")
+    calibrators: dict[str, IsotonicRegression | PlattCalibrator | None] = {}
+    skipped: list[str] = []
+    for k, arm in enumerate(data.arms):
+        rows = np.flatnonzero((data.codes == k) & (data.weight > 0))
+        if len(rows) < min_rows:
+            calibrators[arm] = None
+            skipped.append(arm)
+            continue
+        p, y, w = oof[rows, k], data.y[rows], data.weight[rows]
+        if method == "isotonic":
+            bounds = {"y_min": 0.0, "y_max": 1.0} if data.outcome == "binary" else {}
+            cal = IsotonicRegression(out_of_bounds="clip", **bounds).fit(p, y, sample_weight=w)
+        else:
+            cal = PlattCalibrator().fit(p, y, sample_weight=w)
+        calibrators[arm] = cal
+    return calibrators, skipped
+
+
+class CalibratedLearner(BaseLearner):
+    """Wraps any learner: per-arm calibrators fitted on patient-grouped out-of-fold predictions, then the base
+    learner refitted on all rows; predictions are the base predictions mapped through each arm's calibrator.
+
+    After fit: `base_` (the refitted learner), `calibrators_` (arm -> calibrator or None), `oof_` (the raw
+    out-of-fold predictions, for honest evaluation) and `uncalibrated_arms_`.
+    """
+
+    def __init__(self, base: BaseLearner, config: CalibrationConfig | None = None) -> None:
+        super().__init__(base.config)
+        self.base = base
+        self.calibration = config or CalibrationConfig()
+
+    def clone(self, **config_updates: object) -> Self:
+        """An unfitted wrapper around an unfitted clone of the base learner."""
+        return type(self)(self.base.clone(**config_updates), self.calibration)
+
+    def _fit(self, data: FitData) -> None:
+        cfg = self.calibration
+        self.oof_ = out_of_fold_predictions(self.base, data, n_folds=cfg.n_folds, seed=cfg.seed)
+        self.calibrators_, self.uncalibrated_arms_ = fit_arm_calibrators(
+            self.oof_, data, cfg.method, cfg.min_rows_per_arm
+        )
+        if self.uncalibrated_arms_:
+            warnings.warn(
+                f"options {self.uncalibrated_arms_} have fewer than {cfg.min_rows_per_arm} rows and are "
+                "left uncalibrated",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.base_ = self.base.clone(arms=data.arms, outcome=data.outcome).fit_prepared(data)
+
+    def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
+        raw = self.base_.predict_outcomes(frame)
+        return self.calibrate(raw)
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Map raw (n, n_arms) predictions through each arm's calibrator (identity where uncalibrated)."""
+        out = np.asarray(raw, dtype="float64").copy()
+        for k, arm in enumerate(self.arms_):
+            cal = self.calibrators_[arm]
+            if cal is not None:
+                out[:, k] = cal.predict(out[:, k])
+        return out
+
+
+def calibrate_learner(
+    base: BaseLearner,
+    X: pd.DataFrame | np.ndarray,
+    treatment: ArrayLike,
+    y: ArrayLike,
+    *,
+    config: CalibrationConfig | None = None,
+    groups: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    eligible: pd.DataFrame | np.ndarray | None = None,
+) -> CalibratedLearner:
+    """Convenience: wrap `base` and fit it in one call."""
+    return CalibratedLearner(base, config).fit(
+        X, treatment, y, groups=groups, sample_weight=sample_weight, eligible=eligible
+    )
+
+
+def out_of_fold_outcomes(
+    learner: BaseLearner,
+    X: pd.DataFrame | np.ndarray,
+    treatment: ArrayLike,
+    y: ArrayLike,
+    *,
+    groups: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    eligible: pd.DataFrame | np.ndarray | None = None,
+    n_folds: int = 5,
+    seed: int = 0,
+) -> np.ndarray:
+    """(n, n_arms) patient-grouped out-of-fold predictions from raw inputs (for honest factual metrics)."""
+    data = prepare_fit(
+        X, treatment, y, learner.config, groups=groups, sample_weight=sample_weight, eligible=eligible
+    )
+    return out_of_fold_predictions(learner, data, n_folds=n_folds, seed=seed)
+
+
+def mask_ineligible(
+    pred: np.ndarray | pd.DataFrame, eligible: np.ndarray | pd.DataFrame
+) -> np.ndarray | pd.DataFrame:
+    """Predictions with NaN wherever the option is ineligible, so no ineligible option is ever shown or ranked.
+
+    A DataFrame is masked by option name (its columns); an array by position.
+    """
+    if isinstance(pred, pd.DataFrame):
+        elig = as_eligible_matrix(eligible, [str(c) for c in pred.columns], len(pred))
+        return pred.astype("float64").where(elig)
+    p = np.asarray(pred, dtype="float64")
+    if isinstance(eligible, pd.DataFrame):
+        raise ValueError("mask_ineligible: pass predictions as a DataFrame to mask by option name")
+    e = np.asarray(eligible)
+    if e.dtype != bool or e.shape != p.shape:
+        raise ValueError(
+            f"mask_ineligible: eligible must be a boolean array of shape {p.shape}, got {e.dtype} {e.shape}"
+        )
+    return np.where(e, p, np.nan)

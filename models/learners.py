@@ -1,0 +1,479 @@
+"""Outcome learners: predict each patient's outcome under every escalation option, and the contrast with control.
+
+All learners share one interface (`OutcomeLearner`), usable outside the pipeline like EconML/CausalML
+meta-learners: `fit(X, treatment, y, *, groups, sample_weight, eligible)`, `predict_outcomes(X)` (n, n_arms)
+— P(response) for a binary outcome, the expected value for a continuous one — and `predict_effects(X)`,
+the same minus the control-arm column. `arms_` gives the column order.
+
+How each arm's prediction is formed from the fitted XGBoost models (for exact TreeSHAP downstream; the
+"margin" is `model.predict(frame, output_margin=True)`, the logit for a binary outcome, the value otherwise):
+- `SLearner`: one model `model_`; arm k's margin = margin of `model_` on `design(X, k)` (X plus one-hot
+  `option__<arm>` columns with k set). TreeSHAP on `design(X, k)` is additive on that margin.
+- `TLearner`: `models_[k]` fitted on rows that took k; arm k's margin = margin of `models_[k]` on X.
+- `DRLearner`: `models_[control]` is the control-arm outcome model (margin as in the T-learner) and
+  `effect_models_[k]` are regressors of the AIPW contrast k - control on the outcome scale (probability for
+  a binary outcome). Outcome k = inverse_link(control margin) + effect_models_[k](X), clipped to [0, 1] for a
+  binary outcome. Explain an option's *effect* with TreeSHAP on `effect_models_[k]` (additive on that scale).
+- `LinearLearner`: no trees; a logistic/ridge model on scaled features with option x feature interactions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal, Protocol, Self, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from models.config import LearnerConfig
+from models.propensity import (
+    ArrayLike,
+    PropensityModel,
+    as_eligible_matrix,
+    as_feature_frame,
+    check_factual_eligible,
+    clip_propensity,
+    encode_treatment,
+)
+
+Outcome = Literal["binary", "continuous"]
+OPTION_PREFIX = "option__"
+
+
+@runtime_checkable
+class OutcomeLearner(Protocol):
+    """What the pipeline, calibration, intervals and explanations rely on."""
+
+    arms_: tuple[str, ...]
+    outcome: Outcome
+    control: str
+
+    def fit(
+        self,
+        X: pd.DataFrame | np.ndarray,
+        treatment: ArrayLike,
+        y: ArrayLike,
+        *,
+        groups: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+        eligible: pd.DataFrame | np.ndarray | None = None,
+    ) -> Self: ...
+
+    def fit_prepared(self, data: FitData) -> Self: ...
+
+    def predict_outcomes(self, X: pd.DataFrame | np.ndarray) -> np.ndarray: ...
+
+    def predict_effects(self, X: pd.DataFrame | np.ndarray) -> np.ndarray: ...
+
+    def clone(self, **config_updates: object) -> Self: ...
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Checked, aligned training inputs: features, option codes, outcome, patient groups, weights, eligibility."""
+
+    X: pd.DataFrame
+    codes: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    weight: np.ndarray
+    eligible: np.ndarray
+    arms: tuple[str, ...]
+    outcome: Outcome
+
+    def rows(self, idx: np.ndarray) -> FitData:
+        """The subset of rows `idx` (positions), with a fresh 0..m-1 index."""
+        return FitData(
+            X=self.X.iloc[idx].reset_index(drop=True),
+            codes=self.codes[idx],
+            y=self.y[idx],
+            groups=self.groups[idx],
+            weight=self.weight[idx],
+            eligible=self.eligible[idx],
+            arms=self.arms,
+            outcome=self.outcome,
+        )
+
+
+def resolve_arms(treatment: ArrayLike, config: LearnerConfig) -> tuple[str, ...]:
+    """Arm order: `config.arms` if set, else the control arm then the other observed options alphabetically."""
+    if config.arms is not None:
+        return tuple(config.arms)
+    seen = sorted({str(t) for t in np.asarray(treatment, dtype=object).ravel()})
+    if config.control not in seen:
+        raise ValueError(
+            f"table treatment: control option {config.control!r} never taken (rule: the control arm needs rows); "
+            f"options seen {seen}"
+        )
+    return (config.control, *[a for a in seen if a != config.control])
+
+
+def resolve_outcome(y: np.ndarray, config: LearnerConfig) -> Outcome:
+    """Binary when `config.outcome` says so, or when 'auto' and y only holds 0 and 1."""
+    is01 = np.isin(y, (0.0, 1.0))
+    if config.outcome == "binary" and not is01.all():
+        r = int(np.flatnonzero(~is01)[0])
+        raise ValueError(f"table y: row {r} is {y[r]} (rule: a binary outcome is 0 or 1)")
+    if config.outcome == "auto":
+        return "binary" if is01.all() else "continuous"
+    return config.outcome
+
+
+def prepare_fit(
+    X: pd.DataFrame | np.ndarray,
+    treatment: ArrayLike,
+    y: ArrayLike,
+    config: LearnerConfig,
+    *,
+    groups: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    eligible: pd.DataFrame | np.ndarray | None = None,
+) -> FitData:
+    """Check and align the training inputs; every error names the table, row, column and rule."""
+    frame = as_feature_frame(X)
+    n = len(frame)
+    t = np.asarray(treatment, dtype=object).ravel()
+    if len(t) != n:
+        raise ValueError(f"table treatment: {len(t)} rows but X has {n} (rule: one option per row of X)")
+    try:
+        yv = np.asarray(y, dtype="float64").ravel()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"table y: not numeric ({exc}) (rule: 0/1 response or a numeric score)") from exc
+    if len(yv) != n:
+        raise ValueError(f"table y: {len(yv)} rows but X has {n} (rule: one outcome per row of X)")
+    if not np.isfinite(yv).all():
+        r = int(np.flatnonzero(~np.isfinite(yv))[0])
+        raise ValueError(
+            f"table y: row {r} is {yv[r]} (rule: outcomes must be finite; drop unlabelled rows first)"
+        )
+    arms = resolve_arms(t, config)
+    codes = encode_treatment(t, arms)
+    outcome = resolve_outcome(yv, config)
+    if groups is None:
+        g = np.arange(n)
+    else:
+        graw = np.asarray(groups, dtype=object).ravel()
+        if len(graw) != n:
+            raise ValueError(f"table groups: {len(graw)} rows but X has {n} (rule: one patient id per row)")
+        g, _ = pd.factorize(pd.Series(graw, dtype=object), use_na_sentinel=True)
+        if (g < 0).any():
+            r = int(np.flatnonzero(g < 0)[0])
+            raise ValueError(
+                f"table groups: row {r}, column patient_id is missing (rule: every row has a patient)"
+            )
+    if sample_weight is None:
+        w = np.ones(n)
+    else:
+        w = np.asarray(sample_weight, dtype="float64").ravel()
+        if len(w) != n:
+            raise ValueError(f"table sample_weight: {len(w)} rows but X has {n} (rule: one weight per row)")
+        bad = ~np.isfinite(w) | (w < 0)
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"table sample_weight: row {r} is {w[r]} (rule: finite and >= 0)")
+    elig = as_eligible_matrix(eligible, arms, n)
+    if eligible is not None:
+        check_factual_eligible(codes, elig, arms)
+    return FitData(frame, codes, yv, np.asarray(g), w, elig, arms, outcome)
+
+
+def patient_folds(
+    groups: ArrayLike, n_splits: int, *, seed: int, stratify: ArrayLike | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K (train, test) row-position splits in which a patient's rows never straddle folds.
+
+    With `stratify` (e.g. option x response) the folds keep its mix similar (`StratifiedGroupKFold`).
+    """
+    g, _ = pd.factorize(pd.Series(np.asarray(groups, dtype=object).ravel(), dtype=object))
+    n_groups = int(g.max()) + 1 if len(g) else 0
+    if n_groups < n_splits:
+        raise ValueError(
+            f"table groups: {n_groups} patients for {n_splits} folds (rule: at least one patient per fold)"
+        )
+    dummy = np.zeros((len(g), 1))
+    if stratify is None:
+        splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        return [(tr, te) for tr, te in splitter.split(dummy, groups=g)]
+    s, _ = pd.factorize(pd.Series(np.asarray(stratify, dtype=object).ravel(), dtype=object))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return [(tr, te) for tr, te in splitter.split(dummy, s, groups=g)]
+
+
+def _booster(outcome: Outcome, config: LearnerConfig, seed_offset: int) -> xgb.XGBModel:
+    """A fresh XGBoost classifier (binary) or squared-error regressor (continuous) from the config."""
+    params = config.booster.xgb_params(seed_offset=seed_offset)
+    if outcome == "binary":
+        return xgb.XGBClassifier(objective="binary:logistic", **params)
+    return xgb.XGBRegressor(objective="reg:squarederror", **params)
+
+
+def _predict(model: xgb.XGBModel, frame: pd.DataFrame, outcome: Outcome) -> np.ndarray:
+    """P(response) for a classifier, the expected value for a regressor."""
+    if outcome == "binary":
+        return np.asarray(model.predict_proba(frame)[:, 1], dtype="float64")
+    return np.asarray(model.predict(frame), dtype="float64")
+
+
+def _check_arm_rows(data: FitData, arm_index: int, *, min_rows: int = 2) -> np.ndarray:
+    """Rows that took one arm; a per-arm model needs enough of them (and both outcomes when binary)."""
+    rows = np.flatnonzero((data.codes == arm_index) & (data.weight > 0))
+    arm = data.arms[arm_index]
+    if len(rows) < min_rows:
+        raise ValueError(
+            f"table treatment: option {arm!r} has {len(rows)} row(s) (rule: at least {min_rows} to fit its model)"
+        )
+    if data.outcome == "binary":
+        values = np.unique(data.y[rows])
+        if len(values) < 2:
+            raise ValueError(
+                f"table y: every one of the {len(rows)} rows that took {arm!r} has outcome {values[0]:g} "
+                "(rule: a per-option binary model needs responders and non-responders)"
+            )
+    return rows
+
+
+class BaseLearner(ABC):
+    """Shared plumbing: input checks, arm bookkeeping, effects as contrasts with the control arm, cloning."""
+
+    def __init__(self, config: LearnerConfig | None = None) -> None:
+        self.config = config or LearnerConfig()
+
+    @property
+    def control(self) -> str:
+        """Name of the control option (effects are contrasts against it)."""
+        return self.config.control
+
+    def clone(self, **config_updates: object) -> Self:
+        """An unfitted learner of the same kind; `config_updates` override config fields (e.g. fixed arms)."""
+        return type(self)(self.config.model_copy(update=config_updates))
+
+    def fit(
+        self,
+        X: pd.DataFrame | np.ndarray,
+        treatment: ArrayLike,
+        y: ArrayLike,
+        *,
+        groups: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+        eligible: pd.DataFrame | np.ndarray | None = None,
+    ) -> Self:
+        """Fit on factual rows. `groups` are patient ids (used for cross-fitting); `eligible` (n, n_arms) is
+        used by learners that model propensities and is otherwise only checked against the option taken."""
+        data = prepare_fit(
+            X, treatment, y, self.config, groups=groups, sample_weight=sample_weight, eligible=eligible
+        )
+        return self.fit_prepared(data)
+
+    def fit_prepared(self, data: FitData) -> Self:
+        """Fit on already checked inputs (`prepare_fit`); wrappers use it to refit on row subsets."""
+        self.arms_ = data.arms
+        self.outcome: Outcome = data.outcome
+        self.columns_ = list(data.X.columns)
+        self.control_index_ = self.arms_.index(self.control)
+        self._fit(data)
+        return self
+
+    @abstractmethod
+    def _fit(self, data: FitData) -> None: ...
+
+    @abstractmethod
+    def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray: ...
+
+    def _frame(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        if not hasattr(self, "arms_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(X, treatment, y) first")
+        return as_feature_frame(X, columns=self.columns_)
+
+    def predict_outcomes(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """(n, n_arms) predicted outcome under each option, columns in `arms_` order."""
+        out = self._predict_outcomes(self._frame(X))
+        return np.clip(out, 0.0, 1.0) if self.outcome == "binary" else out
+
+    def predict_effects(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """(n, n_arms) predicted outcome under each option minus that under the control option."""
+        out = self.predict_outcomes(X)
+        return out - out[:, [self.control_index_]]
+
+    def predict_outcomes_frame(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        """`predict_outcomes` as a DataFrame with one column per option (and X's index when X is a frame)."""
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        return pd.DataFrame(self.predict_outcomes(X), columns=list(self.arms_), index=index)
+
+
+class SLearner(BaseLearner):
+    """One XGBoost model of the outcome on the features plus one-hot option columns (`option__<arm>`)."""
+
+    def design(self, X: pd.DataFrame | np.ndarray, arm: str) -> pd.DataFrame:
+        """The model input for every row of X as if option `arm` were chosen (for prediction and TreeSHAP)."""
+        frame = self._frame(X)
+        return self._design(frame, np.full(len(frame), self.arms_.index(arm)))
+
+    def _design(self, frame: pd.DataFrame, codes: np.ndarray) -> pd.DataFrame:
+        onehot = (codes[:, None] == np.arange(len(self.arms_))[None, :]).astype("float64")
+        names = [f"{OPTION_PREFIX}{a}" for a in self.arms_]
+        return pd.concat([frame, pd.DataFrame(onehot, columns=names, index=frame.index)], axis=1)
+
+    def _fit(self, data: FitData) -> None:
+        clash = [c for c in data.X.columns if c.startswith(OPTION_PREFIX)]
+        if clash:
+            raise ValueError(f"table X: column(s) {clash} use the reserved prefix {OPTION_PREFIX!r}")
+        counts = np.bincount(data.codes, minlength=len(data.arms))
+        if (counts == 0).any():
+            raise ValueError(
+                f"table treatment: option(s) {[a for a, c in zip(data.arms, counts, strict=True) if c == 0]} "
+                "have no rows (rule: every arm needs rows)"
+            )
+        self.model_ = _booster(data.outcome, self.config, 0)
+        self.model_.fit(self._design(data.X, data.codes), data.y, sample_weight=data.weight)
+
+    def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
+        n, k = len(frame), len(self.arms_)
+        stacked = pd.concat([frame] * k, ignore_index=True)
+        design = self._design(stacked, np.repeat(np.arange(k), n))
+        return _predict(self.model_, design, self.outcome).reshape(k, n).T
+
+
+class TLearner(BaseLearner):
+    """One XGBoost model per option, each fitted on the rows that took it (`models_[arm]`)."""
+
+    def _fit(self, data: FitData) -> None:
+        self.models_: dict[str, xgb.XGBModel] = {}
+        for k, arm in enumerate(data.arms):
+            rows = _check_arm_rows(data, k)
+            model = _booster(data.outcome, self.config, k)
+            model.fit(data.X.iloc[rows], data.y[rows], sample_weight=data.weight[rows])
+            self.models_[arm] = model
+
+    def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.column_stack([_predict(self.models_[a], frame, self.outcome) for a in self.arms_])
+
+
+class DRLearner(BaseLearner):
+    """Doubly robust learner: AIPW pseudo-outcomes from patient-grouped cross-fitted outcome and propensity
+    models, then one XGBoost regression per option-vs-control contrast (`effect_models_[arm]`).
+
+    Rows where an option (or control) is ineligible carry no pseudo-outcome for that contrast. After fit,
+    `aipw_scores_` (n, n_arms) holds the cross-fitted AIPW scores (NaN where ineligible) for policy evaluation
+    and `propensity_` the cross-fitted propensities.
+    """
+
+    def _fit(self, data: FitData) -> None:
+        n, k = len(data.y), len(data.arms)
+        cfg = self.config
+        fixed = cfg.model_copy(update={"arms": data.arms, "outcome": data.outcome})
+        stratify = data.codes * 2 + (data.y.astype(np.int64) if data.outcome == "binary" else 0)
+        mu = np.empty((n, k))
+        prop = np.empty((n, k))
+        folds = patient_folds(data.groups, cfg.cv_folds, seed=cfg.booster.seed, stratify=stratify)
+        for fold, (train, test) in enumerate(folds):
+            tr = data.rows(train)
+            fold_booster = cfg.booster.model_copy(update={"seed": cfg.booster.seed + 101 * (fold + 1)})
+            nuisance = TLearner(fixed.model_copy(update={"booster": fold_booster}))
+            nuisance.fit_prepared(tr)
+            mu[test] = nuisance._predict_outcomes(data.X.iloc[test])
+            pm = PropensityModel(data.arms, cfg.propensity).fit(
+                tr.X, np.asarray(data.arms)[tr.codes], eligible=tr.eligible, sample_weight=tr.weight
+            )
+            prop[test] = pm.predict_proba(data.X.iloc[test], data.eligible[test])
+        if data.outcome == "binary":
+            mu = np.clip(mu, 0.0, 1.0)
+        clipped = clip_propensity(prop, data.eligible, cfg.propensity.clip)
+        taken = np.arange(n), data.codes
+        residual = (data.y - mu[taken]) / clipped[taken]
+        scores = mu.copy()
+        scores[taken] += residual
+        scores[~data.eligible] = np.nan
+        self.aipw_scores_ = scores
+        self.propensity_ = prop
+        c = self.arms_.index(self.control)
+        control_rows = _check_arm_rows(data, c)
+        self.models_ = {self.control: _booster(data.outcome, cfg, c)}
+        self.models_[self.control].fit(
+            data.X.iloc[control_rows], data.y[control_rows], sample_weight=data.weight[control_rows]
+        )
+        self.effect_models_: dict[str, xgb.XGBRegressor] = {}
+        for j, arm in enumerate(data.arms):
+            if j == c:
+                continue
+            rows = np.flatnonzero(data.eligible[:, j] & data.eligible[:, c] & (data.weight > 0))
+            if len(rows) < 2:
+                raise ValueError(
+                    f"table eligible: only {len(rows)} row(s) eligible for both {arm!r} and {self.control!r} "
+                    "(rule: a contrast needs rows where both options are possible)"
+                )
+            params = cfg.effect_booster.model_copy(update={"seed": cfg.booster.seed}).xgb_params(seed_offset=j)
+            model = xgb.XGBRegressor(objective="reg:squarederror", **params)
+            model.fit(data.X.iloc[rows], scores[rows, j] - scores[rows, c], sample_weight=data.weight[rows])
+            self.effect_models_[arm] = model
+
+    def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
+        base = _predict(self.models_[self.control], frame, self.outcome)
+        out = np.repeat(base[:, None], len(self.arms_), axis=1)
+        for j, arm in enumerate(self.arms_):
+            if arm != self.control:
+                out[:, j] += self.effect_models_[arm].predict(frame)
+        return out
+
+
+class LinearLearner(BaseLearner):
+    """Baseline: regularised logistic (binary) or ridge (continuous) regression on scaled features, option
+    indicators and option x feature interactions; `preprocess_` is a sklearn Pipeline (median imputer with
+    missing indicators, then scaling)."""
+
+    def _design(self, z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        others = [j for j in range(len(self.arms_)) if j != self.control_index_]
+        onehot = (codes[:, None] == np.asarray(others)[None, :]).astype("float64")
+        inter = (onehot[:, :, None] * z[:, None, :]).reshape(len(z), -1)
+        return np.hstack([z, onehot, inter])
+
+    def _fit(self, data: FitData) -> None:
+        counts = np.bincount(data.codes, minlength=len(data.arms))
+        if (counts == 0).any():
+            raise ValueError(
+                f"table treatment: option(s) {[a for a, c in zip(data.arms, counts, strict=True) if c == 0]} "
+                "have no rows (rule: every arm needs rows)"
+            )
+        self.preprocess_ = Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+                ("scale", StandardScaler()),
+            ]
+        )
+        z = self.preprocess_.fit_transform(data.X)
+        if data.outcome == "binary":
+            self.model_ = LogisticRegression(C=self.config.linear_C, max_iter=5000)
+        else:
+            self.model_ = Ridge(alpha=self.config.linear_alpha)
+        self.model_.fit(self._design(z, data.codes), data.y, sample_weight=data.weight)
+
+    def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
+        z = self.preprocess_.transform(frame)
+        n, k = len(z), len(self.arms_)
+        design = self._design(np.tile(z, (k, 1)), np.repeat(np.arange(k), n))
+        if self.outcome == "binary":
+            pred = self.model_.predict_proba(design)[:, 1]
+        else:
+            pred = self.model_.predict(design)
+        return np.asarray(pred, dtype="float64").reshape(k, n).T
+
+
+LEARNERS: Mapping[str, type[BaseLearner]] = MappingProxyType(
+    {"s": SLearner, "t": TLearner, "dr": DRLearner, "linear": LinearLearner}
+)
+
+
+def make_learner(kind: str, config: LearnerConfig | None = None) -> BaseLearner:
+    """A learner by short name ('s', 't', 'dr', 'linear') so `params.yaml` can choose one."""
+    try:
+        return LEARNERS[kind](config)
+    except KeyError:
+        raise ValueError(f"learner kind {kind!r}: expected one of {sorted(LEARNERS)}") from None
