@@ -18,6 +18,7 @@ from simulator.cohort import sample_patients
 from simulator.config import SimulatorConfig
 from simulator.effects import (
     DecisionState,
+    OptionEffects,
     choose,
     option_effects,
     policy_features,
@@ -36,7 +37,7 @@ from simulator.measures import (
     latent_to_measures,
     safety_labs,
 )
-from simulator.truth import probabilities_from_draws, response_thresholds, score_pairs
+from simulator.truth import Probabilities, probabilities_from_draws, response_thresholds, score_pairs
 
 Mode = Literal["observational", "trial"]
 #: measures of a visit in export order (wide working frame → long contract table).
@@ -225,6 +226,7 @@ def simulate_cohort(
     generics = vocabulary.generics
     option_names = catalog.names
     n_opt = len(option_names)
+    control = option_names.index(catalog.control)
     horizons = tuple(cfg.trial.horizons_weeks) if trial else (dec.horizon_weeks,)
     main_h = max(horizons)
     juvenile_all = patients["juvenile"].to_numpy(bool)
@@ -291,7 +293,7 @@ def simulate_cohort(
             realised[h] = follow
             latent_taken_inputs[h] = (mf, sf)
             scores = score_pairs(base, follow, scale, uln)
-            probs = _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, cfg, rng)
+            probs = _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control, cfg, rng)
             p_safe = safety_risk(catalog, state, ild, h, cfg.safety)
             safety_at[h] = p_safe
             per_h.append(
@@ -414,26 +416,37 @@ def _responder(z: np.ndarray, cfg: SimulatorConfig) -> np.ndarray:
     return (special.ndtr(z) >= cfg.effects.non_responder_fraction).astype(float)
 
 
-def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, cfg: SimulatorConfig, rng: np.random.Generator):
-    """True probabilities per decision × option from `mc_draws` noise draws shared across options, in chunks."""
+def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: int, cfg: SimulatorConfig, rng: np.random.Generator):
+    """True probabilities per decision × option from `mc_draws` noise draws shared across options, in chunks.
+
+    An option whose new effect is nil at a decision (an add of a drug already taken, optimise with nothing below
+    target) has exactly the control arm's draws (common random numbers), so it is scored once, as the control.
+    """
     n, n_opt = eff.new_muscle.shape
     draws = cfg.truth.mc_draws
+    needed = (eff.new_muscle != 0) | (eff.new_skin != 0)
+    needed[:, control] = True
+    out = {f: np.full((n, n_opt), np.nan) for f in Probabilities._fields}
     per_chunk = max(1, cfg.truth.chunk_rows // (n_opt * draws))
-    parts = []
     for lo in range(0, n, per_chunk):
-        sl = slice(lo, min(n, lo + per_chunk))
-        c = sl.stop - sl.start
-        eps = rng.standard_normal((c, 1, draws, 4))
-        part = type(eff)(*(a[sl, :, None] for a in eff))
-        rho = _responsiveness(eps[..., 2], cfg)
-        dm, ds = part.delta(rho, cfg.effects.max_effect, rho * _responder(eps[..., 3], cfg))
-        mf = np.clip(m0[sl, None, None] * (1 - dm) + cfg.effects.latent_sd * eps[..., 0], 0, 1)
-        sf = np.clip(s0[sl, None, None] * (1 - ds) + cfg.effects.latent_sd * eps[..., 1], 0, 1)
-        z = rng.standard_normal((c, 1, draws, len(NOISE_COLUMNS)))
-        follow = latent_to_measures(mf, sf, ild[sl], scale[sl], sub.iloc[sl].reset_index(drop=True), z, cfg.measurement)
-        scores = score_pairs({k: v[sl] for k, v in base.items()}, follow, scale[sl], {k: v[sl] for k, v in uln.items()})
-        parts.append(probabilities_from_draws(scores, threshold[sl]))
-    return type(parts[0])(*(np.concatenate([getattr(p, f) for p in parts]) for f in parts[0]._fields))
+        hi = min(n, lo + per_chunk)
+        eps = rng.standard_normal((hi - lo, draws, 4))
+        z = rng.standard_normal((hi - lo, draws, len(NOISE_COLUMNS)))
+        pi, oj = np.nonzero(needed[lo:hi])
+        gi = pi + lo
+        part = OptionEffects(eff.keep_muscle[gi], eff.keep_skin[gi], eff.new_muscle[gi, oj][:, None], eff.new_skin[gi, oj][:, None])
+        rho = _responsiveness(eps[pi, :, 2], cfg)
+        dm, ds = part.delta(rho, cfg.effects.max_effect, rho * _responder(eps[pi, :, 3], cfg))
+        mf = np.clip(m0[gi, None] * (1 - dm) + cfg.effects.latent_sd * eps[pi, :, 0], 0, 1)
+        sf = np.clip(s0[gi, None] * (1 - ds) + cfg.effects.latent_sd * eps[pi, :, 1], 0, 1)
+        follow = latent_to_measures(mf, sf, ild[gi], scale[gi], sub.iloc[gi].reset_index(drop=True), z[pi], cfg.measurement)
+        scores = score_pairs({k: v[gi] for k, v in base.items()}, follow, scale[gi], {k: v[gi] for k, v in uln.items()})
+        probs = probabilities_from_draws(scores, threshold[gi])
+        for f in Probabilities._fields:
+            out[f][gi, oj] = getattr(probs, f)
+    for f in Probabilities._fields:
+        out[f] = np.where(needed, out[f], out[f][:, [control]])
+    return Probabilities(**out)
 
 
 def _interim_days(t: np.ndarray, last: int, low: float, high: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

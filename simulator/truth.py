@@ -79,13 +79,14 @@ def response_thresholds(juvenile: np.ndarray, category: str, rules: TisRules = D
 
 
 def probabilities_from_draws(scores: PairScores, threshold: np.ndarray) -> Probabilities:
-    """Reduce scored draws of shape (decisions, options, draws) to probabilities (decisions, options)."""
+    """Reduce scored draws (draws on the last axis, rows first) to probabilities; `threshold` is per row."""
     tis = scores.tis
+    threshold = np.asarray(threshold).reshape((-1,) + (1,) * (tis.ndim - 1))
     with np.errstate(invalid="ignore"):
         return Probabilities(
             p_tis20=np.mean(tis >= 20, axis=-1),
             p_tis40=np.mean(tis >= 40, axis=-1),
             p_tis60=np.mean(tis >= 60, axis=-1),
-            p_response=np.mean(tis >= threshold[:, None, None], axis=-1),
+            p_response=np.mean(tis >= threshold, axis=-1),
             p_doi=np.nanmean(scores.doi, axis=-1),
         )
