@@ -263,7 +263,7 @@ class RegimenIndex:
         # rows are sorted by (patient, start, drug, ...): re-sort by (patient, drug, start) for the runs
         o = np.lexsort((self.end, self.start, gen_code, self.codes))
         group = self.codes[o] * np.int64(10_000) + gen_code[o]
-        start, end, ritux = self.start[o], self.end[o], self.is_rituximab[o]
+        start, end, ritux, daily = self.start[o], self.end[o], self.is_rituximab[o], self.daily_mg[o]
         new_group = np.r_[True, group[1:] != group[:-1]]
         # for rituximab the "end" of exposure is the end of its active period after the last infusion
         last_exposure = np.where(ritux, np.minimum(end, FAR_FUTURE - self.rituximab_active_days)
@@ -274,7 +274,10 @@ class RegimenIndex:
         new_run = new_group | (start > np.nan_to_num(prev_max, nan=-np.inf) + tol)
         run_id = np.cumsum(new_run)
         self.run_start[o] = pd.Series(start).groupby(run_id).transform("min").to_numpy()
-        self.redose[o] = ritux & ~new_run
+        # a new rituximab course at the same dose while the last one is active is a re-dose, not a change
+        prev_daily = pd.Series(daily).groupby(gid).shift(1).to_numpy(float)
+        same_dose = np.isclose(daily, prev_daily, rtol=1e-6) | (np.isnan(daily) & np.isnan(prev_daily))
+        self.redose[o] = ritux & ~new_run & same_dose
 
     def started_before(self, codes: np.ndarray, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query, row) pairs of every row started before each query's cut-off day."""

@@ -24,6 +24,7 @@ from features.build import (
     from_days,
     last_change_day,
     measure_tracks,
+    to_days,
 )
 from features.config import FeatureConfig
 from features.vocabulary import OptionCatalog, Vocabulary, body_surface_area
@@ -127,11 +128,14 @@ def derive_decisions(
     catalog: OptionCatalog,
     config: FeatureConfig | None = None,
     carry_forward_days: int = 30,
+    today: pd.Timestamp | str | None = None,
 ) -> pd.DataFrame:
     """Decision points and the option taken at each, from the normalised contract tables.
 
     Columns: `decision_id, patient_id, date, as_of` (date + 1 day: the visit's data are known), `option_taken`,
-    `option_changes` (what was read from the regimen, for audit), and the visit's activity measures.
+    `option_changes` (what was read from the regimen, for audit), `option_window_complete` (the whole option
+    window lies on or before the data's `today`; False means a change may still be unrecorded), and the visit's
+    activity measures.
     """
     config = config or FeatureConfig()
     rule = config.decisions
@@ -174,6 +178,10 @@ def derive_decisions(
             "as_of": from_days(days[picked] + 1),
             "option_taken": option,
             "option_changes": changes,
+            "option_window_complete": (
+                np.ones(len(picked), dtype=bool) if today is None
+                else days[picked] + rule.option_window_days <= to_days(pd.Series([pd.Timestamp(today)]))[0]
+            ),
         }
     )
     wide = visits.iloc[picked].reset_index(drop=True)
@@ -223,7 +231,7 @@ def _option_taken(
     with np.errstate(invalid="ignore"):
         increase = is_current & (new_mg > was_mg * (1 + tol))
         decrease = is_current & (new_mg < was_mg * (1 - tol))
-    redose = reg.redose[r] | (is_current & (g == "rituximab"))
+    redose = reg.redose[r]  # same-dose rituximab course while active: continuing, not a change
     increase &= ~redose
     decrease &= ~redose
     started = ~is_current & ~redose

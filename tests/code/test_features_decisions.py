@@ -118,3 +118,19 @@ def test_compare_with_truth_precision_recall_and_option_accuracy():
     assert r["recall"] == pytest.approx(2 / 4)
     assert r["option_accuracy"] == pytest.approx(1 / 2)
     assert r["option_confusion"] == {"add_ivig": {"add_ivig": 1}, "optimise_dose": {"other": 1}}
+
+
+@pytest.mark.parametrize(("dose", "option"), [(500, "continue"), (1000, "optimise_dose")])
+def test_rituximab_new_course_while_active_is_a_redose_or_an_increase(dose, option):
+    course = ("P1", "MabThera", 500, "mg", "intravenous", "days 1 and 15, every 6 months")
+    regimens = STABLE + [(*course, "2024-09-01", "2025-03-09"),
+                         ("P1", "MabThera", dose, "mg", "intravenous", "days 1 and 15, every 6 months",
+                          "2025-03-10", None)]
+    d = derive(regimens, active_visit())
+    assert d["option_taken"].tolist() == [option]
+
+
+def test_option_window_past_today_is_flagged():
+    d = derive_decisions(normalised(STABLE, active_visit() + active_visit("2025-09-01")), VOCABULARY, CATALOG,
+                         today="2025-09-20")
+    assert d["option_window_complete"].tolist() == [True, False]
