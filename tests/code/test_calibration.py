@@ -1,0 +1,160 @@
+"""Unit tests: patient-grouped folds, out-of-fold calibration, ineligible masking and interval coverage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.calibration import (
+    CalibratedLearner,
+    mask_ineligible,
+    out_of_fold_outcomes,
+)
+from models.config import CalibrationConfig, LearnerConfig
+from models.evaluation import expected_calibration_error
+from models.intervals import interval_coverage
+from models.learners import LinearLearner, patient_folds
+
+ARMS = ("continue", "add_ivig")
+
+
+def miscalibrated_cohort(
+    n_patients: int, seed: int
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """Steep true risk sigmoid(3 f0 + option): a heavily regularised linear model is badly underconfident."""
+    rng = np.random.default_rng(seed)
+    per = rng.integers(1, 3, n_patients)
+    g = np.repeat(np.arange(n_patients), per)
+    X = pd.DataFrame(rng.normal(size=(len(g), 3)), columns=["f0", "f1", "f2"])
+    t = np.where(rng.random(len(g)) < 0.5, *ARMS)
+    p = 1 / (1 + np.exp(-(3 * X["f0"].to_numpy() + 0.5 * (t == "add_ivig"))))
+    y = (rng.random(len(g)) < p).astype(float)
+    return X, t, y, g
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 5), min_size=6, max_size=40),
+    n_splits=st.integers(2, 5),
+    stratified=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_patient_folds_never_split_a_patient_and_cover_every_row_once(sizes, n_splits, stratified, seed):
+    groups = np.repeat([f"P{i}" for i in range(len(sizes))], sizes)
+    stratify = np.arange(len(groups)) % 2 if stratified else None
+    if len(sizes) < n_splits:
+        with pytest.raises(ValueError, match=r"patients for \d folds"):
+            patient_folds(groups, n_splits, seed=seed, stratify=stratify)
+        return
+    folds = patient_folds(groups, n_splits, seed=seed, stratify=stratify)
+    assert len(folds) == n_splits
+    tested = np.concatenate([te for _, te in folds])
+    assert np.array_equal(np.sort(tested), np.arange(len(groups)))
+    for train, test in folds:
+        assert not set(groups[train]) & set(groups[test])
+        assert len(train) + len(test) == len(groups)
+
+
+class _Spy(LinearLearner):
+    """Records the patients each clone was trained on and the patients it then predicts for."""
+
+    log: list[set] = []
+
+    def fit_prepared(self, data):
+        _Spy.log.append(set(data.groups.tolist()))
+        return super().fit_prepared(data)
+
+
+def test_out_of_fold_predictions_come_from_models_that_never_saw_the_patient():
+    X, t, y, g = miscalibrated_cohort(200, seed=1)
+    _Spy.log = []
+    oof = out_of_fold_outcomes(_Spy(LearnerConfig(arms=ARMS)), X, t, y, groups=g, n_folds=4, seed=3)
+    assert oof.shape == (len(X), 2) and np.isfinite(oof).all()
+    assert len(_Spy.log) == 4
+    codes = pd.factorize(pd.Series(g, dtype=object))[0]
+    # Every patient is absent from exactly one training fold: the one that predicted them.
+    absent = [sum(c not in seen for seen in _Spy.log) for c in np.unique(codes)]
+    assert set(absent) == {1}
+    in_sample = LinearLearner(LearnerConfig(arms=ARMS)).fit(X, t, y, groups=g).predict_outcomes(X)
+    assert not np.allclose(oof, in_sample)
+
+
+@pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
+def test_calibration_lowers_ece_of_a_miscalibrated_model(method):
+    X, t, y, g = miscalibrated_cohort(1500, seed=2)
+    X_new, t_new, y_new, _ = miscalibrated_cohort(1500, seed=3)
+    base_cfg = LearnerConfig(arms=ARMS, linear_C=0.002)  # shrinks every prediction towards the mean
+    raw = LinearLearner(base_cfg).fit(X, t, y, groups=g)
+    cal = CalibratedLearner(LinearLearner(base_cfg), CalibrationConfig(method=method, n_folds=4)).fit(
+        X, t, y, groups=g
+    )
+    taken = np.arange(len(X_new)), pd.Index(ARMS).get_indexer(t_new)
+    ece_raw = expected_calibration_error(y_new, raw.predict_outcomes(X_new)[taken])
+    ece_cal = expected_calibration_error(y_new, cal.predict_outcomes(X_new)[taken])
+    assert ece_raw > 0.08  # the base really is miscalibrated
+    assert ece_cal < ece_raw / 2
+    assert cal.oof_.shape == (len(X), 2)
+    assert set(cal.calibrators_) == set(ARMS) and cal.uncalibrated_arms_ == []
+    again = CalibratedLearner(LinearLearner(base_cfg), CalibrationConfig(method=method, n_folds=4))
+    np.testing.assert_array_equal(
+        again.fit(X, t, y, groups=g).predict_outcomes(X_new), cal.predict_outcomes(X_new)
+    )
+
+
+def test_rare_arm_left_uncalibrated_with_a_warning_and_sigmoid_needs_binary():
+    X, t, y, g = miscalibrated_cohort(400, seed=4)
+    t = t.copy()
+    rare = np.flatnonzero(t == "add_ivig")[10:]
+    t[rare] = "continue"
+    with pytest.warns(UserWarning, match=r"\['add_ivig'\] have fewer than 30 rows"):
+        cal = CalibratedLearner(LinearLearner(LearnerConfig(arms=ARMS)), CalibrationConfig(n_folds=2))
+        cal.fit(X, t, y, groups=g)
+    assert cal.calibrators_["add_ivig"] is None and cal.calibrators_["continue"] is not None
+    np.testing.assert_allclose(cal.predict_outcomes(X)[:, 1], cal.base_.predict_outcomes(X)[:, 1])
+    with pytest.raises(ValueError, match="'sigmoid' needs a binary outcome"):
+        CalibratedLearner(LinearLearner(LearnerConfig(arms=ARMS)), CalibrationConfig(method="sigmoid")).fit(
+            X, t, y + np.linspace(0, 1, len(y)), groups=g
+        )
+
+
+def test_mask_ineligible_blanks_by_position_and_by_option_name():
+    pred = np.array([[0.2, 0.5, 0.7], [0.3, 0.4, 0.1]])
+    eligible = np.array([[True, False, True], [True, True, False]])
+    masked = mask_ineligible(pred, eligible)
+    assert np.isnan(masked[0, 1]) and np.isnan(masked[1, 2])
+    assert masked[0, 2] == 0.7 and np.isfinite(masked).sum() == 4
+    frame = pd.DataFrame(pred, columns=["continue", "add_ivig", "add_rituximab"], index=["d1", "d2"])
+    elig_frame = pd.DataFrame(eligible[:, ::-1], columns=["add_rituximab", "add_ivig", "continue"])
+    by_name = mask_ineligible(frame, elig_frame)
+    assert list(by_name.index) == ["d1", "d2"]
+    np.testing.assert_array_equal(by_name.to_numpy(), masked)
+    with pytest.raises(ValueError, match="boolean array of shape"):
+        mask_ineligible(pred, eligible.astype(int))
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper", "truth", "expected"),
+    [
+        ([0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.5, 0.0, 1.0, 1.5], 0.75),  # bounds are inclusive
+        ([0.1, np.nan, 0.1], [0.2, 0.2, 0.2], [0.15, 0.15, 0.3], 0.5),  # a masked entry is not counted
+        ([0.1, 0.1], [0.2, 0.2], [np.nan, 0.15], 1.0),
+    ],
+)
+def test_interval_coverage_counts_truth_inside_known_intervals(lower, upper, truth, expected):
+    assert interval_coverage(np.array(lower), np.array(upper), np.array(truth)) == pytest.approx(expected)
+
+
+def test_interval_coverage_per_arm_and_errors():
+    lower = np.zeros((4, 2))
+    upper = np.ones((4, 2))
+    truth = np.array([[0.5, 2.0], [0.5, 0.5], [2.0, 0.5], [0.5, np.nan]])
+    np.testing.assert_allclose(interval_coverage(lower, upper, truth, per_arm=True), [0.75, 2 / 3])
+    with pytest.raises(ValueError, match="shapes differ"):
+        interval_coverage(lower, upper, truth[:3])
+    with pytest.raises(ValueError, match=r"entry \(0, 0\) has lower > upper"):
+        interval_coverage(upper, lower, truth)
+    with pytest.raises(ValueError, match="no entry has a finite interval"):
+        interval_coverage(lower, upper, np.full((4, 2), np.nan))
