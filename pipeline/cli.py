@@ -22,6 +22,10 @@ app = typer.Typer(
 
 # Registered stage commands (one line each; keep the pipeline order).
 # <stages>
+from pipeline.features import features_command, split_command  # noqa: E402
+
+app.command("features")(features_command)
+app.command("split")(split_command)
 from pipeline.report import report_command  # noqa: E402
 
 app.command("report")(report_command)

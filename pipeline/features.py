@@ -1,0 +1,188 @@
+"""`escalate features` and `escalate split`: decision points, point-in-time features, labels and the patient split.
+
+Training mode (`escalate features`) reads the contract tables of `--data`, validates them (patients with an error
+are rejected and counted, never silently dropped), derives decision points, builds features and labels, and writes
+into `--out` (default `data/features/`): `decisions.parquet`, `features.parquet`, `feature_dictionary.json`,
+`current_regimen.parquet` and `counts.json` (a DVC metric). When `DATA/truth/` exists (a simulated cohort), the
+counts also say how well the derivation recovers the simulator's true decision points, options and outcomes.
+
+Scoring mode (`escalate features --as-of DATE --out FILE`) builds one row per patient as of DATE with the same
+code path, writing FILE plus `<FILE stem>_current_regimen.parquet` and `<FILE stem>_feature_dictionary.json`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.config import load_params, load_reference
+
+FEATURES_DIR = Path("data/features")
+SPLIT_DIR = Path("data/split")
+
+
+def configs(params: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(FeatureConfig, LabelConfig, SplitConfig) from the `features:`, `labels:` and `split:` sections."""
+    from features.config import FeatureConfig, LabelConfig, SplitConfig
+
+    split = dict(params.get("split") or {})
+    split.setdefault("seed", int(params.get("seed", 0)))
+    return (FeatureConfig.model_validate(params.get("features") or {}),
+            LabelConfig.model_validate(params.get("labels") or {}),
+            SplitConfig.model_validate(split))
+
+
+def _load(data: Path, today: str) -> tuple[dict[str, Any], Any, Any, Any]:
+    """Validated, normalised tables (patients with an error rejected and reported) and the reference data."""
+    import pandas as pd
+
+    from features.contract import MeasureCatalog, check
+    from features.vocabulary import OptionCatalog, Vocabulary
+    from pipeline.io import read_contract_tables
+
+    vocabulary = Vocabulary.from_config(load_reference("drugs"))
+    catalog = OptionCatalog.from_config(load_reference("options"))
+    measures = MeasureCatalog.from_config(load_reference("measures"))
+    result = check(read_contract_tables(data), vocabulary, measures, pd.Timestamp(today))
+    n_errors = len(result.errors)
+    if len(result.rejected_patients):
+        typer.echo(f"{n_errors} contract error(s): {len(result.rejected_patients)} patient(s) rejected "
+                   f"(run `escalate validate {data}` for the list)", err=True)
+    if result.normalised["patients"].empty:
+        raise typer.BadParameter(f"no valid patient left in {data} after the data contract", param_hint="--data")
+    info = {"patients": int(len(result.normalised["patients"]) + len(result.rejected_patients)),
+            "rejected_patients": int(len(result.rejected_patients)), "contract_errors": int(n_errors)}
+    return result.normalised, vocabulary, catalog, info
+
+
+def build_training_set(tables: dict[str, Any], vocabulary: Any, catalog: Any, params: dict[str, Any],
+                       today: str, truth_dir: Path | None = None) -> dict[str, Any]:
+    """Decisions (keys, option, eligibility, labels), features, dictionary, current regimen and counts."""
+    import pandas as pd
+
+    from features.build import build_features, option_eligibility
+    from features.decisions import compare_with_truth, derive_decisions
+    from features.labels import label_agreement, outcome_labels
+    from features.response import response_threshold
+
+    fconfig, lconfig, _ = configs(params)
+    derived = derive_decisions(tables, vocabulary, catalog, fconfig, lconfig.carry_forward_days, today)
+    labels = outcome_labels(derived, tables, lconfig)
+    modelled = derived["option_taken"].isin(catalog.names).to_numpy() & derived["option_window_complete"].to_numpy()
+    fs = build_features(derived.loc[modelled, ["patient_id", "decision_id", "as_of"]], tables, vocabulary, catalog,
+                        fconfig)
+    eligibility = option_eligibility(fs, catalog, vocabulary)
+    decisions = pd.concat(
+        [derived[modelled].reset_index(drop=True), eligibility.reset_index(drop=True),
+         labels[modelled].reset_index(drop=True)],
+        axis=1,
+    )
+    taken = decisions["option_taken"].to_numpy()
+    taken_eligible = pd.Series(False, index=decisions.index)
+    for name in catalog.names:
+        taken_eligible |= (taken == name) & decisions[f"eligible_{name}"].to_numpy(bool)
+    counts: dict[str, Any] = {
+        "decision_points": int(len(derived)),
+        "decisions_written": int(len(decisions)),
+        "options_taken": {str(k): int(v) for k, v in derived["option_taken"].value_counts().items()},
+        "other_changes": int((derived["option_taken"] == "other").sum()),
+        "option_window_incomplete": int((~derived["option_window_complete"]).sum()),
+        "option_taken_not_eligible": int((~taken_eligible).sum()),
+        "labels_missing": {c: int(decisions[c].isna().sum())
+                           for c in ("total_improvement_score", "response", "skin_response", "safety_event")},
+        "label_missing_reasons": {str(k): int(v) for k, v in
+                                  decisions["label_missing_reason"].value_counts().head(10).items()},
+        "features": int(fs.matrix.shape[1]),
+    }
+    if truth_dir is not None and (truth_dir / "decisions.parquet").is_file():
+        truth = pd.read_parquet(truth_dir / "decisions.parquet")
+        comparison = compare_with_truth(derived, truth)
+        complete = compare_with_truth(derived[derived["option_window_complete"]], truth)
+        comparison["option_accuracy_complete_windows"] = complete["option_accuracy"]
+        if (truth_dir / "outcomes.parquet").is_file():
+            comparison["labels"] = label_agreement(
+                labels, derived, truth, pd.read_parquet(truth_dir / "outcomes.parquet"),
+                response_threshold(lconfig.response_category),
+            )
+        counts["truth"] = comparison
+    return {"decisions": decisions, "features": fs.features, "dictionary": fs.dictionary,
+            "current_regimen": fs.current_regimen, "counts": counts}
+
+
+def features_command(
+    data: Annotated[Path | None, typer.Option("--data", help="folder of contract tables (default: params "
+                                                             "data.dir)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="training mode: output folder (default "
+                                                           "data/features); scoring mode: the features file")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="scoring mode: one row per patient with data "
+                                                              "dated before this date (YYYY-MM-DD)")] = None,
+    today: Annotated[str | None, typer.Option("--today", help="the data's extraction date (default: params "
+                                                              "data.today)")] = None,
+    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read")] = Path("params.yaml"),
+) -> None:
+    """Derive decision points, point-in-time features and outcome labels (or score-mode features as of a date)."""
+    import pandas as pd
+
+    from pipeline.io import write_json, write_parquet
+
+    params = load_params(params_file)
+    data_section = params.get("data") or {}
+    data = Path(data if data is not None else data_section.get("dir", "data/cohort"))
+    the_day = str(today or data_section.get("today") or pd.Timestamp.today().date().isoformat())
+    tables, vocabulary, catalog, info = _load(data, the_day)
+
+    if as_of is not None:
+        from features.build import build_features
+
+        try:
+            when = pd.Timestamp(as_of)
+        except ValueError as err:
+            raise typer.BadParameter(f"{as_of!r} is not a date (YYYY-MM-DD)", param_hint="--as-of") from err
+        fconfig, _, _ = configs(params)
+        keys = pd.DataFrame({"patient_id": tables["patients"]["patient_id"].astype(str).to_numpy(), "as_of": when})
+        fs = build_features(keys, tables, vocabulary, catalog, fconfig)
+        target = Path(out or f"data/features_as_of_{when.date()}.parquet")
+        write_parquet(fs.features, target)
+        write_parquet(fs.current_regimen, target.with_name(f"{target.stem}_current_regimen.parquet"))
+        write_json(fs.dictionary.to_dict(orient="records"), target.with_name(f"{target.stem}_feature_dictionary.json"))
+        typer.echo(f"features of {len(fs.features)} patient(s) as of {when.date()} → {target}")
+        return
+
+    out_dir = Path(out or FEATURES_DIR)
+    result = build_training_set(tables, vocabulary, catalog, params, the_day, data / "truth")
+    counts = {**info, **result["counts"]}
+    write_parquet(result["decisions"], out_dir / "decisions.parquet")
+    write_parquet(result["features"], out_dir / "features.parquet")
+    write_parquet(result["current_regimen"], out_dir / "current_regimen.parquet")
+    write_json(result["dictionary"].to_dict(orient="records"), out_dir / "feature_dictionary.json")
+    write_json(counts, out_dir / "counts.json")
+    typer.echo(f"{counts['decision_points']} decision points, {counts['decisions_written']} written "
+               f"({counts['other_changes']} other, {counts['option_window_incomplete']} with the option window "
+               f"past {the_day}); {counts['features']} features → {out_dir}")
+    if "truth" in counts:
+        t = counts["truth"]
+        typer.echo(f"vs simulator truth: precision {t['precision']:.3f}, recall {t['recall']:.3f}, "
+                   f"option accuracy {t['option_accuracy']:.3f}")
+
+
+def split_command(
+    features_dir: Annotated[Path, typer.Option("--features-dir", help="folder written by `escalate features`")]
+    = FEATURES_DIR,
+    out: Annotated[Path, typer.Option("--out", help="folder for split.parquet")] = SPLIT_DIR,
+    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read")] = Path("params.yaml"),
+) -> None:
+    """Split patients into train and test (by patient id hash with the seed): `split.parquet` (patient_id, set)."""
+    import pandas as pd
+
+    from features.split import patient_split
+    from pipeline.io import write_parquet
+
+    _, _, sconfig = configs(load_params(params_file))
+    decisions = pd.read_parquet(features_dir / "decisions.parquet", columns=["patient_id"])
+    patients = pd.Series(pd.unique(decisions["patient_id"].astype(str)), name="patient_id")
+    split = pd.DataFrame({"patient_id": patients, "set": patient_split(patients, sconfig).to_numpy()})
+    write_parquet(split, out / "split.parquet")
+    n_test = int((split["set"] == "test").sum())
+    typer.echo(f"{len(split)} patients: {len(split) - n_test} train, {n_test} test → {out / 'split.parquet'}")

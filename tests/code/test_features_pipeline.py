@@ -1,0 +1,65 @@
+"""`escalate features` / `escalate split` end to end: the seed case and a small simulated cohort with truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+SEED = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "seed-case"
+runner = CliRunner()
+
+
+def invoke(*args: str) -> None:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def test_seed_case_training_mode_counts_every_decision(tmp_path):
+    out = tmp_path / "features"
+    invoke("features", "--data", str(SEED), "--today", "2026-11-25", "--out", str(out))
+    counts = json.loads((out / "counts.json").read_text())
+    # 2025-11-18 continue; 2026-05-19 rituximab + tocilizumab (other); 2026-11-17: window runs past "today"
+    assert counts["decision_points"] == 3
+    assert counts["options_taken"] == {"continue": 2, "other": 1}
+    assert (counts["other_changes"], counts["option_window_incomplete"], counts["decisions_written"]) == (1, 1, 1)
+    decisions = pd.read_parquet(out / "decisions.parquet")
+    features = pd.read_parquet(out / "features.parquet")
+    assert decisions["decision_id"].tolist() == features["decision_id"].tolist() == ["SEED-0001:2025-11-18"]
+    assert decisions["total_improvement_score"].tolist() == [0.0]  # no improvement by May 2026
+    assert {"eligible_add_ivig", "ineligible_reason_add_ivig"} <= set(decisions.columns)
+    dictionary = pd.DataFrame(json.loads((out / "feature_dictionary.json").read_text()))
+    assert set(dictionary["feature"]) == set(features.columns) - {"patient_id", "decision_id", "as_of"}
+    current = pd.read_parquet(out / "current_regimen.parquet")
+    assert set(current["generic"]) == {"hydroxychloroquine", "mycophenolate", "ivig", "prednisone"}
+
+    invoke("split", "--features-dir", str(out), "--out", str(tmp_path / "split"))
+    split = pd.read_parquet(tmp_path / "split" / "split.parquet")
+    assert split["patient_id"].tolist() == ["SEED-0001"] and split["set"].isin(["train", "test"]).all()
+
+
+def test_scoring_mode_one_row_per_patient(tmp_path):
+    target = tmp_path / "today.parquet"
+    invoke("features", "--data", str(SEED), "--today", "2026-11-25", "--as-of", "2026-11-18", "--out", str(target))
+    f = pd.read_parquet(target)
+    assert len(f) == 1 and f["ivig_dose_fraction"].iloc[0] == pytest.approx(0.5)
+    assert (tmp_path / "today_feature_dictionary.json").is_file()
+    current = pd.read_parquet(tmp_path / "today_current_regimen.parquet")
+    assert current.set_index("generic").loc["ivig", "status"] == "below"
+
+
+@pytest.mark.slow
+def test_simulated_cohort_derivation_recovers_the_truth(tmp_path):
+    cohort = tmp_path / "cohort"
+    invoke("simulate", "--patients", "120", "--seed", "7", "--mc-draws", "10", "--out", str(cohort))
+    out = tmp_path / "features"
+    invoke("features", "--data", str(cohort), "--out", str(out), "--today", "2026-11-01")
+    truth = json.loads((out / "counts.json").read_text())["truth"]
+    assert truth["precision"] >= 0.95 and truth["recall"] >= 0.95
+    assert truth["option_accuracy_complete_windows"] >= 0.95
+    assert truth["labels"]["tis_exact_agreement"] >= 0.99
