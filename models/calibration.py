@@ -26,19 +26,12 @@ from models.learners import (
 from models.propensity import ArrayLike, as_eligible_matrix
 
 
-def fold_labels(data: FitData) -> np.ndarray:
-    """Stratification label for patient-grouped folds: option x response (option only when continuous)."""
-    if data.outcome == "binary":
-        return data.codes * 2 + data.y.astype(np.int64)
-    return data.codes
-
-
 def out_of_fold_predictions(
     learner: OutcomeLearner, data: FitData, *, n_folds: int = 5, seed: int = 0
 ) -> np.ndarray:
     """(n, n_arms) predictions for each row from a clone of `learner` fitted on the other patients' folds."""
     oof = np.full((len(data.y), len(data.arms)), np.nan)
-    folds = patient_folds(data.groups, n_folds, seed=seed, stratify=fold_labels(data))
+    folds = patient_folds(data.groups, n_folds, seed=seed)
     for train, test in folds:
         member = learner.clone(arms=data.arms, outcome=data.outcome)
         member.fit_prepared(data.rows(train))

@@ -191,7 +191,8 @@ def patient_folds(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """K (train, test) row-position splits in which a patient's rows never straddle folds.
 
-    With `stratify` (e.g. option x response) the folds keep its mix similar (`StratifiedGroupKFold`).
+    With `stratify` (e.g. option x response) the folds keep its mix similar (`StratifiedGroupKFold`; it loops
+    over patients in Python, so prefer it for small cohorts with rare options).
     """
     g, _ = pd.factorize(pd.Series(np.asarray(groups, dtype=object).ravel(), dtype=object))
     n_groups = int(g.max()) + 1 if len(g) else 0
@@ -370,10 +371,11 @@ class DRLearner(BaseLearner):
         n, k = len(data.y), len(data.arms)
         cfg = self.config
         fixed = cfg.model_copy(update={"arms": data.arms, "outcome": data.outcome})
-        stratify = data.codes * 2 + (data.y.astype(np.int64) if data.outcome == "binary" else 0)
         mu = np.empty((n, k))
         prop = np.empty((n, k))
-        folds = patient_folds(data.groups, cfg.cv_folds, seed=cfg.booster.seed, stratify=stratify)
+        # Shuffled GroupKFold: with hundreds of patients per fold the option mix is balanced by chance, and
+        # sklearn's StratifiedGroupKFold loops over patients in Python (seconds for a few thousand).
+        folds = patient_folds(data.groups, cfg.cv_folds, seed=cfg.booster.seed)
         for fold, (train, test) in enumerate(folds):
             tr = data.rows(train)
             fold_booster = cfg.booster.model_copy(update={"seed": cfg.booster.seed + 101 * (fold + 1)})
@@ -410,7 +412,9 @@ class DRLearner(BaseLearner):
                     f"table eligible: only {len(rows)} row(s) eligible for both {arm!r} and {self.control!r} "
                     "(rule: a contrast needs rows where both options are possible)"
                 )
-            params = cfg.effect_booster.model_copy(update={"seed": cfg.booster.seed}).xgb_params(seed_offset=j)
+            params = cfg.effect_booster.model_copy(update={"seed": cfg.booster.seed}).xgb_params(
+                seed_offset=j
+            )
             model = xgb.XGBRegressor(objective="reg:squarederror", **params)
             model.fit(data.X.iloc[rows], scores[rows, j] - scores[rows, c], sample_weight=data.weight[rows])
             self.effect_models_[arm] = model
