@@ -104,7 +104,7 @@ def test_records_use_the_raw_export_vocabulary(cohort, inputs):
 
 def test_cohort_mix_follows_published_prevalence(inputs):
     config, vocabulary, catalog = inputs
-    big = simulate_cohort(1500, 3, config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": 10})}), vocabulary, catalog, TODAY)
+    big = simulate_cohort(1000, 3, config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": 10})}), vocabulary, catalog, TODAY)
     p = big.patients
     assert abs((p["sex"] == "F").mean() - 0.69) < 0.04  # EuroMyositis
     assert abs(p["ild"].mean() - 0.30) < 0.06
@@ -144,7 +144,8 @@ def test_optimise_without_a_below_target_dose_equals_continue(cohort):
 
 def test_jak_inhibitor_gains_more_in_anti_mda5(inputs):
     config, vocabulary, catalog = inputs
-    c = simulate_cohort(1000, 8, config, vocabulary, catalog, TODAY)
+    fast = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": 20})})
+    c = simulate_cohort(600, 8, fast, vocabulary, catalog, TODAY)
     o = c.outcomes.merge(c.decisions[["decision_id", "patient_id"]], on="decision_id").merge(
         c.patients[["patient_id", "antibodies"]], on="patient_id"
     )
