@@ -85,8 +85,13 @@ def from_days(days: np.ndarray) -> np.ndarray:
 
 
 def patient_codes(index: pd.Index, ids: pd.Series | np.ndarray) -> np.ndarray:
-    """Integer code of each id in `index` (-1 for ids not in it: they are never matched)."""
-    return index.get_indexer(pd.Index(np.asarray(ids, dtype=object))).astype(np.int64)
+    """Integer code of each id in `index` (-1 for ids not in it: they are never matched).
+
+    Each distinct id is looked up once (factorise, then map the uniques), so millions of rows cost one hash pass.
+    """
+    codes, uniques = pd.factorize(pd.Series(ids), use_na_sentinel=True)
+    lookup = index.get_indexer(pd.Index(np.asarray(uniques, dtype=object)).astype(str)).astype(np.int64)
+    return np.where(codes >= 0, lookup[np.maximum(codes, 0)] if len(lookup) else -1, -1)
 
 
 def composite(codes: np.ndarray, days: np.ndarray) -> np.ndarray:
@@ -168,24 +173,23 @@ def measure_tracks(assessments: pd.DataFrame, index: pd.Index, measures: tuple[s
     """One Track per measure (value, upper limit of normal, scale maximum) for patients in `index`."""
     codes = patient_codes(index, assessments["patient_id"])
     days = to_days(assessments["date"])
-    measure = assessments["measure"].astype(str).to_numpy()
+    mcode, names = pd.factorize(assessments["measure"])
+    names = [str(m) for m in names]
     value = pd.to_numeric(assessments["value"], errors="coerce").to_numpy(float)
     uln = pd.to_numeric(assessments.get("upper_limit_normal", pd.Series(np.nan, index=assessments.index)), errors="coerce").to_numpy(float)
     scale = pd.to_numeric(assessments.get("scale_max", pd.Series(np.nan, index=assessments.index)), errors="coerce").to_numpy(float)
-    keep = codes >= 0
     tracks: dict[str, Track] = {}
-    wanted = set(measures) if measures is not None else set(np.unique(measure))
-    # group rows by measure once (argsort) rather than one boolean scan per measure
-    order = np.argsort(measure, kind="stable")
-    sorted_m = measure[order]
+    wanted = set(measures) if measures is not None else set(names)
+    # group rows by measure once (a stable integer sort) rather than one boolean scan per measure
+    keep = (codes >= 0) & np.isin(mcode, [i for i, m in enumerate(names) if m in wanted])
+    rows = np.flatnonzero(keep)
+    order = rows[np.argsort(mcode[rows], kind="stable")]
+    sorted_m = mcode[order]
     uniq, first = np.unique(sorted_m, return_index=True)
     bounds = np.r_[first, len(sorted_m)]
     for i, m in enumerate(uniq):
-        if m not in wanted:
-            continue
         sel = order[bounds[i]:bounds[i + 1]]
-        sel = sel[keep[sel]]
-        tracks[m] = Track(codes[sel], days[sel], {"value": value[sel], "uln": uln[sel], "scale": scale[sel]})
+        tracks[names[m]] = Track(codes[sel], days[sel], {"value": value[sel], "uln": uln[sel], "scale": scale[sel]})
     for m in wanted - set(tracks):
         empty = np.zeros(0)
         tracks[m] = Track(np.zeros(0, np.int64), np.zeros(0, np.int64), {"value": empty, "uln": empty, "scale": empty})
@@ -236,11 +240,10 @@ class RegimenIndex:
         self.immunosuppressant = np.isin(self.generic, list(immuno))
         self.ignored = np.isin(self.drug_class, list(ignore_classes))
         self.stability_ignored = np.isin(self.drug_class, list(stability_ignore_classes))
-        unit = self.frame["dose_unit"].astype(object).map(
-            lambda u: DOSE_UNITS.get(str(u).strip().lower()) if isinstance(u, str) else None
-        )
-        self.unit_factor = unit.map(lambda u: u[0] if u else np.nan).to_numpy(float)
-        self.unit_basis = unit.map(lambda u: u[1] if u else "").to_numpy(object)
+        units = self.frame["dose_unit"].astype(object)
+        known = {u: DOSE_UNITS.get(str(u).strip().lower()) for u in pd.unique(units.dropna())}
+        self.unit_factor = units.map({u: v[0] for u, v in known.items() if v}).to_numpy(float, na_value=np.nan)
+        self.unit_basis = units.map({u: v[1] for u, v in known.items() if v}).fillna("").to_numpy(object)
         self.dose = pd.to_numeric(self.frame["dose"], errors="coerce").to_numpy(float)
         with np.errstate(invalid="ignore", divide="ignore"):
             self.per_day = (pd.to_numeric(self.frame["doses_per_cycle"], errors="coerce").to_numpy(float)

@@ -70,8 +70,8 @@ def visit_values(tracks: Mapping[str, Track], codes: np.ndarray, days: np.ndarra
 
 def visit_table(assessments: pd.DataFrame, carry_forward_days: int = 30) -> pd.DataFrame:
     """One row per visit (`patient_id`, `date`) with its core set, enzymes and CDASI (carried forward ≤ N days)."""
-    index = pd.Index(pd.unique(assessments["patient_id"].astype(str)))
-    tracks = measure_tracks(assessments.assign(patient_id=assessments["patient_id"].astype(str)), index, visit_measures())
+    index = pd.Index(pd.unique(assessments["patient_id"])).astype(str)
+    tracks = measure_tracks(assessments, index, visit_measures())
     codes, days = visit_days(tracks)
     values = visit_values(tracks, codes, days, carry_forward_days)
     return pd.concat(
@@ -140,8 +140,8 @@ def derive_decisions(
     config = config or FeatureConfig()
     rule = config.decisions
     assessments = tables["assessments"]
-    index = pd.Index(pd.unique(assessments["patient_id"].astype(str)))
-    tracks = measure_tracks(assessments.assign(patient_id=assessments["patient_id"].astype(str)), index,
+    index = pd.Index(pd.unique(assessments["patient_id"])).astype(str)
+    tracks = measure_tracks(assessments, index,
                             (*visit_measures(), "weight", "height"))
     codes, days = visit_days(tracks)
     visits = visit_values(tracks, codes, days, carry_forward_days)
@@ -150,7 +150,7 @@ def derive_decisions(
     weight = tracks["weight"].take("value", tracks["weight"].latest(codes, days + 1))
     bsa = body_surface_area(weight, tracks["height"].take("value", tracks["height"].latest(codes, days + 1)))
 
-    regimens = tables["regimens"].assign(patient_id=tables["regimens"]["patient_id"].astype(str))
+    regimens = tables["regimens"]
     reg = RegimenIndex(regimens, index, vocabulary, catalog, config.continuity_gap_days,
                        rule.option_ignore_classes, rule.stability_ignore_classes)
     cut = days + 1 - config.regimen_lag_days  # as_of − lag: changes on the visit day belong to the decision
@@ -272,8 +272,14 @@ def _option_taken(
         (n_other > 0) | (n_add > 1), OTHER,
         np.where(n_add == 1, first_add, np.where(n_inc > 0, optimise, catalog.control)),
     ).astype(object)
-    text = ev.sort_values(["query", "label"]).groupby("query")["label"].agg("; ".join).reindex(range(n), fill_value="")
-    return option, text.to_numpy(dtype=object)
+    ev = ev.sort_values(["query", "label"], kind="stable")
+    text = np.full(n, "", dtype=object)
+    if len(ev):
+        eq = ev["query"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, eq[1:] != eq[:-1]])
+        joined = np.add.reduceat(("; " + ev["label"].astype(object)).to_numpy(dtype=object), starts)
+        text[eq[starts]] = [j[2:] for j in joined]  # one string per decision with a change
+    return option, text
 
 
 def compare_with_truth(derived: pd.DataFrame, truth: pd.DataFrame) -> dict[str, object]:

@@ -48,7 +48,7 @@ def outcome_labels(
     index = pd.Index(pd.unique(pid))
     codes = patient_codes(index, pid)
     day = to_days(decisions["date"])
-    assessments = tables["assessments"].assign(patient_id=tables["assessments"]["patient_id"].astype(str))
+    assessments = tables["assessments"]
     tracks = measure_tracks(assessments, index, visit_measures())
     baseline = visit_values(tracks, codes, day, config.carry_forward_days)
 
@@ -118,14 +118,14 @@ def _safety_event(events: pd.DataFrame, assessments: pd.DataFrame, index: pd.Ind
         serious = np.isin(kind, [e for e in config.safety_events if e != "cytopenia"]) | (
             (kind == "cytopenia") & ("cytopenia" in config.safety_events) & (grade >= config.cytopenia_min_grade)
         )
-    ec = patient_codes(index, events["patient_id"].astype(str).to_numpy())[serious]
+    ec = patient_codes(index, events["patient_id"])[serious]
     ed = to_days(events["date"])[serious]
     key = np.sort(composite(ec, ed))
     lo = np.searchsorted(key, composite(codes, day + 1), side="left")
     hi = np.searchsorted(key, composite(codes, day + horizon + 1), side="left")
     occurred = hi > lo
     # followed for the whole horizon: any record (assessment or event) dated at or after day + horizon
-    ac = patient_codes(index, assessments["patient_id"].astype(str).to_numpy())
+    ac = patient_codes(index, assessments["patient_id"])
     last = np.full(len(index), -np.inf)
     ok = ac >= 0
     np.maximum.at(last, ac[ok], to_days(assessments["date"])[ok].astype(float))
