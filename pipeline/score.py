@@ -364,9 +364,7 @@ def run_score(
     if out.exists() and any(out.iterdir()):
         if not run_file.is_file():
             raise ScoreRefusal(f"--out {out} is not empty and holds no scoring run: choose an empty folder")
-        import json
-
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        previous = _read_json(run_file)
         if previous.get("identity") != identity:
             diff = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
             raise ScoreRefusal(f"--out {out} holds a different run (differs in: {', '.join(diff)}); use another "
@@ -376,19 +374,21 @@ def run_score(
     ids = read_patient_ids(paths["patients"])  # type: ignore[arg-type]
     plan = plan_chunks(ids, settings.chunk_patients)
     total = n_chunks(len(plan), settings.chunk_patients)
+    for stale in out.rglob(".*.tmp") if out.exists() else ():  # half-written files of a killed run
+        stale.unlink()
+    todo = [c for c in range(total) if not (out / part_name(c)).is_file()]
     staged_marker = out / WORK / "staged.json"
     t_stage = time.perf_counter()
     if staged_marker.is_file():
-        import json
-
-        rows = json.loads(staged_marker.read_text(encoding="utf-8"))["rows"]
-    else:
+        rows = _read_json(staged_marker)["rows"]
+    elif todo:
         write_json({"identity": identity}, run_file)
         rows = stage_tables(paths, plan, total, Path(task.staging))
         write_json({"rows": rows}, staged_marker)
+    else:  # a finished run started again: nothing to stage
+        rows = _read_json(out / MANIFEST)["counts"]["input_rows"]
     stage_s = time.perf_counter() - t_stage
 
-    todo = [c for c in range(total) if not (out / part_name(c)).is_file()]
     per_chunk = plan.groupby("chunk").size().reindex(range(total), fill_value=0)
     t_chunks = time.perf_counter()
     if engine == "spark":
@@ -410,6 +410,7 @@ def run_score(
     if not report.ok:
         raise RuntimeError("scoring invariant broken: " + "; ".join(report.problems))
     shutil.rmtree(Path(task.staging), ignore_errors=True)
+    staged_marker.unlink(missing_ok=True)
     elapsed = time.perf_counter() - started
     timing_keys = ("read_s", "validate_s", "features_s", "predict_s", "write_s")
     manifest = {
@@ -429,6 +430,12 @@ def run_score(
     }
     write_json(manifest, out / MANIFEST)
     return manifest
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def _run_local(task: ChunkTask, todo: list[int], model: Any, refs: Any, per_chunk: Any, progress: bool) -> list:

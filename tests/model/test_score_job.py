@@ -1,0 +1,294 @@
+"""End-to-end behaviour of `escalate score` on a tiny simulated cohort with a tiny model registered in a temporary
+SQLite MLflow store: every patient scored or rejected (none lost, none twice), broken rows in rejects.parquet,
+refusals before any work, and a killed run that resumes to the same output as an uninterrupted one.\n\nEnd to end (a\nsimulated cohort, a trained and registered model, a CLI subprocess): marked slow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.scoring import REJECT_COLUMNS, ScoreSettings, check_invariant
+from pipeline.score import MANIFEST, REJECTS, WORK, ScoreRefusal, run_score
+
+pytestmark = pytest.mark.slow
+
+TODAY = "2026-11-01"
+AS_OF = "2026-10-01"
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {
+    "learner": "t_learner",
+    "safety_learner": "s_learner",
+    "min_rows_per_option": 15,
+    "booster": {"n_estimators": 20, "max_depth": 2, "learning_rate": 0.3, "n_jobs": 1},
+    "calibration": {"method": "sigmoid", "n_folds": 2, "min_rows_per_arm": 15},
+    "intervals": {"n_boot": 2, "level": 0.9, "boot_booster": {"n_estimators": 10, "max_depth": 2, "n_jobs": 1}},
+    "seed": 5,
+}
+
+
+@dataclass(frozen=True)
+class ScoringWorld:
+    """A folder of contract tables, a tracking store with a registered model, and the URIs to use."""
+
+    data: Path
+    tracking_uri: str
+    model_uri: str
+    version: str
+
+
+def build_world(root: Path, n_patients: int = 30, seed: int = 5, train: dict | None = None) -> ScoringWorld:
+    """Simulate `n_patients`, train a tiny (or `train`-configured) Escalate model on their features at three past dates (labels drawn from
+    a known rule), register it as `escalate-response@champion` in `root/mlflow.db`."""
+    import joblib
+    import mlflow
+
+    from features.build import build_features, option_eligibility
+    from features.contract import MeasureCatalog, check
+    from models.bundle import BundleConfig, fit_escalate_model
+    from pipeline import registry
+    from pipeline.config import load_reference
+    from pipeline.simulate import build_inputs
+    from simulator.engine import simulate_cohort
+
+    cfg, vocabulary, catalog = build_inputs()
+    cohort = simulate_cohort(n_patients, seed, cfg, vocabulary, catalog, TODAY, "observational")
+    data = root / "data"
+    data.mkdir(parents=True)
+    tables = {}
+    for name in ("patients", "regimens", "assessments", "events"):
+        tables[name] = getattr(cohort, name)
+        tables[name].to_parquet(data / f"{name}.parquet", index=False)
+    result = check(tables, vocabulary, MeasureCatalog.from_config(load_reference("measures")), TODAY)
+    ids = result.normalised["patients"]["patient_id"].astype(str)
+    dates = pd.to_datetime(["2025-03-01", "2025-09-01", "2026-03-01", "2026-06-01"])
+    keys = pd.DataFrame({"patient_id": np.repeat(ids.to_numpy(), len(dates)),
+                         "as_of": np.tile(dates.to_numpy(), len(ids))})
+    built = build_features(keys, result.normalised, vocabulary, catalog)
+    features = built.features
+    eligible = option_eligibility(built, catalog, vocabulary)
+    rng = np.random.default_rng(seed)
+    n = len(features)
+    names = np.asarray(catalog.names)
+    wish = np.where(rng.random(n) < 0.4, "continue", np.where(rng.random(n) < 0.5, "add_ivig", "optimise_dose"))
+    allowed = np.array([eligible[f"eligible_{o}"].iloc[i] for i, o in enumerate(wish)], dtype=bool)
+    taken = np.where(allowed, wish, "continue")
+    activity = np.nan_to_num(features["physician_global_latest"].to_numpy(), nan=5.0)
+    tis = np.clip(38 - 3 * (activity - 5) + 5 * (taken == "add_ivig") + rng.normal(0, 20, n), 0, 100)
+    decisions = pd.DataFrame({"decision_id": features["decision_id"], "option_taken": taken,
+                              "total_improvement_score": tis,
+                              "safety_event": (rng.random(n) < 0.1).astype(float)})
+    assert set(taken) <= set(names)
+    model = fit_escalate_model(features, decisions, catalog, BundleConfig.model_validate(train or TINY))
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    registry.setup_mlflow(root)
+    bundle = root / "bundle" / registry.BUNDLE_FILE
+    bundle.parent.mkdir()
+    joblib.dump(model, bundle)
+    with mlflow.start_run():
+        example = registry.deidentified_example(features, key_columns=model.contract.keys)
+        _, version = registry.log_and_register(model, bundle, example, alias=registry.CHAMPION)
+    return ScoringWorld(data=data, tracking_uri=uri, model_uri=f"models:/{registry.MODEL_NAME}@champion",
+                        version=version)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> ScoringWorld:
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    w = build_world(tmp_path_factory.mktemp("score-world"))
+    yield w
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+CHUNK = 10
+
+
+def _score(world: ScoringWorld, data: Path, out: Path, **kw) -> dict:
+    settings = ScoreSettings(chunk_patients=kw.pop("chunk_patients", CHUNK),
+                             explain_top_k=kw.pop("explain_top_k", 2))
+    return run_score(data, kw.pop("as_of", AS_OF), kw.pop("model_uri", world.model_uri), out, settings=settings,
+                     today=TODAY, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(world: ScoringWorld, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One uninterrupted run on the clean cohort (output folder, manifest), shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    return out, _score(world, world.data, out)
+
+
+def read_output(out: Path) -> pd.DataFrame:
+    """Every part file of an output folder, in chunk order."""
+    return pd.concat([pd.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))], ignore_index=True)
+
+
+def _broken_copy(world: ScoringWorld, target: Path) -> tuple[Path, str, int]:
+    """The cohort with assessments as CSV with one value made unreadable, and one regimen of an unknown patient."""
+    target.mkdir()
+    for f in world.data.glob("*.parquet"):
+        if f.stem != "assessments":
+            (target / f.name).write_bytes(f.read_bytes())
+    assessments = pd.read_parquet(world.data / "assessments.parquet")  # exported as CSV: text cells
+    assessments["value"] = assessments["value"].astype(str)
+    row = 17
+    assessments.loc[row, "value"] = "twelve"
+    assessments.to_csv(target / "assessments.csv", index=False)
+    regimens = pd.read_parquet(target / "regimens.parquet")
+    stray = regimens.iloc[[0]].assign(patient_id="NOT-A-PATIENT")
+    pd.concat([regimens, stray], ignore_index=True).to_parquet(target / "regimens.parquet", index=False)
+    return target, str(assessments.loc[row, "patient_id"]), row
+
+
+def test_every_patient_scored_once_with_every_option_and_reasons(world: ScoringWorld, reference) -> None:
+    out, manifest = reference
+    scored = read_output(out)
+    patients = pd.read_parquet(world.data / "patients.parquet")
+    rejects = pd.read_parquet(out / REJECTS)
+    n_options = len(manifest["options"])
+    report = check_invariant(patients["patient_id"], scored, rejects["patient_id"], n_options)
+    assert report.ok, report.problems
+    assert report.scored_patients + report.rejected_patients == len(patients)
+    assert manifest["counts"]["input_patients"] == len(patients)
+    assert manifest["chunks"]["total"] == -(-len(patients) // CHUNK)
+    assert manifest["model_version"] == world.version and manifest["as_of"] == AS_OF
+    assert len(list(out.glob("part-*.parquet"))) == manifest["chunks"]["total"]
+    assert list(scored.columns[:3]) == ["patient_id", "as_of", "option"]
+    assert (scored["as_of"] == pd.Timestamp(AS_OF)).all()
+    elig = scored[scored["eligible"]]
+    assert elig["p_response"].between(0, 1).all()
+    assert (elig["p_response_low"] <= elig["p_response"] + 1e-12).all()
+    assert (elig["p_response"] <= elig["p_response_high"] + 1e-12).all()
+    assert scored.loc[~scored["eligible"], "p_response"].isna().all()
+    assert (scored.groupby("patient_id")["recommended"].sum() == 1).all()
+    assert elig["reason_1_text"].notna().all() and "reason_2_feature" in scored.columns
+    assert "reason_3_text" not in scored.columns
+    assert not (out / WORK / "staging").exists()
+    text = (out / MANIFEST).read_text(encoding="utf-8")
+    assert not any(pid in text for pid in patients["patient_id"])  # no identifiers in the manifest
+
+
+def test_broken_rows_reject_their_patient_and_name_the_record(world: ScoringWorld, tmp_path: Path) -> None:
+    data, bad_patient, bad_row = _broken_copy(world, tmp_path / "broken")
+    out = tmp_path / "out"
+    manifest = _score(world, data, out)
+    rejects = pd.read_parquet(out / REJECTS)
+    assert list(rejects.columns) == list(REJECT_COLUMNS)
+    hit = rejects[rejects["patient_id"] == bad_patient]
+    assert len(hit) >= 1
+    first = hit.iloc[0]
+    assert (first["table"], int(first["row"]), first["column"]) == ("assessments", bad_row, "value")
+    assert "twelve" in first["message"] and first["rule"]
+    stray = rejects[rejects["patient_id"] == "NOT-A-PATIENT"]
+    assert (stray["table"] == "regimens").all() and len(stray) == 1
+    assert int(stray["row"].iloc[0]) == len(pd.read_parquet(data / "regimens.parquet")) - 1
+    scored = read_output(out)
+    assert bad_patient not in set(scored["patient_id"])
+    assert manifest["counts"]["rejected_patients"] == 1 and manifest["counts"]["unknown_patients"] == 1
+    assert manifest["counts"]["scored_patients"] == manifest["counts"]["input_patients"] - 1
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"model_uri": "models:/escalate-response@no-such-alias"}, "cannot load this model"),
+        ({"model_uri": "models:/no-such-model/3"}, "cannot load this model"),
+        ({"as_of": "2026-12-24"}, "in the future"),
+    ],
+)
+def test_refuses_before_any_work(world: ScoringWorld, tmp_path: Path, change: dict, match: str) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(ScoreRefusal, match=match):
+        _score(world, world.data, out, **change)
+    assert not out.exists()
+
+
+def test_refuses_a_model_whose_feature_contract_does_not_match(world: ScoringWorld, tmp_path: Path) -> None:
+    import joblib
+    import mlflow
+
+    from pipeline import registry
+
+    model = registry.load_by_alias(registry.CHAMPION).unwrap_python_model().model
+    model.contract = model.contract.model_copy(update={"columns": (*model.contract.columns, "ck_velocity_per_day")})
+    bundle = tmp_path / registry.BUNDLE_FILE
+    joblib.dump(model, bundle)
+    registry.setup_mlflow(tmp_path)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="skewed", python_model=registry.EscalatePyfunc(),
+                                       artifacts={"bundle": str(bundle)},
+                                       pip_requirements=registry.pip_requirements())
+    out = tmp_path / "out"
+    with pytest.raises(ScoreRefusal, match="ck_velocity_per_day"):
+        _score(world, world.data, out, model_uri=info.model_uri)
+    assert not out.exists()
+
+
+def test_refuses_an_output_folder_of_another_run(world: ScoringWorld, reference, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ScoreRefusal, match="different run.*as_of"):
+        _score(world, world.data, out, as_of="2026-09-01")
+    with pytest.raises(ScoreRefusal, match="different run.*settings"):
+        _score(world, world.data, out, chunk_patients=5)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(ScoreRefusal, match="not empty"):
+        _score(world, world.data, foreign)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    again = _score(world, world.data, out)  # the same command on a finished run: nothing left to do
+    assert again["chunks"]["run_now"] == 0
+
+
+def _command(world: ScoringWorld, out: Path) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", "score", "--data", str(world.data), "--as-of", AS_OF,
+            "--model", world.model_uri, "--out", str(out), "--chunk-patients", str(CHUNK), "--explain-top", "2",
+            "--today", TODAY, "--no-progress"]
+
+
+def test_killed_run_resumes_to_the_same_output(world: ScoringWorld, reference, tmp_path: Path) -> None:
+    """SIGKILL the CLI once its first chunk is written (plus a half-written temp file, as a kill mid-write
+    leaves), rerun the same job: the output equals the uninterrupted reference byte for byte."""
+    whole, whole_manifest = reference
+    env = {**os.environ, "MLFLOW_TRACKING_URI": world.tracking_uri}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_command(world, killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(killed.glob("part-*.parquet")):
+        if proc.poll() is not None:
+            pytest.fail(f"score exited before its first chunk: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = len(list(killed.glob("part-*.parquet")))
+    assert 1 <= n_before < whole_manifest["chunks"]["total"] and not (killed / MANIFEST).exists()
+    (killed / ".part-00002.parquet.half.tmp").write_bytes(b"PAR1 half a file")
+
+    resumed = _score(world, world.data, killed)
+    assert resumed["chunks"]["resumed"] == n_before
+    assert resumed["chunks"]["run_now"] == whole_manifest["chunks"]["total"] - n_before
+    a, b = dict(resumed), dict(whole_manifest)
+    for key in ("timings", "chunks"):
+        a.pop(key), b.pop(key)
+    assert a == b
+    names = sorted(p.name for p in whole.glob("*.parquet"))
+    assert names == sorted(p.name for p in killed.glob("*.parquet"))
+    for name in names:
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+    assert not list(killed.rglob("*.tmp"))
