@@ -107,3 +107,6 @@ class IntervalConfig(_Frozen):
     level: float = Field(0.9, gt=0, lt=1)
     seed: int = 20261125
     boot_booster: BoosterConfig | None = None
+    # Members fitted/predicted in parallel threads (results do not depend on it). 1 by default: on a busy
+    # 2-core machine (CI runs two test workers) extra threads measured no faster.
+    n_jobs: int = Field(1, ge=1)

@@ -8,6 +8,7 @@ patients, not of correlated decision rows. `interval_coverage` measures how ofte
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, Self
 
 import numpy as np
@@ -57,28 +58,39 @@ class BootstrapEnsemble(BaseLearner):
         booster = booster.model_copy(update={"seed": cfg.seed + 7919 * (b + 1)})
         return self.base.clone(arms=data.arms, outcome=data.outcome, booster=booster)
 
+    def _fit_draw(self, data: FitData, weight: np.ndarray, b: int) -> BaseLearner | str:
+        """One member on one resample, or the reason it could not be fitted (e.g. an option lost its rows)."""
+        try:
+            return self._member(data, b).fit_prepared(_with_weights(data, weight))
+        except ValueError as exc:
+            return str(exc)
+
     def _fit(self, data: FitData) -> None:
         cfg = self.intervals
         self.point_ = self.base.clone(arms=data.arms, outcome=data.outcome).fit_prepared(data)
         rng = np.random.default_rng(cfg.seed)
         self.members_: list[BaseLearner] = []
         self.redrawn_ = 0
-        attempts = 0
-        while len(self.members_) < cfg.n_boot:
-            attempts += 1
-            if attempts > 3 * cfg.n_boot:
-                raise ValueError(
-                    f"bootstrap: {self.redrawn_} of {attempts - 1} patient resamples could not be fitted "
-                    "(an option has too few patients); intervals for it are not estimable"
-                )
-            weight = data.weight * bootstrap_patient_weights(data.groups, rng)
-            try:
-                member = self._member(data, len(self.members_)).fit_prepared(_with_weights(data, weight))
-            except ValueError as exc:  # a resample lost an option or all its responders
-                self.redrawn_ += 1
-                self.last_redraw_reason_ = str(exc)
-                continue
-            self.members_.append(member)
+        drawn = 0
+        # Resamples are drawn in order from one Generator, then fitted in a thread pool (XGBoost releases the
+        # GIL), so the ensemble is the same for a seed whatever `n_jobs` is.
+        with ThreadPoolExecutor(max_workers=cfg.n_jobs) as pool:
+            while len(self.members_) < cfg.n_boot:
+                need = cfg.n_boot - len(self.members_)
+                if drawn + need > 3 * cfg.n_boot:
+                    raise ValueError(
+                        f"bootstrap: {self.redrawn_} of {drawn} patient resamples could not be fitted "
+                        f"(last reason: {self.last_redraw_reason_}); intervals are not estimable"
+                    )
+                weights = [data.weight * bootstrap_patient_weights(data.groups, rng) for _ in range(need)]
+                results = list(pool.map(self._fit_draw, [data] * need, weights, range(drawn, drawn + need)))
+                drawn += need
+                for result in results:
+                    if isinstance(result, str):
+                        self.redrawn_ += 1
+                        self.last_redraw_reason_ = result
+                    else:
+                        self.members_.append(result)
         if self.redrawn_:
             warnings.warn(
                 f"bootstrap: {self.redrawn_} resample(s) redrawn; last reason: {self.last_redraw_reason_}",
@@ -95,7 +107,8 @@ class BootstrapEnsemble(BaseLearner):
         if kind not in ("outcomes", "effects"):
             raise ValueError(f"kind must be 'outcomes' or 'effects', got {kind!r}")
         method = "predict_outcomes" if kind == "outcomes" else "predict_effects"
-        return np.stack([getattr(m, method)(frame) for m in self.members_])
+        with ThreadPoolExecutor(max_workers=self.intervals.n_jobs) as pool:
+            return np.stack(list(pool.map(lambda m: getattr(m, method)(frame), self.members_)))
 
     def predict_interval(
         self, X: pd.DataFrame | np.ndarray, kind: Kind = "outcomes", level: float | None = None
