@@ -1,0 +1,54 @@
+"""The Spark engine (local[2]) gives exactly the local engine's output on the same data and model."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("pyspark")
+
+from models.scoring import ScoreSettings  # noqa: E402
+from pipeline.score import MANIFEST, REJECTS, run_score  # noqa: E402
+from tests.model.test_score_job import AS_OF, TODAY, _broken_copy, build_world  # noqa: E402
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    w = build_world(tmp_path_factory.mktemp("spark-world"), n_patients=24, seed=9)
+    yield w
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def test_spark_and_local_engines_write_identical_output(world, tmp_path: Path) -> None:
+    data, bad_patient, _ = _broken_copy(world, tmp_path / "data")
+    settings = ScoreSettings(chunk_patients=5, explain_top_k=2)
+    local = run_score(data, AS_OF, world.model_uri, tmp_path / "local", settings=settings, today=TODAY,
+                      progress=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        spark = run_score(data, AS_OF, world.model_uri, tmp_path / "spark", settings=settings, today=TODAY,
+                          progress=False, engine="spark", master="local[2]")
+    assert spark["engine"] == "spark" and local["engine"] == "local"
+    assert spark["counts"] == local["counts"] and spark["counts"]["rejected_patients"] == 1
+    names = sorted(p.name for p in (tmp_path / "local").glob("*.parquet"))
+    assert REJECTS in names and len(names) == local["chunks"]["total"] + 1
+    assert names == sorted(p.name for p in (tmp_path / "spark").glob("*.parquet"))
+    for name in names:
+        a, b = tmp_path / "local" / name, tmp_path / "spark" / name
+        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
+        assert a.read_bytes() == b.read_bytes(), name
+    rejects = pd.read_parquet(tmp_path / "spark" / REJECTS)
+    assert bad_patient in set(rejects["patient_id"])
+    assert (tmp_path / "spark" / MANIFEST).is_file()
