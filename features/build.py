@@ -99,6 +99,11 @@ def composite(codes: np.ndarray, days: np.ndarray) -> np.ndarray:
     return codes.astype(np.int64) * _STRIDE + np.asarray(days, dtype=np.int64) + _OFFSET
 
 
+def decompose(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Composite keys back to (patient code, day)."""
+    return keys // _STRIDE, keys % _STRIDE - _OFFSET
+
+
 def pairs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Expand ranges [lo, hi) into (query index, position) pairs, grouped by query in order (a range join)."""
     n = np.maximum(hi - lo, 0)

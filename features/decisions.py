@@ -15,12 +15,11 @@ import numpy as np
 import pandas as pd
 
 from features.build import (
-    _OFFSET,
-    _STRIDE,
     ENZYMES,
     RegimenIndex,
     Track,
     current_drugs,
+    decompose,
     from_days,
     last_change_day,
     measure_tracks,
@@ -46,7 +45,7 @@ def visit_measures() -> tuple[str, ...]:
 def visit_days(tracks: Mapping[str, Track]) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique (patient code, day) of every visit: a date with a core set measure or CDASI recorded."""
     keys = np.unique(np.concatenate([tracks[m].key for m in VISIT_MEASURES if m in tracks] or [np.zeros(0, np.int64)]))
-    return keys // _STRIDE, keys % _STRIDE - _OFFSET
+    return decompose(keys)
 
 
 def visit_values(tracks: Mapping[str, Track], codes: np.ndarray, days: np.ndarray, carry_forward_days: int,
