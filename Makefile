@@ -25,7 +25,7 @@ repro: install
 
 ## Set up and run the whole test suite (unit, data, model, browser and end-to-end tests).
 test: install browser
-	python -m pytest -n 2
+	OMP_NUM_THREADS=1 python -m pytest -n 2
 
 ## The browser tests drive Debian's Chromium (a test tool's own browser download cannot work offline).
 browser:
@@ -36,7 +36,11 @@ browser:
 lint: install
 	ruff check .
 
-## Benchmarks are run on demand, never in CI.
-bench: install
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev,bench]"
-	for b in benchmarks/bench_*.py; do python $$b; done
+## Benchmarks are run on demand, never in CI. They get their own environment (.venv-bench) because the peer
+## libraries (EconML, CausalML) pull the full xgboost wheel, which must not shadow xgboost-cpu in .venv.
+BENCH := .venv-bench
+bench:
+	test -x $(BENCH)/bin/python || $(PYTHON) -m venv $(BENCH)
+	$(BENCH)/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
+	$(BENCH)/bin/uv pip install --quiet --python $(BENCH)/bin/python -c requirements.lock -e ".[dev,spark,bench]"
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BENCH)/bin/python $$b || exit 1; done
