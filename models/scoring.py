@@ -160,20 +160,29 @@ class InvariantReport:
         return not self.problems
 
 
+def rows_per_patient(scored: pd.DataFrame) -> pd.Series:
+    """Output rows per scored patient id (what the invariant needs from one part file; small to keep)."""
+    if not len(scored):
+        return pd.Series(dtype=np.int64)
+    return scored.groupby(clean_ids(scored["patient_id"]).to_numpy(dtype=object), sort=False).size()
+
+
 def check_invariant(
     input_ids: pd.Series | np.ndarray,
-    scored: pd.DataFrame,
+    scored: pd.DataFrame | pd.Series,
     rejected_ids: pd.Series | np.ndarray,
     n_options: int,
 ) -> InvariantReport:
     """Every input patient is scored or rejected, never both, never twice; every scored patient has exactly one row
-    per catalogue option. Rejected ids not among the input patients (rows of unknown patients) are counted apart.
+    per catalogue option. `scored` is the output rows or, for big runs, the rows per patient of each part
+    concatenated. Rejected ids not among the input patients (rows of unknown patients) are counted apart.
 
-    Problems name counts and at most a few example positions, never patient identifiers (they may reach logs).
+    Problems name counts, never patient identifiers (they may reach logs).
     """
     inputs = pd.Index(clean_ids(input_ids).dropna().unique())
-    rows_per = scored.groupby(clean_ids(scored["patient_id"]).to_numpy(dtype=object), sort=False).size() \
-        if len(scored) else pd.Series(dtype=np.int64)
+    if isinstance(scored, pd.DataFrame):
+        scored = rows_per_patient(scored)
+    rows_per = scored.groupby(level=0, sort=False).sum() if len(scored) else pd.Series(dtype=np.int64)
     scored_ids = pd.Index(rows_per.index)
     rejected = pd.Index(clean_ids(rejected_ids).dropna().unique())
     problems: list[str] = []

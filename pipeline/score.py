@@ -323,7 +323,14 @@ def run_score(
 
     from features.build import build_features
     from features.contract import NORMALISED_COLUMNS
-    from models.scoring import check_invariant, empty_rejects, n_chunks, plan_chunks, sort_rejects
+    from models.scoring import (
+        check_invariant,
+        empty_rejects,
+        n_chunks,
+        plan_chunks,
+        rows_per_patient,
+        sort_rejects,
+    )
     from pipeline.config import load_params
     from pipeline.io import write_json, write_parquet
     from pipeline.registry import tracking_uri
@@ -404,9 +411,9 @@ def run_score(
     rejects = sort_rejects(pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)) if parts \
         else empty_rejects()
     write_parquet(rejects, out / REJECTS)
-    scored_ids = pd.concat(
-        [pd.read_parquet(out / part_name(c), columns=["patient_id"]) for c in range(total)], ignore_index=True)
-    report = check_invariant(ids, scored_ids, rejects["patient_id"], len(catalog.names))
+    per_patient = pd.concat([rows_per_patient(pd.read_parquet(out / part_name(c), columns=["patient_id"]))
+                             for c in range(total)])
+    report = check_invariant(ids, per_patient, rejects["patient_id"], len(catalog.names))
     if not report.ok:
         raise RuntimeError("scoring invariant broken: " + "; ".join(report.problems))
     shutil.rmtree(Path(task.staging), ignore_errors=True)
@@ -418,7 +425,7 @@ def run_score(
         "input_hash": digest, "engine": engine, "settings": settings.model_dump(),
         "counts": {"input_patients": report.input_patients, "scored_patients": report.scored_patients,
                    "rejected_patients": report.rejected_patients, "unknown_patients": report.unknown_patients,
-                   "reject_rows": int(len(rejects)), "output_rows": int(len(scored_ids)), "input_rows": rows},
+                   "reject_rows": int(len(rejects)), "output_rows": int(per_patient.sum()), "input_rows": rows},
         "chunks": {"total": total, "run_now": len(todo), "resumed": total - len(todo)},
         "options": list(catalog.names),
         "unused_feature_columns": unused,

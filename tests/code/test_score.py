@@ -181,3 +181,12 @@ def test_structure_and_identity_of_the_input(tmp_path: Path) -> None:
 def test_part_names_sort_in_chunk_order() -> None:
     names = [part_name(c) for c in (0, 9, 10, 123)]
     assert names == sorted(names) and names[0] == "part-00000.parquet"
+
+
+def test_invariant_from_per_part_counts_catches_a_patient_in_two_parts() -> None:
+    from models.scoring import rows_per_patient
+
+    part_a, part_b = rows_per_patient(_predictions(["a", "b"])), rows_per_patient(_predictions(["b"]))
+    report = check_invariant(pd.Series(["a", "b"]), pd.concat([part_a, part_b]), pd.Series([], dtype=object), 3)
+    assert not report.ok and any("exactly 3 option rows" in p for p in report.problems)
+    assert check_invariant(pd.Series(["a", "b"]), part_a, pd.Series([], dtype=object), 3).ok
