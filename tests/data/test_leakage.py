@@ -60,7 +60,7 @@ def features(assessments, regimens, events, as_of: int) -> pd.DataFrame:
     return build_features(keys, t, VOCABULARY, CATALOG).matrix
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_rows_dated_on_or_after_as_of_never_change_a_feature(data):
     as_of = data.draw(st.integers(400, 900), label="as_of day")
@@ -93,7 +93,7 @@ def test_rows_dated_on_or_after_as_of_never_change_a_feature(data):
     pd.testing.assert_frame_equal(before, after)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_row_order_never_matters(data):
     as_of = data.draw(st.integers(400, 900))
