@@ -401,12 +401,12 @@ def fit_escalate_model(
             f"table features: row {r}, column 'decision_id' has no row in decisions "
             f"(rule: every feature row has labels); {int(unmatched.sum())} such row(s)"
         )
-    unknown = ~merged["option_taken"].isin(catalog.names)
-    if unknown.any():
-        r = int(np.flatnonzero(unknown.to_numpy())[0])
+    missing_option = merged["option_taken"].isna()
+    if missing_option.any():
+        r = int(np.flatnonzero(missing_option.to_numpy())[0])
         raise ValueError(
             f"table decisions: row for decision {merged['decision_id'].iloc[r]!r}, column 'option_taken' is "
-            f"{merged['option_taken'].iloc[r]!r} (rule: one of {list(catalog.names)})"
+            f"missing (rule: one of {list(catalog.names)}, or 'other' for a change outside the catalogue)"
         )
 
     source = eligibility_source(features, catalog, cfg.eligibility)
@@ -484,6 +484,7 @@ def fit_escalate_model(
         "option_counts": option_counts,
         "modelled_options": list(arms),
         "rows_unmodelled_option": int((~in_arms).sum()),
+        "rows_option_outside_catalogue": int((~np.isin(taken, catalog.names)).sum()),
         "labelled_rows": labelled,
         "unlabelled_rows": {k: int(in_arms.sum()) - v for k, v in labelled.items()},
         "response_rate": float(np.nanmean(response[in_arms])) if in_arms.any() else float("nan"),

@@ -1,7 +1,8 @@
 """`escalate evaluate`: held-out evaluation of the trained bundle, logged to the training run in MLflow.
 
-Writes `data/evaluate/metrics.json` (flat headline metrics for `dvc metrics show`), CSV tables and plot data
-(calibration, ROC, Qini, effect scatter when the simulator's truth exists) with PNGs, and `model_card.md`.
+Writes `data/evaluate/metrics.json` (flat headline metrics for `dvc metrics show`), `tables/` (factual metrics,
+decision value, subgroups, simulator metrics, row counts), `plots/` (CSV data of the calibration, ROC, Qini and
+— with the simulator's truth — effect-scatter plots), `figures/` (the same as PNG) and `model_card.md`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ PLOTS = {  # plot data name -> (csv, png, models.plots function)
     "roc": ("roc.csv", "roc.png", "plot_roc"),
     "qini": ("qini.csv", "qini.png", "plot_qini"),
     "effect_scatter": ("effect_scatter.csv", "effect_scatter.png", "plot_effect_scatter"),
+}
+PLOT_COLUMNS = {
+    "calibration": ["option", "bin", "n", "mean_predicted", "observed_rate"],
+    "roc": ["option", "false_positive_rate", "true_positive_rate", "threshold"],
+    "qini": ["option", "fraction_targeted", "qini", "random", "n_compared"],
+    "effect_scatter": ["option", "decision", "true_effect", "predicted_effect"],
 }
 
 
@@ -75,21 +82,22 @@ def run_evaluate(
 
     result = evaluate_bundle(model, test, decisions, cfg, truth_decisions, truth_outcomes)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result.factual.to_csv(out / "factual.csv", index=False)
-    result.decision_values.to_csv(out / "decision_value.csv", index=False)
-    result.subgroups.to_csv(out / "subgroups.csv", index=False)
-    if result.simulator is not None:
-        result.simulator.to_csv(out / "simulator.csv", index=False)
+    tables, plot_dir, figures = out / "tables", out / "plots", out / "figures"
+    for folder in (tables, plot_dir, figures):
+        folder.mkdir(parents=True, exist_ok=True)
+    result.factual.to_csv(tables / "factual.csv", index=False)
+    result.decision_values.to_csv(tables / "decision_value.csv", index=False)
+    result.subgroups.to_csv(tables / "subgroups.csv", index=False)
+    simulator = result.simulator if result.simulator is not None else pd.DataFrame(columns=["option"])
+    simulator.to_csv(tables / "simulator.csv", index=False)  # header only without the simulator's truth
+    write_json(result.counts, tables / "counts.json")
     labels = {o.name: o.label for o in model.catalog.options}
     for name, (csv, png, fn) in PLOTS.items():
-        data = result.plot_data.get(name)
-        if data is None:
-            continue
-        data.to_csv(out / csv, index=False)
+        data = result.plot_data.get(name, pd.DataFrame(columns=PLOT_COLUMNS[name]))
+        data.to_csv(plot_dir / csv, index=False)  # always written, so DVC's declared plots exist
         if len(data):
             fig = getattr(plots, fn)(data, labels=labels)
-            fig.savefig(out / png, dpi=110, bbox_inches="tight")
+            fig.savefig(figures / png, dpi=110, bbox_inches="tight")
             plt.close(fig)
 
     n_train = model.summary
@@ -131,7 +139,6 @@ def run_evaluate(
     (out / "model_card.md").write_text(card, encoding="utf-8")
     metrics = {k: (round(v, 6) if v == v else None) for k, v in result.headline.items()}
     write_json(metrics, out / "metrics.json")
-    write_json(result.counts, out / "counts.json")
 
     if log_to_mlflow:
         import mlflow

@@ -186,3 +186,15 @@ def test_unlabelled_decisions_are_counted_not_hidden(model, cohort):
     assert model.summary["unlabelled_rows"]["response"] == int(
         (modelled & decisions["total_improvement_score"].isna()).sum()) > 0
     assert model.summary["rows_unmodelled_option"] == int((~modelled).sum())
+
+
+def test_changes_outside_the_catalogue_are_counted_and_left_out(cohort):
+    features, decisions, _ = cohort
+    features = features[features["patient_id"] < "P00120"]
+    other = decisions.copy()
+    other.loc[other.index[:3], "option_taken"] = "other"
+    model = fit_escalate_model(features, other, catalog(), small_config("linear"))
+    assert model.summary["rows_option_outside_catalogue"] == 3
+    assert "other" not in model.arms
+    out = model.predict_frame(features.head(3))
+    assert set(out["option"]) == set(catalog().names)

@@ -100,8 +100,9 @@ def test_the_check_would_catch_a_leak(logged):
 def test_evaluate_wrote_outputs_for_dvc(logged):
     root, _, metrics, _ = logged
     out = root / "data/evaluate"
-    for name in ("metrics.json", "model_card.md", "calibration.csv", "roc.csv", "qini.csv", "effect_scatter.csv",
-                 "decision_value.csv", "subgroups.csv", "simulator.csv", "calibration.png"):
+    for name in ("metrics.json", "model_card.md", "plots/calibration.csv", "plots/roc.csv", "plots/qini.csv",
+                 "plots/effect_scatter.csv", "tables/decision_value.csv", "tables/subgroups.csv",
+                 "tables/simulator.csv", "tables/factual.csv", "figures/calibration.png", "figures/qini.png"):
         assert (out / name).is_file(), name
     assert 0 <= metrics["sim_interval_coverage"] <= 1
     assert metrics["sim_matched_decisions"] == metrics["n_test_decisions"]
