@@ -339,6 +339,11 @@ def run_score(
     settings = settings or ScoreSettings()
     if engine not in ("local", "spark"):
         raise ScoreRefusal(f"--engine {engine!r}: choose local or spark")
+    if engine == "spark":
+        import importlib.util
+
+        if importlib.util.find_spec("pyspark") is None:
+            raise ScoreRefusal("--engine spark needs PySpark: install the spark extra (pip install -e '.[spark]')")
     the_day = pd.Timestamp(today or date.today().isoformat()).normalize()
     try:
         when = pd.Timestamp(as_of).normalize()
