@@ -535,14 +535,17 @@ def subgroup_labels(features: pd.DataFrame) -> pd.DataFrame:
     return clinical_subgroups(frame, table="features").drop(columns="patient_id").reset_index(drop=True)
 
 
-def match_truth(features: pd.DataFrame, truth_decisions: pd.DataFrame) -> np.ndarray:
-    """Position in `truth_decisions` of each feature row's decision (same patient and visit date), -1 if none."""
+def match_truth(features: pd.DataFrame, truth_decisions: pd.DataFrame, visit_date: pd.Series | None = None
+                ) -> np.ndarray:
+    """Position in `truth_decisions` of each feature row's decision (same patient and visit date), -1 if none.
+    `visit_date` is the decision visit (the decisions table's `date`); without it `as_of` is used."""
     need = [c for c in ("decision_id", "patient_id", "date") if c not in truth_decisions.columns]
     if need:
         raise ValueError(f"table truth/decisions: missing column(s) {need} (rule: simulator truth contract)")
     key_t = truth_decisions["patient_id"].astype(str) + "|" + pd.to_datetime(truth_decisions["date"]).dt.strftime(
         "%Y-%m-%d")
-    key_f = features["patient_id"].astype(str) + "|" + pd.to_datetime(features["as_of"]).dt.strftime("%Y-%m-%d")
+    dates = pd.Series(pd.to_datetime(visit_date if visit_date is not None else features["as_of"]).to_numpy())
+    key_f = features["patient_id"].astype(str).reset_index(drop=True) + "|" + dates.dt.strftime("%Y-%m-%d")
     first = ~key_t.duplicated().to_numpy()  # a visit with two truth rows: the first is the decision
     positions = np.flatnonzero(first)
     found = pd.Index(key_t.to_numpy()[first]).get_indexer(key_f)
@@ -565,9 +568,10 @@ def evaluate_bundle(
 
     cfg = config if config is not None else ev.EvaluationConfig()
     features = features.reset_index(drop=True)
-    labels = features[["decision_id"]].merge(
-        decisions[["decision_id", "option_taken", "total_improvement_score", "safety_event"]],
-        on="decision_id", how="left", validate="one_to_one")
+    label_cols = ["decision_id", "option_taken", "total_improvement_score", "safety_event"]
+    label_cols += ["date"] if "date" in decisions.columns else []
+    labels = features[["decision_id"]].merge(decisions[label_cols], on="decision_id", how="left",
+                                             validate="one_to_one")
     arms = list(model.arms)
     control = arms.index(model.catalog.control)
     eligible_frame, _ = model.eligibility(features)
@@ -660,7 +664,8 @@ def evaluate_bundle(
     simulator = None
     if truth_decisions is not None and truth_outcomes is not None:
         simulator, sim_headline, sim_plots, matched = _simulator_evaluation(
-            model, features, truth_decisions, truth_outcomes, pred, elig, arms, control)
+            model, features, truth_decisions, truth_outcomes, pred, elig, arms, control,
+            labels["date"] if "date" in labels.columns else None)
         headline.update(sim_headline)
         plot_data.update(sim_plots)
         counts["truth_matched"] = matched
@@ -684,12 +689,15 @@ def _simulator_evaluation(
     elig: np.ndarray,
     arms: list[str],
     control: int,
+    visit_date: pd.Series | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float], dict[str, pd.DataFrame], int]:
     """Per-option oracle AUROC, √PEHE, interval coverage and regret on the decisions matched to the truth."""
     from models import evaluation as ev
 
-    pos = match_truth(features, truth_decisions)
+    pos = match_truth(features, truth_decisions, visit_date)
     hit = np.flatnonzero(pos >= 0)
+    if not len(hit):  # no derived decision matches a true one: nothing to compare, say so in the counts
+        return pd.DataFrame(columns=["option"]), {"sim_matched_decisions": 0.0}, {}, 0
     truth_ids = truth_decisions["decision_id"].to_numpy()[pos[hit]]
     outcomes = truth_outcomes[truth_outcomes["option"].isin(arms)]
     true_p = ev.option_matrix(outcomes, "p_response", arms).reindex(truth_ids).to_numpy(dtype=float)
