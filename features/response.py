@@ -8,14 +8,18 @@ Sources (see ../shared/reference/clinical.md section 1):
 - IMACS Definition of Improvement (DOI, 2004): >= 20 % improvement in 3 of any 6 core set measures, at most 2
   worse by >= 25 %, and manual muscle testing not among the worsened.
 
-Every function works column-wise on aligned wide frames (one row per baseline/follow-up pair), so a million
-pairs score in well under a second. Band tables, instrument ranges and thresholds live in frozen pydantic
-models defaulting to the published values; the enzyme rule the reference marks [unconfirmed] is a setting.
+The public functions take aligned wide frames (one row per baseline/follow-up pair), validate them once (every
+violation named by table, row, column and rule) and call one numpy kernel per criterion (`tis_arrays`,
+`doi_arrays`); callers that already hold valid arrays, such as the simulator's Monte Carlo, call the kernels
+directly with broadcastable shapes, so there is one scoring implementation with two entry points. Band tables,
+instrument ranges and thresholds live in frozen pydantic models defaulting to the published values; the enzyme
+rule the reference marks [unconfirmed] is a setting.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -71,10 +75,12 @@ class BandTable(_Frozen):
 
     def score(self, percent: np.ndarray) -> np.ndarray:
         """Points for each (already rounded) percent improvement; NaN stays NaN, worsening is the lowest band."""
-        band = np.searchsorted(np.asarray(self.upper_edges, dtype=float), percent, side="left")
-        band = np.minimum(band, len(self.upper_edges))  # NaN sorts past the end; masked below
+        percent = np.asarray(percent, dtype=float)
+        band = np.zeros(percent.shape, dtype=np.intp)
+        for edge in self.upper_edges:  # band = number of upper edges strictly below the percent
+            band += percent > edge
         out = np.asarray(self.points, dtype=float)[band]
-        out[np.isnan(percent)] = np.nan
+        np.copyto(out, np.nan, where=np.isnan(percent))
         return out
 
 
@@ -316,38 +322,126 @@ def _read_pair(baseline: pd.DataFrame, followup: pd.DataFrame, instruments: Inst
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# shared arithmetic
+# shared arithmetic: the kernels below take already-valid float arrays (the public functions validate first)
+
+#: core set arrays by name (`physician_global`, …, `mmt8_scale`, each enzyme and `<enzyme>_uln`), any shapes that
+#: broadcast together: e.g. baselines of shape (n, 1) against follow-up draws of shape (n, k).
+Arrays = Mapping[str, np.ndarray]
 
 
 def _safe_percent(change: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """change / denominator x 100; no change is 0 % and a change from a zero denominator is +/-inf %."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out = np.where(change == 0, 0.0, change / denominator * 100.0)
-        zero = (denominator == 0) & (change != 0)
-        return np.where(zero, np.sign(change) * np.inf, out)
+        out = np.asarray(change / denominator * 100.0, dtype=float)  # x / 0 is +/-inf in IEEE arithmetic
+    np.copyto(out, 0.0, where=change == 0)  # 0 / 0 is no change, not NaN
+    return out
 
 
-def _most_abnormal_enzyme(b: dict, f: dict, enzymes: tuple[str, ...], decimals: int):
-    """Per row: position in `enzymes` of the highest baseline value/ULN among enzymes measured at both visits
-    (-1 when none), and that enzyme's baseline value, follow-up value and baseline ULN."""
-    n = len(b["physician_global"])
-    position = np.full(n, -1, dtype=np.int64)
-    best = np.full(n, -np.inf)
-    base, follow, uln = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+class EnzymeChoice(NamedTuple):
+    """The most abnormal muscle enzyme of each pair and its values (NaN, position -1 when none qualifies)."""
+
+    position: np.ndarray  # index into the rules' `instruments.enzymes`
+    baseline: np.ndarray
+    followup: np.ndarray
+    uln: np.ndarray  # the baseline upper limit of normal
+
+
+def _shape(b: Arrays, f: Arrays) -> tuple[int, ...]:
+    return np.broadcast_shapes(np.shape(b["physician_global"]), np.shape(f["physician_global"]))
+
+
+def _most_abnormal_enzyme(b: Arrays, f: Arrays, enzymes: tuple[str, ...], decimals: int) -> EnzymeChoice:
+    """Per pair: the enzyme with the highest baseline value/ULN among those measured at both visits (first listed
+    wins a tie), with its baseline value, follow-up value and baseline ULN."""
+    shape = _shape(b, f)
+    position = np.full(shape, -1, dtype=np.int64)
+    best = np.full(shape, -np.inf)
+    base, follow, uln = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     for pos, enzyme in enumerate(enzymes):
         if enzyme not in b or enzyme not in f:
             continue
         bv, bu, fv = b[enzyme], b[f"{enzyme}_uln"], f[enzyme]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            ratio = np.round(bv / bu, decimals)
+            ratio = np.round(bv / bu, decimals)  # NaN unless both baseline value and ULN are known
         # strictly greater: on a tie the enzyme listed first keeps its place (deterministic tie-break)
-        take = ~np.isnan(bv) & ~np.isnan(bu) & ~np.isnan(fv) & (ratio > best)
-        best = np.where(take, ratio, best)
-        position[take] = pos
-        base = np.where(take, bv, base)
-        follow = np.where(take, fv, follow)
-        uln = np.where(take, bu, uln)
-    return position, base, follow, uln
+        take = (ratio > best) & ~np.isnan(fv)
+        np.copyto(best, ratio, where=take)
+        np.copyto(position, pos, where=take)
+        np.copyto(base, bv, where=take)
+        np.copyto(follow, fv, where=take)
+        np.copyto(uln, bu, where=take)
+    return EnzymeChoice(position, base, follow, uln)
+
+
+def _mmt8_scale_differs(b: Arrays, f: Arrays) -> np.ndarray:
+    """MMT-8 scored on different scales at the two visits: the change is not comparable."""
+    bs, fs = b["mmt8_scale"], f["mmt8_scale"]
+    return ~np.isnan(bs) & ~np.isnan(fs) & (bs != fs)
+
+
+class TisArrays(NamedTuple):
+    """What the TIS kernel returns, shaped like the broadcast inputs."""
+
+    total: np.ndarray  # 0-100, NaN when a core set measure is missing
+    points: dict[str, np.ndarray]  # per core set measure (CORE_SET)
+    enzyme_position: np.ndarray  # -1: no enzyme measured at both visits
+    mmt8_scale_differs: np.ndarray
+
+
+def tis_arrays(b: Arrays, f: Arrays, rules: TisRules = DEFAULT_TIS_RULES) -> TisArrays:
+    """The ACR/EULAR 2016 TIS arithmetic on valid float arrays, without input checks or frames.
+
+    The one scoring implementation: `total_improvement_score` validates its frames and calls it; the simulator
+    calls it directly on arrays it built within the instrument ranges (millions of Monte Carlo pairs).
+    """
+    inst = rules.instruments
+    dec = rules.percent_decimals
+    percent: dict[str, np.ndarray] = {}
+    for measure in FIXED_RANGE_MEASURES:
+        percent[measure] = (b[measure] - f[measure]) / inst.range_of(measure) * 100.0
+    scale_differs = _mmt8_scale_differs(b, f)
+    mmt_pct = (f["mmt8"] - b["mmt8"]) / b["mmt8_scale"] * 100.0
+    percent["mmt8"] = np.where(scale_differs, np.nan, mmt_pct)
+    enzyme = _most_abnormal_enzyme(b, f, inst.enzymes, dec)
+    denominator = enzyme.baseline if rules.enzyme_change == "relative_to_baseline" else enzyme.uln
+    percent["enzyme"] = _safe_percent(enzyme.baseline - enzyme.followup, denominator)
+    points: dict[str, np.ndarray] = {}
+    total = np.zeros(_shape(b, f))
+    for measure in CORE_SET:
+        points[measure] = rules.bands(measure).score(np.round(percent[measure], dec))
+        total = total + points[measure]  # NaN when any measure is missing
+    return TisArrays(total, points, enzyme.position, scale_differs)
+
+
+def doi_arrays(b: Arrays, f: Arrays, rules: DoiRules = DEFAULT_DOI_RULES) -> tuple[np.ndarray, np.ndarray]:
+    """The IMACS 2004 DOI arithmetic on valid float arrays: (met, undetermined) boolean arrays.
+
+    The one DOI implementation: `imacs_doi` validates its frames and calls it; the simulator calls it directly.
+    Percent changes are relative to each measure's baseline value.
+    """
+    dec = rules.percent_decimals
+    enzyme = _most_abnormal_enzyme(b, f, rules.instruments.enzymes, dec)
+    shape = _shape(b, f)
+    missing = np.broadcast_to(_mmt8_scale_differs(b, f), shape)
+    improved = np.zeros(shape, dtype=np.int64)
+    worsened = np.zeros(shape, dtype=np.int64)
+    mmt_worse = np.zeros(shape, dtype=bool)
+    for measure in CORE_SET:
+        if measure == "enzyme":
+            change, base = enzyme.baseline - enzyme.followup, enzyme.baseline
+        elif measure == "mmt8":
+            change, base = f["mmt8"] - b["mmt8"], b["mmt8"]
+        else:
+            change, base = b[measure] - f[measure], b[measure]
+        pct = np.round(_safe_percent(change, base), dec)
+        missing = missing | np.isnan(pct)
+        improved = improved + (pct >= rules.improvement_percent)
+        worse = pct <= -rules.worsening_percent
+        worsened = worsened + worse
+        if measure == "mmt8" and not rules.mmt8_may_worsen:
+            mmt_worse = mmt_worse | worse
+    met = (improved >= rules.min_improved) & (worsened <= rules.max_worsened) & ~mmt_worse
+    return met, missing
 
 
 def _labels(codes: np.ndarray, labels: tuple[str, ...] | list[str]) -> pd.Categorical:
@@ -379,39 +473,19 @@ def total_improvement_score(
     inst = rules.instruments
     b, f = _read_pair(baseline, followup, inst)
     n = len(baseline)
-    dec = rules.percent_decimals
-    percent: dict[str, np.ndarray] = {}
-    for measure in FIXED_RANGE_MEASURES:
-        percent[measure] = (b[measure] - f[measure]) / inst.range_of(measure) * 100.0
-    scale_differs = (
-        ~np.isnan(b["mmt8_scale"]) & ~np.isnan(f["mmt8_scale"]) & (b["mmt8_scale"] != f["mmt8_scale"])
-    )
-    mmt_pct = (f["mmt8"] - b["mmt8"]) / b["mmt8_scale"] * 100.0
-    percent["mmt8"] = np.where(scale_differs, np.nan, mmt_pct)
-    enzyme_pos, e_base, e_follow, e_uln = _most_abnormal_enzyme(b, f, inst.enzymes, dec)
-    denominator = e_base if rules.enzyme_change == "relative_to_baseline" else e_uln
-    percent["enzyme"] = _safe_percent(e_base - e_follow, denominator)
-
-    out: dict[str, object] = {}
-    points = []
-    for measure in CORE_SET:
-        pts = rules.bands(measure).score(np.round(percent[measure], dec))
-        out[f"points_{measure}"] = pts
-        points.append(pts)
-    tis = np.sum(points, axis=0)  # NaN when any measure is missing
-
+    scored = tis_arrays(b, f, rules)
     masks: list[tuple[str, np.ndarray]] = []
     for measure in CORE_SET[:-1]:
         masks.append((f"missing baseline {measure}", np.isnan(b[measure])))
         masks.append((f"missing follow-up {measure}", np.isnan(f[measure])))
-    masks.append(("mmt8_scale differs between baseline and follow-up", scale_differs))
-    masks.append(("no muscle enzyme measured at both baseline and follow-up", enzyme_pos < 0))
+    masks.append(("mmt8_scale differs between baseline and follow-up", scored.mmt8_scale_differs))
+    masks.append(("no muscle enzyme measured at both baseline and follow-up", scored.enzyme_position < 0))
     result = pd.DataFrame(
         {
-            "total_improvement_score": tis,
+            "total_improvement_score": scored.total,
             "missing_reason": _reasons(masks, n),
-            **out,
-            "enzyme_used": _labels(enzyme_pos, inst.enzymes),
+            **{f"points_{m}": scored.points[m] for m in CORE_SET},
+            "enzyme_used": _labels(scored.enzyme_position, inst.enzymes),
         }
     )
     result.index = baseline.index
@@ -470,23 +544,8 @@ def imacs_doi(
 ) -> pd.Series:
     """IMACS 2004 Definition of Improvement per row (nullable boolean): >= 20 % better in 3 of 6 core set
     measures, at most 2 worse by >= 25 %, MMT-8 not among them; NA when a measure is missing."""
-    inst = rules.instruments
-    b, f = _read_pair(baseline, followup, inst)
-    dec = rules.percent_decimals
-    change = {m: b[m] - f[m] for m in FIXED_RANGE_MEASURES}
-    change["mmt8"] = f["mmt8"] - b["mmt8"]
-    _, e_base, e_follow, _ = _most_abnormal_enzyme(b, f, inst.enzymes, dec)
-    change["enzyme"] = e_base - e_follow
-    base = {**{m: b[m] for m in (*FIXED_RANGE_MEASURES, "mmt8")}, "enzyme": e_base}
-    pct = np.column_stack([np.round(_safe_percent(change[m], base[m]), dec) for m in CORE_SET])
-    scale_differs = (
-        ~np.isnan(b["mmt8_scale"]) & ~np.isnan(f["mmt8_scale"]) & (b["mmt8_scale"] != f["mmt8_scale"])
-    )
-    missing = np.isnan(pct).any(axis=1) | scale_differs
-    improved = (pct >= rules.improvement_percent).sum(axis=1)
-    worse = pct <= -rules.worsening_percent
-    mmt_worse = worse[:, CORE_SET.index("mmt8")] & (not rules.mmt8_may_worsen)
-    met = (improved >= rules.min_improved) & (worse.sum(axis=1) <= rules.max_worsened) & ~mmt_worse
+    b, f = _read_pair(baseline, followup, rules.instruments)
+    met, missing = doi_arrays(b, f, rules)
     return pd.Series(pd.arrays.BooleanArray(met, missing), index=baseline.index, name="imacs_doi")
 
 
@@ -536,9 +595,7 @@ def deterioration(
     inst = rules.instruments
     b, f = _read_pair(baseline, followup, inst)
     dec = rules.percent_decimals
-    scale_differs = (
-        ~np.isnan(b["mmt8_scale"]) & ~np.isnan(f["mmt8_scale"]) & (b["mmt8_scale"] != f["mmt8_scale"])
-    )
+    scale_differs = _mmt8_scale_differs(b, f)
     phys = np.round(f["physician_global"] - b["physician_global"], dec)
     extra = np.round(f["extramuscular_global"] - b["extramuscular_global"], dec)
     mmt = np.where(scale_differs, np.nan, _worsening_percent(b, f, "mmt8", rules))

@@ -173,7 +173,7 @@ def _measures_at(
 ) -> dict[str, np.ndarray]:
     """Noisy measures for one visit per entry (fresh noise)."""
     sub = _traits(patients, patient)
-    z = rng.standard_normal((len(patient), len(NOISE_COLUMNS)))
+    z = rng.standard_normal((len(NOISE_COLUMNS), len(patient)))
     return latent_to_measures(muscle, skin, sub["ild"].to_numpy(), sub["mmt8_scale"].to_numpy(), sub, z, config.measurement)
 
 
@@ -288,7 +288,7 @@ def simulate_cohort(
             sd = cfg.effects.latent_sd
             mf = np.clip(m0[:, None] * (1 - dm) + sd * eps[:, :1], 0, 1)
             sf = np.clip(s0[:, None] * (1 - ds) + sd * eps[:, 1:2], 0, 1)
-            z = rng.standard_normal((n, 1, len(NOISE_COLUMNS)))
+            z = rng.standard_normal((len(NOISE_COLUMNS), n, 1))
             follow = latent_to_measures(mf, sf, ild, scale, sub, z, cfg.measurement)
             realised[h] = follow
             latent_taken_inputs[h] = (mf, sf)
@@ -431,7 +431,7 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
     for lo in range(0, n, per_chunk):
         hi = min(n, lo + per_chunk)
         eps = rng.standard_normal((hi - lo, draws, 4))
-        z = rng.standard_normal((hi - lo, draws, len(NOISE_COLUMNS)))
+        z = rng.standard_normal((len(NOISE_COLUMNS), hi - lo, draws))
         pi, oj = np.nonzero(needed[lo:hi])
         gi = pi + lo
         part = OptionEffects(eff.keep_muscle[gi], eff.keep_skin[gi], eff.new_muscle[gi, oj][:, None], eff.new_skin[gi, oj][:, None])
@@ -439,7 +439,7 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
         dm, ds = part.delta(rho, cfg.effects.max_effect, rho * _responder(eps[pi, :, 3], cfg))
         mf = np.clip(m0[gi, None] * (1 - dm) + cfg.effects.latent_sd * eps[pi, :, 0], 0, 1)
         sf = np.clip(s0[gi, None] * (1 - ds) + cfg.effects.latent_sd * eps[pi, :, 1], 0, 1)
-        follow = latent_to_measures(mf, sf, ild[gi], scale[gi], sub.iloc[gi].reset_index(drop=True), z[pi], cfg.measurement)
+        follow = latent_to_measures(mf, sf, ild[gi], scale[gi], sub.iloc[gi].reset_index(drop=True), z[:, pi], cfg.measurement)
         scores = score_pairs({k: v[gi] for k, v in base.items()}, follow, scale[gi], {k: v[gi] for k, v in uln.items()})
         probs = probabilities_from_draws(scores, threshold[gi])
         for f in Probabilities._fields:

@@ -74,14 +74,15 @@ def latent_to_measures(
 ) -> dict[str, np.ndarray]:
     """Rounded core set, enzymes and CDASI activity for latent (muscle, skin) of any shape (patients first).
 
-    `z` holds standard normals with a trailing axis of len(NOISE_COLUMNS); per-patient inputs are vectors.
-    Unmeasured enzymes of a patient's panel come back NaN.
+    `z` holds standard normals with a leading axis of len(NOISE_COLUMNS) (one contiguous block per measure)
+    followed by a shape that broadcasts against `muscle`; per-patient inputs are vectors. Unmeasured enzymes of a
+    patient's panel come back NaN.
     """
     nd = muscle.ndim
     m, s = np.clip(muscle, 0, 1), np.clip(skin, 0, 1)
     ild_x = _col(np.asarray(ild, dtype=float), nd)
     scale = _col(mmt8_scale, nd)
-    zc = {name: z[..., i] for i, name in enumerate(NOISE_COLUMNS)}
+    zc = dict(zip(NOISE_COLUMNS, z, strict=True))
     out: dict[str, np.ndarray] = {}
     wm, ws = config.physician_global
     out["physician_global"] = np.round(np.clip(10 * (wm * m + ws * s) + config.physician_global_sd * zc["physician_global"], 0, 10), 1)

@@ -10,15 +10,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from features.response import (
     DEFAULT_DOI_RULES,
     DEFAULT_TIS_RULES,
     TisRules,
-    imacs_doi,
+    doi_arrays,
     response_threshold,
-    total_improvement_score,
+    tis_arrays,
 )
 from simulator.measures import CORE_MEASURES, ENZYMES
 
@@ -30,16 +29,6 @@ class PairScores(NamedTuple):
     doi: np.ndarray  # float: 1.0 met, 0.0 not met, NaN undetermined
 
 
-def visit_frame(values: dict[str, np.ndarray], mmt8_scale: np.ndarray, uln: dict[str, np.ndarray]) -> pd.DataFrame:
-    """A wide core set frame (the `features.response` input) from flat arrays of equal length."""
-    frame = {m: values[m] for m in CORE_MEASURES}
-    frame["mmt8_scale"] = mmt8_scale
-    for enzyme in ENZYMES:
-        frame[enzyme] = values[enzyme]
-        frame[f"{enzyme}_uln"] = uln[enzyme]
-    return pd.DataFrame(frame)
-
-
 def score_pairs(
     baseline: dict[str, np.ndarray],
     followup: dict[str, np.ndarray],
@@ -47,18 +36,23 @@ def score_pairs(
     uln: dict[str, np.ndarray],
 ) -> PairScores:
     """Score per-decision baselines (vectors) against follow-ups of shape (decisions, ...) with the ACR/EULAR TIS
-    and the IMACS DOI."""
+    and the IMACS DOI, through the `features.response` kernels (the simulator's values are valid by construction,
+    so the frame validation of the public functions is skipped; the arithmetic is the same code)."""
     shape = followup["physician_global"].shape
-    reps = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    flat_base = {k: np.repeat(v, reps) for k, v in baseline.items()}
-    flat_follow = {k: np.broadcast_to(v, shape).reshape(-1) for k, v in followup.items()}
-    scale = np.repeat(mmt8_scale, reps)
-    ulns = {k: np.repeat(v, reps) for k, v in uln.items()}
-    b = visit_frame(flat_base, scale, ulns)
-    f = visit_frame(flat_follow, scale, ulns)
-    tis = total_improvement_score(b, f, DEFAULT_TIS_RULES)["total_improvement_score"].to_numpy(float)
-    doi = imacs_doi(b, f, DEFAULT_DOI_RULES).to_numpy(dtype=float, na_value=np.nan)
-    return PairScores(tis.reshape(shape), doi.reshape(shape))
+    extra = (1,) * (len(shape) - 1)
+
+    def column(values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype=float).reshape((-1, *extra))
+
+    scale = column(mmt8_scale)
+    names = (*CORE_MEASURES, *ENZYMES)
+    b = {m: column(baseline[m]) for m in names} | {f"{e}_uln": column(uln[e]) for e in ENZYMES}
+    f = {m: np.asarray(followup[m], dtype=float) for m in names}
+    b["mmt8_scale"] = f["mmt8_scale"] = scale
+    tis = np.broadcast_to(tis_arrays(b, f, DEFAULT_TIS_RULES).total, shape)
+    met, undetermined = doi_arrays(b, f, DEFAULT_DOI_RULES)
+    doi = np.where(undetermined, np.nan, met.astype(float))
+    return PairScores(tis, np.broadcast_to(doi, shape))
 
 
 class Probabilities(NamedTuple):

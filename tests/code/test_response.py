@@ -22,9 +22,11 @@ from features.response import (
     TisRules,
     confirmed_deterioration,
     deterioration,
+    doi_arrays,
     imacs_doi,
     improvement_category,
     response_threshold,
+    tis_arrays,
     total_improvement_score,
 )
 
@@ -622,3 +624,60 @@ def test_tis_bounded_and_monotone_in_each_followup_measure(visits, measure: str,
     after = total_improvement_score(frames[0], frames[2])["total_improvement_score"].iloc[0]
     assert 0.0 <= before <= 100.0 and 0.0 <= after <= 100.0
     assert after >= before
+
+
+# ---- kernels: one implementation, two entry points ------------------------------------------------------------
+
+
+def _random_visits(rng: np.random.Generator, shape: tuple[int, ...], scale: np.ndarray) -> dict[str, np.ndarray]:
+    """Valid core set arrays on the VAS/index grids records use, with zeros, ties and missing values mixed in."""
+    visit = {m: np.round(rng.uniform(0, span, shape) * rng.integers(0, 2, shape), 1) for m, span in RANGES.items()}
+    visit["haq"] = np.round(rng.uniform(0, 3, shape) * 8) / 8
+    visit["mmt8"] = np.round(rng.uniform(0.5, 1.0, shape) * scale)
+    visit["ck"] = np.round(rng.choice([0.0, 100.0, 400.0, 2000.0], shape) * rng.uniform(0.5, 2, shape))
+    visit["aldolase"] = np.where(rng.random(shape) < 0.3, np.nan, np.round(rng.uniform(0, 30, shape), 1))
+    visit["patient_global"] = np.where(rng.random(shape) < 0.05, np.nan, visit["patient_global"])
+    return visit
+
+
+@pytest.mark.parametrize("draws", [1, 7])
+def test_kernels_on_broadcast_arrays_equal_the_validated_frame_functions(draws: int) -> None:
+    """Baselines (n, 1) scored against follow-up draws (n, k) by `tis_arrays` / `doi_arrays` give exactly what
+    `total_improvement_score` / `imacs_doi` give for the same pairs as frames (the simulator's path)."""
+    rng = np.random.default_rng(draws)
+    n = 300
+    scale = rng.choice([80.0, 150.0], (n, 1))
+    b = _random_visits(rng, (n, 1), scale) | {"mmt8_scale": scale, "ck_uln": np.full((n, 1), 200.0)}
+    b["aldolase_uln"] = np.full((n, 1), 7.6)
+    f = _random_visits(rng, (n, draws), scale) | {"mmt8_scale": scale}
+    scored = tis_arrays(b, f)
+    met, undetermined = doi_arrays(b, f)
+    assert scored.total.shape == met.shape == (n, draws)
+
+    flat_b = pd.DataFrame({k: np.repeat(v[:, 0], draws) for k, v in b.items()})
+    flat_f = pd.DataFrame({k: np.broadcast_to(v, (n, draws)).reshape(-1) for k, v in f.items()})
+    flat_f[["ck_uln", "aldolase_uln"]] = flat_b[["ck_uln", "aldolase_uln"]]
+    expected_tis = total_improvement_score(flat_b, flat_f)["total_improvement_score"].to_numpy()
+    expected_doi = imacs_doi(flat_b, flat_f)
+    np.testing.assert_array_equal(scored.total.reshape(-1), expected_tis)
+    np.testing.assert_array_equal(undetermined.reshape(-1), expected_doi.isna().to_numpy())
+    known = ~undetermined.reshape(-1)
+    np.testing.assert_array_equal(met.reshape(-1)[known], expected_doi.to_numpy()[known].astype(bool))
+    # the draws exercise every outcome: scores missing and present, DOI met and not met
+    assert np.isnan(expected_tis).any() and (expected_tis > 20).any()
+    assert met[~undetermined].any() and (~met[~undetermined]).any()
+
+
+def test_kernel_and_frame_function_agree_on_band_edges() -> None:
+    """Exact band edges scored through the kernel match the published points (no path-specific rounding)."""
+    base = {**{k: np.array([v]) for k, v in NEUTRAL.items()}}
+    follow = dict(base)
+    follow["physician_global"] = np.array([4.5])  # exactly 5 %: 0 points
+    follow["extramuscular_global"] = np.array([3.5])  # exactly 15 %: the >5-15 band
+    follow["haq"] = np.array([1.5 - 0.75])  # exactly 25 %: the >15-25 band
+    scored = tis_arrays(base, follow)
+    assert scored.points["physician_global"][0] == 0.0
+    assert scored.points["extramuscular_global"][0] == 7.5
+    assert scored.points["haq"][0] == 7.5
+    frames = [pd.DataFrame({k: v for k, v in visit.items()}) for visit in (base, follow)]
+    assert total_improvement_score(*frames)["total_improvement_score"].iloc[0] == scored.total[0]
