@@ -51,6 +51,7 @@ def simulate(
     patients: Annotated[int | None, typer.Option("--patients", min=1, help="Number of patients (default: params.yaml simulate.patients).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: params.yaml seed).")] = None,
     mode: Annotated[str | None, typer.Option("--mode", help="observational | trial (default: params.yaml simulate.mode).")] = None,
+    trial_population: Annotated[str | None, typer.Option("--trial-population", help="Trial mode: the emulated trial's population from configs/simulator.yaml trial.populations (default: trial.default_population).")] = None,
     today: Annotated[str | None, typer.Option("--today", help="The cohort's today, YYYY-MM-DD (default: params.yaml).")] = None,
     mc_draws: Annotated[int | None, typer.Option("--mc-draws", min=10, help="Monte Carlo draws per true probability (default: configs/simulator.yaml).")] = None,
     params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read defaults from.")] = Path("params.yaml"),
@@ -70,9 +71,13 @@ def simulate(
     if mc_draws is not None:
         config = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": mc_draws})})
     started = time.perf_counter()
-    cohort = simulate_cohort(n, s, config, vocabulary, catalog, day, m)  # type: ignore[arg-type]
+    if trial_population is not None and trial_population not in config.trial.populations:
+        known = ", ".join(config.trial.populations)
+        raise typer.BadParameter(f"unknown trial population {trial_population!r}; configured: {known}", param_hint="--trial-population")
+    cohort = simulate_cohort(n, s, config, vocabulary, catalog, day, m, trial_population)  # type: ignore[arg-type]
     elapsed = time.perf_counter() - started
     counts = write_cohort(cohort, out)
-    typer.echo(f"simulated {n} patients ({m}, seed {s}, today {day}) in {elapsed:.1f} s → {out}")
+    what = f"trial: {trial_population or config.trial.default_population}" if m == "trial" else m
+    typer.echo(f"simulated {n} patients ({what}, seed {s}, today {day}) in {elapsed:.1f} s → {out}")
     for name, count in counts.items():
         typer.echo(f"  {name}: {count} rows")

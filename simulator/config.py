@@ -246,15 +246,48 @@ class DecisionRule(_Frozen):
     loss_to_follow_up: float = Field(0.1, ge=0, le=1)
 
 
-class TrialConfig(_Frozen):
-    """Trial-mode inclusion and visits (ProDERM-like: adult DM, active, randomised among eligible options)."""
+class TrialPopulation(_Frozen):
+    """One emulated trial's population: who is enrolled, when outcomes are read, and how much the background
+    (placebo response, regression to the mean, background therapy) helps, relative to the refractory default."""
 
     diagnosis: str = "adult_dermatomyositis"
-    horizons_weeks: tuple[int, ...] = (16, 24)
+    horizons_weeks: tuple[int, ...] = Field((16, 24), min_length=1)
+    min_muscle: float = Field(0.35, ge=0, le=1, description="inclusion: latent muscle activity at least this")
+    min_skin: float = Field(0.25, ge=0, le=1, description="inclusion: latent skin activity at least this")
+    #: multiplies `effects.background` (both tissues) for every arm of this trial; 1 = the observational cohort.
+    background_scale: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrialPopulation:
+        if any(h <= 0 for h in self.horizons_weeks):
+            raise ValueError(f"trial horizons must be positive weeks, got {self.horizons_weeks}")
+        return self
+
+
+class TrialConfig(_Frozen):
+    """Trial-emulation mode: options randomised among the eligible, one decision per patient, and a named
+    population per published trial (each calibration anchor is reproduced in the population of its trial)."""
+
     visit_window_days: int = 7
     start_delay_days: Range = Range(low=1, high=3)
-    min_muscle: float = 0.35
-    min_skin: float = 0.25
+    default_population: str = "proderm"
+    populations: dict[str, TrialPopulation] = Field(default_factory=lambda: {"proderm": TrialPopulation()})
+
+    @model_validator(mode="after")
+    def _check(self) -> TrialConfig:
+        if self.default_population not in self.populations:
+            raise ValueError(
+                f"trial.default_population {self.default_population!r} is not among trial.populations "
+                f"({', '.join(self.populations) or 'none'})"
+            )
+        return self
+
+    def population(self, name: str | None = None) -> TrialPopulation:
+        """The named trial population (the default one when `name` is None); unknown names are an error."""
+        key = self.default_population if name is None else name
+        if key not in self.populations:
+            raise ValueError(f"unknown trial population {key!r}; configured: {', '.join(self.populations)}")
+        return self.populations[key]
 
 
 class TruthConfig(_Frozen):

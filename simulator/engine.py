@@ -189,9 +189,13 @@ def simulate_cohort(
     catalog: OptionCatalog,
     today: str | np.datetime64 | pd.Timestamp,
     mode: Mode = "observational",
+    trial_population: str | None = None,
 ) -> SimulatedCohort:
     """Simulate `n_patients` refractory myositis records up to `today` with decision points, the option a
-    simulated clinician took, and the true potential outcome of every option (deterministic for a seed)."""
+    simulated clinician took, and the true potential outcome of every option (deterministic for a seed).
+
+    In trial mode `trial_population` names the emulated trial (configs/simulator.yaml trial.populations; default
+    trial.default_population); it is ignored in observational mode."""
     if n_patients < 1:
         raise ValueError(f"n_patients must be at least 1, got {n_patients}")
     if mode not in ("observational", "trial"):
@@ -200,16 +204,23 @@ def simulate_cohort(
     if unknown:
         raise ValueError(f"configs/simulator.yaml history.regimens lacks how records write: {', '.join(unknown)}")
     trial = mode == "trial"
+    population = config.trial.population(trial_population)
     rng = np.random.default_rng(seed)
     today_d = np.datetime64(pd.Timestamp(today).date(), "D")
     cfg = config
+    if trial and population.background_scale != 1.0:
+        bg = cfg.effects.background
+        scaled = type(bg).model_validate(
+            bg.model_dump() | {"muscle": bg.muscle * population.background_scale, "skin": bg.skin * population.background_scale}
+        )
+        cfg = cfg.model_copy(update={"effects": cfg.effects.model_copy(update={"background": scaled})})
     dec = cfg.decisions
 
-    patients = sample_patients(n_patients, cfg.cohort, cfg.measurement, rng, cfg.trial.diagnosis if trial else None)
+    patients = sample_patients(n_patients, cfg.cohort, cfg.measurement, rng, population.diagnosis if trial else None)
     if trial:
         u = rng.random((2, n_patients))
-        patients["refractory_muscle"] = np.maximum(patients["refractory_muscle"], cfg.trial.min_muscle + 0.3 * u[0])
-        patients["refractory_skin"] = np.maximum(patients["refractory_skin"], cfg.trial.min_skin + 0.3 * u[1])
+        patients["refractory_muscle"] = np.maximum(patients["refractory_muscle"], population.min_muscle + 0.3 * u[0])
+        patients["refractory_skin"] = np.maximum(patients["refractory_skin"], population.min_skin + 0.3 * u[1])
     brand_u = rng.random(n_patients)
     hist = treatment_history(
         patients, cfg.history, cfg.safety, cfg.cohort.cancer_sites, cfg.cohort.years_since_diagnosis_max, brand_u, rng
@@ -227,7 +238,7 @@ def simulate_cohort(
     option_names = catalog.names
     n_opt = len(option_names)
     control = option_names.index(catalog.control)
-    horizons = tuple(cfg.trial.horizons_weeks) if trial else (dec.horizon_weeks,)
+    horizons = tuple(sorted(population.horizons_weeks)) if trial else (dec.horizon_weeks,)
     main_h = max(horizons)
     juvenile_all = patients["juvenile"].to_numpy(bool)
     age_at_dx = patients["age_at_diagnosis"].to_numpy()

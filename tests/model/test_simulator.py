@@ -47,6 +47,13 @@ def trial(inputs):
     return simulate_cohort(1200, 5, config, vocabulary, catalog, TODAY, mode="trial")
 
 
+@pytest.fixture(scope="module")
+def abatacept_trial(inputs):
+    """The phase 3 abatacept trial's population (DM subset, DOI at 24 weeks)."""
+    config, vocabulary, catalog = inputs
+    return simulate_cohort(1200, 6, config, vocabulary, catalog, TODAY, mode="trial", trial_population="abatacept_dm")
+
+
 def _wide(assessments: pd.DataFrame) -> pd.DataFrame:
     return assessments.pivot_table(index=["patient_id", "date"], columns="measure", values="value", aggfunc="first")
 
@@ -203,19 +210,22 @@ def test_trial_mode_includes_active_adult_dm_once_each(trial):
 
 
 ANCHORS = [
-    # (option, horizon, measure, target, source) — clinical.md §3
-    ("continue", 16, "p_tis20", 0.44, "ProDERM placebo"),
-    ("add_ivig", 16, "p_tis20", 0.79, "ProDERM IVIG"),
-    ("add_ivig", 16, "p_tis40", 0.68, "ProDERM IVIG"),
-    ("add_ivig", 16, "p_tis60", 0.32, "ProDERM IVIG"),
-    # not reproduced (see the report): the DOI *levels* of the abatacept trial (55 % / 50 %); the difference is
+    # (trial population, option, horizon, measure, target, source) — clinical.md §3
+    ("proderm", "continue", 16, "p_tis20", 0.44, "ProDERM placebo"),
+    ("proderm", "add_ivig", 16, "p_tis20", 0.79, "ProDERM IVIG"),
+    ("proderm", "add_ivig", 16, "p_tis40", 0.68, "ProDERM IVIG"),
+    ("proderm", "add_ivig", 16, "p_tis60", 0.32, "ProDERM IVIG"),
+    ("abatacept_dm", "continue", 24, "p_doi", 0.50, "abatacept phase 3 placebo, DM"),
+    ("abatacept_dm", "add_abatacept", 24, "p_doi", 0.55, "abatacept phase 3, DM"),
 ]
 
 
-@pytest.mark.parametrize(("option", "horizon", "measure", "target", "source"), ANCHORS)
-def test_trial_mode_reproduces_published_rates(trial, option, horizon, measure, target, source):
-    o = trial.outcomes
+@pytest.mark.parametrize(("population", "option", "horizon", "measure", "target", "source"), ANCHORS)
+def test_trial_mode_reproduces_published_rates(request, population, option, horizon, measure, target, source):
+    cohort = request.getfixturevalue("trial" if population == "proderm" else "abatacept_trial")
+    o = cohort.outcomes
     rows = o[(o["option"] == option) & (o["horizon_weeks"] == horizon) & o["eligible"]]
+    assert len(rows) > 500  # enough eligible decisions for a ±5 pp check (SE of a mean of probabilities ≈ 1 pp)
     assert abs(rows[measure].mean() - target) <= 0.05, f"{source}: {measure} {rows[measure].mean():.3f} vs {target}"
 
 
@@ -225,10 +235,24 @@ def test_trial_mode_mean_tis_matches_proderm(trial):
     assert abs(o.loc[o["option"] == "add_ivig", "tis"].mean() - 48.4) <= 5
 
 
-def test_abatacept_is_near_placebo_in_dm(trial):
-    o = trial.outcomes[trial.outcomes["horizon_weeks"] == 24]
+def test_abatacept_is_near_placebo_in_dm(abatacept_trial):
+    o = abatacept_trial.outcomes[abatacept_trial.outcomes["eligible"]]
+    assert set(o["horizon_weeks"]) == {24}
     diff = o.loc[o["option"] == "add_abatacept", "p_doi"].mean() - o.loc[o["option"] == "continue", "p_doi"].mean()
     assert 0 < diff <= 0.1  # 55 % vs 50 %: a small effect in DM
+
+
+def test_trial_populations_differ_only_where_configured(inputs, abatacept_trial):
+    """The abatacept population has a larger background response (less refractory): its placebo arm improves more
+    than ProDERM's at the same horizon, and an unknown population name is a clear error."""
+    config, vocabulary, catalog = inputs
+    proderm = simulate_cohort(400, 6, config, vocabulary, catalog, TODAY, mode="trial")
+    cont = proderm.outcomes[(proderm.outcomes["option"] == "continue") & (proderm.outcomes["horizon_weeks"] == 24)]
+    abat = abatacept_trial.outcomes[abatacept_trial.outcomes["option"] == "continue"]
+    assert abat["p_doi"].mean() > cont["p_doi"].mean() + 0.15
+    assert (abatacept_trial.patients["diagnosis"] == "adult_dermatomyositis").all()
+    with pytest.raises(ValueError, match="unknown trial population 'nope'.*proderm"):
+        simulate_cohort(10, 1, config, vocabulary, catalog, TODAY, mode="trial", trial_population="nope")
 
 
 def test_records_let_a_reader_recover_the_true_decision_points(cohort, inputs):
