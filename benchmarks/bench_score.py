@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,7 +98,8 @@ def replicate(base: Path, target: Path, copies: int) -> int:
         idx = table.schema.get_field_index("patient_id")
         with pq.ParquetWriter(target / f"{name}.parquet", table.schema) as writer:
             for c in range(copies):
-                writer.write_table(table.set_column(idx, "patient_id", pa.array(np.char.add(ids, f"-R{c:06d}"))))
+                writer.write_table(table.set_column(idx, "patient_id", pa.array(np.char.add(ids, f"-R{c:06d}"),
+                                                                         type=table.schema.field(idx).type)))
         if name == "patients":
             n = table.num_rows * copies
     return n
@@ -133,13 +135,19 @@ def main() -> None:
     from pipeline.score import resolve_model
     from pipeline.simulate import build_inputs
     from pipeline.train import bundle_config
-    from tests.model.test_score_job import build_world
+    from tests.model.test_score_job import ScoringWorld, build_world
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-score-"))
     train = bundle_config(load_params(ROOT / "params.yaml")).model_dump()
     t = time.perf_counter()
-    world = build_world(work / "world", n_patients=args.base, seed=11, train=train)
-    print(f"base cohort {args.base} patients + model (params.yaml train:) in {time.perf_counter() - t:.0f} s")
+    if (work / "world" / "mlflow.db").is_file():  # --workdir of an earlier run: reuse its cohort and model
+        world = ScoringWorld(data=work / "world" / "data", tracking_uri=f"sqlite:///{work / 'world' / 'mlflow.db'}",
+                             model_uri="models:/escalate-response@champion", version="1")
+        os.environ["MLFLOW_TRACKING_URI"] = world.tracking_uri
+        print(f"reusing the base cohort and model in {work / 'world'}")
+    else:
+        world = build_world(work / "world", n_patients=args.base, seed=11, train=train)
+        print(f"base cohort {args.base} patients + model (params.yaml train:) in {time.perf_counter() - t:.0f} s")
     model, _ = resolve_model(world.model_uri)
 
     # 1. predict / explain versus raw xgboost on one feature matrix
@@ -181,6 +189,8 @@ def main() -> None:
         cmd = [sys.executable, "-m", "pipeline.cli", "score", "--data", str(data), "--as-of", AS_OF,
                "--model", world.model_uri, "--out", str(out), "--chunk-patients", str(args.chunk),
                "--explain-top", "3", "--today", TODAY, "--no-progress"]
+        if out.exists():
+            shutil.rmtree(out)
         wall, rss, _ = peak_run(cmd, env)
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["counts"]["input_patients"] == n_patients
