@@ -424,7 +424,7 @@ def _responsiveness(z: np.ndarray, cfg: SimulatorConfig) -> np.ndarray:
 
 def _responder(z: np.ndarray, cfg: SimulatorConfig) -> np.ndarray:
     """1.0 for a draw that responds to a newly started treatment, 0.0 for a primary non-responder."""
-    return (special.ndtr(z) >= cfg.effects.non_responder_fraction).astype(float)
+    return (z >= special.ndtri(cfg.effects.non_responder_fraction)).astype(float)  # Φ(z) ≥ fraction, no Φ per draw
 
 
 def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: int, cfg: SimulatorConfig, rng: np.random.Generator):

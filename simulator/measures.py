@@ -85,10 +85,11 @@ def latent_to_measures(
     zc = dict(zip(NOISE_COLUMNS, z, strict=True))
     out: dict[str, np.ndarray] = {}
     wm, ws = config.physician_global
-    out["physician_global"] = np.round(np.clip(10 * (wm * m + ws * s) + config.physician_global_sd * zc["physician_global"], 0, 10), 1)
+    out["physician_global"] = _rounded(10 * (wm * m + ws * s) + config.physician_global_sd * zc["physician_global"], 10, 1)
     wm, ws = config.patient_global
     pg = 10 * (wm * m + ws * s) + _col(traits["patient_global_offset"].to_numpy(), nd)
-    out["patient_global"] = np.round(np.clip(pg + config.patient_global_sd * zc["patient_global"], 0, 10), 1)
+    pg += config.patient_global_sd * zc["patient_global"]
+    out["patient_global"] = _rounded(pg, 10, 1)
     mmt = scale * (1 - config.mmt8_loss_at_full_activity * m) + config.mmt8_sd_fraction * scale * zc["mmt8"]
     out["mmt8"] = np.round(np.clip(mmt, 0, scale))
     hm, hs = config.haq
@@ -96,18 +97,29 @@ def latent_to_measures(
     out["haq"] = np.round(np.clip(haq, 0, 3) * 8) / 8
     em, es, ei = config.extramuscular_global
     emg = 10 * (em * m + es * s + ei * ild_x) + config.extramuscular_global_sd * zc["extramuscular_global"]
-    out["extramuscular_global"] = np.round(np.clip(emg, 0, 10), 1)
+    out["extramuscular_global"] = _rounded(emg, 10, 1)
     for enzyme in ENZYMES:
         gain = _col(traits[f"{enzyme}_gain"].to_numpy(), nd)
         uln = _col(traits[f"{enzyme}_uln"].to_numpy(), nd)
-        ratio = config.enzyme_ratio_at_rest * np.exp(gain * m + config.enzyme_log_sd * zc[enzyme])
+        value = gain * m + config.enzyme_log_sd * zc[enzyme]
+        np.exp(value, out=value)
+        value *= config.enzyme_ratio_at_rest
+        value *= uln
         decimals = 1 if enzyme == "aldolase" else 0
-        value = np.maximum(np.round(uln * ratio, decimals), 10.0**-decimals)
+        value = np.round(value, decimals, out=value)
+        np.maximum(value, 10.0**-decimals, out=value)
         measured = _col(traits[f"{enzyme}_measured"].to_numpy(), nd)
-        out[enzyme] = np.where(measured, value, np.nan)
+        np.copyto(value, np.nan, where=~measured)
+        out[enzyme] = value
     cd = config.cdasi_activity_at_full * s + config.cdasi_activity_sd * zc["cdasi_activity"]
-    out["cdasi_activity"] = np.round(np.clip(cd, 0, 100))
+    out["cdasi_activity"] = _rounded(cd, 100, 0)
     return out
+
+
+def _rounded(values: np.ndarray, high: float, decimals: int) -> np.ndarray:
+    """Clip to [0, high] and round to the instrument's resolution, in place (values is a fresh temporary)."""
+    np.clip(values, 0, high, out=values)
+    return np.round(values, decimals, out=values)
 
 
 def is_active(
