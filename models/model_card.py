@@ -37,6 +37,7 @@ class ModelCardInputs(BaseModel):
     subgroups: pd.DataFrame | None = None
     simulator: pd.DataFrame | None = None
     overlap_warnings: Mapping[str, str] = {}
+    modelled_options: Sequence[str] | None = None  # None: every option
     git_revision: str | None = None
 
 
@@ -97,7 +98,9 @@ def build_model_card(inputs: ModelCardInputs) -> str:
     ]
     for name, label in i.options:
         rule = i.eligibility_rules.get(name, "")
-        lines.append(f"- `{name}` — {label}" + (f": {rule}" if rule else ""))
+        unmodelled = i.modelled_options is not None and name not in i.modelled_options
+        note = " — **not modelled** (too few training decisions; always shown as ineligible)" if unmodelled else ""
+        lines.append(f"- `{name}` — {label}" + (f": {rule}" if rule else "") + note)
     lines += [
         "",
         "Ineligible options get no number. The recommended option is the eligible option with the highest "

@@ -134,6 +134,7 @@ def run_evaluate(
         simulator=None if result.simulator is None else result.simulator[
             [c for c in sim_cols if c in result.simulator.columns]],
         overlap_warnings=warnings_,
+        modelled_options=list(model.arms),
         git_revision=git_revision(root)[0][:12],
     ))
     (out / "model_card.md").write_text(card, encoding="utf-8")
