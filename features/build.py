@@ -186,11 +186,14 @@ def measure_tracks(assessments: pd.DataFrame, index: pd.Index, measures: tuple[s
     tracks: dict[str, Track] = {}
     wanted = set(measures) if measures is not None else set(names)
     # group rows by measure once (a stable integer sort) rather than one boolean scan per measure
-    keep = (codes >= 0) & np.isin(mcode, [i for i, m in enumerate(names) if m in wanted])
+    is_wanted = np.asarray([m in wanted for m in names] + [False], dtype=bool)  # index -1 (missing) → False
+    keep = (codes >= 0) & is_wanted[mcode]
     rows = np.flatnonzero(keep)
-    order = rows[np.argsort(mcode[rows], kind="stable")]
+    # measure codes are small integers: a 16-bit stable sort is a linear-time radix sort
+    order = rows[np.argsort(mcode[rows].astype(np.int16), kind="stable")]
     sorted_m = mcode[order]
-    uniq, first = np.unique(sorted_m, return_index=True)
+    first = np.flatnonzero(np.r_[True, sorted_m[1:] != sorted_m[:-1]]) if len(sorted_m) else np.zeros(0, np.int64)
+    uniq = sorted_m[first]
     bounds = np.r_[first, len(sorted_m)]
     for i, m in enumerate(uniq):
         sel = order[bounds[i]:bounds[i + 1]]
