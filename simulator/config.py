@@ -197,6 +197,9 @@ class EffectsConfig(_Frozen):
     responsiveness_log_sd: float = Field(0.6, ge=0)
     #: share of draws in which a newly started treatment does nothing (primary non-response).
     non_responder_fraction: float = Field(0.0, ge=0, lt=1)
+    #: share of the background response (placebo, regression to the mean, still-accruing drugs) that a primary
+    #: non-responder draw keeps: 1 = non-responders fare like the average placebo patient, 0 = no improvement.
+    non_responder_background: float = Field(1.0, ge=0, le=1)
     max_effect: float = Field(0.95, gt=0, le=1)
 
 

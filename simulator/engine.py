@@ -284,8 +284,7 @@ def simulate_cohort(
         uln = {e: sub[f"{e}_uln"].to_numpy() for e in ENZYMES}
         threshold = response_thresholds(juvenile_all[idx], cfg.truth.response_category)
         eps = rng.standard_normal((n, 4))  # latent follow-up noise + responsiveness, shared by options and horizons
-        rho = _responsiveness(eps[:, 2:3], cfg)
-        rho_new = rho * _responder(eps[:, 3:4], cfg)
+        rho, rho_new = _responsiveness_pair(eps[:, 2:3], eps[:, 3:4], cfg)
         u_safety = rng.random(n)
         realised: dict[int, dict[str, np.ndarray]] = {}
         effects_at: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -427,6 +426,16 @@ def _responder(z: np.ndarray, cfg: SimulatorConfig) -> np.ndarray:
     return (z >= special.ndtri(cfg.effects.non_responder_fraction)).astype(float)  # Φ(z) ≥ fraction, no Φ per draw
 
 
+def _responsiveness_pair(z_rho: np.ndarray, z_responder: np.ndarray, cfg: SimulatorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per draw: the multiplier on what every arm gets (background, still-accruing drugs) and the one on the
+    option's new effect. A primary non-responder gets no new effect and keeps `non_responder_background` of the
+    background: the most refractory patients also settle least on placebo."""
+    rho = _responsiveness(z_rho, cfg)
+    responder = _responder(z_responder, cfg)
+    keep = cfg.effects.non_responder_background
+    return rho * (responder + (1.0 - responder) * keep), rho * responder
+
+
 def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: int, cfg: SimulatorConfig, rng: np.random.Generator):
     """True probabilities per decision × option from `mc_draws` noise draws shared across options, in chunks.
 
@@ -446,8 +455,8 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
         pi, oj = np.nonzero(needed[lo:hi])
         gi = pi + lo
         part = OptionEffects(eff.keep_muscle[gi], eff.keep_skin[gi], eff.new_muscle[gi, oj][:, None], eff.new_skin[gi, oj][:, None])
-        rho = _responsiveness(eps[pi, :, 2], cfg)
-        dm, ds = part.delta(rho, cfg.effects.max_effect, rho * _responder(eps[pi, :, 3], cfg))
+        rho, rho_new = _responsiveness_pair(eps[pi, :, 2], eps[pi, :, 3], cfg)
+        dm, ds = part.delta(rho, cfg.effects.max_effect, rho_new)
         mf = np.clip(m0[gi, None] * (1 - dm) + cfg.effects.latent_sd * eps[pi, :, 0], 0, 1)
         sf = np.clip(s0[gi, None] * (1 - ds) + cfg.effects.latent_sd * eps[pi, :, 1], 0, 1)
         follow = latent_to_measures(mf, sf, ild[gi], scale[gi], sub.iloc[gi].reset_index(drop=True), z[:, pi], cfg.measurement)
