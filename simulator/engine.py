@@ -32,6 +32,7 @@ from simulator.measures import (
     ENZYMES,
     NOISE_COLUMNS,
     SAFETY_LABS,
+    TRAIT_COLUMNS,
     UNITS,
     is_active,
     latent_to_measures,
@@ -448,18 +449,20 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
     needed[:, control] = True
     out = {f: np.full((n, n_opt), np.nan) for f in Probabilities._fields}
     per_chunk = max(1, cfg.truth.chunk_rows // (n_opt * draws))
+    traits = {c: sub[c].to_numpy() for c in TRAIT_COLUMNS}
     for lo in range(0, n, per_chunk):
         hi = min(n, lo + per_chunk)
-        eps = rng.standard_normal((hi - lo, draws, 4))
+        eps = rng.standard_normal((4, hi - lo, draws))  # latent muscle, skin, responsiveness, responder
         z = rng.standard_normal((len(NOISE_COLUMNS), hi - lo, draws))
         pi, oj = np.nonzero(needed[lo:hi])
         gi = pi + lo
         part = OptionEffects(eff.keep_muscle[gi], eff.keep_skin[gi], eff.new_muscle[gi, oj][:, None], eff.new_skin[gi, oj][:, None])
-        rho, rho_new = _responsiveness_pair(eps[pi, :, 2], eps[pi, :, 3], cfg)
+        rho, rho_new = _responsiveness_pair(eps[2][pi], eps[3][pi], cfg)
         dm, ds = part.delta(rho, cfg.effects.max_effect, rho_new)
-        mf = np.clip(m0[gi, None] * (1 - dm) + cfg.effects.latent_sd * eps[pi, :, 0], 0, 1)
-        sf = np.clip(s0[gi, None] * (1 - ds) + cfg.effects.latent_sd * eps[pi, :, 1], 0, 1)
-        follow = latent_to_measures(mf, sf, ild[gi], scale[gi], sub.iloc[gi].reset_index(drop=True), z[:, pi], cfg.measurement)
+        mf = np.clip(m0[gi, None] * (1 - dm) + cfg.effects.latent_sd * eps[0][pi], 0, 1)
+        sf = np.clip(s0[gi, None] * (1 - ds) + cfg.effects.latent_sd * eps[1][pi], 0, 1)
+        chunk_traits = {c: v[gi] for c, v in traits.items()}
+        follow = latent_to_measures(mf, sf, ild[gi], scale[gi], chunk_traits, z[:, pi], cfg.measurement)
         scores = score_pairs({k: v[gi] for k, v in base.items()}, follow, scale[gi], {k: v[gi] for k, v in uln.items()})
         probs = probabilities_from_draws(scores, threshold[gi])
         for f in Probabilities._fields:

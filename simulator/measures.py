@@ -7,6 +7,8 @@ that potential outcomes of different options can share it (common random numbers
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
@@ -17,6 +19,12 @@ CORE_MEASURES: tuple[str, ...] = ("physician_global", "patient_global", "mmt8", 
 ENZYMES: tuple[str, ...] = ("ck", "aldolase", "ast", "alt", "ldh")
 #: measures driven by latent activity, in the column order of the noise array `z`.
 NOISE_COLUMNS: tuple[str, ...] = (*CORE_MEASURES, *ENZYMES, "cdasi_activity")
+#: the per-patient traits `latent_to_measures` reads (see `measurement_traits`).
+TRAIT_COLUMNS: tuple[str, ...] = (
+    "patient_global_offset",
+    "haq_offset",
+    *(f"{e}_{what}" for e in ENZYMES for what in ("gain", "uln", "measured")),
+)
 SAFETY_LABS: tuple[str, ...] = ("neutrophils", "lymphocytes", "platelets", "haemoglobin", "creatinine")
 
 #: the canonical unit each measure is exported with (mmt8 gets score_0_80 or score_0_150 per patient).
@@ -68,7 +76,7 @@ def latent_to_measures(
     skin: np.ndarray,
     ild: np.ndarray,
     mmt8_scale: np.ndarray,
-    traits: pd.DataFrame,
+    traits: pd.DataFrame | Mapping[str, np.ndarray],
     z: np.ndarray,
     config: MeasurementConfig,
 ) -> dict[str, np.ndarray]:
@@ -76,7 +84,7 @@ def latent_to_measures(
 
     `z` holds standard normals with a leading axis of len(NOISE_COLUMNS) (one contiguous block per measure)
     followed by a shape that broadcasts against `muscle`; per-patient inputs are vectors. Unmeasured enzymes of a
-    patient's panel come back NaN.
+    patient's panel come back NaN. `traits` holds the TRAIT_COLUMNS per patient (a frame or a mapping of arrays).
     """
     nd = muscle.ndim
     m, s = np.clip(muscle, 0, 1), np.clip(skin, 0, 1)
@@ -87,20 +95,20 @@ def latent_to_measures(
     wm, ws = config.physician_global
     out["physician_global"] = _rounded(10 * (wm * m + ws * s) + config.physician_global_sd * zc["physician_global"], 10, 1)
     wm, ws = config.patient_global
-    pg = 10 * (wm * m + ws * s) + _col(traits["patient_global_offset"].to_numpy(), nd)
+    pg = 10 * (wm * m + ws * s) + _col(np.asarray(traits["patient_global_offset"]), nd)
     pg += config.patient_global_sd * zc["patient_global"]
     out["patient_global"] = _rounded(pg, 10, 1)
     mmt = scale * (1 - config.mmt8_loss_at_full_activity * m) + config.mmt8_sd_fraction * scale * zc["mmt8"]
     out["mmt8"] = np.round(np.clip(mmt, 0, scale))
     hm, hs = config.haq
-    haq = _col(traits["haq_offset"].to_numpy(), nd) + hm * m + hs * s + config.haq_sd * zc["haq"]
+    haq = _col(np.asarray(traits["haq_offset"]), nd) + hm * m + hs * s + config.haq_sd * zc["haq"]
     out["haq"] = np.round(np.clip(haq, 0, 3) * 8) / 8
     em, es, ei = config.extramuscular_global
     emg = 10 * (em * m + es * s + ei * ild_x) + config.extramuscular_global_sd * zc["extramuscular_global"]
     out["extramuscular_global"] = _rounded(emg, 10, 1)
     for enzyme in ENZYMES:
-        gain = _col(traits[f"{enzyme}_gain"].to_numpy(), nd)
-        uln = _col(traits[f"{enzyme}_uln"].to_numpy(), nd)
+        gain = _col(np.asarray(traits[f"{enzyme}_gain"]), nd)
+        uln = _col(np.asarray(traits[f"{enzyme}_uln"]), nd)
         value = gain * m + config.enzyme_log_sd * zc[enzyme]
         np.exp(value, out=value)
         value *= config.enzyme_ratio_at_rest
@@ -108,7 +116,7 @@ def latent_to_measures(
         decimals = 1 if enzyme == "aldolase" else 0
         value = np.round(value, decimals, out=value)
         np.maximum(value, 10.0**-decimals, out=value)
-        measured = _col(traits[f"{enzyme}_measured"].to_numpy(), nd)
+        measured = _col(np.asarray(traits[f"{enzyme}_measured"]), nd)
         np.copyto(value, np.nan, where=~measured)
         out[enzyme] = value
     cd = config.cdasi_activity_at_full * s + config.cdasi_activity_sd * zc["cdasi_activity"]
