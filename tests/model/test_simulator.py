@@ -266,3 +266,18 @@ def test_records_let_a_reader_recover_the_true_decision_points(cohort, inputs):
     result = compare_with_truth(derive_decisions(normalised, vocabulary, catalog), cohort.decisions)
     assert result["precision"] == 1.0 and result["recall"] == 1.0
     assert result["option_accuracy"] > 0.9
+
+
+@pytest.mark.parametrize(
+    ("trial", "message"),
+    [
+        ({"default_population": "elsewhere"}, "trial.default_population 'elsewhere' is not among"),
+        ({"populations": {"proderm": {"horizons_weeks": [0, 16]}}}, "trial horizons must be positive"),
+    ],
+)
+def test_trial_configuration_errors_name_the_setting(inputs, trial, message):
+    config, _, _ = inputs
+    raw = config.model_dump()
+    raw["trial"] = raw["trial"] | trial
+    with pytest.raises(ValueError, match=message):
+        SimulatorConfig.from_config(raw)
