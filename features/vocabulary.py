@@ -331,11 +331,13 @@ class OptionCatalog(_Frozen):
                 why = pd.Series(np.where(ok, "", "every current drug is at or above its target dose"), index=on_drug.index)
             else:
                 blocking = [g for g in opt.eligible_unless_on if g in on_drug.columns]
-                on_any = on_drug[blocking].any(axis=1) if blocking else pd.Series(False, index=on_drug.index)
-                ok = ~on_any
-                names = on_drug[blocking].apply(
-                    lambda row: ", ".join(g for g, v in row.items() if v), axis=1
-                ) if blocking and on_any.any() else pd.Series("", index=on_drug.index)
+                on = on_drug[blocking].fillna(False).astype(bool).to_numpy() if blocking else np.zeros((len(on_drug), 0), bool)
+                ok = pd.Series(~on.any(axis=1), index=on_drug.index)
+                # "already on a, b": join the names column by column (vectorised, no per-row apply)
+                names = np.full(len(on_drug), "", dtype=object)
+                for j, g in enumerate(blocking):
+                    sep = np.where(names == "", "", ", ")
+                    names = np.where(on[:, j], names + sep + g, names)
                 why = pd.Series(np.where(ok, "", "already on " + names.astype(str)), index=on_drug.index)
             eligible[opt.name] = ok.to_numpy()
             reason[opt.name] = why.to_numpy()

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "simulate": {"patients": 400},
+    "train": {"booster": {"n_estimators": 40}, "min_rows_per_option": 15,
+              "intervals": {"n_boot": 3, "boot_booster": {"n_estimators": 20}}},
 }
 
 
@@ -76,5 +78,27 @@ def test_dvc_repro_runs_every_stage_and_is_then_up_to_date(repo: Path) -> None:
     findings = json.loads((repo / "data/validation.json").read_text())
     assert findings["summary"]["errors"] == 0
 
+    counts = json.loads((repo / "data/features/counts.json").read_text())
+    assert counts["truth"]["recall"] > 0.9
+    metrics = json.loads((repo / "data/evaluate/metrics.json").read_text())
+    for key in ("response_auroc", "response_ece", "decision_value_recommended", "sim_sqrt_pehe", "sim_regret"):
+        assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
+    assert (repo / "data/evaluate/model_card.md").read_text().count("not validated for clinical use")
+    assert (repo / "data/explain/mean_abs_shap.csv").is_file()
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("escalate-response", "champion")
+    assert client.get_model_version_by_alias("escalate-response", "candidate").version == champion.version
+
+    shown = _dvc(repo, "metrics", "show")
+    assert "response_auroc" in shown.stdout
+
     again = _dvc(repo, "repro")
     assert "didn't change" in again.stdout or "up to date" in again.stdout
+
+    # Reproducible: forcing the model stages again on the same data gives identical metrics.
+    _dvc(repo, "repro", "--force", "--single-item", "train")
+    _dvc(repo, "repro", "--force", "--single-item", "evaluate")
+    assert json.loads((repo / "data/evaluate/metrics.json").read_text()) == metrics
