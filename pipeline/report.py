@@ -100,6 +100,13 @@ class OptionRow:
     p_safety_high: float | None = None
     recommended: bool = False
     thin_overlap: bool = False
+    #: "in validation, patients given 60–70 in 100 responded 64 in 100" for this option's estimate ("" if unknown)
+    calibration_note: str = ""
+
+    @property
+    def not_modelled(self) -> bool:
+        """Too few training decisions took this option for the model to estimate it (the bundle's reason)."""
+        return self.ineligible_reason.startswith("not modelled")
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,14 @@ class Page:
     explanations: tuple[OptionExplanation, ...]
     monitoring: tuple[Reminder, ...]
     model_facts: tuple[tuple[str, str], ...]
+    #: the level of the uncertainty intervals the model reports (the bundle's `intervals.level`, e.g. 0.9)
+    interval_level: float
+    #: performance and calibration of this model version in validation, as (what, figure in words)
+    performance: tuple[tuple[str, str], ...] = ()
+    #: findings of the data checks on this patient's record (warnings; errors stop the page)
+    data_findings: tuple[str, ...] = ()
+    #: propensity below which an option's overlap is thin (the bundle's positivity threshold)
+    positivity_threshold: float | None = None
     notes: tuple[str, ...] = ()
     generated: str = field(default_factory=lambda: date.today().isoformat())
 
@@ -183,6 +198,109 @@ def score_range(x: float | None, low: float | None = None, high: float | None = 
     if _ok(low) and _ok(high):
         text += f" ({low:.0f}–{high:.0f})"
     return text
+
+
+# --- what this model version does and how it did in validation --------------------------------------------------
+@dataclass(frozen=True)
+class ModelEvidence:
+    """What the page may say about the model: the labels' horizon, the interval level, the response threshold and
+    the positivity threshold it was trained with, its validation metrics and pooled calibration bins."""
+
+    horizon_weeks: int
+    interval_level: float
+    response_threshold: float
+    positivity_threshold: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    #: pooled calibration bins: bin, lower, upper, n, mean_predicted, observed_rate (empty when unknown)
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
+    source: str = "unknown"
+
+
+def pooled_calibration(curve: pd.DataFrame, n_bins: int, strategy: str = "uniform") -> pd.DataFrame:
+    """Pool the per-option calibration curve (evaluate's plots/calibration.csv) over options, bin by bin.
+
+    Only equal-width bins line up across options; with quantile bins there is no common edge, so nothing is
+    returned rather than a misleading figure."""
+    columns = ["bin", "lower", "upper", "n", "mean_predicted", "observed_rate"]
+    if strategy != "uniform" or curve.empty:
+        return pd.DataFrame(columns=columns)
+    missing = {"bin", "n", "mean_predicted", "observed_rate"} - set(curve.columns)
+    if missing:
+        raise ValueError(f"table calibration: missing column(s) {sorted(missing)} (rule: evaluate's curve layout)")
+    c = curve.assign(events=curve["n"] * curve["observed_rate"], sum_p=curve["n"] * curve["mean_predicted"])
+    g = c.groupby("bin", as_index=False)[["n", "events", "sum_p"]].sum()
+    g = g[g["n"] > 0]
+    return pd.DataFrame({
+        "bin": g["bin"].astype(int), "lower": g["bin"] / n_bins, "upper": (g["bin"] + 1) / n_bins,
+        "n": g["n"].astype(int), "mean_predicted": g["sum_p"] / g["n"], "observed_rate": g["events"] / g["n"],
+    })[columns].reset_index(drop=True)
+
+
+def calibration_note(p: float | None, pooled: pd.DataFrame, *, min_n: int = 20) -> str:
+    """'of patients given 60–70 in 100 in validation, 64 in 100 responded (n = 120)' for the bin holding p;
+    empty when p is unknown or the bin held fewer than `min_n` validation decisions (too few to say)."""
+    if not _ok(p) or pooled.empty:
+        return ""
+    hit = pooled[(pooled["lower"] <= p) & ((p < pooled["upper"]) | ((pooled["upper"] >= 1.0) & (p <= 1.0)))]
+    if hit.empty or int(hit["n"].iloc[0]) < min_n:
+        return ""
+    r = hit.iloc[0]
+    return (f"of patients given {round(100 * r['lower'])}–{round(100 * r['upper'])} in 100 in validation, "
+            f"{round(100 * r['observed_rate'])} in 100 responded (n = {int(r['n'])})")
+
+
+def performance_facts(metrics: Mapping[str, float], interval_level: float, horizon_weeks: int
+                      ) -> tuple[tuple[str, str], ...]:
+    """The model-facts lines on performance in words, from evaluate's headline metrics; a missing metric is
+    left out, never invented. Interval coverage well below its level is said plainly."""
+    m = {k: float(v) for k, v in metrics.items() if v is not None and _ok(float(v))}
+    out: list[tuple[str, str]] = []
+    if "response_auroc" in m:
+        n = f" on {int(m['response_n'])} held-out decisions" if "response_n" in m else ""
+        pts = f" of {int(m['n_test_patients'])} patients" if "n_test_patients" in m else ""
+        out.append(("discrimination", f"response AUROC {m['response_auroc']:.2f}{n}{pts} (0.5 = chance, 1 = perfect)"))
+    if "response_calibration_slope" in m and "response_calibration_intercept" in m:
+        text = (f"calibration slope {m['response_calibration_slope']:.2f} and intercept "
+                f"{m['response_calibration_intercept']:+.2f} (ideal 1 and 0)")
+        if "response_ece" in m:
+            text += f"; estimates were off by {100 * m['response_ece']:.1f} in 100 on average (ECE)"
+        out.append(("calibration", text))
+    if "sim_interval_coverage" in m:
+        cov, level = m["sim_interval_coverage"], interval_level
+        text = (f"on the simulated cohort the {round(100 * level)} % intervals held the true chance of response for "
+                f"{round(100 * cov)} % of held-out decisions")
+        if cov < level - 0.1:
+            text += (": they are too narrow — read them as the spread between refitted models, not as the full "
+                     "uncertainty")
+        out.append(("uncertainty intervals", text))
+    if "sim_recommended_value" in m and "sim_oracle_value" in m:
+        out.append(("recommendations", f"on the simulated cohort, following the ★ option gave a response within "
+                                       f"{horizon_weeks} weeks in {round(100 * m['sim_recommended_value'])} in 100 "
+                                       f"patients, against {round(100 * m['sim_oracle_value'])} in 100 if the truly "
+                                       "best option had always been chosen"))
+    if "safety_auroc" in m:
+        out.append(("safety model", f"AUROC {m['safety_auroc']:.2f} for a serious infection or severe cytopenia"))
+    return tuple(out)
+
+
+def thin_overlap_options(pred: pd.DataFrame, threshold: float) -> set[str]:
+    """Eligible options that patients like this one were rarely given: the model's propensity (the estimated
+    chance that a clinician picks the option for these features) is below the positivity threshold, so the
+    estimate leans on extrapolation from dissimilar patients."""
+    if "propensity" not in pred.columns:
+        return set()
+    prop = pd.to_numeric(pred["propensity"], errors="coerce")
+    thin = pred["eligible"].astype(bool) & prop.notna() & (prop < threshold)
+    return set(pred.loc[thin, "option"].astype(str))
+
+
+def ineligible_text(reason: str, drug_labels: Mapping[str, str]) -> str:
+    """The bundle's ineligibility reason in a clinician's words: drug labels, not generic codes; plain plurals."""
+    import re
+
+    text = re.sub(r"\b([a-z_]+)\b", lambda m: drug_labels.get(m.group(1), m.group(1)), reason) if reason else ""
+    text = re.sub(r"\b1 training decision\(s\)", "1 training decision", text)
+    return text.replace("decision(s)", "decisions")
 
 
 # --- inline SVG charts ------------------------------------------------------------------------------------------
@@ -439,9 +557,13 @@ def trend_series(assessments: pd.DataFrame, as_of: pd.Timestamp) -> tuple[TrendS
     return tuple(out)
 
 
-def option_rows(pred: pd.DataFrame, labels: Mapping[str, str], thin: set[str] | None = None) -> tuple[OptionRow, ...]:
-    """One table row per option from one patient's `predict_frame` rows."""
+def option_rows(pred: pd.DataFrame, labels: Mapping[str, str], thin: set[str] | None = None, *,
+                calibration: pd.DataFrame | None = None, drug_labels: Mapping[str, str] | None = None
+                ) -> tuple[OptionRow, ...]:
+    """One table row per option from one patient's `predict_frame` rows, with the validation calibration of the
+    bin each estimate falls in and the ineligibility reason in words."""
     rows = []
+    pooled = calibration if calibration is not None else pd.DataFrame()
 
     def f(r: Mapping[str, Any], key: str) -> float | None:
         v = r.get(key)
@@ -452,7 +574,8 @@ def option_rows(pred: pd.DataFrame, labels: Mapping[str, str], thin: set[str] | 
         reason = r.get("ineligible_reason")
         rows.append(OptionRow(
             option=str(r["option"]), label=labels.get(str(r["option"]), str(r["option"])), eligible=eligible,
-            ineligible_reason=str(reason) if isinstance(reason, str) and not eligible else "",
+            ineligible_reason=ineligible_text(str(reason), drug_labels or {})
+            if isinstance(reason, str) and not eligible else "",
             p_response=f(r, "p_response"), p_response_low=f(r, "p_response_low"),
             p_response_high=f(r, "p_response_high"), effect_vs_continue=f(r, "effect_vs_continue"),
             expected_tis=f(r, "expected_tis"), expected_tis_low=f(r, "expected_tis_low"),
@@ -460,6 +583,7 @@ def option_rows(pred: pd.DataFrame, labels: Mapping[str, str], thin: set[str] | 
             p_safety_low=f(r, "p_safety_low"), p_safety_high=f(r, "p_safety_high"),
             recommended=bool(r.get("recommended")) and eligible,
             thin_overlap=str(r["option"]) in (thin or set()),
+            calibration_note=calibration_note(f(r, "p_response"), pooled) if eligible else "",
         ))
     return tuple(rows)
 
@@ -504,10 +628,16 @@ def _reason_texts(r: pd.Series | None, prefix: str, k: int, min_points: float = 
     """The plain-words reasons that move the estimate by at least half a point (smaller ones are noise)."""
     if r is None:
         return ()
+    from models.explain import OPTION_GROUP
+
     out = []
     for i in range(1, k + 1):
         text, value = r.get(f"{prefix}_{i}_text"), r.get(f"{prefix}_{i}_contribution")
         if isinstance(text, str) and _ok(value) and abs(float(value)) >= min_points:
+            if r.get(f"{prefix}_{i}_feature") == OPTION_GROUP and "\u2192" in text:
+                what = ("the option itself, for a patient like the average one" if prefix == "contrast_reason"
+                        else "the option itself, against the average over all options")
+                text = what + " " + text[text.index("\u2192"):]
             out.append(text)
     return tuple(out)
 
@@ -544,7 +674,17 @@ def patient_facts(patient: Mapping[str, Any], as_of: pd.Timestamp) -> tuple[tupl
 
 
 def latest_activity(trends: Sequence[TrendSeries]) -> tuple[str, ...]:
-    return tuple(f"{s.label} {s.values[-1]:.3g} {s.unit} ({s.dates[-1]})" for s in trends if s.values)
+    """The latest value of each measure with its scale and date: 'MMT-8 muscle strength 63 / 80 (2026-11-17)'."""
+    import re
+
+    out = []
+    for s in trends:
+        if not s.values:
+            continue
+        scale = re.fullmatch(r"0[–-](\d+(?:\.\d+)?)", s.unit)
+        value = f"{s.values[-1]:.3g}" + (f" / {scale.group(1)}" if scale else f" {s.unit}")
+        out.append(f"{s.label} {value} ({s.dates[-1]})")
+    return tuple(out)
 
 
 def safety_summary(events: pd.DataFrame, assessments: pd.DataFrame, as_of: pd.Timestamp) -> tuple[str, ...]:
@@ -629,10 +769,13 @@ def build_patient_page(
     tables: Mapping[str, pd.DataFrame],
     loaded: LoadedModel,
     monitoring: Mapping[str, Any],
+    evidence: ModelEvidence,
     *,
     top_k: int = 3,
+    findings: Sequence[str] = (),
 ) -> Page:
-    """Everything for one patient from the normalised contract tables (all patients or only this one)."""
+    """Everything for one patient from the normalised contract tables (all patients or only this one); every
+    statement about the model (horizon, interval level, performance) comes from `evidence`."""
     from features.build import build_features
     from features.vocabulary import OptionCatalog, Vocabulary
     from models import explain as E
@@ -658,22 +801,27 @@ def build_patient_page(
     drug_labels = {d.generic: d.label for d in vocabulary.drugs}
     current_generics = current["generic"].astype(str).tolist() if len(current) else []
     proposed = [catalog.option(o).adds for o in eligible if catalog.option(o).adds]
-    thin = {str(r["option"]) for r in model.summary.get("overlap", []) if r.get("positivity_warning")} \
-        if isinstance(model.summary, dict) else set()
+    thin = thin_overlap_options(pred, evidence.positivity_threshold)
     trends = trend_series(one["assessments"], as_of)
     summary = model.summary if isinstance(model.summary, dict) else {}
     cfg = model.config
+    counts = summary.get("option_counts", {}) if isinstance(summary.get("option_counts"), dict) else {}
+    level = round(100 * evidence.interval_level)
+    calibrated = (f"probabilities recalibrated per option ({cfg.calibration.method})" if cfg.calibrate
+                  else "probabilities not recalibrated")
     model_facts = (
-        ("what it does", "estimates, for each escalation option, the chance of response, the expected total "
-                         "improvement score and the risk of a serious infection or severe cytopenia"),
+        ("what it does", "estimates, for each escalation option, the chance of response within "
+                         f"{evidence.horizon_weeks} weeks, the expected total improvement score and the risk of a "
+                         "serious infection or severe cytopenia"),
         ("population", f"{summary.get('n_decisions', '?')} treatment decisions of {summary.get('n_patients', '?')} "
                        "patients with refractory myositis (simulated, literature-calibrated cohort by default)"),
-        ("outcome", f"response = ACR/EULAR 2016 total improvement score ≥ {cfg.response_threshold:g} "
-                    "(moderate improvement) at the follow-up horizon"),
-        ("method", f"{cfg.learner.replace('_', '-')} on gradient-boosted trees; calibrated: {cfg.calibrate}; "
-                   f"{int(cfg.intervals.level * 100)} % intervals from a patient bootstrap "
-                   f"({cfg.intervals.n_boot} refits)"),
+        ("outcome", f"response = ACR/EULAR 2016 total improvement score ≥ {evidence.response_threshold:g} "
+                    f"(moderate improvement) at {evidence.horizon_weeks} weeks"),
+        ("method", f"{cfg.learner.replace('_', '-')} on gradient-boosted trees; {calibrated}; "
+                   f"{level} % intervals from a patient bootstrap ({cfg.intervals.n_boot} refits)"),
         ("options modelled", ", ".join(labels.get(a, a) for a in model.arms)),
+        ("training decisions per option", ", ".join(f"{labels.get(o, o)} {int(counts[o])}"
+                                                    for o in catalog.names if o in counts) or "not recorded"),
         ("when not to use", "patients unlike the training population; options shown greyed; any decision "
                             "without a clinician's review"),
         ("explanations", " ".join(ex.notes) or SHAP_NOTE),
@@ -681,20 +829,24 @@ def build_patient_page(
     patient = one["patients"].iloc[0].to_dict()
     return Page(
         patient_id=patient_id, as_of=str(as_of.date()), model_name=loaded.name, model_version=loaded.version,
-        model_alias=loaded.alias, run_id=loaded.run_id, horizon_weeks=24,
-        response_definition=f"total improvement score ≥ {cfg.response_threshold:g}",
+        model_alias=loaded.alias, run_id=loaded.run_id, horizon_weeks=evidence.horizon_weeks,
+        response_definition=f"total improvement score ≥ {evidence.response_threshold:g}",
         facts=patient_facts(patient, as_of), activity_facts=latest_activity(trends),
         safety_facts=safety_summary(one["events"], one["assessments"], as_of),
         events=event_lines(one["events"], as_of), regimen=regimen_lines(current), trends=trends,
-        options=option_rows(pred, labels, thin), explanations=explanations,
+        options=option_rows(pred, labels, thin, calibration=evidence.calibration, drug_labels=drug_labels),
+        explanations=explanations,
         monitoring=monitoring_reminders(monitoring, current_generics, proposed, drug_labels),
-        model_facts=model_facts, notes=ex.notes,
+        model_facts=model_facts, interval_level=evidence.interval_level,
+        performance=performance_facts(evidence.metrics, evidence.interval_level, evidence.horizon_weeks),
+        data_findings=tuple(findings), positivity_threshold=evidence.positivity_threshold, notes=ex.notes,
     )
 
 
-def _load_tables(data: Path, today: str | None) -> dict[str, pd.DataFrame]:
-    """Read, validate and normalise the contract tables; patients with errors are reported, not dropped silently."""
-    from features.contract import MeasureCatalog, normalise
+def _load_tables(data: Path, today: str | None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Read and check the contract tables: the normalised tables of the accepted patients and every finding
+    (`table, row, patient_id, column, rule, severity, message`), so the page can show them."""
+    from features.contract import MeasureCatalog, check
     from features.vocabulary import Vocabulary
     from pipeline.config import load_reference
     from pipeline.io import read_contract_tables
@@ -702,7 +854,78 @@ def _load_tables(data: Path, today: str | None) -> dict[str, pd.DataFrame]:
     raw = read_contract_tables(data)
     vocabulary = Vocabulary.from_config(load_reference("drugs"))
     measures = MeasureCatalog.from_config(load_reference("measures"))
-    return normalise(raw, vocabulary, measures, today)
+    result = check(raw, vocabulary, measures, today)
+    return result.normalised, result.violations
+
+
+def patient_findings(violations: pd.DataFrame, patient_id: str) -> tuple[str, ...]:
+    """This patient's data-check findings as lines naming table, row, column and rule; an error stops the page
+    (a ValueError listing every error), because its record was rejected and any estimate would be wrong."""
+    if violations.empty:
+        return ()
+    v = violations[violations["patient_id"].astype(str) == patient_id]
+    lines = tuple(f"{r['severity']}: table {r['table']}, row {r['row']}, column {r['column']} "
+                  f"(rule {r['rule']}): {r['message']}" for r in v.to_dict(orient="records"))
+    errors = [line for line, sev in zip(lines, v["severity"], strict=True) if sev == "error"]
+    if errors:
+        raise ValueError(f"patient {patient_id!r} has data errors, no page written:\n" + "\n".join(errors))
+    return lines
+
+
+def load_evidence(loaded: LoadedModel, params: Mapping[str, Any], evaluate_dir: Path = Path("data/evaluate"),
+                  train_dir: Path = Path("data/train"), *, use_mlflow: bool = True) -> ModelEvidence:
+    """What the page may say about this model version: the horizon and calibration settings it was trained and
+    evaluated with (its MLflow run's params, else params.yaml), its validation metrics and calibration curve
+    (the run's metrics and `evaluate/` artefacts, else data/evaluate/ when data/train/run.json names the same
+    run). Metrics of another run are never shown."""
+    cfg = loaded.model.config
+    run_params: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    curve = pd.DataFrame()
+    source = "not evaluated"
+    if use_mlflow and loaded.run_id not in ("", "unknown"):
+        try:
+            import mlflow
+            from mlflow.tracking import MlflowClient
+
+            from pipeline import registry
+
+            registry.setup_mlflow()
+            run = MlflowClient().get_run(loaded.run_id)
+            run_params, metrics = dict(run.data.params), dict(run.data.metrics)
+            if "response_auroc" in metrics:
+                source = f"MLflow run {loaded.run_id}"
+            try:
+                path = mlflow.artifacts.download_artifacts(run_id=loaded.run_id,
+                                                           artifact_path="evaluate/plots/calibration.csv")
+                curve = pd.read_csv(path)
+            except Exception:  # noqa: BLE001 - no logged curve: the local one below, if it is this run's
+                pass
+        except Exception as exc:  # noqa: BLE001 - say why the registry's figures are missing, then fall back
+            typer.echo(f"MLflow run {loaded.run_id} not readable ({exc}); using {evaluate_dir}", err=True)
+    run_json = Path(train_dir) / "run.json"
+    same_run = run_json.is_file() and json.loads(run_json.read_text()).get("run_id") == loaded.run_id
+    if same_run and "response_auroc" not in metrics and (Path(evaluate_dir) / "metrics.json").is_file():
+        metrics = {k: v for k, v in json.loads((Path(evaluate_dir) / "metrics.json").read_text()).items()
+                   if v is not None}
+        source = str(Path(evaluate_dir) / "metrics.json")
+    if same_run and curve.empty and (Path(evaluate_dir) / "plots" / "calibration.csv").is_file():
+        curve = pd.read_csv(Path(evaluate_dir) / "plots" / "calibration.csv")
+    labels = params.get("labels") or {}
+    evaluation = params.get("evaluation") or {}
+    horizon = run_params.get("labels.horizon_weeks", labels.get("horizon_weeks"))
+    if horizon is None:
+        raise ValueError("params: no labels.horizon_weeks in the model's run or params.yaml (rule: the page states "
+                         "the horizon the model was trained for)")
+    n_bins = int(run_params.get("evaluation.calibration_bins", evaluation.get("calibration_bins", 10)))
+    strategy = str(run_params.get("evaluation.calibration_strategy",
+                                  evaluation.get("calibration_strategy", "uniform")))
+    return ModelEvidence(
+        horizon_weeks=int(float(horizon)), interval_level=float(cfg.intervals.level),
+        response_threshold=float(cfg.response_threshold),
+        positivity_threshold=float(cfg.propensity.positivity_threshold),
+        metrics=metrics, calibration=pooled_calibration(curve, n_bins, strategy), source=source,
+    )
 
 
 def report_command(
@@ -715,24 +938,31 @@ def report_command(
     top_k: Annotated[int, typer.Option(help="reasons in words per option")] = 3,
 ) -> None:
     """Write the clinician page of one patient (or of every patient with --all and an index page)."""
-    from pipeline.config import load_reference
+    from pipeline.config import load_params, load_reference
 
     if (patient is None) == (not all_patients):
         raise typer.BadParameter("give either --patient ID or --all")
     when = _as_of(as_of, {})
-    tables = _load_tables(data, str(when.date()))
+    tables, violations = _load_tables(data, str(when.date()))
     loaded = load_model(model_dir)
+    evidence = load_evidence(loaded, load_params())
     monitoring = load_reference("monitoring")
     if patient is not None:
-        html = render_page(build_patient_page(patient, when, tables, loaded, monitoring, top_k=top_k))
+        page = build_patient_page(patient, when, tables, loaded, monitoring, evidence, top_k=top_k,
+                                  findings=patient_findings(violations, patient))
+        html = render_page(page)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(html, encoding="utf-8")
         typer.echo(f"wrote {out}")
         return
     out.mkdir(parents=True, exist_ok=True)
     entries = []
+    rejected = sorted(set(violations.loc[violations["severity"] == "error", "patient_id"].dropna().astype(str)))
+    if rejected:
+        typer.echo(f"{len(rejected)} patient(s) with data errors get no page: {', '.join(rejected[:20])}", err=True)
     for pid in sorted(tables["patients"]["patient_id"].astype(str).unique()):
-        page = build_patient_page(pid, when, tables, loaded, monitoring, top_k=top_k)
+        page = build_patient_page(pid, when, tables, loaded, monitoring, evidence, top_k=top_k,
+                                  findings=patient_findings(violations, pid))
         name = page_file_name(pid)
         (out / name).write_text(render_page(page), encoding="utf-8")
         best = next((o.label for o in page.options if o.recommended), "—")

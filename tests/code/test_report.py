@@ -29,6 +29,7 @@ def sample_page(patient_id: str = "P-0042", drug: str = "IVIG (Privigen)", event
     return R.Page(
         patient_id=patient_id, as_of="2026-11-01", model_name="escalate-response", model_version="7",
         model_alias="champion", run_id="0123abcd", horizon_weeks=24, response_definition="total improvement score ≥ 40",
+        interval_level=0.9,
         facts=(("sex", "female"), ("age", "48 years"), ("antibodies", "anti-MDA5")),
         activity_facts=("CDASI activity 28 0–100 (2026-09-15)",),
         safety_facts=("no infections and no cytopenias in the last 6 months",),
@@ -181,3 +182,175 @@ def test_page_file_names_are_safe_and_distinct(pid):
     name = R.page_file_name(pid)
     assert re.fullmatch(r"[A-Za-z0-9_.-]+\.html", name) and "/" not in name and not name.startswith(".")
     assert name != R.page_file_name(pid + "x")
+
+
+# --- what the page says about the model comes from the model ------------------------------------------------------
+def _page(**changes) -> R.Page:
+    import dataclasses
+
+    return dataclasses.replace(sample_page(), **changes)
+
+
+def test_horizon_and_interval_level_come_from_the_page_not_the_template():
+    out = R.render_page(_page(horizon_weeks=16, interval_level=0.8))
+    note = out[out.index('id="options-note"'):]
+    note = note[: note.index("</p>")]
+    assert "Options at 16 weeks" in out and "within 16 weeks" in note and "80 % uncertainty interval" in note
+    assert "24 weeks" not in out and "90 %" not in note
+
+
+def test_thin_overlap_not_modelled_and_calibration_are_said_plainly():
+    rows = list(sample_page().options)
+    rows[2] = R.OptionRow(**{**rows[2].__dict__, "thin_overlap": True,
+                             "calibration_note": "of patients given 60–70 in 100 in validation, 57 in 100 responded "
+                                                 "(n = 47)"})
+    rows.append(R.OptionRow("optimise_dose", "optimise doses to target", False,
+                            ineligible_reason="not modelled: taken at 1 training decision, too few to estimate"))
+    out = R.render_page(_page(options=tuple(rows), positivity_threshold=0.02))
+    jak = re.search(r'data-option="add_jak_inhibitor">(.*?)</tr>', out, re.S).group(1)
+    assert "thin overlap" in jak
+    assert 'id="thin-overlap"' in out and "fewer than 2 in 100 patients" in out
+    assert 'id="not-modelled"' in out and "not a judgement that they are unsuitable" in out
+    assert "57 in 100 responded (n = 47)" in out[out.index('id="calibration-context"'):]
+    plain = R.render_page(sample_page())
+    assert 'id="thin-overlap"' not in plain and 'id="not-modelled"' not in plain
+
+
+def test_model_facts_show_performance_or_say_there_is_none():
+    perf = R.performance_facts({"response_auroc": 0.799, "response_n": 893, "n_test_patients": 578}, 0.9, 24)
+    out = R.render_page(_page(performance=perf))
+    facts = out[out.index('id="h-facts"'):]
+    assert "response AUROC 0.80 on 893 held-out decisions of 578 patients" in facts
+    assert "has not been evaluated" in R.render_page(sample_page())
+
+
+def test_data_findings_are_shown_and_escaped():
+    out = R.render_page(_page(data_findings=(f"warning: table regimens, row 5, column drug (rule x): {XSS}",)))
+    box = out[out.index('id="data-findings"'):]
+    assert "table regimens, row 5, column drug" in box and "<script>window.__pwned" not in out
+
+
+# --- the pure helpers behind those statements -----------------------------------------------------------------------
+CURVE = pd.DataFrame({"option": ["a", "a", "b", "b"], "bin": [1, 6, 1, 6], "n": [30, 10, 10, 30],
+                      "mean_predicted": [0.15, 0.62, 0.17, 0.66], "observed_rate": [0.1, 0.5, 0.3, 0.7]})
+
+
+def test_pooled_calibration_weights_each_bin_by_its_size():
+    pooled = R.pooled_calibration(CURVE, 10)
+    assert pooled["bin"].tolist() == [1, 6] and pooled["n"].tolist() == [40, 40]
+    assert pooled["observed_rate"].tolist() == pytest.approx([(3 + 3) / 40, (5 + 21) / 40])
+    assert pooled["lower"].tolist() == pytest.approx([0.1, 0.6]) and pooled["upper"].tolist() == pytest.approx([0.2, 0.7])
+    assert R.pooled_calibration(CURVE, 10, "quantile").empty  # quantile bins do not line up across options
+    with pytest.raises(ValueError, match="table calibration: missing column"):
+        R.pooled_calibration(CURVE.drop(columns="n"), 10)
+
+
+@pytest.mark.parametrize(
+    ("p", "min_n", "text"),
+    [(0.64, 20, "of patients given 60–70 in 100 in validation, 65 in 100 responded (n = 40)"),
+     (0.12, 20, "of patients given 10–20 in 100 in validation, 15 in 100 responded (n = 40)"),
+     (0.64, 41, ""),       # too few validation decisions in that bin to say anything
+     (0.35, 20, ""),       # no validation decision in that bin
+     (None, 20, "")],
+)
+def test_calibration_note_reads_the_bin_holding_the_estimate(p, min_n, text):
+    assert R.calibration_note(p, R.pooled_calibration(CURVE, 10), min_n=min_n) == text
+
+
+@pytest.mark.parametrize(("coverage", "too_narrow"), [(0.42, True), (0.88, False)])
+def test_interval_coverage_below_its_level_is_said_plainly(coverage, too_narrow):
+    facts = dict(R.performance_facts({"sim_interval_coverage": coverage}, 0.9, 24))
+    text = facts["uncertainty intervals"]
+    assert f"90 % intervals held the true chance of response for {round(100 * coverage)} %" in text
+    assert ("too narrow" in text) is too_narrow
+
+
+def test_missing_or_nan_metrics_are_left_out_not_invented():
+    assert R.performance_facts({}, 0.9, 24) == ()
+    facts = dict(R.performance_facts({"response_auroc": float("nan"), "safety_auroc": 0.73}, 0.9, 24))
+    assert list(facts) == ["safety model"]
+
+
+def test_thin_overlap_is_the_patients_own_propensity_below_the_threshold():
+    pred = pd.DataFrame({"option": ["continue", "add_ivig", "add_jak_inhibitor", "add_abatacept"],
+                         "eligible": [True, False, True, True], "propensity": [0.5, float("nan"), 0.01, 0.02]})
+    assert R.thin_overlap_options(pred, 0.02) == {"add_jak_inhibitor"}
+    assert R.thin_overlap_options(pred.drop(columns="propensity"), 0.02) == set()
+
+
+@pytest.mark.parametrize(
+    ("reason", "text"),
+    [("already on ivig", "already on IVIG"),
+     ("not modelled: taken at 1 training decision(s), too few to estimate",
+      "not modelled: taken at 1 training decision, too few to estimate"),
+     ("not modelled: taken at 0 training decision(s), too few to estimate",
+      "not modelled: taken at 0 training decisions, too few to estimate")],
+)
+def test_ineligibility_reasons_read_in_clinical_words(reason, text):
+    assert R.ineligible_text(reason, {"ivig": "IVIG", "rituximab": "rituximab"}) == text
+
+
+def test_option_rows_carry_reason_words_and_calibration():
+    pred = pd.DataFrame({"option": ["continue", "add_ivig"], "eligible": [True, False],
+                         "ineligible_reason": ["", "already on ivig"], "p_response": [0.64, float("nan")],
+                         "recommended": [True, False]})
+    rows = R.option_rows(pred, {}, calibration=R.pooled_calibration(CURVE, 10), drug_labels={"ivig": "IVIG"})
+    assert rows[0].calibration_note.startswith("of patients given 60–70 in 100") and rows[0].recommended
+    assert rows[1].ineligible_reason == "already on IVIG" and rows[1].calibration_note == ""
+
+
+def test_option_chosen_reason_is_reworded_for_clinicians():
+    from models.explain import OPTION_GROUP
+
+    r = pd.Series({"reason_1_text": "option: add_jak_inhibitor \u2192 +13 in 100", "reason_1_contribution": 0.13,
+                   "reason_1_feature": OPTION_GROUP, "reason_2_text": "latest HAQ = 1.4 \u2192 +5 in 100",
+                   "reason_2_contribution": 0.05, "reason_2_feature": "haq",
+                   "reason_3_text": "tiny \u2192 0 in 100", "reason_3_contribution": 0.001, "reason_3_feature": "x"})
+    texts = R._reason_texts(r, "reason", 3)
+    assert texts == ("the option itself, against the average over all options \u2192 +13 in 100",
+                     "latest HAQ = 1.4 \u2192 +5 in 100")
+
+
+def test_patient_findings_name_table_row_column_rule_and_errors_stop_the_page():
+    v = pd.DataFrame({"table": ["regimens", "assessments"], "row": [5, 9], "patient_id": ["P1", "P2"],
+                      "column": ["dose_unit", "value"], "rule": ["no_body_size", "range"],
+                      "severity": ["warning", "error"], "message": ["no weight", "mmt8 = 99 above 80"]})
+    assert R.patient_findings(v, "P1") == (
+        "warning: table regimens, row 5, column dose_unit (rule no_body_size): no weight",)
+    with pytest.raises(ValueError, match=r"table assessments, row 9, column value \(rule range\)"):
+        R.patient_findings(v, "P2")
+    assert R.patient_findings(v.iloc[:0], "P1") == ()
+
+
+def test_latest_activity_shows_scores_against_their_scale():
+    trends = sample_page().trends + (R.TrendSeries("ck", "Creatine kinase", "× upper limit of normal",
+                                                    ("2026-09-15",), (4.9,)),)
+    assert R.latest_activity(trends) == ("CDASI activity (skin) 28 / 100 (2026-09-15)",
+                                         "MMT-8 muscle strength 62 / 80 (2026-09-15)",
+                                         "Creatine kinase 4.9 × upper limit of normal (2026-09-15)")
+
+
+def test_evidence_uses_local_metrics_only_for_the_same_run(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from models.bundle import BundleConfig
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "evaluate" / "plots").mkdir(parents=True)
+    (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({"response_auroc": 0.8, "response_ece": None}))
+    CURVE.to_csv(tmp_path / "evaluate" / "plots" / "calibration.csv", index=False)
+    loaded = R.LoadedModel(SimpleNamespace(config=BundleConfig()), "m", "local", "data/train/model", "run-a")
+    params = {"labels": {"horizon_weeks": 16}, "evaluation": {"calibration_bins": 10}}
+
+    def evidence(run_id: str) -> R.ModelEvidence:
+        (tmp_path / "train" / "run.json").write_text(json.dumps({"run_id": run_id}))
+        return R.load_evidence(loaded, params, tmp_path / "evaluate", tmp_path / "train", use_mlflow=False)
+
+    same = evidence("run-a")
+    assert same.horizon_weeks == 16 and same.interval_level == BundleConfig().intervals.level
+    assert same.metrics == {"response_auroc": 0.8} and len(same.calibration) == 2
+    other = evidence("run-b")
+    assert other.metrics == {} and other.calibration.empty and other.source == "not evaluated"
+    with pytest.raises(ValueError, match="labels.horizon_weeks"):
+        R.load_evidence(loaded, {}, tmp_path / "evaluate", tmp_path / "train", use_mlflow=False)
