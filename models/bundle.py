@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from features.vocabulary import OptionCatalog
 from models.calibration import CalibratedLearner
 from models.config import BoosterConfig, CalibrationConfig, IntervalConfig, LearnerConfig, PropensityConfig
-from models.intervals import BootstrapEnsemble
+from models.intervals import BootstrapEnsemble, SharedFeatures, shared_outcomes
 from models.learners import BaseLearner, make_learner
-from models.propensity import PropensityModel, as_feature_frame, overlap_report
+from models.propensity import PropensityModel, overlap_report
 
 LearnerKind = Literal["s_learner", "t_learner", "dr_learner", "linear"]
 _KIND = {"s_learner": "s", "t_learner": "t", "dr_learner": "dr", "linear": "linear"}
@@ -61,6 +61,8 @@ class BundleConfig(_Frozen):
     #: recommendation utility = p_response − safety_weight × p_safety (0: rank by response alone).
     safety_weight: float = Field(0.0, ge=0)
     eligibility: EligibilityColumns = EligibilityColumns()
+    #: reasons per option in the registered model's default output (pyfunc `params={"explain_top_k": K}`).
+    explain_top_k: int = Field(3, ge=0, le=20)
     seed: int = 20261125
 
 
@@ -81,10 +83,11 @@ class FeatureContract(_Frozen):
                 "(rule: the feature contract of the trained model)"
             )
         block = features[list(self.columns)]
+        dtypes = block.dtypes.to_numpy()
         bad = [
             c
-            for c in self.columns
-            if not (pd.api.types.is_numeric_dtype(block[c]) or pd.api.types.is_bool_dtype(block[c]))
+            for c, dt in zip(self.columns, dtypes, strict=True)
+            if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt))
         ]
         if bad:
             col = bad[0]
@@ -95,10 +98,16 @@ class FeatureContract(_Frozen):
                 f"table {table}: {where}column {col!r} has dtype {block[col].dtype} "
                 f"(rule: numeric, trained as {self.dtypes[self.columns.index(col)]})"
             )
-        try:
-            return as_feature_frame(block)
-        except ValueError as exc:
-            raise ValueError(str(exc).replace("table X", f"table {table}")) from exc
+        # one vectorised conversion of the whole block (pandas converts per dtype block, not per column)
+        values = np.asarray(block.to_numpy(dtype="float64", na_value=np.nan), dtype="float64")
+        inf = np.isinf(values)
+        if inf.any():
+            r, c = np.argwhere(inf)[0]
+            raise ValueError(
+                f"table {table}: row {int(r)}, column {self.columns[c]!r} is {values[r, c]} "
+                f"(rule: features must be finite or NaN); {int(inf.sum())} infinite value(s) in all"
+            )
+        return pd.DataFrame(values, columns=list(self.columns))
 
 
 class Head:
@@ -110,15 +119,23 @@ class Head:
         self.ensemble = ensemble
         self.level = level
 
-    def predict(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict(self, X: pd.DataFrame | SharedFeatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Point estimate (full-data learner) and the percentile interval of the bootstrap members (mapped
-        through the same calibration), widened where needed so it always contains the point estimate."""
-        point = self.learner.predict_outcomes(X)
+        through the same calibration), widened where needed so it always contains the point estimate.
+
+        Pass a `SharedFeatures` to share one float32 conversion / DMatrix with the other heads."""
+        shared = X if isinstance(X, SharedFeatures) else SharedFeatures(X)
+        learner = self.learner
+        if isinstance(learner, CalibratedLearner):
+            point = np.clip(learner.calibrate(shared_outcomes(learner.base_, shared)), 0.0, 1.0)
+        else:
+            point = shared_outcomes(learner, shared)
         if self.ensemble is None:
             return point, point.copy(), point.copy()
-        draws = self.ensemble.predict_draws(X)
-        if isinstance(self.learner, CalibratedLearner):
-            draws = np.stack([self.learner.calibrate(d) for d in draws])
+        draws = self.ensemble.predict_draws(shared)
+        if isinstance(learner, CalibratedLearner):  # every member through the calibrators in one call per arm
+            b, n, k = draws.shape
+            draws = learner.calibrate(draws.reshape(b * n, k)).reshape(b, n, k)
         alpha = (1 - self.level) / 2
         low, high = np.quantile(draws, [alpha, 1 - alpha], axis=0)
         return point, np.minimum(low, point), np.maximum(high, point)
@@ -137,8 +154,11 @@ class EscalateModel:
         heads: dict[str, Head],
         propensity: PropensityModel,
         summary: dict[str, object],
+        dictionary: pd.DataFrame | None = None,
     ) -> None:
         self.config = config
+        #: the feature dictionary with dose targets (`models.explain.with_dose_targets`): labels for the reasons.
+        self.dictionary = dictionary
         self.catalog = catalog
         self.contract = contract
         self.arms = arms
@@ -158,39 +178,58 @@ class EscalateModel:
             self.summary.get("option_counts", {}),
         )  # type: ignore[arg-type]
 
-    def propensity_matrix(self, features: pd.DataFrame, eligible: pd.DataFrame | None = None) -> np.ndarray:
+    def propensity_matrix(
+        self, features: pd.DataFrame, eligible: pd.DataFrame | None = None, *, X: pd.DataFrame | None = None
+    ) -> np.ndarray:
         """(n, arms) P(clinician picks option | features), 0 where ineligible (for AIPW and overlap)."""
-        X = self.contract.check(features)
+        X = self.contract.check(features) if X is None else X
         elig = (eligible if eligible is not None else self.eligibility(features)[0])[list(self.arms)]
         return self.propensity.predict_proba(X, elig.to_numpy(dtype=bool))
 
-    def predict_arrays(self, features: pd.DataFrame) -> dict[str, np.ndarray]:
+    def predict_arrays(self, features: pd.DataFrame, *, X: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
         """Raw (n, arms) arrays per output (`p_response`, `p_response_low`, …) in `self.arms` order, before
-        eligibility masking: for evaluation code that needs matrices."""
-        X = self.contract.check(features)
+        eligibility masking: for evaluation code that needs matrices. The features are converted once and
+        shared by every head and bootstrap member (`X`: the already checked feature block, if at hand)."""
+        shared = SharedFeatures(self.contract.check(features) if X is None else X)
         out: dict[str, np.ndarray] = {}
         for head, name in (("response", "p_response"), ("tis", "expected_tis"), ("safety", "p_safety")):
-            point, low, high = self.heads[head].predict(X)
+            point, low, high = self.heads[head].predict(shared)
             out[name], out[f"{name}_low"], out[f"{name}_high"] = point, low, high
         return out
 
-    def predict_frame(self, features: pd.DataFrame) -> pd.DataFrame:
+    @property
+    def explain_top_k(self) -> int:
+        """Reasons per option the registered model returns by default: `train.explain_top_k` when the bundle
+        stores a feature dictionary to word them with, else 0 (a caller may still pass one to `predict_frame`)."""
+        if getattr(self, "dictionary", None) is None:
+            return 0
+        return int(getattr(self.config, "explain_top_k", 0))
+
+    def predict_frame(
+        self, features: pd.DataFrame, explain_top_k: int = 0, *, dictionary: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
         """Long table, one row per input row x catalogue option: eligibility and reason, P(response),
         expected TIS and P(safety event) with intervals, effect vs continue, rank and the recommendation.
-        Ineligible (or unmodelled) options get NaN predictions and rank."""
+        Ineligible (or unmodelled) options get NaN predictions and rank.
+
+        With `explain_top_k` = K > 0 the top-K reasons per option (`reason_i_*`, `contrast_reason_i_*`, from
+        `models.explain.model_reasons`) are merged on (row, option), labelled with the bundle's own feature
+        dictionary (`dictionary` is used only when the bundle stores none)."""
+        if explain_top_k < 0:
+            raise ValueError(f"explain_top_k={explain_top_k} (rule: 0 = no reasons, or at least 1)")
         features = features.reset_index(drop=True)
         n = len(features)
         options = list(self.catalog.names)
         k = len(options)
         eligible, reason = self.eligibility(features)
-        arrays = self.predict_arrays(features) if n else {}
+        X = self.contract.check(features) if n else None
+        arrays = self.predict_arrays(features, X=X) if n else {}
         elig = eligible[options].to_numpy(dtype=bool)
-        col_of = {a: options.index(a) for a in self.arms}
+        col_of = np.asarray([options.index(a) for a in self.arms])
         full: dict[str, np.ndarray] = {}
         for name, values in arrays.items():
             m = np.full((n, k), np.nan)
-            for j, arm in enumerate(self.arms):
-                m[:, col_of[arm]] = values[:, j]
+            m[:, col_of] = values
             full[name] = np.where(elig, m, np.nan)
         if not n:
             full = {name: np.empty((0, k)) for name in _PRED_COLUMNS}
@@ -206,9 +245,8 @@ class EscalateModel:
         rank = np.where(elig, rank, np.nan)
         prop = np.full((n, k), np.nan)
         if n:
-            pm = self.propensity_matrix(features, eligible)
-            for j, arm in enumerate(self.arms):
-                prop[:, col_of[arm]] = np.where(elig[:, col_of[arm]], pm[:, j], np.nan)
+            pm = self.propensity_matrix(features, eligible, X=X)
+            prop[:, col_of] = np.where(elig[:, col_of], pm, np.nan)
         out = pd.DataFrame({"row": np.repeat(np.arange(n), k)})
         for key in self.contract.keys:
             if key in features.columns:
@@ -222,7 +260,36 @@ class EscalateModel:
         out["propensity"] = prop.ravel()
         out["rank"] = rank.ravel()
         out["recommended"] = (rank == 1).ravel()
+        if explain_top_k:
+            out = self._with_reasons(out, features, X, explain_top_k, dictionary)
         return out
+
+    def _with_reasons(
+        self,
+        out: pd.DataFrame,
+        features: pd.DataFrame,
+        X: pd.DataFrame | None,
+        k: int,
+        dictionary: pd.DataFrame | None,
+    ) -> pd.DataFrame:
+        """`out` with the top-k reason columns of every (row, option) merged in (typed, empty when no rows)."""
+        from models import explain as E
+
+        stored = getattr(self, "dictionary", None)
+        labels = stored if stored is not None else dictionary
+        if labels is None:
+            raise ValueError(
+                "explain_top_k > 0 but the model stores no feature dictionary and none was given "
+                "(rule: reasons are labelled from the feature dictionary; train with one)"
+            )
+        if not len(features):
+            for col in [*E.reason_columns(k), *E.reason_columns(k, "contrast_reason")]:
+                out[col] = pd.Series(dtype="float64" if col.endswith("_contribution") else object)
+            return out
+        heads = self.heads
+        ex = E.explain(X, heads["response"].learner, safety=heads["safety"].learner if "safety" in heads else None)
+        reasons = E.model_reasons(self, features, labels, k, explanations=ex)
+        return out.merge(reasons, on=["row", "option"], how="left", validate="one_to_one")
 
 
 _PRED_COLUMNS = (
@@ -366,8 +433,12 @@ def fit_escalate_model(
     decisions: pd.DataFrame,
     catalog: OptionCatalog,
     config: BundleConfig | None = None,
+    dictionary: pd.DataFrame | None = None,
 ) -> EscalateModel:
     """Train the bundle on training-patient decisions.
+
+    `dictionary`: the feature dictionary (with dose targets, `models.explain.with_dose_targets`) stored in the
+    bundle so its predictions carry reasons in clinical words.
 
     `features`: keys `patient_id, decision_id, as_of` + numeric features (+ `on_<generic>` and the below-target
     flag for eligibility). `decisions`: `decision_id, option_taken, eligible_<option>,
@@ -422,6 +493,10 @@ def fit_escalate_model(
     else:
         elig_input = features
     eligible_all, _ = eligibility_frames(elig_input, catalog, cfg.eligibility, source)
+    if dictionary is not None:  # fail at train time, not at the first explained prediction
+        from models.explain import feature_groups
+
+        feature_groups(contract.columns, dictionary.reset_index(drop=True))
     X = contract.check(features)
     taken = merged["option_taken"].astype(str).to_numpy()
     counts = pd.Series(taken).value_counts()
@@ -499,6 +574,7 @@ def fit_escalate_model(
         heads=heads,
         propensity=propensity,
         summary=summary,
+        dictionary=None if dictionary is None else dictionary.reset_index(drop=True),
     )
 
 

@@ -13,12 +13,83 @@ from typing import Literal, Self
 
 import numpy as np
 import pandas as pd
+import xgboost as xgb
 
 from models.config import IntervalConfig
-from models.learners import BaseLearner, FitData, prepare_fit
-from models.propensity import ArrayLike
+from models.learners import OPTION_PREFIX, BaseLearner, DRLearner, FitData, SLearner, TLearner, prepare_fit
+from models.propensity import ArrayLike, as_feature_frame
 
 Kind = Literal["outcomes", "effects"]
+#: inputs at least this long are predicted with a thread per bootstrap member (below it, threads cost more).
+PARALLEL_MIN_ROWS = 20_000
+
+
+class SharedFeatures:
+    """One predict call's feature block, converted once to float32 (what xgboost uses internally) with the
+    DMatrices built from it cached, so the full-data learners, every bootstrap member and every head share
+    one conversion instead of each re-reading the pandas frame."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self.columns: list[str] = [str(c) for c in frame.columns]
+        self.values = np.ascontiguousarray(frame.to_numpy(dtype="float32", na_value=np.nan))
+        self._cache: dict[int, xgb.DMatrix] = {}
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def _dmatrix(self, values: np.ndarray) -> xgb.DMatrix:
+        # one thread for small inputs (one patient): thread start-up would cost more than the conversion
+        nthread = 1 if len(values) < 5000 else -1
+        return xgb.DMatrix(values, missing=np.nan, nthread=nthread)
+
+    def plain(self) -> xgb.DMatrix:
+        """The features as they are (T-learner arm models, DR control and effect models)."""
+        if 0 not in self._cache:
+            self._cache[0] = self._dmatrix(self.values)
+        return self._cache[0]
+
+    def stacked(self, n_arms: int) -> xgb.DMatrix:
+        """Every row once per arm (arm-major) with the S-learner's one-hot option columns appended."""
+        if n_arms not in self._cache:
+            n = len(self.values)
+            codes = np.repeat(np.arange(n_arms), n)
+            onehot = (codes[:, None] == np.arange(n_arms)[None, :]).astype("float32")
+            self._cache[n_arms] = self._dmatrix(np.hstack([np.tile(self.values, (n_arms, 1)), onehot]))
+        return self._cache[n_arms]
+
+
+def _booster_predict(model: xgb.XGBModel, dm: xgb.DMatrix) -> np.ndarray:
+    """Probability (binary:logistic) or value of a fitted sklearn-API xgboost model on a prepared DMatrix."""
+    return np.asarray(model.get_booster().predict(dm, validate_features=False), dtype="float64")
+
+
+def shared_outcomes(learner: BaseLearner, shared: SharedFeatures) -> np.ndarray:
+    """`learner.predict_outcomes(shared.frame)` computed on the shared matrices: S, T and DR learners predict
+    straight from the prepared DMatrix (same numbers, no per-learner frame conversion); other learners, or a
+    learner fitted on other columns, take their own path."""
+    if not hasattr(learner, "arms_"):
+        raise RuntimeError(f"{type(learner).__name__} is not fitted: call fit(X, treatment, y) first")
+    if list(learner.columns_) != shared.columns:
+        return learner.predict_outcomes(shared.frame)
+    arms = learner.arms_
+    n, k = len(shared), len(arms)
+    if isinstance(learner, SLearner) and [f"{OPTION_PREFIX}{a}" for a in arms] == list(
+        learner.model_.get_booster().feature_names or [])[-k:]:
+        out = _booster_predict(learner.model_, shared.stacked(k)).reshape(k, n).T
+    elif isinstance(learner, TLearner):
+        dm = shared.plain()
+        out = np.column_stack([_booster_predict(learner.models_[a], dm) for a in arms]) if n else np.empty((0, k))
+    elif isinstance(learner, DRLearner):
+        dm = shared.plain()
+        base = _booster_predict(learner.models_[learner.control], dm)
+        out = np.repeat(base[:, None], k, axis=1)
+        for j, arm in enumerate(arms):
+            if arm != learner.control:
+                out[:, j] += _booster_predict(learner.effect_models_[arm], dm)
+    else:
+        return learner.predict_outcomes(shared.frame)
+    return np.clip(out, 0.0, 1.0) if learner.outcome == "binary" else out
 
 
 def bootstrap_patient_weights(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -101,14 +172,28 @@ class BootstrapEnsemble(BaseLearner):
     def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
         return self.point_.predict_outcomes(frame)
 
-    def predict_draws(self, X: pd.DataFrame | np.ndarray, kind: Kind = "outcomes") -> np.ndarray:
-        """(n_boot, n, n_arms) member predictions of outcomes or effects (contrast with control)."""
-        frame = self._frame(X)
+    def predict_draws(self, X: pd.DataFrame | np.ndarray | SharedFeatures, kind: Kind = "outcomes") -> np.ndarray:
+        """(n_boot, n, n_arms) member predictions of outcomes or effects (contrast with control).
+
+        The input is converted once and shared by every member (pass a `SharedFeatures` to share it with other
+        models too); members run in a thread pool only for large inputs with `n_jobs` > 1."""
         if kind not in ("outcomes", "effects"):
             raise ValueError(f"kind must be 'outcomes' or 'effects', got {kind!r}")
-        method = "predict_outcomes" if kind == "outcomes" else "predict_effects"
-        with ThreadPoolExecutor(max_workers=self.intervals.n_jobs) as pool:
-            return np.stack(list(pool.map(lambda m: getattr(m, method)(frame), self.members_)))
+        if not isinstance(X, SharedFeatures):
+            X = SharedFeatures(self._frame(X))
+        elif X.columns != list(self.columns_):
+            X = SharedFeatures(as_feature_frame(X.frame, columns=self.columns_))
+        shared = X
+
+        def one(member: BaseLearner) -> np.ndarray:
+            out = shared_outcomes(member, shared)
+            return out - out[:, [member.control_index_]] if kind == "effects" else out
+
+        if self.intervals.n_jobs > 1 and len(shared) >= PARALLEL_MIN_ROWS and len(self.members_) > 1:
+            first = one(self.members_[0])  # builds the shared DMatrix before the threads read it
+            with ThreadPoolExecutor(max_workers=self.intervals.n_jobs) as pool:
+                return np.stack([first, *pool.map(one, self.members_[1:])])
+        return np.stack([one(m) for m in self.members_])
 
     def predict_interval(
         self, X: pd.DataFrame | np.ndarray, kind: Kind = "outcomes", level: float | None = None

@@ -6,7 +6,6 @@ layout and the "every input patient scored or rejected, none lost, none twice" c
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -210,24 +209,7 @@ def check_invariant(
 
 
 def predict_explained(model: object, features: pd.DataFrame, dictionary: pd.DataFrame, explain_top_k: int) -> pd.DataFrame:
-    """The model's long per-option table for `features`, with top-k reasons per option when `explain_top_k` > 0.
-
-    Uses the bundle's own `predict_frame(..., explain_top_k=k)` when it offers it (what the clinician page calls),
-    else merges `models.explain.model_reasons` on (row, option): the same explanation code either way.
-    """
-    predict = model.predict_frame  # type: ignore[attr-defined]
-    if explain_top_k <= 0:
-        return predict(features)
-    if "explain_top_k" in inspect.signature(predict).parameters:
-        return predict(features, explain_top_k=explain_top_k)
-    from models.explain import model_reasons
-
-    preds = predict(features)
-    if not len(features):
-        from models.explain import reason_columns
-
-        for col in [*reason_columns(explain_top_k), *reason_columns(explain_top_k, "contrast_reason")]:
-            preds[col] = pd.Series(dtype="float64" if col.endswith("_contribution") else object)
-        return preds
-    reasons = model_reasons(model, features, dictionary, explain_top_k)
-    return preds.merge(reasons, on=["row", "option"], how="left", validate="one_to_one")
+    """The model's long per-option table for `features`, with top-k reasons per option when `explain_top_k` > 0:
+    the bundle's own `predict_frame(..., explain_top_k=k)`, the one code path the registered pyfunc and the
+    clinician page use too. `dictionary` labels the reasons only when the bundle stores no dictionary."""
+    return model.predict_frame(features, explain_top_k=max(int(explain_top_k), 0), dictionary=dictionary)  # type: ignore[attr-defined]

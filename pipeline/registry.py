@@ -28,6 +28,8 @@ MODEL_NAME = "escalate-response"
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 BUNDLE_FILE = "escalate_model.joblib"
+#: the pyfunc's inference parameter: top-K reasons per option in its output (0 = predictions only).
+EXPLAIN_PARAM = "explain_top_k"
 
 #: distributions the pyfunc needs at load time (pinned to what is installed; `xgboost-cpu` under its own name).
 RUNTIME_DISTRIBUTIONS: tuple[str, ...] = (
@@ -78,18 +80,34 @@ def pip_requirements(distributions: Iterable[str] = RUNTIME_DISTRIBUTIONS) -> li
 
 
 class EscalatePyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc around `models.bundle.EscalateModel`: a features frame in, the long per-option table out."""
+    """MLflow pyfunc around `models.bundle.EscalateModel`: a features frame in, the long per-option table out,
+    with the top-K reasons per option (`params={"explain_top_k": K}`; default the bundle's configured K)."""
 
     def load_context(self, context: Any) -> None:
         """Load the joblib bundle logged as the `bundle` artifact."""
         self.model = joblib.load(context.artifacts["bundle"])
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - MLflow reads these hints
-        """One row per input row x option (see `EscalateModel.predict_frame`). Deliberately un-annotated:
-        MLflow 3 derives a schema from `predict`'s type hints and only accepts list[...] there; the
-        signature comes from the logged input example instead."""
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """One row per input row x option with reasons (see `EscalateModel.predict_frame`). `pd.DataFrame` is a
+        type hint MLflow accepts without inferring a schema from it: the signature comes from the logged
+        input example, and the hint stops MLflow's "Add type hints" warning."""
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return self.model.predict_frame(frame)
+        return self.model.predict_frame(frame, explain_top_k=explain_top_k_param(params, self.model.explain_top_k))
+
+
+def explain_top_k_param(params: Mapping[str, Any] | None, default: int) -> int:
+    """The `explain_top_k` inference parameter as a non-negative int (MLflow passes params through the
+    signature, which may deliver numpy or string scalars); a bad value is an error naming the rule."""
+    value = (params or {}).get(EXPLAIN_PARAM, default)
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"params {EXPLAIN_PARAM}={value!r} (rule: an integer number of reasons, 0 = none)") from None
+    if k < 0 or k != float(value):
+        raise ValueError(f"params {EXPLAIN_PARAM}={value!r} (rule: an integer number of reasons, 0 = none)")
+    return k
 
 
 def deidentified_example(features: pd.DataFrame, n_rows: int = 5, key_columns: Iterable[str] = ()) -> pd.DataFrame:
@@ -118,8 +136,9 @@ def log_and_register(
 ) -> tuple[str, str]:
     """Log the bundle as a pyfunc in the active run, register it under `name` and point `alias` at the new
     version; returns (model uri by version, version)."""
-    example_output = model.predict_frame(example_input)
-    signature = infer_signature(example_input, example_output)
+    k = int(model.explain_top_k)
+    example_output = model.predict_frame(example_input, explain_top_k=k)
+    signature = infer_signature(example_input, example_output, params={EXPLAIN_PARAM: k})
     info = mlflow.pyfunc.log_model(
         name="escalate_model",
         python_model=EscalatePyfunc(),

@@ -122,8 +122,9 @@ def run_train(
     import mlflow
     import pandas as pd
 
-    from features.vocabulary import OptionCatalog
+    from features.vocabulary import OptionCatalog, Vocabulary
     from models.bundle import fit_escalate_model
+    from models.explain import with_dose_targets
     from pipeline import registry
     from pipeline.io import write_json
 
@@ -138,8 +139,12 @@ def run_train(
     split = read_split(split_dir)
     train_features = select_set(features, split, "train", "features")
 
+    dictionary_path = Path(features_dir) / "feature_dictionary.json"
+    dictionary = with_dose_targets(pd.read_json(dictionary_path, orient="records"),
+                                   Vocabulary.from_config(load_reference("drugs"))) if dictionary_path.is_file() else None
+
     fit_started = time.perf_counter()
-    model = fit_escalate_model(train_features, decisions, catalog, cfg)
+    model = fit_escalate_model(train_features, decisions, catalog, cfg, dictionary=dictionary)
     fit_seconds = time.perf_counter() - fit_started
 
     model_dir = Path(out_dir) / "model"

@@ -190,3 +190,22 @@ def test_invariant_from_per_part_counts_catches_a_patient_in_two_parts() -> None
     report = check_invariant(pd.Series(["a", "b"]), pd.concat([part_a, part_b]), pd.Series([], dtype=object), 3)
     assert not report.ok and any("exactly 3 option rows" in p for p in report.problems)
     assert check_invariant(pd.Series(["a", "b"]), part_a, pd.Series([], dtype=object), 3).ok
+
+
+def test_predict_explained_is_the_bundles_own_explained_prediction() -> None:
+    """The batch job calls the bundle's `predict_frame(..., explain_top_k=k)`: one code path with the pyfunc,
+    the caller's dictionary only as a fallback."""
+    from models.scoring import predict_explained
+
+    calls: list[tuple[int, object]] = []
+
+    class Bundle:
+        def predict_frame(self, features, explain_top_k=0, *, dictionary=None):
+            calls.append((explain_top_k, dictionary))
+            return features.assign(k=explain_top_k)
+
+    frame = pd.DataFrame({"x": [1.0]})
+    dictionary = pd.DataFrame({"feature": ["x"]})
+    assert predict_explained(Bundle(), frame, dictionary, 3)["k"].tolist() == [3]
+    assert predict_explained(Bundle(), frame, dictionary, 0)["k"].tolist() == [0]
+    assert calls[0][0] == 3 and calls[0][1] is dictionary

@@ -116,8 +116,12 @@ def write_stage_inputs(root: Path, n_patients: int = 160, seed: int = 7, with_tr
         paths[key].mkdir(parents=True, exist_ok=True)
     features.to_parquet(paths["features"] / "features.parquet", index=False)
     decisions.to_parquet(paths["features"] / "decisions.parquet", index=False)
-    (paths["features"] / "feature_dictionary.json").write_text(
-        '[{"feature": "physician_global", "label": "physician global activity"}]', encoding="utf-8")
+    # one entry per feature column, as `escalate features` writes it (the bundle labels its reasons from it)
+    import json
+
+    entries = [{"feature": c, "clinical_feature": c, "label": c.replace("_", " "), "unit": ""}
+               for c in features.columns if c not in ("patient_id", "decision_id", "as_of")]
+    (paths["features"] / "feature_dictionary.json").write_text(json.dumps(entries), encoding="utf-8")
     split.rename(columns={"split": "set"}).to_parquet(paths["split"] / "split.parquet", index=False)
     if with_truth:
         truth = paths["cohort"] / "truth"

@@ -198,3 +198,56 @@ def test_changes_outside_the_catalogue_are_counted_and_left_out(cohort):
     assert "other" not in model.arms
     out = model.predict_frame(features.head(3))
     assert set(out["option"]) == set(catalog().names)
+
+
+def _dictionary(features: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in features.columns if c not in ("patient_id", "decision_id", "as_of")]
+    return pd.DataFrame({"feature": cols, "clinical_feature": cols, "label": [c.replace("_", " ") for c in cols],
+                         "unit": ""})
+
+
+@pytest.fixture(scope="module")
+def explained_model(cohort) -> EscalateModel:
+    features, decisions, _ = cohort
+    return fit_escalate_model(features, decisions, catalog(), small_config("s_learner"),
+                              dictionary=_dictionary(features))
+
+
+def test_predictions_carry_reasons_for_eligible_options_only(explained_model, cohort):
+    features = cohort[0].head(9)
+    plain = explained_model.predict_frame(features)
+    out = explained_model.predict_frame(features, explain_top_k=2)
+    assert explained_model.explain_top_k == 3
+    pd.testing.assert_frame_equal(out[plain.columns], plain)  # reasons are added, predictions unchanged
+    assert {"reason_2_text", "reason_2_contribution", "contrast_reason_1_text"} <= set(out.columns)
+    assert "reason_3_text" not in out.columns
+    eligible = out["eligible"].astype(bool)
+    assert out.loc[eligible, "reason_1_text"].notna().all()
+    assert out.loc[~eligible, ["reason_1_text", "contrast_reason_1_text"]].isna().all().all()
+    treated = eligible & (out["option"] != "continue")
+    assert out.loc[treated, "contrast_reason_1_text"].str.endswith("vs continue").all()
+    assert out.loc[out["option"] == "continue", "contrast_reason_1_text"].isna().all()
+    # reasons of one patient do not depend on the batch it is explained in
+    alone = explained_model.predict_frame(features.iloc[[4]], explain_top_k=2)
+    batch = out[out["row"] == 4].reset_index(drop=True)
+    assert alone["reason_1_text"].tolist() == batch["reason_1_text"].tolist()
+
+
+def test_reasons_without_any_dictionary_are_refused(model, cohort):
+    assert model.explain_top_k == 0  # no dictionary stored: the registered default is predictions only
+    with pytest.raises(ValueError, match="feature dictionary"):
+        model.predict_frame(cohort[0].head(2), explain_top_k=2)
+    with pytest.raises(ValueError, match="explain_top_k"):
+        model.predict_frame(cohort[0].head(2), explain_top_k=-1)
+
+
+def test_training_refuses_a_dictionary_missing_a_feature(cohort):
+    features, decisions, _ = cohort
+    partial = _dictionary(features).iloc[1:]
+    with pytest.raises(ValueError, match="feature_dictionary"):
+        fit_escalate_model(features, decisions, catalog(), small_config("linear"), dictionary=partial)
+
+
+def test_no_rows_in_no_rows_out_with_reason_columns(explained_model, cohort):
+    out = explained_model.predict_frame(cohort[0].head(0), explain_top_k=1)
+    assert len(out) == 0 and "reason_1_text" in out.columns

@@ -281,3 +281,36 @@ def test_bootstrap_tree_ensemble_coverage_in_generous_band_and_deterministic_acr
     b = BootstrapEnsemble(TLearner(_config(arms)), serial).fit(X, t, y, groups=g)
     np.testing.assert_array_equal(b.predict_interval(X_new)[0], lo)
     assert len(a.members_) == 12
+
+
+@pytest.mark.parametrize("outcome", ["binary", "continuous"])
+@pytest.mark.parametrize("learner", [*TREE_LEARNERS, LinearLearner], ids=lambda c: c.__name__)
+def test_shared_matrix_prediction_equals_each_learner_own_prediction(learner, outcome):
+    """The fast path (one float32 conversion / DMatrix shared by every model of a predict call) gives the
+    learner's own numbers, for every learner kind, and a bootstrap ensemble's draws equal its members'."""
+    from models.intervals import SharedFeatures, shared_outcomes
+
+    arms = ARMS4[:3]
+    X, t, y, g, _ = cohort(150, arms, outcome, seed=21)
+    fitted = learner(_config(arms)).fit(X, t, y, groups=g)
+    frame = fitted._frame(X)
+    shared = SharedFeatures(frame)
+    np.testing.assert_allclose(shared_outcomes(fitted, shared), fitted.predict_outcomes(X), rtol=1e-6, atol=1e-7)
+    ens = BootstrapEnsemble(learner(_config(arms)), IntervalConfig(n_boot=3, seed=2)).fit(X, t, y, groups=g)
+    draws = ens.predict_draws(shared)
+    own = np.stack([m.predict_outcomes(X) for m in ens.members_])
+    np.testing.assert_allclose(draws, own, rtol=1e-6, atol=1e-7)
+    effects = ens.predict_draws(X.iloc[:7], kind="effects")
+    np.testing.assert_allclose(effects, own[:, :7] - own[:, :7, [0]], rtol=1e-6, atol=1e-7)
+
+
+def test_shared_matrix_falls_back_when_columns_differ():
+    """A learner fitted on other columns (or order) than the shared block takes its own, checked path."""
+    from models.intervals import SharedFeatures, shared_outcomes
+
+    arms = ARMS4[:2]
+    X, t, y, g, _ = cohort(120, arms, "binary", seed=22)
+    fitted = TLearner(_config(arms)).fit(X, t, y, groups=g)
+    reordered = fitted._frame(X)[list(reversed(fitted.columns_))]
+    np.testing.assert_allclose(shared_outcomes(fitted, SharedFeatures(reordered)), fitted.predict_outcomes(X),
+                               rtol=1e-6)

@@ -35,15 +35,83 @@ def test_registered_pyfunc_by_alias_matches_the_bundle(trained):
     root, paths, record = trained
     features = pd.read_parquet(paths["features"] / "features.parquet").head(25)
     bundle = joblib.load(paths["train"] / "model" / registry.BUNDLE_FILE)
-    expected = bundle.predict_frame(features)
+    expected = bundle.predict_frame(features, explain_top_k=bundle.explain_top_k)
     pyfunc = registry.load_by_alias("candidate")
     got = pyfunc.predict(features)
+    assert bundle.explain_top_k == 3 and "reason_3_text" in got.columns  # the default output carries reasons
     assert list(got.columns) == list(expected.columns)
     assert len(got) == len(expected) == 25 * len(bundle.catalog.names)
     numeric = expected.select_dtypes("number").columns
     np.testing.assert_allclose(got[numeric].to_numpy(float), expected[numeric].to_numpy(float), equal_nan=True)
     for col in ("decision_id", "option", "eligible", "ineligible_reason", "recommended"):
         assert got[col].tolist() == expected[col].tolist()
+
+
+def test_pyfunc_explain_top_k_param_sets_the_reasons_and_matches_model_reasons(trained):
+    from models.explain import model_reasons
+    from pipeline import registry
+
+    _, paths, _ = trained
+    features = pd.read_parquet(paths["features"] / "features.parquet").head(6)
+    bundle = joblib.load(paths["train"] / "model" / registry.BUNDLE_FILE)
+    pyfunc = registry.load_by_alias("candidate")
+    one = pyfunc.predict(features, params={"explain_top_k": 1})
+    assert "reason_1_text" in one.columns and "reason_2_text" not in one.columns
+    none = pyfunc.predict(features, params={"explain_top_k": 0})
+    assert not any(c.startswith("reason_") for c in none.columns)
+    # the reasons are exactly models.explain.model_reasons with the dictionary stored at train time
+    reasons = model_reasons(bundle, features, bundle.dictionary, 1)
+    merged = one[["row", "option", "reason_1_text", "reason_1_contribution"]].merge(
+        reasons, on=["row", "option"], suffixes=("", "_direct"))
+    assert merged["reason_1_text"].fillna("").tolist() == merged["reason_1_text_direct"].fillna("").tolist()
+    np.testing.assert_allclose(merged["reason_1_contribution"].to_numpy(float),
+                               merged["reason_1_contribution_direct"].to_numpy(float), equal_nan=True)
+    eligible = one["eligible"].astype(bool).to_numpy()
+    assert one.loc[eligible, "reason_1_text"].notna().all()
+    assert one.loc[~eligible, "reason_1_text"].isna().all()
+    # the dose-target text of the dictionary reached the bundle
+    assert "target_text" in bundle.dictionary.columns
+
+
+def test_signature_declares_the_explain_param(trained):
+    import mlflow
+
+    info = mlflow.models.get_model_info("models:/escalate-response@candidate")
+    params = {p.name: p for p in info.signature.params.params}
+    assert params["explain_top_k"].default == 3
+    assert "reason_1_text" in info.signature.outputs.input_names()
+
+
+@pytest.mark.parametrize("params, expected", [
+    (None, 3), ({}, 3), ({"explain_top_k": 0}, 0), ({"explain_top_k": np.int64(5)}, 5), ({"explain_top_k": "2"}, 2),
+])
+def test_explain_top_k_param(params, expected):
+    from pipeline.registry import explain_top_k_param
+
+    assert explain_top_k_param(params, 3) == expected
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "three", None])
+def test_explain_top_k_param_rejects_bad_values(bad):
+    from pipeline.registry import explain_top_k_param
+
+    with pytest.raises(ValueError, match="explain_top_k"):
+        explain_top_k_param({"explain_top_k": bad}, 3)
+
+
+def test_logging_and_loading_raise_no_type_hint_warning(trained, recwarn):
+    from pipeline import registry
+
+    _, paths, _ = trained
+    bundle = joblib.load(paths["train"] / "model" / registry.BUNDLE_FILE)
+    example = registry.deidentified_example(pd.read_parquet(paths["features"] / "features.parquet"),
+                                            key_columns=bundle.contract.keys)
+    import mlflow
+
+    with mlflow.start_run():
+        registry.log_and_register(bundle, paths["train"] / "model" / registry.BUNDLE_FILE, example, alias="test")
+    registry.load_by_alias("test").predict(example)
+    assert not [w for w in recwarn if "Add type hints" in str(w.message)]
 
 
 def test_alias_candidate_points_at_the_run_that_trained(trained):
