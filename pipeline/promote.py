@@ -114,8 +114,22 @@ def run_promote(params_path: Path = Path("params.yaml"), root: Path = ROOT) -> P
 
 def promote_command(
     params: Annotated[Path, typer.Option(help="params.yaml with the promote: section")] = Path("params.yaml"),
+    out: Annotated[Path | None, typer.Option(help="write the decision here as JSON (a DVC output)")] = None,
 ) -> None:
     """Move alias `champion` to the candidate if it beats the champion on held-out decision value and calibration."""
     decision = run_promote(params)
     prefix = "promoted" if decision.promote else "not promoted"
     typer.echo(f"{prefix}: {decision.reason}")
+    if out is not None:
+        from pipeline.io import write_json
+
+        champion = registry_champion_version()
+        write_json({"promoted": decision.promote, "reason": decision.reason, "champion_version": champion}, out)
+
+
+def registry_champion_version() -> str | None:
+    """The model version that holds alias `champion` now, if any."""
+    from pipeline import registry
+
+    found = registry.alias_run_id(registry.CHAMPION)
+    return None if found is None else str(found[0])
