@@ -18,9 +18,16 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.vocabulary import OptionCatalog
-from models.calibration import CalibratedLearner
+from models.calibration import CalibratedLearner, out_of_fold_outcomes
 from models.config import BoosterConfig, CalibrationConfig, IntervalConfig, LearnerConfig, PropensityConfig
-from models.intervals import BootstrapEnsemble, SharedFeatures, shared_outcomes
+from models.intervals import (
+    BootstrapEnsemble,
+    CalibrationBands,
+    SharedFeatures,
+    fit_calibration_bands,
+    shared_outcomes,
+    widen_interval,
+)
 from models.learners import BaseLearner, make_learner
 from models.propensity import PropensityModel, overlap_report
 
@@ -43,6 +50,15 @@ class EligibilityColumns(_Frozen):
     below_target: str = "any_below_target"
 
 
+class IntervalCalibrationConfig(_Frozen):
+    """Widening of binary heads' intervals by the out-of-fold calibration term (`models.intervals.
+    CalibrationBands`): the bootstrap alone reflects variance, not the trees' bias."""
+
+    enabled: bool = True
+    min_bin_patients: int = Field(40, ge=5, description="patients per risk bin (fewer: wider, noisier bins)")
+    max_bins: int = Field(10, ge=1, le=50)
+
+
 class BundleConfig(_Frozen):
     """Training settings of the whole model (the `train:` section of params.yaml)."""
 
@@ -54,6 +70,7 @@ class BundleConfig(_Frozen):
     calibration: CalibrationConfig = CalibrationConfig()
     calibrate: bool = True
     intervals: IntervalConfig = IntervalConfig()
+    interval_calibration: IntervalCalibrationConfig = IntervalCalibrationConfig()
     response_threshold: float = Field(40.0, gt=0, le=100)
     cv_folds: int = Field(5, ge=2, le=20)
     #: an option taken at fewer training decisions than this is not modelled (reported, never predicted).
@@ -114,14 +131,22 @@ class Head:
     """One outcome (response, TIS or safety): the full-data learner (a `CalibratedLearner` for a binary
     outcome) and a patient bootstrap ensemble for intervals; `predict` gives point, low and high (n, arms)."""
 
-    def __init__(self, learner: BaseLearner, ensemble: BootstrapEnsemble | None, level: float) -> None:
+    def __init__(
+        self,
+        learner: BaseLearner,
+        ensemble: BootstrapEnsemble | None,
+        level: float,
+        bands: CalibrationBands | None = None,
+    ) -> None:
         self.learner = learner
         self.ensemble = ensemble
         self.level = level
+        self.bands = bands
 
     def predict(self, X: pd.DataFrame | SharedFeatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Point estimate (full-data learner) and the percentile interval of the bootstrap members (mapped
-        through the same calibration), widened where needed so it always contains the point estimate.
+        through the same calibration), widened where needed so it always contains the point estimate, and —
+        for a binary head with `bands` — widened in quadrature by the out-of-fold calibration term.
 
         Pass a `SharedFeatures` to share one float32 conversion / DMatrix with the other heads."""
         shared = X if isinstance(X, SharedFeatures) else SharedFeatures(X)
@@ -131,14 +156,19 @@ class Head:
         else:
             point = shared_outcomes(learner, shared)
         if self.ensemble is None:
-            return point, point.copy(), point.copy()
-        draws = self.ensemble.predict_draws(shared)
-        if isinstance(learner, CalibratedLearner):  # every member through the calibrators in one call per arm
-            b, n, k = draws.shape
-            draws = learner.calibrate(draws.reshape(b * n, k)).reshape(b, n, k)
-        alpha = (1 - self.level) / 2
-        low, high = np.quantile(draws, [alpha, 1 - alpha], axis=0)
-        return point, np.minimum(low, point), np.maximum(high, point)
+            low, high = point.copy(), point.copy()
+        else:
+            draws = self.ensemble.predict_draws(shared)
+            if isinstance(learner, CalibratedLearner):  # every member through the calibrators, one call per arm
+                b, n, k = draws.shape
+                draws = learner.calibrate(draws.reshape(b * n, k)).reshape(b, n, k)
+            alpha = (1 - self.level) / 2
+            # Weibull plotting positions: with a dozen members interpolated percentiles sit inside the draws
+            low, high = np.quantile(draws, [alpha, 1 - alpha], axis=0, method="weibull")
+            low, high = np.minimum(low, point), np.maximum(high, point)
+        if getattr(self, "bands", None) is not None:
+            low, high = widen_interval(point, low, high, self.bands.half_width(point))  # type: ignore[union-attr]
+        return point, low, high
 
 
 class EscalateModel:
@@ -425,7 +455,19 @@ def _fit_head(
             icfg = cfg.intervals.model_copy(update={"seed": cfg.intervals.seed + seed_offset})
             ensemble = BootstrapEnsemble(make_learner(_KIND[kind], lcfg), icfg)
             ensemble.fit(X, t, y, groups=groups, eligible=eligible)
-    return Head(learner, ensemble, cfg.intervals.level)
+        bands = None
+        if outcome == "binary" and cfg.interval_calibration.enabled:
+            if isinstance(learner, CalibratedLearner):
+                p_oof = learner.calibrate(learner.oof_)  # the out-of-fold rows the calibrators were fitted on
+            else:
+                p_oof = out_of_fold_outcomes(make_learner(_KIND[kind], lcfg), X, t, y, groups=groups,
+                                             eligible=eligible, n_folds=cfg.calibration.n_folds,
+                                             seed=cfg.calibration.seed)
+            ic = cfg.interval_calibration
+            bands = fit_calibration_bands(
+                np.clip(p_oof, 0.0, 1.0), pd.Index(arms).get_indexer(t), y, groups, arms,
+                level=cfg.intervals.level, min_bin_patients=ic.min_bin_patients, max_bins=ic.max_bins)
+    return Head(learner, ensemble, cfg.intervals.level, bands)
 
 
 def fit_escalate_model(

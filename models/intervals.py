@@ -251,3 +251,87 @@ def interval_coverage(
     if not known.any():
         raise ValueError("interval_coverage: no entry has a finite interval and truth")
     return float(inside.sum() / known.sum())
+
+
+class CalibrationBands:
+    """Per-option half-widths of the out-of-fold calibration term, a step function of the predicted risk.
+
+    Fitted on patient-grouped out-of-fold predictions of the option actually taken (never on any truth): in
+    bins of similar predicted risk, the half-width is |observed rate - mean prediction| + z x its standard
+    error (patients as the unit). It is what the outcomes of similar patients who took the option cannot rule
+    out about the prediction's error, a term the percentile bootstrap (variance only) misses.
+    """
+
+    def __init__(self, arms: tuple[str, ...], edges: list[np.ndarray], half: list[np.ndarray]) -> None:
+        self.arms = arms
+        self.edges = edges
+        self.half = half
+
+    def half_width(self, p: np.ndarray) -> np.ndarray:
+        """(n, arms) half-width at each predicted probability (its option's bin)."""
+        p = np.asarray(p, dtype="float64")
+        out = np.empty_like(p)
+        for j in range(len(self.arms)):
+            b = np.searchsorted(self.edges[j], p[:, j], side="right")
+            out[:, j] = self.half[j][np.clip(b, 0, len(self.half[j]) - 1)]
+        return out
+
+    def summary(self) -> dict[str, float]:
+        """Mean half-width per option (for the model card and the run's metrics)."""
+        return {a: float(np.mean(h)) for a, h in zip(self.arms, self.half, strict=True)}
+
+
+def fit_calibration_bands(
+    p_oof: np.ndarray,
+    codes: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    arms: tuple[str, ...],
+    *,
+    level: float,
+    min_bin_patients: int = 40,
+    max_bins: int = 10,
+) -> CalibrationBands:
+    """`CalibrationBands` from (n, arms) out-of-fold (calibrated) probabilities, the option taken (codes), the
+    binary outcome and patient ids: per option, equal-count bins of its factual rows with at least
+    `min_bin_patients` patients each (one bin when the option has fewer)."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    p_oof, codes, y = np.asarray(p_oof, dtype="float64"), np.asarray(codes), np.asarray(y, dtype="float64")
+    _, patient = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    edges: list[np.ndarray] = []
+    half: list[np.ndarray] = []
+    for j, arm in enumerate(arms):
+        rows = np.flatnonzero((codes == j) & np.isfinite(p_oof[:, j]) & np.isfinite(y))
+        if not len(rows):
+            raise ValueError(f"interval calibration: option {arm!r} has no out-of-fold rows (rule: every "
+                             "modelled option was taken at some training decisions)")
+        n_pat = len(np.unique(patient[rows]))
+        n_bins = int(max(1, min(max_bins, n_pat // max(min_bin_patients, 1))))
+        p = p_oof[rows, j]
+        cuts = np.quantile(p, np.linspace(0, 1, n_bins + 1)[1:-1]) if n_bins > 1 else np.empty(0)
+        cuts = np.unique(cuts)
+        b = np.searchsorted(cuts, p, side="right")
+        nb = len(cuts) + 1
+        count = np.bincount(b, minlength=nb).astype("float64")
+        observed = np.bincount(b, weights=y[rows], minlength=nb) / np.maximum(count, 1)
+        predicted = np.bincount(b, weights=p, minlength=nb) / np.maximum(count, 1)
+        # patients, not rows, are the independent unit: a patient's decisions share their unmeasured traits
+        pairs = np.unique(np.column_stack([b, patient[rows]]), axis=0)
+        n_eff = np.maximum(np.bincount(pairs[:, 0], minlength=nb).astype("float64"), 1.0)
+        rate = np.clip(observed, 1.0 / (n_eff + 2), 1 - 1.0 / (n_eff + 2))  # no zero SE from a 0 % or 100 % bin
+        se = np.sqrt(rate * (1 - rate) / n_eff)
+        edges.append(cuts)
+        half.append(np.abs(observed - predicted) + z * se)
+    return CalibrationBands(tuple(arms), edges, half)
+
+
+def widen_interval(
+    point: np.ndarray, low: np.ndarray, high: np.ndarray, extra: np.ndarray, *, upper_bound: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add an independent error term of half-width `extra` to the interval [low, high] around `point` on each
+    side in quadrature (variance of the estimate + calibration error), kept within [0, upper_bound]."""
+    below = np.sqrt(np.maximum(point - low, 0.0) ** 2 + extra**2)
+    above = np.sqrt(np.maximum(high - point, 0.0) ** 2 + extra**2)
+    return np.clip(point - below, 0.0, upper_bound), np.clip(point + above, 0.0, upper_bound)

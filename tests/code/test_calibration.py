@@ -158,3 +158,68 @@ def test_interval_coverage_per_arm_and_errors():
         interval_coverage(upper, lower, truth)
     with pytest.raises(ValueError, match="no entry has a finite interval"):
         interval_coverage(lower, upper, np.full((4, 2), np.nan))
+
+
+def _binary_rows(n_patients: int, seed: int, rows_per: int = 2):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_patients), rows_per).astype(str)
+    p_true = rng.uniform(0.1, 0.9, len(groups))
+    y = (rng.random(len(groups)) < p_true).astype(float)
+    codes = rng.integers(0, 2, len(groups))
+    return p_true, y, codes, groups
+
+
+def test_calibration_bands_grow_with_out_of_fold_bias_and_shrink_with_data():
+    """Calibrated predictions get about z x SE; biased ones get the bias on top; more patients, narrower."""
+    from models.intervals import fit_calibration_bands
+
+    p_true, y, codes, groups = _binary_rows(2000, 1)
+    oof = np.column_stack([p_true, p_true])
+    honest = fit_calibration_bands(oof, codes, y, groups, ("continue", "add_ivig"), level=0.9)
+    biased = fit_calibration_bands(np.column_stack([p_true, np.clip(p_true - 0.15, 0, 1)]), codes, y, groups,
+                                   ("continue", "add_ivig"), level=0.9)
+    h_honest, h_biased = honest.summary(), biased.summary()
+    assert h_honest["continue"] == pytest.approx(h_biased["continue"])
+    assert h_biased["add_ivig"] > h_honest["add_ivig"] + 0.1
+    assert 0.05 < h_honest["add_ivig"] < 0.2  # ~1.645 x sqrt(0.2 / 100 patients) plus noise in the bias
+    p_small, y_small, c_small, g_small = _binary_rows(200, 2)
+    small = fit_calibration_bands(np.column_stack([p_small, p_small]), c_small, y_small, g_small,
+                                  ("continue", "add_ivig"), level=0.9)
+    assert small.summary()["add_ivig"] > h_honest["add_ivig"]
+    narrow = fit_calibration_bands(oof, codes, y, groups, ("continue", "add_ivig"), level=0.5)
+    assert narrow.summary()["add_ivig"] < h_honest["add_ivig"]
+    half = honest.half_width(np.array([[0.2, 0.8], [0.5, 0.5]]))
+    assert half.shape == (2, 2) and (half > 0).all()
+
+
+def test_calibration_bands_count_patients_not_rows():
+    """Ten rows of one patient are not ten independent outcomes: bins use patients for the standard error."""
+    from models.intervals import fit_calibration_bands
+
+    p_true, y, codes, groups = _binary_rows(300, 3, rows_per=1)
+    few = fit_calibration_bands(np.column_stack([p_true, p_true]), codes, y, groups, ("a", "b"), level=0.9)
+    repeated = fit_calibration_bands(np.column_stack([np.repeat(p_true, 5)] * 2), np.repeat(codes, 5),
+                                     np.repeat(y, 5), np.repeat(groups, 5), ("a", "b"), level=0.9)
+    assert repeated.summary()["b"] == pytest.approx(few.summary()["b"], rel=0.35)
+
+
+def test_calibration_bands_refuse_an_option_never_taken():
+    from models.intervals import fit_calibration_bands
+
+    p_true, y, _, groups = _binary_rows(50, 4)
+    with pytest.raises(ValueError, match="'add_ivig' has no out-of-fold rows"):
+        fit_calibration_bands(np.column_stack([p_true, p_true]), np.zeros(len(y), int), y, groups,
+                              ("continue", "add_ivig"), level=0.9)
+
+
+@pytest.mark.parametrize("extra", [0.0, 0.05, 0.3])
+def test_widen_interval_adds_the_term_in_quadrature_within_0_1(extra):
+    from models.intervals import widen_interval
+
+    point = np.array([[0.5, 0.02, 0.97]])
+    low, high = point - np.array([[0.04, 0.01, 0.03]]), point + np.array([[0.03, 0.02, 0.01]])
+    lo, hi = widen_interval(point, low, high, np.full_like(point, extra))
+    assert (lo <= low + 1e-12).all() and (hi >= high - 1e-12).all()
+    assert (lo >= 0).all() and (hi <= 1).all() and (lo <= point).all() and (point <= hi).all()
+    np.testing.assert_allclose(point[0, 0] - lo[0, 0], np.hypot(0.04, extra))
+    np.testing.assert_allclose(hi[0, 0] - point[0, 0], np.hypot(0.03, extra))

@@ -251,3 +251,21 @@ def test_training_refuses_a_dictionary_missing_a_feature(cohort):
 def test_no_rows_in_no_rows_out_with_reason_columns(explained_model, cohort):
     out = explained_model.predict_frame(cohort[0].head(0), explain_top_k=1)
     assert len(out) == 0 and "reason_1_text" in out.columns
+
+
+def test_interval_calibration_term_widens_binary_intervals_only(cohort):
+    """The out-of-fold calibration term widens response and safety intervals (never narrows them), keeps them in
+    [0, 1] around the same point estimates, and leaves TIS intervals as the bootstrap gives them."""
+    features, decisions, _ = cohort
+    with_term = fit_escalate_model(features, decisions, catalog(), small_config())
+    without = fit_escalate_model(features, decisions, catalog(),
+                                 small_config(interval_calibration={"enabled": False}))
+    a, b = with_term.predict_arrays(features), without.predict_arrays(features)
+    for name in ("p_response", "p_safety"):
+        np.testing.assert_allclose(a[name], b[name])
+        assert (a[f"{name}_low"] <= b[f"{name}_low"] + 1e-12).all()
+        assert (a[f"{name}_high"] >= b[f"{name}_high"] - 1e-12).all()
+        assert ((a[f"{name}_high"] - a[f"{name}_low"]).mean() > (b[f"{name}_high"] - b[f"{name}_low"]).mean())
+        assert (a[f"{name}_low"] >= 0).all() and (a[f"{name}_high"] <= 1).all()
+    np.testing.assert_allclose(a["expected_tis_low"], b["expected_tis_low"])
+    assert with_term.heads["tis"].bands is None and with_term.heads["response"].bands is not None
