@@ -171,6 +171,18 @@ class Head:
         return point, low, high
 
 
+def interval_meaning(config: BundleConfig) -> str:
+    """What a per-option interval means, in words for the model card and the clinician page."""
+    level = round(100 * config.intervals.level)
+    text = (f"{level} % interval of the estimated chance: the spread of {config.intervals.n_boot} refits on "
+            "patients drawn with replacement (sampling uncertainty)")
+    if config.interval_calibration.enabled:
+        text += (", widened by how far the out-of-fold predictions of patients with a similar predicted chance "
+                 "who took that option missed their observed response rate (plus that rate's uncertainty)")
+    return text + (". It does not cover unmeasured confounding, and for an option rarely given to patients like "
+                   "this one it can still be too narrow.")
+
+
 class EscalateModel:
     """The fitted bundle. `predict_frame(features)` returns one row per input row x option."""
 
@@ -606,6 +618,9 @@ def fit_escalate_model(
         "unlabelled_rows": {k: int(in_arms.sum()) - v for k, v in labelled.items()},
         "response_rate": float(np.nanmean(response[in_arms])) if in_arms.any() else float("nan"),
         "eligibility_source": source,
+        "interval_meaning": interval_meaning(cfg),
+        "interval_calibration": {name: heads[name].bands.summary() for name in heads  # type: ignore[union-attr]
+                                 if heads[name].bands is not None},
         "overlap": overlap.reset_index().to_dict(orient="records"),
     }
     return EscalateModel(

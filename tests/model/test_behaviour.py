@@ -269,3 +269,11 @@ def test_interval_calibration_term_widens_binary_intervals_only(cohort):
         assert (a[f"{name}_low"] >= 0).all() and (a[f"{name}_high"] <= 1).all()
     np.testing.assert_allclose(a["expected_tis_low"], b["expected_tis_low"])
     assert with_term.heads["tis"].bands is None and with_term.heads["response"].bands is not None
+
+
+def test_the_model_says_what_its_interval_means(model):
+    meaning = model.summary["interval_meaning"]
+    assert "90 %" in meaning and "bootstrap" not in meaning.lower() or "refits" in meaning
+    assert "out-of-fold" in meaning and "unmeasured confounding" in meaning
+    bands = model.summary["interval_calibration"]
+    assert set(bands) == {"response", "safety"} and all(v > 0 for v in bands["response"].values())
