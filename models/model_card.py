@@ -24,6 +24,7 @@ class ModelCardInputs(BaseModel):
     model_version: str | None = None
     learner: str
     response_threshold: float
+    interval_meaning: str = "intervals from a patient-level bootstrap ensemble"
     horizon_weeks: int | None = None
     data_source: str
     n_train_patients: int
@@ -108,8 +109,8 @@ def build_model_card(inputs: ModelCardInputs) -> str:
         "",
         "## Model",
         f"- Outcome learner: `{i.learner}` (per-option outcome model on XGBoost unless linear); probabilities "
-        "recalibrated on patient-grouped out-of-fold predictions; intervals from a patient-level bootstrap "
-        "ensemble.",
+        "recalibrated on patient-grouped out-of-fold predictions.",
+        f"- Intervals: {i.interval_meaning}",
         "- A propensity model of the option clinicians chose gives overlap diagnostics and the doubly robust "
         "decision value.",
         "",

@@ -60,7 +60,7 @@ def run_evaluate(
     import matplotlib.pyplot as plt
 
     from models import plots
-    from models.bundle import evaluate_bundle
+    from models.bundle import evaluate_bundle, interval_meaning
     from models.evaluation import EvaluationConfig
     from models.model_card import ModelCardInputs, build_model_card
     from pipeline import registry
@@ -120,6 +120,7 @@ def run_evaluate(
         model_version=str(run.get("model_version")),
         learner=model.config.learner,
         response_threshold=model.config.response_threshold,
+        interval_meaning=interval_meaning(model.config),
         horizon_weeks=(params.get("labels") or {}).get("horizon_weeks"),
         data_source="literature-calibrated simulated cohort" if truth else f"contract tables in {params.get('data', {}).get('dir')}",
         n_train_patients=int(n_train["n_patients"]),

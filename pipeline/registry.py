@@ -111,18 +111,28 @@ def explain_top_k_param(params: Mapping[str, Any] | None, default: int) -> int:
 
 
 def deidentified_example(features: pd.DataFrame, n_rows: int = 5, key_columns: Iterable[str] = ()) -> pd.DataFrame:
-    """The first rows of `features` with identifiers replaced by synthetic ids (`example-patient-1`, ...) and
-    dates by a fixed synthetic date, for the model's input example (a text artifact anyone can read)."""
-    example = features.head(n_rows).copy().reset_index(drop=True)
-    for col in key_columns:
-        if col not in example.columns:
+    """A synthetic input example built from aggregates only, for the model's input example (a text artifact anyone
+    can read): row i holds each feature's i-th evenly spaced quantile over all rows (no single patient's record),
+    identifiers are synthetic (`example-patient-1`, ...) and dates a fixed synthetic date. Integer features are
+    written as floats so the signature accepts missing values at inference."""
+    n = max(1, min(n_rows, len(features)))
+    keys = [c for c in key_columns if c in features.columns]
+    example = features.head(n).copy().reset_index(drop=True)
+    quantiles = [0.5] if n == 1 else [i / (n - 1) for i in range(n)]
+    for col in example.columns:
+        if col in keys:
             continue
+        values = features[col]
+        if pd.api.types.is_bool_dtype(values):
+            example[col] = bool(values.mean() >= 0.5)
+        elif pd.api.types.is_numeric_dtype(values):
+            example[col] = values.astype(float).quantile(quantiles, interpolation="nearest").to_numpy()
+    for col in keys:
         if pd.api.types.is_datetime64_any_dtype(example[col]):
             example[col] = pd.Series(pd.Timestamp("1900-01-01"), index=example.index).astype(example[col].dtype)
         else:
-            codes, _ = pd.factorize(example[col].astype(str))
             stem = col.removesuffix("_id")
-            example[col] = [f"example-{stem}-{c + 1}" for c in codes]
+            example[col] = [f"example-{stem}-{i + 1}" for i in range(n)]
     return example
 
 

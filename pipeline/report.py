@@ -779,6 +779,7 @@ def build_patient_page(
     from features.build import build_features
     from features.vocabulary import OptionCatalog, Vocabulary
     from models import explain as E
+    from models.bundle import interval_meaning
     from pipeline.config import load_reference
 
     vocabulary = Vocabulary.from_config(load_reference("drugs"))
@@ -806,7 +807,6 @@ def build_patient_page(
     summary = model.summary if isinstance(model.summary, dict) else {}
     cfg = model.config
     counts = summary.get("option_counts", {}) if isinstance(summary.get("option_counts"), dict) else {}
-    level = round(100 * evidence.interval_level)
     calibrated = (f"probabilities recalibrated per option ({cfg.calibration.method})" if cfg.calibrate
                   else "probabilities not recalibrated")
     model_facts = (
@@ -817,8 +817,8 @@ def build_patient_page(
                        "patients with refractory myositis (simulated, literature-calibrated cohort by default)"),
         ("outcome", f"response = ACR/EULAR 2016 total improvement score ≥ {evidence.response_threshold:g} "
                     f"(moderate improvement) at {evidence.horizon_weeks} weeks"),
-        ("method", f"{cfg.learner.replace('_', '-')} on gradient-boosted trees; {calibrated}; "
-                   f"{level} % intervals from a patient bootstrap ({cfg.intervals.n_boot} refits)"),
+        ("method", f"{cfg.learner.replace('_', '-')} on gradient-boosted trees; {calibrated}"),
+        ("intervals", interval_meaning(cfg)),
         ("options modelled", ", ".join(labels.get(a, a) for a in model.arms)),
         ("training decisions per option", ", ".join(f"{labels.get(o, o)} {int(counts[o])}"
                                                     for o in catalog.names if o in counts) or "not recorded"),

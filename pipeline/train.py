@@ -29,7 +29,12 @@ def bundle_config(params: dict[str, Any]) -> Any:
     """`BundleConfig` from the `train:` section; every seed not set there defaults to the top-level `seed`."""
     from models.bundle import BundleConfig
 
+    from features.response import response_threshold
+
     section = dict(params.get("train") or {})
+    # One definition of response for labels and models: the `labels:` category (adult threshold).
+    category = (params.get("labels") or {}).get("response_category", "moderate")
+    section.setdefault("response_threshold", response_threshold(category))
     seed = int(params.get("seed", 20261125))
     section.setdefault("seed", seed)
     for key in ("booster", "calibration", "intervals"):

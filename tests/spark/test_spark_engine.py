@@ -23,7 +23,7 @@ pytestmark = pytest.mark.spark
 def world(tmp_path_factory: pytest.TempPathFactory):
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    w = build_world(tmp_path_factory.mktemp("spark-world"), n_patients=24, seed=9)
+    w = build_world(tmp_path_factory.mktemp("spark-world"), n_patients=30, seed=5)
     yield w
     if previous is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
