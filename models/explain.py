@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -394,6 +395,30 @@ class FeatureGroups:
         """(n, p) per-column contributions -> (n, g) per clinical feature (sums, so additivity is kept)."""
         return np.asarray(values, dtype="float64") @ self.membership
 
+    @cached_property
+    def member_table(self) -> np.ndarray:
+        """(groups, largest group size) member column indices in column order, padded with -1."""
+        counts = np.bincount(self.column_group, minlength=len(self.groups))
+        table = np.full((len(self.groups), max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
+        by_group = np.argsort(self.column_group, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = np.arange(len(by_group)) - np.repeat(starts, counts)
+        table[self.column_group[by_group], slot] = by_group
+        return table
+
+    @cached_property
+    def is_option_group(self) -> np.ndarray:
+        """(groups,) True for the S-learner's option pseudo-feature."""
+        return np.asarray([g == OPTION_GROUP for g in self.groups], dtype=bool)
+
+    @cached_property
+    def column_formats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per column, computed once: unit format kind (int8), the text after the number and the text before
+        it ("latest CDASI activity = "): the templates every worded reason is filled from."""
+        kinds, suffixes = _unit_formats(self.column_units)
+        prefixes = np.asarray([f"{label} = " for label in self.column_labels] or [""], dtype=object)
+        return kinds, suffixes, prefixes[: len(self.column_labels)]
+
 
 DICTIONARY_COLUMNS = ("feature", "clinical_feature", "label", "unit")
 
@@ -462,45 +487,81 @@ def feature_groups(columns: Sequence[str], dictionary: pd.DataFrame) -> FeatureG
     )
 
 
+#: units that mark a yes/no indicator (compared lower-case).
+FLAG_UNITS = frozenset({"0/1", "flag", "yes/no", "boolean", "bool", "indicator"})
+_PLAIN, _FLAG, _FRACTION = 0, 1, 2
+
+
+def _unit_format(unit: str) -> tuple[int, str]:
+    """How a value in `unit` is worded: (kind, text after the number). Fractions of target read as '%'
+    ('fraction of target' -> '% of target'), flags as yes/no, anything else as number + ' ' + unit."""
+    lower = unit.lower()
+    if "fraction" in lower:
+        return _FRACTION, " " + unit.replace("fraction of", "% of").replace("fraction", "%")
+    if lower in FLAG_UNITS:
+        return _FLAG, ""
+    return _PLAIN, "" if unit == "" else " " + unit
+
+
+def _unit_formats(units: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit: the format kind (int8) and the suffix (object) from `_unit_format`."""
+    pairs = [_unit_format(u) for u in units]
+    kinds = np.fromiter((k for k, _ in pairs), dtype=np.int8, count=len(pairs))
+    return kinds, np.asarray([s for _, s in pairs] or [""], dtype=object)[: len(pairs)]
+
+
+def _format_unique(x: np.ndarray, template: str) -> np.ndarray:
+    """`template % value` for every value, formatting each distinct value once (object array)."""
+    if len(x) == 0:
+        return np.empty(0, dtype=object)
+    uniq, inverse = np.unique(x, return_inverse=True)
+    return np.asarray([template % u for u in uniq.tolist()], dtype=object)[inverse.ravel()]
+
+
+def _value_text(v: np.ndarray, kind: np.ndarray, suffix: np.ndarray) -> np.ndarray:
+    """Patient values as words from each cell's unit format (kind, suffix): see `format_value`."""
+    out = np.empty(len(v), dtype=object)
+    missing = np.isnan(v)
+    out[missing] = "not recorded"
+    flag = (kind == _FLAG) & ~missing
+    out[flag] = np.where(v[flag] > 0.5, "yes", "no")
+    for mask, integer in (((kind == _FRACTION) & ~missing, True), ((kind == _PLAIN) & ~missing, False)):
+        if mask.any():
+            number = _fmt(v[mask] * 100 if integer else v[mask], integer=integer)
+            out[mask] = [a + b for a, b in zip(number.tolist(), suffix[mask].tolist(), strict=True)]
+    return out
+
+
 def format_value(values: np.ndarray, units: np.ndarray) -> np.ndarray:
     """The patient's value as a clinician reads it: fractions of target as %, flags as yes/no, missing as
     'not recorded', numbers to 3 significant figures with their unit."""
     v = np.asarray(values, dtype="float64")
     u = np.asarray(units, dtype=object).astype(str)
-    out = np.empty(len(v), dtype=object)
-    missing = np.isnan(v)
-    flag = np.isin(np.char.lower(u.astype("U")), ["0/1", "flag", "yes/no", "boolean", "bool", "indicator"])
-    fraction = np.char.find(np.char.lower(u.astype("U")), "fraction") >= 0
-    pct = (np.char.find(np.char.lower(u.astype("U")), "% of") >= 0) & ~fraction
-    rest = ~(missing | flag | fraction)
-    out[missing] = "not recorded"
-    out[flag & ~missing] = np.where(v[flag & ~missing] > 0.5, "yes", "no")
-    fm = fraction & ~missing
-    if fm.any():
-        suffix = np.char.replace(np.char.replace(u[fm].astype("U"), "fraction of", "% of"), "fraction", "%")
-        out[fm] = np.char.add(np.char.add(_fmt(v[fm] * 100, integer=True), " "), suffix)
-    if rest.any():
-        unit_txt = np.where((u[rest] == "") | pct[rest], u[rest], np.char.add(" ", u[rest].astype("U")))
-        unit_txt = np.where(pct[rest], np.char.add(" ", u[rest].astype("U")), unit_txt)
-        out[rest] = np.char.add(_fmt(v[rest]), unit_txt.astype("U"))
-    return out
+    distinct, inverse = np.unique(u, return_inverse=True)
+    kinds, suffixes = _unit_formats(distinct.tolist())
+    return _value_text(v, kinds[inverse.ravel()], suffixes[inverse.ravel()])
 
 
 def _fmt(v: np.ndarray, *, integer: bool = False) -> np.ndarray:
-    """Numbers for reading: integers without decimals, else up to 3 significant figures."""
+    """Numbers for reading (object array of str): integers without decimals, else up to 3 significant figures;
+    each distinct number is formatted once."""
     if integer:
-        return np.char.mod("%d", np.round(v).astype(np.int64))
+        return _format_unique(np.round(v).astype(np.int64), "%d")
     r = np.where(np.abs(v) >= 100, np.round(v), np.round(v, 1))
     whole = np.isclose(r, np.round(r))
-    return np.where(whole, np.char.mod("%d", np.round(r).astype(np.int64)), np.char.mod("%.3g", v))
+    out = np.empty(len(v), dtype=object)
+    out[whole] = _format_unique(np.round(r[whole]).astype(np.int64), "%d")
+    out[~whole] = _format_unique(v[~whole], "%.3g")
+    return out
 
 
 def format_points(points: np.ndarray) -> np.ndarray:
     """Probability points as '+6 in 100' / '−6 in 100' (a true minus sign); '<1 in 100' when it rounds to 0."""
-    p = np.round(np.asarray(points, dtype="float64") * 100).astype(np.int64)
-    body = np.char.mod("%d in 100", np.abs(p))
-    signed = np.where(p > 0, np.char.add("+", body), np.char.add("\u2212", body))
-    tiny = np.where(np.asarray(points) >= 0, "+<1 in 100", "\u2212<1 in 100")
+    x = np.asarray(points, dtype="float64")
+    p = np.round(x * 100).astype(np.int64)
+    body = _format_unique(np.abs(p), "%d in 100")
+    signed = np.where(p > 0, "+", "\u2212").astype(object) + body
+    tiny = np.where(x >= 0, "+<1 in 100", "\u2212<1 in 100")
     return np.where(p == 0, tiny, signed)
 
 
@@ -521,6 +582,93 @@ def grouped_frame(
     return frame.iloc[order].reset_index(drop=True)
 
 
+def _top_k(grouped: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) column indices of the k largest |values| per row, largest first; ties go to the lower index and
+    NaN comes last, exactly as a stable argsort of -|values| (k argmax passes: O(n g k), no full sort)."""
+    key = np.abs(grouped)
+    key[np.isnan(key)] = -1.0
+    rows = np.arange(len(key))
+    order = np.empty((len(key), k), dtype=np.int64)
+    for i in range(k):
+        order[:, i] = j = key.argmax(axis=1)
+        key[rows, j] = -2.0
+    return order
+
+
+def _choose(
+    shap: Shap, groups: FeatureGroups, k: int, points: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top-k reasons of every row as numbers, before any wording: (n, k) clinical-feature (group) index,
+    the member column whose value is shown, and the group's contribution (probability points or the outcome's
+    units). Grouped SHAP is one product with the 0/1 membership matrix."""
+    pts = shap.points() if points is None else points
+    grouped = groups.group(pts)
+    order = _top_k(grouped, min(k, grouped.shape[1]))
+    contrib = np.take_along_axis(grouped, order, axis=1)
+    # Within a group, the member column that moved the prediction most gives the value shown (first on ties).
+    col_pts = np.abs(pts)
+    rows = np.arange(len(pts))
+    table = groups.member_table  # (g, largest group size), padded with -1
+    best = np.empty_like(order)
+    for i in range(order.shape[1]):
+        cand = table[order[:, i]]
+        moved = np.where(cand >= 0, col_pts[rows[:, None], np.maximum(cand, 0)], -1.0)
+        best[:, i] = cand[rows, np.argmax(moved, axis=1)]
+    return order, best, contrib
+
+
+def _effect_tails(contrib: np.ndarray, probability_scale: bool, suffix: str) -> np.ndarray:
+    """' → +6 in 100' (`format_points`; ' → +1.2' in the outcome's own units) plus `suffix`, per cell (object);
+    each distinct effect is worded once."""
+    flat = np.asarray(contrib, dtype="float64").ravel()
+    arrow = " \u2192 "
+    if not probability_scale:
+        return _format_unique(flat, f"{arrow}%+.3g{suffix.replace('%', '%%')}")
+    p = np.round(flat * 100).astype(np.int64)
+    uniq, inverse = np.unique(p, return_inverse=True)
+    words = [
+        f"{arrow}{'+' if positive else chr(0x2212)}{size} in 100{suffix}"
+        for positive, size in zip((uniq > 0).tolist(), np.abs(uniq).tolist(), strict=True)
+    ]
+    out = np.asarray(words, dtype=object)[inverse.ravel()]
+    zero = p == 0
+    out[zero] = np.where(flat[zero] >= 0, f"{arrow}+<1 in 100{suffix}", f"{arrow}\u2212<1 in 100{suffix}")
+    return out
+
+
+def _facts(values: np.ndarray, groups: FeatureGroups, cells: np.ndarray) -> np.ndarray:
+    """'latest CDASI activity = 28 score (0-100)' for flat cell ids (row * columns + column), each distinct
+    cell worded once (object array aligned with `cells`)."""
+    uniq, inverse = np.unique(cells, return_inverse=True)
+    p = len(groups.columns)
+    rows, cols = np.divmod(uniq, p)
+    if values.shape[1]:
+        v = values[rows, np.minimum(cols, values.shape[1] - 1)]
+        v[cols >= values.shape[1]] = np.nan  # option columns (not in X)
+    else:
+        v = np.full(len(uniq), np.nan)
+    kinds, suffixes, prefixes = groups.column_formats
+    text = _value_text(v, kinds[cols], suffixes[cols])
+    words = [a + b for a, b in zip(prefixes[cols].tolist(), text.tolist(), strict=True)]
+    return np.asarray(words, dtype=object)[inverse.ravel()]
+
+
+def _reason_texts(
+    facts: np.ndarray, tails: np.ndarray, is_option: np.ndarray, option: str
+) -> np.ndarray:
+    """Fact + effect per cell; the S-learner's option group reads 'option: add ivig'."""
+    facts = np.where(is_option, f"option: {option}", facts)
+    return np.asarray([a + b for a, b in zip(facts.tolist(), tails.tolist(), strict=True)], dtype=object)
+
+
+def _feature_values(X: pd.DataFrame, groups: FeatureGroups) -> np.ndarray:
+    """X's model feature columns (the S-learner's option columns come last and are not in X) as float64."""
+    m = _n_feature_cols(groups)
+    if not m:
+        return np.empty((len(X), 0))
+    return X[list(groups.columns[:m])].to_numpy(dtype="float64", na_value=np.nan)
+
+
 def top_reasons(
     shap: Shap,
     X: pd.DataFrame,
@@ -537,43 +685,19 @@ def top_reasons(
     n = len(X)
     if shap.values.shape[0] != n:
         raise ValueError(f"explanation has {shap.values.shape[0]} rows but X has {n} (rule: same rows)")
-    pts = shap.points() if points is None else points
-    grouped = groups.group(pts)  # (n, g)
-    k_eff = min(k, grouped.shape[1])
-    order = np.argsort(-np.abs(grouped), axis=1, kind="stable")[:, :k_eff]
-    values_all = (
-        X[list(groups.columns[: _n_feature_cols(groups)])].to_numpy(dtype="float64", na_value=np.nan)
-        if _n_feature_cols(groups)
-        else np.empty((n, 0))
-    )
-    # Within a group, the member column that moved the prediction most gives the value shown.
-    col_pts = np.abs(pts)
+    order, best, contrib = _choose(shap, groups, k, points)
+    k_eff = order.shape[1]
+    cells = (np.arange(n)[:, None] * len(groups.columns) + best).ravel()
+    is_option = groups.is_option_group[order].ravel()
+    tails = _effect_tails(contrib, shap.scale in ("log_odds", "probability"), suffix)
+    text = _reason_texts(_facts(_feature_values(X, groups), groups, cells), tails, is_option, shap.option)
+    text = text.reshape(n, k_eff)
+    names = np.asarray(groups.groups, dtype=object)[order]
     out: dict[str, np.ndarray] = {}
-    probability_scale = shap.scale in ("log_odds", "probability")
     for i in range(k_eff):
-        g = order[:, i]
-        contrib = grouped[np.arange(n), g]
-        member_mask = groups.column_group[None, :] == g[:, None]  # (n, p)
-        best_col = np.argmax(np.where(member_mask, col_pts, -1.0), axis=1)
-        is_option = np.asarray(groups.groups, dtype=object)[g] == OPTION_GROUP
-        labels = np.asarray(groups.column_labels, dtype=object)[best_col]
-        units = np.asarray(groups.column_units, dtype=object)[best_col]
-        safe_col = np.minimum(best_col, max(values_all.shape[1] - 1, 0))
-        vals = values_all[np.arange(n), safe_col] if values_all.shape[1] else np.full(n, np.nan)
-        vals = np.where(is_option, np.nan, vals)
-        value_txt = format_value(vals, units)
-        fact = np.where(
-            is_option,
-            np.char.add("option: ", np.asarray(shap.option, dtype="U")).astype(object),
-            np.char.add(np.char.add(labels.astype("U"), " = "), value_txt.astype("U")).astype(object),
-        )
-        effect = format_points(contrib) if probability_scale else np.char.mod("%+.3g", contrib)
-        text = np.char.add(np.char.add(fact.astype("U"), " \u2192 "), effect.astype("U"))
-        if suffix:
-            text = np.char.add(text, suffix)
-        out[f"{prefix}_{i + 1}_feature"] = np.asarray(groups.groups, dtype=object)[g]
-        out[f"{prefix}_{i + 1}_text"] = text.astype(object)
-        out[f"{prefix}_{i + 1}_contribution"] = contrib
+        out[f"{prefix}_{i + 1}_feature"] = names[:, i]
+        out[f"{prefix}_{i + 1}_text"] = text[:, i]
+        out[f"{prefix}_{i + 1}_contribution"] = contrib[:, i]
     return pd.DataFrame(out, index=X.index)
 
 
@@ -598,55 +722,90 @@ def reasons_frame(
     """Top-k reasons for every row x option, long (row, option, reason_i_*, contrast_reason_i_*): what the
     bundle's `predict_frame(..., explain_top_k=k)` appends so the batch job and the page show the same numbers.
 
-    `row` is the 0-based position in X. Ineligible options (per `eligible`, columns = options) get empty
-    reasons; the control option has no contrast reasons.
+    `row` is the 0-based position in X; rows in X order, options in the explanations' arm order. Ineligible
+    options (per `eligible`, columns = options) get empty reasons (None / NaN); the control option has no
+    contrast reasons (NaN). Reasons are chosen as indices for every option first, then each distinct
+    (row, column) fact is worded once for all options and targets.
     """
     if k < 1:
         raise ValueError(f"explain_top_k={k} (rule: at least 1)")
     options = [o for o in explanations.arms if ("response", o) in explanations.items]
-    elig = _eligible_matrix(eligible, options, len(X))
+    n, n_opt = len(X), len(options)
+    elig = _eligible_matrix(eligible, options, n)
     any_shap = next(iter(explanations.items.values()))
-    groups = feature_groups(any_shap.columns, dictionary)
-    pieces = []
-    resp_cols = reason_columns(k)
-    con_cols = reason_columns(k, "contrast_reason")
+    groups_of = {any_shap.columns: feature_groups(any_shap.columns, dictionary)}
+    versus = f" vs {explanations.control.replace('_', ' ')}"
+
+    # 1. choose: indices and numbers for every (option, target), no strings yet
+    chosen = []  # (option index, column prefix, groups, order, best, contrib, tails)
     for j, option in enumerate(options):
         resp = explanations.items[("response", option)]
-        frame = top_reasons(
-            resp, X, groups if resp.columns == groups.columns else feature_groups(resp.columns, dictionary), k
-        )
-        frame = frame.reindex(columns=resp_cols)
         con = explanations.get("contrast", option)
+        targets = [("reason", resp, None, "")]
         if con is not None:
-            g2 = groups if con.columns == groups.columns else feature_groups(con.columns, dictionary)
-            cframe = top_reasons(
-                con,
-                X,
-                g2,
-                k,
-                points=contrast_points(con),
-                prefix="contrast_reason",
-                suffix=f" vs {explanations.control.replace('_', ' ')}",
+            targets.append(("contrast_reason", con, contrast_points(con), versus))
+        for prefix, shap, points, suffix in targets:
+            if shap.values.shape[0] != n:
+                raise ValueError(f"explanation has {shap.values.shape[0]} rows but X has {n} (rule: same rows)")
+            if shap.columns not in groups_of:
+                groups_of[shap.columns] = feature_groups(shap.columns, dictionary)
+            groups = groups_of[shap.columns]
+            order, best, contrib = _choose(shap, groups, k, points)
+            tails = _effect_tails(contrib, shap.scale in ("log_odds", "probability"), suffix)
+            chosen.append((j, prefix, groups, order, best, contrib, tails))
+
+    # 2. word each distinct (row, column) fact once per model column set
+    facts: dict[tuple[str, ...], np.ndarray] = {}
+    for columns, groups in groups_of.items():
+        mine = [c for c in chosen if c[2] is groups]
+        if mine:
+            cells = np.concatenate(
+                [(np.arange(n)[:, None] * len(columns) + c[4]).ravel() for c in mine]
             )
-            frame = pd.concat([frame, cframe.reindex(columns=con_cols)], axis=1)
+            facts[columns] = _facts(_feature_values(X, groups), groups, cells)
+
+    # 3. fill (n, options) grids per output column, raveled row-major: rows in X order, options in arm order
+    grids: dict[str, np.ndarray] = {}
+    for name in [*reason_columns(k), *reason_columns(k, "contrast_reason")]:
+        dtype = "float64" if name.endswith("_contribution") else object
+        grids[name] = np.full((n, n_opt), np.nan, dtype=dtype)
+    offsets = dict.fromkeys(facts, 0)
+    produced: dict[str, set[int]] = {name: set() for name in grids}
+    for j, prefix, groups, order, _best, contrib, tails in chosen:
+        size = order.size
+        start = offsets[groups.columns]
+        offsets[groups.columns] = start + size
+        fact = facts[groups.columns][start : start + size]
+        is_option = groups.is_option_group[order].ravel()
+        text = _reason_texts(fact, tails, is_option, options[j]).reshape(order.shape)
+        names = np.asarray(groups.groups, dtype=object)[order]
+        for i in range(order.shape[1]):
+            grids[f"{prefix}_{i + 1}_feature"][:, j] = names[:, i]
+            grids[f"{prefix}_{i + 1}_text"][:, j] = text[:, i]
+            grids[f"{prefix}_{i + 1}_contribution"][:, j] = contrib[:, i]
+            for part in ("feature", "text"):
+                produced[f"{prefix}_{i + 1}_{part}"].add(j)
+    ineligible = ~elig
+    out: dict[str, pd.Series | np.ndarray] = {
+        "row": np.repeat(np.arange(n, dtype=np.int64), n_opt),
+        "option": pd.Series(np.tile(np.asarray(options, dtype=object), n), dtype="str"),
+    }
+    masked = ineligible.any(axis=0)
+    for name, grid in grids.items():
+        if grid.dtype != object:
+            grid[ineligible] = np.nan
+            out[name] = grid.ravel()
+            continue
+        grid[ineligible] = None
+        # dtypes as a concat of per-option frames gives: text where every option filled every row, all-NaN
+        # floats where none did (k above the number of clinical features), else object with None/NaN gaps
+        if not masked.any() and len(produced[name]) == n_opt:
+            out[name] = pd.Series(grid.ravel(), dtype="str")
+        elif not masked.any() and not produced[name]:
+            out[name] = np.full(n * n_opt, np.nan)
         else:
-            frame = frame.reindex(columns=[*resp_cols, *con_cols])
-        frame = frame.reset_index(drop=True)
-        mask = ~elig[:, j]
-        if mask.any():
-            for col in frame.columns:
-                if col.endswith("_contribution"):
-                    frame[col] = frame[col].astype("float64").where(~mask)
-                else:
-                    frame[col] = frame[col].astype(object).where(~mask, None)
-        frame.insert(0, "option", option)
-        frame.insert(0, "row", np.arange(len(X)))
-        pieces.append(frame)
-    out = pd.concat(pieces, ignore_index=True)
-    order = np.lexsort(
-        (out["option"].map({o: i for i, o in enumerate(options)}).to_numpy(), out["row"].to_numpy())
-    )
-    return out.iloc[order].reset_index(drop=True)
+            out[name] = pd.Series(grid.ravel(), dtype=object)
+    return pd.DataFrame(out)
 
 
 def _eligible_matrix(eligible: pd.DataFrame | np.ndarray | None, options: list[str], n: int) -> np.ndarray:
