@@ -285,3 +285,71 @@ def test_tree_shap_rejects_multiclass_models():
     model = xgb.XGBClassifier(n_estimators=3, max_depth=2, n_jobs=1).fit(X, np.arange(60) % 3)
     with pytest.raises(ValueError, match="multi-class"):
         E.tree_shap(model, X)
+
+
+@pytest.mark.parametrize("kind", ["t", "s", "dr", "linear"])
+def test_batch_reasons_are_the_per_option_reasons(kind, fitted, cohort):
+    """The batch table (facts worded once for all options) says, row by row, exactly what each option's own
+    explanation says: no fact is attached to another row, option or target."""
+    X, _, _, dictionary = cohort
+    ex = E.explain(X, fitted[kind], safety=fitted["s"])
+    eligible = np.ones((len(X), len(ARMS)), dtype=bool)
+    eligible[1::3, 2] = False
+    reasons = E.reasons_frame(ex, X, dictionary, k=2, eligible=eligible)
+    for j, option in enumerate(ARMS):
+        mine = reasons[reasons.option == option].set_index("row")
+        resp = ex.get("response", option)
+        alone = E.top_reasons(resp, X, E.feature_groups(resp.columns, dictionary), 2)
+        on = eligible[:, j]
+        pd.testing.assert_frame_equal(
+            mine.loc[on, alone.columns], alone[on].rename_axis("row"), check_dtype=False
+        )
+        assert mine.loc[~on, [*E.reason_columns(2), *E.reason_columns(2, "contrast_reason")]].isna().all().all()
+        con = ex.get("contrast", option)
+        if con is not None:
+            alone_c = E.top_reasons(con, X, E.feature_groups(con.columns, dictionary), 2,
+                                    points=E.contrast_points(con), prefix="contrast_reason", suffix=" vs continue")
+            pd.testing.assert_frame_equal(
+                mine.loc[on, alone_c.columns], alone_c[on].rename_axis("row"), check_dtype=False
+            )
+
+
+def _hand_shap(values: np.ndarray, columns: tuple[str, ...], scale: str = "value") -> E.Shap:
+    base = np.zeros(len(values))
+    return E.Shap("response", "add_ivig", scale, columns, values, base, values.sum(axis=1))
+
+
+def test_reasons_rank_by_size_ties_to_the_earlier_feature_and_show_the_member_that_moved_most():
+    columns = ("cdasi", "mmt8", "ck_latest", "ck_slope", "anti_mda5")
+    dictionary = pd.DataFrame({
+        "feature": list(columns),
+        "clinical_feature": ["CDASI", "MMT-8", "CK", "CK", "antibodies"],
+        "label": ["CDASI activity", "MMT-8", "latest CK", "CK slope", "anti-MDA5"],
+        "unit": ["score (0-100)", "score (0-150)", "U/L", "U/L per month", "0/1"],
+    })
+    groups = E.feature_groups(columns, dictionary)
+    X = pd.DataFrame([[28.0, 120.0, 1450.0, -3.5, 1.0], [12.0, np.nan, 300.0, 20.0, 0.0]], columns=list(columns))
+    values = np.array([
+        [0.5, -0.5, 0.1, -0.3, 0.0],  # CDASI and MMT-8 tie at |0.5|: CDASI (earlier) first; CK nets -0.2
+        [0.0, 1.5, 0.05, 0.2, -0.25],  # CK (+0.25) and anti-MDA5 (-0.25) tie: CK (earlier) first
+    ])
+    out = E.top_reasons(_hand_shap(values, columns), X, groups, 4)
+    assert out.loc[0, ["reason_1_feature", "reason_2_feature", "reason_3_feature", "reason_4_feature"]].tolist() == [
+        "CDASI", "MMT-8", "CK", "antibodies"]
+    assert out.loc[0, "reason_3_text"] == "CK slope = -3.5 U/L per month → -0.2"  # slope moved CK most
+    assert out.loc[0, "reason_4_text"] == "anti-MDA5 = yes → +0"
+    assert out.loc[1, ["reason_1_feature", "reason_2_feature", "reason_3_feature", "reason_4_feature"]].tolist() == [
+        "MMT-8", "CK", "antibodies", "CDASI"]
+    assert out.loc[1, "reason_1_text"] == "MMT-8 = not recorded → +1.5"
+    assert out.loc[1, "reason_2_text"] == "CK slope = 20 U/L per month → +0.25"
+    assert out.loc[1, "reason_3_text"] == "anti-MDA5 = no → -0.25"
+    assert out.loc[1, "reason_4_contribution"] == 0.0
+
+
+def test_values_in_one_call_are_each_worded_by_their_own_unit():
+    values = np.array([0.55, 1.0, 0.0, np.nan, 28.0, 6.25, 1450.0, 28.0, 0.55])
+    units = np.array(["fraction of target", "0/1", "0/1", "cm (0-10)", "score (0-100)", "cm (0-10)", "U/L", "",
+                      "U/L"], dtype=object)
+    assert E.format_value(values, units).tolist() == [
+        "55 % of target", "yes", "no", "not recorded", "28 score (0-100)", "6.25 cm (0-10)", "1450 U/L", "28",
+        "0.55 U/L"]
