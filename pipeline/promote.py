@@ -76,10 +76,10 @@ def promotion_decision(
         return PromotionDecision(True, f"candidate beats the champion: {summary}{note}")
     why = []
     if not better_value:
-        why.append("its held-out decision value is not higher")
+        why.append("the candidate's held-out decision value is not higher")
     if not calibrated:
-        why.append("it is worse calibrated")
-    return PromotionDecision(False, f"champion kept: the candidate {' and '.join(why)}: {summary}{note}")
+        why.append("it is worse calibrated" if why else "the candidate is worse calibrated")
+    return PromotionDecision(False, f"champion kept: {' and '.join(why)}: {summary}{note}")
 
 
 def run_promote(params_path: Path = Path("params.yaml"), root: Path = ROOT) -> PromotionDecision:
