@@ -649,16 +649,24 @@ def _effects(p: np.ndarray, control: int) -> np.ndarray:
     return p - p[:, [control]]
 
 
-def sqrt_pehe(
-    predicted: ArrayLike, true: ArrayLike, eligible: ArrayLike, options: Sequence[str], *, control: int = 0
-) -> pd.DataFrame:
-    """√PEHE per option: root mean squared error of the predicted vs the true option-minus-control effect."""
+def _effect_inputs(
+    predicted: ArrayLike, true: ArrayLike, eligible: ArrayLike, options: Sequence[str], control: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked (predicted, true, usable) matrices for option-vs-control effects: usable where both the option and
+    the control are eligible."""
     pp = _matrix(predicted, "predicted probability (per option)")
     pt = _matrix(true, "true probability (per option)", pp.shape[0])
     elig = _matrix(eligible, "eligible (per option)", pp.shape[0]).astype(bool)
     if not (pp.shape == pt.shape == elig.shape) or len(options) != pp.shape[1]:
         raise EvaluationInputError("predicted, true, eligible and options must agree in shape")
-    use = elig & elig[:, [control]]
+    return pp, pt, elig & elig[:, [control]]
+
+
+def sqrt_pehe(
+    predicted: ArrayLike, true: ArrayLike, eligible: ArrayLike, options: Sequence[str], *, control: int = 0
+) -> pd.DataFrame:
+    """√PEHE per option: root mean squared error of the predicted vs the true option-minus-control effect."""
+    pp, pt, use = _effect_inputs(predicted, true, eligible, options, control)
     _fail(
         "predicted/true probability",
         (use & ~(np.isfinite(pp) & np.isfinite(pt))).any(axis=1),
@@ -956,12 +964,7 @@ def effect_scatter_data(
     control: int = 0,
 ) -> pd.DataFrame:
     """Predicted vs true effect (option − control, in response probability) per eligible decision and option."""
-    pp = _matrix(predicted_p, "predicted probability (per option)")
-    pt = _matrix(true_p, "true probability (per option)", pp.shape[0])
-    elig = _matrix(eligible, "eligible (per option)", pp.shape[0]).astype(bool)
-    if not (pp.shape == pt.shape == elig.shape) or len(options) != pp.shape[1]:
-        raise EvaluationInputError("predicted, true, eligible and options must agree in shape")
-    use = elig & elig[:, [control]]
+    pp, pt, use = _effect_inputs(predicted_p, true_p, eligible, options, control)
     use[:, control] = False
     r, c = np.nonzero(use.T)  # option-major order: all decisions of one option together
     return pd.DataFrame(
