@@ -166,7 +166,7 @@ def run_evaluate(
 
 
 def evaluate_command(
-    params: Annotated[Path, typer.Option(help="params.yaml with the evaluate: section")] = Path("params.yaml"),
+    params: Annotated[Path, typer.Option(help="params.yaml with the evaluation: section")] = Path("params.yaml"),
     features_dir: Annotated[Path, typer.Option(help="folder written by `escalate features`")] = FEATURES_DIR,
     split_dir: Annotated[Path, typer.Option(help="folder written by `escalate split`")] = SPLIT_DIR,
     train_dir: Annotated[Path, typer.Option(help="folder written by `escalate train`")] = TRAIN_DIR,
