@@ -89,19 +89,23 @@ def raw_limit(model: object, X: pd.DataFrame) -> tuple[float, int]:
 
 
 def replicate(base: Path, target: Path, copies: int) -> int:
-    """Write `copies` copies of the base cohort's tables under new patient ids, batch by batch (bounded memory)."""
-    target.mkdir(parents=True, exist_ok=True)
+    """Write `copies` copies of the base cohort's tables under new patient ids, batch by batch (bounded memory);
+    the folder appears only when complete, so a later run can reuse it."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     n = 0
     for name in ("patients", "regimens", "assessments", "events"):
         table = pq.read_table(base / f"{name}.parquet")
         ids = table.column("patient_id").to_pandas().astype(str).to_numpy()
         idx = table.schema.get_field_index("patient_id")
-        with pq.ParquetWriter(target / f"{name}.parquet", table.schema) as writer:
+        with pq.ParquetWriter(partial / f"{name}.parquet", table.schema) as writer:
             for c in range(copies):
                 writer.write_table(table.set_column(idx, "patient_id", pa.array(np.char.add(ids, f"-R{c:06d}"),
                                                                          type=table.schema.field(idx).type)))
         if name == "patients":
             n = table.num_rows * copies
+    partial.rename(target)
     return n
 
 
@@ -184,7 +188,10 @@ def main() -> None:
     for size in [int(s) for s in args.sizes.split(",") if s]:
         copies = -(-size // args.base)
         data = work / f"data-{size}"
-        n_patients = replicate(world.data, data, copies)
+        if data.is_dir():  # --workdir of an earlier run: its replicated input is reused
+            n_patients = pq.read_metadata(data / "patients.parquet").num_rows
+        else:
+            n_patients = replicate(world.data, data, copies)
         out = work / f"out-{size}"
         cmd = [sys.executable, "-m", "pipeline.cli", "score", "--data", str(data), "--as-of", AS_OF,
                "--model", world.model_uri, "--out", str(out), "--chunk-patients", str(args.chunk),

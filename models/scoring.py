@@ -7,7 +7,7 @@ layout and the "every input patient scored or rejected, none lost, none twice" c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -38,38 +38,73 @@ def clean_ids(ids: pd.Series | np.ndarray | Sequence[object]) -> pd.Series:
     return text.astype(object).where(keep.to_numpy(dtype=bool), None)
 
 
-def plan_chunks(patient_ids: pd.Series | np.ndarray | Sequence[object], chunk_patients: int) -> pd.DataFrame:
-    """Deterministic chunk plan: the distinct (cleaned) patient ids sorted, cut into runs of `chunk_patients`.
+def _utf8(ids: pd.Series) -> np.ndarray:
+    """Cleaned, non-missing ids as fixed-width UTF-8 bytes: compact, and byte order is code-point order."""
+    return np.char.encode(ids.to_numpy(dtype=str), "utf-8") if len(ids) else np.empty(0, dtype="S1")
 
-    Returns `patient_id, chunk` (int); the same ids give the same plan whatever their order in the input.
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """The distinct (cleaned) patient ids, sorted, cut into chunks of `chunk_patients`: chunk c holds the ids at
+    sorted positions [c * chunk_patients, (c + 1) * chunk_patients).
+
+    Ids are kept as one fixed-width UTF-8 byte array (about 20 bytes a patient), so the plan of a million patients
+    stays small and a row's chunk is a binary search, not a hash table of Python strings.
     """
+
+    ids: np.ndarray
+    chunk_patients: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def total(self) -> int:
+        """How many chunks (at least one, so an empty input still writes a complete, empty output)."""
+        return n_chunks(len(self.ids), self.chunk_patients)
+
+    def patients(self, chunk: int) -> np.ndarray:
+        """The patient ids (str) planned for one chunk."""
+        part = self.ids[int(chunk) * self.chunk_patients:(int(chunk) + 1) * self.chunk_patients]
+        return np.char.decode(part, "utf-8").astype(object) if len(part) else np.empty(0, dtype=object)
+
+    def sizes(self) -> np.ndarray:
+        """Planned patients per chunk (length `total`)."""
+        return np.bincount(np.arange(len(self.ids)) // self.chunk_patients, minlength=self.total)
+
+    def chunk_of(self, ids: pd.Series | np.ndarray) -> np.ndarray:
+        """Chunk of each row given its patient id: the plan's chunk; rows of patients absent from the plan (they
+        break the contract: unknown patient) go to a chunk chosen by a fixed hash of the id; rows without an id go
+        to chunk 0. Every row lands in exactly one chunk, so nothing is silently dropped."""
+        clean = clean_ids(ids)
+        present = clean.notna().to_numpy()
+        chunk = np.zeros(len(clean), dtype=np.int64)
+        if not present.any():
+            return chunk
+        wanted = _utf8(clean[present])
+        pos = np.searchsorted(self.ids, wanted) if len(self.ids) else np.zeros(len(wanted), dtype=np.int64)
+        found = pos < len(self.ids)
+        found[found] = self.ids[pos[found]] == wanted[found]
+        placed = np.where(found, pos // self.chunk_patients, 0)
+        if not found.all():
+            orphans = clean[present].to_numpy(dtype=object)[~found]
+            hashed = pd.util.hash_array(orphans, hash_key=_HASH_KEY)
+            placed[~found] = (hashed % np.uint64(self.total)).astype(np.int64)
+        chunk[present] = placed
+        return chunk
+
+
+def plan_chunks(patient_ids: pd.Series | np.ndarray | Sequence[object], chunk_patients: int) -> ChunkPlan:
+    """Deterministic chunk plan of the distinct cleaned patient ids; the same ids give the same plan whatever
+    their order in the input."""
     if chunk_patients < 1:
         raise ValueError(f"chunk_patients={chunk_patients} (rule: at least 1 patient per chunk)")
-    ids = clean_ids(patient_ids).dropna()
-    unique = np.sort(pd.unique(ids.to_numpy(dtype=object)).astype(str))
-    return pd.DataFrame({"patient_id": unique.astype(object),
-                         "chunk": (np.arange(len(unique)) // chunk_patients).astype(np.int64)})
+    return ChunkPlan(ids=np.unique(_utf8(clean_ids(patient_ids).dropna())), chunk_patients=int(chunk_patients))
 
 
 def n_chunks(n_patients: int, chunk_patients: int) -> int:
-    """How many chunks a plan has (at least one, so an empty input still writes a complete, empty output)."""
+    """How many chunks a plan of `n_patients` has (at least one)."""
     return max(1, -(-int(n_patients) // int(chunk_patients)))
-
-
-def assign_chunks(ids: pd.Series | np.ndarray, plan: pd.DataFrame, total_chunks: int) -> np.ndarray:
-    """Chunk of each row given its patient id: the plan's chunk; rows of patients absent from the plan (they
-    break the contract: unknown patient) go to a chunk chosen by a fixed hash of the id; rows without an id go
-    to chunk 0. Every row lands in exactly one chunk, so nothing is silently dropped."""
-    clean = clean_ids(ids)
-    index = pd.Index(plan["patient_id"].to_numpy(dtype=object))
-    pos = index.get_indexer(clean.fillna("").to_numpy(dtype=object))
-    chunk = np.where(pos >= 0, plan["chunk"].to_numpy(dtype=np.int64)[np.maximum(pos, 0)], -1)
-    orphan = (pos < 0) & clean.notna().to_numpy()
-    if orphan.any():
-        hashed = pd.util.hash_array(clean[orphan].to_numpy(dtype=object), hash_key=_HASH_KEY)
-        chunk[orphan] = (hashed % np.uint64(max(total_chunks, 1))).astype(np.int64)
-    chunk[clean.isna().to_numpy()] = 0
-    return chunk
 
 
 def part_name(chunk: int) -> str:
@@ -114,13 +149,6 @@ def sort_rejects(rejects: pd.DataFrame) -> pd.DataFrame:
     return out.loc[order].reset_index(drop=True)
 
 
-def empty_rejects() -> pd.DataFrame:
-    """A rejects table with no rows (the right columns and dtypes)."""
-    frame = pd.DataFrame({c: pd.Series(dtype=object) for c in REJECT_COLUMNS})
-    frame["row"] = pd.Series(dtype="Int64")
-    return frame
-
-
 def assemble_chunk(predictions: pd.DataFrame, option_order: Sequence[str]) -> pd.DataFrame:
     """One chunk's output: patient_id, as_of, option first, then the model's columns, rows sorted by patient and
     catalogue option order; drops the model's positional `row` and the derived `decision_id`."""
@@ -157,6 +185,22 @@ class InvariantReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def for_chunk(self, chunk: int) -> InvariantReport:
+        """The same report with each problem prefixed by the chunk it was found in."""
+        return replace(self, problems=tuple(f"chunk {int(chunk)}: {p}" for p in self.problems))
+
+    @staticmethod
+    def combine(reports: Sequence[InvariantReport]) -> InvariantReport:
+        """One report for a whole run from its chunks' reports (each patient is planned into exactly one chunk,
+        and an unknown patient's rows are always placed in the same chunk, so the counts add up)."""
+        return InvariantReport(
+            input_patients=sum(r.input_patients for r in reports),
+            scored_patients=sum(r.scored_patients for r in reports),
+            rejected_patients=sum(r.rejected_patients for r in reports),
+            unknown_patients=sum(r.unknown_patients for r in reports),
+            problems=tuple(p for r in reports for p in r.problems),
+        )
 
 
 def rows_per_patient(scored: pd.DataFrame) -> pd.Series:
@@ -197,7 +241,7 @@ def check_invariant(
                         f"(seen {sorted(set(wrong.tolist()))[:5]} rows): scored twice or partly")
     extra = scored_ids.difference(inputs)
     if len(extra):
-        problems.append(f"{len(extra)} scored patient(s) not in the input patients table")
+        problems.append(f"{len(extra)} scored patient(s) not in the input patients table (or planned in another chunk)")
     unknown = rejected.difference(inputs)
     return InvariantReport(
         input_patients=len(inputs),

@@ -55,7 +55,7 @@ def read_contract_tables(directory: Path) -> dict[str, pd.DataFrame]:
 
 
 @contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary file next to `path` that replaces it only when the block finishes without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Write a frame to Parquet atomically (temp file + os.replace)."""
-    with _atomic_path(Path(path)) as tmp:
+    with atomic_path(Path(path)) as tmp:
         df.to_parquet(tmp, index=False)
 
 
@@ -105,5 +105,5 @@ def to_jsonable(obj: Any) -> Any:
 def write_json(obj: Any, path: Path) -> None:
     """Write JSON atomically (temp file + os.replace); frames, numpy values and NaN are made plain first."""
     text = json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
-    with _atomic_path(Path(path)) as tmp:
+    with atomic_path(Path(path)) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")

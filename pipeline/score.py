@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from features.contract import CONTRACT_COLUMNS, CONTRACT_TABLES
-from models.scoring import ScoreSettings, part_name
+from models.scoring import ChunkPlan, ScoreSettings, part_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,46 +116,44 @@ def read_patient_ids(path: Path) -> pd.Series:
                        encoding="utf-8-sig")["patient_id"]
 
 
-def stage_tables(paths: dict[str, Path | None], plan: pd.DataFrame, total_chunks: int, staging: Path) -> dict[str, int]:
+def stage_tables(paths: dict[str, Path | None], plan: ChunkPlan, staging: Path) -> dict[str, int]:
     """Write each table once into `staging/<table>/<chunk>/` shards with the input row number `_row`, streaming
-    record batches (memory bounded by the batch size); returns rows per table."""
+    record batches; returns rows per table.
+
+    Shards are Arrow IPC files, not Parquet: a Parquet writer keeps every row group's metadata until its file
+    closes, and with one open file per chunk that metadata grows with chunks x batches (quadratic in the
+    population); IPC keeps nothing per batch, so staging memory is bounded by the batch size.
+    """
     import numpy as np
     import pyarrow as pa
     import pyarrow.dataset as ds
-
-    from models.scoring import assign_chunks
 
     counts: dict[str, int] = {}
     for name, path in paths.items():
         target = staging / name
         if target.exists():
             shutil.rmtree(target)
-        if path is None:
+        first = next(_batches(path), None) if path is not None else None
+        if first is None:
             counts[name] = 0
             continue
         offset = [0]
 
         def tagged(path: Path = path, offset: list[int] = offset) -> Any:
             for batch in _batches(path):
-                ids = batch.column(batch.schema.get_field_index("patient_id")).to_pandas()
-                chunk = assign_chunks(ids, plan, total_chunks)
+                chunk = plan.chunk_of(batch.column(batch.schema.get_field_index("patient_id")).to_pandas())
                 rows = np.arange(offset[0], offset[0] + batch.num_rows, dtype=np.int64)
                 offset[0] += batch.num_rows
-                yield pa.RecordBatch.from_arrays(
-                    [*batch.columns, pa.array(rows), pa.array(chunk, pa.int64())],
-                    names=[*batch.schema.names, "_row", "_chunk"],
-                )
+                yield pa.RecordBatch.from_arrays([*batch.columns, pa.array(rows), pa.array(chunk, pa.int64())],
+                                                 names=[*batch.schema.names, "_row", "_chunk"])
 
-        first = next(_batches(path), None)
-        base = first.schema.remove_metadata() if first is not None else None
-        if base is None:
-            counts[name] = 0
-            continue
-        schema = base.append(pa.field("_row", pa.int64())).append(pa.field("_chunk", pa.int64()))
+        schema = first.schema.remove_metadata().append(pa.field("_row", pa.int64())).append(
+            pa.field("_chunk", pa.int64()))
         ds.write_dataset(
-            tagged(), target, schema=schema, format="parquet",
+            tagged(), target, schema=schema, format="ipc",
+            file_options=ds.IpcFileFormat().make_write_options(compression="lz4"),
             partitioning=ds.partitioning(pa.schema([("_chunk", pa.int64())])),
-            existing_data_behavior="overwrite_or_ignore", max_partitions=total_chunks + 1,
+            existing_data_behavior="overwrite_or_ignore", max_partitions=plan.total + 1,
             max_open_files=512, use_threads=False,
         )
         counts[name] = offset[0]
@@ -165,13 +163,13 @@ def stage_tables(paths: dict[str, Path | None], plan: pd.DataFrame, total_chunks
 def read_shard(staging: Path, table: str, chunk: int) -> tuple[pd.DataFrame, Any]:
     """One chunk's rows of one table in input order, and their input row numbers."""
     import pandas as pd
-    import pyarrow.parquet as pq
+    import pyarrow.dataset as ds
 
     folder = staging / table / str(int(chunk))
     if not folder.is_dir():
         empty = pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[table]})
         return empty, empty.index.to_numpy()
-    frame = pq.read_table(folder).to_pandas()
+    frame = ds.dataset(folder, format="ipc").to_table().to_pandas()
     frame = frame.sort_values("_row", kind="stable").reset_index(drop=True)
     rows = frame.pop("_row").to_numpy()
     return frame, rows
@@ -323,16 +321,9 @@ def run_score(
 
     from features.build import build_features
     from features.contract import NORMALISED_COLUMNS
-    from models.scoring import (
-        check_invariant,
-        empty_rejects,
-        n_chunks,
-        plan_chunks,
-        rows_per_patient,
-        sort_rejects,
-    )
+    from models.scoring import plan_chunks
     from pipeline.config import load_params
-    from pipeline.io import write_json, write_parquet
+    from pipeline.io import write_json
     from pipeline.registry import tracking_uri
 
     started = time.perf_counter()
@@ -383,9 +374,8 @@ def run_score(
                                "folder or delete it to start over")
 
     # planning and staging (redone unless a finished staging of this very input exists)
-    ids = read_patient_ids(paths["patients"])  # type: ignore[arg-type]
-    plan = plan_chunks(ids, settings.chunk_patients)
-    total = n_chunks(len(plan), settings.chunk_patients)
+    plan = plan_chunks(read_patient_ids(paths["patients"]), settings.chunk_patients)  # type: ignore[arg-type]
+    total = plan.total
     for stale in out.rglob(".*.tmp") if out.exists() else ():  # half-written files of a killed run
         stale.unlink()
     todo = [c for c in range(total) if not (out / part_name(c)).is_file()]
@@ -395,13 +385,13 @@ def run_score(
         rows = _read_json(staged_marker)["rows"]
     elif todo:
         write_json({"identity": identity}, run_file)
-        rows = stage_tables(paths, plan, total, Path(task.staging))
+        rows = stage_tables(paths, plan, Path(task.staging))
         write_json({"rows": rows}, staged_marker)
     else:  # a finished run started again: nothing to stage
         rows = _read_json(out / MANIFEST)["counts"]["input_rows"]
     stage_s = time.perf_counter() - t_stage
 
-    per_chunk = plan.groupby("chunk").size().reindex(range(total), fill_value=0)
+    per_chunk = pd.Series(plan.sizes(), index=range(total))
     t_chunks = time.perf_counter()
     if engine == "spark":
         from pipeline.spark_engine import run_chunks_spark
@@ -411,14 +401,7 @@ def run_score(
         summaries = _run_local(task, todo, model, refs, per_chunk, progress)
     chunks_s = time.perf_counter() - t_chunks
 
-    # rejects, invariant, manifest
-    parts = sorted((out / WORK / "rejects").glob("rejects-*.parquet"))
-    rejects = sort_rejects(pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)) if parts \
-        else empty_rejects()
-    write_parquet(rejects, out / REJECTS)
-    per_patient = pd.concat([rows_per_patient(pd.read_parquet(out / part_name(c), columns=["patient_id"]))
-                             for c in range(total)])
-    report = check_invariant(ids, per_patient, rejects["patient_id"], len(catalog.names))
+    report, reject_rows, output_rows = _finish(out, plan, len(catalog.names))
     if not report.ok:
         raise RuntimeError("scoring invariant broken: " + "; ".join(report.problems))
     shutil.rmtree(Path(task.staging), ignore_errors=True)
@@ -430,7 +413,7 @@ def run_score(
         "input_hash": digest, "engine": engine, "settings": settings.model_dump(),
         "counts": {"input_patients": report.input_patients, "scored_patients": report.scored_patients,
                    "rejected_patients": report.rejected_patients, "unknown_patients": report.unknown_patients,
-                   "reject_rows": int(len(rejects)), "output_rows": int(per_patient.sum()), "input_rows": rows},
+                   "reject_rows": reject_rows, "output_rows": output_rows, "input_rows": rows},
         "chunks": {"total": total, "run_now": len(todo), "resumed": total - len(todo)},
         "options": list(catalog.names),
         "unused_feature_columns": unused,
@@ -442,6 +425,32 @@ def run_score(
     }
     write_json(manifest, out / MANIFEST)
     return manifest
+
+
+def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int]:
+    """Chunk by chunk (memory bounded by a chunk): check the invariant against each chunk's planned patients and
+    append its rejects to `rejects.parquet` (chunk order, sorted within a chunk). Returns (the invariant report of
+    the whole run, reject rows, output rows)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from models.scoring import REJECT_COLUMNS, InvariantReport, check_invariant, rows_per_patient
+    from pipeline.io import atomic_path
+
+    reports: list[InvariantReport] = []
+    reject_rows = output_rows = 0
+    schema = pa.schema([(c, pa.int64() if c == "row" else pa.string()) for c in REJECT_COLUMNS])
+    with atomic_path(out / REJECTS) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for chunk in range(plan.total):
+            rejects = pd.read_parquet(out / WORK / "rejects" / f"rejects-{chunk:05d}.parquet")
+            writer.write_table(pa.Table.from_pandas(rejects, schema=schema, preserve_index=False))
+            scored = rows_per_patient(pd.read_parquet(out / part_name(chunk), columns=["patient_id"]))
+            report = check_invariant(plan.patients(chunk), scored, rejects["patient_id"], n_options)
+            reports.append(report.for_chunk(chunk))
+            reject_rows += len(rejects)
+            output_rows += int(scored.sum())
+    return InvariantReport.combine(reports), reject_rows, output_rows
 
 
 def _read_json(path: Path) -> dict[str, Any]:

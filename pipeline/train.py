@@ -27,9 +27,8 @@ LOGGED_SECTIONS: tuple[str, ...] = ("seed", "simulate", "features", "labels", "s
 
 def bundle_config(params: dict[str, Any]) -> Any:
     """`BundleConfig` from the `train:` section; every seed not set there defaults to the top-level `seed`."""
-    from models.bundle import BundleConfig
-
     from features.response import response_threshold
+    from models.bundle import BundleConfig
 
     section = dict(params.get("train") or {})
     # One definition of response for labels and models: the `labels:` category (adult threshold).

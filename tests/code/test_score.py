@@ -11,7 +11,6 @@ import pytest
 from models.scoring import (
     REJECT_COLUMNS,
     assemble_chunk,
-    assign_chunks,
     check_invariant,
     clean_ids,
     n_chunks,
@@ -29,14 +28,24 @@ def test_plan_is_sorted_complete_and_independent_of_input_order(chunk_patients: 
     ids = [f"P{i:03d}" for i in range(10)]
     shuffled = list(np.random.default_rng(1).permutation(ids))
     plan = plan_chunks(shuffled + [" P003 ", None, ""], chunk_patients)
-    assert plan["patient_id"].tolist() == ids  # cleaned, deduplicated, sorted; blanks are no patient
-    assert plan["chunk"].value_counts().max() <= chunk_patients
-    assert plan["chunk"].nunique() == n_chunks(10, chunk_patients)
-    pd.testing.assert_frame_equal(plan, plan_chunks(ids, chunk_patients))
+    planned = [pid for c in range(plan.total) for pid in plan.patients(c)]
+    assert planned == ids  # cleaned, deduplicated, sorted; blanks are no patient
+    assert plan.sizes().max() <= chunk_patients and plan.sizes().sum() == 10
+    assert plan.total == n_chunks(10, chunk_patients) and (plan.sizes() > 0).all()
+    assert (plan.ids == plan_chunks(ids, chunk_patients).ids).all()
+
+
+def test_plan_orders_non_ascii_ids_by_code_point() -> None:
+    ids = ["Zoë", "zoe", "Émile", "Ängström", "Z", "日本-1"]
+    plan = plan_chunks(ids, 2)
+    assert [p for c in range(plan.total) for p in plan.patients(c)] == sorted(ids)
+    assert plan.chunk_of(pd.Series(ids)).tolist() == [sorted(ids).index(i) // 2 for i in ids]
 
 
 def test_plan_of_nobody_still_has_one_chunk() -> None:
-    assert plan_chunks([], 5).empty and n_chunks(0, 5) == 1
+    plan = plan_chunks([], 5)
+    assert len(plan) == 0 and plan.total == 1 and plan.sizes().tolist() == [0] and n_chunks(0, 5) == 1
+    assert plan.chunk_of(pd.Series(["x", None], dtype=object)).tolist() == [0, 0]
     with pytest.raises(ValueError, match="at least 1"):
         plan_chunks(["a"], 0)
 
@@ -44,11 +53,11 @@ def test_plan_of_nobody_still_has_one_chunk() -> None:
 def test_every_row_lands_in_exactly_one_chunk() -> None:
     plan = plan_chunks(["a", "b", "c", "d"], 2)
     rows = pd.Series(["a", " d", "x-unknown", None, "c", "x-unknown"], dtype=object)
-    chunk = assign_chunks(rows, plan, 2)
+    chunk = plan.chunk_of(rows)
     assert chunk.tolist()[:2] == [0, 1] and chunk[4] == 1
     assert chunk[3] == 0  # no id: chunk 0, where the contract reports it
     assert chunk[2] == chunk[5] and 0 <= chunk[2] < 2  # an unknown patient's rows stay together
-    assert (assign_chunks(rows, plan, 2) == chunk).all()  # deterministic
+    assert (plan.chunk_of(rows) == chunk).all()  # deterministic
 
 
 def test_clean_ids_strip_like_the_contract() -> None:
@@ -142,7 +151,7 @@ def test_staging_puts_every_row_in_its_patients_chunk_with_its_input_row(tmp_pat
     paths = table_paths(tmp_path / "in")
     assert paths["events"] is None  # optional table
     plan = plan_chunks(tables["patients"]["patient_id"], 2)
-    counts = stage_tables(paths, plan, 2, tmp_path / "staging")
+    counts = stage_tables(paths, plan, tmp_path / "staging")
     assert counts == {"patients": 3, "regimens": 4, "assessments": 3, "events": 0}
     for name, frame in tables.items():
         seen = []
@@ -152,8 +161,7 @@ def test_staging_puts_every_row_in_its_patients_chunk_with_its_input_row(tmp_pat
             assert (np.diff(rows) > 0).all()
             # each row is the input row it claims to be
             assert shard["patient_id"].tolist() == frame["patient_id"].iloc[rows].tolist()
-            known = shard["patient_id"].isin(plan["patient_id"])
-            assert (assign_chunks(shard.loc[known, "patient_id"], plan, 2) == chunk).all()
+            assert (plan.chunk_of(shard["patient_id"]) == chunk).all()
             seen.extend(rows.tolist())
         assert sorted(seen) == list(range(len(frame)))
     events, rows = read_shard(tmp_path / "staging", "events", 0)
@@ -190,6 +198,21 @@ def test_invariant_from_per_part_counts_catches_a_patient_in_two_parts() -> None
     report = check_invariant(pd.Series(["a", "b"]), pd.concat([part_a, part_b]), pd.Series([], dtype=object), 3)
     assert not report.ok and any("exactly 3 option rows" in p for p in report.problems)
     assert check_invariant(pd.Series(["a", "b"]), part_a, pd.Series([], dtype=object), 3).ok
+
+
+def test_per_chunk_reports_add_up_and_say_where_a_breach_is() -> None:
+    from models.scoring import InvariantReport
+
+    plan = plan_chunks(["a", "b", "c"], 2)  # chunk 0: a, b; chunk 1: c
+    outputs = {0: _predictions(["a", "b"]), 1: _predictions(["b"])}  # b scored twice, c lost
+    report = InvariantReport.combine([
+        check_invariant(plan.patients(c), outputs[c], pd.Series([], dtype=object), 3).for_chunk(c)
+        for c in range(plan.total)
+    ])
+    assert report.input_patients == 3 and report.scored_patients == 3
+    assert any(p.startswith("chunk 1: 1 scored patient(s) not in the input") for p in report.problems)
+    assert any(p.startswith("chunk 1: 1 input patient(s) neither scored nor rejected") for p in report.problems)
+    assert "chunk 0" not in " ".join(report.problems)
 
 
 def test_predict_explained_is_the_bundles_own_explained_prediction() -> None:
