@@ -71,7 +71,9 @@ class BundleConfig(_Frozen):
     calibrate: bool = True
     intervals: IntervalConfig = IntervalConfig()
     interval_calibration: IntervalCalibrationConfig = IntervalCalibrationConfig()
+    #: response = TIS at or above this (adult / juvenile DM thresholds of the `labels:` response category).
     response_threshold: float = Field(40.0, gt=0, le=100)
+    juvenile_response_threshold: float = Field(45.0, gt=0, le=100)
     cv_folds: int = Field(5, ge=2, le=20)
     #: an option taken at fewer training decisions than this is not modelled (reported, never predicted).
     min_rows_per_option: int = Field(20, ge=2)
@@ -207,6 +209,16 @@ class EscalateModel:
         self.heads = heads
         self.propensity = propensity
         self.summary = summary
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Unpickle, upgrading the config of a bundle saved before a setting existed: such a bundle was trained
+        with one response threshold for every diagnosis, which is what its config then says."""
+        config = state["config"]
+        if "juvenile_response_threshold" not in vars(config):
+            fields = {k: v for k, v in vars(config).items() if k in BundleConfig.model_fields}
+            state["config"] = BundleConfig.model_validate(
+                {**fields, "juvenile_response_threshold": fields["response_threshold"]})
+        self.__dict__.update(state)
 
     # --- eligibility ---------------------------------------------------------------------------------------
     def eligibility(self, features: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -574,7 +586,7 @@ def fit_escalate_model(
     groups = features["patient_id"].astype(str).to_numpy()
     tis = pd.to_numeric(merged["total_improvement_score"], errors="coerce").to_numpy(dtype=float)
     safety = pd.to_numeric(merged["safety_event"], errors="coerce").to_numpy(dtype=float)
-    response = np.where(np.isnan(tis), np.nan, (tis >= cfg.response_threshold).astype(float))
+    response = response_of(tis, features, cfg)
 
     heads: dict[str, Head] = {}
     labelled: dict[str, int] = {}
@@ -636,6 +648,8 @@ def fit_escalate_model(
 
 
 # --- held-out evaluation ---------------------------------------------------------------------------------------
+#: the feature flag of juvenile DM (its own response thresholds and its own subgroup).
+JUVENILE_COLUMN = "diagnosis_juvenile_dermatomyositis"
 _ANTIBODY_COLUMNS = ("anti_mda5", "anti_tif1g", "anti_nxp2", "anti_mi2", "anti_sae", "anti_synthetase",
                      "anti_srp_hmgcr", "antibody_negative")
 
@@ -653,6 +667,20 @@ class HeldOutEvaluation:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def response_of(tis: np.ndarray, features: pd.DataFrame, config: BundleConfig) -> np.ndarray:
+    """Response (1/0; NaN without a score) per row of `features` (and per option column when `tis` is 2-D): TIS at
+    or above the threshold of the patient's diagnosis — ACR/EULAR 2016 gives juvenile DM its own — as the labels
+    stage defines it."""
+    juvenile = (features[JUVENILE_COLUMN].fillna(0).astype(bool).to_numpy() if JUVENILE_COLUMN in features.columns
+                else np.zeros(len(features), dtype=bool))
+    threshold = np.where(juvenile, config.juvenile_response_threshold, config.response_threshold)
+    tis = np.asarray(tis, dtype=float)
+    if tis.ndim == 2:
+        threshold = threshold[:, None]
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(tis), np.nan, (np.round(tis, 9) >= threshold).astype(float))
+
+
 def subgroup_labels(features: pd.DataFrame) -> pd.DataFrame:
     """Antibody group, ILD and juvenile/adult per decision row, from the feature table's patient flags."""
     from models.evaluation import clinical_subgroups
@@ -661,9 +689,8 @@ def subgroup_labels(features: pd.DataFrame) -> pd.DataFrame:
     for col in _ANTIBODY_COLUMNS:
         frame[col] = features[col].fillna(0).astype(bool).to_numpy() if col in features.columns else False
     frame["ild"] = features["ild"].astype("boolean").to_numpy() if "ild" in features.columns else pd.NA
-    juvenile = "diagnosis_juvenile_dermatomyositis"
     frame["diagnosis"] = np.where(
-        features[juvenile].fillna(0).astype(bool) if juvenile in features.columns else False,
+        features[JUVENILE_COLUMN].fillna(0).astype(bool) if JUVENILE_COLUMN in features.columns else False,
         "juvenile_dermatomyositis", "other")
     return clinical_subgroups(frame, table="features").drop(columns="patient_id").reset_index(drop=True)
 
@@ -718,7 +745,7 @@ def evaluate_bundle(
     taken_ok = modelled & elig[rows, np.maximum(codes, 0)]
     tis = pd.to_numeric(labels["total_improvement_score"], errors="coerce").to_numpy(dtype=float)
     safety = pd.to_numeric(labels["safety_event"], errors="coerce").to_numpy(dtype=float)
-    response = np.where(np.isnan(tis), np.nan, (tis >= model.config.response_threshold).astype(float))
+    response = response_of(tis, features, model.config)
     counts = {
         "test_decisions": len(features),
         "test_patients": int(features["patient_id"].nunique()),
@@ -838,7 +865,7 @@ def _simulator_evaluation(
     true_elig = ev.option_matrix(outcomes, "eligible", arms).reindex(truth_ids)
     both = elig[hit] & true_elig.fillna(False).astype(bool).to_numpy() & np.isfinite(true_p)
     both[:, control] = both[:, control] | ~both.any(axis=1)  # continue is always possible
-    potential = np.where(np.isfinite(true_tis), (true_tis >= model.config.response_threshold), 0).astype(float)
+    potential = np.nan_to_num(response_of(true_tis, features.iloc[hit], model.config), nan=0.0)
     p = np.where(both, pred["p_response"][hit], np.nan)
     rec = np.argmax(np.where(both, p, -np.inf), axis=1)
     sim = ev.simulator_metrics(

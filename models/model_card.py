@@ -24,6 +24,7 @@ class ModelCardInputs(BaseModel):
     model_version: str | None = None
     learner: str
     response_threshold: float
+    juvenile_response_threshold: float
     interval_meaning: str = "intervals from a patient-level bootstrap ensemble"
     horizon_weeks: int | None = None
     data_source: str
@@ -91,7 +92,7 @@ def build_model_card(inputs: ModelCardInputs) -> str:
         "",
         "## Outcome",
         f"- Response: ACR/EULAR 2016 Total Improvement Score (TIS) ≥ {i.response_threshold:g} "
-        f"(moderate improvement) at {i.horizon_weeks or 24} weeks after the decision.",
+        f"(juvenile DM ≥ {i.juvenile_response_threshold:g}; moderate improvement) at {i.horizon_weeks or 24} weeks after the decision.",
         "- Expected TIS (0-100) at the same visit; safety: serious infection or grade ≥ 3 cytopenia within "
         "the horizon.",
         "",

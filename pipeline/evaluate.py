@@ -120,6 +120,7 @@ def run_evaluate(
         model_version=str(run.get("model_version")),
         learner=model.config.learner,
         response_threshold=model.config.response_threshold,
+        juvenile_response_threshold=model.config.juvenile_response_threshold,
         interval_meaning=interval_meaning(model.config),
         horizon_weeks=(params.get("labels") or {}).get("horizon_weeks"),
         data_source="literature-calibrated simulated cohort" if truth else f"contract tables in {params.get('data', {}).get('dir')}",

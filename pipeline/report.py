@@ -209,11 +209,17 @@ class ModelEvidence:
     horizon_weeks: int
     interval_level: float
     response_threshold: float
+    juvenile_response_threshold: float
     positivity_threshold: float
     metrics: Mapping[str, float] = field(default_factory=dict)
     #: pooled calibration bins: bin, lower, upper, n, mean_predicted, observed_rate (empty when unknown)
     calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
     source: str = "unknown"
+
+    def threshold_for(self, patient: Mapping[str, Any]) -> float:
+        """The response threshold of this patient's diagnosis (juvenile DM has its own)."""
+        juvenile = str(patient.get("diagnosis")) == "juvenile_dermatomyositis"
+        return self.juvenile_response_threshold if juvenile else self.response_threshold
 
 
 def pooled_calibration(curve: pd.DataFrame, n_bins: int, strategy: str = "uniform") -> pd.DataFrame:
@@ -816,7 +822,8 @@ def build_patient_page(
         ("population", f"{summary.get('n_decisions', '?')} treatment decisions of {summary.get('n_patients', '?')} "
                        "patients with refractory myositis (simulated, literature-calibrated cohort by default)"),
         ("outcome", f"response = ACR/EULAR 2016 total improvement score ≥ {evidence.response_threshold:g} "
-                    f"(moderate improvement) at {evidence.horizon_weeks} weeks"),
+                    f"(juvenile DM ≥ {evidence.juvenile_response_threshold:g}; moderate improvement) at "
+                    f"{evidence.horizon_weeks} weeks"),
         ("method", f"{cfg.learner.replace('_', '-')} on gradient-boosted trees; {calibrated}"),
         ("intervals", interval_meaning(cfg)),
         ("options modelled", ", ".join(labels.get(a, a) for a in model.arms)),
@@ -830,7 +837,7 @@ def build_patient_page(
     return Page(
         patient_id=patient_id, as_of=str(as_of.date()), model_name=loaded.name, model_version=loaded.version,
         model_alias=loaded.alias, run_id=loaded.run_id, horizon_weeks=evidence.horizon_weeks,
-        response_definition=f"total improvement score ≥ {evidence.response_threshold:g}",
+        response_definition=f"total improvement score ≥ {evidence.threshold_for(patient):g}",
         facts=patient_facts(patient, as_of), activity_facts=latest_activity(trends),
         safety_facts=safety_summary(one["events"], one["assessments"], as_of),
         events=event_lines(one["events"], as_of), regimen=regimen_lines(current), trends=trends,
@@ -923,6 +930,7 @@ def load_evidence(loaded: LoadedModel, params: Mapping[str, Any], evaluate_dir: 
     return ModelEvidence(
         horizon_weeks=int(float(horizon)), interval_level=float(cfg.intervals.level),
         response_threshold=float(cfg.response_threshold),
+        juvenile_response_threshold=float(cfg.juvenile_response_threshold),
         positivity_threshold=float(cfg.propensity.positivity_threshold),
         metrics=metrics, calibration=pooled_calibration(curve, n_bins, strategy), source=source,
     )

@@ -31,9 +31,10 @@ def bundle_config(params: dict[str, Any]) -> Any:
     from models.bundle import BundleConfig
 
     section = dict(params.get("train") or {})
-    # One definition of response for labels and models: the `labels:` category (adult threshold).
+    # One definition of response for labels and models: the `labels:` category (adult and juvenile DM thresholds).
     category = (params.get("labels") or {}).get("response_category", "moderate")
     section.setdefault("response_threshold", response_threshold(category))
+    section.setdefault("juvenile_response_threshold", response_threshold(category, juvenile=True))
     seed = int(params.get("seed", 20261125))
     section.setdefault("seed", seed)
     for key in ("booster", "calibration", "intervals"):

@@ -91,6 +91,22 @@ def test_juvenile_thresholds_apply_to_juvenile_dm():
     assert (juvenile["improvement_category"], juvenile["response"]) == ("minimal", 0.0)
 
 
+@pytest.mark.parametrize("juvenile", [False, True])
+def test_the_model_scores_response_by_the_labels_rule(juvenile: bool):
+    """Training and evaluation turn TIS into response with the labels' own thresholds (juvenile DM: 45, not 40)."""
+    from models.bundle import JUVENILE_COLUMN, BundleConfig, response_of
+
+    follow = visit(week(24), pga=4.0, mmt8=70.0, ck=400.0)  # TIS 42.5: adult responder, juvenile not
+    diagnosis = "juvenile_dermatomyositis" if juvenile else "adult_dermatomyositis"
+    lab = labels(visit(DECISION) + follow, patients=[{"patient_id": "P1", "diagnosis": diagnosis}])
+    features = pd.DataFrame({JUVENILE_COLUMN: [float(juvenile)]})
+    tis = np.array([lab["total_improvement_score"]])
+    assert tis[0] == pytest.approx(42.5) and lab["response"] == (0.0 if juvenile else 1.0)
+    assert response_of(tis, features, BundleConfig()).tolist() == [lab["response"]]
+    both = response_of(np.array([[np.nan, 42.5, 45.0]]), features, BundleConfig())  # one row, three options
+    assert np.isnan(both[0, 0]) and both[0, 1:].tolist() == [0.0 if juvenile else 1.0, 1.0]
+
+
 @pytest.mark.parametrize(
     ("event", "day", "expected"),
     [

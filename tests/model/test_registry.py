@@ -190,3 +190,20 @@ def test_flatten_params(nested, flat):
     from pipeline.registry import flatten_params
 
     assert flatten_params(nested) == flat
+
+
+def test_a_bundle_saved_before_juvenile_thresholds_loads_with_the_rule_it_was_trained_with():
+    """Older registered bundles used one response threshold for every diagnosis; unpickling says so instead of
+    failing (or silently claiming the juvenile DM threshold)."""
+    import pickle
+
+    from models.bundle import BundleConfig, EscalateModel
+
+    stale = BundleConfig(response_threshold=35.0)
+    del stale.__dict__["juvenile_response_threshold"]  # what a bundle pickled by the earlier code holds
+    model = EscalateModel.__new__(EscalateModel)
+    model.__setstate__({"config": stale, "arms": ("continue",)})
+    assert model.config.juvenile_response_threshold == 35.0 and model.arms == ("continue",)
+    current = EscalateModel.__new__(EscalateModel)
+    current.__setstate__({"config": BundleConfig(juvenile_response_threshold=47.0)})
+    assert pickle.loads(pickle.dumps(current)).config.juvenile_response_threshold == 47.0
