@@ -238,9 +238,10 @@ def _blank_to_na(s: pd.Series) -> pd.Series:
 
 
 def _map_unique(s: pd.Series, func: Callable[[Any], Any]) -> pd.Series:
-    """`func` applied once per distinct non-missing value (exports repeat the same few spellings); object result."""
-    uniques = pd.unique(s.dropna())
-    return s.astype("object").map({u: func(u) for u in uniques})
+    """`func` applied once per distinct non-missing value (exports repeat the same few spellings)."""
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)  # missing → -1 → the trailing NaN below
+    mapped = np.array([*(func(u) for u in uniques), np.nan], dtype=object)
+    return pd.Series(mapped[codes], index=s.index, name=s.name)  # dtype inferred, as Series.map does
 
 
 def parse_dates(s: pd.Series) -> pd.Series:

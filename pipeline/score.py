@@ -116,6 +116,43 @@ def read_patient_ids(path: Path) -> pd.Series:
                        encoding="utf-8-sig")["patient_id"]
 
 
+class ShardWriters:
+    """Append-only Arrow IPC shard files, one open writer per chunk, at most `max_open` open at once (the least
+    recently used is closed; a later batch of its chunk starts the next file of that chunk's folder).
+
+    Written synchronously from the calling thread: the reading side concatenates the files of a folder, so the
+    staging needs no dataset writer pulling a Python generator from its own threads (which was seen to deadlock).
+    """
+
+    def __init__(self, root: Path, schema: Any, max_open: int = 256) -> None:
+        import pyarrow as pa
+
+        self.root, self.schema, self.max_open = Path(root), schema, max_open
+        self.options = pa.ipc.IpcWriteOptions(compression="lz4")
+        self.open: dict[int, Any] = {}  # chunk → writer, in least-recently-used order
+        self.files: dict[int, int] = {}  # chunk → files started
+
+    def write(self, chunk: int, batch: Any) -> None:
+        import pyarrow as pa
+
+        writer = self.open.pop(chunk, None)
+        if writer is None:
+            if len(self.open) >= self.max_open:
+                self.open.pop(next(iter(self.open))).close()
+            n = self.files.get(chunk, 0)
+            self.files[chunk] = n + 1
+            folder = self.root / str(chunk)
+            folder.mkdir(parents=True, exist_ok=True)
+            writer = pa.ipc.new_file(folder / f"part-{n}.arrow", self.schema, options=self.options)
+        writer.write_batch(batch)
+        self.open[chunk] = writer
+
+    def close(self) -> None:
+        for writer in self.open.values():
+            writer.close()
+        self.open.clear()
+
+
 def stage_tables(paths: dict[str, Path | None], plan: ChunkPlan, staging: Path) -> dict[str, int]:
     """Write each table once into `staging/<table>/<chunk>/` shards with the input row number `_row`, streaming
     record batches; returns rows per table.
@@ -126,37 +163,36 @@ def stage_tables(paths: dict[str, Path | None], plan: ChunkPlan, staging: Path) 
     """
     import numpy as np
     import pyarrow as pa
-    import pyarrow.dataset as ds
 
     counts: dict[str, int] = {}
     for name, path in paths.items():
         target = staging / name
         if target.exists():
             shutil.rmtree(target)
-        first = next(_batches(path), None) if path is not None else None
-        if first is None:
-            counts[name] = 0
+        counts[name] = 0
+        if path is None:
             continue
-        offset = [0]
-
-        def tagged(path: Path = path, offset: list[int] = offset) -> Any:
+        writers: ShardWriters | None = None
+        try:
             for batch in _batches(path):
+                if writers is None:
+                    schema = batch.schema.remove_metadata().append(pa.field("_row", pa.int64()))
+                    writers = ShardWriters(target, schema)
+                if not batch.num_rows:
+                    continue
                 chunk = plan.chunk_of(batch.column(batch.schema.get_field_index("patient_id")).to_pandas())
-                rows = np.arange(offset[0], offset[0] + batch.num_rows, dtype=np.int64)
-                offset[0] += batch.num_rows
-                yield pa.RecordBatch.from_arrays([*batch.columns, pa.array(rows), pa.array(chunk, pa.int64())],
-                                                 names=[*batch.schema.names, "_row", "_chunk"])
-
-        schema = first.schema.remove_metadata().append(pa.field("_row", pa.int64())).append(
-            pa.field("_chunk", pa.int64()))
-        ds.write_dataset(
-            tagged(), target, schema=schema, format="ipc",
-            file_options=ds.IpcFileFormat().make_write_options(compression="lz4"),
-            partitioning=ds.partitioning(pa.schema([("_chunk", pa.int64())])),
-            existing_data_behavior="overwrite_or_ignore", max_partitions=plan.total + 1,
-            max_open_files=512, use_threads=False,
-        )
-        counts[name] = offset[0]
+                rows = np.arange(counts[name], counts[name] + batch.num_rows, dtype=np.int64)
+                counts[name] += batch.num_rows
+                order = np.argsort(chunk, kind="stable")  # rows of a chunk together, in input order
+                tagged = pa.RecordBatch.from_arrays([*batch.columns, pa.array(rows)], schema=writers.schema)
+                tagged = tagged.take(pa.array(order))
+                ordered = chunk[order]
+                starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+                for start, stop in zip(starts, [*starts[1:], len(ordered)], strict=True):
+                    writers.write(int(ordered[start]), tagged.slice(start, stop - start))
+        finally:
+            if writers is not None:
+                writers.close()
     return counts
 
 
@@ -169,7 +205,7 @@ def read_shard(staging: Path, table: str, chunk: int) -> tuple[pd.DataFrame, Any
     if not folder.is_dir():
         empty = pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[table]})
         return empty, empty.index.to_numpy()
-    frame = ds.dataset(folder, format="ipc").to_table().to_pandas()
+    frame = ds.dataset(sorted(folder.glob("part-*.arrow")), format="ipc").to_table().to_pandas()
     frame = frame.sort_values("_row", kind="stable").reset_index(drop=True)
     rows = frame.pop("_row").to_numpy()
     return frame, rows
