@@ -153,6 +153,25 @@ class ShardWriters:
         self.open.clear()
 
 
+def _open_file_budget(wanted: int) -> int:
+    """How many shard files may stay open: one per chunk when the open-file limit allows (raising the soft limit
+    up to the hard one), else what the limit leaves. Closing and reopening costs extra files, not memory:
+    batches visit the chunks in order, so a budget below the chunk count starts a new file per chunk per batch."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + 128  # headroom for the interpreter, libraries and the input files
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    limit = wanted if soft == resource.RLIM_INFINITY else soft - 128
+    return max(16, min(wanted, limit))
+
+
 def stage_tables(paths: dict[str, Path | None], plan: ChunkPlan, staging: Path) -> dict[str, int]:
     """Write each table once into `staging/<table>/<chunk>/` shards with the input row number `_row`, streaming
     record batches; returns rows per table.
@@ -177,7 +196,7 @@ def stage_tables(paths: dict[str, Path | None], plan: ChunkPlan, staging: Path) 
             for batch in _batches(path):
                 if writers is None:
                     schema = batch.schema.remove_metadata().append(pa.field("_row", pa.int64()))
-                    writers = ShardWriters(target, schema)
+                    writers = ShardWriters(target, schema, max_open=_open_file_budget(plan.total))
                 if not batch.num_rows:
                     continue
                 chunk = plan.chunk_of(batch.column(batch.schema.get_field_index("patient_id")).to_pandas())

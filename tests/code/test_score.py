@@ -168,6 +168,21 @@ def test_staging_puts_every_row_in_its_patients_chunk_with_its_input_row(tmp_pat
     assert events.empty and "event" in events.columns and len(rows) == 0
 
 
+def test_shard_writers_reopen_an_evicted_chunk_in_a_new_file(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from pipeline.score import ShardWriters
+
+    schema = pa.schema([("patient_id", pa.string()), ("_row", pa.int64())])
+    writers = ShardWriters(tmp_path / "events", schema, max_open=2)
+    for row, chunk in enumerate([0, 1, 2, 0, 1, 0]):  # chunk 0 is evicted by chunk 2, then reopened
+        writers.write(chunk, pa.RecordBatch.from_arrays([pa.array([f"p{chunk}"]), pa.array([row])], schema=schema))
+    writers.close()
+    assert len(list((tmp_path / "events" / "0").glob("part-*.arrow"))) == 2
+    frame, rows = read_shard(tmp_path, "events", 0)
+    assert rows.tolist() == [0, 3, 5] and frame["patient_id"].tolist() == ["p0"] * 3
+
+
 def test_structure_and_identity_of_the_input(tmp_path: Path) -> None:
     _write_tables(tmp_path / "in", "parquet")
     paths = table_paths(tmp_path / "in")
