@@ -872,8 +872,8 @@ def _simulator_evaluation(
         np.nan_to_num(p, nan=0.5), np.nan_to_num(true_p, nan=0.5), potential, both, rec, arms, control=control,
         lower=np.where(both, pred["p_response_low"][hit], 0.0), upper=np.where(both, pred["p_response_high"][hit], 1.0))
     table = sim.per_option
-    coverage = np.where(both, (pred["p_response_low"][hit] <= true_p) & (true_p <= pred["p_response_high"][hit]),
-                        False).sum() / max(int(both.sum()), 1)
+    n_eligible = table["n_eligible"].to_numpy(dtype=float)
+    coverage = float(np.nansum(table["coverage"].to_numpy(dtype=float) * n_eligible) / max(n_eligible.sum(), 1.0))
     headline = {
         "sim_matched_decisions": float(len(hit)),
         "sim_sqrt_pehe": sim.sqrt_pehe_overall,

@@ -607,7 +607,7 @@ def option_matrix(
     return wide.reindex(columns=list(options))
 
 
-def interval_coverage(
+def coverage_by_option(
     truth: ArrayLike, lower: ArrayLike, upper: ArrayLike, eligible: ArrayLike, options: Sequence[str]
 ) -> pd.DataFrame:
     """Per option: share of eligible decisions whose true value lies inside [lower, upper], and mean width."""
@@ -794,7 +794,7 @@ def simulator_metrics(
     if (lower is None) != (upper is None):
         raise EvaluationInputError("lower and upper: give both interval bounds or neither")
     if lower is not None:
-        cov = interval_coverage(pt, lower, upper, elig, options)
+        cov = coverage_by_option(pt, lower, upper, elig, options)
         table = table.merge(cov.drop(columns=["option", "n_eligible"]), left_index=True, right_index=True)
     else:
         table["coverage"] = np.nan

@@ -349,12 +349,12 @@ def test_interval_coverage_known_answer():
     upper = truth + 0.1
     lower[:2, 1] += 0.15  # first two rows of option 1 miss the truth from above
     eligible = np.array([[1, 1], [1, 1], [1, 1], [1, 0]], dtype=bool)
-    cov = ev.interval_coverage(truth, lower, upper, eligible, ["continue", "add_ivig"]).set_index("option")
+    cov = ev.coverage_by_option(truth, lower, upper, eligible, ["continue", "add_ivig"]).set_index("option")
     assert cov.loc["continue", "coverage"] == 1.0
     assert cov.loc["add_ivig", "coverage"] == pytest.approx(1 / 3)
     assert cov.loc["add_ivig", "mean_interval_width"] == pytest.approx((0.05 + 0.05 + 0.2) / 3)
     with pytest.raises(ev.EvaluationInputError, match="lower <= upper"):
-        ev.interval_coverage(truth, upper, lower, eligible, ["continue", "add_ivig"])
+        ev.coverage_by_option(truth, upper, lower, eligible, ["continue", "add_ivig"])
 
 
 def test_option_matrix_pivots_truth_and_rejects_bad_rows():
