@@ -476,7 +476,8 @@ def run_score(
         "timings": {"total_s": round(elapsed, 3), "stage_s": round(stage_s, 3), "chunks_s": round(chunks_s, 3),
                     **{k: round(sum(s[k] for s in summaries), 3) for k in timing_keys},
                     "patients_per_second": round(sum(s["patients"] for s in summaries) / chunks_s, 1)
-                    if summaries and chunks_s > 0 else None},
+                    if summaries and chunks_s > 0 else None,
+                    "driver_peak_rss_mib": _peak_rss_mib()},
     }
     write_json(manifest, out / MANIFEST)
     return manifest
@@ -506,6 +507,15 @@ def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int]:
             reject_rows += len(rejects)
             output_rows += int(scored.sum())
     return InvariantReport.combine(reports), reject_rows, output_rows
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports kB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -165,6 +165,7 @@ def test_every_patient_scored_once_with_every_option_and_reasons(world: ScoringW
     assert manifest["counts"]["input_patients"] == len(patients)
     assert manifest["chunks"]["total"] == -(-len(patients) // CHUNK)
     assert manifest["model_version"] == world.version and manifest["as_of"] == AS_OF
+    assert manifest["timings"]["driver_peak_rss_mib"] > 100  # the process holds at least the model and pandas
     assert len(list(out.glob("part-*.parquet"))) == manifest["chunks"]["total"]
     assert list(scored.columns[:3]) == ["patient_id", "as_of", "option"]
     assert (scored["as_of"] == pd.Timestamp(AS_OF)).all()
