@@ -34,6 +34,10 @@ Scale = Literal["log_odds", "probability", "value"]
 OPTION_PREFIX = "option__"
 OPTION_GROUP = "option_chosen"
 OPTION_LABEL = "the option itself"
+#: how a reason names the S-learner's option group: its share against the average over options (a prediction's
+#: reasons) or, in a contrast with continuing, for a patient like the average one.
+OPTION_REASON = {"reason": "the option itself, against the average over all options",
+                 "contrast_reason": "the option itself, for a patient like the average one"}
 #: how an explanation says what it explains (shown next to the numbers on the page and in the batch output).
 CALIBRATION_NOTE = (
     "SHAP values explain the model's uncalibrated margin exactly; the probability points share the calibrated "
@@ -653,11 +657,9 @@ def _facts(values: np.ndarray, groups: FeatureGroups, cells: np.ndarray) -> np.n
     return np.asarray(words, dtype=object)[inverse.ravel()]
 
 
-def _reason_texts(
-    facts: np.ndarray, tails: np.ndarray, is_option: np.ndarray, option: str
-) -> np.ndarray:
-    """Fact + effect per cell; the S-learner's option group reads 'option: add ivig'."""
-    facts = np.where(is_option, f"option: {option}", facts)
+def _reason_texts(facts: np.ndarray, tails: np.ndarray, is_option: np.ndarray, prefix: str) -> np.ndarray:
+    """Fact + effect per cell; the S-learner's option group is worded as `OPTION_REASON[prefix]`."""
+    facts = np.where(is_option, OPTION_REASON.get(prefix, OPTION_LABEL), facts)
     return np.asarray([a + b for a, b in zip(facts.tolist(), tails.tolist(), strict=True)], dtype=object)
 
 
@@ -690,7 +692,7 @@ def top_reasons(
     cells = (np.arange(n)[:, None] * len(groups.columns) + best).ravel()
     is_option = groups.is_option_group[order].ravel()
     tails = _effect_tails(contrib, shap.scale in ("log_odds", "probability"), suffix)
-    text = _reason_texts(_facts(_feature_values(X, groups), groups, cells), tails, is_option, shap.option)
+    text = _reason_texts(_facts(_feature_values(X, groups), groups, cells), tails, is_option, prefix)
     text = text.reshape(n, k_eff)
     names = np.asarray(groups.groups, dtype=object)[order]
     out: dict[str, np.ndarray] = {}
@@ -777,7 +779,7 @@ def reasons_frame(
         offsets[groups.columns] = start + size
         fact = facts[groups.columns][start : start + size]
         is_option = groups.is_option_group[order].ravel()
-        text = _reason_texts(fact, tails, is_option, options[j]).reshape(order.shape)
+        text = _reason_texts(fact, tails, is_option, prefix).reshape(order.shape)
         names = np.asarray(groups.groups, dtype=object)[order]
         for i in range(order.shape[1]):
             grids[f"{prefix}_{i + 1}_feature"][:, j] = names[:, i]

@@ -634,16 +634,10 @@ def _reason_texts(r: pd.Series | None, prefix: str, k: int, min_points: float = 
     """The plain-words reasons that move the estimate by at least half a point (smaller ones are noise)."""
     if r is None:
         return ()
-    from models.explain import OPTION_GROUP
-
     out = []
     for i in range(1, k + 1):
         text, value = r.get(f"{prefix}_{i}_text"), r.get(f"{prefix}_{i}_contribution")
         if isinstance(text, str) and _ok(value) and abs(float(value)) >= min_points:
-            if r.get(f"{prefix}_{i}_feature") == OPTION_GROUP and "\u2192" in text:
-                what = ("the option itself, for a patient like the average one" if prefix == "contrast_reason"
-                        else "the option itself, against the average over all options")
-                text = what + " " + text[text.index("\u2192"):]
             out.append(text)
     return tuple(out)
 

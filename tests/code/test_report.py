@@ -299,16 +299,10 @@ def test_option_rows_carry_reason_words_and_calibration():
     assert rows[1].ineligible_reason == "already on IVIG" and rows[1].calibration_note == ""
 
 
-def test_option_chosen_reason_is_reworded_for_clinicians():
-    from models.explain import OPTION_GROUP
-
-    r = pd.Series({"reason_1_text": "option: add_jak_inhibitor \u2192 +13 in 100", "reason_1_contribution": 0.13,
-                   "reason_1_feature": OPTION_GROUP, "reason_2_text": "latest HAQ = 1.4 \u2192 +5 in 100",
-                   "reason_2_contribution": 0.05, "reason_2_feature": "haq",
-                   "reason_3_text": "tiny \u2192 0 in 100", "reason_3_contribution": 0.001, "reason_3_feature": "x"})
-    texts = R._reason_texts(r, "reason", 3)
-    assert texts == ("the option itself, against the average over all options \u2192 +13 in 100",
-                     "latest HAQ = 1.4 \u2192 +5 in 100")
+def test_small_reasons_are_left_out_of_the_page():
+    r = pd.Series({"reason_1_text": "latest HAQ = 1.4 \u2192 +5 in 100", "reason_1_contribution": 0.05,
+                   "reason_2_text": "tiny \u2192 0 in 100", "reason_2_contribution": 0.001})
+    assert R._reason_texts(r, "reason", 2) == ("latest HAQ = 1.4 \u2192 +5 in 100",)
 
 
 def test_patient_findings_name_table_row_column_rule_and_errors_stop_the_page():

@@ -287,6 +287,16 @@ def test_tree_shap_rejects_multiclass_models():
         E.tree_shap(model, X)
 
 
+def test_the_s_learners_option_group_is_worded_for_clinicians(fitted, cohort):
+    """The S-learner's option columns read as the option's own share, in the batch output and the page alike."""
+    X, _, _, dictionary = cohort
+    reasons = E.reasons_frame(E.explain(X, fitted["s"]), X, dictionary, k=len(X.columns) + 1)
+    for prefix in ("reason", "contrast_reason"):
+        named = reasons.filter(regex=f"^{prefix}_\\d+_feature$").to_numpy() == E.OPTION_GROUP
+        texts = reasons.filter(regex=f"^{prefix}_\\d+_text$").to_numpy()[named]
+        assert len(texts) and all(t.startswith(E.OPTION_REASON[prefix] + " \u2192 ") for t in texts)
+
+
 @pytest.mark.parametrize("kind", ["t", "s", "dr", "linear"])
 def test_batch_reasons_are_the_per_option_reasons(kind, fitted, cohort):
     """The batch table (facts worded once for all options) says, row by row, exactly what each option's own
