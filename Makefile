@@ -23,8 +23,9 @@ install: $(STAMP)
 repro: install
 	dvc repro
 
-## Set up and run the whole test suite (unit, data, model, browser and end-to-end tests).
+## Set up, lint and run the whole test suite (unit, data, model, browser and end-to-end tests).
 test: install browser
+	ruff check .
 	OMP_NUM_THREADS=1 python -m pytest -n 2
 
 ## The browser tests drive Debian's Chromium (a test tool's own browser download cannot work offline).
