@@ -99,7 +99,13 @@ def plan_chunks(patient_ids: pd.Series | np.ndarray | Sequence[object], chunk_pa
     their order in the input."""
     if chunk_patients < 1:
         raise ValueError(f"chunk_patients={chunk_patients} (rule: at least 1 patient per chunk)")
-    return ChunkPlan(ids=np.unique(_utf8(clean_ids(patient_ids).dropna())), chunk_patients=int(chunk_patients))
+    ids = clean_ids(patient_ids).dropna()
+    nul = ids.str.contains("\x00", regex=False).to_numpy(dtype=bool)
+    if nul.any():  # fixed-width bytes would drop a trailing NUL and merge two ids
+        row = int(ids.index[np.flatnonzero(nul)[0]])
+        raise ValueError(f"table patients: row {row}, column 'patient_id' contains a NUL character "
+                         "(rule: identifiers are printable text)")
+    return ChunkPlan(ids=np.unique(_utf8(ids)), chunk_patients=int(chunk_patients))
 
 
 def n_chunks(n_patients: int, chunk_patients: int) -> int:

@@ -48,6 +48,8 @@ def test_plan_of_nobody_still_has_one_chunk() -> None:
     assert plan.chunk_of(pd.Series(["x", None], dtype=object)).tolist() == [0, 0]
     with pytest.raises(ValueError, match="at least 1"):
         plan_chunks(["a"], 0)
+    with pytest.raises(ValueError, match=r"row 2, column .patient_id. contains a NUL"):
+        plan_chunks(["a", None, "a\x00"], 5)
 
 
 def test_every_row_lands_in_exactly_one_chunk() -> None:
