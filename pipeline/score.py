@@ -33,6 +33,21 @@ REJECTS = "rejects.parquet"
 BATCH_ROWS = 262_144  # rows per record batch while staging (bounds staging memory)
 
 
+def release_memory() -> None:
+    """Hand memory freed by the last phase back to the OS (Arrow's pool, glibc's heap), so it does not stay in the
+    footprint of the next: planning a million patients otherwise left ~130 MB resident for the whole run."""
+    import contextlib
+    import ctypes
+    import sys
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class ScoreRefusal(RuntimeError):
     """A run refused before any work: the message says what is wrong and how to fix it."""
 
@@ -314,6 +329,11 @@ class ChunkTask:
     def run(self, chunk: int, model: Any, refs: tuple[Any, Any, Any, Any]) -> dict[str, Any]:
         """Validate, reject, build features, predict + explain one chunk; write its rejects and part atomically
         (the part last: its presence marks the chunk done). Returns counts and timings (no identifiers)."""
+        summary = self._score(chunk, model, refs)
+        release_memory()  # a chunk's frames are gone: keep the footprint at one chunk's, run after run
+        return summary
+
+    def _score(self, chunk: int, model: Any, refs: tuple[Any, Any, Any, Any]) -> dict[str, Any]:
         import pandas as pd
 
         from features.build import build_features
@@ -430,6 +450,7 @@ def run_score(
 
     # planning and staging (redone unless a finished staging of this very input exists)
     plan = plan_chunks(read_patient_ids(paths["patients"]), settings.chunk_patients)  # type: ignore[arg-type]
+    release_memory()
     total = plan.total
     for stale in out.rglob(".*.tmp") if out.exists() else ():  # half-written files of a killed run
         stale.unlink()
@@ -442,6 +463,7 @@ def run_score(
         write_json({"identity": identity}, run_file)
         rows = stage_tables(paths, plan, Path(task.staging))
         write_json({"rows": rows}, staged_marker)
+        release_memory()
     else:  # a finished run started again: nothing to stage
         rows = _read_json(out / MANIFEST)["counts"]["input_rows"]
     stage_s = time.perf_counter() - t_stage
