@@ -9,7 +9,8 @@ and whole-job scaling with peak memory per population size.
    process whose peak RSS is measured; inputs are a simulated base cohort replicated under new patient ids
    (simulating 100k+ patients directly takes hours), written as Parquet in row batches.
 
-Run: `python benchmarks/bench_score.py [--sizes 10000,100000,1000000] [--base 300] [--rows 5000]`.
+Run: `python benchmarks/bench_score.py [--sizes 10000,100000,1000000] [--base 300] [--rows 5000]`;
+`--workdir DIR` keeps the base cohort, model and replicated inputs there, and a later run reuses them.
 The model uses params.yaml's `train:` settings (200 trees, 20 bootstrap refits), trained on synthetic labels.
 """
 
@@ -184,7 +185,7 @@ def main() -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": world.tracking_uri}
     print(f"\n[scaling] whole job, local engine, --chunk-patients {args.chunk}, --explain-top 3")
     print(f"  {'patients':>10} {'wall s':>9} {'patients/s':>11} {'peak RSS MiB':>13}")
-    rates = []
+    runs: list[tuple[int, float, float]] = []  # (patients, patients/s, peak RSS MiB)
     for size in [int(s) for s in args.sizes.split(",") if s]:
         copies = -(-size // args.base)
         data = work / f"data-{size}"
@@ -201,13 +202,14 @@ def main() -> None:
         wall, rss, _ = peak_run(cmd, env)
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["counts"]["input_patients"] == n_patients
-        rates.append(n_patients / wall)
+        runs.append((n_patients, n_patients / wall, rss))
         print(f"  {n_patients:>10} {wall:>9.1f} {n_patients / wall:>11.0f} {rss:>13.0f}   "
               f"(stage {manifest['timings']['stage_s']:.0f} s, validate {manifest['timings']['validate_s']:.0f} s, "
               f"features {manifest['timings']['features_s']:.0f} s, predict+explain "
               f"{manifest['timings']['predict_s']:.0f} s)")
-    if len(rates) > 1:
-        print(f"  throughput at the largest size / smallest: {rates[-1] / rates[0]:.2f}x (1.0 = linear scaling)")
+    # 1.0 = linear scaling; the smallest runs are slower per patient because of fixed start-up costs
+    for (a, ra, ma), (b, rb, mb) in zip(runs[:-1], runs[1:], strict=True):
+        print(f"  {a:>10} -> {b:>10} patients: throughput x{rb / ra:.2f}, peak RSS {mb - ma:+.0f} MiB")
 
 
 if __name__ == "__main__":
