@@ -132,8 +132,9 @@ def read_patient_ids(path: Path) -> pd.Series:
 
 
 class ShardWriters:
-    """Append-only Arrow IPC shard files, one open writer per chunk, at most `max_open` open at once (the least
-    recently used is closed; a later batch of its chunk starts the next file of that chunk's folder).
+    """Append-only Arrow IPC shard files, one open writer per chunk, at most `max_open` open at once. When full,
+    the most recently used writer is closed (a later batch of its chunk starts the next file of its folder): each
+    input batch visits the chunks in order, a cycle for which least-recently-used would close every file every time.
 
     Written synchronously from the calling thread: the reading side concatenates the files of a folder, so the
     staging needs no dataset writer pulling a Python generator from its own threads (which was seen to deadlock).
@@ -144,7 +145,7 @@ class ShardWriters:
 
         self.root, self.schema, self.max_open = Path(root), schema, max_open
         self.options = pa.ipc.IpcWriteOptions(compression="lz4")
-        self.open: dict[int, Any] = {}  # chunk → writer, in least-recently-used order
+        self.open: dict[int, Any] = {}  # chunk → writer, most recently used last
         self.files: dict[int, int] = {}  # chunk → files started
 
     def write(self, chunk: int, batch: Any) -> None:
@@ -153,7 +154,7 @@ class ShardWriters:
         writer = self.open.pop(chunk, None)
         if writer is None:
             if len(self.open) >= self.max_open:
-                self.open.pop(next(iter(self.open))).close()
+                self.open.popitem()[1].close()
             n = self.files.get(chunk, 0)
             self.files[chunk] = n + 1
             folder = self.root / str(chunk)
@@ -170,8 +171,7 @@ class ShardWriters:
 
 def _open_file_budget(wanted: int) -> int:
     """How many shard files may stay open: one per chunk when the open-file limit allows (raising the soft limit
-    up to the hard one), else what the limit leaves. Closing and reopening costs extra files, not memory:
-    batches visit the chunks in order, so a budget below the chunk count starts a new file per chunk per batch."""
+    up to the hard one), else what the limit leaves (the chunks beyond it then start a new file per batch)."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

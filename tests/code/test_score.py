@@ -177,10 +177,11 @@ def test_shard_writers_reopen_an_evicted_chunk_in_a_new_file(tmp_path: Path) -> 
 
     schema = pa.schema([("patient_id", pa.string()), ("_row", pa.int64())])
     writers = ShardWriters(tmp_path / "events", schema, max_open=2)
-    for row, chunk in enumerate([0, 1, 2, 0, 1, 0]):  # chunk 0 is evicted by chunk 2, then reopened
+    for row, chunk in enumerate([0, 1, 2, 0, 1, 0]):  # full: the most recently used writer is closed
         writers.write(chunk, pa.RecordBatch.from_arrays([pa.array([f"p{chunk}"]), pa.array([row])], schema=schema))
     writers.close()
-    assert len(list((tmp_path / "events" / "0").glob("part-*.arrow"))) == 2
+    assert len(list((tmp_path / "events" / "0").glob("part-*.arrow"))) == 2  # closed by chunk 1, reopened
+    assert len(list((tmp_path / "events" / "2").glob("part-*.arrow"))) == 1  # stayed open throughout
     frame, rows = read_shard(tmp_path, "events", 0)
     assert rows.tolist() == [0, 3, 5] and frame["patient_id"].tolist() == ["p0"] * 3
 
