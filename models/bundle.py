@@ -667,13 +667,18 @@ class HeldOutEvaluation:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def is_juvenile(features: pd.DataFrame) -> np.ndarray:
+    """Juvenile DM flag per feature row (False where the feature table has no such column or value)."""
+    if JUVENILE_COLUMN not in features.columns:
+        return np.zeros(len(features), dtype=bool)
+    return features[JUVENILE_COLUMN].fillna(0).astype(bool).to_numpy()
+
+
 def response_of(tis: np.ndarray, features: pd.DataFrame, config: BundleConfig) -> np.ndarray:
     """Response (1/0; NaN without a score) per row of `features` (and per option column when `tis` is 2-D): TIS at
     or above the threshold of the patient's diagnosis — ACR/EULAR 2016 gives juvenile DM its own — as the labels
     stage defines it."""
-    juvenile = (features[JUVENILE_COLUMN].fillna(0).astype(bool).to_numpy() if JUVENILE_COLUMN in features.columns
-                else np.zeros(len(features), dtype=bool))
-    threshold = np.where(juvenile, config.juvenile_response_threshold, config.response_threshold)
+    threshold = np.where(is_juvenile(features), config.juvenile_response_threshold, config.response_threshold)
     tis = np.asarray(tis, dtype=float)
     if tis.ndim == 2:
         threshold = threshold[:, None]
@@ -689,9 +694,7 @@ def subgroup_labels(features: pd.DataFrame) -> pd.DataFrame:
     for col in _ANTIBODY_COLUMNS:
         frame[col] = features[col].fillna(0).astype(bool).to_numpy() if col in features.columns else False
     frame["ild"] = features["ild"].astype("boolean").to_numpy() if "ild" in features.columns else pd.NA
-    frame["diagnosis"] = np.where(
-        features[JUVENILE_COLUMN].fillna(0).astype(bool) if JUVENILE_COLUMN in features.columns else False,
-        "juvenile_dermatomyositis", "other")
+    frame["diagnosis"] = np.where(is_juvenile(features), "juvenile_dermatomyositis", "other")
     return clinical_subgroups(frame, table="features").drop(columns="patient_id").reset_index(drop=True)
 
 
