@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 #: the columns of `rejects.parquet`: which record broke which rule (`row` is the 0-based row of the input table).
@@ -38,9 +40,35 @@ def clean_ids(ids: pd.Series | np.ndarray | Sequence[object]) -> pd.Series:
     return text.astype(object).where(keep.to_numpy(dtype=bool), None)
 
 
-def _utf8(ids: pd.Series) -> np.ndarray:
-    """Cleaned, non-missing ids as fixed-width UTF-8 bytes: compact, and byte order is code-point order."""
-    return np.char.encode(ids.to_numpy(dtype=str), "utf-8") if len(ids) else np.empty(0, dtype="S1")
+def _trimmed(ids: pa.Array | pa.ChunkedArray | pd.Series | np.ndarray | Sequence[object]) -> pa.Array:
+    """Ids as an Arrow text array cleaned like `clean_ids` (Arrow's trim is what pandas' string `strip` runs),
+    with null for a missing or blank id. Arrow input is cleaned without a Python string per row."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if not isinstance(ids, pa.Array):
+        ids = pa.array(pd.Series(ids, dtype=object).astype("string"))
+    text = pc.utf8_trim_whitespace(ids.cast(pa.large_string()))
+    return pc.if_else(pc.equal(pc.binary_length(text), 0), pa.scalar(None, pa.large_string()), text)
+
+
+def _fixed_width(text: pa.Array) -> np.ndarray:
+    """Non-null Arrow text as fixed-width UTF-8 bytes (numpy `S`): compact, and byte order is code-point order.
+    Built from Arrow's offsets and data buffers one byte column at a time (memory: the result plus one column)."""
+    n = len(text)
+    if not n:
+        return np.empty(0, dtype="S1")
+    text = text.cast(pa.large_string())
+    _, offsets_buf, data_buf = text.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[text.offset:text.offset + n + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.empty(0, dtype=np.uint8)
+    lengths = np.diff(offsets)
+    width = max(int(lengths.max()), 1)
+    out = np.zeros((n, width), dtype=np.uint8)
+    starts = offsets[:-1]
+    for j in range(width):
+        has = lengths > j
+        out[has, j] = data[starts[has] + j]
+    return out.view(f"S{width}").ravel()
 
 
 @dataclass(frozen=True)
@@ -76,36 +104,40 @@ class ChunkPlan:
         """Chunk of each row given its patient id: the plan's chunk; rows of patients absent from the plan (they
         break the contract: unknown patient) go to a chunk chosen by a fixed hash of the id; rows without an id go
         to chunk 0. Every row lands in exactly one chunk, so nothing is silently dropped."""
-        clean = clean_ids(ids)
-        present = clean.notna().to_numpy()
-        chunk = np.zeros(len(clean), dtype=np.int64)
+        text = _trimmed(ids)
+        present = text.is_valid().to_numpy(zero_copy_only=False)
+        chunk = np.zeros(len(text), dtype=np.int64)
         if not present.any():
             return chunk
-        wanted = _utf8(clean[present])
+        wanted = _fixed_width(text.filter(present))
         pos = np.searchsorted(self.ids, wanted) if len(self.ids) else np.zeros(len(wanted), dtype=np.int64)
         found = pos < len(self.ids)
         found[found] = self.ids[pos[found]] == wanted[found]
         placed = np.where(found, pos // self.chunk_patients, 0)
         if not found.all():
-            orphans = clean[present].to_numpy(dtype=object)[~found]
+            orphans = np.char.decode(wanted[~found], "utf-8").astype(object)
             hashed = pd.util.hash_array(orphans, hash_key=_HASH_KEY)
             placed[~found] = (hashed % np.uint64(self.total)).astype(np.int64)
         chunk[present] = placed
         return chunk
 
 
-def plan_chunks(patient_ids: pd.Series | np.ndarray | Sequence[object], chunk_patients: int) -> ChunkPlan:
+def plan_chunks(patient_ids: pa.Array | pa.ChunkedArray | pd.Series | np.ndarray | Sequence[object],
+                chunk_patients: int) -> ChunkPlan:
     """Deterministic chunk plan of the distinct cleaned patient ids; the same ids give the same plan whatever
-    their order in the input."""
+    their order in the input. Arrow input (the job's) is planned without a Python string per patient."""
     if chunk_patients < 1:
         raise ValueError(f"chunk_patients={chunk_patients} (rule: at least 1 patient per chunk)")
-    ids = clean_ids(patient_ids).dropna()
-    nul = ids.str.contains("\x00", regex=False).to_numpy(dtype=bool)
+    text = _trimmed(patient_ids)
+    nul = pc.fill_null(pc.match_substring(text, "\x00"), False).to_numpy(zero_copy_only=False)
     if nul.any():  # fixed-width bytes would drop a trailing NUL and merge two ids
-        row = int(ids.index[np.flatnonzero(nul)[0]])
+        row = int(np.flatnonzero(nul)[0])
         raise ValueError(f"table patients: row {row}, column 'patient_id' contains a NUL character "
                          "(rule: identifiers are printable text)")
-    return ChunkPlan(ids=np.unique(_utf8(ids)), chunk_patients=int(chunk_patients))
+    distinct = pc.unique(text.drop_null())
+    del text
+    ordered = distinct.take(pc.array_sort_indices(distinct))  # Arrow orders text by its UTF-8 bytes, as numpy does
+    return ChunkPlan(ids=_fixed_width(ordered), chunk_patients=int(chunk_patients))
 
 
 def n_chunks(n_patients: int, chunk_patients: int) -> int:

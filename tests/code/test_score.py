@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from models.scoring import (
@@ -40,6 +41,16 @@ def test_plan_orders_non_ascii_ids_by_code_point() -> None:
     plan = plan_chunks(ids, 2)
     assert [p for c in range(plan.total) for p in plan.patients(c)] == sorted(ids)
     assert plan.chunk_of(pd.Series(ids)).tolist() == [sorted(ids).index(i) // 2 for i in ids]
+
+
+def test_plan_from_arrow_equals_plan_from_python_values() -> None:
+    """The job plans from the Parquet column (Arrow, chunked); it must plan and place rows exactly as from values."""
+    values = [" b", "Zoë", None, "", "a ", "日本-1", "b", "c\t"]
+    arrow = pa.chunked_array([values[:3], values[3:]], type=pa.string())
+    plan = plan_chunks(values, 2)
+    assert (plan_chunks(arrow, 2).ids == plan.ids).all()
+    rows = ["c", " 日本-1", None, "unknown", "Zoë"]
+    assert plan.chunk_of(pa.array(rows)).tolist() == plan.chunk_of(pd.Series(rows, dtype=object)).tolist()
 
 
 def test_plan_of_nobody_still_has_one_chunk() -> None:
