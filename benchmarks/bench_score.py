@@ -91,7 +91,12 @@ def raw_limit(model: object, X: pd.DataFrame) -> tuple[float, int]:
 
 def replicate(base: Path, target: Path, copies: int) -> int:
     """Write `copies` copies of the base cohort's tables under new patient ids, batch by batch (bounded memory);
-    the folder appears only when complete, so a later run can reuse it."""
+    the folder appears only when complete, so a later run can reuse it.
+
+    The copy number leads the id (`R000012-<base id>`), so the sorted ids — and hence every chunk — mix the base
+    cohort's patients as the base cohort does. With the copy number last, the clones of a patient sat side by side
+    and a chunk at 1M held ~3 patients x 667 clones: its rows then depend on which 3 patients they are (heaviest chunk
+    954k assessment rows at 1M vs 674k at 100k), and peak memory measured the replication, not the population."""
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -102,7 +107,7 @@ def replicate(base: Path, target: Path, copies: int) -> int:
         idx = table.schema.get_field_index("patient_id")
         with pq.ParquetWriter(partial / f"{name}.parquet", table.schema) as writer:
             for c in range(copies):
-                writer.write_table(table.set_column(idx, "patient_id", pa.array(np.char.add(ids, f"-R{c:06d}"),
+                writer.write_table(table.set_column(idx, "patient_id", pa.array(np.char.add(f"R{c:06d}-", ids),
                                                                          type=table.schema.field(idx).type)))
         if name == "patients":
             n = table.num_rows * copies
@@ -188,7 +193,7 @@ def main() -> None:
     runs: list[tuple[int, float, float]] = []  # (patients, patients/s, peak RSS MiB)
     for size in [int(s) for s in args.sizes.split(",") if s]:
         copies = -(-size // args.base)
-        data = work / f"data-{size}"
+        data = work / f"population-{size}"
         if data.is_dir():  # --workdir of an earlier run: its replicated input is reused
             n_patients = pq.read_metadata(data / "patients.parquet").num_rows
         else:
