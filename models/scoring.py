@@ -32,17 +32,14 @@ class ScoreSettings(BaseModel):
     explain_top_k: int = Field(3, ge=0, le=20, description="reasons per option; 0 = no explanations")
 
 
-def clean_ids(ids: pd.Series | np.ndarray | Sequence[object]) -> pd.Series:
+def clean_ids(ids: pa.Array | pa.ChunkedArray | pd.Series | np.ndarray | Sequence[object]) -> pd.Series:
     """Patient ids as the contract normalises them: strings stripped of blanks; empty or missing → None (vectorised)."""
-    s = pd.Series(ids).reset_index(drop=True)
-    text = s.astype("string").str.strip()
-    keep = text.notna() & (text != "")
-    return text.astype(object).where(keep.to_numpy(dtype=bool), None)
+    return pd.Series(_trimmed(ids).to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _trimmed(ids: pa.Array | pa.ChunkedArray | pd.Series | np.ndarray | Sequence[object]) -> pa.Array:
-    """Ids as an Arrow text array cleaned like `clean_ids` (Arrow's trim is what pandas' string `strip` runs),
-    with null for a missing or blank id. Arrow input is cleaned without a Python string per row."""
+    """Ids as Arrow text stripped of blanks (Arrow's trim, which pandas' Arrow-backed `str.strip` runs for the
+    contract), null for a missing or blank id. Arrow input is cleaned without a Python string per row."""
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
     if not isinstance(ids, pa.Array):

@@ -1,7 +1,7 @@
 """`escalate score`: score every patient of a folder of contract tables as of a date, with reasons, resumably.
 
 Steps: refuse bad runs before any work (model URI, feature contract, future as-of, foreign output folder) →
-plan chunks of N patients (sorted ids) → stage the input tables once into per-chunk Parquet shards (streamed in
+plan chunks of N patients (sorted ids) → stage the input tables once into per-chunk Arrow IPC shards (streamed in
 record batches, so memory does not grow with the input) → for each chunk not already done: validate, reject broken
 patients, build as-of features, predict + explain with the registered pyfunc, write `part-<chunk>.parquet`
 atomically → `rejects.parquet`, the invariant check, `manifest.json`. Patient identifiers never reach logs.
