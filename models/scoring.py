@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+#: patient ids as the job meets them: an Arrow column (Parquet), a pandas column (CSV, contract output) or values.
+PatientIds = pa.Array | pa.ChunkedArray | pd.Series | np.ndarray | Sequence[object]
 #: the columns of `rejects.parquet`: which record broke which rule (`row` is the 0-based row of the input table).
 REJECT_COLUMNS: tuple[str, ...] = ("patient_id", "table", "row", "column", "rule", "message")
 #: the leading columns of every scored part file (the model's prediction and reason columns follow).
@@ -32,12 +34,12 @@ class ScoreSettings(BaseModel):
     explain_top_k: int = Field(3, ge=0, le=20, description="reasons per option; 0 = no explanations")
 
 
-def clean_ids(ids: pa.Array | pa.ChunkedArray | pd.Series | np.ndarray | Sequence[object]) -> pd.Series:
+def clean_ids(ids: PatientIds) -> pd.Series:
     """Patient ids as the contract normalises them: strings stripped of blanks; empty or missing → None (vectorised)."""
     return pd.Series(_trimmed(ids).to_numpy(zero_copy_only=False), dtype=object)
 
 
-def _trimmed(ids: pa.Array | pa.ChunkedArray | pd.Series | np.ndarray | Sequence[object]) -> pa.Array:
+def _trimmed(ids: PatientIds) -> pa.Array:
     """Ids as Arrow text stripped of blanks (Arrow's trim, which pandas' Arrow-backed `str.strip` runs for the
     contract), null for a missing or blank id. Arrow input is cleaned without a Python string per row."""
     if isinstance(ids, pa.ChunkedArray):
@@ -97,7 +99,7 @@ class ChunkPlan:
         """Planned patients per chunk (length `total`)."""
         return np.bincount(np.arange(len(self.ids)) // self.chunk_patients, minlength=self.total)
 
-    def chunk_of(self, ids: pd.Series | np.ndarray) -> np.ndarray:
+    def chunk_of(self, ids: PatientIds) -> np.ndarray:
         """Chunk of each row given its patient id: the plan's chunk; rows of patients absent from the plan (they
         break the contract: unknown patient) go to a chunk chosen by a fixed hash of the id; rows without an id go
         to chunk 0. Every row lands in exactly one chunk, so nothing is silently dropped."""
@@ -119,8 +121,7 @@ class ChunkPlan:
         return chunk
 
 
-def plan_chunks(patient_ids: pa.Array | pa.ChunkedArray | pd.Series | np.ndarray | Sequence[object],
-                chunk_patients: int) -> ChunkPlan:
+def plan_chunks(patient_ids: PatientIds, chunk_patients: int) -> ChunkPlan:
     """Deterministic chunk plan of the distinct cleaned patient ids; the same ids give the same plan whatever
     their order in the input. Arrow input (the job's) is planned without a Python string per patient."""
     if chunk_patients < 1:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from features.contract import CONTRACT_COLUMNS, CONTRACT_TABLES
-from models.scoring import ChunkPlan, ScoreSettings, part_name
+from models.scoring import ChunkPlan, PatientIds, ScoreSettings, part_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -129,7 +129,7 @@ def _batches(path: Path) -> Any:
         yield pa.RecordBatch.from_pandas(frame.astype(object), schema=schema, preserve_index=False)
 
 
-def read_patient_ids(path: Path) -> Any:
+def read_patient_ids(path: Path) -> PatientIds:
     """The raw `patient_id` column of the patients table (the population to score): Arrow from Parquet, so a
     million ids are planned without a Python string each; a pandas Series from CSV."""
     import pandas as pd

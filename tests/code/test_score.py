@@ -203,8 +203,6 @@ def test_staging_reads_every_row_group_in_order(tmp_path: Path, monkeypatch: pyt
 
 
 def test_shard_writers_reopen_an_evicted_chunk_in_a_new_file(tmp_path: Path) -> None:
-    import pyarrow as pa
-
     from pipeline.score import ShardWriters
 
     schema = pa.schema([("patient_id", pa.string()), ("_row", pa.int64())])
