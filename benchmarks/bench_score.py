@@ -6,10 +6,12 @@ and whole-job scaling with peak memory per population size.
    `pred_contribs` of the boosters that are explained (response and safety full-data learners). Target: the
    predict+explain part runs at >= 0.7x of that limit.
 2. Scaling: the whole job (`python -m pipeline.cli score`, local engine) at each size in `--sizes`, in a fresh
-   process whose peak RSS is measured; inputs are a simulated base cohort replicated under new patient ids
+   process tree (driver, fork server, worker processes) whose summed PSS and RSS are sampled five times a second,
+   beside each process's exact peak RSS from the manifest; inputs are a simulated base cohort replicated under new patient ids
    (simulating 100k+ patients directly takes hours), written as Parquet in row batches.
 
-Run: `python benchmarks/bench_score.py [--sizes 10000,100000,1000000] [--base 300] [--rows 5000]`;
+Run: `python benchmarks/bench_score.py [--sizes 10000,100000,1000000] [--base 300] [--rows 5000] [--workers 1]
+[--chunks-per-worker 25]`;
 `--workdir DIR` keeps the base cohort, model and replicated inputs there, and a later run reuses them.
 The model uses params.yaml's `train:` settings (200 trees, 20 bootstrap refits), trained on synthetic labels.
 """
@@ -115,18 +117,39 @@ def replicate(base: Path, target: Path, copies: int) -> int:
     return n
 
 
-def peak_run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB of the child, its last output line) for one command in a fresh process."""
-    probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-             "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode); "
-             "print((r.stdout + r.stderr)[-3000:])")
-    out = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True, env=env, cwd=ROOT)
-    first, _, rest = out.stdout.partition("\n")
-    wall, rss_kb, rc = first.split()
-    if rc != "0":
-        raise RuntimeError(f"score failed:\n{rest}")
-    return float(wall), float(rss_kb) / 1024, rest.strip().splitlines()[-1] if rest.strip() else ""
+def process_tree_mib(pid: int) -> tuple[float, float]:
+    """(PSS, RSS) in MiB summed over `pid` and every process below it (the driver, the fork server and the workers).
+    PSS splits pages shared between processes among them, so its sum is the job's real footprint; the RSS sum
+    counts shared pages once per process and overstates it."""
+    from tests.model.test_score_job import _descendants
+
+    pss = rss = 0
+    for p in {pid, *_descendants(pid)}:
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+                elif line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+        except OSError:  # ended meanwhile
+            continue
+    return pss / 1024, rss / 1024
+
+
+def peak_run(cmd: list[str], env: dict[str, str], every: float = 0.2) -> tuple[float, float, float]:
+    """(wall seconds, peak PSS MiB, peak RSS MiB) of one command's whole process tree, sampled every `every` s."""
+    started = time.perf_counter()
+    peak_pss = peak_rss = 0.0
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        while proc.poll() is None:
+            pss, rss = process_tree_mib(proc.pid)
+            peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+            time.sleep(every)
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"score failed (exit code {proc.returncode}):\n{err.read()[-3000:]}")
+    return time.perf_counter() - started, peak_pss, peak_rss
 
 
 def main() -> None:
@@ -135,6 +158,8 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=300, help="simulated base cohort (patients)")
     parser.add_argument("--rows", type=int, default=5000, help="rows of the predict/explain comparison")
     parser.add_argument("--chunk", type=int, default=2000, help="--chunk-patients of the scaling runs")
+    parser.add_argument("--workers", type=int, default=1, help="--workers of the scaling runs (0 = in the driver)")
+    parser.add_argument("--chunks-per-worker", type=int, default=25, help="--chunks-per-worker of the scaling runs")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
@@ -188,9 +213,11 @@ def main() -> None:
 
     # 2. whole-job scaling
     env = {**os.environ, "MLFLOW_TRACKING_URI": world.tracking_uri}
-    print(f"\n[scaling] whole job, local engine, --chunk-patients {args.chunk}, --explain-top 3")
-    print(f"  {'patients':>10} {'wall s':>9} {'patients/s':>11} {'peak RSS MiB':>13}")
-    runs: list[tuple[int, float, float]] = []  # (patients, patients/s, peak RSS MiB)
+    print(f"\n[scaling] whole job, local engine, --chunk-patients {args.chunk}, --explain-top 3, --workers "
+          f"{args.workers}, --chunks-per-worker {args.chunks_per_worker}")
+    print(f"  {'patients':>10} {'wall s':>8} {'patients/s':>11} {'peak MiB: PSS':>14} {'RSS':>6} "
+          f"{'driver':>7} {'worker':>7}")
+    runs: list[tuple[int, float, float]] = []  # (patients, patients/s, peak PSS MiB)
     for size in [int(s) for s in args.sizes.split(",") if s]:
         copies = -(-size // args.base)
         data = work / f"population-{size}"
@@ -201,21 +228,23 @@ def main() -> None:
         out = work / f"out-{size}"
         cmd = [sys.executable, "-m", "pipeline.cli", "score", "--data", str(data), "--as-of", AS_OF,
                "--model", world.model_uri, "--out", str(out), "--chunk-patients", str(args.chunk),
-               "--explain-top", "3", "--today", TODAY, "--no-progress"]
+               "--explain-top", "3", "--today", TODAY, "--no-progress", "--workers", str(args.workers),
+               "--chunks-per-worker", str(args.chunks_per_worker)]
         if out.exists():
             shutil.rmtree(out)
-        wall, rss, _ = peak_run(cmd, env)
+        wall, pss, rss = peak_run(cmd, env)
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["counts"]["input_patients"] == n_patients
-        runs.append((n_patients, n_patients / wall, rss))
-        print(f"  {n_patients:>10} {wall:>9.1f} {n_patients / wall:>11.0f} {rss:>13.0f}   "
-              f"(stage {manifest['timings']['stage_s']:.0f} s, validate {manifest['timings']['validate_s']:.0f} s, "
-              f"features {manifest['timings']['features_s']:.0f} s, predict+explain "
-              f"{manifest['timings']['predict_s']:.0f} s)")
+        runs.append((n_patients, n_patients / wall, pss))
+        timings = manifest["timings"]
+        print(f"  {n_patients:>10} {wall:>8.1f} {n_patients / wall:>11.0f} {pss:>14.0f} {rss:>6.0f} "
+              f"{timings['driver_peak_rss_mib']:>7.0f} {timings['worker_peak_rss_mib'] or 0:>7.0f}   "
+              f"(stage {timings['stage_s']:.0f} s, validate {timings['validate_s']:.0f} s, features "
+              f"{timings['features_s']:.0f} s, predict+explain {timings['predict_s']:.0f} s; "
+              f"{manifest['chunks']['processes']} worker processes)")
     # 1.0 = linear scaling; the smallest runs are slower per patient because of fixed start-up costs
     for (a, ra, ma), (b, rb, mb) in zip(runs[:-1], runs[1:], strict=True):
-        print(f"  {a:>10} -> {b:>10} patients: throughput x{rb / ra:.2f}, peak RSS {mb - ma:+.0f} MiB")
-
+        print(f"  {a:>10} -> {b:>10} patients: throughput x{rb / ra:.2f}, peak PSS {mb - ma:+.0f} MiB")
 
 if __name__ == "__main__":
     main()

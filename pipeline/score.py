@@ -2,9 +2,11 @@
 
 Steps: refuse bad runs before any work (model URI, feature contract, future as-of, foreign output folder) →
 plan chunks of N patients (sorted ids) → stage the input tables once into per-chunk Arrow IPC shards (streamed in
-record batches, so memory does not grow with the input) → for each chunk not already done: validate, reject broken
-patients, build as-of features, predict + explain with the registered pyfunc, write `part-<chunk>.parquet`
-atomically → `rejects.parquet`, the invariant check, `manifest.json`. Patient identifiers never reach logs.
+record batches, so memory does not grow with the input) → for each chunk not already done, in a worker process
+(replaced every N chunks, so memory cannot pile up over a long run), in this process, or as a Spark task: validate,
+reject broken patients, build as-of features, predict + explain with the registered pyfunc, write
+`part-<chunk>.parquet` atomically → `rejects.parquet`, the invariant check, `manifest.json`. Patient identifiers
+never reach logs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,13 +26,18 @@ from features.contract import CONTRACT_COLUMNS, CONTRACT_TABLES
 from models.scoring import ChunkPlan, PatientIds, ScoreSettings, part_name
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     import pandas as pd
+
+    Done = Callable[[dict[str, Any]], dict[str, Any]]  # told each chunk's summary as it finishes
 
 WORK = "_work"  # inside the output folder: run identity, staged shards, per-chunk rejects
 RUN_FILE = "run.json"
 MANIFEST = "manifest.json"
 REJECTS = "rejects.parquet"
 BATCH_ROWS = 262_144  # rows per record batch while staging (bounds staging memory)
+CHUNKS_PER_WORKER = 25  # chunks a worker process scores before a fresh one replaces it
 
 
 def release_memory() -> None:
@@ -256,26 +263,38 @@ def read_shard(staging: Path, table: str, chunk: int) -> tuple[pd.DataFrame, Any
 
 
 # --- the model ----------------------------------------------------------------------------------------------------
-def resolve_model(uri: str) -> tuple[Any, str | None]:
-    """(the `EscalateModel` inside the pyfunc at `uri`, registered version or None); refuses an unknown URI."""
+def resolve_model(uri: str, store: str | None = None) -> tuple[Any, str | None]:
+    """(the `EscalateModel` inside the pyfunc at `uri`, registered version or None), from the tracking store `store`
+    (default: `tracking_uri()`); an alias is pinned to its version before loading, so the model loaded is the version
+    reported. Refuses an unknown URI."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from pipeline.registry import tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
+    store = store or tracking_uri()
+    mlflow.set_tracking_uri(store)
+    version = _model_version(uri)
     try:
-        pyfunc = mlflow.pyfunc.load_model(uri)
+        pyfunc = mlflow.pyfunc.load_model(pinned_uri(uri, version))
     except (MlflowException, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ScoreRefusal(f"--model {uri}: cannot load this model ({first}); check the name, version or alias "
-                           f"in the registry at {tracking_uri()}") from err
+                           f"in the registry at {store}") from err
     inner = pyfunc.unwrap_python_model()
     model = getattr(inner, "model", inner)
     if not hasattr(model, "predict_frame"):
         raise ScoreRefusal(f"--model {uri}: not an Escalate model (no predict_frame); register one with "
                            "`escalate train`")
-    return model, _model_version(uri)
+    return model, version
+
+
+def pinned_uri(uri: str, version: str | None) -> str:
+    """`models:/<name>@<alias>` as `models:/<name>/<version>`: every chunk of a run, in any process and on any
+    engine, loads the version the run checked and records, even if the alias moves meanwhile."""
+    if version is None or not uri.startswith("models:/") or "@" not in uri:
+        return uri
+    return f"models:/{uri.removeprefix('models:/').split('@', 1)[0]}/{version}"
 
 
 def _model_version(uri: str) -> str | None:
@@ -295,10 +314,10 @@ def _model_version(uri: str) -> str | None:
         return None
 
 
-def check_feature_contract(model: Any, feature_columns: list[str]) -> list[str]:
+def check_feature_contract(model_columns: Sequence[str], feature_columns: list[str]) -> list[str]:
     """Refuse when the feature builder does not produce every column the model was trained on; returns the
     builder's columns the model does not use (reported in the manifest)."""
-    wanted = list(model.contract.columns)
+    wanted = list(model_columns)
     missing = [c for c in wanted if c not in feature_columns]
     if missing:
         raise ScoreRefusal(
@@ -313,7 +332,7 @@ def check_feature_contract(model: Any, feature_columns: list[str]) -> list[str]:
 # --- one chunk ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ChunkTask:
-    """Everything a worker needs to score one chunk (picklable: the Spark engine ships it to executors)."""
+    """Everything a worker needs to score one chunk (picklable: shipped to worker processes and Spark executors)."""
 
     staging: str
     out: str
@@ -377,14 +396,165 @@ class ChunkTask:
         return {"chunk": int(chunk), "patients": int(len(tables["patients"])), "scored": int(len(keys)),
                 "rejected": int(rejects["patient_id"].dropna().nunique()), "rows": int(len(scored)),
                 "read_s": t1 - t0, "validate_s": t2 - t1, "features_s": t3 - t2, "predict_s": t4 - t3,
-                "write_s": t5 - t4}
+                "write_s": t5 - t4, "pid": os.getpid(), "peak_rss_mib": _peak_rss_mib()}
 
 
-def load_task_model(task: ChunkTask) -> Any:
-    """The Escalate model of a task's URI (what each worker loads once)."""
-    os.environ.setdefault("MLFLOW_TRACKING_URI", task.tracking_uri)
-    model, _ = resolve_model(task.model_uri)
-    return model
+# --- where chunks are scored: this process, worker processes, or Spark -----------------------------------------------
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the driver checks before any work, from the process that loaded the model: the URI every chunk loads
+    (pinned to the registered version), that version, and the feature columns the model was trained on."""
+
+    uri: str
+    version: str | None
+    columns: tuple[str, ...]
+
+
+#: the model and reference data of this process, keyed by (tracking URI, pinned model URI): loaded once, reused by
+#: every chunk the process scores (a worker process, a Spark Python worker, or the driver with `--workers 0`).
+_LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+def _load(task: ChunkTask) -> tuple[Any, str | None]:
+    model, version = resolve_model(task.model_uri, task.tracking_uri)
+    _LOADED.clear()  # one model per process
+    _LOADED[(task.tracking_uri, pinned_uri(task.model_uri, version))] = (model, task.references())
+    return model, version
+
+
+def describe_model(task: ChunkTask) -> ModelFacts:
+    """Load the task's model in this process (kept for the chunks that follow) and say what the driver checks."""
+    model, version = _load(task)
+    return ModelFacts(pinned_uri(task.model_uri, version), version, tuple(model.contract.columns))
+
+
+def score_chunk(task: ChunkTask, chunk: int) -> dict[str, Any]:
+    """Score one chunk with this process's copy of the task's model (loaded on first use)."""
+    if (task.tracking_uri, task.model_uri) not in _LOADED:
+        _load(task)
+    model, refs = _LOADED[(task.tracking_uri, task.model_uri)]
+    return task.run(chunk, model, refs)
+
+
+class InProcess:
+    """Chunks scored in this process, one after another (`--workers 0`)."""
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def describe(self, task: ChunkTask) -> ModelFacts:
+        return describe_model(task)
+
+    def score(self, task: ChunkTask, todo: list[int], done: Done) -> list[dict[str, Any]]:
+        return [done(score_chunk(task, chunk)) for chunk in todo]
+
+
+class SparkChunks(InProcess):
+    """The Spark engine: the driver checks the model here; the chunks run as Spark tasks (pipeline.spark_engine)."""
+
+    def __init__(self, master: str | None) -> None:
+        self.master = master
+
+    def score(self, task: ChunkTask, todo: list[int], done: Done) -> list[dict[str, Any]]:
+        from pipeline.spark_engine import run_chunks_spark
+
+        return [done(summary) for summary in run_chunks_spark(task, todo, master=self.master)]
+
+
+class WorkerPool(InProcess):
+    """Chunks scored in `workers` worker processes; the driver never loads the model. Every `workers x
+    chunks_per_worker` chunks the workers are replaced by fresh ones, so memory a long run's allocator does not hand
+    back cannot pile up: the footprint is bounded by construction, whatever the population. (Replaced by
+    generations, not `max_tasks_per_child`, which deadlocks a queued backlog on Python 3.11-3.13: cpython#115634.)
+
+    Workers fork from a server process that has imported the scoring code once (`forkserver`; `spawn` where there
+    is none), so a fresh worker costs one model load, not the imports too."""
+
+    PRELOAD = ("pipeline.score", "pipeline.registry", "features.build", "models.bundle", "xgboost", "mlflow.pyfunc")
+
+    def __init__(self, workers: int, chunks_per_worker: int) -> None:
+        self.workers, self.chunks_per_worker = workers, chunks_per_worker
+        self.executor: Any = None
+
+    def __exit__(self, *exc: object) -> None:
+        self._retire()
+
+    def _pool(self) -> Any:
+        if self.executor is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(list(self.PRELOAD))  # no effect once the server runs
+            else:
+                context = multiprocessing.get_context("spawn")
+            self.executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
+                                                initargs=(os.getcwd(), os.getpid()))
+        return self.executor
+
+    def _retire(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+    @staticmethod
+    def _result(future: Any) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return future.result()
+        except BrokenProcessPool as err:
+            raise RuntimeError("a scoring worker process died (killed, or out of memory: try a smaller "
+                               "--chunk-patients); the chunks finished so far are kept, so the same command "
+                               "resumes the run") from err
+
+    def describe(self, task: ChunkTask) -> ModelFacts:
+        return self._result(self._pool().submit(describe_model, task))
+
+    def score(self, task: ChunkTask, todo: list[int], done: Done) -> list[dict[str, Any]]:
+        from concurrent.futures import as_completed
+
+        summaries: list[dict[str, Any]] = []
+        generation = self.workers * self.chunks_per_worker
+        for start in range(0, len(todo), generation):
+            try:
+                futures = [self._pool().submit(score_chunk, task, c) for c in todo[start:start + generation]]
+                summaries.extend(done(self._result(f)) for f in as_completed(futures))
+            finally:
+                self._retire()  # this generation's workers exit (or, on failure, the queued chunks are dropped)
+        return summaries
+
+
+def _start_worker(cwd: str, driver: int) -> None:
+    """A worker process starts: in the driver's folder (relative paths and stores resolve alike), leaving Ctrl-C to
+    the driver (which lets running chunks finish), and ending the moment the driver does, so a killed run leaves no
+    worker behind (a fork-server worker's parent is the server, which itself waits for its workers to end)."""
+    import signal
+    import threading
+
+    os.chdir(cwd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(driver,), name="escalate-driver-watch", daemon=True).start()
+
+
+def _exit_with(pid: int) -> None:
+    """Block until process `pid` ends, then end this process (pidfd on Linux; elsewhere a check every 0.5 s)."""
+    import select
+
+    try:
+        if hasattr(os, "pidfd_open"):
+            select.select([os.pidfd_open(pid)], [], [])
+        else:
+            while True:
+                os.kill(pid, 0)
+                time.sleep(0.5)
+    except OSError:  # no such process: it has ended already
+        pass
+    os._exit(1)
 
 
 # --- the job --------------------------------------------------------------------------------------------------------
@@ -398,17 +568,17 @@ def run_score(
     settings: ScoreSettings | None = None,
     today: str | None = None,
     master: str | None = None,
+    workers: int | None = None,
+    chunks_per_worker: int = CHUNKS_PER_WORKER,
     progress: bool = True,
     params_path: Path = Path("params.yaml"),
 ) -> dict[str, Any]:
-    """The whole job; returns the manifest. Raises `ScoreRefusal` before any work for a run it will not do."""
+    """The whole job; returns the manifest. Raises `ScoreRefusal` before any work for a run it will not do.
+
+    Local engine: chunks are scored in `workers` worker processes (default 1) replaced every `chunks_per_worker`
+    chunks each, or in this process with `workers=0`. Spark: chunks are Spark tasks (`master`)."""
     import pandas as pd
 
-    from features.build import build_features
-    from features.contract import NORMALISED_COLUMNS
-    from models.scoring import plan_chunks
-    from pipeline.config import load_params
-    from pipeline.io import write_json
     from pipeline.registry import tracking_uri
 
     started = time.perf_counter()
@@ -420,6 +590,10 @@ def run_score(
 
         if importlib.util.find_spec("pyspark") is None:
             raise ScoreRefusal("--engine spark needs PySpark: install the spark extra (pip install -e '.[spark]')")
+        if workers is not None:
+            raise ScoreRefusal("--workers is for the local engine: Spark's parallelism is its executors' cores")
+    if workers is not None and workers < 0 or chunks_per_worker < 1:
+        raise ScoreRefusal("--workers must be >= 0 and --chunks-per-worker >= 1")
     the_day = pd.Timestamp(today or date.today().isoformat()).normalize()
     try:
         when = pd.Timestamp(as_of).normalize()
@@ -428,26 +602,55 @@ def run_score(
     if when > the_day:
         raise ScoreRefusal(f"--as-of {when.date()} is in the future (today is {the_day.date()}): a prediction "
                            "can only use what is already recorded")
-    out = Path(out)
+    out = Path(out).absolute()
     paths = table_paths(Path(data))
     check_structure(paths)
-    model, version = resolve_model(model_uri)
+    from pipeline.config import load_params
+
     params = load_params(params_path) if Path(params_path).exists() else {}
-    feature_config = dict(params.get("features") or {})
     task = ChunkTask(staging=str(out / WORK / "staging"), out=str(out), model_uri=model_uri,
                      tracking_uri=tracking_uri(), as_of=str(when.date()), today=str(the_day.date()),
-                     settings=settings, feature_config=feature_config)
-    refs = task.references()
-    vocabulary, _, catalog, fconfig = refs
+                     settings=settings, feature_config=dict(params.get("features") or {}))
+    if engine == "spark":
+        runner: InProcess = SparkChunks(master)
+    elif workers == 0:
+        runner = InProcess()
+    else:
+        runner = WorkerPool(workers or 1, chunks_per_worker)
+    with runner:
+        manifest = _job(task, paths, out, runner, progress)
+    manifest["engine"] = engine
+    manifest["chunks"] |= {"workers": None if engine == "spark" else (1 if workers is None else workers),
+                           "chunks_per_worker": chunks_per_worker if engine == "local" and workers != 0 else None}
+    manifest["timings"] = {"total_s": round(time.perf_counter() - started, 3), **manifest["timings"]}
+    from pipeline.io import write_json
+
+    write_json(manifest, out / MANIFEST)
+    return manifest
+
+
+def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: InProcess,
+         progress: bool) -> dict[str, Any]:
+    """Check the model and the output folder, plan, stage, score every chunk not done, finish; the manifest."""
+    import pandas as pd
+
+    from features.build import build_features
+    from features.contract import NORMALISED_COLUMNS
+    from models.scoring import plan_chunks
+    from pipeline.io import write_json
+
+    facts = runner.describe(task)  # refuses an unknown model before any work
+    vocabulary, _, catalog, fconfig = task.references()
     empty_tables = {k: pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
                     for k, cols in NORMALISED_COLUMNS.items()}
     empty_keys = pd.DataFrame({"patient_id": pd.Series(dtype=str), "as_of": pd.Series(dtype="datetime64[ns]")})
     built = build_features(empty_keys, empty_tables, vocabulary, catalog, fconfig)
-    unused = check_feature_contract(model, list(built.features.columns))
+    unused = check_feature_contract(facts.columns, list(built.features.columns))
 
     digest = input_hash(paths)
-    identity = {"input_hash": digest, "as_of": task.as_of, "model_uri": model_uri, "model_version": version,
-                "settings": settings.model_dump(), "feature_config": feature_config}
+    identity = {"input_hash": digest, "as_of": task.as_of, "model_uri": task.model_uri,
+                "model_version": facts.version, "settings": task.settings.model_dump(),
+                "feature_config": task.feature_config}
     run_file = out / WORK / RUN_FILE
     if out.exists() and any(out.iterdir()):
         if not run_file.is_file():
@@ -459,7 +662,7 @@ def run_score(
                                "folder or delete it to start over")
 
     # planning and staging (redone unless a finished staging of this very input exists)
-    plan = plan_chunks(read_patient_ids(paths["patients"]), settings.chunk_patients)
+    plan = plan_chunks(read_patient_ids(paths["patients"]), task.settings.chunk_patients)
     release_memory()
     total = plan.total
     for stale in out.rglob(".*.tmp") if out.exists() else ():  # half-written files of a killed run
@@ -478,14 +681,17 @@ def run_score(
         rows = _read_json(out / MANIFEST)["counts"]["input_rows"]
     stage_s = time.perf_counter() - t_stage
 
-    per_chunk = pd.Series(plan.sizes(), index=range(total))
-    t_chunks = time.perf_counter()
-    if engine == "spark":
-        from pipeline.spark_engine import run_chunks_spark
+    from tqdm import tqdm
 
-        summaries = run_chunks_spark(task, todo, master=master)
-    else:
-        summaries = _run_local(task, todo, model, refs, per_chunk, progress)
+    sizes = plan.sizes()
+    t_chunks = time.perf_counter()
+    with tqdm(total=int(sizes.sum()), initial=int(sizes.sum() - sizes[todo].sum()), unit="patient",
+              unit_scale=True, disable=not progress, desc="scoring", dynamic_ncols=True) as bar:
+        def done(summary: dict[str, Any]) -> dict[str, Any]:
+            bar.update(int(sizes[summary["chunk"]]))
+            return summary
+
+        summaries = runner.score(replace(task, model_uri=facts.uri), todo, done)
     chunks_s = time.perf_counter() - t_chunks
 
     report, reject_rows, output_rows = _finish(out, plan, len(catalog.names))
@@ -493,26 +699,25 @@ def run_score(
         raise RuntimeError("scoring invariant broken: " + "; ".join(report.problems))
     shutil.rmtree(Path(task.staging), ignore_errors=True)
     staged_marker.unlink(missing_ok=True)
-    elapsed = time.perf_counter() - started
     timing_keys = ("read_s", "validate_s", "features_s", "predict_s", "write_s")
-    manifest = {
-        "model_uri": model_uri, "model_version": version, "as_of": task.as_of, "today": task.today,
-        "input_hash": digest, "engine": engine, "settings": settings.model_dump(),
+    return {
+        "model_uri": task.model_uri, "model_version": facts.version, "as_of": task.as_of, "today": task.today,
+        "input_hash": digest, "settings": task.settings.model_dump(),
         "counts": {"input_patients": report.input_patients, "scored_patients": report.scored_patients,
                    "rejected_patients": report.rejected_patients, "unknown_patients": report.unknown_patients,
                    "reject_rows": reject_rows, "output_rows": output_rows, "input_rows": rows},
-        "chunks": {"total": total, "run_now": len(todo), "resumed": total - len(todo)},
+        "chunks": {"total": total, "run_now": len(todo), "resumed": total - len(todo),
+                   "processes": len({s["pid"] for s in summaries})},
         "options": list(catalog.names),
         "unused_feature_columns": unused,
         "invariant": "every input patient scored or rejected, none lost, none twice: ok",
-        "timings": {"total_s": round(elapsed, 3), "stage_s": round(stage_s, 3), "chunks_s": round(chunks_s, 3),
+        "timings": {"stage_s": round(stage_s, 3), "chunks_s": round(chunks_s, 3),
                     **{k: round(sum(s[k] for s in summaries), 3) for k in timing_keys},
                     "patients_per_second": round(sum(s["patients"] for s in summaries) / chunks_s, 1)
                     if summaries and chunks_s > 0 else None,
-                    "driver_peak_rss_mib": _peak_rss_mib()},
+                    "driver_peak_rss_mib": _peak_rss_mib(),
+                    "worker_peak_rss_mib": max((s["peak_rss_mib"] for s in summaries), default=None)},
     }
-    write_json(manifest, out / MANIFEST)
-    return manifest
 
 
 def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int]:
@@ -556,20 +761,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def _run_local(task: ChunkTask, todo: list[int], model: Any, refs: Any, per_chunk: Any, progress: bool) -> list:
-    """The local engine: chunks one after another in this process, with a patients/second progress bar."""
-    from tqdm import tqdm
-
-    done = int(per_chunk.sum()) - int(per_chunk.reindex(todo).sum()) if todo else int(per_chunk.sum())
-    summaries = []
-    with tqdm(total=int(per_chunk.sum()), initial=done, unit="patient", unit_scale=True, disable=not progress,
-              desc="scoring", dynamic_ncols=True) as bar:
-        for chunk in todo:
-            summaries.append(task.run(chunk, model, refs))
-            bar.update(int(per_chunk.get(chunk, 0)))
-    return summaries
-
-
 def score_command(
     data: Annotated[Path, typer.Option("--data", help="folder of contract tables (.parquet or .csv)")],
     as_of: Annotated[str, typer.Option("--as-of", help="score as of this date (YYYY-MM-DD); only data dated "
@@ -584,11 +775,17 @@ def score_command(
     today: Annotated[str | None, typer.Option("--today", help="the data's today (default: the current date)")] = None,
     master: Annotated[str | None, typer.Option("--master", help="Spark master (default: SPARK_REMOTE / Spark "
                                                                "config / local[*])")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="local engine: worker processes scoring "
+                                                "chunks in parallel (default 1; 0 = in this process)")] = None,
+    chunks_per_worker: Annotated[int, typer.Option("--chunks-per-worker", min=1, help="local engine: chunks a "
+                                                   "worker scores before a fresh one replaces it (bounds memory)")]
+    = CHUNKS_PER_WORKER,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
 ) -> None:
     """Score every patient of a data folder as of a date: per-option predictions with reasons, rejects, manifest."""
     try:
-        manifest = run_score(data, as_of, model, out, engine=engine, today=today, master=master, progress=progress,
+        manifest = run_score(data, as_of, model, out, engine=engine, today=today, master=master, workers=workers,
+                             chunks_per_worker=chunks_per_worker, progress=progress,
                              settings=ScoreSettings(chunk_patients=chunk_patients, explain_top_k=explain_top))
     except ScoreRefusal as err:
         typer.secho(f"refused: {err}", fg=typer.colors.RED, err=True)

@@ -18,20 +18,16 @@ import sys
 import warnings
 from typing import Any
 
-from pipeline.score import ChunkTask, load_task_model
+from pipeline.score import ChunkTask, score_chunk
 
 #: per-chunk summary columns returned by the tasks (counts and timings, never patient identifiers).
 SUMMARY_SCHEMA = (
     "chunk long, patients long, scored long, rejected long, rows long, "
-    "read_s double, validate_s double, features_s double, predict_s double, write_s double"
+    "read_s double, validate_s double, features_s double, predict_s double, write_s double, pid long, "
+    "peak_rss_mib double"
 )
 _SUMMARY_COLUMNS = [part.split()[0] for part in SUMMARY_SCHEMA.split(", ")]
 _PANDAS3_NOTICE = "PySpark does not yet fully support pandas"
-
-#: model and reference data per Python worker process, keyed by (model URI, tracking URI): loaded once, reused
-#: by every chunk the worker scores.
-_WORKER_STATE: dict[tuple[str, str], tuple[Any, Any]] = {}
-
 
 def _quiet_pandas_notice() -> None:
     """PySpark 4 warns that it does not fully support pandas 3; the engine uses only Arrow-backed pandas UDFs."""
@@ -60,21 +56,13 @@ def spark_session(master: str | None = None) -> tuple[Any, bool]:
     return builder.getOrCreate(), active is None
 
 
-def _worker_state(task: ChunkTask) -> tuple[Any, Any]:
-    key = (task.model_uri, task.tracking_uri)
-    if key not in _WORKER_STATE:
-        _quiet_pandas_notice()
-        _WORKER_STATE[key] = (load_task_model(task), task.references())
-    return _WORKER_STATE[key]
-
-
 def score_groups(task: ChunkTask) -> Any:
     """The grouped-map function for one task: a frame of chunk ids in, one summary row per chunk out."""
     import pandas as pd
 
     def score_group(frame: pd.DataFrame) -> pd.DataFrame:
-        model, refs = _worker_state(task)
-        rows = [task.run(int(chunk), model, refs) for chunk in frame["chunk"].to_numpy()]
+        _quiet_pandas_notice()
+        rows = [score_chunk(task, int(chunk)) for chunk in frame["chunk"].to_numpy()]
         return pd.DataFrame(rows, columns=_SUMMARY_COLUMNS)
 
     return score_group

@@ -165,7 +165,9 @@ def test_every_patient_scored_once_with_every_option_and_reasons(world: ScoringW
     assert manifest["counts"]["input_patients"] == len(patients)
     assert manifest["chunks"]["total"] == -(-len(patients) // CHUNK)
     assert manifest["model_version"] == world.version and manifest["as_of"] == AS_OF
-    assert manifest["timings"]["driver_peak_rss_mib"] > 100  # the process holds at least the model and pandas
+    assert manifest["timings"]["worker_peak_rss_mib"] > 100  # a worker holds at least the model and pandas
+    assert manifest["timings"]["driver_peak_rss_mib"] > 50
+    assert (manifest["chunks"]["workers"], manifest["chunks"]["processes"]) == (1, 1)  # the default: one worker
     assert len(list(out.glob("part-*.parquet"))) == manifest["chunks"]["total"]
     assert list(scored.columns[:3]) == ["patient_id", "as_of", "option"]
     assert (scored["as_of"] == pd.Timestamp(AS_OF)).all()
@@ -208,6 +210,7 @@ def test_broken_rows_reject_their_patient_and_name_the_record(world: ScoringWorl
         ({"model_uri": "models:/escalate-response@no-such-alias"}, "cannot load this model"),
         ({"model_uri": "models:/no-such-model/3"}, "cannot load this model"),
         ({"as_of": "2026-12-24"}, "in the future"),
+        ({"workers": -1}, "--workers must be"),
     ],
 )
 def test_refuses_before_any_work(world: ScoringWorld, tmp_path: Path, change: dict, match: str) -> None:
@@ -256,10 +259,53 @@ def test_refuses_an_output_folder_of_another_run(world: ScoringWorld, reference,
     assert again["chunks"]["run_now"] == 0
 
 
+@pytest.mark.parametrize(("workers", "chunks_per_worker"), [(0, 25), (1, 1), (2, 1)])
+def test_where_chunks_run_does_not_change_the_output(world: ScoringWorld, reference, tmp_path: Path,
+                                                    workers: int, chunks_per_worker: int) -> None:
+    """In this process, one worker replaced after every chunk, or two in parallel: the same bytes as the default
+    run; and no worker process scores more than `workers x chunks_per_worker` chunks (memory bounded by that)."""
+    whole, whole_manifest = reference
+    out = tmp_path / "out"
+    manifest = _score(world, world.data, out, workers=workers, chunks_per_worker=chunks_per_worker)
+    total = manifest["chunks"]["total"]
+    if workers == 0:
+        assert manifest["chunks"]["processes"] == 1 and manifest["chunks"]["chunks_per_worker"] is None
+    else:
+        assert manifest["chunks"]["processes"] >= -(-total // (workers * chunks_per_worker))
+    names = sorted(p.name for p in whole.glob("*.parquet"))
+    assert names == sorted(p.name for p in out.glob("*.parquet"))
+    for name in names:
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+    assert manifest["counts"] == whole_manifest["counts"]
+
+
 def _command(world: ScoringWorld, out: Path) -> list[str]:
     return [sys.executable, "-m", "pipeline.cli", "score", "--data", str(world.data), "--as-of", AS_OF,
             "--model", world.model_uri, "--out", str(out), "--chunk-patients", str(CHUNK), "--explain-top", "2",
             "--today", TODAY, "--no-progress"]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (Linux /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_killed_run_resumes_to_the_same_output(world: ScoringWorld, reference, tmp_path: Path) -> None:
@@ -275,8 +321,14 @@ def test_killed_run_resumes_to_the_same_output(world: ScoringWorld, reference, t
         if proc.poll() is not None:
             pytest.fail(f"score exited before its first chunk: {proc.stderr.read().decode()[-2000:]}")
         time.sleep(0.02)
+    workers = _descendants(proc.pid)
+    assert workers, "the local engine scores in worker processes by default"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 10  # the workers end with the run: none goes on writing parts
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)]
     n_before = len(list(killed.glob("part-*.parquet")))
     assert 1 <= n_before < whole_manifest["chunks"]["total"] and not (killed / MANIFEST).exists()
     (killed / ".part-00002.parquet.half.tmp").write_bytes(b"PAR1 half a file")
