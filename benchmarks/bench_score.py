@@ -6,7 +6,7 @@ and whole-job scaling with peak memory per population size.
    `pred_contribs` of the boosters that are explained (response and safety full-data learners). Target: the
    predict+explain part runs at >= 0.7x of that limit.
 2. Scaling: the whole job (`python -m pipeline.cli score`, local engine) at each size in `--sizes`, in a fresh
-   process tree (driver, fork server, worker processes) whose summed PSS and RSS are sampled five times a second,
+   process tree (the driver and its worker processes) whose summed PSS and RSS are sampled five times a second,
    beside each process's exact peak RSS from the manifest; inputs are a simulated base cohort replicated under new patient ids
    (simulating 100k+ patients directly takes hours), written as Parquet in row batches.
 
@@ -118,7 +118,7 @@ def replicate(base: Path, target: Path, copies: int) -> int:
 
 
 def process_tree_mib(pid: int) -> tuple[float, float]:
-    """(PSS, RSS) in MiB summed over `pid` and every process below it (the driver, the fork server and the workers).
+    """(PSS, RSS) in MiB summed over `pid` and every process below it (the driver and its workers).
     PSS splits pages shared between processes among them, so its sum is the job's real footprint; the RSS sum
     counts shared pages once per process and overstates it."""
     from tests.model.test_score_job import _descendants

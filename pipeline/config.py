@@ -6,6 +6,7 @@ only finds and reads the files, so pure code never touches the file system.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,12 @@ def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
     if not p.exists() and not p.is_absolute():
         p = ROOT / p
     return read_yaml(p)
+
+
+def tracking_uri(root: Path = ROOT) -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the absolute SQLite store of the repository."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return env or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
 @cache

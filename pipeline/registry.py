@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import ROOT
+from pipeline.config import ROOT, tracking_uri
 
 EXPERIMENT = "escalate"
 MODEL_NAME = "escalate-response"
@@ -44,12 +43,6 @@ RUNTIME_DISTRIBUTIONS: tuple[str, ...] = (
     "joblib",
     "cloudpickle",
 )
-
-
-def tracking_uri(root: Path = ROOT) -> str:
-    """`MLFLOW_TRACKING_URI` when set, else the absolute SQLite store of the repository."""
-    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    return env or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
 def setup_mlflow(root: Path = ROOT, experiment: str = EXPERIMENT) -> str:
