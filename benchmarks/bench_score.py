@@ -117,39 +117,42 @@ def replicate(base: Path, target: Path, copies: int) -> int:
     return n
 
 
-def process_tree_mib(pid: int) -> tuple[float, float]:
-    """(PSS, RSS) in MiB summed over `pid` and every process below it (the driver and its workers).
-    PSS splits pages shared between processes among them, so its sum is the job's real footprint; the RSS sum
-    counts shared pages once per process and overstates it."""
+def process_tree_mib(pid: int) -> dict[int, tuple[float, float]]:
+    """{process: (PSS, RSS) in MiB} of `pid` and every process below it (the driver and its workers). PSS splits
+    pages shared between processes among them, so its sum is the job's real footprint; an RSS sum counts shared
+    pages once per process and overstates it."""
     from tests.model.test_score_job import _descendants
 
-    pss = rss = 0
+    found: dict[int, tuple[float, float]] = {}
     for p in {pid, *_descendants(pid)}:
         try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    pss += int(line.split()[1])
-                elif line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-        except OSError:  # ended meanwhile
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()[1:])
+        except (OSError, ValueError):  # ended meanwhile
             continue
-    return pss / 1024, rss / 1024
+        found[p] = (int(fields["Pss"].split()[0]) / 1024, int(fields["Rss"].split()[0]) / 1024)
+    return found
 
 
-def peak_run(cmd: list[str], env: dict[str, str], every: float = 0.2) -> tuple[float, float, float]:
-    """(wall seconds, peak PSS MiB, peak RSS MiB) of one command's whole process tree, sampled every `every` s."""
+def peak_run(cmd: list[str], env: dict[str, str], every: float = 0.2) -> tuple[float, dict[str, float]]:
+    """(wall seconds, peak memory) of one command's whole process tree, sampled every `every` s: the peak of the
+    summed PSS with the driver's and the largest worker's PSS at that moment, and the peak of the summed RSS."""
     started = time.perf_counter()
-    peak_pss = peak_rss = 0.0
+    peak = {"pss": 0.0, "driver_pss": 0.0, "worker_pss": 0.0, "rss": 0.0}
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True)
         while proc.poll() is None:
-            pss, rss = process_tree_mib(proc.pid)
-            peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+            tree = process_tree_mib(proc.pid)
+            pss = sum(v[0] for v in tree.values())
+            if pss > peak["pss"]:
+                others = [v[0] for p, v in tree.items() if p != proc.pid]
+                peak |= {"pss": pss, "driver_pss": tree.get(proc.pid, (0.0, 0.0))[0],
+                         "worker_pss": max(others, default=0.0)}
+            peak["rss"] = max(peak["rss"], sum(v[1] for v in tree.values()))
             time.sleep(every)
         if proc.returncode:
             err.seek(0)
             raise RuntimeError(f"score failed (exit code {proc.returncode}):\n{err.read()[-3000:]}")
-    return time.perf_counter() - started, peak_pss, peak_rss
+    return time.perf_counter() - started, peak
 
 
 def main() -> None:
@@ -215,8 +218,10 @@ def main() -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": world.tracking_uri}
     print(f"\n[scaling] whole job, local engine, --chunk-patients {args.chunk}, --explain-top 3, --workers "
           f"{args.workers}, --chunks-per-worker {args.chunks_per_worker}")
-    print(f"  {'patients':>10} {'wall s':>8} {'patients/s':>11} {'peak MiB: PSS':>14} {'RSS':>6} "
-          f"{'driver':>7} {'worker':>7}")
+    print("  peak memory, MiB: PSS summed over the process tree (driver + largest worker at that moment), RSS summed;")
+    print("  exact peak RSS (VmHWM) of the driver, of the largest worker and the median over worker processes")
+    print(f"  {'patients':>10} {'wall s':>8} {'patients/s':>11} {'PSS (driver+worker)':>20} {'RSS':>6} {'driver':>7} "
+          f"{'worker':>7} {'median':>7}")
     runs: list[tuple[int, float, float]] = []  # (patients, patients/s, peak PSS MiB)
     for size in [int(s) for s in args.sizes.split(",") if s]:
         copies = -(-size // args.base)
@@ -232,15 +237,16 @@ def main() -> None:
                "--chunks-per-worker", str(args.chunks_per_worker)]
         if out.exists():
             shutil.rmtree(out)
-        wall, pss, rss = peak_run(cmd, env)
+        wall, peak = peak_run(cmd, env)
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["counts"]["input_patients"] == n_patients
-        runs.append((n_patients, n_patients / wall, pss))
-        timings = manifest["timings"]
-        print(f"  {n_patients:>10} {wall:>8.1f} {n_patients / wall:>11.0f} {pss:>14.0f} {rss:>6.0f} "
-              f"{timings['driver_peak_rss_mib']:>7.0f} {timings['worker_peak_rss_mib'] or 0:>7.0f}   "
-              f"(stage {timings['stage_s']:.0f} s, validate {timings['validate_s']:.0f} s, features "
-              f"{timings['features_s']:.0f} s, predict+explain {timings['predict_s']:.0f} s; "
+        runs.append((n_patients, n_patients / wall, peak["pss"]))
+        t = manifest["timings"]
+        split = f"({peak['driver_pss']:.0f}+{peak['worker_pss']:.0f})"
+        print(f"  {n_patients:>10} {wall:>8.1f} {n_patients / wall:>11.0f} {peak['pss']:>9.0f} {split:>10} "
+              f"{peak['rss']:>6.0f} {t['driver_peak_rss_mib']:>7.0f} {t['worker_peak_rss_mib'] or 0:>7.0f} "
+              f"{t['worker_median_peak_rss_mib'] or 0:>7.0f}   (stage {t['stage_s']:.0f} s, validate "
+              f"{t['validate_s']:.0f} s, features {t['features_s']:.0f} s, predict+explain {t['predict_s']:.0f} s; "
               f"{manifest['chunks']['processes']} worker processes)")
     # 1.0 = linear scaling; the smallest runs are slower per patient because of fixed start-up costs
     for (a, ra, ma), (b, rb, mb) in zip(runs[:-1], runs[1:], strict=True):

@@ -436,10 +436,13 @@ def score_chunk(task: ChunkTask, chunk: int) -> dict[str, Any]:
     return task.run(chunk, model, refs)
 
 
-class InProcess:
-    """Chunks scored in this process, one after another (`--workers 0`)."""
+class ChunkRunner:
+    """Where a run's chunks are scored. This one: in this process, one after another (`--workers 0`)."""
 
-    def __enter__(self) -> InProcess:
+    workers: int | None = 0
+    chunks_per_worker: int | None = None
+
+    def __enter__(self) -> ChunkRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -452,8 +455,10 @@ class InProcess:
         return [done(score_chunk(task, chunk)) for chunk in todo]
 
 
-class SparkChunks(InProcess):
+class SparkChunks(ChunkRunner):
     """The Spark engine: the driver checks the model here; the chunks run as Spark tasks (pipeline.spark_engine)."""
+
+    workers = None  # Spark's executors
 
     def __init__(self, master: str | None) -> None:
         self.master = master
@@ -464,7 +469,7 @@ class SparkChunks(InProcess):
         return [done(summary) for summary in run_chunks_spark(task, todo, master=self.master)]
 
 
-class WorkerPool(InProcess):
+class WorkerPool(ChunkRunner):
     """Chunks scored in `workers` worker processes; the driver never loads the model. Every `workers x
     chunks_per_worker` chunks the workers are replaced by fresh ones, so memory a long run's allocator does not hand
     back cannot pile up: the footprint is bounded by construction, whatever the population. (Replaced by
@@ -579,7 +584,7 @@ def run_score(
     chunks each, or in this process with `workers=0`. Spark: chunks are Spark tasks (`master`)."""
     import pandas as pd
 
-    from pipeline.config import tracking_uri
+    from pipeline.config import load_params, tracking_uri
 
     started = time.perf_counter()
     settings = settings or ScoreSettings()
@@ -592,7 +597,7 @@ def run_score(
             raise ScoreRefusal("--engine spark needs PySpark: install the spark extra (pip install -e '.[spark]')")
         if workers is not None:
             raise ScoreRefusal("--workers is for the local engine: Spark's parallelism is its executors' cores")
-    if workers is not None and workers < 0 or chunks_per_worker < 1:
+    if (workers is not None and workers < 0) or chunks_per_worker < 1:
         raise ScoreRefusal("--workers must be >= 0 and --chunks-per-worker >= 1")
     the_day = pd.Timestamp(today or date.today().isoformat()).normalize()
     try:
@@ -605,34 +610,25 @@ def run_score(
     out = Path(out).absolute()
     paths = table_paths(Path(data))
     check_structure(paths)
-    from pipeline.config import load_params
-
     params = load_params(params_path) if Path(params_path).exists() else {}
     task = ChunkTask(staging=str(out / WORK / "staging"), out=str(out), model_uri=model_uri,
                      tracking_uri=tracking_uri(), as_of=str(when.date()), today=str(the_day.date()),
                      settings=settings, feature_config=dict(params.get("features") or {}))
     if engine == "spark":
-        runner: InProcess = SparkChunks(master)
+        runner: ChunkRunner = SparkChunks(master)
     elif workers == 0:
-        runner = InProcess()
+        runner = ChunkRunner()
     else:
         runner = WorkerPool(workers or 1, chunks_per_worker)
     with runner:
-        manifest = _job(task, paths, out, runner, progress)
-    manifest["engine"] = engine
-    manifest["chunks"] |= {"workers": None if engine == "spark" else (1 if workers is None else workers),
-                           "chunks_per_worker": chunks_per_worker if engine == "local" and workers != 0 else None}
-    manifest["timings"] = {"total_s": round(time.perf_counter() - started, 3), **manifest["timings"]}
-    from pipeline.io import write_json
-
-    write_json(manifest, out / MANIFEST)
-    return manifest
+        return _job(task, paths, out, runner, engine, progress, started)
 
 
-def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: InProcess,
-         progress: bool) -> dict[str, Any]:
+def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: ChunkRunner, engine: str,
+         progress: bool, started: float) -> dict[str, Any]:
     """Check the model and the output folder, plan, stage, score every chunk not done, finish; the manifest."""
     import pandas as pd
+    from tqdm import tqdm
 
     from features.build import build_features
     from features.contract import NORMALISED_COLUMNS
@@ -681,8 +677,6 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: InPr
         rows = _read_json(out / MANIFEST)["counts"]["input_rows"]
     stage_s = time.perf_counter() - t_stage
 
-    from tqdm import tqdm
-
     sizes = plan.sizes()
     t_chunks = time.perf_counter()
     with tqdm(total=int(sizes.sum()), initial=int(sizes.sum() - sizes[todo].sum()), unit="patient",
@@ -700,24 +694,26 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: InPr
     shutil.rmtree(Path(task.staging), ignore_errors=True)
     staged_marker.unlink(missing_ok=True)
     timing_keys = ("read_s", "validate_s", "features_s", "predict_s", "write_s")
-    return {
+    manifest = {
         "model_uri": task.model_uri, "model_version": facts.version, "as_of": task.as_of, "today": task.today,
-        "input_hash": digest, "settings": task.settings.model_dump(),
+        "input_hash": digest, "engine": engine, "settings": task.settings.model_dump(),
         "counts": {"input_patients": report.input_patients, "scored_patients": report.scored_patients,
                    "rejected_patients": report.rejected_patients, "unknown_patients": report.unknown_patients,
                    "reject_rows": reject_rows, "output_rows": output_rows, "input_rows": rows},
-        "chunks": {"total": total, "run_now": len(todo), "resumed": total - len(todo),
-                   "processes": len({s["pid"] for s in summaries})},
+        "chunks": {"total": total, "run_now": len(todo), "resumed": total - len(todo), "workers": runner.workers,
+                   "chunks_per_worker": runner.chunks_per_worker, "processes": len({s["pid"] for s in summaries})},
         "options": list(catalog.names),
         "unused_feature_columns": unused,
         "invariant": "every input patient scored or rejected, none lost, none twice: ok",
-        "timings": {"stage_s": round(stage_s, 3), "chunks_s": round(chunks_s, 3),
-                    **{k: round(sum(s[k] for s in summaries), 3) for k in timing_keys},
+        "timings": {"total_s": round(time.perf_counter() - started, 3), "stage_s": round(stage_s, 3),
+                    "chunks_s": round(chunks_s, 3), **{k: round(sum(s[k] for s in summaries), 3) for k in timing_keys},
                     "patients_per_second": round(sum(s["patients"] for s in summaries) / chunks_s, 1)
                     if summaries and chunks_s > 0 else None,
                     "driver_peak_rss_mib": _peak_rss_mib(),
-                    "worker_peak_rss_mib": max((s["peak_rss_mib"] for s in summaries), default=None)},
+                    **_worker_peaks(summaries)},
     }
+    write_json(manifest, out / MANIFEST)
+    return manifest
 
 
 def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int]:
@@ -744,6 +740,19 @@ def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int]:
             reject_rows += len(rejects)
             output_rows += int(scored.sum())
     return InvariantReport.combine(reports), reject_rows, output_rows
+
+
+def _worker_peaks(summaries: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Peak resident memory of the worker processes: the largest, and the median over processes (a long run has
+    more processes, so its largest is the maximum of more draws)."""
+    import statistics
+
+    per_process: dict[int, float] = {}
+    for s in summaries:
+        per_process[s["pid"]] = max(per_process.get(s["pid"], 0.0), s["peak_rss_mib"])
+    peaks = list(per_process.values())
+    return {"worker_peak_rss_mib": max(peaks) if peaks else None,
+            "worker_median_peak_rss_mib": statistics.median(peaks) if peaks else None}
 
 
 def _peak_rss_mib() -> float:

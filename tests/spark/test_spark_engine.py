@@ -52,3 +52,13 @@ def test_spark_and_local_engines_write_identical_output(world, tmp_path: Path) -
     rejects = pd.read_parquet(tmp_path / "spark" / REJECTS)
     assert bad_patient in set(rejects["patient_id"])
     assert (tmp_path / "spark" / MANIFEST).is_file()
+
+
+def test_workers_are_refused_on_spark(world, tmp_path: Path) -> None:
+    """Spark's parallelism is its executors': asking for local worker processes too is refused before any work."""
+    from pipeline.score import ScoreRefusal
+
+    with pytest.raises(ScoreRefusal, match="--workers is for the local engine"):
+        run_score(world.data, AS_OF, world.model_uri, tmp_path / "out", today=TODAY, progress=False,
+                  engine="spark", workers=2)
+    assert not (tmp_path / "out").exists()
