@@ -477,7 +477,7 @@ class WorkerPool(ChunkRunner):
 
     Workers are spawned, not forked from a server that imported the code once: Python's reference counts soon copy
     such shared pages anyway, and the server itself then held ~190 MB more than it saved (a fresh worker costs ~7 s
-    of imports and model load instead of ~2 s: ~5 % at 25 chunks of 2,000 patients)."""
+    of imports and model load instead of ~2 s: ~10 % of 25 chunks of 2,000 patients)."""
 
     def __init__(self, workers: int, chunks_per_worker: int) -> None:
         self.workers, self.chunks_per_worker = workers, chunks_per_worker
