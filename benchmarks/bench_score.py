@@ -7,8 +7,8 @@ and whole-job scaling with peak memory per population size.
    predict+explain part runs at >= 0.7x of that limit.
 2. Scaling: the whole job (`python -m pipeline.cli score`, local engine) at each size in `--sizes`, in a fresh
    process tree (the driver and its worker processes) whose summed PSS and RSS are sampled five times a second,
-   beside each process's exact peak RSS from the manifest; inputs are a simulated base cohort replicated under new patient ids
-   (simulating 100k+ patients directly takes hours), written as Parquet in row batches.
+   beside each process's exact peak RSS from the manifest; inputs are a simulated base cohort replicated under new
+   patient ids (simulating 100k+ patients directly takes hours), written as Parquet in row batches.
 
 Run: `python benchmarks/bench_score.py [--sizes 10000,100000,1000000] [--base 300] [--rows 5000] [--workers 1]
 [--chunks-per-worker 25]`;
@@ -251,6 +251,7 @@ def main() -> None:
     # 1.0 = linear scaling; the smallest runs are slower per patient because of fixed start-up costs
     for (a, ra, ma), (b, rb, mb) in zip(runs[:-1], runs[1:], strict=True):
         print(f"  {a:>10} -> {b:>10} patients: throughput x{rb / ra:.2f}, peak PSS {mb - ma:+.0f} MiB")
+
 
 if __name__ == "__main__":
     main()
