@@ -410,29 +410,30 @@ class ModelFacts:
     columns: tuple[str, ...]
 
 
-#: the model and reference data of this process, keyed by (tracking URI, pinned model URI): loaded once, reused by
+#: the model and reference data of this process, keyed by (tracking URI, model URI): loaded once, reused by
 #: every chunk the process scores (a worker process, a Spark Python worker, or the driver with `--workers 0`).
 _LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
 
 
-def _load(task: ChunkTask) -> tuple[Any, str | None]:
+def _load(task: ChunkTask) -> tuple[Any, Any, ModelFacts]:
+    """Load the task's model and references into this process's cache, under the URI asked for and the pinned one
+    (the chunks of a run ask by the pinned URI); returns (model, references, what the driver checks)."""
     model, version = resolve_model(task.model_uri, task.tracking_uri)
+    facts = ModelFacts(pinned_uri(task.model_uri, version), version, tuple(model.contract.columns))
+    entry = (model, task.references())
     _LOADED.clear()  # one model per process
-    _LOADED[(task.tracking_uri, pinned_uri(task.model_uri, version))] = (model, task.references())
-    return model, version
+    _LOADED[(task.tracking_uri, task.model_uri)] = _LOADED[(task.tracking_uri, facts.uri)] = entry
+    return *entry, facts
 
 
 def describe_model(task: ChunkTask) -> ModelFacts:
     """Load the task's model in this process (kept for the chunks that follow) and say what the driver checks."""
-    model, version = _load(task)
-    return ModelFacts(pinned_uri(task.model_uri, version), version, tuple(model.contract.columns))
+    return _load(task)[2]
 
 
 def score_chunk(task: ChunkTask, chunk: int) -> dict[str, Any]:
     """Score one chunk with this process's copy of the task's model (loaded on first use)."""
-    if (task.tracking_uri, task.model_uri) not in _LOADED:
-        _load(task)
-    model, refs = _LOADED[(task.tracking_uri, task.model_uri)]
+    model, refs = _LOADED.get((task.tracking_uri, task.model_uri)) or _load(task)[:2]
     return task.run(chunk, model, refs)
 
 
