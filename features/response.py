@@ -1,6 +1,6 @@
 """Myositis response criteria: the ACR/EULAR 2016 Total Improvement Score and the IMACS Definition of Improvement.
 
-Sources (see ../shared/reference/clinical.md section 1):
+Sources (see docs/sources.md §1):
 - Total Improvement Score (TIS), improvement categories: Aggarwal R, Rider LG, Ruperto N, et al. 2016 ACR/EULAR
   criteria for minimal, moderate, and major clinical response in adult dermatomyositis and polymyositis.
   Arthritis Rheumatol 2017;69(5):898-910 / Ann Rheum Dis 2017;76(5):792-801 (points: PMC5577002, Table 3);
@@ -112,7 +112,7 @@ class Instruments(_Frozen):
 
 
 class TisRules(_Frozen):
-    """The ACR/EULAR 2016 scoring rules; defaults are the published table (clinical.md section 1)."""
+    """The ACR/EULAR 2016 scoring rules; defaults are the published table (docs/sources.md §1)."""
 
     physician_global: BandTable = _standard_bands((0.0, 7.5, 15.0, 17.5, 20.0))
     patient_global: BandTable = _standard_bands((0.0, 2.5, 5.0, 7.5, 10.0))

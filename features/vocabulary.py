@@ -2,7 +2,7 @@
 
 Records name drugs as clinicians write them (brands, abbreviations, misspellings) and give doses in mixed units
 and schedules; everything downstream works on a generic name and a dose intensity in mg/day, compared with the
-target the clinical recommendation checks before adding drugs (clinical.md section 4).
+target the clinical recommendation checks before adding drugs (docs/sources.md §4).
 """
 
 from __future__ import annotations

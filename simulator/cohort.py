@@ -1,6 +1,6 @@
 """Simulated patients: sex, diagnosis, antibodies, ILD, cancer association, body size and disease phenotype.
 
-Prevalences follow EuroMyositis and the antibody associations of clinical.md section 5; every figure is a
+Prevalences follow EuroMyositis and the antibody associations of docs/sources.md §5; every figure is a
 setting in configs/simulator.yaml. Vectorised over patients.
 """
 

@@ -56,7 +56,7 @@ class DiagnosisProfile(_Frozen):
 
 
 class CohortConfig(_Frozen):
-    """Demographics and disease mix (EuroMyositis; clinical.md section 5)."""
+    """Demographics and disease mix (EuroMyositis; docs/sources.md §5)."""
 
     female_fraction: float = Field(0.69, ge=0, le=1)
     diagnoses: dict[str, DiagnosisProfile]
@@ -185,7 +185,7 @@ class OptimiseEffect(_Frozen):
 
 
 class EffectsConfig(_Frozen):
-    """Treatment effects on latent activity (clinical.md section 3; uncontrolled results shrunk to placebo)."""
+    """Treatment effects on latent activity (docs/sources.md §3; uncontrolled results shrunk to placebo)."""
 
     #: what every arm gets: placebo response and regression to the mean of a flare.
     background: DrugEffect

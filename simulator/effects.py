@@ -2,7 +2,7 @@
 
 Effects act multiplicatively on latent activity: follow-up = baseline × (1 − δ) + noise, with
 1 − δ = (1 − background)(1 − still-accruing effect of recently started drugs)(1 − the option's new effect).
-Each drug's effect accrues as 1 − exp(−t / onset); subgroup modifiers encode clinical.md sections 3 and 5.
+Each drug's effect accrues as 1 − exp(−t / onset); subgroup modifiers encode docs/sources.md §3 and §5.
 """
 
 from __future__ import annotations

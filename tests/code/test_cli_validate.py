@@ -11,10 +11,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.config import ROOT
 from pipeline.validate import validate_command
+from tests.conftest import SEED_CASE
 
-SEED_DIR = ROOT.parent / "shared" / "fixtures" / "seed-case"
+SEED_DIR = SEED_CASE
 runner = CliRunner()
 
 

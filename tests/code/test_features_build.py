@@ -6,8 +6,6 @@ each rule is tested on a record a clinician can read; the seed case goes through
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,8 +14,9 @@ from features.build import FeatureSet, build_features, option_eligibility
 from features.config import FeatureConfig
 from features.vocabulary import OptionCatalog, Vocabulary, dose_to_mg, parse_intervals
 from pipeline.config import load_reference
+from tests.conftest import SEED_CASE
 
-SEED = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "seed-case"
+SEED = SEED_CASE
 VOCABULARY = Vocabulary.from_config(load_reference("drugs"))
 CATALOG = OptionCatalog.from_config(load_reference("options"))
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from tests.conftest import SEED_CASE
 
-SEED = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "seed-case"
+SEED = SEED_CASE
 runner = CliRunner()
 
 

@@ -1,6 +1,6 @@
 """Response criteria: ACR/EULAR 2016 Total Improvement Score, improvement categories and the IMACS DOI.
 
-Expected points are hand-computed from the published table (clinical.md section 1), not from the code's defaults.
+Expected points are hand-computed from the published table (docs/sources.md §1), not from the code's defaults.
 """
 
 from __future__ import annotations

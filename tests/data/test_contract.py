@@ -29,8 +29,9 @@ from features.contract import (
 from features.vocabulary import Vocabulary
 from pipeline.config import ROOT, load_reference
 from pipeline.io import read_contract_tables, write_parquet
+from tests.conftest import SEED_CASE
 
-SEED_DIR = ROOT.parent / "shared" / "fixtures" / "seed-case"
+SEED_DIR = SEED_CASE
 TODAY = "2026-11-25"
 
 

@@ -1,5 +1,5 @@
 """Behaviour of the literature-calibrated cohort simulator: determinism, the data contract, no records after
-today, calibration anchors (clinical.md §3), overlap, heterogeneity and truth consistency."""
+today, calibration anchors (docs/sources.md §3), overlap, heterogeneity and truth consistency."""
 
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def test_trial_mode_includes_active_adult_dm_once_each(trial):
 
 
 ANCHORS = [
-    # (trial population, option, horizon, measure, target, source) — clinical.md §3
+    # (trial population, option, horizon, measure, target, source) — docs/sources.md §3
     ("proderm", "continue", 16, "p_tis20", 0.44, "ProDERM placebo"),
     ("proderm", "add_ivig", 16, "p_tis20", 0.79, "ProDERM IVIG"),
     ("proderm", "add_ivig", 16, "p_tis40", 0.68, "ProDERM IVIG"),
