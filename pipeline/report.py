@@ -531,16 +531,20 @@ def _fmt_dose(row: Mapping[str, Any]) -> str:
 
 def regimen_lines(current: pd.DataFrame) -> tuple[RegimenLine, ...]:
     """The current regimen (features' current_regimen rows of one patient) as page lines."""
+    def text(value: Any, default: str) -> str:  # a missing cell is None or NaN, never the word "nan"
+        return value if isinstance(value, str) and value else default
+
     lines = []
     for row in current.to_dict(orient="records"):
         frac = row.get("fraction_of_target")
+        generic = text(row.get("generic"), "unknown drug")
         lines.append(RegimenLine(
-            drug=str(row.get("drug") or row.get("generic")),
-            label=str(row.get("label") or row.get("generic")),
+            drug=text(row.get("drug"), generic),
+            label=text(row.get("label"), generic),
             dose=_fmt_dose(row),
-            target=str(row.get("target_text") or "—"),
+            target=text(row.get("target_text"), "—"),
             fraction_of_target=float(frac) if _ok(frac) else None,
-            status=str(row.get("status") or "unknown"),
+            status=text(row.get("status"), "unknown"),
         ))
     return tuple(lines)
 

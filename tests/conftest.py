@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,3 +16,27 @@ SEED_CASE = ROOT / "tests" / "fixtures" / "seed-case"
 def seed_case_dir() -> Path:
     """The committed seed-case contract tables (read-only: copy before editing)."""
     return SEED_CASE
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """In CI (`CI=true`) a skipped test fails: CI must run every test (browser, Spark, Linux-only), so a missing
+    part such as Chromium or PySpark is an install step to fix, not a test to lose quietly."""
+    _fail_skips_in_ci((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> object:
+    """The same for a whole module skipped at collection (`pytest.importorskip` at the top of a module)."""
+    _fail_skips_in_ci((yield).get_result())
+
+
+def _fail_skips_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if _in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every test must run: {reason}"

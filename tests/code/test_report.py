@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pandas as pd
@@ -94,14 +95,39 @@ def test_page_is_self_contained(html):
     assert "default-src 'none'" in html
 
 
-def test_current_regimen_shows_dose_against_target_and_flags(html):
-    assert "1 g/kg intravenous every 4 weeks" in html and "2 g/kg every 4 weeks" in html
-    assert "below target: optimise" in html and "at target" in html and "50 %" in html
+def test_current_regimen_shows_dose_against_target_and_flags():
+    """From the features' current-regimen rows to the page: dose as prescribed, target, share and flag."""
+    current = pd.DataFrame([
+        {"drug": "Privigen", "generic": "ivig", "label": "IVIG", "dose": 1.0, "dose_unit": "g/kg",
+         "route": "intravenous", "interval": "every 4 weeks", "target_text": "2 g/kg every 4 weeks",
+         "fraction_of_target": 0.5, "status": "below"},
+        {"drug": "CellCept", "generic": "mycophenolate", "label": "mycophenolate mofetil", "dose": 1500.0,
+         "dose_unit": "mg", "route": "oral", "interval": "twice daily", "target_text": "2–3 g/day",
+         "fraction_of_target": 1.5, "status": "at"},
+        {"drug": "Plaquenil", "generic": "hydroxychloroquine", "label": "hydroxychloroquine", "dose": None,
+         "dose_unit": None, "route": None, "interval": None, "target_text": None, "fraction_of_target": None,
+         "status": "no_target"},
+    ])
+    lines = R.regimen_lines(current)
+    assert [ln.dose for ln in lines] == ["1 g/kg intravenous every 4 weeks", "1500 mg oral twice daily",
+                                         "dose not recorded"]
+    assert [ln.target for ln in lines] == ["2 g/kg every 4 weeks", "2–3 g/day", "—"]
+    out = R.render_page(dataclasses.replace(sample_page(), regimen=lines))
+    table = out[out.index('class="regimen"'):]
+    rows = re.findall(r"<tr>(.*?)</tr>", table[: table.index("</table>")], re.S)[-3:]
+    assert "50 %" in rows[0] and "below target: optimise" in rows[0] and "at target" not in rows[0]
+    assert "150 %" in rows[1] and "at target" in rows[1] and "below target" not in rows[1]
+    assert "no target" in rows[2] and "%" not in rows[2]
 
 
-def test_reasons_in_plain_words(html):
-    assert "latest CDASI activity = 28 score (0-100) → +9 in 100" in html
-    assert "+12 in 100 vs continue" in html
+def test_reasons_in_plain_words_sit_under_their_own_option(html):
+    why = html[html.index('id="h-why"'):]
+    cont, jak = why[why.index('aria-label="Why continue'):], why[why.index('aria-label="Why add a JAK'):]
+    cont = cont[: cont.index("</section>")]
+    jak = jak[: jak.index("</section>")]
+    assert "latest CDASI activity = 28 score (0-100) → +9 in 100" in jak
+    assert "+12 in 100 vs continue" in jak
+    assert "CDASI activity = 28" not in cont and "No single fact moves this estimate" in cont
 
 
 @pytest.mark.parametrize("where", ["patient_id", "drug", "event"])
@@ -120,10 +146,25 @@ def test_svg_text_is_escaped():
 
 
 def test_waterfall_steps_from_average_to_this_patient():
-    expl = sample_page().explanations[1]
-    svg = R.waterfall_svg(expl)
+    """Each fact's bar starts where the running total stands and spans its points on the 0–100 axis."""
+    expl = sample_page().explanations[1]  # 41 → +9 → +8 → −2 → +7 → 63
+    svg = R.waterfall_svg(expl, width=640)
     assert ">41<" in svg and ">63<" in svg  # base and final values printed
-    assert sum(b.points for b in expl.bars) == pytest.approx(expl.final_points - expl.base_points)
+    rects = [(float(x), float(w)) for x, w in re.findall(r'<rect x="([\d.]+)" y="[\d.]+" width="([\d.]+)" '
+                                                         r'height="12"', svg)]
+    label_w, plot_w = 250, 640 - 250 - 60
+    def at(points: float) -> float:
+        return label_w + plot_w * points / 100
+
+    base, *facts, final = rects
+    assert base == pytest.approx((at(0), at(41) - at(0)), abs=0.1)
+    assert final == pytest.approx((at(0), at(63) - at(0)), abs=0.1)
+    running = 41.0
+    for (x, w), bar in zip(facts, expl.bars, strict=True):
+        lo, hi = sorted((running, running + bar.points))
+        assert (x, w) == pytest.approx((at(lo), at(hi) - at(lo)), abs=0.1), bar.label
+        running += bar.points
+    assert running == pytest.approx(63)
 
 
 def test_bars_keep_the_total_when_small_facts_are_pooled():

@@ -265,7 +265,9 @@ def test_bootstrap_intervals_cover_truth_near_nominal_when_model_is_right():
     assert interval_coverage(narrow_lo, narrow_hi, truth) < interval_coverage(lower, upper, truth)
     e_lo, e_hi = ens.predict_interval(X_new, kind="effects")
     np.testing.assert_allclose(e_lo[:, 0], 0.0)
-    assert interval_coverage(e_lo[:, 1], e_hi[:, 1], (truth - truth[:, [0]])[:, 1]) > 0.75
+    true_effect = (truth - truth[:, [0]])[:, 1]
+    assert 0.8 <= interval_coverage(e_lo[:, 1], e_hi[:, 1], true_effect) <= 0.97  # 0.86 at these seeds
+    assert (e_hi[:, 1] - e_lo[:, 1]).mean() < 3 * np.std(true_effect)  # informative, not merely wide
 
 
 def test_bootstrap_tree_ensemble_coverage_in_generous_band_and_deterministic_across_threads():
@@ -276,7 +278,9 @@ def test_bootstrap_tree_ensemble_coverage_in_generous_band_and_deterministic_acr
     cfg = IntervalConfig(n_boot=12, seed=4, boot_booster=light)
     a = BootstrapEnsemble(TLearner(_config(arms)), cfg).fit(X, t, y, groups=g)
     lo, hi = a.predict_interval(X_new)
-    assert 0.6 <= interval_coverage(lo, hi, truth) <= 1.0
+    # trees' bootstrap intervals run a little short of nominal (bias is not variance): 0.91 at these seeds
+    assert 0.8 <= interval_coverage(lo, hi, truth) <= 0.97
+    assert (hi - lo).mean() < 0.3  # a [0, 1] interval would cover everything and say nothing
     serial = cfg.model_copy(update={"n_jobs": 1})  # threads must not change the ensemble
     b = BootstrapEnsemble(TLearner(_config(arms)), serial).fit(X, t, y, groups=g)
     np.testing.assert_array_equal(b.predict_interval(X_new)[0], lo)
