@@ -1,0 +1,227 @@
+"""The one typed settings root of a run: `params.yaml` validated into frozen section models at the edge.
+
+`Settings` has one field per `params.yaml` section, each the frozen, `extra="forbid"` model defined next to the
+code that uses it. Derived values are filled here and nowhere else: every seed left out (train and its boosters,
+calibration, intervals, the propensity booster, split, simulate) becomes the top-level `seed`, and the
+training response thresholds come from `labels.response_category`. `load_settings` turns every validation
+error into one line naming the file and the key's path, with a near-miss hint for a misspelt key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from features.config import FeatureConfig, LabelConfig, SplitConfig
+from features.response import response_threshold
+from models.bundle import BundleConfig
+from models.config import PropensityConfig
+from models.evaluation import EvaluationConfig
+from pipeline.config import ROOT, read_yaml
+from pipeline.promote import PromotionRule
+
+#: the seed of every random draw when params.yaml names none (one default, here only).
+DEFAULT_SEED = 20261125
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataSettings(_Frozen):
+    """The contract tables the pipeline reads (`data:`) and their extraction date."""
+
+    dir: Path = Path("data/cohort")
+    #: the data's extraction date: no record may be dated after it (None: the stage's own default).
+    today: date | None = None
+
+
+class SimulateSettings(_Frozen):
+    """The simulated default cohort (`simulate:`): size, mode, its "today" and seed."""
+
+    patients: int = Field(3000, ge=1)
+    mode: Literal["observational", "trial"] = "observational"
+    #: the cohort's "today": no record is dated after it (None: `data.today`).
+    today: date | None = None
+    seed: int = DEFAULT_SEED
+
+
+class ReportSettings(_Frozen):
+    """The showcase page of the `report` stage (`report:`): whose page, as of when, written where."""
+
+    patient_data: Path = Path("tests/fixtures/seed-case")
+    patient: str = "SEED-0001"
+    as_of: date | None = None
+    out: Path = Path("data/reports/seed-case.html")
+
+
+class Settings(_Frozen):
+    """Everything `params.yaml` tunes, validated and with derived values filled (see the module docstring)."""
+
+    seed: int = DEFAULT_SEED
+    data: DataSettings = DataSettings()
+    simulate: SimulateSettings = SimulateSettings()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    train: BundleConfig = BundleConfig()
+    promote: PromotionRule = PromotionRule()
+    features: FeatureConfig = FeatureConfig()
+    labels: LabelConfig = LabelConfig()
+    split: SplitConfig = SplitConfig()
+    report: ReportSettings = ReportSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill(cls, raw: Any) -> Any:
+        """The one place derived settings are filled: missing seeds and the response thresholds."""
+        return fill_derived(raw) if isinstance(raw, Mapping) else raw
+
+    def logged_params(self) -> dict[str, Any]:
+        """The sections that shape data and model, for MLflow params (no `report:`: it names a patient)."""
+        return self.model_dump(mode="json", include=set(LOGGED_SECTIONS))
+
+
+#: sections logged as MLflow params by `train` (flattened): what shaped the data and the model.
+LOGGED_SECTIONS: tuple[str, ...] = ("seed", "simulate", "features", "labels", "split", "train", "evaluation",
+                                    "promote")
+
+
+class SettingsError(ValueError):
+    """params.yaml is not valid: one line per problem, each naming the file and the key's path."""
+
+
+def _section(parent: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """`parent[key]` as a fresh dict put back in place ({} when missing or null); None when it is no mapping
+    (left for validation to report)."""
+    value = parent.get(key)
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        return None
+    parent[key] = dict(value)
+    return parent[key]
+
+
+def fill_derived(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of raw params with every missing seed set to the top-level `seed` and the training response
+    thresholds set from `labels.response_category` (an explicit, different threshold is an error)."""
+    params = dict(raw)
+    seed = params.setdefault("seed", DEFAULT_SEED)
+    for name in ("simulate", "split"):
+        section = _section(params, name)
+        if section is not None:
+            section.setdefault("seed", seed)
+    train = _section(params, "train")
+    if train is None:
+        return params
+    train.setdefault("seed", seed)
+    for key in ("booster", "calibration", "intervals", "propensity"):
+        sub = _section(train, key)
+        if sub is not None and key != "propensity":
+            sub.setdefault("seed", seed)
+    intervals = train.get("intervals")
+    if isinstance(intervals, dict) and isinstance(intervals.get("boot_booster"), Mapping):
+        intervals["boot_booster"] = {"seed": seed, **intervals["boot_booster"]}
+    propensity = train.get("propensity")
+    if isinstance(propensity, dict):
+        booster = propensity.get("booster")
+        if booster is None:  # the propensity booster's own defaults (fewer trees), seeded like the rest
+            booster = PropensityConfig().booster.model_dump(exclude={"seed"})
+        if isinstance(booster, Mapping):
+            propensity["booster"] = {"seed": seed, **booster}
+    labels = params.get("labels")
+    category = (labels.get("response_category") if isinstance(labels, Mapping) else None) or \
+        LabelConfig().response_category
+    if category in ("minimal", "moderate", "major"):
+        for key, juvenile in (("response_threshold", False), ("juvenile_response_threshold", True)):
+            derived = response_threshold(category, juvenile=juvenile)
+            given = train.setdefault(key, derived)
+            if isinstance(given, int | float) and float(given) != derived:
+                raise ValueError(f"train.{key}: {given} differs from {derived:g}, the threshold of "
+                                 f"labels.response_category {category!r} (rule: one definition of response; "
+                                 f"set labels.response_category)")
+    return params
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field annotation (`X`, `X | None`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_of(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """`train.boster: unknown key (did you mean 'booster'?)` for one pydantic error of `Settings`."""
+    model: type[BaseModel] | None = Settings
+    parts: list[str] = []
+    loc = tuple(error.get("loc", ()))
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+            continue
+        if model is not None and part not in model.model_fields:
+            if i < len(loc) - 1:  # a union member's tag, not a key
+                continue
+            parts.append(f".{part}")
+            break
+        parts.append(f".{part}" if parts else str(part))
+        model = _model_of(model.model_fields[part].annotation) if model is not None else None
+    path = "".join(parts).lstrip(".")
+    if error.get("type") == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        known = list(parent.model_fields) if parent is not None else []
+        near = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]!r}?)" if near else (f" (known: {', '.join(known)})" if known else "")
+        return f"{path}: unknown key{hint}"
+    message = str(error.get("msg", "invalid"))
+    if error.get("type") == "value_error":
+        message = message.removeprefix("Value error, ")
+    value = error.get("input")
+    shown = "" if isinstance(value, Mapping | list) or error.get("type") == "missing" else f" (got {value!r})"
+    return f"{path}: {message}{shown}" if path else f"{message}{shown}"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model that holds the keys at `loc` (skipping union tags)."""
+    model: type[BaseModel] | None = Settings
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        if part in model.model_fields:
+            model = _model_of(model.model_fields[part].annotation)
+    return model
+
+
+def settings_from(params: Mapping[str, Any], source: str = "params.yaml") -> Settings:
+    """`Settings` from an already read mapping; every problem named as `<source>: <key path>: <what>`."""
+    try:
+        return Settings.model_validate(params)
+    except ValidationError as err:
+        lines = [f"{source}: {_describe(e)}" for e in err.errors(include_url=False)]
+        raise SettingsError("\n".join(lines)) from None
+
+
+def load_settings(path: Path | str = "params.yaml") -> Settings:
+    """Read and validate `params.yaml` (relative paths: the working directory, else the repository root)."""
+    p = Path(path)
+    if not p.exists() and not p.is_absolute():
+        p = ROOT / p
+    if not p.is_file():
+        raise SettingsError(f"{path}: no such settings file")
+    return settings_from(read_yaml(p), source=str(path))
+
+
+def resolve(settings: Settings | Path | str) -> Settings:
+    """The settings a stage runs with: as given, or loaded from a params.yaml path."""
+    return settings if isinstance(settings, Settings) else load_settings(settings)
