@@ -1,0 +1,72 @@
+"""Option types and checks shared by every `escalate` command: strict dates, input folders, writable outputs.
+
+Standard library and typer only, so the CLI (and `run_score`) can refuse bad input before importing the stack.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date
+from pathlib import Path
+
+import typer
+
+DATE_METAVAR = "YYYY-MM-DD"
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
+
+def parse_iso_date(value: str | date, what: str = "date") -> date:
+    """A real calendar date written `YYYY-MM-DD`; anything else (01/11/2026, 18.11.2026, 2026-13-01, 20261118) is a
+    ValueError naming `what`, since a day-first/month-first guess silently shifts every as-of window."""
+    if isinstance(value, date):
+        return value
+    text = str(value).strip()
+    if _ISO_DATE.fullmatch(text):
+        try:
+            return date.fromisoformat(text)
+        except ValueError as err:
+            raise ValueError(f"{what} {value!r} is not a calendar date ({err})") from None
+    raise ValueError(f"{what} {value!r} is not a date in the form {DATE_METAVAR} (e.g. 2026-11-18)")
+
+
+def iso_date_option(value: str | date | None) -> date | None:
+    """typer `parser=` for every date option: a `datetime.date`, or a one-line usage error (exit 2)."""
+    if value is None:
+        return None
+    try:
+        return parse_iso_date(value, "")
+    except ValueError as err:
+        raise typer.BadParameter(str(err).strip()) from None
+
+
+def require_dir(path: Path, option: str) -> Path:
+    """`path` when it is an existing folder; else a one-line usage error naming `option` (e.g. `--data`)."""
+    if not Path(path).is_dir():
+        what = "is a file, not a folder" if Path(path).exists() else "does not exist"
+        raise typer.BadParameter(f"{path} {what}", param_hint=option)
+    return Path(path)
+
+
+def require_writable(path: Path, option: str, *, folder: bool) -> Path:
+    """`path` when this user can create or overwrite it (a folder when `folder`, else a file), checked before any
+    work so a run cannot fail at its last step; else a one-line usage error naming `option`."""
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise typer.BadParameter(f"{path} is a file, not a folder", param_hint=option)
+        if not folder and path.is_dir():
+            raise typer.BadParameter(f"{path} is a folder, not a file", param_hint=option)
+        target = path if folder else path.parent
+        if not os.access(target, os.W_OK | os.X_OK) or (not folder and not os.access(path, os.W_OK)):
+            raise typer.BadParameter(f"{path} is not writable by this user", param_hint=option)
+        return path
+    parent = path.absolute().parent
+    while not parent.exists():  # the first existing ancestor is where the missing folders would be created
+        parent = parent.parent
+    if not parent.is_dir():
+        raise typer.BadParameter(f"{path} cannot be created: {parent} is a file", param_hint=option)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"{path} cannot be created: {parent} is not writable by this user",
+                                 param_hint=option)
+    return path
