@@ -1,9 +1,10 @@
 """The deployable Escalate model: feature contract, eligibility, response / TIS / safety learners, calibration,
 bootstrap intervals and the recommendation, behind one `predict_frame(features)` call.
 
-`fit_escalate_model` trains it from the feature table and the decision labels; the MLflow pyfunc
-(`pipeline.registry.EscalatePyfunc`) only unpickles it and calls `predict_frame`, so the batch job, the
-clinician page and the evaluation all get the same numbers. Pure: no I/O, no MLflow, randomness from seeds.
+`fit_escalate_model` trains it from the feature table and the decision labels, recording the feature and label
+settings it was trained with (`RecordedSettings`); the registered MLflow model (`pipeline/pyfunc_model.py`) only
+unpickles it and calls `predict_frame`, so the batch job, the clinician page and the evaluation all get the same
+numbers. Pure: no I/O, no MLflow, randomness from seeds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from features.config import FeatureConfig, LabelConfig
+from features.response import response_threshold
 from features.vocabulary import OptionCatalog
 from models.calibration import CalibratedLearner, out_of_fold_outcomes
 from models.config import BoosterConfig, CalibrationConfig, IntervalConfig, LearnerConfig, PropensityConfig
@@ -37,6 +40,8 @@ _KIND = {"s_learner": "s", "t_learner": "t", "dr_learner": "dr", "linear": "line
 KEY_COLUMNS: tuple[str, ...] = ("patient_id", "decision_id", "as_of")
 ELIGIBLE_PREFIX = "eligible_"
 REASON_PREFIX = "ineligible_reason_"
+#: the registered model's inference parameter: top-K reasons per option in its output (0 = predictions only).
+EXPLAIN_PARAM = "explain_top_k"
 
 
 class _Frozen(BaseModel):
@@ -83,6 +88,36 @@ class BundleConfig(_Frozen):
     #: reasons per option in the registered model's default output (pyfunc `params={"explain_top_k": K}`).
     explain_top_k: int = Field(3, ge=0, le=20)
     seed: int = 20261125
+
+
+class RecordedSettings(_Frozen):
+    """The feature and label settings a model was trained with, recorded in it: scoring and the clinician page
+    build features with these, never with whatever params.yaml says on the day they run."""
+
+    features: FeatureConfig
+    labels: LabelConfig
+
+    def check_thresholds(self, config: BundleConfig) -> None:
+        """The model's response thresholds are the labels' response category's (one definition of response)."""
+        for juvenile, have in ((False, config.response_threshold), (True, config.juvenile_response_threshold)):
+            want = response_threshold(self.labels.response_category, juvenile=juvenile)
+            if float(have) != float(want):
+                which = "juvenile_response_threshold" if juvenile else "response_threshold"
+                raise ValueError(f"train.{which}={have:g} but labels.response_category "
+                                 f"{self.labels.response_category!r} means {want:g} (rule: one definition of response)")
+
+
+def explain_top_k_param(params: dict[str, object] | None, default: int) -> int:
+    """The `explain_top_k` inference parameter as a non-negative int (MLflow passes params through the
+    signature, which may deliver numpy or string scalars); a bad value is an error naming the rule."""
+    value = (params or {}).get(EXPLAIN_PARAM, default)
+    try:
+        k = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ValueError(f"params {EXPLAIN_PARAM}={value!r} (rule: an integer number of reasons, 0 = none)") from None
+    if k < 0 or k != float(value):  # type: ignore[arg-type]
+        raise ValueError(f"params {EXPLAIN_PARAM}={value!r} (rule: an integer number of reasons, 0 = none)")
+    return k
 
 
 class FeatureContract(_Frozen):
@@ -199,8 +234,11 @@ class EscalateModel:
         propensity: PropensityModel,
         summary: dict[str, object],
         dictionary: pd.DataFrame | None = None,
+        data_settings: RecordedSettings | None = None,
     ) -> None:
         self.config = config
+        #: the feature and label settings it was trained with (None: not recorded; such a model cannot be scored).
+        self.data_settings = data_settings
         #: the feature dictionary with dose targets (`models.explain.with_dose_targets`): labels for the reasons.
         self.dictionary = dictionary
         self.catalog = catalog
@@ -218,7 +256,16 @@ class EscalateModel:
             fields = {k: v for k, v in vars(config).items() if k in BundleConfig.model_fields}
             state["config"] = BundleConfig.model_validate(
                 {**fields, "juvenile_response_threshold": fields["response_threshold"]})
+        state.setdefault("data_settings", None)  # saved before settings were recorded
         self.__dict__.update(state)
+
+    def feature_config(self) -> FeatureConfig:
+        """The feature settings the model was trained with; a model that recorded none cannot say which features
+        it needs, so this refuses instead of guessing (an error naming the rule)."""
+        if self.data_settings is None:
+            raise ValueError("the model records no feature settings (rule: features are built with the settings "
+                             "the model was trained with); retrain it with `escalate train`")
+        return self.data_settings.features
 
     # --- eligibility ---------------------------------------------------------------------------------------
     def eligibility(self, features: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -500,8 +547,12 @@ def fit_escalate_model(
     catalog: OptionCatalog,
     config: BundleConfig | None = None,
     dictionary: pd.DataFrame | None = None,
+    data_settings: RecordedSettings | None = None,
 ) -> EscalateModel:
     """Train the bundle on training-patient decisions.
+
+    `data_settings`: the feature and label settings `features` and `decisions` were built with, recorded in the
+    bundle (scoring refuses a model without them); its response category must give the config's thresholds.
 
     `dictionary`: the feature dictionary (with dose targets, `models.explain.with_dose_targets`) stored in the
     bundle so its predictions carry reasons in clinical words.
@@ -512,6 +563,8 @@ def fit_escalate_model(
     counted in `summary`; options taken too rarely are not modelled (reported, predicted as ineligible).
     """
     cfg = config or BundleConfig()
+    if data_settings is not None:
+        data_settings.check_thresholds(cfg)
     for table, frame, need in (
         ("features", features, ("patient_id", "decision_id")),
         ("decisions", decisions, ("decision_id", "option_taken", "total_improvement_score", "safety_event")),
@@ -644,6 +697,7 @@ def fit_escalate_model(
         propensity=propensity,
         summary=summary,
         dictionary=None if dictionary is None else dictionary.reset_index(drop=True),
+        data_settings=data_settings,
     )
 
 

@@ -4,22 +4,28 @@ The default store is a SQLite file in the repository (`sqlite:///<repo>/mlflow.d
 any directory, e.g. `dvc exp run --temp`), with artifacts under `<repo>/mlruns`; `MLFLOW_TRACKING_URI` points
 at a real server instead. The model is registered as `escalate-response`; each training run sets the alias
 `candidate`, and `escalate promote` moves `champion`.
+
+The registered model is self-contained (MLflow models-from-code): its code is `pipeline/pyfunc_model.py`, the pure
+packages it imports (`models`, `features`) travel in it as `code_paths`, the fitted bundle is its `bundle` artifact,
+its requirements are pinned, and its metadata records the feature columns and the feature and label settings it was
+trained with (read by `escalate score` before loading it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import joblib
 import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from models.bundle import EXPLAIN_PARAM, explain_top_k_param  # noqa: F401 - part of this module's interface
 from pipeline.config import ROOT, tracking_uri
 
 EXPERIMENT = "escalate"
@@ -27,8 +33,9 @@ MODEL_NAME = "escalate-response"
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 BUNDLE_FILE = "escalate_model.joblib"
-#: the pyfunc's inference parameter: top-K reasons per option in its output (0 = predictions only).
-EXPLAIN_PARAM = "explain_top_k"
+#: the registered model's code file and the pure packages shipped with it (what that file imports).
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+CODE_PACKAGES: tuple[str, ...] = ("models", "features")
 
 #: distributions the pyfunc needs at load time (pinned to what is installed; `xgboost-cpu` under its own name).
 RUNTIME_DISTRIBUTIONS: tuple[str, ...] = (
@@ -41,13 +48,13 @@ RUNTIME_DISTRIBUTIONS: tuple[str, ...] = (
     "pyarrow",
     "pydantic",
     "joblib",
-    "cloudpickle",
 )
 
 
 def setup_mlflow(root: Path = ROOT, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the store and make sure the experiment exists (artifacts under `<root>/mlruns`);
     returns the experiment id."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in stage output
     mlflow.set_tracking_uri(tracking_uri(root))
     client = MlflowClient()
     found = client.get_experiment_by_name(experiment)
@@ -70,37 +77,6 @@ def pip_requirements(distributions: Iterable[str] = RUNTIME_DISTRIBUTIONS) -> li
         except importlib.metadata.PackageNotFoundError:
             continue
     return pins
-
-
-class EscalatePyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc around `models.bundle.EscalateModel`: a features frame in, the long per-option table out,
-    with the top-K reasons per option (`params={"explain_top_k": K}`; default the bundle's configured K)."""
-
-    def load_context(self, context: Any) -> None:
-        """Load the joblib bundle logged as the `bundle` artifact."""
-        self.model = joblib.load(context.artifacts["bundle"])
-
-    def predict(
-        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-    ) -> pd.DataFrame:
-        """One row per input row x option with reasons (see `EscalateModel.predict_frame`). `pd.DataFrame` is a
-        type hint MLflow accepts without inferring a schema from it: the signature comes from the logged
-        input example, and the hint stops MLflow's "Add type hints" warning."""
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return self.model.predict_frame(frame, explain_top_k=explain_top_k_param(params, self.model.explain_top_k))
-
-
-def explain_top_k_param(params: Mapping[str, Any] | None, default: int) -> int:
-    """The `explain_top_k` inference parameter as a non-negative int (MLflow passes params through the
-    signature, which may deliver numpy or string scalars); a bad value is an error naming the rule."""
-    value = (params or {}).get(EXPLAIN_PARAM, default)
-    try:
-        k = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"params {EXPLAIN_PARAM}={value!r} (rule: an integer number of reasons, 0 = none)") from None
-    if k < 0 or k != float(value):
-        raise ValueError(f"params {EXPLAIN_PARAM}={value!r} (rule: an integer number of reasons, 0 = none)")
-    return k
 
 
 def deidentified_example(features: pd.DataFrame, n_rows: int = 5, key_columns: Iterable[str] = ()) -> pd.DataFrame:
@@ -129,6 +105,43 @@ def deidentified_example(features: pd.DataFrame, n_rows: int = 5, key_columns: I
     return example
 
 
+def model_metadata(model: Any) -> dict[str, Any]:
+    """What the registered model says about itself in its `MLmodel` file, readable without loading it: the feature
+    columns of its contract and the feature and label settings it was trained with (None when not recorded)."""
+    settings = getattr(model, "data_settings", None)
+    return {"escalate": {"feature_columns": list(model.contract.columns),
+                         "settings": None if settings is None else settings.model_dump(mode="json")}}
+
+
+def log_model(model: Any, bundle_path: Path, example_input: pd.DataFrame, name: str = "escalate_model") -> Any:
+    """Log the fitted bundle as a self-contained models-from-code pyfunc in the active run (code, pure packages,
+    bundle artifact, pinned requirements, signature, input example, metadata); returns MLflow's ModelInfo."""
+    import warnings
+
+    k = int(model.explain_top_k)
+    example_output = model.predict_frame(example_input, explain_top_k=k)
+    # output integers (`row`) described as doubles: MLflow hints about integer columns otherwise (outputs are not
+    # enforced against the schema, so nothing changes for a caller)
+    ints = [c for c in example_output.columns if pd.api.types.is_integer_dtype(example_output[c])]
+    signature = infer_signature(example_input, example_output.astype(dict.fromkeys(ints, "float64")),
+                                params={EXPLAIN_PARAM: k})
+    with warnings.catch_warnings():
+        # noise from MLflow's own internals that a user cannot act on: its optional PySpark import under pandas 3,
+        # and its input-example check comparing columns with a range (pandas deprecation)
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="Operation with range is deprecated")
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(MODEL_CODE),
+            artifacts={"bundle": str(bundle_path)},
+            code_paths=[str(ROOT / package) for package in CODE_PACKAGES],
+            signature=signature,
+            input_example=example_input,
+            pip_requirements=pip_requirements(),
+            metadata=model_metadata(model),
+        )
+
+
 def log_and_register(
     model: Any,
     bundle_path: Path,
@@ -137,19 +150,9 @@ def log_and_register(
     name: str = MODEL_NAME,
     alias: str = CANDIDATE,
 ) -> tuple[str, str]:
-    """Log the bundle as a pyfunc in the active run, register it under `name` and point `alias` at the new
-    version; returns (model uri by version, version)."""
-    k = int(model.explain_top_k)
-    example_output = model.predict_frame(example_input, explain_top_k=k)
-    signature = infer_signature(example_input, example_output, params={EXPLAIN_PARAM: k})
-    info = mlflow.pyfunc.log_model(
-        name="escalate_model",
-        python_model=EscalatePyfunc(),
-        artifacts={"bundle": str(bundle_path)},
-        signature=signature,
-        input_example=example_input,
-        pip_requirements=pip_requirements(),
-    )
+    """Log the bundle as a pyfunc in the active run (`log_model`), register it under `name` and point `alias` at
+    the new version; returns (model uri by version, version)."""
+    info = log_model(model, bundle_path, example_input)
     registered = mlflow.register_model(info.model_uri, name)
     client = MlflowClient()
     client.set_registered_model_alias(name, alias, registered.version)

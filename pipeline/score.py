@@ -15,7 +15,6 @@ import hashlib
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,42 +23,28 @@ import typer
 
 from features.contract import CONTRACT_COLUMNS, CONTRACT_TABLES
 from models.scoring import ChunkPlan, PatientIds, ScoreSettings, part_name
+from pipeline.chunks import (  # noqa: F401 - read_shard and ScoreRefusal are part of this module's interface
+    WORK,
+    ChunkTask,
+    ModelFacts,
+    ScoreRefusal,
+    describe_model,
+    peak_rss_mib,
+    read_shard,
+    release_memory,
+    score_chunk,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    import pandas as pd
-
     Done = Callable[[dict[str, Any]], dict[str, Any]]  # told each chunk's summary as it finishes
 
-WORK = "_work"  # inside the output folder: run identity, staged shards, per-chunk rejects
 RUN_FILE = "run.json"
 MANIFEST = "manifest.json"
 REJECTS = "rejects.parquet"
 BATCH_ROWS = 262_144  # rows per record batch while staging (bounds staging memory)
 CHUNKS_PER_WORKER = 25  # chunks a worker process scores before a fresh one replaces it
-
-
-def release_memory() -> None:
-    """Hand memory freed by the last phase back to the OS (collected cycles, Arrow's pool, glibc's heap), so it does
-    not stay in the footprint of the next: planning a million patients otherwise left ~130 MB resident for the whole
-    run, and a chunk's frames caught in reference cycles waited for the next full collection."""
-    import contextlib
-    import ctypes
-    import gc
-    import sys
-
-    import pyarrow as pa
-
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class ScoreRefusal(RuntimeError):
-    """A run refused before any work: the message says what is wrong and how to fix it."""
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -247,73 +232,7 @@ def stage_tables(paths: dict[str, Path | None], plan: ChunkPlan, staging: Path) 
     return counts
 
 
-def read_shard(staging: Path, table: str, chunk: int) -> tuple[pd.DataFrame, Any]:
-    """One chunk's rows of one table in input order, and their input row numbers."""
-    import pandas as pd
-    import pyarrow.dataset as ds
-
-    folder = staging / table / str(int(chunk))
-    if not folder.is_dir():
-        empty = pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[table]})
-        return empty, empty.index.to_numpy()
-    frame = ds.dataset(sorted(folder.glob("part-*.arrow")), format="ipc").to_table().to_pandas()
-    frame = frame.sort_values("_row", kind="stable").reset_index(drop=True)
-    rows = frame.pop("_row").to_numpy()
-    return frame, rows
-
-
 # --- the model ----------------------------------------------------------------------------------------------------
-def resolve_model(uri: str, store: str | None = None) -> tuple[Any, str | None]:
-    """(the `EscalateModel` inside the pyfunc at `uri`, registered version or None), from the tracking store `store`
-    (default: `tracking_uri()`); an alias is pinned to its version before loading, so the model loaded is the version
-    reported. Refuses an unknown URI."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from pipeline.config import tracking_uri
-
-    store = store or tracking_uri()
-    mlflow.set_tracking_uri(store)
-    version = _model_version(uri)
-    try:
-        pyfunc = mlflow.pyfunc.load_model(pinned_uri(uri, version))
-    except (MlflowException, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ScoreRefusal(f"--model {uri}: cannot load this model ({first}); check the name, version or alias "
-                           f"in the registry at {store}") from err
-    inner = pyfunc.unwrap_python_model()
-    model = getattr(inner, "model", inner)
-    if not hasattr(model, "predict_frame"):
-        raise ScoreRefusal(f"--model {uri}: not an Escalate model (no predict_frame); register one with "
-                           "`escalate train`")
-    return model, version
-
-
-def pinned_uri(uri: str, version: str | None) -> str:
-    """`models:/<name>@<alias>` as `models:/<name>/<version>`: every chunk of a run, in any process and on any
-    engine, loads the version the run checked and records, even if the alias moves meanwhile."""
-    if version is None or not uri.startswith("models:/") or "@" not in uri:
-        return uri
-    return f"models:/{uri.removeprefix('models:/').split('@', 1)[0]}/{version}"
-
-
-def _model_version(uri: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    if not uri.startswith("models:/"):
-        return None
-    ref = uri.removeprefix("models:/")
-    try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-        parts = ref.split("/")
-        return parts[1] if len(parts) == 2 and parts[1].isdigit() else None
-    except MlflowException:
-        return None
-
-
 def check_feature_contract(model_columns: Sequence[str], feature_columns: list[str]) -> list[str]:
     """Refuse when the feature builder does not produce every column the model was trained on; returns the
     builder's columns the model does not use (reported in the manifest)."""
@@ -329,114 +248,7 @@ def check_feature_contract(model_columns: Sequence[str], feature_columns: list[s
     return [c for c in feature_columns if c not in wanted and c not in keys]
 
 
-# --- one chunk ------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ChunkTask:
-    """Everything a worker needs to score one chunk (picklable: shipped to worker processes and Spark executors)."""
-
-    staging: str
-    out: str
-    model_uri: str
-    tracking_uri: str
-    as_of: str
-    today: str
-    settings: ScoreSettings
-    feature_config: dict[str, Any] = field(default_factory=dict)
-
-    def references(self) -> tuple[Any, Any, Any, Any]:
-        """(vocabulary, measures, option catalogue, feature config) from configs/ and params."""
-        from features.config import FeatureConfig
-        from features.contract import MeasureCatalog
-        from features.vocabulary import OptionCatalog, Vocabulary
-        from pipeline.config import load_reference
-
-        return (Vocabulary.from_config(load_reference("drugs")),
-                MeasureCatalog.from_config(load_reference("measures")),
-                OptionCatalog.from_config(load_reference("options")),
-                FeatureConfig.model_validate(self.feature_config))
-
-    def run(self, chunk: int, model: Any, refs: tuple[Any, Any, Any, Any]) -> dict[str, Any]:
-        """Validate, reject, build features, predict + explain one chunk; write its rejects and part atomically
-        (the part last: its presence marks the chunk done). Returns counts and timings (no identifiers)."""
-        summary = self._score(chunk, model, refs)
-        release_memory()  # a chunk's frames are gone: keep the footprint at one chunk's, run after run
-        return summary
-
-    def _score(self, chunk: int, model: Any, refs: tuple[Any, Any, Any, Any]) -> dict[str, Any]:
-        import pandas as pd
-
-        from features.build import build_features
-        from features.contract import check
-        from models.scoring import assemble_chunk, predict_explained, rejects_from_violations
-        from pipeline.io import write_parquet
-
-        vocabulary, measures, catalog, fconfig = refs
-        t0 = time.perf_counter()
-        staging = Path(self.staging)
-        tables: dict[str, pd.DataFrame] = {}
-        row_map = {}
-        for name in CONTRACT_TABLES:
-            tables[name], row_map[name] = read_shard(staging, name, chunk)
-        t1 = time.perf_counter()
-        result = check(tables, vocabulary, measures, pd.Timestamp(self.today))
-        rejects = rejects_from_violations(result.violations, row_map)
-        t2 = time.perf_counter()
-        patients = result.normalised["patients"]
-        keys = pd.DataFrame({"patient_id": patients["patient_id"].astype(str).to_numpy(),
-                             "as_of": pd.Timestamp(self.as_of)})
-        fs = build_features(keys, result.normalised, vocabulary, catalog, fconfig)
-        t3 = time.perf_counter()
-        preds = predict_explained(model, fs.features, fs.dictionary, self.settings.explain_top_k)
-        scored = assemble_chunk(preds, list(catalog.names))
-        t4 = time.perf_counter()
-        out = Path(self.out)
-        write_parquet(rejects, out / WORK / "rejects" / f"rejects-{int(chunk):05d}.parquet")
-        write_parquet(scored, out / part_name(chunk))
-        t5 = time.perf_counter()
-        return {"chunk": int(chunk), "patients": int(len(tables["patients"])), "scored": int(len(keys)),
-                "rejected": int(rejects["patient_id"].dropna().nunique()), "rows": int(len(scored)),
-                "read_s": t1 - t0, "validate_s": t2 - t1, "features_s": t3 - t2, "predict_s": t4 - t3,
-                "write_s": t5 - t4, "pid": os.getpid(), "peak_rss_mib": _peak_rss_mib()}
-
-
 # --- where chunks are scored: this process, worker processes, or Spark -----------------------------------------------
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the driver checks before any work, from the process that loaded the model: the URI every chunk loads
-    (pinned to the registered version), that version, and the feature columns the model was trained on."""
-
-    uri: str
-    version: str | None
-    columns: tuple[str, ...]
-
-
-#: the model and reference data of this process, keyed by (tracking URI, model URI): loaded once, reused by
-#: every chunk the process scores (a worker process, a Spark Python worker, or the driver with `--workers 0`).
-_LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
-
-
-def _load(task: ChunkTask) -> tuple[Any, Any, ModelFacts]:
-    """Load the task's model and references into this process's cache, under the URI asked for and the pinned one
-    (the chunks of a run ask by the pinned URI); returns (model, references, what the driver checks)."""
-    model, version = resolve_model(task.model_uri, task.tracking_uri)
-    facts = ModelFacts(pinned_uri(task.model_uri, version), version, tuple(model.contract.columns))
-    entry = (model, task.references())
-    _LOADED.clear()  # one model per process
-    _LOADED[(task.tracking_uri, task.model_uri)] = _LOADED[(task.tracking_uri, facts.uri)] = entry
-    return *entry, facts
-
-
-def describe_model(task: ChunkTask) -> ModelFacts:
-    """Load the task's model in this process (kept for the chunks that follow) and say what the driver checks."""
-    return _load(task)[2]
-
-
-def score_chunk(task: ChunkTask, chunk: int) -> dict[str, Any]:
-    """Score one chunk with this process's copy of the task's model (loaded on first use)."""
-    model, refs = _LOADED.get((task.tracking_uri, task.model_uri)) or _load(task)[:2]
-    return task.run(chunk, model, refs)
-
-
 class ChunkRunner:
     """Where a run's chunks are scored. This one: in this process, one after another (`--workers 0`)."""
 
@@ -449,9 +261,6 @@ class ChunkRunner:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def describe(self, task: ChunkTask) -> ModelFacts:
-        return describe_model(task)
-
     def score(self, task: ChunkTask, todo: list[int], done: Done) -> list[dict[str, Any]]:
         return [done(score_chunk(task, chunk)) for chunk in todo]
 
@@ -461,13 +270,14 @@ class SparkChunks(ChunkRunner):
 
     workers = None  # Spark's executors
 
-    def __init__(self, master: str | None) -> None:
-        self.master = master
+    def __init__(self, master: str | None, progress: bool = True) -> None:
+        self.master, self.progress = master, progress
 
     def score(self, task: ChunkTask, todo: list[int], done: Done) -> list[dict[str, Any]]:
         from pipeline.spark_engine import run_chunks_spark
 
-        return [done(summary) for summary in run_chunks_spark(task, todo, master=self.master)]
+        return [done(summary) for summary in run_chunks_spark(task, todo, master=self.master,
+                                                              progress=self.progress)]
 
 
 class WorkerPool(ChunkRunner):
@@ -513,9 +323,6 @@ class WorkerPool(ChunkRunner):
                                "--chunk-patients), or it could not start (a script calling run_score must do so "
                                "under `if __name__ == '__main__':`). The chunks finished so far are kept: the same "
                                "command resumes the run") from err
-
-    def describe(self, task: ChunkTask) -> ModelFacts:
-        return self._result(self._pool().submit(describe_model, task))
 
     def score(self, task: ChunkTask, todo: list[int], done: Done) -> list[dict[str, Any]]:
         from concurrent.futures import as_completed
@@ -563,29 +370,91 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def strict_date(option: str, value: str | date) -> date:
+    """A calendar date written exactly YYYY-MM-DD (`pipeline.cli_types.parse_iso_date`), else a refusal naming
+    the option."""
+    from pipeline.cli_types import parse_iso_date
+
+    try:
+        return parse_iso_date(value, option)
+    except ValueError as err:
+        raise ScoreRefusal(str(err)) from None
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output folder that cannot be written (a file in the way, or no permission) before any work."""
+    if out.exists() and not out.is_dir():
+        raise ScoreRefusal(f"--out {out} is a file: choose a folder")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ScoreRefusal(f"--out {out}: {probe} is a file, so the folder cannot be created")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ScoreRefusal(f"--out {out} is not writable (no permission to write in {probe})")
+
+
+def check_resumable(out: Path, identity: dict[str, Any]) -> None:
+    """A non-empty `out` must hold an unfinished or finished run of this very job (same input, date, model version,
+    settings): the same command resumes it; anything else is refused untouched."""
+    run_file = out / WORK / RUN_FILE
+    if out.is_dir() and any(out.iterdir()):
+        if not run_file.is_file():
+            raise ScoreRefusal(f"--out {out} is not empty and holds no scoring run: choose an empty folder")
+        previous = _read_json(run_file)
+        if previous.get("identity") != identity:
+            diff = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
+            raise ScoreRefusal(f"--out {out} holds a different run (differs in: {', '.join(diff)}); use another "
+                               "folder or delete it to start over")
+
+
+def model_feature_columns(facts: ModelFacts) -> list[str]:
+    """Refuse a model whose recorded feature settings do not build its feature contract (checked on an empty
+    population, so no data is read); returns the built columns the model does not use."""
+    import pandas as pd
+
+    from features.build import build_features
+    from features.config import FeatureConfig
+    from features.contract import NORMALISED_COLUMNS
+    from features.vocabulary import OptionCatalog, Vocabulary
+    from pipeline.config import load_reference
+
+    try:
+        fconfig = FeatureConfig.model_validate(facts.feature_config)
+    except ValueError as err:
+        raise ScoreRefusal(f"--model {facts.uri}: its recorded feature settings are not valid here "
+                           f"({str(err).splitlines()[0]}); retrain it with `escalate train`") from err
+    empty_tables = {k: pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+                    for k, cols in NORMALISED_COLUMNS.items()}
+    empty_keys = pd.DataFrame({"patient_id": pd.Series(dtype=str), "as_of": pd.Series(dtype="datetime64[ns]")})
+    built = build_features(empty_keys, empty_tables, Vocabulary.from_config(load_reference("drugs")),
+                           OptionCatalog.from_config(load_reference("options")), fconfig)
+    return check_feature_contract(facts.columns, list(built.features.columns))
+
+
 # --- the job --------------------------------------------------------------------------------------------------------
 def run_score(
     data: Path,
-    as_of: str,
+    as_of: str | date,
     model_uri: str,
     out: Path,
     *,
     engine: str = "local",
     settings: ScoreSettings | None = None,
-    today: str | None = None,
+    today: str | date | None = None,
     master: str | None = None,
     workers: int | None = None,
     chunks_per_worker: int = CHUNKS_PER_WORKER,
     progress: bool = True,
-    params_path: Path = Path("params.yaml"),
 ) -> dict[str, Any]:
-    """The whole job; returns the manifest. Raises `ScoreRefusal` before any work for a run it will not do.
+    """The whole job; returns the manifest (`nothing_scored` is true when no patient could be scored). Raises
+    `ScoreRefusal` for a run it will not do before any heavy work: bad options or dates, an unwritable or foreign
+    `out`, missing tables or columns, an unknown model or one whose recorded feature settings do not build its
+    feature contract (all from the registry and the model's metadata; no model is loaded until the chunks run).
 
     Local engine: chunks are scored in `workers` worker processes (default 1) replaced every `chunks_per_worker`
     chunks each, or in this process with `workers=0`. Spark: chunks are Spark tasks (`master`)."""
-    import pandas as pd
-
-    from pipeline.config import load_params, tracking_uri
+    from pipeline.config import tracking_uri
 
     started = time.perf_counter()
     settings = settings or ScoreSettings()
@@ -600,63 +469,47 @@ def run_score(
             raise ScoreRefusal("--workers is for the local engine: Spark's parallelism is its executors' cores")
     if (workers is not None and workers < 0) or chunks_per_worker < 1:
         raise ScoreRefusal("--workers must be >= 0 and --chunks-per-worker >= 1")
-    the_day = pd.Timestamp(today or date.today().isoformat()).normalize()
-    try:
-        when = pd.Timestamp(as_of).normalize()
-    except ValueError as err:
-        raise ScoreRefusal(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)") from err
+    the_day = strict_date("--today", today) if today is not None else date.today()
+    when = strict_date("--as-of", as_of)
     if when > the_day:
-        raise ScoreRefusal(f"--as-of {when.date()} is in the future (today is {the_day.date()}): a prediction "
+        raise ScoreRefusal(f"--as-of {when} is in the future (today is {the_day}): a prediction "
                            "can only use what is already recorded")
     out = Path(out).absolute()
+    check_out(out)
     paths = table_paths(Path(data))
     check_structure(paths)
-    params = load_params(params_path) if Path(params_path).exists() else {}
-    task = ChunkTask(staging=str(out / WORK / "staging"), out=str(out), model_uri=model_uri,
-                     tracking_uri=tracking_uri(), as_of=str(when.date()), today=str(the_day.date()),
-                     settings=settings, feature_config=dict(params.get("features") or {}))
+    store = tracking_uri()
+    facts = describe_model(model_uri, store)  # registry + metadata only: refuses an unknown model in milliseconds
+    unused = model_feature_columns(facts)
+    task = ChunkTask(staging=str(out / WORK / "staging"), out=str(out), model_uri=facts.uri, tracking_uri=store,
+                     as_of=str(when), today=str(the_day), settings=settings, feature_config=facts.feature_config)
+    digest = input_hash(paths)
+    identity = {"input_hash": digest, "as_of": task.as_of, "model_uri": model_uri, "model_version": facts.version,
+                "settings": settings.model_dump(), "feature_config": facts.feature_config}
+    check_resumable(out, identity)
     if engine == "spark":
-        runner: ChunkRunner = SparkChunks(master)
+        runner: ChunkRunner = SparkChunks(master, progress)
     elif workers == 0:
         runner = ChunkRunner()
     else:
         runner = WorkerPool(workers or 1, chunks_per_worker)
     with runner:
-        return _job(task, paths, out, runner, engine, progress, started)
+        return _job(task, paths, out, runner, engine, progress, started,
+                    model_uri=model_uri, version=facts.version, identity=identity, unused=unused)
 
 
 def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: ChunkRunner, engine: str,
-         progress: bool, started: float) -> dict[str, Any]:
-    """Check the model and the output folder, plan, stage, score every chunk not done, finish; the manifest."""
-    import pandas as pd
+         progress: bool, started: float, *, model_uri: str, version: str | None, identity: dict[str, Any],
+         unused: list[str]) -> dict[str, Any]:
+    """Plan, stage, score every chunk not done, check the invariant, finish; the manifest."""
     from tqdm import tqdm
 
-    from features.build import build_features
-    from features.contract import NORMALISED_COLUMNS
     from models.scoring import plan_chunks
     from pipeline.io import write_json
 
-    facts = runner.describe(task)  # refuses an unknown model before any work
-    vocabulary, _, catalog, fconfig = task.references()
-    empty_tables = {k: pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
-                    for k, cols in NORMALISED_COLUMNS.items()}
-    empty_keys = pd.DataFrame({"patient_id": pd.Series(dtype=str), "as_of": pd.Series(dtype="datetime64[ns]")})
-    built = build_features(empty_keys, empty_tables, vocabulary, catalog, fconfig)
-    unused = check_feature_contract(facts.columns, list(built.features.columns))
-
-    digest = input_hash(paths)
-    identity = {"input_hash": digest, "as_of": task.as_of, "model_uri": task.model_uri,
-                "model_version": facts.version, "settings": task.settings.model_dump(),
-                "feature_config": task.feature_config}
+    digest = identity["input_hash"]
+    options = list(task.references()[2].names)
     run_file = out / WORK / RUN_FILE
-    if out.exists() and any(out.iterdir()):
-        if not run_file.is_file():
-            raise ScoreRefusal(f"--out {out} is not empty and holds no scoring run: choose an empty folder")
-        previous = _read_json(run_file)
-        if previous.get("identity") != identity:
-            diff = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
-            raise ScoreRefusal(f"--out {out} holds a different run (differs in: {', '.join(diff)}); use another "
-                               "folder or delete it to start over")
 
     # planning and staging (redone unless a finished staging of this very input exists)
     plan = plan_chunks(read_patient_ids(paths["patients"]), task.settings.chunk_patients)
@@ -686,31 +539,33 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
             bar.update(int(sizes[summary["chunk"]]))
             return summary
 
-        summaries = runner.score(replace(task, model_uri=facts.uri), todo, done)
+        summaries = runner.score(task, todo, done)
     chunks_s = time.perf_counter() - t_chunks
 
-    report, reject_rows, output_rows = _finish(out, plan, len(catalog.names))
+    report, reject_rows, output_rows = _finish(out, plan, len(options))
     if not report.ok:
         raise RuntimeError("scoring invariant broken: " + "; ".join(report.problems))
     shutil.rmtree(Path(task.staging), ignore_errors=True)
     staged_marker.unlink(missing_ok=True)
     timing_keys = ("read_s", "validate_s", "features_s", "predict_s", "write_s")
     manifest = {
-        "model_uri": task.model_uri, "model_version": facts.version, "as_of": task.as_of, "today": task.today,
+        "model_uri": model_uri, "model_version": version, "as_of": task.as_of, "today": task.today,
         "input_hash": digest, "engine": engine, "settings": task.settings.model_dump(),
         "counts": {"input_patients": report.input_patients, "scored_patients": report.scored_patients,
                    "rejected_patients": report.rejected_patients, "unknown_patients": report.unknown_patients,
                    "reject_rows": reject_rows, "output_rows": output_rows, "input_rows": rows},
         "chunks": {"total": total, "run_now": len(todo), "resumed": total - len(todo), "workers": runner.workers,
                    "chunks_per_worker": runner.chunks_per_worker, "processes": len({s["pid"] for s in summaries})},
-        "options": list(catalog.names),
+        "options": options,
         "unused_feature_columns": unused,
         "invariant": "every input patient scored or rejected, none lost, none twice: ok",
+        #: true when not one patient was scored (all rejected, or none in the input): the job failed its purpose.
+        "nothing_scored": report.scored_patients == 0,
         "timings": {"total_s": round(time.perf_counter() - started, 3), "stage_s": round(stage_s, 3),
                     "chunks_s": round(chunks_s, 3), **{k: round(sum(s[k] for s in summaries), 3) for k in timing_keys},
                     "patients_per_second": round(sum(s["patients"] for s in summaries) / chunks_s, 1)
                     if summaries and chunks_s > 0 else None,
-                    "driver_peak_rss_mib": _peak_rss_mib(),
+                    "driver_peak_rss_mib": peak_rss_mib(),
                     **_worker_peaks(summaries)},
     }
     write_json(manifest, out / MANIFEST)
@@ -754,21 +609,6 @@ def _worker_peaks(summaries: list[dict[str, Any]]) -> dict[str, float | None]:
     peaks = list(per_process.values())
     return {"worker_peak_rss_mib": max(peaks) if peaks else None,
             "worker_median_peak_rss_mib": statistics.median(peaks) if peaks else None}
-
-
-def _peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB: Linux's VmHWM (`ru_maxrss` of a process started by a big
-    one also counts its parent's pages from before `exec`), else `ru_maxrss` (macOS reports bytes, others kB)."""
-    import resource
-    import sys
-
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

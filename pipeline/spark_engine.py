@@ -18,7 +18,7 @@ import sys
 import warnings
 from typing import Any
 
-from pipeline.score import ChunkTask, score_chunk
+from pipeline.chunks import ChunkTask, score_chunk
 
 #: per-chunk summary columns returned by the tasks (counts and timings, never patient identifiers).
 SUMMARY_SCHEMA = (
@@ -29,14 +29,16 @@ SUMMARY_SCHEMA = (
 _SUMMARY_COLUMNS = [part.split()[0] for part in SUMMARY_SCHEMA.split(", ")]
 _PANDAS3_NOTICE = "PySpark does not yet fully support pandas"
 
+
 def _quiet_pandas_notice() -> None:
     """PySpark 4 warns that it does not fully support pandas 3; the engine uses only Arrow-backed pandas UDFs."""
     warnings.filterwarnings("ignore", message=_PANDAS3_NOTICE, category=FutureWarning)
 
 
-def spark_session(master: str | None = None) -> tuple[Any, bool]:
+def spark_session(master: str | None = None, progress: bool = True) -> tuple[Any, bool]:
     """(session, created): `master` when given, else the standard configuration (SPARK_REMOTE, spark.master),
-    else `local[*]`. Workers run this interpreter unless PYSPARK_PYTHON says otherwise."""
+    else `local[*]`. Workers run this interpreter unless PYSPARK_PYTHON says otherwise; without `progress` a
+    session created here shows no console progress bar (`spark.ui.showConsoleProgress`)."""
     _quiet_pandas_notice()
     from pyspark.sql import SparkSession
 
@@ -53,6 +55,7 @@ def spark_session(master: str | None = None) -> tuple[Any, bool]:
         if not SparkConf().contains("spark.master"):
             builder = builder.master("local[*]")
     builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    builder = builder.config("spark.ui.showConsoleProgress", "true" if progress else "false")
     return builder.getOrCreate(), active is None
 
 
@@ -68,13 +71,15 @@ def score_groups(task: ChunkTask) -> Any:
     return score_group
 
 
-def run_chunks_spark(task: ChunkTask, todo: list[int], master: str | None = None) -> list[dict[str, Any]]:
-    """Score the chunks `todo` on Spark (one applyInPandas group per chunk); returns the per-chunk summaries."""
+def run_chunks_spark(task: ChunkTask, todo: list[int], master: str | None = None,
+                     progress: bool = True) -> list[dict[str, Any]]:
+    """Score the chunks `todo` on Spark (one applyInPandas group per chunk); returns the per-chunk summaries.
+    `progress=False` (`--no-progress`) keeps Spark's console progress bar off."""
     if not todo:
         return []
     import pandas as pd
 
-    spark, created = spark_session(master)
+    spark, created = spark_session(master, progress)
     try:
         # one shuffle partition per chunk (capped): chunk ids are tiny, so adaptive coalescing would otherwise
         # fold every chunk into one task and lose the parallelism.
