@@ -9,6 +9,7 @@ emptiness, types, ranges, code lists) are pandera schemas validated lazily; rule
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -386,12 +387,14 @@ def validate(
     vocabulary: Vocabulary,
     measures: MeasureCatalog,
     today: date | pd.Timestamp | str | None,
+    unreadable: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Every violation of the contract as one row: `table, row, patient_id, column, rule, severity, message`.
 
     `row` is the 0-based row of the input table (missing for a whole-table finding such as a missing column).
+    `unreadable`: table → why its file could not be read (one `unreadable_table` finding; the table may be absent).
     """
-    return _analyse(tables, vocabulary, measures, today).violations
+    return _analyse(tables, vocabulary, measures, today, unreadable).violations
 
 
 def _analyse(
@@ -399,14 +402,17 @@ def _analyse(
     vocabulary: Vocabulary,
     measures: MeasureCatalog,
     today: date | pd.Timestamp | str | None,
+    unreadable: Mapping[str, str] | None = None,
 ) -> _Analysis:
     today_ts = None if today is None else pd.Timestamp(today).normalize()
-    missing_tables = [t for t in CONTRACT_TABLES if t not in tables]
+    unreadable = dict(unreadable or {})
+    missing_tables = [t for t in CONTRACT_TABLES if t not in tables and t not in unreadable]
     if missing_tables:
         raise KeyError(f"contract tables missing: {', '.join(missing_tables)} (expected {', '.join(CONTRACT_TABLES)})")
-    raw = {t: _prepare(tables[t]) for t in CONTRACT_TABLES}
-    found: list[pd.DataFrame | None] = []
-    broken: set[str] = set()
+    # an unreadable table is one finding and an empty table: nothing in it can cascade into row findings
+    raw = {t: _prepare(tables[t]) if t not in unreadable else _empty_table(t) for t in CONTRACT_TABLES}
+    found: list[pd.DataFrame | None] = [_unreadable_findings(unreadable)]
+    broken: set[str] = {t for t in unreadable if t in CONTRACT_TABLES}
     for t in CONTRACT_TABLES:
         schema = contract_schema(t, vocabulary, measures, today_ts)
         cases = _schema_failures(schema, raw[t])
@@ -414,13 +420,56 @@ def _analyse(
         missing = {c for c in cases.loc[cases["rule"] == "missing_column", "column"]}
         if any(spec.required and spec.name in missing for spec in CONTRACT_COLUMNS[t]):
             broken.add(t)
+        if t in _DUPLICATE_SEVERITY and t not in broken:
+            found.append(_duplicate_rows(t, raw[t]))
     parsed = {t: _parse_table(t, raw[t], vocabulary, measures) for t in CONTRACT_TABLES}
-    found.extend(_cross_checks(parsed, raw, measures, today_ts))
+    found.extend(_cross_checks(parsed, raw, measures, today_ts, broken))
     violations = _assemble(found)
     # dose in mg needs body size from valid assessments only, so it comes after the row errors are known
     parsed["regimens"], body_size = _resolve_doses(parsed, violations, broken)
-    violations = _assemble([violations, body_size])
+    violations = _assemble([violations, body_size, _implausible_doses(parsed["regimens"], vocabulary)])
     return _Analysis(parsed=parsed, violations=violations, broken_tables=frozenset(broken))
+
+
+def _empty_table(table: str) -> pd.DataFrame:
+    return pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[table]})
+
+
+def _unreadable_findings(unreadable: Mapping[str, str]) -> pd.DataFrame | None:
+    """One whole-table finding per file that could not be read, with its cause."""
+    if not unreadable:
+        return None
+    return pd.DataFrame({
+        "table": list(unreadable), "row": pd.array([pd.NA] * len(unreadable), dtype="Int64"),
+        "patient_id": None, "column": None, "rule": "unreadable_table", "severity": "error",
+        "message": [f"the {t} table cannot be read: {why}" for t, why in unreadable.items()],
+    })
+
+
+#: exact duplicate rows: a repeated regimen double-counts its dose (summed per drug), so it is an error; a
+#: repeated assessment changes no value (same-day values are averaged), so it is a warning.
+_DUPLICATE_SEVERITY: dict[str, Severity] = {"regimens": "error", "assessments": "warning"}
+
+
+def _duplicate_rows(table: str, raw: pd.DataFrame) -> pd.DataFrame | None:
+    """Each row that repeats an earlier row in every column, naming the first copy."""
+    if raw.empty or raw.columns.empty:
+        return None
+    try:
+        dup = raw.duplicated(keep="first")
+    except TypeError:  # unhashable cells (a Parquet list column): not a contract column, nothing to compare
+        return None
+    if not dup.any():
+        return None
+    first = raw.groupby(list(raw.columns), dropna=False, sort=False).ngroup()
+    first_row = pd.Series(raw.index, index=raw.index).groupby(first).transform("min")
+    frame = pd.DataFrame({"row": raw.index.to_numpy(), "first": first_row.to_numpy(),
+                          "patient_id": _patient_at(raw, pd.Series(raw.index))}, index=raw.index)
+    why = "double-counts its dose" if table == "regimens" else "is counted twice"
+    return _finding(table, frame, dup, "*", "duplicate_row",
+                    lambda f: f"exact copy of {table} row " + f["first"].astype(str)
+                    + f" (every column equal); a repeated record {why}: delete one",
+                    severity=_DUPLICATE_SEVERITY[table])
 
 
 def _prepare(df: pd.DataFrame) -> pd.DataFrame:
@@ -470,7 +519,13 @@ def _describe_failures(
         return None
     messages = []
     closest_cache: dict[str, str] = {}
+    unexpected = [str(c) for c in raw.columns if (table, str(c)) not in _KIND_OF]
     for rule, column, value in zip(cases["rule"], cases["column"], cases["value"], strict=True):
+        if rule == "missing_column":
+            hint = near_miss(str(value), unexpected)
+            messages.append(f"required column {value!r} is missing from the {table} table"
+                            + (f"; did you mean {hint!r}? (rename it to {value!r})" if hint else ""))
+            continue
         messages.append(_message(table, rule, column, value, vocabulary, measures, today, closest_cache))
     row = cases["row"]
     patient = _patient_at(raw, row)
@@ -478,6 +533,20 @@ def _describe_failures(
         "table": table, "row": row.to_numpy(), "patient_id": patient, "column": cases["column"].to_numpy(),
         "rule": cases["rule"].to_numpy(), "severity": "error", "message": messages,
     })
+
+
+def near_miss(name: str, candidates: list[str]) -> str | None:
+    """The candidate column a missing column was most likely written as: equal but for case, blanks, '-' or '_',
+    else the closest spelling (difflib), else None. For a `did you mean …?` hint."""
+    def squash(text: str) -> str:
+        return re.sub(r"[\s_\-.]+", "", text.strip().lower())
+
+    same = [c for c in candidates if squash(c) == squash(name)]
+    if same:
+        return same[0]
+    by_key = {squash(c): c for c in candidates}
+    close = difflib.get_close_matches(squash(name), list(by_key), n=1, cutoff=0.75)
+    return by_key[close[0]] if close else None
 
 
 def _patient_at(raw: pd.DataFrame, rows: pd.Series) -> np.ndarray:
@@ -505,8 +574,6 @@ def _message(
     closest_cache: dict[str, str],
 ) -> str:
     kind = _KIND_OF.get((table, column), "text")
-    if rule == "missing_column":
-        return f"required column {value!r} is missing from the {table} table"
     if rule == "required":
         return f"{column} is empty; every {table} row needs one"
     if rule == "duplicate_patient":
@@ -631,11 +698,15 @@ def _cross_checks(
     raw: dict[str, pd.DataFrame],
     measures: MeasureCatalog,
     today: pd.Timestamp | None,
+    broken: set[str],
 ) -> list[pd.DataFrame | None]:
     """Rules spanning columns or tables: units per measure, enzyme ULN, dates vs birth / today, end vs start,
-    unknown patients, cytopenia grade, contradictory antibodies."""
+    unknown patients, cytopenia grade, contradictory antibodies. Checks against an unusable patients table are
+    skipped with one warning per table instead of a finding on every row."""
     out: list[pd.DataFrame | None] = []
     patients = parsed["patients"]
+    ids_usable = "patients" not in broken or "patient_id" in raw["patients"].columns and not raw["patients"].empty
+    births_usable = ids_usable and ("patients" not in broken or "birth_year" in raw["patients"].columns)
     known_ids = set(patients["patient_id"].dropna())
     birth = patients.dropna(subset=["patient_id"]).drop_duplicates("patient_id").set_index("patient_id")["birth_year"]
 
@@ -684,12 +755,17 @@ def _cross_checks(
                     "assessments": ["date"], "events": ["date"]}
     for table, cols in date_columns.items():
         frame = parsed[table].assign(birth_year_of_patient=parsed[table]["patient_id"].map(birth))
-        if table != "patients":
+        if table != "patients" and not ids_usable:
+            out.append(_skipped(table, "patient_id", "unknown_patient, date_before_birth",
+                                "the patients table is unusable (see its error)", frame))
+        elif table != "patients":
             out.append(_finding(table, frame, frame["patient_id"].notna() & ~frame["patient_id"].isin(known_ids),
                                 "patient_id", "unknown_patient",
                                 lambda f: "patient_id " + f["patient_id"].astype(str).map(repr)
                                 + " is not in the patients table"))
         for col in cols:
+            if not births_usable:
+                break
             d = frame[col]
             out.append(_finding(table, frame, d.dt.year < frame["birth_year_of_patient"], col, "date_before_birth",
                                 lambda f, c=col: c + " " + _fmt_dates(f[c]) + " is before the birth year "
@@ -699,6 +775,15 @@ def _cross_checks(
                                     lambda f, c=col: c + " " + _fmt_dates(f[c])
                                     + f" is after today ({today:%Y-%m-%d})"))
     return out
+
+
+def _skipped(table: str, column: str, rules: str, because: str, frame: pd.DataFrame) -> pd.DataFrame | None:
+    """One warning that the rules `rules` were not applied to `table` because another table is unusable."""
+    if frame.empty:
+        return None
+    return pd.DataFrame({"table": [table], "row": pd.array([pd.NA], dtype="Int64"), "patient_id": [None],
+                         "column": [column], "rule": ["check_skipped"], "severity": ["warning"],
+                         "message": [f"{rules} not checked for the {len(frame)} {table} row(s): {because}"]})
 
 
 def _resolve_doses(
@@ -719,8 +804,15 @@ def _resolve_doses(
                       [np.ones(len(r)), r["weight_kg"].to_numpy(float), bsa.to_numpy(float)], default=np.nan)
     r["dose_mg"] = r["dose"].to_numpy(float) * factor.to_numpy(float) * scale
     r["daily_mg"] = r["dose_mg"] * r["doses_per_cycle"] / r["cycle_days"]
+    r["dose_basis"] = basis
+    r["dose_in_basis"] = r["dose"].to_numpy(float) * factor.to_numpy(float)
     no_weight = basis.isin(["mg_per_kg", "mg_per_m2"]) & r["weight_kg"].isna() & r["start_date"].notna()
     no_height = (basis == "mg_per_m2") & r["weight_kg"].notna() & r["height_cm"].isna() & r["start_date"].notna()
+    if "assessments" in broken:  # no body size at all: one note, not a warning on every weight-based dose
+        per_body = r[basis.isin(["mg_per_kg", "mg_per_m2"])]
+        return r, _assemble([_skipped("regimens", "dose_unit", "doses per kg or m² (dose_mg)",
+                                      "the assessments table is unusable, so no weight or height is known",
+                                      per_body)])
     warnings = _assemble([
         _finding("regimens", r, no_weight, "dose_unit", "no_body_size",
                  lambda f: f["dose_unit"].astype(str) + " dose but no weight measured on or before "
@@ -730,6 +822,39 @@ def _resolve_doses(
                  + "; dose_mg left empty", severity="warning"),
     ])
     return r, warnings
+
+
+#: the order plausible-dose bounds are tried in (the written value first) and how each reads in a message.
+_LIMIT_LABELS: dict[str, str] = {"mg_per_kg": "mg/kg per administration", "mg_per_m2": "mg/m² per administration",
+                                 "mg": "mg per administration", "mg_per_day": "mg/day"}
+
+
+def _implausible_doses(r: pd.DataFrame, vocabulary: Vocabulary) -> pd.DataFrame | None:
+    """Regimen rows whose dose is beyond the drug's plausible range (configs/drugs.yaml `plausible`): an entry
+    error, never a dose to compute with. One finding per row, naming the first bound it exceeds."""
+    if r.empty:
+        return None
+    limits = vocabulary.plausible_limits(r["generic"], r["route"])
+    values = {"mg_per_kg": r["dose_in_basis"].where(r["dose_basis"] == "mg_per_kg"),
+              "mg_per_m2": r["dose_in_basis"].where(r["dose_basis"] == "mg_per_m2"),
+              "mg": r["dose_mg"], "mg_per_day": r["daily_mg"]}
+    bound = pd.Series(None, index=r.index, dtype=object)
+    value = pd.Series(np.nan, index=r.index)
+    limit = pd.Series(np.nan, index=r.index)
+    for b in _LIMIT_LABELS:
+        over = bound.isna() & (values[b] > limits[b]).fillna(False)
+        bound[over], value[over], limit[over] = b, values[b][over], limits[b][over]
+    frame = r.assign(_bound=bound, _value=value, _limit=limit)
+
+    def message(f: pd.DataFrame) -> pd.Series:
+        written = _fmt_numbers(f["dose"]) + " " + f["dose_unit"].astype(str) + " " + f["interval"].astype(str)
+        label = f["_bound"].map(_LIMIT_LABELS)
+        compared = _fmt_numbers(f["_value"]) + " " + label.str.split(" ").str[0]
+        return ("dose " + written + " of " + f["generic"].astype(str) + " (" + f["route"].astype(str) + ") = "
+                + compared + " is outside the plausible range 0–" + _fmt_numbers(f["_limit"]) + " " + label
+                + " (configs/drugs.yaml: an entry error such as a wrong unit or a slipped decimal?)")
+
+    return _finding("regimens", frame, bound.notna(), "dose", "implausible_dose", message)
 
 
 def _nearest_before(regimens: pd.DataFrame, assessments: pd.DataFrame, measure: str) -> pd.Series:
@@ -777,12 +902,13 @@ def normalise(
     vocabulary: Vocabulary,
     measures: MeasureCatalog,
     today: date | pd.Timestamp | str | None = None,
+    unreadable: Mapping[str, str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The normalised tables (docs/architecture.md) of the rows free of errors; `row` = the input row.
 
     Without `today` the after-today rule is not applied. A table with a missing required column comes back empty.
     """
-    return _normalised(_analyse(tables, vocabulary, measures, today), measures)
+    return _normalised(_analyse(tables, vocabulary, measures, today, unreadable), measures)
 
 
 def _normalised(analysis: _Analysis, measures: MeasureCatalog) -> dict[str, pd.DataFrame]:
@@ -849,6 +975,8 @@ class ContractResult:
     normalised: dict[str, pd.DataFrame]
     violations: pd.DataFrame
     rejected_patients: pd.Index
+    #: tables unusable as a whole (unreadable, or a required column missing): every patient is rejected
+    broken_tables: frozenset[str] = frozenset()
 
     @property
     def errors(self) -> pd.DataFrame:
@@ -876,7 +1004,8 @@ def format_violation(v: Any) -> str:
     """One violation as a line: `table row N (patient P), column C [rule]: message`."""
     row = "" if pd.isna(v.row) else f" row {int(v.row)}"
     patient = "" if v.patient_id is None or pd.isna(v.patient_id) else f" (patient {v.patient_id})"
-    return f"{v.table}{row}{patient}, column {v.column} [{v.rule}]: {v.message}"
+    column = "" if v.column is None or pd.isna(v.column) else f", column {v.column}"
+    return f"{v.table}{row}{patient}{column} [{v.rule}]: {v.message}"
 
 
 def check(
@@ -884,8 +1013,18 @@ def check(
     vocabulary: Vocabulary,
     measures: MeasureCatalog,
     today: date | pd.Timestamp | str | None,
+    unreadable: Mapping[str, str] | None = None,
 ) -> ContractResult:
-    """Validate, normalise and drop every patient with an error, in one call (the pipeline's entry point)."""
-    analysis = _analyse(tables, vocabulary, measures, today)
-    normalised, rejected = reject_patients(_normalised(analysis, measures), analysis.violations)
-    return ContractResult(normalised=normalised, violations=analysis.violations, rejected_patients=rejected)
+    """Validate, normalise and drop every patient with an error, in one call (the pipeline's entry point).
+
+    When a table is unusable as a whole (`broken_tables`), every patient is rejected: each one's record is
+    incomplete, and a patient is used whole or not at all."""
+    analysis = _analyse(tables, vocabulary, measures, today, unreadable)
+    violations = analysis.violations
+    if analysis.broken_tables:
+        ids = pd.concat([p["patient_id"] for p in analysis.parsed.values() if "patient_id" in p.columns])
+        everyone = pd.DataFrame({"patient_id": ids.dropna().astype(str).unique(), "severity": "error"})
+        violations = pd.concat([violations[["patient_id", "severity"]], everyone], ignore_index=True)
+    normalised, rejected = reject_patients(_normalised(analysis, measures), violations)
+    return ContractResult(normalised=normalised, violations=analysis.violations, rejected_patients=rejected,
+                          broken_tables=analysis.broken_tables)

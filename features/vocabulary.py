@@ -60,6 +60,41 @@ class DoseTarget(_Frozen):
         return self.low is not None or bool(self.weight_bands)
 
 
+Route = Literal["oral", "intravenous", "subcutaneous"]
+
+#: the dose bases a plausible-dose limit may bound (per administration) plus the daily intensity.
+LIMIT_BASES: tuple[str, ...] = ("mg", "mg_per_kg", "mg_per_m2", "mg_per_day")
+
+
+class DoseLimit(_Frozen):
+    """Upper bounds of a plausible dose: per administration in mg (fixed, or resolved from a per-kg / per-m² dose),
+    as written per kg or per m², and as daily intensity (mg/day). An unset bound is not checked."""
+
+    mg: float | None = Field(default=None, gt=0)
+    mg_per_kg: float | None = Field(default=None, gt=0)
+    mg_per_m2: float | None = Field(default=None, gt=0)
+    mg_per_day: float | None = Field(default=None, gt=0)
+
+
+class PlausibleDose(DoseLimit):
+    """A drug's plausible dose range: beyond it a record is an entry error (a screen, not a clinical limit);
+    `routes` overrides bounds for one route (an intravenous methylprednisolone pulse is not an oral dose)."""
+
+    routes: dict[Route, DoseLimit] = Field(default_factory=dict)
+
+    def model_post_init(self, __context: Any) -> None:
+        if all(getattr(self, b) is None for b in LIMIT_BASES):
+            raise ValueError("a plausible dose range needs at least one bound (mg, mg_per_kg, mg_per_m2, mg_per_day)")
+
+    def for_route(self, route: str | None) -> DoseLimit:
+        """The bounds that apply on `route`: the route's own where it sets them, else the drug's."""
+        own = self.routes.get(route) if route is not None else None  # type: ignore[call-overload]
+        if own is None:
+            return DoseLimit(**{b: getattr(self, b) for b in LIMIT_BASES})
+        return DoseLimit(**{b: getattr(own, b) if getattr(own, b) is not None else getattr(self, b)
+                            for b in LIMIT_BASES})
+
+
 class Drug(_Frozen):
     generic: str
     label: str
@@ -67,6 +102,7 @@ class Drug(_Frozen):
     immunosuppressant: bool
     aliases: tuple[str, ...]
     target: DoseTarget
+    plausible: PlausibleDose
     text: str
 
 
@@ -128,6 +164,18 @@ class Vocabulary(_Frozen):
         uniques = pd.Series(written.dropna().unique())
         mapping = {u: self.lookup(u) for u in uniques}
         return written.map(mapping).astype("object")
+
+    def plausible_limits(self, generic: pd.Series, route: pd.Series) -> pd.DataFrame:
+        """The plausible-dose bounds of each row's drug on its route: one column per `LIMIT_BASES` (NaN = none)."""
+        routes = Route.__args__  # type: ignore[attr-defined]
+        table = pd.DataFrame(
+            [{"generic": d.generic, "route": r or "", **d.plausible.for_route(r).model_dump()}
+             for d in self.drugs for r in (*routes, None)]
+        ).astype({b: float for b in LIMIT_BASES})
+        keys = pd.DataFrame({"generic": generic.astype(object).to_numpy(),
+                             "route": route.astype(object).where(route.isin(routes), "").to_numpy()})
+        out = keys.merge(table, on=["generic", "route"], how="left")[list(LIMIT_BASES)]
+        return out.set_axis(generic.index)
 
     def target_daily_mg(
         self,

@@ -441,7 +441,7 @@ def test_check_raises_with_table_row_column_and_rule(vocabulary, measures):
         result.raise_for_errors()
 
 
-def test_a_missing_required_column_empties_only_that_table(vocabulary, measures):
+def test_a_missing_required_column_empties_that_table_and_rejects_every_patient(vocabulary, measures):
     tables = valid_tables()
     tables["regimens"] = tables["regimens"].drop(columns=["dose", "route"])
     out = check(tables, vocabulary, measures, TODAY)
@@ -449,7 +449,11 @@ def test_a_missing_required_column_empties_only_that_table(vocabulary, measures)
                                       ("regimens", None, "route", "missing_column", E)}
     assert out.normalised["regimens"].empty and list(out.normalised["regimens"].columns)[:3] == [
         "patient_id", "row", "drug"]
-    assert len(out.normalised["assessments"]) == 10
+    # no patient is used without their regimens: all are rejected, and counted
+    assert out.broken_tables == {"regimens"} and list(out.rejected_patients) == ["P1", "P2"]
+    assert all(out.normalised[t].empty for t in CONTRACT_TABLES)
+    # the library alone keeps the other tables' rows
+    assert len(normalise(tables, vocabulary, measures, TODAY)["assessments"]) == 10
 
 
 def test_optional_columns_may_be_absent(vocabulary, measures):
