@@ -21,36 +21,168 @@ from features.contract import CONTRACT_COLUMNS, CONTRACT_TABLES
 OPTIONAL_TABLES: frozenset[str] = frozenset({"events"})
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """One table as written: Parquet with its own types, CSV with every cell a string (only empty cells missing)."""
+class TableReadError(ValueError):
+    """A contract table file that cannot be read as the contract says; the message names the file and the likely
+    cause (wrong separator, not UTF-8, UTF-16, truncated Parquet, ...)."""
+
+
+#: bytes read to sniff a file's encoding and header; CSV files are also scanned in full for invalid UTF-8.
+_SNIFF_BYTES = 1 << 16
+_PARQUET_MAGIC = b"PAR1"
+
+
+def check_readable(path: Path) -> list[str]:
+    """The column names of one contract table file, after checking what makes a file unreadable (cheap: Parquet
+    magic bytes and footer; for CSV the encoding of the whole file and the header's separator).
+
+    Raises `TableReadError` naming the file and the likely cause. A UTF-8 byte-order mark is accepted silently.
+    """
     path = Path(path)
+    if path.suffix not in (".parquet", ".csv"):
+        raise TableReadError(f"{path}: contract tables are .parquet or .csv, not {path.suffix or 'no extension'}")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(_SNIFF_BYTES)
+            f.seek(max(0, size - 4))
+            tail = f.read(4)
+    except OSError as err:
+        raise TableReadError(f"{path}: cannot be opened ({err.strerror or err})") from err
+    if size == 0:
+        raise TableReadError(f"{path}: the file is empty (no header row)")
     if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix == ".csv":
+        return _parquet_columns(path, head, tail)
+    return _csv_columns(path, head)
+
+
+def _parquet_columns(path: Path, head: bytes, tail: bytes) -> list[str]:
+    import pyarrow.parquet as pq
+
+    if not head.startswith(_PARQUET_MAGIC):
+        looks = " (it starts like text: a CSV named .parquet?)" if _looks_like_text(head) else ""
+        raise TableReadError(f"{path}: not a Parquet file, it does not start with the Parquet magic bytes{looks}")
+    if tail != _PARQUET_MAGIC:
+        raise TableReadError(f"{path}: truncated Parquet file, the footer is missing (an interrupted copy or "
+                             "export?); export the table again")
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as err:  # pyarrow raises ArrowInvalid / OSError subclasses with its own wording
+        raise TableReadError(f"{path}: cannot be read as Parquet ({err}); export the table again") from err
+
+
+def _looks_like_text(head: bytes) -> bool:
+    return b"\x00" not in head[:512] and all(b >= 9 for b in head[:512])
+
+
+def _csv_columns(path: Path, head: bytes) -> list[str]:
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head[:512]:
+        raise TableReadError(f"{path}: the file is UTF-16 encoded (e.g. Excel's 'Unicode Text'), not UTF-8; "
+                             "save it as 'CSV UTF-8 (comma delimited)'")
+    _check_utf8(path)
+    text = head.decode("utf-8", errors="ignore").removeprefix("\ufeff")
+    header = text.splitlines()[0] if text.splitlines() else ""
+    counts = {sep: header.count(sep) for sep in (",", ";", "\t")}
+    wrong = max((";", "\t"), key=lambda sep: counts[sep])
+    if counts[wrong] > counts[","]:
+        name = "';' (semicolon)" if wrong == ";" else "tabs"
+        raise TableReadError(
+            f"{path}: fields are separated by {name}, not commas: the header splits into {counts[wrong] + 1} "
+            f"columns at {name} and {counts[','] + 1} at commas; export it comma-separated with '.' as the decimal "
+            "point (a ';'-separated export often writes decimal commas too)")
+    import csv
+
+    return next(csv.reader([header])) if header else []
+
+
+def _check_utf8(path: Path) -> None:
+    """Scan the whole file for invalid UTF-8, so the error names the line and the likely encoding."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1
+    with Path(path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                bad = chunk[err.start:err.start + 1]
+                line += chunk[:err.start].count(b"\n")
+                raise TableReadError(
+                    f"{path}: not UTF-8: byte 0x{bad.hex().upper()} on line {line} (byte {offset + err.start}) "
+                    f"cannot be decoded; it looks like Latin-1 / Windows-1252 (where it reads "
+                    f"{bad.decode('cp1252', errors='replace')!r}); save the file as UTF-8") from None
+            offset += len(chunk)
+            line += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise TableReadError(f"{path}: not UTF-8: the file ends inside a multi-byte character (truncated?); "
+                                 "save the file as UTF-8") from None
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """One table as written: Parquet with its own types, CSV with every cell a string (only empty cells missing).
+
+    Raises `TableReadError` naming the file and the likely cause when it cannot be read (see `check_readable`).
+    """
+    path = Path(path)
+    check_readable(path)
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
-    raise ValueError(f"{path}: contract tables are .parquet or .csv, not {path.suffix or 'no extension'}")
+    except pd.errors.ParserError as err:
+        raise TableReadError(f"{path}: not a well-formed CSV ({err}); a value containing a comma or a line break "
+                             "must be quoted") from err
+    except (OSError, ValueError) as err:
+        raise TableReadError(f"{path}: cannot be read ({err})") from err
+
+
+def table_paths(directory: Path) -> dict[str, Path | None]:
+    """The file of each contract table in a folder: `<name>.parquet` preferred, else `<name>.csv`; None for an
+    absent optional table. A missing folder or required table is a `FileNotFoundError` naming it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"contract table folder {directory} does not exist")
+    paths: dict[str, Path | None] = {}
+    for name in CONTRACT_TABLES:
+        candidates = [directory / f"{name}.parquet", directory / f"{name}.csv"]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None and name not in OPTIONAL_TABLES:
+            raise FileNotFoundError(
+                f"contract table {name!r} not found in {directory}: expected {name}.parquet or {name}.csv")
+        paths[name] = found
+    return paths
+
+
+def load_contract_tables(directory: Path) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """The contract tables of a folder that can be read, and for each one that cannot, why (for
+    `features.contract.check(..., unreadable=...)`: reported once, never cascading into other tables).
+
+    An absent `events` table (no adverse events exported) is an empty table with the contract's columns.
+    """
+    tables: dict[str, pd.DataFrame] = {}
+    unreadable: dict[str, str] = {}
+    for name, path in table_paths(directory).items():
+        if path is None:
+            tables[name] = pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[name]})
+            continue
+        try:
+            tables[name] = read_table(path)
+        except TableReadError as err:
+            unreadable[name] = str(err)
+    return tables, unreadable
 
 
 def read_contract_tables(directory: Path) -> dict[str, pd.DataFrame]:
     """The four contract tables of a folder: `<name>.parquet` preferred, else `<name>.csv`.
 
-    A missing table is an error naming it, except `events` (no adverse events exported): an empty table.
+    A missing table is an error naming it, except `events` (no adverse events exported): an empty table. A file
+    that cannot be read is a `TableReadError` naming every such file and its likely cause.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"contract table folder {directory} does not exist")
-    tables: dict[str, pd.DataFrame] = {}
-    for name in CONTRACT_TABLES:
-        candidates = [directory / f"{name}.parquet", directory / f"{name}.csv"]
-        found = next((p for p in candidates if p.is_file()), None)
-        if found is not None:
-            tables[name] = read_table(found)
-        elif name in OPTIONAL_TABLES:
-            tables[name] = pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[name]})
-        else:
-            raise FileNotFoundError(
-                f"contract table {name!r} not found in {directory}: expected {name}.parquet or {name}.csv"
-            )
+    tables, unreadable = load_contract_tables(directory)
+    if unreadable:
+        raise TableReadError("\n".join(unreadable.values()))
     return tables
 
 

@@ -13,45 +13,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pipeline.config import ROOT, load_params, load_reference
+from pipeline.config import ROOT, load_reference
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from pipeline.settings import Settings
+
 FEATURES_DIR = Path("data/features")
 SPLIT_DIR = Path("data/split")
 TRAIN_DIR = Path("data/train")
-#: params.yaml sections logged as MLflow params (flattened): what shaped the data and the model.
-LOGGED_SECTIONS: tuple[str, ...] = ("seed", "simulate", "features", "labels", "split", "train", "evaluation", "promote")
-
-
-def bundle_config(params: dict[str, Any]) -> Any:
-    """`BundleConfig` from the `train:` section; every seed not set there defaults to the top-level `seed`."""
-    from features.response import response_threshold
-    from models.bundle import BundleConfig
-
-    section = dict(params.get("train") or {})
-    # One definition of response for labels and models: the `labels:` category (adult and juvenile DM thresholds).
-    category = (params.get("labels") or {}).get("response_category", "moderate")
-    section.setdefault("response_threshold", response_threshold(category))
-    section.setdefault("juvenile_response_threshold", response_threshold(category, juvenile=True))
-    seed = int(params.get("seed", 20261125))
-    section.setdefault("seed", seed)
-    for key in ("booster", "calibration", "intervals"):
-        sub = dict(section.get(key) or {})
-        sub.setdefault("seed", seed)
-        if key == "intervals" and sub.get("boot_booster") is not None:
-            boot = dict(sub["boot_booster"])
-            boot.setdefault("seed", seed)
-            sub["boot_booster"] = boot
-        section[key] = sub
-    prop = dict(section.get("propensity") or {})
-    if "booster" in prop:
-        prop["booster"] = {"seed": seed, **prop["booster"]}
-    section["propensity"] = prop
-    return BundleConfig.model_validate(section)
-
-
 def read_split(split_dir: Path) -> pd.DataFrame:
     """The patient split (`patient_id`, `set` in {train, test}) from the Parquet/CSV file(s) in `split_dir`."""
     import pandas as pd
@@ -116,7 +87,7 @@ def dvc_stage_hashes(root: Path = ROOT) -> dict[str, str]:
 
 
 def run_train(
-    params_path: Path = Path("params.yaml"),
+    params: Settings | Path = Path("params.yaml"),
     features_dir: Path = FEATURES_DIR,
     split_dir: Path = SPLIT_DIR,
     out_dir: Path = TRAIN_DIR,
@@ -132,10 +103,11 @@ def run_train(
     from models.explain import with_dose_targets
     from pipeline import registry
     from pipeline.io import write_json
+    from pipeline.settings import resolve
 
     started = time.perf_counter()
-    params = load_params(params_path)
-    cfg = bundle_config(params)
+    settings = resolve(params)
+    cfg = settings.train
     catalog = OptionCatalog.from_config(load_reference("options"))
     features_path = Path(features_dir) / "features.parquet"
     decisions_path = Path(features_dir) / "decisions.parquet"
@@ -175,11 +147,10 @@ def run_train(
 
     registry.setup_mlflow(root)
     run_name = f"train-{cfg.learner}-{sha[:7]}"
-    logged = {k: params[k] for k in LOGGED_SECTIONS if k in params}
     summary = model.summary
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.set_tags(tags)
-        mlflow.log_params(registry.flatten_params(logged))
+        mlflow.log_params(registry.flatten_params(settings.logged_params()))
         mlflow.log_metrics({
             "train_decisions": float(summary["n_decisions"]),
             "train_patients": float(summary["n_patients"]),
