@@ -32,7 +32,8 @@ from features.contract import MeasureCatalog, normalise  # noqa: E402
 from features.decisions import derive_decisions  # noqa: E402
 from features.labels import outcome_labels  # noqa: E402
 from features.vocabulary import OptionCatalog, Vocabulary  # noqa: E402
-from pipeline.config import load_params, load_reference  # noqa: E402
+from pipeline.config import load_reference  # noqa: E402
+from pipeline.settings import load_settings  # noqa: E402
 
 CHUNK = 10_000
 TABLES = ("patients", "regimens", "assessments", "events")
@@ -112,8 +113,8 @@ def main() -> None:
     if any(s % CHUNK for s in args.sizes):
         parser.error(f"sizes must be multiples of {CHUNK}")
 
-    params = load_params(ROOT / "params.yaml")
-    seed, today = int(params.get("seed", 0)), str((params.get("data") or {}).get("today", "2026-11-01"))
+    settings = load_settings(ROOT / "params.yaml")
+    seed, today = settings.seed, str(settings.data.today or "2026-11-01")
     vocabulary = Vocabulary.from_config(load_reference("drugs"))
     catalog = OptionCatalog.from_config(load_reference("options"))
     measures = MeasureCatalog.from_config(load_reference("measures"))

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from models import evaluation as ev  # noqa: E402
 from models.config import BoosterConfig, LearnerConfig  # noqa: E402
 from models.learners import make_learner  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
 
 CONTROL = "continue"
 ARMS = (
@@ -111,7 +112,7 @@ def synthetic_data(n_patients: int, n_eval_patients: int, seed: int) -> Data:
     }
 
 
-def simulated_training_set(n_patients: int, seed: int, params: dict[str, Any]) -> tuple[Data, pd.DataFrame, pd.DataFrame]:
+def simulated_training_set(n_patients: int, seed: int, settings: Settings) -> tuple[Data, pd.DataFrame, pd.DataFrame]:
     """Simulate a cohort and run the project's contract check and feature pipeline on it: (training set, truth
     decisions, truth outcomes), exactly what `escalate simulate` + `escalate features` would write."""
     from features.contract import MeasureCatalog, check
@@ -121,18 +122,18 @@ def simulated_training_set(n_patients: int, seed: int, params: dict[str, Any]) -
     from simulator.engine import simulate_cohort
 
     config, vocabulary, catalog = build_inputs()
-    today = str((params.get("simulate") or {}).get("today") or (params.get("data") or {}).get("today"))
+    today = str(settings.simulate.today or settings.data.today)
     cohort = simulate_cohort(n_patients, seed, config, vocabulary, catalog, today, "observational")
     measures = MeasureCatalog.from_config(load_reference("measures"))
     result = check({name: getattr(cohort, name) for name in TABLES}, vocabulary, measures, pd.Timestamp(today))
     if len(result.rejected_patients):
         print(f"  note: {len(result.rejected_patients)} simulated patient(s) rejected by the data contract")
-    built = build_training_set(result.normalised, vocabulary, catalog, params, today)
+    built = build_training_set(result.normalised, vocabulary, catalog, settings.features, settings.labels, today)
     return built, cohort.decisions, cohort.outcomes
 
 
 def simulator_data(
-    params: dict[str, Any],
+    settings: Settings,
     n_patients: int,
     seed: int,
     features_dir: Path | None,
@@ -142,7 +143,6 @@ def simulator_data(
     matched to the simulator's truth) from a simulated cohort, with the project's split and eligibility."""
     from features.split import patient_split
     from models.bundle import feature_columns, match_truth
-    from pipeline.features import configs
 
     if features_dir is not None:
         decisions = pd.read_parquet(features_dir / "decisions.parquet")
@@ -151,13 +151,12 @@ def simulator_data(
         truth_outcomes = pd.read_parquet(cohort_dir / "truth" / "outcomes.parquet")
         source = f"features {features_dir}, truth {cohort_dir / 'truth'}"
     else:
-        built, truth_decisions, truth_outcomes = simulated_training_set(n_patients, seed, params)
+        built, truth_decisions, truth_outcomes = simulated_training_set(n_patients, seed, settings)
         decisions, features = built["decisions"], built["features"]
         source = f"simulated {n_patients} patients (seed {seed})"
     if not (decisions["decision_id"].to_numpy() == features["decision_id"].to_numpy()).all():
         raise ValueError("decisions and features: rows must align one to one on decision_id (rule: same order)")
-    _, _, split_config = configs(params)
-    split = patient_split(decisions["patient_id"], split_config).to_numpy()
+    split = patient_split(decisions["patient_id"], settings.split).to_numpy()
     arms = tuple(a for a in ARMS if a in set(decisions["option_taken"]))
     cols = feature_columns(features)
     X = features[cols].astype(float)
@@ -371,18 +370,17 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], help="learner names to leave out")
     args = parser.parse_args()
 
-    from pipeline.config import load_params
+    from pipeline.settings import load_settings
 
-    params = load_params(args.params)
-    train_params = params.get("train") or {}
-    seed = int(args.seed if args.seed is not None else (params.get("seed", 0) if args.data == "simulator" else 1))
-    booster = BoosterConfig.model_validate({**(train_params.get("booster") or {}), "seed": int(params.get("seed", 0))})
-    cv_folds = int(train_params.get("cv_folds", 5))
-    clip = float((train_params.get("propensity") or {}).get("clip", 0.02))
+    settings = load_settings(args.params)
+    seed = int(args.seed if args.seed is not None else (settings.seed if args.data == "simulator" else 1))
+    booster = settings.train.booster
+    cv_folds = settings.train.cv_folds
+    clip = settings.train.propensity.clip
 
     started = time.perf_counter()
     if args.data == "simulator":
-        data = simulator_data(params, args.patients, seed, args.features_dir, args.cohort_dir)
+        data = simulator_data(settings, args.patients, seed, args.features_dir, args.cohort_dir)
     else:
         data = synthetic_data(args.patients, args.eval_patients, seed)
     print(f"{data['describe']} (prepared in {time.perf_counter() - started:.1f} s)")

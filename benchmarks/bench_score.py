@@ -169,14 +169,14 @@ def main() -> None:
     from features.build import build_features
     from features.contract import MeasureCatalog, check
     from models.scoring import predict_explained
-    from pipeline.config import load_params, load_reference
+    from pipeline.config import load_reference
     from pipeline.score import resolve_model
+    from pipeline.settings import load_settings
     from pipeline.simulate import build_inputs
-    from pipeline.train import bundle_config
     from tests.model.test_score_job import ScoringWorld, build_world
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-score-"))
-    train = bundle_config(load_params(ROOT / "params.yaml")).model_dump()
+    train = load_settings(ROOT / "params.yaml").train.model_dump()
     t = time.perf_counter()
     if (work / "world" / "mlflow.db").is_file():  # --workdir of an earlier run: reuse its cohort and model
         world = ScoringWorld(data=work / "world" / "data", tracking_uri=f"sqlite:///{work / 'world' / 'mlflow.db'}",

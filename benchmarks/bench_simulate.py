@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import simulator.engine as engine
-from pipeline.config import load_params
+from pipeline.settings import load_settings
 from pipeline.simulate import build_inputs
 from simulator.engine import simulate_cohort
 
@@ -38,12 +38,13 @@ def run(n: int, draws: int | None, mode: str) -> float:
     config, vocabulary, catalog = build_inputs()
     if draws is not None:
         config = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": draws})})
-    params = load_params()
+    settings = load_settings()
     clock = _ScoringClock()
     engine.score_pairs = clock
     try:
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        cohort = simulate_cohort(n, int(params["seed"]), config, vocabulary, catalog, params["simulate"]["today"], mode)  # type: ignore[arg-type]
+        cohort = simulate_cohort(n, settings.simulate.seed, config, vocabulary, catalog,
+                                 str(settings.simulate.today or settings.data.today), mode)  # type: ignore[arg-type]
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     finally:
         engine.score_pairs = clock._inner

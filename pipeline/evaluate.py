@@ -1,7 +1,7 @@
 """`escalate evaluate`: held-out evaluation of the trained bundle, logged to the training run in MLflow.
 
-Writes `data/evaluate/metrics.json` (flat headline metrics for `dvc metrics show`), `tables/` (factual metrics,
-decision value, subgroups, simulator metrics, row counts), `plots/` (CSV data of the calibration, ROC, Qini and
+Writes `data/evaluate/metrics.json` (the headline metrics for `dvc metrics show`), `tables/` (every metric in
+`headline.json`, factual metrics, decision value, subgroups, simulator metrics, row counts), `plots/` (CSV data of the calibration, ROC, Qini and
 — with the simulator's truth — effect-scatter plots), `figures/` (the same as PNG) and `model_card.md`.
 """
 
@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.config import ROOT, load_params, load_reference
+from pipeline.config import ROOT, load_reference
 from pipeline.train import FEATURES_DIR, SPLIT_DIR, TRAIN_DIR, read_split, select_set
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 EVALUATE_DIR = Path("data/evaluate")
 PLOTS = {  # plot data name -> (csv, png, models.plots function)
@@ -32,10 +35,15 @@ PLOT_COLUMNS = {
 }
 
 
-def truth_dir(params: dict[str, Any], root: Path = ROOT) -> Path | None:
+#: the headline metrics in metrics.json (`dvc metrics show` fits a terminal); the rest go to tables/headline.json.
+HEADLINE = ("response_auroc", "response_brier", "response_ece", "response_calibration_slope", "tis_rmse",
+            "safety_auroc", "decision_value_recommended", "decision_value_observed", "sim_sqrt_pehe", "sim_regret",
+            "sim_interval_coverage")
+
+
+def truth_dir(data_dir: Path, root: Path = ROOT) -> Path | None:
     """`<data.dir>/truth` when the simulator wrote it (evaluation only), else None."""
-    data_dir = Path((params.get("data") or {}).get("dir", "data/cohort"))
-    folder = data_dir / "truth"
+    folder = Path(data_dir) / "truth"
     if not folder.is_absolute() and not folder.exists():
         folder = Path(root) / folder
     ok = (folder / "decisions.parquet").is_file() and (folder / "outcomes.parquet").is_file()
@@ -43,7 +51,7 @@ def truth_dir(params: dict[str, Any], root: Path = ROOT) -> Path | None:
 
 
 def run_evaluate(
-    params_path: Path = Path("params.yaml"),
+    params: Settings | Path = Path("params.yaml"),
     features_dir: Path = FEATURES_DIR,
     split_dir: Path = SPLIT_DIR,
     train_dir: Path = TRAIN_DIR,
@@ -51,7 +59,7 @@ def run_evaluate(
     root: Path = ROOT,
     log_to_mlflow: bool = True,
 ) -> dict[str, float]:
-    """The stage: returns the headline metrics it wrote to metrics.json."""
+    """The stage: returns every held-out metric (rounded as written to tables/headline.json) and its seconds."""
     import joblib
     import matplotlib
     import pandas as pd
@@ -61,22 +69,22 @@ def run_evaluate(
 
     from models import plots
     from models.bundle import evaluate_bundle, interval_meaning
-    from models.evaluation import EvaluationConfig
     from models.model_card import ModelCardInputs, build_model_card
     from pipeline import registry
-    from pipeline.io import write_json
+    from pipeline.io import rounded, write_csv, write_json, write_text
+    from pipeline.settings import resolve
     from pipeline.train import git_revision
 
     started = time.perf_counter()
-    params = load_params(params_path)
-    cfg = EvaluationConfig.model_validate(params.get("evaluation") or params.get("evaluate") or {})
+    settings = resolve(params)
+    cfg = settings.evaluation
     model = joblib.load(Path(train_dir) / "model" / registry.BUNDLE_FILE)
     run = json.loads((Path(train_dir) / "run.json").read_text(encoding="utf-8"))
     features = pd.read_parquet(Path(features_dir) / "features.parquet")
     decisions = pd.read_parquet(Path(features_dir) / "decisions.parquet")
     split = read_split(split_dir)
     test = select_set(features, split, "test", "features")
-    truth = truth_dir(params, root)
+    truth = truth_dir(settings.data.dir, root)
     truth_decisions = pd.read_parquet(truth / "decisions.parquet") if truth else None
     truth_outcomes = pd.read_parquet(truth / "outcomes.parquet") if truth else None
 
@@ -85,16 +93,17 @@ def run_evaluate(
     tables, plot_dir, figures = out / "tables", out / "plots", out / "figures"
     for folder in (tables, plot_dir, figures):
         folder.mkdir(parents=True, exist_ok=True)
-    result.factual.to_csv(tables / "factual.csv", index=False)
-    result.decision_values.to_csv(tables / "decision_value.csv", index=False)
-    result.subgroups.to_csv(tables / "subgroups.csv", index=False)
+    write_csv(result.factual, tables / "factual.csv")
+    write_csv(result.decision_values, tables / "decision_value.csv")
+    write_csv(result.subgroups, tables / "subgroups.csv")
     simulator = result.simulator if result.simulator is not None else pd.DataFrame(columns=["option"])
-    simulator.to_csv(tables / "simulator.csv", index=False)  # header only without the simulator's truth
+    write_csv(simulator, tables / "simulator.csv")  # header only without the simulator's truth
     write_json(result.counts, tables / "counts.json")
+    write_json(result.headline, tables / "headline.json", round_floats=True)  # every held-out metric
     labels = {o.name: o.label for o in model.catalog.options}
     for name, (csv, png, fn) in PLOTS.items():
         data = result.plot_data.get(name, pd.DataFrame(columns=PLOT_COLUMNS[name]))
-        data.to_csv(plot_dir / csv, index=False)  # always written, so DVC's declared plots exist
+        write_csv(data, plot_dir / csv)  # always written, so DVC's declared plots exist
         if len(data):
             fig = getattr(plots, fn)(data, labels=labels)
             fig.savefig(figures / png, dpi=110, bbox_inches="tight")
@@ -115,33 +124,33 @@ def run_evaluate(
     sub_cols = ["subgroup", "level", "n", "events", "auroc", "brier", "calibration_slope", "ece"]
     sim_cols = ["option", "n_eligible", "auroc_model", "auroc_oracle", "sqrt_pehe", "coverage",
                 "mean_interval_width"]
-    card = build_model_card(ModelCardInputs(
+    headline = rounded(result.headline)
+    # The DVC copy names neither the registry version nor the code revision (new on every run: same inputs,
+    # same bytes); the registered version's description carries both.
+    inputs = ModelCardInputs(
         model_name=registry.MODEL_NAME,
-        model_version=str(run.get("model_version")),
         learner=model.config.learner,
         response_threshold=model.config.response_threshold,
         juvenile_response_threshold=model.config.juvenile_response_threshold,
         interval_meaning=interval_meaning(model.config),
-        horizon_weeks=(params.get("labels") or {}).get("horizon_weeks"),
-        data_source="literature-calibrated simulated cohort" if truth else f"contract tables in {params.get('data', {}).get('dir')}",
+        horizon_weeks=settings.labels.horizon_weeks,
+        data_source="literature-calibrated simulated cohort" if truth else f"contract tables in {settings.data.dir}",
         n_train_patients=int(n_train["n_patients"]),
         n_train_decisions=int(n_train["n_decisions"]),
         n_test_patients=result.counts["test_patients"],
         n_test_decisions=result.counts["test_decisions"],
         options=[(o.name, o.label) for o in model.catalog.options],
         eligibility_rules=rules,
-        headline=result.headline,
+        headline=headline,
         decision_values=result.decision_values[[c for c in dv_cols if c in result.decision_values.columns]],
         subgroups=result.subgroups[[c for c in sub_cols if c in result.subgroups.columns]],
         simulator=None if result.simulator is None else result.simulator[
             [c for c in sim_cols if c in result.simulator.columns]],
         overlap_warnings=warnings_,
         modelled_options=list(model.arms),
-        git_revision=git_revision(root)[0][:12],
-    ))
-    (out / "model_card.md").write_text(card, encoding="utf-8")
-    metrics = {k: (round(v, 6) if v == v else None) for k, v in result.headline.items()}
-    write_json(metrics, out / "metrics.json")
+    )
+    write_text(build_model_card(inputs), out / "model_card.md")
+    write_json({k: headline.get(k) for k in HEADLINE if k in headline}, out / "metrics.json", round_floats=True)
 
     if log_to_mlflow:
         import mlflow
@@ -161,9 +170,10 @@ def run_evaluate(
         if version:
             from mlflow.tracking import MlflowClient
 
+            card = build_model_card(inputs.model_copy(update={"model_version": str(version),
+                                                              "git_revision": git_revision(root)[0][:12]}))
             MlflowClient().update_model_version(registry.MODEL_NAME, str(version), description=card[:5000])
-    metrics["evaluate_seconds"] = round(time.perf_counter() - started, 2)
-    return metrics
+    return {**headline, "evaluate_seconds": round(time.perf_counter() - started, 2)}
 
 
 def evaluate_command(

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 FEATURES = Path("data/features/features.parquet")
 DICTIONARY = Path("data/features/feature_dictionary.json")
@@ -26,10 +29,18 @@ def explain_command(
     model_dir: Annotated[Path, typer.Option(help="folder with escalate_model.joblib")] = MODEL_DIR,
     out: Annotated[Path, typer.Option(help="output folder (DVC plots)")] = OUT,
     sample: Annotated[int, typer.Option(help="decision rows explained (seeded sample)")] = 2000,
-    seed: Annotated[int, typer.Option(help="sampling seed")] = 20261125,
+    seed: Annotated[int | None, typer.Option(help="sampling seed (default: params.yaml seed)")] = None,
     mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log the summaries to MLflow")] = True,
+    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read")] = Path("params.yaml"),
 ) -> None:
     """Global explanation summaries per option: mean |SHAP| table, bar and beeswarm plots."""
+    run_explain(params_file, features, dictionary, model_dir, out, sample, seed, mlflow_log)
+
+
+def run_explain(params: Settings | Path = Path("params.yaml"), features: Path = FEATURES,
+                dictionary: Path = DICTIONARY, model_dir: Path = MODEL_DIR, out: Path = OUT, sample: int = 2000,
+                seed: int | None = None, mlflow_log: bool = True) -> None:
+    """The stage: explain a seeded sample of rows (seed None: the settings' seed) and write the summaries."""
     import joblib
     import numpy as np
     import pandas as pd
@@ -37,8 +48,10 @@ def explain_command(
     from features.vocabulary import Vocabulary
     from models import explain as E
     from pipeline.config import load_reference
-    from pipeline.io import write_json
+    from pipeline.io import write_csv, write_json
+    from pipeline.settings import resolve
 
+    seed = resolve(params).seed if seed is None else seed
     started = time.perf_counter()
     model = joblib.load(Path(model_dir) / "escalate_model.joblib")
     frame = pd.read_parquet(features)
@@ -59,13 +72,15 @@ def explain_command(
             _plots(s, groups, X, plots / f"{target}_{option}")
     table = pd.concat(tables, ignore_index=True)
     Path(out).mkdir(parents=True, exist_ok=True)
-    table.to_csv(Path(out) / "mean_abs_shap.csv", index=False)
-    summary = {"rows_explained": len(frame), "options": list(ex.arms), "learner": ex.learner,
-               "seconds": round(time.perf_counter() - started, 2), "notes": list(ex.notes)}
+    write_csv(table, Path(out) / "mean_abs_shap.csv")
+    # no timing in the DVC output (same inputs, same bytes): it is printed instead
+    summary = {"rows_explained": len(frame), "options": list(ex.arms), "learner": ex.learner, "seed": seed,
+               "notes": list(ex.notes)}
     write_json(summary, Path(out) / "summary.json")
     if mlflow_log:
         _log(Path(out), model_dir)
-    typer.echo(f"explained {len(frame)} rows x {len(ex.arms)} options in {summary['seconds']} s -> {out}")
+    typer.echo(f"explained {len(frame)} rows x {len(ex.arms)} options in "
+               f"{time.perf_counter() - started:.1f} s -> {out}")
 
 
 def _plots(shap_values: object, groups: object, X: object, stem: Path) -> None:

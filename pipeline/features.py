@@ -13,25 +13,18 @@ code path, writing FILE plus `<FILE stem>_current_regimen.parquet` and `<FILE st
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pipeline.config import load_params, load_reference
+from pipeline.config import load_reference
+
+if TYPE_CHECKING:
+    from features.config import FeatureConfig, LabelConfig
+    from pipeline.settings import Settings
 
 FEATURES_DIR = Path("data/features")
 SPLIT_DIR = Path("data/split")
-
-
-def configs(params: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """(FeatureConfig, LabelConfig, SplitConfig) from the `features:`, `labels:` and `split:` sections."""
-    from features.config import FeatureConfig, LabelConfig, SplitConfig
-
-    split = dict(params.get("split") or {})
-    split.setdefault("seed", int(params.get("seed", 0)))
-    return (FeatureConfig.model_validate(params.get("features") or {}),
-            LabelConfig.model_validate(params.get("labels") or {}),
-            SplitConfig.model_validate(split))
 
 
 def _load(data: Path, today: str) -> tuple[dict[str, Any], Any, Any, Any]:
@@ -57,8 +50,8 @@ def _load(data: Path, today: str) -> tuple[dict[str, Any], Any, Any, Any]:
     return result.normalised, vocabulary, catalog, info
 
 
-def build_training_set(tables: dict[str, Any], vocabulary: Any, catalog: Any, params: dict[str, Any],
-                       today: str, truth_dir: Path | None = None) -> dict[str, Any]:
+def build_training_set(tables: dict[str, Any], vocabulary: Any, catalog: Any, fconfig: FeatureConfig,
+                       lconfig: LabelConfig, today: str, truth_dir: Path | None = None) -> dict[str, Any]:
     """Decisions (keys, option, eligibility, labels), features, dictionary, current regimen and counts."""
     import pandas as pd
 
@@ -67,7 +60,6 @@ def build_training_set(tables: dict[str, Any], vocabulary: Any, catalog: Any, pa
     from features.labels import label_agreement, outcome_labels
     from features.response import response_threshold
 
-    fconfig, lconfig, _ = configs(params)
     derived = derive_decisions(tables, vocabulary, catalog, fconfig, lconfig.carry_forward_days, today)
     labels = outcome_labels(derived, tables, lconfig)
     modelled = derived["option_taken"].isin(catalog.names).to_numpy() & derived["option_window_complete"].to_numpy()
@@ -111,6 +103,54 @@ def build_training_set(tables: dict[str, Any], vocabulary: Any, catalog: Any, pa
             "current_regimen": fs.current_regimen, "counts": counts}
 
 
+def run_features(params: Settings | Path = Path("params.yaml"), data: Path | None = None, out: Path | None = None,
+                 as_of: str | None = None, today: str | None = None) -> None:
+    """The stage: training-mode outputs into `out` (default data/features), or score-mode features as of a date."""
+    import pandas as pd
+
+    from pipeline.io import write_json, write_parquet
+    from pipeline.settings import resolve
+
+    settings = resolve(params)
+    data = Path(data if data is not None else settings.data.dir)
+    the_day = str(today or settings.data.today or pd.Timestamp.today().date().isoformat())
+    tables, vocabulary, catalog, info = _load(data, the_day)
+
+    if as_of is not None:
+        from features.build import build_features
+
+        try:
+            when = pd.Timestamp(as_of)
+        except ValueError as err:
+            raise typer.BadParameter(f"{as_of!r} is not a date (YYYY-MM-DD)", param_hint="--as-of") from err
+        fconfig = settings.features
+        keys = pd.DataFrame({"patient_id": tables["patients"]["patient_id"].astype(str).to_numpy(), "as_of": when})
+        fs = build_features(keys, tables, vocabulary, catalog, fconfig)
+        target = Path(out or f"data/features_as_of_{when.date()}.parquet")
+        write_parquet(fs.features, target)
+        write_parquet(fs.current_regimen, target.with_name(f"{target.stem}_current_regimen.parquet"))
+        write_json(fs.dictionary.to_dict(orient="records"), target.with_name(f"{target.stem}_feature_dictionary.json"))
+        typer.echo(f"features of {len(fs.features)} patient(s) as of {when.date()} → {target}")
+        return
+
+    out_dir = Path(out or FEATURES_DIR)
+    result = build_training_set(tables, vocabulary, catalog, settings.features, settings.labels, the_day,
+                                data / "truth")
+    counts = {**info, **result["counts"]}
+    write_parquet(result["decisions"], out_dir / "decisions.parquet")
+    write_parquet(result["features"], out_dir / "features.parquet")
+    write_parquet(result["current_regimen"], out_dir / "current_regimen.parquet")
+    write_json(result["dictionary"].to_dict(orient="records"), out_dir / "feature_dictionary.json")
+    write_json(counts, out_dir / "counts.json", round_floats=True)
+    typer.echo(f"{counts['decision_points']} decision points, {counts['decisions_written']} written "
+               f"({counts['other_changes']} other, {counts['option_window_incomplete']} with the option window "
+               f"past {the_day}); {counts['features']} features → {out_dir}")
+    if "truth" in counts:
+        t = counts["truth"]
+        typer.echo(f"vs simulator truth: precision {t['precision']:.3f}, recall {t['recall']:.3f}, "
+                   f"option accuracy {t['option_accuracy']:.3f}")
+
+
 def features_command(
     data: Annotated[Path | None, typer.Option("--data", help="folder of contract tables (default: params "
                                                              "data.dir)")] = None,
@@ -123,48 +163,25 @@ def features_command(
     params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read")] = Path("params.yaml"),
 ) -> None:
     """Derive decision points, point-in-time features and outcome labels (or score-mode features as of a date)."""
+    run_features(params_file, data, out, as_of, today)
+
+
+def run_split(params: Settings | Path = Path("params.yaml"), features_dir: Path = FEATURES_DIR,
+              out: Path = SPLIT_DIR) -> None:
+    """The stage: `out/split.parquet` (patient_id, set) from the patients of `features_dir/decisions.parquet`."""
     import pandas as pd
 
-    from pipeline.io import write_json, write_parquet
+    from features.split import patient_split
+    from pipeline.io import write_parquet
+    from pipeline.settings import resolve
 
-    params = load_params(params_file)
-    data_section = params.get("data") or {}
-    data = Path(data if data is not None else data_section.get("dir", "data/cohort"))
-    the_day = str(today or data_section.get("today") or pd.Timestamp.today().date().isoformat())
-    tables, vocabulary, catalog, info = _load(data, the_day)
-
-    if as_of is not None:
-        from features.build import build_features
-
-        try:
-            when = pd.Timestamp(as_of)
-        except ValueError as err:
-            raise typer.BadParameter(f"{as_of!r} is not a date (YYYY-MM-DD)", param_hint="--as-of") from err
-        fconfig, _, _ = configs(params)
-        keys = pd.DataFrame({"patient_id": tables["patients"]["patient_id"].astype(str).to_numpy(), "as_of": when})
-        fs = build_features(keys, tables, vocabulary, catalog, fconfig)
-        target = Path(out or f"data/features_as_of_{when.date()}.parquet")
-        write_parquet(fs.features, target)
-        write_parquet(fs.current_regimen, target.with_name(f"{target.stem}_current_regimen.parquet"))
-        write_json(fs.dictionary.to_dict(orient="records"), target.with_name(f"{target.stem}_feature_dictionary.json"))
-        typer.echo(f"features of {len(fs.features)} patient(s) as of {when.date()} → {target}")
-        return
-
-    out_dir = Path(out or FEATURES_DIR)
-    result = build_training_set(tables, vocabulary, catalog, params, the_day, data / "truth")
-    counts = {**info, **result["counts"]}
-    write_parquet(result["decisions"], out_dir / "decisions.parquet")
-    write_parquet(result["features"], out_dir / "features.parquet")
-    write_parquet(result["current_regimen"], out_dir / "current_regimen.parquet")
-    write_json(result["dictionary"].to_dict(orient="records"), out_dir / "feature_dictionary.json")
-    write_json(counts, out_dir / "counts.json")
-    typer.echo(f"{counts['decision_points']} decision points, {counts['decisions_written']} written "
-               f"({counts['other_changes']} other, {counts['option_window_incomplete']} with the option window "
-               f"past {the_day}); {counts['features']} features → {out_dir}")
-    if "truth" in counts:
-        t = counts["truth"]
-        typer.echo(f"vs simulator truth: precision {t['precision']:.3f}, recall {t['recall']:.3f}, "
-                   f"option accuracy {t['option_accuracy']:.3f}")
+    sconfig = resolve(params).split
+    decisions = pd.read_parquet(Path(features_dir) / "decisions.parquet", columns=["patient_id"])
+    patients = pd.Series(pd.unique(decisions["patient_id"].astype(str)), name="patient_id")
+    split = pd.DataFrame({"patient_id": patients, "set": patient_split(patients, sconfig).to_numpy()})
+    write_parquet(split, Path(out) / "split.parquet")
+    n_test = int((split["set"] == "test").sum())
+    typer.echo(f"{len(split)} patients: {len(split) - n_test} train, {n_test} test → {Path(out) / 'split.parquet'}")
 
 
 def split_command(
@@ -174,15 +191,4 @@ def split_command(
     params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read")] = Path("params.yaml"),
 ) -> None:
     """Split patients into train and test (by patient id hash with the seed): `split.parquet` (patient_id, set)."""
-    import pandas as pd
-
-    from features.split import patient_split
-    from pipeline.io import write_parquet
-
-    _, _, sconfig = configs(load_params(params_file))
-    decisions = pd.read_parquet(features_dir / "decisions.parquet", columns=["patient_id"])
-    patients = pd.Series(pd.unique(decisions["patient_id"].astype(str)), name="patient_id")
-    split = pd.DataFrame({"patient_id": patients, "set": patient_split(patients, sconfig).to_numpy()})
-    write_parquet(split, out / "split.parquet")
-    n_test = int((split["set"] == "test").sum())
-    typer.echo(f"{len(split)} patients: {len(split) - n_test} train, {n_test} test → {out / 'split.parquet'}")
+    run_split(params_file, features_dir, out)

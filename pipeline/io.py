@@ -234,8 +234,41 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically (temp file + os.replace); frames, numpy values and NaN are made plain first."""
-    text = json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
+#: decimals of metrics and plot/metric tables: the 5th decimal differs between CPUs, the 4th survives.
+METRIC_DIGITS = 4
+
+
+def rounded(obj: Any, digits: int = METRIC_DIGITS) -> Any:
+    """`obj` with every float (also inside mappings, sequences and frames) rounded to `digits` decimals
+    (signed zeros made plain)."""
+    if isinstance(obj, pd.DataFrame):
+        floats = obj.select_dtypes("floating").columns
+        return obj.assign(**{str(c): obj[c].round(digits) + 0.0 for c in floats}) if len(floats) else obj
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(rounded(v, digits) for v in obj)
+    if isinstance(obj, float | np.floating) and math.isfinite(obj):
+        return round(float(obj), digits) + 0.0  # + 0.0: no "-0.0" where another CPU gets "0.0"
+    return obj
+
+
+def write_json(obj: Any, path: Path, *, round_floats: bool = False) -> None:
+    """Write JSON atomically (temp file + os.replace); frames, numpy values and NaN are made plain first.
+
+    `round_floats`: floats at `METRIC_DIGITS` decimals (metrics: same bytes on another CPU)."""
+    plain = to_jsonable(obj)
+    text = json.dumps(rounded(plain) if round_floats else plain, indent=2, ensure_ascii=False, allow_nan=False)
+    write_text(text + "\n", path)
+
+
+def write_text(text: str, path: Path) -> None:
+    """Write a text file atomically (temp file + os.replace)."""
     with atomic_path(Path(path)) as tmp:
-        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write a table as CSV atomically with floats at `METRIC_DIGITS` decimals (plot and metric tables)."""
+    with atomic_path(Path(path)) as tmp:
+        rounded(frame).to_csv(tmp, index=False)

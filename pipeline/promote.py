@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.config import ROOT, load_params
+from pipeline.config import ROOT
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 DECISION_VALUE = "decision_value_recommended"
 CALIBRATION = "response_ece"
@@ -34,10 +37,12 @@ class PromotionRule(BaseModel):
 
 @dataclass(frozen=True)
 class PromotionDecision:
-    """Whether to move `champion`, and why (printed either way)."""
+    """Whether to move `champion`, and why (printed either way); `evidence`: the rule and the candidate's
+    held-out figures it was judged on (what only the inputs decide, unlike the registry's versions)."""
 
     promote: bool
     reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 def _metric(metrics: Mapping[str, float] | None, key: str) -> float:
@@ -82,30 +87,35 @@ def promotion_decision(
     return PromotionDecision(False, f"champion kept: {' and '.join(why)}: {summary}{note}")
 
 
-def run_promote(params_path: Path = Path("params.yaml"), root: Path = ROOT) -> PromotionDecision:
+def run_promote(params: Settings | Path = Path("params.yaml"), root: Path = ROOT) -> PromotionDecision:
     """Compare the `candidate` and `champion` versions' run metrics and move `champion` when the rule says so."""
+    from dataclasses import replace
+
     from mlflow.tracking import MlflowClient
 
     from pipeline import registry
+    from pipeline.io import rounded
+    from pipeline.settings import resolve
 
-    params = load_params(params_path)
-    rule = PromotionRule.model_validate(params.get("promote") or {})
+    rule = resolve(params).promote
     registry.setup_mlflow(root)
     client = MlflowClient()
     cand = registry.alias_run_id(registry.CANDIDATE)
     if cand is None:
         raise typer.BadParameter(f"no version of {registry.MODEL_NAME} has alias 'candidate': run `escalate train`")
     cand_version, cand_run = cand
+    cand_info = client.get_run(cand_run).data
+    evidence = {"rule": rule.model_dump(), "candidate": rounded(
+        {k: cand_info.metrics.get(k) for k in (DECISION_VALUE, CALIBRATION)})}
     champ = registry.alias_run_id(registry.CHAMPION)
     if champ is not None and champ[0] == cand_version:
-        return PromotionDecision(False, f"version {cand_version} is already the champion")
-    cand_info = client.get_run(cand_run).data
+        return PromotionDecision(False, f"version {cand_version} is already the champion", evidence)
     champ_info = client.get_run(champ[1]).data if champ is not None else None
     same = champ_info is None or all(
         cand_info.tags.get(k) == champ_info.tags.get(k) for k in cand_info.tags if k.startswith("dataset.")
     )
-    decision = promotion_decision(cand_info.metrics, champ_info.metrics if champ_info else None, rule,
-                                  same_data=same)
+    decision = replace(promotion_decision(cand_info.metrics, champ_info.metrics if champ_info else None, rule,
+                                          same_data=same), evidence=evidence)
     if decision.promote:
         registry.set_alias(registry.CHAMPION, cand_version)
         client.set_model_version_tag(registry.MODEL_NAME, cand_version, "promotion", decision.reason[:4900])
@@ -114,17 +124,22 @@ def run_promote(params_path: Path = Path("params.yaml"), root: Path = ROOT) -> P
 
 def promote_command(
     params: Annotated[Path, typer.Option(help="params.yaml with the promote: section")] = Path("params.yaml"),
-    out: Annotated[Path | None, typer.Option(help="write the decision here as JSON (a DVC output)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the decision and the champion's version here as JSON "
+                                                  "(registry state: not a DVC output)")] = None,
+    evidence: Annotated[Path | None, typer.Option(help="write the rule and the candidate's judged figures here "
+                                                       "as JSON (same inputs, same bytes: the DVC output)")] = None,
 ) -> None:
     """Move alias `champion` to the candidate if it beats the champion on held-out decision value and calibration."""
+    from pipeline.io import write_json
+
     decision = run_promote(params)
     prefix = "promoted" if decision.promote else "not promoted"
     typer.echo(f"{prefix}: {decision.reason}")
     if out is not None:
-        from pipeline.io import write_json
-
         champion = registry_champion_version()
         write_json({"promoted": decision.promote, "reason": decision.reason, "champion_version": champion}, out)
+    if evidence is not None:
+        write_json(decision.evidence, evidence)
 
 
 def registry_champion_version() -> str | None:

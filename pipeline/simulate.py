@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pipeline.config import load_params, load_reference
+from pipeline.config import load_reference
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 TABLES = ("patients", "regimens", "assessments", "events")
 
@@ -46,27 +49,24 @@ def write_cohort(cohort: Any, out: Path) -> dict[str, int]:
     return counts
 
 
-def simulate(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the cohort to.")] = Path("data/cohort"),
-    patients: Annotated[int | None, typer.Option("--patients", min=1, help="Number of patients (default: params.yaml simulate.patients).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: params.yaml seed).")] = None,
-    mode: Annotated[str | None, typer.Option("--mode", help="observational | trial (default: params.yaml simulate.mode).")] = None,
-    trial_population: Annotated[str | None, typer.Option("--trial-population", help="Trial mode: the emulated trial's population from configs/simulator.yaml trial.populations (default: trial.default_population).")] = None,
-    today: Annotated[str | None, typer.Option("--today", help="The cohort's today, YYYY-MM-DD (default: params.yaml).")] = None,
-    mc_draws: Annotated[int | None, typer.Option("--mc-draws", min=10, help="Monte Carlo draws per true probability (default: configs/simulator.yaml).")] = None,
-    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read defaults from.")] = Path("params.yaml"),
-) -> None:
-    """Simulate a refractory-myositis cohort with decision points and the true outcome of every option."""
+def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path("data/cohort"),
+                 patients: int | None = None, seed: int | None = None, mode: str | None = None,
+                 trial_population: str | None = None, today: str | None = None, mc_draws: int | None = None) -> None:
+    """The stage: simulate the cohort (arguments left None come from the settings) and write it to `out`."""
+    from pipeline.settings import resolve
     from simulator.engine import simulate_cohort
 
-    params = load_params(params_file)
-    section = params.get("simulate", {}) or {}
-    n = int(patients if patients is not None else section.get("patients", 3000))
-    s = int(seed if seed is not None else params.get("seed", 0))
-    m = str(mode if mode is not None else section.get("mode", "observational"))
+    settings = resolve(params)
+    section = settings.simulate
+    n = int(patients if patients is not None else section.patients)
+    s = int(seed if seed is not None else section.seed)
+    m = str(mode if mode is not None else section.mode)
     if m not in ("observational", "trial"):
         raise typer.BadParameter(f"--mode must be observational or trial, got {m!r}", param_hint="--mode")
-    day = str(today if today is not None else section.get("today"))
+    day = str(today if today is not None else section.today or settings.data.today or "")
+    if not day:
+        raise typer.BadParameter("the cohort needs a today: set simulate.today or data.today in params.yaml",
+                                 param_hint="--today")
     config, vocabulary, catalog = build_inputs()
     if mc_draws is not None:
         config = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": mc_draws})})
@@ -81,3 +81,17 @@ def simulate(
     typer.echo(f"simulated {n} patients ({what}, seed {s}, today {day}) in {elapsed:.1f} s → {out}")
     for name, count in counts.items():
         typer.echo(f"  {name}: {count} rows")
+
+
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the cohort to.")] = Path("data/cohort"),
+    patients: Annotated[int | None, typer.Option("--patients", min=1, help="Number of patients (default: params.yaml simulate.patients).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: params.yaml seed).")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="observational | trial (default: params.yaml simulate.mode).")] = None,
+    trial_population: Annotated[str | None, typer.Option("--trial-population", help="Trial mode: the emulated trial's population from configs/simulator.yaml trial.populations (default: trial.default_population).")] = None,
+    today: Annotated[str | None, typer.Option("--today", help="The cohort's today, YYYY-MM-DD (default: params.yaml).")] = None,
+    mc_draws: Annotated[int | None, typer.Option("--mc-draws", min=10, help="Monte Carlo draws per true probability (default: configs/simulator.yaml).")] = None,
+    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read defaults from.")] = Path("params.yaml"),
+) -> None:
+    """Simulate a refractory-myositis cohort with decision points and the true outcome of every option."""
+    run_simulate(params_file, out, patients, seed, mode, trial_population, today, mc_draws)
