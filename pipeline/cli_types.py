@@ -11,6 +11,7 @@ from datetime import date
 from pathlib import Path
 
 import typer
+from typer.exceptions import TyperException
 
 DATE_METAVAR = "YYYY-MM-DD"
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
@@ -70,3 +71,9 @@ def require_writable(path: Path, option: str, *, folder: bool) -> Path:
         raise typer.BadParameter(f"{path} cannot be created: {parent} is not writable by this user",
                                  param_hint=option)
     return path
+
+
+class Refusal(TyperException):
+    """A run refused before any work (exit status 2); the message says what is wrong and how to fix it."""
+
+    exit_code = 2

@@ -1,0 +1,309 @@
+"""The `escalate` subcommands: parse and check options, refuse bad runs, call the stage's `run_*`, print a summary.
+
+Standard library and typer only at the top: a command's help and its refusals (bad dates, a missing `--data`, an
+unwritable `--out`, broken settings) come before the stage module and the scientific stack are imported.
+`pipeline.cli` maps each command name to its function here and imports this module only when a command runs.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from pipeline.cli_types import DATE_METAVAR, Refusal, iso_date_option, require_dir, require_writable
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
+
+PARAMS = Path("params.yaml")
+FEATURES_DIR = Path("data/features")
+SPLIT_DIR = Path("data/split")
+TRAIN_DIR = Path("data/train")
+
+# The options several commands share, spelled once.
+ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read the settings from")]
+DataOption = Annotated[Path, typer.Option("--data", help="folder of contract tables (patients, regimens, "
+                                                         "assessments[, events] as .parquet or .csv)")]
+TodayOption = Annotated[date | None, typer.Option("--today", parser=iso_date_option, metavar=DATE_METAVAR,
+                                                  help="the data's extraction date: no record may be dated after "
+                                                       "it")]
+FeaturesDirOption = Annotated[Path, typer.Option("--features-dir", help="folder written by `escalate features`")]
+SplitDirOption = Annotated[Path, typer.Option("--split-dir", help="folder written by `escalate split`")]
+TrainDirOption = Annotated[Path, typer.Option("--train-dir", help="folder written by `escalate train`")]
+
+
+def _settings(params: Path) -> Settings:
+    """The validated settings of `params`, loaded before any stage work; a broken file is refused on one line."""
+    from pipeline.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(params)
+    except SettingsError as err:
+        raise Refusal(str(err)) from None
+
+
+def _iso(day: date | None) -> str | None:
+    """`YYYY-MM-DD` of an already checked date (the stages take dates as text)."""
+    return None if day is None else day.isoformat()
+
+
+def simulate_command(
+    out: Annotated[Path, typer.Option("--out", help="folder to write the cohort to")] = Path("data/cohort"),
+    patients: Annotated[int | None, typer.Option("--patients", min=1, help="number of patients (default: "
+                                                 "params simulate.patients)")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="random seed (default: params seed)")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="observational | trial (default: params "
+                                             "simulate.mode)")] = None,
+    trial_population: Annotated[str | None, typer.Option("--trial-population", help="trial mode: the emulated "
+                                                         "trial's population from configs/simulator.yaml "
+                                                         "trial.populations (default: trial.default_population)")]
+    = None,
+    today: Annotated[date | None, typer.Option("--today", parser=iso_date_option, metavar=DATE_METAVAR,
+                                               help="the cohort's today (default: params simulate.today, else "
+                                                    "data.today)")] = None,
+    mc_draws: Annotated[int | None, typer.Option("--mc-draws", min=10, help="Monte Carlo draws per true "
+                                                 "probability (default: configs/simulator.yaml)")] = None,
+    params: ParamsOption = PARAMS,
+) -> None:
+    """Simulate a refractory-myositis cohort with decision points and the true outcome of every option."""
+    if mode is not None and mode not in ("observational", "trial"):
+        raise typer.BadParameter(f"{mode!r} is not one of observational, trial", param_hint="--mode")
+    require_writable(out, "--out", folder=True)
+    settings = _settings(params)
+    from pipeline.simulate import run_simulate
+
+    run_simulate(settings, out=out, patients=patients, seed=seed, mode=mode, trial_population=trial_population,
+                 today=_iso(today), mc_draws=mc_draws)
+
+
+def validate_command(
+    data: DataOption,
+    today: Annotated[date | None, typer.Option("--today", parser=iso_date_option, metavar=DATE_METAVAR,
+                                               help="the data's extraction date: no record may be dated after "
+                                                    "it (default: the current date)")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the findings here as JSON")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=0, help="print at most this many findings (0 = all; "
+                                              "default: a first page; --json has every one)")] = None,
+) -> None:
+    """Check contract tables against the data contract (docs/data-contract.md) and list every violation.
+
+    Exit status: 0 no error (warnings are fine), 1 the contract is broken, 2 the run is refused."""
+    require_dir(data, "--data")
+    if json_path is not None:
+        require_writable(json_path, "--json", folder=False)
+    from pipeline.validate import run_validate
+
+    run_validate(data, today=today, json_path=json_path, **({} if limit is None else {"limit": limit}))
+
+
+def features_command(
+    data: Annotated[Path | None, typer.Option("--data", help="folder of contract tables (default: params "
+                                                             "data.dir)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="training mode: output folder (default "
+                                                           "data/features); with --as-of: the features file")]
+    = None,
+    as_of: Annotated[date | None, typer.Option("--as-of", parser=iso_date_option, metavar=DATE_METAVAR,
+                                               help="scoring mode: one row per patient with data dated before "
+                                                    "this date")] = None,
+    today: Annotated[date | None, typer.Option("--today", parser=iso_date_option, metavar=DATE_METAVAR,
+                                               help="the data's extraction date (default: params data.today)")]
+    = None,
+    params: ParamsOption = PARAMS,
+) -> None:
+    """Derive decision points, point-in-time features and outcome labels (or score-mode features as of a date)."""
+    if data is not None:
+        require_dir(data, "--data")
+    if out is not None:
+        require_writable(out, "--out", folder=as_of is None)
+    settings = _settings(params)
+    if data is None:
+        require_dir(settings.data.dir, "--data (params data.dir)")
+    from pipeline.features import run_features
+
+    run_features(settings, data=data, out=out, as_of=_iso(as_of), today=_iso(today))
+
+
+def split_command(
+    features_dir: FeaturesDirOption = FEATURES_DIR,
+    out: Annotated[Path, typer.Option("--out", help="folder for split.parquet")] = SPLIT_DIR,
+    params: ParamsOption = PARAMS,
+) -> None:
+    """Split patients into train and test (by patient id hash with the seed): `split.parquet` (patient_id, set)."""
+    require_dir(features_dir, "--features-dir")
+    require_writable(out, "--out", folder=True)
+    settings = _settings(params)
+    from pipeline.features import run_split
+
+    run_split(settings, features_dir=features_dir, out=out)
+
+
+def train_command(
+    params: ParamsOption = PARAMS,
+    features_dir: FeaturesDirOption = FEATURES_DIR,
+    split_dir: SplitDirOption = SPLIT_DIR,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="where the bundle, run.json and overlap.json go")]
+    = TRAIN_DIR,
+) -> None:
+    """Fit the response, TIS and safety models on the training patients; log and register them in MLflow."""
+    require_dir(features_dir, "--features-dir")
+    require_dir(split_dir, "--split-dir")
+    require_writable(out_dir, "--out-dir", folder=True)
+    settings = _settings(params)
+    from pipeline.train import run_train
+
+    record = run_train(settings, features_dir=features_dir, split_dir=split_dir, out_dir=out_dir)
+    typer.echo(
+        f"trained {record['learner']} on options {', '.join(record['modelled_options'])} in "
+        f"{record['fit_seconds']} s; registered {record['model_uri']} (alias candidate), run {record['run_id']}"
+    )
+
+
+def evaluate_command(
+    params: ParamsOption = PARAMS,
+    features_dir: FeaturesDirOption = FEATURES_DIR,
+    split_dir: SplitDirOption = SPLIT_DIR,
+    train_dir: TrainDirOption = TRAIN_DIR,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="metrics, tables, plots and the model card")]
+    = Path("data/evaluate"),
+) -> None:
+    """Evaluate the trained model on the held-out patients and log the results to its MLflow run."""
+    for folder, option in ((features_dir, "--features-dir"), (split_dir, "--split-dir"), (train_dir, "--train-dir")):
+        require_dir(folder, option)
+    require_writable(out_dir, "--out-dir", folder=True)
+    settings = _settings(params)
+    from pipeline.evaluate import run_evaluate
+
+    metrics = run_evaluate(settings, features_dir=features_dir, split_dir=split_dir, train_dir=train_dir,
+                           out_dir=out_dir)
+    keys = ("response_auroc", "response_ece", "decision_value_recommended", "decision_value_observed",
+            "sim_sqrt_pehe", "sim_regret")
+    typer.echo(", ".join(f"{k} {metrics[k]:.3f}" for k in keys if metrics.get(k) is not None))
+
+
+def explain_command(
+    features: Annotated[Path, typer.Option("--features", help="feature table the model was trained on")]
+    = FEATURES_DIR / "features.parquet",
+    dictionary: Annotated[Path, typer.Option("--dictionary", help="feature dictionary (JSON records)")]
+    = FEATURES_DIR / "feature_dictionary.json",
+    model_dir: Annotated[Path, typer.Option("--model-dir", help="folder with escalate_model.joblib")]
+    = TRAIN_DIR / "model",
+    out: Annotated[Path, typer.Option("--out", help="output folder (DVC plots)")] = Path("data/explain"),
+    sample: Annotated[int, typer.Option("--sample", min=1, help="decision rows explained (seeded sample)")] = 2000,
+    seed: Annotated[int | None, typer.Option("--seed", help="sampling seed (default: params seed)")] = None,
+    mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log the summaries to MLflow")] = True,
+    params: ParamsOption = PARAMS,
+) -> None:
+    """Global explanation summaries per option: mean |SHAP| table, bar and beeswarm plots."""
+    require_dir(model_dir, "--model-dir")
+    require_writable(out, "--out", folder=True)
+    settings = _settings(params)
+    from pipeline.explain import run_explain
+
+    run_explain(settings, features=features, dictionary=dictionary, model_dir=model_dir, out=out, sample=sample,
+                seed=seed, mlflow_log=mlflow_log)
+
+
+def promote_command(
+    params: ParamsOption = PARAMS,
+    out: Annotated[Path | None, typer.Option("--out", help="write the decision and the champion's version here "
+                                             "as JSON (registry state: not a DVC output)")] = None,
+    evidence: Annotated[Path | None, typer.Option("--evidence", help="write the rule and the candidate's judged "
+                                                  "figures here as JSON (same inputs, same bytes: a DVC output)")]
+    = None,
+) -> None:
+    """Move alias `champion` to the candidate if it beats the champion on held-out decision value and calibration."""
+    for path, name in ((out, "--out"), (evidence, "--evidence")):
+        if path is not None:
+            require_writable(path, name, folder=False)
+    settings = _settings(params)
+    from pipeline.promote import registry_champion_version, run_promote
+
+    decision = run_promote(settings)
+    typer.echo(f"{'promoted' if decision.promote else 'not promoted'}: {decision.reason}")
+    if out is not None:
+        from pipeline.io import write_json
+
+        write_json({"promoted": decision.promote, "reason": decision.reason,
+                    "champion_version": registry_champion_version()}, out)
+    if evidence is not None:
+        from pipeline.io import write_json
+
+        write_json(decision.evidence, evidence)
+
+
+def report_command(
+    patient: Annotated[str | None, typer.Option("--patient", help="patient identifier (omit with --all)")] = None,
+    all_patients: Annotated[bool, typer.Option("--all", help="one page per patient plus a searchable index")]
+    = False,
+    as_of: Annotated[date | None, typer.Option("--as-of", parser=iso_date_option, metavar=DATE_METAVAR,
+                                               help="the page's date (default: today)")] = None,
+    data: DataOption = Path("data/cohort"),
+    out: Annotated[Path, typer.Option("--out", help="FILE.html for one patient, a folder with --all")]
+    = Path("report.html"),
+    model_dir: Annotated[Path, typer.Option("--model-dir", help="fallback bundle folder")] = TRAIN_DIR / "model",
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="reasons in words per option")] = 3,
+) -> None:
+    """Write the clinician page of one patient (or of every patient with --all and an index page)."""
+    if (patient is None) == (not all_patients):
+        raise typer.BadParameter("give either --patient ID or --all", param_hint="--patient/--all")
+    require_dir(data, "--data")
+    require_writable(out, "--out", folder=all_patients)
+    from pipeline.report import run_report
+
+    run_report(patient, all_patients=all_patients, as_of=as_of, data=data, out=out, model_dir=model_dir,
+               top_k=top_k)
+
+
+def score_command(
+    data: DataOption,
+    as_of: Annotated[date, typer.Option("--as-of", parser=iso_date_option, metavar=DATE_METAVAR,
+                                        help="score as of this date; only data dated before it is used")],
+    out: Annotated[Path, typer.Option("--out", help="output folder (part-*.parquet, rejects.parquet, "
+                                                    "manifest.json); rerun the same command to resume")],
+    model: Annotated[str, typer.Option("--model", help="MLflow model URI")] = "models:/escalate-response@champion",
+    engine: Annotated[str, typer.Option("--engine", help="local | spark")] = "local",
+    chunk_patients: Annotated[int, typer.Option("--chunk-patients", min=1, help="patients per chunk")] = 1000,
+    explain_top: Annotated[int, typer.Option("--explain-top", min=0, max=20,
+                                             help="reasons per option (0 = no explanations)")] = 3,
+    today: Annotated[date | None, typer.Option("--today", parser=iso_date_option, metavar=DATE_METAVAR,
+                                               help="the data's extraction date (default: the current date)")]
+    = None,
+    master: Annotated[str | None, typer.Option("--master", help="Spark master (default: SPARK_REMOTE / Spark "
+                                                               "config / local[*])")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="local engine: worker processes scoring "
+                                                "chunks in parallel (default 1; 0 = in this process)")] = None,
+    chunks_per_worker: Annotated[int | None, typer.Option("--chunks-per-worker", min=1, help="local engine: chunks "
+                                                          "a worker scores before a fresh one replaces it (bounds "
+                                                          "memory; default 25)")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+) -> None:
+    """Score every patient of a data folder as of a date: per-option predictions with reasons, rejects, manifest.
+
+    Exit status: 0 patients were scored, 1 none was (every one rejected), 2 the run is refused."""
+    if engine not in ("local", "spark"):
+        raise typer.BadParameter(f"{engine!r} is not one of local, spark", param_hint="--engine")
+    require_dir(data, "--data")
+    require_writable(out, "--out", folder=True)
+    from models.scoring import ScoreSettings
+    from pipeline.score import ScoreRefusal, run_score
+
+    extra: dict[str, Any] = {} if chunks_per_worker is None else {"chunks_per_worker": chunks_per_worker}
+    try:
+        manifest = run_score(data, as_of.isoformat(), model, out, engine=engine, today=_iso(today), master=master,
+                             workers=workers, progress=progress,
+                             settings=ScoreSettings(chunk_patients=chunk_patients, explain_top_k=explain_top),
+                             **extra)
+    except ScoreRefusal as err:
+        raise Refusal(str(err)) from None
+    c = manifest["counts"]
+    if not c["scored_patients"]:
+        typer.echo(f"escalate score: error: no patient scored: all {c['input_patients']} rejected (reasons in "
+                   f"{out / 'rejects.parquet'})", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"scored {c['scored_patients']} patient(s), rejected {c['rejected_patients']} "
+               f"(+{c['unknown_patients']} unknown) of {c['input_patients']} with model "
+               f"{manifest['model_uri']} (version {manifest['model_version']}) as of {manifest['as_of']} in "
+               f"{manifest['timings']['total_s']} s → {out}")
