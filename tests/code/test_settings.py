@@ -1,0 +1,100 @@
+"""The settings root: params.yaml validated into frozen sections, unknown keys named, seeds filled in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from pipeline.settings import DEFAULT_SEED, Settings, SettingsError, load_settings, settings_from
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_repository_params_yaml_loads_with_its_own_values() -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    settings = load_settings(ROOT / "params.yaml")
+    assert settings.seed == raw["seed"]
+    assert settings.train.learner == raw["train"]["learner"]
+    assert settings.train.booster.n_estimators == raw["train"]["booster"]["n_estimators"]
+    assert settings.evaluation.calibration_bins == raw["evaluation"]["calibration_bins"]
+    assert settings.report.patient == raw["report"]["patient"]
+    assert str(settings.data.today) == raw["data"]["today"]
+
+
+def test_a_misspelt_top_level_key_is_named_with_a_near_miss() -> None:
+    with pytest.raises(SettingsError) as err:
+        settings_from({"evaluate": {"calibration_bins": 10}})
+    assert str(err.value) == "params.yaml: evaluate: unknown key (did you mean 'evaluation'?)"
+
+
+def test_a_misspelt_nested_key_is_named_with_its_path() -> None:
+    with pytest.raises(SettingsError) as err:
+        settings_from({"train": {"boster": {"max_depth": 3}}})
+    assert str(err.value) == "params.yaml: train.boster: unknown key (did you mean 'booster'?)"
+    with pytest.raises(SettingsError, match=r"^params\.yaml: train\.intervals\.boot_booster\.n_estimator: unknown "
+                                            r"key \(did you mean 'n_estimators'\?\)$"):
+        settings_from({"train": {"intervals": {"boot_booster": {"n_estimator": 20}}}})
+
+
+def test_every_problem_is_one_line_naming_the_file_and_the_value() -> None:
+    with pytest.raises(SettingsError) as err:
+        settings_from({"train": {"booster": {"max_depth": 99}}, "labels": {"response_category": "huge"},
+                       "nonsense": 1}, source="exp.yaml")
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3 and all(line.startswith("exp.yaml: ") for line in lines)
+    assert any("train.booster.max_depth:" in line and "(got 99)" in line for line in lines)
+    assert any("labels.response_category:" in line and "'huge'" in line for line in lines)
+    assert any(line.startswith("exp.yaml: nonsense: unknown key") for line in lines)
+
+
+def test_a_missing_file_is_named() -> None:
+    with pytest.raises(SettingsError, match="nowhere.yaml: no such settings file"):
+        load_settings("/nowhere/nowhere.yaml")
+
+
+def test_every_missing_seed_is_the_top_level_seed() -> None:
+    s = settings_from({"seed": 7, "train": {"intervals": {"boot_booster": {"n_estimators": 20}},
+                                            "propensity": {"kind": "xgboost"}}})
+    seeds = {
+        "train": s.train.seed, "train.booster": s.train.booster.seed, "calibration": s.train.calibration.seed,
+        "intervals": s.train.intervals.seed, "boot_booster": s.train.intervals.boot_booster.seed,
+        "propensity.booster": s.train.propensity.booster.seed, "split": s.split.seed, "simulate": s.simulate.seed,
+    }
+    assert seeds == dict.fromkeys(seeds, 7)
+    # the propensity booster keeps its own lighter defaults; only its seed comes from the root
+    assert s.train.propensity.booster.n_estimators == 100
+    assert s.train.intervals.boot_booster.n_estimators == 20
+
+
+def test_an_explicit_seed_wins_and_no_section_defaults_to_zero() -> None:
+    s = settings_from({"seed": 7, "split": {"seed": 3}, "train": {"booster": {"seed": 5}}})
+    assert (s.split.seed, s.train.booster.seed, s.train.calibration.seed) == (3, 5, 7)
+    empty = settings_from({})
+    assert empty.seed == DEFAULT_SEED and empty.split.seed == DEFAULT_SEED and empty.simulate.seed == DEFAULT_SEED
+
+
+def test_response_thresholds_of_training_follow_the_label_category() -> None:
+    major = settings_from({"labels": {"response_category": "major"}})
+    assert (major.train.response_threshold, major.train.juvenile_response_threshold) == (60.0, 70.0)
+    with pytest.raises(SettingsError, match=r"train\.response_threshold: 30 differs from 40"):
+        settings_from({"train": {"response_threshold": 30}})
+
+
+def test_settings_are_frozen_at_every_level() -> None:
+    s = settings_from({})
+    with pytest.raises(ValidationError):
+        s.seed = 1  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        s.train.booster.max_depth = 9  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        s.report.patient = "P2"  # type: ignore[misc]
+
+
+def test_mlflow_params_leave_out_the_patient_of_the_report_section() -> None:
+    logged = load_settings(ROOT / "params.yaml").logged_params()
+    assert "report" not in logged and "data" not in logged
+    assert logged["train"]["booster"]["seed"] == logged["seed"]
+    assert isinstance(Settings.model_validate(settings_from({}).model_dump()), Settings)
