@@ -810,7 +810,7 @@ def _resolve_doses(
     no_height = (basis == "mg_per_m2") & r["weight_kg"].notna() & r["height_cm"].isna() & r["start_date"].notna()
     if "assessments" in broken:  # no body size at all: one note, not a warning on every weight-based dose
         per_body = r[basis.isin(["mg_per_kg", "mg_per_m2"])]
-        return r, _assemble([_skipped("regimens", "dose_unit", "doses per kg or m² (dose_mg)",
+        return r, _assemble([_skipped("regimens", "dose_unit", "dose_mg of doses per kg or m² (no_body_size)",
                                       "the assessments table is unusable, so no weight or height is known",
                                       per_body)])
     warnings = _assemble([
@@ -827,6 +827,10 @@ def _resolve_doses(
 #: the order plausible-dose bounds are tried in (the written value first) and how each reads in a message.
 _LIMIT_LABELS: dict[str, str] = {"mg_per_kg": "mg/kg per administration", "mg_per_m2": "mg/m² per administration",
                                  "mg": "mg per administration", "mg_per_day": "mg/day"}
+
+
+#: the bound a dose written in this unit is compared with as written (no conversion to show).
+_BOUND_OF_UNIT: dict[str, str] = {"mg": "mg", "mg/kg": "mg_per_kg", "mg/m2": "mg_per_m2"}
 
 
 def _implausible_doses(r: pd.DataFrame, vocabulary: Vocabulary) -> pd.DataFrame | None:
@@ -849,8 +853,9 @@ def _implausible_doses(r: pd.DataFrame, vocabulary: Vocabulary) -> pd.DataFrame 
     def message(f: pd.DataFrame) -> pd.Series:
         written = _fmt_numbers(f["dose"]) + " " + f["dose_unit"].astype(str) + " " + f["interval"].astype(str)
         label = f["_bound"].map(_LIMIT_LABELS)
-        compared = _fmt_numbers(f["_value"]) + " " + label.str.split(" ").str[0]
-        return ("dose " + written + " of " + f["generic"].astype(str) + " (" + f["route"].astype(str) + ") = "
+        as_written = f["dose_unit"].astype(str).map(_BOUND_OF_UNIT) == f["_bound"]
+        compared = (" = " + _fmt_numbers(f["_value"]) + " " + label.str.split(" ").str[0]).where(~as_written, "")
+        return ("dose " + written + " of " + f["generic"].astype(str) + " (" + f["route"].astype(str) + ")"
                 + compared + " is outside the plausible range 0–" + _fmt_numbers(f["_limit"]) + " " + label
                 + " (configs/drugs.yaml: an entry error such as a wrong unit or a slipped decimal?)")
 

@@ -1,4 +1,4 @@
-"""`escalate validate DIR`: check a folder of contract tables, print every violation, write them as JSON.
+"""`escalate validate --data DIR`: check a folder of contract tables, print every violation, write them as JSON.
 
 Exit code 0 when there is no error (warnings alone are fine), 1 when the contract is broken, 2 when the folder
 cannot be read. DVC runs it with an explicit `--json data/validation.json`.
@@ -8,77 +8,118 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import Any
 
 import typer
 
+#: findings printed by default (the JSON file always has every one).
+DEFAULT_LIMIT = 20
 
-def validate_command(
-    directory: Annotated[Path, typer.Argument(help="folder with patients, regimens, assessments[, events] "
-                                                   "as .parquet or .csv")],
-    today: Annotated[str | None, typer.Option("--today", help="the data's 'today' (YYYY-MM-DD): no record may "
-                                                             "be dated after it; default: the current date")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the findings here as JSON")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="print at most this many findings (0 = all)")] = 0,
-) -> None:
-    """Check contract tables against the data contract (docs/data-contract.md) and list every violation."""
+
+def run_validate(directory: Path, today: date | None = None, json_path: Path | None = None,
+                 limit: int = DEFAULT_LIMIT) -> None:
+    """Check contract tables against the data contract (docs/data-contract.md): print the counts per (severity,
+    table, rule) and the first `limit` findings (0 = all), write every finding to `json_path`; `today` (default:
+    the current date) is the data's extraction date. A file that cannot be read is one finding with its cause."""
     import pandas as pd
     from rich.console import Console
-    from rich.table import Table
 
     from features.contract import MeasureCatalog, check
     from features.vocabulary import Vocabulary
     from pipeline.config import load_reference
-    from pipeline.io import read_contract_tables, write_json
+    from pipeline.io import load_contract_tables, write_json
 
     console = Console(width=200)
+    the_day = pd.Timestamp(today or date.today())
     try:
-        the_day = pd.Timestamp(today or date.today().isoformat()).normalize()
-    except ValueError as err:
-        console.print(f"[red]--today {today!r} is not a date (YYYY-MM-DD): {err}[/red]")
-        raise typer.Exit(2) from err
-    try:
-        tables = read_contract_tables(directory)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        console.print(f"[red]cannot read contract tables: {err}[/red]")
+        tables, unreadable = load_contract_tables(directory)
+    except (FileNotFoundError, OSError) as err:
+        console.print(f"[red]cannot read contract tables: {err}[/red]", soft_wrap=True)
         raise typer.Exit(2) from err
 
     vocabulary = Vocabulary.from_config(load_reference("drugs"))
     measures = MeasureCatalog.from_config(load_reference("measures"))
-    result = check(tables, vocabulary, measures, the_day)
+    result = check(tables, vocabulary, measures, the_day, unreadable=unreadable)
     v = result.violations
-    n_errors, n_warnings = len(result.errors), len(result.warnings)
-
+    counts = finding_counts(v)
     if len(v):
-        shown = v if limit <= 0 else v.head(limit)
-        grid = Table(title=f"contract violations in {directory}", show_lines=False)
-        for col in ("severity", "table", "row", "patient", "column", "rule", "message"):
-            grid.add_column(col, overflow="fold")
-        for r in shown.itertuples(index=False):
-            style = "red" if r.severity == "error" else "yellow"
-            grid.add_row(f"[{style}]{r.severity}[/{style}]", r.table, "" if pd.isna(r.row) else str(int(r.row)),
-                         "" if r.patient_id is None or pd.isna(r.patient_id) else str(r.patient_id),
-                         str(r.column), r.rule, str(r.message))
-        console.print(grid)
-        if len(shown) < len(v):
-            console.print(f"... {len(v) - len(shown)} more findings not printed (see the JSON)")
-
-    counts = {name: len(df) for name, df in tables.items()}
-    n_patients = counts["patients"]
-    console.print(
-        f"{n_errors} error(s), {n_warnings} warning(s) in "
-        + ", ".join(f"{n} {name}" for name, n in counts.items())
-        + f"; {len(result.rejected_patients)} of {n_patients} patient(s) have an error"
-    )
+        console.print(_counts_table(counts, directory))
+        console.print(_findings_table(v, limit))
+    rows = {name: (None if name in unreadable else len(tables[name])) for name in tables.keys() | unreadable.keys()}
+    rows = {name: rows[name] for name in ("patients", "regimens", "assessments", "events") if name in rows}
+    console.print(summary_line(result, rows), soft_wrap=True)
     if json_path is not None:
         write_json({
             "directory": str(directory),
             "today": the_day.date().isoformat(),
-            "summary": {"errors": n_errors, "warnings": n_warnings, "rows": counts,
-                        "patients": n_patients, "rejected_patients": len(result.rejected_patients)},
+            "summary": {"errors": len(result.errors), "warnings": len(result.warnings), "rows": rows,
+                        "patients": rows["patients"], "rejected_patients": len(result.rejected_patients),
+                        "broken_tables": sorted(result.broken_tables), "counts": counts},
             "rejected_patients": list(result.rejected_patients),
             "violations": v,
         }, json_path)
-        console.print(f"findings written to {json_path}")
-    if n_errors:
+        console.print(f"all {len(v)} finding(s) written to {json_path}")
+    if len(result.errors):
         raise typer.Exit(1)
+
+
+def finding_counts(violations: Any) -> Any:
+    """Findings per (severity, table, rule), errors first, with how many distinct patients each touches."""
+    import pandas as pd
+
+    if violations.empty:
+        return pd.DataFrame(columns=["severity", "table", "rule", "findings", "patients"])
+    grouped = violations.groupby(["severity", "table", "rule"], sort=False)
+    out = grouped.agg(findings=("rule", "size"), patients=("patient_id", "nunique")).reset_index()
+    order = {"error": 0, "warning": 1}
+    return (out.assign(_s=out["severity"].map(order)).sort_values(["_s", "findings"], ascending=[True, False],
+                                                                   kind="stable")
+            .drop(columns="_s").reset_index(drop=True))
+
+
+def summary_line(result: Any, rows: dict[str, int | None]) -> str:
+    """One line: errors, warnings, rows per table and how many patients are rejected, or why all are."""
+    shown = ", ".join(f"{n} {name}" if n is not None else f"{name} unreadable" for name, n in rows.items())
+    line = f"{len(result.errors)} error(s), {len(result.warnings)} warning(s) in {shown}; "
+    n_patients = rows.get("patients")
+    if result.broken_tables:
+        tables = ", ".join(t for t in rows if t in result.broken_tables)
+        total = f"all {n_patients}" if n_patients is not None else f"all {len(result.rejected_patients)} known"
+        return line + (f"the {tables} table(s) cannot be used (structural error above), so {total} patient(s) "
+                       "are rejected")
+    return line + f"{len(result.rejected_patients)} of {n_patients} patient(s) have an error"
+
+
+def _counts_table(counts: Any, directory: Path) -> Any:
+    from rich.table import Table
+
+    grid = Table(title=f"contract findings in {directory}, per rule")
+    for col, justify in (("severity", "left"), ("table", "left"), ("rule", "left"), ("findings", "right"),
+                         ("patients", "right")):
+        grid.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in counts.itertuples(index=False):
+        style = "red" if r.severity == "error" else "yellow"
+        grid.add_row(f"[{style}]{r.severity}[/{style}]", r.table, r.rule, str(r.findings), str(r.patients))
+    return grid
+
+
+def _findings_table(v: Any, limit: int) -> Any:
+    """The first `limit` findings (whole-table ones first: they explain the rest; then errors, then warnings), or
+    all when `limit` is 0."""
+    import pandas as pd
+    from rich.table import Table
+
+    first = v.assign(_whole=v["row"].isna(), _error=v["severity"] == "error")
+    first = first.sort_values(["_whole", "_error"], ascending=False, kind="stable")
+    shown = first if limit <= 0 else first.head(limit)
+    title = (f"all {len(v)} finding(s)" if len(shown) == len(v)
+             else f"first {len(shown)} of {len(v)} finding(s) (--limit 0 prints all; the JSON has every one)")
+    grid = Table(title=title)
+    for col in ("severity", "table", "row", "patient", "column", "rule", "message"):
+        grid.add_column(col, overflow="fold")
+    for r in shown.itertuples(index=False):
+        style = "red" if r.severity == "error" else "yellow"
+        grid.add_row(f"[{style}]{r.severity}[/{style}]", r.table, "" if pd.isna(r.row) else str(int(r.row)),
+                     "" if r.patient_id is None or pd.isna(r.patient_id) else str(r.patient_id),
+                     "" if r.column is None or pd.isna(r.column) else str(r.column), r.rule, str(r.message))
+    return grid

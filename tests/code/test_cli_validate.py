@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -110,11 +111,94 @@ def test_a_bad_today_exits_2(app, seed):
     assert "--today" in res.output
 
 
-def test_limit_prints_fewer_findings_but_the_json_has_all(app, seed, tmp_path):
-    for row in range(3):
-        _edit_csv(seed / "assessments.csv", row, "unit", "furlongs")
+def _validate(app, seed: Path, tmp_path: Path, *extra: str) -> tuple[object, dict]:
     out = tmp_path / "v.json"
-    res = runner.invoke(app, ["validate", "--data", str(seed), "--today", "2026-11-25", "--limit", "1", "--json", str(out)])
+    res = runner.invoke(app, ["validate", "--data", str(seed), "--today", "2026-11-25", "--json", str(out), *extra])
+    return res, json.loads(out.read_text())
+
+
+def test_a_summary_per_rule_and_the_first_findings_instead_of_every_line(app, seed, tmp_path):
+    df = pd.read_csv(seed / "assessments.csv", dtype=str, keep_default_na=False)
+    df.loc[:24, "unit"] = "furlongs"
+    df.to_csv(seed / "assessments.csv", index=False)
+    res, report = _validate(app, seed, tmp_path)
     assert res.exit_code == 1
-    assert "more findings not printed" in res.output
-    assert sum(v["rule"] == "unknown_unit" for v in json.loads(out.read_text())["violations"]) == 3
+    # counts per (severity, table, rule), then a first page of 20 findings; the JSON keeps all 25
+    assert "first 20 of 26 finding(s)" in res.output and res.output.count("'furlongs'") == 20
+    assert re.search(r"error\s+│ assessments\s+│ unknown_unit\s+│\s+25 │\s+1 │", res.output), res.output
+    assert sum(v["rule"] == "unknown_unit" for v in report["violations"]) == 25
+    assert {"severity": "error", "table": "assessments", "rule": "unknown_unit", "findings": 25,
+            "patients": 1} in report["summary"]["counts"]
+    res, _ = _validate(app, seed, tmp_path, "--limit", "1")
+    assert "first 1 of 26 finding(s)" in res.output and res.output.count("'furlongs'") == 1
+    res, _ = _validate(app, seed, tmp_path, "--limit", "0")
+    assert "all 26 finding(s)" in res.output and res.output.count("'furlongs'") == 25
+
+
+def test_a_semicolon_csv_with_a_bom_is_one_finding_with_its_cause_not_a_cascade(app, seed, tmp_path):
+    patients = pd.read_csv(seed / "patients.csv", dtype=str, keep_default_na=False)
+    (seed / "patients.csv").write_bytes(b"\xef\xbb\xbf" + patients.to_csv(index=False, sep=";").encode())
+    res, report = _validate(app, seed, tmp_path)
+    assert res.exit_code == 1, res.output
+    [finding] = [v for v in report["violations"] if v["severity"] == "error"]
+    assert finding["table"] == "patients" and finding["rule"] == "unreadable_table" and finding["row"] is None
+    assert "patients.csv" in finding["message"] and "';' (semicolon)" in finding["message"]
+    # no unknown_patient on every other row: those checks say they were skipped, once per table
+    assert {v["rule"] for v in report["violations"]} == {"unreadable_table", "check_skipped", "no_body_size"}
+    assert {v["table"] for v in report["violations"] if v["rule"] == "check_skipped"} == {
+        "regimens", "assessments", "events"}
+    assert report["summary"]["broken_tables"] == ["patients"] and report["summary"]["rows"]["patients"] is None
+    assert "of 1 patient(s) have an error" not in res.output
+    assert "the patients table(s) cannot be used" in res.output and report["rejected_patients"] == ["SEED-0001"]
+
+
+def test_a_utf8_bom_alone_is_read_silently(app, seed, tmp_path):
+    (seed / "patients.csv").write_bytes(b"\xef\xbb\xbf" + (seed / "patients.csv").read_bytes())
+    res, report = _validate(app, seed, tmp_path)
+    assert res.exit_code == 0, res.output
+    assert report["summary"]["errors"] == 0
+
+
+def test_a_latin1_file_names_the_encoding_and_the_line(app, seed, tmp_path):
+    text = (seed / "regimens.csv").read_text().replace("Plaquenil", "Plaquénil")
+    (seed / "regimens.csv").write_bytes(text.encode("latin-1"))
+    res, report = _validate(app, seed, tmp_path)
+    assert res.exit_code == 1
+    [finding] = [v for v in report["violations"] if v["severity"] == "error"]
+    assert finding["rule"] == "unreadable_table" and finding["table"] == "regimens"
+    for text in ("regimens.csv", "not UTF-8", "line 5", "Latin-1", "'é'"):
+        assert text in finding["message"]
+
+
+def test_a_misspelt_header_gets_a_did_you_mean_hint(app, seed, tmp_path):
+    df = pd.read_csv(seed / "regimens.csv", dtype=str, keep_default_na=False)
+    df.rename(columns={"patient_id": "patinet_id", "dose_unit": "Dose Unit"}).to_csv(seed / "regimens.csv",
+                                                                                   index=False)
+    res, report = _validate(app, seed, tmp_path)
+    assert res.exit_code == 1
+    hints = {v["column"]: v["message"] for v in report["violations"] if v["rule"] == "missing_column"}
+    assert "did you mean 'patinet_id'?" in hints["patient_id"]
+    assert "did you mean 'Dose Unit'?" in hints["dose_unit"]
+    assert "0 of 1 patient(s) have an error" not in res.output and "regimens table(s) cannot be used" in res.output
+
+
+def test_an_exact_duplicate_regimen_row_is_an_error_naming_both_rows(app, seed, tmp_path):
+    df = pd.read_csv(seed / "regimens.csv", dtype=str, keep_default_na=False)
+    pd.concat([df, df.iloc[[3]]]).to_csv(seed / "regimens.csv", index=False)
+    res, report = _validate(app, seed, tmp_path)
+    assert res.exit_code == 1
+    [dup] = [v for v in report["violations"] if v["rule"] == "duplicate_row"]
+    assert (dup["table"], dup["row"], dup["severity"]) == ("regimens", 9, "error")
+    assert "regimens row 3" in dup["message"]
+
+
+def test_a_1e9_prednisone_dose_is_an_error_with_the_plausible_range(app, seed, tmp_path):
+    _edit_csv(seed / "regimens.csv", 2, "dose", "1e9")
+    res, report = _validate(app, seed, tmp_path)
+    assert res.exit_code == 1
+    [finding] = [v for v in report["violations"] if v["severity"] == "error"]
+    assert (finding["table"], finding["row"], finding["column"], finding["rule"]) == (
+        "regimens", 2, "dose", "implausible_dose")
+    assert "1e+09 mg" in finding["message"] and "prednisone" in finding["message"]
+    assert "0–200 mg" in finding["message"]
+    assert report["rejected_patients"] == ["SEED-0001"]
