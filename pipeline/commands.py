@@ -208,29 +208,26 @@ def explain_command(
 
 def promote_command(
     params: ParamsOption = PARAMS,
-    out: Annotated[Path | None, typer.Option("--out", help="write the decision and the champion's version here "
-                                             "as JSON (registry state: not a DVC output)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="write the decision and the champion's version here as "
+                                                          "JSON (registry state: not a DVC output)")] = None,
     evidence: Annotated[Path | None, typer.Option("--evidence", help="write the rule and the candidate's judged "
-                                                  "figures here as JSON (same inputs, same bytes: a DVC output)")]
+                                                  "figures here as JSON (same inputs, same bytes: the DVC output)")]
     = None,
 ) -> None:
     """Move alias `champion` to the candidate if it beats the champion on held-out decision value and calibration."""
-    for path, name in ((out, "--out"), (evidence, "--evidence")):
+    for path, option in ((out, "--out"), (evidence, "--evidence")):
         if path is not None:
-            require_writable(path, name, folder=False)
+            require_writable(path, option, folder=False)
     settings = _settings(params)
+    from pipeline.io import write_json
     from pipeline.promote import registry_champion_version, run_promote
 
     decision = run_promote(settings)
     typer.echo(f"{'promoted' if decision.promote else 'not promoted'}: {decision.reason}")
     if out is not None:
-        from pipeline.io import write_json
-
         write_json({"promoted": decision.promote, "reason": decision.reason,
                     "champion_version": registry_champion_version()}, out)
     if evidence is not None:
-        from pipeline.io import write_json
-
         write_json(decision.evidence, evidence)
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
-import typer
+from typing import TYPE_CHECKING
 
 from pipeline.config import ROOT, load_reference
 from pipeline.train import FEATURES_DIR, SPLIT_DIR, TRAIN_DIR, read_split, select_set
@@ -174,17 +172,3 @@ def run_evaluate(
                                                               "git_revision": git_revision(root)[0][:12]}))
             MlflowClient().update_model_version(registry.MODEL_NAME, str(version), description=card[:5000])
     return {**headline, "evaluate_seconds": round(time.perf_counter() - started, 2)}
-
-
-def evaluate_command(
-    params: Annotated[Path, typer.Option(help="params.yaml with the evaluation: section")] = Path("params.yaml"),
-    features_dir: Annotated[Path, typer.Option(help="folder written by `escalate features`")] = FEATURES_DIR,
-    split_dir: Annotated[Path, typer.Option(help="folder written by `escalate split`")] = SPLIT_DIR,
-    train_dir: Annotated[Path, typer.Option(help="folder written by `escalate train`")] = TRAIN_DIR,
-    out_dir: Annotated[Path, typer.Option(help="metrics, tables, plots and the model card")] = EVALUATE_DIR,
-) -> None:
-    """Evaluate the trained model on the held-out patients and log the results to its MLflow run."""
-    metrics = run_evaluate(params, features_dir, split_dir, train_dir, out_dir)
-    keys = ("response_auroc", "response_ece", "decision_value_recommended", "decision_value_observed",
-            "sim_sqrt_pehe", "sim_regret")
-    typer.echo(", ".join(f"{k} {metrics[k]:.3f}" for k in keys if metrics.get(k) is not None))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -21,20 +21,6 @@ FEATURES = Path("data/features/features.parquet")
 DICTIONARY = Path("data/features/feature_dictionary.json")
 MODEL_DIR = Path("data/train/model")
 OUT = Path("data/explain")
-
-
-def explain_command(
-    features: Annotated[Path, typer.Option(help="feature table the model was trained on")] = FEATURES,
-    dictionary: Annotated[Path, typer.Option(help="feature dictionary (JSON records)")] = DICTIONARY,
-    model_dir: Annotated[Path, typer.Option(help="folder with escalate_model.joblib")] = MODEL_DIR,
-    out: Annotated[Path, typer.Option(help="output folder (DVC plots)")] = OUT,
-    sample: Annotated[int, typer.Option(help="decision rows explained (seeded sample)")] = 2000,
-    seed: Annotated[int | None, typer.Option(help="sampling seed (default: params.yaml seed)")] = None,
-    mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log the summaries to MLflow")] = True,
-    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read")] = Path("params.yaml"),
-) -> None:
-    """Global explanation summaries per option: mean |SHAP| table, bar and beeswarm plots."""
-    run_explain(params_file, features, dictionary, model_dir, out, sample, seed, mlflow_log)
 
 
 def run_explain(params: Settings | Path = Path("params.yaml"), features: Path = FEATURES,

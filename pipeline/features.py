@@ -13,7 +13,7 @@ code path, writing FILE plus `<FILE stem>_current_regimen.parquet` and `<FILE st
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -151,21 +151,6 @@ def run_features(params: Settings | Path = Path("params.yaml"), data: Path | Non
                    f"option accuracy {t['option_accuracy']:.3f}")
 
 
-def features_command(
-    data: Annotated[Path | None, typer.Option("--data", help="folder of contract tables (default: params "
-                                                             "data.dir)")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="training mode: output folder (default "
-                                                           "data/features); scoring mode: the features file")] = None,
-    as_of: Annotated[str | None, typer.Option("--as-of", help="scoring mode: one row per patient with data "
-                                                              "dated before this date (YYYY-MM-DD)")] = None,
-    today: Annotated[str | None, typer.Option("--today", help="the data's extraction date (default: params "
-                                                              "data.today)")] = None,
-    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read")] = Path("params.yaml"),
-) -> None:
-    """Derive decision points, point-in-time features and outcome labels (or score-mode features as of a date)."""
-    run_features(params_file, data, out, as_of, today)
-
-
 def run_split(params: Settings | Path = Path("params.yaml"), features_dir: Path = FEATURES_DIR,
               out: Path = SPLIT_DIR) -> None:
     """The stage: `out/split.parquet` (patient_id, set) from the patients of `features_dir/decisions.parquet`."""
@@ -182,13 +167,3 @@ def run_split(params: Settings | Path = Path("params.yaml"), features_dir: Path 
     write_parquet(split, Path(out) / "split.parquet")
     n_test = int((split["set"] == "test").sum())
     typer.echo(f"{len(split)} patients: {len(split) - n_test} train, {n_test} test → {Path(out) / 'split.parquet'}")
-
-
-def split_command(
-    features_dir: Annotated[Path, typer.Option("--features-dir", help="folder written by `escalate features`")]
-    = FEATURES_DIR,
-    out: Annotated[Path, typer.Option("--out", help="folder for split.parquet")] = SPLIT_DIR,
-    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read")] = Path("params.yaml"),
-) -> None:
-    """Split patients into train and test (by patient id hash with the seed): `split.parquet` (patient_id, set)."""
-    run_split(params_file, features_dir, out)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field
@@ -120,26 +120,6 @@ def run_promote(params: Settings | Path = Path("params.yaml"), root: Path = ROOT
         registry.set_alias(registry.CHAMPION, cand_version)
         client.set_model_version_tag(registry.MODEL_NAME, cand_version, "promotion", decision.reason[:4900])
     return decision
-
-
-def promote_command(
-    params: Annotated[Path, typer.Option(help="params.yaml with the promote: section")] = Path("params.yaml"),
-    out: Annotated[Path | None, typer.Option(help="write the decision and the champion's version here as JSON "
-                                                  "(registry state: not a DVC output)")] = None,
-    evidence: Annotated[Path | None, typer.Option(help="write the rule and the candidate's judged figures here "
-                                                       "as JSON (same inputs, same bytes: the DVC output)")] = None,
-) -> None:
-    """Move alias `champion` to the candidate if it beats the champion on held-out decision value and calibration."""
-    from pipeline.io import write_json
-
-    decision = run_promote(params)
-    prefix = "promoted" if decision.promote else "not promoted"
-    typer.echo(f"{prefix}: {decision.reason}")
-    if out is not None:
-        champion = registry_champion_version()
-        write_json({"promoted": decision.promote, "reason": decision.reason, "champion_version": champion}, out)
-    if evidence is not None:
-        write_json(decision.evidence, evidence)
 
 
 def registry_champion_version() -> str | None:

@@ -17,9 +17,7 @@ import shutil
 import time
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from features.contract import CONTRACT_COLUMNS, CONTRACT_TABLES
 from models.scoring import ChunkPlan, PatientIds, ScoreSettings, part_name
@@ -615,39 +613,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     import json
 
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def score_command(
-    data: Annotated[Path, typer.Option("--data", help="folder of contract tables (.parquet or .csv)")],
-    as_of: Annotated[str, typer.Option("--as-of", help="score as of this date (YYYY-MM-DD); only data dated "
-                                                       "before it is used")],
-    out: Annotated[Path, typer.Option("--out", help="output folder (part-*.parquet, rejects.parquet, "
-                                                    "manifest.json); rerun the same command to resume")],
-    model: Annotated[str, typer.Option("--model", help="MLflow model URI")] = "models:/escalate-response@champion",
-    engine: Annotated[str, typer.Option("--engine", help="local | spark")] = "local",
-    chunk_patients: Annotated[int, typer.Option("--chunk-patients", min=1, help="patients per chunk")] = 1000,
-    explain_top: Annotated[int, typer.Option("--explain-top", min=0, max=20,
-                                             help="reasons per option (0 = no explanations)")] = 3,
-    today: Annotated[str | None, typer.Option("--today", help="the data's today (default: the current date)")] = None,
-    master: Annotated[str | None, typer.Option("--master", help="Spark master (default: SPARK_REMOTE / Spark "
-                                                               "config / local[*])")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=0, help="local engine: worker processes scoring "
-                                                "chunks in parallel (default 1; 0 = in this process)")] = None,
-    chunks_per_worker: Annotated[int, typer.Option("--chunks-per-worker", min=1, help="local engine: chunks a "
-                                                   "worker scores before a fresh one replaces it (bounds memory)")]
-    = CHUNKS_PER_WORKER,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
-) -> None:
-    """Score every patient of a data folder as of a date: per-option predictions with reasons, rejects, manifest."""
-    try:
-        manifest = run_score(data, as_of, model, out, engine=engine, today=today, master=master, workers=workers,
-                             chunks_per_worker=chunks_per_worker, progress=progress,
-                             settings=ScoreSettings(chunk_patients=chunk_patients, explain_top_k=explain_top))
-    except ScoreRefusal as err:
-        typer.secho(f"refused: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from err
-    c = manifest["counts"]
-    typer.echo(f"scored {c['scored_patients']} patient(s), rejected {c['rejected_patients']} "
-               f"(+{c['unknown_patients']} unknown) of {c['input_patients']} with model "
-               f"{manifest['model_uri']} (version {manifest['model_version']}) as of {manifest['as_of']} in "
-               f"{manifest['timings']['total_s']} s → {out}")

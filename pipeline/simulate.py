@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -81,17 +81,3 @@ def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path
     typer.echo(f"simulated {n} patients ({what}, seed {s}, today {day}) in {elapsed:.1f} s → {out}")
     for name, count in counts.items():
         typer.echo(f"  {name}: {count} rows")
-
-
-def simulate(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the cohort to.")] = Path("data/cohort"),
-    patients: Annotated[int | None, typer.Option("--patients", min=1, help="Number of patients (default: params.yaml simulate.patients).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: params.yaml seed).")] = None,
-    mode: Annotated[str | None, typer.Option("--mode", help="observational | trial (default: params.yaml simulate.mode).")] = None,
-    trial_population: Annotated[str | None, typer.Option("--trial-population", help="Trial mode: the emulated trial's population from configs/simulator.yaml trial.populations (default: trial.default_population).")] = None,
-    today: Annotated[str | None, typer.Option("--today", help="The cohort's today, YYYY-MM-DD (default: params.yaml).")] = None,
-    mc_draws: Annotated[int | None, typer.Option("--mc-draws", min=10, help="Monte Carlo draws per true probability (default: configs/simulator.yaml).")] = None,
-    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read defaults from.")] = Path("params.yaml"),
-) -> None:
-    """Simulate a refractory-myositis cohort with decision points and the true outcome of every option."""
-    run_simulate(params_file, out, patients, seed, mode, trial_population, today, mc_draws)
