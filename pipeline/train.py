@@ -9,9 +9,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ROOT, load_reference
 
@@ -181,17 +179,3 @@ def run_train(
     }
     write_json(record, Path(out_dir) / "run.json")
     return record
-
-
-def train_command(
-    params: Annotated[Path, typer.Option(help="params.yaml with the train: section")] = Path("params.yaml"),
-    features_dir: Annotated[Path, typer.Option(help="folder written by `escalate features`")] = FEATURES_DIR,
-    split_dir: Annotated[Path, typer.Option(help="folder written by `escalate split`")] = SPLIT_DIR,
-    out_dir: Annotated[Path, typer.Option(help="where the bundle, run.json and overlap.json go")] = TRAIN_DIR,
-) -> None:
-    """Fit the response, TIS and safety models on the training patients; log and register them in MLflow."""
-    record = run_train(params, features_dir, split_dir, out_dir)
-    typer.echo(
-        f"trained {record['learner']} on options {', '.join(record['modelled_options'])} in "
-        f"{record['fit_seconds']} s; registered {record['model_uri']} (alias candidate), run {record['run_id']}"
-    )
