@@ -46,15 +46,17 @@ class ScoringWorld:
     version: str
 
 
-def build_world(root: Path, n_patients: int = 30, seed: int = 5, train: dict | None = None) -> ScoringWorld:
+def build_world(root: Path, n_patients: int = 30, seed: int = 5, train: dict | None = None,
+                feature_config: object | None = None) -> ScoringWorld:
     """Simulate `n_patients`, train a tiny (or `train`-configured) Escalate model on their features at three past dates (labels drawn from
     a known rule), register it as `escalate-response@champion` in `root/mlflow.db`."""
     import joblib
     import mlflow
 
     from features.build import build_features, option_eligibility
+    from features.config import FeatureConfig, LabelConfig
     from features.contract import MeasureCatalog, check
-    from models.bundle import BundleConfig, fit_escalate_model
+    from models.bundle import BundleConfig, RecordedSettings, fit_escalate_model
     from pipeline import registry
     from pipeline.config import load_reference
     from pipeline.simulate import build_inputs
@@ -73,7 +75,8 @@ def build_world(root: Path, n_patients: int = 30, seed: int = 5, train: dict | N
     dates = pd.to_datetime(["2025-03-01", "2025-09-01", "2026-03-01", "2026-06-01"])
     keys = pd.DataFrame({"patient_id": np.repeat(ids.to_numpy(), len(dates)),
                          "as_of": np.tile(dates.to_numpy(), len(ids))})
-    built = build_features(keys, result.normalised, vocabulary, catalog)
+    fconfig = feature_config or FeatureConfig()
+    built = build_features(keys, result.normalised, vocabulary, catalog, fconfig)
     features = built.features
     eligible = option_eligibility(built, catalog, vocabulary)
     rng = np.random.default_rng(seed)
@@ -88,7 +91,8 @@ def build_world(root: Path, n_patients: int = 30, seed: int = 5, train: dict | N
                               "total_improvement_score": tis,
                               "safety_event": (rng.random(n) < 0.1).astype(float)})
     assert set(taken) <= set(names)
-    model = fit_escalate_model(features, decisions, catalog, BundleConfig.model_validate(train or TINY))
+    model = fit_escalate_model(features, decisions, catalog, BundleConfig.model_validate(train or TINY),
+                               data_settings=RecordedSettings(features=fconfig, labels=LabelConfig()))
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -121,7 +125,7 @@ def _score(world: ScoringWorld, data: Path, out: Path, **kw) -> dict:
     settings = ScoreSettings(chunk_patients=kw.pop("chunk_patients", CHUNK),
                              explain_top_k=kw.pop("explain_top_k", 2))
     return run_score(data, kw.pop("as_of", AS_OF), kw.pop("model_uri", world.model_uri), out, settings=settings,
-                     today=TODAY, progress=False, **kw)
+                     today=kw.pop("today", TODAY), progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +184,7 @@ def test_every_patient_scored_once_with_every_option_and_reasons(world: ScoringW
     assert elig["reason_1_text"].notna().all() and "reason_2_feature" in scored.columns
     assert "reason_3_text" not in scored.columns
     assert not (out / WORK / "staging").exists()
+    assert manifest["nothing_scored"] is False
     text = (out / MANIFEST).read_text(encoding="utf-8")
     assert not any(pid in text for pid in patients["patient_id"])  # no identifiers in the manifest
 
@@ -209,7 +214,11 @@ def test_broken_rows_reject_their_patient_and_name_the_record(world: ScoringWorl
     [
         ({"model_uri": "models:/escalate-response@no-such-alias"}, "cannot load this model"),
         ({"model_uri": "models:/no-such-model/3"}, "cannot load this model"),
+        ({"model_uri": "models:/escalate-response/999"}, "cannot load this model"),
         ({"as_of": "2026-12-24"}, "in the future"),
+        ({"as_of": "01/10/2026"}, "not a date in the form YYYY-MM-DD"),
+        ({"as_of": "2026-13-01"}, "not a calendar date"),
+        ({"today": "01.11.2026"}, "--today '01.11.2026' is not a date"),
         ({"workers": -1}, "--workers must be"),
     ],
 )
@@ -220,25 +229,103 @@ def test_refuses_before_any_work(world: ScoringWorld, tmp_path: Path, change: di
     assert not out.exists()
 
 
-def test_refuses_a_model_whose_feature_contract_does_not_match(world: ScoringWorld, tmp_path: Path) -> None:
+def _register_variant(tmp_path: Path, name: str, extra_columns: tuple[str, ...] = (), **changes: object) -> str:
+    """The champion's bundle with attributes changed (and `extra_columns` claimed in its metadata's feature
+    contract), logged as a new model in the same store; its URI."""
     import joblib
     import mlflow
 
     from pipeline import registry
 
     model = registry.load_by_alias(registry.CHAMPION).unwrap_python_model().model
-    model.contract = model.contract.model_copy(update={"columns": (*model.contract.columns, "ck_velocity_per_day")})
-    bundle = tmp_path / registry.BUNDLE_FILE
+    for key, value in changes.items():
+        setattr(model, key, value)
+    bundle = tmp_path / name / registry.BUNDLE_FILE
+    bundle.parent.mkdir()
     joblib.dump(model, bundle)
-    registry.setup_mlflow(tmp_path)
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="skewed", python_model=registry.EscalatePyfunc(),
-                                       artifacts={"bundle": str(bundle)},
-                                       pip_requirements=registry.pip_requirements())
+    example = pd.DataFrame(np.ones((1, len(model.contract.columns))), columns=list(model.contract.columns))
+    recorded = registry.model_metadata(model)
+    recorded["escalate"]["feature_columns"] += list(extra_columns)
+    with mlflow.start_run(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry, "model_metadata", lambda _: recorded)
+        return registry.log_model(model, bundle, example, name=name).model_uri
+
+
+def test_refuses_a_model_whose_feature_contract_does_not_match(world: ScoringWorld, tmp_path: Path) -> None:
+
+    uri = _register_variant(tmp_path, "skewed", extra_columns=("ck_velocity_per_day",))
     out = tmp_path / "out"
     with pytest.raises(ScoreRefusal, match="ck_velocity_per_day"):
-        _score(world, world.data, out, model_uri=info.model_uri)
+        _score(world, world.data, out, model_uri=uri)
     assert not out.exists()
+
+
+def test_scores_with_the_models_feature_settings_not_params(world: ScoringWorld, tmp_path: Path) -> None:
+    """Settings recorded in the model decide the features: settings that cannot build its columns (a 30-day
+    change window instead of the trained 91 days) are refused, and so is a model that recorded none."""
+    from features.config import LabelConfig
+    from models.bundle import RecordedSettings
+    from pipeline import registry
+
+    model = registry.load_by_alias(registry.CHAMPION).unwrap_python_model().model
+    assert model.data_settings is not None and model.feature_config().change_windows_days == (91, 182)
+    drifted = model.data_settings.features.model_copy(update={"change_windows_days": (30, 182)})
+    uri = _register_variant(tmp_path, "drifted",
+                            data_settings=RecordedSettings(features=drifted, labels=LabelConfig()))
+    with pytest.raises(ScoreRefusal, match="feature contract does not match"):
+        _score(world, world.data, tmp_path / "out", model_uri=uri)
+    bare = _register_variant(tmp_path, "bare", data_settings=None)
+    with pytest.raises(ScoreRefusal, match="records no feature settings"):
+        _score(world, world.data, tmp_path / "out", model_uri=bare)
+    assert not (tmp_path / "out").exists()
+
+
+def test_refusals_come_before_the_model_is_loaded(world: ScoringWorld, reference, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad alias, an --out in the way or of another run are refused from the registry and the model's metadata
+    alone: no process loads the model (which takes ~a minute for the real one)."""
+    import mlflow
+
+    def no_load(*_: object, **__: object) -> None:
+        raise AssertionError("the model was loaded before a refusal")
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", no_load)
+    with pytest.raises(ScoreRefusal, match="no-such-alias"):
+        _score(world, world.data, tmp_path / "a", model_uri="models:/escalate-response@no-such-alias", workers=0)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("in the way", encoding="utf-8")
+    with pytest.raises(ScoreRefusal, match="is a file"):
+        _score(world, world.data, blocker / "out", workers=0)
+    with pytest.raises(ScoreRefusal, match="is a file"):
+        _score(world, world.data, blocker, workers=0)
+    with pytest.raises(ScoreRefusal, match="different run"):
+        _score(world, world.data, reference[0], as_of="2026-09-01", workers=0)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
+def test_refuses_an_output_folder_without_write_permission(world: ScoringWorld, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(ScoreRefusal, match="not writable"):
+            _score(world, world.data, locked / "out", workers=0)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_run_where_every_patient_is_rejected_says_nothing_was_scored(world: ScoringWorld, tmp_path: Path) -> None:
+    data = tmp_path / "all-bad"
+    data.mkdir()
+    for f in world.data.glob("*.parquet"):
+        (data / f.name).write_bytes(f.read_bytes())
+    patients = pd.read_parquet(world.data / "patients.parquet").astype({"sex": object})
+    patients["sex"] = "X"
+    patients.to_parquet(data / "patients.parquet", index=False)
+    manifest = _score(world, data, tmp_path / "out", workers=0)
+    assert manifest["nothing_scored"] is True
+    assert manifest["counts"]["scored_patients"] == 0
+    assert manifest["counts"]["rejected_patients"] == len(patients)
 
 
 def test_refuses_an_output_folder_of_another_run(world: ScoringWorld, reference, tmp_path: Path) -> None:
