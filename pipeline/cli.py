@@ -100,23 +100,27 @@ class LazyGroup(TyperGroup):
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
         """Parse the group's own arguments; a usage error is one line, exit 2."""
-        with _one_line_errors():
+        with _one_line_errors(info_name or "escalate"):
             return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx: Any) -> Any:
         """Resolve, parse and run the command; a usage error or refusal is one line with its exit status."""
-        with _one_line_errors():
+        with _one_line_errors(ctx.command_path, ctx):
             return super().invoke(ctx)
 
 
 @contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Turn a usage error or refusal into `escalate COMMAND: error: …` on stderr and its exit status (2)."""
+def _one_line_errors(where: str, group_ctx: Any = None) -> Iterator[None]:
+    """Turn a usage error or refusal into `escalate COMMAND: error: …` on stderr and its exit status (2); `where`
+    names the command when the error carries no context of its own (a refusal raised by a command's body)."""
     try:
         yield
     except TyperException as err:
         ctx = getattr(err, "ctx", None)
-        where = ctx.command_path if ctx is not None else "escalate"
+        if ctx is not None:
+            where = ctx.command_path
+        elif group_ctx is not None and group_ctx.invoked_subcommand:
+            where = f"{group_ctx.command_path} {group_ctx.invoked_subcommand}"
         typer.echo(f"{where}: error: {_one_line(err.format_message())}", err=True)
         raise typer.Exit(err.exit_code) from None
 

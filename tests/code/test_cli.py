@@ -1,0 +1,204 @@
+"""The `escalate` CLI as a user meets it: pipeline order, a help that imports nothing heavy, strict dates, the same
+`--data` everywhere, and every refusal on one line with exit status 2 before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import COMMANDS, app
+from tests.conftest import SEED_CASE
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE_ORDER = ["simulate", "validate", "features", "split", "train", "evaluate", "explain", "promote", "report",
+                  "score"]
+runner = CliRunner()
+
+
+def refused(args: list[str], code: int = 2) -> str:
+    """Run `escalate ARGS`, check it is refused with `code` on exactly one line and no traceback; the line."""
+    res = runner.invoke(app, args)
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == code, res.output
+    assert len(lines) == 1, res.output
+    assert "Traceback" not in res.output and not isinstance(res.exception, (AssertionError, TypeError, KeyError))
+    return lines[0]
+
+
+def _run_help(argv_list: list[list[str]]) -> tuple[list[str], list[str]]:
+    """In a fresh interpreter: the help texts of `escalate ARGV` for each ARGV, and every module imported."""
+    code = (
+        "import io, json, sys, contextlib\n"
+        "from pipeline.cli import app\n"
+        "texts = []\n"
+        f"for argv in {argv_list!r}:\n"
+        "    buf = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(buf):\n"
+        "        try:\n"
+        "            app(argv, prog_name='escalate')\n"
+        "        except SystemExit as e:\n"
+        "            assert e.code in (0, None), e.code\n"
+        "    texts.append(buf.getvalue())\n"
+        "print(json.dumps({'texts': texts, 'modules': sorted(sys.modules)}))\n"
+    )
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out["texts"], out["modules"]
+
+
+def test_help_lists_the_commands_in_pipeline_order_and_imports_no_stage_module():
+    assert list(COMMANDS) == PIPELINE_ORDER
+    [text], modules = _run_help([["--help"]])
+    listed = [line.strip(" │|").split()[0] for line in text.splitlines()
+              if line.strip(" │|").split() and line.strip(" │|").split()[0] in COMMANDS]
+    assert listed == PIPELINE_ORDER, text
+    assert "pandas" not in modules and "numpy" not in modules
+    assert [m for m in modules if m.startswith("pipeline.")] == ["pipeline.cli"]
+
+
+def test_every_command_help_imports_neither_pandas_nor_its_stage_module():
+    texts, modules = _run_help([[name, "--help"] for name in PIPELINE_ORDER])
+    for name, text in zip(PIPELINE_ORDER, texts, strict=True):
+        assert f"escalate {name}" in text, text
+    assert "pandas" not in modules and "numpy" not in modules
+    assert {m for m in modules if m.startswith("pipeline.")} == {"pipeline.cli", "pipeline.cli_types",
+                                                                  "pipeline.commands"}
+
+
+DATE_OPTIONS = [  # (arguments before the date, the date option); every other required option given
+    (["simulate", "--out", "{tmp}/cohort"], "--today"),
+    (["validate", "--data", "{seed}"], "--today"),
+    (["features", "--data", "{seed}"], "--today"),
+    (["features", "--data", "{seed}", "--out", "{tmp}/f.parquet"], "--as-of"),
+    (["report", "--data", "{seed}", "--patient", "SEED-0001", "--out", "{tmp}/p.html"], "--as-of"),
+    (["score", "--data", "{seed}", "--out", "{tmp}/scores"], "--as-of"),
+    (["score", "--data", "{seed}", "--out", "{tmp}/scores", "--as-of", "2026-11-18"], "--today"),
+]
+
+
+def _fill(args: list[str], tmp: Path) -> list[str]:
+    return [a.format(tmp=tmp, seed=SEED_CASE) for a in args]
+
+
+@pytest.mark.parametrize("value", ["01/11/2026", "18.11.2026", "2026-13-01", "2026-02-30", "20261118", "tomorrow"])
+@pytest.mark.parametrize(("args", "option"), DATE_OPTIONS, ids=[f"{a[0]}{o}" for a, o in DATE_OPTIONS])
+def test_every_date_option_takes_only_yyyy_mm_dd(args, option, value, tmp_path):
+    line = refused([*_fill(args, tmp_path), option, value])
+    assert line.startswith(f"escalate {args[0]}: error:") and option in line and repr(value) in line
+    assert "YYYY-MM-DD" in line or "not a calendar date" in line
+    assert not any(tmp_path.iterdir()), "a refused run wrote something"
+
+
+@pytest.mark.parametrize("name", ["simulate", "validate", "features", "report", "score"])
+def test_date_options_show_the_format_as_metavar(name):
+    res = runner.invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "YYYY-MM-DD" in res.output
+
+
+@pytest.mark.parametrize("command", [
+    ["validate"], ["features"], ["report", "--patient", "SEED-0001", "--out", "{tmp}/p.html"],
+    ["score", "--as-of", "2026-11-18", "--out", "{tmp}/scores"],
+])
+def test_a_missing_data_folder_is_refused_naming_data(command, tmp_path):
+    line = refused([*_fill(command, tmp_path), "--data", str(tmp_path / "nowhere")])
+    assert "--data" in line and "nowhere does not exist" in line
+
+
+def test_validate_takes_data_as_an_option_not_an_argument():
+    line = refused(["validate", str(SEED_CASE)])
+    assert "--data" in line or "unexpected extra argument" in line.lower()
+
+
+UNWRITABLE = [  # (arguments, the output option, a folder output?)
+    (["simulate"], "--out", True),
+    (["validate", "--data", "{seed}"], "--json", False),
+    (["features", "--data", "{seed}"], "--out", True),
+    (["features", "--data", "{seed}", "--as-of", "2026-11-18"], "--out", False),
+    (["split", "--features-dir", "{tmp}"], "--out", True),
+    (["train", "--features-dir", "{tmp}", "--split-dir", "{tmp}"], "--out-dir", True),
+    (["evaluate", "--features-dir", "{tmp}", "--split-dir", "{tmp}", "--train-dir", "{tmp}"], "--out-dir", True),
+    (["explain", "--model-dir", "{tmp}"], "--out", True),
+    (["promote"], "--out", False),
+    (["report", "--data", "{seed}", "--patient", "SEED-0001"], "--out", False),
+    (["report", "--data", "{seed}", "--all"], "--out", True),
+    (["score", "--data", "{seed}", "--as-of", "2026-11-18"], "--out", True),
+]
+
+
+@pytest.mark.parametrize(("args", "option", "folder"), UNWRITABLE, ids=[f"{a[0]}{o}" for a, o, _ in UNWRITABLE])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(args, option, folder, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    line = refused([*_fill(args, tmp_path), option, str(blocker / "sub" / "out")])
+    assert option in line and "a-file is a file" in line
+    assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
+def test_a_read_only_output_folder_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        line = refused(["score", "--data", str(SEED_CASE), "--as-of", "2026-11-18", "--out", str(locked / "s")])
+    finally:
+        locked.chmod(0o700)
+    assert "--out" in line and "not writable" in line
+
+
+def test_report_needs_exactly_one_of_patient_or_all(tmp_path):
+    line = refused(["report", "--data", str(SEED_CASE), "--out", str(tmp_path / "p.html")])
+    assert "--patient" in line and "--all" in line
+
+
+def test_an_unknown_command_suggests_the_nearest():
+    line = refused(["valdate"])
+    assert "No such command 'valdate'" in line and "'validate'" in line
+
+
+def test_escalate_alone_prints_the_help():
+    res = runner.invoke(app, [])
+    assert res.exit_code == 2 and "Commands" in res.output and "score" in res.output
+
+
+def test_a_misspelt_settings_key_is_refused_on_one_line_before_any_work(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text().replace("\nsplit:", "\nsplitt:", 1))
+    line = refused(["split", "--features-dir", str(tmp_path), "--out", str(tmp_path / "split"),
+                    "--params", str(params)])
+    assert "splitt" in line
+    assert not (tmp_path / "split").exists()
+
+
+@pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
+def test_score_maps_a_refusal_to_exit_2_and_nothing_scored_to_exit_1(tmp_path, monkeypatch):
+    from pipeline import score
+
+    def refuse(*args, **kwargs):
+        raise score.ScoreRefusal("--model models:/nope@champion: cannot load this model")
+
+    monkeypatch.setattr(score, "run_score", refuse)
+    args = ["score", "--data", str(SEED_CASE), "--as-of", "2026-11-18", "--out", str(tmp_path / "s")]
+    line = refused(args)
+    assert line == "escalate score: error: --model models:/nope@champion: cannot load this model"
+
+    seen = {}
+
+    def nothing_scored(data, as_of, model, out, **kwargs):
+        seen.update(as_of=as_of, today=kwargs["today"])
+        counts = {"input_patients": 3, "scored_patients": 0, "rejected_patients": 3, "unknown_patients": 0}
+        return {"counts": counts, "model_uri": model, "model_version": "1", "as_of": as_of,
+                "timings": {"total_s": 0.1}}
+
+    monkeypatch.setattr(score, "run_score", nothing_scored)
+    line = refused([*args, "--today", "2026-11-25"], code=1)
+    assert "no patient scored" in line and "all 3 rejected" in line
+    assert seen == {"as_of": "2026-11-18", "today": "2026-11-25"}
