@@ -19,7 +19,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from features.contract import CONTRACT_COLUMNS, CONTRACT_TABLES
+from features.contract import CONTRACT_COLUMNS, CONTRACT_TABLES, near_miss
 from models.scoring import ChunkPlan, PatientIds, ScoreSettings, part_name
 from pipeline.chunks import (  # noqa: F401 - read_shard and ScoreRefusal are part of this module's interface
     WORK,
@@ -76,12 +76,14 @@ def input_hash(paths: dict[str, Path | None]) -> str:
 
 
 def _columns_of(path: Path) -> list[str]:
-    import pandas as pd
-    import pyarrow.parquet as pq
+    """The header of one table, after the checks that name an unreadable file and its likely cause (separator,
+    encoding, truncated Parquet: `pipeline.io.check_readable`)."""
+    from pipeline.io import TableReadError, check_readable
 
-    if path.suffix == ".parquet":
-        return list(pq.read_schema(path).names)
-    return list(pd.read_csv(path, nrows=0, dtype=str, encoding="utf-8-sig").columns)
+    try:
+        return check_readable(path)
+    except TableReadError as err:
+        raise ScoreRefusal(f"{err} (rule: unreadable_table)") from None
 
 
 def check_structure(paths: dict[str, Path | None]) -> None:
@@ -90,11 +92,14 @@ def check_structure(paths: dict[str, Path | None]) -> None:
     for name, path in paths.items():
         if path is None:
             continue
-        have = set(_columns_of(path))
+        have = _columns_of(path)
         missing = [c.name for c in CONTRACT_COLUMNS[name] if c.required and c.name not in have]
         if missing:
+            unexpected = [c for c in have if c not in {s.name for s in CONTRACT_COLUMNS[name]}]
+            hints = [f"did you mean {h!r} for {m!r}?" for m in missing if (h := near_miss(m, unexpected))]
             raise ScoreRefusal(f"table {name} ({path.name}): required column(s) {missing} missing "
-                               "(rule: missing_column); every patient would be rejected")
+                               "(rule: missing_column); every patient would be rejected"
+                               + (f"; {' '.join(hints)}" if hints else ""))
 
 
 def _batches(path: Path) -> Any:

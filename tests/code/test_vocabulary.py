@@ -184,3 +184,33 @@ def test_a_missing_weight_leaves_a_weight_based_target_missing(vocabulary):
     t = vocabulary.target_daily_mg(pd.Series(["ivig"]), pd.Series(["intravenous"]), pd.Series([np.nan]),
                                    pd.Series([np.nan]))
     assert np.isnan(t.loc[0, "target_low"]) and np.isnan(t.loc[0, "target_high"])
+
+
+def test_plausible_limits_follow_the_drug_and_its_route(vocabulary):
+    generic = pd.Series(["prednisone", "prednisone", "prednisone", "ivig", "methotrexate", None, "ivig"],
+                        index=[10, 11, 12, 13, 14, 15, 16])
+    route = pd.Series(["oral", "intravenous", None, "intravenous", "subcutaneous", "oral", "intrathecal"],
+                      index=generic.index)
+    lim = vocabulary.plausible_limits(generic, route)
+    assert list(lim.index) == list(generic.index)
+    assert lim.loc[10, ["mg", "mg_per_day"]].tolist() == [200, 200]  # oral prednisone
+    assert lim.loc[11, ["mg", "mg_per_kg", "mg_per_day"]].tolist() == [2000, 30, 2000]  # an IV pulse
+    assert lim.loc[12, "mg"] == 200  # no route: the drug's own bounds
+    assert lim.loc[13, "mg_per_kg"] == 2500 and np.isnan(lim.loc[13, "mg_per_m2"])  # IVIG ≤ 2.5 g/kg
+    assert lim.loc[14, "mg_per_day"] == 15  # methotrexate: 25 mg daily is the daily-for-weekly error
+    assert lim.loc[15].isna().all()  # unknown drug: nothing to check (its own error says so)
+    assert lim.loc[16, "mg_per_kg"] == 2500  # unknown route: the drug's bounds
+
+
+def test_every_drug_has_a_plausible_range_with_a_bound():
+    config = load_reference("drugs")
+    assert all(d["plausible"] for d in config["drugs"])
+    without = {"drugs": [{**d, "plausible": {}} if d["generic"] == "ivig" else d for d in config["drugs"]]}
+    with pytest.raises(ValueError, match="needs at least one bound"):
+        Vocabulary.from_config(without)
+    missing = {"drugs": [{k: v for k, v in d.items() if k != "plausible"} for d in config["drugs"]]}
+    with pytest.raises(ValueError, match="plausible"):
+        Vocabulary.from_config(missing)
+    bad_route = {"drugs": [{**d, "plausible": {"mg": 1, "routes": {"rectal": {"mg": 2}}}} for d in config["drugs"]]}
+    with pytest.raises(ValueError, match="rectal"):
+        Vocabulary.from_config(bad_route)

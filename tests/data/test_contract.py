@@ -95,7 +95,7 @@ def _found(violations: pd.DataFrame) -> set[tuple]:
     }
 
 
-def _set(table: str, row: int, column: str, value: str | None) -> Callable[[dict], None]:
+def _set(table: str, row: int, column: str | list[str], value: str | list[str] | None) -> Callable[[dict], None]:
     def edit(t: dict[str, pd.DataFrame]) -> None:
         t[table].loc[row, column] = value
     return edit
@@ -166,6 +166,14 @@ BROKEN = {
     "patient not in patients": (_set("events", 1, "patient_id", "P9"),
                                 {("events", 1, "patient_id", "unknown_patient", E)}),
     "cytopenia without grade": (_set("events", 0, "grade", None), {("events", 0, "grade", "missing_grade", E)}),
+    "prednisone 1e9 mg": (_set("regimens", 0, "dose", "1e9"), {("regimens", 0, "dose", "implausible_dose", E)}),
+    "IVIG 20 g/kg": (_set("regimens", 1, "dose", "20"), {("regimens", 1, "dose", "implausible_dose", E)}),
+    "methotrexate 25 mg daily (for weekly)": (_set("regimens", 2, ["dose", "interval"], ["25", "daily"]),
+                                              {("regimens", 2, "dose", "implausible_dose", E)}),
+    "cyclophosphamide 7500 mg/m2": (_set("regimens", 3, "dose", "7500"),
+                                    {("regimens", 3, "dose", "implausible_dose", E)}),
+    "duplicate regimen row": (_append_copy("regimens", 2), {("regimens", 4, "*", "duplicate_row", E)}),
+    "duplicate assessment row": (_append_copy("assessments", 4), {("assessments", 10, "*", "duplicate_row", W)}),
     "mg/kg dose before any weight": (_set("regimens", 1, "start_date", "2020-06-01"),
                                      {("regimens", 1, "dose_unit", "no_body_size", W)}),
     "mg/m2 dose without height": (_set("assessments", 7, "date", "2022-05-01"),
@@ -197,6 +205,83 @@ def test_unknown_drug_message_names_the_closest_known_drugs(vocabulary, measures
     tables["regimens"].loc[2, "drug"] = "Actemraa"
     msg = validate(tables, vocabulary, measures, TODAY)["message"].iloc[0]
     assert "Actemraa" in msg and "actemra (tocilizumab)" in msg
+
+
+def test_an_implausible_dose_names_the_value_the_drug_and_the_range(vocabulary, measures):
+    tables = valid_tables()
+    tables["regimens"].loc[0, "dose"] = "1e9"
+    result = check(tables, vocabulary, measures, TODAY)
+    [msg] = result.violations["message"]
+    assert "1e+09 mg" in msg and "prednisone (oral)" in msg and "0–200 mg per administration" in msg
+    # the patient is rejected whole; the other is untouched
+    assert list(result.rejected_patients) == ["P1"] and set(result.normalised["regimens"]["patient_id"]) == {"P2"}
+
+
+def test_a_per_kg_dose_is_checked_as_written_and_in_mg_at_the_measured_weight(vocabulary, measures):
+    tables = valid_tables()
+    tables["regimens"].loc[1, ["drug", "dose", "dose_unit"]] = ["tocilizumab", "12", "mg/kg"]  # 12 mg/kg: allowed
+    assert validate(tables, vocabulary, measures, TODAY).empty
+    tables["assessments"].loc[0, "value"] = "150"  # 12 mg/kg at 150 kg = 1800 mg, beyond 1600 mg an infusion
+    [msg] = validate(tables, vocabulary, measures, TODAY)["message"]
+    assert "12 mg/kg every 4 weeks of tocilizumab (intravenous) = 1800 mg" in msg and "0–1600 mg" in msg
+
+
+def test_an_intravenous_glucocorticoid_pulse_is_plausible_but_not_as_an_oral_dose(vocabulary, measures):
+    tables = valid_tables()
+    tables["regimens"].loc[0, ["drug", "dose", "route", "end_date"]] = [
+        "Solu-Medrol", "1000", "intravenous", "2020-02-03"]
+    assert validate(tables, vocabulary, measures, TODAY).empty
+    tables["regimens"].loc[0, "route"] = "oral"
+    assert _found(validate(tables, vocabulary, measures, TODAY)) == {("regimens", 0, "dose", "implausible_dose", E)}
+
+
+def test_a_duplicate_row_names_its_first_copy_and_differs_from_a_near_copy(vocabulary, measures):
+    tables = valid_tables()
+    _append_copy("regimens", 2)(tables)
+    _append_copy("regimens", 2)(tables)
+    near = tables["regimens"].iloc[[0]].assign(dose="25")
+    tables["regimens"] = pd.concat([tables["regimens"], near], ignore_index=True)
+    v = validate(tables, vocabulary, measures, TODAY)
+    assert _found(v) == {("regimens", 4, "*", "duplicate_row", E), ("regimens", 5, "*", "duplicate_row", E)}
+    assert all("regimens row 2" in m for m in v["message"])
+
+
+@pytest.mark.parametrize("written", ["patinet_id", "Patient_ID", " patient id "])
+def test_a_missing_column_written_almost_right_gets_a_hint(vocabulary, measures, written):
+    tables = valid_tables()
+    tables["events"] = tables["events"].rename(columns={"patient_id": written})
+    [msg] = validate(tables, vocabulary, measures, TODAY)["message"]
+    assert f"did you mean {written!r}?" in msg and "rename it to 'patient_id'" in msg
+
+
+def test_a_missing_column_with_nothing_like_it_gets_no_hint(vocabulary, measures):
+    tables = valid_tables()
+    tables["events"] = tables["events"].drop(columns="event").assign(colour="red")
+    [msg] = validate(tables, vocabulary, measures, TODAY)["message"]
+    assert msg == "required column 'event' is missing from the events table"
+
+
+def test_an_unreadable_patients_table_is_one_finding_and_no_cascade(vocabulary, measures):
+    tables = valid_tables()
+    del tables["patients"]
+    result = check(tables, vocabulary, measures, TODAY, unreadable={"patients": "patients.csv: not UTF-8"})
+    found = _found(result.violations)
+    assert ("patients", None, None, "unreadable_table", E) in found
+    assert not {f for f in found if f[3] in ("unknown_patient", "date_before_birth")}
+    assert {f for f in found if f[3] == "check_skipped"} == {
+        (t, None, "patient_id", "check_skipped", W) for t in ("regimens", "assessments", "events")}
+    # every patient seen in the other tables is rejected: none is used without their patients row
+    assert list(result.rejected_patients) == ["P1", "P2"] and result.broken_tables == {"patients"}
+    with pytest.raises(ContractError, match=re.escape("patients [unreadable_table]: the patients table cannot")):
+        result.raise_for_errors()
+
+
+def test_an_unreadable_assessments_table_gives_no_body_size_warning_per_row(vocabulary, measures):
+    tables = valid_tables()
+    del tables["assessments"]
+    v = validate(tables, vocabulary, measures, TODAY, unreadable={"assessments": "assessments.parquet: truncated"})
+    assert _found(v) == {("assessments", None, None, "unreadable_table", E),
+                         ("regimens", None, "dose_unit", "check_skipped", W)}
 
 
 def test_out_of_range_message_gives_the_range_and_the_written_value(vocabulary, measures):
@@ -502,6 +587,74 @@ def test_parquet_with_its_own_types_normalises_like_csv(vocabulary, measures, tm
         pd.testing.assert_frame_equal(a.normalised[name], b.normalised[name], check_dtype=False)
 
 
+def _seed_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for f in SEED_DIR.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+UNREADABLE = {
+    "semicolons and a BOM": (lambda b: b"\xef\xbb\xbf" + b.replace(b",", b";"), "patients.csv",
+                             ["separated by ';' (semicolon), not commas", "decimal"]),
+    "tabs": (lambda b: b.replace(b",", b"\t"), "patients.csv", ["separated by tabs, not commas"]),
+    "latin-1": (lambda b: b.decode().replace("adult_dermatomyositis", "dermatomyosité").encode("latin-1"),
+                "patients.csv", ["not UTF-8: byte 0xE9 on line 2", "Latin-1", "'é'"]),
+    "UTF-16": (lambda b: b.decode().encode("utf-16"), "patients.csv", ["UTF-16", "CSV UTF-8"]),
+    "empty": (lambda b: b"", "patients.csv", ["the file is empty"]),
+    "ragged rows": (lambda b: b + b"SEED-0002,F,1970,DM,2020-01-01,,false,false,extra,cells\n", "patients.csv",
+                    ["not a well-formed CSV", "must be quoted"]),
+}
+
+
+@pytest.mark.parametrize("name", UNREADABLE, ids=UNREADABLE)
+def test_an_unreadable_csv_names_the_file_and_the_likely_cause(tmp_path, name):
+    from pipeline.io import TableReadError, load_contract_tables
+
+    damage, file, expected = UNREADABLE[name]
+    folder = _seed_copy(tmp_path)
+    (folder / file).write_bytes(damage((folder / file).read_bytes()))
+    with pytest.raises(TableReadError) as err:
+        read_contract_tables(folder)
+    assert str(folder / file) in str(err.value)
+    for text in expected:
+        assert text in str(err.value), str(err.value)
+    tables, unreadable = load_contract_tables(folder)
+    assert set(unreadable) == {"patients"} and set(tables) == {"regimens", "assessments", "events"}
+
+
+def test_a_utf8_bom_is_stripped_silently(tmp_path):
+    folder = _seed_copy(tmp_path)
+    (folder / "patients.csv").write_bytes(b"\xef\xbb\xbf" + (folder / "patients.csv").read_bytes())
+    assert list(read_contract_tables(folder)["patients"].columns)[0] == "patient_id"
+
+
+def test_a_truncated_or_fake_parquet_file_is_named(tmp_path):
+    from pipeline.io import TableReadError
+
+    folder = _seed_copy(tmp_path)
+    write_parquet(read_contract_tables(SEED_DIR)["regimens"], folder / "regimens.parquet")
+    whole = (folder / "regimens.parquet").read_bytes()
+    (folder / "regimens.parquet").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(TableReadError, match="regimens.parquet: truncated Parquet file, the footer is missing"):
+        read_contract_tables(folder)
+    (folder / "regimens.parquet").write_bytes((folder / "regimens.csv").read_bytes())
+    with pytest.raises(TableReadError, match=r"not a Parquet file.*a CSV named \.parquet\?"):
+        read_contract_tables(folder)
+
+
+def test_every_unreadable_file_is_named_at_once(tmp_path):
+    from pipeline.io import TableReadError
+
+    folder = _seed_copy(tmp_path)
+    for name in ("patients.csv", "events.csv"):
+        (folder / name).write_bytes((folder / name).read_bytes().replace(b",", b";"))
+    with pytest.raises(TableReadError) as err:
+        read_contract_tables(folder)
+    assert "patients.csv" in str(err.value) and "events.csv" in str(err.value)
+
+
 def test_every_table_must_be_given(vocabulary, measures):
     tables = valid_tables()
     del tables["assessments"]
@@ -515,7 +668,7 @@ def test_the_documented_contract_names_every_column_and_rule():
         assert f"`{table}`" in doc
         for spec in specs:
             assert f"`{spec.name}`" in doc, spec.name
-    rules = {r for case in BROKEN.values() for (_, _, _, r, _) in case[1]}
+    rules = {r for case in BROKEN.values() for (_, _, _, r, _) in case[1]} | {"unreadable_table", "check_skipped"}
     for rule in rules:
         assert f"`{rule}`" in doc, rule
 
@@ -565,3 +718,16 @@ def test_row_order_never_changes_the_normalised_output(vocabulary, measures, exp
     # the P1 IVIG dose uses the mean of the two weights recorded on 2020-12-01, whatever their order
     r = got["regimens"].set_index("row")
     assert r.loc[1, "dose_mg"] == pytest.approx(2000 * 72)
+
+
+def test_score_refuses_an_unreadable_or_misspelt_table_before_any_work(tmp_path):
+    from pipeline.score import ScoreRefusal, check_structure, table_paths
+
+    folder = _seed_copy(tmp_path)
+    regimens = pd.read_csv(folder / "regimens.csv", dtype=str, keep_default_na=False)
+    regimens.rename(columns={"patient_id": "patinet_id"}).to_csv(folder / "regimens.csv", index=False)
+    with pytest.raises(ScoreRefusal, match=r"\['patient_id'\] missing.*did you mean 'patinet_id' for 'patient_id'"):
+        check_structure(table_paths(folder))
+    (folder / "regimens.csv").write_bytes(b"\xef\xbb\xbf" + regimens.to_csv(index=False, sep=";").encode())
+    with pytest.raises(ScoreRefusal, match=r"regimens\.csv: fields are separated by ';' \(semicolon\)"):
+        check_structure(table_paths(folder))
