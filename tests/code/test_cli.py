@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PIPELINE_ORDER = ["simulate", "validate", "features", "split", "train", "evaluate", "explain", "promote", "report",
                   "score"]
 runner = CliRunner()
+# pandera imports pyspark.pandas when the spark extra is installed; its pandas-3 notice is not about this code.
+pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
 
 
 def refused(args: list[str], code: int = 2) -> str:
@@ -178,7 +180,6 @@ def test_a_misspelt_settings_key_is_refused_on_one_line_before_any_work(tmp_path
     assert not (tmp_path / "split").exists()
 
 
-@pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
 def test_score_maps_a_refusal_to_exit_2_and_nothing_scored_to_exit_1(tmp_path, monkeypatch):
     from pipeline import score
 
@@ -202,3 +203,29 @@ def test_score_maps_a_refusal_to_exit_2_and_nothing_scored_to_exit_1(tmp_path, m
     line = refused([*args, "--today", "2026-11-25"], code=1)
     assert "no patient scored" in line and "all 3 rejected" in line
     assert seen == {"as_of": "2026-11-18", "today": "2026-11-25"}
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["unknown-patient", "patient-with-data-errors"])
+def test_report_refuses_a_patient_it_cannot_page_before_loading_the_model(broken, tmp_path, monkeypatch):
+    import shutil
+
+    import pandas as pd
+
+    from pipeline import report
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for a refused page")
+
+    monkeypatch.setattr(report, "load_model", no_model)
+    data = tmp_path / "seed"
+    shutil.copytree(SEED_CASE, data)
+    if broken:
+        patients = pd.read_csv(data / "patients.csv", dtype=str, keep_default_na=False)
+        patients.loc[0, "sex"] = "X"
+        patients.to_csv(data / "patients.csv", index=False)
+    patient = "SEED-0001" if broken else "NOPE-1"
+    line = refused(["report", "--data", str(data), "--patient", patient, "--as-of", "2026-11-18",
+                    "--out", str(tmp_path / "page.html")])
+    assert "--patient" in line and repr(patient) in line
+    assert ("data errors" in line and "unknown_category" in line) if broken else "no patient" in line
+    assert not (tmp_path / "page.html").exists()
