@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -761,12 +761,6 @@ def load_model(model_dir: Path = Path("data/train/model")) -> LoadedModel:
     return LoadedModel(joblib.load(path), "escalate-response", "local", "data/train/model", str(run_id))
 
 
-def _as_of(value: str | None, tables: Mapping[str, pd.DataFrame]) -> pd.Timestamp:
-    if value:
-        return pd.Timestamp(value).normalize()
-    return (pd.Timestamp.today().normalize())
-
-
 def build_patient_page(
     patient_id: str,
     as_of: pd.Timestamp,
@@ -934,28 +928,31 @@ def load_evidence(loaded: LoadedModel, params: Mapping[str, Any], evaluate_dir: 
     )
 
 
-def report_command(
-    patient: Annotated[str | None, typer.Option(help="patient identifier (omit with --all)")] = None,
-    all_patients: Annotated[bool, typer.Option("--all", help="one page per patient plus a searchable index")] = False,
-    as_of: Annotated[str | None, typer.Option(help="as-of date YYYY-MM-DD (default: today)")] = None,
-    data: Annotated[Path, typer.Option(help="folder of contract tables (Parquet or CSV)")] = Path("data/cohort"),
-    out: Annotated[Path, typer.Option(help="FILE.html for one patient, a folder with --all")] = Path("report.html"),
-    model_dir: Annotated[Path, typer.Option(help="fallback bundle folder")] = Path("data/train/model"),
-    top_k: Annotated[int, typer.Option(help="reasons in words per option")] = 3,
-) -> None:
-    """Write the clinician page of one patient (or of every patient with --all and an index page)."""
+def run_report(patient: str | None = None, all_patients: bool = False, as_of: date | None = None,
+               data: Path = Path("data/cohort"), out: Path = Path("report.html"),
+               model_dir: Path = Path("data/train/model"), top_k: int = 3) -> None:
+    """Write the clinician page of one patient to the file `out` (or, with `all_patients`, one page per patient and
+    an index into the folder `out`) as of `as_of` (default: today). An unknown patient, or one whose record has
+    data errors, is refused before the model loads."""
     from pipeline.config import load_params, load_reference
 
     if (patient is None) == (not all_patients):
         raise typer.BadParameter("give either --patient ID or --all")
-    when = _as_of(as_of, {})
+    when = pd.Timestamp(as_of or date.today())
     tables, violations = _load_tables(data, str(when.date()))
+    if patient is not None:
+        try:
+            findings = patient_findings(violations, patient)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--patient") from None
+        if patient not in set(tables["patients"]["patient_id"].astype(str)):
+            raise typer.BadParameter(f"no patient {patient!r} in {data}", param_hint="--patient")
     loaded = load_model(model_dir)
     evidence = load_evidence(loaded, load_params())
     monitoring = load_reference("monitoring")
     if patient is not None:
         page = build_patient_page(patient, when, tables, loaded, monitoring, evidence, top_k=top_k,
-                                  findings=patient_findings(violations, patient))
+                                  findings=findings)
         html = render_page(page)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(html, encoding="utf-8")
