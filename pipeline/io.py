@@ -16,14 +16,15 @@ import numpy as np
 import pandas as pd
 
 from features.contract import CONTRACT_COLUMNS, CONTRACT_TABLES
+from pipeline.cli_types import Refusal
 
 #: tables that may be absent from an export (then read as an empty table with the contract's columns).
 OPTIONAL_TABLES: frozenset[str] = frozenset({"events"})
 
 
-class TableReadError(ValueError):
+class TableReadError(Refusal, ValueError):
     """A contract table file that cannot be read as the contract says; the message names the file and the likely
-    cause (wrong separator, not UTF-8, UTF-16, truncated Parquet, ...)."""
+    cause (wrong separator, not UTF-8, UTF-16, truncated Parquet, ...). A refusal: on the CLI one line, exit 2."""
 
 
 #: bytes read to sniff a file's encoding and header; CSV files are also scanned in full for invalid UTF-8.
