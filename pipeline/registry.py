@@ -105,6 +105,27 @@ def deidentified_example(features: pd.DataFrame, n_rows: int = 5, key_columns: I
     return example
 
 
+def save_bundle(model: Any, path: Path) -> None:
+    """Write the fitted bundle (joblib format, read back with `joblib.load`) so that two fits on the same inputs give
+    the same bytes in any process: every set is written sorted. Pydantic models pickle their
+    `__pydantic_fields_set__`, a set of names whose order follows the per-process string hash seed, which alone made
+    the bundle's bytes differ between two `dvc repro -f` runs with identical metrics."""
+    from joblib.numpy_pickle import NumpyPickler
+
+    class SortedSetPickler(NumpyPickler):  # the pure-Python pickler, so reducer_override sees sets too
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) in (set, frozenset):
+                try:
+                    return type(obj), (sorted(obj),)
+                except TypeError:  # unorderable members: pickled as they come
+                    return NotImplemented
+            return NotImplemented
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with Path(path).open("wb") as fh:
+        SortedSetPickler(fh, protocol=None).dump(model)
+
+
 def model_metadata(model: Any) -> dict[str, Any]:
     """What the registered model says about itself in its `MLmodel` file, readable without loading it: the feature
     columns of its contract and the feature and label settings it was trained with (None when not recorded)."""
