@@ -49,29 +49,36 @@ def require_dir(path: Path, option: str) -> Path:
     return Path(path)
 
 
-def require_writable(path: Path, option: str, *, folder: bool) -> Path:
-    """`path` when this user can create or overwrite it (a folder when `folder`, else a file), checked before any
-    work so a run cannot fail at its last step; else a one-line usage error naming `option`."""
+def output_problem(path: Path, *, folder: bool) -> str | None:
+    """Why this user cannot create or overwrite `path` (a folder when `folder`, else a file), or None when it can:
+    checked before any work so a run cannot fail at its last step."""
     path = Path(path)
     if path.exists():
         if folder and not path.is_dir():
-            raise typer.BadParameter(f"{path} is a file, not a folder", param_hint=option)
+            return f"{path} is a file, not a folder"
         if not folder and path.is_dir():
-            raise typer.BadParameter(f"{path} is a folder, not a file", param_hint=option)
+            return f"{path} is a folder, not a file"
         target = path if folder else path.parent
         if not os.access(target, os.W_OK | os.X_OK) or (not folder and not os.access(path, os.W_OK)):
-            raise typer.BadParameter(f"{path} is not writable by this user", param_hint=option)
-        return path
+            return f"{path} is not writable by this user"
+        return None
     parent = path.absolute().parent
     while not parent.exists():  # the first existing ancestor is where the missing folders would be created
         parent = parent.parent
     if not parent.is_dir():
-        raise typer.BadParameter(f"{path} cannot be created: {parent} is a file", param_hint=option)
+        return f"{path} cannot be created: {parent} is a file"
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise typer.BadParameter(f"{path} cannot be created: {parent} is not writable by this user",
-                                 param_hint=option)
-    return path
+        return f"{path} cannot be created: {parent} is not writable by this user"
+    return None
 
+
+def require_writable(path: Path, option: str, *, folder: bool) -> Path:
+    """`path` when this user can create or overwrite it (see `output_problem`); else a one-line usage error naming
+    `option`."""
+    problem = output_problem(path, folder=folder)
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint=option)
+    return Path(path)
 
 class Refusal(TyperException):
     """A run refused before any work (exit status 2); the message says what is wrong and how to fix it."""

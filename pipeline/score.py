@@ -386,15 +386,11 @@ def strict_date(option: str, value: str | date) -> date:
 
 def check_out(out: Path) -> None:
     """Refuse an output folder that cannot be written (a file in the way, or no permission) before any work."""
-    if out.exists() and not out.is_dir():
-        raise ScoreRefusal(f"--out {out} is a file: choose a folder")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ScoreRefusal(f"--out {out}: {probe} is a file, so the folder cannot be created")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ScoreRefusal(f"--out {out} is not writable (no permission to write in {probe})")
+    from pipeline.cli_types import output_problem
+
+    problem = output_problem(out, folder=True)
+    if problem is not None:
+        raise ScoreRefusal(f"--out {problem}")
 
 
 def check_resumable(out: Path, identity: dict[str, Any]) -> None:
