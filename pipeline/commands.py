@@ -7,6 +7,8 @@ unwritable `--out`, broken settings) come before the stage module and the scient
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -43,6 +45,17 @@ def _settings(params: Path) -> Settings:
         return load_settings(params)
     except SettingsError as err:
         raise Refusal(str(err)) from None
+
+
+@contextmanager
+def _inputs_present() -> Iterator[None]:
+    """A missing input file (an earlier stage not run, a wrong folder) is refused on one line, not a traceback."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        text = str(err.filename or err)
+        bare_path = err.filename is not None or " " not in text.strip()  # pyarrow raises the path alone
+        raise Refusal(f"{text}: no such file" if bare_path else text) from None
 
 
 def _iso(day: date | None) -> str | None:
@@ -137,7 +150,8 @@ def split_command(
     settings = _settings(params)
     from pipeline.features import run_split
 
-    run_split(settings, features_dir=features_dir, out=out)
+    with _inputs_present():
+        run_split(settings, features_dir=features_dir, out=out)
 
 
 def train_command(
@@ -154,7 +168,8 @@ def train_command(
     settings = _settings(params)
     from pipeline.train import run_train
 
-    record = run_train(settings, features_dir=features_dir, split_dir=split_dir, out_dir=out_dir)
+    with _inputs_present():
+        record = run_train(settings, features_dir=features_dir, split_dir=split_dir, out_dir=out_dir)
     typer.echo(
         f"trained {record['learner']} on options {', '.join(record['modelled_options'])} in "
         f"{record['fit_seconds']} s; registered {record['model_uri']} (alias candidate), run {record['run_id']}"
@@ -176,8 +191,9 @@ def evaluate_command(
     settings = _settings(params)
     from pipeline.evaluate import run_evaluate
 
-    metrics = run_evaluate(settings, features_dir=features_dir, split_dir=split_dir, train_dir=train_dir,
-                           out_dir=out_dir)
+    with _inputs_present():
+        metrics = run_evaluate(settings, features_dir=features_dir, split_dir=split_dir, train_dir=train_dir,
+                               out_dir=out_dir)
     keys = ("response_auroc", "response_ece", "decision_value_recommended", "decision_value_observed",
             "sim_sqrt_pehe", "sim_regret")
     typer.echo(", ".join(f"{k} {metrics[k]:.3f}" for k in keys if metrics.get(k) is not None))
@@ -202,8 +218,9 @@ def explain_command(
     settings = _settings(params)
     from pipeline.explain import run_explain
 
-    run_explain(settings, features=features, dictionary=dictionary, model_dir=model_dir, out=out, sample=sample,
-                seed=seed, mlflow_log=mlflow_log)
+    with _inputs_present():
+        run_explain(settings, features=features, dictionary=dictionary, model_dir=model_dir, out=out,
+                    sample=sample, seed=seed, mlflow_log=mlflow_log)
 
 
 def promote_command(
@@ -250,8 +267,9 @@ def report_command(
     require_writable(out, "--out", folder=all_patients)
     from pipeline.report import run_report
 
-    run_report(patient, all_patients=all_patients, as_of=as_of, data=data, out=out, model_dir=model_dir,
-               top_k=top_k)
+    with _inputs_present():
+        run_report(patient, all_patients=all_patients, as_of=as_of, data=data, out=out, model_dir=model_dir,
+                   top_k=top_k)
 
 
 def score_command(

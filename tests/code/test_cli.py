@@ -229,3 +229,8 @@ def test_report_refuses_a_patient_it_cannot_page_before_loading_the_model(broken
     assert "--patient" in line and repr(patient) in line
     assert ("data errors" in line and "unknown_category" in line) if broken else "no patient" in line
     assert not (tmp_path / "page.html").exists()
+
+
+def test_a_stage_run_before_its_inputs_exist_is_refused_naming_the_missing_file(tmp_path):
+    line = refused(["split", "--features-dir", str(tmp_path), "--out", str(tmp_path / "split")])
+    assert line.startswith("escalate split: error:") and "decisions.parquet: no such file" in line
