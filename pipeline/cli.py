@@ -138,10 +138,5 @@ def escalate() -> None:
     """Predict and explain the response of refractory dermatomyositis to each escalation option."""
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    """Console entry point (`escalate`)."""
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":  # pragma: no cover - `python -m pipeline.cli`; the console script calls `app` itself
     app()
