@@ -207,3 +207,47 @@ def test_a_bundle_saved_before_juvenile_thresholds_loads_with_the_rule_it_was_tr
     current = EscalateModel.__new__(EscalateModel)
     current.__setstate__({"config": BundleConfig(juvenile_response_threshold=47.0)})
     assert pickle.loads(pickle.dumps(current)).config.juvenile_response_threshold == 47.0
+
+
+def test_registered_model_is_code_plus_artifacts_and_records_its_settings(trained):
+    """Models-from-code: the model holds its code file, the pure packages it imports (never `pipeline`), the bundle
+    artifact and no cloudpickled class; its metadata records the feature columns and the feature and label
+    settings it was trained with, equal to the bundle's own."""
+    import mlflow
+    import yaml
+
+    from pipeline import registry
+
+    _, paths, _ = trained
+    info = mlflow.models.get_model_info("models:/escalate-response@candidate")
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    assert {p.name for p in (local / "code").iterdir()} == {"models", "features"}
+    assert not list(local.rglob("python_model.pkl")) and not list(local.rglob("__pycache__"))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert (local / flavor["model_code_path"]).read_text() == registry.MODEL_CODE.read_text()
+    bundle = joblib.load(paths["train"] / "model" / registry.BUNDLE_FILE)
+    meta = info.metadata["escalate"]
+    assert meta["feature_columns"] == list(bundle.contract.columns)
+    assert meta["settings"] == bundle.data_settings.model_dump(mode="json")
+    assert meta["settings"]["labels"]["response_category"] == "moderate"
+    assert bundle.feature_config().change_windows_days == (91, 182)
+
+
+def test_a_model_without_recorded_settings_refuses_to_say_which_features_it_needs():
+    from models.bundle import BundleConfig, EscalateModel
+
+    model = EscalateModel.__new__(EscalateModel)
+    model.__setstate__({"config": BundleConfig()})  # as a bundle pickled before settings were recorded
+    assert model.data_settings is None
+    with pytest.raises(ValueError, match="records no feature settings"):
+        model.feature_config()
+
+
+def test_recorded_label_category_must_give_the_models_response_thresholds():
+    from features.config import FeatureConfig, LabelConfig
+    from models.bundle import BundleConfig, RecordedSettings
+
+    settings = RecordedSettings(features=FeatureConfig(), labels=LabelConfig(response_category="major"))
+    with pytest.raises(ValueError, match="response_threshold=40 but labels.response_category 'major' means 60"):
+        settings.check_thresholds(BundleConfig())
+    settings.check_thresholds(BundleConfig(response_threshold=60, juvenile_response_threshold=70))
