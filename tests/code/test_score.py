@@ -280,3 +280,18 @@ def test_predict_explained_is_the_bundles_own_explained_prediction() -> None:
     assert predict_explained(Bundle(), frame, dictionary, 3)["k"].tolist() == [3]
     assert predict_explained(Bundle(), frame, dictionary, 0)["k"].tolist() == [0]
     assert calls[0][0] == 3 and calls[0][1] is dictionary
+
+
+def test_both_engines_import_one_chunk_module_and_it_imports_neither() -> None:
+    """No import cycle: the local job and the Spark engine share `pipeline.chunks`, which imports neither."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "pipeline"
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((root / f"{name}.py").read_text(encoding="utf-8"))
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    assert "pipeline.chunks" in imported("score") and "pipeline.chunks" in imported("spark_engine")
+    assert "pipeline.score" not in imported("spark_engine")
+    assert not {"pipeline.score", "pipeline.spark_engine"} & imported("chunks")
