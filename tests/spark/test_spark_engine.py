@@ -62,3 +62,15 @@ def test_workers_are_refused_on_spark(world, tmp_path: Path) -> None:
         run_score(world.data, AS_OF, world.model_uri, tmp_path / "out", today=TODAY, progress=False,
                   engine="spark", workers=2)
     assert not (tmp_path / "out").exists()
+
+
+def test_no_progress_keeps_sparks_console_progress_bar_off() -> None:
+    """`--no-progress` reaches Spark: a session the engine creates shows no console progress."""
+    from pipeline.spark_engine import spark_session
+
+    spark, created = spark_session("local[1]", progress=False)
+    try:
+        assert created
+        assert spark.sparkContext.getConf().get("spark.ui.showConsoleProgress") == "false"
+    finally:
+        spark.stop()
