@@ -1,10 +1,13 @@
 """`escalate score`: score every patient of a folder of contract tables as of a date, with reasons, resumably.
 
-Steps: refuse bad runs before any work (model URI, feature contract, future as-of, foreign output folder) →
+Steps: refuse bad runs before any heavy work, from the registry and the model's metadata without loading the model
+(strict dates, unwritable or foreign output folder, unknown model, a model whose recorded feature settings do not
+build its feature contract) →
 plan chunks of N patients (sorted ids) → stage the input tables once into per-chunk Arrow IPC shards (streamed in
 record batches, so memory does not grow with the input) → for each chunk not already done, in a worker process
 (replaced every N chunks, so memory cannot pile up over a long run), in this process, or as a Spark task: validate,
-reject broken patients, build as-of features, predict + explain with the registered pyfunc, write
+reject broken patients, build as-of features with the model's own feature settings, predict + explain with the
+registered pyfunc (`pipeline.chunks`, shared by both engines), write
 `part-<chunk>.parquet` atomically → `rejects.parquet`, the invariant check, `manifest.json`. Patient identifiers
 never reach logs.
 """
