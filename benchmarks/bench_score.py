@@ -169,8 +169,8 @@ def main() -> None:
     from features.build import build_features
     from features.contract import MeasureCatalog, check
     from models.scoring import predict_explained
+    from pipeline.chunks import load_model
     from pipeline.config import load_reference
-    from pipeline.score import resolve_model
     from pipeline.settings import load_settings
     from pipeline.simulate import build_inputs
     from tests.model.test_score_job import ScoringWorld, build_world
@@ -186,14 +186,14 @@ def main() -> None:
     else:
         world = build_world(work / "world", n_patients=args.base, seed=11, train=train)
         print(f"base cohort {args.base} patients + model (params.yaml train:) in {time.perf_counter() - t:.0f} s")
-    model, _ = resolve_model(world.model_uri)
+    model = load_model(world.model_uri, world.tracking_uri)
 
     # 1. predict / explain versus raw xgboost on one feature matrix
     _, vocabulary, catalog = build_inputs()
     tables = {n: pd.read_parquet(world.data / f"{n}.parquet") for n in ("patients", "regimens", "assessments", "events")}
     result = check(tables, vocabulary, MeasureCatalog.from_config(load_reference("measures")), TODAY)
     keys = pd.DataFrame({"patient_id": result.normalised["patients"]["patient_id"], "as_of": pd.Timestamp(AS_OF)})
-    fs = build_features(keys, result.normalised, vocabulary, catalog)
+    fs = build_features(keys, result.normalised, vocabulary, catalog, model.feature_config())
     reps = -(-args.rows // len(fs.features))
     feats = pd.concat([fs.features] * reps, ignore_index=True).head(args.rows)
     feats["patient_id"] = [f"B{i:07d}" for i in range(len(feats))]
