@@ -55,7 +55,7 @@ def run_explain(params: Settings | Path = Path("params.yaml"), features: Path = 
         groups = E.feature_groups(s.columns, dict_frame)
         tables.append(E.mean_abs_shap(s, groups))
         if target in ("response", "contrast"):
-            _plots(s, groups, X, plots / f"{target}_{option}")
+            _plots(s, groups, X, plots / f"{target}_{option}", seed)
     table = pd.concat(tables, ignore_index=True)
     Path(out).mkdir(parents=True, exist_ok=True)
     write_csv(table, Path(out) / "mean_abs_shap.csv")
@@ -69,8 +69,9 @@ def run_explain(params: Settings | Path = Path("params.yaml"), features: Path = 
                f"{time.perf_counter() - started:.1f} s -> {out}")
 
 
-def _plots(shap_values: object, groups: object, X: object, stem: Path) -> None:
-    """Bar (mean |SHAP| per clinical feature) and beeswarm (per model column, coloured by value) plots."""
+def _plots(shap_values: object, groups: object, X: object, stem: Path, seed: int) -> None:
+    """Bar (mean |SHAP| per clinical feature) and beeswarm (per model column, coloured by value) plots; the
+    beeswarm's jitter is seeded, so the same inputs give the same PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,7 +95,14 @@ def _plots(shap_values: object, groups: object, X: object, stem: Path) -> None:
         values=s.values[:, :n_cols], base_values=s.base,  # type: ignore[attr-defined]
         data=X.to_numpy(dtype=float), feature_names=list(g.column_labels[:n_cols]),  # type: ignore[attr-defined]
     )
-    shap.plots.beeswarm(explanation, max_display=15, show=False)
+    # shap's beeswarm jitters the dots with numpy's global RNG (it takes no generator): seed it for this plot
+    # only and restore the caller's state afterwards
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        shap.plots.beeswarm(explanation, max_display=15, show=False)
+    finally:
+        np.random.set_state(state)
     plt.gcf().set_size_inches(8, 6)
     plt.title(f"{s.target}: {s.option.replace('_', ' ')}")  # type: ignore[attr-defined]
     plt.tight_layout()

@@ -1,7 +1,8 @@
 """End to end: the real `dvc repro` on a tiny simulated cohort, in a fresh copy of the repository.
 
 This is what a newcomer's `make repro` does, shrunk: every stage runs through the `escalate` CLI exactly as
-`dvc.yaml` says, MLflow logs to a throw-away SQLite store, and a second `dvc repro` has nothing to do.
+`dvc.yaml` says, MLflow logs to a throw-away SQLite store, a second `dvc repro` has nothing to do, and a forced
+`dvc repro -f` of the whole pipeline writes the same bytes (dvc.lock unchanged).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.evaluate import HEADLINE
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -25,6 +28,15 @@ TINY = {
     "simulate": {"patients": 400},
     "train": {"booster": {"n_estimators": 40}, "min_rows_per_option": 15,
               "intervals": {"n_boot": 3, "boot_booster": {"n_estimators": 20}}},
+}
+
+
+#: ranges a working model reaches on the tiny cohort (observed values sit well inside; see README for the default).
+PLAUSIBLE = {
+    "response_auroc": (0.6, 1.0), "response_brier": (0.0, 0.25), "response_ece": (0.0, 0.2),
+    "response_calibration_slope": (0.3, 2.5), "tis_rmse": (5.0, 30.0), "safety_auroc": (0.4, 1.0),
+    "decision_value_recommended": (0.1, 0.9), "decision_value_observed": (0.1, 0.9),
+    "sim_sqrt_pehe": (0.0, 0.3), "sim_regret": (0.0, 0.15), "sim_interval_coverage": (0.5, 1.0),
 }
 
 
@@ -80,11 +92,27 @@ def test_dvc_repro_runs_every_stage_and_is_then_up_to_date(repo: Path) -> None:
 
     counts = json.loads((repo / "data/features/counts.json").read_text())
     assert counts["truth"]["recall"] > 0.9
+    # every held-out metric, each within what a working model gives on the tiny cohort (a broken stage, a label
+    # flipped or a probability scale lost lands outside); at 4 decimals, so another CPU writes the same file
+    headline = json.loads((repo / "data/evaluate/tables/headline.json").read_text())
+    for key, (low, high) in PLAUSIBLE.items():
+        assert low <= headline[key] <= high, f"{key} = {headline[key]} outside [{low}, {high}]"
+    assert headline["n_test_decisions"] > 50
+    assert all(round(v, 4) == v for v in headline.values() if v is not None)
+    # metrics.json (what `dvc metrics show` prints): the headline few, the same values
     metrics = json.loads((repo / "data/evaluate/metrics.json").read_text())
-    for key in ("response_auroc", "response_ece", "decision_value_recommended", "sim_sqrt_pehe", "sim_regret"):
-        assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
-    assert (repo / "data/evaluate/model_card.md").read_text().count("not validated for clinical use")
+    assert 8 <= len(metrics) <= 10 and {k: headline[v] for k, v in HEADLINE.items()} == metrics
+    card = (repo / "data/evaluate/model_card.md").read_text()
+    version = json.loads((repo / "data/train/run.json").read_text())["model_version"]
+    assert "not validated for clinical use" in card and f"version {version}" not in card
     assert (repo / "data/explain/mean_abs_shap.csv").is_file()
+
+    # the report stage: the seed case's clinician page, naming the options, with the banner and the caveat
+    page = (repo / "data/reports/seed-case.html").read_text()
+    for label in ("continue current regimen", "add rituximab", "add abatacept"):
+        assert label in page, label
+    assert "not validated for clinical use" in page and "unmeasured" in page
+    assert "SEED-0001" in page
 
     from mlflow import MlflowClient
 
@@ -93,12 +121,32 @@ def test_dvc_repro_runs_every_stage_and_is_then_up_to_date(repo: Path) -> None:
     assert client.get_model_version_by_alias("escalate-response", "candidate").version == champion.version
 
     shown = _dvc(repo, "metrics", "show")
-    assert "response_auroc" in shown.stdout
+    assert "auroc" in shown.stdout and "regret" in shown.stdout
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 120, shown.stdout  # fits a terminal
 
     again = _dvc(repo, "repro")
     assert "didn't change" in again.stdout or "up to date" in again.stdout
 
-    # Reproducible: forcing the model stages again on the same data gives identical metrics.
-    _dvc(repo, "repro", "--force", "--single-item", "train")
-    _dvc(repo, "repro", "--force", "--single-item", "evaluate")
+    # Same inputs, same bytes: forcing every stage again leaves dvc.lock (every output's hash) unchanged,
+    # although MLflow gets a new run and a new registered version.
+    lock = (repo / "dvc.lock").read_bytes()
+    first_run = json.loads((repo / "data/train/run.json").read_text())["run_id"]
+    _dvc(repo, "repro", "--force")
+    assert json.loads((repo / "data/train/run.json").read_text())["run_id"] != first_run
     assert json.loads((repo / "data/evaluate/metrics.json").read_text()) == metrics
+    assert (repo / "dvc.lock").read_bytes() == lock, _lock_changes(lock, (repo / "dvc.lock").read_bytes())
+    status = _dvc(repo, "status")
+    assert "up to date" in status.stdout or not status.stdout.strip(), status.stdout
+
+
+def _lock_changes(before: bytes, after: bytes) -> str:
+    """The dvc.lock entries (path and hash) that differ between two runs, for the failure message."""
+    def entries(text: bytes) -> set[tuple[str, str, str]]:
+        found = set()
+        for stage, entry in (yaml.safe_load(text).get("stages") or {}).items():
+            for item in [*(entry.get("deps") or []), *(entry.get("outs") or [])]:
+                found.add((stage, item["path"], str(item.get("md5"))))
+        return found
+
+    old, new = entries(before), entries(after)
+    return "dvc.lock changed: " + "; ".join(f"{s} {p}" for s, p, _ in sorted(old ^ new))
