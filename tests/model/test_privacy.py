@@ -53,7 +53,8 @@ def test_run_metadata_has_no_identifiers(logged):
     _, record, _, features = logged
     ids, years = _identifiers(features)
     run = MlflowClient().get_run(record["run_id"])
-    assert run.data.metrics["response_auroc"] == pytest.approx(logged[2]["response_auroc"], abs=1e-6)
+    # MLflow holds full precision; the stage's outputs are rounded to 4 decimals (same bytes on another CPU)
+    assert run.data.metrics["response_auroc"] == pytest.approx(logged[2]["response_auroc"], abs=5e-5)
     texts = {
         "run name": run.info.run_name,
         "params": " ".join(f"{k}={v}" for k, v in run.data.params.items()),
