@@ -14,12 +14,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import typer
 from markupsafe import Markup, escape
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 BANNER = "Decision support — not validated for clinical use"
@@ -871,10 +874,10 @@ def patient_findings(violations: pd.DataFrame, patient_id: str) -> tuple[str, ..
     return lines
 
 
-def load_evidence(loaded: LoadedModel, params: Mapping[str, Any], evaluate_dir: Path = Path("data/evaluate"),
+def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = Path("data/evaluate"),
                   train_dir: Path = Path("data/train"), *, use_mlflow: bool = True) -> ModelEvidence:
     """What the page may say about this model version: the horizon and calibration settings it was trained and
-    evaluated with (its MLflow run's params, else params.yaml), its validation metrics and calibration curve
+    evaluated with (its MLflow run's params, else the settings), its validation metrics and calibration curve
     (the run's metrics and `evaluate/` artefacts, else data/evaluate/ when data/train/run.json names the same
     run). Metrics of another run are never shown."""
     cfg = loaded.model.config
@@ -904,21 +907,19 @@ def load_evidence(loaded: LoadedModel, params: Mapping[str, Any], evaluate_dir: 
             typer.echo(f"MLflow run {loaded.run_id} not readable ({exc}); using {evaluate_dir}", err=True)
     run_json = Path(train_dir) / "run.json"
     same_run = run_json.is_file() and json.loads(run_json.read_text()).get("run_id") == loaded.run_id
-    if same_run and "response_auroc" not in metrics and (Path(evaluate_dir) / "metrics.json").is_file():
-        metrics = {k: v for k, v in json.loads((Path(evaluate_dir) / "metrics.json").read_text()).items()
-                   if v is not None}
-        source = str(Path(evaluate_dir) / "metrics.json")
+    # every held-out metric is in tables/headline.json; metrics.json holds the headline ones only
+    local = next((p for p in (Path(evaluate_dir) / "tables" / "headline.json", Path(evaluate_dir) / "metrics.json")
+                  if p.is_file()), None)
+    if same_run and "response_auroc" not in metrics and local is not None:
+        metrics = {k: v for k, v in json.loads(local.read_text()).items() if v is not None}
+        source = str(local)
     if same_run and curve.empty and (Path(evaluate_dir) / "plots" / "calibration.csv").is_file():
         curve = pd.read_csv(Path(evaluate_dir) / "plots" / "calibration.csv")
-    labels = params.get("labels") or {}
-    evaluation = params.get("evaluation") or {}
-    horizon = run_params.get("labels.horizon_weeks", labels.get("horizon_weeks"))
-    if horizon is None:
-        raise ValueError("params: no labels.horizon_weeks in the model's run or params.yaml (rule: the page states "
-                         "the horizon the model was trained for)")
-    n_bins = int(run_params.get("evaluation.calibration_bins", evaluation.get("calibration_bins", 10)))
-    strategy = str(run_params.get("evaluation.calibration_strategy",
-                                  evaluation.get("calibration_strategy", "uniform")))
+    recorded = getattr(loaded.model, "data_settings", None)  # the label settings the model was trained with
+    horizon = (recorded.labels.horizon_weeks if recorded is not None
+               else run_params.get("labels.horizon_weeks", settings.labels.horizon_weeks))
+    n_bins = int(run_params.get("evaluation.calibration_bins", settings.evaluation.calibration_bins))
+    strategy = str(run_params.get("evaluation.calibration_strategy", settings.evaluation.calibration_strategy))
     return ModelEvidence(
         horizon_weeks=int(float(horizon)), interval_level=float(cfg.intervals.level),
         response_threshold=float(cfg.response_threshold),
@@ -934,7 +935,8 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
     """Write the clinician page of one patient to the file `out` (or, with `all_patients`, one page per patient and
     an index into the folder `out`) as of `as_of` (default: today). An unknown patient, or one whose record has
     data errors, is refused before the model loads."""
-    from pipeline.config import load_params, load_reference
+    from pipeline.config import load_reference
+    from pipeline.settings import load_settings
 
     if (patient is None) == (not all_patients):
         raise typer.BadParameter("give either --patient ID or --all")
@@ -948,7 +950,7 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
         if patient not in set(tables["patients"]["patient_id"].astype(str)):
             raise typer.BadParameter(f"no patient {patient!r} in {data}", param_hint="--patient")
     loaded = load_model(model_dir)
-    evidence = load_evidence(loaded, load_params())
+    evidence = load_evidence(loaded, load_settings())
     monitoring = load_reference("monitoring")
     if patient is not None:
         page = build_patient_page(patient, when, tables, loaded, monitoring, evidence, top_k=top_k,

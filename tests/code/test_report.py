@@ -370,13 +370,14 @@ def test_evidence_uses_local_metrics_only_for_the_same_run(tmp_path):
     from types import SimpleNamespace
 
     from models.bundle import BundleConfig
+    from pipeline.settings import settings_from
 
     (tmp_path / "train").mkdir()
     (tmp_path / "evaluate" / "plots").mkdir(parents=True)
     (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({"response_auroc": 0.8, "response_ece": None}))
     CURVE.to_csv(tmp_path / "evaluate" / "plots" / "calibration.csv", index=False)
     loaded = R.LoadedModel(SimpleNamespace(config=BundleConfig()), "m", "local", "data/train/model", "run-a")
-    params = {"labels": {"horizon_weeks": 16}, "evaluation": {"calibration_bins": 10}}
+    params = settings_from({"labels": {"horizon_weeks": 16}, "evaluation": {"calibration_bins": 10}})
 
     def evidence(run_id: str) -> R.ModelEvidence:
         (tmp_path / "train" / "run.json").write_text(json.dumps({"run_id": run_id}))
@@ -387,5 +388,8 @@ def test_evidence_uses_local_metrics_only_for_the_same_run(tmp_path):
     assert same.metrics == {"response_auroc": 0.8} and len(same.calibration) == 2
     other = evidence("run-b")
     assert other.metrics == {} and other.calibration.empty and other.source == "not evaluated"
-    with pytest.raises(ValueError, match="labels.horizon_weeks"):
-        R.load_evidence(loaded, {}, tmp_path / "evaluate", tmp_path / "train", use_mlflow=False)
+    # every held-out metric (tables/headline.json) is preferred to the headline subset in metrics.json
+    (tmp_path / "evaluate" / "tables").mkdir()
+    (tmp_path / "evaluate" / "tables" / "headline.json").write_text(json.dumps({"response_auroc": 0.8, "response_n": 90}))
+    full = evidence("run-a")
+    assert full.metrics == {"response_auroc": 0.8, "response_n": 90} and full.source.endswith("headline.json")
