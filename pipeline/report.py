@@ -790,9 +790,10 @@ def build_patient_page(
         raise ValueError(f"table patients: no row with patient_id {patient_id!r} (rule: a known patient)")
     keys = pd.DataFrame({"patient_id": [patient_id], "decision_id": [f"{patient_id}@{as_of.date()}"],
                          "as_of": [as_of]})
-    fs = build_features(keys, one, vocabulary, catalog)
-    features, dictionary, current = fs.features, fs.dictionary, fs.current_regimen
     model = loaded.model
+    # the feature settings the model was trained with (refused when it records none), never today's params.yaml
+    fs = build_features(keys, one, vocabulary, catalog, model.feature_config())
+    features, dictionary, current = fs.features, fs.dictionary, fs.current_regimen
     pred = model.predict_frame(features)
     X = model.contract.check(features)
     ex = E.explain_model(model, features)

@@ -92,12 +92,11 @@ def run_train(
     root: Path = ROOT,
 ) -> dict[str, Any]:
     """The stage: returns what it wrote to run.json (run id, model version and uri, timings)."""
-    import joblib
     import mlflow
     import pandas as pd
 
     from features.vocabulary import OptionCatalog, Vocabulary
-    from models.bundle import fit_escalate_model
+    from models.bundle import RecordedSettings, fit_escalate_model
     from models.explain import with_dose_targets
     from pipeline import registry
     from pipeline.io import write_json
@@ -119,13 +118,14 @@ def run_train(
                                    Vocabulary.from_config(load_reference("drugs"))) if dictionary_path.is_file() else None
 
     fit_started = time.perf_counter()
-    model = fit_escalate_model(train_features, decisions, catalog, cfg, dictionary=dictionary)
+    recorded = RecordedSettings(features=settings.features, labels=settings.labels)  # the model carries them
+    model = fit_escalate_model(train_features, decisions, catalog, cfg, dictionary=dictionary, data_settings=recorded)
     fit_seconds = time.perf_counter() - fit_started
 
     model_dir = Path(out_dir) / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     bundle_path = model_dir / registry.BUNDLE_FILE
-    joblib.dump(model, bundle_path)
+    registry.save_bundle(model, bundle_path)  # same inputs, same bytes (sets written sorted)
     write_json(model.contract.model_dump(), model_dir / "contract.json")
     overlap = pd.DataFrame(model.summary["overlap"])
     write_json({"threshold": cfg.propensity.positivity_threshold, "options": overlap}, Path(out_dir) / "overlap.json")
