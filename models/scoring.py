@@ -155,13 +155,19 @@ def rejects_from_violations(violations: pd.DataFrame, row_map: dict[str, np.ndar
     """
     errors = violations[violations["severity"] == "error"] if "severity" in violations else violations
     rows = errors["row"].to_numpy(dtype="float64", na_value=np.nan)
+    messages = errors["message"].astype(str)
     if row_map is not None and len(errors):
         mapped = np.full(len(errors), np.nan)
         tables = errors["table"].to_numpy(dtype=object)
         for table, rmap in row_map.items():
+            rmap = np.asarray(rmap, dtype=np.int64)
             sel = (tables == table) & ~np.isnan(rows)
             if sel.any():
-                mapped[sel] = np.asarray(rmap, dtype=np.int64)[rows[sel].astype(np.int64)]
+                mapped[sel] = rmap[rows[sel].astype(np.int64)]
+            # a message naming another row of its own table (a duplicate's first copy) names the input's row too
+            same = tables == table
+            messages[same] = messages[same].str.replace(
+                rf"\b{table} row (\d+)", lambda m, t=table, r=rmap: f"{t} row {r[int(m.group(1))]}", regex=True)
         rows = mapped
     out = pd.DataFrame({
         "patient_id": clean_ids(errors["patient_id"].to_numpy(dtype=object)).to_numpy(dtype=object),
@@ -169,7 +175,7 @@ def rejects_from_violations(violations: pd.DataFrame, row_map: dict[str, np.ndar
         "row": pd.array(np.where(np.isnan(rows), 0, rows).astype(np.int64), dtype="Int64"),
         "column": errors["column"].astype(str).to_numpy(dtype=object),
         "rule": errors["rule"].astype(str).to_numpy(dtype=object),
-        "message": errors["message"].astype(str).to_numpy(dtype=object),
+        "message": messages.to_numpy(dtype=object),
     })
     out.loc[np.isnan(rows), "row"] = pd.NA
     return sort_rejects(out)

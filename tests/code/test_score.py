@@ -95,6 +95,17 @@ def test_rejects_keep_errors_only_and_point_at_input_rows() -> None:
     assert pd.isna(by_rule.loc["missing_column", "row"])
 
 
+def test_a_duplicate_names_its_first_copy_by_input_row() -> None:
+    """Row numbers inside a message (a duplicate's first copy) are mapped back to the input like `row` itself."""
+    violations = pd.DataFrame({
+        "table": ["regimens"], "row": [2], "patient_id": ["a"], "column": ["*"], "rule": ["duplicate_row"],
+        "severity": ["error"], "message": ["exact copy of regimens row 0 (every column equal); delete one"],
+    })
+    out = rejects_from_violations(violations, {"regimens": np.array([10, 11, 17])})
+    assert int(out.loc[0, "row"]) == 17
+    assert out.loc[0, "message"] == "exact copy of regimens row 10 (every column equal); delete one"
+
+
 def _predictions(ids: list[str], options=OPTIONS) -> pd.DataFrame:
     n = len(ids)
     return pd.DataFrame({"row": np.repeat(np.arange(n), len(options)), "patient_id": np.repeat(ids, len(options)),
