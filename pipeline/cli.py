@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,8 +17,9 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException
 
-# pandera imports pyspark.pandas when the optional spark extra is installed; its pandas-3 notice is noise here.
-warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+from pipeline.config import quiet_library_notices
+
+quiet_library_notices()
 
 #: name -> ("module:function", short help), in pipeline order: the order `escalate --help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -7,6 +7,7 @@ only finds and reads the files, so pure code never touches the file system.
 from __future__ import annotations
 
 import os
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,3 +45,19 @@ def tracking_uri(root: Path = ROOT) -> str:
 def load_reference(name: str) -> dict[str, Any]:
     """A reference-data file from `configs/` by stem, e.g. `load_reference("drugs")`."""
     return read_yaml(CONFIGS / f"{name}.yaml")
+
+
+#: warnings raised inside libraries that no user of Escalate can act on (message regex, category). Silenced in the
+#: CLI, its worker processes and the tests (tests/conftest.py), so every warning left is worth reading.
+LIBRARY_NOTICES: tuple[tuple[str, type[Warning]], ...] = (
+    ("PySpark does not yet fully support pandas", FutureWarning),  # pandera imports pyspark.pandas under pandas 3
+    ("The ``noload`` loader strategy is deprecated", DeprecationWarning),  # MLflow's SQLAlchemy tracking store
+    ("The set_(bad|over|under) function will be deprecated", PendingDeprecationWarning),  # SHAP's colormaps
+    ("Operation with range is deprecated", Warning),  # MLflow's input-example check (a pandas deprecation)
+)
+
+
+def quiet_library_notices() -> None:
+    """Ignore the `LIBRARY_NOTICES` in this process (worker processes call it again: filters are not inherited)."""
+    for message, category in LIBRARY_NOTICES:
+        warnings.filterwarnings("ignore", message=message, category=category)

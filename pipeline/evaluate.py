@@ -34,17 +34,17 @@ PLOT_COLUMNS = {
 
 
 #: metrics.json: short name -> held-out metric, few and short so `dvc metrics show` fits 120 columns (DVC prints
-#: one column per key). Every metric, under its full name, is in tables/headline.json, MLflow and the model card.
+#: one column per key). Every metric, under its full name, is in tables/headline.json, MLflow and the model card
+#: (the response rate under the care given is there too: it does not change with the model).
 HEADLINE: dict[str, str] = {
     "auroc": "response_auroc",                # response (TIS at or above the threshold) AUROC
     "ece": "response_ece",                    # its expected calibration error
     "tis_rmse": "tis_rmse",
-    "safe_auc": "safety_auroc",               # serious infection or grade >= 3 cytopenia
-    "dv_rec": "decision_value_recommended",   # doubly robust response rate if everyone got the recommendation
-    "dv_obs": "decision_value_observed",      # ... and under the care given
+    "safety_auroc": "safety_auroc",           # serious infection or grade >= 3 cytopenia
+    "policy_value": "decision_value_recommended",  # doubly robust response rate if everyone got the recommendation
     "pehe": "sim_sqrt_pehe",                  # simulator only: sqrt PEHE of option-vs-continue effects
     "regret": "sim_regret",                   # simulator only: regret against the oracle
-    "cover": "sim_interval_coverage",         # simulator only: coverage of the true chance by the intervals
+    "coverage": "sim_interval_coverage",      # simulator only: coverage of the true chance by the intervals
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -26,7 +27,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from models.bundle import EXPLAIN_PARAM, explain_top_k_param  # noqa: F401 - part of this module's interface
-from pipeline.config import ROOT, tracking_uri
+from pipeline.config import ROOT, quiet_library_notices, tracking_uri
 
 EXPERIMENT = "escalate"
 MODEL_NAME = "escalate-response"
@@ -55,6 +56,7 @@ def setup_mlflow(root: Path = ROOT, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the store and make sure the experiment exists (artifacts under `<root>/mlruns`);
     returns the experiment id."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in stage output
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (creating tables, validating) are noise
     mlflow.set_tracking_uri(tracking_uri(root))
     client = MlflowClient()
     found = client.get_experiment_by_name(experiment)
@@ -147,10 +149,7 @@ def log_model(model: Any, bundle_path: Path, example_input: pd.DataFrame, name: 
     signature = infer_signature(example_input, example_output.astype(dict.fromkeys(ints, "float64")),
                                 params={EXPLAIN_PARAM: k})
     with warnings.catch_warnings():
-        # noise from MLflow's own internals that a user cannot act on: its optional PySpark import under pandas 3,
-        # and its input-example check comparing columns with a range (pandas deprecation)
-        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
-        warnings.filterwarnings("ignore", message="Operation with range is deprecated")
+        quiet_library_notices()  # MLflow's optional PySpark import and its input-example check warn from inside
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(MODEL_CODE),

@@ -350,6 +350,9 @@ def _start_worker(driver: int) -> None:
     import signal
     import threading
 
+    from pipeline.config import quiet_library_notices
+
+    quiet_library_notices()  # a spawned process starts with the default warning filters
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(driver,), name="escalate-driver-watch", daemon=True).start()
 

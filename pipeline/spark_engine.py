@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from typing import Any
 
 from pipeline.chunks import ChunkTask, score_chunk
+from pipeline.config import quiet_library_notices
 
 #: per-chunk summary columns returned by the tasks (counts and timings, never patient identifiers).
 SUMMARY_SCHEMA = (
@@ -27,19 +27,13 @@ SUMMARY_SCHEMA = (
     "peak_rss_mib double"
 )
 _SUMMARY_COLUMNS = [part.split()[0] for part in SUMMARY_SCHEMA.split(", ")]
-_PANDAS3_NOTICE = "PySpark does not yet fully support pandas"
-
-
-def _quiet_pandas_notice() -> None:
-    """PySpark 4 warns that it does not fully support pandas 3; the engine uses only Arrow-backed pandas UDFs."""
-    warnings.filterwarnings("ignore", message=_PANDAS3_NOTICE, category=FutureWarning)
 
 
 def spark_session(master: str | None = None, progress: bool = True) -> tuple[Any, bool]:
     """(session, created): `master` when given, else the standard configuration (SPARK_REMOTE, spark.master),
     else `local[*]`. Workers run this interpreter unless PYSPARK_PYTHON says otherwise; without `progress` a
     session created here shows no console progress bar (`spark.ui.showConsoleProgress`)."""
-    _quiet_pandas_notice()
+    quiet_library_notices()
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -64,7 +58,7 @@ def score_groups(task: ChunkTask) -> Any:
     import pandas as pd
 
     def score_group(frame: pd.DataFrame) -> pd.DataFrame:
-        _quiet_pandas_notice()
+        quiet_library_notices()
         rows = [score_chunk(task, int(chunk)) for chunk in frame["chunk"].to_numpy()]
         return pd.DataFrame(rows, columns=_SUMMARY_COLUMNS)
 

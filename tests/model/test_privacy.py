@@ -127,6 +127,6 @@ def test_evaluate_wrote_outputs_for_dvc(logged):
     assert "TIS) ≥ 40" in card
     flat = json.loads(Path(out / "metrics.json").read_text())
     assert all(v is None or isinstance(v, int | float) for v in flat.values())  # flat, for `dvc metrics show`
-    assert {"auroc", "ece", "dv_rec", "pehe", "regret"} <= set(flat)  # the headline few, short for the terminal
+    assert {"auroc", "ece", "policy_value", "pehe", "regret"} <= set(flat)  # the headline few, short for the terminal
     full = json.loads(Path(out / "tables/headline.json").read_text())
     assert {"response_auroc", "response_ece", "decision_value_recommended", "sim_sqrt_pehe", "sim_regret"} <= set(full)

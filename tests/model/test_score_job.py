@@ -302,16 +302,9 @@ def test_refusals_come_before_the_model_is_loaded(world: ScoringWorld, reference
         _score(world, world.data, reference[0], as_of="2026-09-01", workers=0)
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
-def test_refuses_an_output_folder_without_write_permission(world: ScoringWorld, tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        with pytest.raises(ScoreRefusal, match="not writable"):
-            _score(world, world.data, locked / "out", workers=0)
-    finally:
-        locked.chmod(0o700)
+def test_refuses_an_output_folder_without_write_permission(world: ScoringWorld, read_only_folder: Path) -> None:
+    with pytest.raises(ScoreRefusal, match="not writable"):
+        _score(world, world.data, read_only_folder / "out", workers=0)
 
 
 def test_a_run_where_every_patient_is_rejected_says_nothing_was_scored(world: ScoringWorld, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -36,10 +35,8 @@ def test_spark_and_local_engines_write_identical_output(world, tmp_path: Path) -
     settings = ScoreSettings(chunk_patients=5, explain_top_k=2)
     local = run_score(data, AS_OF, world.model_uri, tmp_path / "local", settings=settings, today=TODAY,
                       progress=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        spark = run_score(data, AS_OF, world.model_uri, tmp_path / "spark", settings=settings, today=TODAY,
-                          progress=False, engine="spark", master="local[2]")
+    spark = run_score(data, AS_OF, world.model_uri, tmp_path / "spark", settings=settings, today=TODAY,
+                      progress=False, engine="spark", master="local[2]")
     assert spark["engine"] == "spark" and local["engine"] == "local"
     assert spark["counts"] == local["counts"] and spark["counts"]["rejected_patients"] == 1
     names = sorted(p.name for p in (tmp_path / "local").glob("*.parquet"))
