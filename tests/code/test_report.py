@@ -10,6 +10,7 @@ import pytest
 
 from pipeline import report as R
 from pipeline.config import load_reference
+from pipeline.report import assemble as A
 
 XSS = "<script>window.__pwned=1</script>"
 
@@ -170,7 +171,7 @@ def test_waterfall_steps_from_average_to_this_patient():
 def test_bars_keep_the_total_when_small_facts_are_pooled():
     grouped = pd.DataFrame({"label": list("abcdefghij"), "points": [0.05, -0.04, 0.03, 0.02, 0.01, 0.01, -0.01,
                                                                     0.005, 0.002, 0.001]})
-    bars = R._bars(grouped, 3)
+    bars = A._bars(grouped, 3)
     assert [b.label for b in bars] == ["a", "b", "c", "all other facts (7)"]
     assert sum(b.points for b in bars) == pytest.approx(grouped["points"].sum() * 100)
 
@@ -343,7 +344,7 @@ def test_option_rows_carry_reason_words_and_calibration():
 def test_small_reasons_are_left_out_of_the_page():
     r = pd.Series({"reason_1_text": "latest HAQ = 1.4 \u2192 +5 in 100", "reason_1_contribution": 0.05,
                    "reason_2_text": "tiny \u2192 0 in 100", "reason_2_contribution": 0.001})
-    assert R._reason_texts(r, "reason", 2) == ("latest HAQ = 1.4 \u2192 +5 in 100",)
+    assert A._reason_texts(r, "reason", 2) == ("latest HAQ = 1.4 \u2192 +5 in 100",)
 
 
 def test_patient_findings_name_table_row_column_rule_and_errors_stop_the_page():

@@ -1,0 +1,115 @@
+"""`escalate report`: the clinician's one-page view of a patient — options, reasons, regimen, trends, monitoring.
+
+The page is rendered from a plain data structure (`Page`), so the renderer is testable without MLflow; `build_page`
+assembles that structure from one patient's contract tables, as-of features, the model's per-option predictions
+and their SHAP explanations; the CLI loads the registered model (alias champion, else candidate, else the
+bundle in data/train/model/). Plots are inline SVG built here with every text escaped; Jinja2 autoescapes the rest.
+"""
+
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from pipeline.report.assemble import (
+    build_patient_page,
+    event_lines,
+    latest_activity,
+    monitoring_reminders,
+    option_explanations,
+    option_rows,
+    patient_facts,
+    regimen_lines,
+    safety_summary,
+    trend_series,
+)
+from pipeline.report.charts import contrast_svg, trends_svg, waterfall_svg
+from pipeline.report.data import (
+    BANNER,
+    CAVEAT,
+    OKABE_ITO,
+    SHAP_NOTE,
+    Bar,
+    OptionExplanation,
+    OptionRow,
+    Page,
+    RegimenLine,
+    Reminder,
+    TrendSeries,
+    in_100,
+    score_range,
+    signed_points,
+)
+from pipeline.report.evidence import (
+    ModelEvidence,
+    calibration_note,
+    ineligible_text,
+    load_evidence,
+    performance_facts,
+    pooled_calibration,
+    thin_overlap_options,
+)
+from pipeline.report.load import LoadedModel, _load_tables, load_model, patient_findings
+from pipeline.report.render import INDEX_SCRIPT, page_file_name, render_index, render_page
+
+__all__ = [
+    "BANNER", "CAVEAT", "INDEX_SCRIPT", "OKABE_ITO", "SHAP_NOTE", "Bar", "LoadedModel", "ModelEvidence",
+    "OptionExplanation", "OptionRow", "Page", "RegimenLine", "Reminder", "TrendSeries", "build_patient_page",
+    "calibration_note", "contrast_svg", "event_lines", "in_100", "ineligible_text", "latest_activity",
+    "load_evidence", "load_model", "monitoring_reminders", "option_explanations", "option_rows", "page_file_name",
+    "patient_facts", "patient_findings", "performance_facts", "pooled_calibration", "regimen_lines",
+    "render_index", "render_page", "run_report", "safety_summary", "score_range", "signed_points",
+    "thin_overlap_options", "trend_series", "trends_svg", "waterfall_svg",
+]
+
+def run_report(patient: str | None = None, all_patients: bool = False, as_of: date | None = None,
+               data: Path = Path("data/cohort"), out: Path = Path("report.html"),
+               model_dir: Path = Path("data/train/model"), top_k: int = 3) -> None:
+    """Write the clinician page of one patient to the file `out` (or, with `all_patients`, one page per patient and
+    an index into the folder `out`) as of `as_of` (default: today). An unknown patient, or one whose record has
+    data errors, is refused before the model loads."""
+    from pipeline.config import load_reference
+    from pipeline.settings import load_settings
+
+    if (patient is None) == (not all_patients):
+        raise typer.BadParameter("give either --patient ID or --all")
+    when = pd.Timestamp(as_of or date.today())
+    tables, violations = _load_tables(data, str(when.date()))
+    if patient is not None:
+        try:
+            findings = patient_findings(violations, patient)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--patient") from None
+        if patient not in set(tables["patients"]["patient_id"].astype(str)):
+            raise typer.BadParameter(f"no patient {patient!r} in {data}", param_hint="--patient")
+    loaded = load_model(model_dir)
+    evidence = load_evidence(loaded, load_settings())
+    monitoring = load_reference("monitoring")
+    if patient is not None:
+        page = build_patient_page(patient, when, tables, loaded, monitoring, evidence, top_k=top_k,
+                                  findings=findings)
+        html = render_page(page)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(html, encoding="utf-8")
+        typer.echo(f"wrote {out}")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    rejected = sorted(set(violations.loc[violations["severity"] == "error", "patient_id"].dropna().astype(str)))
+    if rejected:
+        typer.echo(f"{len(rejected)} patient(s) with data errors get no page: {', '.join(rejected[:20])}", err=True)
+    for pid in sorted(tables["patients"]["patient_id"].astype(str).unique()):
+        page = build_patient_page(pid, when, tables, loaded, monitoring, evidence, top_k=top_k,
+                                  findings=patient_findings(violations, pid))
+        name = page_file_name(pid)
+        (out / name).write_text(render_page(page), encoding="utf-8")
+        best = next((o.label for o in page.options if o.recommended), "—")
+        entries.append({"patient_id": pid, "href": name, "recommended": best})
+    (out / "index.html").write_text(
+        render_index(entries, as_of=str(when.date()), model=f"{loaded.name} v{loaded.version}"), encoding="utf-8")
+    typer.echo(f"wrote {len(entries)} pages and {out / 'index.html'}")
+

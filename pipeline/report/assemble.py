@@ -1,0 +1,334 @@
+"""Page assembly: one patient's tables, features, predictions and explanations into a `Page`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    pass
+from pipeline.report.data import (
+    SHAP_NOTE,
+    TREND_MEASURES,
+    Bar,
+    OptionExplanation,
+    OptionRow,
+    Page,
+    RegimenLine,
+    Reminder,
+    TrendSeries,
+    _ok,
+)
+from pipeline.report.evidence import (
+    ModelEvidence,
+    calibration_note,
+    ineligible_text,
+    performance_facts,
+    thin_overlap_options,
+)
+from pipeline.report.load import LoadedModel
+
+
+# --- assembling the page from frames ----------------------------------------------------------------------------
+def monitoring_reminders(config: Mapping[str, Any], current: Sequence[str], proposed: Sequence[str],
+                         labels: Mapping[str, str]) -> tuple[Reminder, ...]:
+    """Reminders for the current drugs and the proposed additions (from configs/monitoring.yaml), each naming
+    the drugs that call for it; the 'always' reminders first."""
+    cur, prop = set(current), set(proposed) - set(current)
+    out = [Reminder(r["test"], r["when"], r["why"], ()) for r in config.get("always", [])]
+    for r in config.get("reminders", []):
+        drugs = [d for d in r.get("drugs", []) if d in cur or d in prop]
+        if drugs:
+            names = tuple(labels.get(d, d) + (" (proposed)" if d in prop else "") for d in drugs)
+            out.append(Reminder(r["test"], r["when"], r["why"], names, proposed_only=not (set(drugs) & cur)))
+    return tuple(out)
+
+
+def _fmt_dose(row: Mapping[str, Any]) -> str:
+    dose = row.get("dose")
+    parts = []
+    if _ok(dose):
+        parts.append(f"{float(dose):g} {row.get('dose_unit') or ''}".strip())
+    for key in ("route", "interval"):
+        if isinstance(row.get(key), str) and row.get(key):
+            parts.append(str(row[key]))
+    return " ".join(parts) or "dose not recorded"
+
+
+def regimen_lines(current: pd.DataFrame) -> tuple[RegimenLine, ...]:
+    """The current regimen (features' current_regimen rows of one patient) as page lines."""
+    def text(value: Any, default: str) -> str:  # a missing cell is None or NaN, never the word "nan"
+        return value if isinstance(value, str) and value else default
+
+    lines = []
+    for row in current.to_dict(orient="records"):
+        frac = row.get("fraction_of_target")
+        generic = text(row.get("generic"), "unknown drug")
+        lines.append(RegimenLine(
+            drug=text(row.get("drug"), generic),
+            label=text(row.get("label"), generic),
+            dose=_fmt_dose(row),
+            target=text(row.get("target_text"), "—"),
+            fraction_of_target=float(frac) if _ok(frac) else None,
+            status=text(row.get("status"), "unknown"),
+        ))
+    return tuple(lines)
+
+
+def trend_series(assessments: pd.DataFrame, as_of: pd.Timestamp) -> tuple[TrendSeries, ...]:
+    """Core set measures and CDASI of one patient before the as-of date (CK as a multiple of its ULN)."""
+    a = assessments[pd.to_datetime(assessments["date"]) < as_of]
+    out = []
+    for measure, label, unit, _ in TREND_MEASURES:
+        m = a[a["measure"] == measure].sort_values("date")
+        if m.empty:
+            continue
+        values = pd.to_numeric(m["value"], errors="coerce").to_numpy(float)
+        if measure == "ck" and "upper_limit_normal" in m:
+            values = values / pd.to_numeric(m["upper_limit_normal"], errors="coerce").to_numpy(float)
+        if measure == "mmt8" and "scale_max" in m and m["scale_max"].notna().any():
+            unit = f"0–{int(m['scale_max'].dropna().iloc[-1])}"
+        dates = tuple(pd.to_datetime(m["date"]).dt.strftime("%Y-%m-%d"))
+        out.append(TrendSeries(measure, label, unit, dates, tuple(float(v) for v in values)))
+    return tuple(out)
+
+
+def option_rows(pred: pd.DataFrame, labels: Mapping[str, str], thin: set[str] | None = None, *,
+                calibration: pd.DataFrame | None = None, drug_labels: Mapping[str, str] | None = None
+                ) -> tuple[OptionRow, ...]:
+    """One table row per option from one patient's `predict_frame` rows, with the validation calibration of the
+    bin each estimate falls in and the ineligibility reason in words."""
+    rows = []
+    pooled = calibration if calibration is not None else pd.DataFrame()
+
+    def f(r: Mapping[str, Any], key: str) -> float | None:
+        v = r.get(key)
+        return float(v) if _ok(v) else None
+
+    for r in pred.to_dict(orient="records"):
+        eligible = bool(r["eligible"])
+        reason = r.get("ineligible_reason")
+        rows.append(OptionRow(
+            option=str(r["option"]), label=labels.get(str(r["option"]), str(r["option"])), eligible=eligible,
+            ineligible_reason=ineligible_text(str(reason), drug_labels or {})
+            if isinstance(reason, str) and not eligible else "",
+            p_response=f(r, "p_response"), p_response_low=f(r, "p_response_low"),
+            p_response_high=f(r, "p_response_high"), effect_vs_continue=f(r, "effect_vs_continue"),
+            expected_tis=f(r, "expected_tis"), expected_tis_low=f(r, "expected_tis_low"),
+            expected_tis_high=f(r, "expected_tis_high"), p_safety=f(r, "p_safety"),
+            p_safety_low=f(r, "p_safety_low"), p_safety_high=f(r, "p_safety_high"),
+            recommended=bool(r.get("recommended")) and eligible,
+            thin_overlap=str(r["option"]) in (thin or set()),
+            calibration_note=calibration_note(f(r, "p_response"), pooled) if eligible else "",
+        ))
+    return tuple(rows)
+
+
+def option_explanations(
+    explanations: Any, X: pd.DataFrame, dictionary: pd.DataFrame, eligible: Sequence[str],
+    labels: Mapping[str, str], *, row: int = 0, n_bars: int = 8, k: int = 3,
+) -> tuple[OptionExplanation, ...]:
+    """Waterfall bars (top clinical facts + 'all other facts'), contrast bars and plain-words reasons per eligible
+    option for one row of X, from `models.explain.Explanations`."""
+    from models import explain as E
+
+    out = []
+    reasons = E.reasons_frame(explanations, X, dictionary, k)
+    reasons = reasons[reasons["row"] == row].set_index("option")
+    for option in [o for o in explanations.arms if o in eligible]:
+        s = explanations.get("response", option)
+        if s is None:
+            continue
+        groups = E.feature_groups(s.columns, dictionary)
+        grouped = E.grouped_frame(s, groups, row=row)
+        bars = _bars(grouped, n_bars)
+        base = float(s.probability_base[row]) * 100 if s.probability_base is not None else float(s.base[row])
+        final = float(s.probability[row]) * 100 if s.probability is not None else float(s.output[row])
+        con = explanations.get("contrast", option)
+        contrast: tuple[Bar, ...] = ()
+        total = None
+        if con is not None:
+            cg = E.grouped_frame(con, groups, row=row, points=E.contrast_points(con))
+            contrast = _bars(cg, n_bars)
+            total = float(E.contrast_points(con)[row].sum() + (con.probability_base[row] if con.probability_base
+                                                               is not None else con.base[row])) * 100
+        r = reasons.loc[option] if option in reasons.index else None
+        texts = _reason_texts(r, "reason", k)
+        ctexts = _reason_texts(r, "contrast_reason", k)
+        out.append(OptionExplanation(option, labels.get(option, option), base, final, bars, contrast, total,
+                                     texts, ctexts))
+    return tuple(out)
+
+
+def _reason_texts(r: pd.Series | None, prefix: str, k: int, min_points: float = 0.005) -> tuple[str, ...]:
+    """The plain-words reasons that move the estimate by at least half a point (smaller ones are noise)."""
+    if r is None:
+        return ()
+    out = []
+    for i in range(1, k + 1):
+        text, value = r.get(f"{prefix}_{i}_text"), r.get(f"{prefix}_{i}_contribution")
+        if isinstance(text, str) and _ok(value) and abs(float(value)) >= min_points:
+            out.append(text)
+    return tuple(out)
+
+
+def _bars(grouped: pd.DataFrame, n: int) -> tuple[Bar, ...]:
+    """The n largest clinical facts by points, the rest summed into 'all other facts' (keeps the total exact)."""
+    g = grouped.reindex(grouped["points"].abs().sort_values(ascending=False).index)
+    top, rest = g.iloc[:n], g.iloc[n:]
+    bars = [Bar(str(lab), float(p) * 100) for lab, p in zip(top["label"], top["points"], strict=True)]
+    if len(rest):
+        bars.append(Bar(f"all other facts ({len(rest)})", float(rest["points"].sum()) * 100))
+    return tuple(bars)
+
+
+def patient_facts(patient: Mapping[str, Any], as_of: pd.Timestamp) -> tuple[tuple[str, str], ...]:
+    """Key facts of the patients row (normalised): sex, age, diagnosis, antibodies, ILD, cancer, duration."""
+    facts: list[tuple[str, str]] = []
+    if patient.get("sex"):
+        facts.append(("sex", {"F": "female", "M": "male"}.get(str(patient["sex"]), str(patient["sex"]))))
+    if _ok(patient.get("birth_year")):
+        facts.append(("age", f"{as_of.year - int(patient['birth_year'])} years"))
+    if patient.get("diagnosis"):
+        facts.append(("diagnosis", str(patient["diagnosis"]).replace("_", " ")))
+    dd = pd.to_datetime(patient.get("diagnosis_date"), errors="coerce")
+    if pd.notna(dd):
+        facts.append(("disease duration", f"{(as_of - dd).days / 365.25:.1f} years (since {dd.date()})"))
+    if patient.get("antibodies"):
+        facts.append(("antibodies", str(patient["antibodies"])))
+    for key, label in (("ild", "interstitial lung disease"), ("cancer_associated", "cancer-associated")):
+        if key in patient and patient[key] is not None and not (isinstance(patient[key], float)
+                                                                and math.isnan(patient[key])):
+            facts.append((label, "yes" if str(patient[key]).lower() in ("true", "1", "yes") else "no"))
+    return tuple(facts)
+
+
+def latest_activity(trends: Sequence[TrendSeries]) -> tuple[str, ...]:
+    """The latest value of each measure with its scale and date: 'MMT-8 muscle strength 63 / 80 (2026-11-17)'."""
+    import re
+
+    out = []
+    for s in trends:
+        if not s.values:
+            continue
+        scale = re.fullmatch(r"0[–-](\d+(?:\.\d+)?)", s.unit)
+        value = f"{s.values[-1]:.3g}" + (f" / {scale.group(1)}" if scale else f" {s.unit}")
+        out.append(f"{s.label} {value} ({s.dates[-1]})")
+    return tuple(out)
+
+
+def safety_summary(events: pd.DataFrame, assessments: pd.DataFrame, as_of: pd.Timestamp) -> tuple[str, ...]:
+    """Infections and cytopenias in the last 6 months and the latest safety laboratory values."""
+    ev = events[pd.to_datetime(events["date"]) < as_of] if len(events) else events
+    recent = ev[pd.to_datetime(ev["date"]) >= as_of - pd.DateOffset(months=6)] if len(ev) else ev
+    out = []
+    n_inf = int(recent["event"].isin(["serious_infection", "opportunistic_infection"]).sum()) if len(recent) else 0
+    n_cyt = int((recent["event"] == "cytopenia").sum()) if len(recent) else 0
+    out.append(f"{n_inf or 'no'} infection{'s' if n_inf != 1 else ''} and {n_cyt or 'no'} "
+               f"cytopenia{'s' if n_cyt != 1 else ''} in the last 6 months")
+    a = assessments[pd.to_datetime(assessments["date"]) < as_of]
+    for measure, label, unit in (("neutrophils", "neutrophils", "×10⁹/L"), ("lymphocytes", "lymphocytes", "×10⁹/L"),
+                                 ("platelets", "platelets", "×10⁹/L"), ("alt", "ALT", "U/L"),
+                                 ("creatinine", "creatinine", "µmol/L")):
+        m = a[a["measure"] == measure].sort_values("date")
+        if len(m):
+            out.append(f"{label} {float(m['value'].iloc[-1]):.3g} {unit} ({pd.Timestamp(m['date'].iloc[-1]).date()})")
+    return tuple(out)
+
+
+def event_lines(events: pd.DataFrame, as_of: pd.Timestamp) -> tuple[tuple[str, str, str], ...]:
+    if not len(events):
+        return ()
+    ev = events[pd.to_datetime(events["date"]) < as_of].sort_values("date", ascending=False)
+    return tuple(
+        (str(pd.Timestamp(r["date"]).date()), str(r["event"]).replace("_", " "),
+         "" if not isinstance(r.get("details"), str) else r["details"])
+        for r in ev.to_dict(orient="records")
+    )
+
+
+
+def build_patient_page(
+    patient_id: str,
+    as_of: pd.Timestamp,
+    tables: Mapping[str, pd.DataFrame],
+    loaded: LoadedModel,
+    monitoring: Mapping[str, Any],
+    evidence: ModelEvidence,
+    *,
+    top_k: int = 3,
+    findings: Sequence[str] = (),
+) -> Page:
+    """Everything for one patient from the normalised contract tables (all patients or only this one); every
+    statement about the model (horizon, interval level, performance) comes from `evidence`."""
+    from features.build import build_features
+    from features.vocabulary import OptionCatalog, Vocabulary
+    from models import explain as E
+    from models.bundle import interval_meaning
+    from pipeline.config import load_reference
+
+    vocabulary = Vocabulary.from_config(load_reference("drugs"))
+    catalog = OptionCatalog.from_config(load_reference("options"))
+    one = {name: t[t["patient_id"].astype(str) == patient_id].reset_index(drop=True) for name, t in tables.items()}
+    if one["patients"].empty:
+        raise ValueError(f"table patients: no row with patient_id {patient_id!r} (rule: a known patient)")
+    keys = pd.DataFrame({"patient_id": [patient_id], "decision_id": [f"{patient_id}@{as_of.date()}"],
+                         "as_of": [as_of]})
+    model = loaded.model
+    # the feature settings the model was trained with (refused when it records none), never today's params.yaml
+    fs = build_features(keys, one, vocabulary, catalog, model.feature_config())
+    features, dictionary, current = fs.features, fs.dictionary, fs.current_regimen
+    pred = model.predict_frame(features)
+    X = model.contract.check(features)
+    ex = E.explain_model(model, features)
+    dictionary = E.with_dose_targets(dictionary, vocabulary)
+    labels = {o.name: o.label for o in catalog.options}
+    eligible = pred.loc[pred["eligible"].astype(bool), "option"].astype(str).tolist()
+    explanations = option_explanations(ex, X, dictionary, eligible, labels, k=top_k)
+    drug_labels = {d.generic: d.label for d in vocabulary.drugs}
+    current_generics = current["generic"].astype(str).tolist() if len(current) else []
+    proposed = [catalog.option(o).adds for o in eligible if catalog.option(o).adds]
+    thin = thin_overlap_options(pred, evidence.positivity_threshold)
+    trends = trend_series(one["assessments"], as_of)
+    summary = model.summary if isinstance(model.summary, dict) else {}
+    cfg = model.config
+    counts = summary.get("option_counts", {}) if isinstance(summary.get("option_counts"), dict) else {}
+    calibrated = (f"probabilities recalibrated per option ({cfg.calibration.method})" if cfg.calibrate
+                  else "probabilities not recalibrated")
+    model_facts = (
+        ("what it does", "estimates, for each escalation option, the chance of response within "
+                         f"{evidence.horizon_weeks} weeks, the expected total improvement score and the risk of a "
+                         "serious infection or severe cytopenia"),
+        ("population", f"{summary.get('n_decisions', '?')} treatment decisions of {summary.get('n_patients', '?')} "
+                       "patients with refractory myositis (simulated, literature-calibrated cohort by default)"),
+        ("outcome", f"response = ACR/EULAR 2016 total improvement score ≥ {evidence.response_threshold:g} "
+                    f"(juvenile DM ≥ {evidence.juvenile_response_threshold:g}; moderate improvement) at "
+                    f"{evidence.horizon_weeks} weeks"),
+        ("method", f"{cfg.learner.replace('_', '-')} on gradient-boosted trees; {calibrated}"),
+        ("intervals", interval_meaning(cfg)),
+        ("options modelled", ", ".join(labels.get(a, a) for a in model.arms)),
+        ("training decisions per option", ", ".join(f"{labels.get(o, o)} {int(counts[o])}"
+                                                    for o in catalog.names if o in counts) or "not recorded"),
+        ("when not to use", "patients unlike the training population; options shown greyed; any decision "
+                            "without a clinician's review"),
+        ("explanations", " ".join(ex.notes) or SHAP_NOTE),
+    )
+    patient = one["patients"].iloc[0].to_dict()
+    return Page(
+        patient_id=patient_id, as_of=str(as_of.date()), model_name=loaded.name, model_version=loaded.version,
+        model_alias=loaded.alias, run_id=loaded.run_id, horizon_weeks=evidence.horizon_weeks,
+        response_definition=f"total improvement score ≥ {evidence.threshold_for(patient):g}",
+        facts=patient_facts(patient, as_of), activity_facts=latest_activity(trends),
+        safety_facts=safety_summary(one["events"], one["assessments"], as_of),
+        events=event_lines(one["events"], as_of), regimen=regimen_lines(current), trends=trends,
+        options=option_rows(pred, labels, thin, calibration=evidence.calibration, drug_labels=drug_labels),
+        explanations=explanations,
+        monitoring=monitoring_reminders(monitoring, current_generics, proposed, drug_labels),
+        model_facts=model_facts, interval_level=evidence.interval_level,
+        performance=performance_facts(evidence.metrics, evidence.interval_level, evidence.horizon_weeks),
+        data_findings=tuple(findings), positivity_threshold=evidence.positivity_threshold, notes=ex.notes,
+    )
+

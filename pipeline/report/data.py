@@ -1,0 +1,193 @@
+"""The clinician page as plain data (`Page` and its parts) and numbers in words ('62 in 100 (52–72)')."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+
+
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+BANNER = "Decision support — not validated for clinical use"
+CAVEAT = (
+    "The per-option figures are estimates from observational data: they assume that no unmeasured factor "
+    "influenced both the treatment chosen and the response, and that every option shown is plausible for "
+    "patients like this one. They are not a substitute for clinical judgement."
+)
+SHAP_NOTE = (
+    "The reasons show which facts in the record moved this model's estimate up or down (SHAP values), in points "
+    "out of 100. They describe the model, not proof that a fact causes the response."
+)
+#: Okabe–Ito colour-blind-safe palette.
+OKABE_ITO = {
+    "black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73",
+    "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7",
+}
+UP, DOWN = OKABE_ITO["blue"], OKABE_ITO["vermillion"]
+#: disease-activity measures drawn on the trends plot: (measure, label, unit, higher is better).
+TREND_MEASURES: tuple[tuple[str, str, str, bool], ...] = (
+    ("physician_global", "Physician global activity", "cm (0–10)", False),
+    ("patient_global", "Patient global activity", "cm (0–10)", False),
+    ("extramuscular_global", "Extramuscular global activity", "cm (0–10)", False),
+    ("mmt8", "MMT-8 muscle strength", "score", True),
+    ("haq", "HAQ disability index", "0–3", False),
+    ("cdasi_activity", "CDASI activity (skin)", "0–100", False),
+    ("ck", "Creatine kinase", "× upper limit of normal", False),
+)
+TREND_COLOURS = (OKABE_ITO["blue"], OKABE_ITO["orange"], OKABE_ITO["green"], OKABE_ITO["vermillion"],
+                 OKABE_ITO["purple"], OKABE_ITO["sky"], OKABE_ITO["black"])
+
+
+# --- the page as plain data -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RegimenLine:
+    """One current drug: as written, its dose and schedule, the target and where the dose stands."""
+
+    drug: str
+    label: str
+    dose: str
+    target: str
+    fraction_of_target: float | None
+    status: str  # below | at | above | no_target | unknown
+
+
+@dataclass(frozen=True)
+class TrendSeries:
+    measure: str
+    label: str
+    unit: str
+    dates: tuple[str, ...]
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar of a waterfall / contrast chart: a clinical fact and its contribution in points out of 100."""
+
+    label: str
+    points: float
+
+
+@dataclass(frozen=True)
+class OptionRow:
+    option: str
+    label: str
+    eligible: bool
+    ineligible_reason: str = ""
+    p_response: float | None = None
+    p_response_low: float | None = None
+    p_response_high: float | None = None
+    effect_vs_continue: float | None = None
+    expected_tis: float | None = None
+    expected_tis_low: float | None = None
+    expected_tis_high: float | None = None
+    p_safety: float | None = None
+    p_safety_low: float | None = None
+    p_safety_high: float | None = None
+    recommended: bool = False
+    thin_overlap: bool = False
+    #: "in validation, patients given 60–70 in 100 responded 64 in 100" for this option's estimate ("" if unknown)
+    calibration_note: str = ""
+
+    @property
+    def not_modelled(self) -> bool:
+        """Too few training decisions took this option for the model to estimate it (the bundle's reason)."""
+        return self.ineligible_reason.startswith("not modelled")
+
+
+@dataclass(frozen=True)
+class OptionExplanation:
+    """Why the model estimates what it does for one option: waterfall from the average patient to this one,
+    the contrast with continuing, and the top reasons in words."""
+
+    option: str
+    label: str
+    base_points: float
+    final_points: float
+    bars: tuple[Bar, ...]
+    contrast: tuple[Bar, ...] = ()
+    contrast_total: float | None = None
+    reasons: tuple[str, ...] = ()
+    contrast_reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Reminder:
+    test: str
+    when: str
+    why: str
+    drugs: tuple[str, ...]
+    proposed_only: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    """Everything the clinician page shows, for one patient only."""
+
+    patient_id: str
+    as_of: str
+    model_name: str
+    model_version: str
+    model_alias: str
+    run_id: str
+    horizon_weeks: int
+    response_definition: str
+    facts: tuple[tuple[str, str], ...]
+    activity_facts: tuple[str, ...]
+    safety_facts: tuple[str, ...]
+    events: tuple[tuple[str, str, str], ...]
+    regimen: tuple[RegimenLine, ...]
+    trends: tuple[TrendSeries, ...]
+    options: tuple[OptionRow, ...]
+    explanations: tuple[OptionExplanation, ...]
+    monitoring: tuple[Reminder, ...]
+    model_facts: tuple[tuple[str, str], ...]
+    #: the level of the uncertainty intervals the model reports (the bundle's `intervals.level`, e.g. 0.9)
+    interval_level: float
+    #: performance and calibration of this model version in validation, as (what, figure in words)
+    performance: tuple[tuple[str, str], ...] = ()
+    #: findings of the data checks on this patient's record (warnings; errors stop the page)
+    data_findings: tuple[str, ...] = ()
+    #: propensity below which an option's overlap is thin (the bundle's positivity threshold)
+    positivity_threshold: float | None = None
+    notes: tuple[str, ...] = ()
+    generated: str = field(default_factory=lambda: date.today().isoformat())
+
+
+# --- numbers as words -------------------------------------------------------------------------------------------
+def _ok(x: float | None) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def in_100(p: float | None, low: float | None = None, high: float | None = None) -> str:
+    """'62 in 100 (52–72)': a probability with its interval, on the same denominator everywhere."""
+    if not _ok(p):
+        return "—"
+    text = f"{round(100 * p)} in 100"  # type: ignore[operator]
+    if _ok(low) and _ok(high):
+        text += f" ({round(100 * low)}–{round(100 * high)})"  # type: ignore[operator]
+    return text
+
+
+def signed_points(d: float | None) -> str:
+    """'+14' / '−3' absolute points out of 100 (never relative); '0' when it rounds to nothing."""
+    if not _ok(d):
+        return "—"
+    v = round(100 * d)  # type: ignore[operator]
+    return f"+{v}" if v > 0 else (f"\u2212{abs(v)}" if v < 0 else "0")
+
+
+def score_range(x: float | None, low: float | None = None, high: float | None = None) -> str:
+    if not _ok(x):
+        return "—"
+    text = f"{x:.0f}"
+    if _ok(low) and _ok(high):
+        text += f" ({low:.0f}–{high:.0f})"
+    return text
+

@@ -1,0 +1,183 @@
+"""What the page may say about this model version: horizon, interval level, validation performance and calibration."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import typer
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
+from pipeline.report.data import _ok
+from pipeline.report.load import LoadedModel
+
+
+# --- what this model version does and how it did in validation --------------------------------------------------
+@dataclass(frozen=True)
+class ModelEvidence:
+    """What the page may say about the model: the labels' horizon, the interval level, the response threshold and
+    the positivity threshold it was trained with, its validation metrics and pooled calibration bins."""
+
+    horizon_weeks: int
+    interval_level: float
+    response_threshold: float
+    juvenile_response_threshold: float
+    positivity_threshold: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    #: pooled calibration bins: bin, lower, upper, n, mean_predicted, observed_rate (empty when unknown)
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
+    source: str = "unknown"
+
+    def threshold_for(self, patient: Mapping[str, Any]) -> float:
+        """The response threshold of this patient's diagnosis (juvenile DM has its own)."""
+        juvenile = str(patient.get("diagnosis")) == "juvenile_dermatomyositis"
+        return self.juvenile_response_threshold if juvenile else self.response_threshold
+
+
+def pooled_calibration(curve: pd.DataFrame, n_bins: int, strategy: str = "uniform") -> pd.DataFrame:
+    """Pool the per-option calibration curve (evaluate's plots/calibration.csv) over options, bin by bin.
+
+    Only equal-width bins line up across options; with quantile bins there is no common edge, so nothing is
+    returned rather than a misleading figure."""
+    columns = ["bin", "lower", "upper", "n", "mean_predicted", "observed_rate"]
+    if strategy != "uniform" or curve.empty:
+        return pd.DataFrame(columns=columns)
+    missing = {"bin", "n", "mean_predicted", "observed_rate"} - set(curve.columns)
+    if missing:
+        raise ValueError(f"table calibration: missing column(s) {sorted(missing)} (rule: evaluate's curve layout)")
+    c = curve.assign(events=curve["n"] * curve["observed_rate"], sum_p=curve["n"] * curve["mean_predicted"])
+    g = c.groupby("bin", as_index=False)[["n", "events", "sum_p"]].sum()
+    g = g[g["n"] > 0]
+    return pd.DataFrame({
+        "bin": g["bin"].astype(int), "lower": g["bin"] / n_bins, "upper": (g["bin"] + 1) / n_bins,
+        "n": g["n"].astype(int), "mean_predicted": g["sum_p"] / g["n"], "observed_rate": g["events"] / g["n"],
+    })[columns].reset_index(drop=True)
+
+
+def calibration_note(p: float | None, pooled: pd.DataFrame, *, min_n: int = 20) -> str:
+    """'of patients given 60–70 in 100 in validation, 64 in 100 responded (n = 120)' for the bin holding p;
+    empty when p is unknown or the bin held fewer than `min_n` validation decisions (too few to say)."""
+    if not _ok(p) or pooled.empty:
+        return ""
+    hit = pooled[(pooled["lower"] <= p) & ((p < pooled["upper"]) | ((pooled["upper"] >= 1.0) & (p <= 1.0)))]
+    if hit.empty or int(hit["n"].iloc[0]) < min_n:
+        return ""
+    r = hit.iloc[0]
+    return (f"of patients given {round(100 * r['lower'])}–{round(100 * r['upper'])} in 100 in validation, "
+            f"{round(100 * r['observed_rate'])} in 100 responded (n = {int(r['n'])})")
+
+
+def performance_facts(metrics: Mapping[str, float], interval_level: float, horizon_weeks: int
+                      ) -> tuple[tuple[str, str], ...]:
+    """The model-facts lines on performance in words, from evaluate's headline metrics; a missing metric is
+    left out, never invented. Interval coverage well below its level is said plainly."""
+    m = {k: float(v) for k, v in metrics.items() if v is not None and _ok(float(v))}
+    out: list[tuple[str, str]] = []
+    if "response_auroc" in m:
+        n = f" on {int(m['response_n'])} held-out decisions" if "response_n" in m else ""
+        pts = f" of {int(m['n_test_patients'])} patients" if "n_test_patients" in m else ""
+        out.append(("discrimination", f"response AUROC {m['response_auroc']:.2f}{n}{pts} (0.5 = chance, 1 = perfect)"))
+    if "response_calibration_slope" in m and "response_calibration_intercept" in m:
+        text = (f"calibration slope {m['response_calibration_slope']:.2f} and intercept "
+                f"{m['response_calibration_intercept']:+.2f} (ideal 1 and 0)")
+        if "response_ece" in m:
+            text += f"; estimates were off by {100 * m['response_ece']:.1f} in 100 on average (ECE)"
+        out.append(("calibration", text))
+    if "sim_interval_coverage" in m:
+        cov, level = m["sim_interval_coverage"], interval_level
+        text = (f"on the simulated cohort the {round(100 * level)} % intervals held the true chance of response for "
+                f"{round(100 * cov)} % of held-out decisions")
+        if cov < level - 0.1:
+            text += (": they are too narrow — read them as the spread between refitted models, not as the full "
+                     "uncertainty")
+        out.append(("uncertainty intervals", text))
+    if "sim_recommended_value" in m and "sim_oracle_value" in m:
+        out.append(("recommendations", f"on the simulated cohort, following the ★ option gave a response within "
+                                       f"{horizon_weeks} weeks in {round(100 * m['sim_recommended_value'])} in 100 "
+                                       f"patients, against {round(100 * m['sim_oracle_value'])} in 100 if the truly "
+                                       "best option had always been chosen"))
+    if "safety_auroc" in m:
+        out.append(("safety model", f"AUROC {m['safety_auroc']:.2f} for a serious infection or severe cytopenia"))
+    return tuple(out)
+
+
+def thin_overlap_options(pred: pd.DataFrame, threshold: float) -> set[str]:
+    """Eligible options that patients like this one were rarely given: the model's propensity (the estimated
+    chance that a clinician picks the option for these features) is below the positivity threshold, so the
+    estimate leans on extrapolation from dissimilar patients."""
+    if "propensity" not in pred.columns:
+        return set()
+    prop = pd.to_numeric(pred["propensity"], errors="coerce")
+    thin = pred["eligible"].astype(bool) & prop.notna() & (prop < threshold)
+    return set(pred.loc[thin, "option"].astype(str))
+
+
+def ineligible_text(reason: str, drug_labels: Mapping[str, str]) -> str:
+    """The bundle's ineligibility reason in a clinician's words: drug labels, not generic codes; plain plurals."""
+    import re
+
+    text = re.sub(r"\b([a-z_]+)\b", lambda m: drug_labels.get(m.group(1), m.group(1)), reason) if reason else ""
+    text = re.sub(r"\b1 training decision\(s\)", "1 training decision", text)
+    return text.replace("decision(s)", "decisions")
+
+
+
+def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = Path("data/evaluate"),
+                  train_dir: Path = Path("data/train"), *, use_mlflow: bool = True) -> ModelEvidence:
+    """What the page may say about this model version: the horizon and calibration settings it was trained and
+    evaluated with (its MLflow run's params, else the settings), its validation metrics and calibration curve
+    (the run's metrics and `evaluate/` artefacts, else data/evaluate/ when data/train/run.json names the same
+    run). Metrics of another run are never shown."""
+    cfg = loaded.model.config
+    run_params: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    curve = pd.DataFrame()
+    source = "not evaluated"
+    if use_mlflow and loaded.run_id not in ("", "unknown"):
+        try:
+            import mlflow
+            from mlflow.tracking import MlflowClient
+
+            from pipeline import registry
+
+            registry.setup_mlflow()
+            run = MlflowClient().get_run(loaded.run_id)
+            run_params, metrics = dict(run.data.params), dict(run.data.metrics)
+            if "response_auroc" in metrics:
+                source = f"MLflow run {loaded.run_id}"
+            try:
+                path = mlflow.artifacts.download_artifacts(run_id=loaded.run_id,
+                                                           artifact_path="evaluate/plots/calibration.csv")
+                curve = pd.read_csv(path)
+            except Exception:  # noqa: BLE001 - no logged curve: the local one below, if it is this run's
+                pass
+        except Exception as exc:  # noqa: BLE001 - say why the registry's figures are missing, then fall back
+            typer.echo(f"MLflow run {loaded.run_id} not readable ({exc}); using {evaluate_dir}", err=True)
+    run_json = Path(train_dir) / "run.json"
+    same_run = run_json.is_file() and json.loads(run_json.read_text()).get("run_id") == loaded.run_id
+    # every held-out metric is in tables/headline.json; metrics.json holds the headline ones only
+    local = next((p for p in (Path(evaluate_dir) / "tables" / "headline.json", Path(evaluate_dir) / "metrics.json")
+                  if p.is_file()), None)
+    if same_run and "response_auroc" not in metrics and local is not None:
+        metrics = {k: v for k, v in json.loads(local.read_text()).items() if v is not None}
+        source = str(local)
+    if same_run and curve.empty and (Path(evaluate_dir) / "plots" / "calibration.csv").is_file():
+        curve = pd.read_csv(Path(evaluate_dir) / "plots" / "calibration.csv")
+    recorded = getattr(loaded.model, "data_settings", None)  # the label settings the model was trained with
+    horizon = (recorded.labels.horizon_weeks if recorded is not None
+               else run_params.get("labels.horizon_weeks", settings.labels.horizon_weeks))
+    n_bins = int(run_params.get("evaluation.calibration_bins", settings.evaluation.calibration_bins))
+    strategy = str(run_params.get("evaluation.calibration_strategy", settings.evaluation.calibration_strategy))
+    return ModelEvidence(
+        horizon_weeks=int(float(horizon)), interval_level=float(cfg.intervals.level),
+        response_threshold=float(cfg.response_threshold),
+        juvenile_response_threshold=float(cfg.juvenile_response_threshold),
+        positivity_threshold=float(cfg.propensity.positivity_threshold),
+        metrics=metrics, calibration=pooled_calibration(curve, n_bins, strategy), source=source,
+    )
+

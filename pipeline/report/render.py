@@ -1,0 +1,81 @@
+"""Rendering: the page and the index as self-contained HTML (Jinja2 autoescape, inline CSS and SVG)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from markupsafe import Markup
+
+if TYPE_CHECKING:
+    pass
+from pipeline.report.charts import contrast_svg, trends_svg, waterfall_svg
+from pipeline.report.data import (
+    BANNER,
+    CAVEAT,
+    SHAP_NOTE,
+    TEMPLATES,
+    Page,
+    in_100,
+    score_range,
+    signed_points,
+)
+
+
+# --- rendering --------------------------------------------------------------------------------------------------
+def _environment() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,  # every value from the record is escaped; SVG text is escaped when built
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(in_100=in_100, signed_points=signed_points, score_range=score_range)
+    return env
+
+
+def render_page(page: Page) -> str:
+    """The self-contained HTML of one patient's page (inline CSS and SVG, no script, no network)."""
+    env = _environment()
+    charts = {
+        "trends": trends_svg(page.trends),
+        "waterfalls": {e.option: waterfall_svg(e) for e in page.explanations},
+        "contrasts": {e.option: contrast_svg(e) for e in page.explanations if e.contrast},
+    }
+    css = (TEMPLATES / "page.css").read_text(encoding="utf-8")
+    return env.get_template("patient.html.j2").render(page=page, charts=charts, css=Markup(css), banner=BANNER,
+                                                      caveat=CAVEAT, shap_note=SHAP_NOTE)
+
+
+def render_index(entries: Sequence[Mapping[str, str]], *, as_of: str, model: str) -> str:
+    """The static site's index: a searchable list of patient identifiers linking to each page (no data beyond
+    the identifier and the recommended option)."""
+    import base64
+    import hashlib
+
+    env = _environment()
+    css = (TEMPLATES / "page.css").read_text(encoding="utf-8")
+    digest = base64.b64encode(hashlib.sha256(INDEX_SCRIPT.encode()).digest()).decode()
+    return env.get_template("index.html.j2").render(entries=entries, as_of=as_of, model=model, css=Markup(css),
+                                                     banner=BANNER, script=Markup(INDEX_SCRIPT), script_hash=digest)
+
+
+#: the index page's only script: filters the patient list by the identifier typed (reads the DOM's text only).
+INDEX_SCRIPT = (
+    "document.getElementById('q').addEventListener('input',function(){var q=this.value.trim().toLowerCase();"
+    "document.querySelectorAll('#patients tbody tr').forEach(function(r){r.hidden=q!==''&&"
+    "r.cells[0].textContent.toLowerCase().indexOf(q)<0;});});"
+)
+
+
+
+def page_file_name(patient_id: str) -> str:
+    """A safe file name for a patient's page (identifiers may hold any character)."""
+    import hashlib
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", patient_id)[:60].strip("._") or "patient"
+    return f"{stem}-{hashlib.sha1(patient_id.encode()).hexdigest()[:8]}.html"
