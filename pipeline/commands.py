@@ -79,17 +79,26 @@ def simulate_command(
                                                     "data.today)")] = None,
     mc_draws: Annotated[int | None, typer.Option("--mc-draws", min=10, help="Monte Carlo draws per true "
                                                  "probability (default: configs/simulator.yaml)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="simulator settings file (default: "
+                                                "configs/simulator.yaml; configs/simulator-easy.yaml is the "
+                                                "first, easy testbed)")] = None,
+    metrics: Annotated[Path | None, typer.Option("--metrics", help="write the simulator card's headline "
+                                                 "numbers here as JSON (the full card is OUT/card.json)")] = None,
     params: ParamsOption = PARAMS,
 ) -> None:
     """Simulate a refractory-myositis cohort with decision points and the true outcome of every option."""
     if mode is not None and mode not in ("observational", "trial"):
         raise typer.BadParameter(f"{mode!r} is not one of observational, trial", param_hint="--mode")
+    if config is not None and not config.is_file():
+        raise Refusal(f"--config {config}: no such file (a simulator settings file like configs/simulator.yaml)")
     require_writable(out, "--out", folder=True)
+    if metrics is not None:
+        require_writable(metrics, "--metrics", folder=False)
     settings = _settings(params)
     from pipeline.simulate import run_simulate
 
     run_simulate(settings, out=out, patients=patients, seed=seed, mode=mode, trial_population=trial_population,
-                 today=_iso(today), mc_draws=mc_draws)
+                 today=_iso(today), mc_draws=mc_draws, config_file=config, metrics=metrics)
 
 
 def validate_command(
@@ -253,23 +262,31 @@ def report_command(
     all_patients: Annotated[bool, typer.Option("--all", help="one page per patient plus a searchable index")]
     = False,
     as_of: Annotated[date | None, typer.Option("--as-of", parser=iso_date_option, metavar=DATE_METAVAR,
-                                               help="the page's date (default: today)")] = None,
+                                               help="the decision's date: only records dated before it are used "
+                                                    "(default: --today)")] = None,
     data: DataOption = Path("data/cohort"),
     out: Annotated[Path, typer.Option("--out", help="FILE.html for one patient, a folder with --all")]
     = Path("report.html"),
     model_dir: Annotated[Path, typer.Option("--model-dir", help="fallback bundle folder")] = TRAIN_DIR / "model",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="reasons in words per option")] = 3,
+    today: TodayOption = None,
 ) -> None:
-    """Write the clinician page of one patient (or of every patient with --all and an index page)."""
+    """Write the clinician page of one patient (or of every patient with --all and an index page).
+
+    `--as-of` is the decision date, `--today` the data's extraction date (default: the current date), as for
+    `score`: a page as of a past decision works for a patient with later records. Exit status 2: refused."""
     if (patient is None) == (not all_patients):
         raise typer.BadParameter("give either --patient ID or --all", param_hint="--patient/--all")
     require_dir(data, "--data")
     require_writable(out, "--out", folder=all_patients)
-    from pipeline.report import run_report
+    from pipeline.report import ReportRefusal, run_report
 
-    with _inputs_present():
-        run_report(patient, all_patients=all_patients, as_of=as_of, data=data, out=out, model_dir=model_dir,
-                   top_k=top_k)
+    try:
+        with _inputs_present():
+            run_report(patient, all_patients=all_patients, as_of=as_of, data=data, out=out, model_dir=model_dir,
+                       top_k=top_k, today=today)
+    except ReportRefusal as err:
+        raise Refusal(str(err)) from None
 
 
 def score_command(

@@ -53,12 +53,19 @@ from pipeline.report.evidence import (
     pooled_calibration,
     thin_overlap_options,
 )
-from pipeline.report.load import LoadedModel, _load_tables, load_model, patient_findings
+from pipeline.report.load import (
+    LoadedModel,
+    _load_tables,
+    check_tables,
+    load_model,
+    patient_findings,
+    read_patient_tables,
+)
 from pipeline.report.render import INDEX_SCRIPT, page_file_name, render_index, render_page
 
 __all__ = [
     "BANNER", "CAVEAT", "INDEX_SCRIPT", "OKABE_ITO", "SHAP_NOTE", "Bar", "LoadedModel", "ModelEvidence",
-    "OptionExplanation", "OptionRow", "Page", "RegimenLine", "Reminder", "TrendSeries", "build_patient_page",
+    "OptionExplanation", "OptionRow", "Page", "ReportRefusal", "check_tables", "read_patient_tables", "RegimenLine", "Reminder", "TrendSeries", "build_patient_page",
     "calibration_note", "contrast_svg", "event_lines", "in_100", "ineligible_text", "latest_activity",
     "load_evidence", "load_model", "monitoring_reminders", "option_explanations", "option_rows", "page_file_name",
     "patient_facts", "patient_findings", "performance_facts", "pooled_calibration", "regimen_lines",
@@ -66,26 +73,40 @@ __all__ = [
     "thin_overlap_options", "trend_series", "trends_svg", "waterfall_svg",
 ]
 
+class ReportRefusal(ValueError):
+    """A page that cannot be written for a reason the user can fix (unknown patient, rejected record, a date
+    after today); the CLI prints it on one line with exit status 2."""
+
+
 def run_report(patient: str | None = None, all_patients: bool = False, as_of: date | None = None,
                data: Path = Path("data/cohort"), out: Path = Path("report.html"),
-               model_dir: Path = Path("data/train/model"), top_k: int = 3) -> None:
+               model_dir: Path = Path("data/train/model"), top_k: int = 3, today: date | None = None) -> None:
     """Write the clinician page of one patient to the file `out` (or, with `all_patients`, one page per patient and
-    an index into the folder `out`) as of `as_of` (default: today). An unknown patient, or one whose record has
-    data errors, is refused before the model loads."""
+    an index into the folder `out`) for the decision on `as_of` (default: `today`), using only records dated
+    before it; `today` (default: the current date) is the data's extraction date the records are checked
+    against, so a retrospective page works for a patient with later records. One patient's page reads only
+    that patient's rows. An unknown patient, one whose record has data errors, or an as-of date after today is
+    refused (`ReportRefusal`) before the model loads."""
     from pipeline.config import load_reference
     from pipeline.settings import load_settings
 
     if (patient is None) == (not all_patients):
-        raise typer.BadParameter("give either --patient ID or --all")
-    when = pd.Timestamp(as_of or date.today())
-    tables, violations = _load_tables(data, str(when.date()))
+        raise ReportRefusal("give either --patient ID or --all")
+    the_day = today or date.today()
+    when = pd.Timestamp(as_of or the_day)
+    if when.date() > the_day:
+        raise ReportRefusal(f"--as-of {when.date()} is after --today {the_day}: a page can only use what is "
+                            "already recorded")
     if patient is not None:
+        tables, violations = check_tables(read_patient_tables(data, patient), str(the_day))
         try:
             findings = patient_findings(violations, patient)
         except ValueError as err:
-            raise typer.BadParameter(str(err), param_hint="--patient") from None
+            raise ReportRefusal(f"--patient: {err}") from None
         if patient not in set(tables["patients"]["patient_id"].astype(str)):
-            raise typer.BadParameter(f"no patient {patient!r} in {data}", param_hint="--patient")
+            raise ReportRefusal(f"--patient: no patient {patient!r} in {data}")
+    else:
+        tables, violations = _load_tables(data, str(the_day))
     loaded = load_model(model_dir)
     evidence = load_evidence(loaded, load_settings())
     monitoring = load_reference("monitoring")

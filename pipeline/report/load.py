@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import typer
-
-if TYPE_CHECKING:
-    pass
 
 
 # --- loading: model, tables, features ---------------------------------------------------------------------------
@@ -55,19 +52,70 @@ def load_model(model_dir: Path = Path("data/train/model")) -> LoadedModel:
 
 
 
-def _load_tables(data: Path, today: str | None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-    """Read and check the contract tables: the normalised tables of the accepted patients and every finding
-    (`table, row, patient_id, column, rule, severity, message`), so the page can show them."""
+def _read_patient_rows(path: Path, patient_id: str) -> pd.DataFrame:
+    """One patient's rows of one contract table file, indexed by their row in the file (so a finding names the
+    same row as a whole-table check). Parquet is read with a filter on `patient_id` (only the id column is read
+    in full, to number the rows); CSV has no such index and is read whole, then filtered."""
+    from pipeline.io import check_readable, read_table
+
+    path = Path(path)
+    if path.suffix != ".parquet":
+        t = read_table(path)
+        return t[t["patient_id"].astype(str) == patient_id] if "patient_id" in t.columns else t.iloc[:0]
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    columns = check_readable(path)
+    if "patient_id" not in columns:
+        return read_table(path).iloc[:0]  # the contract check names the missing column
+    ids = pq.read_table(path, columns=["patient_id"]).column(0)
+    if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
+        ids = pc.cast(ids, pa.string())
+    rows = np.flatnonzero(pc.fill_null(pc.equal(ids, patient_id), False).to_numpy(zero_copy_only=False))
+    if len(rows) == 0:
+        return pq.read_schema(path).empty_table().to_pandas()
+    try:
+        one = pq.read_table(path, filters=pc.field("patient_id").cast(pa.string()) == patient_id).to_pandas()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # an id type the filter cannot compare: read it all
+        one = read_table(path).iloc[rows]
+    if len(one) != len(rows):
+        raise ValueError(f"{path}: {len(one)} rows read for patient {patient_id!r}, {len(rows)} expected")
+    one.index = pd.Index(rows)
+    return one
+
+
+def read_patient_tables(data: Path, patient_id: str) -> dict[str, pd.DataFrame]:
+    """The four contract tables of one patient only (an absent `events` table is empty), rows numbered as in
+    the files: a page for one patient never loads the whole cohort."""
+    from pipeline.io import CONTRACT_COLUMNS, table_paths
+
+    out: dict[str, pd.DataFrame] = {}
+    for name, path in table_paths(Path(data)).items():
+        out[name] = (pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[name]}) if path is None
+                     else _read_patient_rows(path, patient_id))
+    return out
+
+
+def check_tables(raw: dict[str, pd.DataFrame], today: str | None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """The contract check of some tables: the normalised tables of the accepted patients and every finding."""
     from features.contract import MeasureCatalog, check
     from features.vocabulary import Vocabulary
     from pipeline.config import load_reference
-    from pipeline.io import read_contract_tables
 
-    raw = read_contract_tables(data)
     vocabulary = Vocabulary.from_config(load_reference("drugs"))
     measures = MeasureCatalog.from_config(load_reference("measures"))
     result = check(raw, vocabulary, measures, today)
     return result.normalised, result.violations
+
+
+def _load_tables(data: Path, today: str | None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Read and check the contract tables: the normalised tables of the accepted patients and every finding
+    (`table, row, patient_id, column, rule, severity, message`), so the page can show them."""
+    from pipeline.io import read_contract_tables
+
+    return check_tables(read_contract_tables(data), today)
 
 
 def patient_findings(violations: pd.DataFrame, patient_id: str) -> tuple[str, ...]:
@@ -80,6 +128,7 @@ def patient_findings(violations: pd.DataFrame, patient_id: str) -> tuple[str, ..
                   f"(rule {r['rule']}): {r['message']}" for r in v.to_dict(orient="records"))
     errors = [line for line, sev in zip(lines, v["severity"], strict=True) if sev == "error"]
     if errors:
-        raise ValueError(f"patient {patient_id!r} has data errors, no page written:\n" + "\n".join(errors))
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ValueError(f"patient {patient_id!r} has data errors, no page written: {errors[0]}{more}")
     return lines
 
