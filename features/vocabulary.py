@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DAYS_PER_MONTH = 365.25 / 12
 
@@ -343,6 +343,15 @@ class OptionCatalog(_Frozen):
 
     options: tuple[OptionSpec, ...]
     rituximab_active_days: int = 365
+    #: a fixed guideline-ordered policy (first eligible option wins); the simulator card's comparison policy.
+    guideline: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _known_guideline(self) -> OptionCatalog:
+        unknown = [g for g in self.guideline if g not in self.names]
+        if unknown:
+            raise ValueError(f"guideline names unknown options {', '.join(unknown)}; known: {', '.join(self.names)}")
+        return self
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> OptionCatalog:

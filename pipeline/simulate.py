@@ -1,8 +1,9 @@
 """`escalate simulate`: write a literature-calibrated simulated cohort (contract tables + truth) as Parquet.
 
-Reads `params.yaml` (`seed`, `simulate:`) and `configs/{simulator,drugs,options}.yaml`, calls the pure
-`simulator.simulate_cohort`, and writes DIR/{patients,regimens,assessments,events}.parquet and
-DIR/truth/{decisions,outcomes}.parquet.
+Reads `params.yaml` (`seed`, `simulate:`) and `configs/{simulator,drugs,options}.yaml` (or another simulator
+file, `--config`: stress scenarios are files), calls the pure `simulator.simulate_cohort`, and writes
+DIR/{patients,regimens,assessments,events}.parquet, DIR/truth/{decisions,outcomes}.parquet and, for an
+observational cohort, the simulator card DIR/card.json (docs/simulator.md; headline numbers also to `metrics`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from pipeline.config import load_reference
+from pipeline.cli_types import Refusal
+from pipeline.config import load_reference, read_yaml
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -21,13 +23,14 @@ if TYPE_CHECKING:
 TABLES = ("patients", "regimens", "assessments", "events")
 
 
-def build_inputs() -> tuple[Any, Any, Any]:
-    """The simulator's frozen configuration, the drug vocabulary and the option catalogue from `configs/`."""
+def build_inputs(config_file: Path | None = None) -> tuple[Any, Any, Any]:
+    """The simulator's frozen configuration (`config_file`, default configs/simulator.yaml), the drug vocabulary
+    and the option catalogue from `configs/`."""
     from features.vocabulary import OptionCatalog, Vocabulary
     from simulator.config import SimulatorConfig
 
     return (
-        SimulatorConfig.from_config(load_reference("simulator")),
+        SimulatorConfig.from_config(read_yaml(config_file) if config_file is not None else load_reference("simulator")),
         Vocabulary.from_config(load_reference("drugs")),
         OptionCatalog.from_config(load_reference("options")),
     )
@@ -51,8 +54,10 @@ def write_cohort(cohort: Any, out: Path) -> dict[str, int]:
 
 def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path("data/cohort"),
                  patients: int | None = None, seed: int | None = None, mode: str | None = None,
-                 trial_population: str | None = None, today: str | None = None, mc_draws: int | None = None) -> None:
-    """The stage: simulate the cohort (arguments left None come from the settings) and write it to `out`."""
+                 trial_population: str | None = None, today: str | None = None, mc_draws: int | None = None,
+                 config_file: Path | None = None, metrics: Path | None = None) -> None:
+    """The stage: simulate the cohort (arguments left None come from the settings) and write it to `out`, with
+    the simulator card (observational mode) as `out`/card.json and its headline numbers in `metrics`."""
     from pipeline.settings import resolve
     from simulator.engine import simulate_cohort
 
@@ -67,7 +72,12 @@ def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path
     if not day:
         raise typer.BadParameter("the cohort needs a today: set simulate.today or data.today in params.yaml",
                                  param_hint="--today")
-    config, vocabulary, catalog = build_inputs()
+    try:
+        config, vocabulary, catalog = build_inputs(config_file)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError: name the file and the setting
+        where = config_file or "configs/simulator.yaml"
+        first = str(exc)
+        raise Refusal(f"--config {where}: {' '.join(first.split())}") from None
     if mc_draws is not None:
         config = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": mc_draws})})
     started = time.perf_counter()
@@ -81,3 +91,13 @@ def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path
     typer.echo(f"simulated {n} patients ({what}, seed {s}, today {day}) in {elapsed:.1f} s → {out}")
     for name, count in counts.items():
         typer.echo(f"  {name}: {count} rows")
+    if m == "observational":
+        from pipeline.io import write_json
+        from simulator.card import card_metrics, simulator_card
+
+        card = simulator_card(cohort, config, catalog)
+        write_json(card, out / "card.json")
+        headline = card_metrics(card)
+        if metrics is not None:
+            write_json(headline, metrics, round_floats=True)
+        typer.echo("  card: " + ", ".join(f"{k} {v}" for k, v in headline.items()))

@@ -3,6 +3,8 @@ today, calibration anchors (docs/sources.md §3), overlap, heterogeneity and tru
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -281,3 +283,53 @@ def test_trial_configuration_errors_name_the_setting(inputs, trial, message):
     raw["trial"] = raw["trial"] | trial
     with pytest.raises(ValueError, match=message):
         SimulatorConfig.from_config(raw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the simulator card (simulator/card.py) and alternative settings files (--config)
+
+ROOT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _easy_inputs(draws: int = 40) -> SimulatorConfig:
+    from pipeline.config import read_yaml
+
+    config = SimulatorConfig.from_config(read_yaml(ROOT_CONFIGS / "simulator-easy.yaml"))
+    return config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": draws})})
+
+
+def test_card_policies_never_beat_the_oracle_and_shares_add_up(cohort, inputs):
+    from simulator.card import simulator_card
+
+    config, _, catalog = inputs
+    card = simulator_card(cohort, config, catalog)
+    assert card["decisions"] == len(cohort.decisions)
+    assert set(card["policies"]) == {"always_continue", "best_single_option", "clinicians", "guideline"}
+    for name, pol in card["policies"].items():
+        assert pol["regret"] >= -1e-9, name
+        assert pol["value"] + pol["regret"] == pytest.approx(card["oracle_value"], abs=2e-4)
+    assert sum(s["of_decisions"] for s in card["true_best_share"].values()) == pytest.approx(1.0, abs=1e-3)
+    # the clinicians' expected value (propensity-weighted) agrees with the mean true probability of what they took
+    o = cohort.outcomes[cohort.outcomes["horizon_weeks"] == card["horizon_weeks"]]
+    taken = o.merge(cohort.decisions[["decision_id", "option_taken"]], left_on=["decision_id", "option"],
+                    right_on=["decision_id", "option_taken"])
+    assert abs(taken["p_response"].mean() - card["policies"]["clinicians"]["value"]) < 0.05
+    assert 0.5 < card["bayes_auroc"] <= 1.0
+    props = card["propensity"]["options"]
+    assert all(0 < r["min"] <= r["max"] < 1 for r in props.values())
+
+
+def test_easy_settings_file_reproduces_the_first_testbed():
+    """configs/simulator-easy.yaml is the first simulator (issue 13's baseline): on a small cohort it gives the card
+    measured when it was frozen (300 patients, seed 11, 40 draws)."""
+    from simulator.card import card_metrics, simulator_card
+
+    config = _easy_inputs()
+    vocabulary = Vocabulary.from_config(load_reference("drugs"))
+    catalog = OptionCatalog.from_config(load_reference("options"))
+    card = simulator_card(simulate_cohort(300, 11, config, vocabulary, catalog, TODAY), config, catalog)
+    assert card["decisions"] == 724
+    expected = {"oracle": 0.4555, "guideline_regret": 0.0305, "clinician_regret": 0.1874, "max_best_share": 0.8587,
+                "bayes_auroc": 0.845, "max_naive_gap": 0.0455, "negative_effects": 0.0}
+    for key, value in card_metrics(card).items():
+        assert value == pytest.approx(expected[key], abs=0.005), key
