@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
 from simulator.config import CohortConfig, MeasurementConfig
 from simulator.measures import measurement_traits
@@ -67,7 +68,12 @@ def sample_patients(
     age_rng = np.where(juvenile, 0, 1)
     lows = np.array([config.juvenile_age_at_diagnosis.low, config.adult_age_at_diagnosis.low])[age_rng]
     highs = np.array([config.juvenile_age_at_diagnosis.high, config.adult_age_at_diagnosis.high])[age_rng]
-    age_at_diagnosis = rng.uniform(lows, highs)
+    if config.age_shape == "uniform":
+        age_at_diagnosis = rng.uniform(lows, highs)
+    else:  # a single-peaked Beta(a, b) over the range (same number of draws: the inverse CDF of a uniform)
+        a = np.where(juvenile, config.juvenile_age_beta[0], config.adult_age_beta[0])
+        b = np.where(juvenile, config.juvenile_age_beta[1], config.adult_age_beta[1])
+        age_at_diagnosis = lows + (highs - lows) * special.betaincinv(a, b, rng.uniform(0.0, 1.0, n))
     sex = np.where(female, "F", "M")
     w_low = np.where(female, config.weight_kg["F"].low, config.weight_kg["M"].low)
     w_high = np.where(female, config.weight_kg["F"].high, config.weight_kg["M"].high)

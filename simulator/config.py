@@ -69,6 +69,10 @@ class CohortConfig(_Frozen):
     cancer_sites: tuple[str, ...] = ("breast carcinoma", "ovarian carcinoma", "lung carcinoma")
     adult_age_at_diagnosis: Range = Range(low=25, high=75)
     juvenile_age_at_diagnosis: Range = Range(low=5, high=16)
+    #: how age at diagnosis spreads over its range: uniform, or a Beta(a, b) shape (a single peak inside the range).
+    age_shape: Literal["uniform", "beta"] = "uniform"
+    adult_age_beta: tuple[float, float] = (3.0, 3.2)
+    juvenile_age_beta: tuple[float, float] = (2.0, 3.0)
     years_since_diagnosis_max: float = Field(10.0, gt=1)
     weight_kg: dict[str, Range] = Field(default_factory=lambda: {"F": Range(low=50, high=95), "M": Range(low=62, high=110)})
     height_cm: dict[str, Range] = Field(default_factory=lambda: {"F": Range(low=152, high=176), "M": Range(low=165, high=190)})
@@ -117,6 +121,9 @@ class HistoryConfig(_Frozen):
     #: probability that a patient received each advanced agent before the first decision point.
     prior_advanced: dict[str, float] = Field(default_factory=lambda: {"ivig": 0.35, "rituximab": 0.25, "tocilizumab": 0.06})
     prior_advanced_start_days: Range = Range(low=240, high=900)
+    #: log-odds of each prior advanced agent per SD of the patient's refractoriness latent (refractory patients
+    #: have been through more agents before the first decision: history shows refractoriness in part).
+    prior_advanced_refractory_log_or: float = 0.0
     #: rituximab given as one course only (row ends after day 15) rather than an ongoing 6-monthly schedule.
     rituximab_single_course: float = Field(0.3, ge=0, le=1)
     below_target_fraction: float = Field(0.3, ge=0, le=1)
@@ -156,6 +163,10 @@ class MeasurementConfig(_Frozen):
     cdasi_activity_sd: float = 2.0
     cdasi_damage: Range = Range(low=0, high=12)
     core_missing: float = Field(0.03, ge=0, lt=1, description="a core set measure missing at a routine visit")
+    #: a core set measure missing at an outcome visit (which is also the next decision visit when disease is active).
+    core_missing_outcome: float = Field(0.0, ge=0, lt=1)
+    #: share of routine and outcome visits at which CDASI (activity and damage) is recorded at all.
+    cdasi_recorded: float = Field(1.0, gt=0, le=1)
     other_missing: float = Field(0.05, ge=0, lt=1, description="a non-core measure missing at a visit")
 
 
@@ -184,6 +195,23 @@ class OptimiseEffect(_Frozen):
     onset_weeks: float = Field(6.0, gt=0)
 
 
+class HarmConfig(_Frozen):
+    """Adding a drug can lower the chance of response: a serious infection or toxicity interrupts it early (the
+    new effect is lost) and the disease flares. Off by default (no interruption)."""
+
+    #: generic → probability that the added drug is stopped for an adverse event within the horizon.
+    interruption: dict[str, float] = Field(default_factory=dict)
+    #: relative rise of latent activity after an interruption (the flare) [assumption].
+    flare: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> HarmConfig:
+        bad = {g: p for g, p in self.interruption.items() if not 0 <= p < 1}
+        if bad:
+            raise ValueError(f"effects.harm.interruption: probabilities must be in [0, 1), got {bad}")
+        return self
+
+
 class EffectsConfig(_Frozen):
     """Treatment effects on latent activity (docs/sources.md §3; uncontrolled results shrunk to placebo)."""
 
@@ -201,6 +229,13 @@ class EffectsConfig(_Frozen):
     #: non-responder draw keeps: 1 = non-responders fare like the average placebo patient, 0 = no improvement.
     non_responder_background: float = Field(1.0, ge=0, le=1)
     max_effect: float = Field(0.95, gt=0, le=1)
+    #: share of the variance of the (non-)responder draw that is a persistent per-patient latent (refractoriness):
+    #: 0 = drawn afresh at each decision, 1 = the same patients never respond. It keeps the marginal rate.
+    refractory_weight: float = Field(0.0, ge=0, le=1)
+    #: share of the variance of the option's responder draw that is a per-patient, per-drug latent (a patient may
+    #: respond to B-cell depletion and not to IVIG): which option is best then differs between patients.
+    drug_specific_weight: float = Field(0.0, ge=0, le=1)
+    harm: HarmConfig = HarmConfig()
 
 
 class SafetyConfig(_Frozen):
@@ -247,6 +282,8 @@ class DecisionRule(_Frozen):
     interim_visit_days: Range = Range(low=30, high=91)
     interim_last_day: int = 112
     loss_to_follow_up: float = Field(0.1, ge=0, le=1)
+    #: log-odds of loss to follow-up when the option taken did not work (missing not at random) [assumption].
+    loss_if_no_response_log_or: float = 0.0
 
 
 class TrialPopulation(_Frozen):

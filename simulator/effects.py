@@ -78,14 +78,22 @@ class OptionEffects(NamedTuple):
     new_skin: np.ndarray
 
     def delta(
-        self, responsiveness: np.ndarray | float, cap: float, new_responsiveness: np.ndarray | float | None = None
+        self, responsiveness: np.ndarray | float, cap: float, new_responsiveness: np.ndarray | float | None = None,
+        harmed: np.ndarray | None = None, flare: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """δ for muscle and skin; `responsiveness` (broadcastable, mean 1) scales every effect of this draw and
-        `new_responsiveness` (default: the same) the option's new effect (0 for a non-responder)."""
+        `new_responsiveness` (default: the same) the option's new effect (0 for a non-responder). Where `harmed`
+        (broadcastable bool) the new drug was stopped for an adverse event: its effect is lost and activity rises
+        by `flare` (δ can then be negative: worse than continuing)."""
         r = np.asarray(responsiveness)
         rn = r if new_responsiveness is None else np.asarray(new_responsiveness)
-        dm = 1 - (1 - np.minimum((1 - self.keep_muscle) * r, cap)) * (1 - np.minimum(self.new_muscle * rn, cap))
-        ds = 1 - (1 - np.minimum((1 - self.keep_skin) * r, cap)) * (1 - np.minimum(self.new_skin * rn, cap))
+        new_m = np.minimum(self.new_muscle * rn, cap)
+        new_s = np.minimum(self.new_skin * rn, cap)
+        if harmed is not None:
+            new_m = np.where(harmed, -flare, new_m)
+            new_s = np.where(harmed, -flare, new_s)
+        dm = 1 - (1 - np.minimum((1 - self.keep_muscle) * r, cap)) * (1 - new_m)
+        ds = 1 - (1 - np.minimum((1 - self.keep_skin) * r, cap)) * (1 - new_s)
         return np.minimum(dm, cap), np.minimum(ds, cap)
 
 
@@ -167,9 +175,26 @@ def safety_risk(
     return out
 
 
-def policy_features(state: DecisionState, groups: dict[str, np.ndarray], any_below: np.ndarray) -> dict[str, np.ndarray]:
-    """The features the simulated clinician weighs (severity standardised around a physician global of 5 cm)."""
-    return {
+def interruption_risk(catalog: OptionCatalog, state: DecisionState, config: EffectsConfig) -> np.ndarray:
+    """Per decision × option: the chance that the added drug is stopped for an adverse event within the horizon
+    (`effects.harm.interruption`); 0 for continue, optimise and a drug the patient already takes."""
+    n = len(state.muscle)
+    out = np.zeros((n, len(catalog.options)))
+    for j, opt in enumerate(catalog.options):
+        if opt.kind == "add" and opt.adds in config.harm.interruption:
+            already = state.on_drug[opt.adds].to_numpy(bool) if opt.adds in state.on_drug.columns else np.zeros(n, bool)
+            out[:, j] = np.where(already, 0.0, config.harm.interruption[opt.adds])
+    return out
+
+
+def policy_features(
+    state: DecisionState, groups: dict[str, np.ndarray], any_below: np.ndarray, refractory: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The features the simulated clinician weighs (severity standardised around a physician global of 5 cm).
+    `refractory` is the patient's latent refractoriness (no record shows it): a policy coefficient on it is
+    unmeasured confounding, since it also lowers the chance of response."""
+    extra = {} if refractory is None else {"refractory": np.asarray(refractory, dtype=float)}
+    return extra | {
         "severity": (state.physician_global - 5.0) / 2.0,
         "ild": groups["ild"].astype(float),
         "anti_mda5": groups["anti_mda5"].astype(float),

@@ -20,6 +20,7 @@ from simulator.effects import (
     DecisionState,
     OptionEffects,
     choose,
+    interruption_risk,
     option_effects,
     policy_features,
     propensities,
@@ -149,8 +150,14 @@ def _visit_batch(
     config: SimulatorConfig,
     rng: np.random.Generator,
     routine: bool,
+    rng2: np.random.Generator,
+    outcome: bool = False,
 ) -> pd.DataFrame:
-    """A wide visit frame: latent-driven measures plus weight, CDASI damage and safety labs, with missingness."""
+    """A wide visit frame: latent-driven measures plus weight, CDASI damage and safety labs, with missingness.
+
+    Routine visits miss core measures at `core_missing`, outcome visits at `core_missing_outcome`; both record CDASI
+    at `cdasi_recorded` of visits (drawn from `rng2`, so the first testbed's stream is untouched). A first
+    decision visit (the flare) is complete."""
     values = {k: np.asarray(v, dtype=float).copy() for k, v in measures.items()}
     values["cdasi_damage"] = patients["cdasi_damage"].to_numpy()[patient]
     values["weight"] = patients["weight"].to_numpy()[patient]
@@ -158,6 +165,12 @@ def _visit_batch(
     values.update(safety_labs(len(patient), female, rng))
     if routine:
         _missing(values, CORE_MEASURES, config.measurement.core_missing, rng)
+    if outcome:
+        _missing(values, CORE_MEASURES, config.measurement.core_missing_outcome, rng2)
+    if (routine or outcome) and config.measurement.cdasi_recorded < 1:
+        unrecorded = rng2.random(len(patient)) >= config.measurement.cdasi_recorded
+        for name in ("cdasi_activity", "cdasi_damage"):
+            values[name] = np.where(unrecorded, np.nan, values[name])
     _missing(values, ("cdasi_damage", *SAFETY_LABS), config.measurement.other_missing, rng)
     frame = pd.DataFrame({"patient": patient.astype(np.int64), "day": day.astype(np.int64)})
     for name in VISIT_MEASURES:
@@ -222,6 +235,11 @@ def simulate_cohort(
         u = rng.random((2, n_patients))
         patients["refractory_muscle"] = np.maximum(patients["refractory_muscle"], population.min_muscle + 0.3 * u[0])
         patients["refractory_skin"] = np.maximum(patients["refractory_skin"], population.min_skin + 0.3 * u[1])
+    # the v2 mechanisms draw from their own stream, so a configuration without them reproduces the first testbed
+    rng2 = np.random.default_rng([seed, 13])
+    patients["refractory"] = rng2.standard_normal(n_patients)  # persistent refractoriness (no record shows it)
+    option_latent = rng2.standard_normal((n_patients, len(catalog.options)))  # per-patient, per-option response
+    refractory_all = patients["refractory"].to_numpy()
     brand_u = rng.random(n_patients)
     hist = treatment_history(
         patients, cfg.history, cfg.safety, cfg.cohort.cancer_sites, cfg.cohort.years_since_diagnosis_max, brand_u, rng
@@ -232,7 +250,7 @@ def simulate_cohort(
     hv = hist.visits
     hp = hv["patient"].to_numpy()
     visits = [
-        _visit_batch(hp, hv["day"].to_numpy(), _measures_at(patients, hp, hv["muscle"].to_numpy(), hv["skin"].to_numpy(), cfg, rng), patients, cfg, rng, True)
+        _visit_batch(hp, hv["day"].to_numpy(), _measures_at(patients, hp, hv["muscle"].to_numpy(), hv["skin"].to_numpy(), cfg, rng), patients, cfg, rng, True, rng2)
     ]
 
     generics = vocabulary.generics
@@ -263,7 +281,7 @@ def simulate_cohort(
             break
         n = len(idx)
         sub = _traits(patients, idx)
-        visits.append(_visit_batch(idx, t, base, patients, cfg, rng, routine=False))
+        visits.append(_visit_batch(idx, t, base, patients, cfg, rng, routine=False, rng2=rng2))
         on, days_on, short, pred = regimen_state(rows, idx, t, generics, catalog.rituximab_active_days)
         any_below = (short.to_numpy() > 0).any(axis=1)
         eligible_df, _ = catalog.eligibility(on, pd.Series(any_below))
@@ -285,8 +303,12 @@ def simulate_cohort(
         uln = {e: sub[f"{e}_uln"].to_numpy() for e in ENZYMES}
         threshold = response_thresholds(juvenile_all[idx], cfg.truth.response_category)
         eps = rng.standard_normal((n, 4))  # latent follow-up noise + responsiveness, shared by options and horizons
-        rho, rho_new = _responsiveness_pair(eps[:, 2:3], eps[:, 3:4], cfg)
+        z_bg, z_new = _responder_z(eps[:, 3:4], refractory_all[idx][:, None], option_latent[idx], cfg)
+        rho, rho_new = _responsiveness_pair(eps[:, 2:3], z_bg, cfg, z_new)
+        p_interrupt = interruption_risk(catalog, state, cfg.effects)
+        harmed = rng2.random((n, 1)) < p_interrupt if p_interrupt.any() else None
         u_safety = rng.random(n)
+        tis_at: dict[int, np.ndarray] = {}
         realised: dict[int, dict[str, np.ndarray]] = {}
         effects_at: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         safety_at: dict[int, np.ndarray] = {}
@@ -294,7 +316,7 @@ def simulate_cohort(
         per_h: list[pd.DataFrame] = []
         for h in horizons:
             eff = option_effects(catalog, state, groups, h, cfg.effects)
-            dm, ds = eff.delta(rho, cfg.effects.max_effect, rho_new)
+            dm, ds = eff.delta(rho, cfg.effects.max_effect, rho_new, harmed, cfg.effects.harm.flare)
             effects_at[h] = (dm, ds)
             sd = cfg.effects.latent_sd
             mf = np.clip(m0[:, None] * (1 - dm) + sd * eps[:, :1], 0, 1)
@@ -304,7 +326,9 @@ def simulate_cohort(
             realised[h] = follow
             latent_taken_inputs[h] = (mf, sf)
             scores = score_pairs(base, follow, scale, uln)
-            probs = _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control, cfg, rng)
+            tis_at[h] = scores.tis
+            latents = (refractory_all[idx], option_latent[idx], p_interrupt)
+            probs = _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control, cfg, rng, latents, rng2)
             p_safe = safety_risk(catalog, state, ild, h, cfg.safety)
             safety_at[h] = p_safe
             per_h.append(
@@ -330,7 +354,7 @@ def simulate_cohort(
         if trial:
             prop = np.where(eligible, 1.0 / eligible.sum(axis=1, keepdims=True), 0.0)
         else:
-            feats = policy_features(state, groups, any_below)
+            feats = policy_features(state, groups, any_below, refractory_all[idx])
             prop = propensities(catalog, eligible, feats, cfg.policy)
         taken = choose(prop, rng)
         pid = patients["patient_id"].to_numpy()[idx]
@@ -347,7 +371,13 @@ def simulate_cohort(
         delay_cfg = cfg.trial.start_delay_days if trial else cfg.policy.start_delay_days
         change_day = t + np.round(rng.uniform(delay_cfg.low, delay_cfg.high, n)).astype(np.int64)
         rows = _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, vocabulary, brand_u, rng)
-        lost = rng.random(n) < dec.loss_to_follow_up
+        if harmed is not None:
+            rows = _stop_harmed(rows, catalog, taken, idx, change_day, harmed[np.arange(n), taken], rng2)
+        p_lost: float | np.ndarray = dec.loss_to_follow_up
+        if dec.loss_if_no_response_log_or:  # missing not at random: those whom the option failed leave more often
+            no_response = tis_at[main_h][np.arange(n), taken] < threshold
+            p_lost = special.expit(special.logit(dec.loss_to_follow_up) + dec.loss_if_no_response_log_or * no_response)
+        lost = rng.random(n) < p_lost
         loss_day = t + rng.integers(14, 151, n)
         window = dec.outcome_window_days
         outcome_day = t + 7 * main_h + rng.integers(-window, window + 1, n)
@@ -360,18 +390,19 @@ def simulate_cohort(
         seen = ~lost[pi] | (di <= loss_day[pi])
         gi = idx[pi][seen]
         if len(gi):
-            visits.append(_visit_batch(gi, di[seen], _measures_at(patients, gi, im[seen], is_[seen], cfg, rng), patients, cfg, rng, True))
+            visits.append(_visit_batch(gi, di[seen], _measures_at(patients, gi, im[seen], is_[seen], cfg, rng), patients, cfg, rng, True, rng2))
         if trial:
             for h in horizons[:-1]:
                 hd = t + 7 * h + rng.integers(-cfg.trial.visit_window_days, cfg.trial.visit_window_days + 1, n)
                 keep = ~lost
                 vals = {m: v[np.arange(n), taken][keep] for m, v in realised[h].items()}
-                visits.append(_visit_batch(idx[keep], hd[keep], vals, patients, cfg, rng, routine=True))
+                visits.append(_visit_batch(idx[keep], hd[keep], vals, patients, cfg, rng, routine=True, rng2=rng2))
         keep = ~lost
         out_vals = {m: v[np.arange(n), taken] for m, v in realised[main_h].items()}
         # the core set at the outcome visit is complete (missing labels come from loss to follow-up), so an
         # active outcome visit is always the next decision point, as a reader of the records would find it
-        out_visit = _visit_batch(idx[keep], outcome_day[keep], {m: v[keep] for m, v in out_vals.items()}, patients, cfg, rng, routine=False)
+        out_visit = _visit_batch(idx[keep], outcome_day[keep], {m: v[keep] for m, v in out_vals.items()}, patients, cfg, rng,
+                                 routine=False, rng2=rng2, outcome=True)
         visits.append(out_visit)
 
         # realised safety events under the option taken (and IVIG thrombo-embolism)
@@ -427,18 +458,37 @@ def _responder(z: np.ndarray, cfg: SimulatorConfig) -> np.ndarray:
     return (z >= special.ndtri(cfg.effects.non_responder_fraction)).astype(float)  # Φ(z) ≥ fraction, no Φ per draw
 
 
-def _responsiveness_pair(z_rho: np.ndarray, z_responder: np.ndarray, cfg: SimulatorConfig) -> tuple[np.ndarray, np.ndarray]:
+def _responder_z(z: np.ndarray, patient: np.ndarray, option: np.ndarray, cfg: SimulatorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Standard normals behind the (non-)responder draw: the background one mixes a fresh draw with the patient's
+    persistent refractoriness (`effects.refractory_weight` of the variance), the option's one further mixes in the
+    patient's latent for that option (`effects.drug_specific_weight`). Each stays N(0, 1): the marginal rate of
+    primary non-response is unchanged, only who fails (again) changes."""
+    w, wd = cfg.effects.refractory_weight, cfg.effects.drug_specific_weight
+    z_bg = z if w == 0 else np.sqrt(w) * patient + np.sqrt(1 - w) * z
+    z_new = z_bg if wd == 0 else np.sqrt(1 - wd) * z_bg + np.sqrt(wd) * option
+    return z_bg, z_new
+
+
+def _responsiveness_pair(
+    z_rho: np.ndarray, z_responder: np.ndarray, cfg: SimulatorConfig, z_new: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per draw: the multiplier on what every arm gets (background, still-accruing drugs) and the one on the
     option's new effect. A primary non-responder gets no new effect and keeps `non_responder_background` of the
-    background: the most refractory patients also settle least on placebo."""
+    background: the most refractory patients also settle least on placebo. `z_new` (default `z_responder`) decides
+    whether the option's new effect works."""
     rho = _responsiveness(z_rho, cfg)
     responder = _responder(z_responder, cfg)
+    responder_new = responder if z_new is None else _responder(z_new, cfg)
     keep = cfg.effects.non_responder_background
-    return rho * (responder + (1.0 - responder) * keep), rho * responder
+    return rho * (responder + (1.0 - responder) * keep), rho * responder_new
 
 
-def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: int, cfg: SimulatorConfig, rng: np.random.Generator):
+def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: int, cfg: SimulatorConfig,
+                 rng: np.random.Generator, latents: tuple[np.ndarray, np.ndarray, np.ndarray], rng2: np.random.Generator):
     """True probabilities per decision × option from `mc_draws` noise draws shared across options, in chunks.
+
+    `latents` = (the patient's refractoriness, their per-option latent, the chance of an interruption) per decision:
+    the truth is the chance of response given what the simulator knows of the patient, over everything else.
 
     An option whose new effect is nil at a decision (an add of a drug already taken, optimise with nothing below
     target) has exactly the control arm's draws (common random numbers), so it is scored once, as the control.
@@ -450,6 +500,7 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
     out = {f: np.full((n, n_opt), np.nan) for f in Probabilities._fields}
     per_chunk = max(1, cfg.truth.chunk_rows // (n_opt * draws))
     traits = {c: sub[c].to_numpy() for c in TRAIT_COLUMNS}
+    refractory, option_latent, interrupt = latents
     for lo in range(0, n, per_chunk):
         hi = min(n, lo + per_chunk)
         eps = rng.standard_normal((4, hi - lo, draws))  # latent muscle, skin, responsiveness, responder
@@ -457,8 +508,12 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
         pi, oj = np.nonzero(needed[lo:hi])
         gi = pi + lo
         part = OptionEffects(eff.keep_muscle[gi], eff.keep_skin[gi], eff.new_muscle[gi, oj][:, None], eff.new_skin[gi, oj][:, None])
-        rho, rho_new = _responsiveness_pair(eps[2][pi], eps[3][pi], cfg)
-        dm, ds = part.delta(rho, cfg.effects.max_effect, rho_new)
+        z_bg, z_new = _responder_z(eps[3][pi], refractory[gi, None], option_latent[gi, oj][:, None], cfg)
+        rho, rho_new = _responsiveness_pair(eps[2][pi], z_bg, cfg, z_new)
+        harmed = None
+        if interrupt.any():
+            harmed = rng2.random((hi - lo, draws))[pi] < interrupt[gi, oj][:, None]
+        dm, ds = part.delta(rho, cfg.effects.max_effect, rho_new, harmed, cfg.effects.harm.flare)
         mf = np.clip(m0[gi, None] * (1 - dm) + cfg.effects.latent_sd * eps[0][pi], 0, 1)
         sf = np.clip(s0[gi, None] * (1 - ds) + cfg.effects.latent_sd * eps[1][pi], 0, 1)
         chunk_traits = {c: v[gi] for c, v in traits.items()}
@@ -517,6 +572,23 @@ def _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, 
                 new_parts.append(fixed)
     if new_parts:
         rows = pd.concat([rows, annotate_rows(pd.concat(new_parts, ignore_index=True), patients, vocabulary)], ignore_index=True)
+    return rows
+
+
+def _stop_harmed(rows, catalog, taken, idx, change_day, stopped, rng2: np.random.Generator) -> pd.DataFrame:
+    """End the regimen row of an added drug that an adverse event stopped (2–16 weeks after it started), so the
+    record shows the interruption (the drug's row ends early) as a real record would."""
+    if not stopped.any():
+        return rows
+    adds = np.asarray([o.adds or "" for o in catalog.options], dtype=object)[taken]
+    stop_day = change_day + rng2.integers(14, 113, len(taken))
+    key = pd.MultiIndex.from_arrays([idx[stopped], change_day[stopped], adds[stopped]])
+    at = pd.MultiIndex.from_arrays([rows["patient"].to_numpy(), rows["start"].to_numpy().astype(np.int64), rows["generic"].to_numpy()])
+    hit = at.isin(key)
+    if hit.any():
+        position = pd.Series(stop_day[stopped], index=key).groupby(level=[0, 1, 2]).first()
+        rows = rows.copy()
+        rows.loc[hit, "end"] = position.reindex(at[hit]).to_numpy(float)
     return rows
 
 

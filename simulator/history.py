@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
 from simulator.config import DrugRegimens, HistoryConfig, SafetyConfig
 
@@ -148,8 +149,10 @@ def treatment_history(
         parts.append(regimen_rows(idx[sel2], name, below_second[sel2], switch_day[sel2], np.full(sel2.sum(), np.nan), config.regimens, brand_u, rng))
     change_days += [conv_start, np.where(switch, switch_day, 0)]
 
+    shift = config.prior_advanced_refractory_log_or * patients["refractory"].to_numpy() if "refractory" in patients else 0.0
     for generic, p in config.prior_advanced.items():
-        sel = rng.random(n) < p
+        p_i = special.expit(special.logit(p) + shift) if config.prior_advanced_refractory_log_or else p
+        sel = rng.random(n) < p_i
         start = np.round(rng.uniform(config.prior_advanced_start_days.low, config.prior_advanced_start_days.high, n))
         below = rng.random(n) < config.below_target_fraction
         end = np.full(n, np.nan)
