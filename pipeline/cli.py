@@ -25,6 +25,8 @@ quiet_library_notices()
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("pipeline.commands:simulate_command",
                  "Simulate a literature-calibrated cohort with the true outcome of every option."),
+    "import": ("pipeline.commands:import_command",
+               "Import real data from an OMOP CDM v5.4 database as contract tables (escalate import omop)."),
     "validate": ("pipeline.commands:validate_command",
                  "Check contract tables against the data contract and list every violation."),
     "features": ("pipeline.commands:features_command",

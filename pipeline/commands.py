@@ -84,11 +84,15 @@ def simulate_command(
                                                 "first, easy testbed)")] = None,
     metrics: Annotated[Path | None, typer.Option("--metrics", help="write the simulator card's headline "
                                                  "numbers here as JSON (the full card is OUT/card.json)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="contract: the four contract tables as Parquet; omop: an "
+                                     "OMOP CDM v5.4 DuckDB database, OUT/cdm.duckdb (docs/omop.md)")] = "contract",
     params: ParamsOption = PARAMS,
 ) -> None:
     """Simulate a refractory-myositis cohort with decision points and the true outcome of every option."""
     if mode is not None and mode not in ("observational", "trial"):
         raise typer.BadParameter(f"{mode!r} is not one of observational, trial", param_hint="--mode")
+    if fmt not in ("contract", "omop"):
+        raise typer.BadParameter(f"{fmt!r} is not one of contract, omop", param_hint="--format")
     if config is not None and not config.is_file():
         raise Refusal(f"--config {config}: no such file (a simulator settings file like configs/simulator.yaml)")
     require_writable(out, "--out", folder=True)
@@ -98,7 +102,35 @@ def simulate_command(
     from pipeline.simulate import run_simulate
 
     run_simulate(settings, out=out, patients=patients, seed=seed, mode=mode, trial_population=trial_population,
-                 today=_iso(today), mc_draws=mc_draws, config_file=config, metrics=metrics)
+                 today=_iso(today), mc_draws=mc_draws, config_file=config, metrics=metrics, fmt=fmt)
+
+
+def import_command(
+    kind: Annotated[str, typer.Argument(help="the source's data model: omop (OMOP CDM v5.4)", metavar="omop")],
+    source: Annotated[str, typer.Option("--source", help="a DuckDB file, a folder of OMOP tables (.parquet/.csv) "
+                                        "or a SQLAlchemy URL, e.g. postgresql://user@host/db")],
+    out: Annotated[Path, typer.Option("--out", help="folder to write the four contract tables and "
+                                      "import_report.json to")],
+    schema: Annotated[str | None, typer.Option("--schema", help="the CDM schema (default: main for DuckDB, the "
+                                               "connection's default otherwise)")] = None,
+    mapping: Annotated[Path | None, typer.Option("--mapping", help="the concept mapping (default: "
+                                                 "configs/omop.yaml)")] = None,
+    gap_days: Annotated[int | None, typer.Option("--gap-days", min=0, help="merge exposures of one drug and dose "
+                                                 "less than this many days apart (default: params "
+                                                 "omop.gap_days)")] = None,
+    params: ParamsOption = PARAMS,
+) -> None:
+    """Import an OMOP CDM v5.4 database as the four contract tables, with an import report (docs/omop.md)."""
+    if kind != "omop":
+        raise typer.BadParameter(f"{kind!r}: the only importable source is omop", param_hint="KIND")
+    if mapping is not None and not mapping.is_file():
+        raise Refusal(f"--mapping {mapping}: no such file (a mapping like configs/omop.yaml)")
+    require_writable(out, "--out", folder=True)
+    if gap_days is None:
+        gap_days = _settings(params).omop.gap_days
+    from pipeline.omop import run_import_omop
+
+    run_import_omop(source, out, mapping_path=mapping, schema=schema, gap_days=gap_days)
 
 
 def validate_command(

@@ -43,6 +43,13 @@ class DataSettings(_Frozen):
     today: date | None = None
 
 
+class OmopSettings(_Frozen):
+    """`escalate import omop` (`omop:`): the gap rule that merges drug exposures into regimens (docs/omop.md)."""
+
+    #: exposures of one drug at one dose, route and schedule less than this many days apart are one regimen.
+    gap_days: int = Field(default=30, ge=0)
+
+
 class SimulateSettings(_Frozen):
     """The simulated default cohort (`simulate:`): size, mode, its "today" and seed."""
 
@@ -75,6 +82,7 @@ class Settings(_Frozen):
     labels: LabelConfig = LabelConfig()
     split: SplitConfig = SplitConfig()
     report: ReportSettings = ReportSettings()
+    omop: OmopSettings = OmopSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -55,9 +55,10 @@ def write_cohort(cohort: Any, out: Path) -> dict[str, int]:
 def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path("data/cohort"),
                  patients: int | None = None, seed: int | None = None, mode: str | None = None,
                  trial_population: str | None = None, today: str | None = None, mc_draws: int | None = None,
-                 config_file: Path | None = None, metrics: Path | None = None) -> None:
+                 config_file: Path | None = None, metrics: Path | None = None, fmt: str = "contract") -> None:
     """The stage: simulate the cohort (arguments left None come from the settings) and write it to `out`, with
-    the simulator card (observational mode) as `out`/card.json and its headline numbers in `metrics`."""
+    the simulator card (observational mode) as `out`/card.json and its headline numbers in `metrics`. `fmt`
+    "omop" writes the contract tables as an OMOP CDM v5.4 DuckDB database, `out`/cdm.duckdb (pipeline/omop.py)."""
     from pipeline.settings import resolve
     from simulator.engine import simulate_cohort
 
@@ -86,7 +87,12 @@ def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path
         raise typer.BadParameter(f"unknown trial population {trial_population!r}; configured: {known}", param_hint="--trial-population")
     cohort = simulate_cohort(n, s, config, vocabulary, catalog, day, m, trial_population)  # type: ignore[arg-type]
     elapsed = time.perf_counter() - started
-    counts = write_cohort(cohort, out)
+    if fmt == "omop":
+        from pipeline.omop import write_cohort_omop
+
+        counts = write_cohort_omop(cohort, out, day)
+    else:
+        counts = write_cohort(cohort, out)
     what = f"trial: {trial_population or config.trial.default_population}" if m == "trial" else m
     typer.echo(f"simulated {n} patients ({what}, seed {s}, today {day}) in {elapsed:.1f} s → {out}")
     for name, count in counts.items():

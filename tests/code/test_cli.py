@@ -16,8 +16,8 @@ from pipeline.cli import COMMANDS, app
 from tests.conftest import SEED_CASE
 
 ROOT = Path(__file__).resolve().parents[2]
-PIPELINE_ORDER = ["simulate", "validate", "features", "split", "train", "evaluate", "explain", "promote", "report",
-                  "score"]
+PIPELINE_ORDER = ["simulate", "import", "validate", "features", "split", "train", "evaluate", "explain", "promote",
+                  "report", "score"]
 runner = CliRunner()
 # pandera imports pyspark.pandas when the spark extra is installed; its pandas-3 notice is not about this code.
 

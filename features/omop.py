@@ -1,0 +1,740 @@
+"""OMOP CDM v5.4 ↔ the data contract: pure mapping functions over DataFrames and the frozen mapping config.
+
+`import_omop` turns the OMOP tables of one cohort (person, condition_occurrence, drug_exposure, measurement,
+observation, death, observation_period, and the vocabulary tables concept_ancestor / drug_strength when present)
+into the four contract tables, and counts every record it could not map by table, concept and reason (the import
+report) — nothing is dropped silently. `contract_to_omop` is the reverse, used to write the simulated cohort as an
+OMOP database. The mapping (which concepts mean what) is `configs/omop.yaml`, read at the edge into `OmopMapping`.
+No file or database I/O here: `pipeline/omop.py` reads and writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: the OMOP tables the importer reads, with the columns it needs (the vocabulary tables are optional).
+OMOP_COLUMNS: dict[str, tuple[str, ...]] = {
+    "person": ("person_id", "gender_concept_id", "year_of_birth", "person_source_value"),
+    "observation_period": ("person_id", "observation_period_start_date", "observation_period_end_date"),
+    "condition_occurrence": ("person_id", "condition_concept_id", "condition_start_date",
+                             "condition_source_value", "condition_source_concept_id"),
+    "drug_exposure": ("person_id", "drug_concept_id", "drug_exposure_start_date", "drug_exposure_end_date",
+                      "quantity", "days_supply", "sig", "route_concept_id", "route_source_value",
+                      "dose_unit_source_value", "drug_source_value", "drug_source_concept_id"),
+    "measurement": ("person_id", "measurement_concept_id", "measurement_date", "value_as_number",
+                    "value_as_concept_id", "unit_concept_id", "range_high", "measurement_source_value",
+                    "measurement_source_concept_id", "unit_source_value", "value_source_value"),
+    "observation": ("person_id", "observation_concept_id", "observation_date", "value_as_number",
+                    "value_as_string", "value_as_concept_id", "unit_concept_id", "observation_source_value",
+                    "observation_source_concept_id", "unit_source_value", "value_source_value"),
+    "death": ("person_id", "death_date"),
+}
+VOCABULARY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "concept_ancestor": ("ancestor_concept_id", "descendant_concept_id"),
+    "drug_strength": ("drug_concept_id", "ingredient_concept_id", "amount_value", "amount_unit_concept_id",
+                      "numerator_value", "numerator_unit_concept_id", "denominator_value"),
+}
+REPORT_COLUMNS = ("table", "concept_id", "source_value", "reason", "severity", "records")
+CONTRACT_DOSE_UNITS = ("mg", "g", "mg/kg", "g/kg", "mg/m2", "g/m2")
+#: milligrams per unit of the mass-unit concepts a drug_strength row may use (UCUM: mg 8576, g 8504, ug 9655).
+MASS_UNIT_MG: dict[int, float] = {8576: 1.0, 8504: 1000.0, 9655: 0.001}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ConceptSet(_Frozen):
+    """Records meaning one thing: standard concept ids (descendants added when the vocabulary is present),
+    source concept ids (local concepts ≥ 2,000,000,000 included) and source values (case-insensitive)."""
+
+    concept_ids: tuple[int, ...] = ()
+    source_concept_ids: tuple[int, ...] = ()
+    source_values: tuple[str, ...] = ()
+
+
+class DrugMap(ConceptSet):
+    """An ingredient: its concepts → the drug name written into `regimens.drug` (known to configs/drugs.yaml)."""
+
+    drug: str
+
+
+class DiagnosisMap(ConceptSet):
+    diagnosis: str
+
+
+class MeasureMap(ConceptSet):
+    """A measure read from `measurement` and `observation`; `default_unit` is used when a record has none."""
+
+    measure: str
+    default_unit: str | None = None
+
+
+class AntibodyMap(ConceptSet):
+    antibody: str
+
+
+class EventMap(ConceptSet):
+    event: str
+
+
+class ResultValues(_Frozen):
+    """How a presence test (an antibody) says positive or negative: value concepts or value source text."""
+
+    positive_concept_ids: tuple[int, ...] = ()
+    negative_concept_ids: tuple[int, ...] = ()
+    positive_values: tuple[str, ...] = ()
+    negative_values: tuple[str, ...] = ()
+
+
+class CancerMap(ConceptSet):
+    """Cancer conditions; a patient is cancer-associated when one starts within `window_days` of diagnosis."""
+
+    window_days: int = Field(default=1096, ge=0)
+
+
+class OmopMapping(_Frozen):
+    """`configs/omop.yaml`: which OMOP concepts mean what in the data contract (see docs/omop.md)."""
+
+    patient_id: Literal["person_id", "person_source_value"] = "person_id"
+    include_descendants: bool = True
+    sex: dict[int, Literal["F", "M"]]
+    routes: dict[int, Literal["oral", "intravenous", "subcutaneous"]]
+    units: dict[int, str]
+    drugs: tuple[DrugMap, ...]
+    diagnoses: tuple[DiagnosisMap, ...]
+    ild: ConceptSet
+    cancer: CancerMap
+    measures: tuple[MeasureMap, ...]
+    antibodies: tuple[AntibodyMap, ...]
+    antibody_results: ResultValues
+    events: tuple[EventMap, ...]
+    death_event: bool = True
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> OmopMapping:
+        return cls.model_validate(dict(config))
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> OmopMapping:
+        for kind, names in (("drug", [d.drug for d in self.drugs]), ("measure", [m.measure for m in self.measures]),
+                            ("antibody", [a.antibody for a in self.antibodies])):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup and kind != "drug":
+                raise ValueError(f"{kind} listed twice in the mapping: {', '.join(dup)}")
+        return self
+
+
+def mapping_problems(mapping: OmopMapping, vocabulary: Any, measures: Any) -> list[str]:
+    """Every mapping target the contract would not accept (a drug, diagnosis, measure, antibody, event or unit
+    name), so a misspelt `configs/omop.yaml` is refused before any database is read."""
+    problems: list[str] = []
+    for d in mapping.drugs:
+        if vocabulary.lookup(d.drug) is None:
+            problems.append(f"drugs: {d.drug!r} is not a drug known to configs/drugs.yaml")
+    for kind, items, attr in (("diagnosis", mapping.diagnoses, "diagnosis"), ("measure", mapping.measures, "measure"),
+                              ("antibody", mapping.antibodies, "antibody"), ("event", mapping.events, "event")):
+        codes = set(measures.codes(kind))
+        for item in items:
+            if getattr(item, attr) not in codes:
+                problems.append(f"{kind}: {getattr(item, attr)!r} is not a contract {kind} code")
+    known_units = set(measures.unit_table()["unit_key"]) | set(CONTRACT_DOSE_UNITS)
+    for concept, unit in mapping.units.items():
+        if unit.strip().lower() not in {u.lower() for u in known_units}:
+            problems.append(f"units: {concept} → {unit!r} is not a unit the contract accepts")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------- indexes
+def _norm_text(s: pd.Series) -> pd.Series:
+    """Source values compared case-insensitively, with surrounding and repeated blanks ignored."""
+    return s.astype("string").str.strip().str.lower().str.replace(r"\s+", " ", regex=True)
+
+
+@dataclass(frozen=True)
+class ConceptIndex:
+    """Lookup tables of one kind of target (drug, measure, ...): concept id → target, source text → target.
+
+    Explicit ids win over ids reached through `concept_ancestor`, and earlier entries over later ones."""
+
+    by_concept: dict[int, str]
+    by_source_concept: dict[int, str]
+    by_source_value: dict[str, str]
+
+    def match(self, concept: pd.Series, source_concept: pd.Series | None, source_value: pd.Series | None) -> pd.Series:
+        """The target of each record (NA where none): by standard concept, else source concept, else source value."""
+        out = pd.Series(pd.NA, index=concept.index, dtype="object")
+        out = out.where(out.notna(), _int_series(concept).map(self.by_concept))
+        if source_concept is not None and self.by_source_concept:
+            out = out.where(out.notna(), _int_series(source_concept).map(self.by_source_concept))
+        if source_value is not None and self.by_source_value:
+            out = out.where(out.notna(), _norm_text(source_value).map(self.by_source_value))
+        return out
+
+
+def _int_series(s: pd.Series) -> pd.Series:
+    return pd.to_numeric(s, errors="coerce").astype("Int64")
+
+
+def descendants(concept_ancestor: pd.DataFrame | None, ids: Iterable[int]) -> dict[int, list[int]]:
+    """Ancestor id → its descendant ids (itself first) from `concept_ancestor`; just itself without the table."""
+    ids = list(dict.fromkeys(int(i) for i in ids))
+    out: dict[int, list[int]] = {i: [i] for i in ids}
+    if concept_ancestor is None or concept_ancestor.empty or not ids:
+        return out
+    ca = concept_ancestor.loc[concept_ancestor["ancestor_concept_id"].isin(ids),
+                              ["ancestor_concept_id", "descendant_concept_id"]]
+    for anc, desc in ca.groupby("ancestor_concept_id")["descendant_concept_id"]:
+        out[int(anc)] = [int(anc), *(int(d) for d in desc if int(d) != int(anc))]
+    return out
+
+
+def build_index(items: Iterable[tuple[str, ConceptSet]], concept_ancestor: pd.DataFrame | None,
+                include_descendants: bool) -> ConceptIndex:
+    """The lookup tables of (target, concept set) pairs, in priority order."""
+    items = list(items)
+    by_concept: dict[int, str] = {}
+    for target, cs in items:  # explicit ids first, so a descendant never overrides an id named in the mapping
+        for cid in cs.concept_ids:
+            by_concept.setdefault(int(cid), target)
+    if include_descendants:
+        tree = descendants(concept_ancestor, [c for _, cs in items for c in cs.concept_ids])
+        for target, cs in items:
+            for cid in cs.concept_ids:
+                for d in tree.get(int(cid), []):
+                    by_concept.setdefault(d, target)
+    by_source_concept: dict[int, str] = {}
+    by_value: dict[str, str] = {}
+    for target, cs in items:
+        for cid in (*cs.source_concept_ids, *cs.concept_ids):
+            by_source_concept.setdefault(int(cid), target)
+        for v in cs.source_values:
+            by_value.setdefault(" ".join(str(v).strip().lower().split()), target)
+    return ConceptIndex(by_concept, by_source_concept, by_value)
+
+
+# ----------------------------------------------------------------------------------------------------- report
+def _count(records: pd.DataFrame, table: str, reason: str, severity: str, concept_col: str,
+           source_col: str | None) -> pd.DataFrame:
+    """Report rows: records of `table` grouped by concept id (and source value where the concept is 0/missing)."""
+    if records.empty:
+        return pd.DataFrame(columns=list(REPORT_COLUMNS))
+    concept = _int_series(records[concept_col]).fillna(0)
+    if source_col is not None and source_col in records:
+        src = records[source_col].astype("string").str.slice(0, 50).where(concept == 0, pd.NA)
+    else:
+        src = pd.Series(pd.NA, index=records.index, dtype="string")
+    g = (pd.DataFrame({"concept_id": concept, "source_value": src.fillna("")})
+         .groupby(["concept_id", "source_value"], sort=True).size().rename("records").reset_index())
+    g.insert(0, "table", table)
+    g["reason"] = reason
+    g["severity"] = severity
+    g["source_value"] = g["source_value"].replace("", pd.NA)
+    return g[list(REPORT_COLUMNS)]
+
+
+# ----------------------------------------------------------------------------------------------------- import
+@dataclass(frozen=True)
+class ImportResult:
+    """The four contract tables (raw, as `escalate validate` reads them) and the import report."""
+
+    tables: dict[str, pd.DataFrame]
+    report: pd.DataFrame
+    persons_total: int
+    persons_imported: int
+
+
+def _dates(s: pd.Series) -> pd.Series:
+    return pd.to_datetime(s, errors="coerce").dt.normalize().astype("datetime64[ns]")
+
+
+def _table(omop: Mapping[str, pd.DataFrame | None], name: str) -> pd.DataFrame:
+    """An OMOP table with the columns the importer needs (missing optional columns as empty)."""
+    frame = omop.get(name)
+    columns = OMOP_COLUMNS.get(name) or VOCABULARY_COLUMNS[name]
+    if frame is None:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+    frame = frame.rename(columns=str.lower)
+    for c in columns:
+        if c not in frame:
+            frame = frame.assign(**{c: pd.Series(pd.NA, index=frame.index, dtype="object")})
+    return frame
+
+
+def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, gap_days: int) -> ImportResult:
+    """OMOP tables → the four contract tables and the import report (see the module docstring).
+
+    The cohort is every person with a condition in one of the mapping's diagnoses; records of other persons
+    are not read further. `gap_days`: exposures of one drug at one dose, route and schedule less than this many
+    days apart are merged into one continuous regimen."""
+    ancestor = omop.get("concept_ancestor")
+    desc = mapping.include_descendants
+    person = _table(omop, "person")
+    cond = _table(omop, "condition_occurrence")
+    reports: list[pd.DataFrame] = []
+
+    diag_index = build_index([(d.diagnosis, d) for d in mapping.diagnoses], ancestor, desc)
+    cond = cond.assign(diagnosis=diag_index.match(cond["condition_concept_id"], cond["condition_source_concept_id"],
+                                                  cond["condition_source_value"]),
+                       date=_dates(cond["condition_start_date"]))
+    cohort_ids = pd.Index(_int_series(cond.loc[cond["diagnosis"].notna(), "person_id"]).dropna().unique())
+    person = person.assign(pid=_int_series(person["person_id"]))
+    in_cohort = person["pid"].isin(cohort_ids)
+    person = person.loc[in_cohort].copy()
+    patient_id = (person["pid"].astype("string") if mapping.patient_id == "person_id"
+                  else person["person_source_value"].astype("string"))
+    ids = pd.Series(patient_id.to_numpy(), index=person["pid"].to_numpy())
+    if ids.isna().any():
+        reports.append(_count(person.loc[ids.isna().to_numpy()], "person", "no_patient_id", "error",
+                              "gender_concept_id", None))
+
+    patients, rep = _patients(person, cond, omop, mapping, ancestor, ids)
+    reports.append(rep)
+    obs_end = (_table(omop, "observation_period").assign(pid=lambda f: _int_series(f["person_id"]))
+               .assign(end=lambda f: _dates(f["observation_period_end_date"])).groupby("pid")["end"].max())
+    regimens, rep = _regimens(_cohort(_table(omop, "drug_exposure"), cohort_ids), omop, mapping, ancestor, ids,
+                              obs_end, gap_days)
+    reports.append(rep)
+    assessments, rep = _assessments(_cohort(_table(omop, "measurement"), cohort_ids),
+                                    _cohort(_table(omop, "observation"), cohort_ids), mapping, ancestor, ids)
+    reports.append(rep)
+    events, rep = _events(_cohort(_table(omop, "observation"), cohort_ids), _cohort(_table(omop, "death"), cohort_ids),
+                          mapping, ancestor, ids)
+    reports.append(rep)
+    report = pd.concat([r for r in reports if not r.empty], ignore_index=True) if any(
+        not r.empty for r in reports) else pd.DataFrame(columns=list(REPORT_COLUMNS))
+    report = report.groupby(["table", "concept_id", "source_value", "reason", "severity"], dropna=False,
+                            sort=True)["records"].sum().reset_index()
+    report["concept_id"] = report["concept_id"].astype("int64")
+    report["records"] = report["records"].astype("int64")
+    total = int(omop["person"].shape[0]) if omop.get("person") is not None else 0
+    return ImportResult({"patients": patients, "regimens": regimens, "assessments": assessments, "events": events},
+                        report[list(REPORT_COLUMNS)], total, int(len(patients)))
+
+
+def _cohort(frame: pd.DataFrame, cohort_ids: pd.Index) -> pd.DataFrame:
+    pid = _int_series(frame["person_id"])
+    return frame.loc[pid.isin(cohort_ids).to_numpy()].assign(pid=pid[pid.isin(cohort_ids)])
+
+
+def _patients(person: pd.DataFrame, cond: pd.DataFrame, omop: Mapping[str, pd.DataFrame | None],
+              mapping: OmopMapping, ancestor: pd.DataFrame | None, ids: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One contract `patients` row per cohort person."""
+    reports = []
+    order = {d.diagnosis: i for i, d in enumerate(mapping.diagnoses)}
+    dx = cond.loc[cond["diagnosis"].notna()].assign(pid=lambda f: _int_series(f["person_id"]),
+                                                    rank=lambda f: f["diagnosis"].map(order))
+    bad_dates = dx["date"].isna()
+    if bad_dates.any():
+        reports.append(_count(dx.loc[bad_dates], "condition_occurrence", "unreadable_date", "error",
+                              "condition_concept_id", "condition_source_value"))
+    dx = dx.loc[~bad_dates].sort_values(["pid", "rank", "date"])
+    first = dx.drop_duplicates("pid").set_index("pid")
+    pid = person["pid"]
+    sex = _int_series(person["gender_concept_id"]).map(mapping.sex)
+    unknown_sex = sex.isna()
+    if unknown_sex.any():
+        reports.append(_count(person.loc[unknown_sex], "person", "unmapped_gender", "error", "gender_concept_id", None))
+
+    cohort_cond = cond.assign(pid=_int_series(cond["person_id"]))
+    cohort_cond = cohort_cond.loc[cohort_cond["pid"].isin(pid)]
+    ild_idx = build_index([("ild", mapping.ild)], ancestor, mapping.include_descendants)
+    cancer_idx = build_index([("cancer", mapping.cancer)], ancestor, mapping.include_descendants)
+    args = (cohort_cond["condition_concept_id"], cohort_cond["condition_source_concept_id"],
+            cohort_cond["condition_source_value"])
+    is_ild = ild_idx.match(*args).notna()
+    is_cancer = cancer_idx.match(*args).notna()
+    ild_pids = set(cohort_cond.loc[is_ild, "pid"])
+    cancer = cohort_cond.loc[is_cancer, ["pid", "date"]].assign(dx_date=lambda f: f["pid"].map(first["date"]))
+    window = pd.Timedelta(days=mapping.cancer.window_days)
+    cam = set(cancer.loc[(cancer["date"] - cancer["dx_date"]).abs() <= window, "pid"])
+    other = cohort_cond.loc[cohort_cond["diagnosis"].isna() & ~is_ild & ~is_cancer]
+    if not other.empty:
+        reports.append(_count(other, "condition_occurrence", "unmapped_concept", "info", "condition_concept_id",
+                              "condition_source_value"))
+    patients = pd.DataFrame({
+        "patient_id": ids.reindex(pid.to_numpy()).to_numpy(),
+        "sex": sex.to_numpy(),
+        "birth_year": _int_series(person["year_of_birth"]).to_numpy(),
+        "diagnosis": first["diagnosis"].reindex(pid.to_numpy()).to_numpy(),
+        "diagnosis_date": first["date"].reindex(pid.to_numpy()).to_numpy(),
+        "antibodies": pd.Series(pd.NA, index=range(len(pid)), dtype="object").to_numpy(),
+        "ild": pid.isin(ild_pids).to_numpy(),
+        "cancer_associated": pid.isin(cam).to_numpy(),
+    })
+    antibodies, rep = _antibodies(_cohort(_table(omop, "measurement"), pd.Index(pid)), mapping, ancestor)
+    reports.append(rep)
+    patients["antibodies"] = pd.Series(pid.map(antibodies).to_numpy(), dtype="object")
+    patients = patients.sort_values("patient_id", kind="stable").reset_index(drop=True)
+    return patients, _concat(reports)
+
+
+def _concat(reports: list[pd.DataFrame]) -> pd.DataFrame:
+    reports = [r for r in reports if r is not None and not r.empty]
+    return pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=list(REPORT_COLUMNS))
+
+
+def _antibodies(meas: pd.DataFrame, mapping: OmopMapping, ancestor: pd.DataFrame | None) -> tuple[pd.Series, pd.DataFrame]:
+    """pid → the contract `antibodies` cell: the positive antibodies joined by ';', `negative` when every test
+    was negative, NA when none was tested. A result neither positive nor negative is reported, not guessed."""
+    idx = build_index([(a.antibody, a) for a in mapping.antibodies], ancestor, mapping.include_descendants)
+    ab = idx.match(meas["measurement_concept_id"], meas["measurement_source_concept_id"],
+                   meas["measurement_source_value"])
+    tests = meas.loc[ab.notna()].assign(antibody=ab[ab.notna()])
+    res = mapping.antibody_results
+    vc = _int_series(tests["value_as_concept_id"])
+    text = _norm_text(tests["value_source_value"])
+    pos_text = {" ".join(v.lower().split()) for v in res.positive_values}
+    neg_text = {" ".join(v.lower().split()) for v in res.negative_values}
+    positive = vc.isin(res.positive_concept_ids).fillna(False) | text.isin(pos_text).fillna(False)
+    negative = vc.isin(res.negative_concept_ids).fillna(False) | text.isin(neg_text).fillna(False)
+    unclear = ~(positive | negative)
+    report = _count(tests.loc[unclear.to_numpy()], "measurement", "unreadable_antibody_result", "warning",
+                    "measurement_concept_id", "measurement_source_value")
+    tests = tests.assign(positive=positive.to_numpy(), known=(~unclear).to_numpy())
+    order = {a.antibody: i for i, a in enumerate(mapping.antibodies)}
+    pos = (tests.loc[tests["positive"]].assign(o=lambda f: f["antibody"].map(order)).sort_values(["pid", "o"])
+           .drop_duplicates(["pid", "antibody"]).groupby("pid")["antibody"].agg(";".join))
+    tested = set(tests.loc[tests["known"], "pid"])
+    out = pd.Series({p: "negative" for p in tested if p not in pos.index}, dtype="object")
+    return pd.concat([pos.astype("object"), out]), report
+
+
+def _regimens(drug: pd.DataFrame, omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping,
+              ancestor: pd.DataFrame | None, ids: pd.Series, obs_end: pd.Series,
+              gap_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """drug_exposure → contract `regimens`: mapped to an ingredient, dosed, merged into continuous regimens."""
+    reports = []
+    idx = build_index([(d.drug, d) for d in mapping.drugs], ancestor, mapping.include_descendants)
+    name = idx.match(drug["drug_concept_id"], drug["drug_source_concept_id"], drug["drug_source_value"])
+    unmapped = drug.loc[name.isna().to_numpy()]
+    reports.append(_count(unmapped, "drug_exposure", "unmapped_concept", "info", "drug_concept_id",
+                          "drug_source_value"))
+    d = drug.loc[name.notna().to_numpy()].assign(drug=name[name.notna()].to_numpy())
+    d = d.assign(start=_dates(d["drug_exposure_start_date"]), end=_dates(d["drug_exposure_end_date"]))
+    no_start = d["start"].isna()
+    if no_start.any():
+        reports.append(_count(d.loc[no_start], "drug_exposure", "unreadable_date", "error", "drug_concept_id",
+                              "drug_source_value"))
+        d = d.loc[~no_start]
+    quantity = pd.to_numeric(d["quantity"], errors="coerce")
+    negative = quantity < 0
+    if negative.any():
+        reports.append(_count(d.loc[negative.to_numpy()], "drug_exposure", "negative_quantity", "warning",
+                              "drug_concept_id", "drug_source_value"))
+    quantity = quantity.where(quantity > 0)
+    supply = pd.to_numeric(d["days_supply"], errors="coerce")
+    bad_supply = supply <= 0
+    if bad_supply.any():
+        reports.append(_count(d.loc[bad_supply.to_numpy()], "drug_exposure", "nonpositive_days_supply", "warning",
+                              "drug_concept_id", "drug_source_value"))
+    supply = supply.where(supply > 0)
+    order = d["end"] < d["start"]
+    if order.any():
+        reports.append(_count(d.loc[order.to_numpy()], "drug_exposure", "end_before_start", "warning",
+                              "drug_concept_id", "drug_source_value"))
+    unit_text = d["dose_unit_source_value"].astype("string").str.strip().str.lower().str.replace("²", "2")
+    per_admin = unit_text.isin(CONTRACT_DOSE_UNITS).fillna(False) & quantity.notna()
+    sig = d["sig"].astype("string").str.strip()
+    dose = quantity.where(per_admin)
+    dose_unit = unit_text.where(per_admin)
+    interval = sig.where(per_admin & sig.notna() & (sig != ""))
+    # drug_strength: quantity × strength = the amount dispensed; over days_supply (else the exposure's days)
+    strength = omop.get("drug_strength")
+    if strength is not None and not strength.empty:
+        ingredient_of = {}
+        for dm in mapping.drugs:
+            for cid in dm.concept_ids:
+                ingredient_of.setdefault(dm.drug, int(cid))
+        s = strength.rename(columns=str.lower)
+        s = s.assign(mg=pd.to_numeric(s["amount_value"], errors="coerce")
+                     * _int_series(s["amount_unit_concept_id"]).map(MASS_UNIT_MG).astype(float))
+        s = s.assign(mg=s["mg"].fillna(pd.to_numeric(s["numerator_value"], errors="coerce")
+                                       * _int_series(s["numerator_unit_concept_id"]).map(MASS_UNIT_MG).astype(float)))
+        s = s.dropna(subset=["mg"]).assign(key=lambda f: list(zip(_int_series(f["drug_concept_id"]),
+                                                                   _int_series(f["ingredient_concept_id"]),
+                                                                   strict=True)))
+        mg_of = dict(zip(s["key"], s["mg"], strict=True))
+        keys = list(zip(_int_series(d["drug_concept_id"]), d["drug"].map(ingredient_of), strict=True))
+        mg_unit = pd.Series([mg_of.get(k, np.nan) for k in keys], index=d.index, dtype=float)
+        days = supply.fillna(((d["end"] - d["start"]).dt.days + 1).where(d["end"] > d["start"]))
+        amount = quantity * mg_unit
+        daily = amount / days
+        use = dose.isna() & daily.notna()
+        dose = dose.where(~use, daily.round(6))
+        dose_unit = dose_unit.where(~use, "mg")
+        interval = interval.where(~use, "daily")
+        single = dose.isna() & amount.notna() & (d["end"] <= d["start"])
+        dose = dose.where(~single, amount)
+        dose_unit = dose_unit.where(~single, "mg")
+        interval = interval.where(~single, "once")
+    no_dose = dose.isna()
+    if no_dose.any():
+        reports.append(_count(d.loc[no_dose.to_numpy()], "drug_exposure", "no_dose", "warning", "drug_concept_id",
+                              "drug_source_value"))
+    no_interval = dose.notna() & interval.isna()
+    if no_interval.any():
+        reports.append(_count(d.loc[no_interval.to_numpy()], "drug_exposure", "no_schedule", "warning",
+                              "drug_concept_id", "drug_source_value"))
+    route = _int_series(d["route_concept_id"]).map(mapping.routes).astype("object")
+    route = route.where(route.notna(), d["route_source_value"].astype("string").str.strip())
+    if route.isna().any():
+        reports.append(_count(d.loc[route.isna().to_numpy()], "drug_exposure", "no_route", "warning",
+                              "route_concept_id", None))
+    rows = pd.DataFrame({
+        "pid": d["pid"].to_numpy(), "drug": d["drug"].to_numpy(), "dose": dose.to_numpy(dtype=float),
+        "dose_unit": dose_unit.astype("object").to_numpy(), "route": route.to_numpy(),
+        "interval": interval.astype("object").to_numpy(), "start_date": d["start"].to_numpy(),
+        "end_date": d["end"].to_numpy(), "order_ok": (~order).to_numpy(),
+    })
+    regimens = merge_exposures(rows, gap_days)
+    ends = regimens["pid"].map(obs_end)
+    regimens.loc[regimens["end_date"].notna() & ends.notna() & (regimens["end_date"] >= ends), "end_date"] = pd.NaT
+    regimens.insert(0, "patient_id", regimens["pid"].map(ids).astype("string"))
+    regimens = regimens.drop(columns="pid").sort_values(["patient_id", "start_date", "drug"], kind="stable")
+    return regimens.reset_index(drop=True), _concat(reports)
+
+
+def merge_exposures(rows: pd.DataFrame, gap_days: int) -> pd.DataFrame:
+    """Exposures of one drug at one dose, unit, route and schedule that overlap or are less than `gap_days`
+    apart become one regimen (earliest start, latest end). A new dose ends the previous regimen of that drug
+    and route the day before it starts. Single administrations ('once') and rows whose end is before their
+    start are kept as they are (the contract reports the latter)."""
+    cols = ["pid", "drug", "dose", "dose_unit", "route", "interval", "start_date", "end_date"]
+    if rows.empty:
+        return pd.DataFrame({c: rows[c] for c in cols})
+    keep = ~rows["order_ok"] | rows["interval"].astype("string").str.lower().eq("once").fillna(False)
+    fixed = rows.loc[keep, cols]
+    r = rows.loc[~keep, cols].copy()
+    key = ["pid", "drug", "dose_unit", "route", "interval", "dose"]
+    kf = r[key].astype("string").fillna("\x00")
+    r = r.assign(_k=pd.util.hash_pandas_object(kf, index=False).to_numpy())
+    r = r.sort_values(["_k", "start_date", "end_date"], kind="stable")
+    end = r["end_date"].fillna(r["start_date"])
+    prev_end = end.groupby(r["_k"]).cummax().groupby(r["_k"]).shift()
+    new = prev_end.isna() | (r["start_date"] > prev_end + pd.Timedelta(days=gap_days))
+    r = r.assign(_b=new.cumsum(), _e=end)
+    merged = r.groupby("_b", sort=False).agg(
+        **{c: (c, "first") for c in key}, start_date=("start_date", "min"), end_date=("_e", "max"))
+    out = pd.concat([merged[cols], fixed], ignore_index=True)
+    out = out.sort_values(["pid", "drug", "route", "start_date", "end_date"], kind="stable").reset_index(drop=True)
+    same = (out["pid"].eq(out["pid"].shift(-1)) & out["drug"].eq(out["drug"].shift(-1))
+            & out["route"].astype("string").eq(out["route"].astype("string").shift(-1)).fillna(False))
+    nxt = out["start_date"].shift(-1)
+    overlap = same & (out["end_date"] >= nxt) & (nxt > out["start_date"])
+    out.loc[overlap, "end_date"] = nxt[overlap] - pd.Timedelta(days=1)
+    return out
+
+
+def _assessments(meas: pd.DataFrame, obs: pd.DataFrame, mapping: OmopMapping, ancestor: pd.DataFrame | None,
+                 ids: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """measurement + observation → contract `assessments` (long), units from unit concepts, ULN from range_high."""
+    reports = []
+    idx = build_index([(m.measure, m) for m in mapping.measures], ancestor, mapping.include_descendants)
+    ab_idx = build_index([(a.antibody, a) for a in mapping.antibodies], ancestor, mapping.include_descendants)
+    ev_idx = build_index([(e.event, e) for e in mapping.events], ancestor, mapping.include_descendants)
+    default_unit = {m.measure: m.default_unit for m in mapping.measures}
+    frames = []
+    for table, prefix in (("measurement", "measurement"), ("observation", "observation")):
+        f = meas if table == "measurement" else obs
+        args = (f[f"{prefix}_concept_id"], f[f"{prefix}_source_concept_id"], f[f"{prefix}_source_value"])
+        measure = idx.match(*args)
+        other = ab_idx.match(*args).notna() if table == "measurement" else ev_idx.match(*args).notna()
+        unmapped = f.loc[(measure.isna() & ~other).to_numpy()]
+        reports.append(_count(unmapped, table, "unmapped_concept", "info", f"{prefix}_concept_id",
+                              f"{prefix}_source_value"))
+        f = f.loc[measure.notna().to_numpy()].assign(measure=measure[measure.notna()].to_numpy())
+        value = pd.to_numeric(f["value_as_number"], errors="coerce")
+        date = _dates(f[f"{prefix}_date"])
+        missing = value.isna() | date.isna()
+        if missing.any():
+            reports.append(_count(f.loc[missing.to_numpy()], table, "no_value_or_date", "warning",
+                                  f"{prefix}_concept_id", f"{prefix}_source_value"))
+        f = f.loc[~missing.to_numpy()]
+        unit = _int_series(f["unit_concept_id"]).map(mapping.units).astype("object")
+        src_unit = f["unit_source_value"].astype("string").str.strip()
+        unit = unit.where(unit.notna(), src_unit.where(src_unit != ""))
+        unit = unit.where(unit.notna(), f["measure"].map(default_unit))
+        if unit.isna().any():
+            reports.append(_count(f.loc[unit.isna().to_numpy()], table, "no_unit", "warning", "unit_concept_id", None))
+        uln = (pd.to_numeric(f["range_high"], errors="coerce") if "range_high" in f
+               else pd.Series(np.nan, index=f.index))
+        frames.append(pd.DataFrame({
+            "pid": f["pid"].to_numpy(), "date": date[~missing].to_numpy(),
+            "measure": f["measure"].to_numpy(), "value": value[~missing].to_numpy(dtype=float),
+            "unit": unit.to_numpy(), "upper_limit_normal": uln.to_numpy(dtype=float),
+        }))
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["pid", "date", "measure", "value", "unit", "upper_limit_normal"])
+    out["date"] = pd.to_datetime(out["date"]).astype("datetime64[ns]")
+    out.insert(0, "patient_id", out["pid"].map(ids).astype("string"))
+    out = out.drop(columns="pid").sort_values(["patient_id", "date", "measure"], kind="stable")
+    return out.reset_index(drop=True), _concat(reports)
+
+
+def _events(obs: pd.DataFrame, death: pd.DataFrame, mapping: OmopMapping, ancestor: pd.DataFrame | None,
+            ids: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """observation (event concepts / source values; grade = value_as_number, details = value_as_string) and the
+    `death` table → contract `events`."""
+    idx = build_index([(e.event, e) for e in mapping.events], ancestor, mapping.include_descendants)
+    event = idx.match(obs["observation_concept_id"], obs["observation_source_concept_id"],
+                      obs["observation_source_value"])
+    f = obs.loc[event.notna().to_numpy()]
+    grade = pd.to_numeric(f["value_as_number"], errors="coerce")
+    out = pd.DataFrame({"pid": f["pid"].to_numpy(), "date": _dates(f["observation_date"]).to_numpy(),
+                        "event": event[event.notna()].to_numpy(), "grade": grade.to_numpy(dtype=float),
+                        "details": f["value_as_string"].astype("object").to_numpy()})
+    if mapping.death_event and not death.empty:
+        out = pd.concat([out, pd.DataFrame({"pid": death["pid"].to_numpy(), "date": _dates(death["death_date"]).to_numpy(),
+                                            "event": "death", "grade": np.nan, "details": pd.NA})], ignore_index=True)
+    is_death = out["event"].eq("death")  # a death recorded in both `observation` and `death` counts once
+    out = pd.concat([out.loc[~is_death], out.loc[is_death].drop_duplicates(["pid"])], ignore_index=True)
+    out["grade"] = pd.array(out["grade"].round().astype("Float64"), dtype="Int64") if len(out) else pd.array([], "Int64")
+    out.insert(0, "patient_id", out["pid"].map(ids).astype("string"))
+    out = out.drop(columns="pid").sort_values(["patient_id", "date", "event"], kind="stable")
+    return out.reset_index(drop=True), pd.DataFrame(columns=list(REPORT_COLUMNS))
+
+
+# ------------------------------------------------------------------------------------------------ the writer
+#: type concepts the writer records (32817 "EHR", 32838 "EHR prescription"; names as used by OHDSI ETLs).
+EHR_TYPE, PRESCRIPTION_TYPE = 32817, 32838
+
+
+def contract_to_omop(tables: Mapping[str, pd.DataFrame], mapping: OmopMapping, vocabulary: Any,
+                     today: str | pd.Timestamp) -> dict[str, pd.DataFrame]:
+    """Contract tables → OMOP CDM v5.4 tables (person, observation_period, condition_occurrence, drug_exposure,
+    measurement, observation, death) coded with the first concept (else source value) of each mapping entry, so
+    `import_omop` with the same mapping reads the same contract tables back. Regimens keep their dose per
+    administration in `quantity` with `dose_unit_source_value` and the schedule in `sig`; an ongoing regimen
+    ends on `today`, the end of every person's observation period. Patient ids go to `person_source_value`."""
+    today = pd.Timestamp(today).normalize()
+    p = tables["patients"].reset_index(drop=True)
+    pid = pd.Series(np.arange(1, len(p) + 1, dtype="int64"), index=p["patient_id"].astype(str).to_numpy())
+    sex_concept = {v: k for k, v in reversed(list(mapping.sex.items()))}
+    person = pd.DataFrame({
+        "person_id": pid.to_numpy(), "gender_concept_id": p["sex"].map(sex_concept).fillna(0).astype("int64"),
+        "year_of_birth": p["birth_year"].astype("int64"), "race_concept_id": 0, "ethnicity_concept_id": 0,
+        "person_source_value": p["patient_id"].astype(str), "gender_source_value": p["sex"].astype(str)})
+
+    def code(cs: ConceptSet) -> tuple[int, str | None]:
+        return (int(cs.concept_ids[0]), None) if cs.concept_ids else (0, cs.source_values[0] if cs.source_values else None)
+
+    cond_rows = []
+    diag = {d.diagnosis: code(d) for d in mapping.diagnoses}
+    for row in p.itertuples(index=False):
+        person_id = pid[str(row.patient_id)]
+        dx_date = pd.Timestamp(row.diagnosis_date)
+        cond_rows.append((person_id, *diag[row.diagnosis], dx_date))
+        if bool(row.ild):
+            cond_rows.append((person_id, *code(mapping.ild), dx_date))
+        if bool(row.cancer_associated):
+            cond_rows.append((person_id, *code(mapping.cancer), dx_date))
+    cond = pd.DataFrame(cond_rows, columns=["person_id", "condition_concept_id", "condition_source_value",
+                                            "condition_start_date"])
+    cond.insert(0, "condition_occurrence_id", np.arange(1, len(cond) + 1, dtype="int64"))
+    cond["condition_type_concept_id"] = EHR_TYPE
+
+    # antibodies: one presence test per antibody listed (all configured ones reported negative for `negative`)
+    ab_code = {a.antibody: code(a) for a in mapping.antibodies}
+    res = mapping.antibody_results
+    pos_c = res.positive_concept_ids[0] if res.positive_concept_ids else None
+    neg_c = res.negative_concept_ids[0] if res.negative_concept_ids else None
+    pos_v = res.positive_values[0] if res.positive_values else None
+    neg_v = res.negative_values[0] if res.negative_values else None
+    ab_rows = []
+    for row in p.itertuples(index=False):
+        listed = [a.strip() for a in str(row.antibodies).split(";") if a.strip()] if pd.notna(row.antibodies) else []
+        results = [(a, False) for a in ab_code] if listed == ["negative"] else [(a, True) for a in listed]
+        for antibody, positive in results:
+            concept, source = ab_code[antibody]
+            ab_rows.append((pid[str(row.patient_id)], concept, pd.Timestamp(row.diagnosis_date), np.nan,
+                            pos_c if positive else neg_c, None, np.nan, source, None,
+                            pos_v if positive else neg_v))
+    meas_cols = ["person_id", "measurement_concept_id", "measurement_date", "value_as_number",
+                 "value_as_concept_id", "unit_concept_id", "range_high", "measurement_source_value",
+                 "unit_source_value", "value_source_value"]
+    ab_frame = pd.DataFrame(ab_rows, columns=meas_cols)
+
+    # assessments: a measure with a concept id → measurement (unit concept); else observation by source value
+    a = tables["assessments"]
+    unit_concept = {str(v).lower(): k for k, v in reversed(list(mapping.units.items()))}
+    mcode = {m.measure: code(m) for m in mapping.measures}
+    concept = a["measure"].map(lambda m: mcode[m][0])
+    source = a["measure"].map(lambda m: mcode[m][1])
+    uc = a["unit"].astype(str).str.lower().map(unit_concept)
+    as_meas = concept != 0
+    uln = a["upper_limit_normal"] if "upper_limit_normal" in a else pd.Series(np.nan, index=a.index)
+    lab = pd.DataFrame({
+        "person_id": a["patient_id"].astype(str).map(pid).to_numpy(), "measurement_concept_id": concept.to_numpy(),
+        "measurement_date": a["date"].to_numpy(), "value_as_number": a["value"].to_numpy(dtype=float),
+        "value_as_concept_id": None, "unit_concept_id": uc.to_numpy(), "range_high": uln.to_numpy(dtype=float),
+        "measurement_source_value": a["measure"].astype(str).to_numpy(),
+        "unit_source_value": a["unit"].astype(str).to_numpy(), "value_source_value": None})[as_meas.to_numpy()]
+    measurement = pd.concat([ab_frame, lab], ignore_index=True)
+    measurement.insert(0, "measurement_id", np.arange(1, len(measurement) + 1, dtype="int64"))
+    measurement["measurement_type_concept_id"] = EHR_TYPE
+
+    site = a.loc[~as_meas.to_numpy()]
+    obs = pd.DataFrame({
+        "person_id": site["patient_id"].astype(str).map(pid).to_numpy(), "observation_concept_id": 0,
+        "observation_date": site["date"].to_numpy(), "value_as_number": site["value"].to_numpy(dtype=float),
+        "value_as_string": None, "observation_source_value": source[~as_meas].to_numpy(),
+        "unit_source_value": site["unit"].astype(str).to_numpy()})
+    e = tables.get("events")
+    death = pd.DataFrame(columns=["person_id", "death_date", "death_type_concept_id"])
+    if e is not None and len(e):
+        ecode = {m.event: code(m) for m in mapping.events}
+        is_death = e["event"].eq("death") & mapping.death_event
+        ev = e.loc[~is_death]
+        obs = pd.concat([obs, pd.DataFrame({
+            "person_id": ev["patient_id"].astype(str).map(pid).to_numpy(),
+            "observation_concept_id": ev["event"].map(lambda x: ecode[x][0]).to_numpy(),
+            "observation_date": ev["date"].to_numpy(),
+            "value_as_number": pd.to_numeric(ev["grade"], errors="coerce").to_numpy(dtype=float),
+            "value_as_string": ev["details"].astype("object").where(ev["details"].notna(), None).map(
+                lambda t: None if t is None else str(t)[:60]).to_numpy(),
+            "observation_source_value": ev["event"].map(lambda x: ecode[x][1]).to_numpy(),
+            "unit_source_value": None})], ignore_index=True)
+        dead = e.loc[is_death]
+        death = pd.DataFrame({"person_id": dead["patient_id"].astype(str).map(pid).to_numpy(),
+                              "death_date": dead["date"].to_numpy(), "death_type_concept_id": EHR_TYPE})
+    obs.insert(0, "observation_id", np.arange(1, len(obs) + 1, dtype="int64"))
+    obs["observation_type_concept_id"] = EHR_TYPE
+
+    r = tables["regimens"]
+    generic = vocabulary.lookup_many(r["drug"].astype(str))
+    drug_code: dict[tuple[str, str], int] = {}
+    for dm in mapping.drugs:
+        if dm.concept_ids:
+            drug_code.setdefault((str(vocabulary.lookup(dm.drug)), dm.drug.lower()), int(dm.concept_ids[0]))
+    by_generic: dict[str, int] = {}
+    for (g, _), c in drug_code.items():
+        by_generic.setdefault(g, c)
+    concept_of = [drug_code.get((str(g), str(w).lower()), by_generic.get(str(g), 0))
+                  for g, w in zip(generic, r["drug"], strict=True)]
+    route_concept = {v: k for k, v in reversed(list(mapping.routes.items()))}
+    end = r["end_date"].where(r["end_date"].notna(), today)
+    drug_exposure = pd.DataFrame({
+        "drug_exposure_id": np.arange(1, len(r) + 1, dtype="int64"),
+        "person_id": r["patient_id"].astype(str).map(pid).to_numpy(), "drug_concept_id": concept_of,
+        "drug_exposure_start_date": r["start_date"].to_numpy(), "drug_exposure_end_date": end.to_numpy(),
+        "drug_type_concept_id": PRESCRIPTION_TYPE, "quantity": r["dose"].to_numpy(dtype=float),
+        "sig": r["interval"].astype(str).to_numpy(),
+        "route_concept_id": r["route"].map(route_concept).to_numpy(),
+        "route_source_value": r["route"].astype(str).to_numpy(),
+        "dose_unit_source_value": r["dose_unit"].astype(str).to_numpy(),
+        "drug_source_value": r["drug"].astype(str).str.slice(0, 50).to_numpy()})
+    first = pd.concat([p.set_index(p["patient_id"].astype(str))["diagnosis_date"],
+                       r.groupby(r["patient_id"].astype(str))["start_date"].min(),
+                       a.groupby(a["patient_id"].astype(str))["date"].min()], axis=1).min(axis=1)
+    period = pd.DataFrame({"observation_period_id": pid.to_numpy(), "person_id": pid.to_numpy(),
+                           "observation_period_start_date": first.reindex(pid.index).to_numpy(),
+                           "observation_period_end_date": today, "period_type_concept_id": EHR_TYPE})
+    return {"person": person, "observation_period": period, "condition_occurrence": cond,
+            "drug_exposure": drug_exposure, "measurement": measurement, "observation": obs, "death": death}

@@ -1,0 +1,360 @@
+"""`escalate import omop` and `escalate simulate --format omop`: OMOP CDM v5.4 databases in and out.
+
+A source is a DuckDB file (the embedded default; also `duckdb:///path`), a folder of OMOP tables as Parquet or CSV
+(`person.parquet` or `person.csv`, …, read through DuckDB), or any SQLAlchemy URL (PostgreSQL, the usual OMOP host;
+its driver must be installed). Only the cohort's records are read: persons with a condition in one of the mapping's
+diagnoses. Every query is built from this module's constant table and column names with the user's values (concept
+ids, source values, file paths) as bound parameters — never string-built from user input. The pure mapping is
+`features/omop.py`; the mapping itself `configs/omop.yaml`; the tables written are the OMOP CDM v5.4 DDL in
+`configs/omop-cdm-5.4.sql`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import typer
+
+from pipeline.cli_types import Refusal
+from pipeline.config import CONFIGS, load_reference, read_yaml
+from pipeline.io import write_json
+
+if TYPE_CHECKING:
+    from features.omop import ImportResult, OmopMapping
+
+DDL = CONFIGS / "omop-cdm-5.4.sql"
+REQUIRED = ("person", "condition_occurrence")
+DB_NAME = "cdm.duckdb"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class OmopSourceError(Refusal, ValueError):
+    """The OMOP source cannot be opened or lacks a required table (one line, exit 2)."""
+
+
+def load_mapping(path: Path | None = None) -> OmopMapping:
+    """The mapping from `configs/omop.yaml` (or `path`), checked against the contract's vocabularies."""
+    from pydantic import ValidationError
+
+    from features.contract import MeasureCatalog
+    from features.omop import OmopMapping, mapping_problems
+    from features.vocabulary import Vocabulary
+
+    raw = load_reference("omop") if path is None else read_yaml(path)
+    where = path or CONFIGS / "omop.yaml"
+    try:
+        mapping = OmopMapping.from_config(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise OmopSourceError(f"{where}: {loc}: {first['msg']}") from None
+    problems = mapping_problems(mapping, Vocabulary.from_config(load_reference("drugs")),
+                                MeasureCatalog.from_config(load_reference("measures")))
+    if problems:
+        raise OmopSourceError(f"{where}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1
+                                                            else ""))
+    return mapping
+
+
+# ----------------------------------------------------------------------------------------------------- sources
+class _DuckSource:
+    """A DuckDB database file, or a folder of Parquet/CSV tables read through an in-memory DuckDB."""
+
+    def __init__(self, path: Path, schema: str | None, folder: bool) -> None:
+        import duckdb
+
+        self.folder = folder
+        self.path = path
+        self.schema = schema or "main"
+        try:
+            self.con = duckdb.connect() if folder else duckdb.connect(str(path), read_only=True)
+        except duckdb.Error as err:
+            raise OmopSourceError(f"--source {path}: not a readable DuckDB database ({_first_line(err)})") from None
+        self.files: dict[str, tuple[Path, str]] = {}
+        if folder:
+            for f in sorted(path.iterdir()):
+                stem, suffix = f.stem.lower(), f.suffix.lower()
+                if suffix in (".parquet", ".csv") and (stem not in self.files or suffix == ".parquet"):
+                    self.files[stem] = (f, suffix)
+
+    def columns(self, table: str) -> list[str] | None:
+        """The table's column names (lower case), None when the table is absent."""
+        if self.folder:
+            if table not in self.files:
+                return None
+            rel, params = self._relation(table)
+            return [c.lower() for c in self.con.execute(f"SELECT * FROM {rel} LIMIT 0", params).df().columns]
+        rows = self.con.execute("SELECT column_name FROM information_schema.columns WHERE lower(table_schema) = "
+                                "lower(?) AND lower(table_name) = ? ORDER BY ordinal_position",
+                                [self.schema, table]).fetchall()
+        return [r[0].lower() for r in rows] or None
+
+    def _relation(self, table: str) -> tuple[str, list[Any]]:
+        if self.folder:
+            path, suffix = self.files[table]
+            fn = "read_parquet(?)" if suffix == ".parquet" else "read_csv(?, header = true)"
+            return fn, [str(path)]
+        return f'"{self.schema}"."{table}"', []
+
+    def read(self, table: str, columns: Sequence[str], where: str = "", params: Sequence[Any] = ()) -> pd.DataFrame:
+        """`SELECT columns FROM table [WHERE …]`: identifiers are this module's constants, values are bound."""
+        rel, rel_params = self._relation(table)
+        cols = ", ".join(f'"{c}"' for c in columns)
+        return self.con.execute(f"SELECT {cols} FROM {rel} {where}", [*rel_params, *params]).df()
+
+    def in_list(self, column: str, values: Sequence[Any], kind: str) -> tuple[str, list[Any]]:
+        """A bound `column IN (values)` condition."""
+        return f'"{column}" IN (SELECT UNNEST(?::{kind}[]))', [list(values)]
+
+    def close(self) -> None:
+        self.con.close()
+
+
+class _SqlSource:
+    """Any SQLAlchemy URL; reads with SQLAlchemy Core (quoted identifiers, bound parameters)."""
+
+    def __init__(self, url: str, schema: str | None) -> None:
+        import sqlalchemy as sa
+
+        self.sa = sa
+        self.schema = schema
+        try:
+            self.engine = sa.create_engine(url)
+            self.inspector = sa.inspect(self.engine)
+        except Exception as err:  # noqa: BLE001 - any driver or connection error is one line for the user
+            safe = _safe_url(url)
+            raise OmopSourceError(f"--source {safe}: cannot connect ({_first_line(err)})") from None
+
+    def columns(self, table: str) -> list[str] | None:
+        try:
+            return [c["name"].lower() for c in self.inspector.get_columns(table, schema=self.schema)] or None
+        except self.sa.exc.NoSuchTableError:
+            return None
+
+    def read(self, table: str, columns: Sequence[str], conditions: Sequence[Any] = (),
+             known: Sequence[str] = ()) -> pd.DataFrame:
+        """`SELECT columns FROM table [WHERE any condition]` in SQLAlchemy Core; `known`: the table's columns."""
+        sa = self.sa
+        t = sa.table(table, *(sa.column(c) for c in dict.fromkeys([*columns, *known])), schema=self.schema)
+        query = sa.select(*(t.c[c] for c in columns))
+        if conditions:
+            query = query.where(sa.or_(*[cond(t) for cond in conditions]) if len(conditions) > 1 else conditions[0](t))
+        with self.engine.connect() as con:
+            return pd.read_sql(query, con)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages and the import report."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL: a path
+        return url
+
+
+@contextmanager
+def open_source(source: str, schema: str | None = None) -> Iterator[_DuckSource | _SqlSource]:
+    """Open a DuckDB file, a folder of tables or a SQLAlchemy URL (see the module docstring)."""
+    if schema is not None and not _IDENTIFIER.fullmatch(schema):
+        raise OmopSourceError(f"--schema {schema!r}: not a plain SQL identifier (letters, digits, _)")
+    src: _DuckSource | _SqlSource
+    if source.startswith("duckdb:///"):
+        src = _DuckSource(Path(source.removeprefix("duckdb:///")), schema, folder=False)
+    elif "://" in source:
+        src = _SqlSource(source, schema)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise OmopSourceError(f"--source {source}: no such file or folder")
+        src = _DuckSource(path, schema, folder=path.is_dir())
+    try:
+        yield src
+    finally:
+        src.close()
+
+
+def read_omop(src: _DuckSource | _SqlSource, mapping: OmopMapping) -> dict[str, pd.DataFrame | None]:
+    """The cohort's OMOP records: persons with a mapped diagnosis and all their records in the tables the
+    importer uses; `concept_ancestor` and `drug_strength` restricted to the mapping's concepts (None if absent)."""
+    from features.omop import OMOP_COLUMNS, VOCABULARY_COLUMNS
+
+    present = {t: src.columns(t) for t in (*OMOP_COLUMNS, *VOCABULARY_COLUMNS)}
+    missing = [t for t in REQUIRED if present[t] is None]
+    if missing:
+        raise OmopSourceError(f"the OMOP source has no {' or '.join(missing)} table (schema: "
+                              f"{getattr(src, 'schema', None) or 'default'})")
+    out: dict[str, pd.DataFrame | None] = {}
+    mapped = [int(c) for d in mapping.diagnoses for c in d.concept_ids]
+    ancestors = sorted({int(c) for group in (mapping.drugs, mapping.diagnoses, mapping.measures, mapping.antibodies,
+                                             mapping.events, (mapping.ild, mapping.cancer))
+                        for cs in group for c in cs.concept_ids})
+    if present["concept_ancestor"] is not None and mapping.include_descendants:
+        out["concept_ancestor"] = _read(src, "concept_ancestor", present, [("ancestor_concept_id", ancestors, "BIGINT")])
+        ca = out["concept_ancestor"]
+        d = ca.loc[ca["ancestor_concept_id"].isin(mapped), "descendant_concept_id"]
+        mapped = sorted({*mapped, *(int(x) for x in d)})
+    else:
+        out["concept_ancestor"] = None
+    values = sorted({v for d in mapping.diagnoses for v in d.source_values})
+    source_concepts = sorted({int(c) for d in mapping.diagnoses for c in (*d.source_concept_ids, *d.concept_ids)})
+    dx = _read(src, "condition_occurrence", present, [
+        ("condition_concept_id", mapped, "BIGINT"), ("condition_source_concept_id", source_concepts, "BIGINT"),
+        ("condition_source_value", values, "VARCHAR")], columns=["person_id"], case_insensitive=True)
+    cohort = sorted({int(p) for p in pd.to_numeric(dx["person_id"], errors="coerce").dropna()})
+    for table in OMOP_COLUMNS:
+        if present[table] is None:
+            out[table] = None
+            continue
+        out[table] = _read(src, table, present, [("person_id", cohort, "BIGINT")])
+    if present["person"] is not None:  # the persons' count for the report, not their records
+        out["person_total"] = _count_rows(src, "person")  # type: ignore[assignment]
+    ingredients = sorted({int(c) for d in mapping.drugs for c in d.concept_ids})
+    out["drug_strength"] = (_read(src, "drug_strength", present, [("ingredient_concept_id", ingredients, "BIGINT")])
+                            if present["drug_strength"] is not None else None)
+    return out
+
+
+def _count_rows(src: _DuckSource | _SqlSource, table: str) -> int:
+    if isinstance(src, _DuckSource):
+        rel, params = src._relation(table)
+        return int(src.con.execute(f"SELECT count(*) FROM {rel}", params).fetchone()[0])  # type: ignore[index]
+    sa = src.sa
+    with src.engine.connect() as con:
+        return int(con.execute(sa.select(sa.func.count()).select_from(sa.table(table, schema=src.schema))).scalar())
+
+
+def _read(src: _DuckSource | _SqlSource, table: str, present: dict[str, list[str] | None],
+          any_of: Sequence[tuple[str, Sequence[Any], str]], columns: Sequence[str] | None = None,
+          case_insensitive: bool = False) -> pd.DataFrame:
+    """Rows of `table` where any (column IN values) holds; the importer's columns that the table has (the others
+    come back empty). Text matches are case-insensitive and ignore surrounding blanks when asked."""
+    from features.omop import OMOP_COLUMNS, VOCABULARY_COLUMNS
+
+    wanted = list(columns or OMOP_COLUMNS.get(table) or VOCABULARY_COLUMNS[table])
+    have = [c for c in wanted if c in (present[table] or [])]
+    tests = [(c, v, k) for c, v, k in any_of if c in (present[table] or []) and len(v)]
+    if not tests:
+        frame = pd.DataFrame({c: pd.Series(dtype="object") for c in have})
+    elif isinstance(src, _DuckSource):
+        parts, params = [], []
+        for c, v, k in tests:
+            if k == "VARCHAR" and case_insensitive:
+                parts.append(f'lower(trim(CAST("{c}" AS VARCHAR))) IN (SELECT UNNEST(?::VARCHAR[]))')
+                params.append([" ".join(str(x).lower().split()) for x in v])
+            else:
+                sql, p = src.in_list(c, v, k)
+                parts.append(sql)
+                params.extend(p)
+        frame = src.read(table, have, "WHERE " + " OR ".join(parts), params)
+    else:
+        sa = src.sa
+
+        def cond(c: str, v: Sequence[Any], k: str) -> Any:
+            def build(t: Any) -> Any:
+                col = t.c[c]
+                if k == "VARCHAR" and case_insensitive:
+                    return sa.func.lower(sa.func.trim(col)).in_([" ".join(str(x).lower().split()) for x in v])
+                return col.in_(list(v))
+            return build
+
+        frame = src.read(table, have, [cond(c, v, k) for c, v, k in tests], known=[c for c, _, _ in tests])
+    frame.columns = [c.lower() for c in frame.columns]
+    for c in wanted:
+        if c not in frame:
+            frame[c] = pd.Series(pd.NA, index=frame.index, dtype="object")
+    return frame[wanted]
+
+
+# ------------------------------------------------------------------------------------------------------ import
+def run_import_omop(source: str, out: Path, mapping_path: Path | None = None, schema: str | None = None,
+                    gap_days: int = 30) -> ImportResult:
+    """The command: read the OMOP source, map it, write DIR/{patients,regimens,assessments,events}.parquet and
+    DIR/import_report.json (every unmapped record counted by table, concept and reason)."""
+    from features.omop import import_omop
+
+    mapping = load_mapping(mapping_path)
+    started = time.perf_counter()
+    with open_source(source, schema) as src:
+        omop = read_omop(src, mapping)
+    read_s = time.perf_counter() - started
+    total = int(omop.pop("person_total") or 0)  # type: ignore[arg-type]
+    result = import_omop(omop, mapping, gap_days)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, frame in result.tables.items():
+        frame.to_parquet(out / f"{name}.parquet", index=False)
+    by_reason = result.report.groupby(["table", "reason", "severity"])["records"].sum().reset_index()
+    write_json({
+        "source": _safe_url(source), "persons_in_source": total, "persons_imported": result.persons_imported,
+        "gap_days": gap_days,
+        "vocabulary": {"concept_ancestor": omop.get("concept_ancestor") is not None,
+                       "drug_strength": omop.get("drug_strength") is not None},
+        "rows_written": {k: len(v) for k, v in result.tables.items()},
+        "records_by_reason": by_reason.to_dict(orient="records"),
+        "records": result.report.to_dict(orient="records"),
+    }, out / "import_report.json")
+    elapsed = time.perf_counter() - started
+    typer.echo(f"imported {result.persons_imported} of {total} persons (those with a mapped myositis diagnosis) "
+               f"in {elapsed:.1f} s (reading {read_s:.1f} s) → {out}")
+    for name, frame in result.tables.items():
+        typer.echo(f"  {name}: {len(frame)} rows")
+    if len(by_reason):
+        typer.echo("records not mapped or imported with a gap (table, reason, severity: records):")
+        for row in by_reason.itertuples(index=False):
+            typer.echo(f"  {row.table}, {row.reason}, {row.severity}: {row.records}")
+    typer.echo(f"every record by concept: {out / 'import_report.json'}; next: escalate validate --data {out}")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------- write
+def write_omop_database(tables: dict[str, pd.DataFrame], path: Path) -> dict[str, int]:
+    """Create an OMOP CDM v5.4 DuckDB database at `path` from the official DDL (configs/omop-cdm-5.4.sql) and
+    insert `tables` (columns left out are NULL); the vocabulary tables are created empty. Row counts per table."""
+    import duckdb
+
+    if path.exists():
+        path.unlink()
+    counts: dict[str, int] = {}
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(DDL.read_text())
+        for name, frame in tables.items():
+            cols = ", ".join(f'"{c}"' for c in frame.columns)
+            con.register("escalate_frame", frame)
+            con.execute(f'INSERT INTO "{name}" ({cols}) SELECT {cols} FROM escalate_frame')
+            con.unregister("escalate_frame")
+            counts[name] = len(frame)
+    finally:
+        con.close()
+    return counts
+
+
+def write_cohort_omop(cohort: Any, out: Path, today: str, mapping_path: Path | None = None) -> dict[str, int]:
+    """The simulated cohort as an OMOP database, DIR/cdm.duckdb, plus the truth as Parquet (DIR/truth/)."""
+    from features.omop import contract_to_omop
+    from features.vocabulary import Vocabulary
+
+    mapping = load_mapping(mapping_path)
+    tables = {name: getattr(cohort, name) for name in ("patients", "regimens", "assessments", "events")}
+    omop = contract_to_omop(tables, mapping, Vocabulary.from_config(load_reference("drugs")), today)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {f"{DB_NAME}:{k}": v for k, v in write_omop_database(omop, out / DB_NAME).items()}
+    (out / "truth").mkdir(exist_ok=True)
+    for name in ("decisions", "outcomes"):
+        frame = getattr(cohort, name)
+        frame.to_parquet(out / "truth" / f"{name}.parquet", index=False)
+        counts[f"truth/{name}"] = len(frame)
+    return counts

@@ -1,0 +1,372 @@
+"""OMOP CDM v5.4 as a source: a small hand-made CDM (created from the shipped CDM v5.4 DDL, with concept_ancestor and
+drug_strength rows) imported through DuckDB, a folder of tables and SQLAlchemy; regimen merging, unit conversion,
+the import report (unmapped records by table, concept and reason) and hostile values; the simulate → OMOP → import
+round trip. PostgreSQL is tested only where ESCALATE_TEST_POSTGRES_URL names a server (the test does not exist
+otherwise, so CI never skips it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.contract import MeasureCatalog, check, normalise
+from features.omop import ImportResult, OmopMapping, import_omop, merge_exposures
+from features.vocabulary import Vocabulary
+from pipeline.config import load_reference
+from pipeline.omop import (
+    OmopSourceError,
+    load_mapping,
+    open_source,
+    read_omop,
+    run_import_omop,
+    write_omop_database,
+)
+
+TODAY = "2026-11-01"
+INJECTION = "x'); DROP TABLE person; --"
+PRODUCT_PREDNISONE = 2_100_000_010  # a product below the prednisone ingredient in concept_ancestor
+ILD_CHILD = 2_100_000_020  # an ILD subtype below 4119786
+
+
+def _d(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text)
+
+
+def fixture_tables() -> dict[str, pd.DataFrame]:
+    """Four persons: 1 adult DM (ILD, cancer within 3 years, Jo-1), 2 JDM coded only by source value, 3 diabetes only
+    (not in the cohort), 4 DM with an unmapped gender; hostile values throughout."""
+    person = pd.DataFrame({"person_id": [1, 2, 3, 4], "gender_concept_id": [8532, 8507, 8532, 0],
+                           "year_of_birth": [1970, 2012, 1960, 1980], "race_concept_id": 0,
+                           "ethnicity_concept_id": 0, "person_source_value": ["A-1", "A-2", "A-3", INJECTION[:50]]})
+    period = pd.DataFrame({"observation_period_id": [1, 2, 3, 4], "person_id": [1, 2, 3, 4],
+                           "observation_period_start_date": [_d("2019-01-01")] * 4,
+                           "observation_period_end_date": [_d(TODAY)] * 4, "period_type_concept_id": 32817})
+    cond = pd.DataFrame([
+        (1, 1, 80182, _d("2020-01-10"), None), (2, 1, ILD_CHILD, _d("2020-02-01"), None),
+        (3, 1, 443392, _d("2021-06-01"), None), (4, 2, 0, _d("2023-05-05"), "  jdm "),
+        (5, 3, 201826, _d("2020-01-01"), INJECTION), (6, 4, 80182, _d("2022-03-03"), None),
+        (7, 1, 999999001, _d("2020-05-05"), None)],
+        columns=["condition_occurrence_id", "person_id", "condition_concept_id", "condition_start_date",
+                 "condition_source_value"]).assign(condition_type_concept_id=32817)
+    drug_rows = [
+        # person, concept, start, end, quantity, days_supply, sig, route, dose unit
+        (1, PRODUCT_PREDNISONE, "2020-02-01", "2020-03-01", 60, 30, None, 4132161, None),   # 5 mg tablets → 10 mg/day
+        (1, PRODUCT_PREDNISONE, "2020-03-10", "2020-04-08", 60, 30, None, 4132161, None),   # refill 9 days later
+        (1, PRODUCT_PREDNISONE, "2020-04-09", "2020-05-08", 30, 30, None, 4132161, None),   # new dose 5 mg/day
+        (1, 1314273, "2021-01-01", "2021-01-01", 1000, None, "days 1 and 15, every 6 months", 4171047, "mg"),
+        (1, 1305058, "2021-02-01", "2021-05-01", -15, None, "weekly", 4132161, "mg"),      # negative quantity
+        (1, 1777087, "2021-03-01", "2021-02-01", 200, None, "daily", 4132161, "mg"),       # dates out of order
+        (1, 123456789, "2021-03-01", "2021-04-01", 10, 30, None, 4132161, None),           # unknown concept
+        (3, 1551099, "2020-01-01", "2020-02-01", 5, None, "daily", 4132161, "mg"),         # not in the cohort
+        (2, 1186087, "2023-06-01", TODAY, 125, None, "weekly", 4142048, "mg"),             # ongoing
+    ]
+    drug = pd.DataFrame(drug_rows, columns=["person_id", "drug_concept_id", "drug_exposure_start_date",
+                                            "drug_exposure_end_date", "quantity", "days_supply", "sig",
+                                            "route_concept_id", "dose_unit_source_value"])
+    drug["drug_exposure_start_date"] = pd.to_datetime(drug["drug_exposure_start_date"])
+    drug["drug_exposure_end_date"] = pd.to_datetime(drug["drug_exposure_end_date"])
+    drug.insert(0, "drug_exposure_id", range(1, len(drug) + 1))
+    drug["drug_type_concept_id"] = 32838
+    meas_rows = [
+        # person, concept, date, value, value concept, unit concept, range_high, source value, unit source, value text
+        (1, 3007220, "2020-01-10", 1200.0, None, 8645, 200.0, None, None, None),          # CK U/L
+        (1, 3016723, "2020-01-10", 1.2, None, 8840, None, None, None, None),              # creatinine mg/dL
+        (1, 3000963, "2020-01-10", 120.0, None, None, None, None, "g/L", None),           # Hb g/L by source unit
+        (1, 3025315, "2020-01-10", 70.0, None, 9529, None, None, None, None),             # weight kg
+        (1, 3013721, "2020-01-11", None, None, 8645, 40.0, None, None, None),             # AST without a value
+        (1, 3000000, "2020-01-10", 5.0, None, 8645, None, None, None, None),              # unmapped lab
+        (1, 40759850, "2020-01-10", None, 9191, None, None, None, None, None),            # Jo-1 positive
+        (1, 42529582, "2020-01-10", None, None, None, None, None, None, "Negative"),      # MDA5 negative (text)
+        (1, 40766285, "2020-01-10", None, 4_000_999, None, None, None, None, "equivocal"),  # unreadable
+        (2, 42529582, "2023-05-05", None, 9189, None, None, None, None, None),            # MDA5 negative
+        (3, 3007220, "2020-01-10", 99.0, None, 8645, 200.0, None, None, None),            # not in the cohort
+    ]
+    meas = pd.DataFrame(meas_rows, columns=["person_id", "measurement_concept_id", "measurement_date",
+                                            "value_as_number", "value_as_concept_id", "unit_concept_id",
+                                            "range_high", "measurement_source_value", "unit_source_value",
+                                            "value_source_value"])
+    meas["measurement_date"] = pd.to_datetime(meas["measurement_date"])
+    meas.insert(0, "measurement_id", range(1, len(meas) + 1))
+    meas["measurement_type_concept_id"] = 32817
+    obs_rows = [
+        (1, 0, "2020-01-10", 4.5, None, "Physician Global Activity", "cm"),
+        (1, 0, "2020-01-10", 70.0, None, "MMT-8", "score_0_80"),
+        (1, 0, "2020-01-10", 0.5, None, "HAQ-DI", None),                  # default unit
+        (1, 0, "2021-07-01", None, "urinary sepsis", "serious infection", None),
+        (1, 0, "2021-07-02", 3.0, "neutropenia", "cytopenia", None),
+        (1, 0, "2021-07-03", 1.0, None, "smoking status", None),          # unmapped, reported by source value
+    ]
+    obs = pd.DataFrame(obs_rows, columns=["person_id", "observation_concept_id", "observation_date",
+                                          "value_as_number", "value_as_string", "observation_source_value",
+                                          "unit_source_value"])
+    obs["observation_date"] = pd.to_datetime(obs["observation_date"])
+    obs.insert(0, "observation_id", range(1, len(obs) + 1))
+    obs["observation_type_concept_id"] = 32817
+    ancestor = pd.DataFrame({"ancestor_concept_id": [1551099, 1551099, 4119786, 4119786],
+                             "descendant_concept_id": [1551099, PRODUCT_PREDNISONE, 4119786, ILD_CHILD],
+                             "min_levels_of_separation": [0, 1, 0, 1], "max_levels_of_separation": [0, 1, 0, 1]})
+    strength = pd.DataFrame({"drug_concept_id": [PRODUCT_PREDNISONE], "ingredient_concept_id": [1551099],
+                             "amount_value": [5.0], "amount_unit_concept_id": [8576],
+                             "valid_start_date": [_d("2000-01-01")], "valid_end_date": [_d("2099-12-31")]})
+    concept = pd.DataFrame({"concept_id": [1551099, PRODUCT_PREDNISONE], "concept_name": ["prednisone",
+                                                                                          "prednisone 5 MG Oral Tablet"],
+                            "domain_id": "Drug", "vocabulary_id": "RxNorm", "concept_class_id": ["Ingredient",
+                                                                                                 "Clinical Drug"],
+                            "standard_concept": "S", "concept_code": ["8640", "x"],
+                            "valid_start_date": _d("2000-01-01"), "valid_end_date": _d("2099-12-31")})
+    return {"person": person, "observation_period": period, "condition_occurrence": cond, "drug_exposure": drug,
+            "measurement": meas, "observation": obs, "concept": concept, "concept_ancestor": ancestor,
+            "drug_strength": strength}
+
+
+@pytest.fixture(scope="module")
+def cdm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture as a DuckDB OMOP CDM created from the shipped v5.4 DDL."""
+    path = tmp_path_factory.mktemp("omop") / "cdm.duckdb"
+    write_omop_database(fixture_tables(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def imported(cdm: Path, tmp_path_factory: pytest.TempPathFactory) -> ImportResult:
+    return run_import_omop(str(cdm), tmp_path_factory.mktemp("imported"), gap_days=30)
+
+
+def _reasons(report: pd.DataFrame) -> dict[tuple[str, int, str], int]:
+    return {(r.table, int(r.concept_id), r.reason): int(r.records) for r in report.itertuples()}
+
+
+def _contract() -> tuple[Vocabulary, MeasureCatalog]:
+    return (Vocabulary.from_config(load_reference("drugs")), MeasureCatalog.from_config(load_reference("measures")))
+
+
+def test_ddl_is_the_cdm_54_tables(cdm: Path) -> None:
+    """The database has the CDM v5.4 columns a real instance has, e.g. drug_exposure's 23 in the official order."""
+    con = duckdb.connect(str(cdm), read_only=True)
+    cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = "
+                                      "'drug_exposure' ORDER BY ordinal_position").fetchall()]
+    con.close()
+    assert len(cols) == 23 and cols[:3] == ["drug_exposure_id", "person_id", "drug_concept_id"]
+    assert cols[-1] == "dose_unit_source_value"
+
+
+def test_cohort_diagnoses_and_flags(imported: ImportResult) -> None:
+    p = imported.tables["patients"].set_index("patient_id")
+    assert list(p.index) == ["1", "2", "4"]  # person 3 has no myositis diagnosis
+    assert p.loc["1", "diagnosis"] == "adult_dermatomyositis" and p.loc["1", "sex"] == "F"
+    assert p.loc["1", "diagnosis_date"] == _d("2020-01-10")
+    assert bool(p.loc["1", "ild"]) and bool(p.loc["1", "cancer_associated"])  # ILD by descendant; cancer in 3 y
+    assert p.loc["2", "diagnosis"] == "juvenile_dermatomyositis"  # source value '  jdm ', case and blanks ignored
+    assert not p.loc["2", "ild"] and not p.loc["2", "cancer_associated"]
+    assert p.loc["1", "antibodies"] == "anti-Jo-1" and p.loc["2", "antibodies"] == "negative"
+    assert pd.isna(p.loc["4", "antibodies"]) and pd.isna(p.loc["4", "sex"])  # untested; unmapped gender
+
+
+def test_regimens_dosed_and_merged(imported: ImportResult) -> None:
+    r = imported.tables["regimens"]
+    pred = r[(r["patient_id"] == "1") & (r["drug"] == "prednisone")].sort_values("start_date")
+    # two 10 mg/day fills 9 days apart merge into one regimen; the 5 mg/day fill is a new one
+    assert pred[["dose", "dose_unit", "interval"]].values.tolist() == [[10.0, "mg", "daily"], [5.0, "mg", "daily"]]
+    assert pred["start_date"].tolist() == [_d("2020-02-01"), _d("2020-04-09")]
+    assert pred["end_date"].tolist() == [_d("2020-04-08"), _d("2020-05-08")]
+    rtx = r[r["drug"] == "rituximab"].iloc[0]
+    assert (rtx["dose"], rtx["dose_unit"], rtx["route"], rtx["interval"]) == (1000.0, "mg", "intravenous",
+                                                                              "days 1 and 15, every 6 months")
+    mtx = r[r["drug"] == "methotrexate"].iloc[0]
+    assert np.isnan(mtx["dose"]) and mtx["interval"] is None or pd.isna(mtx["interval"])  # never guessed
+    aba = r[r["patient_id"] == "2"].iloc[0]
+    assert aba["drug"] == "abatacept" and pd.isna(aba["end_date"])  # runs to the end of observation: ongoing
+    assert "3" not in set(r["patient_id"])
+
+
+def test_import_report_counts_every_unmapped_record(imported: ImportResult, cdm: Path) -> None:
+    got = _reasons(imported.report)
+    assert got[("drug_exposure", 123456789, "unmapped_concept")] == 1
+    assert got[("drug_exposure", 1305058, "negative_quantity")] == 1
+    assert got[("drug_exposure", 1305058, "no_dose")] == 1
+    assert got[("drug_exposure", 1777087, "end_before_start")] == 1
+    assert got[("measurement", 3000000, "unmapped_concept")] == 1
+    assert got[("measurement", 3013721, "no_value_or_date")] == 1
+    assert got[("measurement", 40766285, "unreadable_antibody_result")] == 1
+    assert got[("condition_occurrence", 999999001, "unmapped_concept")] == 1
+    assert got[("person", 0, "unmapped_gender")] == 1
+    smoking = imported.report[imported.report["source_value"] == "smoking status"]
+    assert smoking["reason"].tolist() == ["unmapped_concept"]  # concept 0: the source value names it
+    # persons outside the cohort are not read: their records are neither imported nor reported
+    assert not any(t == "drug_exposure" and c == 1551099 for t, c, _ in got)
+
+
+def test_report_file_and_contract_validation(imported: ImportResult, tmp_path: Path, cdm: Path) -> None:
+    out = tmp_path / "imp"
+    run_import_omop(str(cdm), out, gap_days=30)
+    report = json.loads((out / "import_report.json").read_text())
+    assert report["persons_in_source"] == 4 and report["persons_imported"] == 3
+    assert report["vocabulary"] == {"concept_ancestor": True, "drug_strength": True}
+    assert sum(r["records"] for r in report["records"]) == int(imported.report["records"].sum())
+    vocabulary, measures = _contract()
+    tables = {name: pd.read_parquet(out / f"{name}.parquet") for name in ("patients", "regimens", "assessments",
+                                                                         "events")}
+    result = check(tables, vocabulary, measures, TODAY)
+    rules = set(zip(result.violations["table"], result.violations["rule"], strict=True))
+    assert ("regimens", "end_before_start") in rules and ("regimens", "required") in rules
+    assert ("patients", "required") in rules  # person 4's gender: the contract rejects, nothing is guessed
+    assert "1" in set(result.rejected_patients)  # its bad regimens reject it whole, as for any contract export
+    rows = normalise(tables, vocabulary, measures, TODAY)  # the rows free of errors
+    a = rows["assessments"].set_index("measure")
+    assert a.loc["creatinine", "value"] == pytest.approx(1.2 * 88.4)  # mg/dL → umol/L
+    assert a.loc["haemoglobin", "value"] == pytest.approx(12.0)  # g/L → g/dL
+    assert a.loc["ck", "upper_limit_normal"] == 200.0 and a.loc["haq", "unit"] == "score_0_3"
+    e = rows["events"]
+    assert e["event"].tolist() == ["serious_infection", "cytopenia"] and e["grade"].tolist()[1] == 3
+
+
+def test_merge_exposures_gap_rule() -> None:
+    """Same drug, dose, unit, route and schedule merge when under `gap_days` apart; a new dose ends the last one."""
+    def row(start: str, end: str, dose: float = 10.0) -> dict[str, object]:
+        return {"pid": 1, "drug": "prednisone", "dose": dose, "dose_unit": "mg", "route": "oral",
+                "interval": "daily", "start_date": _d(start), "end_date": _d(end), "order_ok": True}
+
+    rows = pd.DataFrame([row("2020-01-01", "2020-01-30"), row("2020-02-28", "2020-03-28"),
+                         row("2020-05-01", "2020-05-30"), row("2020-05-20", "2020-06-30", dose=20.0)])
+    out = merge_exposures(rows, gap_days=30)
+    assert out[["start_date", "end_date", "dose"]].values.tolist() == [
+        [_d("2020-01-01"), _d("2020-03-28"), 10.0],   # 29 days apart: merged
+        [_d("2020-05-01"), _d("2020-05-19"), 10.0],   # 34 days after: new; ends the day before the new dose
+        [_d("2020-05-20"), _d("2020-06-30"), 20.0]]
+    assert len(merge_exposures(rows, gap_days=10)) == 4
+
+
+def test_hostile_source_values_are_bound_not_executed(cdm: Path, tmp_path: Path) -> None:
+    """A mapping whose source values are SQL is matched as text; the database is untouched."""
+    mapping = load_mapping()
+    dx = mapping.diagnoses[0].model_copy(update={"source_values": (INJECTION,)})
+    hostile = mapping.model_copy(update={"diagnoses": (dx, *mapping.diagnoses[1:])})
+    with open_source(str(cdm)) as src:
+        omop = read_omop(src, hostile)
+    assert 3 in set(omop["person"]["person_id"])  # person 3's condition source value is that text
+    con = duckdb.connect(str(cdm), read_only=True)
+    assert con.execute("SELECT count(*) FROM person").fetchone()[0] == 4
+    con.close()
+    with pytest.raises(OmopSourceError, match="not a plain SQL identifier"), \
+            open_source(str(cdm), schema="main; DROP TABLE person"):
+        pass
+
+
+def test_folder_and_sqlalchemy_sources_read_the_same(cdm: Path, imported: ImportResult, tmp_path: Path) -> None:
+    tables = fixture_tables()
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    for i, (name, frame) in enumerate(tables.items()):
+        (frame.to_parquet(folder / f"{name}.parquet", index=False) if i % 2 else
+         frame.to_csv(folder / f"{name}.csv", index=False))
+    sqlite = tmp_path / "cdm.sqlite"
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{sqlite}")
+    for name, frame in tables.items():
+        frame.to_sql(name, engine, index=False)
+    engine.dispose()
+    for source in (str(folder), f"sqlite:///{sqlite}"):
+        got = run_import_omop(source, tmp_path / "out", gap_days=30)
+        for name, frame in imported.tables.items():
+            pd.testing.assert_frame_equal(got.tables[name].astype(str), frame.astype(str), obj=f"{source} {name}")
+        pd.testing.assert_frame_equal(got.report, imported.report)
+
+
+def test_missing_table_and_bad_mapping_are_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.duckdb"
+    duckdb.connect(str(empty)).close()
+    with pytest.raises(OmopSourceError, match="no person or condition_occurrence table"):
+        run_import_omop(str(empty), tmp_path / "o")
+    bad = tmp_path / "omop.yaml"
+    raw = load_reference("omop")
+    bad.write_text(json.dumps({**raw, "drugs": [{"drug": "ritoximab", "concept_ids": [1]}]}))
+    with pytest.raises(OmopSourceError, match="'ritoximab' is not a drug"):
+        load_mapping(bad)
+
+
+def test_round_trip_simulate_omop_import(tmp_path: Path) -> None:
+    """simulate → OMOP (DuckDB) → import gives the same contract tables, once normalised by the contract (the drug
+    as written becomes the mapped ingredient name; everything else is equal)."""
+    from pipeline.omop import write_cohort_omop
+    from pipeline.simulate import build_inputs
+    from simulator.engine import simulate_cohort
+
+    config, vocabulary, catalog = build_inputs()
+    cohort = simulate_cohort(40, 11, config, vocabulary, catalog, TODAY, "observational", None)
+    write_cohort_omop(cohort, tmp_path, TODAY)
+    mapping = load_mapping().model_copy(update={"patient_id": "person_source_value"})
+    with open_source(str(tmp_path / "cdm.duckdb")) as src:
+        omop = read_omop(src, mapping)
+    omop.pop("person_total")
+    result = import_omop(omop, mapping, gap_days=30)
+    assert result.report.empty
+    measures = MeasureCatalog.from_config(load_reference("measures"))
+    original = {name: getattr(cohort, name) for name in ("patients", "regimens", "assessments", "events")}
+    a, b = check(original, vocabulary, measures, TODAY), check(result.tables, vocabulary, measures, TODAY)
+    assert len(b.violations) == len(a.violations) == 0
+    for name, sort in (("patients", ["patient_id"]), ("regimens", ["patient_id", "generic", "route", "start_date"]),
+                       ("assessments", ["patient_id", "date", "measure", "value"]),
+                       ("events", ["patient_id", "date", "event"])):
+        x = a.normalised[name].drop(columns=["row", "drug"], errors="ignore").sort_values(sort).reset_index(drop=True)
+        y = b.normalised[name].drop(columns=["row", "drug"], errors="ignore").sort_values(sort).reset_index(drop=True)
+        pd.testing.assert_frame_equal(x, y, check_dtype=False, atol=1e-3, obj=name)
+
+
+def test_cli_import_and_simulate_format_omop(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    sim = subprocess.run([sys.executable, "-m", "pipeline.cli", "simulate", "--format", "omop", "--patients", "8",
+                          "--seed", "2", "--out", str(tmp_path / "sim")], capture_output=True, text=True, env=env)
+    assert sim.returncode == 0, sim.stderr
+    assert (tmp_path / "sim" / "cdm.duckdb").exists() and not (tmp_path / "sim" / "patients.parquet").exists()
+    imp = subprocess.run([sys.executable, "-m", "pipeline.cli", "import", "omop", "--source",
+                          str(tmp_path / "sim" / "cdm.duckdb"), "--out", str(tmp_path / "imp")],
+                         capture_output=True, text=True, env=env)
+    assert imp.returncode == 0, imp.stderr
+    assert "imported 8 of 8 persons" in imp.stdout
+    assert len(pd.read_parquet(tmp_path / "imp" / "patients.parquet")) == 8
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "import", "omop", "--source",
+                          str(tmp_path / "nowhere.duckdb"), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no such file" in bad.stderr
+    kind = subprocess.run([sys.executable, "-m", "pipeline.cli", "import", "fhir", "--source", "x", "--out",
+                           str(tmp_path / "y")], capture_output=True, text=True, env=env)
+    assert kind.returncode == 2 and "omop" in kind.stderr
+
+
+if os.environ.get("ESCALATE_TEST_POSTGRES_URL"):  # defined only where a server is named: never a skip in CI
+    def test_postgresql_source(imported: ImportResult, tmp_path: Path) -> None:
+        """The fixture loaded into a fresh schema of the named PostgreSQL server imports like the DuckDB file."""
+        import sqlalchemy as sa
+
+        url = os.environ["ESCALATE_TEST_POSTGRES_URL"]
+        schema = f"escalate_test_{os.getpid()}"
+        engine = sa.create_engine(url)
+        with engine.begin() as con:
+            con.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        try:
+            for name, frame in fixture_tables().items():
+                frame.to_sql(name, engine, schema=schema, index=False)
+            got = run_import_omop(url, tmp_path / "pg", schema=schema, gap_days=30)
+            for name, frame in imported.tables.items():
+                pd.testing.assert_frame_equal(got.tables[name].astype(str), frame.astype(str), obj=name)
+        finally:
+            with engine.begin() as con:
+                con.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+            engine.dispose()
+
+
+def test_mapping_ships_valid() -> None:
+    """configs/omop.yaml loads and every target is a name the contract accepts."""
+    mapping = load_mapping()
+    assert isinstance(mapping, OmopMapping)
+    assert {d.diagnosis for d in mapping.diagnoses} == set(MeasureCatalog.from_config(
+        load_reference("measures")).codes("diagnosis"))
