@@ -153,8 +153,11 @@ def mapping_problems(mapping: OmopMapping, vocabulary: Any, measures: Any) -> li
 
 # ---------------------------------------------------------------------------------------------------- indexes
 def _norm_text(s: pd.Series) -> pd.Series:
-    """Source values compared case-insensitively, with surrounding and repeated blanks ignored."""
-    return s.astype("string").str.strip().str.lower().str.replace(r"\s+", " ", regex=True)
+    """Source values compared case-insensitively, with surrounding and repeated blanks ignored (each distinct
+    value normalised once: a column of millions of rows holds few distinct codes)."""
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    norm = np.array([" ".join(str(u).lower().split()) for u in uniques] + [None], dtype=object)
+    return pd.Series(norm[codes], index=s.index, dtype="object")
 
 
 @dataclass(frozen=True)
@@ -169,12 +172,13 @@ class ConceptIndex:
 
     def match(self, concept: pd.Series, source_concept: pd.Series | None, source_value: pd.Series | None) -> pd.Series:
         """The target of each record (NA where none): by standard concept, else source concept, else source value."""
-        out = pd.Series(pd.NA, index=concept.index, dtype="object")
-        out = out.where(out.notna(), _int_series(concept).map(self.by_concept))
-        if source_concept is not None and self.by_source_concept:
-            out = out.where(out.notna(), _int_series(source_concept).map(self.by_source_concept))
-        if source_value is not None and self.by_source_value:
-            out = out.where(out.notna(), _norm_text(source_value).map(self.by_source_value))
+        out = _int_series(concept).map(self.by_concept).astype("object")
+        todo = out.isna()
+        if source_concept is not None and self.by_source_concept and todo.any():
+            out[todo] = _int_series(source_concept[todo]).map(self.by_source_concept).astype("object")
+            todo = out.isna()
+        if source_value is not None and self.by_source_value and todo.any():
+            out[todo] = _norm_text(source_value[todo]).map(self.by_source_value)
         return out
 
 
