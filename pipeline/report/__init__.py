@@ -18,7 +18,6 @@ import typer
 from pipeline.report.assemble import (
     build_patient_page,
     event_lines,
-    latest_activity,
     monitoring_reminders,
     option_explanations,
     option_rows,
@@ -27,22 +26,35 @@ from pipeline.report.assemble import (
     safety_summary,
     trend_series,
 )
-from pipeline.report.charts import contrast_svg, trends_svg, waterfall_svg
+from pipeline.report.charts import axis_domain, contrast_svg, steps, trends_svg, waterfall_svg
+from pipeline.report.clinical import (
+    disease_notes,
+    dose_lines,
+    guideline_option,
+    lab_grade,
+    lab_results,
+    latest_activity,
+    mosteller_bsa,
+    plain_reason,
+)
 from pipeline.report.data import (
     BANNER,
     CAVEAT,
     OKABE_ITO,
     SHAP_NOTE,
     Bar,
+    LabResult,
     OptionExplanation,
     OptionRow,
     Page,
     RegimenLine,
     Reminder,
+    Summary,
     TrendSeries,
     in_100,
     score_range,
     signed_points,
+    summarise,
 )
 from pipeline.report.evidence import (
     ModelEvidence,
@@ -64,13 +76,13 @@ from pipeline.report.load import (
 from pipeline.report.render import INDEX_SCRIPT, page_file_name, render_index, render_page
 
 __all__ = [
-    "BANNER", "CAVEAT", "INDEX_SCRIPT", "OKABE_ITO", "SHAP_NOTE", "Bar", "LoadedModel", "ModelEvidence",
+    "BANNER", "CAVEAT", "INDEX_SCRIPT", "OKABE_ITO", "SHAP_NOTE", "Bar", "LoadedModel", "ModelEvidence", "lab_results", "dose_lines", "disease_notes",
     "OptionExplanation", "OptionRow", "Page", "ReportRefusal", "check_tables", "read_patient_tables", "RegimenLine", "Reminder", "TrendSeries", "build_patient_page",
     "calibration_note", "contrast_svg", "event_lines", "in_100", "ineligible_text", "latest_activity",
     "load_evidence", "load_model", "monitoring_reminders", "option_explanations", "option_rows", "page_file_name",
     "patient_facts", "patient_findings", "performance_facts", "pooled_calibration", "regimen_lines",
     "render_index", "render_page", "run_report", "safety_summary", "score_range", "signed_points",
-    "thin_overlap_options", "trend_series", "trends_svg", "waterfall_svg",
+    "thin_overlap_options", "steps", "axis_domain", "LabResult", "Summary", "summarise", "guideline_option", "lab_grade", "mosteller_bsa", "plain_reason", "trend_series", "trends_svg", "waterfall_svg",
 ]
 
 class ReportRefusal(ValueError):
@@ -110,9 +122,10 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
     loaded = load_model(model_dir)
     evidence = load_evidence(loaded, load_settings())
     monitoring = load_reference("monitoring")
+    rules = load_reference("clinical_rules")
     if patient is not None:
         page = build_patient_page(patient, when, tables, loaded, monitoring, evidence, top_k=top_k,
-                                  findings=findings)
+                                  findings=findings, rules=rules)
         html = render_page(page)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(html, encoding="utf-8")
@@ -125,7 +138,7 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
         typer.echo(f"{len(rejected)} patient(s) with data errors get no page: {', '.join(rejected[:20])}", err=True)
     for pid in sorted(tables["patients"]["patient_id"].astype(str).unique()):
         page = build_patient_page(pid, when, tables, loaded, monitoring, evidence, top_k=top_k,
-                                  findings=patient_findings(violations, pid))
+                                  findings=patient_findings(violations, pid), rules=rules)
         name = page_file_name(pid)
         (out / name).write_text(render_page(page), encoding="utf-8")
         best = next((o.label for o in page.options if o.recommended), "—")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -21,6 +22,7 @@ from pipeline.report.data import (
     Reminder,
     TrendSeries,
     _ok,
+    signed_points,
 )
 from pipeline.report.evidence import (
     ModelEvidence,
@@ -136,52 +138,69 @@ def option_explanations(
     from models import explain as E
 
     out = []
-    reasons = E.reasons_frame(explanations, X, dictionary, k)
+    reasons = E.reasons_frame(explanations, X, dictionary, k + 1)  # one spare: the option group is not a reason
     reasons = reasons[reasons["row"] == row].set_index("option")
     for option in [o for o in explanations.arms if o in eligible]:
         s = explanations.get("response", option)
         if s is None:
             continue
         groups = E.feature_groups(s.columns, dictionary)
-        grouped = E.grouped_frame(s, groups, row=row)
-        bars = _bars(grouped, n_bars)
         base = float(s.probability_base[row]) * 100 if s.probability_base is not None else float(s.base[row])
         final = float(s.probability[row]) * 100 if s.probability is not None else float(s.output[row])
+        own, bars = _split_option(_bars(E.grouped_frame(s, groups, row=row), n_bars, final - base))
         con = explanations.get("contrast", option)
         contrast: tuple[Bar, ...] = ()
-        total = None
+        total = con_base = None
         if con is not None:
-            cg = E.grouped_frame(con, groups, row=row, points=E.contrast_points(con))
-            contrast = _bars(cg, n_bars)
-            total = float(E.contrast_points(con)[row].sum() + (con.probability_base[row] if con.probability_base
-                                                               is not None else con.base[row])) * 100
+            pts = E.contrast_points(con)
+            start = float(con.probability_base[row] if con.probability_base is not None else con.base[row]) * 100
+            total = float(pts[row].sum()) * 100 + start
+            con_own, contrast = _split_option(_bars(E.grouped_frame(con, groups, row=row, points=pts), n_bars,
+                                                    total - start))
+            con_base = start + con_own
         r = reasons.loc[option] if option in reasons.index else None
-        texts = _reason_texts(r, "reason", k)
-        ctexts = _reason_texts(r, "contrast_reason", k)
-        out.append(OptionExplanation(option, labels.get(option, option), base, final, bars, contrast, total,
-                                     texts, ctexts))
+        out.append(OptionExplanation(
+            option, labels.get(option, option), base + own, final, bars, contrast, total,
+            _reason_texts(r, "reason", k), _reason_texts(r, "contrast_reason", k), contrast_base=con_base))
     return tuple(out)
+
+
+def _split_option(bars: tuple[Bar, ...]) -> tuple[float, tuple[Bar, ...]]:
+    """The S-learner's option group is no fact about the patient: its points join the chart's base (the average
+    patient on this option; the option's average difference with continuing) and leave the bars."""
+    from models.explain import OPTION_LABEL
+
+    own = sum(b.points for b in bars if b.label == OPTION_LABEL)
+    return own, tuple(b for b in bars if b.label != OPTION_LABEL)
 
 
 def _reason_texts(r: pd.Series | None, prefix: str, k: int, min_points: float = 0.005) -> tuple[str, ...]:
     """The plain-words reasons that move the estimate by at least half a point (smaller ones are noise)."""
     if r is None:
         return ()
+    from models.explain import OPTION_REASON
+
     out = []
-    for i in range(1, k + 1):
+    for i in range(1, k + 2):
         text, value = r.get(f"{prefix}_{i}_text"), r.get(f"{prefix}_{i}_contribution")
-        if isinstance(text, str) and _ok(value) and abs(float(value)) >= min_points:
+        if (isinstance(text, str) and not text.startswith(tuple(OPTION_REASON.values())) and _ok(value)
+                and abs(float(value)) >= min_points):
             out.append(text)
-    return tuple(out)
+    return tuple(out[:k])
 
 
-def _bars(grouped: pd.DataFrame, n: int) -> tuple[Bar, ...]:
-    """The n largest clinical facts by points, the rest summed into 'all other facts' (keeps the total exact)."""
+def _bars(grouped: pd.DataFrame, n: int, total: float | None = None) -> tuple[Bar, ...]:
+    """The n largest clinical facts by points, the rest summed into 'all other facts', so the bars add up to the
+    explained change; if `total` (points) differs from their sum by more than 0.05, the gap is a bar of its own
+    ("not attributed to one fact") rather than a chart that does not add up."""
     g = grouped.reindex(grouped["points"].abs().sort_values(ascending=False).index)
     top, rest = g.iloc[:n], g.iloc[n:]
     bars = [Bar(str(lab), float(p) * 100) for lab, p in zip(top["label"], top["points"], strict=True)]
     if len(rest):
         bars.append(Bar(f"all other facts ({len(rest)})", float(rest["points"].sum()) * 100))
+    gap = (total - sum(b.points for b in bars)) if total is not None else 0.0
+    if abs(gap) > 0.05:
+        bars.append(Bar("not attributed to one fact", gap))
     return tuple(bars)
 
 
@@ -206,37 +225,38 @@ def patient_facts(patient: Mapping[str, Any], as_of: pd.Timestamp) -> tuple[tupl
     return tuple(facts)
 
 
-def latest_activity(trends: Sequence[TrendSeries]) -> tuple[str, ...]:
-    """The latest value of each measure with its scale and date: 'MMT-8 muscle strength 63 / 80 (2026-11-17)'."""
-    import re
-
-    out = []
-    for s in trends:
-        if not s.values:
-            continue
-        scale = re.fullmatch(r"0[–-](\d+(?:\.\d+)?)", s.unit)
-        value = f"{s.values[-1]:.3g}" + (f" / {scale.group(1)}" if scale else f" {s.unit}")
-        out.append(f"{s.label} {value} ({s.dates[-1]})")
-    return tuple(out)
-
-
 def safety_summary(events: pd.DataFrame, assessments: pd.DataFrame, as_of: pd.Timestamp) -> tuple[str, ...]:
-    """Infections and cytopenias in the last 6 months and the latest safety laboratory values."""
+    """Infections and cytopenias in the 6 months before the decision (the labs are graded apart: `clinical`)."""
     ev = events[pd.to_datetime(events["date"]) < as_of] if len(events) else events
     recent = ev[pd.to_datetime(ev["date"]) >= as_of - pd.DateOffset(months=6)] if len(ev) else ev
-    out = []
     n_inf = int(recent["event"].isin(["serious_infection", "opportunistic_infection"]).sum()) if len(recent) else 0
     n_cyt = int((recent["event"] == "cytopenia").sum()) if len(recent) else 0
-    out.append(f"{n_inf or 'no'} infection{'s' if n_inf != 1 else ''} and {n_cyt or 'no'} "
-               f"cytopenia{'s' if n_cyt != 1 else ''} in the last 6 months")
-    a = assessments[pd.to_datetime(assessments["date"]) < as_of]
-    for measure, label, unit in (("neutrophils", "neutrophils", "×10⁹/L"), ("lymphocytes", "lymphocytes", "×10⁹/L"),
-                                 ("platelets", "platelets", "×10⁹/L"), ("alt", "ALT", "U/L"),
-                                 ("creatinine", "creatinine", "µmol/L")):
-        m = a[a["measure"] == measure].sort_values("date")
-        if len(m):
-            out.append(f"{label} {float(m['value'].iloc[-1]):.3g} {unit} ({pd.Timestamp(m['date'].iloc[-1]).date()})")
-    return tuple(out)
+    return (f"{n_inf or 'no'} infection{'s' if n_inf != 1 else ''} and {n_cyt or 'no'} recorded "
+            f"cytopenia event{'s' if n_cyt != 1 else ''} in the 6 months before {as_of.date()}",)
+
+
+def _latest(assessments: pd.DataFrame, measure: str, as_of: pd.Timestamp) -> float | None:
+    """The latest numeric value of one measure dated before `as_of`, or None."""
+    a = assessments[(assessments["measure"] == measure) & (pd.to_datetime(assessments["date"]) < as_of)]
+    v = pd.to_numeric(a.sort_values("date")["value"], errors="coerce").dropna()
+    return float(v.iloc[-1]) if len(v) else None
+
+
+def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.DataFrame, *, row: int,
+                         k: int = 3) -> OptionRow:
+    """The option's row with the facts that move its safety risk most (points out of 100, the option group
+    left out: it is no fact about the patient)."""
+    from models import explain as E
+
+    s = ex.get("safety", o.option) if o.eligible else None
+    if s is None:
+        return o
+    g = E.grouped_frame(s, E.feature_groups(s.columns, dictionary), row=row)
+    g = g[g["label"] != E.OPTION_LABEL]
+    g = g.reindex(g["points"].abs().sort_values(ascending=False).index).iloc[:k]
+    texts = tuple(f"{lab} {'raises' if p > 0 else 'lowers'} it ({signed_points(p)})" for lab, p
+                  in zip(g["label"], g["points"], strict=True) if abs(p) >= 0.005)
+    return replace(o, safety_reasons=texts)
 
 
 def event_lines(events: pd.DataFrame, as_of: pd.Timestamp) -> tuple[tuple[str, str, str], ...]:
@@ -261,16 +281,21 @@ def build_patient_page(
     *,
     top_k: int = 3,
     findings: Sequence[str] = (),
+    rules: Mapping[str, Any] | None = None,
 ) -> Page:
     """Everything for one patient from the normalised contract tables (all patients or only this one); every
-    statement about the model (horizon, interval level, performance) comes from `evidence`."""
+    statement about the model (horizon, interval level, performance) comes from `evidence`, every clinical rule
+    (lab grades, dose goals, disease notes, guideline order) from `rules` (configs/clinical_rules.yaml)."""
     from features.build import build_features
     from features.vocabulary import OptionCatalog, Vocabulary
     from models import explain as E
     from models.bundle import interval_meaning
     from pipeline.config import load_reference
+    from pipeline.report import clinical as C
 
-    vocabulary = Vocabulary.from_config(load_reference("drugs"))
+    drugs_cfg = load_reference("drugs")
+    rules = rules if rules is not None else load_reference("clinical_rules")
+    vocabulary = Vocabulary.from_config(drugs_cfg)
     catalog = OptionCatalog.from_config(load_reference("options"))
     one = {name: t[t["patient_id"].astype(str) == patient_id].reset_index(drop=True) for name, t in tables.items()}
     if one["patients"].empty:
@@ -317,15 +342,39 @@ def build_patient_page(
         ("explanations", " ".join(ex.notes) or SHAP_NOTE),
     )
     patient = one["patients"].iloc[0].to_dict()
+    weight, height = _latest(one["assessments"], "weight", as_of), _latest(one["assessments"], "height", as_of)
+    bsa = C.mosteller_bsa(weight, height)
+    age = as_of.year - int(patient["birth_year"]) if _ok(patient.get("birth_year")) else None
+    juvenile = (str(patient.get("diagnosis")) == "juvenile_dermatomyositis"
+                or (age is not None and age < int(rules["doses"].get("juvenile_age", 18))))
+    regimen = C.dose_lines(current, rules, drugs_cfg, juvenile=juvenile, weight_kg=weight, bsa_m2=bsa)
+    size = ", ".join(x for x in (f"{weight:.0f} kg" if weight else "", f"{height:.0f} cm" if height else "",
+                                 f"body surface {bsa:.2f} m²" if bsa else "") if x)
+    body_size = (("juvenile dose targets (per kg / per m²) for " if juvenile else "") + size) if size else ""
+    options = option_rows(pred, labels, thin, calibration=evidence.calibration, drug_labels=drug_labels)
+    options = tuple(_with_safety_reasons(o, ex, X, dictionary, row=0) for o in options)
+    optimise = C.below_target_drugs(regimen)
+    options = tuple(replace(o, label=f"{o.label}: {', '.join(optimise)}") if o.option == "optimise_dose" and
+                    o.eligible and optimise else o for o in options)
+    best = next((o.option for o in options if o.recommended), None)
+    adds = catalog.option(best).adds if best is not None else None
+    due = tuple(r for r in monitoring_reminders(monitoring, current_generics, [adds] if adds else [], drug_labels)
+                if r.drugs and (adds is None or any(drug_labels.get(adds, adds) in d for d in r.drugs)))
+    guideline = C.guideline_option(options, rules.get("guideline_order", []))
+    explanations = tuple(replace(e, reasons=tuple(C.plain_reason(r) for r in e.reasons),
+                                 contrast_reasons=tuple(C.plain_reason(r) for r in e.contrast_reasons))
+                         for e in explanations)
     return Page(
         patient_id=patient_id, as_of=str(as_of.date()), model_name=loaded.name, model_version=loaded.version,
         model_alias=loaded.alias, run_id=loaded.run_id, horizon_weeks=evidence.horizon_weeks,
         response_definition=f"total improvement score ≥ {evidence.threshold_for(patient):g}",
-        facts=patient_facts(patient, as_of), activity_facts=latest_activity(trends),
+        facts=patient_facts(patient, as_of), activity_facts=(),
+        activity=C.latest_activity(trends, as_of, rules),
         safety_facts=safety_summary(one["events"], one["assessments"], as_of),
-        events=event_lines(one["events"], as_of), regimen=regimen_lines(current), trends=trends,
-        options=option_rows(pred, labels, thin, calibration=evidence.calibration, drug_labels=drug_labels),
-        explanations=explanations,
+        events=event_lines(one["events"], as_of), regimen=regimen, trends=trends, options=options,
+        explanations=explanations, labs=C.lab_results(one["assessments"], as_of, rules),
+        disease_notes=C.disease_notes(patient, rules), guideline_option=guideline.option if guideline else None,
+        body_size=body_size, monitoring_due=due,
         monitoring=monitoring_reminders(monitoring, current_generics, proposed, drug_labels),
         model_facts=model_facts, interval_level=evidence.interval_level,
         performance=performance_facts(evidence.metrics, evidence.interval_level, evidence.horizon_weeks),

@@ -1,28 +1,35 @@
-"""Inline SVG charts (waterfall, contrast, trends) with every text escaped."""
+"""Inline SVG charts with every text escaped, their geometry computed apart from the drawing.
+
+`steps` lays a chart out in points (a start bar, steps that each begin where the last ended, an end bar), so a
+test checks that the bars add up without parsing SVG; `waterfall_svg` (from the average patient to this one)
+and `contrast_svg` (from the option's average difference with continuing to this patient's) draw that layout
+on an axis that covers every running total, below zero too. Text is ≥ 13 px in a 360-px-wide viewBox, so it stays
+≥ 11 px on a 360-px phone. `trends_svg` draws one small panel per measure.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from markupsafe import Markup, escape
 
-if TYPE_CHECKING:
-    pass
 from pipeline.report.data import (
     DOWN,
     OKABE_ITO,
     TREND_COLOURS,
     UP,
+    Bar,
     OptionExplanation,
     TrendSeries,
     signed_points,
 )
 
-
+#: chart width in viewBox units; the CSS lets it grow to 480 px and shrink to the screen
+CHART_W = 360
 # --- inline SVG charts ------------------------------------------------------------------------------------------
 def _t(text: object) -> str:
     """Escaped text for SVG (markupsafe escapes & < > " ')."""
@@ -37,90 +44,124 @@ def _svg(width: int, height: int, title: str, desc: str, body: list[str], cls: s
     )
 
 
-def waterfall_svg(expl: OptionExplanation, *, width: int = 640) -> Markup:
-    """Horizontal waterfall on a 0–100 axis: from the average patient's estimate, each clinical fact moves the
-    estimate (blue up, vermillion down) to this patient's estimate."""
-    label_w, right_w, row_h, top = 250, 60, 20, 26
-    plot_w = width - label_w - right_w
-    rows = len(expl.bars) + 2
-    height = top + rows * row_h + 24
+@dataclass(frozen=True)
+class Step:
+    """One drawn bar in points: from `start` to `end` (a step) or from zero (the start and end bars)."""
+
+    label: str
+    start: float
+    end: float
+    kind: str  # base | up | down | total
+
+
+def steps(base_label: str, base: float, bars: Sequence[Bar], total_label: str) -> tuple[Step, ...]:
+    """A waterfall's bars in points: the base bar (0 → base), each fact from the running total to the next, and
+    the total bar (0 → base + Σ bars). The total is the drawn sum, so the chart always adds up."""
+    out = [Step(base_label, 0.0, base, "base")]
+    running = base
+    for bar in bars:
+        out.append(Step(bar.label, running, running + bar.points, "up" if bar.points >= 0 else "down"))
+        running += bar.points
+    out.append(Step(total_label, 0.0, running, "total"))
+    return tuple(out)
+
+
+def axis_domain(layout: Sequence[Step], floor: tuple[float, float]) -> tuple[float, float]:
+    """The axis range: `floor` widened to every start and end of the layout (a running total below zero, too),
+    rounded out to tens."""
+    values = [v for s in layout for v in (s.start, s.end)] + list(floor)
+    lo, hi = min(values), max(values)
+    return math.floor(lo / 10) * 10, math.ceil(hi / 10) * 10
+
+
+def _chart(layout: Sequence[Step], domain: tuple[float, float], *, title: str, desc: str, axis: str, cls: str,
+           value_text: object) -> Markup:
+    """Draw a layout: each row a label line and a bar below it, its value at the right, the zero line marked.
+
+    The root carries `data-x0` (the x of 0 points) and `data-scale` (px per point) so a test can read the bars
+    back in points; every bar is a `rect.bar` with `data-kind`."""
+    left, right, row_h, top = 8, 52, 38, 34
+    width = CHART_W
+    plot_w = width - left - right
+    lo, hi = domain
+    scale = plot_w / (hi - lo)
+    height = top + len(layout) * row_h + 24
 
     def x(points: float) -> float:
-        return label_w + plot_w * min(max(points, 0.0), 100.0) / 100.0
-
-    body = [f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>']
-    for tick in range(0, 101, 20):
-        body.append(f'<line x1="{x(tick):.1f}" y1="{top - 6}" x2="{x(tick):.1f}" y2="{height - 22}" stroke="#ddd"/>')
-        body.append(f'<text x="{x(tick):.1f}" y="{height - 8}" class="tick" text-anchor="middle">{tick}</text>')
-    y = top
-    body.append(f'<text x="{label_w - 8}" y="{y + 14}" text-anchor="end" class="lab">average patient</text>')
-    body.append(f'<rect x="{x(0):.1f}" y="{y + 4}" width="{x(expl.base_points) - x(0):.1f}" height="{row_h - 8}" '
-                f'fill="#bbb"/><text x="{width - right_w + 6}" y="{y + 14}" class="val">{expl.base_points:.0f}</text>')
-    running = expl.base_points
-    for bar in expl.bars:
-        y += row_h
-        start, end = running, running + bar.points
-        lo, hi = sorted((start, end))
-        colour = UP if bar.points >= 0 else DOWN
-        w = max(x(hi) - x(lo), 1.5)
-        sign = "+" if bar.points >= 0 else "\u2212"
-        body.append(f'<text x="{label_w - 8}" y="{y + 14}" text-anchor="end" class="lab">{_t(_clip(bar.label))}</text>')
-        body.append(f'<rect x="{x(lo):.1f}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" fill="{colour}"/>')
-        body.append(f'<text x="{width - right_w + 6}" y="{y + 14}" class="val">{sign}{abs(bar.points):.0f}</text>')
-        running = end
-    y += row_h
-    body.append(f'<text x="{label_w - 8}" y="{y + 14}" text-anchor="end" class="lab strong">this patient</text>')
-    body.append(f'<rect x="{x(0):.1f}" y="{y + 4}" width="{x(expl.final_points) - x(0):.1f}" height="{row_h - 8}" '
-                f'fill="{OKABE_ITO["black"]}"/><text x="{width - right_w + 6}" y="{y + 14}" '
-                f'class="val strong">{expl.final_points:.0f}</text>')
-    body.append(f'<text x="{label_w}" y="14" class="axis">chance of response, in 100 patients like this</text>')
-    title = f"Why the estimate for {expl.label} is {expl.final_points:.0f} in 100"
-    desc = "; ".join(f"{b.label}: {b.points:+.0f}" for b in expl.bars)
-    return _svg(width, height, title, f"Starts at {expl.base_points:.0f} for the average patient. {desc}",
-                body, "waterfall")
-
-
-def contrast_svg(expl: OptionExplanation, *, width: int = 640) -> Markup:
-    """Diverging bars centred on zero: which facts make this option look better (blue) or worse (vermillion)
-    than continuing the current regimen, in points out of 100."""
-    label_w, right_w, row_h, top = 250, 60, 20, 26
-    bars = list(expl.contrast)
-    plot_w = width - label_w - right_w
-    height = top + (len(bars) + 1) * row_h + 10
-    extent = max([abs(b.points) for b in bars] + [abs(expl.contrast_total or 0.0), 5.0])
-    mid = label_w + plot_w / 2
-
-    def x(points: float) -> float:
-        return mid + (plot_w / 2) * points / extent
+        return left + (points - lo) * scale
 
     body = [f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>',
-            f'<line x1="{mid:.1f}" y1="{top - 4}" x2="{mid:.1f}" y2="{height - 6}" stroke="#888"/>',
-            f'<text x="{label_w}" y="14" class="axis">worse than continuing  ◀  ▶  better than continuing '
-            f'(points out of 100)</text>']
-    y = top - row_h
-    for bar in bars:
+            f'<text x="{left}" y="16" class="axis">{_t(axis)}</text>']
+    step = 10 if hi - lo <= 60 else 20
+    for tick in range(int(lo), int(hi) + 1, step):
+        colour = "#777" if tick == 0 else "#e2e2e2"
+        body.append(f'<line x1="{x(tick):.2f}" y1="{top - 6}" x2="{x(tick):.2f}" y2="{height - 20}" '
+                    f'stroke="{colour}"/>')
+        body.append(f'<text x="{x(tick):.2f}" y="{height - 5}" class="tick" text-anchor="middle">'
+                    f'{_t(signed_points(tick / 100) if lo < 0 else tick)}</text>')
+    colours = {"base": "#9a9a9a", "up": UP, "down": DOWN, "total": OKABE_ITO["black"]}
+    y = top
+    for s in layout:
+        a, b = sorted((s.start, s.end))
+        strong = " strong" if s.kind == "total" else ""
+        body.append(f'<text x="{left}" y="{y + 11}" class="lab{strong}">{_t(_clip(s.label, 46))}</text>')
+        body.append(f'<rect class="bar" data-kind="{s.kind}" x="{x(a):.2f}" y="{y + 16}" '
+                    f'width="{max(x(b) - x(a), 0.0):.2f}" height="14" fill="{colours[s.kind]}"/>')
+        if s.kind in ("up", "down") and x(b) - x(a) < 1.5:  # a step too small to see still shows where it is
+            body.append(f'<line x1="{x(a):.2f}" y1="{y + 14}" x2="{x(a):.2f}" y2="{y + 32}" '
+                        f'stroke="{colours[s.kind]}" stroke-width="1.5"/>')
+        text = value_text(s)
+        body.append(f'<text x="{width - 4}" y="{y + 28}" text-anchor="end" class="val{strong}">{_t(text)}</text>')
         y += row_h
-        lo, hi = sorted((0.0, bar.points))
-        colour = UP if bar.points >= 0 else DOWN
-        sign = "+" if bar.points >= 0 else "\u2212"
-        body.append(f'<text x="{label_w - 8}" y="{y + 14}" text-anchor="end" class="lab">{_t(_clip(bar.label))}</text>')
-        body.append(f'<rect x="{x(lo):.1f}" y="{y + 4}" width="{max(x(hi) - x(lo), 1.5):.1f}" '
-                    f'height="{row_h - 8}" fill="{colour}"/>')
-        body.append(f'<text x="{width - right_w + 6}" y="{y + 14}" class="val">{sign}{abs(bar.points):.0f}</text>')
-    y += row_h
-    total = expl.contrast_total or 0.0
-    body.append(f'<text x="{label_w - 8}" y="{y + 14}" text-anchor="end" class="lab strong">difference</text>')
-    lo, hi = sorted((0.0, total))
-    body.append(f'<rect x="{x(lo):.1f}" y="{y + 4}" width="{max(x(hi) - x(lo), 1.5):.1f}" height="{row_h - 8}" '
-                f'fill="{OKABE_ITO["black"]}"/><text x="{width - right_w + 6}" y="{y + 14}" class="val strong">'
-                f'{signed_points(total / 100)}</text>')
+    svg = _svg(width, height, title, desc, body, cls)
+    return Markup(str(svg).replace("<svg ", f'<svg data-x0="{x(0):.4f}" data-scale="{scale:.6f}" ', 1))
+
+
+def waterfall_svg(expl: OptionExplanation, *, width: int = CHART_W) -> Markup:
+    """Waterfall on a chance-of-response axis (0–100, wider if a running total leaves it): from the average
+    patient's estimate, each clinical fact moves the estimate (blue up, vermillion down) to this patient's."""
+    layout = steps("average patient", expl.base_points, expl.bars, "this patient")
+    final = layout[-1].end
+
+    def value(s: Step) -> str:
+        return f"{s.end:.0f}" if s.kind in ("base", "total") else signed_points((s.end - s.start) / 100)
+
+    title = f"Why the estimate for {expl.label} is {final:.0f} in 100"
+    desc = "; ".join(f"{b.label}: {signed_points(b.points / 100)}" for b in expl.bars)
+    return _chart(layout, axis_domain(layout, (0.0, 100.0)), title=title, cls="waterfall",
+                  desc=f"Starts at {expl.base_points:.0f} for the average patient. {desc}. Ends at {final:.0f}.",
+                  axis="chance of response, in 100 patients like this", value_text=value)
+
+
+def contrast_steps(expl: OptionExplanation) -> tuple[Step, ...]:
+    """The contrast with continuing as a waterfall: from the option's average difference over all patients
+    (the labelled base) through this patient's facts to this patient's difference."""
+    base = expl.contrast_base if expl.contrast_base is not None else 0.0
+    return steps("average difference for all patients", base, expl.contrast, "difference for this patient")
+
+
+def contrast_svg(expl: OptionExplanation, *, width: int = CHART_W) -> Markup:
+    """This option against continuing, in points out of 100: the base is the option's average difference with
+    continuing; each fact makes it look better (blue) or worse (vermillion) for this patient."""
+    layout = contrast_steps(expl)
+    extent = max(abs(v) for s in layout for v in (s.start, s.end))
+    domain = axis_domain(layout, (-max(extent, 5.0), max(extent, 5.0)))
+
+    def value(s: Step) -> str:
+        return signed_points((s.end if s.kind in ("base", "total") else s.end - s.start) / 100)
+
+    total = layout[-1].end
     title = f"{expl.label} compared with continuing: {signed_points(total / 100)} in 100"
-    desc = "; ".join(f"{b.label}: {b.points:+.0f}" for b in bars)
-    return _svg(width, height, title, desc, body, "contrast")
+    desc = "; ".join(f"{b.label}: {signed_points(b.points / 100)}" for b in expl.contrast)
+    return _chart(layout, domain, title=title, cls="contrast", value_text=value,
+                  desc=f"Average difference {signed_points(layout[0].end / 100)}. {desc}. "
+                       f"This patient: {signed_points(total / 100)}.",
+                  axis="◀ worse than continuing · better ▶ (points in 100)")
 
 
-def trends_svg(series: Sequence[TrendSeries], *, panel_w: int = 240, panel_h: int = 132, columns: int = 4) -> Markup:
-    """Small multiples, one panel per measure with its own scale: values over time with dated markers."""
+def trends_svg(series: Sequence[TrendSeries], *, panel_w: int = 240, panel_h: int = 140) -> Markup:
+    """Small multiples: one SVG panel per measure with its own scale on a shared time axis, values over time with
+    dated markers; the panels wrap to the screen's width (one per row on a phone)."""
     shown = [s for s in series if len(s.values)]
     if not shown:
         return _svg(panel_w, 40, "No disease-activity measures recorded", "no data",
@@ -128,12 +169,9 @@ def trends_svg(series: Sequence[TrendSeries], *, panel_w: int = 240, panel_h: in
     all_dates = sorted({d for s in shown for d in s.dates})
     t0, t1 = pd.Timestamp(all_dates[0]), pd.Timestamp(all_dates[-1])
     span = max((t1 - t0).days, 1)
-    rows = math.ceil(len(shown) / columns)
-    width, height = columns * panel_w, rows * panel_h
-    body = [f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>']
+    panels = []
     for i, s in enumerate(shown):
-        ox, oy = (i % columns) * panel_w, (i // columns) * panel_h
-        left, right, top, bottom = ox + 36, ox + panel_w - 14, oy + 34, oy + panel_h - 22
+        left, right, top, bottom = 40.0, panel_w - 16.0, 40.0, panel_h - 24.0
         vals = np.asarray(s.values, dtype=float)
         lo, hi = float(np.nanmin(vals)), float(np.nanmax(vals))
         pad = (hi - lo) * 0.15 or max(abs(hi) * 0.1, 1.0)
@@ -146,22 +184,23 @@ def trends_svg(series: Sequence[TrendSeries], *, panel_w: int = 240, panel_h: in
         def py(v: float, lo: float = lo, hi: float = hi, top: float = top, bottom: float = bottom) -> float:
             return bottom - (bottom - top) * (v - lo) / (hi - lo)
 
-        body.append(f'<text x="{ox + 6}" y="{oy + 13}" class="lab strong">{_t(s.label)}</text>')
-        body.append(f'<text x="{ox + 6}" y="{oy + 26}" class="tick">{_t(s.unit)}</text>')
-        body.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#bbb"/>')
-        body.append(f'<text x="{left - 4}" y="{top + 4}" class="tick" text-anchor="end">{hi - pad:.3g}</text>')
-        body.append(f'<text x="{left - 4}" y="{bottom}" class="tick" text-anchor="end">{lo + pad:.3g}</text>')
-        body.append(f'<text x="{left}" y="{bottom + 14}" class="tick">{_t(all_dates[0][:7])}</text>')
-        body.append(f'<text x="{right}" y="{bottom + 14}" class="tick" text-anchor="end">{_t(all_dates[-1][:7])}</text>')
+        body = [f'<rect x="0" y="0" width="{panel_w}" height="{panel_h}" fill="#fff"/>',
+                f'<text x="6" y="15" class="lab strong">{_t(_clip(s.label, 30))}</text>',
+                f'<text x="6" y="31" class="tick">{_t(s.unit)}</text>',
+                f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#bbb"/>',
+                f'<text x="{left - 4}" y="{top + 4}" class="tick" text-anchor="end">{hi - pad:.3g}</text>',
+                f'<text x="{left - 4}" y="{bottom}" class="tick" text-anchor="end">{lo + pad:.3g}</text>',
+                f'<text x="{left}" y="{bottom + 16}" class="tick">{_t(all_dates[0][:7])}</text>',
+                f'<text x="{right}" y="{bottom + 16}" class="tick" text-anchor="end">{_t(all_dates[-1][:7])}</text>']
         points = " ".join(f"{px(d):.1f},{py(v):.1f}" for d, v in zip(s.dates, vals, strict=True) if not np.isnan(v))
         body.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>')
         for d, v in zip(s.dates, vals, strict=True):
             if not np.isnan(v):
                 body.append(f'<circle cx="{px(d):.1f}" cy="{py(v):.1f}" r="3" fill="{colour}">'
                             f"<title>{_t(d)}: {v:.3g}</title></circle>")
-    title = "Disease activity over time: " + ", ".join(s.label for s in shown)
-    desc = "; ".join(f"{s.label} from {s.values[0]:.3g} to {s.values[-1]:.3g}" for s in shown)
-    return _svg(width, height, title, desc, body, "trends")
+        desc = f"{s.label} ({s.unit}) from {s.values[0]:.3g} on {s.dates[0]} to {s.values[-1]:.3g} on {s.dates[-1]}"
+        panels.append(str(_svg(panel_w, panel_h, f"{s.label} over time", desc, body, "trend")))
+    return Markup(f'<div class="trends">{"".join(panels)}</div>')
 
 
 def _clip(text: str, n: int = 42) -> str:

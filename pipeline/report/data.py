@@ -54,7 +54,11 @@ class RegimenLine:
     dose: str
     target: str
     fraction_of_target: float | None
-    status: str  # below | at | above | no_target | unknown
+    status: str  # below | at | above | above_goal (a glucocorticoid above its taper goal) | no_target | unknown
+    #: what to do about the dose in words ("raise: …", "taper: …", "room up to 3 g/day …"); "" when nothing
+    action: str = ""
+    #: how the dose was judged for this patient ("1.2 mg/kg/day at 42 kg", "juvenile target per m² (1.31 m²)")
+    basis: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class OptionRow:
     thin_overlap: bool = False
     #: "in validation, patients given 60–70 in 100 responded 64 in 100" for this option's estimate ("" if unknown)
     calibration_note: str = ""
+    #: the facts that raise or lower this option's safety risk most, in words
+    safety_reasons: tuple[str, ...] = ()
 
     @property
     def not_modelled(self) -> bool:
@@ -115,6 +121,8 @@ class OptionExplanation:
     contrast_total: float | None = None
     reasons: tuple[str, ...] = ()
     contrast_reasons: tuple[str, ...] = ()
+    #: the option's average difference with continuing over all patients (the contrast chart's labelled base)
+    contrast_base: float | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,71 @@ class Page:
     positivity_threshold: float | None = None
     notes: tuple[str, ...] = ()
     generated: str = field(default_factory=lambda: date.today().isoformat())
+    #: latest safety labs graded against CTCAE v5 (flagged from grade 2)
+    labs: tuple[LabResult, ...] = ()
+    #: what the response measure does not cover for this patient's disease and what to watch
+    disease_notes: tuple[str, ...] = ()
+    #: latest disease activity with its age and whether it is stale: (text, stale)
+    activity: tuple[tuple[str, bool], ...] = ()
+    #: the first eligible option in the guideline order (configs/clinical_rules.yaml), the summary's comparison
+    guideline_option: str | None = None
+    #: whether the patient is judged against juvenile (per-kg / per-m²) dose targets, and the body size used
+    body_size: str = ""
+    #: checks due before / after starting the recommended option (the monitoring rules of its drug)
+    monitoring_due: tuple[Reminder, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabResult:
+    """The latest value of one safety lab before the decision date, graded against its CTCAE v5 thresholds."""
+
+    label: str
+    value: float
+    unit: str
+    date: str
+    age_days: int
+    grade: int  # 0 = within normal limits
+    flagged: bool
+    direction: str  # low | high | ""
+
+    @property
+    def text(self) -> str:
+        """'lymphocytes 0.4 ×10⁹/L (2026-10-02): grade 3 (severe), low'."""
+        judged = f"{GRADE_WORDS[self.grade]}, {self.direction}" if self.grade else "within normal limits"
+        return f"{self.label} {self.value:.3g} {self.unit} ({self.date}): {judged}"
+
+
+GRADE_WORDS = {1: "grade 1 (mild)", 2: "grade 2 (moderate)", 3: "grade 3 (severe)", 4: "grade 4 (life-threatening)"}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The band at the top of the page: the answer in ten seconds."""
+
+    option: OptionRow | None
+    guideline: OptionRow | None
+    reasons: tuple[str, ...]
+    dose_actions: tuple[str, ...]
+    flagged_labs: tuple[LabResult, ...]
+
+    @property
+    def vs_guideline(self) -> float | None:
+        """Chance of response of the recommended option minus the guideline's choice (None when they coincide)."""
+        if self.option is None or self.guideline is None or self.guideline.option == self.option.option:
+            return None
+        if self.option.p_response is None or self.guideline.p_response is None:
+            return None
+        return self.option.p_response - self.guideline.p_response
+
+
+def summarise(page: Page) -> Summary:
+    """The summary of a page: the ★ option, the guideline's choice, the ★ option's top reasons (the patient's
+    own facts), the dose actions (first when a dose is below target or a steroid above its goal), flagged labs."""
+    best = next((o for o in page.options if o.recommended), None)
+    guideline = next((o for o in page.options if o.option == page.guideline_option), None)
+    reasons = next((e.reasons for e in page.explanations if best is not None and e.option == best.option), ())
+    actions = tuple(f"{r.label}: {r.action}" for r in page.regimen if r.status in ("below", "above_goal"))
+    return Summary(best, guideline, reasons[:3], actions, tuple(lab for lab in page.labs if lab.flagged))
 
 
 # --- numbers as words -------------------------------------------------------------------------------------------

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from markupsafe import Markup
 
-if TYPE_CHECKING:
-    pass
 from pipeline.report.charts import contrast_svg, trends_svg, waterfall_svg
 from pipeline.report.data import (
     BANNER,
@@ -19,6 +17,7 @@ from pipeline.report.data import (
     in_100,
     score_range,
     signed_points,
+    summarise,
 )
 
 
@@ -47,7 +46,7 @@ def render_page(page: Page) -> str:
     }
     css = (TEMPLATES / "page.css").read_text(encoding="utf-8")
     return env.get_template("patient.html.j2").render(page=page, charts=charts, css=Markup(css), banner=BANNER,
-                                                      caveat=CAVEAT, shap_note=SHAP_NOTE)
+                                                      caveat=CAVEAT, shap_note=SHAP_NOTE, summary=summarise(page))
 
 
 def render_index(entries: Sequence[Mapping[str, str]], *, as_of: str, model: str) -> str:

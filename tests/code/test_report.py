@@ -36,7 +36,8 @@ def sample_page(patient_id: str = "P-0042", drug: str = "IVIG (Privigen)", event
         activity_facts=("CDASI activity 28 0–100 (2026-09-15)",),
         safety_facts=("no infections and no cytopenias in the last 6 months",),
         events=(("2023-08-02", "serious infection", event),),
-        regimen=(R.RegimenLine(drug, "IVIG", "1 g/kg intravenous every 4 weeks", "2 g/kg every 4 weeks", 0.5, "below"),
+        regimen=(R.RegimenLine(drug, "IVIG", "1 g/kg intravenous every 4 weeks", "2 g/kg every 4 weeks", 0.5, "below",
+                               action="raise: 1 g/kg every 4 weeks is 50 % of the lowest target dose"),
                  R.RegimenLine("CellCept", "mycophenolate mofetil", "1000 mg oral twice daily", "2–3 g/day", 1.0, "at")),
         trends=(R.TrendSeries("cdasi_activity", "CDASI activity (skin)", "0–100", ("2026-01-10", "2026-05-02",
                                                                                   "2026-09-15"), (30.0, 32.0, 28.0)),
@@ -54,6 +55,11 @@ def sample_page(patient_id: str = "P-0042", drug: str = "IVIG (Privigen)", event
         monitoring=R.monitoring_reminders(load_reference("monitoring"), ["ivig", "mycophenolate"],
                                           ["tofacitinib"], {"ivig": "IVIG", "tofacitinib": "tofacitinib"}),
         model_facts=(("population", "1,834 decisions of 800 patients"),),
+        labs=(R.LabResult("lymphocytes", 0.4, "×10⁹/L", "2026-10-02", 30, 3, True, "low"),
+              R.LabResult("platelets", 250, "×10⁹/L", "2026-10-02", 30, 0, False, "")),
+        disease_notes=("anti-MDA5: the total improvement score does not measure the lungs",),
+        activity=(("CDASI activity (skin) 28 / 100 (2026-09-15, 7 weeks old)", True),),
+        guideline_option="continue",
     )
 
 
@@ -82,7 +88,7 @@ def test_options_table_has_one_row_per_option_with_absolute_numbers(html):
 
 def test_every_chart_is_inline_svg_with_alt_text_and_a_data_table(html):
     svgs = re.findall(r"<svg [^>]*>", html)
-    assert len(svgs) == 4  # trends, two waterfalls, one contrast (continue has none)
+    assert len(svgs) == 5  # two trend panels, two waterfalls, one contrast (continue has none)
     assert all('role="img"' in s and "aria-label=" in s for s in svgs)
     assert html.count("<title>") >= 5  # page title + one per chart
     assert html.count("Data behind the chart") == 3  # trends + one per explained option
@@ -115,7 +121,7 @@ def test_current_regimen_shows_dose_against_target_and_flags():
     assert [ln.target for ln in lines] == ["2 g/kg every 4 weeks", "2–3 g/day", "—"]
     out = R.render_page(dataclasses.replace(sample_page(), regimen=lines))
     table = out[out.index('class="regimen"'):]
-    rows = re.findall(r"<tr>(.*?)</tr>", table[: table.index("</table>")], re.S)[-3:]
+    rows = re.findall(r"<tr data-status=[^>]*>(.*?)</tr>", table[: table.index("</table>")], re.S)[-3:]
     assert "50 %" in rows[0] and "below target: optimise" in rows[0] and "at target" not in rows[0]
     assert "150 %" in rows[1] and "at target" in rows[1] and "below target" not in rows[1]
     assert "no target" in rows[2] and "%" not in rows[2]
@@ -146,26 +152,60 @@ def test_svg_text_is_escaped():
         assert "<script" not in svg and "&lt;script&gt;" in svg
 
 
-def test_waterfall_steps_from_average_to_this_patient():
-    """Each fact's bar starts where the running total stands and spans its points on the 0–100 axis."""
-    expl = sample_page().explanations[1]  # 41 → +9 → +8 → −2 → +7 → 63
-    svg = R.waterfall_svg(expl, width=640)
-    assert ">41<" in svg and ">63<" in svg  # base and final values printed
-    rects = [(float(x), float(w)) for x, w in re.findall(r'<rect x="([\d.]+)" y="[\d.]+" width="([\d.]+)" '
-                                                         r'height="12"', svg)]
-    label_w, plot_w = 250, 640 - 250 - 60
-    def at(points: float) -> float:
-        return label_w + plot_w * points / 100
+def _drawn(svg: str) -> list[tuple[str, float, float]]:
+    """The bars of a chart read back from its SVG geometry, in points: (kind, left, right) via the root's
+    `data-x0` (x of 0 points) and `data-scale` (px per point)."""
+    x0 = float(re.search(r'data-x0="([-\d.]+)"', svg).group(1))
+    scale = float(re.search(r'data-scale="([\d.]+)"', svg).group(1))
+    bars = re.findall(r'<rect class="bar" data-kind="(\w+)" x="([-\d.]+)" y="[\d.]+" width="([\d.]+)"', svg)
+    return [(k, (float(x) - x0) / scale, (float(x) + float(w) - x0) / scale) for k, x, w in bars]
 
-    base, *facts, final = rects
-    assert base == pytest.approx((at(0), at(41) - at(0)), abs=0.1)
-    assert final == pytest.approx((at(0), at(63) - at(0)), abs=0.1)
-    running = 41.0
-    for (x, w), bar in zip(facts, expl.bars, strict=True):
-        lo, hi = sorted((running, running + bar.points))
-        assert (x, w) == pytest.approx((at(lo), at(hi) - at(lo)), abs=0.1), bar.label
-        running += bar.points
-    assert running == pytest.approx(63)
+
+def _assert_adds_up(svg: str, base: float, bars: list[float], total: float) -> None:
+    """Drawn base bar from 0, each step from the running total to the next, drawn total = base + Σ steps."""
+    drawn = _drawn(svg)
+    assert [k for k, *_ in drawn] == ["base", *("up" if b >= 0 else "down" for b in bars), "total"]
+    _, lo, hi = drawn[0]
+    assert (lo, hi) == pytest.approx(tuple(sorted((0.0, base))), abs=0.01)
+    running = base
+    for (_kind, lo, hi), points in zip(drawn[1:-1], bars, strict=True):
+        assert (lo, hi) == pytest.approx(tuple(sorted((running, running + points))), abs=0.01)
+        running += points
+    assert drawn[-1][1:] == pytest.approx(tuple(sorted((0.0, running))), abs=0.01)
+    assert running == pytest.approx(total, abs=0.01)
+
+
+def test_waterfall_steps_from_average_to_this_patient():
+    """Each fact's bar starts where the running total stands; base and printed values are the page's."""
+    expl = sample_page().explanations[1]  # 41 → +9 → +8 → −2 → +7 → 63
+    svg = R.waterfall_svg(expl)
+    assert ">41<" in svg and ">63<" in svg  # base and final values printed
+    _assert_adds_up(svg, 41.0, [b.points for b in expl.bars], 63.0)
+
+
+def test_waterfall_draws_a_running_total_below_zero_where_it_is():
+    """continue: 3 − 8 + 2 = −3 → the second bar spans −5…3 and the axis extends below zero (no clipping)."""
+    expl = R.OptionExplanation("continue", "continue", 3.0, -3.0, (R.Bar("a", -8.0), R.Bar("b", 2.0)))
+    svg = R.waterfall_svg(expl)
+    _assert_adds_up(svg, 3.0, [-8.0, 2.0], -3.0)
+    assert min(lo for _, lo, _ in _drawn(svg)) == pytest.approx(-5.0, abs=0.01)
+    assert ">−10<" in svg  # the axis is labelled below zero
+
+
+def test_contrast_draws_its_labelled_base_and_adds_up_to_its_total():
+    """The cyclophosphamide case: bars +28, base +15 (the option's average difference), total +43."""
+    expl = R.OptionExplanation("add_cyclophosphamide", "add IV cyclophosphamide", 40.0, 60.0, (),
+                               contrast=(R.Bar("CK", 20.0), R.Bar("MMT-8", 10.0), R.Bar("IVIG", -2.0)),
+                               contrast_total=43.0, contrast_base=15.0)
+    svg = R.contrast_svg(expl)
+    _assert_adds_up(svg, 15.0, [20.0, 10.0, -2.0], 43.0)
+    assert "average difference for all patients" in svg and ">+15<" in svg and ">+43<" in svg
+
+
+def test_chart_geometry_adds_up_without_svg():
+    layout = R.steps("start", 10.0, (R.Bar("a", -25.0), R.Bar("b", 5.0)), "end")
+    assert [(s.start, s.end) for s in layout] == [(0.0, 10.0), (10.0, -15.0), (-15.0, -10.0), (0.0, -10.0)]
+    assert R.axis_domain(layout, (0.0, 100.0)) == (-20, 100)
 
 
 def test_bars_keep_the_total_when_small_facts_are_pooled():
@@ -358,12 +398,14 @@ def test_patient_findings_name_table_row_column_rule_and_errors_stop_the_page():
     assert R.patient_findings(v.iloc[:0], "P1") == ()
 
 
-def test_latest_activity_shows_scores_against_their_scale():
+def test_latest_activity_shows_scores_against_their_scale_with_age_and_stale_mark():
     trends = sample_page().trends + (R.TrendSeries("ck", "Creatine kinase", "× upper limit of normal",
-                                                    ("2026-09-15",), (4.9,)),)
-    assert R.latest_activity(trends) == ("CDASI activity (skin) 28 / 100 (2026-09-15)",
-                                         "MMT-8 muscle strength 62 / 80 (2026-09-15)",
-                                         "Creatine kinase 4.9 × upper limit of normal (2026-09-15)")
+                                                    ("2026-07-15",), (4.9,)),)
+    rules = {"stale_after_days": {"default": 45}}
+    assert R.latest_activity(trends, pd.Timestamp("2026-10-01"), rules) == (
+        ("CDASI activity (skin) 28 / 100 (2026-09-15, 2 weeks old)", False),
+        ("MMT-8 muscle strength 62 / 80 (2026-09-15, 2 weeks old)", False),
+        ("Creatine kinase 4.9 × upper limit of normal (2026-07-15, 3 months old)", True))
 
 
 def test_evidence_uses_local_metrics_only_for_the_same_run(tmp_path):
@@ -394,3 +436,117 @@ def test_evidence_uses_local_metrics_only_for_the_same_run(tmp_path):
     (tmp_path / "evaluate" / "tables" / "headline.json").write_text(json.dumps({"response_auroc": 0.8, "response_n": 90}))
     full = evidence("run-a")
     assert full.metrics == {"response_auroc": 0.8, "response_n": 90} and full.source.endswith("headline.json")
+
+
+# --- the summary band, clinical rules, one patient's read ------------------------------------------------------
+def test_summary_band_comes_first_with_the_answer_dose_actions_and_reasons(html):
+    """Before the options table: the ★ option, its chance with interval, the gains over continuing and over the
+    guideline's choice, its safety risk with the window, dose actions first, this patient's reasons, alerts."""
+    summary = html[html.index('id="summary"'):html.index("</section>", html.index('id="summary"'))]
+    assert html.index('id="summary"') < html.index('id="banner"') < html.index('id="options-table"')
+    assert "add a JAK inhibitor (tofacitinib)" in summary and "62 in 100" in summary and "52–72" in summary
+    assert "+21 in 100" in summary  # vs continuing
+    assert "vs guideline choice (continue current regimen)" in summary and "+21 in 100" in summary
+    assert "within 24 weeks" in summary and "9 in 100" in summary
+    assert summary.index("First, the doses") < summary.index("Why, for this patient")
+    assert "IVIG: raise: 1 g/kg every 4 weeks is 50 %" in summary
+    assert "latest CDASI activity = 28" in summary
+    assert "lymphocytes 0.4" in summary and "grade 3" in summary and "disease note" in summary
+    assert "platelets" not in summary  # only flagged labs
+
+
+def test_labs_are_graded_against_ctcae_v5_and_flagged_from_grade_2():
+    rules = load_reference("clinical_rules")
+    labs = {r["measure"]: r for r in rules["labs"]["tests"]}
+    assert R.lab_grade(0.4, labs["lymphocytes"]) == (3, "low")
+    assert R.lab_grade(0.9, labs["lymphocytes"]) == (1, "low")
+    assert R.lab_grade(1.2, labs["lymphocytes"]) == (0, "")
+    assert R.lab_grade(0.45, labs["neutrophils"]) == (4, "low")
+    assert R.lab_grade(130, labs["alt"], uln=40) == (2, "high")  # > 3 × ULN
+    assert R.lab_grade(130, labs["alt"], uln=20) == (3, "high")  # the row's own ULN wins
+    a = pd.DataFrame({"measure": ["lymphocytes", "lymphocytes", "platelets"], "value": [1.5, 0.4, 250.0],
+                      "date": pd.to_datetime(["2026-06-01", "2026-10-02", "2026-10-02"]),
+                      "upper_limit_normal": [None, None, None]})
+    out = R.lab_results(a, pd.Timestamp("2026-11-01"), rules)
+    assert [(x.label, x.grade, x.flagged) for x in out] == [("lymphocytes", 3, True), ("platelets", 0, False)]
+    assert out[0].text == "lymphocytes 0.4 ×10⁹/L (2026-10-02): grade 3 (severe), low"
+
+
+def _current(**rows: dict) -> pd.DataFrame:
+    base = {"drug": None, "label": None, "dose": None, "dose_unit": "mg", "route": "oral", "interval": "daily",
+            "target_text": None, "fraction_of_target": None, "status": "no_target", "intensity_mg_day": None,
+            "target_low_mg_day": None, "target_high_mg_day": None}
+    return pd.DataFrame([{**base, "generic": g, "label": g, "drug": g, **r} for g, r in rows.items()])
+
+
+def test_dose_rules_flag_steroid_above_taper_goal_and_show_room_within_range():
+    rules, drugs = load_reference("clinical_rules"), load_reference("drugs")
+    current = _current(
+        prednisone={"dose": 15.0, "intensity_mg_day": 15.0},
+        mycophenolate={"dose": 1000.0, "interval": "twice daily", "intensity_mg_day": 2000.0,
+                       "target_low_mg_day": 2000.0, "target_high_mg_day": 3000.0, "fraction_of_target": 1.0,
+                       "status": "at", "target_text": "2–3 g/day"},
+        ivig={"dose": 1.0, "dose_unit": "g/kg", "intensity_mg_day": 35000 / 28, "target_low_mg_day": 70000 / 28,
+              "target_high_mg_day": 70000 / 28, "fraction_of_target": 0.5, "status": "below"})
+    pred, mmf, ivig = R.dose_lines(current, rules, drugs, juvenile=False, weight_kg=70.0, bsa_m2=None)
+    assert pred.status == "above_goal" and "taper" in pred.action and "2.0× the ≤ 7.5 mg/day goal" in pred.action
+    assert pred.basis == "0.214 mg/kg/day at 70 kg"
+    assert mmf.status == "at" and "room up to 3 g/day" in mmf.action
+    assert ivig.status == "below" and ivig.action.startswith("raise: 1.25 g/day is 50 %")
+    assert R.summarise(dataclasses.replace(sample_page(), regimen=(pred, mmf, ivig))).dose_actions == (
+        f"prednisone: {pred.action}", f"ivig: {ivig.action}")
+
+
+def test_a_juvenile_patient_is_judged_per_kg_and_per_m2_not_against_adult_doses():
+    rules, drugs = load_reference("clinical_rules"), load_reference("drugs")
+    current = _current(
+        methotrexate={"dose": 10.0, "interval": "weekly", "intensity_mg_day": 10 / 7, "target_low_mg_day": 15 / 7,
+                      "target_high_mg_day": 25 / 7, "fraction_of_target": 10 / 15, "status": "below"},
+        hydroxychloroquine={"dose": 200.0, "intensity_mg_day": 200.0, "target_low_mg_day": 200.0,
+                            "target_high_mg_day": 400.0, "fraction_of_target": 1.0, "status": "at"})
+    bsa = R.mosteller_bsa(30.0, 135.0)  # 1.06 m²
+    mtx, hcq = R.dose_lines(current, rules, drugs, juvenile=True, weight_kg=30.0, bsa_m2=bsa)
+    # 15 mg/m²/week × 1.06 m² = 15.9 mg/week: 10 mg/week is below; the adult band said the same for other reasons
+    assert mtx.status == "below" and "per m² (1.06 m²)" in mtx.basis and "for 1.06 m²" in mtx.target
+    # 200 mg/day for 30 kg = 6.7 mg/kg/day: above the juvenile 2–5 mg/kg/day (adult band said "at")
+    assert hcq.status == "above" and "30 kg" in hcq.target
+
+
+def test_disease_notes_for_mda5_ild_and_cancer():
+    rules = load_reference("clinical_rules")
+    notes = R.disease_notes({"antibodies": "anti-MDA5", "ild": True, "cancer_associated": False,
+                             "diagnosis": "adult_dermatomyositis"}, rules)
+    assert len(notes) == 2 and "MDA5" in notes[0] and "ILD progression" in notes[1]
+    assert R.disease_notes({"antibodies": "anti-Mi-2", "ild": False, "cancer_associated": "false"}, rules) == ()
+    assert "oncology" in R.disease_notes({"antibodies": "", "cancer_associated": "true"}, rules)[0]
+
+
+def test_reasons_in_clinical_words_with_sensible_precision():
+    assert R.plain_reason("months on tocilizumab = 5.95 → +4 in 100") == "6 months on tocilizumab → +4 in 100"
+    assert (R.plain_reason("change in physician global activity over 6 months = -1.2 cm (0-10) → −3 in 100")
+            == "physician global activity fell by 1.2 cm (0-10) over 6 months → −3 in 100")
+    assert R.plain_reason("latest CK = 4.91234 × ULN → +2 in 100") == "latest CK = 4.91 × ULN → +2 in 100"
+
+
+def test_guideline_choice_is_the_first_eligible_option_in_the_configured_order():
+    options = sample_page().options
+    assert R.guideline_option(options, ["optimise_dose", "add_ivig", "add_jak_inhibitor"]).option == \
+        "add_jak_inhibitor"
+    assert R.guideline_option(options, ["add_ivig"]) is None
+
+
+def test_one_patients_tables_are_read_alone_with_their_file_rows(tmp_path):
+    """Parquet is read with a filter; the rows keep their numbers in the file, so findings name the same row."""
+    from pipeline.io import read_contract_tables
+    from tests.conftest import SEED_CASE
+
+    full = read_contract_tables(SEED_CASE)
+    extra = {name: pd.concat([t.assign(patient_id="OTHER"), t], ignore_index=True) for name, t in full.items()}
+    for name, t in extra.items():
+        t.to_parquet(tmp_path / f"{name}.parquet", index=False)
+    one = R.read_patient_tables(tmp_path, "SEED-0001")
+    for name, t in one.items():
+        n = len(full[name])
+        assert list(t.index) == list(range(n, 2 * n)), name
+        assert set(t["patient_id"]) <= {"SEED-0001"}
+    assert R.read_patient_tables(tmp_path, "NOPE")["patients"].empty

@@ -1,0 +1,230 @@
+"""Clinical rules of the page: lab grades (CTCAE v5), dose goals and juvenile targets, disease notes, stale
+measurements, the guideline's choice and reasons in clinical words. Pure functions of one patient's frames and
+`configs/clinical_rules.yaml` (passed in): no file I/O, so every rule is tested on small frames."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import pandas as pd
+
+from pipeline.report.data import LabResult, OptionRow, RegimenLine, TrendSeries, _ok
+
+
+# --- laboratory grades ------------------------------------------------------------------------------------------
+def lab_grade(value: float, rule: Mapping[str, Any], uln: float | None = None) -> tuple[int, str]:
+    """CTCAE grade (0–4) and direction of one value: below the lower limit of normal (`lln`, `below`
+    thresholds) or above the upper limit (`above_x_uln` multiples of the row's ULN, else the rule's `uln`)."""
+    if "below" in rule:
+        if value >= float(rule["lln"]):
+            return 0, ""
+        return 1 + sum(value < float(t) for t in rule["below"]), "low"
+    limit = uln if uln is not None and _ok(uln) and uln > 0 else float(rule["uln"])
+    if value <= limit:
+        return 0, ""
+    return 1 + sum(value > float(t) * limit for t in rule["above_x_uln"]), "high"
+
+
+def lab_results(assessments: pd.DataFrame, as_of: pd.Timestamp, rules: Mapping[str, Any]) -> tuple[LabResult, ...]:
+    """The latest value of each lab in `rules['labs']` dated before `as_of`, graded; flagged from `flag_grade`."""
+    cfg = rules["labs"]
+    a = assessments[pd.to_datetime(assessments["date"]) < as_of]
+    out = []
+    for rule in cfg["tests"]:
+        m = a[a["measure"] == rule["measure"]].sort_values("date")
+        m = m[pd.to_numeric(m["value"], errors="coerce").notna()]
+        if m.empty:
+            continue
+        last = m.iloc[-1]
+        value = float(last["value"])
+        uln = pd.to_numeric(pd.Series([last.get("upper_limit_normal")]), errors="coerce").iloc[0]
+        grade, direction = lab_grade(value, rule, None if pd.isna(uln) else float(uln))
+        when = pd.Timestamp(last["date"])
+        out.append(LabResult(rule["label"], value, rule["unit"], str(when.date()), int((as_of - when).days), grade,
+                             grade >= int(cfg["flag_grade"]), direction))
+    return tuple(out)
+
+
+# --- doses ------------------------------------------------------------------------------------------------------
+def _mg(mg_day: float) -> str:
+    """A daily intensity in the unit a prescriber reads: '7.5 mg/day', '2.5 g/day'."""
+    return f"{mg_day / 1000:.3g} g/day" if mg_day >= 1000 else f"{mg_day:.3g} mg/day"
+
+
+def _per(mg_day: float, basis: str, weight: float | None, bsa: float | None, cycle_days: float = 1) -> str:
+    """The intensity per kg or per m² over the rule's cycle ('12 mg/m²/week'), or '' without the body size."""
+    size = weight if basis == "mg_per_kg" else bsa
+    if size is None or not _ok(size) or size <= 0:
+        return ""
+    per = "kg" if basis == "mg_per_kg" else "m²"
+    period = {1: "day", 7: "week"}.get(int(cycle_days), f"{cycle_days:g} days")
+    return f"{mg_day * cycle_days / size:.3g} mg/{per}/{period}"
+
+
+def mosteller_bsa(weight_kg: float | None, height_cm: float | None) -> float | None:
+    """Body surface area (m²) by Mosteller: √(height cm × weight kg / 3600); None without both."""
+    if not (_ok(weight_kg) and _ok(height_cm)) or weight_kg <= 0 or height_cm <= 0:  # type: ignore[operator]
+        return None
+    return math.sqrt(float(height_cm) * float(weight_kg) / 3600.0)  # type: ignore[arg-type]
+
+
+def dose_lines(current: pd.DataFrame, rules: Mapping[str, Any], drugs: Mapping[str, Any], *, juvenile: bool,
+               weight_kg: float | None, bsa_m2: float | None) -> tuple[RegimenLine, ...]:
+    """Every current drug against its goal, with the action a prescriber takes: raise a dose below target, taper a
+    glucocorticoid above its taper goal, the room left within a target range; a juvenile patient's doses judged
+    against per-kg / per-m² targets (`rules['doses']['juvenile']`) for the patient's weight and body surface."""
+    from pipeline.report.assemble import regimen_lines
+
+    cfg = rules["doses"]
+    tol = float(cfg.get("tolerance", 0.05))
+    taper = {d["generic"]: float(d["target"]["taper_goal_mg_per_day"]) for d in drugs.get("drugs", [])
+             if isinstance(d.get("target"), dict) and "taper_goal_mg_per_day" in d["target"]}
+    out = []
+    for line, row in zip(regimen_lines(current), current.to_dict(orient="records"), strict=True):
+        generic = str(row.get("generic"))
+        mg = float(row["intensity_mg_day"]) if _ok(row.get("intensity_mg_day")) else None
+        low = float(row["target_low_mg_day"]) if _ok(row.get("target_low_mg_day")) else None
+        high = float(row["target_high_mg_day"]) if _ok(row.get("target_high_mg_day")) else None
+        target, status, frac, basis = line.target, line.status, line.fraction_of_target, ""
+        jrule = cfg.get("juvenile", {}).get(generic) if juvenile else None
+        if jrule is not None:
+            size = weight_kg if jrule["basis"] == "mg_per_kg" else bsa_m2
+            what = (f"{weight_kg:.0f} kg" if jrule["basis"] == "mg_per_kg" and _ok(weight_kg)
+                    else f"{bsa_m2:.2f} m²" if _ok(bsa_m2) else "")
+            if size is None or not _ok(size):
+                basis = "juvenile target needs " + ("weight" if jrule["basis"] == "mg_per_kg" else "weight and height")
+                status, frac, low, high = "unknown", None, None, None
+            else:
+                per_day = float(jrule["doses_per_cycle"]) / float(jrule["cycle_days"]) * float(size)
+                cap = float(jrule.get("max_mg_per_day", math.inf))
+                low, high = min(float(jrule["low"]) * per_day, cap), min(float(jrule["high"]) * per_day, cap)
+                target = f"{jrule['text']}: {_mg(low)}" + (f"–{_mg(high)}" if high > low * (1 + tol) else "") \
+                    + f" for {what}"
+                basis = f"juvenile target per {'kg' if jrule['basis'] == 'mg_per_kg' else 'm²'} ({what})"
+                if mg is None:
+                    status, frac = "unknown", None
+                else:
+                    frac = mg / low
+                    below = mg < low * (1 - tol) and not jrule.get("induction_only")
+                    status = "below" if below else "above" if mg > high * (1 + tol) else "at"
+                    if jrule.get("induction_only") and mg <= high * (1 + tol):
+                        status = "no_target"
+        action = ""
+        if generic in taper and mg is not None and mg > taper[generic] * (1 + tol):
+            status = "above_goal"
+            action = (f"taper: {_mg(mg)} is {mg / taper[generic]:.1f}× the ≤ {taper[generic]:g} mg/day goal"
+                      + (" (Pneumocystis risk rises above 10 mg/day)" if mg > 10 else ""))
+        elif status == "below" and low is not None and mg is not None:
+            action = f"raise: {_mg(mg)} is {round(100 * mg / low)} % of the lowest target dose {_mg(low)}"
+        elif status == "above" and high is not None and mg is not None:
+            action = f"above target: {_mg(mg)} against at most {_mg(high)}; check for toxicity"
+        elif status == "at" and mg is not None and high is not None and high > mg * (1 + tol):
+            action = f"at target; room up to {_mg(high)} within the range (now {_mg(mg)})"
+        elif status == "at":
+            action = "at target"
+        elif generic in taper and mg is not None:
+            action = f"at or below the ≤ {taper[generic]:g} mg/day taper goal"
+        if mg is not None and weight_kg is not None and _ok(weight_kg) and not basis:
+            per = _per(mg, "mg_per_kg", weight_kg, None)
+            basis = f"{per} at {weight_kg:.0f} kg" if per else ""
+        out.append(replace(line, target=target, status=status, fraction_of_target=frac, action=action, basis=basis))
+    return tuple(out)
+
+
+def dose_actions(lines: Sequence[RegimenLine]) -> tuple[str, ...]:
+    """The dose changes to consider before adding a drug: below-target doses to raise, steroids to taper."""
+    return tuple(f"{line.label}: {line.action}" for line in lines if line.status in ("below", "above_goal"))
+
+
+def below_target_drugs(lines: Sequence[RegimenLine]) -> tuple[str, ...]:
+    """The drugs whose dose is below target: what 'optimise doses' would raise."""
+    return tuple(line.label for line in lines if line.status == "below")
+
+
+# --- disease notes and stale measurements -----------------------------------------------------------------------
+def _yes(value: Any) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+def disease_notes(patient: Mapping[str, Any], rules: Mapping[str, Any]) -> tuple[str, ...]:
+    """The notes of `rules['disease_notes']` whose `when` matches this patient (antibody substring, ILD, cancer,
+    diagnosis): what the response measure does not cover and what to watch."""
+    out = []
+    antibodies = str(patient.get("antibodies") or "").upper()
+    for rule in rules.get("disease_notes", []):
+        cond = rule["when"]
+        hit = (("antibody" in cond and str(cond["antibody"]).upper() in antibodies)
+               or ("ild" in cond and _yes(patient.get("ild")) == bool(cond["ild"]) and bool(cond["ild"]))
+               or ("cancer_associated" in cond and _yes(patient.get("cancer_associated")) and cond["cancer_associated"])
+               or ("diagnosis" in cond and str(patient.get("diagnosis")) == cond["diagnosis"]))
+        if hit:
+            out.append(" ".join(str(rule["note"]).split()))
+    return tuple(out)
+
+
+def stale_days(rules: Mapping[str, Any], measure: str) -> int:
+    """How old a measurement may be before the page marks it stale."""
+    cfg = rules.get("stale_after_days", {})
+    return int(cfg.get(measure, cfg.get("default", 45)))
+
+
+def latest_activity(trends: Sequence[TrendSeries], as_of: pd.Timestamp, rules: Mapping[str, Any]
+                    ) -> tuple[tuple[str, bool], ...]:
+    """The latest value of each measure with its scale, date and age, and whether it is stale:
+    ('MMT-8 muscle strength 63 / 80 (2026-09-17, 2 months old)', True)."""
+    out = []
+    for s in trends:
+        if not s.values:
+            continue
+        scale = re.fullmatch(r"0[–-](\d+(?:\.\d+)?)", s.unit)
+        value = f"{s.values[-1]:.3g}" + (f" / {scale.group(1)}" if scale else f" {s.unit}")
+        age = int((as_of - pd.Timestamp(s.dates[-1])).days)
+        stale = age > stale_days(rules, s.measure)
+        out.append((f"{s.label} {value} ({s.dates[-1]}, {age_words(age)} old)", stale))
+    return tuple(out)
+
+
+def age_words(days: int) -> str:
+    """'3 days', '5 weeks', '2 months', '1.5 years': an age a reader takes in at a glance."""
+    if days < 14:
+        return f"{days} day{'s' if days != 1 else ''}"
+    if days < 61:
+        return f"{round(days / 7)} weeks"
+    if days < 548:
+        return f"{round(days / 30.44)} months"
+    return f"{days / 365.25:.1f} years"
+
+
+# --- options: guideline choice, reasons in words ----------------------------------------------------------------
+def guideline_option(options: Sequence[OptionRow], order: Sequence[str]) -> OptionRow | None:
+    """The first eligible, modelled option in the guideline order (`rules['guideline_order']`), else None."""
+    by_name = {o.option: o for o in options if o.eligible and o.p_response is not None}
+    return next((by_name[name] for name in order if name in by_name), None)
+
+
+_NUMBER = re.compile(r"(?<![\w.])(\d+\.\d{2,})(?![\d])")
+_CHANGE = re.compile(r"^change in (?P<what>.+?) over (?P<span>\d+ months?) = (?P<sign>[−-]?)(?P<value>[\d.]+) ?"
+                     r"(?P<unit>[^→]*?) (?P<arrow>→.*)$")
+_MONTHS_ON = re.compile(r"^months on (?P<drug>.+?) = (?P<value>[\d.]+)(?: months)? (?P<arrow>→.*)$")
+
+
+def plain_reason(text: str) -> str:
+    """A model reason in clinical words with sensible precision: changes say their direction ('physician global
+    activity rose by 1.2 cm (0-10) over 6 months'), time on a drug in whole months, other numbers 3 figures."""
+    text = _NUMBER.sub(lambda m: f"{float(m.group(1)):.3g}", text)
+    m = _CHANGE.match(text)
+    if m:
+        v = float(m["value"])
+        verb = "unchanged" if v == 0 else ("fell by" if m["sign"] else "rose by")
+        amount = "" if v == 0 else f" {v:.2g} {m['unit'].strip()}".rstrip()
+        return f"{m['what']} {verb}{amount} over {m['span']} {m['arrow']}"
+    m = _MONTHS_ON.match(text)
+    if m:
+        v = float(m["value"])
+        months = "less than 1 month" if v < 1 else f"{v:.0f} month{'s' if round(v) != 1 else ''}"
+        return f"{months} on {m['drug']} {m['arrow']}"
+    return text
