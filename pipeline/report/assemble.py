@@ -285,7 +285,7 @@ def build_patient_page(
 ) -> Page:
     """Everything for one patient from the normalised contract tables (all patients or only this one); every
     statement about the model (horizon, interval level, performance) comes from `evidence`, every clinical rule
-    (lab grades, dose goals, disease notes, guideline order) from `rules` (configs/clinical_rules.yaml)."""
+    (lab grades, dose goals, disease notes) from `rules` (configs/clinical_rules.yaml)."""
     from features.build import build_features
     from features.vocabulary import OptionCatalog, Vocabulary
     from models import explain as E
@@ -360,7 +360,7 @@ def build_patient_page(
     adds = catalog.option(best).adds if best is not None else None
     due = tuple(r for r in monitoring_reminders(monitoring, current_generics, [adds] if adds else [], drug_labels)
                 if r.drugs and (adds is None or any(drug_labels.get(adds, adds) in d for d in r.drugs)))
-    guideline = C.guideline_option(options, rules.get("guideline_order", []))
+    guideline = C.guideline_option(options, catalog.guideline)  # configs/options.yaml's guideline list
     explanations = tuple(replace(e, reasons=tuple(C.plain_reason(r) for r in e.reasons),
                                  contrast_reasons=tuple(C.plain_reason(r) for r in e.contrast_reasons))
                          for e in explanations)

@@ -201,7 +201,7 @@ def age_words(days: int) -> str:
 
 # --- options: guideline choice, reasons in words ----------------------------------------------------------------
 def guideline_option(options: Sequence[OptionRow], order: Sequence[str]) -> OptionRow | None:
-    """The first eligible, modelled option in the guideline order (`rules['guideline_order']`), else None."""
+    """The first eligible, modelled option in the guideline order (configs/options.yaml `guideline`), else None."""
     by_name = {o.option: o for o in options if o.eligible and o.p_response is not None}
     return next((by_name[name] for name in order if name in by_name), None)
 

@@ -172,7 +172,7 @@ class Page:
     disease_notes: tuple[str, ...] = ()
     #: latest disease activity with its age and whether it is stale: (text, stale)
     activity: tuple[tuple[str, bool], ...] = ()
-    #: the first eligible option in the guideline order (configs/clinical_rules.yaml), the summary's comparison
+    #: the first eligible option of configs/options.yaml's guideline list: the summary's comparison
     guideline_option: str | None = None
     #: whether the patient is judged against juvenile (per-kg / per-m²) dose targets, and the body size used
     body_size: str = ""
