@@ -120,7 +120,7 @@ def _chart(layout: Sequence[Step], domain: tuple[float, float], *, title: str, d
 def waterfall_svg(expl: OptionExplanation, *, width: int = CHART_W) -> Markup:
     """Waterfall on a chance-of-response axis (0–100, wider if a running total leaves it): from the average
     patient's estimate, each clinical fact moves the estimate (blue up, vermillion down) to this patient's."""
-    layout = steps("average patient", expl.base_points, expl.bars, "this patient")
+    layout = steps("average patient on this option", expl.base_points, expl.bars, "this patient")
     final = layout[-1].end
 
     def value(s: Step) -> str:
@@ -129,7 +129,7 @@ def waterfall_svg(expl: OptionExplanation, *, width: int = CHART_W) -> Markup:
     title = f"Why the estimate for {expl.label} is {final:.0f} in 100"
     desc = "; ".join(f"{b.label}: {signed_points(b.points / 100)}" for b in expl.bars)
     return _chart(layout, axis_domain(layout, (0.0, 100.0)), title=title, cls="waterfall",
-                  desc=f"Starts at {expl.base_points:.0f} for the average patient. {desc}. Ends at {final:.0f}.",
+                  desc=f"Starts at {expl.base_points:.0f} for the average patient on this option. {desc}. Ends at {final:.0f}.",
                   axis="chance of response, in 100 patients like this", value_text=value)
 
 

@@ -119,9 +119,9 @@ def dose_lines(current: pd.DataFrame, rules: Mapping[str, Any], drugs: Mapping[s
             action = (f"taper: {_mg(mg)} is {mg / taper[generic]:.1f}× the ≤ {taper[generic]:g} mg/day goal"
                       + (" (Pneumocystis risk rises above 10 mg/day)" if mg > 10 else ""))
         elif status == "below" and low is not None and mg is not None:
-            action = f"raise: {_mg(mg)} is {round(100 * mg / low)} % of the lowest target dose {_mg(low)}"
+            action = f"raise towards {target}: the dose now is {round(100 * mg / low)} % of the lowest target"
         elif status == "above" and high is not None and mg is not None:
-            action = f"above target: {_mg(mg)} against at most {_mg(high)}; check for toxicity"
+            action = f"above target ({target}): {round(100 * mg / high)} % of the highest; check for toxicity"
         elif status == "at" and mg is not None and high is not None and high > mg * (1 + tol):
             action = f"at target; room up to {_mg(high)} within the range (now {_mg(mg)})"
         elif status == "at":
