@@ -498,7 +498,7 @@ def _regimens(drug: pd.DataFrame, omop: Mapping[str, pd.DataFrame | None], mappi
         "end_date": d["end"].to_numpy(), "order_ok": (~order).to_numpy(),
     })
     regimens = merge_exposures(rows, gap_days)
-    ends = regimens["pid"].map(obs_end)
+    ends = pd.Series(pd.to_datetime(obs_end.reindex(regimens["pid"].to_numpy()).to_numpy()), index=regimens.index)
     regimens.loc[regimens["end_date"].notna() & ends.notna() & (regimens["end_date"] >= ends), "end_date"] = pd.NaT
     regimens.insert(0, "patient_id", regimens["pid"].map(ids).astype("string"))
     regimens = regimens.drop(columns="pid").sort_values(["patient_id", "start_date", "drug"], kind="stable")

@@ -370,3 +370,16 @@ def test_mapping_ships_valid() -> None:
     assert isinstance(mapping, OmopMapping)
     assert {d.diagnosis for d in mapping.diagnoses} == set(MeasureCatalog.from_config(
         load_reference("measures")).codes("diagnosis"))
+
+
+def test_source_with_only_person_and_condition_tables(tmp_path: Path) -> None:
+    """Optional tables (drugs, labs, vocabulary …) may be absent: the patients are still imported."""
+    pd.DataFrame({"person_id": [1, 2], "gender_concept_id": [8532, 8507], "year_of_birth": [1970, 1980]}).to_csv(
+        tmp_path / "person.csv", index=False)
+    pd.DataFrame({"person_id": [1], "condition_concept_id": [80182], "condition_start_date": ["2020-01-01"]}).to_csv(
+        tmp_path / "condition_occurrence.csv", index=False)
+    result = run_import_omop(str(tmp_path), tmp_path / "out")
+    assert result.tables["patients"][["patient_id", "diagnosis"]].values.tolist() == [["1", "adult_dermatomyositis"]]
+    assert all(len(result.tables[t]) == 0 for t in ("regimens", "assessments", "events"))
+    assert json.loads((tmp_path / "out" / "import_report.json").read_text())["vocabulary"] == {
+        "concept_ancestor": False, "drug_strength": False}
