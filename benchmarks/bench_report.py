@@ -1,0 +1,110 @@
+"""One clinician page on the full cohort: time and peak memory of `escalate report --patient` (issue 15, item 7:
+a page for one patient reads only that patient, ≤ 3 s and ≤ 400 MB on the 3,000-patient cohort).
+
+Run: `python benchmarks/bench_report.py [--data data/cohort] [--patients SIM-000001 SIM-000004 …] [--as-of D]
+[--today T] [--repeat 3]` after `dvc repro` (needs the cohort and a trained model: registry champion or
+data/train/model/).
+
+Each measurement runs in a fresh process so peak RSS is that page's own. Prints, per patient: the stages in this
+process — reading and checking the patient's rows (Parquet filters), building the page (features, predictions,
+SHAP), rendering — with the model already loaded (what a page server pays per request), the peak RSS of a process
+that did only that, and the whole CLI run (interpreter start, imports and model loading included) with its peak
+RSS; then the whole-cohort read the page used to do, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: the child process: loads the model first (not timed), then times one page's stages and reports peak RSS (KB)
+CHILD = r"""
+import json, resource, sys, time
+from datetime import date
+from pathlib import Path
+import pandas as pd
+from pipeline.config import load_reference, quiet_library_notices
+quiet_library_notices()
+from pipeline import report as R
+from pipeline.settings import load_settings
+data, patient, as_of, today, whole = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1"
+loaded = R.load_model()
+evidence = R.load_evidence(loaded, load_settings())
+monitoring, rules = load_reference("monitoring"), load_reference("clinical_rules")
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+raw = R.read_patient_tables(data, patient) if not whole else None
+if whole:
+    tables, violations = R.check_tables(__import__("pipeline.io", fromlist=["x"]).read_contract_tables(data), today)
+else:
+    tables, violations = R.check_tables(raw, today)
+t1 = time.perf_counter()
+page = R.build_patient_page(patient, pd.Timestamp(as_of), tables, loaded, monitoring, evidence,
+                            findings=R.patient_findings(violations, patient), rules=rules)
+t2 = time.perf_counter()
+html = R.render_page(page)
+t3 = time.perf_counter()
+print(json.dumps({"read_check_s": t1 - t0, "build_s": t2 - t1, "render_s": t3 - t2, "page_s": t3 - t0,
+                  "rss_before_mb": rss0 / 1024, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "bytes": len(html)}))
+"""
+
+
+def child(data: Path, patient: str, as_of: str, today: str, whole: bool = False) -> dict[str, float]:
+    """One page's stage timings in a fresh process (model loaded before the clock starts)."""
+    out = subprocess.run([sys.executable, "-c", CHILD, str(data), patient, as_of, today, "1" if whole else "0"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cli(data: Path, patient: str, as_of: str, today: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB, that process's own via wait4) of the whole `escalate report` command."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "escalate"), "report", "--data", str(data),
+                                 "--patient", patient, "--as-of", as_of, "--today", today, "--out", f"{tmp}/p.html"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"escalate report --patient {patient} failed with exit status {proc.returncode}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "cohort")
+    ap.add_argument("--patients", nargs="+", default=["SIM-000001", "SIM-000004", "SIM-000052"])
+    ap.add_argument("--as-of", default="2026-06-01")
+    ap.add_argument("--today", default=time.strftime("%Y-%m-%d"))
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args()
+    import pandas as pd
+
+    n = len(pd.read_parquet(args.data / "patients.parquet", columns=["patient_id"]))
+    print(f"cohort {args.data}: {n} patients; as of {args.as_of}, today {args.today}")
+    print(f"{'patient':<12} {'read+check s':>12} {'build s':>8} {'render s':>8} {'page s':>7} {'page peak MB':>12} "
+          f"{'CLI s':>6} {'CLI peak MB':>11}")
+    for pid in args.patients:
+        for _ in range(args.repeat):
+            r = child(args.data, pid, args.as_of, args.today)
+            s, mb = cli(args.data, pid, args.as_of, args.today)
+            print(f"{pid:<12} {r['read_check_s']:>12.2f} {r['build_s']:>8.2f} {r['render_s']:>8.2f} "
+                  f"{r['page_s']:>7.2f} {r['peak_rss_mb']:>12.0f} {s:>6.2f} {mb:>11.0f}")
+    r = child(args.data, args.patients[0], args.as_of, args.today, whole=True)
+    print(f"for comparison, reading and checking the whole cohort for {args.patients[0]}: "
+          f"{r['read_check_s']:.2f} s, page {r['page_s']:.2f} s, peak {r['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
