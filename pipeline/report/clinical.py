@@ -55,6 +55,13 @@ def _mg(mg_day: float) -> str:
     return f"{mg_day / 1000:.3g} g/day" if mg_day >= 1000 else f"{mg_day:.3g} mg/day"
 
 
+def _per_cycle(mg_day: float, cycle_days: float) -> str:
+    """A daily intensity over the rule's cycle: '23.7 mg/week' for a weekly drug, else per day."""
+    if int(cycle_days) == 7:
+        return f"{mg_day * 7:.3g} mg/week"
+    return _mg(mg_day)
+
+
 def _per(mg_day: float, basis: str, weight: float | None, bsa: float | None, cycle_days: float = 1) -> str:
     """The intensity per kg or per m² over the rule's cycle ('12 mg/m²/week'), or '' without the body size."""
     size = weight if basis == "mg_per_kg" else bsa
@@ -102,8 +109,9 @@ def dose_lines(current: pd.DataFrame, rules: Mapping[str, Any], drugs: Mapping[s
                 per_day = float(jrule["doses_per_cycle"]) / float(jrule["cycle_days"]) * float(size)
                 cap = float(jrule.get("max_mg_per_day", math.inf))
                 low, high = min(float(jrule["low"]) * per_day, cap), min(float(jrule["high"]) * per_day, cap)
-                target = f"{jrule['text']}: {_mg(low)}" + (f"–{_mg(high)}" if high > low * (1 + tol) else "") \
-                    + f" for {what}"
+                days = float(jrule["cycle_days"])
+                target = f"{jrule['text']}: {_per_cycle(low, days)}" + (
+                    f"–{_per_cycle(high, days)}" if high > low * (1 + tol) else "") + f" for {what}"
                 basis = f"juvenile target per {'kg' if jrule['basis'] == 'mg_per_kg' else 'm²'} ({what})"
                 if mg is None:
                     status, frac = "unknown", None
@@ -112,7 +120,7 @@ def dose_lines(current: pd.DataFrame, rules: Mapping[str, Any], drugs: Mapping[s
                     below = mg < low * (1 - tol) and not jrule.get("induction_only")
                     status = "below" if below else "above" if mg > high * (1 + tol) else "at"
                     if jrule.get("induction_only") and mg <= high * (1 + tol):
-                        status = "no_target"
+                        status, frac = "no_target", None  # a taper below the induction band is no shortfall
         action = ""
         if generic in taper and mg is not None and mg > taper[generic] * (1 + tol):
             status = "above_goal"
