@@ -550,3 +550,30 @@ def test_one_patients_tables_are_read_alone_with_their_file_rows(tmp_path):
         assert list(t.index) == list(range(n, 2 * n)), name
         assert set(t["patient_id"]) <= {"SEED-0001"}
     assert R.read_patient_tables(tmp_path, "NOPE")["patients"].empty
+
+
+class _ModelLoaded(Exception):
+    """Raised by a stand-in `load_model`: the page got past every refusal."""
+
+
+def test_a_retrospective_page_checks_records_against_today_not_the_decision_date(tmp_path, monkeypatch):
+    """as of a past decision the seed patient's later records are no error (they are dated before --today); a
+    decision after today and an unknown patient are refused before the model loads."""
+    from datetime import date
+
+    from tests.conftest import SEED_CASE
+
+    def loaded(*args, **kwargs):
+        raise _ModelLoaded
+
+    monkeypatch.setattr(R, "load_model", loaded)
+    out = tmp_path / "p.html"
+    with pytest.raises(_ModelLoaded):
+        R.run_report("SEED-0001", as_of=date(2025, 6, 1), today=date(2026, 11, 25), data=SEED_CASE, out=out)
+    with pytest.raises(R.ReportRefusal, match=r"--as-of 2026-12-01 is after --today 2026-11-25"):
+        R.run_report("SEED-0001", as_of=date(2026, 12, 1), today=date(2026, 11, 25), data=SEED_CASE, out=out)
+    with pytest.raises(R.ReportRefusal, match=r"no patient 'NOPE'"):
+        R.run_report("NOPE", as_of=date(2026, 11, 18), today=date(2026, 11, 25), data=SEED_CASE, out=out)
+    with pytest.raises(R.ReportRefusal, match=r"data errors.*future"):  # records after today are errors
+        R.run_report("SEED-0001", as_of=date(2025, 6, 1), today=date(2025, 6, 1), data=SEED_CASE, out=out)
+    assert not out.exists()
