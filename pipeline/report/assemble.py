@@ -138,7 +138,8 @@ def option_explanations(
     from models import explain as E
 
     out = []
-    reasons = E.reasons_frame(explanations, X, dictionary, k + 1)  # one spare: the option group is not a reason
+    # every bar's fact in words (n_bars + the option group), so a bar reads "IVIG 1 g/kg … = 50 % of target", not "IVIG"
+    reasons = E.reasons_frame(explanations, X, dictionary, max(k, n_bars) + 1)
     reasons = reasons[reasons["row"] == row].set_index("option")
     for option in [o for o in explanations.arms if o in eligible]:
         s = explanations.get("response", option)
@@ -159,10 +160,29 @@ def option_explanations(
                                                     total - start))
             con_base = start + con_own
         r = reasons.loc[option] if option in reasons.index else None
+        bars = _facts_as_labels(bars, r, "reason", max(k, n_bars) + 1)
+        contrast = _facts_as_labels(contrast, r, "contrast_reason", max(k, n_bars) + 1)
         out.append(OptionExplanation(
             option, labels.get(option, option), base + own, final, bars, contrast, total,
             _reason_texts(r, "reason", k), _reason_texts(r, "contrast_reason", k), contrast_base=con_base))
     return tuple(out)
+
+
+def _facts_as_labels(bars: tuple[Bar, ...], r: pd.Series | None, prefix: str, n: int) -> tuple[Bar, ...]:
+    """Each bar labelled with this patient's fact ("latest CK = 4.9 × upper limit of normal") where one of the
+    option's reasons names the bar's group, else with the group's name; the points are unchanged."""
+    from pipeline.report.clinical import plain_reason
+
+    if r is None:
+        return bars
+    facts = [plain_reason(str(r.get(f"{prefix}_{i}_text"))).split(" → ")[0] for i in range(1, n + 1)
+             if isinstance(r.get(f"{prefix}_{i}_text"), str)]
+
+    def fact(label: str) -> str:
+        stem = label.lower().rstrip("s")
+        return next((f for f in facts if stem and stem in f.lower()), label)
+
+    return tuple(Bar(fact(b.label), b.points) for b in bars)
 
 
 def _split_option(bars: tuple[Bar, ...]) -> tuple[float, tuple[Bar, ...]]:
