@@ -577,3 +577,20 @@ def test_a_retrospective_page_checks_records_against_today_not_the_decision_date
     with pytest.raises(R.ReportRefusal, match=r"data errors.*future"):  # records after today are errors
         R.run_report("SEED-0001", as_of=date(2025, 6, 1), today=date(2025, 6, 1), data=SEED_CASE, out=out)
     assert not out.exists()
+
+
+def test_bars_are_labelled_with_the_patients_fact_and_keep_their_points():
+    r = pd.Series({"reason_1_text": "latest CK = 4.9 × ULN → +2 in 100",
+                   "reason_2_text": "months on tocilizumab = 5.95 → +1 in 100"})
+    bars = (R.Bar("CK", 2.0), R.Bar("tocilizumab", 1.0), R.Bar("haemoglobin", -1.0))
+    out = A._facts_as_labels(bars, r, "reason", 3)
+    assert [b.label for b in out] == ["latest CK = 4.9 × ULN", "6 months on tocilizumab", "haemoglobin"]
+    assert [b.points for b in out] == [2.0, 1.0, -1.0]
+
+
+def test_a_gap_between_the_bars_and_the_explained_change_is_drawn_not_hidden():
+    grouped = pd.DataFrame({"label": ["a", "b"], "points": [0.05, -0.02]})
+    bars = A._bars(grouped, 5, total=4.0)
+    assert bars[-1] == R.Bar("not attributed to one fact", pytest.approx(1.0))
+    assert sum(b.points for b in bars) == pytest.approx(4.0)
+    assert len(A._bars(grouped, 5, total=3.02)) == 2  # within 0.05 points: no extra bar
