@@ -263,9 +263,9 @@ def _latest(assessments: pd.DataFrame, measure: str, as_of: pd.Timestamp) -> flo
 
 
 def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.DataFrame, *, row: int,
-                         k: int = 3) -> OptionRow:
+                         k: int = 3, facts: Sequence[str] = ()) -> OptionRow:
     """The option's row with the facts that move its safety risk most (points out of 100, the option group
-    left out: it is no fact about the patient)."""
+    left out: it is no fact about the patient), each worded as this patient's fact where `facts` has it."""
     from models import explain as E
 
     s = ex.get("safety", o.option) if o.eligible else None
@@ -274,8 +274,10 @@ def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.
     g = E.grouped_frame(s, E.feature_groups(s.columns, dictionary), row=row)
     g = g[g["label"] != E.OPTION_LABEL]
     g = g.reindex(g["points"].abs().sort_values(ascending=False).index).iloc[:k]
-    texts = tuple(f"{lab} {'raises' if p > 0 else 'lowers'} it ({signed_points(p)})" for lab, p
-                  in zip(g["label"], g["points"], strict=True) if abs(p) >= 0.005)
+    worded = _facts_as_labels(tuple(Bar(str(lab), float(p)) for lab, p in zip(g["label"], g["points"], strict=True)),
+                              pd.Series({f"f_{i}_text": f for i, f in enumerate(facts, 1)}), "f", len(facts))
+    texts = tuple(f"{b.label} {'raises' if b.points > 0 else 'lowers'} it ({signed_points(b.points)})"
+                  for b in worded if abs(b.points) >= 0.005)
     return replace(o, safety_reasons=texts)
 
 
@@ -372,7 +374,10 @@ def build_patient_page(
                                  f"body surface {bsa:.2f} m²" if bsa else "") if x)
     body_size = (("juvenile dose targets (per kg / per m²) for " if juvenile else "") + size) if size else ""
     options = option_rows(pred, labels, thin, calibration=evidence.calibration, drug_labels=drug_labels)
-    options = tuple(_with_safety_reasons(o, ex, X, dictionary, row=0) for o in options)
+    # this patient's facts in words: the reasons' facts, then the current doses ("prednisone dose" → its line)
+    facts = [b.label for e in explanations for b in (*e.bars, *e.contrast)] + [
+        f"{r.label} dose {r.dose}" for r in regimen]
+    options = tuple(_with_safety_reasons(o, ex, X, dictionary, row=0, facts=facts) for o in options)
     optimise = C.below_target_drugs(regimen)
     options = tuple(replace(o, label=f"{o.label}: {', '.join(optimise)}") if o.option == "optimise_dose" and
                     o.eligible and optimise else o for o in options)
