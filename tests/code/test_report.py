@@ -453,6 +453,7 @@ def test_summary_band_comes_first_with_the_answer_dose_actions_and_reasons(html)
     assert "latest CDASI activity = 28" in summary
     assert "lymphocytes 0.4" in summary and "grade 3" in summary and "disease note" in summary
     assert "platelets" not in summary  # only flagged labs
+    assert "1 activity measure out of date" in summary
 
 
 def test_labs_are_graded_against_ctcae_v5_and_flagged_from_grade_2():
