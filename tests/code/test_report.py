@@ -448,7 +448,7 @@ def test_summary_band_comes_first_with_the_answer_dose_actions_and_reasons(html)
     assert "+21 in 100" in summary  # vs continuing
     assert "vs guideline choice (continue current regimen)" in summary and "+21 in 100" in summary
     assert "within 24 weeks" in summary and "9 in 100" in summary
-    assert summary.index("First, the doses") < summary.index("Why, for this patient")
+    assert summary.index("First, the doses") < summary.index("What moved this estimate most")
     assert "IVIG: raise: 1 g/kg every 4 weeks is 50 %" in summary
     assert "latest CDASI activity = 28" in summary
     assert "lymphocytes 0.4" in summary and "grade 3" in summary and "disease note" in summary
