@@ -1,9 +1,17 @@
-"""`escalate report`: the clinician's one-page view of a patient — options, reasons, regimen, trends, monitoring.
+"""`escalate report`: the clinician's one-page view of a patient — the answer first (summary band), then the options,
+the patient, doses against targets, trends, the reasons, safety, monitoring and the model's facts.
 
-The page is rendered from a plain data structure (`Page`), so the renderer is testable without MLflow; `build_page`
-assembles that structure from one patient's contract tables, as-of features, the model's per-option predictions
-and their SHAP explanations; the CLI loads the registered model (alias champion, else candidate, else the
-bundle in data/train/model/). Plots are inline SVG built here with every text escaped; Jinja2 autoescapes the rest.
+Read by name:
+- `data`: the page as plain data (`Page`, `OptionRow`, `Summary` …) and numbers in words ('62 in 100 (52–72)').
+- `load`: the model (registry alias champion, else candidate, else data/train/model/) and one patient's checked
+  contract tables (Parquet read with a filter: a page never loads the whole cohort).
+- `evidence`: what the page may say about this model version (horizon, intervals, validation performance).
+- `clinical`: clinical rules — CTCAE v5 lab grades, dose goals and juvenile per-kg / per-m² targets, disease notes,
+  stale measurements, the guideline's choice, reasons in clinical words (configs/clinical_rules.yaml).
+- `assemble`: one patient's tables, features, predictions and SHAP explanations into a `Page`.
+- `charts`: inline SVG with the geometry (`steps`, `axis_domain`) computed apart from the drawing.
+- `render`: Jinja2 (autoescape) into one self-contained HTML file (pipeline/templates/).
+This module is the stage entry point (`run_report`) and re-exports the names the tests and benchmarks use.
 """
 
 
