@@ -54,8 +54,9 @@ def load_model(model_dir: Path = Path("data/train/model")) -> LoadedModel:
 
 def _read_patient_rows(path: Path, patient_id: str) -> pd.DataFrame:
     """One patient's rows of one contract table file, indexed by their row in the file (so a finding names the
-    same row as a whole-table check). Parquet is read with a filter on `patient_id` (only the id column is read
-    in full, to number the rows); CSV has no such index and is read whole, then filtered."""
+    same row as a whole-table check). Parquet: the `patient_id` column is read to find the rows, then only the
+    row groups holding them, one column at a time, keeping those rows (memory stays near one column of one row
+    group, never the whole table). CSV has no such layout and is read whole, then filtered."""
     from pipeline.io import check_readable, read_table
 
     path = Path(path)
@@ -70,18 +71,27 @@ def _read_patient_rows(path: Path, patient_id: str) -> pd.DataFrame:
     columns = check_readable(path)
     if "patient_id" not in columns:
         return read_table(path).iloc[:0]  # the contract check names the missing column
-    ids = pq.read_table(path, columns=["patient_id"]).column(0)
-    if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
-        ids = pc.cast(ids, pa.string())
-    rows = np.flatnonzero(pc.fill_null(pc.equal(ids, patient_id), False).to_numpy(zero_copy_only=False))
-    if len(rows) == 0:
-        return pq.read_schema(path).empty_table().to_pandas()
     try:
-        one = pq.read_table(path, filters=pc.field("patient_id").cast(pa.string()) == patient_id).to_pandas()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # an id type the filter cannot compare: read it all
-        one = read_table(path).iloc[rows]
-    if len(one) != len(rows):
-        raise ValueError(f"{path}: {len(one)} rows read for patient {patient_id!r}, {len(rows)} expected")
+        pf = pq.ParquetFile(path)
+        ids = pf.read(columns=["patient_id"]).column(0)
+        if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
+            ids = pc.cast(ids, pa.string())
+        rows = np.flatnonzero(pc.fill_null(pc.equal(ids, patient_id), False).to_numpy(zero_copy_only=False))
+        del ids
+        schema = pf.schema_arrow
+        starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+        groups = sorted(set(np.searchsorted(starts, rows, side="right") - 1))
+        arrays = []
+        for name in schema.names:  # one column at a time, only the row groups that hold the patient
+            parts = []
+            for g in groups:
+                col = pf.read_row_group(g, columns=[name]).column(0)
+                local = rows[(rows >= starts[g]) & (rows < starts[g + 1])] - starts[g]
+                parts.append(col.take(pa.array(local)))
+            arrays.append(pa.chunked_array([c for p in parts for c in p.chunks], type=schema.field(name).type))
+        one = pa.Table.from_arrays(arrays, schema=schema).to_pandas()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{path}: cannot be read ({err})") from err
     one.index = pd.Index(rows)
     return one
 
