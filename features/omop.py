@@ -171,15 +171,32 @@ class ConceptIndex:
     by_source_value: dict[str, str]
 
     def match(self, concept: pd.Series, source_concept: pd.Series | None, source_value: pd.Series | None) -> pd.Series:
-        """The target of each record (NA where none): by standard concept, else source concept, else source value."""
-        out = _int_series(concept).map(self.by_concept).astype("object")
-        todo = out.isna()
+        """The target of each record (None where none): by standard concept, else source concept, else source
+        value. Each distinct id or text is looked up once (a column of millions of rows holds few)."""
+        out = _lookup(concept, self.by_concept)
+        todo = pd.isna(out)
         if source_concept is not None and self.by_source_concept and todo.any():
-            out[todo] = _int_series(source_concept[todo]).map(self.by_source_concept).astype("object")
-            todo = out.isna()
+            out = np.where(todo, _lookup(source_concept, self.by_source_concept), out)
+            todo = pd.isna(out)
         if source_value is not None and self.by_source_value and todo.any():
-            out[todo] = _norm_text(source_value[todo]).map(self.by_source_value)
-        return out
+            table = self.by_source_value
+            out = np.where(todo, _map_unique(source_value, lambda u: table.get(" ".join(str(u).lower().split()))), out)
+        return pd.Series(out, index=concept.index, dtype="object")
+
+
+def _map_unique(values: pd.Series | np.ndarray, func: Any) -> np.ndarray:
+    """`func(value)` for each value (None for a missing one), computed once per distinct value."""
+    codes, uniques = pd.factorize(values)
+    mapped = np.array([*(func(u) for u in uniques), None], dtype=object)
+    return mapped[codes]
+
+
+def _lookup(ids: pd.Series, table: Mapping[int, Any]) -> np.ndarray:
+    """`table[id]` for each id (None where absent or not a number), once per distinct id."""
+    values = pd.to_numeric(ids, errors="coerce")
+    values = values.to_numpy(dtype=float, na_value=np.nan) if isinstance(values, pd.Series) else np.asarray(
+        values, dtype=float)
+    return _map_unique(values, lambda u: table.get(int(u)))
 
 
 def _int_series(s: pd.Series) -> pd.Series:
@@ -291,6 +308,7 @@ def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, g
     person = person.assign(pid=_int_series(person["person_id"]))
     in_cohort = person["pid"].isin(cohort_ids)
     person = person.loc[in_cohort].copy()
+    cohort_ids = pd.Index(person["pid"].to_numpy())  # a diagnosed person missing from `person` is not imported
     patient_id = (person["pid"].astype("string") if mapping.patient_id == "person_id"
                   else person["person_source_value"].astype("string"))
     ids = pd.Series(patient_id.to_numpy(), index=person["pid"].to_numpy())
@@ -298,18 +316,18 @@ def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, g
         reports.append(_count(person.loc[ids.isna().to_numpy()], "person", "no_patient_id", "error",
                               "gender_concept_id", None))
 
-    patients, rep = _patients(person, cond, omop, mapping, ancestor, ids)
+    meas = _cohort(_table(omop, "measurement"), cohort_ids)
+    obs = _cohort(_table(omop, "observation"), cohort_ids)
+    patients, rep = _patients(person, cond, meas, mapping, ancestor, ids)
     reports.append(rep)
     obs_end = (_table(omop, "observation_period").assign(pid=lambda f: _int_series(f["person_id"]))
                .assign(end=lambda f: _dates(f["observation_period_end_date"])).groupby("pid")["end"].max())
     regimens, rep = _regimens(_cohort(_table(omop, "drug_exposure"), cohort_ids), omop, mapping, ancestor, ids,
                               obs_end, gap_days)
     reports.append(rep)
-    assessments, rep = _assessments(_cohort(_table(omop, "measurement"), cohort_ids),
-                                    _cohort(_table(omop, "observation"), cohort_ids), mapping, ancestor, ids)
+    assessments, rep = _assessments(meas, obs, mapping, ancestor, ids)
     reports.append(rep)
-    events, rep = _events(_cohort(_table(omop, "observation"), cohort_ids), _cohort(_table(omop, "death"), cohort_ids),
-                          mapping, ancestor, ids)
+    events, rep = _events(obs, _cohort(_table(omop, "death"), cohort_ids), mapping, ancestor, ids)
     reports.append(rep)
     report = pd.concat([r for r in reports if not r.empty], ignore_index=True) if any(
         not r.empty for r in reports) else pd.DataFrame(columns=list(REPORT_COLUMNS))
@@ -323,11 +341,15 @@ def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, g
 
 
 def _cohort(frame: pd.DataFrame, cohort_ids: pd.Index) -> pd.DataFrame:
+    """The rows of the cohort's persons, with their person id as an integer column `pid`."""
     pid = _int_series(frame["person_id"])
-    return frame.loc[pid.isin(cohort_ids).to_numpy()].assign(pid=pid[pid.isin(cohort_ids)])
+    inside = pid.isin(cohort_ids).to_numpy(dtype=bool, na_value=False)
+    if inside.all():  # the pipeline reads only the cohort: no copy
+        return frame.assign(pid=pid)
+    return frame.loc[inside].assign(pid=pid[inside])
 
 
-def _patients(person: pd.DataFrame, cond: pd.DataFrame, omop: Mapping[str, pd.DataFrame | None],
+def _patients(person: pd.DataFrame, cond: pd.DataFrame, meas: pd.DataFrame,
               mapping: OmopMapping, ancestor: pd.DataFrame | None, ids: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One contract `patients` row per cohort person."""
     reports = []
@@ -372,7 +394,7 @@ def _patients(person: pd.DataFrame, cond: pd.DataFrame, omop: Mapping[str, pd.Da
         "ild": pid.isin(ild_pids).to_numpy(),
         "cancer_associated": pid.isin(cam).to_numpy(),
     })
-    antibodies, rep = _antibodies(_cohort(_table(omop, "measurement"), pd.Index(pid)), mapping, ancestor)
+    antibodies, rep = _antibodies(meas, mapping, ancestor)
     reports.append(rep)
     patients["antibodies"] = pd.Series(pid.map(antibodies).to_numpy(), dtype="object")
     patients = patients.sort_values("patient_id", kind="stable").reset_index(drop=True)
@@ -548,37 +570,42 @@ def _assessments(meas: pd.DataFrame, obs: pd.DataFrame, mapping: OmopMapping, an
     for table, prefix in (("measurement", "measurement"), ("observation", "observation")):
         f = meas if table == "measurement" else obs
         args = (f[f"{prefix}_concept_id"], f[f"{prefix}_source_concept_id"], f[f"{prefix}_source_value"])
-        measure = idx.match(*args)
-        other = ab_idx.match(*args).notna() if table == "measurement" else ev_idx.match(*args).notna()
-        unmapped = f.loc[(measure.isna() & ~other).to_numpy()]
-        reports.append(_count(unmapped, table, "unmapped_concept", "info", f"{prefix}_concept_id",
-                              f"{prefix}_source_value"))
-        f = f.loc[measure.notna().to_numpy()].assign(measure=measure[measure.notna()].to_numpy())
-        value = pd.to_numeric(f["value_as_number"], errors="coerce")
-        date = _dates(f[f"{prefix}_date"])
-        missing = value.isna() | date.isna()
-        if missing.any():
-            reports.append(_count(f.loc[missing.to_numpy()], table, "no_value_or_date", "warning",
+        measure = idx.match(*args).to_numpy()
+        other = (ab_idx if table == "measurement" else ev_idx).match(*args).notna().to_numpy()
+        mapped = ~pd.isna(measure)
+        if (~mapped & ~other).any():
+            reports.append(_count(f.loc[~mapped & ~other], table, "unmapped_concept", "info",
                                   f"{prefix}_concept_id", f"{prefix}_source_value"))
-        f = f.loc[~missing.to_numpy()]
-        unit = _int_series(f["unit_concept_id"]).map(mapping.units).astype("object")
-        src_unit = f["unit_source_value"].astype("string").str.strip()
-        unit = unit.where(unit.notna(), src_unit.where(src_unit != ""))
-        unit = unit.where(unit.notna(), f["measure"].map(default_unit))
-        if unit.isna().any():
-            reports.append(_count(f.loc[unit.isna().to_numpy()], table, "no_unit", "warning", "unit_concept_id", None))
-        uln = (pd.to_numeric(f["range_high"], errors="coerce") if "range_high" in f
-               else pd.Series(np.nan, index=f.index))
+        value = pd.to_numeric(f["value_as_number"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        date = _dates(f[f"{prefix}_date"]).to_numpy()
+        missing = mapped & (np.isnan(value) | pd.isna(date))
+        if missing.any():
+            reports.append(_count(f.loc[missing], table, "no_value_or_date", "warning",
+                                  f"{prefix}_concept_id", f"{prefix}_source_value"))
+        keep = mapped & ~missing
+        unit = _lookup(f["unit_concept_id"], mapping.units)
+        todo = pd.isna(unit) & keep
+        if todo.any():
+            unit = np.where(todo, _map_unique(f["unit_source_value"], lambda u: str(u).strip() or None), unit)
+            todo = pd.isna(unit) & keep
+        if todo.any():
+            unit = np.where(todo, _map_unique(measure, lambda m: default_unit.get(m)), unit)
+            todo = pd.isna(unit) & keep
+        if todo.any():
+            reports.append(_count(f.loc[todo], table, "no_unit", "warning", "unit_concept_id", None))
+        uln = (pd.to_numeric(f["range_high"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+               if "range_high" in f else np.full(len(f), np.nan))
         frames.append(pd.DataFrame({
-            "pid": f["pid"].to_numpy(), "date": date[~missing].to_numpy(),
-            "measure": f["measure"].to_numpy(), "value": value[~missing].to_numpy(dtype=float),
-            "unit": unit.to_numpy(), "upper_limit_normal": uln.to_numpy(dtype=float),
-        }))
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["pid", "date", "measure", "value", "unit", "upper_limit_normal"])
-    out["date"] = pd.to_datetime(out["date"]).astype("datetime64[ns]")
-    out.insert(0, "patient_id", out["pid"].map(ids).astype("string"))
-    out = out.drop(columns="pid").sort_values(["patient_id", "date", "measure"], kind="stable")
+            "pid": f["pid"].to_numpy(dtype="int64")[keep], "date": date[keep], "measure": measure[keep],
+            "value": value[keep], "unit": unit[keep], "upper_limit_normal": uln[keep]}))
+    out = pd.concat(frames, ignore_index=True)
+    codes, names = pd.factorize(out["measure"])
+    measure_code = np.argsort(np.argsort(np.asarray(names, dtype=object)))[codes] if len(names) else codes
+    order = np.lexsort((measure_code, out["date"].to_numpy(), out["pid"].to_numpy()))
+    out = out.take(order)
+    out.insert(0, "patient_id", _map_unique(out["pid"].to_numpy(), ids.to_dict().get))
+    out = out.drop(columns="pid")
+    out["date"] = out["date"].astype("datetime64[ns]")
     return out.reset_index(drop=True), _concat(reports)
 
 

@@ -158,6 +158,8 @@ def _first_line(err: BaseException) -> str:
 
 def _safe_url(url: str) -> str:
     """The URL without its password, for messages and the import report."""
+    if "://" not in url:
+        return url
     try:
         from sqlalchemy.engine import make_url
 
