@@ -6,9 +6,10 @@ Run: `python benchmarks/bench_report.py [--data data/cohort] [--patients SIM-000
 data/train/model/).
 
 Each measurement runs in a fresh process so peak RSS is that page's own. Prints, per patient: the stages in this
-process — reading and checking the patient's rows (Parquet filters), building the page (features, predictions,
-SHAP), rendering — with the model already loaded (what a page server pays per request), the peak RSS of a process
-that did only that, and the whole CLI run (interpreter start, imports and model loading included) with its peak
+process — reading and checking the patient's rows (Parquet, only that patient's rows kept), building the page
+(features, predictions, SHAP), rendering — with the model already loaded (what a page server pays per request), the
+peak RSS of a process that did only that (model from the registry; and from the local bundle with no MLflow in the
+process), and the whole CLI run (interpreter start, imports and model loading included) with its peak
 RSS; then the whole-cohort read the page used to do, for comparison.
 """
 
@@ -37,8 +38,14 @@ quiet_library_notices()
 from pipeline import report as R
 from pipeline.settings import load_settings
 data, patient, as_of, today, whole = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1"
-loaded = R.load_model()
-evidence = R.load_evidence(loaded, load_settings())
+if sys.argv[6] == "1":  # the local bundle, no MLflow in the process
+    import joblib
+    loaded = R.LoadedModel(joblib.load("data/train/model/escalate_model.joblib"), "escalate-response", "local",
+                           "data/train/model", json.loads(Path("data/train/run.json").read_text())["run_id"])
+    evidence = R.load_evidence(loaded, load_settings(), use_mlflow=False)
+else:
+    loaded = R.load_model()
+    evidence = R.load_evidence(loaded, load_settings())
 monitoring, rules = load_reference("monitoring"), load_reference("clinical_rules")
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
@@ -59,9 +66,12 @@ print(json.dumps({"read_check_s": t1 - t0, "build_s": t2 - t1, "render_s": t3 - 
 """
 
 
-def child(data: Path, patient: str, as_of: str, today: str, whole: bool = False) -> dict[str, float]:
-    """One page's stage timings in a fresh process (model loaded before the clock starts)."""
-    out = subprocess.run([sys.executable, "-c", CHILD, str(data), patient, as_of, today, "1" if whole else "0"],
+def child(data: Path, patient: str, as_of: str, today: str, whole: bool = False, bundle: bool = False
+          ) -> dict[str, float]:
+    """One page's stage timings in a fresh process (model loaded before the clock starts: from the registry, or
+    with `bundle` from data/train/model/ with no MLflow in the process)."""
+    out = subprocess.run([sys.executable, "-c", CHILD, str(data), patient, as_of, today, "1" if whole else "0",
+                          "1" if bundle else "0"],
                          cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -94,13 +104,14 @@ def main() -> None:
     n = len(pd.read_parquet(args.data / "patients.parquet", columns=["patient_id"]))
     print(f"cohort {args.data}: {n} patients; as of {args.as_of}, today {args.today}")
     print(f"{'patient':<12} {'read+check s':>12} {'build s':>8} {'render s':>8} {'page s':>7} {'page peak MB':>12} "
-          f"{'CLI s':>6} {'CLI peak MB':>11}")
+          f"{'no-MLflow peak MB':>17} {'CLI s':>6} {'CLI peak MB':>11}")
     for pid in args.patients:
         for _ in range(args.repeat):
             r = child(args.data, pid, args.as_of, args.today)
+            local = child(args.data, pid, args.as_of, args.today, bundle=True)
             s, mb = cli(args.data, pid, args.as_of, args.today)
             print(f"{pid:<12} {r['read_check_s']:>12.2f} {r['build_s']:>8.2f} {r['render_s']:>8.2f} "
-                  f"{r['page_s']:>7.2f} {r['peak_rss_mb']:>12.0f} {s:>6.2f} {mb:>11.0f}")
+                  f"{r['page_s']:>7.2f} {r['peak_rss_mb']:>12.0f} {local['peak_rss_mb']:>17.0f} {s:>6.2f} {mb:>11.0f}")
     r = child(args.data, args.patients[0], args.as_of, args.today, whole=True)
     print(f"for comparison, reading and checking the whole cohort for {args.patients[0]}: "
           f"{r['read_check_s']:.2f} s, page {r['page_s']:.2f} s, peak {r['peak_rss_mb']:.0f} MB")
