@@ -153,5 +153,5 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
         entries.append({"patient_id": pid, "href": name, "recommended": best})
     (out / "index.html").write_text(
         render_index(entries, as_of=str(when.date()), model=f"{loaded.name} v{loaded.version}"), encoding="utf-8")
-    typer.echo(f"wrote {len(entries)} pages and {out / 'index.html'}")
+    typer.echo(f"wrote {len(entries)} page{'s' if len(entries) != 1 else ''} and {out / 'index.html'}")
 
