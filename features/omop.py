@@ -595,15 +595,17 @@ def _assessments(meas: pd.DataFrame, obs: pd.DataFrame, mapping: OmopMapping, an
             reports.append(_count(f.loc[todo], table, "no_unit", "warning", "unit_concept_id", None))
         uln = (pd.to_numeric(f["range_high"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
                if "range_high" in f else np.full(len(f), np.nan))
-        frames.append(pd.DataFrame({
-            "pid": f["pid"].to_numpy(dtype="int64")[keep], "date": date[keep], "measure": measure[keep],
-            "value": value[keep], "unit": unit[keep], "upper_limit_normal": uln[keep]}))
+        frames.append(pd.DataFrame({  # text columns stay object: no per-row conversion of millions of rows here
+            "pid": f["pid"].to_numpy(dtype="int64")[keep], "date": date[keep],
+            "measure": pd.Series(measure[keep], dtype=object), "value": value[keep],
+            "unit": pd.Series(unit[keep], dtype=object), "upper_limit_normal": uln[keep]}))
     out = pd.concat(frames, ignore_index=True)
     codes, names = pd.factorize(out["measure"])
     measure_code = np.argsort(np.argsort(np.asarray(names, dtype=object)))[codes] if len(names) else codes
     order = np.lexsort((measure_code, out["date"].to_numpy(), out["pid"].to_numpy()))
     out = out.take(order)
-    out.insert(0, "patient_id", _map_unique(out["pid"].to_numpy(), ids.to_dict().get))
+    out.insert(0, "patient_id", pd.Series(_map_unique(out["pid"].to_numpy(), ids.to_dict().get), dtype=object,
+                                          index=out.index))
     out = out.drop(columns="pid")
     out["date"] = out["date"].astype("datetime64[ns]")
     return out.reset_index(drop=True), _concat(reports)
