@@ -170,18 +170,42 @@ class ConceptIndex:
     by_source_concept: dict[int, str]
     by_source_value: dict[str, str]
 
-    def match(self, concept: pd.Series, source_concept: pd.Series | None, source_value: pd.Series | None) -> pd.Series:
-        """The target of each record (None where none): by standard concept, else source concept, else source
-        value. Each distinct id or text is looked up once (a column of millions of rows holds few)."""
-        out = _lookup(concept, self.by_concept)
-        todo = pd.isna(out)
+    def names(self) -> list[str]:
+        """Every target, sorted: `codes` numbers them in this order."""
+        return sorted({*self.by_concept.values(), *self.by_source_concept.values(), *self.by_source_value.values()})
+
+    def codes(self, concept: pd.Series, source_concept: pd.Series | None,
+              source_value: pd.Series | None) -> np.ndarray:
+        """The position in `names()` of each record's target (-1 where none): by standard concept, else source
+        concept, else source value. Each distinct id or text is looked up once (millions of rows, few codes)."""
+        pos = {n: i for i, n in enumerate(self.names())}
+        out = _map_codes(_numbers(concept), lambda u: pos.get(self.by_concept.get(int(u)), -1))
+        todo = out < 0
         if source_concept is not None and self.by_source_concept and todo.any():
-            out = np.where(todo, _lookup(source_concept, self.by_source_concept), out)
-            todo = pd.isna(out)
+            table = self.by_source_concept
+            out = np.where(todo, _map_codes(_numbers(source_concept), lambda u: pos.get(table.get(int(u)), -1)), out)
+            todo = out < 0
         if source_value is not None and self.by_source_value and todo.any():
-            table = self.by_source_value
-            out = np.where(todo, _map_unique(source_value, lambda u: table.get(" ".join(str(u).lower().split()))), out)
-        return pd.Series(out, index=concept.index, dtype="object")
+            text = self.by_source_value
+            out = np.where(todo, _map_codes(source_value, lambda u: pos.get(text.get(" ".join(str(u).lower().split())),
+                                                                          -1)), out)
+        return out
+
+    def match(self, concept: pd.Series, source_concept: pd.Series | None, source_value: pd.Series | None) -> pd.Series:
+        """The target of each record (None where none), as `codes` finds it."""
+        names = np.array([*self.names(), None], dtype=object)
+        return pd.Series(names[self.codes(concept, source_concept, source_value)], index=concept.index, dtype="object")
+
+
+def _numbers(s: pd.Series) -> np.ndarray:
+    return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def _map_codes(values: pd.Series | np.ndarray, func: Any) -> np.ndarray:
+    """`func(value)` (an int, -1 for none) for each value, -1 for a missing one; once per distinct value."""
+    codes, uniques = pd.factorize(values)
+    mapped = np.array([*(func(u) for u in uniques), -1], dtype=np.int32)
+    return mapped[codes]
 
 
 def _map_unique(values: pd.Series | np.ndarray, func: Any) -> np.ndarray:
@@ -189,14 +213,6 @@ def _map_unique(values: pd.Series | np.ndarray, func: Any) -> np.ndarray:
     codes, uniques = pd.factorize(values)
     mapped = np.array([*(func(u) for u in uniques), None], dtype=object)
     return mapped[codes]
-
-
-def _lookup(ids: pd.Series, table: Mapping[int, Any]) -> np.ndarray:
-    """`table[id]` for each id (None where absent or not a number), once per distinct id."""
-    values = pd.to_numeric(ids, errors="coerce")
-    values = values.to_numpy(dtype=float, na_value=np.nan) if isinstance(values, pd.Series) else np.asarray(
-        values, dtype=float)
-    return _map_unique(values, lambda u: table.get(int(u)))
 
 
 def _int_series(s: pd.Series) -> pd.Series:
@@ -566,48 +582,62 @@ def _assessments(meas: pd.DataFrame, obs: pd.DataFrame, mapping: OmopMapping, an
     ab_idx = build_index([(a.antibody, a) for a in mapping.antibodies], ancestor, mapping.include_descendants)
     ev_idx = build_index([(e.event, e) for e in mapping.events], ancestor, mapping.include_descendants)
     default_unit = {m.measure: m.default_unit for m in mapping.measures}
+    measure_names = idx.names()
+    unit_names: list[str] = []
+    unit_pos: dict[str, int] = {}
+
+    def unit_code(name: str | None) -> int:
+        if name is None:
+            return -1
+        if name not in unit_pos:
+            unit_pos[name] = len(unit_names)
+            unit_names.append(name)
+        return unit_pos[name]
+
+    default_code = np.array([*(unit_code(default_unit.get(m)) for m in measure_names), -1], dtype=np.int32)
     frames = []
     for table, prefix in (("measurement", "measurement"), ("observation", "observation")):
         f = meas if table == "measurement" else obs
         args = (f[f"{prefix}_concept_id"], f[f"{prefix}_source_concept_id"], f[f"{prefix}_source_value"])
-        measure = idx.match(*args).to_numpy()
-        other = (ab_idx if table == "measurement" else ev_idx).match(*args).notna().to_numpy()
-        mapped = ~pd.isna(measure)
+        measure = idx.codes(*args)
+        other = (ab_idx if table == "measurement" else ev_idx).codes(*args) >= 0
+        mapped = measure >= 0
         if (~mapped & ~other).any():
             reports.append(_count(f.loc[~mapped & ~other], table, "unmapped_concept", "info",
                                   f"{prefix}_concept_id", f"{prefix}_source_value"))
-        value = pd.to_numeric(f["value_as_number"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        value = _numbers(f["value_as_number"])
         date = _dates(f[f"{prefix}_date"]).to_numpy()
         missing = mapped & (np.isnan(value) | pd.isna(date))
         if missing.any():
             reports.append(_count(f.loc[missing], table, "no_value_or_date", "warning",
                                   f"{prefix}_concept_id", f"{prefix}_source_value"))
         keep = mapped & ~missing
-        unit = _lookup(f["unit_concept_id"], mapping.units)
-        todo = pd.isna(unit) & keep
+        unit = _map_codes(_numbers(f["unit_concept_id"]), lambda u: unit_code(mapping.units.get(int(u))))
+        todo = (unit < 0) & keep
         if todo.any():
-            unit = np.where(todo, _map_unique(f["unit_source_value"], lambda u: str(u).strip() or None), unit)
-            todo = pd.isna(unit) & keep
+            unit = np.where(todo, _map_codes(f["unit_source_value"], lambda u: unit_code(str(u).strip() or None)), unit)
+            todo = (unit < 0) & keep
         if todo.any():
-            unit = np.where(todo, _map_unique(measure, lambda m: default_unit.get(m)), unit)
-            todo = pd.isna(unit) & keep
+            unit = np.where(todo, default_code[measure], unit)
+            todo = (unit < 0) & keep
         if todo.any():
             reports.append(_count(f.loc[todo], table, "no_unit", "warning", "unit_concept_id", None))
-        uln = (pd.to_numeric(f["range_high"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-               if "range_high" in f else np.full(len(f), np.nan))
-        frames.append(pd.DataFrame({  # text columns stay object: no per-row conversion of millions of rows here
-            "pid": f["pid"].to_numpy(dtype="int64")[keep], "date": date[keep],
-            "measure": pd.Series(measure[keep], dtype=object), "value": value[keep],
-            "unit": pd.Series(unit[keep], dtype=object), "upper_limit_normal": uln[keep]}))
+        uln = _numbers(f["range_high"]) if "range_high" in f else np.full(len(f), np.nan)
+        frames.append(pd.DataFrame({"pid": f["pid"].to_numpy(dtype="int64")[keep], "date": date[keep],
+                                    "measure": measure[keep], "value": value[keep], "unit": unit[keep],
+                                    "upper_limit_normal": uln[keep]}))
     out = pd.concat(frames, ignore_index=True)
-    codes, names = pd.factorize(out["measure"])
-    measure_code = np.argsort(np.argsort(np.asarray(names, dtype=object)))[codes] if len(names) else codes
-    order = np.lexsort((measure_code, out["date"].to_numpy(), out["pid"].to_numpy()))
-    out = out.take(order)
-    out.insert(0, "patient_id", pd.Series(_map_unique(out["pid"].to_numpy(), ids.to_dict().get), dtype=object,
-                                          index=out.index))
-    out = out.drop(columns="pid")
-    out["date"] = out["date"].astype("datetime64[ns]")
+    # measure codes number the sorted names: (person, date, measure) is the contract's order
+    order = np.lexsort((out["measure"].to_numpy(), out["date"].to_numpy(), out["pid"].to_numpy()))
+    out = out.take(order).reset_index(drop=True)
+    text = {  # text columns stay object: no per-row string conversion of millions of rows here
+        "patient_id": _map_unique(out["pid"].to_numpy(), ids.to_dict().get),
+        "measure": np.array([*measure_names, None], dtype=object)[out["measure"].to_numpy()],
+        "unit": np.array([*unit_names, None], dtype=object)[out["unit"].to_numpy()]}
+    out = pd.DataFrame({
+        "patient_id": pd.Series(text["patient_id"], dtype=object), "date": out["date"].astype("datetime64[ns]"),
+        "measure": pd.Series(text["measure"], dtype=object), "value": out["value"],
+        "unit": pd.Series(text["unit"], dtype=object), "upper_limit_normal": out["upper_limit_normal"]})
     return out.reset_index(drop=True), _concat(reports)
 
 
