@@ -1,15 +1,19 @@
 """Benchmark `escalate simulate`: the default cohort (3,000 patients) and a large one (100,000 by default).
 
-Prints each run's CPU time (time.process_time: robust on a shared, loaded machine), wall time, patients per CPU
+First prints the full simulator card (docs/simulator.md) of the 3,000-patient cohort (`--card-seeds` for more
+seeds, `--config` for another settings file, e.g. configs/simulator-easy.yaml). Then prints each run's CPU time (time.process_time: robust on a shared, loaded machine), wall time, patients per CPU
 second, the share of CPU spent scoring the Monte Carlo truth, and the ratio of per-patient CPU cost to the
 3,000-patient baseline measured in the same process. Run on demand:
-`python benchmarks/bench_simulate.py [--large N] [--mc-draws D] [--mode observational|trial]`.
+`python benchmarks/bench_simulate.py [--large N] [--mc-draws D] [--mode observational|trial] [--config FILE]
+[--card-seeds 2027,9001] [--card-only]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import simulator.engine as engine
@@ -33,9 +37,22 @@ class _ScoringClock:
             self.seconds += time.process_time() - started
 
 
-def run(n: int, draws: int | None, mode: str) -> float:
+def card(n: int, seed: int, config_file: Path | None) -> None:
+    """Print the full simulator card of an n-patient observational cohort."""
+    from simulator.card import card_metrics, simulator_card
+
+    config, vocabulary, catalog = build_inputs(config_file)
+    settings = load_settings()
+    cohort = simulate_cohort(n, seed, config, vocabulary, catalog, str(settings.simulate.today or settings.data.today))
+    full = simulator_card(cohort, config, catalog)
+    print(f"simulator card: {n} patients, seed {seed}, {config_file or 'configs/simulator.yaml'}")
+    print(json.dumps(full, indent=1))
+    print("headline:", card_metrics(full), flush=True)
+
+
+def run(n: int, draws: int | None, mode: str, config_file: Path | None = None) -> float:
     """Simulate n patients (params.yaml seed and today); print timings; return CPU seconds."""
-    config, vocabulary, catalog = build_inputs()
+    config, vocabulary, catalog = build_inputs(config_file)
     if draws is not None:
         config = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": draws})})
     settings = load_settings()
@@ -62,9 +79,17 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=100_000)
     parser.add_argument("--mc-draws", type=int, default=None)
     parser.add_argument("--mode", choices=("observational", "trial"), default="observational")
+    parser.add_argument("--config", type=Path, default=None, help="simulator settings file")
+    parser.add_argument("--card-seeds", default=None, help="comma-separated seeds (default: params seed)")
+    parser.add_argument("--card-only", action="store_true", help="print the card(s) and skip the timings")
     args = parser.parse_args()
-    base = run(3000, args.mc_draws, args.mode)
-    big = run(args.large, args.mc_draws, args.mode)
+    seeds = [int(s) for s in args.card_seeds.split(",")] if args.card_seeds else [load_settings().simulate.seed]
+    for seed in seeds:
+        card(3000, seed, args.config)
+    if args.card_only:
+        return
+    base = run(3000, args.mc_draws, args.mode, args.config)
+    big = run(args.large, args.mc_draws, args.mode, args.config)
     print(f"per-patient CPU cost ratio ({args.large} vs 3000): {(big / args.large) / (base / 3000):.2f}")
 
 

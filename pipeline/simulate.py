@@ -99,11 +99,11 @@ def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path
         typer.echo(f"  {name}: {count} rows")
     if m == "observational":
         from pipeline.io import write_json
-        from simulator.card import card_metrics, simulator_card
+        from simulator.card import card_metrics, dvc_metrics, simulator_card
 
         card = simulator_card(cohort, config, catalog)
         write_json(card, out / "card.json")
         headline = card_metrics(card)
         if metrics is not None:
-            write_json(headline, metrics, round_floats=True)
+            write_json(dvc_metrics(card), metrics, round_floats=True)
         typer.echo("  card: " + ", ".join(f"{k} {v}" for k, v in headline.items()))

@@ -176,14 +176,18 @@ def simulator_card(cohort: SimulatedCohort, config: SimulatorConfig, catalog: Op
                          "share_negative": _round(float(np.mean(true_effects < 0))) if true_effects.size else None,
                          "cells": int(true_effects.size)},
         "propensity": {"options": overlap, "min_eligible_median": _round(float(np.median(min_eligible)))},
-        "history": _history(decisions, p, eligible, realised, control),
+        "history": _history(decisions, p, eligible, realised, control, x, taken),
     }
 
 
-def _history(decisions: pd.DataFrame, p: np.ndarray, eligible: np.ndarray, realised: np.ndarray, control: int) -> dict[str, Any]:
-    """At a patient's next decision, after the option taken at the previous one failed (no response) or worked:
-    the mean true chance of response over the eligible new options and their mean true effect over continuing.
-    Regimen history is informative when these differ."""
+def _history(decisions: pd.DataFrame, p: np.ndarray, eligible: np.ndarray, realised: np.ndarray, control: int,
+             x: np.ndarray, taken: np.ndarray) -> dict[str, Any]:
+    """At a patient's next decision, after the agent added at the previous one (any option but continue) failed
+    (no response) or worked:
+    the mean true chance of response over the eligible new options and their mean true effect over continuing,
+    raw and as the difference failure − response after adjusting for the observed features `x` (a patient who
+    responded but is still active differs in activity from one who did not). History is informative when the
+    adjusted difference is negative."""
     rnd = decisions["decision_id"].str.rsplit("-D", n=1).str[1].astype(int).to_numpy()
     prev_key = decisions["patient_id"].astype(str) + "-D" + (rnd - 1).astype(str)
     pos = pd.Index(decisions["decision_id"]).get_indexer(prev_key)
@@ -194,7 +198,7 @@ def _history(decisions: pd.DataFrame, p: np.ndarray, eligible: np.ndarray, reali
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_new = np.where(cells, p, 0.0).sum(axis=1) / count
         mean_effect = np.where(cells, p - p[:, [control]], 0.0).sum(axis=1) / count
-    ok = has_prev & (count > 0)
+    ok = has_prev & (count > 0) & (taken[np.where(has_prev, pos, 0)] != control)
     before = realised[np.where(has_prev, pos, 0)]
     out: dict[str, Any] = {"later_decisions": int(ok.sum())}
     for label, values in (("p", mean_new), ("effect", mean_effect)):
@@ -202,6 +206,14 @@ def _history(decisions: pd.DataFrame, p: np.ndarray, eligible: np.ndarray, reali
         work = float(values[ok & before].mean()) if (ok & before).any() else float("nan")
         out[f"next_{label}_after_failure"] = _round(fail)
         out[f"next_{label}_after_response"] = _round(work)
+        adjusted = float("nan")
+        if (ok & ~before).sum() >= MIN_TAKEN and (ok & before).sum() >= MIN_TAKEN:
+            design = np.column_stack([x[ok], (~before[ok]).astype(float)])
+            a = np.column_stack([np.ones(len(design)), design])
+            penalty = np.eye(a.shape[1])
+            penalty[0, 0] = penalty[-1, -1] = 0.0
+            adjusted = float(np.linalg.solve(a.T @ a + penalty, a.T @ values[ok])[-1])
+        out[f"next_{label}_failure_minus_response_adjusted"] = _round(adjusted)
     return out
 
 
@@ -219,3 +231,16 @@ def card_metrics(card: dict[str, Any]) -> dict[str, Any]:
         "max_naive_gap": round(max(gaps), 4) if gaps else None,
         "negative_effects": card["true_effects"]["share_negative"],
     }
+
+
+def dvc_metrics(card: dict[str, Any]) -> dict[str, Any]:
+    """The card's headline for `dvc metrics show`, under the column names of the model's metrics so the two rows
+    compare directly and the table stays narrow: `auroc` = the Bayes AUROC (no model can beat it), `regret` = the
+    guideline list's regret against the oracle (what a personalised model should beat), `policy_value` = the
+    oracle's value (the most any policy reaches)."""
+    return {
+        "auroc": card["bayes_auroc"],
+        "regret": card["policies"].get("guideline", {}).get("regret"),
+        "policy_value": card["oracle_value"],
+    }
+

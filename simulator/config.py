@@ -235,6 +235,8 @@ class EffectsConfig(_Frozen):
     #: share of the variance of the option's responder draw that is a per-patient, per-drug latent (a patient may
     #: respond to B-cell depletion and not to IVIG): which option is best then differs between patients.
     drug_specific_weight: float = Field(0.0, ge=0, le=1)
+    #: sd of the log of a per-patient multiplier (mean 1) on every effect, falling with refractoriness.
+    refractory_effect_log_sd: float = Field(0.0, ge=0)
     harm: HarmConfig = HarmConfig()
 
 

@@ -275,13 +275,17 @@ def simulate_cohort(
     decision_frames: list[pd.DataFrame] = []
     outcome_frames: list[pd.DataFrame] = []
     max_rounds = dec.max_decisions if not trial else 1
+    # outcome visits with record gaps stay as recorded when they become the next decision visit (v2; without gaps
+    # the decision visit is re-drawn as in the first testbed, whose random stream this keeps)
+    record_gaps = cfg.measurement.core_missing_outcome > 0 or cfg.measurement.cdasi_recorded < 1
 
     for k in range(max_rounds):
         if len(idx) == 0:
             break
         n = len(idx)
         sub = _traits(patients, idx)
-        visits.append(_visit_batch(idx, t, base, patients, cfg, rng, routine=False, rng2=rng2))
+        if k == 0 or not record_gaps:  # with record gaps a later decision visit is the outcome visit as recorded
+            visits.append(_visit_batch(idx, t, base, patients, cfg, rng, routine=False, rng2=rng2))
         on, days_on, short, pred = regimen_state(rows, idx, t, generics, catalog.rituximab_active_days)
         any_below = (short.to_numpy() > 0).any(axis=1)
         eligible_df, _ = catalog.eligibility(on, pd.Series(any_below))
@@ -303,8 +307,13 @@ def simulate_cohort(
         uln = {e: sub[f"{e}_uln"].to_numpy() for e in ENZYMES}
         threshold = response_thresholds(juvenile_all[idx], cfg.truth.response_category)
         eps = rng.standard_normal((n, 4))  # latent follow-up noise + responsiveness, shared by options and horizons
-        z_bg, z_new = _responder_z(eps[:, 3:4], refractory_all[idx][:, None], option_latent[idx], cfg)
-        rho, rho_new = _responsiveness_pair(eps[:, 2:3], z_bg, cfg, z_new)
+        # an option with no new effect here (a drug already taken, nothing below target) is the control arm exactly
+        lat = option_latent[idx]
+        if cfg.effects.drug_specific_weight:
+            nil = option_effects(catalog, state, groups, main_h, cfg.effects)
+            lat = np.where((nil.new_muscle == 0) & (nil.new_skin == 0), lat[:, [control]], lat)
+        rho, rho_new = _responsiveness_pair(eps[:, 2:3], _responder_z(eps[:, 3:4], refractory_all[idx][:, None], lat, cfg), cfg)
+        rho, rho_new = (_refractory_scale(refractory_all[idx][:, None], cfg) * v for v in (rho, rho_new))
         p_interrupt = interruption_risk(catalog, state, cfg.effects)
         harmed = rng2.random((n, 1)) < p_interrupt if p_interrupt.any() else None
         u_safety = rng.random(n)
@@ -399,8 +408,8 @@ def simulate_cohort(
                 visits.append(_visit_batch(idx[keep], hd[keep], vals, patients, cfg, rng, routine=True, rng2=rng2))
         keep = ~lost
         out_vals = {m: v[np.arange(n), taken] for m, v in realised[main_h].items()}
-        # the core set at the outcome visit is complete (missing labels come from loss to follow-up), so an
-        # active outcome visit is always the next decision point, as a reader of the records would find it
+        # an active outcome visit (judged on the full examination) is the next decision point; its record may miss
+        # measures (measurement.core_missing_outcome, cdasi_recorded)
         out_visit = _visit_batch(idx[keep], outcome_day[keep], {m: v[keep] for m, v in out_vals.items()}, patients, cfg, rng,
                                  routine=False, rng2=rng2, outcome=True)
         visits.append(out_visit)
@@ -422,24 +431,24 @@ def simulate_cohort(
         np.minimum.at(first_infection, ev["patient"].to_numpy()[inf], ev["day"].to_numpy(float)[inf])
 
         # ---- next round: the outcome visit is the next decision point if disease is still active
-        core_ok = np.all(np.column_stack([out_visit[m].notna().to_numpy() for m in CORE_MEASURES]), axis=1)
+        # the clinician judges activity on the full examination (a measure missing from the record was still seen)
         active = is_active(
-            out_visit["physician_global"].to_numpy(),
-            out_visit["cdasi_activity"].to_numpy(),
-            out_visit["mmt8"].to_numpy(),
+            out_vals["physician_global"][keep],
+            out_vals["cdasi_activity"][keep],
+            out_vals["mmt8"][keep],
             scale[keep],
             dec.physician_global_min_cm,
             dec.cdasi_activity_min,
             dec.mmt8_below_fraction,
         )
-        cont_local = np.flatnonzero(keep)[core_ok & active & (outcome_day[keep] <= 0)]
+        cont_local = np.flatnonzero(keep)[active & (outcome_day[keep] <= 0)]
         mf_taken, sf_taken = latent_taken_inputs[main_h]
         next_base = {m: out_vals[m][cont_local] for m in out_vals}
         idx, t = idx[cont_local], outcome_day[cont_local]
         m0, s0 = mf_taken[cont_local, taken[cont_local]], sf_taken[cont_local, taken[cont_local]]
         base = next_base
         # the next round re-appends this visit as its decision visit: drop it from the outcome batch
-        if len(cont_local):
+        if len(cont_local) and not record_gaps:
             drop = pd.MultiIndex.from_arrays([idx, t])
             ov = visits[-1]
             visits[-1] = ov.loc[~pd.MultiIndex.from_arrays([ov["patient"], ov["day"]]).isin(drop)]
@@ -458,29 +467,31 @@ def _responder(z: np.ndarray, cfg: SimulatorConfig) -> np.ndarray:
     return (z >= special.ndtri(cfg.effects.non_responder_fraction)).astype(float)  # Φ(z) ≥ fraction, no Φ per draw
 
 
-def _responder_z(z: np.ndarray, patient: np.ndarray, option: np.ndarray, cfg: SimulatorConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Standard normals behind the (non-)responder draw: the background one mixes a fresh draw with the patient's
-    persistent refractoriness (`effects.refractory_weight` of the variance), the option's one further mixes in the
-    patient's latent for that option (`effects.drug_specific_weight`). Each stays N(0, 1): the marginal rate of
+def _responder_z(z: np.ndarray, patient: np.ndarray, option: np.ndarray, cfg: SimulatorConfig) -> np.ndarray:
+    """The standard normal behind each arm's (non-)responder draw: a fresh draw mixed with the patient's persistent
+    refractoriness (`effects.refractory_weight` of the variance, shared by every arm and decision), then with the
+    patient's latent for that option (`effects.drug_specific_weight`). It stays N(0, 1): the marginal rate of
     primary non-response is unchanged, only who fails (again) changes."""
     w, wd = cfg.effects.refractory_weight, cfg.effects.drug_specific_weight
-    z_bg = z if w == 0 else np.sqrt(w) * patient + np.sqrt(1 - w) * z
-    z_new = z_bg if wd == 0 else np.sqrt(1 - wd) * z_bg + np.sqrt(wd) * option
-    return z_bg, z_new
+    z_patient = z if w == 0 else np.sqrt(1 - w) * z - np.sqrt(w) * patient  # refractory (high latent): responds less
+    return z_patient if wd == 0 else np.sqrt(1 - wd) * z_patient + np.sqrt(wd) * option
 
 
-def _responsiveness_pair(
-    z_rho: np.ndarray, z_responder: np.ndarray, cfg: SimulatorConfig, z_new: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def _refractory_scale(patient: np.ndarray, cfg: SimulatorConfig) -> np.ndarray | float:
+    """Multiplier (mean 1 over patients) on every effect a responder gets: refractory patients improve less under
+    every option, decision after decision (`effects.refractory_effect_log_sd`; 1.0 when 0)."""
+    k = cfg.effects.refractory_effect_log_sd
+    return 1.0 if k == 0 else np.exp(-k * patient - k**2 / 2)
+
+
+def _responsiveness_pair(z_rho: np.ndarray, z_responder: np.ndarray, cfg: SimulatorConfig) -> tuple[np.ndarray, np.ndarray]:
     """Per draw: the multiplier on what every arm gets (background, still-accruing drugs) and the one on the
     option's new effect. A primary non-responder gets no new effect and keeps `non_responder_background` of the
-    background: the most refractory patients also settle least on placebo. `z_new` (default `z_responder`) decides
-    whether the option's new effect works."""
+    background: the most refractory patients also settle least on placebo."""
     rho = _responsiveness(z_rho, cfg)
     responder = _responder(z_responder, cfg)
-    responder_new = responder if z_new is None else _responder(z_new, cfg)
     keep = cfg.effects.non_responder_background
-    return rho * (responder + (1.0 - responder) * keep), rho * responder_new
+    return rho * (responder + (1.0 - responder) * keep), rho * responder
 
 
 def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: int, cfg: SimulatorConfig,
@@ -508,8 +519,8 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
         pi, oj = np.nonzero(needed[lo:hi])
         gi = pi + lo
         part = OptionEffects(eff.keep_muscle[gi], eff.keep_skin[gi], eff.new_muscle[gi, oj][:, None], eff.new_skin[gi, oj][:, None])
-        z_bg, z_new = _responder_z(eps[3][pi], refractory[gi, None], option_latent[gi, oj][:, None], cfg)
-        rho, rho_new = _responsiveness_pair(eps[2][pi], z_bg, cfg, z_new)
+        rho, rho_new = _responsiveness_pair(eps[2][pi], _responder_z(eps[3][pi], refractory[gi, None], option_latent[gi, oj][:, None], cfg), cfg)
+        rho, rho_new = (_refractory_scale(refractory[gi, None], cfg) * v for v in (rho, rho_new))
         harmed = None
         if interrupt.any():
             harmed = rng2.random((hi - lo, draws))[pi] < interrupt[gi, oj][:, None]

@@ -35,7 +35,8 @@ TINY = {
 PLAUSIBLE = {
     "response_auroc": (0.6, 1.0), "response_brier": (0.0, 0.25), "response_ece": (0.0, 0.2),
     "response_calibration_slope": (0.3, 2.5), "tis_rmse": (5.0, 30.0), "safety_auroc": (0.4, 1.0),
-    "decision_value_recommended": (0.1, 0.9), "decision_value_observed": (0.1, 0.9),
+    # the AIPW policy values can approach 1 on the tiny v2 cohort (strong confounding, 2 % overlap floor): ≤ 1
+    "decision_value_recommended": (0.1, 1.0), "decision_value_observed": (0.1, 0.9),
     "sim_sqrt_pehe": (0.0, 0.3), "sim_regret": (0.0, 0.15), "sim_interval_coverage": (0.5, 1.0),
 }
 

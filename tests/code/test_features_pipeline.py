@@ -62,4 +62,7 @@ def test_simulated_cohort_derivation_recovers_the_truth(tmp_path):
     truth = json.loads((out / "counts.json").read_text())["truth"]
     assert truth["precision"] >= 0.95 and truth["recall"] >= 0.95
     assert truth["option_accuracy_complete_windows"] >= 0.95
-    assert truth["labels"]["tis_exact_agreement"] >= 0.99
+    # the default simulator (v2) leaves core measures out of some outcome visits; the label then scores what the
+    # record holds (a carried-forward value), the truth the full examination: exact agreement on most, not all
+    assert truth["labels"]["tis_exact_agreement"] >= 0.93
+    assert truth["labels"]["response_agreement"] >= 0.95

@@ -173,7 +173,8 @@ def test_safety_risk_rises_with_cyclophosphamide_and_not_with_ivig(cohort):
 
 
 def test_observed_follow_up_reproduces_true_tis(cohort):
-    """The outcome visit's core set under the option taken scores exactly the truth's `tis`."""
+    """The outcome visit's core set under the option taken scores exactly the truth's `tis` (where the record has
+    every measure: v2 records miss some)."""
     d = cohort.decisions
     o = cohort.outcomes.merge(d[["decision_id", "patient_id", "date", "option_taken"]], on="decision_id")
     taken = o[o["option"] == o["option_taken"]].set_index("decision_id")
@@ -187,7 +188,9 @@ def test_observed_follow_up_reproduces_true_tis(cohort):
     base = d.merge(wide, on=["patient_id", "date"], how="left").set_index("decision_id")
     after = wide.merge(d[["decision_id", "patient_id", "date"]].rename(columns={"date": "decision_date"}), on="patient_id")
     lag = (after["date"] - after["decision_date"]).dt.days
-    after = after[(lag >= 7 * 22) & (lag <= 7 * 26)].set_index("decision_id")
+    window = 7 * 24 + np.array([-1, 1]) * load_reference("simulator")["decisions"]["outcome_window_days"]
+    after = after[(lag >= window[0]) & (lag <= window[1])]
+    after = after.loc[after.assign(lag=lag).groupby("decision_id")["lag"].idxmin()].set_index("decision_id")
     common = after.index.intersection(base.index)
     assert len(common) > 50
     cols = [*CORE, "mmt8_scale", *[c for e in ENZYMES for c in (e, f"{e}_uln") if e in wide.columns]]
@@ -197,8 +200,10 @@ def test_observed_follow_up_reproduces_true_tis(cohort):
     assert complete.mean() > 0.8
     np.testing.assert_allclose(observed[complete].to_numpy(), taken.loc[common[complete.to_numpy()], "tis"].to_numpy())
     # the realised CDASI change is the observed one
-    cd = (f["cdasi_activity"] if "cdasi_activity" in f else after.loc[common, "cdasi_activity"]) if False else after.loc[common, "cdasi_activity"] - base.loc[common, "cdasi_activity"]
-    np.testing.assert_allclose(cd.to_numpy(), taken.loc[common, "cdasi_change"].to_numpy())
+    cd = after.loc[common, "cdasi_activity"] - base.loc[common, "cdasi_activity"]
+    seen = cd.notna().to_numpy()
+    assert seen.mean() > 0.3
+    np.testing.assert_allclose(cd.to_numpy()[seen], taken.loc[common, "cdasi_change"].to_numpy()[seen])
 
 
 def test_trial_mode_includes_active_adult_dm_once_each(trial):
@@ -258,16 +263,20 @@ def test_trial_populations_differ_only_where_configured(inputs, abatacept_trial)
 
 
 def test_records_let_a_reader_recover_the_true_decision_points(cohort, inputs):
-    """Decision points derived from the exported records (features.decisions) are exactly the simulator's."""
+    """Decision points derived from the exported records (features.decisions) are the simulator's: exactly on the
+    complete records of the easy testbed, nearly all with v2's record gaps (a reader carries a missing measure
+    forward where the clinician saw the patient)."""
     from features.contract import MeasureCatalog, normalise
     from features.decisions import compare_with_truth, derive_decisions
 
     _, vocabulary, catalog = inputs
-    tables = {name: getattr(cohort, name) for name in CONTRACT_COLUMNS}
-    normalised = normalise(tables, vocabulary, MeasureCatalog.from_config(load_reference("measures")), TODAY)
-    result = compare_with_truth(derive_decisions(normalised, vocabulary, catalog), cohort.decisions)
-    assert result["precision"] == 1.0 and result["recall"] == 1.0
-    assert result["option_accuracy"] > 0.9
+    measures = MeasureCatalog.from_config(load_reference("measures"))
+    easy = simulate_cohort(200, 11, _easy_inputs(), vocabulary, catalog, TODAY)
+    for c, floor in ((easy, 1.0), (cohort, 0.95)):
+        tables = {name: getattr(c, name) for name in CONTRACT_COLUMNS}
+        result = compare_with_truth(derive_decisions(normalise(tables, vocabulary, measures, TODAY), vocabulary, catalog), c.decisions)
+        assert result["precision"] >= floor and result["recall"] >= floor, result
+        assert result["option_accuracy"] > 0.9
 
 
 @pytest.mark.parametrize(
@@ -333,3 +342,62 @@ def test_easy_settings_file_reproduces_the_first_testbed():
                 "bayes_auroc": 0.845, "max_naive_gap": 0.0455, "negative_effects": 0.0}
     for key, value in card_metrics(card).items():
         assert value == pytest.approx(expected[key], abs=0.005), key
+
+
+def test_simulate_command_reads_another_settings_file_and_writes_the_card(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    runner = CliRunner()
+    out, metrics = tmp_path / "cohort", tmp_path / "card-metrics.json"
+    result = runner.invoke(app, ["simulate", "--out", str(out), "--patients", "40", "--seed", "3", "--mc-draws", "10",
+                                 "--config", str(ROOT_CONFIGS / "simulator-easy.yaml"), "--metrics", str(metrics)])
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / "card.json").read_text())
+    assert card["patients"] == 40 and card["policies"]["guideline"]["order"][0] == "add_ivig"
+    # the DVC metrics row reuses the model's column names: Bayes AUROC, the guideline list's regret, the oracle value
+    headline = json.loads(metrics.read_text())
+    assert headline == {"auroc": card["bayes_auroc"], "regret": card["policies"]["guideline"]["regret"],
+                        "policy_value": card["oracle_value"]}
+    missing = runner.invoke(app, ["simulate", "--out", str(out), "--config", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "nope.yaml: no such file" in missing.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((ROOT_CONFIGS / "simulator-easy.yaml").read_text().replace("female_fraction: 0.69", "female_fraction: 1.5"))
+    bad = runner.invoke(app, ["simulate", "--out", str(out), "--config", str(broken)])
+    assert bad.exit_code == 2 and "female_fraction" in bad.output
+
+
+def test_default_testbed_is_harder_than_the_first(inputs):
+    """Simulator v2 (issue 13) on a small cohort: the guideline list loses more against the oracle, some options
+    are worse than continuing for some patients, a naive comparison of treated groups is off by ≥ 5 points for an
+    option, and a past failure of an added agent lowers the true chance of response at the next decision (given
+    what the record shows). The easy testbed has none of this."""
+    from simulator.card import card_metrics, simulator_card
+
+    config, vocabulary, catalog = inputs
+    fast = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": 20})})
+    easy = _easy_inputs(20)
+    hard_card = simulator_card(simulate_cohort(800, 21, fast, vocabulary, catalog, TODAY), fast, catalog)
+    easy_card = simulator_card(simulate_cohort(800, 21, easy, vocabulary, catalog, TODAY), easy, catalog)
+    hard, first = card_metrics(hard_card), card_metrics(easy_card)
+    assert hard["guideline_regret"] >= 0.05 and hard["guideline_regret"] > first["guideline_regret"] + 0.02
+    assert 0.005 < hard["negative_effects"] < 0.2 and first["negative_effects"] == 0.0
+    assert hard["max_naive_gap"] >= 0.05
+    assert hard_card["history"]["next_p_failure_minus_response_adjusted"] < 0
+
+
+def test_records_have_gaps_and_ages_have_their_published_shape(cohort):
+    """Outcome visits miss core set measures, CDASI is recorded at only part of the visits, and adult age at
+    diagnosis peaks in mid-life (a uniform 18–85 would put 37 % in 40–65)."""
+    wide = _wide(cohort.assessments)
+    missing_core = wide[CORE].isna().any(axis=1).mean()
+    assert 0.03 < missing_core < 0.3
+    assert 0.4 < wide["cdasi_activity"].notna().mean() < 0.85
+    p = cohort.patients
+    age = pd.DatetimeIndex(p["diagnosis_date"]).year - p["birth_year"]
+    adult = (p["diagnosis"] != "juvenile_dermatomyositis").to_numpy()
+    assert ((age[adult] >= 40) & (age[adult] <= 65)).mean() > 0.5
+    assert (age[~adult] <= 17).all()
