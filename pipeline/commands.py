@@ -123,6 +123,9 @@ def import_command(
     """Import an OMOP CDM v5.4 database as the four contract tables, with an import report (docs/omop.md)."""
     if kind != "omop":
         raise typer.BadParameter(f"{kind!r}: the only importable source is omop", param_hint="KIND")
+    if "://" not in source and not Path(source).exists():
+        raise Refusal(f"--source {source}: no such file or folder (a DuckDB file, a folder of OMOP tables or a "
+                      "SQLAlchemy URL)")
     if mapping is not None and not mapping.is_file():
         raise Refusal(f"--mapping {mapping}: no such file (a mapping like configs/omop.yaml)")
     require_writable(out, "--out", folder=True)
