@@ -39,6 +39,7 @@ VOCABULARY_COLUMNS: dict[str, tuple[str, ...]] = {
     "concept_ancestor": ("ancestor_concept_id", "descendant_concept_id"),
     "drug_strength": ("drug_concept_id", "ingredient_concept_id", "amount_value", "amount_unit_concept_id",
                       "numerator_value", "numerator_unit_concept_id", "denominator_value"),
+    "concept": ("concept_id", "concept_name", "domain_id", "vocabulary_id", "standard_concept", "invalid_reason"),
 }
 REPORT_COLUMNS = ("table", "concept_id", "source_value", "reason", "severity", "records")
 CONTRACT_DOSE_UNITS = ("mg", "g", "mg/kg", "g/kg", "mg/m2", "g/m2")
@@ -254,6 +255,30 @@ def build_index(items: Iterable[tuple[str, ConceptSet]], concept_ancestor: pd.Da
         for v in cs.source_values:
             by_value.setdefault(" ".join(str(v).strip().lower().split()), target)
     return ConceptIndex(by_concept, by_source_concept, by_value)
+
+
+def mapped_concepts(mapping: OmopMapping, concept: pd.DataFrame | None) -> pd.DataFrame:
+    """Every concept id the mapping names, with what it maps to and its name, domain, vocabulary and standard flag
+    in the source's own `concept` table (empty where the table lacks it), so a site can check the ids by name."""
+    rows = []
+    for kind, items, attr in (("drug", mapping.drugs, "drug"), ("diagnosis", mapping.diagnoses, "diagnosis"),
+                              ("measure", mapping.measures, "measure"), ("antibody", mapping.antibodies, "antibody"),
+                              ("event", mapping.events, "event")):
+        for item in items:
+            rows += [(kind, getattr(item, attr), int(c)) for c in (*item.concept_ids, *item.source_concept_ids)]
+    rows += [("condition", "ild", int(c)) for c in mapping.ild.concept_ids]
+    rows += [("condition", "cancer", int(c)) for c in mapping.cancer.concept_ids]
+    out = pd.DataFrame(rows, columns=["kind", "target", "concept_id"])
+    names = (concept.rename(columns=str.lower).drop_duplicates("concept_id")
+             .assign(concept_id=lambda f: _int_series(f["concept_id"]).astype("float"))
+             if concept is not None and len(concept) else None)
+    extra = ["concept_name", "domain_id", "vocabulary_id", "standard_concept", "invalid_reason"]
+    if names is None:
+        return out.assign(**{c: None for c in extra})
+    merged = out.assign(concept_id=out["concept_id"].astype(float)).merge(names[["concept_id", *extra]],
+                                                                          on="concept_id", how="left")
+    merged["concept_id"] = merged["concept_id"].astype("int64")
+    return merged.astype(object).where(merged.notna(), None)
 
 
 # ----------------------------------------------------------------------------------------------------- report

@@ -224,6 +224,11 @@ def read_omop(src: _DuckSource | _SqlSource, mapping: OmopMapping) -> dict[str, 
         out[table] = _read(src, table, present, [("person_id", cohort, "BIGINT")])
     if present["person"] is not None:  # the persons' count for the report, not their records
         out["person_total"] = _count_rows(src, "person")  # type: ignore[assignment]
+    named = sorted({int(c) for group in (mapping.drugs, mapping.diagnoses, mapping.measures, mapping.antibodies,
+                                         mapping.events, (mapping.ild, mapping.cancer))
+                    for cs in group for c in (*cs.concept_ids, *cs.source_concept_ids)})
+    out["concept"] = (_read(src, "concept", present, [("concept_id", named, "BIGINT")])
+                      if present["concept"] is not None else None)
     ingredients = sorted({int(c) for d in mapping.drugs for c in d.concept_ids})
     out["drug_strength"] = (_read(src, "drug_strength", present, [("ingredient_concept_id", ingredients, "BIGINT")])
                             if present["drug_strength"] is not None else None)
@@ -286,7 +291,7 @@ def run_import_omop(source: str, out: Path, mapping_path: Path | None = None, sc
                     gap_days: int = 30) -> ImportResult:
     """The command: read the OMOP source, map it, write DIR/{patients,regimens,assessments,events}.parquet and
     DIR/import_report.json (every unmapped record counted by table, concept and reason)."""
-    from features.omop import import_omop
+    from features.omop import import_omop, mapped_concepts
 
     mapping = load_mapping(mapping_path)
     started = time.perf_counter()
@@ -295,6 +300,7 @@ def run_import_omop(source: str, out: Path, mapping_path: Path | None = None, sc
     read_s = time.perf_counter() - started
     total = int(omop.pop("person_total") or 0)  # type: ignore[arg-type]
     result = import_omop(omop, mapping, gap_days)
+    names = mapped_concepts(mapping, omop.get("concept"))
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in result.tables.items():
         frame.to_parquet(out / f"{name}.parquet", index=False)
@@ -307,6 +313,7 @@ def run_import_omop(source: str, out: Path, mapping_path: Path | None = None, sc
         "rows_written": {k: len(v) for k, v in result.tables.items()},
         "records_by_reason": by_reason.to_dict(orient="records"),
         "records": result.report.to_dict(orient="records"),
+        "mapped_concepts": names.to_dict(orient="records"),
     }, out / "import_report.json")
     elapsed = time.perf_counter() - started
     typer.echo(f"imported {result.persons_imported} of {total} persons (those with a mapped myositis diagnosis) "
@@ -317,6 +324,10 @@ def run_import_omop(source: str, out: Path, mapping_path: Path | None = None, sc
         typer.echo("records not mapped or imported with a gap (table, reason, severity: records):")
         for row in by_reason.itertuples(index=False):
             typer.echo(f"  {row.table}, {row.reason}, {row.severity}: {row.records}")
+    if omop.get("concept") is not None:
+        absent = int(names["concept_name"].isna().sum())
+        typer.echo(f"{len(names) - absent} of {len(names)} mapped concept ids found in the source's concept table "
+                   f"(check their names in the report{'; ' + str(absent) + ' absent' if absent else ''})")
     typer.echo(f"every record by concept: {out / 'import_report.json'}; next: escalate validate --data {out}")
     return result
 

@@ -210,6 +210,9 @@ def test_report_file_and_contract_validation(imported: ImportResult, tmp_path: P
     report = json.loads((out / "import_report.json").read_text())
     assert report["persons_in_source"] == 4 and report["persons_imported"] == 3
     assert report["vocabulary"] == {"concept_ancestor": True, "drug_strength": True}
+    named = {(r["target"], r["concept_id"]): r["concept_name"] for r in report["mapped_concepts"]}
+    assert named[("prednisone", 1551099)] == "prednisone"  # the site checks each id by its name
+    assert named[("rituximab", 1314273)] is None  # not in this source's concept table
     assert sum(r["records"] for r in report["records"]) == int(imported.report["records"].sum())
     vocabulary, measures = _contract()
     tables = {name: pd.read_parquet(out / f"{name}.parquet") for name in ("patients", "regimens", "assessments",
