@@ -404,3 +404,18 @@ def test_source_with_only_person_and_condition_tables(tmp_path: Path) -> None:
     assert all(len(result.tables[t]) == 0 for t in ("regimens", "assessments", "events"))
     assert json.loads((tmp_path / "out" / "import_report.json").read_text())["vocabulary"] == {
         "concept_ancestor": False, "drug_strength": False}
+
+
+def test_duckdb_schema_option(cdm: Path, imported: ImportResult, tmp_path: Path) -> None:
+    """--schema reads the CDM from a named schema (sites keep vocabulary and CDM in their own schemas)."""
+    db = tmp_path / "schemas.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE SCHEMA cdm")
+    con.execute("ATTACH ? AS src (READ_ONLY)", [str(cdm)])
+    for name in fixture_tables():
+        con.execute(f"CREATE TABLE cdm.{name} AS SELECT * FROM src.main.{name}")
+    con.close()
+    got = run_import_omop(str(db), tmp_path / "out", schema="cdm", gap_days=30)
+    pd.testing.assert_frame_equal(got.tables["regimens"], imported.tables["regimens"])
+    with pytest.raises(OmopSourceError, match="no person or condition_occurrence table"):
+        run_import_omop(str(db), tmp_path / "out2", gap_days=30)  # nothing in main
