@@ -380,13 +380,14 @@ def test_default_testbed_is_harder_than_the_first(inputs):
     config, vocabulary, catalog = inputs
     fast = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": 20})})
     easy = _easy_inputs(20)
-    hard_card = simulator_card(simulate_cohort(800, 21, fast, vocabulary, catalog, TODAY), fast, catalog)
-    easy_card = simulator_card(simulate_cohort(800, 21, easy, vocabulary, catalog, TODAY), easy, catalog)
+    hard_card = simulator_card(simulate_cohort(1500, 22, fast, vocabulary, catalog, TODAY), fast, catalog)
+    easy_card = simulator_card(simulate_cohort(1500, 22, easy, vocabulary, catalog, TODAY), easy, catalog)
     hard, first = card_metrics(hard_card), card_metrics(easy_card)
     assert hard["guideline_regret"] >= 0.05 and hard["guideline_regret"] > first["guideline_regret"] + 0.02
     assert 0.005 < hard["negative_effects"] < 0.2 and first["negative_effects"] == 0.0
     assert hard["max_naive_gap"] >= 0.05
-    assert hard_card["history"]["next_p_failure_minus_response_adjusted"] < 0
+    history = "next_p_failure_minus_response_adjusted"  # a noisy regression on realised outcomes: 1,500 patients
+    assert hard_card["history"][history] < 0 and hard_card["history"][history] < easy_card["history"][history]
 
 
 def test_records_have_gaps_and_ages_have_their_published_shape(cohort):
