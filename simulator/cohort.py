@@ -81,6 +81,7 @@ def sample_patients(
     h_high = np.where(female, config.height_cm["F"].high, config.height_cm["M"].high)
     weight = np.round(rng.uniform(w_low, w_high), 1)
     height = np.round(rng.uniform(h_low, h_high))
+    adult_weight, adult_height = weight, height  # the grown-up size (simulator.body scales children from it)
     # juvenile DM: smaller at diagnosis; the simulator keeps body size constant (grown-up by the decision era
     # for most), so scale by a modest factor only for the youngest
     child = juvenile & (age_at_diagnosis < 12)
@@ -111,6 +112,8 @@ def sample_patients(
             "weight": weight,
             "height": height,
             "bsa": np.sqrt(weight * height / 3600.0),
+            "adult_weight": adult_weight,
+            "adult_height": adult_height,
             "mmt8_scale": np.where(rng.random(n) < config.mmt8_150_fraction, 150.0, 80.0),
         }
     )

@@ -103,6 +103,28 @@ class DrugRegimens(_Frozen):
     written_as: tuple[str, ...] = Field(min_length=1)
     at_target: tuple[DoseVariant, ...] = Field(min_length=1)
     below_target: tuple[DoseVariant, ...] = ()
+    #: how a paediatric prescriber writes it for a juvenile DM patient under 18 (per kg or m², docs/sources.md §4);
+    #: empty: the adult regimens. The lowest juvenile at-target dose is the paediatric target (a row below it by
+    #: more than the tolerance is below target, in the same unit and schedule).
+    juvenile_at_target: tuple[DoseVariant, ...] = ()
+    juvenile_below_target: tuple[DoseVariant, ...] = ()
+
+
+class BodyConfig(_Frozen):
+    """Body size over time (v2, docs/simulator.md). `changes: false` keeps weight and height constant (first
+    testbed). Adults: weight at diagnosis plus a glucocorticoid gain (a fraction of body weight, normal over
+    patients) accruing over the first `steroid_gain_weeks` of induction, then a plateau (Fardet 2020; Morgan 2020,
+    §7). Juvenile DM: weight and height follow the APLS / Weech age formulae to age 12, then rise linearly to the
+    patient's own adult size at 18 (§7). Each recorded weight adds visit-to-visit noise."""
+
+    changes: bool = False
+    steroid_gain_mean: float = Field(0.035, ge=-0.2, le=0.5)
+    steroid_gain_sd: float = Field(0.04, ge=0, le=0.5)
+    steroid_gain_weeks: float = Field(39.0, gt=0)
+    weight_visit_sd_kg: float = Field(0.7, ge=0)
+    #: the reference adult the child curves rise to at 18 (the patient's own adult size scales them).
+    reference_adult_kg: float = Field(65.0, gt=0)
+    reference_adult_cm: float = Field(170.0, gt=0)
 
 
 class HistoryConfig(_Frozen):
@@ -113,6 +135,9 @@ class HistoryConfig(_Frozen):
     prednisone_taper_factor: Range = Range(low=0.55, high=0.75)
     prednisone_taper_step_days: Range = Range(low=28, high=84)
     prednisone_floor_mg: tuple[float, ...] = (5.0, 7.5, 10.0, 15.0, 20.0)
+    #: juvenile DM under 18: induction per kg of current weight and its cap (SHARE JDM, §4); None: the adult rule.
+    prednisone_juvenile_mg_per_kg: Range | None = None
+    prednisone_juvenile_max_mg: float = 60.0
     hydroxychloroquine_in_dm: float = Field(0.8, ge=0, le=1)
     conventional_start_days: Range = Range(low=90, high=365)
     conventional_mix: dict[str, float] = Field(default_factory=lambda: {"mycophenolate": 0.5, "methotrexate": 0.3, "azathioprine": 0.2})
@@ -344,6 +369,7 @@ class SimulatorConfig(_Frozen):
     """Everything the simulator needs besides the drug vocabulary and option catalogue."""
 
     cohort: CohortConfig
+    body: BodyConfig = BodyConfig()
     history: HistoryConfig
     measurement: MeasurementConfig
     effects: EffectsConfig

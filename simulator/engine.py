@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from features.vocabulary import OptionCatalog, Vocabulary, dose_to_mg, parse_intervals
+from features.vocabulary import OptionCatalog, Vocabulary, body_surface_area, dose_to_mg, parse_intervals
+from simulator.body import BodySize, body_size, paediatric, size_at
 from simulator.cohort import sample_patients
-from simulator.config import SimulatorConfig
+from simulator.config import DrugRegimens, SimulatorConfig
 from simulator.effects import (
     DecisionState,
     OptionEffects,
@@ -70,11 +71,25 @@ class SimulatedCohort(NamedTuple):
 # regimen state
 
 
-def annotate_rows(rows: pd.DataFrame, patients: pd.DataFrame, vocabulary: Vocabulary) -> pd.DataFrame:
-    """Add daily intensity (mg/day) and the shortfall below target (1 − dose/target low; 0 at target) to rows."""
+def annotate_rows(
+    rows: pd.DataFrame,
+    patients: pd.DataFrame,
+    vocabulary: Vocabulary,
+    body: BodySize | None = None,
+    regimens: dict[str, DrugRegimens] | None = None,
+) -> pd.DataFrame:
+    """Add daily intensity (mg/day) and the shortfall below target (1 − dose/target low; 0 at target) to rows.
+
+    With `body`, a per-kg / per-m² dose uses the size on the row's start day (else the constant size). A
+    paediatric row (juvenile DM under 18) is judged against the lowest juvenile at-target dose of `regimens`,
+    in the dose's own unit, so a child's dose is never "below" an adult target."""
     p = rows["patient"].to_numpy()
-    weight = pd.Series(patients["weight"].to_numpy()[p], index=rows.index)
-    bsa = pd.Series(patients["bsa"].to_numpy()[p], index=rows.index)
+    if body is None:
+        w, h = patients["weight"].to_numpy()[p], patients["height"].to_numpy()[p]
+    else:
+        w, h = size_at(body, p, rows["start"].to_numpy(float))
+    weight = pd.Series(w, index=rows.index)
+    bsa = pd.Series(body_surface_area(w, h), index=rows.index)
     dose_mg = dose_to_mg(rows["dose"], rows["dose_unit"], weight, bsa)
     schedule = parse_intervals(rows["interval"])
     daily = (dose_mg * schedule["doses_per_cycle"] / schedule["cycle_days"]).to_numpy(float)
@@ -82,6 +97,15 @@ def annotate_rows(rows: pd.DataFrame, patients: pd.DataFrame, vocabulary: Vocabu
     with np.errstate(invalid="ignore", divide="ignore"):
         below = daily < (1 - BELOW_TARGET_TOLERANCE) * target
         shortfall = np.where(below, 1 - daily / target, 0.0)
+    child = rows["paediatric"].fillna(False).to_numpy(bool) if "paediatric" in rows else np.zeros(len(rows), bool)
+    if child.any() and regimens:
+        gen = rows["generic"].to_numpy(object)
+        lowest = {g: min(v.dose for v in r.juvenile_at_target) for g, r in regimens.items() if r.juvenile_at_target}
+        at = np.array([lowest.get(g, np.nan) for g in gen], dtype=float)
+        dose = rows["dose"].to_numpy(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            child_short = np.where(dose < (1 - BELOW_TARGET_TOLERANCE) * at, 1 - dose / at, 0.0)
+        shortfall = np.where(child & ~np.isnan(at), child_short, shortfall)
     out = rows.copy()
     out["daily_mg"] = daily
     out["shortfall"] = np.nan_to_num(shortfall)
@@ -152,15 +176,25 @@ def _visit_batch(
     routine: bool,
     rng2: np.random.Generator,
     outcome: bool = False,
+    body: tuple[BodySize, np.random.Generator] | None = None,
 ) -> pd.DataFrame:
     """A wide visit frame: latent-driven measures plus weight, CDASI damage and safety labs, with missingness.
 
     Routine visits miss core measures at `core_missing`, outcome visits at `core_missing_outcome`; both record CDASI
     at `cdasi_recorded` of visits (drawn from `rng2`, so the first testbed's stream is untouched). A first
-    decision visit (the flare) is complete."""
+    decision visit (the flare) is complete. With `body` (the size trajectories and their own random stream) weight
+    and height are the size on the visit day, weight with visit-to-visit noise; else the constant size."""
     values = {k: np.asarray(v, dtype=float).copy() for k, v in measures.items()}
     values["cdasi_damage"] = patients["cdasi_damage"].to_numpy()[patient]
-    values["weight"] = patients["weight"].to_numpy()[patient]
+    if body is None:
+        values["weight"] = patients["weight"].to_numpy()[patient]
+        values["height"] = patients["height"].to_numpy()[patient]
+    else:
+        trajectory, rng_body = body
+        w, h = size_at(trajectory, patient, day)
+        noise = trajectory.config.weight_visit_sd_kg * rng_body.standard_normal(len(patient))
+        values["weight"] = np.round(np.maximum(w + noise, 1.0), 1)
+        values["height"] = np.round(h)
     female = patients["sex"].to_numpy()[patient] == "F"
     values.update(safety_labs(len(patient), female, rng))
     if routine:
@@ -175,6 +209,17 @@ def _visit_batch(
     frame = pd.DataFrame({"patient": patient.astype(np.int64), "day": day.astype(np.int64)})
     for name in VISIT_MEASURES:
         frame[name] = values.get(name, np.full(len(patient), np.nan))
+    return frame
+
+
+def _weigh_in(patient: np.ndarray, day: np.ndarray, body: BodySize, rng_body: np.random.Generator) -> pd.DataFrame:
+    """A visit frame with only weight (with visit noise) and height: the measurements taken at diagnosis."""
+    w, h = size_at(body, patient, day)
+    frame = pd.DataFrame({"patient": patient.astype(np.int64), "day": day.astype(np.int64)})
+    for name in VISIT_MEASURES:
+        frame[name] = np.nan
+    frame["weight"] = np.round(np.maximum(w + body.config.weight_visit_sd_kg * rng_body.standard_normal(len(patient)), 1.0), 1)
+    frame["height"] = np.round(h)
     return frame
 
 
@@ -240,18 +285,31 @@ def simulate_cohort(
     patients["refractory"] = rng2.standard_normal(n_patients)  # persistent refractoriness (no record shows it)
     option_latent = rng2.standard_normal((n_patients, len(catalog.options)))  # per-patient, per-option response
     refractory_all = patients["refractory"].to_numpy()
+    # body size over time (v2 `body:`): its own random stream; the size at diagnosis doses induction prednisone
+    trajectory: BodySize | None = None
+    rng_body = np.random.default_rng([seed, 14])
+    if cfg.body.changes:
+        trajectory = body_size(patients, np.zeros(n_patients), cfg.body, rng_body)
+        w0, h0 = size_at(trajectory, np.arange(n_patients), np.zeros(n_patients))
+        patients["weight"], patients["height"] = np.round(w0, 1), np.round(h0)
+        patients["bsa"] = body_surface_area(patients["weight"], patients["height"])
     brand_u = rng.random(n_patients)
     hist = treatment_history(
         patients, cfg.history, cfg.safety, cfg.cohort.cancer_sites, cfg.cohort.years_since_diagnosis_max, brand_u, rng
     )
-    rows = annotate_rows(hist.regimens, patients, vocabulary)
+    if trajectory is not None:
+        trajectory = trajectory._replace(diagnosis_day=hist.diagnosis_day.astype(float))
+    body = None if trajectory is None else (trajectory, rng_body)
+    rows = annotate_rows(hist.regimens, patients, vocabulary, trajectory, cfg.history.regimens)
     events = [hist.events]
 
     hv = hist.visits
     hp = hv["patient"].to_numpy()
     visits = [
-        _visit_batch(hp, hv["day"].to_numpy(), _measures_at(patients, hp, hv["muscle"].to_numpy(), hv["skin"].to_numpy(), cfg, rng), patients, cfg, rng, True, rng2)
+        _visit_batch(hp, hv["day"].to_numpy(), _measures_at(patients, hp, hv["muscle"].to_numpy(), hv["skin"].to_numpy(), cfg, rng), patients, cfg, rng, True, rng2, body=body)
     ]
+    if trajectory is not None:  # weighed and measured on the day of diagnosis, before any per-kg / per-m² dose
+        visits.append(_weigh_in(np.arange(n_patients), hist.diagnosis_day.astype(np.int64), trajectory, rng_body))
 
     generics = vocabulary.generics
     option_names = catalog.names
@@ -285,7 +343,7 @@ def simulate_cohort(
         n = len(idx)
         sub = _traits(patients, idx)
         if k == 0 or not record_gaps:  # with record gaps a later decision visit is the outcome visit as recorded
-            visits.append(_visit_batch(idx, t, base, patients, cfg, rng, routine=False, rng2=rng2))
+            visits.append(_visit_batch(idx, t, base, patients, cfg, rng, routine=False, rng2=rng2, body=body))
         on, days_on, short, pred = regimen_state(rows, idx, t, generics, catalog.rituximab_active_days)
         any_below = (short.to_numpy() > 0).any(axis=1)
         eligible_df, _ = catalog.eligibility(on, pd.Series(any_below))
@@ -379,7 +437,7 @@ def simulate_cohort(
         # ---- what is observed after the decision
         delay_cfg = cfg.trial.start_delay_days if trial else cfg.policy.start_delay_days
         change_day = t + np.round(rng.uniform(delay_cfg.low, delay_cfg.high, n)).astype(np.int64)
-        rows = _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, vocabulary, brand_u, rng)
+        rows = _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, vocabulary, brand_u, rng, trajectory)
         if harmed is not None:
             rows = _stop_harmed(rows, catalog, taken, idx, change_day, harmed[np.arange(n), taken], rng2)
         p_lost: float | np.ndarray = dec.loss_to_follow_up
@@ -399,19 +457,19 @@ def simulate_cohort(
         seen = ~lost[pi] | (di <= loss_day[pi])
         gi = idx[pi][seen]
         if len(gi):
-            visits.append(_visit_batch(gi, di[seen], _measures_at(patients, gi, im[seen], is_[seen], cfg, rng), patients, cfg, rng, True, rng2))
+            visits.append(_visit_batch(gi, di[seen], _measures_at(patients, gi, im[seen], is_[seen], cfg, rng), patients, cfg, rng, True, rng2, body=body))
         if trial:
             for h in horizons[:-1]:
                 hd = t + 7 * h + rng.integers(-cfg.trial.visit_window_days, cfg.trial.visit_window_days + 1, n)
                 keep = ~lost
                 vals = {m: v[np.arange(n), taken][keep] for m, v in realised[h].items()}
-                visits.append(_visit_batch(idx[keep], hd[keep], vals, patients, cfg, rng, routine=True, rng2=rng2))
+                visits.append(_visit_batch(idx[keep], hd[keep], vals, patients, cfg, rng, routine=True, rng2=rng2, body=body))
         keep = ~lost
         out_vals = {m: v[np.arange(n), taken] for m, v in realised[main_h].items()}
         # an active outcome visit (judged on the full examination) is the next decision point; its record may miss
         # measures (measurement.core_missing_outcome, cdasi_recorded)
         out_visit = _visit_batch(idx[keep], outcome_day[keep], {m: v[keep] for m, v in out_vals.items()}, patients, cfg, rng,
-                                 routine=False, rng2=rng2, outcome=True)
+                                 routine=False, rng2=rng2, outcome=True, body=body)
         visits.append(out_visit)
 
         # realised safety events under the option taken (and IVIG thrombo-embolism)
@@ -453,7 +511,7 @@ def simulate_cohort(
             ov = visits[-1]
             visits[-1] = ov.loc[~pd.MultiIndex.from_arrays([ov["patient"], ov["day"]]).isin(drop)]
 
-    return _export(patients, hist, rows, visits, events, decision_frames, outcome_frames, today_d)
+    return _export(patients, hist, rows, visits, events, decision_frames, outcome_frames, today_d, trajectory is not None)
 
 
 def _responsiveness(z: np.ndarray, cfg: SimulatorConfig) -> np.ndarray:
@@ -548,8 +606,10 @@ def _interim_days(t: np.ndarray, last: int, low: float, high: float, rng: np.ran
     return pi, (t[pi] + offs[pi, ji]).astype(np.int64)
 
 
-def _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, vocabulary, brand_u, rng) -> pd.DataFrame:
-    """Regimen changes of the options taken: add a drug at its start dose, or raise below-target doses to target."""
+def _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, vocabulary, brand_u, rng,
+                   body: BodySize | None = None) -> pd.DataFrame:
+    """Regimen changes of the options taken: add a drug at its start dose, or raise below-target doses to target.
+    A child (juvenile DM under 18 on the change day) gets the drug's juvenile regimen, per kg or m², instead."""
     new_parts = []
     rows = rows.copy()
     for j, opt in enumerate(catalog.options):
@@ -558,12 +618,14 @@ def _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, 
             continue
         if opt.kind == "add":
             p = idx[sel]
-            added = regimen_rows(p, opt.adds, np.zeros(len(p), bool), change_day[sel], np.full(len(p), np.nan), cfg.history.regimens, brand_u, rng)
+            child = paediatric(body, p, change_day[sel])
+            added = regimen_rows(p, opt.adds, np.zeros(len(p), bool), change_day[sel], np.full(len(p), np.nan), cfg.history.regimens, brand_u, rng, child)
             if opt.start_dose is not None:
-                added["dose"] = opt.start_dose.dose
-                added["dose_unit"] = opt.start_dose.dose_unit
-                added["route"] = opt.start_dose.route
-                added["interval"] = opt.start_dose.interval
+                adult = ~added["paediatric"].to_numpy(bool)
+                added.loc[adult, "dose"] = opt.start_dose.dose
+                added.loc[adult, "dose_unit"] = opt.start_dose.dose_unit
+                added.loc[adult, "route"] = opt.start_dose.route
+                added.loc[adult, "interval"] = opt.start_dose.interval
             new_parts.append(added)
         elif opt.kind == "optimise":
             p = idx[sel]
@@ -578,11 +640,12 @@ def _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, 
             old = rows.loc[target_rows]
             rows.loc[target_rows, "end"] = (d[target_rows] - 1).astype(float)
             for generic, grp in old.groupby("generic", sort=True):
-                fixed = regimen_rows(grp["patient"].to_numpy(), str(generic), np.zeros(len(grp), bool), day[grp["patient"].to_numpy()], np.full(len(grp), np.nan), cfg.history.regimens, brand_u, rng)
+                gp = grp["patient"].to_numpy()
+                fixed = regimen_rows(gp, str(generic), np.zeros(len(grp), bool), day[gp], np.full(len(grp), np.nan), cfg.history.regimens, brand_u, rng, paediatric(body, gp, day[gp]))
                 fixed["drug"] = grp["drug"].to_numpy()
                 new_parts.append(fixed)
     if new_parts:
-        rows = pd.concat([rows, annotate_rows(pd.concat(new_parts, ignore_index=True), patients, vocabulary)], ignore_index=True)
+        rows = pd.concat([rows, annotate_rows(pd.concat(new_parts, ignore_index=True), patients, vocabulary, body, cfg.history.regimens)], ignore_index=True)
     return rows
 
 
@@ -633,8 +696,9 @@ def _dates(today: np.datetime64, days: np.ndarray) -> np.ndarray:
     return (today + np.asarray(days, dtype="float64").astype("int64").astype("timedelta64[D]")).astype("datetime64[ns]")
 
 
-def _export(patients, hist, rows, visits, events, decision_frames, outcome_frames, today) -> SimulatedCohort:
-    """Contract tables (nothing dated after today) and truth tables."""
+def _export(patients, hist, rows, visits, events, decision_frames, outcome_frames, today, growing: bool = False) -> SimulatedCohort:
+    """Contract tables (nothing dated after today) and truth tables. Height is recorded at each patient's first
+    visit and, when body size changes (`growing`), at every visit of a juvenile DM patient."""
     pid = patients["patient_id"].to_numpy()
     dx_dates = _dates(today, hist.diagnosis_day)
     dx_year = pd.DatetimeIndex(dx_dates).year.to_numpy()
@@ -671,7 +735,8 @@ def _export(patients, hist, rows, visits, events, decision_frames, outcome_frame
     wide = pd.concat(visits, ignore_index=True)
     wide = wide.loc[wide["day"].to_numpy() <= 0].sort_values(["patient", "day"], kind="stable").drop_duplicates(["patient", "day"])
     first_visit = ~wide["patient"].duplicated()
-    wide["height"] = np.where(first_visit, patients["height"].to_numpy()[wide["patient"].to_numpy()], np.nan)
+    every = patients["juvenile"].to_numpy(bool)[wide["patient"].to_numpy()] & growing
+    wide["height"] = np.where(first_visit | every, wide["height"].to_numpy(float), np.nan)
     assessments = _long_assessments(wide, patients, pid, today)
 
     ev = pd.concat(events, ignore_index=True)

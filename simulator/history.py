@@ -46,9 +46,11 @@ def regimen_rows(
     regimens: dict[str, DrugRegimens],
     brand_u: np.ndarray,
     rng: np.random.Generator,
+    paediatric: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Regimen rows of one generic as records write them: the patient's usual brand, an at-target regimen or
-    (where `below`) a below-target one."""
+    (where `below`) a below-target one; where `paediatric` (juvenile DM under 18) and the generic has juvenile
+    regimens, the per-kg / per-m² ones (column `paediatric` marks those rows)."""
     spec = regimens.get(generic)
     if spec is None:
         raise KeyError(f"history.regimens has no entry for {generic!r}: add how records write it")
@@ -58,6 +60,17 @@ def regimen_rows(
     pick_below = rng.integers(0, max(len(spec.below_target), 1), n)
     variants = list(spec.at_target) + list(spec.below_target)
     which = np.where(below, len(spec.at_target) + pick_below, pick_at)
+    child = np.zeros(n, dtype=bool)
+    if paediatric is not None and spec.juvenile_at_target:
+        child = np.asarray(paediatric, dtype=bool)
+        if child.any():
+            offset = len(variants)
+            j_below = below & (len(spec.juvenile_below_target) > 0)
+            j_at = rng.integers(0, len(spec.juvenile_at_target), n)
+            j_low = rng.integers(0, max(len(spec.juvenile_below_target), 1), n)
+            variants += list(spec.juvenile_at_target) + list(spec.juvenile_below_target)
+            j_which = np.where(j_below, offset + len(spec.juvenile_at_target) + j_low, offset + j_at)
+            which = np.where(child, j_which, which)
     written = np.asarray(spec.written_as, dtype=object)[(brand_u[patient] * len(spec.written_as)).astype(int)]
     return pd.DataFrame(
         {
@@ -70,6 +83,7 @@ def regimen_rows(
             "interval": np.array([v.interval for v in variants], dtype=object)[which],
             "start": np.asarray(start, dtype=np.int64),
             "end": np.asarray(end, dtype=float),
+            "paediatric": child,
         }
     )
 
@@ -86,6 +100,12 @@ def _prednisone(
     n = len(patients)
     weight = patients["weight"].to_numpy()
     dose0 = np.minimum(config.prednisone_max_mg, np.round(rng.uniform(config.prednisone_mg_per_kg.low, config.prednisone_mg_per_kg.high, n) * weight / 5) * 5)
+    if config.prednisone_juvenile_mg_per_kg is not None:  # a child under 18: per kg of weight at diagnosis, own cap
+        jr = config.prednisone_juvenile_mg_per_kg
+        child = patients["juvenile"].to_numpy(bool) & (patients["age_at_diagnosis"].to_numpy() < 18)
+        per_kg = rng.uniform(jr.low, jr.high, n)  # drawn only when configured (the first testbed's stream stays)
+        juvenile_dose = np.minimum(config.prednisone_juvenile_max_mg, np.maximum(np.round(per_kg * weight / 2.5) * 2.5, 2.5))
+        dose0 = np.where(child, juvenile_dose, dose0)
     floors = np.asarray(config.prednisone_floor_mg)[rng.integers(0, len(config.prednisone_floor_mg), n)]
     floors = np.minimum(floors, dose0)
     factor = rng.uniform(config.prednisone_taper_factor.low, config.prednisone_taper_factor.high, n)
@@ -122,6 +142,11 @@ def treatment_history(
     idx = np.arange(n)
     dm = patients["dermatomyositis"].to_numpy()
     parts: list[pd.DataFrame] = []
+    juvenile, age0 = patients["juvenile"].to_numpy(bool), patients["age_at_diagnosis"].to_numpy(float)
+
+    def child(p: np.ndarray, days_after_diagnosis: np.ndarray) -> np.ndarray:
+        """Juvenile DM patients under 18 on that day (history days count from diagnosis)."""
+        return juvenile[p] & (age0[p] + np.asarray(days_after_diagnosis, float) / 365.25 < 18)
 
     pred, last_taper = _prednisone(patients, config, brand_u, rng)
     parts.append(pred)
@@ -129,7 +154,7 @@ def treatment_history(
 
     hcq = dm & (rng.random(n) < config.hydroxychloroquine_in_dm)
     hcq_start = rng.integers(0, 31, n).astype(float)
-    parts.append(regimen_rows(idx[hcq], "hydroxychloroquine", np.zeros(hcq.sum(), bool), hcq_start[hcq], np.full(hcq.sum(), np.nan), config.regimens, brand_u, rng))
+    parts.append(regimen_rows(idx[hcq], "hydroxychloroquine", np.zeros(hcq.sum(), bool), hcq_start[hcq], np.full(hcq.sum(), np.nan), config.regimens, brand_u, rng, child(idx[hcq], hcq_start[hcq])))
     change_days.append(np.where(hcq, hcq_start, 0))
 
     names = list(config.conventional_mix)
@@ -144,9 +169,9 @@ def treatment_history(
     for c, name in enumerate(names):
         sel = first == c
         end = np.where(switch[sel], switch_day[sel] - 1, np.nan)
-        parts.append(regimen_rows(idx[sel], name, below_first[sel], conv_start[sel], end, config.regimens, brand_u, rng))
+        parts.append(regimen_rows(idx[sel], name, below_first[sel], conv_start[sel], end, config.regimens, brand_u, rng, child(idx[sel], conv_start[sel])))
         sel2 = switch & (second == c)
-        parts.append(regimen_rows(idx[sel2], name, below_second[sel2], switch_day[sel2], np.full(sel2.sum(), np.nan), config.regimens, brand_u, rng))
+        parts.append(regimen_rows(idx[sel2], name, below_second[sel2], switch_day[sel2], np.full(sel2.sum(), np.nan), config.regimens, brand_u, rng, child(idx[sel2], switch_day[sel2])))
     change_days += [conv_start, np.where(switch, switch_day, 0)]
 
     shift = config.prior_advanced_refractory_log_or * patients["refractory"].to_numpy() if "refractory" in patients else 0.0
@@ -159,7 +184,7 @@ def treatment_history(
         if generic == "rituximab":
             single = rng.random(n) < config.rituximab_single_course
             end = np.where(single, start + 14, np.nan)
-        parts.append(regimen_rows(idx[sel], generic, below[sel], start[sel], end[sel], config.regimens, brand_u, rng))
+        parts.append(regimen_rows(idx[sel], generic, below[sel], start[sel], end[sel], config.regimens, brand_u, rng, child(idx[sel], start[sel])))
         change_days.append(np.where(sel, start, 0))
         if generic == "rituximab":
             change_days.append(np.where(sel, np.nan_to_num(end, nan=0.0), 0))

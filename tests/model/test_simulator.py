@@ -402,3 +402,55 @@ def test_records_have_gaps_and_ages_have_their_published_shape(cohort):
     adult = (p["diagnosis"] != "juvenile_dermatomyositis").to_numpy()
     assert ((age[adult] >= 40) & (age[adult] <= 65)).mean() > 0.5
     assert (age[~adult] <= 17).all()
+
+
+def test_body_weight_changes_and_children_are_dosed_per_kg_or_m2(cohort, inputs):
+    """Body size over time (`body:`): adults' recorded weight moves between visits and rises a little on
+    glucocorticoids; a child with juvenile DM grows and is dosed per kg / m² (methotrexate, mycophenolate,
+    hydroxychloroquine); the contract resolves every such dose with a weight measured on or before its start."""
+    from features.contract import MeasureCatalog, validate
+
+    config, vocabulary, _ = inputs
+    tables = {name: getattr(cohort, name) for name in CONTRACT_COLUMNS}
+    findings = validate(tables, vocabulary, MeasureCatalog.from_config(load_reference("measures")), TODAY)
+    assert not (findings["severity"] == "error").any(), findings.head().to_string()
+    assert not (findings["rule"] == "no_body_size").any()
+
+    p = cohort.patients.set_index("patient_id")
+    weight = cohort.assessments[cohort.assessments["measure"] == "weight"].sort_values(["patient_id", "date"])
+    per = weight.groupby("patient_id")["value"].agg(["first", "last", "std"])
+    juvenile = p.loc[per.index, "diagnosis"].eq("juvenile_dermatomyositis").to_numpy()
+    adults = per[~juvenile]
+    assert (adults["std"] > 0.3).mean() > 0.8  # weight is no longer a constant
+    assert 0.2 < (adults["last"] - adults["first"]).mean() < 3.0  # Fardet 2020 / Morgan 2020: +0–5 kg
+    age_dx = pd.DatetimeIndex(p["diagnosis_date"]).year - p["birth_year"]
+    young = per[juvenile & (age_dx.loc[per.index] < 11).to_numpy()]
+    assert len(young) > 0 and (young["first"] < 50).all() and (young["last"] > young["first"]).mean() > 0.9
+
+    r = cohort.regimens.merge(p[["diagnosis", "birth_year"]], left_on="patient_id", right_index=True)
+    child = (r["diagnosis"] == "juvenile_dermatomyositis") & (r["start_date"].dt.year - r["birth_year"] < 17)
+    paediatric = r["drug"].str.lower().str.contains("methotrexate|mtx|otrexup|cellcept|mycophenolate|mmf")
+    per_size = r["dose_unit"].isin(["mg/kg", "mg/m2"])
+    assert child.any() and per_size[child & paediatric].all()
+    assert not per_size[~child & paediatric].any()  # adults keep their fixed doses
+
+
+def test_juvenile_regimens_sit_in_the_paediatric_target_bands(inputs):
+    """The simulator's juvenile at-target doses (history.regimens, prednisone) lie inside the paediatric bands the
+    clinician page checks (configs/clinical_rules.yaml doses.juvenile): one source of truth, no drift."""
+    config, _, _ = inputs
+    bands = load_reference("clinical_rules")["doses"]["juvenile"]
+    unit = {"mg_per_kg": "mg/kg", "mg_per_m2": "mg/m2"}
+    checked = 0
+    for generic, spec in config.history.regimens.items():
+        if generic not in bands:
+            continue
+        for variant in spec.juvenile_at_target:
+            band = bands[generic]
+            assert variant.dose_unit == unit[band["basis"]], generic
+            assert band["low"] <= variant.dose <= band["high"], generic
+            checked += 1
+    assert checked >= 3
+    band, rule = bands["prednisone"], config.history.prednisone_juvenile_mg_per_kg
+    assert rule is not None and band["low"] <= rule.low <= rule.high <= band["high"]
+    assert config.history.prednisone_juvenile_max_mg == band["max_mg_per_day"]
