@@ -629,13 +629,12 @@ def fit_escalate_model(
         )
     in_arms = np.isin(taken, arms)
     elig = eligible_all[list(arms)].to_numpy(dtype=bool)
-    taken_ok = elig[np.arange(len(taken)), np.maximum(pd.Index(arms).get_indexer(taken), 0)] | ~in_arms
-    if not taken_ok.all():
-        r = int(np.flatnonzero(~taken_ok)[0])
-        raise ValueError(
-            f"table decisions: decision {merged['decision_id'].iloc[r]!r} took {taken[r]!r} but the eligibility "
-            f"rules say it was ineligible (rule: the option taken is eligible); {int((~taken_ok).sum())} such row(s)"
-        )
+    taken_codes = pd.Index(arms).get_indexer(taken)
+    taken_ok = elig[np.arange(len(taken)), np.maximum(taken_codes, 0)] | ~in_arms
+    # What a clinician did was possible: an option taken against the eligibility rules (a dose raised that the
+    # record shows at target, the weight on file being older) is eligible at that decision, and counted.
+    against_rules = np.flatnonzero(~taken_ok)
+    elig[against_rules, taken_codes[against_rules]] = True
     groups = features["patient_id"].astype(str).to_numpy()
     tis = pd.to_numeric(merged["total_improvement_score"], errors="coerce").to_numpy(dtype=float)
     safety = pd.to_numeric(merged["safety_event"], errors="coerce").to_numpy(dtype=float)
@@ -679,6 +678,7 @@ def fit_escalate_model(
         "modelled_options": list(arms),
         "rows_unmodelled_option": int((~in_arms).sum()),
         "rows_option_outside_catalogue": int((~np.isin(taken, catalog.names)).sum()),
+        "rows_taken_against_eligibility_rules": int(len(against_rules)),
         "labelled_rows": labelled,
         "unlabelled_rows": {k: int(in_arms.sum()) - v for k, v in labelled.items()},
         "response_rate": float(np.nanmean(response[in_arms])) if in_arms.any() else float("nan"),

@@ -171,13 +171,19 @@ def test_training_labels_must_cover_every_feature_row(cohort):
         fit_escalate_model(features, decisions.iloc[5:], catalog(), small_config("linear"))
 
 
-def test_training_refuses_an_option_taken_while_ineligible(cohort):
+def test_an_option_taken_against_the_eligibility_rules_is_kept_and_counted(cohort):
+    """A clinician's choice the rules call ineligible (a dose raised that the record shows at target) happened, so
+    it was possible: the decision trains the model with that option eligible there, and the summary counts it."""
     features, decisions, _ = cohort
     bad = decisions.copy()
-    row = int(np.flatnonzero(features["on_ivig"].to_numpy() > 0)[0])
-    bad.loc[row, "option_taken"] = "add_ivig"
-    with pytest.raises(ValueError, match="the option taken is eligible"):
-        fit_escalate_model(features, bad, catalog(), small_config("linear"))
+    rows = np.flatnonzero(features["on_ivig"].to_numpy() > 0)[:2]
+    bad.loc[rows, "option_taken"] = "add_ivig"
+    model = fit_escalate_model(features, bad, catalog(), small_config("linear"))
+    assert model.summary["rows_taken_against_eligibility_rules"] == 2
+    assert model.summary["option_counts"]["add_ivig"] == int((bad["option_taken"] == "add_ivig").sum())
+    # at prediction the rules still decide: the patient already on IVIG cannot be offered "add IVIG"
+    pred = model.predict_frame(features.iloc[rows])
+    assert not pred.loc[pred["option"] == "add_ivig", "eligible"].any()
 
 
 def test_unlabelled_decisions_are_counted_not_hidden(model, cohort):
