@@ -1,36 +1,63 @@
-"""Our learners against EconML (DRLearner, XLearner) and CausalML (BaseXRegressor, BaseDRRegressor) on the same
-simulated cohort, the same training rows and the same XGBoost settings (issue 4, "Peers side by side").
+"""The shipped model, our learners and peer libraries on the same simulated cohorts, over several seeds (issue 14:
+"benchmarks that would convince a sceptic").
 
-Run (EconML/CausalML live in the benchmark environment, never the runtime one):
-`OMP_NUM_THREADS=1 python benchmarks/bench_peers.py [--data simulator|synthetic] [--patients 3000] [--seed S]
-[--features-dir data/features --cohort-dir data/cohort]`.
+Run (EconML/CausalML live in the benchmark environment `.venv-bench`, never the runtime one; `make bench` builds it):
 
-`--data simulator` (default) simulates a cohort with `simulator.simulate_cohort` (or reads `escalate features`
-output plus the cohort's `truth/` with `--features-dir`), derives decisions, point-in-time features and labels with
-the project's own feature pipeline, splits patients with `params.yaml` `split:`, fits every learner on the labelled
-training decisions and evaluates on the held-out decisions matched to the simulator's truth. `--data synthetic`
-keeps the small synthetic multi-option cohort. Prints one table: sqrt(PEHE) of option-vs-continue effects (pooled
-over eligible option rows; truth = the simulator's `p_response`), regret of the recommended option against the
-oracle's best eligible option, share of suboptimal recommendations, fit seconds (fit + predicting the evaluation
-rows) and fit time as a ratio to our fastest learner measured in this process; then names the best.
-Peers that are not installed are reported as such and skipped.
+    OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/bench_peers.py [--seeds 2027 9001 4242] [--patients 3000]
+        [--config configs/simulator-easy.yaml] [--skip NAME ...] [--only NAME ...]
+    OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/bench_peers.py --learning-curve [--sizes 1000 3000 10000 30000]
+        [--eval-patients 3000] [--seeds ...]
+
+Each seed simulates a cohort with `simulator.simulate_cohort` (observational mode; `--config` for another simulator
+settings file), runs the project's data contract check and feature pipeline on it, splits patients with params.yaml
+`split:` (its seed = the bench seed) and evaluates on the held-out decisions matched to the simulator's truth.
+Rows:
+
+- `shipped model`: `models.bundle.fit_escalate_model` with params.yaml `train:` (seeds = the bench seed) — the
+  calibrated bundle `escalate train` registers; its recommendation is what it ranks by (argmax of `p_response`
+  over the options it and the evaluation call eligible), fit time = the whole bundle (three heads, calibration,
+  bootstrap intervals, propensity);
+- `escalate <kind>`: every learner of `models.learners.LEARNERS` through `make_learner(kind, LearnerConfig)`,
+  recommending the argmax of its predicted effect vs continue among eligible options;
+- peers: EconML CausalForestDML, DRLearner and XLearner; CausalML BaseSClassifier, BaseTClassifier,
+  BaseXClassifier and BaseDRLearner — a peer that raises, is not installed or predicts NaN is a row "failed: why";
+- baselines: the guideline list (`OptionCatalog.guideline`, configs/options.yaml: first eligible option in that
+  order) and always continue.
+
+Same tuning budget: every tree model, ours and the peers' nuisance/outcome/effect models, uses params.yaml
+`train.booster` (printed); patient-grouped cross-fitting uses `train.cv_folds` folds and propensities the same
+floor `train.propensity.clip`. The causal forest's own forest keeps EconML's defaults (100 honest trees).
+
+Metrics (mean ± standard error over seeds): regret against the oracle's best eligible option (true response
+probability), √PEHE of option-vs-continue effects (pooled over eligible option cells), share of suboptimal
+recommendations, fit seconds (fit + predicting the evaluation rows) and fit time as a ratio to the fastest of our
+learners measured in the same process on the same seed.
+
+`--learning-curve`: regret of the shipped model and the guideline list against the number of training patients
+(`--sizes`); each seed trains on a cohort of that many patients (all of them) and is evaluated on the same
+independent cohort of `--eval-patients` patients (simulated with seed + 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shlex
 import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
+import yaml
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.impute import SimpleImputer
 from sklearn.model_selection import GroupKFold
 from sklearn.preprocessing import LabelEncoder
 
@@ -38,90 +65,56 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from models import evaluation as ev  # noqa: E402
 from models.config import BoosterConfig, LearnerConfig  # noqa: E402
-from models.learners import make_learner  # noqa: E402
-from pipeline.settings import Settings  # noqa: E402
+from models.learners import LEARNERS, make_learner  # noqa: E402
+from pipeline.settings import Settings, settings_from  # noqa: E402
 
-CONTROL = "continue"
-ARMS = (
-    CONTROL,
-    "optimise_dose",
-    "add_ivig",
-    "add_rituximab",
-    "add_cyclophosphamide",
-    "add_abatacept",
-    "add_jak_inhibitor",
-)
-# Synthetic mode: share of decisions taking each option (continue and dose optimisation dominate, as in practice).
-SHARES = np.array([0.34, 0.2, 0.14, 0.12, 0.05, 0.07, 0.08])
+#: seeds never used in development (params.yaml's seed is the development seed and is refused).
+DEFAULT_SEEDS = (2027, 9001, 4242)
+METRICS = ("regret", "sqrt_pehe", "share_suboptimal", "fit_s", "fit_vs_fastest")
 
-# One benchmark dataset: training rows (X, t, y, groups) and evaluation rows with the true response probability
-# and the eligibility of every option.
-Data = dict[str, Any]
-Runner = Callable[[Data], np.ndarray]
+
+def _match_truth() -> Callable[..., np.ndarray]:
+    """`match_truth` from the evaluation package (or from models.bundle before the package existed)."""
+    found = getattr(ev, "match_truth", None)
+    if found is None:
+        from models.bundle import match_truth as found  # type: ignore[no-redef]
+    return found
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Data
 
 
-def synthetic_cohort(n_patients: int, seed: int, n_features: int = 20) -> dict[str, Any]:
-    """1-4 decisions per patient, confounded choice (sicker patients escalate), heterogeneous effects on the
-    response probability, and the true response probability under every option (for PEHE and regret)."""
-    rng = np.random.default_rng(seed)
-    per = rng.integers(1, 5, n_patients)
-    groups = np.repeat(np.arange(n_patients), per)
-    n = len(groups)
-    X = pd.DataFrame(rng.normal(size=(n, n_features)), columns=[f"f{j}" for j in range(n_features)])
-    X.iloc[:, n_features // 2 :] = (X.iloc[:, n_features // 2 :] > 0.5).astype(float)  # binary flags
-    severity = X["f0"].to_numpy()
-    logits = np.log(SHARES)[None, :] + np.outer(severity, np.r_[0.0, 0.2, 0.5, 0.6, 0.9, 0.4, 0.5])
-    prop = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    codes = (prop.cumsum(axis=1) > rng.random(n)[:, None]).argmax(axis=1)
-    base = 1 / (1 + np.exp(-(-0.6 - 0.5 * severity + 0.3 * X["f1"].to_numpy())))
-    f2, f3, flag = X["f2"].to_numpy(), X["f3"].to_numpy(), X[f"f{n_features - 1}"].to_numpy()
-    effect = np.column_stack(
-        [
-            np.zeros(n),
-            0.05 + 0.05 * (f2 > 0),  # optimise dose
-            0.15 + 0.1 * np.tanh(severity),  # IVIG helps the sickest more
-            0.12 + 0.15 * flag,  # rituximab: antibody-positive flag
-            0.05 + 0.2 * (severity > 1),  # cyclophosphamide only for severe disease
-            0.08 * (f3 > 0),  # abatacept
-            0.1 + 0.1 * (f2 < 0),  # JAK inhibitor
-        ]
-    )
-    truth = np.clip(base[:, None] + effect, 0.01, 0.99)
-    y = (rng.random(n) < truth[np.arange(n), codes]).astype(float)
-    return {"X": X, "t": np.asarray(ARMS)[codes], "y": y, "groups": groups, "truth": truth}
+def seeded_settings(params: Path, seed: int) -> Settings:
+    """params.yaml with its top-level seed replaced by `seed` (so every derived seed — split, boosters,
+    calibration, bootstrap — follows the bench seed)."""
+    raw = yaml.safe_load(params.read_text(encoding="utf-8"))
+    return settings_from({**raw, "seed": int(seed)}, source=f"{params} (seed {seed})")
 
 
-def synthetic_data(n_patients: int, n_eval_patients: int, seed: int) -> Data:
-    """Train on one synthetic cohort, evaluate on an independent one; every option is eligible everywhere."""
-    train = synthetic_cohort(n_patients, seed)
-    test = synthetic_cohort(n_eval_patients, seed + 1)
-    return {
-        "arms": ARMS,
-        "X": train["X"],
-        "t": train["t"],
-        "y": train["y"],
-        "groups": train["groups"],
-        "X_eval": test["X"],
-        "truth": test["truth"],
-        "eligible": np.ones_like(test["truth"], dtype=bool),
-        "describe": f"synthetic: train {n_patients} patients; evaluation {n_eval_patients} patients",
-    }
+@dataclass
+class Cohort:
+    """A simulated cohort after the project's contract check and feature pipeline, with the simulator's truth."""
+
+    features: pd.DataFrame
+    decisions: pd.DataFrame
+    truth_decisions: pd.DataFrame
+    truth_outcomes: pd.DataFrame
+    catalog: Any
+    n_patients: int
+    seed: int
 
 
-def simulated_training_set(n_patients: int, seed: int, settings: Settings) -> tuple[Data, pd.DataFrame, pd.DataFrame]:
-    """Simulate a cohort and run the project's contract check and feature pipeline on it: (training set, truth
-    decisions, truth outcomes), exactly what `escalate simulate` + `escalate features` would write."""
+def simulate(settings: Settings, n_patients: int, seed: int, config_file: Path | None) -> Cohort:
+    """Simulate `n_patients` and build decisions and point-in-time features exactly as `escalate simulate` +
+    `escalate features` would."""
     from features.contract import MeasureCatalog, check
     from pipeline.config import load_reference
     from pipeline.features import build_training_set
     from pipeline.simulate import TABLES, build_inputs
     from simulator.engine import simulate_cohort
 
-    config, vocabulary, catalog = build_inputs()
+    config, vocabulary, catalog = build_inputs(config_file)
     today = str(settings.simulate.today or settings.data.today)
     cohort = simulate_cohort(n_patients, seed, config, vocabulary, catalog, today, "observational")
     measures = MeasureCatalog.from_config(load_reference("measures"))
@@ -129,115 +122,144 @@ def simulated_training_set(n_patients: int, seed: int, settings: Settings) -> tu
     if len(result.rejected_patients):
         print(f"  note: {len(result.rejected_patients)} simulated patient(s) rejected by the data contract")
     built = build_training_set(result.normalised, vocabulary, catalog, settings.features, settings.labels, today)
-    return built, cohort.decisions, cohort.outcomes
-
-
-def simulator_data(
-    settings: Settings,
-    n_patients: int,
-    seed: int,
-    features_dir: Path | None,
-    cohort_dir: Path,
-) -> Data:
-    """Training rows (labelled decisions of the training patients) and evaluation rows (held-out decisions
-    matched to the simulator's truth) from a simulated cohort, with the project's split and eligibility."""
-    from features.split import patient_split
-    from models.bundle import feature_columns, match_truth
-
-    if features_dir is not None:
-        decisions = pd.read_parquet(features_dir / "decisions.parquet")
-        features = pd.read_parquet(features_dir / "features.parquet")
-        truth_decisions = pd.read_parquet(cohort_dir / "truth" / "decisions.parquet")
-        truth_outcomes = pd.read_parquet(cohort_dir / "truth" / "outcomes.parquet")
-        source = f"features {features_dir}, truth {cohort_dir / 'truth'}"
-    else:
-        built, truth_decisions, truth_outcomes = simulated_training_set(n_patients, seed, settings)
-        decisions, features = built["decisions"], built["features"]
-        source = f"simulated {n_patients} patients (seed {seed})"
+    decisions, features = built["decisions"].reset_index(drop=True), built["features"].reset_index(drop=True)
     if not (decisions["decision_id"].to_numpy() == features["decision_id"].to_numpy()).all():
         raise ValueError("decisions and features: rows must align one to one on decision_id (rule: same order)")
-    split = patient_split(decisions["patient_id"], settings.split).to_numpy()
-    arms = tuple(a for a in ARMS if a in set(decisions["option_taken"]))
-    cols = feature_columns(features)
-    X = features[cols].astype(float)
-    y = decisions["response"].to_numpy(dtype=float)
-    train = (split == "train") & np.isfinite(y)
-    test = np.flatnonzero(split == "test")
+    return Cohort(features, decisions, cohort.decisions, cohort.outcomes, catalog, n_patients, seed)
 
-    pos = match_truth(features.iloc[test], truth_decisions, decisions["date"].iloc[test])
+
+def bench_data(train: Cohort, train_rows: np.ndarray, test: Cohort, test_rows: np.ndarray) -> dict[str, Any]:
+    """Training rows (labelled decisions of `train_rows`) and evaluation rows (decisions of `test_rows` matched to
+    the simulator's truth), with the options of the catalogue in display order (continue first)."""
+    from models.bundle import feature_columns
+
+    catalog = train.catalog
+    arms = tuple(a for a in catalog.names if a in set(train.decisions["option_taken"]))
+    if arms[0] != catalog.control:
+        raise ValueError(f"options: control {catalog.control!r} must come first and be taken (rule: control arm)")
+    cols = feature_columns(train.features)
+    y_all = train.decisions["response"].to_numpy(dtype=float)
+    taken_all = np.asarray(train.decisions["option_taken"].astype(str), dtype=str)  # '<U' (EconML rejects object)
+    fit = train_rows & np.isfinite(y_all) & np.isin(taken_all, arms)
+    taken = taken_all[fit]
+    codes = pd.Index(arms).get_indexer(taken)
+    elig_train = train.decisions.loc[fit, [f"eligible_{a}" for a in arms]].fillna(False).astype(bool).to_numpy()
+    elig_train[np.arange(len(codes)), codes] = True  # what was done was possible (as fit_escalate_model does)
+    elig_train[:, 0] = True
+
+    idx = np.flatnonzero(test_rows)
+    pos = _match_truth()(test.features.iloc[idx], test.truth_decisions, test.decisions["date"].iloc[idx])
     unmatched = int((pos < 0).sum())
-    if unmatched:
-        print(f"  note: {unmatched} held-out decision(s) have no simulator truth and are not evaluated")
-    hit = test[pos >= 0]
-    ids = truth_decisions["decision_id"].to_numpy()[pos[pos >= 0]]
-    outcomes = truth_outcomes[truth_outcomes["option"].isin(arms)]
+    hit = idx[pos >= 0]
+    ids = test.truth_decisions["decision_id"].to_numpy()[pos[pos >= 0]]
+    outcomes = test.truth_outcomes[test.truth_outcomes["option"].isin(arms)]
     true_p = ev.option_matrix(outcomes, "p_response", arms).reindex(ids).to_numpy(dtype=float)
     true_elig = ev.option_matrix(outcomes, "eligible", arms).reindex(ids).fillna(False).astype(bool).to_numpy()
-    derived_elig = decisions.iloc[hit][[f"eligible_{a}" for a in arms]].fillna(False).astype(bool).to_numpy()
-    eligible = derived_elig & true_elig & np.isfinite(true_p)
-    eligible[:, 0] |= ~eligible.any(axis=1)  # continuing is always possible
+    derived = test.decisions.iloc[hit][[f"eligible_{a}" for a in arms]].fillna(False).astype(bool).to_numpy()
+    eligible = derived & true_elig & np.isfinite(true_p)
+    eligible[:, 0] = True  # continuing is always possible
+    n_train_patients = int(pd.Series(train.decisions["patient_id"].to_numpy()[fit]).nunique())
     return {
         "arms": arms,
-        "X": X[train].reset_index(drop=True),
-        "t": decisions["option_taken"].to_numpy()[train].astype(str),
-        "y": y[train],
-        "groups": decisions["patient_id"].to_numpy()[train].astype(str),
-        "X_eval": X.iloc[hit].reset_index(drop=True),
+        "guideline": tuple(catalog.guideline),
+        "catalog": catalog,
+        "train_features": train.features.loc[train_rows].reset_index(drop=True),
+        "train_decisions": train.decisions.loc[train_rows].reset_index(drop=True),
+        "X": train.features.loc[fit, cols].astype(float).reset_index(drop=True),
+        "t": taken,
+        "y": y_all[fit],
+        "groups": train.decisions["patient_id"].to_numpy()[fit].astype(str),
+        "eligible_train": elig_train,
+        "eval_features": test.features.iloc[hit].reset_index(drop=True),
+        "X_eval": test.features.iloc[hit][cols].astype(float).reset_index(drop=True),
         "truth": np.nan_to_num(true_p, nan=0.0),
         "eligible": eligible,
         "describe": (
-            f"simulator: {source}; {len(cols)} features; train {int(train.sum())} labelled decisions of "
-            f"{len(np.unique(decisions['patient_id'].to_numpy()[train]))} patients; evaluation "
-            f"{len(hit)} held-out decisions"
+            f"{len(cols)} features; train {len(taken)} labelled decisions of {n_train_patients} patients; "
+            f"evaluation {len(hit)} decisions with truth"
+            + (f" ({unmatched} without truth left out)" if unmatched else "")
         ),
     }
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Metrics
+# Metrics and policies
 
 
-def summarise(name: str, effects: np.ndarray, data: Data, seconds: float) -> dict[str, object]:
-    """√PEHE of option-vs-continue effects pooled over eligible option rows, and regret / suboptimal share of the
-    recommendation (argmax effect among eligible options, continue = 0) against the oracle's best option."""
-    truth, eligible, arms = data["truth"], data["eligible"], data["arms"]
-    use = eligible & eligible[:, [0]]
-    use[:, 0] = False
-    err = (effects - effects[:, [0]]) - (truth - truth[:, [0]])
-    recommended = np.argmax(np.where(eligible, effects - effects[:, [0]], -np.inf), axis=1)
+def scores(name: str, effects: np.ndarray | None, recommended: np.ndarray, data: dict[str, Any],
+           seconds: float) -> dict[str, object]:
+    """√PEHE of option-vs-continue effects pooled over eligible option cells (None: a policy without effects),
+    regret and share suboptimal of `recommended` (option index per evaluation row) against the oracle."""
+    truth, eligible = data["truth"], data["eligible"]
     lost = ev.regret(truth, eligible, recommended)
-    per_option = ev.sqrt_pehe(effects, truth, eligible, arms)
-    return {
-        "learner": name,
-        "sqrt_pehe": float(np.sqrt(np.mean(err[use] ** 2))),
-        "worst_option_pehe": float(np.nanmax(per_option["sqrt_pehe"])),
-        "regret": lost.regret,
-        "share_suboptimal": lost.share_suboptimal,
-        "fit_s": seconds,
-    }
+    pehe = float("nan")
+    if effects is not None:
+        use = eligible.copy()
+        use[:, 0] = False
+        err = (effects - effects[:, [0]]) - (truth - truth[:, [0]])
+        pehe = float(np.sqrt(np.mean(err[use] ** 2)))
+    return {"learner": name, "status": "ok", "regret": lost.regret, "sqrt_pehe": pehe,
+            "share_suboptimal": lost.share_suboptimal, "fit_s": seconds}
+
+
+def argmax_eligible(values: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Recommendation: the eligible option with the highest value (ties: earliest in display order)."""
+    return ev.recommended_policy(np.where(eligible, values, -np.inf), eligible)
+
+
+def guideline_pick(data: dict[str, Any]) -> np.ndarray:
+    """The guideline list's pick per evaluation row, through the evaluation package's guideline policy."""
+    policy = getattr(ev, "guideline_policy", None)
+    if policy is None:
+        raise RuntimeError("models.evaluation has no guideline_policy (the evaluation package's baseline policies)")
+    return np.asarray(policy(data["guideline"], data["eligible"], list(data["arms"])), dtype=np.intp)
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Learners: ours and theirs, each a closure fit(data) -> (n_eval, arms) effects against continue
+# Runners: each fit(data) -> (effects or None, recommended option index per evaluation row)
+
+Runner = Callable[[dict[str, Any]], tuple[np.ndarray | None, np.ndarray]]
 
 
-def ours(kind: str, booster: BoosterConfig, cv_folds: int) -> Runner:
-    """Fit one of our learners on the training rows and return its effect matrix on the evaluation rows."""
+def shipped(settings: Settings) -> Runner:
+    """The calibrated bundle exactly as `escalate train` fits it, ranking by its p_response."""
+    from models.bundle import fit_escalate_model
 
-    def run(data: Data) -> np.ndarray:
-        model = make_learner(kind, LearnerConfig(arms=data["arms"], booster=booster, cv_folds=cv_folds))
-        model.fit(data["X"], data["t"], data["y"], groups=data["groups"])
-        return model.predict_effects(data["X_eval"])
+    def run(data: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray]:
+        arms = data["arms"]
+        model = fit_escalate_model(data["train_features"], data["train_decisions"], data["catalog"], settings.train)
+        pred = model.predict_arrays(data["eval_features"])
+        own_elig = model.eligibility(data["eval_features"])[0]
+        cols = [list(model.arms).index(a) if a in model.arms else -1 for a in arms]
+        p = np.column_stack([pred["p_response"][:, j] if j >= 0 else np.full(len(own_elig), np.nan) for j in cols])
+        modelled = np.array([a in model.arms for a in arms])
+        own = own_elig.reindex(columns=list(arms), fill_value=False).to_numpy(dtype=bool) & modelled[None, :]
+        usable = data["eligible"] & own
+        usable[:, 0] = True
+        return np.nan_to_num(p, nan=0.0), argmax_eligible(p, usable)
 
     return run
 
 
-def _effects_from_columns(columns: dict[str, np.ndarray], arms: tuple[str, ...], n: int) -> np.ndarray:
-    """(n, arms) effect matrix from {option: effect vs control}; the control column is 0."""
-    out = np.zeros((n, len(arms)))
+def ours(kind: str, booster: BoosterConfig, cv_folds: int) -> Runner:
+    """One of our learners by kind, fitted on the training rows (with their eligibility)."""
+
+    def run(data: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray]:
+        model = make_learner(kind, LearnerConfig(arms=data["arms"], booster=booster, cv_folds=cv_folds))
+        model.fit(data["X"], data["t"], data["y"], groups=data["groups"], eligible=data["eligible_train"])
+        effects = model.predict_effects(data["X_eval"])
+        return effects, argmax_eligible(effects, data["eligible"])
+
+    return run
+
+
+def _from_columns(columns: dict[str, np.ndarray], data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, arms) effect matrix from {option: effect vs control} (control column 0) and its recommendation."""
+    arms = data["arms"]
+    out = np.zeros((len(data["X_eval"]), len(arms)))
     for j, arm in enumerate(arms[1:], start=1):
         out[:, j] = np.ravel(columns[arm])
-    return out
+    return out, argmax_eligible(out, data["eligible"])
 
 
 class EncodedXGBClassifier(ClassifierMixin, BaseEstimator):
@@ -267,28 +289,43 @@ class EncodedXGBClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
+def econml_forest(booster: BoosterConfig, cv_folds: int) -> Runner:
+    """EconML CausalForestDML: XGBoost outcome (classifier) and treatment (multinomial) nuisance models with
+    patient-grouped cross-fitting; the forest's X is median-imputed (it takes no missing values)."""
+    dml = importlib.import_module("econml.dml")
+    params = booster.xgb_params()
+
+    def run(data: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray]:
+        arms = data["arms"]
+        imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(data["X"])
+        est = dml.CausalForestDML(
+            model_y=xgb.XGBClassifier(**params), model_t=EncodedXGBClassifier(**params),
+            discrete_outcome=True, discrete_treatment=True, categories=list(arms),
+            cv=GroupKFold(n_splits=cv_folds), n_jobs=1, random_state=booster.seed,
+        )
+        est.fit(data["y"], data["t"], X=imputer.transform(data["X"]), groups=data["groups"])
+        Xe = imputer.transform(data["X_eval"])
+        return _from_columns({a: est.effect(Xe, T0=arms[0], T1=a) for a in arms[1:]}, data)
+
+    return run
+
+
 def econml_dr(booster: BoosterConfig, cv_folds: int, clip: float) -> Runner:
     """EconML DRLearner: XGBoost propensity, outcome (classifier: discrete outcome) and final models, patient-
     grouped cross-fitting and the same propensity floor as ours."""
     dr_module = importlib.import_module("econml.dr")
     params = booster.xgb_params()
 
-    def run(data: Data) -> np.ndarray:
+    def run(data: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray]:
         arms = data["arms"]
         est = dr_module.DRLearner(
-            model_propensity=xgb.XGBClassifier(**params),
-            model_regression=xgb.XGBClassifier(**params),
-            model_final=xgb.XGBRegressor(**params),
-            discrete_outcome=True,
-            categories=list(arms),
-            cv=GroupKFold(n_splits=cv_folds),
-            min_propensity=clip,
-            allow_missing=True,
-            random_state=booster.seed,
+            model_propensity=xgb.XGBClassifier(**params), model_regression=xgb.XGBClassifier(**params),
+            model_final=xgb.XGBRegressor(**params), discrete_outcome=True, categories=list(arms),
+            cv=GroupKFold(n_splits=cv_folds), min_propensity=clip, allow_missing=True, random_state=booster.seed,
         )
         est.fit(data["y"], data["t"], X=data["X"].to_numpy(), groups=data["groups"])
         Xe = data["X_eval"].to_numpy()
-        return _effects_from_columns({a: est.effect(Xe, T0=arms[0], T1=a) for a in arms[1:]}, arms, len(Xe))
+        return _from_columns({a: est.effect(Xe, T0=arms[0], T1=a) for a in arms[1:]}, data)
 
     return run
 
@@ -298,23 +335,19 @@ def econml_x(booster: BoosterConfig) -> Runner:
     meta = importlib.import_module("econml.metalearners")
     params = booster.xgb_params()
 
-    def run(data: Data) -> np.ndarray:
+    def run(data: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray]:
         arms = data["arms"]
-        est = meta.XLearner(
-            models=xgb.XGBRegressor(**params),
-            propensity_model=EncodedXGBClassifier(**params),
-            categories=list(arms),
-            allow_missing=True,
-        )
+        est = meta.XLearner(models=xgb.XGBRegressor(**params), propensity_model=EncodedXGBClassifier(**params),
+                            categories=list(arms), allow_missing=True)
         est.fit(data["y"], data["t"], X=data["X"].to_numpy())
         Xe = data["X_eval"].to_numpy()
-        return _effects_from_columns({a: est.effect(Xe, T0=arms[0], T1=a) for a in arms[1:]}, arms, len(Xe))
+        return _from_columns({a: est.effect(Xe, T0=arms[0], T1=a) for a in arms[1:]}, data)
 
     return run
 
 
 def pairwise_propensity(
-    data: Data, booster: BoosterConfig, cv_folds: int, clip: float
+    data: dict[str, Any], booster: BoosterConfig, cv_folds: int, clip: float
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """CausalML's propensity of each option against continue, P(T = option | X, T in {option, continue}), from one
     multinomial XGBoost: out-of-fold (patient-grouped) on the training rows, full fit on the evaluation rows;
@@ -335,110 +368,261 @@ def pairwise_propensity(
 
 
 def causalml_meta(class_name: str, booster: BoosterConfig, cv_folds: int, clip: float) -> Runner:
-    """CausalML BaseXRegressor / BaseDRRegressor with an XGBoost learner, given XGBoost propensities (same
-    settings and floor as ours; their default elastic-net model cannot take missing values)."""
+    """CausalML's meta-learners with XGBoost: BaseS/TClassifier (XGBClassifier), BaseXClassifier (XGBClassifier
+    outcome, XGBRegressor effect models) and BaseDRLearner (XGBRegressor), given XGBoost propensities where they
+    use one (same settings and floor as ours; their default elastic-net model cannot take missing values)."""
     meta = importlib.import_module("causalml.inference.meta")
     params = booster.xgb_params()
+    needs_p = class_name in ("BaseXClassifier", "BaseDRLearner")
 
-    def run(data: Data) -> np.ndarray:
+    def run(data: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray]:
         arms = data["arms"]
-        p_train, p_eval = pairwise_propensity(data, booster, cv_folds, clip)
-        est = getattr(meta, class_name)(learner=xgb.XGBRegressor(**params), control_name=arms[0])
-        fit_kwargs = {"seed": booster.seed} if class_name == "BaseDRRegressor" else {}
-        est.fit(X=data["X"].to_numpy(), treatment=np.asarray(data["t"]), y=data["y"], p=p_train, **fit_kwargs)
+        cls = getattr(meta, class_name)
+        if class_name == "BaseXClassifier":
+            est = cls(outcome_learner=xgb.XGBClassifier(**params), effect_learner=xgb.XGBRegressor(**params),
+                      control_name=arms[0])
+        elif class_name == "BaseDRLearner":
+            est = cls(learner=xgb.XGBRegressor(**params), control_name=arms[0])
+        else:
+            est = cls(learner=xgb.XGBClassifier(**params), control_name=arms[0])
+        p_train, p_eval = pairwise_propensity(data, booster, cv_folds, clip) if needs_p else (None, None)
+        fit_kwargs: dict[str, object] = {"seed": booster.seed} if class_name == "BaseDRLearner" else {}
+        X, t = data["X"].to_numpy(), np.asarray(data["t"])
+        est.fit(X=X, treatment=t, y=data["y"], p=p_train, **fit_kwargs)
         Xe = data["X_eval"].to_numpy()
-        tau = np.asarray(est.predict(X=Xe, p=p_eval))
-        return _effects_from_columns({str(g): tau[:, i] for i, g in enumerate(est.t_groups)}, arms, len(Xe))
+        predict_kwargs: dict[str, object] = {"p": p_eval} if needs_p else {}
+        tau = np.asarray(est.predict(X=Xe, verbose=False, **predict_kwargs))
+        return _from_columns({str(g): tau[:, i] for i, g in enumerate(est.t_groups)}, data)
 
     return run
+
+
+def candidates(settings: Settings) -> list[tuple[str, Callable[[], Runner]]]:
+    """Every row of the table, in order: the shipped model, our learners, the peers."""
+    booster, cv_folds, clip = settings.train.booster, settings.train.cv_folds, settings.train.propensity.clip
+    rows: list[tuple[str, Callable[[], Runner]]] = [
+        (f"shipped model ({settings.train.learner}, calibrated)", lambda: shipped(settings))]
+    rows += [(f"escalate {kind}", lambda kind=kind: ours(kind, booster, cv_folds)) for kind in LEARNERS]
+    rows += [
+        ("econml CausalForestDML", lambda: econml_forest(booster, cv_folds)),
+        ("econml DRLearner", lambda: econml_dr(booster, cv_folds, clip)),
+        ("econml XLearner", lambda: econml_x(booster)),
+    ]
+    rows += [(f"causalml {c}", lambda c=c: causalml_meta(c, booster, cv_folds, clip))
+             for c in ("BaseSClassifier", "BaseTClassifier", "BaseXClassifier", "BaseDRLearner")]
+    return rows
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:120]}"
+
+
+def run_one(name: str, build: Callable[[], Runner], data: dict[str, Any]) -> dict[str, object]:
+    """Fit one candidate and score it; any failure (not installed, an exception, non-finite output) is a row
+    with status 'failed: why' — never dropped."""
+    try:
+        runner = build()
+    except ImportError as exc:
+        return {"learner": name, "status": f"failed: not installed ({exc.name}); `make bench` installs the bench extra"}
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            effects, recommended = runner(data)
+        seconds = time.perf_counter() - start
+        if effects is not None and not np.isfinite(effects[data["eligible"]]).all():
+            return {"learner": name, "status": "failed: non-finite effect at an eligible option", "fit_s": seconds}
+        return scores(name, effects, recommended, data, seconds)
+    except Exception as exc:  # a peer's API drift must not hide the other rows
+        return {"learner": name, "status": f"failed: {_short(exc)}", "fit_s": time.perf_counter() - start}
+
+
+def baselines(data: dict[str, Any]) -> list[dict[str, object]]:
+    """The guideline list and always continue, scored on the same evaluation rows (no fit)."""
+    rows = []
+    try:
+        rows.append({**scores("guideline list", None, guideline_pick(data), data, 0.0),
+                     "learner": "guideline list (baseline)"})
+    except Exception as exc:
+        rows.append({"learner": "guideline list (baseline)", "status": f"failed: {_short(exc)}"})
+    rows.append({**scores("always continue", None, np.zeros(len(data["truth"]), dtype=np.intp), data, 0.0),
+                 "learner": "always continue (baseline)"})
+    for row in rows:
+        row["fit_s"] = float("nan")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def summarise_seeds(rows: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """One row per learner: 'mean ± SE' over seeds for every metric (over the seeds where it ran) and a status
+    that names every failure."""
+    out = []
+    for name in order:
+        mine = rows[rows["learner"] == name]
+        ok = mine[mine["status"] == "ok"]
+        row: dict[str, object] = {"learner": name, "seeds": f"{len(ok)}/{len(mine)}"}
+        for metric in METRICS:
+            values = pd.to_numeric(ok.get(metric, pd.Series(dtype=float)), errors="coerce").dropna()
+            if not len(values):
+                row[metric] = ""
+            elif len(values) == 1:
+                row[metric] = f"{values.iloc[0]:.3f}"
+            else:
+                se = values.std(ddof=1) / np.sqrt(len(values))
+                digits = 1 if metric in ("fit_s", "fit_vs_fastest") else 3
+                row[metric] = f"{values.mean():.{digits}f} ± {se:.{digits}f}"
+        failed = mine[mine["status"] != "ok"]
+        row["status"] = "ok" if failed.empty else "; ".join(
+            f"{status} (seed {', '.join(map(str, seeds))})"
+            for status, seeds in failed.groupby("status", sort=False)["seed"])
+        out.append(row)
+    table = pd.DataFrame(out).set_index("learner")
+    return table.rename(columns={"sqrt_pehe": "√PEHE", "share_suboptimal": "suboptimal", "fit_s": "fit s",
+                                 "fit_vs_fastest": "× fastest ours"})
+
+
+def print_table(table: pd.DataFrame) -> None:
+    """A Markdown table (index columns first), ready to paste into docs/benchmarks.md."""
+    flat = table.reset_index()
+    cells = [[str(c) for c in flat.columns]] + [["" if pd.isna(v) else str(v) for v in row]
+                                                for row in flat.itertuples(index=False)]
+    print("| " + " | ".join(cells[0]) + " |")
+    print("|" + "|".join("---" for _ in cells[0]) + "|")
+    for row in cells[1:]:
+        print("| " + " | ".join(row) + " |")
+
+
+def command_line() -> str:
+    """The command that produced the table (with the thread setting that matters for timings)."""
+    omp = os.environ.get("OMP_NUM_THREADS")
+    prefix = f"OMP_NUM_THREADS={omp} " if omp else ""
+    return prefix + "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+
+
+def budget_note(settings: Settings) -> str:
+    b = settings.train.booster
+    return (f"same budget: every XGBoost model (ours, the shipped model's heads, peers' nuisance/outcome/effect "
+            f"models) uses params.yaml train.booster = {b.n_estimators} trees, depth {b.max_depth}, learning rate "
+            f"{b.learning_rate}, subsample {b.subsample}, min_child_weight {b.min_child_weight}, {b.n_jobs} "
+            f"thread(s); {settings.train.cv_folds} patient-grouped folds; propensity floor "
+            f"{settings.train.propensity.clip}; no learner is tuned on the evaluation rows; the causal forest keeps "
+            f"EconML's forest defaults")
 
 
 # ------------------------------------------------------------------------------------------------------------
 
 
+def peers_main(args: argparse.Namespace) -> None:
+    """The peers table: every candidate on every seed, then mean ± SE."""
+    rows: list[dict[str, object]] = []
+    order: list[str] = []
+    for seed in args.seeds:
+        settings = seeded_settings(args.params, seed)
+        started = time.perf_counter()
+        cohort = simulate(settings, args.patients, seed, args.config)
+        from features.split import patient_split
+
+        test = (patient_split(cohort.decisions["patient_id"], settings.split) == "test").to_numpy()
+        data = bench_data(cohort, ~test, cohort, test)
+        print(f"seed {seed}: {args.patients} patients; {data['describe']} "
+              f"(prepared in {time.perf_counter() - started:.0f} s)", flush=True)
+        seed_rows = []
+        for name, build in candidates(settings):
+            if (args.only and name not in args.only) or name in args.skip:
+                continue
+            row = run_one(name, build, data)
+            seed_rows.append(row)
+            print(f"  {name}: {row['status']}" + (f" ({row['fit_s']:.1f} s)" if "fit_s" in row else ""), flush=True)
+        ours_ok = [r["fit_s"] for r in seed_rows
+                   if r["status"] == "ok" and str(r["learner"]).startswith(("escalate", "shipped"))]
+        fastest = min(ours_ok) if ours_ok else float("nan")
+        for r in seed_rows:
+            r["fit_vs_fastest"] = r.get("fit_s", float("nan")) / fastest if r["status"] == "ok" else float("nan")
+        seed_rows += baselines(data)
+        for r in seed_rows:
+            r["seed"] = seed
+            if r["learner"] not in order:
+                order.append(str(r["learner"]))
+        rows += seed_rows
+    table = summarise_seeds(pd.DataFrame(rows), order)
+    print(f"\n{command_line()}")
+    print(f"simulator: {args.config or 'configs/simulator.yaml'}; {args.patients} patients per seed, seeds "
+          f"{', '.join(map(str, args.seeds))}; mean ± SE over seeds; {budget_note(seeded_settings(args.params, args.seeds[0]))}")
+    print_table(table)
+    frame = pd.DataFrame(rows)
+    ok = frame[frame["status"] == "ok"].groupby("learner")["regret"].mean()
+    fitted = ok[~ok.index.str.contains("baseline")]
+    if len(fitted):
+        best = fitted.idxmin()
+        print(f"\nlowest mean regret: {best} ({fitted[best]:.3f})"
+              + (f"; guideline list {ok['guideline list (baseline)']:.3f}" if "guideline list (baseline)" in ok else ""))
+
+
+def curve_main(args: argparse.Namespace) -> None:
+    """Regret of the shipped model and the guideline list against the number of training patients."""
+    rows: list[dict[str, object]] = []
+    for seed in args.seeds:
+        settings = seeded_settings(args.params, seed)
+        started = time.perf_counter()
+        evaluation = simulate(settings, args.eval_patients, seed + 1, args.config)
+        every = np.ones(len(evaluation.decisions), dtype=bool)
+        print(f"seed {seed}: evaluation cohort {args.eval_patients} patients (seed {seed + 1}) in "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
+        for size in args.sizes:
+            started = time.perf_counter()
+            train = simulate(settings, size, seed, args.config)
+            data = bench_data(train, np.ones(len(train.decisions), dtype=bool), evaluation, every)
+            prepared = time.perf_counter() - started
+            name = f"shipped model ({settings.train.learner}, calibrated)"
+            row = run_one(name, lambda s=settings: shipped(s), data)
+            base = baselines(data)[0]
+            for r in (row, base):
+                rows.append({**r, "seed": seed, "patients": size})
+            print(f"  {size} patients: {data['describe']}; simulate + features {prepared:.0f} s, fit "
+                  f"{row.get('fit_s', float('nan')):.0f} s; regret {row.get('regret', float('nan')):.3f} "
+                  f"(guideline {base.get('regret', float('nan')):.3f}) {row['status']}", flush=True)
+    frame = pd.DataFrame(rows)
+    out = []
+    for (learner, size), mine in frame.groupby(["learner", "patients"], sort=False):
+        ok = mine[mine["status"] == "ok"]
+        values = pd.to_numeric(ok.get("regret", pd.Series(dtype=float)), errors="coerce").dropna()
+        se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+        fit = pd.to_numeric(ok.get("fit_s", pd.Series(dtype=float)), errors="coerce").dropna()
+        out.append({"learner": learner, "training patients": size, "seeds": f"{len(ok)}/{len(mine)}",
+                    "regret": f"{values.mean():.3f} ± {se:.3f}" if len(values) else "",
+                    "fit s": f"{fit.mean():.0f}" if len(fit) else "",
+                    "status": "ok" if len(ok) == len(mine) else "; ".join(mine.loc[mine['status'] != 'ok', 'status'])})
+    print(f"\n{command_line()}")
+    print(f"simulator: {args.config or 'configs/simulator.yaml'}; learning curve on seeds "
+          f"{', '.join(map(str, args.seeds))}, evaluated on an independent cohort of {args.eval_patients} patients "
+          f"per seed (seed + 1); mean ± SE over seeds")
+    print_table(pd.DataFrame(out).set_index(["learner", "training patients"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", choices=("simulator", "synthetic"), default="simulator")
-    parser.add_argument("--patients", type=int, default=3000, help="patients simulated (or synthetic train)")
-    parser.add_argument("--eval-patients", type=int, default=1000, help="synthetic mode: evaluation patients")
-    parser.add_argument("--seed", type=int, default=None, help="default: params.yaml seed (synthetic: 1)")
-    parser.add_argument("--features-dir", type=Path, default=None,
-                        help="simulator mode: read `escalate features` output instead of simulating")
-    parser.add_argument("--cohort-dir", type=Path, default=ROOT / "data/cohort",
-                        help="with --features-dir: the simulated cohort whose truth/ to evaluate against")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
+                        help="cohort seeds (never params.yaml's development seed)")
+    parser.add_argument("--patients", type=int, default=3000, help="patients simulated per seed (peers table)")
+    parser.add_argument("--config", type=Path, default=None, help="simulator settings file (default "
+                        "configs/simulator.yaml), e.g. configs/simulator-easy.yaml")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    parser.add_argument("--skip", nargs="*", default=[], help="learner names to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], help="row names to leave out")
+    parser.add_argument("--only", nargs="*", default=[], help="run only these row names (baselines always run)")
+    parser.add_argument("--learning-curve", action="store_true",
+                        help="regret of the shipped model and the guideline list vs training patients")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10000, 30000],
+                        help="learning curve: training patients")
+    parser.add_argument("--eval-patients", type=int, default=3000, help="learning curve: evaluation cohort size")
     args = parser.parse_args()
-
-    from pipeline.settings import load_settings
-
-    settings = load_settings(args.params)
-    seed = int(args.seed if args.seed is not None else (settings.seed if args.data == "simulator" else 1))
-    booster = settings.train.booster
-    cv_folds = settings.train.cv_folds
-    clip = settings.train.propensity.clip
-
-    started = time.perf_counter()
-    if args.data == "simulator":
-        data = simulator_data(settings, args.patients, seed, args.features_dir, args.cohort_dir)
-    else:
-        data = synthetic_data(args.patients, args.eval_patients, seed)
-    print(f"{data['describe']} (prepared in {time.perf_counter() - started:.1f} s)")
-    print(
-        f"{len(data['arms'])} options; XGBoost {booster.n_estimators} trees, depth {booster.max_depth}, "
-        f"learning rate {booster.learning_rate}, {booster.n_jobs} thread(s); {cv_folds} patient-grouped folds; "
-        f"propensity floor {clip}"
-    )
-    candidates: list[tuple[str, Callable[[], Runner]]] = [
-        ("escalate T-learner", lambda: ours("t", booster, cv_folds)),
-        ("escalate S-learner", lambda: ours("s", booster, cv_folds)),
-        ("escalate DR-learner", lambda: ours("dr", booster, cv_folds)),
-        ("escalate linear", lambda: ours("linear", booster, cv_folds)),
-        ("econml DRLearner", lambda: econml_dr(booster, cv_folds, clip)),
-        ("econml XLearner", lambda: econml_x(booster)),
-        ("causalml BaseXRegressor", lambda: causalml_meta("BaseXRegressor", booster, cv_folds, clip)),
-        ("causalml BaseDRRegressor", lambda: causalml_meta("BaseDRRegressor", booster, cv_folds, clip)),
-    ]
-    rows: list[dict[str, object]] = []
-    for name, build in candidates:
-        if name in args.skip:
-            continue
-        try:
-            run = build()
-        except ImportError as exc:
-            print(f"  skipped {name}: not installed ({exc.name}); `make bench` installs the bench extra")
-            continue
-        start = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                effects = run(data)
-        except Exception as exc:  # a peer's API drift must not hide the other rows
-            print(f"  failed {name}: {type(exc).__name__}: {exc}")
-            continue
-        rows.append(summarise(name, effects, data, time.perf_counter() - start))
-        print(f"  done {name} in {rows[-1]['fit_s']:.1f} s", flush=True)
-    table = pd.DataFrame(rows).set_index("learner")
-    ours_rows = table.index.str.startswith("escalate")
-    table["fit_vs_our_fastest"] = table["fit_s"] / table.loc[ours_rows, "fit_s"].min()
-    continue_all = summarise("continue for everyone", np.zeros_like(data["truth"]), data, 0.0)
-    print(f"\nreference: always 'continue' has regret {continue_all['regret']:.3f}\n")
-    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200,
-                           "display.max_columns", None):
-        print(table)
-
-    best_pehe, best_regret = table["sqrt_pehe"].idxmin(), table["regret"].idxmin()
-    print(f"\nbest sqrt(PEHE): {best_pehe} ({table.loc[best_pehe, 'sqrt_pehe']:.3f}); "
-          f"best regret: {best_regret} ({table.loc[best_regret, 'regret']:.3f})")
-    peers = table[~ours_rows]
-    if len(peers) and ours_rows.any():
-        mine = table[ours_rows]
-        o_best, p_best = mine["sqrt_pehe"].idxmin(), peers["sqrt_pehe"].idxmin()
-        o, p = mine.loc[o_best], peers.loc[p_best]
-        verdict = "at least as accurate as" if o["sqrt_pehe"] <= p["sqrt_pehe"] else "less accurate than"
-        speed = "faster" if o["fit_s"] < p["fit_s"] else "slower"
-        print(f"ours vs the best peer: {o_best} ({o['sqrt_pehe']:.3f}, {o['fit_s']:.1f} s) is {verdict} "
-              f"{p_best} ({p['sqrt_pehe']:.3f}, {p['fit_s']:.1f} s) and {speed} ({p['fit_s'] / o['fit_s']:.1f}x)")
+    raw_seed = yaml.safe_load(args.params.read_text(encoding="utf-8")).get("seed")
+    if raw_seed in args.seeds:
+        parser.error(f"--seeds: {raw_seed} is params.yaml's development seed (rule: benchmark on unseen seeds)")
+    (curve_main if args.learning_curve else peers_main)(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""IHDP (Hill 2011, response surface B) through the project's learner API: out-of-sample √PEHE of every learner
+kind in `models.learners.LEARNERS` (issue 14, "an IHDP benchmark").
+
+Run (EconML ships the IHDP covariates and surface B; it lives in the benchmark environment, `make bench`):
+
+    OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/bench_ihdp.py [--realisations 1000] [--kinds s t ...]
+
+Realisation r is `econml.data.dgps.ihdp_surface_B(random_state=r)` (747 children, 25 covariates plus EconML's
+intercept column, binary treatment, continuous outcome; the file is inside the EconML package, nothing is
+downloaded). Each realisation is split 90/10 at random (seed r); every learner is fitted on the 90 % with
+`make_learner(kind, LearnerConfig(control="0", outcome="continuous", booster=params.yaml train.booster, ...))`
+and `.fit(X, treatment, y)`, and √PEHE = root mean squared error of `.predict_effects(X)` against the true
+effect on the held-out 10 %. Prints one table: mean ± standard error and median of √PEHE over realisations,
+fit seconds per realisation and fit time as a ratio to the fastest kind (same process). A kind that fails is a
+row "failed: why".
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from models.config import LearnerConfig  # noqa: E402
+from models.learners import LEARNERS, make_learner  # noqa: E402
+
+CONTROL, TREATED = "0", "1"
+
+
+def realisation(r: int, test_fraction: float) -> dict[str, np.ndarray]:
+    """IHDP surface B realisation `r`, split at random (seed r) into training and held-out rows."""
+    dgps = importlib.import_module("econml.data.dgps")
+    y, t, X, tau = dgps.ihdp_surface_B(random_state=r)
+    n = len(y)
+    perm = np.random.default_rng(r).permutation(n)
+    n_test = int(round(test_fraction * n))
+    test, train = perm[:n_test], perm[n_test:]
+    arm = np.where(np.asarray(t).ravel() > 0.5, TREATED, CONTROL).astype(str)
+    X = np.asarray(X, dtype=float)
+    return {"X": X[train], "t": arm[train], "y": np.asarray(y, dtype=float).ravel()[train],
+            "X_test": X[test], "tau_test": np.asarray(tau, dtype=float).ravel()[test]}
+
+
+def pehe(kind: str, config: LearnerConfig, data: dict[str, np.ndarray]) -> float:
+    """Fit one learner kind on the training rows; √PEHE of its treated-vs-control effect on the held-out rows."""
+    model = make_learner(kind, config)
+    model.fit(data["X"], data["t"], data["y"])
+    effect = np.asarray(model.predict_effects(data["X_test"]))[:, list(model.arms_).index(TREATED)]
+    if not np.isfinite(effect).all():
+        raise ValueError("non-finite predicted effect")
+    return float(np.sqrt(np.mean((effect - data["tau_test"]) ** 2)))
+
+
+def default_kind(learner: str) -> str:
+    """params.yaml's `train.learner` as a `LEARNERS` key ('s_learner' -> 's')."""
+    return learner if learner in LEARNERS else learner.removesuffix("_learner")
+
+
+def command_line() -> str:
+    omp = os.environ.get("OMP_NUM_THREADS")
+    return (f"OMP_NUM_THREADS={omp} " if omp else "") + "python " + shlex.join(
+        [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--realisations", type=int, default=1000, help="IHDP surface B realisations (0..N-1)")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="held-out share of each realisation")
+    parser.add_argument("--kinds", nargs="+", default=None, help="learner kinds (default: every LEARNERS key)")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    args = parser.parse_args()
+    if args.realisations < 2:
+        parser.error("--realisations: at least 2 (a standard error needs two)")
+
+    from pipeline.settings import load_settings
+
+    settings = load_settings(args.params)
+    train = settings.train
+    kinds = list(args.kinds or LEARNERS)
+    unknown = [k for k in kinds if k not in LEARNERS]
+    if unknown:
+        parser.error(f"--kinds: unknown {unknown}; known {sorted(LEARNERS)}")
+    config = LearnerConfig(control=CONTROL, arms=(CONTROL, TREATED), outcome="continuous", booster=train.booster,
+                           cv_folds=train.cv_folds, propensity=train.propensity)
+    values: dict[str, list[float]] = {k: [] for k in kinds}
+    seconds = dict.fromkeys(kinds, 0.0)
+    failed: dict[str, str] = {}
+    started = time.perf_counter()
+    for r in range(args.realisations):
+        data = realisation(r, args.test_fraction)
+        for kind in kinds:
+            if kind in failed:
+                continue
+            start = time.perf_counter()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    values[kind].append(pehe(kind, config, data))
+            except Exception as exc:  # one kind's failure must not hide the others
+                failed[kind] = f"failed at realisation {r}: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+            seconds[kind] += time.perf_counter() - start
+        if (r + 1) % max(1, args.realisations // 10) == 0:
+            print(f"  {r + 1}/{args.realisations} realisations ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    fastest = min((seconds[k] for k in kinds if k not in failed), default=float("nan"))
+    default = default_kind(train.learner)
+    b = train.booster
+    print(f"\n{command_line()}")
+    print(f"IHDP surface B (EconML {importlib.import_module('econml').__version__}), {args.realisations} "
+          f"realisations, {1 - args.test_fraction:.0%}/{args.test_fraction:.0%} split each; out-of-sample √PEHE; "
+          f"XGBoost {b.n_estimators} trees, depth {b.max_depth}, learning rate {b.learning_rate} (params.yaml "
+          f"train.booster), {train.cv_folds} folds")
+    print("| learner kind | realisations | √PEHE mean ± SE | √PEHE median | fit s per realisation | × fastest | status |")
+    print("|---|---|---|---|---|---|---|")
+    for kind in kinds:
+        v = np.asarray(values[kind])
+        name = f"{kind} (params.yaml default)" if kind == default else kind
+        if kind in failed:
+            print(f"| {name} | {len(v)} |  |  |  |  | {failed[kind]} |")
+            continue
+        se = v.std(ddof=1) / np.sqrt(len(v))
+        per = seconds[kind] / len(v)
+        print(f"| {name} | {len(v)} | {v.mean():.2f} ± {se:.2f} | {np.median(v):.2f} | {per:.2f} | "
+              f"{seconds[kind] / fastest:.1f} | ok |")
+    ok = {k: float(np.mean(values[k])) for k in kinds if k not in failed}
+    if ok:
+        best = min(ok, key=ok.__getitem__)
+        print(f"\nlowest mean √PEHE: {best} ({ok[best]:.2f})"
+              + (f"; params.yaml default {default}: {ok[default]:.2f}" if default in ok else ""))
+
+
+if __name__ == "__main__":
+    main()
