@@ -9,7 +9,7 @@ EXTRAS ?= dev,spark
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install repro test browser lint bench
+.PHONY: install repro test browser lint bench bench-env
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,9 +39,14 @@ lint: install
 
 ## Benchmarks are run on demand, never in CI. They get their own environment (.venv-bench) because the peer
 ## libraries (EconML, CausalML) pull the full xgboost wheel, which must not shadow xgboost-cpu in .venv.
+## `make bench-env` only builds it (then run one benchmark: docs/benchmarks.md); `make bench` runs them all with
+## their default sizes (the peers table, learning curve and IHDP take tens of minutes on 2 cores).
 BENCH := .venv-bench
-bench:
+bench-env:
 	test -x $(BENCH)/bin/python || $(PYTHON) -m venv $(BENCH)
 	$(BENCH)/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
 	$(BENCH)/bin/uv pip install --quiet --python $(BENCH)/bin/python -c requirements.lock -e ".[dev,spark,bench]"
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BENCH)/bin/python $$b || exit 1; done
+
+bench: bench-env
+	for b in benchmarks/bench_*.py; do echo "== $$b"; OMP_NUM_THREADS=1 $(BENCH)/bin/python $$b || exit 1; done
+	OMP_NUM_THREADS=1 $(BENCH)/bin/python benchmarks/bench_peers.py --learning-curve

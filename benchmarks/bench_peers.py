@@ -580,27 +580,34 @@ def curve_main(args: argparse.Namespace) -> None:
             name = f"shipped model ({settings.train.learner}, calibrated)"
             row = run_one(name, lambda s=settings: shipped(s), data)
             base = baselines(data)[0]
+            n_labelled = len(data["y"])
             for r in (row, base):
-                rows.append({**r, "seed": seed, "patients": size})
+                rows.append({**r, "seed": seed, "patients": size, "labelled": n_labelled, "prepare_s": prepared})
             print(f"  {size} patients: {data['describe']}; simulate + features {prepared:.0f} s, fit "
                   f"{row.get('fit_s', float('nan')):.0f} s; regret {row.get('regret', float('nan')):.3f} "
                   f"(guideline {base.get('regret', float('nan')):.3f}) {row['status']}", flush=True)
     frame = pd.DataFrame(rows)
     out = []
-    for (learner, size), mine in frame.groupby(["learner", "patients"], sort=False):
-        ok = mine[mine["status"] == "ok"]
-        values = pd.to_numeric(ok.get("regret", pd.Series(dtype=float)), errors="coerce").dropna()
-        se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-        fit = pd.to_numeric(ok.get("fit_s", pd.Series(dtype=float)), errors="coerce").dropna()
-        out.append({"learner": learner, "training patients": size, "seeds": f"{len(ok)}/{len(mine)}",
-                    "regret": f"{values.mean():.3f} ± {se:.3f}" if len(values) else "",
-                    "fit s": f"{fit.mean():.0f}" if len(fit) else "",
-                    "status": "ok" if len(ok) == len(mine) else "; ".join(mine.loc[mine['status'] != 'ok', 'status'])})
+    for size, mine in frame.groupby("patients", sort=False):
+        row: dict[str, object] = {"training patients (simulated)": size,
+                                  "labelled training decisions": f"{mine['labelled'].mean():.0f}"}
+        for learner, label in ((name, "shipped model regret"), ("guideline list (baseline)", "guideline list regret")):
+            got = mine[(mine["learner"] == learner) & (mine["status"] == "ok")]
+            values = pd.to_numeric(got.get("regret", pd.Series(dtype=float)), errors="coerce").dropna()
+            se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+            row[label] = f"{values.mean():.3f} ± {se:.3f}" if len(values) else ""
+        fit = pd.to_numeric(mine.loc[mine["learner"] == name, "fit_s"], errors="coerce").dropna()
+        row["shipped fit s"] = f"{fit.mean():.0f}" if len(fit) else ""
+        row["simulate + features s"] = f"{mine['prepare_s'].mean():.0f}"
+        row["runs ok"] = f"{int((mine['status'] == 'ok').sum())}/{len(mine)}"
+        failures = sorted(set(mine.loc[mine["status"] != "ok", "status"].astype(str)))
+        row["status"] = "ok" if not failures else "; ".join(failures)
+        out.append(row)
     print(f"\n{command_line()}")
     print(f"simulator: {args.config or 'configs/simulator.yaml'}; learning curve on seeds "
           f"{', '.join(map(str, args.seeds))}, evaluated on an independent cohort of {args.eval_patients} patients "
-          f"per seed (seed + 1); mean ± SE over seeds")
-    print_table(pd.DataFrame(out).set_index(["learner", "training patients"]))
+          f"per seed (seed + 1); regret mean ± SE over seeds; seconds are means per seed")
+    print_table(pd.DataFrame(out).set_index("training patients (simulated)"))
 
 
 def main() -> None:
