@@ -61,6 +61,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.model_selection import GroupKFold
 from sklearn.preprocessing import LabelEncoder
 
+warnings.filterwarnings("ignore", category=FutureWarning, module="pyspark")  # imported by a peer, unused here
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from models import evaluation as ev  # noqa: E402
@@ -208,11 +209,12 @@ def argmax_eligible(values: np.ndarray, eligible: np.ndarray) -> np.ndarray:
 
 
 def guideline_pick(data: dict[str, Any]) -> np.ndarray:
-    """The guideline list's pick per evaluation row, through the evaluation package's guideline policy."""
-    policy = getattr(ev, "guideline_policy", None)
-    if policy is None:
-        raise RuntimeError("models.evaluation has no guideline_policy (the evaluation package's baseline policies)")
-    return np.asarray(policy(data["guideline"], data["eligible"], list(data["arms"])), dtype=np.intp)
+    """The guideline list's pick per evaluation row: `features.guideline.guideline_choice`, the one definition the
+    simulator card and `escalate evaluate` use (first eligible option in configs/options.yaml's order)."""
+    from features.guideline import guideline_choice
+
+    arms = list(data["arms"])
+    return np.asarray(guideline_choice(data["eligible"], arms, data["guideline"], arms[0]), dtype=np.intp)
 
 
 # ------------------------------------------------------------------------------------------------------------
