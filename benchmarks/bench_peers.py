@@ -243,11 +243,23 @@ def shipped(settings: Settings) -> Runner:
     return run
 
 
-def ours(kind: str, booster: BoosterConfig, cv_folds: int) -> Runner:
+def learner_config(settings: Settings, data: dict[str, Any]) -> LearnerConfig:
+    """The learner settings the bundle's response head uses: params.yaml's booster, folds and propensity, and the
+    options' published effect modifiers from configs/options.yaml (where this version has them)."""
+    extra: dict[str, object] = {}
+    modifiers = getattr(data["catalog"], "effect_modifiers", None)
+    if "effect_modifiers" in LearnerConfig.model_fields and callable(modifiers):
+        extra["effect_modifiers"] = modifiers()
+    train = settings.train
+    return LearnerConfig(control=data["arms"][0], arms=data["arms"], outcome="binary", booster=train.booster,
+                         cv_folds=train.cv_folds, propensity=train.propensity, **extra)
+
+
+def ours(kind: str, settings: Settings) -> Runner:
     """One of our learners by kind, fitted on the training rows (with their eligibility)."""
 
     def run(data: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray]:
-        model = make_learner(kind, LearnerConfig(arms=data["arms"], booster=booster, cv_folds=cv_folds))
+        model = make_learner(kind, learner_config(settings, data))
         model.fit(data["X"], data["t"], data["y"], groups=data["groups"], eligible=data["eligible_train"])
         effects = model.predict_effects(data["X_eval"])
         return effects, argmax_eligible(effects, data["eligible"])
@@ -404,7 +416,7 @@ def candidates(settings: Settings) -> list[tuple[str, Callable[[], Runner]]]:
     booster, cv_folds, clip = settings.train.booster, settings.train.cv_folds, settings.train.propensity.clip
     rows: list[tuple[str, Callable[[], Runner]]] = [
         (f"shipped model ({settings.train.learner}, calibrated)", lambda: shipped(settings))]
-    rows += [(f"escalate {kind}", lambda kind=kind: ours(kind, booster, cv_folds)) for kind in LEARNERS]
+    rows += [(f"escalate {kind}", lambda kind=kind: ours(kind, settings)) for kind in LEARNERS]
     rows += [
         ("econml CausalForestDML", lambda: econml_forest(booster, cv_folds)),
         ("econml DRLearner", lambda: econml_dr(booster, cv_folds, clip)),
