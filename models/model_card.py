@@ -38,6 +38,9 @@ class ModelCardInputs(BaseModel):
     decision_values: pd.DataFrame | None = None
     subgroups: pd.DataFrame | None = None
     simulator: pd.DataFrame | None = None
+    baselines: pd.DataFrame | None = None  # models.evaluation.HeldOutEvaluation.baselines
+    guideline: Sequence[str] = ()  # configs/options.yaml's guideline order (option names)
+    confidence_level: float = 0.95
     overlap_warnings: Mapping[str, str] = {}
     modelled_options: Sequence[str] | None = None  # None: every option
     git_revision: str | None = None
@@ -65,6 +68,38 @@ def markdown_table(frame: pd.DataFrame, columns: Sequence[str] | None = None, di
     rule = "|" + "|".join("---" for _ in cols) + "|"
     body = ["| " + " | ".join(_fmt(row[c], digits) for c in cols) + " |" for _, row in frame[cols].iterrows()]
     return "\n".join([head, rule, *body])
+
+
+def _points(value: float) -> str:
+    """A difference in response probability as signed points in 100 ('+2.1')."""
+    return f"{100 * value:+.1f}"
+
+
+def guideline_gain(headline: Mapping[str, float], guideline_labels: Sequence[str], confidence_level: float = 0.95
+                   ) -> str | None:
+    """One sentence: how much the model's recommendation gains over the guideline list — the doubly robust
+    difference in response rate with its CI and, with the simulator's truth, the regret of both. None when the
+    evaluation has no guideline comparison."""
+    h = {k: float(v) for k, v in headline.items() if v is not None and not math.isnan(float(v))}
+    if "decision_value_gain_vs_guideline" not in h:
+        return None
+    level = f"{round(100 * confidence_level)} % CI"
+    order = " > ".join(guideline_labels)
+    text = (f"Against the guideline list{f' ({order}: the first eligible option)' if order else ''}, following the "
+            f"model's recommendation changed the doubly robust response rate by "
+            f"{_points(h['decision_value_gain_vs_guideline'])} points in 100")
+    if "decision_value_gain_vs_guideline_ci_low" in h and "decision_value_gain_vs_guideline_ci_high" in h:
+        text += (f" ({level} {_points(h['decision_value_gain_vs_guideline_ci_low'])} to "
+                 f"{_points(h['decision_value_gain_vs_guideline_ci_high'])})")
+    if "response_n" in h:
+        text += f" on {int(h['response_n'])} held-out decisions"
+    if "sim_regret" in h and "sim_guideline_regret" in h:
+        text += (f"; against the simulator's truth its regret was {h['sim_regret']:.3f} against the guideline "
+                 f"list's {h['sim_guideline_regret']:.3f}")
+        if "sim_regret_vs_guideline_ci_low" in h and "sim_regret_vs_guideline_ci_high" in h:
+            text += (f" (difference {h['sim_regret_vs_guideline']:+.3f}, {level} "
+                     f"{h['sim_regret_vs_guideline_ci_low']:+.3f} to {h['sim_regret_vs_guideline_ci_high']:+.3f})")
+    return text + "."
 
 
 def build_model_card(inputs: ModelCardInputs) -> str:
@@ -127,6 +162,26 @@ def build_model_card(inputs: ModelCardInputs) -> str:
             "### Decision value (doubly robust response rate if every patient followed the policy)",
             markdown_table(i.decision_values),
         ]
+    labels = dict(i.options)
+    gain = guideline_gain(h, [labels.get(g, g) for g in i.guideline], i.confidence_level)
+    if gain or i.baselines is not None:
+        lines += ["", "### Against the baselines (the guideline list, the best single option, always continue, "
+                  "care as given)"]
+        if gain:
+            lines += [gain]
+    if i.baselines is not None and len(i.baselines):
+        cols = ["policy", "description", "n", "value", "ci_low", "ci_high", "difference_vs_guideline",
+                "difference_ci_low", "difference_ci_high", "regret", "regret_vs_guideline"]
+        overall = i.baselines[i.baselines["subgroup"] == "all"]
+        by_group = i.baselines[(i.baselines["subgroup"] != "all") & (i.baselines["policy"] == "recommended")]
+        lines += ["", "Doubly robust response rate of each policy (`value`) and its difference from the guideline "
+                  "list; `regret` against the simulator's truth where it is known.", "",
+                  markdown_table(overall, cols), "",
+                  "The model's recommendation against the guideline list by subgroup (– where a subgroup has "
+                  "fewer decisions than `evaluation.subgroup_min_n`):", "",
+                  markdown_table(by_group, ["subgroup", "level", "n", "value", "difference_vs_guideline",
+                                            "difference_ci_low", "difference_ci_high", "n_truth", "regret",
+                                            "regret_vs_guideline"])]
     if i.subgroups is not None:
         lines += ["", "### Subgroups (response model, factual option)", markdown_table(i.subgroups)]
     if i.simulator is not None:

@@ -1,7 +1,8 @@
 """`escalate evaluate`: held-out evaluation of the trained bundle, logged to the training run in MLflow.
 
 Writes `data/evaluate/metrics.json` (the headline metrics for `dvc metrics show`), `tables/` (every metric in
-`headline.json`, factual metrics, decision value, subgroups, simulator metrics, row counts), `plots/` (CSV data of the calibration, ROC, Qini and
+`headline.json`, factual metrics, decision value, the model beside its baselines overall and by subgroup,
+subgroups, simulator metrics, row counts), `plots/` (CSV data of the calibration, ROC, Qini and
 — with the simulator's truth — effect-scatter plots), `figures/` (the same as PNG) and `model_card.md`.
 """
 
@@ -75,7 +76,8 @@ def run_evaluate(
     import matplotlib.pyplot as plt
 
     from models import plots
-    from models.bundle import evaluate_bundle, interval_meaning
+    from models.bundle import interval_meaning
+    from models.evaluation import evaluate_bundle
     from models.model_card import ModelCardInputs, build_model_card
     from pipeline import registry
     from pipeline.io import rounded, write_csv, write_json, write_text
@@ -103,6 +105,7 @@ def run_evaluate(
     write_csv(result.factual, tables / "factual.csv")
     write_csv(result.decision_values, tables / "decision_value.csv")
     write_csv(result.subgroups, tables / "subgroups.csv")
+    write_csv(result.baselines, tables / "baselines.csv")  # model vs guideline list, best single, continue, care
     simulator = result.simulator if result.simulator is not None else pd.DataFrame(columns=["option"])
     write_csv(simulator, tables / "simulator.csv")  # header only without the simulator's truth
     write_json(result.counts, tables / "counts.json")
@@ -153,6 +156,9 @@ def run_evaluate(
         subgroups=result.subgroups[[c for c in sub_cols if c in result.subgroups.columns]],
         simulator=None if result.simulator is None else result.simulator[
             [c for c in sim_cols if c in result.simulator.columns]],
+        baselines=result.baselines,
+        guideline=[g for g in model.catalog.guideline if g in model.arms],
+        confidence_level=cfg.confidence_level,
         overlap_warnings=warnings_,
         modelled_options=list(model.arms),
     )

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from features.guideline import guideline_choice
 from features.vocabulary import OptionCatalog
 from simulator.config import SimulatorConfig
 from simulator.engine import SimulatedCohort
@@ -109,19 +110,13 @@ def simulator_card(cohort: SimulatedCohort, config: SimulatorConfig, catalog: Op
 
     single = {o: float(np.where(eligible[:, j], p[:, j], p[:, control]).mean()) for j, o in enumerate(names) if j != control}
     best_single = max(single, key=lambda o: single[o])
-    order = [names.index(o) for o in catalog.guideline] if catalog.guideline else []
     policies: dict[str, Any] = {
         "always_continue": policy(float(p[:, control].mean())),
         "best_single_option": policy(single[best_single], option=best_single),
         "clinicians": policy(float((prop * np.where(eligible, p, 0.0)).sum(axis=1).mean())),
     }
-    if order:
-        pick = np.full(n, control)
-        chosen = np.zeros(n, bool)
-        for j in order:
-            take = ~chosen & eligible[:, j]
-            pick[take] = j
-            chosen |= take
+    if catalog.guideline:
+        pick = guideline_choice(eligible, names, catalog.guideline, catalog.control)
         policies["guideline"] = policy(float(p[rows, pick].mean()), order=list(catalog.guideline))
 
     best_share = {

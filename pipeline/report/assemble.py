@@ -402,7 +402,8 @@ def build_patient_page(
         body_size=body_size, monitoring_due=due,
         monitoring=monitoring_reminders(monitoring, current_generics, proposed, drug_labels),
         model_facts=model_facts, interval_level=evidence.interval_level,
-        performance=performance_facts(evidence.metrics, evidence.interval_level, evidence.horizon_weeks),
+        performance=performance_facts(evidence.metrics, evidence.interval_level, evidence.horizon_weeks,
+                                      confidence_level=evidence.confidence_level),
         data_findings=tuple(findings), positivity_threshold=evidence.positivity_threshold, notes=ex.notes,
     )
 

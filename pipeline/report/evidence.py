@@ -32,6 +32,8 @@ class ModelEvidence:
     #: pooled calibration bins: bin, lower, upper, n, mean_predicted, observed_rate (empty when unknown)
     calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
     source: str = "unknown"
+    #: the two-sided level of the evaluation's confidence intervals (params.yaml `evaluation.confidence_level`)
+    confidence_level: float = 0.95
 
     def threshold_for(self, patient: Mapping[str, Any]) -> float:
         """The response threshold of this patient's diagnosis (juvenile DM has its own)."""
@@ -72,8 +74,8 @@ def calibration_note(p: float | None, pooled: pd.DataFrame, *, min_n: int = 20) 
             f"{round(100 * r['observed_rate'])} in 100 responded (n = {int(r['n'])})")
 
 
-def performance_facts(metrics: Mapping[str, float], interval_level: float, horizon_weeks: int
-                      ) -> tuple[tuple[str, str], ...]:
+def performance_facts(metrics: Mapping[str, float], interval_level: float, horizon_weeks: int, *,
+                      confidence_level: float = 0.95) -> tuple[tuple[str, str], ...]:
     """The model-facts lines on performance in words, from evaluate's headline metrics; a missing metric is
     left out, never invented. Interval coverage well below its level is said plainly."""
     m = {k: float(v) for k, v in metrics.items() if v is not None and _ok(float(v))}
@@ -101,6 +103,18 @@ def performance_facts(metrics: Mapping[str, float], interval_level: float, horiz
                                        f"{horizon_weeks} weeks in {round(100 * m['sim_recommended_value'])} in 100 "
                                        f"patients, against {round(100 * m['sim_oracle_value'])} in 100 if the truly "
                                        "best option had always been chosen"))
+    if "decision_value_gain_vs_guideline" in m:
+        text = (f"following the ★ option instead of the guideline list's choice changed the response rate of "
+                f"held-out patients by {100 * m['decision_value_gain_vs_guideline']:+.1f} in 100")
+        if "decision_value_gain_vs_guideline_ci_low" in m and "decision_value_gain_vs_guideline_ci_high" in m:
+            text += (f" ({round(100 * confidence_level)} % confidence interval "
+                     f"{100 * m['decision_value_gain_vs_guideline_ci_low']:+.1f} to "
+                     f"{100 * m['decision_value_gain_vs_guideline_ci_high']:+.1f}; doubly robust estimate)")
+        if "sim_regret" in m and "sim_guideline_regret" in m:
+            text += (f"; on the simulated cohort the ★ option fell short of the truly best option by "
+                     f"{100 * m['sim_regret']:.1f} in 100, the guideline list by {100 * m['sim_guideline_regret']:.1f}"
+                     " in 100")
+        out.append(("against the guideline list", text))
     if "safety_auroc" in m:
         out.append(("safety model", f"AUROC {m['safety_auroc']:.2f} for a serious infection or severe cytopenia"))
     return tuple(out)
@@ -179,5 +193,6 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
         juvenile_response_threshold=float(cfg.juvenile_response_threshold),
         positivity_threshold=float(cfg.propensity.positivity_threshold),
         metrics=metrics, calibration=pooled_calibration(curve, n_bins, strategy), source=source,
+        confidence_level=float(run_params.get("evaluation.confidence_level", settings.evaluation.confidence_level)),
     )
 

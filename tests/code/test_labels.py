@@ -94,7 +94,8 @@ def test_juvenile_thresholds_apply_to_juvenile_dm():
 @pytest.mark.parametrize("juvenile", [False, True])
 def test_the_model_scores_response_by_the_labels_rule(juvenile: bool):
     """Training and evaluation turn TIS into response with the labels' own thresholds (juvenile DM: 45, not 40)."""
-    from models.bundle import JUVENILE_COLUMN, BundleConfig, response_of
+    from models.bundle import BundleConfig
+    from models.response import JUVENILE_COLUMN, response_of
 
     follow = visit(week(24), pga=4.0, mmt8=70.0, ck=400.0)  # TIS 42.5: adult responder, juvenile not
     diagnosis = "juvenile_dermatomyositis" if juvenile else "adult_dermatomyositis"
