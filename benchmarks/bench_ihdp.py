@@ -24,6 +24,7 @@ import shlex
 import sys
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,28 @@ def realisation(r: int, test_fraction: float) -> dict[str, np.ndarray]:
             "X_test": X[test], "tau_test": np.asarray(tau, dtype=float).ravel()[test]}
 
 
-def pehe(kind: str, config: LearnerConfig, data: dict[str, np.ndarray]) -> float:
-    """Fit one learner kind on the training rows; √PEHE of its treated-vs-control effect on the held-out rows."""
+#: the pseudo-kind of `train.learner: auto`: the learner `escalate train` would select on these training rows.
+AUTO = "auto"
+
+
+def selected(train: object, config: LearnerConfig, data: dict[str, np.ndarray]) -> tuple[str, LearnerConfig]:
+    """`train.learner: auto`: the candidate `models.bundle.select_response_learner` chooses on the training rows
+    (cross-fitted doubly robust value, no truth) as (kind, its LearnerConfig)."""
+    bundle = importlib.import_module("models.bundle")
+    select = getattr(bundle, "select_response_learner", None)
+    if select is None:
+        raise RuntimeError("this version's models.bundle has no select_response_learner (no `learner: auto`)")
+    n = len(data["y"])
+    chosen, _ = select(train, config, data["X"], data["t"], data["y"], np.arange(n), np.ones((n, 2), dtype=bool))
+    return default_kind(chosen.learner), config.model_copy(update=chosen.updates())
+
+
+def pehe(kind: str, config: LearnerConfig, data: dict[str, np.ndarray], train: object = None) -> float:
+    """Fit one learner kind on the training rows (`auto`: the one the shipped selection picks there); √PEHE of
+    its treated-vs-control effect on the held-out rows."""
+    if kind == AUTO:
+        kind, config = selected(train, config, data)
+        data["chosen"] = kind  # type: ignore[assignment]
     model = make_learner(kind, config)
     model.fit(data["X"], data["t"], data["y"])
     effect = np.asarray(model.predict_effects(data["X_test"]))[:, list(model.arms_).index(TREATED)]
@@ -75,7 +96,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--realisations", type=int, default=1000, help="IHDP surface B realisations (0..N-1)")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="held-out share of each realisation")
-    parser.add_argument("--kinds", nargs="+", default=None, help="learner kinds (default: every LEARNERS key)")
+    parser.add_argument("--kinds", nargs="+", default=None, help="learner kinds (default: every LEARNERS key, and "
+                        "'auto' — the learner train's selection picks on each realisation — when params.yaml says auto)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     args = parser.parse_args()
     if args.realisations < 2:
@@ -85,8 +107,8 @@ def main() -> None:
 
     settings = load_settings(args.params)
     train = settings.train
-    kinds = list(args.kinds or LEARNERS)
-    unknown = [k for k in kinds if k not in LEARNERS]
+    kinds = list(args.kinds or [*LEARNERS, *([AUTO] if train.learner == AUTO else [])])
+    unknown = [k for k in kinds if k not in LEARNERS and k != AUTO]
     if unknown:
         parser.error(f"--kinds: unknown {unknown}; known {sorted(LEARNERS)}")
     config = LearnerConfig(control=CONTROL, arms=(CONTROL, TREATED), outcome="continuous", booster=train.booster,
@@ -94,6 +116,7 @@ def main() -> None:
     values: dict[str, list[float]] = {k: [] for k in kinds}
     seconds = dict.fromkeys(kinds, 0.0)
     failed: dict[str, str] = {}
+    chosen: Counter[str] = Counter()  # auto: which kind the selection picked, per realisation
     started = time.perf_counter()
     for r in range(args.realisations):
         data = realisation(r, args.test_fraction)
@@ -104,7 +127,9 @@ def main() -> None:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    values[kind].append(pehe(kind, config, data))
+                    values[kind].append(pehe(kind, config, data, train))
+                if kind == AUTO:
+                    chosen[str(data.pop("chosen"))] += 1
             except Exception as exc:  # one kind's failure must not hide the others
                 failed[kind] = f"failed at realisation {r}: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
             seconds[kind] += time.perf_counter() - start
@@ -129,8 +154,9 @@ def main() -> None:
             continue
         se = v.std(ddof=1) / np.sqrt(len(v))
         per = seconds[kind] / len(v)
+        status = "ok" if kind != AUTO else "ok; chose " + ", ".join(f"{k} {n}×" for k, n in chosen.most_common())
         print(f"| {name} | {len(v)} | {v.mean():.2f} ± {se:.2f} | {np.median(v):.2f} | {per:.2f} | "
-              f"{seconds[kind] / fastest:.1f} | ok |")
+              f"{seconds[kind] / fastest:.1f} | {status} |")
     ok = {k: float(np.mean(values[k])) for k in kinds if k not in failed}
     if ok:
         best = min(ok, key=ok.__getitem__)
