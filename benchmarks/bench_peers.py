@@ -473,7 +473,7 @@ def run_point(name: str, build: Callable[[], Runner], data: dict[str, Any]) -> d
     try:
         runner = build()
     except ImportError as exc:
-        return {"learner": name, "status": f"failed: not installed ({exc.name}); `make bench` installs the bench extra"}
+        return {"learner": name, "status": f"failed: not installed ({exc.name}); `make bench-env` installs the bench extra"}
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():
