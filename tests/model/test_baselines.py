@@ -114,7 +114,7 @@ def test_regret_of_every_baseline_is_scored_against_the_same_truth():
 
 
 @pytest.fixture(scope="module")
-def held_out() -> tuple[ev.HeldOutEvaluation, pd.DataFrame]:
+def held_out() -> tuple[ev.HeldOutEvaluation, tuple]:
     """A linear bundle trained on the synthetic cohort's training patients, evaluated on its test patients with
     the truth."""
     from models.bundle import BundleConfig, fit_escalate_model
@@ -128,14 +128,14 @@ def held_out() -> tuple[ev.HeldOutEvaluation, pd.DataFrame]:
     test = features[~train].reset_index(drop=True)
     result = ev.evaluate_bundle(model, test, decisions, ev.EvaluationConfig(subgroup_min_n=20), truth_decisions,
                                 truth_outcomes)
-    return result, test
+    return result, (model, test, decisions)
 
 
 def test_on_a_simulated_cohort_always_continue_loses_more_than_the_guideline_list(held_out):
     """Options help in this cohort and the guideline list starts with the strongest (IVIG): against the truth,
     always continuing leaves more response on the table than the guideline list, and the model's regret in the
     baseline table is the headline regret (one truth, one eligibility)."""
-    result, test = held_out
+    result, _ = held_out
     b = result.baselines
     overall = b[b["subgroup"] == "all"].set_index("policy")
     assert overall.loc["always_continue", "regret"] > overall.loc["guideline", "regret"] + 0.05
@@ -182,3 +182,19 @@ def test_the_clinician_page_model_facts_give_the_gain_over_the_guideline_list():
         in text
     assert "fell short of the truly best option by 2.1 in 100, the guideline list by 5.5 in 100" in text
     assert "against the guideline list" not in dict(performance_facts({"response_auroc": 0.7}, 0.9, 24))
+
+
+def test_without_the_truth_the_baselines_have_values_but_no_regret(held_out):
+    """Real records have no truth: the same baseline rows with their doubly robust values, no regret invented, and
+    the model card still says how the model compares with the guideline list."""
+    from models.model_card import guideline_gain
+
+    with_truth, (model, test, decisions) = held_out
+    result = ev.evaluate_bundle(model, test, decisions, ev.EvaluationConfig(subgroup_min_n=20))
+    b = result.baselines
+    assert not [c for c in b.columns if c.startswith("regret") or c == "n_truth"]
+    keys = ["subgroup", "level", "policy", "value", "difference_vs_guideline"]
+    pd.testing.assert_frame_equal(b[keys], with_truth.baselines[keys])
+    assert not [k for k in result.headline if k.startswith("sim_")]
+    text = guideline_gain(result.headline, ["add IVIG"])
+    assert "doubly robust response rate" in text and "regret" not in text
