@@ -74,14 +74,6 @@ DEFAULT_SEEDS = (2027, 9001, 4242)
 METRICS = ("regret", "sqrt_pehe", "share_suboptimal", "fit_s", "fit_vs_fastest")
 
 
-def _match_truth() -> Callable[..., np.ndarray]:
-    """`match_truth` from the evaluation package (or from models.bundle before the package existed)."""
-    found = getattr(ev, "match_truth", None)
-    if found is None:
-        from models.bundle import match_truth as found  # type: ignore[no-redef]
-    return found
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Data
 
@@ -149,7 +141,7 @@ def bench_data(train: Cohort, train_rows: np.ndarray, test: Cohort, test_rows: n
     elig_train[:, 0] = True
 
     idx = np.flatnonzero(test_rows)
-    pos = _match_truth()(test.features.iloc[idx], test.truth_decisions, test.decisions["date"].iloc[idx])
+    pos = ev.match_truth(test.features.iloc[idx], test.truth_decisions, test.decisions["date"].iloc[idx])
     unmatched = int((pos < 0).sum())
     hit = idx[pos >= 0]
     ids = test.truth_decisions["decision_id"].to_numpy()[pos[pos >= 0]]
