@@ -66,7 +66,7 @@ from models.evaluation.simulator import (
     simulator_metrics,
     sqrt_pehe,
 )
-from models.evaluation.subgroups import clinical_subgroups, subgroup_labels, subgroup_metrics
+from models.evaluation.subgroups import clinical_subgroups, subgroup_labels, subgroup_metrics, subgroup_scopes
 
 __all__ = [
     "BASELINES",
@@ -115,4 +115,5 @@ __all__ = [
     "sqrt_pehe",
     "subgroup_labels",
     "subgroup_metrics",
+    "subgroup_scopes",
 ]

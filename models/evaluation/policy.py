@@ -15,6 +15,7 @@ from numpy.typing import ArrayLike
 from features.guideline import guideline_choice
 from models.evaluation.config import EvaluationConfig, EvaluationInputError
 from models.evaluation.inputs import _arm_index, _fail, _matrix, _vector, _z
+from models.evaluation.subgroups import subgroup_scopes
 
 
 @dataclass(frozen=True)
@@ -304,23 +305,6 @@ def baseline_descriptions(
     }
 
 
-def _levels(groups: pd.DataFrame | None, n: int) -> list[tuple[str, str, np.ndarray]]:
-    """(subgroup, level, row mask) for all decisions, then for every level of every subgroup variable."""
-    scopes = [("all", "all", np.ones(n, dtype=bool))]
-    if groups is None:
-        return scopes
-    if len(groups) != n:
-        raise EvaluationInputError(
-            f"groups: rule 'one label per decision' broken ({len(groups)} labels, {n} decisions)"
-        )
-    for variable in groups.columns:
-        labels = groups[variable].astype("object").where(groups[variable].notna(), "(missing)").to_numpy()
-        labels = labels.astype(str)
-        for level in np.unique(labels):
-            scopes.append((str(variable), str(level), labels == level))
-    return scopes
-
-
 def baseline_table(
     treatment: ArrayLike,
     y: ArrayLike,
@@ -350,7 +334,7 @@ def baseline_table(
     reference = psi.get("guideline")
     words = dict(descriptions or {})
     rows = []
-    for subgroup, level, m in _levels(groups, n):
+    for subgroup, level, m in subgroup_scopes(groups, n):
         size = int(m.sum())
         enough = size >= cfg.subgroup_min_n or subgroup == "all"
         for key in [k for k in BASELINES if k in psi] + [k for k in psi if k not in BASELINES]:

@@ -14,7 +14,8 @@ from numpy.typing import ArrayLike
 from models.evaluation.config import EvaluationInputError
 from models.evaluation.inputs import _arm_index, _binary, _fail, _matrix, _probability, _vector
 from models.evaluation.metrics import auroc
-from models.evaluation.policy import _levels, _summarise
+from models.evaluation.policy import _summarise
+from models.evaluation.subgroups import subgroup_scopes
 
 
 def option_matrix(
@@ -289,7 +290,7 @@ def baseline_regret_table(
     gaps = {key: regret_gaps(pt, eligible, d) for key, d in choices.items()}
     reference = gaps.get("guideline")
     rows = []
-    for subgroup, level, m in _levels(groups, pt.shape[0]):
+    for subgroup, level, m in subgroup_scopes(groups, pt.shape[0]):
         for key, gap in gaps.items():
             g = gap[m]
             ok = np.isfinite(g)

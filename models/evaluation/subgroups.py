@@ -70,28 +70,34 @@ def subgroup_metrics(
     yy, pp = _binary(y), _probability(p)
     n = _same_length(y=yy, p=pp)
     frame = groups.to_frame() if isinstance(groups, pd.Series) else groups
-    if len(frame) != n:
-        raise EvaluationInputError(
-            f"groups: rule 'one label per decision' broken ({len(frame)} labels, {n} decisions)"
-        )
     out = []
-    for variable in frame.columns:
-        labels = frame[variable].astype("object").where(frame[variable].notna(), "(missing)").to_numpy()
-        levels, codes = np.unique(labels.astype(str), return_inverse=True)
-        for j, level in enumerate(levels):
-            m = codes == j
-            metrics = factual_metrics(yy[m], pp[m], cfg)
-            if m.sum() < limit:
-                metrics = {
-                    k: (v if k in ("n", "events", "observed_rate") else math.nan) for k, v in metrics.items()
-                }
-            out.append(
-                {"subgroup": str(variable), "level": level, **metrics, "enough_data": bool(m.sum() >= limit)}
-            )
+    for variable, level, m in subgroup_scopes(frame, n)[1:]:  # [0] is everyone
+        metrics = factual_metrics(yy[m], pp[m], cfg)
+        if m.sum() < limit:
+            metrics = {k: (v if k in ("n", "events", "observed_rate") else math.nan) for k, v in metrics.items()}
+        out.append({"subgroup": variable, "level": level, **metrics, "enough_data": bool(m.sum() >= limit)})
     table = pd.DataFrame(out)
     table["n"] = table["n"].astype(int)
     table["events"] = table["events"].astype(int)
     return table
+
+
+def subgroup_scopes(groups: pd.DataFrame | None, n: int) -> list[tuple[str, str, np.ndarray]]:
+    """(subgroup, level, row mask): ("all", "all") for every decision, then each level of each subgroup variable of
+    `groups` (labels aligned by position; a missing label is its own level, "(missing)")."""
+    scopes = [("all", "all", np.ones(n, dtype=bool))]
+    if groups is None:
+        return scopes
+    if len(groups) != n:
+        raise EvaluationInputError(
+            f"groups: rule 'one label per decision' broken ({len(groups)} labels, {n} decisions)"
+        )
+    for variable in groups.columns:
+        labels = groups[variable].astype("object").where(groups[variable].notna(), "(missing)").to_numpy()
+        labels = labels.astype(str)
+        for level in np.unique(labels):
+            scopes.append((str(variable), str(level), labels == level))
+    return scopes
 
 
 #: the feature table's antibody flags (one 0/1 column each), in `clinical_subgroups` order of lookup.
