@@ -329,6 +329,14 @@ class StartDose(_Frozen):
     interval: str
 
 
+class EffectModifier(_Frozen):
+    """A patient fact (a feature column) the literature says changes an option's effect, with its source."""
+
+    feature: str
+    direction: Literal["raises", "lowers"]
+    source: str
+
+
 class OptionSpec(_Frozen):
     name: str
     label: str
@@ -336,6 +344,7 @@ class OptionSpec(_Frozen):
     adds: str | None = None
     eligible_unless_on: tuple[str, ...] = ()
     start_dose: StartDose | None = None
+    effect_modifiers: tuple[EffectModifier, ...] = ()
 
 
 class OptionCatalog(_Frozen):
@@ -370,6 +379,10 @@ class OptionCatalog(_Frozen):
     @property
     def control(self) -> str:
         return next(o.name for o in self.options if o.kind == "continue")
+
+    def effect_modifiers(self) -> dict[str, tuple[str, ...]]:
+        """Option -> its published effect-modifier feature columns (options without any are left out)."""
+        return {o.name: tuple(m.feature for m in o.effect_modifiers) for o in self.options if o.effect_modifiers}
 
     def eligibility(self, on_drug: pd.DataFrame, any_below_target: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Which options each row may take, and why not.

@@ -34,8 +34,11 @@ from models.learners import BaseLearner, make_learner
 from models.propensity import PropensityModel, overlap_report
 from models.response import response_of
 
-LearnerKind = Literal["s_learner", "t_learner", "dr_learner", "linear"]
-_KIND = {"s_learner": "s", "t_learner": "t", "dr_learner": "dr", "linear": "linear"}
+LearnerKind = Literal["s_learner", "t_learner", "dr_learner", "linear", "modifier_glm", "x_learner", "stacked"]
+_KIND = {"s_learner": "s", "t_learner": "t", "dr_learner": "dr", "linear": "linear", "modifier_glm": "modifier_glm",
+         "x_learner": "x", "stacked": "stacked"}
+#: `train.learner: auto` — the response learner is chosen among `train.selection.candidates` (`models.selection`).
+AUTO = "auto"
 #: identifier / date columns carried through to the output, never used as features.
 KEY_COLUMNS: tuple[str, ...] = ("patient_id", "decision_id", "as_of")
 ELIGIBLE_PREFIX = "eligible_"
@@ -64,10 +67,44 @@ class IntervalCalibrationConfig(_Frozen):
     max_bins: int = Field(10, ge=1, le=50)
 
 
+class LearnerCandidate(_Frozen):
+    """One learner and its settings that `train.learner: auto` may choose."""
+
+    learner: LearnerKind
+    linear_C: float | None = Field(None, gt=0, description="modifier GLM / linear: inverse L2 strength")
+    stack_weight: float | None = Field(None, ge=0, le=1, description="stacked: weight of the S-learner")
+
+    @property
+    def name(self) -> str:
+        """A readable label, e.g. `modifier_glm(C=1)`."""
+        settings = [f"C={self.linear_C:g}"] if self.linear_C is not None else []
+        settings += [f"w={self.stack_weight:g}"] if self.stack_weight is not None else []
+        return f"{self.learner}({', '.join(settings)})" if settings else self.learner
+
+    def updates(self) -> dict[str, object]:
+        """The `LearnerConfig` fields this candidate sets."""
+        return {k: v for k, v in (("linear_C", self.linear_C), ("stack_weight", self.stack_weight)) if v is not None}
+
+
+class SelectionConfig(_Frozen):
+    """Candidates for `learner: auto`, simplest first, compared by the cross-fitted doubly robust value of their
+    recommendations on the training patients (`models.selection`); `folds` patient-grouped folds; the first
+    candidate within `tolerance_se` standard errors of the best wins (one-standard-error rule)."""
+
+    candidates: tuple[LearnerCandidate, ...] = (
+        LearnerCandidate(learner="modifier_glm", linear_C=0.1),
+        LearnerCandidate(learner="modifier_glm", linear_C=1.0),
+        LearnerCandidate(learner="s_learner"),
+    )
+    folds: int = Field(5, ge=2, le=20)
+    tolerance_se: float = Field(1.0, ge=0)
+
+
 class BundleConfig(_Frozen):
     """Training settings of the whole model (the `train:` section of params.yaml)."""
 
-    learner: LearnerKind = "t_learner"
+    learner: LearnerKind | Literal["auto"] = "t_learner"
+    selection: SelectionConfig = SelectionConfig()
     safety_learner: LearnerKind = "s_learner"
     tis_learner: LearnerKind | None = None  # None: same as `learner`
     booster: BoosterConfig = BoosterConfig()
@@ -258,6 +295,15 @@ class EscalateModel:
                 {**fields, "juvenile_response_threshold": fields["response_threshold"]})
         state.setdefault("data_settings", None)  # saved before settings were recorded
         self.__dict__.update(state)
+
+    @property
+    def learner_name(self) -> str:
+        """The response learner as fitted: the chosen candidate when `learner: auto` (e.g. `modifier_glm(C=0.1)`)."""
+        chosen = self.summary.get("learner")
+        if chosen is None:
+            return str(self.config.learner)
+        settings = self.summary.get("learner_settings") or {}
+        return LearnerCandidate(learner=chosen, **settings).name  # type: ignore[arg-type]
 
     def feature_config(self) -> FeatureConfig:
         """The feature settings the model was trained with; a model that recorded none cannot say which features
@@ -493,11 +539,39 @@ def feature_columns(features: pd.DataFrame, catalog: OptionCatalog | None = None
     return cols
 
 
+def _learner_config(cfg: BundleConfig, outcome: Literal["binary", "continuous"], arms: tuple[str, ...],
+                    seed_offset: int, updates: dict[str, object] | None = None) -> LearnerConfig:
+    """The learners' settings for one head: the bundle's booster (seeded per head), folds and propensity model,
+    plus `updates` (effect modifiers, a selected candidate's settings)."""
+    booster = cfg.booster.model_copy(update={"seed": cfg.seed + seed_offset})
+    return LearnerConfig(control=arms[0], arms=arms, outcome=outcome, booster=booster, cv_folds=cfg.cv_folds,
+                         propensity=cfg.propensity, **(updates or {}))  # type: ignore[arg-type]
+
+
+def select_response_learner(
+    cfg: BundleConfig, lcfg: LearnerConfig, X: pd.DataFrame, t: np.ndarray, y: np.ndarray, groups: np.ndarray,
+    eligible: np.ndarray,
+) -> tuple[LearnerCandidate, pd.DataFrame]:
+    """`learner: auto`: the candidate whose recommendations have the highest cross-fitted doubly robust value on
+    the training patients, and the selection table (`models.selection`)."""
+    from models.learners import cross_fitted_aipw, prepare_fit
+    from models.selection import select_learner
+
+    data = prepare_fit(X, t, y, lcfg, groups=groups, eligible=eligible)
+    scores, _ = cross_fitted_aipw(data, lcfg.model_copy(update={"cv_folds": cfg.selection.folds}))
+    by_name = {c.name: c for c in cfg.selection.candidates}
+    learners = {name: make_learner(_KIND[c.learner], lcfg.model_copy(update=c.updates())) for name, c in by_name.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence notes of penalised fits on a fold
+        selection = select_learner(learners, data, scores, n_folds=cfg.selection.folds, seed=cfg.seed,
+                                   tolerance_se=cfg.selection.tolerance_se)
+    return by_name[selection.chosen], selection.table
+
+
 def _fit_head(
     kind: str,
     cfg: BundleConfig,
-    outcome: Literal["binary", "continuous"],
-    arms: tuple[str, ...],
+    lcfg: LearnerConfig,
     X: pd.DataFrame,
     t: np.ndarray,
     y: np.ndarray,
@@ -506,15 +580,8 @@ def _fit_head(
     seed_offset: int,
 ) -> Head:
     """Fit one outcome head: full-data learner, calibration (binary) and bootstrap ensemble."""
-    booster = cfg.booster.model_copy(update={"seed": cfg.seed + seed_offset})
-    lcfg = LearnerConfig(
-        control=arms[0],
-        arms=arms,
-        outcome=outcome,
-        booster=booster,
-        cv_folds=cfg.cv_folds,
-        propensity=cfg.propensity,
-    )
+    outcome = lcfg.outcome
+    arms = tuple(lcfg.arms or ())
     learner: BaseLearner = make_learner(_KIND[kind], lcfg)
     if outcome == "binary" and cfg.calibrate:
         learner = CalibratedLearner(learner, cfg.calibration)
@@ -642,20 +709,31 @@ def fit_escalate_model(
 
     heads: dict[str, Head] = {}
     labelled: dict[str, int] = {}
+    modifiers = {"effect_modifiers": {a: f for a, f in catalog.effect_modifiers().items() if a in arms}}
+    response_kind: str = cfg.learner
+    response_updates: dict[str, object] = dict(modifiers)
+    selection_table = None
+    if cfg.learner == AUTO:
+        rows = np.flatnonzero(in_arms & np.isfinite(response))
+        chosen, selection_table = select_response_learner(
+            cfg, _learner_config(cfg, "binary", arms, 100, modifiers), X.iloc[rows].reset_index(drop=True),
+            taken[rows], response[rows], groups[rows], elig[rows])
+        response_kind = chosen.learner
+        response_updates.update(chosen.updates())
     specs = (
-        ("response", cfg.learner, "binary", response, 1),
-        ("tis", cfg.tis_learner or cfg.learner, "continuous", tis, 2),
-        ("safety", cfg.safety_learner, "binary", safety, 3),
+        ("response", response_kind, "binary", response, 1, response_updates),
+        ("tis", cfg.tis_learner or response_kind, "continuous", tis, 2,
+         response_updates if cfg.tis_learner is None else modifiers),
+        ("safety", cfg.safety_learner, "binary", safety, 3, {}),
     )
-    for name, kind, outcome, y, offset in specs:
+    for name, kind, outcome, y, offset, updates in specs:
         rows = in_arms & np.isfinite(y)
         labelled[name] = int(rows.sum())
         idx = np.flatnonzero(rows)
         heads[name] = _fit_head(
             kind,
             cfg,
-            outcome,
-            arms,
+            _learner_config(cfg, outcome, arms, 100 * offset, updates),  # type: ignore[arg-type]
             X.iloc[idx].reset_index(drop=True),
             taken[idx],
             y[idx],
@@ -674,6 +752,12 @@ def fit_escalate_model(
     summary: dict[str, object] = {
         "n_decisions": len(features),
         "n_patients": int(pd.Series(groups).nunique()),
+        "learner": response_kind,
+        "learner_settings": {k: v for k, v in response_updates.items() if k != "effect_modifiers"},
+        "effect_modifiers": modifiers["effect_modifiers"],
+        # the selection table without its timings: same inputs, same bytes
+        "selection": [] if selection_table is None
+        else selection_table.drop(columns="fit_seconds").round(4).to_dict(orient="records"),
         "option_counts": option_counts,
         "modelled_options": list(arms),
         "rows_unmodelled_option": int((~in_arms).sum()),

@@ -1,5 +1,7 @@
-"""Calibration of per-option predictions: patient-grouped out-of-fold predictions, then a per-arm isotonic or
-Platt (sigmoid) map fitted on the factual option's out-of-fold prediction and outcome.
+"""Calibration of per-option predictions: patient-grouped out-of-fold predictions, then an isotonic or Platt
+(sigmoid) map fitted on the factual option's out-of-fold prediction and outcome — one map for every option
+(`scope: pooled`, the default: monotone, so calibration never reorders a patient's options and cannot change the
+recommendation) or one per option.
 
 A patient's rows never straddle folds, so no calibrator sees a prediction made by a model trained on the
 same patient. `mask_ineligible` blanks options a patient cannot receive, so they never get a prediction.
@@ -45,43 +47,61 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 class PlattCalibrator:
-    """Sigmoid recalibration: a logistic regression of the outcome on the logit of the predicted probability."""
+    """Sigmoid recalibration: a logistic regression of the outcome on the logit of the predicted probability.
+    A fitted slope ≤ 0 (predictions no better than chance on the out-of-fold rows) is replaced by the identity
+    map, so the calibrator is always increasing and never reverses an order."""
 
     def fit(self, p: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> Self:
         """Fit slope and intercept on (prediction, outcome) pairs."""
         self.model_ = LogisticRegression(C=1e6, max_iter=1000)
         self.model_.fit(_logit(p)[:, None], y, sample_weight=sample_weight)
+        self.identity_ = bool(self.model_.coef_[0, 0] <= 0)
         return self
 
     def predict(self, p: np.ndarray) -> np.ndarray:
         """Recalibrated probabilities."""
-        return self.model_.predict_proba(_logit(np.asarray(p, dtype="float64"))[:, None])[:, 1]
+        p = np.asarray(p, dtype="float64")
+        if getattr(self, "identity_", False):
+            return p
+        return self.model_.predict_proba(_logit(p)[:, None])[:, 1]
+
+
+def _fit_calibrator(
+    p: np.ndarray, y: np.ndarray, w: np.ndarray, method: str, outcome: str
+) -> IsotonicRegression | PlattCalibrator:
+    if method == "isotonic":
+        bounds = {"y_min": 0.0, "y_max": 1.0} if outcome == "binary" else {}
+        return IsotonicRegression(out_of_bounds="clip", **bounds).fit(p, y, sample_weight=w)
+    return PlattCalibrator().fit(p, y, sample_weight=w)
 
 
 def fit_arm_calibrators(
-    oof: np.ndarray, data: FitData, method: str, min_rows: int
+    oof: np.ndarray, data: FitData, method: str, min_rows: int, scope: str = "per_option"
 ) -> tuple[dict[str, IsotonicRegression | PlattCalibrator | None], list[str]]:
-    """One calibrator per option, fitted on the rows that took it (their factual out-of-fold prediction).
+    """Calibrators by option, fitted on factual out-of-fold predictions: `pooled` fits one map on every
+    option's factual rows and shares it; `per_option` fits one per option on the rows that took it.
 
-    Options with fewer than `min_rows` factual rows get None (left uncalibrated) and are listed.
+    Options with fewer than `min_rows` factual rows get None (left uncalibrated) and are listed (pooled: only
+    when all rows together are fewer).
     """
     if method == "sigmoid" and data.outcome != "binary":
         raise ValueError("calibration method 'sigmoid' needs a binary outcome; use 'isotonic' for a score")
+    used = data.weight > 0
+    if scope == "pooled":
+        rows = np.flatnonzero(used)
+        if len(rows) < min_rows:
+            return dict.fromkeys(data.arms), list(data.arms)
+        cal = _fit_calibrator(oof[rows, data.codes[rows]], data.y[rows], data.weight[rows], method, data.outcome)
+        return dict.fromkeys(data.arms, cal), []
     calibrators: dict[str, IsotonicRegression | PlattCalibrator | None] = {}
     skipped: list[str] = []
     for k, arm in enumerate(data.arms):
-        rows = np.flatnonzero((data.codes == k) & (data.weight > 0))
+        rows = np.flatnonzero((data.codes == k) & used)
         if len(rows) < min_rows:
             calibrators[arm] = None
             skipped.append(arm)
             continue
-        p, y, w = oof[rows, k], data.y[rows], data.weight[rows]
-        if method == "isotonic":
-            bounds = {"y_min": 0.0, "y_max": 1.0} if data.outcome == "binary" else {}
-            cal = IsotonicRegression(out_of_bounds="clip", **bounds).fit(p, y, sample_weight=w)
-        else:
-            cal = PlattCalibrator().fit(p, y, sample_weight=w)
-        calibrators[arm] = cal
+        calibrators[arm] = _fit_calibrator(oof[rows, k], data.y[rows], data.weight[rows], method, data.outcome)
     return calibrators, skipped
 
 
@@ -106,7 +126,7 @@ class CalibratedLearner(BaseLearner):
         cfg = self.calibration
         self.oof_ = out_of_fold_predictions(self.base, data, n_folds=cfg.n_folds, seed=cfg.seed)
         self.calibrators_, self.uncalibrated_arms_ = fit_arm_calibrators(
-            self.oof_, data, cfg.method, cfg.min_rows_per_arm
+            self.oof_, data, cfg.method, cfg.min_rows_per_arm, getattr(cfg, "scope", "per_option")
         )
         if self.uncalibrated_arms_:
             warnings.warn(

@@ -74,9 +74,13 @@ class LearnerConfig(_Frozen):
     # DR learner: patient-grouped cross-fitting folds for the nuisance models and the propensity model.
     cv_folds: int = Field(5, ge=2, le=20)
     propensity: PropensityConfig = PropensityConfig()
-    # Linear baseline: inverse L2 strength (logistic) / ridge penalty (continuous).
+    # Linear baseline and modifier GLM: inverse L2 strength (logistic) / ridge penalty (continuous).
     linear_C: float = Field(1.0, gt=0)
     linear_alpha: float = Field(1.0, gt=0)
+    # Published effect modifiers, option -> feature columns (configs/options.yaml): option x modifier terms.
+    effect_modifiers: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    # Stacked learner: weight of the S-learner's logit beside the modifier GLM's (0 = GLM only, 1 = S only).
+    stack_weight: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _control_in_arms(self) -> LearnerConfig:
@@ -91,9 +95,11 @@ class LearnerConfig(_Frozen):
 
 
 class CalibrationConfig(_Frozen):
-    """Per-arm recalibration fitted on patient-grouped out-of-fold predictions of the factual option."""
+    """Recalibration fitted on patient-grouped out-of-fold predictions of the factual option: one map for all
+    options (`pooled`, monotone, so it never reorders a patient's options) or one per option."""
 
     method: Literal["isotonic", "sigmoid"] = "isotonic"
+    scope: Literal["pooled", "per_option"] = "pooled"
     n_folds: int = Field(5, ge=2, le=20)
     min_rows_per_arm: int = Field(30, ge=2, description="arms with fewer factual rows stay uncalibrated")
     seed: int = 20261125

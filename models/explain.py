@@ -325,20 +325,14 @@ def contrast_points(contrast: Shap) -> np.ndarray:
 
 
 def _linear_arm_shap(learner: object, frame: pd.DataFrame, arm: str) -> tuple[np.ndarray, np.ndarray]:
-    """Exact linear SHAP of the linear baseline for one option, mapped back from its standardised design
-    (features plus missing-indicators) to the original feature columns."""
+    """Exact linear SHAP of a linear learner (`LinearLearner`, `ModifierGLM`) for one option, mapped back from
+    its standardised design (features plus missing-indicators) to the original feature columns."""
     z = learner.preprocess_.transform(frame)  # type: ignore[attr-defined]
-    arms: tuple[str, ...] = learner.arms_  # type: ignore[attr-defined]
-    c = learner.control_index_  # type: ignore[attr-defined]
-    others = [j for j in range(len(arms)) if j != c]
-    coef = np.asarray(learner.model_.coef_, dtype="float64").ravel()  # type: ignore[attr-defined]
     intercept = float(np.ravel(learner.model_.intercept_)[0])  # type: ignore[attr-defined]
     d = z.shape[1]
-    w_main, w_onehot = coef[:d], coef[d : d + len(others)]
-    w_inter = coef[d + len(others) :].reshape(len(others), d)
-    k = arms.index(arm)
-    w, offset = (w_main, 0.0) if k == c else (w_main + w_inter[others.index(k)], w_onehot[others.index(k)])
-    # StandardScaler centres the training design, so E[z] = 0: the base value is the intercept (+ option term).
+    w, offset = learner.arm_weights(arm)  # type: ignore[attr-defined]
+    # StandardScaler centres the training design, so E[z] = 0: the base value is the intercept + the option's
+    # average effect (its offset), and every contribution is one of this patient's facts.
     values_z, base = linear_shap(w, intercept + offset, z)
     p = frame.shape[1]
     values = values_z[:, :p].copy()
@@ -444,7 +438,10 @@ def feature_groups(columns: Sequence[str], dictionary: pd.DataFrame) -> FeatureG
             "(rule: one entry per feature)"
         )
     d = dictionary.set_index("feature")
-    cols = [str(c) for c in columns]
+    model_cols = [str(c) for c in columns]
+    # an S-learner's option x effect-modifier term (`option__<arm>:<feature>`) is a fact of the patient: it
+    # counts toward its feature, never toward the option itself
+    cols = [c.split(":", 1)[1] if c.startswith(OPTION_PREFIX) and ":" in c else c for c in model_cols]
     unknown = [c for c in cols if c not in d.index and not c.startswith(OPTION_PREFIX)]
     if unknown:
         raise ValueError(
@@ -487,7 +484,7 @@ def feature_groups(columns: Sequence[str], dictionary: pd.DataFrame) -> FeatureG
         else:
             group_labels.append(g.replace("_", " "))
     return FeatureGroups(
-        tuple(cols), groups, tuple(group_labels), membership, tuple(labels), tuple(units), col_group
+        tuple(model_cols), groups, tuple(group_labels), membership, tuple(labels), tuple(units), col_group
     )
 
 
@@ -607,7 +604,9 @@ def _choose(
     units). Grouped SHAP is one product with the 0/1 membership matrix."""
     pts = shap.points() if points is None else points
     grouped = groups.group(pts)
-    order = _top_k(grouped, min(k, grouped.shape[1]))
+    # the S-learner's option group is the option's average effect, no fact of this patient: never a reason
+    grouped = np.where(groups.is_option_group[None, :], 0.0, grouped)
+    order = _top_k(grouped, min(k, int((~groups.is_option_group).sum()) or grouped.shape[1]))
     contrib = np.take_along_axis(grouped, order, axis=1)
     # Within a group, the member column that moved the prediction most gives the value shown (first on ties).
     col_pts = np.abs(pts)
@@ -658,7 +657,8 @@ def _facts(values: np.ndarray, groups: FeatureGroups, cells: np.ndarray) -> np.n
 
 
 def _reason_texts(facts: np.ndarray, tails: np.ndarray, is_option: np.ndarray, prefix: str) -> np.ndarray:
-    """Fact + effect per cell; the S-learner's option group is worded as `OPTION_REASON[prefix]`."""
+    """Fact + effect per cell; the S-learner's option group (only when a model has nothing else) is worded as
+    `OPTION_REASON[prefix]`."""
     facts = np.where(is_option, OPTION_REASON.get(prefix, OPTION_LABEL), facts)
     return np.asarray([a + b for a, b in zip(facts.tolist(), tails.tolist(), strict=True)], dtype=object)
 

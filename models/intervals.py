@@ -74,8 +74,9 @@ def shared_outcomes(learner: BaseLearner, shared: SharedFeatures) -> np.ndarray:
         return learner.predict_outcomes(shared.frame)
     arms = learner.arms_
     n, k = len(shared), len(arms)
-    if isinstance(learner, SLearner) and [f"{OPTION_PREFIX}{a}" for a in arms] == list(
-        learner.model_.get_booster().feature_names or [])[-k:]:
+    design = list(learner.model_.get_booster().feature_names or []) if isinstance(learner, SLearner) else []
+    if design and design[-k:] == [f"{OPTION_PREFIX}{a}" for a in arms] and len(design) == len(shared.columns) + k:
+        # features + one-hot options only (no option x modifier terms): one stacked DMatrix serves every arm
         out = _booster_predict(learner.model_, shared.stacked(k)).reshape(k, n).T
     elif isinstance(learner, TLearner):
         dm = shared.plain()

@@ -15,6 +15,15 @@ How each arm's prediction is formed from the fitted XGBoost models (for exact Tr
   a binary outcome). Outcome k = inverse_link(control margin) + effect_models_[k](X), clipped to [0, 1] for a
   binary outcome. Explain an option's *effect* with TreeSHAP on `effect_models_[k]` (additive on that scale).
 - `LinearLearner`: no trees; a logistic/ridge model on scaled features with option x feature interactions.
+- `ModifierGLM`: the same model with only the published option x effect-modifier terms (`config.effect_modifiers`,
+  from configs/options.yaml): few parameters per option, so options taken a few hundred times keep stable effects.
+- `XLearner`: Künzel et al.'s X-learner per option vs control (imputed effects from per-option outcome models,
+  blended by the propensity); outcome k = control outcome + effect k.
+- `StackedLearner`: the modifier GLM and the S-learner averaged on the logit scale (`config.stack_weight`): the
+  published modifiers plus whatever the trees find.
+
+Every learner that builds an option design (S, modifier GLM) adds the option x modifier terms of
+`config.effect_modifiers`; `train` picks among learners by cross-fitting (`models.selection`).
 """
 
 from __future__ import annotations
@@ -242,6 +251,66 @@ def _check_arm_rows(data: FitData, arm_index: int, *, min_rows: int = 2) -> np.n
     return rows
 
 
+def modifier_index(columns: list[str], arms: tuple[str, ...], modifiers: Mapping[str, tuple[str, ...]]
+                   ) -> dict[int, list[int]]:
+    """Arm position -> positions in `columns` of its effect modifiers (arms not modelled are skipped); a modifier
+    that is not a feature column is an error naming it."""
+    out: dict[int, list[int]] = {}
+    for arm, features in modifiers.items():
+        if arm not in arms or not features:
+            continue
+        missing = [f for f in features if f not in columns]
+        if missing:
+            raise ValueError(f"table X: effect modifier column(s) {missing} of option {arm!r} are not features "
+                             "(rule: configs/options.yaml effect_modifiers name feature columns)")
+        out[arms.index(arm)] = [columns.index(f) for f in features]
+    return out
+
+
+def modifier_terms(values: np.ndarray, codes: np.ndarray, index: Mapping[int, list[int]]) -> np.ndarray:
+    """(n, terms) option x modifier columns: a modifier's value on rows taking its option, 0 on other rows
+    (a missing value stays missing on its option's rows)."""
+    blocks = [np.where((codes == k)[:, None], values[:, cols], 0.0) for k, cols in index.items()]
+    return np.hstack(blocks) if blocks else np.empty((len(codes), 0))
+
+
+def modifier_names(columns: list[str], arms: tuple[str, ...], index: Mapping[int, list[int]]) -> list[str]:
+    """Column names of `modifier_terms`: `option__<arm>:<feature>`."""
+    return [f"{OPTION_PREFIX}{arms[k]}:{columns[c]}" for k, cols in index.items() for c in cols]
+
+
+def cross_fitted_aipw(data: FitData, config: LearnerConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(AIPW scores, propensities), both (n, n_arms), from patient-grouped cross-fitted per-option outcome
+    models (a T-learner) and the propensity model: score[i, k] estimates row i's outcome under option k without
+    bias when either model is right; NaN where option k is ineligible. For DR learning and policy values."""
+    n, k = len(data.y), len(data.arms)
+    cfg = config
+    fixed = cfg.model_copy(update={"arms": data.arms, "outcome": data.outcome})
+    mu = np.empty((n, k))
+    prop = np.empty((n, k))
+    # Shuffled GroupKFold: with hundreds of patients per fold the option mix is balanced by chance, and
+    # sklearn's StratifiedGroupKFold loops over patients in Python (seconds for a few thousand).
+    folds = patient_folds(data.groups, cfg.cv_folds, seed=cfg.booster.seed)
+    for fold, (train, test) in enumerate(folds):
+        tr = data.rows(train)
+        fold_booster = cfg.booster.model_copy(update={"seed": cfg.booster.seed + 101 * (fold + 1)})
+        nuisance = TLearner(fixed.model_copy(update={"booster": fold_booster}))
+        nuisance.fit_prepared(tr)
+        mu[test] = nuisance._predict_outcomes(data.X.iloc[test])
+        pm = PropensityModel(data.arms, cfg.propensity).fit(
+            tr.X, np.asarray(data.arms)[tr.codes], eligible=tr.eligible, sample_weight=tr.weight
+        )
+        prop[test] = pm.predict_proba(data.X.iloc[test], data.eligible[test])
+    if data.outcome == "binary":
+        mu = np.clip(mu, 0.0, 1.0)
+    clipped = clip_propensity(prop, data.eligible, cfg.propensity.clip)
+    taken = np.arange(n), data.codes
+    scores = mu.copy()
+    scores[taken] += (data.y - mu[taken]) / clipped[taken]
+    scores[~data.eligible] = np.nan
+    return scores, prop
+
+
 class BaseLearner(ABC):
     """Shared plumbing: input checks, arm bookkeeping, effects as contrasts with the control arm, cloning."""
 
@@ -319,14 +388,23 @@ class SLearner(BaseLearner):
         return self._design(frame, np.full(len(frame), self.arms_.index(arm)))
 
     def _design(self, frame: pd.DataFrame, codes: np.ndarray) -> pd.DataFrame:
+        """Features, then the option x effect-modifier terms, then the one-hot option columns (kept last)."""
         onehot = (codes[:, None] == np.arange(len(self.arms_))[None, :]).astype("float64")
         names = [f"{OPTION_PREFIX}{a}" for a in self.arms_]
-        return pd.concat([frame, pd.DataFrame(onehot, columns=names, index=frame.index)], axis=1)
+        index = getattr(self, "modifier_index_", {})
+        parts = [frame]
+        if index:
+            terms = modifier_terms(frame.to_numpy(dtype="float64"), codes, index)
+            parts.append(pd.DataFrame(terms, columns=modifier_names(self.columns_, self.arms_, index),
+                                       index=frame.index))
+        parts.append(pd.DataFrame(onehot, columns=names, index=frame.index))
+        return pd.concat(parts, axis=1)
 
     def _fit(self, data: FitData) -> None:
         clash = [c for c in data.X.columns if c.startswith(OPTION_PREFIX)]
         if clash:
             raise ValueError(f"table X: column(s) {clash} use the reserved prefix {OPTION_PREFIX!r}")
+        self.modifier_index_ = modifier_index(self.columns_, data.arms, self.config.effect_modifiers)
         counts = np.bincount(data.codes, minlength=len(data.arms))
         if (counts == 0).any():
             raise ValueError(
@@ -368,34 +446,9 @@ class DRLearner(BaseLearner):
     """
 
     def _fit(self, data: FitData) -> None:
-        n, k = len(data.y), len(data.arms)
         cfg = self.config
-        fixed = cfg.model_copy(update={"arms": data.arms, "outcome": data.outcome})
-        mu = np.empty((n, k))
-        prop = np.empty((n, k))
-        # Shuffled GroupKFold: with hundreds of patients per fold the option mix is balanced by chance, and
-        # sklearn's StratifiedGroupKFold loops over patients in Python (seconds for a few thousand).
-        folds = patient_folds(data.groups, cfg.cv_folds, seed=cfg.booster.seed)
-        for fold, (train, test) in enumerate(folds):
-            tr = data.rows(train)
-            fold_booster = cfg.booster.model_copy(update={"seed": cfg.booster.seed + 101 * (fold + 1)})
-            nuisance = TLearner(fixed.model_copy(update={"booster": fold_booster}))
-            nuisance.fit_prepared(tr)
-            mu[test] = nuisance._predict_outcomes(data.X.iloc[test])
-            pm = PropensityModel(data.arms, cfg.propensity).fit(
-                tr.X, np.asarray(data.arms)[tr.codes], eligible=tr.eligible, sample_weight=tr.weight
-            )
-            prop[test] = pm.predict_proba(data.X.iloc[test], data.eligible[test])
-        if data.outcome == "binary":
-            mu = np.clip(mu, 0.0, 1.0)
-        clipped = clip_propensity(prop, data.eligible, cfg.propensity.clip)
-        taken = np.arange(n), data.codes
-        residual = (data.y - mu[taken]) / clipped[taken]
-        scores = mu.copy()
-        scores[taken] += residual
-        scores[~data.eligible] = np.nan
+        scores, self.propensity_ = cross_fitted_aipw(data, cfg)
         self.aipw_scores_ = scores
-        self.propensity_ = prop
         c = self.arms_.index(self.control)
         control_rows = _check_arm_rows(data, c)
         self.models_ = {self.control: _booster(data.outcome, cfg, c)}
@@ -433,11 +486,32 @@ class LinearLearner(BaseLearner):
     indicators and option x feature interactions; `preprocess_` is a sklearn Pipeline (median imputer with
     missing indicators, then scaling)."""
 
+    def _others(self) -> list[int]:
+        return [j for j in range(len(self.arms_)) if j != self.control_index_]
+
+    def _prepare(self, data: FitData) -> None:
+        """Hook for subclasses that need more than the scaled features before designing (none here)."""
+
     def _design(self, z: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        others = [j for j in range(len(self.arms_)) if j != self.control_index_]
+        others = self._others()
         onehot = (codes[:, None] == np.asarray(others)[None, :]).astype("float64")
         inter = (onehot[:, :, None] * z[:, None, :]).reshape(len(z), -1)
         return np.hstack([z, onehot, inter])
+
+    def arm_weights(self, arm: str) -> tuple[np.ndarray, float]:
+        """(weights over the standardised design columns `z`, option offset) of one option's linear predictor:
+        margin = intercept + offset + z @ weights. The offset is the option's average effect on the margin."""
+        coef = np.asarray(self.model_.coef_, dtype="float64").ravel()
+        d, others = self.z_width_, self._others()
+        k = self.arms_.index(arm)
+        if k == self.control_index_:
+            return coef[:d].copy(), 0.0
+        i = others.index(k)
+        return coef[:d] + self._arm_interaction(coef[d + len(others):], i), float(coef[d + i])
+
+    def _arm_interaction(self, inter: np.ndarray, i: int) -> np.ndarray:
+        """The interaction weights of the i-th non-control option, over all `z` columns."""
+        return inter.reshape(len(self._others()), self.z_width_)[i]
 
     def _fit(self, data: FitData) -> None:
         counts = np.bincount(data.codes, minlength=len(data.arms))
@@ -453,6 +527,8 @@ class LinearLearner(BaseLearner):
             ]
         )
         z = self.preprocess_.fit_transform(data.X)
+        self.z_width_ = z.shape[1]
+        self._prepare(data)
         if data.outcome == "binary":
             self.model_ = LogisticRegression(C=self.config.linear_C, max_iter=5000)
         else:
@@ -470,13 +546,109 @@ class LinearLearner(BaseLearner):
         return np.asarray(pred, dtype="float64").reshape(k, n).T
 
 
+class ModifierGLM(LinearLearner):
+    """Penalised logistic (binary) / ridge (continuous) regression on scaled features and option indicators,
+    with option x feature terms only for each option's published effect modifiers (`config.effect_modifiers`).
+
+    The literature names a handful of modifiers per option, so each option costs a few parameters instead of one
+    per feature: with a few hundred decisions per option it still separates whom an option suits (an S-learner's
+    trees shrink those differences toward the average). Without modifiers it ranks options in one fixed order."""
+
+    def _prepare(self, data: FitData) -> None:
+        self.modifier_index_ = modifier_index(self.columns_, data.arms, self.config.effect_modifiers)
+
+    def _design(self, z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        others = self._others()
+        onehot = (codes[:, None] == np.asarray(others)[None, :]).astype("float64")
+        return np.hstack([z, onehot, modifier_terms(z, codes, self.modifier_index_)])
+
+    def _arm_interaction(self, inter: np.ndarray, i: int) -> np.ndarray:
+        k = self._others()[i]
+        weights = np.zeros(self.z_width_)
+        start = 0
+        for arm, cols in self.modifier_index_.items():
+            if arm == k:
+                weights[cols] = inter[start:start + len(cols)]
+            start += len(cols)
+        return weights
+
+
+class XLearner(BaseLearner):
+    """Künzel et al.'s X-learner, option by option against control: per-option outcome models (a T-learner,
+    `outcome_models_`), imputed effects — y − control model on rows that took the option, option model − y on
+    control rows — each regressed on the features (`effect_models_[arm]` = (on control rows, on option rows)) and
+    blended by the propensity of the option vs control. Outcome k = control outcome + effect k (clipped to
+    [0, 1] for a binary outcome). Good when one arm is much larger than the other."""
+
+    def _fit(self, data: FitData) -> None:
+        cfg = self.config
+        fixed = cfg.model_copy(update={"arms": data.arms, "outcome": data.outcome})
+        self.outcome_models_ = TLearner(fixed).fit_prepared(data)
+        mu = self.outcome_models_._predict_outcomes(data.X)
+        c = self.control_index_
+        self.propensity_model_ = PropensityModel(data.arms, cfg.propensity).fit(
+            data.X, np.asarray(data.arms)[data.codes], eligible=data.eligible, sample_weight=data.weight)
+        control_rows = _check_arm_rows(data, c)
+        self.effect_models_: dict[str, tuple[xgb.XGBRegressor, xgb.XGBRegressor]] = {}
+        params = cfg.effect_booster.model_copy(update={"seed": cfg.booster.seed})
+        for j, arm in enumerate(data.arms):
+            if j == c:
+                continue
+            rows = _check_arm_rows(data, j)
+            pair = []
+            for fit_rows, imputed, offset in ((control_rows, mu[control_rows, j] - data.y[control_rows], 0),
+                                              (rows, data.y[rows] - mu[rows, c], 1)):
+                model = xgb.XGBRegressor(objective="reg:squarederror", **params.xgb_params(seed_offset=2 * j + offset))
+                model.fit(data.X.iloc[fit_rows], imputed, sample_weight=data.weight[fit_rows])
+                pair.append(model)
+            self.effect_models_[arm] = (pair[0], pair[1])
+
+    def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
+        c = self.control_index_
+        base = _predict(self.outcome_models_.models_[self.control], frame, self.outcome)
+        prop = self.propensity_model_.predict_proba(frame, np.ones((len(frame), len(self.arms_)), dtype=bool))
+        out = np.repeat(base[:, None], len(self.arms_), axis=1)
+        for j, arm in enumerate(self.arms_):
+            if j == c:
+                continue
+            on_control, on_option = self.effect_models_[arm]
+            g = prop[:, j] / np.maximum(prop[:, j] + prop[:, c], 1e-12)  # P(option | option or control)
+            out[:, j] += g * on_control.predict(frame) + (1 - g) * on_option.predict(frame)
+        return out
+
+
+class StackedLearner(BaseLearner):
+    """The modifier GLM and the S-learner (with the same modifier terms) averaged on the logit scale (the value
+    scale for a continuous outcome), weight `config.stack_weight` on the S-learner: the published modifiers
+    plus the interactions the trees find (`members_`)."""
+
+    def _fit(self, data: FitData) -> None:
+        fixed = self.config.model_copy(update={"arms": data.arms, "outcome": data.outcome})
+        self.members_ = (ModifierGLM(fixed).fit_prepared(data), SLearner(fixed).fit_prepared(data))
+
+    def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
+        glm, trees = (m._predict_outcomes(frame) for m in self.members_)
+        w = self.config.stack_weight
+        if self.outcome != "binary":
+            return (1 - w) * glm + w * trees
+        margin = (1 - w) * _logit(glm) + w * _logit(trees)
+        return 1.0 / (1.0 + np.exp(-margin))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(q / (1 - q))
+
+
 LEARNERS: Mapping[str, type[BaseLearner]] = MappingProxyType(
-    {"s": SLearner, "t": TLearner, "dr": DRLearner, "linear": LinearLearner}
+    {"s": SLearner, "t": TLearner, "dr": DRLearner, "linear": LinearLearner, "modifier_glm": ModifierGLM,
+     "x": XLearner, "stacked": StackedLearner}
 )
 
 
 def make_learner(kind: str, config: LearnerConfig | None = None) -> BaseLearner:
-    """A learner by short name ('s', 't', 'dr', 'linear') so `params.yaml` can choose one."""
+    """A learner by short name (`LEARNERS`: 's', 't', 'dr', 'linear', 'modifier_glm', …) so `params.yaml` can
+    choose one."""
     try:
         return LEARNERS[kind](config)
     except KeyError:

@@ -144,8 +144,9 @@ def build_model_card(inputs: ModelCardInputs) -> str:
         "predicted probability of response.",
         "",
         "## Model",
-        f"- Outcome learner: `{i.learner}` (per-option outcome model on XGBoost unless linear); probabilities "
-        "recalibrated on patient-grouped out-of-fold predictions.",
+        f"- Outcome learner: `{i.learner}` (with `learner: auto`, the candidate whose recommendations had the "
+        "highest cross-fitted doubly robust value on the training patients: MLflow `train/selection.json`); "
+        "probabilities recalibrated on patient-grouped out-of-fold predictions by one map for all options.",
         f"- Intervals: {i.interval_meaning}",
         "- A propensity model of the option clinicians chose gives overlap diagnostics and the doubly robust "
         "decision value.",

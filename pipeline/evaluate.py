@@ -139,7 +139,7 @@ def run_evaluate(
     # same bytes); the registered version's description carries both.
     inputs = ModelCardInputs(
         model_name=registry.MODEL_NAME,
-        learner=model.config.learner,
+        learner=model.learner_name,
         response_threshold=model.config.response_threshold,
         juvenile_response_threshold=model.config.juvenile_response_threshold,
         interval_meaning=interval_meaning(model.config),

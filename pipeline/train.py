@@ -84,6 +84,11 @@ def dvc_stage_hashes(root: Path = ROOT) -> dict[str, str]:
     }
 
 
+def _metric_key(name: str) -> str:
+    """An MLflow-safe metric key from a candidate label (`modifier_glm(C=0.1)` -> `modifier_glm_C_0.1`)."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip("_").replace("__", "_")
+
+
 def run_train(
     params: Settings | Path = Path("params.yaml"),
     features_dir: Path = FEATURES_DIR,
@@ -135,7 +140,7 @@ def run_train(
         "git.revision": sha,
         "git.dirty": str(dirty).lower(),
         "stage": "train",
-        "learner": cfg.learner,
+        "learner": model.learner_name,
         **dvc_stage_hashes(root),
     }
     for name, path in (("features", features_path), ("decisions", decisions_path)):
@@ -144,7 +149,7 @@ def run_train(
         tags[f"dataset.split.{f.stem}.sha256"] = registry.sha256_file(f)
 
     registry.setup_mlflow(root)
-    run_name = f"train-{cfg.learner}-{sha[:7]}"
+    run_name = f"train-{model.summary['learner']}-{sha[:7]}"
     summary = model.summary
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.set_tags(tags)
@@ -160,6 +165,10 @@ def run_train(
         if dictionary.is_file():
             mlflow.log_artifact(str(dictionary), artifact_path="features")
         mlflow.log_artifact(str(Path(out_dir) / "overlap.json"), artifact_path="train")
+        if summary["selection"]:  # learner: auto — every candidate's cross-fitted doubly robust value
+            mlflow.log_dict({"chosen": model.learner_name, "candidates": summary["selection"]}, "train/selection.json")
+            for row in summary["selection"]:
+                mlflow.log_metric(f"selection_value.{_metric_key(row['candidate'])}", row["policy_value"])
         mlflow.log_artifact(str(model_dir / "contract.json"), artifact_path="train")
         example = registry.deidentified_example(train_features, key_columns=model.contract.keys)
         model_uri, version = registry.log_and_register(model, bundle_path, example)
@@ -172,7 +181,7 @@ def run_train(
         "model_version": version,
         "model_uri": model_uri,
         "alias_uri": f"models:/{registry.MODEL_NAME}@{registry.CANDIDATE}",
-        "learner": cfg.learner,
+        "learner": model.learner_name,
         "modelled_options": summary["modelled_options"],
         "fit_seconds": round(fit_seconds, 2),
         "stage_seconds": round(time.perf_counter() - started, 2),

@@ -35,6 +35,19 @@ from pipeline.report.load import LoadedModel
 
 
 # --- assembling the page from frames ----------------------------------------------------------------------------
+def _method(model: object) -> str:
+    """The response learner in words, with how it was chosen."""
+    name = str(getattr(model, "learner_name", model.config.learner))  # type: ignore[attr-defined]
+    words = name.replace("_", " ")
+    if name.startswith("modifier_glm"):
+        words = f"penalised logistic regression with the published effect modifiers ({name})"
+    elif name.startswith(("s_learner", "t_learner", "dr_learner", "x_learner")):
+        words = f"{name.split('(')[0].replace('_', '-')} on gradient-boosted trees"
+    chosen = bool(model.summary.get("selection"))  # type: ignore[attr-defined]
+    return words + ("; chosen among candidates by cross-fitted doubly robust value on the training patients"
+                    if chosen else "")
+
+
 def monitoring_reminders(config: Mapping[str, Any], current: Sequence[str], proposed: Sequence[str],
                          labels: Mapping[str, str]) -> tuple[Reminder, ...]:
     """Reminders for the current drugs and the proposed additions (from configs/monitoring.yaml), each naming
@@ -343,7 +356,8 @@ def build_patient_page(
     summary = model.summary if isinstance(model.summary, dict) else {}
     cfg = model.config
     counts = summary.get("option_counts", {}) if isinstance(summary.get("option_counts"), dict) else {}
-    calibrated = (f"probabilities recalibrated per option ({cfg.calibration.method})" if cfg.calibrate
+    scope = "per option" if getattr(cfg.calibration, "scope", "per_option") == "per_option" else "one map for all options"
+    calibrated = (f"probabilities recalibrated ({cfg.calibration.method}, {scope})" if cfg.calibrate
                   else "probabilities not recalibrated")
     model_facts = (
         ("what it does", "estimates, for each escalation option, the chance of response within "
@@ -354,7 +368,7 @@ def build_patient_page(
         ("outcome", f"response = ACR/EULAR 2016 total improvement score ≥ {evidence.response_threshold:g} "
                     f"(juvenile DM ≥ {evidence.juvenile_response_threshold:g}; moderate improvement) at "
                     f"{evidence.horizon_weeks} weeks"),
-        ("method", f"{cfg.learner.replace('_', '-')} on gradient-boosted trees; {calibrated}"),
+        ("method", f"{_method(model)}; {calibrated}"),
         ("intervals", interval_meaning(cfg)),
         ("options modelled", ", ".join(labels.get(a, a) for a in model.arms)),
         ("training decisions per option", ", ".join(f"{labels.get(o, o)} {int(counts[o])}"

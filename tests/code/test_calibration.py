@@ -110,7 +110,8 @@ def test_rare_arm_left_uncalibrated_with_a_warning_and_sigmoid_needs_binary():
     rare = np.flatnonzero(t == "add_ivig")[10:]
     t[rare] = "continue"
     with pytest.warns(UserWarning, match=r"\['add_ivig'\] have fewer than 30 rows"):
-        cal = CalibratedLearner(LinearLearner(LearnerConfig(arms=ARMS)), CalibrationConfig(n_folds=2))
+        cal = CalibratedLearner(LinearLearner(LearnerConfig(arms=ARMS)),
+                                CalibrationConfig(n_folds=2, scope="per_option"))
         cal.fit(X, t, y, groups=g)
     assert cal.calibrators_["add_ivig"] is None and cal.calibrators_["continue"] is not None
     np.testing.assert_allclose(cal.predict_outcomes(X)[:, 1], cal.base_.predict_outcomes(X)[:, 1])
@@ -118,6 +119,24 @@ def test_rare_arm_left_uncalibrated_with_a_warning_and_sigmoid_needs_binary():
         CalibratedLearner(LinearLearner(LearnerConfig(arms=ARMS)), CalibrationConfig(method="sigmoid")).fit(
             X, t, y + np.linspace(0, 1, len(y)), groups=g
         )
+
+
+@pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
+def test_pooled_calibration_never_reorders_a_patients_options(method):
+    """The default scope fits one increasing map for every option: the calibrated probabilities rank the options
+    exactly as the model does, so calibration cannot change a recommendation (per-option maps can)."""
+    X, t, y, g = miscalibrated_cohort(1500, seed=5)
+    base_cfg = LearnerConfig(arms=ARMS, linear_C=0.002)
+    cal = CalibratedLearner(LinearLearner(base_cfg), CalibrationConfig(method=method, n_folds=3)).fit(
+        X, t, y, groups=g)
+    raw, shown = cal.base_.predict_outcomes(X), cal.predict_outcomes(X)
+    assert len({id(c) for c in cal.calibrators_.values()}) == 1 and cal.uncalibrated_arms_ == []
+    assert not np.allclose(raw, shown)  # it does recalibrate
+    differ = ~np.isclose(raw[:, 0], raw[:, 1])
+    if method == "sigmoid":  # strictly increasing: the order is kept wherever the model's order is strict
+        assert (np.argmax(raw, axis=1) == np.argmax(shown, axis=1))[differ].all()
+    else:  # isotonic is non-decreasing: it may tie two options, never swap them
+        assert (np.sign(raw[:, 1] - raw[:, 0]) * np.sign(shown[:, 1] - shown[:, 0]) >= 0).all()
 
 
 def test_mask_ineligible_blanks_by_position_and_by_option_name():

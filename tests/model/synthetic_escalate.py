@@ -56,6 +56,15 @@ def make_cohort(n_patients: int = 240, seed: int = 7) -> tuple[pd.DataFrame, pd.
         f[f"on_{g}"] = (rng.random(n) < 0.25).astype(float)
     f["any_below_target"] = rng.random(n) < 0.5
     f.loc[rng.random(n) < 0.05, "cdasi_activity"] = np.nan  # missing measurements happen
+    # the published effect modifiers configs/options.yaml names (their own draws: the cohort above is unchanged)
+    extra = np.random.default_rng(seed + 1)
+    f["cdasi_activity_latest"], f["mmt8_latest"] = f["cdasi_activity"], f["mmt8_percent"]
+    f["cdasi_damage_latest"] = extra.integers(0, 12, n).astype(float)
+    for flag, share in (("anti_synthetase", 0.15), ("anti_mi2", 0.1), ("antibody_negative", 0.2),
+                        ("diagnosis_polymyositis", 0.1), ("diagnosis_immune_mediated_necrotising_myopathy", 0.05)):
+        f[flag] = extra.random(n) < share
+    f["diagnosis_adult_dermatomyositis"] = ~(f["diagnosis_juvenile_dermatomyositis"] | f["diagnosis_polymyositis"]
+                                             | f["diagnosis_immune_mediated_necrotising_myopathy"])
     eligible, reason = cat.eligibility(f[[f"on_{g}" for g in GENERICS]].set_axis(GENERICS, axis=1) > 0,
                                        f["any_below_target"])
     # clinicians choose among eligible options; abatacept is rarely chosen (too rare to model)

@@ -13,9 +13,12 @@ from models.intervals import BootstrapEnsemble, interval_coverage
 from models.learners import (
     DRLearner,
     LinearLearner,
+    ModifierGLM,
     OutcomeLearner,
     SLearner,
+    StackedLearner,
     TLearner,
+    XLearner,
     make_learner,
 )
 from models.propensity import PropensityModel, clip_propensity, overlap_report
@@ -23,7 +26,7 @@ from models.propensity import PropensityModel, clip_propensity, overlap_report
 ARMS4 = ("continue", "add_ivig", "add_rituximab", "add_jak_inhibitor")
 # Settings for a cohort of a few thousand rows: shallow trees and large leaves resist the outcome noise.
 SMALL = BoosterConfig(n_estimators=100, max_depth=2, min_child_weight=20, seed=7)
-TREE_LEARNERS = (SLearner, TLearner, DRLearner)
+TREE_LEARNERS = (SLearner, TLearner, DRLearner, XLearner)
 
 
 def cohort(
@@ -98,7 +101,8 @@ def test_learner_recovers_known_heterogeneous_effect(learner, arms, outcome):
         assert rmse[j - 1] < 0.16
 
 
-@pytest.mark.parametrize("learner", [*TREE_LEARNERS, LinearLearner], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("learner", [*TREE_LEARNERS, LinearLearner, ModifierGLM, StackedLearner],
+                         ids=lambda c: c.__name__)
 def test_outputs_shape_order_and_scale(learner):
     X, t, y, g, _ = cohort(300, ARMS4, "binary", seed=3)
     model = learner(LearnerConfig(booster=SMALL, cv_folds=3)).fit(X, t, y, groups=g)
@@ -113,6 +117,27 @@ def test_outputs_shape_order_and_scale(learner):
     np.testing.assert_allclose(eff, out - out[:, [0]])
     frame = model.predict_outcomes_frame(X)
     assert list(frame.columns) == list(model.arms_)
+
+
+@pytest.mark.parametrize("learner", [SLearner, ModifierGLM, StackedLearner], ids=lambda c: c.__name__)
+def test_published_effect_modifiers_let_a_learner_find_whom_an_option_suits(learner):
+    """The option-1 effect is +0.3 only where f0 > 0. Told that f0 modifies option 1 (configs/options.yaml's
+    `effect_modifiers`), every learner ranks option 1 first for most patients who gain from it and for few of
+    those who don't; the modifier GLM without the modifier can only rank options in one fixed order."""
+    arms = ARMS4[:2]
+    X, t, y, g, _ = cohort(2000, arms, "binary", seed=11)
+    X_new, *_, truth = cohort(800, arms, "binary", seed=12)
+    gains = truth[:, 1] > truth[:, 0] + 0.1
+    cfg = _config(arms, effect_modifiers={"add_ivig": ("f0",)})
+    model = learner(cfg).fit(X, t, y, groups=g)
+    effect = model.predict_effects(X_new)[:, 1]
+    assert np.corrcoef(effect, truth[:, 1] - truth[:, 0])[0, 1] > 0.75
+    assert effect[gains].mean() > effect[~gains].mean() + 0.15
+    if learner is ModifierGLM:
+        blind = ModifierGLM(_config(arms)).fit(X, t, y, groups=g).predict_effects(X_new)[:, 1]
+        assert np.ptp(blind) < np.ptp(effect) / 3  # no modifier: almost the same effect for everyone
+    with pytest.raises(ValueError, match=r"effect modifier column\(s\) \['ferritin'\] of option 'add_ivig'"):
+        learner(_config(arms, effect_modifiers={"add_ivig": ("ferritin",)})).fit(X, t, y, groups=g)
 
 
 @pytest.mark.parametrize("learner", [SLearner, TLearner, LinearLearner], ids=lambda c: c.__name__)
@@ -206,8 +231,8 @@ def test_bad_inputs_name_table_row_column_and_rule():
         TLearner(cfg).fit(X, t, all_respond)
     with pytest.raises(ValueError, match="control 'continue' is not one of arms"):
         LearnerConfig(arms=("add_ivig", "add_rituximab"))
-    with pytest.raises(ValueError, match="learner kind 'x'"):
-        make_learner("x")
+    with pytest.raises(ValueError, match="learner kind 'r'"):
+        make_learner("r")
 
 
 @pytest.mark.parametrize("kind", ["logistic", "xgboost"])
@@ -287,20 +312,24 @@ def test_bootstrap_tree_ensemble_coverage_in_generous_band_and_deterministic_acr
     assert len(a.members_) == 12
 
 
+@pytest.mark.parametrize("modifiers", [{}, {"add_ivig": ("f0", "f4")}], ids=["plain", "modifiers"])
 @pytest.mark.parametrize("outcome", ["binary", "continuous"])
-@pytest.mark.parametrize("learner", [*TREE_LEARNERS, LinearLearner], ids=lambda c: c.__name__)
-def test_shared_matrix_prediction_equals_each_learner_own_prediction(learner, outcome):
+@pytest.mark.parametrize("learner", [*TREE_LEARNERS, LinearLearner, ModifierGLM, StackedLearner],
+                         ids=lambda c: c.__name__)
+def test_shared_matrix_prediction_equals_each_learner_own_prediction(learner, outcome, modifiers):
     """The fast path (one float32 conversion / DMatrix shared by every model of a predict call) gives the
-    learner's own numbers, for every learner kind, and a bootstrap ensemble's draws equal its members'."""
+    learner's own numbers, for every learner kind with and without option x modifier terms, and a bootstrap
+    ensemble's draws equal its members'."""
     from models.intervals import SharedFeatures, shared_outcomes
 
     arms = ARMS4[:3]
     X, t, y, g, _ = cohort(150, arms, outcome, seed=21)
-    fitted = learner(_config(arms)).fit(X, t, y, groups=g)
+    fitted = learner(_config(arms, effect_modifiers=modifiers)).fit(X, t, y, groups=g)
     frame = fitted._frame(X)
     shared = SharedFeatures(frame)
     np.testing.assert_allclose(shared_outcomes(fitted, shared), fitted.predict_outcomes(X), rtol=1e-6, atol=1e-7)
-    ens = BootstrapEnsemble(learner(_config(arms)), IntervalConfig(n_boot=3, seed=2)).fit(X, t, y, groups=g)
+    ens = BootstrapEnsemble(learner(_config(arms, effect_modifiers=modifiers)), IntervalConfig(n_boot=3, seed=2)
+                            ).fit(X, t, y, groups=g)
     draws = ens.predict_draws(shared)
     own = np.stack([m.predict_outcomes(X) for m in ens.members_])
     np.testing.assert_allclose(draws, own, rtol=1e-6, atol=1e-7)
