@@ -203,11 +203,14 @@ def _option_taken(
     rule = config.decisions
     n = len(codes)
     adds: dict[str, str] = {}
+    switches: dict[tuple[str, str], str] = {}  # (generic stopped, generic started) -> switch option
     for opt in catalog.options:
-        if opt.kind == "add":
+        if opt.kind in ("add", "switch"):
             for g in (*opt.eligible_unless_on, opt.adds):
-                if g:
+                if g and opt.kind == "add":
                     adds.setdefault(g, opt.name)
+                elif g:
+                    switches.setdefault((str(opt.stops), g), opt.name)
     optimise = next((o.name for o in catalog.options if o.kind == "optimise"), OTHER)
     st = reg.state(codes, cut)
     cur = current_drugs(reg, st, weight, bsa)
@@ -259,6 +262,7 @@ def _option_taken(
             "kind": np.r_[kind, np.full(int(stop.sum()), "stop", dtype=object)],
             "label": np.r_[label, "stop " + cur["generic"].to_numpy()[stop].astype(str)],
             "option": np.r_[add_option, np.full(int(stop.sum()), None, dtype=object)],
+            "generic": np.r_[g.astype(object), cur["generic"].to_numpy()[stop].astype(object)],
         }
     )
     ev = ev[ev["kind"].to_numpy() != ""]
@@ -271,6 +275,16 @@ def _option_taken(
         (n_other > 0) | (n_add > 1), OTHER,
         np.where(n_add == 1, first_add, np.where(n_inc > 0, optimise, catalog.control)),
     ).astype(object)
+    if switches:  # one drug stopped and one started (nothing else changed): the switch that names both
+        is_stop, is_start = (ev["kind"] == "stop").to_numpy(), ev["kind"].isin(["add", "start_other"]).to_numpy()
+        n_stop = np.bincount(ev.loc[is_stop, "query"].to_numpy(), minlength=n)
+        n_start = np.bincount(ev.loc[is_start, "query"].to_numpy(), minlength=n)
+        n_rest = np.bincount(ev.loc[~is_stop & ~is_start, "query"].to_numpy(), minlength=n)
+        stopped = ev[is_stop].groupby("query")["generic"].first().reindex(range(n)).to_numpy(dtype=object)
+        begun = ev[is_start].groupby("query")["generic"].first().reindex(range(n)).to_numpy(dtype=object)
+        switch = np.asarray([switches.get((str(a), str(b))) for a, b in zip(stopped, begun, strict=True)], dtype=object)
+        one_for_one = (n_stop == 1) & (n_start == 1) & (n_rest == 0) & pd.notna(switch)
+        option = np.where(one_for_one, switch, option).astype(object)
     ev = ev.sort_values(["query", "label"], kind="stable")
     text = np.full(n, "", dtype=object)
     if len(ev):

@@ -338,13 +338,26 @@ class EffectModifier(_Frozen):
 
 
 class OptionSpec(_Frozen):
+    """One escalation option: continue, optimise doses, add a drug, or switch (stop `stops`, start `adds`)."""
+
     name: str
     label: str
-    kind: Literal["continue", "optimise", "add"]
+    kind: Literal["continue", "optimise", "add", "switch"]
     adds: str | None = None
+    #: a switch stops this current drug (it must be current: the option is ineligible otherwise).
+    stops: str | None = None
     eligible_unless_on: tuple[str, ...] = ()
     start_dose: StartDose | None = None
     effect_modifiers: tuple[EffectModifier, ...] = ()
+
+    @model_validator(mode="after")
+    def _switch_names_both_drugs(self) -> OptionSpec:
+        if self.kind == "switch" and not (self.stops and self.adds):
+            raise ValueError(f"option {self.name!r}: a switch names the drug it stops and the one it adds "
+                             "(`stops:` and `adds:`)")
+        if self.kind != "switch" and self.stops:
+            raise ValueError(f"option {self.name!r}: only a switch stops a drug (kind: switch)")
+        return self
 
 
 class OptionCatalog(_Frozen):
@@ -408,7 +421,13 @@ class OptionCatalog(_Frozen):
                 for j, g in enumerate(blocking):
                     sep = np.where(names == "", "", ", ")
                     names = np.where(on[:, j], names + sep + g, names)
-                why = pd.Series(np.where(ok, "", "already on " + names.astype(str)), index=on_drug.index)
+                why = np.where(ok, "", "already on " + names.astype(str))
+                if opt.kind == "switch":  # the drug it stops must be current
+                    current = (on_drug[opt.stops].fillna(False).astype(bool).to_numpy() if opt.stops in on_drug.columns
+                               else np.zeros(len(on_drug), bool))
+                    why = np.where(current, why, f"not on {opt.stops}")
+                    ok = ok & current
+                why = pd.Series(why, index=on_drug.index)
             eligible[opt.name] = ok.to_numpy()
             reason[opt.name] = why.to_numpy()
         return eligible, reason

@@ -134,3 +134,39 @@ def test_option_window_past_today_is_flagged():
     d = derive_decisions(normalised(STABLE, active_visit() + active_visit("2025-09-01")), VOCABULARY, CATALOG,
                          today="2025-09-20")
     assert d["option_window_complete"].tolist() == [True, False]
+
+
+SWITCH = {"name": "switch_mycophenolate_to_tacrolimus", "label": "switch mycophenolate to tacrolimus",
+          "kind": "switch", "stops": "mycophenolate", "adds": "tacrolimus", "eligible_unless_on": ["tacrolimus"]}
+
+
+def _catalog_with_switch():
+    from features.vocabulary import OptionCatalog
+
+    return OptionCatalog.from_config({**CATALOG.model_dump(exclude_none=True),
+                                      "options": [*CATALOG.model_dump(exclude_none=True)["options"], SWITCH]})
+
+
+@pytest.mark.parametrize(
+    ("start", "option"),
+    [(("P1", "Prograf", 2, "mg", "oral", "twice daily", "2025-03-10", None), "switch_mycophenolate_to_tacrolimus"),
+     (("P1", "Xeljanz XR", 11, "mg", "oral", "daily", "2025-03-10", None), "other")],  # no such switch configured
+    ids=["configured switch", "stop and an unrelated start"],
+)
+def test_a_stop_and_a_start_in_the_window_is_the_switch_that_names_both(start, option):
+    """Stopping mycophenolate and starting tacrolimus at one decision is the configured switch, not 'other';
+    a stop with a start no switch names stays 'other'."""
+    regimens = [(*STABLE[0][:7], "2025-03-15"), STABLE[1], start]
+    d = derive_decisions(normalised(regimens, active_visit()), VOCABULARY, _catalog_with_switch())
+    assert d["option_taken"].tolist() == [option]
+
+
+def test_a_switch_is_eligible_only_while_its_drug_is_current():
+    catalog = _catalog_with_switch()
+    on = pd.DataFrame({"mycophenolate": [True, False, True], "tacrolimus": [False, False, True]})
+    eligible, reason = catalog.eligibility(on, pd.Series([False, False, False]))
+    name = SWITCH["name"]
+    assert eligible[name].tolist() == [True, False, False]
+    assert reason[name].tolist() == ["", "not on mycophenolate", "already on tacrolimus"]
+    with pytest.raises(ValueError, match="a switch names the drug it stops and the one it adds"):
+        type(catalog).from_config({"options": [{**SWITCH, "stops": None}]})
