@@ -360,6 +360,19 @@ class OptionSpec(_Frozen):
         return self
 
 
+class CombinationRule(_Frozen):
+    """Drugs a product label advises against combining: an option that starts one of `drugs` while one of
+    `with_drugs` is current (or the other way round) breaks it. `advised_against` options are never the
+    recommendation; `caution` ones are only flagged."""
+
+    name: str
+    drugs: tuple[str, ...]
+    with_drugs: tuple[str, ...] = Field(alias="with")
+    level: Literal["advised_against", "caution"] = "advised_against"
+    text: str
+    source: str
+
+
 class OptionCatalog(_Frozen):
     """The configured escalation options, in display order, with their eligibility rules."""
 
@@ -367,6 +380,8 @@ class OptionCatalog(_Frozen):
     rituximab_active_days: int = 365
     #: a fixed guideline-ordered policy (first eligible option wins); the simulator card's comparison policy.
     guideline: tuple[str, ...] = ()
+    #: label combination rules (configs/options.yaml `combination_rules`), checked per option and decision.
+    combination_rules: tuple[CombinationRule, ...] = ()
 
     @model_validator(mode="after")
     def _known_guideline(self) -> OptionCatalog:
@@ -431,6 +446,36 @@ class OptionCatalog(_Frozen):
             eligible[opt.name] = ok.to_numpy()
             reason[opt.name] = why.to_numpy()
         return eligible, reason
+
+
+    def combination_flags(self, on_drug: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(blocked, rule text) per row and option: the rules an option's new drug breaks with the drugs that stay
+        current (a switch's stopped drug does not). `blocked` is True where an `advised_against` rule is broken;
+        the text names every broken rule ("" where none). Continuing or optimising starts nothing, so breaks none."""
+        current = {g: on_drug[g].fillna(False).astype(bool).to_numpy() for g in on_drug.columns}
+        none = np.zeros(len(on_drug), dtype=bool)
+        blocked = pd.DataFrame(index=on_drug.index)
+        text = pd.DataFrame(index=on_drug.index)
+        for opt in self.options:
+            hit = none.copy()
+            words = np.full(len(on_drug), "", dtype=object)
+            if opt.adds is not None:
+                for rule in self.combination_rules:
+                    if opt.adds in rule.drugs:
+                        partners = rule.with_drugs
+                    elif opt.adds in rule.with_drugs:
+                        partners = rule.drugs
+                    else:
+                        continue
+                    stays = [current.get(g, none) & (g != opt.stops) for g in partners if g != opt.adds]
+                    breaks = np.logical_or.reduce(stays) if stays else none
+                    if rule.level == "advised_against":
+                        hit |= breaks
+                    sep = np.where(words == "", "", "; ")
+                    words = np.where(breaks, words + sep + rule.text, words)
+            blocked[opt.name] = hit
+            text[opt.name] = words
+        return blocked, text
 
 
 def immunosuppressants(vocabulary: Vocabulary) -> tuple[str, ...]:

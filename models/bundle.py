@@ -325,6 +325,20 @@ class EscalateModel:
             self.summary.get("option_counts", {}),
         )  # type: ignore[arg-type]
 
+    def combination_flags(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(advised against, rule text), (n, catalogue options): the label combination rules each option would
+        break with the patient's current drugs (`OptionCatalog.combination_flags`; none without `on_` flags)."""
+        n, k = len(features), len(self.catalog.names)
+        prefix = self.config.eligibility.on_prefix
+        on_cols = [c for c in features.columns if c.startswith(prefix)]
+        rules = getattr(self.catalog, "combination_rules", ())
+        if not rules or not on_cols or not n:
+            return np.zeros((n, k), dtype=bool), np.full((n, k), "", dtype=object)
+        on = features[on_cols].rename(columns=lambda c: c[len(prefix):]).fillna(0).astype(bool)
+        blocked, text = self.catalog.combination_flags(on.reset_index(drop=True))
+        names = list(self.catalog.names)
+        return blocked[names].to_numpy(dtype=bool), text[names].to_numpy(dtype=object)
+
     def propensity_matrix(
         self, features: pd.DataFrame, eligible: pd.DataFrame | None = None, *, X: pd.DataFrame | None = None
     ) -> np.ndarray:
@@ -383,9 +397,11 @@ class EscalateModel:
         control = options.index(self.catalog.control)
         p = full["p_response"]
         effect = p - p[:, [control]]
+        blocked, rule_text = self.combination_flags(features)
         utility = p - self.config.safety_weight * np.nan_to_num(full["p_safety"], nan=0.0)
-        utility = np.where(elig, utility, -np.inf)
-        # rank 1 = best eligible option; ties keep catalogue order (stable sort)
+        # rank 1 = best eligible option a label allows; options a label advises against rank after every other
+        # eligible one (shown, never recommended); ties keep catalogue order (stable sort)
+        utility = np.where(elig, np.where(blocked, utility - 1e6, utility), -np.inf)
         order = np.argsort(-utility, axis=1, kind="stable")
         rank = np.empty((n, k))
         rank[np.arange(n)[:, None], order] = np.arange(1, k + 1)[None, :]
@@ -401,12 +417,14 @@ class EscalateModel:
         out["option"] = np.tile(np.asarray(options, dtype=object), n)
         out["eligible"] = elig.ravel()
         out["ineligible_reason"] = reason[options].to_numpy(dtype=object).ravel()
+        out["advised_against"] = (blocked & elig).ravel()
+        out["combination_rule"] = rule_text.ravel()
         for name in _PRED_COLUMNS:
             out[name] = full[name].ravel()
         out["effect_vs_continue"] = effect.ravel()
         out["propensity"] = prop.ravel()
         out["rank"] = rank.ravel()
-        out["recommended"] = (rank == 1).ravel()
+        out["recommended"] = ((rank == 1) & ~blocked).ravel()
         if explain_top_k:
             out = self._with_reasons(out, features, X, explain_top_k, dictionary)
         return out

@@ -111,11 +111,15 @@ def evaluate_bundle(
             factual_rows.append({"outcome": "response", "option": arm, **factual_metrics(y_r[m], p_taken[m], cfg)})
     factual_table = pd.DataFrame(factual_rows)
 
+    # what the model may recommend: eligible options no label combination rule advises against (predict_frame)
+    blocked = model.combination_flags(features)[0][:, [list(model.catalog.names).index(a) for a in arms]]
+    allowed = ~blocked
+    allowed[:, control] = True
     mu = np.where(elig, pred["p_response"], np.nan)[idx_r]
     e = np.where(elig, prop, 0.0)[idx_r]
     labels_map = {o.name: o.label for o in model.catalog.options}
     dv = decision_value_table(codes[idx_r], y_r, mu, e, arms, control=control, eligible=elig[idx_r],
-                                 labels=labels_map, config=cfg)
+                              allowed=allowed[idx_r], labels=labels_map, config=cfg)
     groups = subgroup_labels(features).iloc[idx_r].reset_index(drop=True)
     subgroups = subgroup_metrics(y_r, p_taken, groups, config=cfg)
 
@@ -160,7 +164,8 @@ def evaluate_bundle(
     guideline = model.catalog.guideline
     best = best_single_option(codes[idx_r], y_r, mu, e, elig[idx_r], control=control,
                               propensity_floor=cfg.propensity_floor)
-    choices = baseline_choices(mu, elig[idx_r], arms, control=control, guideline=guideline, best_single=best)
+    choices = baseline_choices(mu, elig[idx_r], arms, control=control, guideline=guideline, best_single=best,
+                               allowed=allowed[idx_r])
     baselines = baseline_table(codes[idx_r], y_r, mu, e, choices, groups=groups, config=cfg,
                                descriptions=baseline_descriptions(arms, control=control, best_single=best,
                                                                   labels=labels_map))
@@ -170,7 +175,8 @@ def evaluate_bundle(
     if truth_decisions is not None and truth_outcomes is not None:
         simulator, sim_headline, sim_plots, matched, regrets = _simulator_evaluation(
             model, features, truth_decisions, truth_outcomes, pred, elig, arms, control,
-            labels["date"] if "date" in labels.columns else None, taken=codes, best_single=best, config=cfg)
+            labels["date"] if "date" in labels.columns else None, taken=codes, best_single=best, config=cfg,
+            allowed=allowed)
         headline.update(sim_headline)
         plot_data.update(sim_plots)
         counts["truth_matched"] = matched
@@ -225,9 +231,11 @@ def _simulator_evaluation(
     taken: np.ndarray,
     best_single: int,
     config: EvaluationConfig,
+    allowed: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float], dict[str, pd.DataFrame], int, pd.DataFrame]:
     """Per-option oracle AUROC, √PEHE, interval coverage and regret on the decisions matched to the truth, and the
-    regret of each baseline (`taken`: option index taken per feature row, -1 if not modelled)."""
+    regret of each baseline (`taken`: option index taken per feature row, -1 if not modelled; `allowed`: per
+    feature row, the options the model may recommend — the oracle may pick any eligible one)."""
     pos = match_truth(features, truth_decisions, visit_date)
     hit = np.flatnonzero(pos >= 0)
     if not len(hit):  # no derived decision matches a true one: nothing to compare, say so in the counts
@@ -241,7 +249,8 @@ def _simulator_evaluation(
     both[:, control] = both[:, control] | ~both.any(axis=1)  # continue is always possible
     potential = np.nan_to_num(response_of(true_tis, features.iloc[hit], model.config), nan=0.0)
     p = np.where(both, pred["p_response"][hit], np.nan)
-    rec = np.argmax(np.where(both, p, -np.inf), axis=1)
+    may = both & (allowed[hit] if allowed is not None else True)
+    rec = np.argmax(np.where(may, p, -np.inf), axis=1)
     sim = simulator_metrics(
         np.nan_to_num(p, nan=0.5), np.nan_to_num(true_p, nan=0.5), potential, both, rec, arms, control=control,
         lower=np.where(both, pred["p_response_low"][hit], 0.0), upper=np.where(both, pred["p_response_high"][hit], 1.0))
@@ -264,7 +273,8 @@ def _simulator_evaluation(
     # every baseline against the same truth and eligibility as the model's regret above (care as given may have
     # taken an option outside it: scored where its true chance is known)
     choices: dict[str, np.ndarray] = dict(baseline_choices(
-        p, both, arms, control=control, guideline=model.catalog.guideline, best_single=best_single))
+        p, both, arms, control=control, guideline=model.catalog.guideline, best_single=best_single,
+        allowed=None if allowed is None else allowed[hit]))
     choices["observed"] = taken[hit]
     scored_p = np.where(both, np.nan_to_num(true_p, nan=0.5), true_p)
     regrets = baseline_regret_table(scored_p, both, choices, groups=subgroup_labels(features.iloc[hit]),

@@ -170,6 +170,7 @@ def decision_value_table(
     *,
     control: int = 0,
     eligible: ArrayLike | None = None,
+    allowed: ArrayLike | None = None,
     labels: Mapping[str, str] | None = None,
     config: EvaluationConfig | None = None,
 ) -> pd.DataFrame:
@@ -190,7 +191,8 @@ def decision_value_table(
     control_label = names.get(options[control], options[control])
 
     policies: list[tuple[str, str, np.ndarray | None]] = [
-        ("recommended", "model's recommendation", recommended_policy(mu, elig)),
+        ("recommended", "model's recommendation",
+         recommended_policy(mu, elig if allowed is None else elig & _matrix(allowed, "allowed", yy.size).astype(bool))),
         ("observed", "care as given", None),
     ]
     for k, option in enumerate(options):
@@ -275,14 +277,17 @@ def baseline_choices(
     control: int,
     guideline: Sequence[str],
     best_single: int,
+    allowed: ArrayLike | None = None,
 ) -> dict[str, np.ndarray]:
     """Option index per decision for the model's recommendation and each fixed baseline (`BASELINES` less the
     observed policy): the guideline list (first eligible option in the configured order), the best single
-    option and always continue."""
+    option and always continue. `allowed` (default: eligible) are the options the model may recommend (a label
+    combination rule can forbid an eligible one)."""
     elig = _matrix(eligible, "eligible (per option)").astype(bool)
-    choices = {"recommended": recommended_policy(mu, elig)}
+    may = elig if allowed is None else elig & _matrix(allowed, "allowed (per option)").astype(bool)
+    choices = {"recommended": recommended_policy(mu, may)}
     if guideline:  # no configured list: no guideline baseline (rather than "always continue" under its name)
-        choices["guideline"] = guideline_choice(elig, options, guideline, options[control])
+        choices["guideline"] = guideline_choice(may, options, guideline, options[control])  # labels bind it too
     choices["best_single_option"] = fixed_option_policy(best_single, elig, control=control)
     choices["always_continue"] = fixed_option_policy(control, elig, control=control)
     return choices

@@ -137,6 +137,8 @@ def option_rows(pred: pd.DataFrame, labels: Mapping[str, str], thin: set[str] | 
             p_safety_low=f(r, "p_safety_low"), p_safety_high=f(r, "p_safety_high"),
             recommended=bool(r.get("recommended")) and eligible,
             thin_overlap=str(r["option"]) in (thin or set()),
+            advised_against=bool(r.get("advised_against")) and eligible,
+            combination_rule=str(r.get("combination_rule") or "") if eligible else "",
             calibration_note=calibration_note(f(r, "p_response"), pooled) if eligible else "",
         ))
     return tuple(rows)

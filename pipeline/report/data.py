@@ -96,6 +96,9 @@ class OptionRow:
     p_safety_high: float | None = None
     recommended: bool = False
     thin_overlap: bool = False
+    #: a product label advises against the combination this option makes (never the ★), and the rule in words
+    advised_against: bool = False
+    combination_rule: str = ""
     #: "in validation, patients given 60–70 in 100 responded 64 in 100" for this option's estimate ("" if unknown)
     calibration_note: str = ""
     #: the facts that raise or lower this option's safety risk most, in words

@@ -214,3 +214,28 @@ def test_every_drug_has_a_plausible_range_with_a_bound():
     bad_route = {"drugs": [{**d, "plausible": {"mg": 1, "routes": {"rectal": {"mg": 2}}}} for d in config["drugs"]]}
     with pytest.raises(ValueError, match="rectal"):
         Vocabulary.from_config(bad_route)
+
+
+def test_label_combination_rules_block_the_options_that_create_the_clash():
+    """configs/options.yaml's label rules: adding a JAK inhibitor on top of tocilizumab is advised against (never
+    the ★, shown with the rule); switching tocilizumab to it is not, because tocilizumab stops; a 'caution' rule
+    (recent rituximab) is shown but blocks nothing; continuing starts nothing and breaks no rule."""
+    import pandas as pd
+
+    from features.vocabulary import OptionCatalog
+    from pipeline.config import load_reference
+
+    config = load_reference("options")
+    switch = {"name": "switch_tocilizumab_to_jak_inhibitor", "label": "switch tocilizumab to a JAK inhibitor",
+              "kind": "switch", "stops": "tocilizumab", "adds": "tofacitinib",
+              "eligible_unless_on": ["tofacitinib", "baricitinib"]}
+    catalog = OptionCatalog.from_config({**config, "options": [*config["options"], switch]})
+    on = pd.DataFrame({"tocilizumab": [True, False, False], "rituximab": [True, True, False]})
+    blocked, text = catalog.combination_flags(on)
+    assert blocked["add_jak_inhibitor"].tolist() == [True, False, False]
+    assert "biologic DMARD" in text.loc[0, "add_jak_inhibitor"]
+    assert not blocked["switch_tocilizumab_to_jak_inhibitor"].any()
+    assert "rituximab in the last year" in text.loc[0, "switch_tocilizumab_to_jak_inhibitor"]  # caution only
+    assert text.loc[2].eq("").all() and not blocked.loc[2].any()
+    assert not blocked["continue"].any() and text["continue"].eq("").all()
+    assert blocked["add_abatacept"].tolist() == [True, False, False]  # the tocilizumab label: no second biologic

@@ -99,10 +99,16 @@ def test_intervals_contain_the_point_estimate(predictions, name):
     assert (rows[f"{name}_high"] - rows[f"{name}_low"]).mean() > 0  # the bootstrap gives real width
 
 
-def test_exactly_one_recommendation_the_best_eligible_option(predictions):
+def test_exactly_one_recommendation_the_best_eligible_option_a_label_allows(predictions):
+    """One recommendation per decision: the eligible option with the highest chance of response among those no
+    label combination rule advises against; an option a label advises against is shown with the rule, never ★."""
     per_decision = predictions.groupby("decision_id", sort=False)
     assert (per_decision["recommended"].sum() == 1).all()
-    best = predictions.loc[predictions["eligible"]].groupby("decision_id")["p_response"].max()
+    allowed = predictions["eligible"] & ~predictions["advised_against"]
+    assert predictions["advised_against"].any()  # the synthetic cohort has patients on tocilizumab
+    assert (predictions.loc[predictions["advised_against"], "combination_rule"].str.len() > 0).all()
+    assert not (predictions["recommended"] & predictions["advised_against"]).any()
+    best = predictions.loc[allowed].groupby("decision_id")["p_response"].max()
     chosen = predictions[predictions["recommended"]].set_index("decision_id")["p_response"]
     np.testing.assert_allclose(chosen.loc[best.index].to_numpy(), best.to_numpy())
     assert (predictions.loc[predictions["recommended"], "rank"] == 1).all()
