@@ -48,6 +48,25 @@ def _method(model: object) -> str:
                     if chosen else "")
 
 
+#: RIM (Oddis 2013): median time to the IMACS definition of improvement after rituximab, in weeks.
+RITUXIMAB_MEDIAN_WEEKS = 20.0
+
+
+def rituximab_clock(X: pd.DataFrame, row: int = 0) -> str:
+    """'Waiting for rituximab' judged against how long the patient has waited: months since the last course beside
+    RIM's median time to improvement ("" when the patient never had rituximab or it was over a year ago)."""
+    if "months_since_rituximab" not in X.columns:
+        return ""
+    months = X["months_since_rituximab"].iloc[row]
+    if not _ok(months) or float(months) > 12:
+        return ""
+    weeks = float(months) * 52.18 / 12
+    verdict = ("still within the usual time to respond" if weeks < RITUXIMAB_MEDIAN_WEEKS
+               else "past the median time to respond")
+    return (f"rituximab clock: last course {weeks:.0f} weeks ago; in RIM the median time to improvement was "
+            f"{RITUXIMAB_MEDIAN_WEEKS:.0f} weeks — {verdict}")
+
+
 def monitoring_reminders(config: Mapping[str, Any], current: Sequence[str], proposed: Sequence[str],
                          labels: Mapping[str, str]) -> tuple[Reminder, ...]:
     """Reminders for the current drugs and the proposed additions (from configs/monitoring.yaml), each naming
@@ -397,6 +416,8 @@ def build_patient_page(
     optimise = C.below_target_drugs(regimen)
     options = tuple(replace(o, label=f"{o.label}: {', '.join(optimise)}") if o.option == "optimise_dose" and
                     o.eligible and optimise else o for o in options)
+    clock = rituximab_clock(X)
+    options = tuple(replace(o, note=clock) if o.option == catalog.control and clock else o for o in options)
     best = next((o.option for o in options if o.recommended), None)
     adds = catalog.option(best).adds if best is not None else None
     due = tuple(r for r in monitoring_reminders(monitoring, current_generics, [adds] if adds else [], drug_labels)

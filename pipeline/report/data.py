@@ -99,6 +99,8 @@ class OptionRow:
     #: a product label advises against the combination this option makes (never the ★), and the rule in words
     advised_against: bool = False
     combination_rule: str = ""
+    #: a clinical note under the option's name (continue: the rituximab clock)
+    note: str = ""
     #: "in validation, patients given 60–70 in 100 responded 64 in 100" for this option's estimate ("" if unknown)
     calibration_note: str = ""
     #: the facts that raise or lower this option's safety risk most, in words

@@ -595,3 +595,18 @@ def test_a_gap_between_the_bars_and_the_explained_change_is_drawn_not_hidden():
     assert bars[-1] == R.Bar("not attributed to one fact", pytest.approx(1.0))
     assert sum(b.points for b in bars) == pytest.approx(4.0)
     assert len(A._bars(grouped, 5, total=3.02)) == 2  # within 0.05 points: no extra bar
+
+
+def test_rituximab_clock_judges_waiting_against_rims_median_time_to_improvement():
+    """'Continue' carries how long the patient has waited for rituximab against RIM's 20-week median; no note when
+    rituximab was never given or is over a year old."""
+    import pandas as pd
+
+    from pipeline.report.assemble import rituximab_clock
+
+    assert "still within the usual time to respond" in rituximab_clock(pd.DataFrame({"months_since_rituximab": [2.0]}))
+    assert "9 weeks ago" in rituximab_clock(pd.DataFrame({"months_since_rituximab": [2.0]}))
+    assert "past the median time" in rituximab_clock(pd.DataFrame({"months_since_rituximab": [6.0]}))
+    assert rituximab_clock(pd.DataFrame({"months_since_rituximab": [float("nan")]})) == ""
+    assert rituximab_clock(pd.DataFrame({"months_since_rituximab": [14.0]})) == ""
+    assert rituximab_clock(pd.DataFrame({"age_years": [40.0]})) == ""
