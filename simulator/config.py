@@ -237,6 +237,35 @@ class HarmConfig(_Frozen):
         return self
 
 
+class PrednisoneRule(_Frozen):
+    """Prednisone after a decision follows the latent disease activity A = max(m, s) (issue 17; sources in
+    docs/sources.md §7, the rule in docs/simulator.md). At the horizon, a relative fall of A by at least
+    `taper_if_fall` has let the clinician taper (steps of `step_mg`, `large_step_mg` above `large_step_above_mg`,
+    every `step_days` from `first_step_days` to the last review `review_before_outcome_days` before the outcome
+    visit, never below `floor_mg`); a relative rise by at least `flare_if_rise` is a flare, treated from
+    `flare_day` with max(`flare_min_mg`, `flare_multiplier` × dose) capped at `max_mg`; else the dose stays.
+    Steroid sparing = prednisone ≤ `sparing_mg` at the horizon without a flare. `adjusts: false` keeps the dose
+    unchanged in the record (the truth still applies the same rule with no adjustment)."""
+
+    adjusts: bool = False
+    taper_if_fall: float = Field(0.2, gt=0, lt=1)
+    flare_if_rise: float = Field(0.25, gt=0)
+    first_step_days: int = Field(28, ge=1)
+    step_days: int = Field(28, ge=1)
+    step_mg: float = Field(2.5, gt=0)
+    large_step_mg: float = Field(5.0, gt=0)
+    large_step_above_mg: float = Field(20.0, ge=0)
+    floor_mg: float = Field(5.0, ge=0)
+    review_before_outcome_days: int = Field(28, ge=0)
+    flare_day: int = Field(56, ge=1)
+    flare_multiplier: float = Field(2.0, ge=1)
+    flare_min_mg: float = Field(20.0, ge=0)
+    max_mg: float = Field(60.0, gt=0)
+    sparing_mg: float = Field(7.5, ge=0)
+    #: A below this counts as this when the relative change is taken (quiet disease: no division by ~0).
+    activity_floor: float = Field(0.05, gt=0)
+
+
 class EffectsConfig(_Frozen):
     """Treatment effects on latent activity (docs/sources.md §3; uncontrolled results shrunk to placebo)."""
 
@@ -263,6 +292,10 @@ class EffectsConfig(_Frozen):
     #: sd of the log of a per-patient multiplier (mean 1) on every effect, falling with refractoriness.
     refractory_effect_log_sd: float = Field(0.0, ge=0)
     harm: HarmConfig = HarmConfig()
+    #: a switch (issue 17) stops a current drug: its accrued effect fades linearly over this many weeks after the
+    #: change (generic → weeks; a generic not listed fades over `washout_default_weeks`).
+    washout_weeks: dict[str, float] = Field(default_factory=dict)
+    washout_default_weeks: float = Field(8.0, gt=0)
 
 
 class SafetyConfig(_Frozen):
@@ -292,6 +325,8 @@ class PolicyConfig(_Frozen):
         default_factory=dict, description="feature → option → log-odds per unit of the feature"
     )
     start_delay_days: Range = Range(low=1, high=21)
+    #: log-odds of a switch option (kind: switch) that `base` does not name: clinicians also switch (issue 17).
+    switch_base: float = -1.5
 
 
 class DecisionRule(_Frozen):
@@ -376,6 +411,7 @@ class SimulatorConfig(_Frozen):
     safety: SafetyConfig
     policy: PolicyConfig
     decisions: DecisionRule = DecisionRule()
+    prednisone: PrednisoneRule = PrednisoneRule()
     trial: TrialConfig = TrialConfig()
     truth: TruthConfig = TruthConfig()
 

@@ -76,6 +76,17 @@ class OptionEffects(NamedTuple):
     keep_skin: np.ndarray
     new_muscle: np.ndarray  # (decisions, options)
     new_skin: np.ndarray
+    #: a switch's factor (≥ 1) on the activity left: the stopped drug's accrued effect fades after its washout
+    #: and its further accrual is lost (decisions, options); None: no switch option (every factor 1).
+    stop_muscle: np.ndarray | None = None
+    stop_skin: np.ndarray | None = None
+
+    def changes(self) -> np.ndarray:
+        """Per decision × option: whether the option changes anything at this decision (a new effect or a stop)."""
+        out = (self.new_muscle != 0) | (self.new_skin != 0)
+        if self.stop_muscle is not None and self.stop_skin is not None:
+            out |= (self.stop_muscle != 1) | (self.stop_skin != 1)
+        return out
 
     def delta(
         self, responsiveness: np.ndarray | float, cap: float, new_responsiveness: np.ndarray | float | None = None,
@@ -92,9 +103,12 @@ class OptionEffects(NamedTuple):
         if harmed is not None:
             new_m = np.where(harmed, -flare, new_m)
             new_s = np.where(harmed, -flare, new_s)
-        dm = 1 - (1 - np.minimum((1 - self.keep_muscle) * r, cap)) * (1 - new_m)
-        ds = 1 - (1 - np.minimum((1 - self.keep_skin) * r, cap)) * (1 - new_s)
-        return np.minimum(dm, cap), np.minimum(ds, cap)
+        left_m = (1 - np.minimum((1 - self.keep_muscle) * r, cap)) * (1 - new_m)
+        left_s = (1 - np.minimum((1 - self.keep_skin) * r, cap)) * (1 - new_s)
+        if self.stop_muscle is not None and self.stop_skin is not None:  # a switch: the stopped drug's effect fades
+            left_m = left_m * self.stop_muscle
+            left_s = left_s * self.stop_skin
+        return np.minimum(1 - left_m, cap), np.minimum(1 - left_s, cap)
 
 
 def option_effects(
@@ -107,12 +121,14 @@ def option_effects(
     """Effects of every option by the horizon (see `OptionEffects`); δ = 1 − keep × (1 − new).
 
     Adding a drug the patient already takes changes nothing; optimising with nothing below target equals continue.
+    A switch adds its drug as an add does and stops a current one (`stop_factor`).
     """
     n = len(state.muscle)
     h = float(horizon_weeks)
     keep_m = np.full(n, 1.0 - config.background.muscle * onset(h, config.background.onset_weeks))
     keep_s = np.full(n, 1.0 - config.background.skin * onset(h, config.background.onset_weeks))
     full: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    accrual: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     for generic, effect in config.drugs.items():
         dm, ds, tau = drug_effect(effect, groups, config.max_effect)
         full[generic] = (dm, ds, tau)
@@ -124,6 +140,10 @@ def option_effects(
         now, later = onset(w, tau), onset(w + h, tau)
         keep_m *= np.where(on, (1 - dm * later) / (1 - dm * now), 1.0)
         keep_s *= np.where(on, (1 - ds * later) / (1 - ds * now), 1.0)
+        accrual[generic] = (on, dm, ds, now, later)
+    switches = any(o.kind == "switch" for o in catalog.options)
+    stop_m = np.ones((n, len(catalog.options))) if switches else None
+    stop_s = np.ones((n, len(catalog.options))) if switches else None
     new_muscle = np.zeros((n, len(catalog.options)))
     new_skin = np.zeros((n, len(catalog.options)))
     for j, opt in enumerate(catalog.options):
@@ -135,7 +155,7 @@ def option_effects(
                 if generic in state.shortfall.columns:
                     remaining *= 1 - np.clip(potency * state.shortfall[generic].to_numpy(float), 0, 1)
             new_m = new_s = (1 - remaining) * onset(h, config.optimise.onset_weeks)
-        elif opt.kind == "add" and opt.adds in full:
+        elif opt.kind in ("add", "switch") and opt.adds in full:
             dm, ds, tau = full[opt.adds]
             already = state.on_drug[opt.adds].to_numpy(bool) if opt.adds in state.on_drug.columns else np.zeros(n, bool)
             g = onset(h, tau)
@@ -143,7 +163,22 @@ def option_effects(
             new_s = np.where(already, 0.0, ds * g)
         new_muscle[:, j] = new_m
         new_skin[:, j] = new_s
-    return OptionEffects(keep_m[:, None], keep_s[:, None], new_muscle, new_skin)
+        if opt.kind == "switch" and stop_m is not None and stop_s is not None and opt.stops in accrual:
+            stop_m[:, j], stop_s[:, j] = stop_factor(accrual[opt.stops], h, config.washout_weeks.get(str(opt.stops), config.washout_default_weeks))
+    return OptionEffects(keep_m[:, None], keep_s[:, None], new_muscle, new_skin, stop_m, stop_s)
+
+
+def stop_factor(
+    accrual: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], horizon_weeks: float, washout_weeks: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Muscle and skin factor on the activity left at the horizon when a current drug is stopped at the decision,
+    relative to continuing it: its accrued effect E·g(now) fades linearly to nothing over `washout_weeks`, and its
+    further accrual E·g(now + h) is lost: (1 − E·g(now)·max(0, 1 − h/W)) / (1 − E·g(now + h)). 1 where not on it."""
+    on, dm, ds, now, later = accrual
+    kept = max(0.0, 1.0 - float(horizon_weeks) / washout_weeks)
+    muscle = np.where(on, (1 - dm * now * kept) / (1 - dm * later), 1.0)
+    skin = np.where(on, (1 - ds * now * kept) / (1 - ds * later), 1.0)
+    return muscle, skin
 
 
 def safety_risk(
@@ -168,8 +203,10 @@ def safety_risk(
     out = np.empty((n, len(catalog.options)))
     for j, opt in enumerate(catalog.options):
         extra = np.zeros(n)
-        if opt.kind == "add" and opt.adds in config.drug:
+        if opt.kind in ("add", "switch") and opt.adds in config.drug:
             extra = np.where(on[opt.adds], 0.0, config.drug[opt.adds])
+        if opt.kind == "switch" and opt.stops in config.drug:  # the stopped drug's burden goes with it
+            extra = extra - np.where(on[opt.stops], config.drug[opt.stops], 0.0)
         p_ref = 1 / (1 + np.exp(-(base + current + extra)))
         out[:, j] = 1 - (1 - p_ref) ** (horizon_weeks / config.reference_weeks)
     return out
@@ -181,7 +218,7 @@ def interruption_risk(catalog: OptionCatalog, state: DecisionState, config: Effe
     n = len(state.muscle)
     out = np.zeros((n, len(catalog.options)))
     for j, opt in enumerate(catalog.options):
-        if opt.kind == "add" and opt.adds in config.harm.interruption:
+        if opt.kind in ("add", "switch") and opt.adds in config.harm.interruption:
             already = state.on_drug[opt.adds].to_numpy(bool) if opt.adds in state.on_drug.columns else np.zeros(n, bool)
             out[:, j] = np.where(already, 0.0, config.harm.interruption[opt.adds])
     return out
@@ -212,8 +249,8 @@ def propensities(
     mixed with a floor so every eligible option keeps at least `min_probability` (overlap)."""
     n, k = eligible.shape
     logits = np.zeros((n, k))
-    for j, name in enumerate(catalog.names):
-        logits[:, j] = config.base.get(name, 0.0)
+    for j, opt in enumerate(catalog.options):
+        logits[:, j] = config.base.get(opt.name, config.switch_base if opt.kind == "switch" else 0.0)
     for feature, coefs in config.coefficients.items():
         if feature not in features:
             raise KeyError(f"policy.coefficients names an unknown feature {feature!r}; known: {', '.join(features)}")

@@ -40,6 +40,7 @@ from simulator.measures import (
     latent_to_measures,
     safety_labs,
 )
+from simulator.steroids import activity, course, dose_changes, steroid_sparing
 from simulator.truth import Probabilities, probabilities_from_draws, response_thresholds, score_pairs
 
 Mode = Literal["observational", "trial"]
@@ -259,7 +260,7 @@ def simulate_cohort(
         raise ValueError(f"n_patients must be at least 1, got {n_patients}")
     if mode not in ("observational", "trial"):
         raise ValueError(f"mode must be 'observational' or 'trial', got {mode!r}")
-    unknown = [o.adds for o in catalog.options if o.kind == "add" and o.adds not in config.history.regimens]
+    unknown = [o.adds for o in catalog.options if o.kind in ("add", "switch") and o.adds not in config.history.regimens]
     if unknown:
         raise ValueError(f"configs/simulator.yaml history.regimens lacks how records write: {', '.join(unknown)}")
     trial = mode == "trial"
@@ -288,6 +289,7 @@ def simulate_cohort(
     # body size over time (v2 `body:`): its own random stream; the size at diagnosis doses induction prednisone
     trajectory: BodySize | None = None
     rng_body = np.random.default_rng([seed, 14])
+    rng_pred = np.random.default_rng([seed, 17])  # prednisone rows (issue 17): their own stream
     if cfg.body.changes:
         trajectory = body_size(patients, np.zeros(n_patients), cfg.body, rng_body)
         w0, h0 = size_at(trajectory, np.arange(n_patients), np.zeros(n_patients))
@@ -369,7 +371,7 @@ def simulate_cohort(
         lat = option_latent[idx]
         if cfg.effects.drug_specific_weight:
             nil = option_effects(catalog, state, groups, main_h, cfg.effects)
-            lat = np.where((nil.new_muscle == 0) & (nil.new_skin == 0), lat[:, [control]], lat)
+            lat = np.where(~nil.changes(), lat[:, [control]], lat)
         rho, rho_new = _responsiveness_pair(eps[:, 2:3], _responder_z(eps[:, 3:4], refractory_all[idx][:, None], lat, cfg), cfg)
         rho, rho_new = (_refractory_scale(refractory_all[idx][:, None], cfg) * v for v in (rho, rho_new))
         p_interrupt = interruption_risk(catalog, state, cfg.effects)
@@ -395,7 +397,10 @@ def simulate_cohort(
             scores = score_pairs(base, follow, scale, uln)
             tis_at[h] = scores.tis
             latents = (refractory_all[idx], option_latent[idx], p_interrupt)
-            probs = _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control, cfg, rng, latents, rng2)
+            probs, p_sparing = _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control, cfg, rng, latents,
+                                            rng2, (pred, 7.0 * h))
+            sparing = steroid_sparing(course(pred[:, None], activity(m0, s0)[:, None], activity(mf, sf), 7.0 * h, cfg.prednisone),
+                                      cfg.prednisone)
             p_safe = safety_risk(catalog, state, ild, h, cfg.safety)
             safety_at[h] = p_safe
             per_h.append(
@@ -414,6 +419,8 @@ def simulate_cohort(
                         "cdasi_change": (follow["cdasi_activity"] - base["cdasi_activity"][:, None]).reshape(-1),
                         "p_safety": p_safe.reshape(-1),
                         "safety_event": (u_safety[:, None] < p_safe).reshape(-1),
+                        "p_steroid_sparing": p_sparing.reshape(-1),
+                        "steroid_sparing": sparing.reshape(-1),
                     }
                 )
             )
@@ -448,6 +455,12 @@ def simulate_cohort(
         loss_day = t + rng.integers(14, 151, n)
         window = dec.outcome_window_days
         outcome_day = t + 7 * main_h + rng.integers(-window, window + 1, n)
+        if cfg.prednisone.adjusts:  # the taken option's prednisone course, as the record writes it
+            mf_t, sf_t = (v[np.arange(n), taken] for v in latent_taken_inputs[main_h])
+            taken_course = course(pred, activity(m0, s0), activity(mf_t, sf_t), 7.0 * main_h, cfg.prednisone)
+            last_day = np.where(lost, np.minimum(loss_day, outcome_day), outcome_day)
+            rows = _adjust_prednisone(rows, idx, t, pred, taken_course, last_day, 7.0 * main_h, cfg, patients, vocabulary,
+                                      brand_u, rng_pred, trajectory)
         last_interim = dec.interim_last_day if not trial else 7 * min(horizons) - cfg.trial.visit_window_days - 21
         pi, di = _interim_days(t, last_interim, dec.interim_visit_days.low, dec.interim_visit_days.high, rng)
         dm_t, ds_t = (arr[np.arange(n), taken] for arr in effects_at[main_h])
@@ -553,8 +566,11 @@ def _responsiveness_pair(z_rho: np.ndarray, z_responder: np.ndarray, cfg: Simula
 
 
 def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: int, cfg: SimulatorConfig,
-                 rng: np.random.Generator, latents: tuple[np.ndarray, np.ndarray, np.ndarray], rng2: np.random.Generator):
-    """True probabilities per decision × option from `mc_draws` noise draws shared across options, in chunks.
+                 rng: np.random.Generator, latents: tuple[np.ndarray, np.ndarray, np.ndarray], rng2: np.random.Generator,
+                 steroid: tuple[np.ndarray, float]) -> tuple[Probabilities, np.ndarray]:
+    """True probabilities per decision × option from `mc_draws` noise draws shared across options, in chunks,
+    and the chance of steroid sparing (`steroid` = prednisone mg/day at the decision, horizon in days: the
+    prednisone rule of `simulator.steroids` on every draw; it uses no extra random numbers).
 
     `latents` = (the patient's refractoriness, their per-option latent, the chance of an interruption) per decision:
     the truth is the chance of response given what the simulator knows of the patient, over everything else.
@@ -564,9 +580,12 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
     """
     n, n_opt = eff.new_muscle.shape
     draws = cfg.truth.mc_draws
-    needed = (eff.new_muscle != 0) | (eff.new_skin != 0)
+    needed = eff.changes()
     needed[:, control] = True
     out = {f: np.full((n, n_opt), np.nan) for f in Probabilities._fields}
+    sparing = np.full((n, n_opt), np.nan)
+    pred, horizon_days = steroid
+    a0 = activity(m0, s0)
     per_chunk = max(1, cfg.truth.chunk_rows // (n_opt * draws))
     traits = {c: sub[c].to_numpy() for c in TRAIT_COLUMNS}
     refractory, option_latent, interrupt = latents
@@ -576,7 +595,8 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
         z = rng.standard_normal((len(NOISE_COLUMNS), hi - lo, draws))
         pi, oj = np.nonzero(needed[lo:hi])
         gi = pi + lo
-        part = OptionEffects(eff.keep_muscle[gi], eff.keep_skin[gi], eff.new_muscle[gi, oj][:, None], eff.new_skin[gi, oj][:, None])
+        stops = (None, None) if eff.stop_muscle is None or eff.stop_skin is None else (eff.stop_muscle[gi, oj][:, None], eff.stop_skin[gi, oj][:, None])
+        part = OptionEffects(eff.keep_muscle[gi], eff.keep_skin[gi], eff.new_muscle[gi, oj][:, None], eff.new_skin[gi, oj][:, None], *stops)
         rho, rho_new = _responsiveness_pair(eps[2][pi], _responder_z(eps[3][pi], refractory[gi, None], option_latent[gi, oj][:, None], cfg), cfg)
         rho, rho_new = (_refractory_scale(refractory[gi, None], cfg) * v for v in (rho, rho_new))
         harmed = None
@@ -591,9 +611,11 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
         probs = probabilities_from_draws(scores, threshold[gi])
         for f in Probabilities._fields:
             out[f][gi, oj] = getattr(probs, f)
+        c = course(pred[gi, None], a0[gi, None], activity(mf, sf), horizon_days, cfg.prednisone)
+        sparing[gi, oj] = steroid_sparing(c, cfg.prednisone).mean(axis=-1)
     for f in Probabilities._fields:
         out[f] = np.where(needed, out[f], out[f][:, [control]])
-    return Probabilities(**out)
+    return Probabilities(**out), np.where(needed, sparing, sparing[:, [control]])
 
 
 def _interim_days(t: np.ndarray, last: int, low: float, high: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -608,7 +630,8 @@ def _interim_days(t: np.ndarray, last: int, low: float, high: float, rng: np.ran
 
 def _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, vocabulary, brand_u, rng,
                    body: BodySize | None = None) -> pd.DataFrame:
-    """Regimen changes of the options taken: add a drug at its start dose, or raise below-target doses to target.
+    """Regimen changes of the options taken: add a drug at its start dose, switch (end the stopped drug's current
+    rows the day before the change and start the other as an add does), or raise below-target doses to target.
     A child (juvenile DM under 18 on the change day) gets the drug's juvenile regimen, per kg or m², instead."""
     new_parts = []
     rows = rows.copy()
@@ -616,8 +639,10 @@ def _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, 
         sel = taken == j
         if not sel.any() or opt.kind == "continue":
             continue
-        if opt.kind == "add":
+        if opt.kind in ("add", "switch"):
             p = idx[sel]
+            if opt.kind == "switch":
+                rows = _end_current(rows, p, change_day[sel], str(opt.stops))
             child = paediatric(body, p, change_day[sel])
             added = regimen_rows(p, opt.adds, np.zeros(len(p), bool), change_day[sel], np.full(len(p), np.nan), cfg.history.regimens, brand_u, rng, child)
             if opt.start_dose is not None:
@@ -647,6 +672,43 @@ def _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, 
     if new_parts:
         rows = pd.concat([rows, annotate_rows(pd.concat(new_parts, ignore_index=True), patients, vocabulary, body, cfg.history.regimens)], ignore_index=True)
     return rows
+
+
+def _end_current(rows: pd.DataFrame, patient: np.ndarray, day: np.ndarray, generic: str) -> pd.DataFrame:
+    """End each patient's rows of `generic` that are current on their `day` on the day before (in place on `rows`,
+    which the caller owns): the record shows the stop."""
+    if not len(patient):
+        return rows
+    on_day = np.full(int(max(rows["patient"].max(), patient.max())) + 1, np.nan)
+    on_day[patient] = day
+    d = on_day[rows["patient"].to_numpy()]
+    end = rows["end"].to_numpy(float)
+    with np.errstate(invalid="ignore"):
+        hit = (~np.isnan(d) & (rows["generic"].to_numpy() == generic) & (rows["start"].to_numpy() < d)
+               & (np.isnan(end) | (end >= d)))
+    rows.loc[hit, "end"] = (d[hit] - 1).astype(float)
+    return rows
+
+
+def _adjust_prednisone(rows, idx, t, pred, taken_course, last_day, horizon_days: float, cfg: SimulatorConfig, patients,
+                       vocabulary, brand_u, rng: np.random.Generator, body: BodySize | None) -> pd.DataFrame:
+    """Write the prednisone course of the option taken as regimen rows: each taper step or the flare rise starts a
+    row (mg/day) and ends the one before; a change on or after `last_day` (the outcome visit, or loss to follow-up)
+    is not written."""
+    i, d, v = dose_changes(pred, taken_course, horizon_days, cfg.prednisone)
+    day = t[i] + d
+    keep = day < last_day[i]
+    i, day, v = i[keep], day[keep], v[keep]
+    if not len(i):
+        return rows
+    start_of = np.r_[True, i[1:] != i[:-1]]  # each decision's first change ends its current prednisone rows
+    rows = _end_current(rows.copy(), idx[i[start_of]], day[start_of], "prednisone")
+    nxt = np.r_[day[1:], 0]
+    same = np.r_[i[1:] == i[:-1], False]
+    end = np.where(same, nxt - 1, np.nan)
+    new = regimen_rows(idx[i], "prednisone", np.zeros(len(i), bool), day, end, cfg.history.regimens, brand_u, rng)
+    new["dose"] = v
+    return pd.concat([rows, annotate_rows(new, patients, vocabulary, body, cfg.history.regimens)], ignore_index=True)
 
 
 def _stop_harmed(rows, catalog, taken, idx, change_day, stopped, rng2: np.random.Generator) -> pd.DataFrame:
@@ -758,6 +820,7 @@ def _export(patients, hist, rows, visits, events, decision_frames, outcome_frame
     outcomes["horizon_weeks"] = outcomes["horizon_weeks"].astype(np.int64)
     outcomes["eligible"] = outcomes["eligible"].astype(bool)
     outcomes["safety_event"] = outcomes["safety_event"].astype(bool)
+    outcomes["steroid_sparing"] = outcomes["steroid_sparing"].astype(bool)
     order = pd.Index(decisions["decision_id"]).get_indexer(outcomes["decision_id"])
     outcomes = outcomes.iloc[np.lexsort((outcomes["horizon_weeks"].to_numpy(), order))].reset_index(drop=True)
     return SimulatedCohort(

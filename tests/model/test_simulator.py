@@ -24,7 +24,7 @@ CONTRACT_COLUMNS = {
 }
 OUTCOME_COLUMNS = [
     "decision_id", "option", "eligible", "horizon_weeks", "p_response", "p_tis20", "p_tis40", "p_tis60", "p_doi",
-    "tis", "cdasi_change", "p_safety", "safety_event",
+    "tis", "cdasi_change", "p_safety", "safety_event", "p_steroid_sparing", "steroid_sparing",
 ]
 CORE = ["physician_global", "patient_global", "mmt8", "haq", "extramuscular_global"]
 ENZYMES = ["ck", "aldolase", "ast", "alt", "ldh"]
@@ -335,7 +335,7 @@ def test_easy_settings_file_reproduces_the_first_testbed():
 
     config = _easy_inputs()
     vocabulary = Vocabulary.from_config(load_reference("drugs"))
-    catalog = OptionCatalog.from_config(load_reference("options"))
+    catalog = _without_switches(OptionCatalog.from_config(load_reference("options")))  # the first testbed had none
     card = simulator_card(simulate_cohort(300, 11, config, vocabulary, catalog, TODAY), config, catalog)
     assert card["decisions"] == 724
     expected = {"oracle": 0.4555, "guideline_regret": 0.0305, "clinician_regret": 0.1874, "max_best_share": 0.8587,
@@ -454,3 +454,191 @@ def test_juvenile_regimens_sit_in_the_paediatric_target_bands(inputs):
     band, rule = bands["prednisone"], config.history.prednisone_juvenile_mg_per_kg
     assert rule is not None and band["low"] <= rule.low <= rule.high <= band["high"]
     assert config.history.prednisone_juvenile_max_mg == band["max_mg_per_day"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 17: switch options, washout, prednisone that follows disease activity, the steroid-sparing truth
+
+#: the planned switch options (the lead adds them to configs/options.yaml when the whole chain works).
+SWITCHES = [
+    {"name": "switch_tocilizumab_to_jak_inhibitor", "label": "switch tocilizumab to a JAK inhibitor (tofacitinib)",
+     "kind": "switch", "stops": "tocilizumab", "adds": "tofacitinib", "eligible_unless_on": ["tofacitinib", "baricitinib"],
+     "start_dose": {"dose": 11, "dose_unit": "mg", "route": "oral", "interval": "daily"}},
+    {"name": "switch_tocilizumab_to_abatacept", "label": "switch tocilizumab to abatacept", "kind": "switch",
+     "stops": "tocilizumab", "adds": "abatacept", "eligible_unless_on": ["abatacept"],
+     "start_dose": {"dose": 125, "dose_unit": "mg", "route": "subcutaneous", "interval": "weekly"}},
+    {"name": "switch_mycophenolate_to_cyclophosphamide", "label": "switch mycophenolate to IV cyclophosphamide",
+     "kind": "switch", "stops": "mycophenolate", "adds": "cyclophosphamide", "eligible_unless_on": ["cyclophosphamide"],
+     "start_dose": {"dose": 750, "dose_unit": "mg/m2", "route": "intravenous", "interval": "every 4 weeks"}},
+    {"name": "switch_mycophenolate_to_tacrolimus", "label": "switch mycophenolate to tacrolimus", "kind": "switch",
+     "stops": "mycophenolate", "adds": "tacrolimus", "eligible_unless_on": ["tacrolimus"],
+     "start_dose": {"dose": 0.06, "dose_unit": "mg/kg", "route": "oral", "interval": "daily"}},
+]
+SWITCH_NAMES = [o["name"] for o in SWITCHES]
+#: the default catalogue's cohort before issue 17 (120 patients, seed 11, 40 draws): a content hash per table
+#: (outcomes: the columns it had then). Measured on the simulator as it was before switches and prednisone.
+UNCHANGED = {"patients": "6d079652cf69770e", "regimens": "08dcacb77034e1b9", "assessments": "2f393405e98e5980",
+             "events": "7e36f534eda3339f", "decisions": "b39c5ea76c20f10f", "outcomes": "934c8f52e246390d"}
+
+
+def _without_switches(catalog: OptionCatalog) -> OptionCatalog:
+    return catalog.model_copy(update={"options": tuple(o for o in catalog.options if o.kind != "switch")})
+
+
+def _with_switches() -> OptionCatalog:
+    raw = dict(load_reference("options"))
+    have = {o["name"] for o in raw["options"]}
+    raw["options"] = list(raw["options"]) + [o for o in SWITCHES if o["name"] not in have]
+    return OptionCatalog.from_config(raw)
+
+
+def _adjusting(config: SimulatorConfig, **policy_base: float) -> SimulatorConfig:
+    """The configuration with prednisone following disease activity (and optional switch log-odds)."""
+    update = {"prednisone": config.prednisone.model_copy(update={"adjusts": True})}
+    if policy_base:
+        update["policy"] = config.policy.model_copy(update={"base": config.policy.base | policy_base})
+    return config.model_copy(update=update)
+
+
+@pytest.fixture(scope="module")
+def switch_cohort(inputs):
+    config, vocabulary, _ = inputs
+    return simulate_cohort(400, 11, _adjusting(config), vocabulary, _with_switches(), TODAY)
+
+
+def _digest(frame: pd.DataFrame) -> str:
+    import hashlib
+
+    cols = [c for c in frame.columns if c not in ("p_steroid_sparing", "steroid_sparing")]
+    return hashlib.sha256(pd.util.hash_pandas_object(frame[cols], index=True).to_numpy().tobytes()).hexdigest()[:16]
+
+
+def test_default_catalogue_cohort_is_unchanged_by_switches_and_prednisone(inputs):
+    """Without switch options (and with prednisone.adjusts off, the default) the cohort is byte for byte the one
+    before issue 17: the new mechanisms draw from their own random streams."""
+    config, vocabulary, catalog = inputs
+    assert config.prednisone.adjusts is False
+    cohort = simulate_cohort(120, 11, config, vocabulary, _without_switches(catalog), TODAY)
+    assert {name: _digest(getattr(cohort, name)) for name in cohort._fields} == UNCHANGED
+
+
+def test_switch_options_are_in_the_truth_and_in_the_observed_choices(switch_cohort):
+    o, d = switch_cohort.outcomes, switch_cohort.decisions
+    per_decision = o.groupby("decision_id")["option"].apply(set)
+    assert per_decision.map(lambda s: set(SWITCH_NAMES) <= s).all()
+    switch_rows = o[o["option"].isin(SWITCH_NAMES)]
+    assert switch_rows[["p_response", "p_steroid_sparing", "p_safety"]].notna().all().all()
+    assert set(d["option_taken"]) >= set(SWITCH_NAMES)
+    # taken only where eligible (the stopped drug current), and never the majority of eligible decisions
+    taken = d.merge(o, left_on=["decision_id", "option_taken"], right_on=["decision_id", "option"])
+    assert taken["eligible"].all()
+    eligible = switch_rows[switch_rows["eligible"]].groupby("option")["decision_id"].nunique()
+    share = d["option_taken"].value_counts().reindex(eligible.index) / eligible
+    assert ((share > 0) & (share < 0.3)).all(), share
+
+
+def test_switch_rate_follows_the_policy_setting(inputs):
+    config, vocabulary, _ = inputs
+    catalog = _with_switches()
+    name = "switch_mycophenolate_to_tacrolimus"
+    rates = []
+    for base in (-3.0, 1.0):
+        c = simulate_cohort(200, 4, _adjusting(config, **{name: base}), vocabulary, catalog, TODAY)
+        eligible = c.outcomes[(c.outcomes["option"] == name) & c.outcomes["eligible"]]["decision_id"].nunique()
+        rates.append((c.decisions["option_taken"] == name).sum() / eligible)
+    assert rates[0] < 0.06 < 0.15 < rates[1], rates
+
+
+def test_switch_records_show_a_stop_and_a_start_that_derivation_reads_as_the_switch(switch_cohort, inputs):
+    from features.config import FeatureConfig
+    from features.contract import MeasureCatalog, normalise
+    from features.decisions import compare_with_truth, derive_decisions
+
+    _, vocabulary, _ = inputs
+    catalog = _with_switches()
+    reg = switch_cohort.regimens.assign(generic=vocabulary.lookup_many(switch_cohort.regimens["drug"]))
+    spec = {o["name"]: o for o in SWITCHES}
+    switched = switch_cohort.decisions[switch_cohort.decisions["option_taken"].isin(SWITCH_NAMES)]
+    assert len(switched) >= 10
+    for row in switched.itertuples():
+        mine = reg[reg["patient_id"] == row.patient_id]
+        window = (row.date, row.date + pd.Timedelta(days=30))
+        stop = mine[(mine["generic"] == spec[row.option_taken]["stops"]) & mine["end_date"].between(*window)]
+        start = mine[(mine["generic"] == spec[row.option_taken]["adds"]) & mine["start_date"].between(*window)]
+        assert len(stop) >= 1 and len(start) == 1, row
+    # prednisone changes are not regimen changes a decision waits on (the lead's stability setting)
+    features = FeatureConfig.model_validate({"decisions": {"stability_ignore_classes": ["glucocorticoid"]}})
+    tables = {name: getattr(switch_cohort, name) for name in CONTRACT_COLUMNS}
+    measures = MeasureCatalog.from_config(load_reference("measures"))
+    derived = derive_decisions(normalise(tables, vocabulary, measures, TODAY), vocabulary, catalog, features)
+    result = compare_with_truth(derived, switch_cohort.decisions)
+    assert result["precision"] >= 0.95 and result["recall"] >= 0.95, result
+    assert result["option_accuracy"] > 0.9
+    confusion = result["option_confusion"]
+    for name in SWITCH_NAMES:
+        if name in confusion:
+            assert confusion[name].get(name, 0) / sum(confusion[name].values()) >= 0.9, (name, confusion[name])
+
+
+def _prednisone_on(regimens: pd.DataFrame, vocabulary: Vocabulary, patient: pd.Series, day: pd.Series) -> np.ndarray:
+    """Prednisone mg/day each (patient, date) has in the regimen records (0 when none)."""
+    pred = regimens[vocabulary.lookup_many(regimens["drug"]) == "prednisone"]
+    keys = pd.DataFrame({"patient_id": patient.to_numpy(), "day": day.to_numpy(), "k": np.arange(len(patient))})
+    m = keys.merge(pred, on="patient_id")
+    on = (m["start_date"] <= m["day"]) & (m["end_date"].isna() | (m["end_date"] >= m["day"]))
+    dose = m[on].groupby("k")["dose"].max()
+    return dose.reindex(range(len(patient)), fill_value=0.0).to_numpy(float)
+
+
+def test_prednisone_falls_in_responders_more_than_in_non_responders(switch_cohort, inputs):
+    _, vocabulary, _ = inputs
+    c = switch_cohort
+    d = c.decisions.merge(c.outcomes, left_on=["decision_id", "option_taken"], right_on=["decision_id", "option"])
+    d = d[d["date"] + pd.Timedelta(days=140) <= pd.Timestamp(TODAY)]
+    before = _prednisone_on(c.regimens, vocabulary, d["patient_id"], d["date"])
+    after = _prednisone_on(c.regimens, vocabulary, d["patient_id"], d["date"] + pd.Timedelta(days=130))
+    responder = (d["tis"] >= 40).to_numpy()
+    fall = before - after
+    assert responder.sum() > 30 and (~responder).sum() > 30
+    assert fall[responder].mean() > fall[~responder].mean() + 1.0, (fall[responder].mean(), fall[~responder].mean())
+    assert (fall[responder] >= 0).mean() > 0.9  # responders are tapered, rarely raised
+    assert (fall < 0).any()  # some flares are treated with more prednisone
+
+
+def test_steroid_sparing_truth_is_a_probability_and_higher_for_responders(switch_cohort):
+    o = switch_cohort.outcomes
+    assert o["p_steroid_sparing"].between(0, 1).all() and o["steroid_sparing"].dtype == bool
+    responder = o["tis"] >= 40
+    assert o.loc[responder, "p_steroid_sparing"].mean() > o.loc[~responder, "p_steroid_sparing"].mean() + 0.05
+    assert o.loc[responder, "steroid_sparing"].mean() > o.loc[~responder, "steroid_sparing"].mean() + 0.05
+    # the realised label agrees with its probability (calibrated to the Monte Carlo error)
+    assert abs(o["steroid_sparing"].mean() - o["p_steroid_sparing"].mean()) < 0.03
+
+
+def test_stopping_tocilizumab_loses_nothing_and_stopping_mycophenolate_loses_its_effect(switch_cohort):
+    """TIM: tocilizumab = placebo, so a switch away from it is the added drug alone; mycophenolate's accrued effect
+    fades after its washout, so swapping it for tacrolimus gains less than adding tacrolimus would."""
+    from simulator.effects import DecisionState, option_effects, subgroups
+
+    config = SimulatorConfig.from_config(load_reference("simulator"))
+    catalog = _with_switches()
+    n = 2
+    generics = ["tocilizumab", "mycophenolate", "tofacitinib", "tacrolimus", "abatacept", "cyclophosphamide"]
+    on = pd.DataFrame({g: [g in ("tocilizumab", "mycophenolate")] * n for g in generics})
+    state = DecisionState(on, pd.DataFrame({g: np.where(on[g], 400.0, np.nan) for g in generics}),
+                          pd.DataFrame({g: np.zeros(n) for g in generics}), np.full(n, 10.0), np.full(n, 0.5),
+                          np.full(n, 0.5), np.full(n, 50.0), np.zeros(n, bool), np.full(n, 5.0))
+    patients = pd.DataFrame({c: [False] * n for c in ("anti_mda5", "anti_synthetase", "anti_mi2", "antibody_negative",
+                                                      "juvenile", "dermatomyositis", "pm_imnm", "ild")})
+    eff = option_effects(catalog, state, subgroups(patients, state, config.effects), 24, config.effects)
+    j = catalog.names.index
+    assert eff.stop_muscle is not None and eff.stop_skin is not None
+    assert eff.stop_muscle[:, j("switch_tocilizumab_to_jak_inhibitor")] == pytest.approx(1.0)
+    assert (eff.new_muscle[:, j("switch_tocilizumab_to_jak_inhibitor")] > 0).all()
+    assert (eff.stop_muscle[:, j("switch_mycophenolate_to_tacrolimus")] > 1.1).all()
+    assert (eff.stop_skin[:, j("switch_mycophenolate_to_tacrolimus")] > 1.1).all()
+    dm, _ = eff.delta(1.0, config.effects.max_effect)
+    k = j("switch_mycophenolate_to_tacrolimus")
+    keep_and_add = 1 - (1 - dm[:, j("continue")]) * (1 - eff.new_muscle[:, k])  # tacrolimus on top of mycophenolate
+    assert (dm[:, k] < keep_and_add - 0.05).all()
+    assert (dm[:, j("switch_tocilizumab_to_jak_inhibitor")] > dm[:, j("continue")]).all()
