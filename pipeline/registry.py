@@ -9,6 +9,10 @@ The registered model is self-contained (MLflow models-from-code): its code is `p
 packages it imports (`models`, `features`) travel in it as `code_paths`, the fitted bundle is its `bundle` artifact,
 its requirements are pinned, and its metadata records the feature columns and the feature and label settings it was
 trained with (read by `escalate score` before loading it).
+
+`pipeline.registry_store` reads the same local store read-only without importing MLflow (alias -> version -> bundle
+file, a run's params and metrics) for the clinician page; it falls back to this module whenever the store is not a
+local SQLite file.
 """
 
 from __future__ import annotations
@@ -28,11 +32,9 @@ from mlflow.tracking import MlflowClient
 
 from models.bundle import EXPLAIN_PARAM, explain_top_k_param  # noqa: F401 - part of this module's interface
 from pipeline.config import ROOT, quiet_library_notices, tracking_uri
+from pipeline.registry_store import CANDIDATE, CHAMPION, MODEL_NAME  # noqa: F401 - defined there (no MLflow import)
 
 EXPERIMENT = "escalate"
-MODEL_NAME = "escalate-response"
-CANDIDATE = "candidate"
-CHAMPION = "champion"
 BUNDLE_FILE = "escalate_model.joblib"
 #: the registered model's code file and the pure packages shipped with it (what that file imports).
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")

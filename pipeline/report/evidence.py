@@ -146,12 +146,30 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
     """What the page may say about this model version: the horizon and calibration settings it was trained and
     evaluated with (its MLflow run's params, else the settings), its validation metrics and calibration curve
     (the run's metrics and `evaluate/` artefacts, else data/evaluate/ when data/train/run.json names the same
-    run). Metrics of another run are never shown."""
+    run). Metrics of another run are never shown. The run is read from the local store without MLflow
+    (`pipeline.registry_store.run_record`) when it can be, else through MLflow; `use_mlflow=False` reads neither."""
     cfg = loaded.model.config
     run_params: dict[str, str] = {}
     metrics: dict[str, float] = {}
     curve = pd.DataFrame()
     source = "not evaluated"
+    if use_mlflow and loaded.run_id not in ("", "unknown"):
+        from pipeline import registry_store as store
+
+        try:  # the read-only fast path: the local store's run record and artifact folder, no MLflow import
+            record = store.run_record(loaded.run_id)
+            use_mlflow = False
+            if record is None:
+                typer.echo(f"MLflow run {loaded.run_id} not in the store; using {evaluate_dir}", err=True)
+            else:
+                run_params, metrics = record.params, record.metrics
+                if "response_auroc" in metrics:
+                    source = f"MLflow run {loaded.run_id}"
+                logged = None if record.artifact_dir is None else record.artifact_dir / "evaluate/plots/calibration.csv"
+                if logged is not None and logged.is_file():
+                    curve = pd.read_csv(logged)
+        except store.StoreUnreadable:
+            pass  # MLflow below
     if use_mlflow and loaded.run_id not in ("", "unknown"):
         try:
             import mlflow

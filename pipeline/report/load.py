@@ -22,7 +22,37 @@ class LoadedModel:
 
 
 def load_model(model_dir: Path = Path("data/train/model")) -> LoadedModel:
-    """The registered model by alias (champion, else candidate), else the bundle the train stage wrote."""
+    """The registered model by alias (champion, else candidate), else the bundle the train stage wrote.
+
+    The registry is read first through the read-only fast path (`pipeline.registry_store`: the local SQLite store
+    and the version's `bundle` artifact, unpickled with joblib, no MLflow import — the same object MLflow's loader
+    unwraps); only when that path cannot answer (a remote store, another layout) is MLflow asked."""
+    from pipeline import registry_store as store
+
+    try:
+        for alias in (store.CHAMPION, store.CANDIDATE):
+            target = store.resolve_alias(alias)
+            if target is None:
+                continue
+            try:
+                bundle = _load_bundle(target.bundle)
+            except Exception as exc:  # noqa: BLE001 - e.g. a bundle pickled by other code: MLflow's loader decides
+                raise store.StoreUnreadable(f"{target.bundle} not loadable here ({exc})") from exc
+            return LoadedModel(bundle, target.name, target.version, alias, target.run_id)
+    except store.StoreUnreadable:
+        return _load_model_with_mlflow(model_dir)
+    return _load_local_bundle(model_dir)
+
+
+def _load_bundle(path: Path) -> Any:
+    """The fitted bundle from its joblib file (`registry.save_bundle`)."""
+    import joblib
+
+    return joblib.load(path)
+
+
+def _load_model_with_mlflow(model_dir: Path) -> LoadedModel:
+    """`load_model` through MLflow (any tracking store): champion, else candidate, else the local bundle."""
     try:
         import mlflow
 
@@ -39,17 +69,19 @@ def load_model(model_dir: Path = Path("data/train/model")) -> LoadedModel:
             return LoadedModel(bundle, registry.MODEL_NAME, version, alias, run_id)
     except Exception as exc:  # noqa: BLE001 - a registry problem falls back to the local bundle, said below
         typer.echo(f"model registry not usable ({exc}); falling back to {model_dir}", err=True)
+    return _load_local_bundle(model_dir)
+
+
+def _load_local_bundle(model_dir: Path) -> LoadedModel:
+    """The bundle the train stage wrote to `model_dir` (no registered model); FileNotFoundError when absent."""
     path = Path(model_dir) / "escalate_model.joblib"
     if not path.is_file():
         raise FileNotFoundError(
             f"no registered model (aliases champion, candidate) and no bundle at {path}: run `dvc repro train`"
         )
-    import joblib
-
     run = Path(model_dir).parent / "run.json"
     run_id = json.loads(run.read_text()).get("run_id", "unknown") if run.is_file() else "unknown"
-    return LoadedModel(joblib.load(path), "escalate-response", "local", "data/train/model", str(run_id))
-
+    return LoadedModel(_load_bundle(path), "escalate-response", "local", "data/train/model", str(run_id))
 
 
 def _read_patient_rows(path: Path, patient_id: str) -> pd.DataFrame:
