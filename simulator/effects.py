@@ -121,7 +121,8 @@ def option_effects(
     """Effects of every option by the horizon (see `OptionEffects`); δ = 1 − keep × (1 − new).
 
     Adding a drug the patient already takes changes nothing; optimising with nothing below target equals continue.
-    A switch adds its drug as an add does and stops a current one (`stop_factor`).
+    A switch adds its drug as an add does and stops a current one (`stop_factor`); a switch away from a drug the
+    patient does not take is void (ineligible): it changes nothing, like an add of a drug already taken.
     """
     n = len(state.muscle)
     h = float(horizon_weeks)
@@ -158,6 +159,8 @@ def option_effects(
         elif opt.kind in ("add", "switch") and opt.adds in full:
             dm, ds, tau = full[opt.adds]
             already = state.on_drug[opt.adds].to_numpy(bool) if opt.adds in state.on_drug.columns else np.zeros(n, bool)
+            if opt.kind == "switch":
+                already = already | ~_on(state, opt.stops)
             g = onset(h, tau)
             new_m = np.where(already, 0.0, dm * g)
             new_s = np.where(already, 0.0, ds * g)
@@ -205,8 +208,9 @@ def safety_risk(
         extra = np.zeros(n)
         if opt.kind in ("add", "switch") and opt.adds in config.drug:
             extra = np.where(on[opt.adds], 0.0, config.drug[opt.adds])
-        if opt.kind == "switch" and opt.stops in config.drug:  # the stopped drug's burden goes with it
-            extra = extra - np.where(on[opt.stops], config.drug[opt.stops], 0.0)
+        if opt.kind == "switch":  # the stopped drug's burden goes with it; void where it is not current
+            current = _on(state, opt.stops)
+            extra = np.where(current, extra - config.drug.get(str(opt.stops), 0.0), 0.0)
         p_ref = 1 / (1 + np.exp(-(base + current + extra)))
         out[:, j] = 1 - (1 - p_ref) ** (horizon_weeks / config.reference_weeks)
     return out
@@ -220,8 +224,17 @@ def interruption_risk(catalog: OptionCatalog, state: DecisionState, config: Effe
     for j, opt in enumerate(catalog.options):
         if opt.kind in ("add", "switch") and opt.adds in config.harm.interruption:
             already = state.on_drug[opt.adds].to_numpy(bool) if opt.adds in state.on_drug.columns else np.zeros(n, bool)
+            if opt.kind == "switch":
+                already = already | ~_on(state, opt.stops)
             out[:, j] = np.where(already, 0.0, config.harm.interruption[opt.adds])
     return out
+
+
+def _on(state: DecisionState, generic: str | None) -> np.ndarray:
+    """Whether each decision's patient is on `generic`."""
+    if generic is None or generic not in state.on_drug.columns:
+        return np.zeros(len(state.muscle), bool)
+    return state.on_drug[generic].to_numpy(bool)
 
 
 def policy_features(
@@ -256,6 +269,8 @@ def propensities(
             raise KeyError(f"policy.coefficients names an unknown feature {feature!r}; known: {', '.join(features)}")
         for name, coef in coefs.items():
             if name not in catalog.names:
+                if name in config.base:  # an option the settings know (e.g. a switch) that this catalogue lacks
+                    continue
                 raise KeyError(f"policy.coefficients.{feature} names an unknown option {name!r}")
             logits[:, catalog.names.index(name)] += coef * features[feature]
     logits = np.where(eligible, logits, -np.inf)

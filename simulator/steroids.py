@@ -63,9 +63,9 @@ def course(dose0: np.ndarray, a0: np.ndarray, a_h: np.ndarray, horizon_days: flo
     change = (np.asarray(a_h, dtype=float) - a0) / np.maximum(a0, rule.activity_floor)
     flare = change >= rule.flare_if_rise
     taper = change <= -rule.taper_if_fall
-    d0 = np.broadcast_to(np.asarray(dose0, dtype=float), np.broadcast_shapes(np.shape(dose0), change.shape))
+    d0 = np.asarray(dose0, dtype=float)  # per decision: the taper and flare doses are computed once, then broadcast
     if not (rule.adjusts if adjusts is None else adjusts):
-        return Course(taper, flare, np.array(d0, dtype=float))
+        return Course(taper, flare, np.broadcast_to(d0, np.broadcast_shapes(d0.shape, change.shape)))
     steps = len(review_days(horizon_days, rule))
     tapered = taper_steps(d0, steps, rule)[..., -1] if steps else d0
     dose = np.where(flare, flare_dose(d0, rule), np.where(taper, tapered, d0))
