@@ -86,6 +86,9 @@ class LabelConfig(_Frozen):
     skin_response_drop: float = Field(5.0, gt=0)
     safety_events: tuple[str, ...] = ("serious_infection", "opportunistic_infection", "cytopenia")
     cytopenia_min_grade: int = Field(3, ge=1, le=4)
+    #: steroid sparing = prednisone at or below this (mg/day) at follow-up with no dose rise in between (EULAR
+    #: glucocorticoid taper goal for maintenance, ≤ 7.5 mg/day; docs/sources.md §4).
+    steroid_goal_mg_day: float = Field(7.5, ge=0)
 
 
 class SplitConfig(_Frozen):

@@ -3,8 +3,9 @@
 Baseline is the decision visit's core set (a missing measure carried forward from at most `carry_forward_days`
 before); follow-up is the visit nearest decision + horizon within ± window. From the pair: the ACR/EULAR Total
 Improvement Score, its category, response at the configured threshold (juvenile DM thresholds for juvenile DM),
-CDASI activity change and skin response, and a safety event within (visit, visit + horizon]. No follow-up visit →
-the efficacy labels are missing (and counted), never guessed.
+CDASI activity change and skin response, a safety event within (visit, visit + horizon], and steroid sparing
+(prednisone at or below the taper goal at follow-up with no dose rise in between). No follow-up visit → the
+efficacy labels are missing (and counted), never guessed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from features.response import (
 
 LABEL_COLUMNS: tuple[str, ...] = (
     "followup_date", "total_improvement_score", "improvement_category", "response", "cdasi_change",
-    "skin_response", "safety_event", "label_missing_reason",
+    "skin_response", "safety_event", "steroid_sparing", "label_missing_reason",
 )
 
 
@@ -87,6 +88,8 @@ def outcome_labels(
         skin = np.where(np.isnan(cdasi_change), np.nan, (cdasi_change <= -config.skin_response_drop).astype(float))
 
     safety = _safety_event(tables["events"], tables["assessments"], index, codes, day, horizon, has_fu, config)
+    sparing = steroid_sparing(tables["regimens"], index, codes, day, np.where(has_fu, fu_day, -1),
+                              config.steroid_goal_mg_day)
     reason = np.where(
         ~has_fu,
         f"no follow-up visit within ±{config.window_weeks} weeks of week {config.horizon_weeks}",
@@ -102,10 +105,45 @@ def outcome_labels(
             "cdasi_change": cdasi_change,
             "skin_response": skin,
             "safety_event": safety,
+            "steroid_sparing": sparing,
             "label_missing_reason": reason,
         },
         index=decisions.index,
     )
+    return out
+
+
+def steroid_sparing(regimens: pd.DataFrame, index: pd.Index, codes: np.ndarray, day: np.ndarray,
+                    fu_day: np.ndarray, goal_mg_day: float, rise_tolerance: float = 0.05) -> np.ndarray:
+    """1 / 0 / NaN per decision: prednisone (mg/day, summed over its rows) at or below `goal_mg_day` on the
+    follow-up day and never raised above the decision-day dose in between (a rise is a flare being treated);
+    NaN without a follow-up visit (`fu_day` < 0). No prednisone row on a day means 0 mg/day."""
+    pred = regimens[regimens["generic"].astype(str).to_numpy() == "prednisone"]
+    rc = patient_codes(index, pred["patient_id"])
+    keep = rc >= 0
+    rows = pd.DataFrame({"code": rc[keep], "start": to_days(pred["start_date"])[keep],
+                         "end": np.nan_to_num(to_days(pred["end_date"])[keep].astype(float), nan=np.inf),
+                         "mg": pd.to_numeric(pred["daily_mg"], errors="coerce").to_numpy(float)[keep]})
+    out = np.full(len(codes), np.nan)
+    has_fu = fu_day >= 0
+    if not has_fu.any():
+        return out
+    q = pd.DataFrame({"q": np.flatnonzero(has_fu), "code": codes[has_fu], "day": day[has_fu],
+                      "fu": fu_day[has_fu]})
+    m = q.merge(rows, on="code", how="left")
+    mg = m["mg"].fillna(0.0).to_numpy()
+
+    def dose_on(which: str) -> np.ndarray:
+        on = (m["start"].to_numpy() <= m[which].to_numpy()) & (m[which].to_numpy() <= m["end"].to_numpy())
+        return np.bincount(m["q"].to_numpy(), weights=np.where(on, mg, 0.0), minlength=len(codes))
+
+    at_decision, at_followup = dose_on("day"), dose_on("fu")
+    started_between = (m["start"].to_numpy() > m["day"].to_numpy()) & (m["start"].to_numpy() <= m["fu"].to_numpy())
+    peak = np.zeros(len(codes))
+    np.maximum.at(peak, m["q"].to_numpy(), np.where(started_between, mg, 0.0))
+    rose = peak > at_decision * (1 + rise_tolerance) + 1e-9
+    ok = (at_followup <= goal_mg_day + 1e-9) & ~rose
+    out[has_fu] = ok[has_fu].astype(float)
     return out
 
 

@@ -106,6 +106,8 @@ class BundleConfig(_Frozen):
     learner: LearnerKind | Literal["auto"] = "t_learner"
     selection: SelectionConfig = SelectionConfig()
     safety_learner: LearnerKind = "s_learner"
+    #: steroid sparing (prednisone ≤ the taper goal at the horizon without a rise): pooled like safety
+    steroid_learner: LearnerKind = "s_learner"
     tis_learner: LearnerKind | None = None  # None: same as `learner`
     booster: BoosterConfig = BoosterConfig()
     propensity: PropensityConfig = PropensityConfig()
@@ -353,7 +355,11 @@ class EscalateModel:
         shared by every head and bootstrap member (`X`: the already checked feature block, if at hand)."""
         shared = SharedFeatures(self.contract.check(features) if X is None else X)
         out: dict[str, np.ndarray] = {}
-        for head, name in (("response", "p_response"), ("tis", "expected_tis"), ("safety", "p_safety")):
+        for head, name in HEAD_OUTPUTS.items():
+            if head not in self.heads:  # a model trained without that label (e.g. before steroid sparing existed)
+                nan = np.full((len(shared), len(self.arms)), np.nan)
+                out[name], out[f"{name}_low"], out[f"{name}_high"] = nan, nan.copy(), nan.copy()
+                continue
             point, low, high = self.heads[head].predict(shared)
             out[name], out[f"{name}_low"], out[f"{name}_high"] = point, low, high
         return out
@@ -457,6 +463,9 @@ class EscalateModel:
         return out.merge(reasons, on=["row", "option"], how="left", validate="one_to_one")
 
 
+#: head -> its prediction column in `predict_frame` (with `_low` / `_high` interval columns).
+HEAD_OUTPUTS = {"response": "p_response", "tis": "expected_tis", "safety": "p_safety",
+                "steroid_sparing": "p_steroid_sparing"}
 _PRED_COLUMNS = (
     "p_response",
     "p_response_low",
@@ -467,6 +476,9 @@ _PRED_COLUMNS = (
     "p_safety",
     "p_safety_low",
     "p_safety_high",
+    "p_steroid_sparing",
+    "p_steroid_sparing_low",
+    "p_steroid_sparing_high",
 )
 
 
@@ -665,6 +677,7 @@ def fit_escalate_model(
         )
     features = features.reset_index(drop=True)
     label_cols = ["decision_id", "option_taken", "total_improvement_score", "safety_event"]
+    label_cols += ["steroid_sparing"] if "steroid_sparing" in decisions.columns else []  # older feature tables lack it
     label_cols += [c for c in decisions.columns if c.startswith(ELIGIBLE_PREFIX)]
     merged = features[["decision_id"]].merge(
         decisions[label_cols], on="decision_id", how="left", validate="one_to_one", indicator=True
@@ -724,6 +737,8 @@ def fit_escalate_model(
     tis = pd.to_numeric(merged["total_improvement_score"], errors="coerce").to_numpy(dtype=float)
     safety = pd.to_numeric(merged["safety_event"], errors="coerce").to_numpy(dtype=float)
     response = response_of(tis, features, cfg)
+    sparing = (pd.to_numeric(merged["steroid_sparing"], errors="coerce").to_numpy(dtype=float)
+               if "steroid_sparing" in merged.columns else None)
 
     heads: dict[str, Head] = {}
     labelled: dict[str, int] = {}
@@ -743,11 +758,17 @@ def fit_escalate_model(
         ("tis", cfg.tis_learner or response_kind, "continuous", tis, 2,
          response_updates if cfg.tis_learner is None else modifiers),
         ("safety", cfg.safety_learner, "binary", safety, 3, {}),
+        *((("steroid_sparing", cfg.steroid_learner, "binary", sparing, 4, {}),) if sparing is not None else ()),
     )
+    not_fitted: dict[str, str] = {}
     for name, kind, outcome, y, offset, updates in specs:
         rows = in_arms & np.isfinite(y)
         labelled[name] = int(rows.sum())
         idx = np.flatnonzero(rows)
+        if name == "steroid_sparing" and (len(idx) < cfg.min_rows_per_option or len(np.unique(y[idx])) < 2):
+            # an optional outcome: too few labels, or one class only, leaves it out (said in the summary)
+            not_fitted[name] = f"{len(idx)} labelled decision(s), outcomes {sorted(set(y[idx].tolist()))}"
+            continue
         heads[name] = _fit_head(
             kind,
             cfg,
@@ -782,6 +803,7 @@ def fit_escalate_model(
         "rows_option_outside_catalogue": int((~np.isin(taken, catalog.names)).sum()),
         "rows_taken_against_eligibility_rules": int(len(against_rules)),
         "labelled_rows": labelled,
+        "heads_not_fitted": not_fitted,
         "unlabelled_rows": {k: int(in_arms.sum()) - v for k, v in labelled.items()},
         "response_rate": float(np.nanmean(response[in_arms])) if in_arms.any() else float("nan"),
         "eligibility_source": source,

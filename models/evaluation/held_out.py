@@ -64,7 +64,7 @@ def evaluate_bundle(
     cfg = config if config is not None else EvaluationConfig()
     features = features.reset_index(drop=True)
     label_cols = ["decision_id", "option_taken", "total_improvement_score", "safety_event"]
-    label_cols += ["date"] if "date" in decisions.columns else []
+    label_cols += [c for c in ("date", "steroid_sparing") if c in decisions.columns]
     labels = features[["decision_id"]].merge(decisions[label_cols], on="decision_id", how="left",
                                              validate="one_to_one")
     arms = list(model.arms)
@@ -105,6 +105,13 @@ def evaluate_bundle(
     safety_metrics = factual_metrics(safety[idx_s], s_taken, cfg)
     factual_rows = [{"outcome": "response", **resp_metrics}, {"outcome": "safety", **safety_metrics},
                     {"outcome": "tis", **{k: v for k, v in tis_metrics.items()}}]
+    sparing_metrics: dict[str, float] = {}
+    if "steroid_sparing" in labels.columns and np.isfinite(pred["p_steroid_sparing"]).any():
+        sparing = pd.to_numeric(labels["steroid_sparing"], errors="coerce").to_numpy(dtype=float)
+        _, idx_g = factual(sparing)
+        counts["steroid_sparing_unlabelled"] = int((taken_ok & np.isnan(sparing)).sum())
+        sparing_metrics = factual_metrics(sparing[idx_g], pred["p_steroid_sparing"][idx_g, codes[idx_g]], cfg)
+        factual_rows.append({"outcome": "steroid_sparing", **sparing_metrics})
     for j, arm in enumerate(arms):
         m = codes[idx_r] == j
         if m.sum() >= 2:
@@ -145,6 +152,8 @@ def evaluate_bundle(
         "tis_rmse": tis_metrics["rmse"],
         "safety_auroc": safety_metrics["auroc"],
         "safety_brier": safety_metrics["brier"],
+        **({"steroid_sparing_auroc": sparing_metrics["auroc"], "steroid_sparing_brier": sparing_metrics["brier"],
+            "steroid_sparing_ece": sparing_metrics["ece"]} if sparing_metrics else {}),
     }
     by_policy = dv.set_index("policy")
     rec, obs = by_policy.loc["recommended"], by_policy.loc["observed"]
@@ -268,6 +277,14 @@ def _simulator_evaluation(
         "sim_auroc_model_mean": float(np.nanmean(table["auroc_model"])),
         "sim_auroc_oracle_mean": float(np.nanmean(table["auroc_oracle"])),
     }
+    if "p_steroid_sparing" in outcomes.columns and np.isfinite(pred["p_steroid_sparing"]).any():
+        # the steroid-sparing head against its truth: calibration-free error and interval coverage
+        true_g = option_matrix(outcomes, "p_steroid_sparing", arms).reindex(truth_ids).to_numpy(dtype=float)
+        known = both & np.isfinite(true_g)
+        g, lo, hi = (pred[f"p_steroid_sparing{x}"][hit] for x in ("", "_low", "_high"))
+        if known.any():
+            headline["sim_steroid_sparing_rmse"] = float(np.sqrt(np.mean((g - true_g)[known] ** 2)))
+            headline["sim_steroid_sparing_coverage"] = float(np.mean(((lo <= true_g) & (true_g <= hi))[known]))
     plots = {"effect_scatter": effect_scatter_data(np.nan_to_num(p, nan=0.0), np.nan_to_num(true_p, nan=0.0),
                                                       both, arms, control=control)}
     # every baseline against the same truth and eligibility as the model's regret above (care as given may have

@@ -154,6 +154,8 @@ def option_rows(pred: pd.DataFrame, labels: Mapping[str, str], thin: set[str] | 
             expected_tis=f(r, "expected_tis"), expected_tis_low=f(r, "expected_tis_low"),
             expected_tis_high=f(r, "expected_tis_high"), p_safety=f(r, "p_safety"),
             p_safety_low=f(r, "p_safety_low"), p_safety_high=f(r, "p_safety_high"),
+            p_steroid_sparing=f(r, "p_steroid_sparing"), p_steroid_sparing_low=f(r, "p_steroid_sparing_low"),
+            p_steroid_sparing_high=f(r, "p_steroid_sparing_high"),
             recommended=bool(r.get("recommended")) and eligible,
             thin_overlap=str(r["option"]) in (thin or set()),
             advised_against=bool(r.get("advised_against")) and eligible,
@@ -442,5 +444,7 @@ def build_patient_page(
         performance=performance_facts(evidence.metrics, evidence.interval_level, evidence.horizon_weeks,
                                       confidence_level=evidence.confidence_level),
         data_findings=tuple(findings), positivity_threshold=evidence.positivity_threshold, notes=ex.notes,
+        steroid_goal=(model.data_settings.labels.steroid_goal_mg_day
+                      if "steroid_sparing" in model.heads and model.data_settings is not None else None),
     )
 

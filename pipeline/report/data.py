@@ -94,6 +94,10 @@ class OptionRow:
     p_safety: float | None = None
     p_safety_low: float | None = None
     p_safety_high: float | None = None
+    #: chance prednisone is at or below the taper goal at the horizon with no rise (None: not modelled)
+    p_steroid_sparing: float | None = None
+    p_steroid_sparing_low: float | None = None
+    p_steroid_sparing_high: float | None = None
     recommended: bool = False
     thin_overlap: bool = False
     #: a product label advises against the combination this option makes (never the ★), and the rule in words
@@ -169,6 +173,8 @@ class Page:
     data_findings: tuple[str, ...] = ()
     #: propensity below which an option's overlap is thin (the bundle's positivity threshold)
     positivity_threshold: float | None = None
+    #: the prednisone taper goal (mg/day) of the steroid-sparing column; None when the model has no such head
+    steroid_goal: float | None = None
     notes: tuple[str, ...] = ()
     generated: str = field(default_factory=lambda: date.today().isoformat())
     #: latest safety labs graded against CTCAE v5 (flagged from grade 2)

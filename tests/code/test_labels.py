@@ -141,3 +141,35 @@ def test_labels_align_with_the_decision_index():
     assert out.index.tolist() == [10, 20]
     assert np.isnan(out.loc[10, "total_improvement_score"])
     assert out.loc[20, "total_improvement_score"] == pytest.approx(72.5)
+
+
+def _with_prednisone(regimens):
+    t = normalised(regimens, visit(DECISION) + visit(week(24), **IMPROVED))
+    decisions = pd.DataFrame({"patient_id": ["P1"], "date": [pd.Timestamp(DECISION)]})
+    return outcome_labels(decisions, t).iloc[0]["steroid_sparing"]
+
+
+@pytest.mark.parametrize(
+    ("regimens", "sparing"),
+    [
+        # 20 mg/day tapered to 5 mg/day by the follow-up: steroid sparing
+        ([("P1", "prednisone", 20, "mg", "oral", "daily", "2024-06-01", week(8)),
+          ("P1", "prednisone", 5, "mg", "oral", "daily", week(8.15), None)], 1.0),
+        # still at 10 mg/day: above the 7.5 mg/day goal
+        ([("P1", "prednisone", 10, "mg", "oral", "daily", "2024-06-01", None)], 0.0),
+        # at 5 mg/day at follow-up, but raised to 40 mg/day in between (a flare treated)
+        ([("P1", "prednisone", 10, "mg", "oral", "daily", "2024-06-01", week(4)),
+          ("P1", "prednisone", 40, "mg", "oral", "daily", week(4.15), week(12)),
+          ("P1", "prednisone", 5, "mg", "oral", "daily", week(12.15), None)], 0.0),
+        ([], 1.0),  # no prednisone at all: 0 mg/day
+    ],
+    ids=["tapered", "above goal", "flare in between", "none"],
+)
+def test_steroid_sparing_is_prednisone_at_goal_at_follow_up_without_a_rise(regimens, sparing):
+    assert _with_prednisone(regimens) == sparing
+
+
+def test_steroid_sparing_is_missing_without_follow_up():
+    t = normalised([("P1", "prednisone", 5, "mg", "oral", "daily", "2024-06-01", None)], visit(DECISION))
+    decisions = pd.DataFrame({"patient_id": ["P1"], "date": [pd.Timestamp(DECISION)]})
+    assert np.isnan(outcome_labels(decisions, t).iloc[0]["steroid_sparing"])

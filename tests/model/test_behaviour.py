@@ -289,3 +289,23 @@ def test_the_model_says_what_its_interval_means(model):
     assert "out-of-fold" in meaning and "unmeasured confounding" in meaning
     bands = model.summary["interval_calibration"]
     assert set(bands) == {"response", "safety"} and all(v > 0 for v in bands["response"].values())
+
+
+def test_steroid_sparing_is_a_head_with_intervals_when_the_labels_have_it(cohort, model):
+    """With a `steroid_sparing` label the bundle predicts, per option, the chance that prednisone is at the taper
+    goal at the horizon with an interval; a label with one class only, or none, leaves the head out — said in the
+    summary, NaN in the output, nothing else changes."""
+    features, decisions, _ = cohort
+    rng = np.random.default_rng(5)
+    labelled = decisions.assign(steroid_sparing=np.where(rng.random(len(decisions)) < 0.1, np.nan,
+                                                         (rng.random(len(decisions)) < 0.4).astype(float)))
+    fitted = fit_escalate_model(features, labelled, catalog(), small_config())
+    out = fitted.predict_frame(features)
+    eligible = out[out["eligible"]]
+    assert eligible["p_steroid_sparing"].between(0, 1).all()
+    assert (eligible["p_steroid_sparing_low"] <= eligible["p_steroid_sparing"]).all()
+    assert (eligible["p_steroid_sparing"] <= eligible["p_steroid_sparing_high"]).all()
+    one_class = fit_escalate_model(features, decisions.assign(steroid_sparing=0.0), catalog(), small_config())
+    assert "steroid_sparing" in one_class.summary["heads_not_fitted"]
+    assert one_class.predict_frame(features)["p_steroid_sparing"].isna().all()
+    assert model.predict_frame(features)["p_steroid_sparing"].isna().all()  # trained without the label
