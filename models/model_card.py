@@ -43,6 +43,7 @@ class ModelCardInputs(BaseModel):
     confidence_level: float = 0.95
     overlap_warnings: Mapping[str, str] = {}
     modelled_options: Sequence[str] | None = None  # None: every option
+    selection: pd.DataFrame | None = None  # train's learner selection table (models.selection), None: fixed learner
     git_revision: str | None = None
 
 
@@ -144,12 +145,24 @@ def build_model_card(inputs: ModelCardInputs) -> str:
         "predicted probability of response.",
         "",
         "## Model",
-        f"- Outcome learner: `{i.learner}` (with `learner: auto`, the candidate whose recommendations had the "
-        "highest cross-fitted doubly robust value on the training patients: MLflow `train/selection.json`); "
-        "probabilities recalibrated on patient-grouped out-of-fold predictions by one map for all options.",
+        f"- Outcome learner: `{i.learner}`; probabilities recalibrated on patient-grouped out-of-fold predictions "
+        "by one increasing map for all options (it never reorders them).",
         f"- Intervals: {i.interval_meaning}",
         "- A propensity model of the option clinicians chose gives overlap diagnostics and the doubly robust "
         "decision value.",
+    ]
+    if i.selection is not None and len(i.selection):
+        lines += [
+            "",
+            "### How the learner was chosen (training patients only, no truth)",
+            "Each candidate was fitted on patient-grouped folds of the training patients and recommended for the "
+            "held-out fold; the value is the cross-fitted doubly robust response rate of its recommendations. The "
+            "first candidate listed within one standard error of the best was chosen (simplest first).",
+            "",
+            markdown_table(i.selection, ["candidate", "policy_value", "policy_value_se", "difference_vs_best",
+                                         "difference_se", "factual_log_loss", "chosen"]),
+        ]
+    lines += [
         "",
         "## Performance on held-out patients",
         "| metric | value |",

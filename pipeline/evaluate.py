@@ -140,6 +140,7 @@ def run_evaluate(
     inputs = ModelCardInputs(
         model_name=registry.MODEL_NAME,
         learner=model.learner_name,
+        selection=pd.DataFrame(model.summary["selection"]) if model.summary.get("selection") else None,
         response_threshold=model.config.response_threshold,
         juvenile_response_threshold=model.config.juvenile_response_threshold,
         interval_meaning=interval_meaning(model.config),

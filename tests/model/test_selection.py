@@ -69,3 +69,23 @@ def test_selection_refuses_what_it_cannot_compare():
         select_learner({}, data, np.zeros((len(X), 2)), n_folds=3, seed=1)
     with pytest.raises(ValueError, match=r"scores have shape \(3, 2\)"):
         select_learner({"glm": ModifierGLM(cfg)}, data, np.zeros((3, 2)), n_folds=3, seed=1)
+
+
+def test_the_model_card_shows_the_selection_table():
+    """The learner selection goes into the model card: every candidate with its cross-fitted value, and the one
+    chosen; a fixed learner gets no such section."""
+    import pandas as pd
+
+    from models.model_card import ModelCardInputs, build_model_card
+
+    table = pd.DataFrame({"candidate": ["modifier_glm(C=0.1)", "s_learner"], "policy_value": [0.51, 0.48],
+                          "policy_value_se": [0.04, 0.04], "difference_vs_best": [0.0, -0.03],
+                          "difference_se": [0.0, 0.02], "factual_log_loss": [0.57, 0.56], "chosen": [True, False]})
+    base = dict(model_name="escalate", learner="modifier_glm(C=0.1)", response_threshold=40,
+                juvenile_response_threshold=45, data_source="simulated", n_train_patients=10, n_train_decisions=20,
+                n_test_patients=5, n_test_decisions=9, options=[("continue", "continue")], eligibility_rules={},
+                headline={"response_auroc": 0.7})
+    card = build_model_card(ModelCardInputs(**base, selection=table))
+    assert "How the learner was chosen" in card
+    assert "| modifier_glm(C=0.1) | 0.510 | 0.040 | 0.000 | 0.000 | 0.570 | True |" in card
+    assert "How the learner was chosen" not in build_model_card(ModelCardInputs(**base))
