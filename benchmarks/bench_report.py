@@ -2,8 +2,14 @@
 a page for one patient reads only that patient, ≤ 3 s and ≤ 400 MB on the 3,000-patient cohort).
 
 Run: `python benchmarks/bench_report.py [--data data/cohort] [--patients SIM-000001 SIM-000004 …] [--as-of D]
-[--today T] [--repeat 3]` after `dvc repro` (needs the cohort and a trained model: registry champion or
-data/train/model/).
+[--today T] [--repeat 3] [--pycache /tmp/escalate-pyc] [--cli-only]` after `dvc repro` (needs the cohort and a
+trained model: registry champion or data/train/model/).
+
+First the whole command twice per patient, alternately: reading the registry without MLflow (the page's path now,
+pipeline/registry_store.py) and through MLflow (`ESCALATE_REGISTRY_FAST_PATH=0`, the path before), with the ratio of
+the two — on a shared machine compare the ratio, not only the seconds. `--pycache DIR` gives the measured commands a
+bytecode cache (an environment with PYTHONDONTWRITEBYTECODE=1 and no `__pycache__` compiles every imported module
+from source in every process, seconds of the total).
 
 Each measurement runs in a fresh process so peak RSS is that page's own. Prints, per patient: the stages in this
 process — reading and checking the patient's rows (Parquet, only that patient's rows kept), building the page
@@ -76,13 +82,27 @@ def child(data: Path, patient: str, as_of: str, today: str, whole: bool = False,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def cli(data: Path, patient: str, as_of: str, today: str) -> tuple[float, float]:
+def child_env(pycache: Path | None, mlflow: bool = False) -> dict[str, str]:
+    """The environment of a measured process: with `pycache`, Python's bytecode cache in that folder (what any
+    installed environment has; this one may set PYTHONDONTWRITEBYTECODE, and then every import compiles from
+    source); with `mlflow`, the registry read through MLflow (`ESCALATE_REGISTRY_FAST_PATH=0`, the old path)."""
+    env = dict(os.environ)
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    if mlflow:
+        env["ESCALATE_REGISTRY_FAST_PATH"] = "0"
+    return env
+
+
+def cli(data: Path, patient: str, as_of: str, today: str, env: dict[str, str] | None = None
+        ) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB, that process's own via wait4) of the whole `escalate report` command."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         proc = subprocess.Popen([str(Path(sys.executable).parent / "escalate"), "report", "--data", str(data),
                                  "--patient", patient, "--as-of", as_of, "--today", today, "--out", f"{tmp}/p.html"],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - t0
@@ -98,20 +118,41 @@ def main() -> None:
     ap.add_argument("--as-of", default="2026-06-01")
     ap.add_argument("--today", default=time.strftime("%Y-%m-%d"))
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--pycache", type=Path, default=None,
+                    help="a folder for Python's bytecode cache in the measured CLI runs (warmed by one untimed run); "
+                         "default: the environment as it is")
+    ap.add_argument("--cli-only", action="store_true", help="only the whole-command rows (no stage split)")
     args = ap.parse_args()
     import pandas as pd
 
     n = len(pd.read_parquet(args.data / "patients.parquet", columns=["patient_id"]))
-    print(f"cohort {args.data}: {n} patients; as of {args.as_of}, today {args.today}")
+    bytecode = ("cached in " + str(args.pycache) if args.pycache is not None
+                else "not cached (PYTHONDONTWRITEBYTECODE)" if os.environ.get("PYTHONDONTWRITEBYTECODE")
+                else "as the environment has it")
+    print(f"cohort {args.data}: {n} patients; as of {args.as_of}, today {args.today}; bytecode {bytecode}")
+    fast_env, mlflow_env = child_env(args.pycache), child_env(args.pycache, mlflow=True)
+    if args.pycache is not None:  # one untimed run of each path fills the cache
+        for env in (mlflow_env, fast_env):
+            cli(args.data, args.patients[0], args.as_of, args.today, env)
+    print("the whole command, registry read without MLflow (now) and through MLflow (before), run alternately in "
+          "this shell so both see the same machine load; ratio = now / before")
+    print(f"{'patient':<12} {'CLI s':>6} {'CLI peak MB':>11} {'MLflow CLI s':>12} {'MLflow peak MB':>14} "
+          f"{'time ratio':>10} {'RSS ratio':>9}")
+    for pid in args.patients:
+        for _ in range(args.repeat):
+            s0, mb0 = cli(args.data, pid, args.as_of, args.today, mlflow_env)
+            s, mb = cli(args.data, pid, args.as_of, args.today, fast_env)
+            print(f"{pid:<12} {s:>6.2f} {mb:>11.0f} {s0:>12.2f} {mb0:>14.0f} {s / s0:>10.2f} {mb / mb0:>9.2f}")
+    if args.cli_only:
+        return
     print(f"{'patient':<12} {'read+check s':>12} {'build s':>8} {'render s':>8} {'page s':>7} {'page peak MB':>12} "
-          f"{'no-MLflow peak MB':>17} {'CLI s':>6} {'CLI peak MB':>11}")
+          f"{'no-MLflow peak MB':>17}")
     for pid in args.patients:
         for _ in range(args.repeat):
             r = child(args.data, pid, args.as_of, args.today)
             local = child(args.data, pid, args.as_of, args.today, bundle=True)
-            s, mb = cli(args.data, pid, args.as_of, args.today)
             print(f"{pid:<12} {r['read_check_s']:>12.2f} {r['build_s']:>8.2f} {r['render_s']:>8.2f} "
-                  f"{r['page_s']:>7.2f} {r['peak_rss_mb']:>12.0f} {local['peak_rss_mb']:>17.0f} {s:>6.2f} {mb:>11.0f}")
+                  f"{r['page_s']:>7.2f} {r['peak_rss_mb']:>12.0f} {local['peak_rss_mb']:>17.0f}")
     r = child(args.data, args.patients[0], args.as_of, args.today, whole=True)
     print(f"for comparison, reading and checking the whole cohort for {args.patients[0]}: "
           f"{r['read_check_s']:.2f} s, page {r['page_s']:.2f} s, peak {r['peak_rss_mb']:.0f} MB")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +87,24 @@ def _load_local_bundle(model_dir: Path) -> LoadedModel:
     return LoadedModel(_load_bundle(path), "escalate-response", "local", "data/train/model", str(run_id))
 
 
+@contextmanager
+def _without_pyspark_pandas() -> Iterator[None]:
+    """While pandera is first imported, its import of `pyspark.pandas` fails (pandera then goes on without it).
+
+    pandera imports `pyspark.pandas` whenever PySpark is installed, only so that pyspark's patch of pandas comes
+    first — 0.1 s, 10 MB and a pandas-3 FutureWarning in every page process, which never uses Spark. The block
+    is lifted on leaving, so a later `import pyspark.pandas` in the same process works as usual."""
+    if "pandera" in sys.modules or "pyspark.pandas" in sys.modules:
+        yield
+        return
+    sys.modules["pyspark.pandas"] = None  # type: ignore[assignment] - None in sys.modules makes an import fail
+    try:
+        yield
+    finally:
+        if "pyspark.pandas" in sys.modules and sys.modules["pyspark.pandas"] is None:
+            del sys.modules["pyspark.pandas"]
+
+
 def _read_patient_rows(path: Path, patient_id: str) -> pd.DataFrame:
     """One patient's rows of one contract table file, indexed by their row in the file (so a finding names the
     same row as a whole-table check). Parquet: the `patient_id` column is read to find the rows, then only the
@@ -131,7 +152,8 @@ def _read_patient_rows(path: Path, patient_id: str) -> pd.DataFrame:
 def read_patient_tables(data: Path, patient_id: str) -> dict[str, pd.DataFrame]:
     """The four contract tables of one patient only (an absent `events` table is empty), rows numbered as in
     the files: a page for one patient never loads the whole cohort."""
-    from pipeline.io import CONTRACT_COLUMNS, table_paths
+    with _without_pyspark_pandas():
+        from pipeline.io import CONTRACT_COLUMNS, table_paths
 
     out: dict[str, pd.DataFrame] = {}
     for name, path in table_paths(Path(data)).items():
@@ -142,7 +164,8 @@ def read_patient_tables(data: Path, patient_id: str) -> dict[str, pd.DataFrame]:
 
 def check_tables(raw: dict[str, pd.DataFrame], today: str | None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """The contract check of some tables: the normalised tables of the accepted patients and every finding."""
-    from features.contract import MeasureCatalog, check
+    with _without_pyspark_pandas():
+        from features.contract import MeasureCatalog, check
     from features.vocabulary import Vocabulary
     from pipeline.config import load_reference
 
@@ -155,7 +178,8 @@ def check_tables(raw: dict[str, pd.DataFrame], today: str | None) -> tuple[dict[
 def _load_tables(data: Path, today: str | None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Read and check the contract tables: the normalised tables of the accepted patients and every finding
     (`table, row, patient_id, column, rule, severity, message`), so the page can show them."""
-    from pipeline.io import read_contract_tables
+    with _without_pyspark_pandas():
+        from pipeline.io import read_contract_tables
 
     return check_tables(read_contract_tables(data), today)
 
