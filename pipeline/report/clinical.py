@@ -55,10 +55,14 @@ def _mg(mg_day: float) -> str:
     return f"{mg_day / 1000:.3g} g/day" if mg_day >= 1000 else f"{mg_day:.3g} mg/day"
 
 
-def _per_cycle(mg_day: float, cycle_days: float) -> str:
-    """A daily intensity over the rule's cycle: '23.7 mg/week' for a weekly drug, else per day."""
+def _per_cycle(mg_day: float, cycle_days: float, doses_per_cycle: float = 1, per_dose: str = "a dose") -> str:
+    """A daily intensity over the rule's cycle as a prescriber doses it: '23.7 mg/week' for a weekly drug, one
+    administration for a cycle longer than a week ('609 mg an infusion', '60 g a course'), else per day."""
     if int(cycle_days) == 7:
         return f"{mg_day * 7:.3g} mg/week"
+    if cycle_days > 7:
+        mg = mg_day * cycle_days / max(float(doses_per_cycle), 1.0)
+        return ((f"{mg / 1000:.3g} g" if mg >= 1000 else f"{mg:.3g} mg") + f" {per_dose}").rstrip()
     return _mg(mg_day)
 
 
@@ -98,6 +102,8 @@ def dose_lines(current: pd.DataFrame, rules: Mapping[str, Any], drugs: Mapping[s
         high = float(row["target_high_mg_day"]) if _ok(row.get("target_high_mg_day")) else None
         target, status, frac, basis = line.target, line.status, line.fraction_of_target, ""
         jrule = cfg.get("juvenile", {}).get(generic) if juvenile else None
+        if jrule is not None and "max_m2" in jrule and _ok(bsa_m2) and float(bsa_m2) > float(jrule["max_m2"]):
+            jrule = None  # a child this large takes the adult dose (rituximab in RIM above 1.5 m²)
         if jrule is not None:
             size = weight_kg if jrule["basis"] == "mg_per_kg" else bsa_m2
             what = (f"{weight_kg:.0f} kg" if jrule["basis"] == "mg_per_kg" and _ok(weight_kg)
@@ -109,9 +115,11 @@ def dose_lines(current: pd.DataFrame, rules: Mapping[str, Any], drugs: Mapping[s
                 per_day = float(jrule["doses_per_cycle"]) / float(jrule["cycle_days"]) * float(size)
                 cap = float(jrule.get("max_mg_per_day", math.inf))
                 low, high = min(float(jrule["low"]) * per_day, cap), min(float(jrule["high"]) * per_day, cap)
-                days = float(jrule["cycle_days"])
-                target = f"{jrule['text']}: {_per_cycle(low, days)}" + (
-                    f"–{_per_cycle(high, days)}" if high > low * (1 + tol) else "") + f" for {what}"
+                days, doses = float(jrule["cycle_days"]), float(jrule["doses_per_cycle"])
+                word = str(jrule.get("per_dose", "a dose"))
+                span = (f"{_per_cycle(low, days, doses, '')}–{_per_cycle(high, days, doses, word)}"
+                        if high > low * (1 + tol) else _per_cycle(low, days, doses, word))
+                target = f"{jrule['text']}: {span} for {what}"
                 basis = f"juvenile target per {'kg' if jrule['basis'] == 'mg_per_kg' else 'm²'} ({what})"
                 if mg is None:
                     status, frac = "unknown", None

@@ -513,6 +513,30 @@ def test_a_juvenile_patient_is_judged_per_kg_and_per_m2_not_against_adult_doses(
     assert hcq.status == "above" and "30 kg" in hcq.target
 
 
+def test_juvenile_ivig_rituximab_and_cyclophosphamide_targets_follow_weight_and_body_surface():
+    """IVIG 2 g/kg (at most 70 g a course), rituximab 575 mg/m² an infusion up to 1.5 m² (adult dose above),
+    cyclophosphamide 500–1,000 mg/m² an infusion: targets said per administration for this child's size."""
+    rules, drugs = load_reference("clinical_rules"), load_reference("drugs")
+    adult_rtx = {"dose": 1000.0, "dose_unit": "mg", "route": "intravenous", "interval": "days 1 and 15, every 6 months",
+                 "intensity_mg_day": 2000 / 182, "target_low_mg_day": 2000 / 182, "target_high_mg_day": 2000 / 182,
+                 "fraction_of_target": 1.0, "status": "at", "target_text": "1 g × 2, two weeks apart, every 6 months"}
+    current = _current(
+        ivig={"dose": 1.0, "dose_unit": "g/kg", "intensity_mg_day": 30000 / 28},
+        rituximab=adult_rtx,
+        cyclophosphamide={"dose": 750.0, "dose_unit": "mg/m2", "intensity_mg_day": 750 * 1.06 / 28})
+    bsa = R.mosteller_bsa(30.0, 135.0)  # 1.06 m²
+    ivig, rtx, cyc = R.dose_lines(current, rules, drugs, juvenile=True, weight_kg=30.0, bsa_m2=bsa)
+    assert ivig.status == "below" and "60 g a course for 30 kg" in ivig.target and "is 50 % of" in ivig.action
+    assert rtx.status == "above" and "610 mg an infusion for 1.06 m²" in rtx.target  # 1 g is the adult dose
+    assert cyc.status == "at" and "530 mg–1.06 g an infusion for 1.06 m²" in cyc.target
+    heavy = R.dose_lines(_current(ivig={"dose": 2.0, "dose_unit": "g/kg", "intensity_mg_day": 100000 / 28}), rules,
+                         drugs, juvenile=True, weight_kg=50.0, bsa_m2=None)[0]
+    assert heavy.status == "above" and "70 g a course for 50 kg" in heavy.target  # 2 g/kg × 50 kg capped at 70 g
+    teen = R.dose_lines(_current(rituximab=adult_rtx), rules, drugs, juvenile=True, weight_kg=60.0,
+                        bsa_m2=1.7)[0]
+    assert teen.status == "at" and "m²" not in teen.target  # above 1.5 m² the adult 1 g × 2 applies
+
+
 def test_disease_notes_for_mda5_ild_and_cancer():
     rules = load_reference("clinical_rules")
     notes = R.disease_notes({"antibodies": "anti-MDA5", "ild": True, "cancer_associated": False,
