@@ -646,3 +646,23 @@ def test_stopping_tocilizumab_loses_nothing_and_stopping_mycophenolate_loses_its
     keep_and_add = 1 - (1 - dm[:, j("continue")]) * (1 - eff.new_muscle[:, k])  # tacrolimus on top of mycophenolate
     assert (dm[:, k] < keep_and_add - 0.05).all()
     assert (dm[:, j("switch_tocilizumab_to_jak_inhibitor")] > dm[:, j("continue")]).all()
+
+
+def test_recorded_prednisone_gives_the_steroid_sparing_truth_of_the_option_taken(switch_cohort, inputs):
+    """The label read from the regimen history (features.labels: ≤ 7.5 mg/day at follow-up, no rise in between)
+    agrees with the simulator's realised steroid_sparing of the option taken."""
+    from features.contract import MeasureCatalog, normalise
+    from features.labels import outcome_labels
+
+    _, vocabulary, _ = inputs
+    c = switch_cohort
+    tables = normalise({name: getattr(c, name) for name in CONTRACT_COLUMNS}, vocabulary,
+                       MeasureCatalog.from_config(load_reference("measures")), TODAY)
+    label = outcome_labels(c.decisions, tables)["steroid_sparing"].to_numpy(float)
+    taken = c.decisions.merge(c.outcomes[c.outcomes["horizon_weeks"] == 24], left_on=["decision_id", "option_taken"],
+                              right_on=["decision_id", "option"], how="left")
+    seen = ~np.isnan(label)
+    assert seen.sum() > 200
+    truth = taken["steroid_sparing"].to_numpy(bool)[seen]
+    assert 0.2 < truth.mean() < 0.8
+    assert ((label[seen] == 1) == truth).mean() > 0.97
