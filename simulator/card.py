@@ -4,7 +4,8 @@ Users judge the testbed from it (docs/simulator.md): the oracle's value and the 
 continue, the best single option, the guideline list of `configs/options.yaml`, the clinicians' observed policy),
 how often each option is the true best, the Bayes AUROC (true probability vs the realised response), how far a
 naive comparison of treated groups is from the true effect before and after adjusting for what the record shows,
-the spread and sign of the true effects, overlap, and whether a past failure lowers the next chance of response.
+the spread and sign of the true effects, overlap, whether a past failure lowers the next chance of response, and
+the steroid-sparing outcome (issue 17).
 
 Pure: takes the simulated tables and returns a JSON-ready dict. The truth is read here and only here (and by
 evaluation); the model never sees it.
@@ -172,6 +173,28 @@ def simulator_card(cohort: SimulatedCohort, config: SimulatorConfig, catalog: Op
                          "cells": int(true_effects.size)},
         "propensity": {"options": overlap, "min_eligible_median": _round(float(np.median(min_eligible)))},
         "history": _history(decisions, p, eligible, realised, control, x, taken),
+        **({"steroid_sparing": _steroid_sparing(out, ids, names, eligible, taken, best, control, prop)}
+           if "p_steroid_sparing" in out.columns else {}),
+    }
+
+
+def _steroid_sparing(out: pd.DataFrame, ids: pd.Index, names: tuple[str, ...], eligible: np.ndarray, taken: np.ndarray,
+                     best: np.ndarray, control: int, prop: np.ndarray) -> dict[str, Any]:
+    """The second outcome (issue 17): mean true P(prednisone ≤ 7.5 mg/day at the horizon without a flare) under
+    always continue, the clinicians and the response oracle's choice, per option over the decisions where it is
+    eligible, and its Bayes AUROC (true probability of the option taken vs its realised label: the ceiling of a
+    steroid-sparing model)."""
+    q = _matrix(out, ids, names, "p_steroid_sparing")
+    label = _matrix(out, ids, names, "steroid_sparing").astype(bool)
+    rows = np.arange(len(ids))
+    realised, q_taken = label[rows, taken], q[rows, taken]
+    bayes = roc_auc_score(realised, q_taken) if 0 < realised.sum() < len(ids) else float("nan")
+    return {
+        "always_continue": _round(float(q[:, control].mean())),
+        "clinicians": _round(float((prop * np.where(eligible, q, 0.0)).sum(axis=1).mean())),
+        "response_oracle": _round(float(q[rows, best].mean())),
+        "by_option": {o: _round(float(q[eligible[:, j], j].mean())) for j, o in enumerate(names) if eligible[:, j].any()},
+        "bayes_auroc": _round(bayes),
     }
 
 

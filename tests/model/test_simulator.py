@@ -619,6 +619,18 @@ def test_steroid_sparing_truth_is_a_probability_and_higher_for_responders(switch
     assert abs(o["steroid_sparing"].mean() - o["p_steroid_sparing"].mean()) < 0.03
 
 
+def test_card_reports_the_steroid_sparing_outcome(switch_cohort, inputs):
+    from simulator.card import simulator_card
+
+    config, _, _ = inputs
+    card = simulator_card(switch_cohort, _adjusting(config), _with_switches())
+    sparing = card["steroid_sparing"]
+    assert 0.5 < sparing["bayes_auroc"] <= 1.0
+    assert set(SWITCH_NAMES) <= set(sparing["by_option"])
+    assert all(0 <= v <= 1 for v in sparing["by_option"].values())
+    assert sparing["response_oracle"] > sparing["always_continue"]  # responding lets prednisone fall
+
+
 def test_stopping_tocilizumab_loses_nothing_and_stopping_mycophenolate_loses_its_effect(switch_cohort):
     """TIM: tocilizumab = placebo, so a switch away from it is the added drug alone; mycophenolate's accrued effect
     fades after its washout, so swapping it for tacrolimus gains less than adding tacrolimus would."""
