@@ -125,13 +125,21 @@ def _read_patient_rows(path: Path, patient_id: str) -> pd.DataFrame:
     if "patient_id" not in columns:
         return read_table(path).iloc[:0]  # the contract check names the missing column
     try:
-        pf = pq.ParquetFile(path)
+        schema = pq.read_schema(path)
+        # text columns are read dictionary-encoded (as Parquet stores them): decoding a whole column's strings to
+        # keep a few hundred rows cost most of the read; only the kept rows are decoded, back to the file's type
+        text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        pf = pq.ParquetFile(path, read_dictionary=text)
         ids = pf.read(columns=["patient_id"]).column(0)
-        if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
-            ids = pc.cast(ids, pa.string())
-        rows = np.flatnonzero(pc.fill_null(pc.equal(ids, patient_id), False).to_numpy(zero_copy_only=False))
-        del ids
-        schema = pf.schema_arrow
+        if pa.types.is_dictionary(ids.type):
+            ids = ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
+            code = ids.dictionary.index(patient_id).as_py()
+            match = pc.equal(ids.indices, pa.scalar(max(code, 0), ids.indices.type)) if code >= 0 else None
+        else:
+            match = pc.equal(pc.cast(ids, pa.string()), patient_id)
+        rows = (np.flatnonzero(pc.fill_null(match, False).to_numpy(zero_copy_only=False)) if match is not None
+                else np.zeros(0, dtype=np.int64))
+        del ids, match
         starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
         groups = sorted(set(np.searchsorted(starts, rows, side="right") - 1))
         arrays = []
@@ -141,7 +149,9 @@ def _read_patient_rows(path: Path, patient_id: str) -> pd.DataFrame:
                 col = pf.read_row_group(g, columns=[name]).column(0)
                 local = rows[(rows >= starts[g]) & (rows < starts[g + 1])] - starts[g]
                 parts.append(col.take(pa.array(local)))
-            arrays.append(pa.chunked_array([c for p in parts for c in p.chunks], type=schema.field(name).type))
+            kept = [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for p in parts for c in p.chunks]
+            arrays.append(pa.chunked_array([c.cast(schema.field(name).type) for c in kept],
+                                           type=schema.field(name).type))
         one = pa.Table.from_arrays(arrays, schema=schema).to_pandas()
     except (pa.ArrowInvalid, OSError) as err:
         raise ValueError(f"{path}: cannot be read ({err})") from err
