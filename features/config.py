@@ -42,8 +42,9 @@ class DecisionConfig(_Frozen):
     option_window_days: int = Field(30, ge=0)
     #: changes of these drug classes do not make an option (a steroid taper alongside is routine care).
     option_ignore_classes: tuple[str, ...] = ("glucocorticoid",)
-    #: changes of these drug classes do not break stability (default none: a steroid taper is a regimen change).
-    stability_ignore_classes: tuple[str, ...] = ()
+    #: changes of these drug classes do not break stability: a steroid taper or a flare dose alongside an unchanged
+    #: regimen is routine care, not a new regimen (without it, tapers hide a third of the decision points).
+    stability_ignore_classes: tuple[str, ...] = ("glucocorticoid",)
     #: a decision needs at least one current (non-ignored) drug: refractory disease is disease despite treatment.
     require_treatment: bool = True
     #: a dose change of at most this fraction of the current intensity is not a change (rounding in records).

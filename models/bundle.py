@@ -550,7 +550,7 @@ def eligibility_source(
     features: pd.DataFrame, catalog: OptionCatalog, columns: EligibilityColumns
 ) -> Literal["features", "columns"]:
     """ "features" when the feature table carries every flag the catalogue's rules read, else "columns"."""
-    needed = {g for o in catalog.options for g in o.eligible_unless_on}
+    needed = {g for o in catalog.options for g in (*o.eligible_unless_on, *([o.stops] if o.stops else []))}
     has_on = all(f"{columns.on_prefix}{g}" in features.columns for g in needed)
     if has_on and columns.below_target in features.columns:
         return "features"

@@ -486,6 +486,9 @@ class LinearLearner(BaseLearner):
     indicators and option x feature interactions; `preprocess_` is a sklearn Pipeline (median imputer with
     missing indicators, then scaling)."""
 
+    #: lbfgs for the wide all-interactions design (Newton's method would factor a matrix of thousands of columns)
+    solver = "lbfgs"
+
     def _others(self) -> list[int]:
         return [j for j in range(len(self.arms_)) if j != self.control_index_]
 
@@ -530,7 +533,7 @@ class LinearLearner(BaseLearner):
         self.z_width_ = z.shape[1]
         self._prepare(data)
         if data.outcome == "binary":
-            self.model_ = LogisticRegression(C=self.config.linear_C, max_iter=5000)
+            self.model_ = LogisticRegression(C=self.config.linear_C, max_iter=5000, solver=self.solver)
         else:
             self.model_ = Ridge(alpha=self.config.linear_alpha)
         self.model_.fit(self._design(z, data.codes), data.y, sample_weight=data.weight)
@@ -553,6 +556,9 @@ class ModifierGLM(LinearLearner):
     The literature names a handful of modifiers per option, so each option costs a few parameters instead of one
     per feature: with a few hundred decisions per option it still separates whom an option suits (an S-learner's
     trees shrink those differences toward the average). Without modifiers it ranks options in one fixed order."""
+
+    #: a few hundred columns: Newton's method converges in a handful of steps (6x faster than lbfgs, same fit)
+    solver = "newton-cholesky"
 
     def _prepare(self, data: FitData) -> None:
         self.modifier_index_ = modifier_index(self.columns_, data.arms, self.config.effect_modifiers)

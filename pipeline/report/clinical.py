@@ -217,8 +217,9 @@ def age_words(days: int) -> str:
 
 # --- options: guideline choice, reasons in words ----------------------------------------------------------------
 def guideline_option(options: Sequence[OptionRow], order: Sequence[str]) -> OptionRow | None:
-    """The first eligible, modelled option in the guideline order (configs/options.yaml `guideline`), else None."""
-    by_name = {o.option: o for o in options if o.eligible and o.p_response is not None}
+    """The first eligible, modelled option in the guideline order (configs/options.yaml `guideline`) that no label
+    combination rule advises against — a clinician following the list obeys the labels too — else None."""
+    by_name = {o.option: o for o in options if o.eligible and o.p_response is not None and not o.advised_against}
     return next((by_name[name] for name in order if name in by_name), None)
 
 

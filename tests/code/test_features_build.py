@@ -136,7 +136,9 @@ def test_seed_case_regimen_summary(seed_features):
 def test_seed_case_eligible_options(seed_features):
     e = option_eligibility(seed_features, CATALOG, VOCABULARY).iloc[0]
     eligible = [o for o in CATALOG.names if e[f"eligible_{o}"]]
-    assert eligible == ["continue", "optimise_dose", "add_cyclophosphamide", "add_abatacept", "add_jak_inhibitor"]
+    assert eligible == ["continue", "optimise_dose", "add_cyclophosphamide", "add_abatacept", "add_jak_inhibitor",
+                        "switch_tocilizumab_to_jak_inhibitor", "switch_tocilizumab_to_abatacept",
+                        "switch_mycophenolate_to_cyclophosphamide", "switch_mycophenolate_to_tacrolimus"]
     assert e["ineligible_reason_add_ivig"] == "already on ivig"
     assert e["ineligible_reason_add_rituximab"] == "already on rituximab"
 

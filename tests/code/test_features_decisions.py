@@ -78,9 +78,9 @@ def test_stopping_a_drug_is_other():
         (STABLE, active_visit(pga=1.0) + [("P1", VISIT, "cdasi_activity", 20.0)], 1),  # CDASI ≥ 14 alone
         # a regimen change 60 days before the visit: not yet 3 months stable
         (STABLE + [row("methotrexate", 15, "mg", "weekly", "2025-01-02")], active_visit(), 0),
-        # the steroid taper step 60 days before also breaks stability
+        # a steroid taper step 60 days before is routine care: the regimen still counts as stable
         ([STABLE[0], (*STABLE[1][:7], "2025-01-01"), row("prednisone", 5, "mg", "daily", "2025-01-02")],
-         active_visit(), 0),
+         active_visit(), 1),
         ([row("prednisone", 10, "mg", "daily", "2024-01-01")], active_visit(), 0),  # steroids only: not refractory
         (STABLE, active_visit() + active_visit("2025-06-02"), 1),  # 91 days later: within the 140-day gap
         (STABLE, active_visit() + active_visit("2025-08-01"), 2),
@@ -88,6 +88,13 @@ def test_stopping_a_drug_is_other():
 )
 def test_decision_point_rule(regimens, assessments, expected):
     assert len(derive(regimens, assessments)) == expected
+
+
+def test_a_steroid_taper_breaks_stability_only_when_configured_to():
+    taper = [STABLE[0], (*STABLE[1][:7], "2025-01-01"), row("prednisone", 5, "mg", "daily", "2025-01-02")]
+    strict = FeatureConfig(decisions=DecisionConfig(stability_ignore_classes=()))
+    assert len(derive(taper, active_visit())) == 1
+    assert len(derive(taper, active_visit(), strict)) == 0
 
 
 def test_activity_rule_is_configurable():

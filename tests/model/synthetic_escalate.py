@@ -14,6 +14,8 @@ from features.vocabulary import OptionCatalog
 from pipeline.config import load_reference
 
 GENERICS = ("ivig", "rituximab", "cyclophosphamide", "abatacept", "tofacitinib", "baricitinib", "mycophenolate")
+#: drugs the switch options stop or add (drawn from their own stream, so the cohort above is unchanged)
+SWITCH_GENERICS = ("tocilizumab", "tacrolimus")
 EFFECT = {  # log-odds of response added by each option
     "continue": 0.0,
     "optimise_dose": 0.3,
@@ -22,6 +24,10 @@ EFFECT = {  # log-odds of response added by each option
     "add_cyclophosphamide": 0.5,
     "add_abatacept": 0.1,
     "add_jak_inhibitor": 0.9,
+    "switch_tocilizumab_to_jak_inhibitor": 0.9,
+    "switch_tocilizumab_to_abatacept": 0.1,
+    "switch_mycophenolate_to_cyclophosphamide": 0.3,
+    "switch_mycophenolate_to_tacrolimus": 0.2,
 }
 
 
@@ -65,7 +71,10 @@ def make_cohort(n_patients: int = 240, seed: int = 7) -> tuple[pd.DataFrame, pd.
         f[flag] = extra.random(n) < share
     f["diagnosis_adult_dermatomyositis"] = ~(f["diagnosis_juvenile_dermatomyositis"] | f["diagnosis_polymyositis"]
                                              | f["diagnosis_immune_mediated_necrotising_myopathy"])
-    eligible, reason = cat.eligibility(f[[f"on_{g}" for g in GENERICS]].set_axis(GENERICS, axis=1) > 0,
+    for g in SWITCH_GENERICS:
+        f[f"on_{g}"] = (extra.random(n) < 0.15).astype(float)
+    on = (*GENERICS, *SWITCH_GENERICS)
+    eligible, reason = cat.eligibility(f[[f"on_{g}" for g in on]].set_axis(on, axis=1) > 0,
                                        f["any_below_target"])
     # clinicians choose among eligible options; abatacept is rarely chosen (too rare to model)
     weights = np.where(eligible.to_numpy(), 1.0, 0.0)

@@ -262,17 +262,19 @@ def test_trial_populations_differ_only_where_configured(inputs, abatacept_trial)
         simulate_cohort(10, 1, config, vocabulary, catalog, TODAY, mode="trial", trial_population="nope")
 
 
-def test_records_let_a_reader_recover_the_true_decision_points(cohort, inputs):
+def test_records_let_a_reader_recover_the_true_decision_points(inputs):
     """Decision points derived from the exported records (features.decisions) are the simulator's: exactly on the
     complete records of the easy testbed, nearly all with v2's record gaps (a reader carries a missing measure
     forward where the clinician saw the patient)."""
     from features.contract import MeasureCatalog, normalise
     from features.decisions import compare_with_truth, derive_decisions
 
-    _, vocabulary, catalog = inputs
+    config, vocabulary, catalog = inputs
     measures = MeasureCatalog.from_config(load_reference("measures"))
     easy = simulate_cohort(200, 11, _easy_inputs(), vocabulary, catalog, TODAY)
-    for c, floor in ((easy, 1.0), (cohort, 0.95)):
+    # v2: 1,200 patients (~2,600 decisions): on 300 the recall swings by ±0.03 with the draw (0.94-0.98)
+    v2 = simulate_cohort(1200, 11, config, vocabulary, catalog, TODAY)
+    for c, floor in ((easy, 1.0), (v2, 0.95)):
         tables = {name: getattr(c, name) for name in CONTRACT_COLUMNS}
         result = compare_with_truth(derive_decisions(normalise(tables, vocabulary, measures, TODAY), vocabulary, catalog), c.decisions)
         assert result["precision"] >= floor and result["recall"] >= floor, result
@@ -381,7 +383,9 @@ def test_default_testbed_is_harder_than_the_first(inputs):
     fast = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": 20})})
     easy = _easy_inputs(20)
     hard_card = simulator_card(simulate_cohort(1500, 22, fast, vocabulary, catalog, TODAY), fast, catalog)
-    easy_card = simulator_card(simulate_cohort(1500, 22, easy, vocabulary, catalog, TODAY), easy, catalog)
+    first_catalog = _without_switches(catalog)  # the first testbed had no switches (stopping a drug can cost)
+    easy_card = simulator_card(simulate_cohort(1500, 22, easy, vocabulary, first_catalog, TODAY), easy,
+                               first_catalog)
     hard, first = card_metrics(hard_card), card_metrics(easy_card)
     assert hard["guideline_regret"] >= 0.05 and hard["guideline_regret"] > first["guideline_regret"] + 0.02
     assert 0.005 < hard["negative_effects"] < 0.2 and first["negative_effects"] == 0.0
@@ -514,11 +518,12 @@ def _digest(frame: pd.DataFrame) -> str:
 
 
 def test_default_catalogue_cohort_is_unchanged_by_switches_and_prednisone(inputs):
-    """Without switch options (and with prednisone.adjusts off, the default) the cohort is byte for byte the one
-    before issue 17: the new mechanisms draw from their own random streams."""
+    """Without switch options and with prednisone.adjusts off the cohort is byte for byte the one before issue 17:
+    the new mechanisms draw from their own random streams (the default turns both on)."""
     config, vocabulary, catalog = inputs
-    assert config.prednisone.adjusts is False
-    cohort = simulate_cohort(120, 11, config, vocabulary, _without_switches(catalog), TODAY)
+    assert config.prednisone.adjusts is True
+    flat = config.model_copy(update={"prednisone": config.prednisone.model_copy(update={"adjusts": False})})
+    cohort = simulate_cohort(120, 11, flat, vocabulary, _without_switches(catalog), TODAY)
     assert {name: _digest(getattr(cohort, name)) for name in cohort._fields} == UNCHANGED
 
 
