@@ -667,7 +667,8 @@ def curve_main(args: argparse.Namespace) -> None:
                 rows.append({**r, "seed": seed, "patients": size, "labelled": n_labelled, "prepare_s": prepared})
             print(f"  {size} patients: {data['describe']}; simulate + features {prepared:.0f} s, fit "
                   f"{row.get('fit_s', float('nan')):.0f} s; regret {row.get('regret', float('nan')):.3f} "
-                  f"(guideline {base.get('regret', float('nan')):.3f}) {row['status']}", flush=True)
+                  f"(guideline {base.get('regret', float('nan')):.3f}) {row['status']} {row.get('setting', '')}",
+                  flush=True)
     frame = pd.DataFrame(rows)
     out = []
     for size, mine in frame.groupby("patients", sort=False):
@@ -679,6 +680,8 @@ def curve_main(args: argparse.Namespace) -> None:
             row[label] = _mean_se(values, 3)
         fit = pd.to_numeric(mine.loc[mine["learner"] == name, "fit_s"], errors="coerce").dropna()
         row["shipped fit s"] = f"{fit.mean():.0f}" if len(fit) else ""
+        picks = mine.loc[mine["learner"] == name, "setting"] if "setting" in mine else pd.Series(dtype=object)
+        row["chosen learner (per seed)"] = ", ".join(str(v) for v in picks.dropna())
         row["simulate + features s"] = f"{mine['prepare_s'].mean():.0f}"
         row["runs ok"] = f"{int((mine['status'] == 'ok').sum())}/{len(mine)}"
         failures = sorted(set(mine.loc[mine["status"] != "ok", "status"].astype(str)))
