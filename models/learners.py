@@ -294,7 +294,7 @@ def cross_fitted_aipw(data: FitData, config: LearnerConfig) -> tuple[np.ndarray,
     for fold, (train, test) in enumerate(folds):
         tr = data.rows(train)
         fold_booster = cfg.booster.model_copy(update={"seed": cfg.booster.seed + 101 * (fold + 1)})
-        nuisance = TLearner(fixed.model_copy(update={"booster": fold_booster}))
+        nuisance = _NuisanceTLearner(fixed.model_copy(update={"booster": fold_booster}))
         nuisance.fit_prepared(tr)
         mu[test] = nuisance._predict_outcomes(data.X.iloc[test])
         pm = PropensityModel(data.arms, cfg.propensity).fit(
@@ -434,6 +434,39 @@ class TLearner(BaseLearner):
 
     def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
         return np.column_stack([_predict(self.models_[a], frame, self.outcome) for a in self.arms_])
+
+
+class _ConstantModel:
+    """An outcome 'model' that predicts one value (a rare option's mean outcome in a nuisance fold)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = float(value)
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.column_stack([np.full(len(frame), 1 - self.value), np.full(len(frame), self.value)])
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.full(len(frame), self.value)
+
+
+class _NuisanceTLearner(TLearner):
+    """The T-learner of the cross-fitted AIPW nuisance: an option with too few rows in a fold, or only one outcome
+    there (a rare switch with no responder among its 7 rows), gets its mean outcome (else the fold's) instead of a
+    model — a fold must never stop training."""
+
+    def _fit(self, data: FitData) -> None:
+        self.models_ = {}
+        overall = float(np.average(data.y, weights=np.maximum(data.weight, 1e-12)))
+        for k, arm in enumerate(data.arms):
+            try:
+                rows = _check_arm_rows(data, k)
+            except ValueError:
+                rows = np.flatnonzero((data.codes == k) & (data.weight > 0))
+                self.models_[arm] = _ConstantModel(data.y[rows].mean() if len(rows) else overall)
+                continue
+            model = _booster(data.outcome, self.config, k)
+            model.fit(data.X.iloc[rows], data.y[rows], sample_weight=data.weight[rows])
+            self.models_[arm] = model
 
 
 class DRLearner(BaseLearner):

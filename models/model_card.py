@@ -160,7 +160,7 @@ def build_model_card(inputs: ModelCardInputs) -> str:
             "first candidate listed within one standard error of the best was chosen (simplest first).",
             "",
             markdown_table(i.selection, ["candidate", "policy_value", "policy_value_se", "difference_vs_best",
-                                         "difference_se", "factual_log_loss", "chosen"]),
+                                         "difference_se", "factual_log_loss", "chosen", "failed"]),
         ]
     lines += [
         "",

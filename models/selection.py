@@ -56,13 +56,18 @@ def select_learner(
     folds = patient_folds(data.groups, n_folds, seed=seed)
     rows = np.arange(len(data.y))
     contributions: dict[str, np.ndarray] = {}
+    failed: dict[str, str] = {}
     records = []
     for name, learner in candidates.items():
         started = time.perf_counter()
         oof = np.full((len(data.y), len(data.arms)), np.nan)
-        for train, test in folds:
-            member = learner.clone(arms=data.arms, outcome=data.outcome).fit_prepared(data.rows(train))
-            oof[test] = member.predict_outcomes(data.X.iloc[test])
+        try:
+            for train, test in folds:
+                member = learner.clone(arms=data.arms, outcome=data.outcome).fit_prepared(data.rows(train))
+                oof[test] = member.predict_outcomes(data.X.iloc[test])
+        except ValueError as exc:  # e.g. a per-option model with one outcome in a fold: this candidate cannot run
+            failed[name] = str(exc)
+            continue
         rec = recommend(oof, data.eligible)
         contributions[name] = scores[rows, rec]
         factual = np.clip(oof[rows, data.codes], 1e-6, 1 - 1e-6)
@@ -76,13 +81,18 @@ def select_learner(
             "factual_brier": float(np.mean((oof[rows, data.codes] - y) ** 2)),
             "fit_seconds": round(time.perf_counter() - started, 2),
         })
+    if not records:
+        raise ValueError(f"selection: every candidate failed ({failed}) (rule: at least one must fit on every fold)")
     table = pd.DataFrame(records)
     best = str(table.loc[table["policy_value"].idxmax(), "candidate"])
-    diff = {name: contributions[name] - contributions[best] for name in candidates}
+    diff = {name: contributions[name] - contributions[best] for name in contributions}
     table["difference_vs_best"] = table["candidate"].map(lambda c: float(np.mean(diff[c])))
     table["difference_se"] = table["candidate"].map(
         lambda c: float(np.std(diff[c], ddof=1) / np.sqrt(len(diff[c]))))
     close = table["difference_vs_best"] >= -tolerance_se * table["difference_se"]
     chosen = str(table.loc[close, "candidate"].iloc[0])  # the best is always close to itself
     table["chosen"] = table["candidate"] == chosen
+    if failed:  # shown, never dropped: the reason in the table, no value
+        table = pd.concat([table, pd.DataFrame({"candidate": list(failed), "failed": list(failed.values()),
+                                                "chosen": False})], ignore_index=True)
     return Selection(table=table, chosen=chosen)

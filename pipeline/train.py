@@ -168,7 +168,8 @@ def run_train(
         if summary["selection"]:  # learner: auto — every candidate's cross-fitted doubly robust value
             mlflow.log_dict({"chosen": model.learner_name, "candidates": summary["selection"]}, "train/selection.json")
             for row in summary["selection"]:
-                mlflow.log_metric(f"selection_value.{_metric_key(row['candidate'])}", row["policy_value"])
+                if row["policy_value"] == row["policy_value"]:  # a failed candidate has no value (NaN)
+                    mlflow.log_metric(f"selection_value.{_metric_key(row['candidate'])}", row["policy_value"])
         mlflow.log_artifact(str(model_dir / "contract.json"), artifact_path="train")
         example = registry.deidentified_example(train_features, key_columns=model.contract.keys)
         model_uri, version = registry.log_and_register(model, bundle_path, example)

@@ -89,3 +89,25 @@ def test_the_model_card_shows_the_selection_table():
     assert "How the learner was chosen" in card
     assert "| modifier_glm(C=0.1) | 0.510 | 0.040 | 0.000 | 0.000 | 0.570 | True |" in card
     assert "How the learner was chosen" not in build_model_card(ModelCardInputs(**base))
+
+
+def test_a_rare_option_with_one_outcome_in_a_fold_never_stops_selection():
+    """A rare option (a switch taken at a handful of decisions, all non-responders) leaves the nuisance fold
+    without a model for it: it gets its mean outcome instead, the AIPW scores stay finite, and a candidate that
+    cannot fit such a fold is a row saying why — never a crash, never dropped."""
+    from models.learners import TLearner
+
+    X, t, y, g, _ = cohort(900, ARMS4, "binary", seed=24)
+    t, y = t.copy(), y.copy()
+    rare = np.flatnonzero(t == "add_jak_inhibitor")
+    t[rare[6:]] = "continue"  # six decisions took it...
+    y[rare[:6]] = 0.0  # ...and none responded
+    cfg = LearnerConfig(arms=ARMS4, booster=SMALL, cv_folds=3, outcome="binary")
+    data = prepare_fit(X, t, y, cfg, groups=g)
+    scores, _ = cross_fitted_aipw(data, cfg)
+    assert np.isfinite(scores[data.eligible]).all()
+    selection = select_learner({"glm": ModifierGLM(cfg), "t": TLearner(cfg)}, data, scores, n_folds=3, seed=1)
+    table = selection.table.set_index("candidate")
+    assert selection.chosen == "glm"
+    assert "has outcome 0" in table.loc["t", "failed"] and not table.loc["t", "chosen"]
+    assert np.isnan(table.loc["t", "policy_value"])
