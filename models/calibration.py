@@ -22,6 +22,7 @@ from models.learners import (
     BaseLearner,
     FitData,
     OutcomeLearner,
+    logit,
     patient_folds,
     prepare_fit,
 )
@@ -41,11 +42,6 @@ def out_of_fold_predictions(
     return oof
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(q / (1 - q))
-
-
 class PlattCalibrator:
     """Sigmoid recalibration: a logistic regression of the outcome on the logit of the predicted probability.
     A fitted slope ≤ 0 (predictions no better than chance on the out-of-fold rows) is replaced by the identity
@@ -54,7 +50,7 @@ class PlattCalibrator:
     def fit(self, p: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> Self:
         """Fit slope and intercept on (prediction, outcome) pairs."""
         self.model_ = LogisticRegression(C=1e6, max_iter=1000)
-        self.model_.fit(_logit(p)[:, None], y, sample_weight=sample_weight)
+        self.model_.fit(logit(p)[:, None], y, sample_weight=sample_weight)
         self.identity_ = bool(self.model_.coef_[0, 0] <= 0)
         return self
 
@@ -63,7 +59,7 @@ class PlattCalibrator:
         p = np.asarray(p, dtype="float64")
         if getattr(self, "identity_", False):
             return p
-        return self.model_.predict_proba(_logit(p)[:, None])[:, 1]
+        return self.model_.predict_proba(logit(p)[:, None])[:, 1]
 
 
 def _fit_calibrator(

@@ -113,6 +113,12 @@ class FitData:
         )
 
 
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) with p clipped to [1e-6, 1 - 1e-6] (stacking and calibration work on this scale)."""
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(q / (1 - q))
+
+
 def resolve_arms(treatment: ArrayLike, config: LearnerConfig) -> tuple[str, ...]:
     """Arm order: `config.arms` if set, else the control arm then the other observed options alphabetically."""
     if config.arms is not None:
@@ -425,12 +431,14 @@ class TLearner(BaseLearner):
     """One XGBoost model per option, each fitted on the rows that took it (`models_[arm]`)."""
 
     def _fit(self, data: FitData) -> None:
-        self.models_: dict[str, xgb.XGBModel] = {}
-        for k, arm in enumerate(data.arms):
-            rows = _check_arm_rows(data, k)
-            model = _booster(data.outcome, self.config, k)
-            model.fit(data.X.iloc[rows], data.y[rows], sample_weight=data.weight[rows])
-            self.models_[arm] = model
+        self.models_: dict[str, xgb.XGBModel] = {arm: self._fit_arm(data, k) for k, arm in enumerate(data.arms)}
+
+    def _fit_arm(self, data: FitData, k: int) -> xgb.XGBModel:
+        """The outcome model of arm k, fitted on the rows that took it."""
+        rows = _check_arm_rows(data, k)
+        model = _booster(data.outcome, self.config, k)
+        model.fit(data.X.iloc[rows], data.y[rows], sample_weight=data.weight[rows])
+        return model
 
     def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
         return np.column_stack([_predict(self.models_[a], frame, self.outcome) for a in self.arms_])
@@ -454,19 +462,14 @@ class _NuisanceTLearner(TLearner):
     there (a rare switch with no responder among its 7 rows), gets its mean outcome (else the fold's) instead of a
     model — a fold must never stop training."""
 
-    def _fit(self, data: FitData) -> None:
-        self.models_ = {}
-        overall = float(np.average(data.y, weights=np.maximum(data.weight, 1e-12)))
-        for k, arm in enumerate(data.arms):
-            try:
-                rows = _check_arm_rows(data, k)
-            except ValueError:
-                rows = np.flatnonzero((data.codes == k) & (data.weight > 0))
-                self.models_[arm] = _ConstantModel(data.y[rows].mean() if len(rows) else overall)
-                continue
-            model = _booster(data.outcome, self.config, k)
-            model.fit(data.X.iloc[rows], data.y[rows], sample_weight=data.weight[rows])
-            self.models_[arm] = model
+    def _fit_arm(self, data: FitData, k: int) -> xgb.XGBModel | _ConstantModel:
+        try:
+            return super()._fit_arm(data, k)
+        except ValueError:
+            rows = np.flatnonzero((data.codes == k) & (data.weight > 0))
+            if len(rows):
+                return _ConstantModel(data.y[rows].mean())
+            return _ConstantModel(np.average(data.y, weights=np.maximum(data.weight, 1e-12)))
 
 
 class DRLearner(BaseLearner):
@@ -670,13 +673,8 @@ class StackedLearner(BaseLearner):
         w = self.config.stack_weight
         if self.outcome != "binary":
             return (1 - w) * glm + w * trees
-        margin = (1 - w) * _logit(glm) + w * _logit(trees)
+        margin = (1 - w) * logit(glm) + w * logit(trees)
         return 1.0 / (1.0 + np.exp(-margin))
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(q / (1 - q))
 
 
 LEARNERS: Mapping[str, type[BaseLearner]] = MappingProxyType(
