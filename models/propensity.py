@@ -34,20 +34,17 @@ def as_feature_frame(X: pd.DataFrame | np.ndarray, *, columns: Sequence[str] | N
             dup = sorted({c for c in names if names.count(c) > 1})
             raise ValueError(f"table X: duplicated column names {dup} (rule: unique feature names)")
         bad = [
-            f"{c!r} ({X[c].dtype})"
-            for c in X.columns
-            if not (pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c]))
+            f"{c!r} ({dtype})"
+            for c, dtype in X.dtypes.items()
+            if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
         ]
         if bad:
             raise ValueError(
                 f"table X: column(s) {', '.join(bad)} are not numeric "
                 "(rule: features must be numeric; one-hot encode categoricals first)"
             )
-        values = (
-            np.column_stack([X[c].to_numpy(dtype="float64", na_value=np.nan) for c in X.columns])
-            if X.shape[1]
-            else np.empty((len(X), 0))
-        )
+        # one conversion of the whole block (column by column costs ~10 ms a call on the page's 160 columns)
+        values = X.to_numpy(dtype="float64", na_value=np.nan) if X.shape[1] else np.empty((len(X), 0))
     else:
         values = np.asarray(X, dtype="float64")
         if values.ndim != 2:
