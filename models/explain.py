@@ -501,7 +501,8 @@ def _unit_format(unit: str) -> tuple[int, str]:
         return _FRACTION, " " + unit.replace("fraction of", "% of").replace("fraction", "%")
     if lower in FLAG_UNITS:
         return _FLAG, ""
-    return _PLAIN, "" if unit == "" else " " + unit
+    # a count reads as the bare number ("lines of therapy so far = 6", never "= 6 count")
+    return _PLAIN, "" if lower in ("", "count") else " " + unit
 
 
 def _unit_formats(units: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

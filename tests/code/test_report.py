@@ -456,6 +456,20 @@ def test_summary_band_comes_first_with_the_answer_dose_actions_and_reasons(html)
     assert "1 activity measure out of date" in summary
 
 
+def test_summary_band_carries_the_recommended_options_caution_and_thin_overlap(html):
+    """A label caution or thin overlap of the ★ option is said on the first screen, not only in the table."""
+    summary = html[html.index('id="summary"'):html.index("</section>", html.index('id="summary"'))]
+    assert "summary-caution" not in summary and "summary-overlap" not in summary
+    page = sample_page()
+    rule = "rituximab in the last year: B cells may still be depleted <b>"
+    options = tuple(dataclasses.replace(o, combination_rule=rule, thin_overlap=True) if o.recommended else o
+                    for o in page.options)
+    marked = R.render_page(dataclasses.replace(page, options=options))
+    summary = marked[marked.index('id="summary"'):marked.index("</section>", marked.index('id="summary"'))]
+    assert "⚠ caution" in summary and "B cells may still be depleted &lt;b&gt;" in summary
+    assert "thin overlap" in summary
+
+
 def test_labs_are_graded_against_ctcae_v5_and_flagged_from_grade_2():
     rules = load_reference("clinical_rules")
     labs = {r["measure"]: r for r in rules["labs"]["tests"]}

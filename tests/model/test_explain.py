@@ -246,6 +246,7 @@ def test_dictionary_gaps_are_clear_errors(fitted, cohort):
         (28.0, "score (0-100)", "28 score (0-100)"),
         (6.25, "cm (0-10)", "6.25 cm (0-10)"),
         (1450.0, "U/L", "1450 U/L"),
+        (6.0, "count", "6"),
     ],
 )
 def test_values_are_formatted_as_clinicians_read_them(value, unit, text):
