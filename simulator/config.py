@@ -348,14 +348,43 @@ class DecisionRule(_Frozen):
     loss_if_no_response_log_or: float = 0.0
 
 
+class TrialScreening(_Frozen):
+    """A trial's inclusion criteria, applied to the core set MEASURED at a screening visit (not to the latent
+    activity): MMT-8 at most `mmt8_max` and at least `min_items` of the listed abnormalities. MMT-8 limits are in
+    units of a 0–`mmt8_scale` score, the scale the trial used (every enrolled patient is scored on it).
+
+    The screening visit falls `weeks_before_baseline` before the baseline visit. Each visit's activity is the
+    patient's level plus a visit-to-visit fluctuation of SD `effects.latent_sd`; the screening visit's fluctuation
+    carries into the baseline visit with correlation exp(−Δ / `flare_decay_weeks`) (Δ the weeks between them) and
+    is gone by the outcome visit. Enrolling on measured values therefore selects patients seen at a flare, who
+    regress toward their level in every arm (regression to the mean), as trial placebo arms do."""
+
+    mmt8_scale: float = Field(150.0, gt=0)
+    mmt8_max: float = Field(135.0, gt=0, description="MMT-8 at most this (in mmt8_scale units)")
+    min_items: int = Field(3, ge=0, le=6, description="and at least this many of the six abnormalities below")
+    mmt8_item_max: float = Field(125.0, gt=0)
+    physician_global_min_cm: float = 2.0
+    patient_global_min_cm: float = 2.0
+    haq_min: float = 0.5
+    enzyme_uln_ratio_min: float = Field(1.3, gt=0, description="any measured muscle enzyme at least this × ULN")
+    extramuscular_global_min_cm: float = 2.0
+    weeks_before_baseline: Range = Range(low=1, high=4)
+    flare_decay_weeks: float = Field(6.0, gt=0)
+    max_candidates_per_patient: int = Field(50, ge=1, description="screen at most this many candidates per enrolled patient")
+
+
 class TrialPopulation(_Frozen):
     """One emulated trial's population: who is enrolled, when outcomes are read, and how much the background
-    (placebo response, regression to the mean, background therapy) helps, relative to the refractory default."""
+    (placebo response, regression to the mean, background therapy) helps, relative to the refractory default.
+
+    Without `screening` the latent activity is floored at `min_muscle` / `min_skin`; with it, patients of the
+    diagnosis are enrolled by the trial's criteria on measured values (`TrialScreening`) and the floors are unused."""
 
     diagnosis: str = "adult_dermatomyositis"
     horizons_weeks: tuple[int, ...] = Field((16, 24), min_length=1)
     min_muscle: float = Field(0.35, ge=0, le=1, description="inclusion: latent muscle activity at least this")
     min_skin: float = Field(0.25, ge=0, le=1, description="inclusion: latent skin activity at least this")
+    screening: TrialScreening | None = None
     #: multiplies `effects.background` (both tissues) for every arm of this trial; 1 = the observational cohort.
     background_scale: float = Field(1.0, ge=0)
 

@@ -41,6 +41,7 @@ from simulator.measures import (
     safety_labs,
 )
 from simulator.steroids import activity, course, dose_changes, steroid_sparing
+from simulator.trial import Enrolment, enrol
 from simulator.truth import Probabilities, probabilities_from_draws, response_thresholds, score_pairs
 
 Mode = Literal["observational", "trial"]
@@ -276,8 +277,20 @@ def simulate_cohort(
         cfg = cfg.model_copy(update={"effects": cfg.effects.model_copy(update={"background": scaled})})
     dec = cfg.decisions
 
-    patients = sample_patients(n_patients, cfg.cohort, cfg.measurement, rng, population.diagnosis if trial else None)
-    if trial:
+    enrolment: Enrolment | None = None
+    if trial and population.screening is not None:  # enrolled on measured values at a screening visit
+        enrolment = enrol(
+            n_patients,
+            lambda k: sample_patients(k, cfg.cohort, cfg.measurement, rng, population.diagnosis),
+            population.screening,
+            cfg.effects.latent_sd,
+            cfg.measurement,
+            np.random.default_rng([seed, 19]),
+        )
+        patients = enrolment.patients
+    else:
+        patients = sample_patients(n_patients, cfg.cohort, cfg.measurement, rng, population.diagnosis if trial else None)
+    if trial and enrolment is None:
         u = rng.random((2, n_patients))
         patients["refractory_muscle"] = np.maximum(patients["refractory_muscle"], population.min_muscle + 0.3 * u[0])
         patients["refractory_skin"] = np.maximum(patients["refractory_skin"], population.min_skin + 0.3 * u[1])
@@ -312,6 +325,10 @@ def simulate_cohort(
     ]
     if trajectory is not None:  # weighed and measured on the day of diagnosis, before any per-kg / per-m² dose
         visits.append(_weigh_in(np.arange(n_patients), hist.diagnosis_day.astype(np.int64), trajectory, rng_body))
+    if enrolment is not None:  # the trial's screening visit, Δ weeks before the baseline (decision) visit
+        screen_day = hist.first_decision_day.astype(np.int64) - np.round(7 * enrolment.weeks_before).astype(np.int64)
+        visits.append(_visit_batch(np.arange(n_patients), screen_day, enrolment.screening, patients, cfg, rng, routine=False,
+                                   rng2=rng2, body=body))
 
     generics = vocabulary.generics
     option_names = catalog.names
@@ -331,6 +348,9 @@ def simulate_cohort(
     t = hist.first_decision_day.astype(np.int64)
     m0 = patients["refractory_muscle"].to_numpy().copy()
     s0 = patients["refractory_skin"].to_numpy().copy()
+    # the activity the follow-up starts from: the decision visit's, except in a screened trial, whose baseline
+    # visit still carries part of the screening flare (the level has none: regression to the mean)
+    level_m, level_s = (m0, s0) if enrolment is None else (enrolment.level_muscle, enrolment.level_skin)
     base = _measures_at(patients, idx, m0, s0, cfg, rng)
     decision_frames: list[pd.DataFrame] = []
     outcome_frames: list[pd.DataFrame] = []
@@ -388,8 +408,8 @@ def simulate_cohort(
             dm, ds = eff.delta(rho, cfg.effects.max_effect, rho_new, harmed, cfg.effects.harm.flare)
             effects_at[h] = (dm, ds)
             sd = cfg.effects.latent_sd
-            mf = np.clip(m0[:, None] * (1 - dm) + sd * eps[:, :1], 0, 1)
-            sf = np.clip(s0[:, None] * (1 - ds) + sd * eps[:, 1:2], 0, 1)
+            mf = np.clip(level_m[:, None] * (1 - dm) + sd * eps[:, :1], 0, 1)
+            sf = np.clip(level_s[:, None] * (1 - ds) + sd * eps[:, 1:2], 0, 1)
             z = rng.standard_normal((len(NOISE_COLUMNS), n, 1))
             follow = latent_to_measures(mf, sf, ild, scale, sub, z, cfg.measurement)
             realised[h] = follow
@@ -398,7 +418,7 @@ def simulate_cohort(
             tis_at[h] = scores.tis
             latents = (refractory_all[idx], option_latent[idx], p_interrupt)
             probs, p_sparing = _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control, cfg, rng, latents,
-                                            rng2, (pred, 7.0 * h))
+                                            rng2, (pred, 7.0 * h), (level_m, level_s))
             sparing = steroid_sparing(course(pred[:, None], activity(m0, s0)[:, None], activity(mf, sf), 7.0 * h, cfg.prednisone),
                                       cfg.prednisone)
             p_safe = safety_risk(catalog, state, ild, h, cfg.safety)
@@ -467,6 +487,9 @@ def simulate_cohort(
         frac = (1 - np.exp(-(di - t[pi]) / 42.0)) / (1 - np.exp(-7 * main_h / 42.0))
         im = np.clip(m0[pi] * (1 - dm_t[pi] * frac) + cfg.effects.latent_sd * frac * eps[pi, 0], 0, 1)
         is_ = np.clip(s0[pi] * (1 - ds_t[pi] * frac) + cfg.effects.latent_sd * frac * eps[pi, 1], 0, 1)
+        if level_m is not m0:  # a screened trial: from the baseline visit's activity toward level × (1 − δ)
+            im = np.clip(m0[pi] + frac * (level_m[pi] * (1 - dm_t[pi]) - m0[pi]) + cfg.effects.latent_sd * frac * eps[pi, 0], 0, 1)
+            is_ = np.clip(s0[pi] + frac * (level_s[pi] * (1 - ds_t[pi]) - s0[pi]) + cfg.effects.latent_sd * frac * eps[pi, 1], 0, 1)
         seen = ~lost[pi] | (di <= loss_day[pi])
         gi = idx[pi][seen]
         if len(gi):
@@ -517,6 +540,7 @@ def simulate_cohort(
         next_base = {m: out_vals[m][cont_local] for m in out_vals}
         idx, t = idx[cont_local], outcome_day[cont_local]
         m0, s0 = mf_taken[cont_local, taken[cont_local]], sf_taken[cont_local, taken[cont_local]]
+        level_m, level_s = m0, s0
         base = next_base
         # the next round re-appends this visit as its decision visit: drop it from the outcome batch
         if len(cont_local) and not record_gaps:
@@ -567,11 +591,13 @@ def _responsiveness_pair(z_rho: np.ndarray, z_responder: np.ndarray, cfg: Simula
 
 def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: int, cfg: SimulatorConfig,
                  rng: np.random.Generator, latents: tuple[np.ndarray, np.ndarray, np.ndarray], rng2: np.random.Generator,
-                 steroid: tuple[np.ndarray, float]) -> tuple[Probabilities, np.ndarray]:
+                 steroid: tuple[np.ndarray, float], level: tuple[np.ndarray, np.ndarray] | None = None,
+                 ) -> tuple[Probabilities, np.ndarray]:
     """True probabilities per decision × option from `mc_draws` noise draws shared across options, in chunks,
     and the chance of steroid sparing (`steroid` = prednisone mg/day at the decision, horizon in days: the
     prednisone rule of `simulator.steroids` on every draw; it uses no extra random numbers).
 
+    `level` = the (muscle, skin) activity the follow-up starts from (default: the decision visit's, m0 and s0).
     `latents` = (the patient's refractoriness, their per-option latent, the chance of an interruption) per decision:
     the truth is the chance of response given what the simulator knows of the patient, over everything else.
 
@@ -589,6 +615,7 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
     per_chunk = max(1, cfg.truth.chunk_rows // (n_opt * draws))
     traits = {c: sub[c].to_numpy() for c in TRAIT_COLUMNS}
     refractory, option_latent, interrupt = latents
+    lm, ls = (m0, s0) if level is None else level
     for lo in range(0, n, per_chunk):
         hi = min(n, lo + per_chunk)
         eps = rng.standard_normal((4, hi - lo, draws))  # latent muscle, skin, responsiveness, responder
@@ -603,8 +630,8 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
         if interrupt.any():
             harmed = rng2.random((hi - lo, draws))[pi] < interrupt[gi, oj][:, None]
         dm, ds = part.delta(rho, cfg.effects.max_effect, rho_new, harmed, cfg.effects.harm.flare)
-        mf = np.clip(m0[gi, None] * (1 - dm) + cfg.effects.latent_sd * eps[0][pi], 0, 1)
-        sf = np.clip(s0[gi, None] * (1 - ds) + cfg.effects.latent_sd * eps[1][pi], 0, 1)
+        mf = np.clip(lm[gi, None] * (1 - dm) + cfg.effects.latent_sd * eps[0][pi], 0, 1)
+        sf = np.clip(ls[gi, None] * (1 - ds) + cfg.effects.latent_sd * eps[1][pi], 0, 1)
         chunk_traits = {c: v[gi] for c, v in traits.items()}
         follow = latent_to_measures(mf, sf, ild[gi], scale[gi], chunk_traits, z[:, pi], cfg.measurement)
         scores = score_pairs({k: v[gi] for k, v in base.items()}, follow, scale[gi], {k: v[gi] for k, v in uln.items()})

@@ -262,6 +262,67 @@ def test_trial_populations_differ_only_where_configured(inputs, abatacept_trial)
         simulate_cohort(10, 1, config, vocabulary, catalog, TODAY, mode="trial", trial_population="nope")
 
 
+def test_abatacept_trial_enrols_on_its_screening_criteria_and_regresses_to_the_mean(inputs, abatacept_trial):
+    """The abatacept population is enrolled on values measured at a screening visit 1–4 weeks before baseline
+    (registry criteria, simulator.trial): the record shows that visit meeting them, and selecting patients at a
+    flare makes the placebo arm improve more than the same patients enrolled without screening."""
+    from simulator.trial import meets_criteria
+
+    config, vocabulary, catalog = inputs
+    rules = config.trial.population("abatacept_dm").screening
+    a = _wide(abatacept_trial.assessments).reset_index()
+    day = a.merge(abatacept_trial.decisions[["patient_id", "date"]], on="patient_id", suffixes=("", "_decision"))
+    gap = (day["date_decision"] - day["date"]).dt.days
+    screen = day[(gap >= 7) & (gap <= 28) & day["mmt8"].notna()]
+    limits = abatacept_trial.assessments.pivot_table(index=["patient_id", "date"], columns="measure",
+                                                     values="upper_limit_normal", aggfunc="first")
+    uln_at = limits.reindex(pd.MultiIndex.from_frame(screen[["patient_id", "date"]]))
+    uln = {e: uln_at[e].to_numpy(float) for e in ENZYMES}
+    seen = {m: screen[m].to_numpy(float) for m in [*CORE, *ENZYMES]}
+    meets = pd.Series(meets_criteria(seen, np.full(len(screen), 150.0), uln, rules), index=screen.index)
+    assert screen["patient_id"].nunique() >= 0.97 * len(abatacept_trial.decisions)
+    assert (screen["mmt8"] <= 135).groupby(screen["patient_id"]).any().mean() > 0.99
+    assert meets.groupby(screen["patient_id"]).any().mean() > 0.99
+    # regression to the mean: the same population and background, with and without enrolment at a flare
+    pop = config.trial.population("abatacept_dm").model_copy(update={"background_scale": 1.0})
+    plain = pop.model_copy(update={"screening": None, "min_muscle": 0.0, "min_skin": 0.0})
+    doi = {}
+    for name, p in (("screened", pop), ("plain", plain)):
+        trial_cfg = config.trial.model_copy(update={"populations": {"proderm": p}})
+        c = simulate_cohort(600, 3, config.model_copy(update={"trial": trial_cfg}), vocabulary, catalog, TODAY, mode="trial")
+        o = c.outcomes
+        doi[name] = o.loc[(o["option"] == "continue") & (o["horizon_weeks"] == 24), "p_doi"].mean()
+    assert doi["screened"] > doi["plain"] + 0.03, doi
+
+
+def test_trial_screening_criteria_and_a_too_strict_trial():
+    from simulator.config import TrialScreening
+    from simulator.trial import meets_criteria
+
+    rules = TrialScreening()
+    row = {"mmt8": np.array([120.0, 136.0, 130.0, 130.0]), "physician_global": np.array([3.0, 3.0, 3.0, 1.0]),
+           "patient_global": np.array([1.0, 3.0, 3.0, 1.0]), "haq": np.array([0.25, 1.0, 0.25, 0.25]),
+           "extramuscular_global": np.array([1.0, 3.0, 1.0, 1.0])}
+    enzymes = {e: np.array([100.0, 100.0, 100.0, 140.0]) if e == "ck" else np.full(4, np.nan) for e in ENZYMES}
+    uln = {e: np.full(4, 100.0) for e in ENZYMES}
+    # MMT-8 ≤ 125 + PGA; MMT-8 > 135; PGA + patient global (2 of 6); CK ≥ 1.3 × ULN only
+    got = meets_criteria(row | enzymes, np.full(4, 150.0), uln, rules)
+    assert got.tolist() == [False, False, False, False]
+    row["haq"] = np.array([0.5, 1.0, 0.5, 0.5])  # a third item for the first and third
+    assert meets_criteria(row | enzymes, np.full(4, 150.0), uln, rules).tolist() == [True, False, True, False]
+    # the same MMT-8 limits on a 0–80 score
+    assert meets_criteria(row | enzymes, np.full(4, 80.0), uln, rules).tolist() == [False, False, False, False]
+
+
+def test_too_strict_trial_screening_is_a_clear_error(inputs):
+    config, vocabulary, catalog = inputs
+    pop = config.trial.population("abatacept_dm")
+    strict = pop.model_copy(update={"screening": pop.screening.model_copy(update={"mmt8_max": 10.0, "max_candidates_per_patient": 3})})
+    bad = config.model_copy(update={"trial": config.trial.model_copy(update={"populations": {"proderm": strict}})})
+    with pytest.raises(ValueError, match="trial screening enrolled 0 of 20 patients .* too strict"):
+        simulate_cohort(20, 1, bad, vocabulary, catalog, TODAY, mode="trial")
+
+
 def test_records_let_a_reader_recover_the_true_decision_points(inputs):
     """Decision points derived from the exported records (features.decisions) are the simulator's: exactly on the
     complete records of the easy testbed, nearly all with v2's record gaps (a reader carries a missing measure

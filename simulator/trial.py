@@ -1,0 +1,102 @@
+"""Enrolment of an emulated trial on measured values: a screening visit, the trial's inclusion criteria, and the
+baseline visit that follows it (configs/simulator.yaml `trial.populations.*.screening`; docs/simulator.md).
+
+Trials enrol on what they measure. Each visit's latent activity is the patient's level plus a visit-to-visit
+fluctuation; a patient seen at a flare is more likely to pass the criteria, the flare persists into the baseline
+visit a few weeks later and is gone by the outcome visit, so every arm regresses toward the level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from simulator.config import MeasurementConfig, TrialScreening
+from simulator.measures import ENZYMES, NOISE_COLUMNS, latent_to_measures
+
+
+class Enrolment(NamedTuple):
+    """The enrolled patients and their activity: the level the follow-up starts from, the baseline visit's
+    (level + the screening flare that carried over), the screening visit's measures and its weeks before baseline."""
+
+    patients: pd.DataFrame
+    level_muscle: np.ndarray
+    level_skin: np.ndarray
+    baseline_muscle: np.ndarray
+    baseline_skin: np.ndarray
+    screening: dict[str, np.ndarray]
+    weeks_before: np.ndarray
+    screened: int
+
+
+def meets_criteria(measures: dict[str, np.ndarray], mmt8_scale: np.ndarray, uln: dict[str, np.ndarray],
+                   rules: TrialScreening) -> np.ndarray:
+    """Whether each screened patient meets the inclusion criteria on measured values: MMT-8 ≤ `mmt8_max` and at
+    least `min_items` of MMT-8 ≤ `mmt8_item_max`, physician global, patient global, HAQ, any measured enzyme ×
+    ULN, extramuscular global at or above its threshold (MMT-8 limits scaled from `rules.mmt8_scale`)."""
+    per_unit = np.asarray(mmt8_scale, dtype=float) / rules.mmt8_scale
+    mmt = measures["mmt8"]
+    with np.errstate(invalid="ignore"):
+        ratios = np.stack([measures[e] / uln[e] for e in ENZYMES])
+        enzyme = np.nanmax(np.where(np.isnan(ratios), -np.inf, ratios), axis=0) >= rules.enzyme_uln_ratio_min
+        items = (
+            (mmt <= rules.mmt8_item_max * per_unit).astype(int)
+            + (measures["physician_global"] >= rules.physician_global_min_cm)
+            + (measures["patient_global"] >= rules.patient_global_min_cm)
+            + (measures["haq"] >= rules.haq_min)
+            + enzyme
+            + (measures["extramuscular_global"] >= rules.extramuscular_global_min_cm)
+        )
+        return (mmt <= rules.mmt8_max * per_unit) & (items >= rules.min_items)
+
+
+def enrol(
+    n: int,
+    sample: Callable[[int], pd.DataFrame],
+    rules: TrialScreening,
+    latent_sd: float,
+    measurement: MeasurementConfig,
+    rng: np.random.Generator,
+) -> Enrolment:
+    """Screen candidates from `sample(k)` (patients of the trial's diagnosis at their own activity level) in
+    batches until `n` meet the criteria; the first `n` who do are enrolled, numbered SIM-000001… in order.
+
+    A candidate's screening activity is level + `latent_sd`·e (e ~ N(0, 1) per tissue), measured with the usual
+    noise on the trial's MMT-8 scale; the baseline visit Δ ~ U(`weeks_before_baseline`) weeks later has level +
+    `latent_sd`·(ρ·e + √(1 − ρ²)·e′), ρ = exp(−Δ / `flare_decay_weeks`). Raises if too few pass."""
+    parts: list[tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray]]] = []
+    enrolled = screened = 0
+    while enrolled < n:
+        if screened >= rules.max_candidates_per_patient * n:
+            raise ValueError(
+                f"trial screening enrolled {enrolled} of {n} patients after {screened} candidates: the inclusion "
+                "criteria (trial.populations.*.screening) are too strict for the diagnosis's activity"
+            )
+        batch = max(2 * (n - enrolled), 64)
+        cand = sample(batch)
+        cand["mmt8_scale"] = rules.mmt8_scale
+        e = rng.standard_normal((2, batch))
+        m = np.clip(cand["refractory_muscle"].to_numpy() + latent_sd * e[0], 0, 1)
+        s = np.clip(cand["refractory_skin"].to_numpy() + latent_sd * e[1], 0, 1)
+        z = rng.standard_normal((len(NOISE_COLUMNS), batch))
+        seen = latent_to_measures(m, s, cand["ild"].to_numpy(), cand["mmt8_scale"].to_numpy(), cand, z, measurement)
+        uln = {x: cand[f"{x}_uln"].to_numpy() for x in ENZYMES}
+        ok = np.flatnonzero(meets_criteria(seen, cand["mmt8_scale"].to_numpy(), uln, rules))[: n - enrolled]
+        parts.append((cand.iloc[ok], e[:, ok], {k: v[ok] for k, v in seen.items()}))
+        enrolled += len(ok)
+        screened += batch
+    patients = pd.concat([p for p, _, _ in parts], ignore_index=True)
+    patients["patient_id"] = [f"SIM-{i + 1:06d}" for i in range(n)]
+    flare = np.concatenate([f for _, f, _ in parts], axis=1)
+    screening = {k: np.concatenate([v[k] for _, _, v in parts]) for k in parts[0][2]}
+    weeks = rng.uniform(rules.weeks_before_baseline.low, rules.weeks_before_baseline.high, n)
+    rho = np.exp(-weeks / rules.flare_decay_weeks)
+    carried = rho * flare + np.sqrt(1 - rho**2) * rng.standard_normal((2, n))
+    level_m, level_s = patients["refractory_muscle"].to_numpy().copy(), patients["refractory_skin"].to_numpy().copy()
+    base_m = np.clip(level_m + latent_sd * carried[0], 0, 1)
+    base_s = np.clip(level_s + latent_sd * carried[1], 0, 1)
+    patients["refractory_muscle"], patients["refractory_skin"] = base_m, base_s
+    return Enrolment(patients, level_m, level_s, base_m, base_s, screening, weeks, screened)
