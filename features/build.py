@@ -16,7 +16,14 @@ import numpy as np
 import pandas as pd
 
 from features.config import FeatureConfig
-from features.vocabulary import DAYS_PER_MONTH, DOSE_UNITS, OptionCatalog, Vocabulary, body_surface_area
+from features.vocabulary import (
+    DAYS_PER_MONTH,
+    DOSE_UNITS,
+    OptionCatalog,
+    Vocabulary,
+    body_surface_area,
+    dose_status,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # point-in-time primitives
@@ -472,7 +479,9 @@ def build_features(
     height = tracks["height"].take("value", tracks["height"].latest(codes, as_of))
     bsa = body_surface_area(weight, height)
 
-    current = _regimen_features(b, k, codes, cut, weight, bsa, tables["regimens"], index, vocabulary, catalog, config)
+    juvenile = juvenile_decisions(k, as_of, tables["patients"], vocabulary)
+    current = _regimen_features(b, k, codes, cut, weight, bsa, juvenile, tables["regimens"], index, vocabulary,
+                                catalog, config)
     _disease_features(b, codes, as_of, tracks, config)
     _patient_features(b, k, as_of, tables["patients"])
     _safety_features(b, codes, as_of, tracks, tables["events"], index, config)
@@ -493,13 +502,17 @@ def _regimen_features(
     cut: np.ndarray,
     weight: np.ndarray,
     bsa: np.ndarray,
+    juvenile: np.ndarray,
     regimens: pd.DataFrame,
     index: pd.Index,
     vocabulary: Vocabulary,
     catalog: OptionCatalog,
     config: FeatureConfig,
 ) -> pd.DataFrame:
-    """Current regimen, doses versus targets (dose-optimisation flags), lines of therapy, cumulative prednisone."""
+    """Current regimen, doses versus targets (dose-optimisation flags), lines of therapy, cumulative prednisone.
+
+    A juvenile decision's doses are judged against the drugs' juvenile targets (configs/drugs.yaml `juvenile`) with
+    the weight and body surface measured before it, an adult's against the adult targets."""
     n = len(k)
     reg = RegimenIndex(regimens, index, vocabulary, catalog, config.continuity_gap_days,
                        config.decisions.option_ignore_classes, config.decisions.stability_ignore_classes)
@@ -513,19 +526,19 @@ def _regimen_features(
     route = frame["route"].astype(object).to_numpy()[latest_row] if len(agg) else np.zeros(0, dtype=object)
     targets = vocabulary.target_daily_mg(
         pd.Series(agg["generic"].to_numpy(), dtype=object), pd.Series(route, dtype=object),
-        pd.Series(weight[aq]), pd.Series(bsa[aq]),
+        pd.Series(weight[aq]), pd.Series(bsa[aq]), juvenile=juvenile[aq],
     )
     intensity = agg["daily_mg"].to_numpy(float)
     low = targets["target_low"].to_numpy(float)
     high = targets["target_high"].to_numpy(float)
+    # one verdict for the flags, the side table and the clinician page (features.vocabulary.dose_status): a target
+    # whose body size is missing is "unknown" and flags nothing
+    status = dose_status(intensity, low, high, targets["target_defined"].to_numpy(bool),
+                         targets["induction_only"].to_numpy(bool), config.dose_tolerance)
+    below, above = status == "below", status == "above"
+    has_target = (status != "no_target") & ~np.isnan(low)
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = intensity / low
-        below = intensity < low * (1 - config.dose_tolerance)
-        above = intensity > high * (1 + config.dose_tolerance)
-    has_target = ~np.isnan(low)
-    status = np.where(~has_target, "no_target", np.where(below, "below", np.where(above, "above", "at")))
-    unknown = has_target & np.isnan(intensity)
-    status = np.where(unknown, "unknown", status)
     months_on = (cut[aq] - agg["run_start"].to_numpy()) / DAYS_PER_MONTH
 
     generics = list(vocabulary.generics)
@@ -549,15 +562,17 @@ def _regimen_features(
         b.add(f"{g}_months_on", months_w[:, j], "current_regimen", drug.label, f"months on {drug.label}",
               "months", f"time on {drug.label} in its current continuous exposure (NaN when not on it)")
         if drug.target.has_target:
+            juv = (f"; juvenile: {drug.juvenile.text}" if drug.juvenile is not None and drug.juvenile.has_target
+                   else "; juvenile: not judged" if drug.juvenile is not None else "")
             b.add(f"{g}_dose_fraction", frac_w[:, j], "dose_optimisation", drug.label,
                   f"{drug.label} dose as a fraction of target", "fraction of target",
-                  f"current intensity / lower end of the target ({drug.text}); NaN when not on it or no weight")
+                  f"current intensity / lower end of the target ({drug.text}{juv}); NaN when not on it or no weight")
             b.add(f"{g}_below_target", below_w[:, j], "dose_optimisation", drug.label,
                   f"{drug.label} below target dose", "0/1",
-                  f"on {drug.label} below its target ({drug.text}) beyond the tolerance")
+                  f"on {drug.label} below its target ({drug.text}{juv}) beyond the tolerance")
             b.add(f"{g}_above_target", above_w[:, j], "dose_optimisation", drug.label,
                   f"{drug.label} above target dose", "0/1",
-                  f"on {drug.label} above its target ({drug.text}) beyond the tolerance")
+                  f"on {drug.label} above its target ({drug.text}{juv}) beyond the tolerance")
     below_any = np.zeros(n)
     np.add.at(below_any, aq, below.astype(float))
     b.add("n_drugs_below_target", below_any, "dose_optimisation", "doses below target",
@@ -634,12 +649,38 @@ def _regimen_features(
             "target_low_mg_day": low,
             "target_high_mg_day": high,
             "target_text": targets["target_text"].to_numpy(),
+            "target_source": targets["target_source"].to_numpy(),
             "fraction_of_target": np.where(has_target, fraction, np.nan),
             "status": status,
             "weight_kg": weight[aq],
+            "bsa_m2": bsa[aq],
+            "juvenile": juvenile[aq],
         }
     )
     return side
+
+
+def age_at(as_of: np.ndarray, birth_year: np.ndarray) -> np.ndarray:
+    """Age in years at each decision day from the birth year (as_of year − birth year; NaN without a birth year)."""
+    return (from_days(as_of).astype("datetime64[Y]").astype(np.int64) + 1970) - np.asarray(birth_year, dtype=float)
+
+
+def juvenile_decisions(k: pd.DataFrame, as_of: np.ndarray, patients: pd.DataFrame, vocabulary: Vocabulary
+                       ) -> np.ndarray:
+    """Which decisions are juvenile (`Vocabulary.is_juvenile`: diagnosis juvenile DM, or younger than its
+    `juvenile_age` at the decision): their doses are judged against the juvenile targets. A patient missing from
+    the patients table is not juvenile here (`_patient_features` refuses it with the row named)."""
+    p = patients.assign(patient_id=patients["patient_id"].astype(str)).drop_duplicates("patient_id")
+    p = p.set_index("patient_id")
+    idx = p.index.get_indexer(k["patient_id"].to_numpy())
+    known = idx >= 0
+    diagnosis = np.full(len(k), None, dtype=object)
+    birth = np.full(len(k), np.nan)
+    if "diagnosis" in p.columns:
+        diagnosis[known] = p["diagnosis"].astype(object).to_numpy()[idx[known]]
+    if "birth_year" in p.columns:
+        birth[known] = pd.to_numeric(p["birth_year"], errors="coerce").to_numpy(float)[idx[known]]
+    return vocabulary.is_juvenile(diagnosis, age_at(as_of, birth))
 
 
 def _disease_features(b: _Builder, codes: np.ndarray, as_of: np.ndarray, tracks: Mapping[str, Track],
@@ -703,9 +744,8 @@ def _patient_features(b: _Builder, k: pd.DataFrame, as_of: np.ndarray, patients:
     def col(name: str) -> pd.Series:
         return p[name].iloc[idx].reset_index(drop=True) if name in p.columns else pd.Series([np.nan] * len(idx))
 
-    as_of_year = from_days(as_of).astype("datetime64[Y]").astype(np.int64) + 1970
     birth = pd.to_numeric(col("birth_year"), errors="coerce").to_numpy(float)
-    b.add("age_years", as_of_year - birth, "patient", "age", "age", "years", "age in years at the decision")
+    b.add("age_years", age_at(as_of, birth), "patient", "age", "age", "years", "age in years at the decision")
     b.add("sex_female", col("sex").astype(str).str.upper().eq("F").to_numpy(), "patient", "sex", "female sex", "0/1",
           "recorded sex is female")
     diagnosis = col("diagnosis").astype(str).to_numpy()

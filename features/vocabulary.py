@@ -36,12 +36,20 @@ class _Frozen(BaseModel):
 
 
 class WeightBand(_Frozen):
-    below_kg: float
-    mg: float
+    """A fixed dose per administration for body weights below `below_kg` (from the band below it, or the target's
+    `min_kg`); the last band leaves `below_kg` out (no upper bound)."""
+
+    below_kg: float | None = Field(default=None, gt=0)
+    mg: float = Field(gt=0)
 
 
 class DoseTarget(_Frozen):
-    """The target regimen of one drug: a band of the dose per administration on a schedule."""
+    """The target regimen of one drug: a band of the dose per administration on a schedule.
+
+    A juvenile target (`Drug.juvenile`) may also say from which weight (`adult_from_kg`) or above which body surface
+    (`adult_above_m2`) the adult target applies — the labels' "≥ 75 kg: the adult dose" —, below which weight there is
+    no labelled dose (`min_kg`), that a dose below its band is a taper rather than a shortfall (`induction_only`),
+    and how it reads (`text`)."""
 
     basis: Literal["mg", "mg_per_kg", "mg_per_m2"] = "mg"
     low: float | None = None
@@ -50,10 +58,33 @@ class DoseTarget(_Frozen):
     cycle_days: float = 1.0
     route: str | None = None
     max_mg_per_administration: float | None = None
+    #: cap on the target intensity (mg/day): a child's per-kg dose never exceeds the adult maximum
+    max_mg_per_day: float | None = Field(default=None, gt=0)
     daily_cap_mg_per_kg: float | None = None
     weight_bands: tuple[WeightBand, ...] = ()
     alternatives: tuple[DoseTarget, ...] = ()
     taper_goal_mg_per_day: float | None = None
+    min_kg: float | None = Field(default=None, gt=0)
+    adult_from_kg: float | None = Field(default=None, gt=0)
+    adult_above_m2: float | None = Field(default=None, gt=0)
+    induction_only: bool = False
+    #: one administration of a cycle longer than a week, as the page says it ("an infusion", "a course")
+    per_dose: str | None = None
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DoseTarget:
+        if self.low is not None and self.high is not None and self.high < self.low:
+            raise ValueError(f"target band high {self.high} is below low {self.low}")
+        if self.weight_bands and (self.basis != "mg" or self.low is not None):
+            raise ValueError("weight_bands give fixed mg doses: basis mg and no low/high")
+        open_ended = [b for b in self.weight_bands if b.below_kg is None]
+        if len(open_ended) > 1 or (open_ended and self.weight_bands[-1].below_kg is not None):
+            raise ValueError("only the last weight band may leave below_kg out")
+        limits = [b.below_kg for b in self.weight_bands if b.below_kg is not None]
+        if limits != sorted(limits) or len(set(limits)) != len(limits):
+            raise ValueError("weight bands must be listed by increasing below_kg")
+        return self
 
     @property
     def has_target(self) -> bool:
@@ -104,12 +135,27 @@ class Drug(_Frozen):
     target: DoseTarget
     plausible: PlausibleDose
     text: str
+    #: the target of a juvenile decision (`Vocabulary.is_juvenile`); None keeps the adult target at every age.
+    #: A juvenile target without a dose (only `text`) means no paediatric target: the dose is not judged.
+    juvenile: DoseTarget | None = None
+
+    @model_validator(mode="after")
+    def _juvenile_only_fields(self) -> Drug:
+        for t in (self.target, *self.target.alternatives):
+            if t.adult_from_kg is not None or t.adult_above_m2 is not None:
+                raise ValueError(f"drug {self.generic!r}: adult_from_kg / adult_above_m2 belong to its juvenile "
+                                 "target, not the adult one")
+        if self.juvenile is not None and not self.juvenile.text:
+            raise ValueError(f"drug {self.generic!r}: a juvenile target needs a `text` saying what it is and its source")
+        return self
 
 
 class Vocabulary(_Frozen):
     """All known drugs; looks up what a record wrote and computes target intensities."""
 
     drugs: tuple[Drug, ...]
+    #: a decision is juvenile when the diagnosis is juvenile DM or the patient is younger than this (years)
+    juvenile_age: float = Field(18, gt=0)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Vocabulary:
@@ -177,51 +223,219 @@ class Vocabulary(_Frozen):
         out = keys.merge(table, on=["generic", "route"], how="left")[list(LIMIT_BASES)]
         return out.set_axis(generic.index)
 
+    def is_juvenile(self, diagnosis: pd.Series | np.ndarray, age_years: pd.Series | np.ndarray) -> np.ndarray:
+        """Juvenile decisions: diagnosis juvenile DM, or younger than `juvenile_age` at the decision (a missing age
+        is not juvenile unless the diagnosis says so). Features and the clinician page share this rule."""
+        d = np.asarray(diagnosis, dtype=object)
+        a = pd.to_numeric(pd.Series(np.asarray(age_years, dtype=object)), errors="coerce").to_numpy(float)
+        with np.errstate(invalid="ignore"):
+            return (d == JUVENILE_DIAGNOSIS) | (a < self.juvenile_age)
+
     def target_daily_mg(
         self,
         generic: pd.Series,
         route: pd.Series,
         weight_kg: pd.Series,
         bsa_m2: pd.Series,
+        juvenile: pd.Series | np.ndarray | None = None,
     ) -> pd.DataFrame:
-        """Target band as dose intensity (mg/day) per row: columns `target_low`, `target_high`, `target_text`.
+        """The target each row's dose is judged against, as dose intensity (mg/day), and which target it is.
 
-        Weight- and BSA-based targets use the given weight / body-surface area; a missing weight leaves the
-        target missing rather than guessed. Drugs without a target (glucocorticoids) get NaN.
+        Columns: `target_low`, `target_high` (mg/day; NaN without a target or without the body size it needs — a
+        missing weight leaves the target missing rather than guessed), `target_text` (how it reads: the adult text,
+        or for a juvenile row the juvenile target with the weight band that applies), `target_source` ("adult",
+        "juvenile"; "" for an unknown drug), `target_defined` (the row has a target, known or not), `target_by`
+        ("weight" / "weight and height": what the band depends on, "" for a fixed dose), `target_needs` (the same
+        where that body size is missing, else ""), `induction_only`, and the target's
+        `target_basis`, `target_doses_per_cycle`, `target_cycle_days`, `target_per_dose` (for saying it per dose).
+        Rows where `juvenile` is True use the drug's juvenile target where it has one (from its `adult_from_kg` /
+        above its `adult_above_m2`, the adult target); glucocorticoids' adult target is a taper goal (no band).
         """
         n = len(generic)
-        low = np.full(n, np.nan)
-        high = np.full(n, np.nan)
-        text = np.full(n, None, dtype=object)
+        out = _Targets(n)
         g = generic.to_numpy(dtype=object)
         r = route.fillna("").astype(str).str.lower().to_numpy(dtype=object)
         w = pd.to_numeric(weight_kg, errors="coerce").to_numpy(dtype=float)
         b = pd.to_numeric(bsa_m2, errors="coerce").to_numpy(dtype=float)
+        kid = np.zeros(n, dtype=bool) if juvenile is None else np.asarray(juvenile, dtype=bool).reshape(n)
         for drug in self.drugs:
             sel = g == drug.generic
             if not sel.any():
                 continue
-            text[sel] = drug.text
-            targets = [(drug.target, np.ones(n, dtype=bool))]
-            for alt in drug.target.alternatives:
-                on_alt = r == (alt.route or "").lower()
-                targets[0] = (drug.target, targets[0][1] & ~on_alt)
-                targets.append((alt, on_alt))
-            for target, mask in targets:
-                m = sel & mask
-                if not m.any() or not target.has_target:
-                    continue
-                lo, hi = _target_band_mg(target, w[m], b[m])
-                low[m], high[m] = lo, hi
-        return pd.DataFrame({"target_low": low, "target_high": high, "target_text": text}, index=generic.index)
+            child = sel & kid if drug.juvenile is not None else np.zeros(n, dtype=bool)
+            for t, m in _by_route(drug.target, sel & ~child, r):
+                out.fill(t, m, w, b, "adult", np.full(n, drug.text, dtype=object))
+            if not child.any():
+                continue
+            for jt, m in _by_route(drug.juvenile, child, r):  # type: ignore[arg-type]
+                with np.errstate(invalid="ignore"):
+                    grown = m & ((w >= (jt.adult_from_kg or np.inf)) | (b > (jt.adult_above_m2 or np.inf)))
+                out.fill(jt, m & ~grown, w, b, "juvenile", _juvenile_text(jt, w))
+                if grown.any():  # the label's "from 75 kg: the adult dose"
+                    from_ = (f"from {_kg(jt.adult_from_kg)} kg" if jt.adult_from_kg is not None
+                             else f"above {jt.adult_above_m2:g} m²")
+                    source = f" — {jt.text}" if jt.adult_from_kg is not None else ""  # "JIA label dose …"
+                    for t, mm in _by_route(drug.target, grown, r):
+                        adult = (_band_text(t, w) if t.weight_bands else np.full(n, drug.text if t is drug.target
+                                                                                 else _dose_words(t), dtype=object))
+                        out.fill(t, mm, w, b, "juvenile", f"the adult dose {from_}: " + adult.astype(str) + source)
+        return out.frame(generic.index)
+
+
+#: the diagnosis code that makes a decision juvenile at any age (docs/data-contract.md)
+JUVENILE_DIAGNOSIS = "juvenile_dermatomyositis"
+
+#: the columns of `Vocabulary.target_daily_mg`
+TARGET_COLUMNS: tuple[str, ...] = (
+    "target_low", "target_high", "target_text", "target_source", "target_defined", "target_by", "target_needs",
+    "induction_only",
+    "target_basis", "target_doses_per_cycle", "target_cycle_days", "target_per_dose",
+)
+
+
+class _Targets:
+    """The per-row arrays `target_daily_mg` fills, one target and row mask at a time."""
+
+    def __init__(self, n: int) -> None:
+        self.low, self.high = np.full(n, np.nan), np.full(n, np.nan)
+        self.doses, self.days = np.full(n, np.nan), np.full(n, np.nan)
+        self.text = np.full(n, None, dtype=object)
+        self.source = np.full(n, "", dtype=object)
+        self.needs = np.full(n, "", dtype=object)
+        self.by = np.full(n, "", dtype=object)
+        self.basis = np.full(n, "", dtype=object)
+        self.per_dose = np.full(n, "", dtype=object)
+        self.defined = np.zeros(n, dtype=bool)
+        self.induction = np.zeros(n, dtype=bool)
+
+    def fill(self, target: DoseTarget, m: np.ndarray, w: np.ndarray, b: np.ndarray, source: str,
+             text: np.ndarray) -> None:
+        if not m.any():
+            return
+        self.text[m], self.source[m] = text[m], source
+        self.basis[m], self.per_dose[m] = target.basis, target.per_dose or ""
+        self.doses[m], self.days[m] = target.doses_per_cycle, target.cycle_days
+        self.induction[m] = target.induction_only
+        if not target.has_target:
+            return
+        with np.errstate(invalid="ignore"):
+            unlabelled = m & (w < (target.min_kg or 0.0))  # no labelled dose this light: no target
+        defined = m & ~unlabelled
+        self.defined[defined] = True
+        lo, hi = _target_band_mg(target, w[defined], b[defined])
+        self.low[defined], self.high[defined] = lo, hi
+        size = b if target.basis == "mg_per_m2" else w
+        if target.basis != "mg" or target.weight_bands or target.daily_cap_mg_per_kg is not None:
+            by = "weight and height" if target.basis == "mg_per_m2" else "weight"
+            self.by[defined] = by
+            self.needs[defined & np.isnan(size)] = by
+
+    def frame(self, index: pd.Index) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"target_low": self.low, "target_high": self.high, "target_text": self.text,
+             "target_source": self.source, "target_defined": self.defined, "target_needs": self.needs,
+             "target_by": self.by,
+             "induction_only": self.induction, "target_basis": self.basis, "target_doses_per_cycle": self.doses,
+             "target_cycle_days": self.days, "target_per_dose": self.per_dose},
+            index=index,
+        )
+
+
+def _by_route(target: DoseTarget, mask: np.ndarray, route: np.ndarray) -> list[tuple[DoseTarget, np.ndarray]]:
+    """The target's route-specific alternatives for rows on that route, the target itself for the rest."""
+    main = mask.copy()
+    out = []
+    for alt in target.alternatives:
+        on_alt = mask & (route == (alt.route or "").lower())
+        main &= ~on_alt
+        out.append((alt, on_alt))
+    return [(target, main), *out]
+
+
+def dose_status(intensity: np.ndarray, low: np.ndarray, high: np.ndarray, defined: np.ndarray,
+                induction_only: np.ndarray, tolerance: float) -> np.ndarray:
+    """The verdict on each dose: "below" / "at" / "above" its target band (± `tolerance` of the band's edges),
+    "unknown" when it has a target but the dose or the target (missing body size) is unknown, "no_target" when it
+    has none — or when an induction-only target (juvenile prednisone) is not exceeded: a taper is no shortfall.
+    Features' flags and the clinician page's verdict both come from here."""
+    x = np.asarray(intensity, dtype=float)
+    lo, hi = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    with np.errstate(invalid="ignore"):
+        below = x < lo * (1 - tolerance)
+        above = x > hi * (1 + tolerance)
+    induction = np.asarray(induction_only, dtype=bool)
+    status = np.where(below, "below", np.where(above, "above", "at")).astype(object)
+    status = np.where(induction & ~above, "no_target", status)
+    status = np.where(np.isnan(x) | np.isnan(lo), "unknown", status)
+    return np.where(np.asarray(defined, dtype=bool), status, "no_target").astype(object)
+
+
+def _schedule_words(doses_per_cycle: float, cycle_days: float) -> str:
+    """'daily', 'twice daily', 'weekly', 'every 4 weeks': a target's schedule as a prescriber says it."""
+    times = {1: "", 2: "twice ", 3: "three times "}.get(int(doses_per_cycle), f"{doses_per_cycle:g} times ")
+    if cycle_days == 1:
+        return f"{times}daily"
+    if cycle_days == 7:
+        return f"{times}weekly"
+    every = f"every {cycle_days / 7:g} weeks" if cycle_days % 7 == 0 else f"every {cycle_days:g} days"
+    return (f"{times.strip()} " if times else "") + every
+
+
+def _kg(value: float) -> str:
+    return f"{round(value, 1):g}"
+
+
+def _dose_words(target: DoseTarget) -> str:
+    """A banded target's dose as it reads: '10 mg/kg every 4 weeks', '125 mg weekly', '2–5 mg/kg daily'."""
+    per = {"mg": "mg", "mg_per_kg": "mg/kg", "mg_per_m2": "mg/m²"}[target.basis]
+    dose = f"{target.low:g}" if target.high in (None, target.low) else f"{target.low:g}–{target.high:g}"
+    return f"{dose} {per} {_schedule_words(target.doses_per_cycle, target.cycle_days)}"
+
+
+def _band_text(target: DoseTarget, weight: np.ndarray) -> np.ndarray:
+    """Per row, the weight band that applies as it reads: '87.5 mg weekly (25–50 kg)' ('' without a weight)."""
+    text = np.full(len(weight), "", dtype=object)
+    lower = target.min_kg
+    when = _schedule_words(target.doses_per_cycle, target.cycle_days)
+    for band in target.weight_bands:
+        upper = band.below_kg
+        span = (f"≥ {_kg(lower)} kg" if upper is None and lower is not None
+                else f"< {_kg(upper)} kg" if lower is None and upper is not None
+                else f"{_kg(lower)}–{_kg(upper)} kg" if lower is not None and upper is not None else "any weight")
+        with np.errstate(invalid="ignore"):
+            m = (weight >= (lower or 0.0)) & (weight < (upper if upper is not None else np.inf))
+        text[m] = f"{band.mg:g} mg {when} ({span})"
+        lower = upper
+    return text
+
+
+def _juvenile_text(target: DoseTarget, weight: np.ndarray) -> np.ndarray:
+    """How a juvenile target reads on a row: the weight band or per-kg dose that applies with its weight range
+    ('10 mg/kg every 4 weeks (< 75 kg)'), then the target's own text (its source); the text alone when the target
+    has no weight limits; 'no labelled dose below 10 kg' for a lighter child."""
+    n = len(weight)
+    own = np.full(n, target.text or "", dtype=object)
+    if target.weight_bands:
+        applies = _band_text(target, weight)
+    elif target.adult_from_kg is not None and target.low is not None:
+        applies = np.full(n, f"{_dose_words(target)} (< {_kg(target.adult_from_kg)} kg)", dtype=object)
+    else:
+        return own
+    out = np.where(applies != "", applies + " — " + own, own)
+    if target.min_kg is not None:
+        with np.errstate(invalid="ignore"):
+            light = weight < target.min_kg
+        out = np.where(light, f"no labelled dose below {_kg(target.min_kg)} kg — " + own, out)
+    return out
 
 
 def _target_band_mg(target: DoseTarget, weight: np.ndarray, bsa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Target band in mg/day for rows with the given weight and BSA."""
     if target.weight_bands:
         per_admin = np.full(len(weight), np.nan)
-        for band in sorted(target.weight_bands, key=lambda wb: wb.below_kg, reverse=True):
-            per_admin = np.where(weight < band.below_kg, band.mg, per_admin)
+        for band in reversed(target.weight_bands):  # listed by increasing weight: the lightest band wins
+            limit = band.below_kg if band.below_kg is not None else np.inf
+            per_admin = np.where(weight < limit, band.mg, per_admin)
         per_admin = np.where(np.isnan(weight), np.nan, per_admin)
         lo = hi = per_admin
     else:
@@ -233,6 +447,8 @@ def _target_band_mg(target: DoseTarget, weight: np.ndarray, bsa: np.ndarray) -> 
         hi = np.minimum(hi, target.max_mg_per_administration)
     per_day = target.doses_per_cycle / target.cycle_days
     lo, hi = lo * per_day, hi * per_day
+    if target.max_mg_per_day is not None:
+        lo, hi = np.minimum(lo, target.max_mg_per_day), np.minimum(hi, target.max_mg_per_day)
     if target.daily_cap_mg_per_kg is not None:
         cap = target.daily_cap_mg_per_kg * weight
         hi = np.minimum(hi, cap)

@@ -404,9 +404,9 @@ def build_patient_page(
     weight, height = _latest(one["assessments"], "weight", as_of), _latest(one["assessments"], "height", as_of)
     bsa = C.mosteller_bsa(weight, height)
     age = as_of.year - int(patient["birth_year"]) if _ok(patient.get("birth_year")) else None
-    juvenile = (str(patient.get("diagnosis")) == "juvenile_dermatomyositis"
-                or (age is not None and age < int(rules["doses"].get("juvenile_age", 18))))
-    regimen = C.dose_lines(current, rules, drugs_cfg, juvenile=juvenile, weight_kg=weight, bsa_m2=bsa)
+    juvenile = bool(vocabulary.is_juvenile([patient.get("diagnosis")], [age])[0])  # the features' rule
+    regimen = C.dose_lines(current, vocabulary, juvenile=juvenile, weight_kg=weight, bsa_m2=bsa,
+                           tolerance=model.feature_config().dose_tolerance)
     size = ", ".join(x for x in (f"{weight:.0f} kg" if weight else "", f"{height:.0f} cm" if height else "",
                                  f"body surface {bsa:.2f} m²" if bsa else "") if x)
     body_size = (("juvenile dose targets (per kg / per m²) for " if juvenile else "") + size) if size else ""

@@ -1,6 +1,7 @@
 """Clinical rules of the page: lab grades (CTCAE v5), dose goals and juvenile targets, disease notes, stale
-measurements, the guideline's choice and reasons in clinical words. Pure functions of one patient's frames and
-`configs/clinical_rules.yaml` (passed in): no file I/O, so every rule is tested on small frames."""
+measurements, the guideline's choice and reasons in clinical words. Pure functions of one patient's frames,
+`configs/clinical_rules.yaml` and the drug catalogue (configs/drugs.yaml: targets, juvenile targets, taper goals),
+passed in: no file I/O, so every rule is tested on small frames."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.report.data import LabResult, OptionRow, RegimenLine, TrendSeries, _ok
+
+if TYPE_CHECKING:
+    from features.vocabulary import Vocabulary
 
 
 # --- laboratory grades ------------------------------------------------------------------------------------------
@@ -83,52 +88,40 @@ def mosteller_bsa(weight_kg: float | None, height_cm: float | None) -> float | N
     return math.sqrt(float(height_cm) * float(weight_kg) / 3600.0)  # type: ignore[arg-type]
 
 
-def dose_lines(current: pd.DataFrame, rules: Mapping[str, Any], drugs: Mapping[str, Any], *, juvenile: bool,
-               weight_kg: float | None, bsa_m2: float | None) -> tuple[RegimenLine, ...]:
+def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool, weight_kg: float | None,
+               bsa_m2: float | None, tolerance: float) -> tuple[RegimenLine, ...]:
     """Every current drug against its goal, with the action a prescriber takes: raise a dose below target, taper a
-    glucocorticoid above its taper goal, the room left within a target range; a juvenile patient's doses judged
-    against per-kg / per-m² targets (`rules['doses']['juvenile']`) for the patient's weight and body surface."""
+    glucocorticoid above its taper goal, the room left within a target range. A juvenile patient's doses are judged
+    against the drugs' juvenile targets (configs/drugs.yaml `juvenile`: per kg, per m², or the weight band that
+    applies) for this weight and body surface, by the same function and verdict as the features' dose flags
+    (`Vocabulary.target_daily_mg`, `dose_status`) with the features' `tolerance`; adults keep the features' verdict."""
+    from features.vocabulary import dose_status
     from pipeline.report.assemble import regimen_lines
 
-    cfg = rules["doses"]
-    tol = float(cfg.get("tolerance", 0.05))
-    taper = {d["generic"]: float(d["target"]["taper_goal_mg_per_day"]) for d in drugs.get("drugs", [])
-             if isinstance(d.get("target"), dict) and "taper_goal_mg_per_day" in d["target"]}
+    tol = float(tolerance)
+    taper = {d.generic: float(d.target.taper_goal_mg_per_day) for d in vocabulary.drugs
+             if d.target.taper_goal_mg_per_day is not None}
+    n = len(current)
+    juv = None
+    if juvenile and n:
+        route = current["route"] if "route" in current.columns else pd.Series([None] * n, index=current.index)
+        juv = vocabulary.target_daily_mg(
+            current["generic"].astype(object), route.astype(object),
+            pd.Series([weight_kg if _ok(weight_kg) else np.nan] * n, index=current.index, dtype=float),
+            pd.Series([bsa_m2 if _ok(bsa_m2) else np.nan] * n, index=current.index, dtype=float),
+            juvenile=np.ones(n, dtype=bool))
+        mg_day = pd.to_numeric(current["intensity_mg_day"], errors="coerce").to_numpy(float)
+        juv["status"] = dose_status(mg_day, juv["target_low"].to_numpy(float), juv["target_high"].to_numpy(float),
+                                    juv["target_defined"].to_numpy(bool), juv["induction_only"].to_numpy(bool), tol)
     out = []
-    for line, row in zip(regimen_lines(current), current.to_dict(orient="records"), strict=True):
+    for i, (line, row) in enumerate(zip(regimen_lines(current), current.to_dict(orient="records"), strict=True)):
         generic = str(row.get("generic"))
         mg = float(row["intensity_mg_day"]) if _ok(row.get("intensity_mg_day")) else None
         low = float(row["target_low_mg_day"]) if _ok(row.get("target_low_mg_day")) else None
         high = float(row["target_high_mg_day"]) if _ok(row.get("target_high_mg_day")) else None
         target, status, frac, basis = line.target, line.status, line.fraction_of_target, ""
-        jrule = cfg.get("juvenile", {}).get(generic) if juvenile else None
-        if jrule is not None and "max_m2" in jrule and _ok(bsa_m2) and float(bsa_m2) > float(jrule["max_m2"]):
-            jrule = None  # a child this large takes the adult dose (rituximab in RIM above 1.5 m²)
-        if jrule is not None:
-            size = weight_kg if jrule["basis"] == "mg_per_kg" else bsa_m2
-            what = (f"{weight_kg:.0f} kg" if jrule["basis"] == "mg_per_kg" and _ok(weight_kg)
-                    else f"{bsa_m2:.2f} m²" if _ok(bsa_m2) else "")
-            if size is None or not _ok(size):
-                basis = "juvenile target needs " + ("weight" if jrule["basis"] == "mg_per_kg" else "weight and height")
-                status, frac, low, high = "unknown", None, None, None
-            else:
-                per_day = float(jrule["doses_per_cycle"]) / float(jrule["cycle_days"]) * float(size)
-                cap = float(jrule.get("max_mg_per_day", math.inf))
-                low, high = min(float(jrule["low"]) * per_day, cap), min(float(jrule["high"]) * per_day, cap)
-                days, doses = float(jrule["cycle_days"]), float(jrule["doses_per_cycle"])
-                word = str(jrule.get("per_dose", "a dose"))
-                span = (f"{_per_cycle(low, days, doses, '')}–{_per_cycle(high, days, doses, word)}"
-                        if high > low * (1 + tol) else _per_cycle(low, days, doses, word))
-                target = f"{jrule['text']}: {span} for {what}"
-                basis = f"juvenile target per {'kg' if jrule['basis'] == 'mg_per_kg' else 'm²'} ({what})"
-                if mg is None:
-                    status, frac = "unknown", None
-                else:
-                    frac = mg / low
-                    below = mg < low * (1 - tol) and not jrule.get("induction_only")
-                    status = "below" if below else "above" if mg > high * (1 + tol) else "at"
-                    if jrule.get("induction_only") and mg <= high * (1 + tol):
-                        status, frac = "no_target", None  # a taper below the induction band is no shortfall
+        if juv is not None and juv["target_source"].iloc[i] == "juvenile":
+            target, status, basis, low, high, frac = _juvenile_line(juv.iloc[i], mg, weight_kg, bsa_m2, tol)
         action = ""
         if generic in taper and mg is not None and mg > taper[generic] * (1 + tol):
             status = "above_goal"
@@ -149,6 +142,31 @@ def dose_lines(current: pd.DataFrame, rules: Mapping[str, Any], drugs: Mapping[s
             basis = f"{per} at {weight_kg:.0f} kg" if per else ""
         out.append(replace(line, target=target, status=status, fraction_of_target=frac, action=action, basis=basis))
     return tuple(out)
+
+
+def _juvenile_line(t: pd.Series, mg: float | None, weight_kg: float | None, bsa_m2: float | None, tol: float
+                   ) -> tuple[str, str, str, float | None, float | None, float | None]:
+    """(target words, status, basis, low, high, fraction) of one dose judged against its juvenile target (`t`: a
+    row of `Vocabulary.target_daily_mg` plus its `status`): the band in the prescriber's unit for this child's
+    size ('15.9–21.2 mg/week for 1.06 m²')."""
+    status = str(t["status"])
+    text = str(t["target_text"])
+    if t["target_needs"]:
+        return text, status, f"juvenile target needs {t['target_needs']}", None, None, None
+    if not bool(t["target_defined"]) or not _ok(t["target_low"]):
+        return text, status, "juvenile: no target", None, None, None
+    low, high = float(t["target_low"]), float(t["target_high"])
+    frac = mg / low if mg is not None and status not in ("no_target", "unknown") and low > 0 else None
+    what = (f"{bsa_m2:.2f} m²" if t["target_by"] == "weight and height" and _ok(bsa_m2)
+            else f"{weight_kg:.0f} kg" if t["target_by"] == "weight" and _ok(weight_kg) else "")
+    if not what:  # a fixed dose (the adult dose above 1.5 m²): its words say it all
+        return text, status, "juvenile target", low, high, frac
+    days, doses = float(t["target_cycle_days"]), float(t["target_doses_per_cycle"])
+    word = str(t["target_per_dose"] or "a dose")
+    span = (f"{_per_cycle(low, days, doses, '')}–{_per_cycle(high, days, doses, word)}"
+            if high > low * (1 + tol) else _per_cycle(low, days, doses, word))
+    unit = {"mg_per_kg": "per kg", "mg_per_m2": "per m²"}.get(str(t["target_basis"]), "by weight band")
+    return f"{text}: {span} for {what}", status, f"juvenile target {unit} ({what})", low, high, frac
 
 
 def dose_actions(lines: Sequence[RegimenLine]) -> tuple[str, ...]:

@@ -244,6 +244,110 @@ def test_patient_features():
     assert f["diagnosis_juvenile_dermatomyositis"] == 1.0 and f["diagnosis_adult_dermatomyositis"] == 0.0
 
 
+# --- juvenile dose targets ----------------------------------------------------------------------------------------
+CHILD = {"patient_id": "P1", "birth_year": 2015, "diagnosis": "juvenile_dermatomyositis", "diagnosis_date": "2023-01-01"}
+
+
+def child_tables(regimens: list[tuple], weight: float = 25.0, height: float = 125.0, weighed: str = "2025-05-01",
+                 patient: dict | None = None) -> dict[str, pd.DataFrame]:
+    """A 10-year-old with juvenile DM weighed (and measured) on `weighed`."""
+    return normalised(regimens, [("P1", weighed, "weight", weight), ("P1", weighed, "height", height)],
+                      patients=[patient or CHILD], weight_kg=weight)
+
+
+@pytest.mark.parametrize(("dose", "fraction"), [(250, 1.0), (150, 0.6)])
+def test_a_child_on_abatacept_is_judged_against_the_jia_label_dose(dose, fraction):
+    """25 kg: 10 mg/kg = 250 mg an infusion is at target, 150 mg below it (the adult band, 500 mg below 60 kg,
+    would call both below) — and only the shortfall opens "optimise doses"."""
+    regimen = [("P1", "Orencia", dose, "mg", "intravenous", "every 4 weeks", "2025-01-01", None)]
+    fs = features_at(child_tables(regimen), "2025-06-01")
+    f = fs.features.iloc[0]
+    short = float(dose == 150)
+    assert (f["abatacept_below_target"], f["any_below_target"]) == (short, short)
+    assert f["abatacept_dose_fraction"] == pytest.approx(fraction)
+    side = fs.current_regimen.set_index("generic").loc["abatacept"]
+    assert side["target_source"] == "juvenile" and bool(side["juvenile"]) and side["weight_kg"] == 25.0
+    assert side["target_text"].startswith("10 mg/kg every 4 weeks (< 75 kg) — JIA label dose")
+    assert bool(option_eligibility(fs, CATALOG, VOCABULARY).iloc[0]["eligible_optimise_dose"]) == bool(short)
+    adult = features_at(normalised(regimen, [("P1", "2025-05-01", "weight", 25.0)]), "2025-06-01").features.iloc[0]
+    assert adult["abatacept_below_target"] == 1.0  # an adult of 25 kg: the adult 500 mg band
+
+
+def test_a_childs_weight_counts_only_when_recorded_before_the_decision():
+    """Point in time: a weight measured after the decision is not used; without one the verdict is unknown
+    (no flag, no fraction), never a guess or a crash."""
+    t = child_tables([("P1", "Xeljanz", 4, "mg", "oral", "twice daily", "2025-01-01", None)], weighed="2025-06-10")
+    fs = features_at(t, "2025-06-01", "2025-07-01")
+    early, late = fs.features.iloc[0], fs.features.iloc[1]
+    assert np.isnan(early["tofacitinib_dose_fraction"]) and early["tofacitinib_below_target"] == 0.0
+    assert early["tofacitinib_above_target"] == 0.0 and early["any_below_target"] == 0.0
+    assert late["tofacitinib_dose_fraction"] == pytest.approx(1.0)  # 4 mg twice daily at 20–40 kg
+    side = fs.current_regimen
+    assert side["status"].tolist() == ["unknown", "at"]
+
+
+def test_a_teenager_is_juvenile_by_age_whatever_the_diagnosis():
+    """16 years old with adult DM coded: tofacitinib XR 11 mg daily is above the 4 mg twice daily of 20–40 kg."""
+    teen = {**CHILD, "birth_year": 2009, "diagnosis": "adult_dermatomyositis"}
+    t = child_tables([("P1", "Xeljanz XR", 11, "mg", "oral", "daily", "2025-01-01", None)], weight=35.0,
+                     height=150.0, patient=teen)
+    f = features_at(t, "2025-06-01").features.iloc[0]
+    assert f["age_years"] == 16.0 and f["tofacitinib_above_target"] == 1.0
+
+
+def test_the_page_gives_a_childs_doses_the_features_verdict():
+    """Same drug, dose and weight: the clinician page's verdict equals the features' flags for every drug."""
+    from pipeline.report.clinical import dose_lines, mosteller_bsa
+
+    start = "2025-01-01"
+    regimens = [("P1", "Orencia", 150, "mg", "intravenous", "every 4 weeks", start, None),
+                ("P1", "Xeljanz", 4, "mg", "oral", "twice daily", start, None),
+                ("P1", "methotrexate", 10, "mg", "subcutaneous", "weekly", start, None),
+                ("P1", "CellCept", 600, "mg", "oral", "twice daily", start, None),
+                ("P1", "Plaquenil", 200, "mg", "oral", "daily", start, None),
+                ("P1", "Privigen", 1, "g/kg", "intravenous", "every 4 weeks", start, None),
+                ("P1", "Actemra", 8, "mg/kg", "intravenous", "every 4 weeks", start, None),
+                ("P1", "prednisolone", 30, "mg", "oral", "daily", start, None)]
+    config = FeatureConfig()
+    fs = features_at(child_tables(regimens), "2025-06-01", config=config)
+    f = fs.features.iloc[0]
+    lines = dose_lines(fs.current_regimen, VOCABULARY, juvenile=True, weight_kg=25.0,
+                       bsa_m2=mosteller_bsa(25.0, 125.0), tolerance=config.dose_tolerance)
+    verdict = dict(zip(fs.current_regimen["generic"], (line.status for line in lines), strict=True))
+    assert verdict == {"abatacept": "below", "tofacitinib": "at", "methotrexate": "below", "mycophenolate": "at",
+                       "hydroxychloroquine": "above", "ivig": "below", "tocilizumab": "below",
+                       "prednisone": "above_goal"}  # 1.2 mg/kg: within induction, above the taper goal
+    for generic, status in verdict.items():
+        if VOCABULARY.drug(generic).target.has_target:
+            assert f[f"{generic}_below_target"] == float(status == "below"), generic
+            assert f[f"{generic}_above_target"] == float(status == "above"), generic
+    assert f["n_drugs_below_target"] == 4.0
+    assert dict(zip(fs.current_regimen["generic"], fs.current_regimen["status"], strict=True))["prednisone"] == \
+        "no_target"
+
+
+def test_juvenile_targets_change_only_juvenile_decisions():
+    """An adult's features are the same with or without the juvenile targets in the catalogue; a child's change."""
+    config = load_reference("drugs")
+    adult_only = Vocabulary.from_config(
+        {**config, "drugs": [{k: v for k, v in d.items() if k != "juvenile"} for d in config["drugs"]]})
+    regimens = [(pid, drug, dose, unit, route, interval, "2025-01-01", None) for pid in ("A", "C") for
+                drug, dose, unit, route, interval in [("Orencia", 250, "mg", "intravenous", "every 4 weeks"),
+                                                      ("Xeljanz XR", 11, "mg", "oral", "daily"),
+                                                      ("methotrexate", 15, "mg", "oral", "weekly"),
+                                                      ("Actemra", 8, "mg/kg", "intravenous", "every 4 weeks")]]
+    measures = [(pid, "2025-05-01", m, v) for pid, w in (("A", 25.0), ("C", 25.0))
+                for m, v in (("weight", w), ("height", 125.0))]
+    t = normalised(regimens, measures, patients=[{"patient_id": "A", "birth_year": 1970},
+                                                 {**CHILD, "patient_id": "C"}], weight_kg=25.0)
+    keys = pd.DataFrame({"patient_id": ["A", "C"], "as_of": pd.to_datetime(["2025-06-01"] * 2)})
+    new, old = (build_features(keys, t, v, CATALOG).matrix for v in (VOCABULARY, adult_only))
+    pd.testing.assert_series_equal(new.iloc[0], old.iloc[0])
+    flags = [c for c in new.columns if c.endswith(("_below_target", "_above_target", "_dose_fraction"))]
+    assert (new.loc[1, flags].fillna(-1) != old.loc[1, flags].fillna(-1)).any()
+    assert (new.loc[1, "abatacept_below_target"], old.loc[1, "abatacept_below_target"]) == (0.0, 1.0)
+
+
 # --- shape of the output -------------------------------------------------------------------------------------------
 def test_matrix_is_numeric_and_dictionary_covers_every_feature(seed_features):
     matrix = seed_features.matrix

@@ -12,6 +12,7 @@ from features.vocabulary import (
     DAYS_PER_MONTH,
     Vocabulary,
     body_surface_area,
+    dose_status,
     dose_to_mg,
     parse_interval,
     parse_intervals,
@@ -184,6 +185,101 @@ def test_a_missing_weight_leaves_a_weight_based_target_missing(vocabulary):
     t = vocabulary.target_daily_mg(pd.Series(["ivig"]), pd.Series(["intravenous"]), pd.Series([np.nan]),
                                    pd.Series([np.nan]))
     assert np.isnan(t.loc[0, "target_low"]) and np.isnan(t.loc[0, "target_high"])
+
+
+def judge(vocabulary: Vocabulary, rows: list[tuple], *, juvenile: bool = True) -> pd.DataFrame:
+    """Targets and verdicts of (generic, route, weight kg, body surface m², dose intensity mg/day) rows, juvenile
+    or adult, as the features and the clinician page judge them (tolerance 10 %, params.yaml)."""
+    generic, route, weight, bsa, mg_day = (pd.Series(list(c)) for c in zip(*rows, strict=True))
+    t = vocabulary.target_daily_mg(generic, route, weight.astype(float), bsa.astype(float),
+                                   juvenile=np.full(len(rows), juvenile))
+    t["status"] = dose_status(mg_day.astype(float).to_numpy(), t["target_low"].to_numpy(), t["target_high"].to_numpy(),
+                              t["target_defined"].to_numpy(), t["induction_only"].to_numpy(), 0.1)
+    return t
+
+
+def test_juvenile_abatacept_follows_the_jia_label_weight_bands(vocabulary):
+    """Orencia, polyarticular JIA: IV 10 mg/kg every 4 weeks below 75 kg, the adult weight bands from 75 kg; SC
+    weekly 50 mg (10–25 kg), 87.5 mg (25–50 kg), 125 mg from 50 kg."""
+    iv, sc = "intravenous", "subcutaneous"
+    t = judge(vocabulary, [("abatacept", iv, 25.0, 0.9, 250 / 28), ("abatacept", iv, 25.0, 0.9, 150 / 28),
+                           ("abatacept", iv, 80.0, 1.9, 750 / 28), ("abatacept", iv, 110.0, 2.3, 750 / 28),
+                           ("abatacept", sc, 30.0, 1.0, 87.5 / 7), ("abatacept", sc, 30.0, 1.0, 125 / 7),
+                           ("abatacept", sc, 60.0, 1.6, 125 / 7)])
+    assert t["status"].tolist() == ["at", "below", "at", "below", "at", "above", "at"]
+    assert (t["target_source"] == "juvenile").all()
+    assert t.loc[0, "target_low"] == pytest.approx(250 / 28)  # 10 mg/kg × 25 kg an infusion
+    assert t.loc[0, "target_text"].startswith("10 mg/kg every 4 weeks (< 75 kg) — JIA label dose")
+    assert "no JDM dose published" in t.loc[0, "target_text"]
+    assert t.loc[2, "target_text"].startswith("the adult dose from 75 kg: 750 mg every 4 weeks (60–100 kg)")
+    assert t.loc[3, "target_low"] == pytest.approx(1000 / 28)  # > 100 kg: 1 g
+    assert t.loc[4, "target_text"].startswith("87.5 mg weekly (25–50 kg)")
+    assert t.loc[6, "target_text"].startswith("the adult dose from 50 kg: 125 mg weekly")
+
+
+def test_juvenile_tofacitinib_and_tocilizumab_follow_the_jia_label(vocabulary):
+    """Xeljanz pcJIA: 3.2 mg twice daily 10–20 kg, 4 mg 20–40 kg, the adult 5 mg from 40 kg, no dose below 10 kg;
+    Actemra pJIA IV: 10 mg/kg every 4 weeks below 30 kg, the adult 8 mg/kg from 30 kg."""
+    t = judge(vocabulary, [("tofacitinib", "oral", 25.0, 0.9, 8.0), ("tofacitinib", "oral", 15.0, 0.7, 6.4),
+                           ("tofacitinib", "oral", 15.0, 0.7, 10.0), ("tofacitinib", "oral", 45.0, 1.4, 11.0),
+                           ("tofacitinib", "oral", 8.0, 0.4, 6.4),
+                           ("tocilizumab", "intravenous", 20.0, 0.8, 8 * 20 / 28),
+                           ("tocilizumab", "intravenous", 40.0, 1.3, 8 * 40 / 28)])
+    assert t["status"].tolist() == ["at", "at", "above", "at", "no_target", "below", "at"]
+    assert t.loc[0, "target_text"].startswith("4 mg twice daily (20–40 kg) — JIA label dose")
+    assert t.loc[4, "target_text"].startswith("no labelled dose below 10 kg")
+    assert t.loc[5, "target_low"] == pytest.approx(10 * 20 / 28)
+
+
+def test_juvenile_targets_need_the_body_size_and_some_drugs_have_none(vocabulary):
+    """No weight (or no height for a per-m² target): the verdict is unknown, never a guess or a crash. Tacrolimus
+    has no paediatric target (children need more per kg than adults); azathioprine keeps its adult per-kg target."""
+    t = judge(vocabulary, [("abatacept", "intravenous", np.nan, np.nan, 250 / 28),
+                           ("methotrexate", "oral", 30.0, np.nan, 15 / 7),
+                           ("tofacitinib", "oral", np.nan, np.nan, 8.0),
+                           ("tacrolimus", "oral", 30.0, 1.0, 0.06 * 30),
+                           ("azathioprine", "oral", 30.0, 1.0, 60.0)])
+    assert t["status"].tolist() == ["unknown", "unknown", "unknown", "no_target", "at"]
+    assert t["target_needs"].tolist() == ["weight", "weight and height", "weight", "", ""]
+    assert "no paediatric target" in t.loc[3, "target_text"]
+    assert t.loc[4, "target_source"] == "adult"
+
+
+def test_adult_rows_ignore_the_juvenile_targets(vocabulary):
+    rows = [("abatacept", "intravenous", 25.0, 0.9, 250 / 28), ("tofacitinib", "oral", 25.0, 0.9, 8.0),
+            ("ivig", "intravenous", np.nan, np.nan, 1000.0)]
+    adult = judge(vocabulary, rows, juvenile=False)
+    generic, route, weight, bsa, _ = (pd.Series(list(c)) for c in zip(*rows, strict=True))
+    plain = vocabulary.target_daily_mg(generic, route, weight.astype(float), bsa.astype(float))
+    pd.testing.assert_frame_equal(adult.drop(columns="status"), plain)
+    assert adult["status"].tolist() == ["below", "below", "unknown"]  # 500 mg below 60 kg; 10 mg/day; no weight
+    assert adult["target_text"].tolist() == [vocabulary.drug(g).text for g in generic]
+
+
+def test_the_juvenile_rule_is_diagnosis_or_age(vocabulary):
+    assert vocabulary.is_juvenile(["juvenile_dermatomyositis", "adult_dermatomyositis", "polymyositis", None],
+                                  [30, 17, 18, np.nan]).tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"weight_bands": [{"below_kg": 50, "mg": 2}, {"below_kg": 20, "mg": 1}]}, "increasing below_kg"),
+    ({"weight_bands": [{"mg": 2}, {"below_kg": 20, "mg": 1}]}, "only the last weight band"),
+    ({"text": None}, "needs a `text`"),
+    ({"low": 5, "high": 4}, "below low"),
+])
+def test_a_malformed_juvenile_target_is_refused_naming_the_drug_or_rule(change, message):
+    config = load_reference("drugs")
+    tofa = next(d for d in config["drugs"] if d["generic"] == "tofacitinib")
+    juvenile = {**tofa["juvenile"], **change}
+    if "low" in change:
+        juvenile = {"basis": "mg_per_kg", "low": 5, "high": 4, "text": "x"}
+    bad = {**config, "drugs": [{**d, "juvenile": juvenile} if d is tofa else d for d in config["drugs"]]}
+    with pytest.raises(ValueError, match=message):
+        Vocabulary.from_config(bad)
+    adult_limit = {**config, "drugs": [{**d, "target": {**d["target"], "adult_from_kg": 40}} if d is tofa else d
+                                       for d in config["drugs"]]}
+    with pytest.raises(ValueError, match="belong to its juvenile target"):
+        Vocabulary.from_config(adult_limit)
 
 
 def test_plausible_limits_follow_the_drug_and_its_route(vocabulary):

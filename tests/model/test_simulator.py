@@ -502,23 +502,23 @@ def test_body_weight_changes_and_children_are_dosed_per_kg_or_m2(cohort, inputs)
 
 def test_juvenile_regimens_sit_in_the_paediatric_target_bands(inputs):
     """The simulator's juvenile at-target doses (history.regimens, prednisone) lie inside the paediatric bands the
-    clinician page checks (configs/clinical_rules.yaml doses.juvenile): one source of truth, no drift."""
-    config, _, _ = inputs
-    bands = load_reference("clinical_rules")["doses"]["juvenile"]
+    features and the clinician page check (configs/drugs.yaml `juvenile`): one source of truth, no drift."""
+    config, vocabulary, _ = inputs
+    bands = {d.generic: d.juvenile for d in vocabulary.drugs if d.juvenile is not None and d.juvenile.low is not None}
     unit = {"mg_per_kg": "mg/kg", "mg_per_m2": "mg/m2"}
     checked = 0
     for generic, spec in config.history.regimens.items():
-        if generic not in bands:
+        if generic not in bands or bands[generic].basis not in unit:
             continue
         for variant in spec.juvenile_at_target:
             band = bands[generic]
-            assert variant.dose_unit == unit[band["basis"]], generic
-            assert band["low"] <= variant.dose <= band["high"], generic
+            assert variant.dose_unit == unit[band.basis], generic
+            assert band.low <= variant.dose <= band.high, generic
             checked += 1
     assert checked >= 3
     band, rule = bands["prednisone"], config.history.prednisone_juvenile_mg_per_kg
-    assert rule is not None and band["low"] <= rule.low <= rule.high <= band["high"]
-    assert config.history.prednisone_juvenile_max_mg == band["max_mg_per_day"]
+    assert rule is not None and band.low <= rule.low <= rule.high <= band.high
+    assert config.history.prednisone_juvenile_max_mg == band.max_mg_per_day
 
 
 # ---------------------------------------------------------------------------------------------------------------
