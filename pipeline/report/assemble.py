@@ -367,7 +367,7 @@ def build_patient_page(
     pred = model.predict_frame(features)
     X = model.contract.check(features)
     ex = E.explain_model(model, features)
-    dictionary = E.with_dose_targets(dictionary, vocabulary)
+    dictionary = C.with_current_targets(E.with_dose_targets(dictionary, vocabulary), current)
     labels = {o.name: o.label for o in catalog.options}
     eligible = pred.loc[pred["eligible"].astype(bool), "option"].astype(str).tolist()
     explanations = option_explanations(ex, X, dictionary, eligible, labels, k=top_k)

@@ -120,19 +120,26 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
         low = float(row["target_low_mg_day"]) if _ok(row.get("target_low_mg_day")) else None
         high = float(row["target_high_mg_day"]) if _ok(row.get("target_high_mg_day")) else None
         target, status, frac, basis = line.target, line.status, line.fraction_of_target, ""
+        aim = target  # the target as an action names it (a juvenile target without its source note)
+        drug = vocabulary.drug(generic) if generic in vocabulary.generics else None
+        cycle = (drug.target.cycle_days, drug.target.doses_per_cycle, drug.target.per_dose or "a dose") if drug else (1,)
         if juv is not None and juv["target_source"].iloc[i] == "juvenile":
             target, status, basis, low, high, frac = _juvenile_line(juv.iloc[i], mg, weight_kg, bsa_m2, tol)
+            aim = target.replace(f" — {str(juv['target_text'].iloc[i]).partition(' — ')[2]}", "")
+            cycle = (float(juv["target_cycle_days"].iloc[i]), float(juv["target_doses_per_cycle"].iloc[i]),
+                     str(juv["target_per_dose"].iloc[i] or "a dose"))
         action = ""
         if generic in taper and mg is not None and mg > taper[generic] * (1 + tol):
             status = "above_goal"
             action = (f"taper: {_mg(mg)} is {mg / taper[generic]:.1f}× the ≤ {taper[generic]:g} mg/day goal"
                       + (" (Pneumocystis risk rises above 10 mg/day)" if mg > 10 else ""))
         elif status == "below" and low is not None and mg is not None:
-            action = f"raise towards {target}: the dose now is {round(100 * mg / low)} % of the lowest target"
+            action = f"raise towards {aim}: the dose now is {round(100 * mg / low)} % of the lowest target"
         elif status == "above" and high is not None and mg is not None:
-            action = f"above target ({target}): {round(100 * mg / high)} % of the highest; check for toxicity"
+            action = f"above target ({aim}): {round(100 * mg / high)} % of the highest; check for toxicity"
         elif status == "at" and mg is not None and high is not None and high > mg * (1 + tol):
-            action = f"at target; room up to {_mg(high)} within the range (now {_mg(mg)})"
+            action = (f"at target; room up to {_per_cycle(high, *cycle)} within the range "
+                      f"(now {_per_cycle(mg, *cycle)})")
         elif status == "at":
             action = "at target"
         elif generic in taper and mg is not None:
@@ -167,6 +174,20 @@ def _juvenile_line(t: pd.Series, mg: float | None, weight_kg: float | None, bsa_
             if high > low * (1 + tol) else _per_cycle(low, days, doses, word))
     unit = {"mg_per_kg": "per kg", "mg_per_m2": "per m²"}.get(str(t["target_basis"]), "by weight band")
     return f"{text}: {span} for {what}", status, f"juvenile target {unit} ({what})", low, high, frac
+
+
+def with_current_targets(dictionary: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
+    """The feature dictionary with this patient's targets: a current drug the features judged against its juvenile
+    target (side table `target_source`) gets that target's words (`target_text`) on its dose-fraction feature, so a
+    reason ('tofacitinib dose = 138 % of target …') names the target its fraction is of, not the adult one."""
+    if current.empty or "target_source" not in current.columns or "target_text" not in dictionary.columns:
+        return dictionary
+    juvenile = current[current["target_source"].astype(str) == "juvenile"]
+    texts = {f"{g}_dose_fraction": t for g, t in zip(juvenile["generic"], juvenile["target_text"], strict=True)}
+    out = dictionary.copy()
+    hit = out["feature"].isin(list(texts))
+    out.loc[hit, "target_text"] = out.loc[hit, "feature"].map(texts)
+    return out
 
 
 def dose_actions(lines: Sequence[RegimenLine]) -> tuple[str, ...]:

@@ -555,6 +555,20 @@ def test_juvenile_ivig_rituximab_and_cyclophosphamide_targets_follow_weight_and_
     assert "575" not in teen.target
 
 
+def test_a_childs_reasons_name_the_juvenile_target_their_dose_fraction_is_of():
+    from models.explain import with_dose_targets
+    from pipeline.report.clinical import with_current_targets
+
+    dictionary = with_dose_targets(pd.DataFrame({"feature": ["tofacitinib_dose_fraction", "ivig_dose_fraction",
+                                                             "age_years"]}), VOCABULARY)
+    current = pd.DataFrame({"generic": ["tofacitinib", "ivig"], "target_source": ["juvenile", "adult"],
+                            "target_text": ["4 mg twice daily (20–40 kg) — JIA label dose", "2 g/kg every 4 weeks"]})
+    out = with_current_targets(dictionary, current).set_index("feature")["target_text"]
+    assert out["tofacitinib_dose_fraction"] == "4 mg twice daily (20–40 kg) — JIA label dose"
+    assert out["ivig_dose_fraction"] == VOCABULARY.drug("ivig").text and pd.isna(out["age_years"])
+    assert with_current_targets(dictionary, current.iloc[:0]).equals(dictionary)
+
+
 def test_disease_notes_for_mda5_ild_and_cancer():
     rules = load_reference("clinical_rules")
     notes = R.disease_notes({"antibodies": "anti-MDA5", "ild": True, "cancer_associated": False,
