@@ -555,6 +555,33 @@ def test_juvenile_ivig_rituximab_and_cyclophosphamide_targets_follow_weight_and_
     assert "575" not in teen.target
 
 
+def test_a_childs_label_banded_doses_show_the_band_that_applies():
+    """Abatacept, tofacitinib: the JIA label band for this child's weight, said per infusion / per day; no weight →
+    unknown with what is missing; tacrolimus: no paediatric target, the dose shown and not judged."""
+    from pipeline.report.clinical import below_target_drugs
+
+    iv = {"route": "intravenous", "interval": "every 4 weeks"}
+    lines = {w: R.dose_lines(_current(
+        abatacept={"dose": 250.0, **iv, "intensity_mg_day": 250 / 28},
+        tofacitinib={"dose": 4.0, "interval": "twice daily", "intensity_mg_day": 8.0},
+        tacrolimus={"dose": 0.06, "dose_unit": "mg/kg", "intensity_mg_day": 0.06 * 25}),
+        VOCABULARY, juvenile=True, weight_kg=w, bsa_m2=None, tolerance=TOLERANCE) for w in (25.0, None)}
+    aba, tofa, tac = lines[25.0]
+    assert aba.status == "at" and aba.target.startswith("10 mg/kg every 4 weeks (< 75 kg) — JIA label dose")
+    assert "250 mg an infusion for 25 kg" in aba.target and aba.basis == "juvenile target per kg (25 kg)"
+    assert tofa.status == "at" and tofa.target.startswith("4 mg twice daily (20–40 kg)") and "8 mg/day" in tofa.target
+    assert tac.status == "no_target" and "no paediatric target" in tac.target and tac.action == ""
+    assert [(x.status, x.basis) for x in lines[None][:2]] == [("unknown", "juvenile target needs weight")] * 2
+    heavy = R.dose_lines(_current(abatacept={"dose": 750.0, **iv, "intensity_mg_day": 750 / 28}), VOCABULARY,
+                         juvenile=True, weight_kg=80.0, bsa_m2=None, tolerance=TOLERANCE)[0]
+    assert heavy.status == "at" and heavy.target.startswith("the adult dose from 75 kg: 750 mg every 4 weeks (60–100 kg)")
+    low = R.dose_lines(_current(abatacept={"dose": 150.0, **iv, "intensity_mg_day": 150 / 28}), VOCABULARY,
+                       juvenile=True, weight_kg=25.0, bsa_m2=None, tolerance=TOLERANCE)
+    assert low[0].status == "below" and below_target_drugs(low) == ("abatacept",)
+    assert low[0].action == ("raise towards 10 mg/kg every 4 weeks (< 75 kg): 250 mg an infusion for 25 kg: the dose "
+                             "now is 60 % of the lowest target")
+
+
 def test_a_childs_reasons_name_the_juvenile_target_their_dose_fraction_is_of():
     from models.explain import with_dose_targets
     from pipeline.report.clinical import with_current_targets
