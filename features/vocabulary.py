@@ -224,12 +224,13 @@ class Vocabulary(_Frozen):
         return out.set_axis(generic.index)
 
     def is_juvenile(self, diagnosis: pd.Series | np.ndarray, age_years: pd.Series | np.ndarray) -> np.ndarray:
-        """Juvenile decisions: diagnosis juvenile DM, or younger than `juvenile_age` at the decision (a missing age
-        is not juvenile unless the diagnosis says so). Features and the clinician page share this rule."""
+        """Juvenile decisions: younger than `juvenile_age` at the decision; where the age is unknown, a diagnosis of
+        juvenile DM. A juvenile-onset patient who is now an adult is dosed as an adult (as in the simulator).
+        Features and the clinician page share this rule."""
         d = np.asarray(diagnosis, dtype=object)
         a = pd.to_numeric(pd.Series(np.asarray(age_years, dtype=object)), errors="coerce").to_numpy(float)
         with np.errstate(invalid="ignore"):
-            return (d == JUVENILE_DIAGNOSIS) | (a < self.juvenile_age)
+            return np.where(np.isnan(a), d == JUVENILE_DIAGNOSIS, a < self.juvenile_age)
 
     def target_daily_mg(
         self,

@@ -849,9 +849,11 @@ def mean_abs_shap(shap: Shap, groups: FeatureGroups) -> pd.DataFrame:
 
 def with_dose_targets(dictionary: pd.DataFrame, vocabulary: Vocabulary) -> pd.DataFrame:
     """The dictionary plus a `target_text` column naming each drug's target on its dose-fraction feature
-    ("IVIG dose = 50 % of target 2 g/kg every 4 weeks")."""
+    ("IVIG dose = 50 % of target 2 g/kg every 4 weeks"). A drug with a juvenile target names both, because a
+    child's fraction is of the juvenile one (the page names the one used: `pipeline.report.clinical`)."""
     out = dictionary.copy()
-    texts = {f"{d.generic}_dose_fraction": d.text for d in vocabulary.drugs}
+    texts = {f"{d.generic}_dose_fraction": d.text if d.juvenile is None or d.juvenile.text is None
+             else f"{d.text} (under {vocabulary.juvenile_age:g}: {d.juvenile.text})" for d in vocabulary.drugs}
     out["target_text"] = out["feature"].map(texts)
     return out
 

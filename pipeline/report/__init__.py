@@ -6,8 +6,9 @@ Read by name:
 - `load`: the model (registry alias champion, else candidate, else data/train/model/) and one patient's checked
   contract tables (Parquet read with a filter: a page never loads the whole cohort).
 - `evidence`: what the page may say about this model version (horizon, intervals, validation performance).
-- `clinical`: clinical rules — CTCAE v5 lab grades, dose goals and juvenile per-kg / per-m² targets, disease notes,
-  stale measurements, the guideline's choice, reasons in clinical words (configs/clinical_rules.yaml).
+- `clinical`: clinical rules — CTCAE v5 lab grades, dose verdicts against the drug catalogue's targets (juvenile
+  per-kg / per-m² and label weight bands: configs/drugs.yaml), disease notes, stale measurements, the guideline's
+  choice, reasons in clinical words (configs/clinical_rules.yaml).
 - `assemble`: one patient's tables, features, predictions and SHAP explanations into a `Page`.
 - `charts`: inline SVG with the geometry (`steps`, `axis_domain`) computed apart from the drawing.
 - `render`: Jinja2 (autoescape) into one self-contained HTML file (pipeline/templates/).

@@ -177,13 +177,13 @@ def _juvenile_line(t: pd.Series, mg: float | None, weight_kg: float | None, bsa_
 
 
 def with_current_targets(dictionary: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
-    """The feature dictionary with this patient's targets: a current drug the features judged against its juvenile
-    target (side table `target_source`) gets that target's words (`target_text`) on its dose-fraction feature, so a
-    reason ('tofacitinib dose = 138 % of target …') names the target its fraction is of, not the adult one."""
+    """The feature dictionary with this patient's targets: a current drug the features judged against a target
+    (side table `target_source`: adult or juvenile) gets that target's words (`target_text`) on its dose-fraction
+    feature, so a reason ('tofacitinib dose = 138 % of target …') names the one target its fraction is of."""
     if current.empty or "target_source" not in current.columns or "target_text" not in dictionary.columns:
         return dictionary
-    juvenile = current[current["target_source"].astype(str) == "juvenile"]
-    texts = {f"{g}_dose_fraction": t for g, t in zip(juvenile["generic"], juvenile["target_text"], strict=True)}
+    judged = current[current["target_source"].astype(str).isin(["adult", "juvenile"])]
+    texts = {f"{g}_dose_fraction": t for g, t in zip(judged["generic"], judged["target_text"], strict=True)}
     out = dictionary.copy()
     hit = out["feature"].isin(list(texts))
     out.loc[hit, "target_text"] = out.loc[hit, "feature"].map(texts)

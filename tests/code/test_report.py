@@ -592,7 +592,10 @@ def test_a_childs_reasons_name_the_juvenile_target_their_dose_fraction_is_of():
                             "target_text": ["4 mg twice daily (20–40 kg) — JIA label dose", "2 g/kg every 4 weeks"]})
     out = with_current_targets(dictionary, current).set_index("feature")["target_text"]
     assert out["tofacitinib_dose_fraction"] == "4 mg twice daily (20–40 kg) — JIA label dose"
-    assert out["ivig_dose_fraction"] == VOCABULARY.drug("ivig").text and pd.isna(out["age_years"])
+    assert out["ivig_dose_fraction"] == "2 g/kg every 4 weeks" and pd.isna(out["age_years"])
+    # batch reasons (no patient at hand) name both targets of a drug that has a juvenile one
+    assert dictionary.set_index("feature").loc["ivig_dose_fraction", "target_text"] == (
+        f"{VOCABULARY.drug('ivig').text} (under 18: {VOCABULARY.drug('ivig').juvenile.text})")
     assert with_current_targets(dictionary, current.iloc[:0]).equals(dictionary)
 
 

@@ -256,9 +256,13 @@ def test_adult_rows_ignore_the_juvenile_targets(vocabulary):
     assert adult["target_text"].tolist() == [vocabulary.drug(g).text for g in generic]
 
 
-def test_the_juvenile_rule_is_diagnosis_or_age(vocabulary):
-    assert vocabulary.is_juvenile(["juvenile_dermatomyositis", "adult_dermatomyositis", "polymyositis", None],
-                                  [30, 17, 18, np.nan]).tolist() == [True, True, False, False]
+def test_the_juvenile_rule_is_age_then_diagnosis(vocabulary):
+    """Under 18 at the decision is juvenile whatever the diagnosis; a juvenile-onset adult is dosed as an adult;
+    only where the age is unknown does the diagnosis decide."""
+    assert vocabulary.is_juvenile(
+        ["juvenile_dermatomyositis", "juvenile_dermatomyositis", "adult_dermatomyositis", "polymyositis",
+         "juvenile_dermatomyositis", None],
+        [12, 30, 17, 18, np.nan, np.nan]).tolist() == [True, False, True, False, True, False]
 
 
 @pytest.mark.parametrize(("change", "message"), [
