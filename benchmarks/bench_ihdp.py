@@ -5,6 +5,8 @@ Run (EconML ships the IHDP covariates and surface B; it lives in the benchmark e
 
     OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/bench_ihdp.py [--realisations 1000] [--kinds s t ...]
 
+Realisations 0..N-1 are the reported ones; develop settings on others (`--first 5000`), never on these.
+
 Realisation r is `econml.data.dgps.ihdp_surface_B(random_state=r)` (747 children, 25 covariates plus EconML's
 intercept column, binary treatment, continuous outcome; the file is inside the EconML package, nothing is
 downloaded). Each realisation is split 90/10 at random (seed r); every learner is fitted on the 90 % with
@@ -94,7 +96,9 @@ def command_line() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--realisations", type=int, default=1000, help="IHDP surface B realisations (0..N-1)")
+    parser.add_argument("--realisations", type=int, default=1000, help="IHDP surface B realisations (N of them)")
+    parser.add_argument("--first", type=int, default=0, help="first realisation (default 0, the reported ones; "
+                        "develop on others, e.g. 5000)")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="held-out share of each realisation")
     parser.add_argument("--kinds", nargs="+", default=None, help="learner kinds (default: every LEARNERS key, and "
                         "'auto' — the learner train's selection picks on each realisation — when params.yaml says auto)")
@@ -102,6 +106,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.realisations < 2:
         parser.error("--realisations: at least 2 (a standard error needs two)")
+    if args.first < 0:
+        parser.error("--first: a realisation number is at least 0")
 
     from pipeline.settings import load_settings
 
@@ -118,7 +124,7 @@ def main() -> None:
     failed: dict[str, str] = {}
     chosen: Counter[str] = Counter()  # auto: which kind the selection picked, per realisation
     started = time.perf_counter()
-    for r in range(args.realisations):
+    for i, r in enumerate(range(args.first, args.first + args.realisations)):
         data = realisation(r, args.test_fraction)
         for kind in kinds:
             if kind in failed:
@@ -133,15 +139,15 @@ def main() -> None:
             except Exception as exc:  # one kind's failure must not hide the others
                 failed[kind] = f"failed at realisation {r}: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
             seconds[kind] += time.perf_counter() - start
-        if (r + 1) % max(1, args.realisations // 10) == 0:
-            print(f"  {r + 1}/{args.realisations} realisations ({time.perf_counter() - started:.0f} s)", flush=True)
+        if (i + 1) % max(1, args.realisations // 10) == 0:
+            print(f"  {i + 1}/{args.realisations} realisations ({time.perf_counter() - started:.0f} s)", flush=True)
 
     fastest = min((seconds[k] for k in kinds if k not in failed), default=float("nan"))
     default = default_kind(train.learner)
     b = train.booster
     print(f"\n{command_line()}")
     print(f"IHDP surface B (EconML {importlib.import_module('econml').__version__}), {args.realisations} "
-          f"realisations, {1 - args.test_fraction:.0%}/{args.test_fraction:.0%} split each; out-of-sample √PEHE; "
+          f"realisations ({args.first}..{args.first + args.realisations - 1}), {1 - args.test_fraction:.0%}/{args.test_fraction:.0%} split each; out-of-sample √PEHE; "
           f"XGBoost {b.n_estimators} trees, depth {b.max_depth}, learning rate {b.learning_rate} (params.yaml "
           f"train.booster), {train.cv_folds} folds")
     print("| learner kind | realisations | √PEHE mean ± SE | √PEHE median | fit s per realisation | × fastest | status |")

@@ -21,6 +21,9 @@ How each arm's prediction is formed from the fitted XGBoost models (for exact Tr
   blended by the propensity); outcome k = control outcome + effect k.
 - `StackedLearner`: the modifier GLM and the S-learner averaged on the logit scale (`config.stack_weight`): the
   published modifiers plus whatever the trees find.
+- `GaussianProcessTLearner` (continuous outcomes only): one Gaussian-process regression per option on the
+  scaled features (`arm_models_`); smooth surfaces that trees approximate in steps (IHDP's exponential control
+  surface). No TreeSHAP or linear SHAP: not explainable, so never a candidate for the binary response head.
 
 Every learner that builds an option design (S, modifier GLM) adds the option x modifier terms of
 `config.effect_modifiers`; `train` picks among learners by cross-fitting (`models.selection`).
@@ -677,9 +680,64 @@ class StackedLearner(BaseLearner):
         return 1.0 / (1.0 + np.exp(-margin))
 
 
+class GaussianProcessTLearner(BaseLearner):
+    """A T-learner for a continuous outcome with one Gaussian-process regression per option (`arm_models_[arm]`,
+    Rasmussen & Williams 2006), on features imputed (median, with missing indicators) and standardised on all
+    training rows (`scaler_`). Kernel: amplitude x RBF (one length scale, starting at √features) + white noise;
+    its hyperparameters maximise each arm's marginal likelihood and `normalize_y` centres and scales the arm's
+    outcome, so nothing is tuned by hand. A smooth surface (IHDP's exponential control surface) is modelled
+    without the steps of trees, and a small arm borrows strength from the smoothness prior.
+
+    Limits, each a clear error: a binary outcome (use the tree or linear learners: this one has no TreeSHAP or
+    linear SHAP, so it must never serve the explained response head); more than `max_rows_per_arm` rows in an
+    arm (exact GP regression costs rows³ time and rows² memory); unequal positive sample weights (a GP fit takes
+    none; weight-0 rows are left out)."""
+
+    #: exact GP regression is cubic in rows: 3,000 rows take seconds, 10,000 would take minutes and ~1 GB.
+    max_rows_per_arm = 3000
+
+    def _fit(self, data: FitData) -> None:
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+        if data.outcome != "continuous":
+            raise ValueError(
+                "table y: a binary outcome (rule: the Gaussian-process T-learner gp_t models continuous outcomes "
+                "only; it has no SHAP explanation for a response head)"
+            )
+        positive = data.weight[data.weight > 0]
+        if len(positive) and not np.allclose(positive, positive[0]):
+            r = int(np.flatnonzero((data.weight > 0) & ~np.isclose(data.weight, positive[0]))[0])
+            raise ValueError(
+                f"table sample_weight: row {r} is {data.weight[r]} but row weights differ (rule: gp_t fits "
+                "unweighted; weights must be 0 or one common value)"
+            )
+        self.scaler_ = Pipeline([
+            ("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+            ("scale", StandardScaler()),
+        ])
+        z = self.scaler_.fit_transform(data.X)
+        self.arm_models_: dict[str, GaussianProcessRegressor] = {}
+        for k, arm in enumerate(data.arms):
+            rows = _check_arm_rows(data, k, min_rows=3)
+            if len(rows) > self.max_rows_per_arm:
+                raise ValueError(
+                    f"table treatment: option {arm!r} has {len(rows)} rows (rule: gp_t fits at most "
+                    f"{self.max_rows_per_arm} per option; exact Gaussian-process regression is cubic in rows)"
+                )
+            kernel = ConstantKernel(1.0) * RBF(length_scale=np.sqrt(z.shape[1])) + WhiteKernel(0.1)
+            model = GaussianProcessRegressor(kernel, normalize_y=True,
+                                             random_state=(self.config.booster.seed + k) % (2**31 - 1))
+            self.arm_models_[arm] = model.fit(z[rows], data.y[rows])
+
+    def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
+        z = self.scaler_.transform(frame)
+        return np.column_stack([np.asarray(self.arm_models_[a].predict(z), dtype="float64") for a in self.arms_])
+
+
 LEARNERS: Mapping[str, type[BaseLearner]] = MappingProxyType(
     {"s": SLearner, "t": TLearner, "dr": DRLearner, "linear": LinearLearner, "modifier_glm": ModifierGLM,
-     "x": XLearner, "stacked": StackedLearner}
+     "x": XLearner, "stacked": StackedLearner, "gp_t": GaussianProcessTLearner}
 )
 
 

@@ -111,3 +111,54 @@ def test_a_rare_option_with_one_outcome_in_a_fold_never_stops_selection():
     assert selection.chosen == "glm"
     assert "has outcome 0" in table.loc["t", "failed"] and not table.loc["t", "chosen"]
     assert np.isnan(table.loc["t", "policy_value"])
+
+
+def test_a_continuous_outcome_is_selected_by_the_dr_loss_of_its_effects():
+    """Treating helps every patient (effect 1 + 0.8 sin(2 f0) > 0), so a model with one effect for everyone
+    recommends as well as one that gets each patient's effect right: the policy value cannot tell them apart and
+    keeps the simpler, first-listed one. The DR-loss of the contrasts can: for a continuous outcome (`auto`) it
+    chooses the Gaussian-process T-learner, whose effects really are closer to the truth it never saw."""
+    from models.learners import GaussianProcessTLearner
+    from tests.model.test_learner_gp import config, smooth_cohort
+
+    X, t, y, tau = smooth_cohort(600, seed=31)
+    cfg = config()
+    data = prepare_fit(X, t, y, cfg)
+    scores, _ = cross_fitted_aipw(data, cfg.model_copy(update={"cv_folds": 3}))
+    candidates = {"one effect": ModifierGLM(cfg), "gp_t": GaussianProcessTLearner(cfg)}
+    auto = select_learner(candidates, data, scores, n_folds=3, seed=1)
+    table = auto.table.set_index("candidate")
+    assert auto.chosen == "gp_t" and set(table["criterion"]) == {"dr_loss"}
+    assert table.loc["one effect", "dr_loss_vs_best"] > 2 * table.loc["one effect", "dr_loss_vs_best_se"] > 0
+    assert table.loc["gp_t", "dr_loss_vs_best"] == 0.0
+    by_value = select_learner(candidates, data, scores, n_folds=3, seed=1, criterion="policy_value")
+    assert by_value.chosen == "one effect" and set(by_value.table["criterion"]) == {"policy_value"}
+    pehe = {name: np.sqrt(np.mean((c.clone().fit_prepared(data).predict_effects(X)[:, 1] - tau) ** 2))
+            for name, c in candidates.items()}
+    assert pehe["gp_t"] < 0.6 * pehe["one effect"]
+
+
+def test_a_binary_outcome_keeps_the_policy_value_and_shows_the_dr_loss():
+    """For the escalation decision (binary, several options) `auto` still ranks by the policy value — the same
+    choice as before the DR-loss existed — and the table adds every candidate's DR-loss beside it. A learner for
+    continuous outcomes only is a row saying so; an unknown criterion is refused."""
+    from models.learners import GaussianProcessTLearner
+
+    X, t, y, g, _ = cohort(1500, ARMS4, "binary", seed=23)
+    cfg = LearnerConfig(arms=ARMS4, booster=SMALL, cv_folds=3, outcome="binary")
+    data = prepare_fit(X, t, y, cfg, groups=g)
+    scores, _ = cross_fitted_aipw(data, cfg)
+    candidates = {"blind": ModifierGLM(cfg),
+                  "knows f0": ModifierGLM(cfg.model_copy(update={"effect_modifiers": {"add_ivig": ("f0",)}})),
+                  "gp_t": GaussianProcessTLearner(cfg)}
+    auto = select_learner(candidates, data, scores, n_folds=3, seed=1, tolerance_se=0.0)
+    by_value = select_learner(candidates, data, scores, n_folds=3, seed=1, tolerance_se=0.0,
+                              criterion="policy_value")
+    assert auto.chosen == by_value.chosen == "knows f0"
+    table = auto.table.set_index("candidate")
+    assert set(table["criterion"]) == {"policy_value"}
+    assert (table.loc[["blind", "knows f0"], "dr_loss"] > 0).all()
+    assert table.loc["blind", "dr_loss"] > table.loc["knows f0", "dr_loss"]
+    assert "continuous outcomes only" in table.loc["gp_t", "failed"] and not table.loc["gp_t", "chosen"]
+    with pytest.raises(ValueError, match=r"criterion 'pehe' \(rule: one of auto, policy_value, dr_loss\)"):
+        select_learner(candidates, data, scores, n_folds=3, seed=1, criterion="pehe")  # type: ignore[arg-type]
