@@ -699,6 +699,7 @@ class GaussianProcessTLearner(BaseLearner):
     def _fit(self, data: FitData) -> None:
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+        from threadpoolctl import threadpool_limits
 
         if data.outcome != "continuous":
             raise ValueError(
@@ -728,11 +729,18 @@ class GaussianProcessTLearner(BaseLearner):
             kernel = ConstantKernel(1.0) * RBF(length_scale=np.sqrt(z.shape[1])) + WhiteKernel(0.1)
             model = GaussianProcessRegressor(kernel, normalize_y=True,
                                              random_state=(self.config.booster.seed + k) % (2**31 - 1))
-            self.arm_models_[arm] = model.fit(z[rows], data.y[rows])
+            with threadpool_limits(limits=1, user_api="blas"):  # see `_predict_outcomes`
+                self.arm_models_[arm] = model.fit(z[rows], data.y[rows])
 
     def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
+        from threadpoolctl import threadpool_limits
+
         z = self.scaler_.transform(frame)
-        return np.column_stack([np.asarray(self.arm_models_[a].predict(z), dtype="float64") for a in self.arms_])
+        # one BLAS thread: the matrices are a few hundred rows wide, where threads cost more than they save
+        # (a GP fit took 10x longer with two threads on a busy 2-core machine)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return np.column_stack([np.asarray(self.arm_models_[a].predict(z), dtype="float64")
+                                    for a in self.arms_])
 
 
 LEARNERS: Mapping[str, type[BaseLearner]] = MappingProxyType(
