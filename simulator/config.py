@@ -220,6 +220,12 @@ class OptimiseEffect(_Frozen):
     onset_weeks: float = Field(6.0, gt=0)
 
 
+#: events an interruption for an adverse event can write (codes of the contract's events table).
+HARM_EVENTS: tuple[str, ...] = ("serious_infection", "opportunistic_infection", "cytopenia", "thromboembolism", "infusion_reaction")
+#: the events that make the safety outcome (serious infection or grade ≥ 3 cytopenia; params.yaml safety_events).
+SAFETY_EVENTS: tuple[str, ...] = ("serious_infection", "opportunistic_infection", "cytopenia")
+
+
 class HarmConfig(_Frozen):
     """Adding a drug can lower the chance of response: a serious infection or toxicity interrupts it early (the
     new effect is lost) and the disease flares. Off by default (no interruption)."""
@@ -228,12 +234,23 @@ class HarmConfig(_Frozen):
     interruption: dict[str, float] = Field(default_factory=dict)
     #: relative rise of latent activity after an interruption (the flare) [assumption].
     flare: float = Field(0.0, ge=0, le=1)
+    #: generic → the adverse event that stopped it, as the record's events table writes it: weights over
+    #: HARM_EVENTS; a generic not named here uses `safety.event_mix`. A serious or opportunistic infection or a
+    #: cytopenia (grade 3–4) counts toward the safety outcome; a thrombo-embolism or an infusion reaction does not.
+    events: dict[str, dict[str, float]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> HarmConfig:
         bad = {g: p for g, p in self.interruption.items() if not 0 <= p < 1}
         if bad:
             raise ValueError(f"effects.harm.interruption: probabilities must be in [0, 1), got {bad}")
+        for generic, mix in self.events.items():
+            unknown = sorted(set(mix) - set(HARM_EVENTS))
+            if unknown or not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+                raise ValueError(
+                    f"effects.harm.events.{generic}: weights ≥ 0 (not all 0) over {', '.join(HARM_EVENTS)}; "
+                    f"got {mix}" + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+                )
         return self
 
 

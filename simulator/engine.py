@@ -16,7 +16,7 @@ from scipy import special
 from features.vocabulary import OptionCatalog, Vocabulary, body_surface_area, dose_to_mg, parse_intervals
 from simulator.body import BodySize, body_size, paediatric, size_at
 from simulator.cohort import sample_patients
-from simulator.config import DrugRegimens, SimulatorConfig
+from simulator.config import SAFETY_EVENTS, DrugRegimens, SimulatorConfig
 from simulator.effects import (
     DecisionState,
     OptionEffects,
@@ -303,6 +303,7 @@ def simulate_cohort(
     trajectory: BodySize | None = None
     rng_body = np.random.default_rng([seed, 14])
     rng_pred = np.random.default_rng([seed, 17])  # prednisone rows (issue 17): their own stream
+    rng_harm = np.random.default_rng([seed, 23])  # the adverse event behind an interruption: its own stream
     if cfg.body.changes:
         trajectory = body_size(patients, np.zeros(n_patients), cfg.body, rng_body)
         w0, h0 = size_at(trajectory, np.arange(n_patients), np.zeros(n_patients))
@@ -396,6 +397,9 @@ def simulate_cohort(
         rho, rho_new = (_refractory_scale(refractory_all[idx][:, None], cfg) * v for v in (rho, rho_new))
         p_interrupt = interruption_risk(catalog, state, cfg.effects)
         harmed = rng2.random((n, 1)) < p_interrupt if p_interrupt.any() else None
+        # the adverse event that would stop each option's added drug, and the chance it is a safety event
+        harm_kind, harm_safety_share = _harm_events(catalog, cfg, rng_harm.random((n, 1)))
+        harm_safety = None if harmed is None else harmed & np.isin(harm_kind, SAFETY_EVENTS)
         u_safety = rng.random(n)
         tis_at: dict[int, np.ndarray] = {}
         realised: dict[int, dict[str, np.ndarray]] = {}
@@ -423,6 +427,9 @@ def simulate_cohort(
                                       cfg.prednisone)
             p_safe = safety_risk(catalog, state, ild, h, cfg.safety)
             safety_at[h] = p_safe
+            # the safety outcome also happens when the adverse event that interrupts an added drug is one
+            p_safety = 1 - (1 - p_safe) * (1 - p_interrupt * harm_safety_share)
+            safety_event = u_safety[:, None] < p_safe if harm_safety is None else (u_safety[:, None] < p_safe) | harm_safety
             per_h.append(
                 pd.DataFrame(
                     {
@@ -437,8 +444,8 @@ def simulate_cohort(
                         "p_doi": probs.p_doi.reshape(-1),
                         "tis": scores.tis.reshape(-1),
                         "cdasi_change": (follow["cdasi_activity"] - base["cdasi_activity"][:, None]).reshape(-1),
-                        "p_safety": p_safe.reshape(-1),
-                        "safety_event": (u_safety[:, None] < p_safe).reshape(-1),
+                        "p_safety": p_safety.reshape(-1),
+                        "safety_event": safety_event.reshape(-1),
                         "p_steroid_sparing": p_sparing.reshape(-1),
                         "steroid_sparing": sparing.reshape(-1),
                     }
@@ -466,7 +473,13 @@ def simulate_cohort(
         change_day = t + np.round(rng.uniform(delay_cfg.low, delay_cfg.high, n)).astype(np.int64)
         rows = _apply_options(rows, catalog, taken, idx, change_day, short, cfg, patients, vocabulary, brand_u, rng, trajectory)
         if harmed is not None:
-            rows = _stop_harmed(rows, catalog, taken, idx, change_day, harmed[np.arange(n), taken], rng2)
+            stopped = harmed[np.arange(n), taken]
+            rows, stop_day = _stop_harmed(rows, catalog, taken, idx, change_day, stopped, rng2)
+            if stop_day is not None:  # the adverse event that stopped it, in the events table, up to a week before
+                kind = harm_kind[np.arange(n), taken]
+                day = np.maximum(stop_day - rng_harm.integers(0, 8, n), change_day + 1)
+                hit = stopped & (kind != "")
+                harm_ev = _event_rows(idx[hit], day[hit], kind[hit], rng_harm)
         p_lost: float | np.ndarray = dec.loss_to_follow_up
         if dec.loss_if_no_response_log_or:  # missing not at random: those whom the option failed leave more often
             no_response = tis_at[main_h][np.arange(n), taken] < threshold
@@ -511,6 +524,8 @@ def simulate_cohort(
         # realised safety events under the option taken (and IVIG thrombo-embolism)
         event_taken = u_safety < safety_at[main_h][np.arange(n), taken]
         ev = _safety_events(idx, t, event_taken, main_h, cfg, rng)
+        if harmed is not None and stop_day is not None:
+            ev = pd.concat([ev, harm_ev], ignore_index=True)
         if "add_ivig" in option_names:
             te = (taken == option_names.index("add_ivig")) & (rng.random(n) < cfg.safety.ivig_thromboembolism)
             te_day = t + rng.integers(7, 7 * main_h - 14, n)
@@ -738,11 +753,32 @@ def _adjust_prednisone(rows, idx, t, pred, taken_course, last_day, horizon_days:
     return pd.concat([rows, annotate_rows(new, patients, vocabulary, body, cfg.history.regimens)], ignore_index=True)
 
 
-def _stop_harmed(rows, catalog, taken, idx, change_day, stopped, rng2: np.random.Generator) -> pd.DataFrame:
+def _harm_events(catalog: OptionCatalog, cfg: SimulatorConfig, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per decision × option: the adverse event that would interrupt the option's added drug (an events-table code;
+    "" for an option that adds nothing), drawn from `effects.harm.events` (else `safety.event_mix`) with one
+    uniform per decision `u` (n, 1); and per option the share of that mix that is a safety event (SAFETY_EVENTS)."""
+    n = len(u)
+    kind = np.full((n, len(catalog.options)), "", dtype=object)
+    share = np.zeros(len(catalog.options))
+    for j, opt in enumerate(catalog.options):
+        if opt.kind not in ("add", "switch") or opt.adds not in cfg.effects.harm.interruption:
+            continue
+        mix = cfg.effects.harm.events.get(str(opt.adds), cfg.safety.event_mix)
+        names = np.asarray(list(mix), dtype=object)
+        w = np.asarray([mix[k] for k in names], dtype=float)
+        edges = np.cumsum(w) / w.sum()
+        kind[:, j] = names[np.minimum(np.searchsorted(edges, u[:, 0], side="right"), len(names) - 1)]
+        share[j] = w[np.isin(names, SAFETY_EVENTS)].sum() / w.sum()
+    return kind, share
+
+
+def _stop_harmed(rows, catalog, taken, idx, change_day, stopped,
+                 rng2: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray | None]:
     """End the regimen row of an added drug that an adverse event stopped (2–16 weeks after it started), so the
-    record shows the interruption (the drug's row ends early) as a real record would."""
+    record shows the interruption (the drug's row ends early) as a real record would; also the stop day of each
+    decision (None when nothing stopped)."""
     if not stopped.any():
-        return rows
+        return rows, None
     adds = np.asarray([o.adds or "" for o in catalog.options], dtype=object)[taken]
     stop_day = change_day + rng2.integers(14, 113, len(taken))
     key = pd.MultiIndex.from_arrays([idx[stopped], change_day[stopped], adds[stopped]])
@@ -752,7 +788,7 @@ def _stop_harmed(rows, catalog, taken, idx, change_day, stopped, rng2: np.random
         position = pd.Series(stop_day[stopped], index=key).groupby(level=[0, 1, 2]).first()
         rows = rows.copy()
         rows.loc[hit, "end"] = position.reindex(at[hit]).to_numpy(float)
-    return rows
+    return rows, stop_day
 
 
 def _safety_events(idx, t, event, horizon_weeks, cfg: SimulatorConfig, rng: np.random.Generator) -> pd.DataFrame:
@@ -764,6 +800,13 @@ def _safety_events(idx, t, event, horizon_weeks, cfg: SimulatorConfig, rng: np.r
     w = np.asarray([mix[k] for k in kinds], dtype=float)
     kind = kinds[rng.choice(len(kinds), n, p=w / w.sum())] if n else np.array([], dtype=object)
     day = t[event] + rng.integers(1, max(2, 7 * horizon_weeks - 14), n)
+    return _event_rows(p, day, kind, rng)
+
+
+def _event_rows(p: np.ndarray, day: np.ndarray, kind: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    """Events-table rows (patient, day, event, grade, details) for events of the given kinds: a cytopenia is grade
+    3–4 neutropenia or thrombocytopenia, an infection gets a typical description."""
+    n = len(p)
     grade = np.where(kind == "cytopenia", rng.integers(3, 5, n), np.nan)
     details = np.where(
         kind == "cytopenia",
@@ -774,6 +817,8 @@ def _safety_events(idx, t, event, horizon_weeks, cfg: SimulatorConfig, rng: np.r
             np.asarray(INFECTION_DETAILS, dtype=object)[rng.integers(0, len(INFECTION_DETAILS), n)],
         ),
     )
+    details = np.where(kind == "thromboembolism", "deep vein thrombosis", details)
+    details = np.where(kind == "infusion_reaction", "infusion-related reaction, infusion stopped", details)
     return pd.DataFrame({"patient": p, "day": day, "event": kind, "grade": grade, "details": details})
 
 

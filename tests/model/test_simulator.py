@@ -197,7 +197,9 @@ def test_observed_follow_up_reproduces_true_tis(cohort):
     b, f = base.loc[common, cols], after.loc[common, cols]
     observed = total_improvement_score(b, f)["total_improvement_score"]
     complete = observed.notna()
-    assert complete.mean() > 0.8
+    # ≈ 14 % of outcome visits miss a core measure, and a later decision visit is an outcome visit: ≈ 0.8 complete
+    # pairs (0.79–0.82 with the draw on 300 patients)
+    assert complete.mean() > 0.75
     np.testing.assert_allclose(observed[complete].to_numpy(), taken.loc[common[complete.to_numpy()], "tis"].to_numpy())
     # the realised CDASI change is the observed one
     cd = after.loc[common, "cdasi_activity"] - base.loc[common, "cdasi_activity"]
@@ -321,6 +323,40 @@ def test_too_strict_trial_screening_is_a_clear_error(inputs):
     bad = config.model_copy(update={"trial": config.trial.model_copy(update={"populations": {"proderm": strict}})})
     with pytest.raises(ValueError, match="trial screening enrolled 0 of 20 patients .* too strict"):
         simulate_cohort(20, 1, bad, vocabulary, catalog, TODAY, mode="trial")
+
+
+def test_an_interruption_writes_its_adverse_event_and_the_safety_label_sees_it(inputs):
+    """An added drug stopped early for an adverse event (its regimen row ends 2–16 weeks after it started) has that
+    event in the events table, of a kind its drug's mix allows (effects.harm.events); the truth's p_safety counts
+    the safety events among them, and the safety label read from the record agrees with the realised truth."""
+    from features.contract import MeasureCatalog, normalise
+    from features.decisions import derive_decisions
+    from features.labels import label_agreement, outcome_labels
+
+    config, vocabulary, catalog = inputs
+    c = simulate_cohort(1200, 11, config, vocabulary, catalog, TODAY)
+    harm = config.effects.harm
+    added = c.decisions.merge(c.regimens, on="patient_id")
+    added["generic"] = added["drug"].map(vocabulary.lookup)
+    after = (added["start_date"] - added["date"]).dt.days
+    ran = (added["end_date"] - added["start_date"]).dt.days
+    stopped = added[(after >= 1) & (after <= 21) & (ran >= 14) & (ran <= 112) & added["generic"].isin(list(harm.interruption))]
+    assert len(stopped) > 30
+    ev = stopped.merge(c.events, on="patient_id", suffixes=("", "_event"))
+    inside = (ev["date_event"] > ev["start_date"]) & (ev["date_event"] <= ev["end_date"])
+    allowed = [kind in harm.events.get(g, config.safety.event_mix) for kind, g in zip(ev["event"], ev["generic"], strict=True)]
+    found = ev[inside & np.asarray(allowed, bool)].groupby(["patient_id", "start_date", "drug"]).size()
+    assert len(found) >= 0.9 * len(stopped), (len(found), len(stopped))
+    # the truth: an option whose drug can be interrupted for a safety event has that chance added to p_safety
+    o = c.outcomes[c.outcomes["eligible"] & (c.outcomes["horizon_weeks"] == 24)]
+    rtx = o.loc[o["option"] == "add_rituximab", "p_safety"].mean() - o.loc[o["option"] == "continue", "p_safety"].mean()
+    assert rtx > 0.8 * harm.interruption["rituximab"]
+    # the safety label from the record agrees with the realised safety event of the option taken
+    tables = normalise({name: getattr(c, name) for name in CONTRACT_COLUMNS}, vocabulary,
+                       MeasureCatalog.from_config(load_reference("measures")), TODAY)
+    derived = derive_decisions(tables, vocabulary, catalog)
+    agreement = label_agreement(outcome_labels(derived, tables), derived, c.decisions, c.outcomes)
+    assert agreement["safety_agreement"] > 0.98, agreement  # 0.996 on this draw
 
 
 def test_records_let_a_reader_recover_the_true_decision_points(inputs):
@@ -542,8 +578,10 @@ SWITCHES = [
 SWITCH_NAMES = [o["name"] for o in SWITCHES]
 #: the default catalogue's cohort before issue 17 (120 patients, seed 11, 40 draws): a content hash per table
 #: (outcomes: the columns it had then). Measured on the simulator as it was before switches and prednisone.
-UNCHANGED = {"patients": "6d079652cf69770e", "regimens": "08dcacb77034e1b9", "assessments": "2f393405e98e5980",
-             "events": "7e36f534eda3339f", "decisions": "b39c5ea76c20f10f", "outcomes": "934c8f52e246390d"}
+# issue 13 (v2.2): an interruption writes its adverse event, which later decisions also see as a prior infection;
+# with that event neutralised the digests are the earlier ones (regimens 08dcacb77034e1b9, events 7e36f534eda3339f)
+UNCHANGED = {"patients": "6d079652cf69770e", "regimens": "3d80aa8a35caee53", "assessments": "21d518d4074ee072",
+             "events": "1f5950af28e4a705", "decisions": "0045a6a4c7dac8c7", "outcomes": "e0d49bccdf1d1f1d"}
 
 
 def _without_switches(catalog: OptionCatalog) -> OptionCatalog:
