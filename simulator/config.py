@@ -308,6 +308,9 @@ class EffectsConfig(_Frozen):
     drug_specific_weight: float = Field(0.0, ge=0, le=1)
     #: sd of the log of a per-patient multiplier (mean 1) on every effect, falling with refractoriness.
     refractory_effect_log_sd: float = Field(0.0, ge=0)
+    #: refractoriness deepens (in SD of the latent) after each decision whose option brought no response: damage
+    #: accrues while disease stays active, and damage slows the next response (docs/simulator.md; 0 = static).
+    refractory_gain_per_failure: float = Field(0.0, ge=0)
     harm: HarmConfig = HarmConfig()
     #: a switch (issue 17) stops a current drug: its accrued effect fades linearly over this many weeks after the
     #: change (generic → weeks; a generic not listed fades over `washout_default_weeks`).

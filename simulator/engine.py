@@ -298,7 +298,7 @@ def simulate_cohort(
     rng2 = np.random.default_rng([seed, 13])
     patients["refractory"] = rng2.standard_normal(n_patients)  # persistent refractoriness (no record shows it)
     option_latent = rng2.standard_normal((n_patients, len(catalog.options)))  # per-patient, per-option response
-    refractory_all = patients["refractory"].to_numpy()
+    refractory_all = patients["refractory"].to_numpy().copy()  # deepens after a failed decision (gain per failure)
     # body size over time (v2 `body:`): its own random stream; the size at diagnosis doses induction prednisone
     trajectory: BodySize | None = None
     rng_body = np.random.default_rng([seed, 14])
@@ -538,6 +538,12 @@ def simulate_cohort(
         events.append(ev)
         inf = ev["event"].isin(["serious_infection", "opportunistic_infection"]).to_numpy()
         np.minimum.at(first_infection, ev["patient"].to_numpy()[inf], ev["day"].to_numpy(float)[inf])
+
+        # damage accrues while disease stays active: a decision whose option brought no response leaves the patient
+        # more refractory at the next one (effects.refractory_gain_per_failure)
+        if cfg.effects.refractory_gain_per_failure:
+            failed = tis_at[main_h][np.arange(n), taken] < threshold
+            refractory_all[idx[failed]] += cfg.effects.refractory_gain_per_failure
 
         # ---- next round: the outcome visit is the next decision point if disease is still active
         # the clinician judges activity on the full examination (a measure missing from the record was still seen)

@@ -13,7 +13,7 @@ from features.response import total_improvement_score
 from features.vocabulary import OptionCatalog, Vocabulary
 from pipeline.config import load_reference
 from simulator.config import SimulatorConfig
-from simulator.engine import simulate_cohort
+from simulator.engine import SimulatedCohort, simulate_cohort
 
 TODAY = "2026-11-01"
 CONTRACT_COLUMNS = {
@@ -359,6 +359,35 @@ def test_an_interruption_writes_its_adverse_event_and_the_safety_label_sees_it(i
     assert agreement["safety_agreement"] > 0.98, agreement  # 0.996 on this draw
 
 
+def test_a_failed_decision_lowers_the_next_chance_of_response_under_every_option(inputs, cohort):
+    """Refractoriness deepens after a decision that brought no response (effects.refractory_gain_per_failure):
+    the same cohort without it has the same first decisions and outcomes, and at the second decision the truth of
+    every option is lower after a failure and unchanged after a response."""
+    config, vocabulary, catalog = inputs
+    assert config.effects.refractory_gain_per_failure > 0
+    static = config.model_copy(update={"effects": config.effects.model_copy(update={"refractory_gain_per_failure": 0.0})})
+    other = simulate_cohort(300, 11, static, vocabulary, catalog, TODAY)
+
+    def second(c: SimulatedCohort) -> pd.DataFrame:
+        o = c.outcomes[(c.outcomes["horizon_weeks"] == 24) & c.outcomes["eligible"] & (c.outcomes["option"] != "continue")]
+        o = o[o["decision_id"].str.endswith("-D2")]
+        return o.groupby("decision_id")["p_response"].mean()
+
+    first = cohort.decisions[cohort.decisions["decision_id"].str.endswith("-D1")]
+    taken = first.merge(cohort.outcomes[cohort.outcomes["horizon_weeks"] == 24], left_on=["decision_id", "option_taken"],
+                        right_on=["decision_id", "option"])
+    threshold = np.where(cohort.patients.set_index("patient_id").loc[taken["patient_id"], "diagnosis"]
+                         == "juvenile_dermatomyositis", 45, 40)
+    failed = set(taken.loc[taken["tis"].to_numpy() < threshold, "patient_id"] + "-D2")
+    now, before = second(cohort), second(other)
+    assert now.index.equals(before.index) and len(now) > 100
+    after_failure = now.index.isin(list(failed))
+    assert after_failure.sum() > 50 and (~after_failure).sum() > 10
+    np.testing.assert_allclose(now[~after_failure], before[~after_failure])
+    drop = (before - now)[after_failure]
+    assert (drop >= -1e-9).mean() > 0.95 and drop.mean() > 0.03, drop.describe()
+
+
 def test_records_let_a_reader_recover_the_true_decision_points(inputs):
     """Decision points derived from the exported records (features.decisions) are the simulator's: exactly on the
     complete records of the easy testbed, nearly all with v2's record gaps (a reader carries a missing measure
@@ -578,10 +607,11 @@ SWITCHES = [
 SWITCH_NAMES = [o["name"] for o in SWITCHES]
 #: the default catalogue's cohort before issue 17 (120 patients, seed 11, 40 draws): a content hash per table
 #: (outcomes: the columns it had then). Measured on the simulator as it was before switches and prednisone.
-# issue 13 (v2.2): an interruption writes its adverse event, which later decisions also see as a prior infection;
-# with that event neutralised the digests are the earlier ones (regimens 08dcacb77034e1b9, events 7e36f534eda3339f)
-UNCHANGED = {"patients": "6d079652cf69770e", "regimens": "3d80aa8a35caee53", "assessments": "21d518d4074ee072",
-             "events": "1f5950af28e4a705", "decisions": "0045a6a4c7dac8c7", "outcomes": "e0d49bccdf1d1f1d"}
+# issue 13 (v2.2): an interruption writes its adverse event, which later decisions also see as a prior infection
+# (with that event neutralised: regimens 08dcacb77034e1b9, events 7e36f534eda3339f), and refractoriness deepens after
+# a failed decision, with cyclophosphamide's severity log-odds 2.0 (without these two: regimens 3d80aa8a35caee53)
+UNCHANGED = {"patients": "6d079652cf69770e", "regimens": "59df4bb0c5119bed", "assessments": "573d6b8043f06aca",
+             "events": "226c7c37d2a8f02e", "decisions": "c9f7332c64ba1c21", "outcomes": "1b6a15c83625a77c"}
 
 
 def _without_switches(catalog: OptionCatalog) -> OptionCatalog:
