@@ -5,7 +5,9 @@ seeds, `--config` for another settings file, e.g. configs/simulator-easy.yaml). 
 second, the share of CPU spent scoring the Monte Carlo truth, and the ratio of per-patient CPU cost to the
 3,000-patient baseline measured in the same process. Run on demand:
 `python benchmarks/bench_simulate.py [--large N] [--mc-draws D] [--mode observational|trial] [--config FILE]
-[--card-seeds 2027,9001] [--card-only]`.
+[--card-seeds 2027,9001] [--card-only] [--anchor-seeds 7,8,18,42]`. `--anchor-seeds` prints the trial anchors
+(ProDERM at 16 weeks, the abatacept trial's DOI at 24 weeks; docs/sources.md §3) for each seed, 1,200 patients and
+40 draws as in tests/model/test_simulator.py, and exits.
 """
 
 from __future__ import annotations
@@ -50,6 +52,32 @@ def card(n: int, seed: int, config_file: Path | None) -> None:
     print("headline:", card_metrics(full), flush=True)
 
 
+#: (trial population, option, horizon, truth column, published rate) — the calibration anchors of docs/sources.md §3.
+ANCHORS: tuple[tuple[str, str, int, str, float], ...] = (
+    ("proderm", "continue", 16, "p_tis20", 0.44),
+    ("proderm", "add_ivig", 16, "p_tis20", 0.79),
+    ("proderm", "add_ivig", 16, "p_tis40", 0.68),
+    ("proderm", "add_ivig", 16, "p_tis60", 0.32),
+    ("abatacept_dm", "continue", 24, "p_doi", 0.50),
+    ("abatacept_dm", "add_abatacept", 24, "p_doi", 0.55),
+)
+
+
+def anchors(seed: int, config_file: Path | None, n: int = 1200, draws: int = 40) -> None:
+    """Print each trial anchor's simulated rate (mean truth over the eligible) beside the published one."""
+    config, vocabulary, catalog = build_inputs(config_file)
+    config = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": draws})})
+    today = str(load_settings().simulate.today or load_settings().data.today)
+    cohorts = {pop: simulate_cohort(n, seed, config, vocabulary, catalog, today, "trial", pop)
+               for pop in sorted({a[0] for a in ANCHORS})}
+    parts = []
+    for pop, option, horizon, column, target in ANCHORS:
+        o = cohorts[pop].outcomes
+        value = o.loc[(o["option"] == option) & (o["horizon_weeks"] == horizon) & o["eligible"], column].mean()
+        parts.append(f"{pop} {option} {column}@{horizon}wk {value:.3f} ({value - target:+.3f})")
+    print(f"trial anchors, seed {seed}: " + "; ".join(parts), flush=True)
+
+
 def run(n: int, draws: int | None, mode: str, config_file: Path | None = None) -> float:
     """Simulate n patients (params.yaml seed and today); print timings; return CPU seconds."""
     config, vocabulary, catalog = build_inputs(config_file)
@@ -82,7 +110,12 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=None, help="simulator settings file")
     parser.add_argument("--card-seeds", default=None, help="comma-separated seeds (default: params seed)")
     parser.add_argument("--card-only", action="store_true", help="print the card(s) and skip the timings")
+    parser.add_argument("--anchor-seeds", default=None, help="comma-separated trial seeds: print the anchors and exit")
     args = parser.parse_args()
+    if args.anchor_seeds:
+        for seed in (int(s) for s in args.anchor_seeds.split(",")):
+            anchors(seed, args.config)
+        return
     seeds = [int(s) for s in args.card_seeds.split(",")] if args.card_seeds else [load_settings().simulate.seed]
     for seed in seeds:
         card(3000, seed, args.config)
