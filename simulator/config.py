@@ -135,6 +135,9 @@ class HistoryConfig(_Frozen):
     prednisone_taper_factor: Range = Range(low=0.55, high=0.75)
     prednisone_taper_step_days: Range = Range(low=28, high=84)
     prednisone_floor_mg: tuple[float, ...] = (5.0, 7.5, 10.0, 15.0, 20.0)
+    #: steroid dependence: the floor a patient's taper stops at is the quantile Φ(d) of a latent d correlated with
+    #: their refractoriness by this much (0: a floor at random), so the record shows refractoriness in part.
+    prednisone_floor_refractory_corr: float = Field(0.0, ge=0, le=1)
     #: juvenile DM under 18: induction per kg of current weight and its cap (SHARE JDM, §4); None: the adult rule.
     prednisone_juvenile_mg_per_kg: Range | None = None
     prednisone_juvenile_max_mg: float = 60.0

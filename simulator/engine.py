@@ -309,6 +309,10 @@ def simulate_cohort(
         w0, h0 = size_at(trajectory, np.arange(n_patients), np.zeros(n_patients))
         patients["weight"], patients["height"] = np.round(w0, 1), np.round(h0)
         patients["bsa"] = body_surface_area(patients["weight"], patients["height"])
+    if cfg.history.prednisone_floor_refractory_corr:  # steroid dependence (v2.2): its own stream
+        c = cfg.history.prednisone_floor_refractory_corr
+        e = np.random.default_rng([seed, 29]).standard_normal(n_patients)
+        patients["steroid_dependence"] = c * patients["refractory"].to_numpy() + np.sqrt(1 - c**2) * e
     brand_u = rng.random(n_patients)
     hist = treatment_history(
         patients, cfg.history, cfg.safety, cfg.cohort.cancer_sites, cfg.cohort.years_since_diagnosis_max, brand_u, rng

@@ -106,7 +106,11 @@ def _prednisone(
         per_kg = rng.uniform(jr.low, jr.high, n)  # drawn only when configured (the first testbed's stream stays)
         juvenile_dose = np.minimum(config.prednisone_juvenile_max_mg, np.maximum(np.round(per_kg * weight / 2.5) * 2.5, 2.5))
         dose0 = np.where(child, juvenile_dose, dose0)
-    floors = np.asarray(config.prednisone_floor_mg)[rng.integers(0, len(config.prednisone_floor_mg), n)]
+    pick = rng.integers(0, len(config.prednisone_floor_mg), n)
+    if "steroid_dependence" in patients:  # the more steroid-dependent, the higher the floor (same draws consumed)
+        u = special.ndtr(patients["steroid_dependence"].to_numpy(float))
+        pick = np.minimum((u * len(config.prednisone_floor_mg)).astype(int), len(config.prednisone_floor_mg) - 1)
+    floors = np.asarray(config.prednisone_floor_mg)[pick]
     floors = np.minimum(floors, dose0)
     factor = rng.uniform(config.prednisone_taper_factor.low, config.prednisone_taper_factor.high, n)
     steps = 12

@@ -340,13 +340,15 @@ def test_an_interruption_writes_its_adverse_event_and_the_safety_label_sees_it(i
     added["generic"] = added["drug"].map(vocabulary.lookup)
     after = (added["start_date"] - added["date"]).dt.days
     ran = (added["end_date"] - added["start_date"]).dt.days
-    stopped = added[(after >= 1) & (after <= 21) & (ran >= 14) & (ran <= 112) & added["generic"].isin(list(harm.interruption))]
+    seen_until = added["patient_id"].map(c.assessments.groupby("patient_id")["date"].max())  # lost: events hidden
+    stopped = added[(after >= 1) & (after <= 21) & (ran >= 14) & (ran <= 112) & added["generic"].isin(list(harm.interruption))
+                    & (seen_until >= added["end_date"])]
     assert len(stopped) > 30
     ev = stopped.merge(c.events, on="patient_id", suffixes=("", "_event"))
     inside = (ev["date_event"] > ev["start_date"]) & (ev["date_event"] <= ev["end_date"])
     allowed = [kind in harm.events.get(g, config.safety.event_mix) for kind, g in zip(ev["event"], ev["generic"], strict=True)]
     found = ev[inside & np.asarray(allowed, bool)].groupby(["patient_id", "start_date", "drug"]).size()
-    assert len(found) >= 0.9 * len(stopped), (len(found), len(stopped))
+    assert len(found) >= 0.97 * len(stopped), (len(found), len(stopped))
     # the truth: an option whose drug can be interrupted for a safety event has that chance added to p_safety
     o = c.outcomes[c.outcomes["eligible"] & (c.outcomes["horizon_weeks"] == 24)]
     rtx = o.loc[o["option"] == "add_rituximab", "p_safety"].mean() - o.loc[o["option"] == "continue", "p_safety"].mean()
@@ -386,6 +388,25 @@ def test_a_failed_decision_lowers_the_next_chance_of_response_under_every_option
     np.testing.assert_allclose(now[~after_failure], before[~after_failure])
     drop = (before - now)[after_failure]
     assert (drop >= -1e-9).mean() > 0.95 and drop.mean() > 0.03, drop.describe()
+
+
+def test_steroid_dependence_shows_refractoriness_in_the_recorded_prednisone(inputs, cohort):
+    """The floor a patient's prednisone taper stops at follows a latent correlated with refractoriness
+    (history.prednisone_floor_refractory_corr): at the first decision, a higher recorded dose goes with a lower true
+    chance of response to the options (Spearman ≈ −0.3 on 1,500 patients; ≈ 0 with the correlation 0)."""
+    from scipy import stats
+
+    _, vocabulary, _ = inputs
+    d = cohort.decisions[cohort.decisions["decision_id"].str.endswith("-D1")]
+    r = cohort.regimens.assign(generic=cohort.regimens["drug"].map(vocabulary.lookup))
+    r = r[r["generic"] == "prednisone"].merge(d[["decision_id", "patient_id", "date"]], on="patient_id")
+    r = r[(r["start_date"] <= r["date"]) & (r["end_date"].isna() | (r["end_date"] >= r["date"]))]
+    dose = r.groupby("decision_id")["dose"].max()
+    o = cohort.outcomes
+    o = o[(o["horizon_weeks"] == 24) & o["eligible"] & (o["option"] != "continue")]
+    both = pd.concat([dose, o.groupby("decision_id")["p_response"].mean()], axis=1, join="inner")
+    assert len(both) > 250 and both.iloc[:, 0].nunique() >= 4
+    assert stats.spearmanr(both.iloc[:, 0], both.iloc[:, 1]).statistic < -0.1
 
 
 def test_records_let_a_reader_recover_the_true_decision_points(inputs):
@@ -609,9 +630,10 @@ SWITCH_NAMES = [o["name"] for o in SWITCHES]
 #: (outcomes: the columns it had then). Measured on the simulator as it was before switches and prednisone.
 # issue 13 (v2.2): an interruption writes its adverse event, which later decisions also see as a prior infection
 # (with that event neutralised: regimens 08dcacb77034e1b9, events 7e36f534eda3339f), and refractoriness deepens after
-# a failed decision, with cyclophosphamide's severity log-odds 2.0 (without these two: regimens 3d80aa8a35caee53)
-UNCHANGED = {"patients": "6d079652cf69770e", "regimens": "59df4bb0c5119bed", "assessments": "573d6b8043f06aca",
-             "events": "226c7c37d2a8f02e", "decisions": "c9f7332c64ba1c21", "outcomes": "1b6a15c83625a77c"}
+# a failed decision, with cyclophosphamide's severity log-odds 2.0 (without these two: regimens 3d80aa8a35caee53),
+# and the prednisone floor follows steroid dependence (without it: regimens 59df4bb0c5119bed)
+UNCHANGED = {"patients": "5fd23500eed9ba44", "regimens": "c8fbdde193271de2", "assessments": "82f2e4d4fc0f2148",
+             "events": "6b29f538c91769bc", "decisions": "d2104701a7f330b7", "outcomes": "d3d719aab3c7c745"}
 
 
 def _without_switches(catalog: OptionCatalog) -> OptionCatalog:
