@@ -97,6 +97,13 @@ class DoseVariant(_Frozen):
     interval: str
 
 
+class WeightRegimen(DoseVariant):
+    """A labelled paediatric regimen for a child lighter than `below_kg` (a weight band; None: the last band, every
+    weight above the ones before)."""
+
+    below_kg: float | None = Field(None, gt=0)
+
+
 class DrugRegimens(_Frozen):
     """How records write one generic: brand names as clinicians write them, at-target and below-target regimens."""
 
@@ -108,6 +115,24 @@ class DrugRegimens(_Frozen):
     #: more than the tolerance is below target, in the same unit and schedule).
     juvenile_at_target: tuple[DoseVariant, ...] = ()
     juvenile_below_target: tuple[DoseVariant, ...] = ()
+    #: the label's weight bands for a child (juvenile DM under 18): an at-target row of a child lighter than a
+    #: band's `below_kg` (on the row's start day) is written as that band's regimen instead, lightest band first;
+    #: from the last limit on the regimen drawn stands (docs/sources.md §4: abatacept SC, tofacitinib, tocilizumab).
+    juvenile_by_weight: tuple[WeightRegimen, ...] = ()
+    #: the cap on a child's target intensity (mg/day; IVIG 70 g a course, methotrexate 25 mg a week): a child's
+    #: row whose target (its intensity over 1 − shortfall) exceeds it is scaled down by the same factor and
+    #: written as a fixed dose (g or mg), so an at-target row sits at the cap and a below-target one stays the
+    #: same fraction below it. None: uncapped.
+    juvenile_max_mg_per_day: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _bands_in_order(self) -> DrugRegimens:
+        limits = [b.below_kg for b in self.juvenile_by_weight]
+        bounded = [x for x in limits if x is not None]
+        if None in limits[:-1] or bounded != sorted(bounded) or len(set(bounded)) != len(bounded):
+            raise ValueError(f"juvenile_by_weight: below_kg must increase band by band (only the last may be "
+                             f"open), got {limits}")
+        return self
 
 
 class BodyConfig(_Frozen):

@@ -94,7 +94,7 @@ def annotate_rows(
     bsa = pd.Series(body_surface_area(w, h), index=rows.index)
     dose_mg = dose_to_mg(rows["dose"], rows["dose_unit"], weight, bsa)
     schedule = parse_intervals(rows["interval"])
-    daily = (dose_mg * schedule["doses_per_cycle"] / schedule["cycle_days"]).to_numpy(float)
+    daily = (dose_mg * schedule["doses_per_cycle"] / schedule["cycle_days"]).to_numpy(float, copy=True)
     target = vocabulary.target_daily_mg(rows["generic"], rows["route"], weight, bsa)["target_low"].to_numpy(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         below = daily < (1 - BELOW_TARGET_TOLERANCE) * target
@@ -108,10 +108,72 @@ def annotate_rows(
         with np.errstate(invalid="ignore", divide="ignore"):
             child_short = np.where(dose < (1 - BELOW_TARGET_TOLERANCE) * at, 1 - dose / at, 0.0)
         shortfall = np.where(child & ~np.isnan(at), child_short, shortfall)
+    shortfall = np.nan_to_num(shortfall)
     out = rows.copy()
+    if body is not None and regimens:
+        out, changed = juvenile_doses(out, shortfall, w, bsa.to_numpy(float), paediatric(body, p, rows["start"].to_numpy(float)), regimens)
+        if changed.any():  # the intensity of the dose as now written (the shortfall stays the drawn intent)
+            sub = out.loc[changed]
+            mg = dose_to_mg(sub["dose"], sub["dose_unit"], weight[changed], bsa[changed])
+            sched = parse_intervals(sub["interval"])
+            daily[changed] = (mg * sched["doses_per_cycle"] / sched["cycle_days"]).to_numpy(float)
     out["daily_mg"] = daily
-    out["shortfall"] = np.nan_to_num(shortfall)
+    out["shortfall"] = shortfall
     return out
+
+
+def juvenile_doses(
+    rows: pd.DataFrame,
+    shortfall: np.ndarray,
+    weight: np.ndarray,
+    bsa: np.ndarray,
+    child: np.ndarray,
+    regimens: dict[str, DrugRegimens],
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """A child's regimen rows (`child`: juvenile DM under 18 on the start day) as the paediatric labels dose them
+    for the child's size on that day (configs/simulator.yaml `juvenile_by_weight`, `juvenile_max_mg_per_day`;
+    docs/sources.md §4): an at-target row (`shortfall` 0) of a child lighter than a weight band's limit takes that
+    band's regimen; a row whose target intensity (intensity / (1 − shortfall)) exceeds the cap is scaled down to it
+    and written as a fixed dose, so a below-target row keeps its fraction of the target. Returns the rows (a copy
+    where changed) and the mask of changed rows. Reads only the simulator's own configuration: the features judge
+    the result against configs/drugs.yaml independently."""
+    changed = np.zeros(len(rows), dtype=bool)
+    gen = rows["generic"].to_numpy(object)
+    cols = ["dose", "dose_unit", "route", "interval"]
+    for generic, spec in regimens.items():
+        sel = child & (gen == generic)
+        if not sel.any() or (not spec.juvenile_by_weight and spec.juvenile_max_mg_per_day is None):
+            continue
+        if not changed.any():
+            rows = rows.copy()
+        at = sel & (shortfall == 0)
+        banded = np.zeros(len(rows), dtype=bool)
+        for band in reversed(spec.juvenile_by_weight):  # lightest band last: it wins
+            m = at & (weight < (band.below_kg if band.below_kg is not None else np.inf))
+            if m.any():
+                rows.loc[m, cols] = [band.dose, band.dose_unit, band.route, band.interval]
+                banded |= m
+        changed |= banded
+        if spec.juvenile_max_mg_per_day is None:
+            continue
+        sub = rows.loc[sel]
+        mg = dose_to_mg(sub["dose"], sub["dose_unit"], pd.Series(weight[sel], index=sub.index),
+                        pd.Series(bsa[sel], index=sub.index)).to_numpy(float)
+        sched = parse_intervals(sub["interval"])
+        daily = mg * (sched["doses_per_cycle"] / sched["cycle_days"]).to_numpy(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            factor = np.minimum(1.0, spec.juvenile_max_mg_per_day * (1 - shortfall[sel]) / daily)
+        cap = np.nan_to_num(factor, nan=1.0) < 1.0
+        if not cap.any():
+            continue
+        in_g = sub["dose_unit"].astype(str).str.lower().str.startswith("g").to_numpy()
+        mass = mg * factor
+        dose = np.where(in_g, np.round(mass / 500) / 2, np.where(mass >= 10, np.round(mass / 2.5) * 2.5, np.round(mass, 1)))
+        hit = np.flatnonzero(sel)[cap]
+        rows.loc[rows.index[hit], "dose"] = dose[cap]
+        rows.loc[rows.index[hit], "dose_unit"] = np.where(in_g[cap], "g", "mg")
+        changed[hit] = True
+    return rows, changed
 
 
 def regimen_state(

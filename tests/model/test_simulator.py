@@ -582,7 +582,8 @@ def test_body_weight_changes_and_children_are_dosed_per_kg_or_m2(cohort, inputs)
     child = (r["diagnosis"] == "juvenile_dermatomyositis") & (r["start_date"].dt.year - r["birth_year"] < 17)
     paediatric = r["drug"].str.lower().str.contains("methotrexate|mtx|otrexup|cellcept|mycophenolate|mmf")
     per_size = r["dose_unit"].isin(["mg/kg", "mg/m2"])
-    assert child.any() and per_size[child & paediatric].all()
+    capped = r["dose_unit"].eq("mg") & r["drug"].str.lower().str.contains("methotrexate|mtx|otrexup") & (r["dose"] <= 25)
+    assert child.any() and (per_size | capped)[child & paediatric].all()  # per size, or at most 25 mg a week
     assert not per_size[~child & paediatric].any()  # adults keep their fixed doses
 
 
@@ -605,6 +606,42 @@ def test_juvenile_regimens_sit_in_the_paediatric_target_bands(inputs):
     band, rule = bands["prednisone"], config.history.prednisone_juvenile_mg_per_kg
     assert rule is not None and band.low <= rule.low <= rule.high <= band.high
     assert config.history.prednisone_juvenile_max_mg == band.max_mg_per_day
+
+
+@pytest.mark.parametrize("weight", [15.0, 22.0, 28.0, 35.0, 45.0, 60.0])
+def test_children_are_dosed_at_the_label_bands_and_caps_the_features_judge_against(inputs, weight):
+    """A child's at-target dose of each weight-banded or capped drug (configs/simulator.yaml `juvenile_by_weight`,
+    `juvenile_max_mg_per_day`) is "at" its paediatric target as the features judge it (configs/drugs.yaml
+    `juvenile`), and a below-target dose stays "below": abatacept SC, tofacitinib, tocilizumab, IVIG (at most 70 g),
+    methotrexate (at most 25 mg a week), rituximab, mycophenolate, hydroxychloroquine."""
+    from features.vocabulary import body_surface_area, dose_status, dose_to_mg, parse_intervals
+    from simulator.engine import juvenile_doses
+
+    config, vocabulary, _ = inputs
+    regimens = config.history.regimens
+    rows, intent = [], []
+    for generic, spec in regimens.items():
+        if not (spec.juvenile_by_weight or spec.juvenile_max_mg_per_day):
+            continue
+        for v in spec.juvenile_at_target or spec.at_target:
+            rows.append({"generic": generic, **v.model_dump()}), intent.append(0.0)
+        for v in spec.juvenile_below_target if spec.juvenile_at_target else spec.below_target:  # as regimen_rows
+            rows.append({"generic": generic, **v.model_dump()}), intent.append(0.5)
+    frame = pd.DataFrame(rows)
+    short = np.asarray(intent)  # the simulator's own shortfall (≈ 0.5 for these below-target variants)
+    height = 6 * (weight - 7) / 3 + 77 if weight < 43 else 165.0  # APLS / Weech: a child of that weight
+    w, b = np.full(len(frame), weight), body_surface_area(np.full(len(frame), weight), np.full(len(frame), height))
+    dosed, _ = juvenile_doses(frame, short, w, b, np.ones(len(frame), bool), regimens)
+    ws, bs = pd.Series(w), pd.Series(b)
+    mg = dose_to_mg(dosed["dose"], dosed["dose_unit"], ws, bs)
+    sched = parse_intervals(dosed["interval"])
+    intensity = (mg * sched["doses_per_cycle"] / sched["cycle_days"]).to_numpy(float)
+    t = vocabulary.target_daily_mg(dosed["generic"], dosed["route"], ws, bs, juvenile=np.ones(len(frame), bool))
+    status = dose_status(intensity, t["target_low"], t["target_high"], t["target_defined"], t["induction_only"], 0.1)
+    expected = np.where(short > 0, "below", "at")
+    assert {"abatacept", "tofacitinib", "tocilizumab", "ivig", "methotrexate"} <= set(frame["generic"])
+    wrong = dosed.assign(status=status, expected=expected)[status != expected]
+    assert wrong.empty, wrong.to_string()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -674,8 +711,24 @@ def test_default_catalogue_cohort_is_unchanged_by_switches_and_prednisone(inputs
     config, vocabulary, catalog = inputs
     assert config.prednisone.adjusts is True
     flat = config.model_copy(update={"prednisone": config.prednisone.model_copy(update={"adjusts": False})})
-    cohort = simulate_cohort(120, 11, flat, vocabulary, _without_switches(catalog), TODAY)
+    plain = {g: r.model_copy(update={"juvenile_by_weight": (), "juvenile_max_mg_per_day": None})
+             for g, r in flat.history.regimens.items()}  # issue 13: children dosed by the labels' bands and caps
+    before = flat.model_copy(update={"history": flat.history.model_copy(update={"regimens": plain})})
+    cohort = simulate_cohort(120, 11, before, vocabulary, _without_switches(catalog), TODAY)
     assert {name: _digest(getattr(cohort, name)) for name in cohort._fields} == UNCHANGED
+    # with them, only children's regimen rows change, and only in how the dose is written
+    banded = simulate_cohort(120, 11, flat, vocabulary, _without_switches(catalog), TODAY)
+    for name in cohort._fields:
+        if name != "regimens":
+            assert _digest(getattr(banded, name)) == UNCHANGED[name], name
+    old, new = cohort.regimens, banded.regimens
+    assert old.shape == new.shape and old.drop(columns=["dose", "dose_unit", "route", "interval"]).equals(
+        new.drop(columns=["dose", "dose_unit", "route", "interval"]))
+    differs = ~(old[["dose", "dose_unit", "route", "interval"]] == new[["dose", "dose_unit", "route", "interval"]]).all(axis=1)
+    p = cohort.patients.set_index("patient_id")
+    age = new["start_date"].dt.year - p.loc[new["patient_id"], "birth_year"].to_numpy()
+    young = p.loc[new["patient_id"], "diagnosis"].eq("juvenile_dermatomyositis").to_numpy() & (age <= 18).to_numpy()
+    assert differs.any() and not (differs & ~young).any()
 
 
 def test_switch_options_are_in_the_truth_and_in_the_observed_choices(switch_cohort):
