@@ -124,6 +124,9 @@ class DrugRegimens(_Frozen):
     #: written as a fixed dose (g or mg), so an at-target row sits at the cap and a below-target one stays the
     #: same fraction below it. None: uncapped.
     juvenile_max_mg_per_day: float | None = Field(None, gt=0)
+    #: above this body surface (m², on the row's start day) a child's at-target row is the first adult at-target
+    #: regimen (rituximab in RIM: 575 mg/m² to 1.5 m², the adult 1 g above). None: no such limit.
+    juvenile_adult_above_m2: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _bands_in_order(self) -> DrugRegimens:

@@ -133,21 +133,29 @@ def juvenile_doses(
     """A child's regimen rows (`child`: juvenile DM under 18 on the start day) as the paediatric labels dose them
     for the child's size on that day (configs/simulator.yaml `juvenile_by_weight`, `juvenile_max_mg_per_day`;
     docs/sources.md §4): an at-target row (`shortfall` 0) of a child lighter than a weight band's limit takes that
-    band's regimen; a row whose target intensity (intensity / (1 − shortfall)) exceeds the cap is scaled down to it
-    and written as a fixed dose, so a below-target row keeps its fraction of the target. Returns the rows (a copy
-    where changed) and the mask of changed rows. Reads only the simulator's own configuration: the features judge
+    band's regimen, of a child above `juvenile_adult_above_m2` the adult one; a row whose target intensity
+    (intensity / (1 − shortfall)) exceeds the cap is scaled down to it and written as a fixed dose, so a
+    below-target row keeps its fraction of the target. Returns the rows (a copy where changed) and the mask of
+    changed rows. Reads only the simulator's own configuration: the features judge
     the result against configs/drugs.yaml independently."""
     changed = np.zeros(len(rows), dtype=bool)
     gen = rows["generic"].to_numpy(object)
     cols = ["dose", "dose_unit", "route", "interval"]
     for generic, spec in regimens.items():
         sel = child & (gen == generic)
-        if not sel.any() or (not spec.juvenile_by_weight and spec.juvenile_max_mg_per_day is None):
+        if not sel.any() or (not spec.juvenile_by_weight and spec.juvenile_max_mg_per_day is None
+                             and spec.juvenile_adult_above_m2 is None):
             continue
         if not changed.any():
             rows = rows.copy()
         at = sel & (shortfall == 0)
         banded = np.zeros(len(rows), dtype=bool)
+        if spec.juvenile_adult_above_m2 is not None:  # a large child: the adult dose
+            m = at & (bsa > spec.juvenile_adult_above_m2)
+            if m.any():
+                adult = spec.at_target[0]
+                rows.loc[m, cols] = [adult.dose, adult.dose_unit, adult.route, adult.interval]
+                banded |= m
         for band in reversed(spec.juvenile_by_weight):  # lightest band last: it wins
             m = at & (weight < (band.below_kg if band.below_kg is not None else np.inf))
             if m.any():

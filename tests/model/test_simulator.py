@@ -608,7 +608,7 @@ def test_juvenile_regimens_sit_in_the_paediatric_target_bands(inputs):
     assert config.history.prednisone_juvenile_max_mg == band.max_mg_per_day
 
 
-@pytest.mark.parametrize("weight", [15.0, 22.0, 28.0, 35.0, 45.0, 60.0])
+@pytest.mark.parametrize("weight", [15.0, 22.0, 28.0, 35.0, 45.0, 50.0, 60.0])
 def test_children_are_dosed_at_the_label_bands_and_caps_the_features_judge_against(inputs, weight):
     """A child's at-target dose of each weight-banded or capped drug (configs/simulator.yaml `juvenile_by_weight`,
     `juvenile_max_mg_per_day`) is "at" its paediatric target as the features judge it (configs/drugs.yaml
@@ -621,7 +621,7 @@ def test_children_are_dosed_at_the_label_bands_and_caps_the_features_judge_again
     regimens = config.history.regimens
     rows, intent = [], []
     for generic, spec in regimens.items():
-        if not (spec.juvenile_by_weight or spec.juvenile_max_mg_per_day):
+        if not (spec.juvenile_by_weight or spec.juvenile_max_mg_per_day or spec.juvenile_adult_above_m2):
             continue
         for v in spec.juvenile_at_target or spec.at_target:
             rows.append({"generic": generic, **v.model_dump()}), intent.append(0.0)
@@ -711,7 +711,8 @@ def test_default_catalogue_cohort_is_unchanged_by_switches_and_prednisone(inputs
     config, vocabulary, catalog = inputs
     assert config.prednisone.adjusts is True
     flat = config.model_copy(update={"prednisone": config.prednisone.model_copy(update={"adjusts": False})})
-    plain = {g: r.model_copy(update={"juvenile_by_weight": (), "juvenile_max_mg_per_day": None})
+    plain = {g: r.model_copy(update={"juvenile_by_weight": (), "juvenile_max_mg_per_day": None,
+                                     "juvenile_adult_above_m2": None})
              for g, r in flat.history.regimens.items()}  # issue 13: children dosed by the labels' bands and caps
     before = flat.model_copy(update={"history": flat.history.model_copy(update={"regimens": plain})})
     cohort = simulate_cohort(120, 11, before, vocabulary, _without_switches(catalog), TODAY)
