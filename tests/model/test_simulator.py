@@ -644,6 +644,19 @@ def test_children_are_dosed_at_the_label_bands_and_caps_the_features_judge_again
     assert wrong.empty, wrong.to_string()
 
 
+def test_juvenile_weight_bands_must_increase():
+    """A band list out of order (or an open band before the last) is refused, naming the setting."""
+    from simulator.config import DrugRegimens
+
+    v = {"dose_unit": "mg", "route": "oral", "interval": "twice daily"}
+    with pytest.raises(ValueError, match="juvenile_by_weight"):
+        DrugRegimens(written_as=("x",), at_target=({"dose": 5, **v},),
+                     juvenile_by_weight=({"below_kg": 40, "dose": 4, **v}, {"below_kg": 20, "dose": 3.2, **v}))
+    with pytest.raises(ValueError, match="juvenile_by_weight"):
+        DrugRegimens(written_as=("x",), at_target=({"dose": 5, **v},),
+                     juvenile_by_weight=({"dose": 5, **v}, {"below_kg": 20, "dose": 3.2, **v}))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # issue 17: switch options, washout, prednisone that follows disease activity, the steroid-sparing truth
 
