@@ -154,7 +154,7 @@ class Vocabulary(_Frozen):
     """All known drugs; looks up what a record wrote and computes target intensities."""
 
     drugs: tuple[Drug, ...]
-    #: a decision is juvenile when the diagnosis is juvenile DM or the patient is younger than this (years)
+    #: a decision is juvenile when the patient is younger than this (years) at it (`is_juvenile`)
     juvenile_age: float = Field(18, gt=0)
 
     @classmethod
@@ -283,7 +283,7 @@ class Vocabulary(_Frozen):
         return out.frame(generic.index)
 
 
-#: the diagnosis code that makes a decision juvenile at any age (docs/data-contract.md)
+#: the diagnosis code that makes a decision juvenile where the age is unknown (docs/data-contract.md)
 JUVENILE_DIAGNOSIS = "juvenile_dermatomyositis"
 
 #: the columns of `Vocabulary.target_daily_mg`
