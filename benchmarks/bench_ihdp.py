@@ -59,7 +59,8 @@ AUTO = "auto"
 
 def selected(train: object, config: LearnerConfig, data: dict[str, np.ndarray]) -> tuple[str, LearnerConfig]:
     """`train.learner: auto`: the candidate `models.bundle.select_response_learner` chooses on the training rows
-    (cross-fitted doubly robust value, no truth) as (kind, its LearnerConfig)."""
+    (no truth: for this continuous outcome `models.selection` ranks by the DR-loss of the cross-fitted contrasts
+    unless `train.selection.criterion` says otherwise) as (kind, its LearnerConfig)."""
     bundle = importlib.import_module("models.bundle")
     select = getattr(bundle, "select_response_learner", None)
     if select is None:
