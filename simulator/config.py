@@ -446,12 +446,37 @@ class TrialPopulation(_Frozen):
         return self
 
 
+#: the ratings an expectation (placebo) response moves: the assessor's and the patient's, lower is better.
+EXPECTATION_MEASURES: tuple[str, ...] = ("physician_global", "patient_global", "extramuscular_global", "haq")
+
+
+class TrialExpectation(_Frozen):
+    """The expectation (placebo) response of a randomised trial: at every follow-up visit of every arm of every
+    emulated trial, the subjective core-set ratings (`measures`) read `relative` lower than the patient's activity
+    gives (rating × (1 − relative), re-rounded to the instrument's resolution). Trial mode only: the observational
+    cohort's records have no such response."""
+
+    relative: float = Field(0.0, ge=0, lt=1, description="relative improvement of the subjective ratings at follow-up")
+    measures: tuple[str, ...] = EXPECTATION_MEASURES
+
+    @model_validator(mode="after")
+    def _check(self) -> TrialExpectation:
+        unknown = [m for m in self.measures if m not in EXPECTATION_MEASURES]
+        if unknown:
+            raise ValueError(
+                f"trial.expectation.measures: {', '.join(unknown)} not among the subjective ratings "
+                f"({', '.join(EXPECTATION_MEASURES)})"
+            )
+        return self
+
+
 class TrialConfig(_Frozen):
     """Trial-emulation mode: options randomised among the eligible, one decision per patient, and a named
     population per published trial (each calibration anchor is reproduced in the population of its trial)."""
 
     visit_window_days: int = 7
     start_delay_days: Range = Range(low=1, high=3)
+    expectation: TrialExpectation = TrialExpectation()
     default_population: str = "proderm"
     populations: dict[str, TrialPopulation] = Field(default_factory=lambda: {"proderm": TrialPopulation()})
 

@@ -41,7 +41,7 @@ from simulator.measures import (
     safety_labs,
 )
 from simulator.steroids import activity, course, dose_changes, steroid_sparing
-from simulator.trial import Enrolment, enrol
+from simulator.trial import Enrolment, enrol, expect
 from simulator.truth import Probabilities, probabilities_from_draws, response_thresholds, score_pairs
 
 Mode = Literal["observational", "trial"]
@@ -490,13 +490,15 @@ def simulate_cohort(
             sf = np.clip(level_s[:, None] * (1 - ds) + sd * eps[:, 1:2], 0, 1)
             z = rng.standard_normal((len(NOISE_COLUMNS), n, 1))
             follow = latent_to_measures(mf, sf, ild, scale, sub, z, cfg.measurement)
+            if trial:  # the trial's blinded ratings carry the expectation (placebo) response, every arm
+                follow = expect(follow, cfg.trial.expectation)
             realised[h] = follow
             latent_taken_inputs[h] = (mf, sf)
             scores = score_pairs(base, follow, scale, uln)
             tis_at[h] = scores.tis
             latents = (refractory_all[idx], option_latent[idx], p_interrupt)
             probs, p_sparing = _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control, cfg, rng, latents,
-                                            rng2, (pred, 7.0 * h), (level_m, level_s))
+                                            rng2, (pred, 7.0 * h), (level_m, level_s), trial)
             sparing = steroid_sparing(course(pred[:, None], activity(m0, s0)[:, None], activity(mf, sf), 7.0 * h, cfg.prednisone),
                                       cfg.prednisone)
             p_safe = safety_risk(catalog, state, ild, h, cfg.safety)
@@ -687,12 +689,13 @@ def _responsiveness_pair(z_rho: np.ndarray, z_responder: np.ndarray, cfg: Simula
 def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: int, cfg: SimulatorConfig,
                  rng: np.random.Generator, latents: tuple[np.ndarray, np.ndarray, np.ndarray], rng2: np.random.Generator,
                  steroid: tuple[np.ndarray, float], level: tuple[np.ndarray, np.ndarray] | None = None,
-                 ) -> tuple[Probabilities, np.ndarray]:
+                 trial: bool = False) -> tuple[Probabilities, np.ndarray]:
     """True probabilities per decision × option from `mc_draws` noise draws shared across options, in chunks,
     and the chance of steroid sparing (`steroid` = prednisone mg/day at the decision, horizon in days: the
     prednisone rule of `simulator.steroids` on every draw; it uses no extra random numbers).
 
     `level` = the (muscle, skin) activity the follow-up starts from (default: the decision visit's, m0 and s0).
+    `trial`: the follow-up ratings carry the trial's expectation response (`trial.expectation`), as realised ones do.
     `latents` = (the patient's refractoriness, their per-option latent, the chance of an interruption) per decision:
     the truth is the chance of response given what the simulator knows of the patient, over everything else.
 
@@ -729,6 +732,8 @@ def _monte_carlo(m0, s0, eff, ild, scale, sub, base, uln, threshold, control: in
         sf = np.clip(ls[gi, None] * (1 - ds) + cfg.effects.latent_sd * eps[1][pi], 0, 1)
         chunk_traits = {c: v[gi] for c, v in traits.items()}
         follow = latent_to_measures(mf, sf, ild[gi], scale[gi], chunk_traits, z[:, pi], cfg.measurement)
+        if trial:
+            follow = expect(follow, cfg.trial.expectation)
         scores = score_pairs({k: v[gi] for k, v in base.items()}, follow, scale[gi], {k: v[gi] for k, v in uln.items()})
         probs = probabilities_from_draws(scores, threshold[gi])
         for f in Probabilities._fields:

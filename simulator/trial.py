@@ -14,8 +14,11 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from simulator.config import MeasurementConfig, TrialScreening
+from simulator.config import MeasurementConfig, TrialExpectation, TrialScreening
 from simulator.measures import ENZYMES, NOISE_COLUMNS, latent_to_measures
+
+#: steps per unit each subjective rating is recorded in (as `simulator.measures.latent_to_measures` rounds it)
+_PER_UNIT = {"physician_global": 10, "patient_global": 10, "extramuscular_global": 10, "haq": 8}
 
 
 class Enrolment(NamedTuple):
@@ -100,3 +103,17 @@ def enrol(
     base_s = np.clip(level_s + latent_sd * carried[1], 0, 1)
     patients["refractory_muscle"], patients["refractory_skin"] = base_m, base_s
     return Enrolment(patients, level_m, level_s, base_m, base_s, screening, weeks, screened)
+
+
+def expect(follow: dict[str, np.ndarray], expectation: TrialExpectation) -> dict[str, np.ndarray]:
+    """A trial's follow-up measures with the expectation (placebo) response: each of `expectation.measures` (the
+    assessor's and the patient's ratings) × (1 − `expectation.relative`), re-rounded to its resolution; the other
+    measures unchanged. The same in every arm (blinded ratings); `follow` is not modified (with `relative` 0 it is
+    returned as it is, so a configuration without the response draws and writes exactly what it did before)."""
+    if expectation.relative == 0:
+        return follow
+    out = dict(follow)
+    for m in expectation.measures:
+        k = _PER_UNIT[m]
+        out[m] = np.round(follow[m] * (1 - expectation.relative) * k) / k
+    return out

@@ -297,6 +297,33 @@ def test_abatacept_trial_enrols_on_its_screening_criteria_and_regresses_to_the_m
     assert doi["screened"] > doi["plain"] + 0.03, doi
 
 
+def test_trial_expectation_lowers_the_patients_ratings_in_every_arm_of_a_trial_only(inputs, cohort):
+    """The trial's expectation (placebo) response: at follow-up the patient-reported ratings read `relative` lower
+    (re-rounded to their resolution) in every arm, the assessor's ratings and MMT-8 are untouched, the truth sees it
+    as the record does (more DOI on continue than without it), and the observational cohort ignores it."""
+    from simulator.trial import expect
+
+    config, vocabulary, catalog = inputs
+    rule = config.trial.expectation
+    assert rule.relative > 0 and set(rule.measures) == {"patient_global", "haq"}
+    follow = {"patient_global": np.array([4.0, 3.3]), "haq": np.array([1.0, 0.625]), "physician_global": np.array([5.0, 2.2])}
+    got = expect(follow, rule.model_copy(update={"relative": 0.25}))
+    np.testing.assert_allclose(got["patient_global"], [3.0, 2.5])  # 3.3 × 0.75 = 2.475 → 2.5 (0.1 cm)
+    np.testing.assert_allclose(got["haq"], [0.75, 0.5])  # 0.625 × 0.75 = 0.469 → 0.5 (steps of 1/8)
+    assert got["physician_global"] is follow["physician_global"]
+    assert expect(follow, rule.model_copy(update={"relative": 0.0})) is follow
+    off = config.model_copy(update={"trial": config.trial.model_copy(update={"expectation": rule.model_copy(update={"relative": 0.0})})})
+    doi = {}
+    for name, cfg in (("with", config), ("without", off)):
+        c = simulate_cohort(400, 4, cfg, vocabulary, catalog, TODAY, mode="trial", trial_population="abatacept_dm")
+        o = c.outcomes[(c.outcomes["option"] == "continue") & c.outcomes["eligible"]]
+        doi[name] = o["p_doi"].mean()
+    assert doi["with"] > doi["without"] + 0.05, doi
+    plain = simulate_cohort(300, 11, off, vocabulary, catalog, TODAY)
+    for table in ("assessments", "outcomes"):
+        pd.testing.assert_frame_equal(getattr(plain, table), getattr(cohort, table))
+
+
 def test_trial_screening_criteria_and_a_too_strict_trial():
     from simulator.config import TrialScreening
     from simulator.trial import meets_criteria
@@ -433,6 +460,8 @@ def test_records_let_a_reader_recover_the_true_decision_points(inputs):
     [
         ({"default_population": "elsewhere"}, "trial.default_population 'elsewhere' is not among"),
         ({"populations": {"proderm": {"horizons_weeks": [0, 16]}}}, "trial horizons must be positive"),
+        ({"expectation": {"relative": 0.2, "measures": ["mmt8"]}}, "trial.expectation.measures: mmt8 not among"),
+        ({"expectation": {"relative": 1.0}}, "relative"),
     ],
 )
 def test_trial_configuration_errors_name_the_setting(inputs, trial, message):
