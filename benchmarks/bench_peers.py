@@ -17,8 +17,8 @@ Rows:
   calibrated bundle `escalate train` registers; its recommendation is what it ranks by (argmax of `p_response`
   over the options it and the evaluation call eligible), fit time = the whole bundle (three heads, calibration,
   bootstrap intervals, propensity);
-- `escalate <kind>`: every learner of `models.learners.LEARNERS` through `make_learner(kind, LearnerConfig)`,
-  recommending the argmax of its predicted effect vs continue among eligible options;
+- `escalate <kind>`: every learner of `models.learners.LEARNERS` for a binary outcome through
+  `make_learner(kind, LearnerConfig)`, recommending the argmax of its predicted effect vs continue among eligible options;
 - peers: EconML CausalForestDML, DRLearner and XLearner; CausalML BaseSClassifier, BaseTClassifier,
   BaseXClassifier and BaseDRLearner — a peer that raises, is not installed or predicts NaN is a row "failed: why";
 - baselines: the guideline list (`OptionCatalog.guideline`, configs/options.yaml: first eligible option in that
@@ -445,7 +445,8 @@ def candidates(settings: Settings, k: int) -> list[tuple[str, Grid]]:
     grid = peer_boosters(settings, k)
     rows: list[tuple[str, Grid]] = [
         (f"shipped model ({settings.train.learner}, calibrated)", [("", lambda: shipped(settings))])]
-    rows += [(f"escalate {kind}", [("", lambda kind=kind: ours(kind, settings))]) for kind in LEARNERS]
+    rows += [(f"escalate {kind}", [("", lambda kind=kind: ours(kind, settings))]) for kind in LEARNERS
+             if "binary" in LEARNERS[kind].outcomes]  # response is binary: gp_t (continuous only) is no peer here
     rows += [("econml CausalForestDML", [(g, lambda b=b: econml_forest(b, cv_folds)) for g, b in grid]),
              ("econml DRLearner", [(g, lambda b=b: econml_dr(b, cv_folds, clip)) for g, b in grid]),
              ("econml XLearner", [(g, lambda b=b: econml_x(b)) for g, b in grid])]

@@ -30,13 +30,14 @@ from models.intervals import (
     shared_outcomes,
     widen_interval,
 )
-from models.learners import BaseLearner, make_learner
+from models.learners import LEARNERS, BaseLearner, make_learner
 from models.propensity import PropensityModel, overlap_report
 from models.response import response_of
 
-LearnerKind = Literal["s_learner", "t_learner", "dr_learner", "linear", "modifier_glm", "x_learner", "stacked"]
+LearnerKind = Literal["s_learner", "t_learner", "dr_learner", "linear", "modifier_glm", "x_learner", "stacked",
+                      "gp_t_learner"]
 _KIND = {"s_learner": "s", "t_learner": "t", "dr_learner": "dr", "linear": "linear", "modifier_glm": "modifier_glm",
-         "x_learner": "x", "stacked": "stacked"}
+         "x_learner": "x", "stacked": "stacked", "gp_t_learner": "gp_t"}
 #: `train.learner: auto` — the response learner is chosen among `train.selection.candidates` (`models.selection`).
 AUTO = "auto"
 #: identifier / date columns carried through to the output, never used as features.
@@ -98,6 +99,8 @@ class SelectionConfig(_Frozen):
     )
     folds: int = Field(5, ge=2, le=20)
     tolerance_se: float = Field(1.0, ge=0)
+    #: auto: the doubly robust policy value for a binary outcome, the DR-loss of the contrasts for a continuous one
+    criterion: Literal["auto", "policy_value", "dr_loss"] = "auto"
 
 
 class BundleConfig(_Frozen):
@@ -589,12 +592,15 @@ def select_response_learner(
 
     data = prepare_fit(X, t, y, lcfg, groups=groups, eligible=eligible)
     scores, _ = cross_fitted_aipw(data, lcfg.model_copy(update={"cv_folds": cfg.selection.folds}))
-    by_name = {c.name: c for c in cfg.selection.candidates}
+    # a candidate made for another outcome kind (gp_t: continuous only) is not one for this head
+    by_name = {c.name: c for c in cfg.selection.candidates if lcfg.outcome in LEARNERS[_KIND[c.learner]].outcomes}
+    if not by_name:
+        raise ValueError(f"train.selection.candidates: none models a {lcfg.outcome} outcome (rule: at least one)")
     learners = {name: make_learner(_KIND[c.learner], lcfg.model_copy(update=c.updates())) for name, c in by_name.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence notes of penalised fits on a fold
         selection = select_learner(learners, data, scores, n_folds=cfg.selection.folds, seed=cfg.seed,
-                                   tolerance_se=cfg.selection.tolerance_se)
+                                   tolerance_se=cfg.selection.tolerance_se, criterion=cfg.selection.criterion)
     return by_name[selection.chosen], selection.table
 
 

@@ -323,6 +323,9 @@ def cross_fitted_aipw(data: FitData, config: LearnerConfig) -> tuple[np.ndarray,
 class BaseLearner(ABC):
     """Shared plumbing: input checks, arm bookkeeping, effects as contrasts with the control arm, cloning."""
 
+    #: the outcome kinds this learner models (model selection leaves a candidate out for the others)
+    outcomes: tuple[str, ...] = ("binary", "continuous")
+
     def __init__(self, config: LearnerConfig | None = None) -> None:
         self.config = config or LearnerConfig()
 
@@ -692,6 +695,8 @@ class GaussianProcessTLearner(BaseLearner):
     linear SHAP, so it must never serve the explained response head); more than `max_rows_per_arm` rows in an
     arm (exact GP regression costs rows³ time and rows² memory); unequal positive sample weights (a GP fit takes
     none; weight-0 rows are left out)."""
+
+    outcomes = ("continuous",)
 
     #: exact GP regression is cubic in rows: 3,000 rows take seconds, 10,000 would take minutes and ~1 GB.
     max_rows_per_arm = 3000

@@ -156,11 +156,14 @@ def build_model_card(inputs: ModelCardInputs) -> str:
             "",
             "### How the learner was chosen (training patients only, no truth)",
             "Each candidate was fitted on patient-grouped folds of the training patients and recommended for the "
-            "held-out fold; the value is the cross-fitted doubly robust response rate of its recommendations. The "
-            "first candidate listed within one standard error of the best was chosen (simplest first).",
+            "held-out fold; the value is the cross-fitted doubly robust response rate of its recommendations, the "
+            "DR-loss the mean squared error of its option-vs-continue effects against doubly robust pseudo-outcomes. "
+            "The first candidate listed within one standard error of the best by the `criterion` column (policy "
+            "value for a binary outcome) was chosen (simplest first).",
             "",
-            markdown_table(i.selection, ["candidate", "policy_value", "policy_value_se", "difference_vs_best",
-                                         "difference_se", "factual_log_loss", "chosen", "failed"]),
+            markdown_table(i.selection, ["candidate", "criterion", "policy_value", "policy_value_se",
+                                         "difference_vs_best", "difference_se", "dr_loss", "dr_loss_se",
+                                         "factual_log_loss", "chosen", "failed"]),
         ]
     lines += [
         "",

@@ -168,8 +168,9 @@ def run_train(
         if summary["selection"]:  # learner: auto — every candidate's cross-fitted doubly robust value
             mlflow.log_dict({"chosen": model.learner_name, "candidates": summary["selection"]}, "train/selection.json")
             for row in summary["selection"]:
-                if row["policy_value"] == row["policy_value"]:  # a failed candidate has no value (NaN)
-                    mlflow.log_metric(f"selection_value.{_metric_key(row['candidate'])}", row["policy_value"])
+                for name, key in (("policy_value", "selection_value"), ("dr_loss", "selection_dr_loss")):
+                    if row.get(name) == row.get(name) and row.get(name) is not None:  # a failed candidate: NaN
+                        mlflow.log_metric(f"{key}.{_metric_key(row['candidate'])}", row[name])
         mlflow.log_artifact(str(model_dir / "contract.json"), artifact_path="train")
         example = registry.deidentified_example(train_features, key_columns=model.contract.keys)
         model_uri, version = registry.log_and_register(model, bundle_path, example)

@@ -162,3 +162,20 @@ def test_a_binary_outcome_keeps_the_policy_value_and_shows_the_dr_loss():
     assert "continuous outcomes only" in table.loc["gp_t", "failed"] and not table.loc["gp_t", "chosen"]
     with pytest.raises(ValueError, match=r"criterion 'pehe' \(rule: one of auto, policy_value, dr_loss\)"):
         select_learner(candidates, data, scores, n_folds=3, seed=1, criterion="pehe")  # type: ignore[arg-type]
+
+
+def test_train_leaves_out_candidates_made_for_another_outcome_kind():
+    """`learner: auto` in train: a continuous-only candidate (gp_t) is not a row of a binary head's selection, and a
+    candidate list with none for the head's outcome is refused by name."""
+    from models.bundle import BundleConfig, LearnerCandidate, SelectionConfig, select_response_learner
+
+    X, t, y, g, _ = cohort(600, ARMS4, "binary", seed=5)
+    glm, gp = LearnerCandidate(learner="modifier_glm", linear_C=1.0), LearnerCandidate(learner="gp_t_learner")
+    cfg = BundleConfig(selection=SelectionConfig(candidates=(glm, gp), folds=3), booster=SMALL)
+    lcfg = LearnerConfig(arms=ARMS4, booster=SMALL, cv_folds=3, outcome="binary")
+    elig = np.ones((len(y), len(ARMS4)), dtype=bool)
+    chosen, table = select_response_learner(cfg, lcfg, X, t, y, g, elig)
+    assert chosen == glm and table["candidate"].tolist() == [glm.name]
+    only_gp = cfg.model_copy(update={"selection": SelectionConfig(candidates=(gp,), folds=3)})
+    with pytest.raises(ValueError, match="train.selection.candidates: none models a binary outcome"):
+        select_response_learner(only_gp, lcfg, X, t, y, g, elig)
