@@ -424,6 +424,33 @@ class TrialScreening(_Frozen):
     max_candidates_per_patient: int = Field(50, ge=1, description="screen at most this many candidates per enrolled patient")
 
 
+class TrialHistory(_Frozen):
+    """A trial's inclusion criteria on the treatment history the record shows before the baseline visit: the number
+    of distinct prior advanced agents (`history.prior_advanced`: IVIG, rituximab, tocilizumab) and of steroid-sparing
+    agents (`history.conventional_mix`), the prednisone dose the taper stopped at (steroid dependence) and the years
+    since diagnosis. Refractoriness shows in that history (`history.prior_advanced_refractory_log_or`,
+    `prednisone_floor_refractory_corr`), so trials that enrolled by different histories enrol different
+    refractoriness. Candidates are drawn `candidates_per_patient` × n at once; the first n who qualify are enrolled."""
+
+    min_prior_advanced: int = Field(0, ge=0)
+    max_prior_advanced: int | None = Field(None, ge=0)
+    min_conventional: int = Field(0, ge=0, description="at least this many distinct steroid-sparing agents tried")
+    min_prednisone_mg: float = Field(0.0, ge=0, description="prednisone at baseline at least this (mg/day)")
+    max_prednisone_mg: float | None = Field(None, ge=0)
+    min_years_since_diagnosis: float = Field(0.0, ge=0)
+    candidates_per_patient: int = Field(8, ge=1, description="candidates drawn per enrolled patient")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrialHistory:
+        if self.max_prior_advanced is not None and self.max_prior_advanced < self.min_prior_advanced:
+            raise ValueError(f"trial history: max_prior_advanced {self.max_prior_advanced} < min_prior_advanced "
+                             f"{self.min_prior_advanced}")
+        if self.max_prednisone_mg is not None and self.max_prednisone_mg < self.min_prednisone_mg:
+            raise ValueError(f"trial history: max_prednisone_mg {self.max_prednisone_mg} < min_prednisone_mg "
+                             f"{self.min_prednisone_mg}")
+        return self
+
+
 class TrialPopulation(_Frozen):
     """One emulated trial's population: who is enrolled, when outcomes are read, and how much the background
     (placebo response, regression to the mean, background therapy) helps, relative to the refractory default.
@@ -436,6 +463,7 @@ class TrialPopulation(_Frozen):
     min_muscle: float = Field(0.35, ge=0, le=1, description="inclusion: latent muscle activity at least this")
     min_skin: float = Field(0.25, ge=0, le=1, description="inclusion: latent skin activity at least this")
     screening: TrialScreening | None = None
+    history: TrialHistory | None = None
     #: multiplies `effects.background` (both tissues) for every arm of this trial; 1 = the observational cohort.
     background_scale: float = Field(1.0, ge=0)
 

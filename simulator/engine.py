@@ -41,7 +41,16 @@ from simulator.measures import (
     safety_labs,
 )
 from simulator.steroids import activity, course, dose_changes, steroid_sparing
-from simulator.trial import Enrolment, enrol, expect
+from simulator.trial import (
+    Enrolment,
+    enrol,
+    expect,
+    history_counts,
+    meets_history,
+    subset_body,
+    subset_enrolment,
+    subset_history,
+)
 from simulator.truth import Probabilities, probabilities_from_draws, response_thresholds, score_pairs
 
 Mode = Literal["observational", "trial"]
@@ -346,11 +355,15 @@ def simulate_cohort(
         )
         cfg = cfg.model_copy(update={"effects": cfg.effects.model_copy(update={"background": scaled})})
     dec = cfg.decisions
+    # a trial that enrols by treatment history draws more candidates, then keeps the first n whose history qualifies
+    n_draw = n_patients
+    if trial and population.history is not None:  # (at least 256, so a small trial still finds its few)
+        n_draw = max(n_patients * population.history.candidates_per_patient, 256)
 
     enrolment: Enrolment | None = None
     if trial and population.screening is not None:  # enrolled on measured values at a screening visit
         enrolment = enrol(
-            n_patients,
+            n_draw,
             lambda k: sample_patients(k, cfg.cohort, cfg.measurement, rng, population.diagnosis),
             population.screening,
             cfg.effects.latent_sd,
@@ -359,15 +372,15 @@ def simulate_cohort(
         )
         patients = enrolment.patients
     else:
-        patients = sample_patients(n_patients, cfg.cohort, cfg.measurement, rng, population.diagnosis if trial else None)
+        patients = sample_patients(n_draw, cfg.cohort, cfg.measurement, rng, population.diagnosis if trial else None)
     if trial and enrolment is None:
-        u = rng.random((2, n_patients))
+        u = rng.random((2, n_draw))
         patients["refractory_muscle"] = np.maximum(patients["refractory_muscle"], population.min_muscle + 0.3 * u[0])
         patients["refractory_skin"] = np.maximum(patients["refractory_skin"], population.min_skin + 0.3 * u[1])
     # the v2 mechanisms draw from their own stream, so a configuration without them reproduces the first testbed
     rng2 = np.random.default_rng([seed, 13])
-    patients["refractory"] = rng2.standard_normal(n_patients)  # persistent refractoriness (no record shows it)
-    option_latent = rng2.standard_normal((n_patients, len(catalog.options)))  # per-patient, per-option response
+    patients["refractory"] = rng2.standard_normal(n_draw)  # persistent refractoriness (no record shows it)
+    option_latent = rng2.standard_normal((n_draw, len(catalog.options)))  # per-patient, per-option response
     refractory_all = patients["refractory"].to_numpy().copy()  # deepens after a failed decision (gain per failure)
     # body size over time (v2 `body:`): its own random stream; the size at diagnosis doses induction prednisone
     trajectory: BodySize | None = None
@@ -375,18 +388,31 @@ def simulate_cohort(
     rng_pred = np.random.default_rng([seed, 17])  # prednisone rows (issue 17): their own stream
     rng_harm = np.random.default_rng([seed, 23])  # the adverse event behind an interruption: its own stream
     if cfg.body.changes:
-        trajectory = body_size(patients, np.zeros(n_patients), cfg.body, rng_body)
-        w0, h0 = size_at(trajectory, np.arange(n_patients), np.zeros(n_patients))
+        trajectory = body_size(patients, np.zeros(n_draw), cfg.body, rng_body)
+        w0, h0 = size_at(trajectory, np.arange(n_draw), np.zeros(n_draw))
         patients["weight"], patients["height"] = np.round(w0, 1), np.round(h0)
         patients["bsa"] = body_surface_area(patients["weight"], patients["height"])
     if cfg.history.prednisone_floor_refractory_corr:  # steroid dependence (v2.2): its own stream
         c = cfg.history.prednisone_floor_refractory_corr
-        e = np.random.default_rng([seed, 29]).standard_normal(n_patients)
+        e = np.random.default_rng([seed, 29]).standard_normal(n_draw)
         patients["steroid_dependence"] = c * patients["refractory"].to_numpy() + np.sqrt(1 - c**2) * e
-    brand_u = rng.random(n_patients)
+    brand_u = rng.random(n_draw)
     hist = treatment_history(
         patients, cfg.history, cfg.safety, cfg.cohort.cancer_sites, cfg.cohort.years_since_diagnosis_max, brand_u, rng
     )
+    if trial and population.history is not None:  # the trial's criteria on the treatment history the record shows
+        chosen = np.flatnonzero(meets_history(history_counts(hist, n_draw, cfg.history), population.history))[:n_patients]
+        if len(chosen) < n_patients:
+            raise ValueError(
+                f"trial history criteria (trial.populations.*.history) enrolled {len(chosen)} of {n_patients} patients "
+                f"from {n_draw} candidates: relax them or raise candidates_per_patient"
+            )
+        patients = patients.iloc[chosen].reset_index(drop=True)
+        patients["patient_id"] = [f"SIM-{i + 1:06d}" for i in range(n_patients)]
+        option_latent, refractory_all, brand_u = option_latent[chosen], refractory_all[chosen], brand_u[chosen]
+        hist = subset_history(hist, chosen, n_draw)
+        trajectory = None if trajectory is None else subset_body(trajectory, chosen)
+        enrolment = None if enrolment is None else subset_enrolment(enrolment, chosen, patients)
     if trajectory is not None:
         trajectory = trajectory._replace(diagnosis_day=hist.diagnosis_day.astype(float))
     body = None if trajectory is None else (trajectory, rng_body)

@@ -14,7 +14,9 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from simulator.config import MeasurementConfig, TrialExpectation, TrialScreening
+from simulator.body import BodySize
+from simulator.config import HistoryConfig, MeasurementConfig, TrialExpectation, TrialHistory, TrialScreening
+from simulator.history import History
 from simulator.measures import ENZYMES, NOISE_COLUMNS, latent_to_measures
 
 #: steps per unit each subjective rating is recorded in (as `simulator.measures.latent_to_measures` rounds it)
@@ -117,3 +119,72 @@ def expect(follow: dict[str, np.ndarray], expectation: TrialExpectation) -> dict
         k = _PER_UNIT[m]
         out[m] = np.round(follow[m] * (1 - expectation.relative) * k) / k
     return out
+
+
+def history_counts(hist: History, n: int, config: HistoryConfig) -> dict[str, np.ndarray]:
+    """Per patient, what the record shows before the baseline visit: distinct prior advanced agents
+    (`config.prior_advanced`), distinct steroid-sparing agents (`config.conventional_mix`), the prednisone dose the
+    induction taper stopped at (mg/day) and the years from diagnosis to the baseline visit."""
+    reg = hist.regimens
+    patient, generic = reg["patient"].to_numpy(), reg["generic"].to_numpy()
+
+    def distinct(generics: object) -> np.ndarray:
+        sel = np.isin(generic, list(generics))  # type: ignore[call-overload]
+        pairs = pd.DataFrame({"p": patient[sel], "g": generic[sel]}).drop_duplicates()
+        return np.bincount(pairs["p"].to_numpy(np.int64), minlength=n)
+
+    pred = reg.loc[generic == "prednisone", ["patient", "start", "dose"]].sort_values(["patient", "start"])
+    floor = np.zeros(n)
+    last = pred.groupby("patient", sort=True).tail(1)
+    floor[last["patient"].to_numpy(np.int64)] = last["dose"].to_numpy(float)
+    return {
+        "prior_advanced": distinct(config.prior_advanced),
+        "conventional": distinct(config.conventional_mix),
+        "prednisone_mg": floor,
+        "years": (hist.first_decision_day - hist.diagnosis_day) / 365.25,
+    }
+
+
+def meets_history(counts: dict[str, np.ndarray], rules: TrialHistory) -> np.ndarray:
+    """Whether each candidate's treatment history (`history_counts`) meets the trial's criteria (`TrialHistory`)."""
+    adv, pred = counts["prior_advanced"], counts["prednisone_mg"]
+    ok = (adv >= rules.min_prior_advanced) & (counts["conventional"] >= rules.min_conventional)
+    ok &= (pred >= rules.min_prednisone_mg) & (counts["years"] >= rules.min_years_since_diagnosis)
+    if rules.max_prior_advanced is not None:
+        ok &= adv <= rules.max_prior_advanced
+    if rules.max_prednisone_mg is not None:
+        ok &= pred <= rules.max_prednisone_mg
+    return ok
+
+
+def subset_history(hist: History, keep: np.ndarray, n: int) -> History:
+    """The history of the candidates at positions `keep` (of `n`), renumbered 0… in that order."""
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[keep] = np.arange(len(keep))
+
+    def take(frame: pd.DataFrame) -> pd.DataFrame:
+        new = pos[frame["patient"].to_numpy(np.int64)]
+        out = frame.loc[new >= 0].copy()
+        out["patient"] = new[new >= 0]
+        return out.reset_index(drop=True)
+
+    return History(take(hist.regimens), take(hist.visits), take(hist.events), hist.diagnosis_day[keep],
+                   hist.first_decision_day[keep])
+
+
+def subset_enrolment(enrolment: Enrolment, keep: np.ndarray, patients: pd.DataFrame) -> Enrolment:
+    """A screened enrolment restricted to the candidates at positions `keep` (their rows are `patients`)."""
+    return enrolment._replace(
+        patients=patients,
+        level_muscle=enrolment.level_muscle[keep],
+        level_skin=enrolment.level_skin[keep],
+        baseline_muscle=enrolment.baseline_muscle[keep],
+        baseline_skin=enrolment.baseline_skin[keep],
+        screening={k: v[keep] for k, v in enrolment.screening.items()},
+        weeks_before=enrolment.weeks_before[keep],
+    )
+
+
+def subset_body(trajectory: BodySize, keep: np.ndarray) -> BodySize:
+    """Body-size trajectories of the candidates at positions `keep`."""
+    return trajectory._replace(**{f: getattr(trajectory, f)[keep] for f in trajectory._fields if f != "config"})

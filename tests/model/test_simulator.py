@@ -285,8 +285,9 @@ def test_abatacept_trial_enrols_on_its_screening_criteria_and_regresses_to_the_m
     assert screen["patient_id"].nunique() >= 0.97 * len(abatacept_trial.decisions)
     assert (screen["mmt8"] <= 135).groupby(screen["patient_id"]).any().mean() > 0.99
     assert meets.groupby(screen["patient_id"]).any().mean() > 0.99
-    # regression to the mean: the same population and background, with and without enrolment at a flare
-    pop = config.trial.population("abatacept_dm").model_copy(update={"background_scale": 1.0})
+    # regression to the mean: the same population and background, with and without enrolment at a flare (the
+    # history criteria left out, so only the screening differs)
+    pop = config.trial.population("abatacept_dm").model_copy(update={"background_scale": 1.0, "history": None})
     plain = pop.model_copy(update={"screening": None, "min_muscle": 0.0, "min_skin": 0.0})
     doi = {}
     for name, p in (("screened", pop), ("plain", plain)):
@@ -346,10 +347,57 @@ def test_trial_screening_criteria_and_a_too_strict_trial():
 def test_too_strict_trial_screening_is_a_clear_error(inputs):
     config, vocabulary, catalog = inputs
     pop = config.trial.population("abatacept_dm")
-    strict = pop.model_copy(update={"screening": pop.screening.model_copy(update={"mmt8_max": 10.0, "max_candidates_per_patient": 3})})
+    strict = pop.model_copy(update={"screening": pop.screening.model_copy(update={"mmt8_max": 10.0, "max_candidates_per_patient": 3}),
+                                    "history": None})
     bad = config.model_copy(update={"trial": config.trial.model_copy(update={"populations": {"proderm": strict}})})
     with pytest.raises(ValueError, match="trial screening enrolled 0 of 20 patients .* too strict"):
         simulate_cohort(20, 1, bad, vocabulary, catalog, TODAY, mode="trial")
+
+
+def test_abatacept_trial_enrols_by_treatment_history_a_less_refractory_population(inputs, abatacept_trial):
+    """The abatacept trial enrols by the treatment history its record shows (trial.populations.abatacept_dm.history):
+    no advanced agent before the baseline visit and prednisone tapered to the configured cap. Refractoriness shows
+    in that history, so the population is less refractory: the abatacept arm improves more than in patients enrolled
+    with the opposite history (advanced agents tried, a high prednisone floor), at the same background."""
+    config, vocabulary, catalog = inputs
+    rules = config.trial.population("abatacept_dm").history
+    assert rules is not None and rules.max_prior_advanced == 0
+    reg = abatacept_trial.regimens.assign(generic=vocabulary.lookup_many(abatacept_trial.regimens["drug"]))
+    reg = reg.merge(abatacept_trial.decisions[["patient_id", "date"]], on="patient_id")
+    before = reg[reg["start_date"] < reg["date"]]
+    assert not before["generic"].isin(list(config.history.prior_advanced)).any()
+    on_day = before[(before["generic"] == "prednisone") & (before["end_date"].isna() | (before["end_date"] >= before["date"]))]
+    assert on_day["patient_id"].nunique() == len(abatacept_trial.decisions)
+    assert (on_day["dose"] <= rules.max_prednisone_mg).all()
+    # the opposite history: a more refractory population at the same background responds less to abatacept
+    pop = config.trial.population("abatacept_dm")
+    opposite = rules.model_copy(update={"max_prior_advanced": None, "min_prior_advanced": 1, "max_prednisone_mg": None,
+                                        "min_prednisone_mg": 10.0})
+    doi = {}
+    for name, p in (("trial", pop), ("opposite", pop.model_copy(update={"history": opposite}))):
+        trial_cfg = config.trial.model_copy(update={"populations": {"proderm": p}})
+        c = simulate_cohort(600, 3, config.model_copy(update={"trial": trial_cfg}), vocabulary, catalog, TODAY, mode="trial")
+        o = c.outcomes[c.outcomes["eligible"]]
+        doi[name] = o.loc[o["option"] == "add_abatacept", "p_doi"].mean()
+    assert doi["trial"] > doi["opposite"] + 0.04, doi
+
+
+def test_trial_history_criteria_and_a_too_strict_trial(inputs):
+    from simulator.config import TrialHistory
+    from simulator.trial import meets_history
+
+    counts = {"prior_advanced": np.array([0, 1, 2, 0]), "conventional": np.array([1, 2, 1, 1]),
+              "prednisone_mg": np.array([5.0, 10.0, 20.0, 7.5]), "years": np.array([1.0, 3.0, 6.0, 0.5])}
+    assert meets_history(counts, TrialHistory(max_prior_advanced=0, max_prednisone_mg=5)).tolist() == [True, False, False, False]
+    assert meets_history(counts, TrialHistory(min_prior_advanced=1, min_conventional=2)).tolist() == [False, True, False, False]
+    assert meets_history(counts, TrialHistory(min_prednisone_mg=7.5, min_years_since_diagnosis=1)).tolist() == [False, True, True, False]
+    with pytest.raises(ValueError, match="max_prior_advanced 0 < min_prior_advanced 1"):
+        TrialHistory(min_prior_advanced=1, max_prior_advanced=0)
+    config, vocabulary, catalog = inputs
+    strict = config.trial.population("proderm").model_copy(update={"history": TrialHistory(min_prior_advanced=3, candidates_per_patient=1)})
+    bad = config.model_copy(update={"trial": config.trial.model_copy(update={"populations": {"proderm": strict}})})
+    with pytest.raises(ValueError, match=r"trial history criteria .* enrolled \d+ of 300 patients from 300 candidates"):
+        simulate_cohort(300, 1, bad, vocabulary, catalog, TODAY, mode="trial")
 
 
 def test_an_interruption_writes_its_adverse_event_and_the_safety_label_sees_it(inputs):
