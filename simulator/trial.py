@@ -8,7 +8,7 @@ visit a few weeks later and is gone by the outcome visit, so every arm regresses
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import NamedTuple
 
 import numpy as np
@@ -128,8 +128,8 @@ def history_counts(hist: History, n: int, config: HistoryConfig) -> dict[str, np
     reg = hist.regimens
     patient, generic = reg["patient"].to_numpy(), reg["generic"].to_numpy()
 
-    def distinct(generics: object) -> np.ndarray:
-        sel = np.isin(generic, list(generics))  # type: ignore[call-overload]
+    def distinct(generics: Collection[str]) -> np.ndarray:
+        sel = np.isin(generic, list(generics))
         pairs = pd.DataFrame({"p": patient[sel], "g": generic[sel]}).drop_duplicates()
         return np.bincount(pairs["p"].to_numpy(np.int64), minlength=n)
 
