@@ -667,8 +667,8 @@ def age_at(as_of: np.ndarray, birth_year: np.ndarray) -> np.ndarray:
 
 def juvenile_decisions(k: pd.DataFrame, as_of: np.ndarray, patients: pd.DataFrame, vocabulary: Vocabulary
                        ) -> np.ndarray:
-    """Which decisions are juvenile (`Vocabulary.is_juvenile`: diagnosis juvenile DM, or younger than its
-    `juvenile_age` at the decision): their doses are judged against the juvenile targets. A patient missing from
+    """Which decisions are juvenile (`Vocabulary.is_juvenile`: younger than its `juvenile_age` at the decision; the
+    diagnosis juvenile DM only where the age is unknown): their doses are judged against the juvenile targets. A patient missing from
     the patients table is not juvenile here (`_patient_features` refuses it with the row named)."""
     p = patients.assign(patient_id=patients["patient_id"].astype(str)).drop_duplicates("patient_id")
     p = p.set_index("patient_id")

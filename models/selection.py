@@ -94,7 +94,7 @@ def select_learner(
     a binary outcome, the DR-loss for a continuous one; the `criterion` column says which): the chosen candidate
     is the first in `candidates` order whose paired difference from the best is within `tolerance_se` of its SE
     (0 chooses the best). A candidate that cannot fit a fold (or does not model this outcome type) is a row with
-    the reason, never dropped.
+    the reason, never dropped (`train` itself leaves out candidates made for another outcome kind beforehand).
     """
     if not candidates:
         raise ValueError("selection: no candidate learners (rule: at least one)")

@@ -62,6 +62,14 @@ def age_at(body: BodySize, patient: np.ndarray, day: np.ndarray) -> np.ndarray:
     return body.age_at_diagnosis[patient] + (np.asarray(day, dtype=float) - body.diagnosis_day[patient]) / 365.25
 
 
+def birth_year(diagnosis_dates: pd.DatetimeIndex, age_at_diagnosis: np.ndarray) -> np.ndarray:
+    """The recorded year of birth: the diagnosis date (as a fractional year) minus the age at diagnosis. The
+    diagnosis year minus whole years of age would put a patient born late in a year a year late, and their age at a
+    decision (decision year − birth year, as the features compute it) up to two years off the age dosed by."""
+    dx = diagnosis_dates.year.to_numpy() + (diagnosis_dates.day_of_year.to_numpy() - 1) / 365.25
+    return np.floor(dx - np.asarray(age_at_diagnosis, dtype=float)).astype(np.int64)
+
+
 def paediatric(body: BodySize | None, patient: np.ndarray, day: np.ndarray) -> np.ndarray:
     """Juvenile DM patients still under 18 on `day` (dosed per kg or m²)."""
     if body is None:

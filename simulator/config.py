@@ -430,7 +430,8 @@ class TrialHistory(_Frozen):
     agents (`history.conventional_mix`), the prednisone dose the taper stopped at (steroid dependence) and the years
     since diagnosis. Refractoriness shows in that history (`history.prior_advanced_refractory_log_or`,
     `prednisone_floor_refractory_corr`), so trials that enrolled by different histories enrol different
-    refractoriness. Candidates are drawn `candidates_per_patient` × n at once; the first n who qualify are enrolled."""
+    refractoriness. Candidates are drawn `candidates_per_patient` × n at once (at least 256); the first n who qualify are
+    enrolled."""
 
     min_prior_advanced: int = Field(0, ge=0)
     max_prior_advanced: int | None = Field(None, ge=0)

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import special
 
 from features.vocabulary import OptionCatalog, Vocabulary, body_surface_area, dose_to_mg, parse_intervals
-from simulator.body import BodySize, body_size, paediatric, size_at
+from simulator.body import BodySize, birth_year, body_size, paediatric, size_at
 from simulator.cohort import sample_patients
 from simulator.config import SAFETY_EVENTS, DrugRegimens, SimulatorConfig
 from simulator.effects import (
@@ -946,12 +946,11 @@ def _export(patients, hist, rows, visits, events, decision_frames, outcome_frame
     visit and, when body size changes (`growing`), at every visit of a juvenile DM patient."""
     pid = patients["patient_id"].to_numpy()
     dx_dates = _dates(today, hist.diagnosis_day)
-    dx_year = pd.DatetimeIndex(dx_dates).year.to_numpy()
     patient_table = pd.DataFrame(
         {
             "patient_id": pid,
             "sex": patients["sex"].to_numpy(),
-            "birth_year": (dx_year - np.floor(patients["age_at_diagnosis"].to_numpy())).astype(np.int64),
+            "birth_year": birth_year(pd.DatetimeIndex(dx_dates), patients["age_at_diagnosis"].to_numpy()),
             "diagnosis": patients["diagnosis"].to_numpy(),
             "diagnosis_date": dx_dates,
             "antibodies": patients["antibodies"].to_numpy(),

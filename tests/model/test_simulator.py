@@ -758,8 +758,9 @@ SWITCH_NAMES = [o["name"] for o in SWITCHES]
 # issue 13 (v2.2): an interruption writes its adverse event, which later decisions also see as a prior infection
 # (with that event neutralised: regimens 08dcacb77034e1b9, events 7e36f534eda3339f), and refractoriness deepens after
 # a failed decision, with cyclophosphamide's severity log-odds 2.0 (without these two: regimens 3d80aa8a35caee53),
-# and the prednisone floor follows steroid dependence (without it: regimens 59df4bb0c5119bed)
-UNCHANGED = {"patients": "5fd23500eed9ba44", "regimens": "c8fbdde193271de2", "assessments": "82f2e4d4fc0f2148",
+# and the prednisone floor follows steroid dependence (without it: regimens 59df4bb0c5119bed); the birth year is the
+# true one (diagnosis date minus age at diagnosis; was the diagnosis year minus whole years: patients 5fd23500eed9ba44)
+UNCHANGED = {"patients": "fc82ae1fb72c0b91", "regimens": "c8fbdde193271de2", "assessments": "82f2e4d4fc0f2148",
              "events": "6b29f538c91769bc", "decisions": "d2104701a7f330b7", "outcomes": "d3d719aab3c7c745"}
 
 
@@ -978,3 +979,22 @@ def test_recorded_prednisone_gives_the_steroid_sparing_truth_of_the_option_taken
     truth = taken["steroid_sparing"].to_numpy(bool)[seen]
     assert 0.2 < truth.mean() < 0.8
     assert ((label[seen] == 1) == truth).mean() > 0.97
+
+
+def test_the_recorded_birth_year_is_the_year_the_patient_was_born():
+    """Diagnosed on 2020-03-01 at 10.7 years: born in mid-2009, so a decision in November 2027 is at 18 by the
+    record (2027 − 2009) as by the simulator (18.4) — the diagnosis year minus whole years (2010) made it 17."""
+    from simulator.body import birth_year
+
+    dates = pd.DatetimeIndex(["2020-03-01", "2020-12-31", "2021-01-01"])
+    assert birth_year(dates, np.array([10.7, 10.0, 40.0])).tolist() == [2009, 2010, 1981]
+
+
+
+def test_the_simulators_safety_events_are_the_labels():
+    """The truth's p_safety counts the event kinds the safety label counts (params.yaml labels.safety_events): if the
+    two lists drift apart the simulator's safety truth silently stops matching the label."""
+    from pipeline.config import load_params
+    from simulator.config import SAFETY_EVENTS
+
+    assert tuple(load_params()["labels"]["safety_events"]) == SAFETY_EVENTS
