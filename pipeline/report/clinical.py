@@ -125,7 +125,8 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
         cycle = (drug.target.cycle_days, drug.target.doses_per_cycle, drug.target.per_dose or "a dose") if drug else (1,)
         if juv is not None and juv["target_source"].iloc[i] == "juvenile":
             target, status, basis, low, high, frac = _juvenile_line(juv.iloc[i], mg, weight_kg, bsa_m2, tol)
-            aim = target.replace(f" — {str(juv['target_text'].iloc[i]).partition(' — ')[2]}", "")
+            note = str(juv["target_text"].iloc[i]).partition(" — ")[2]  # the source note ("JIA label dose …")
+            aim = target.replace(f" — {note}", "") if note else target
             cycle = (float(juv["target_cycle_days"].iloc[i]), float(juv["target_doses_per_cycle"].iloc[i]),
                      str(juv["target_per_dose"].iloc[i] or "a dose"))
         action = ""
