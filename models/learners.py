@@ -722,7 +722,9 @@ class GaussianProcessTLearner(BaseLearner):
             ("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
             ("scale", StandardScaler()),
         ])
-        z = self.scaler_.fit_transform(data.X)
+        used = data.weight > 0  # a weight-0 row is left out of the scaling as of the fit
+        self.scaler_.fit(data.X.iloc[np.flatnonzero(used)] if isinstance(data.X, pd.DataFrame) else data.X[used])
+        z = self.scaler_.transform(data.X)
         self.arm_models_: dict[str, GaussianProcessRegressor] = {}
         for k, arm in enumerate(data.arms):
             rows = _check_arm_rows(data, k, min_rows=3)

@@ -63,8 +63,11 @@ def test_gp_t_refuses_what_it_cannot_model():
     weights[4] = 2.0
     with pytest.raises(ValueError, match=r"table sample_weight: row 4 is 2.0 .*rule: gp_t fits unweighted"):
         GaussianProcessTLearner(config()).fit(X, t, y, sample_weight=weights)
-    weights[4] = 0.0  # weight 0 leaves a row out: allowed
-    GaussianProcessTLearner(config()).fit(X, t, y, sample_weight=weights)
+    weights[4] = 0.0  # weight 0 leaves a row out: the same fit as without that row
+    kept = np.arange(len(y)) != 4
+    zero = GaussianProcessTLearner(config()).fit(X, t, y, sample_weight=weights).predict_outcomes(X)
+    without = GaussianProcessTLearner(config()).fit(X[kept], t[kept], y[kept]).predict_outcomes(X)
+    np.testing.assert_allclose(zero, without, rtol=1e-6, atol=1e-9)
 
     class Tiny(GaussianProcessTLearner):
         max_rows_per_arm = 50
