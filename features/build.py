@@ -668,19 +668,26 @@ def age_at(as_of: np.ndarray, birth_year: np.ndarray) -> np.ndarray:
 def juvenile_decisions(k: pd.DataFrame, as_of: np.ndarray, patients: pd.DataFrame, vocabulary: Vocabulary
                        ) -> np.ndarray:
     """Which decisions are juvenile (`Vocabulary.is_juvenile`: younger than its `juvenile_age` at the decision; the
-    diagnosis juvenile DM only where the age is unknown): their doses are judged against the juvenile targets. A patient missing from
-    the patients table is not juvenile here (`_patient_features` refuses it with the row named)."""
+    diagnosis juvenile DM only where the age is unknown): their doses are judged against the juvenile targets."""
+    p, idx = _patient_rows(k, patients)
+    diagnosis = (p["diagnosis"].astype(object).to_numpy()[idx] if "diagnosis" in p.columns
+                 else np.full(len(k), None, dtype=object))
+    birth = (pd.to_numeric(p["birth_year"], errors="coerce").to_numpy(float)[idx] if "birth_year" in p.columns
+             else np.full(len(k), np.nan))
+    return vocabulary.is_juvenile(diagnosis, age_at(as_of, birth))
+
+
+def _patient_rows(k: pd.DataFrame, patients: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The patients table by patient_id and each key row's position in it; a key of an unknown patient is an error
+    naming its row."""
     p = patients.assign(patient_id=patients["patient_id"].astype(str)).drop_duplicates("patient_id")
     p = p.set_index("patient_id")
     idx = p.index.get_indexer(k["patient_id"].to_numpy())
-    known = idx >= 0
-    diagnosis = np.full(len(k), None, dtype=object)
-    birth = np.full(len(k), np.nan)
-    if "diagnosis" in p.columns:
-        diagnosis[known] = p["diagnosis"].astype(object).to_numpy()[idx[known]]
-    if "birth_year" in p.columns:
-        birth[known] = pd.to_numeric(p["birth_year"], errors="coerce").to_numpy(float)[idx[known]]
-    return vocabulary.is_juvenile(diagnosis, age_at(as_of, birth))
+    if (idx < 0).any():
+        row = int(np.flatnonzero(idx < 0)[0])
+        raise ValueError(f"keys row {row} column 'patient_id': {k['patient_id'].iloc[row]!r} is not in the "
+                         "patients table [rule: known_patient]")
+    return p, idx
 
 
 def _disease_features(b: _Builder, codes: np.ndarray, as_of: np.ndarray, tracks: Mapping[str, Track],
@@ -733,13 +740,7 @@ def _disease_features(b: _Builder, codes: np.ndarray, as_of: np.ndarray, tracks:
 
 def _patient_features(b: _Builder, k: pd.DataFrame, as_of: np.ndarray, patients: pd.DataFrame) -> None:
     """Age, sex, diagnosis, disease duration, antibodies, ILD and cancer association (static or dated before)."""
-    p = patients.assign(patient_id=patients["patient_id"].astype(str)).drop_duplicates("patient_id")
-    p = p.set_index("patient_id")
-    idx = p.index.get_indexer(k["patient_id"].to_numpy())
-    if (idx < 0).any():
-        row = int(np.flatnonzero(idx < 0)[0])
-        raise ValueError(f"keys row {row} column 'patient_id': {k['patient_id'].iloc[row]!r} is not in the "
-                         "patients table [rule: known_patient]")
+    p, idx = _patient_rows(k, patients)
 
     def col(name: str) -> pd.Series:
         return p[name].iloc[idx].reset_index(drop=True) if name in p.columns else pd.Series([np.nan] * len(idx))
