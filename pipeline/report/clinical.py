@@ -81,6 +81,25 @@ def _per(mg_day: float, basis: str, weight: float | None, bsa: float | None, cyc
     return f"{mg_day * cycle_days / size:.3g} mg/{per}/{period}"
 
 
+def _dosed_by_weight(drug: Any) -> bool:
+    """Whether a dose per kg means something for this drug: its target is per kg, capped per kg (hydroxychloroquine)
+    or a glucocorticoid's (mg/kg/day induction). A fixed dose (rituximab 1 g) per kg would be noise."""
+    t = drug.target
+    return t.basis == "mg_per_kg" or t.daily_cap_mg_per_kg is not None or t.taper_goal_mg_per_day is not None
+
+
+def _per_kg_dose(mg_day: float, weight: float, cycle_days: float, doses_per_cycle: float = 1,
+                 per_dose: str = "a dose") -> str:
+    """The dose per kg as it is prescribed: per day, per week, or per administration of a longer cycle ('1 g/kg a
+    course', '8 mg/kg an infusion')."""
+    if int(cycle_days) == 7:
+        return f"{mg_day * 7 / weight:.3g} mg/kg/week"
+    if cycle_days > 7:
+        mg = mg_day * cycle_days / max(float(doses_per_cycle), 1.0) / weight
+        return (f"{mg / 1000:.3g} g/kg" if mg >= 100 else f"{mg:.3g} mg/kg") + f" {per_dose}"  # IVIG in g/kg
+    return f"{mg_day / weight:.3g} mg/kg/day"
+
+
 def mosteller_bsa(weight_kg: float | None, height_cm: float | None) -> float | None:
     """Body surface area (m²) by Mosteller: √(height cm × weight kg / 3600); None without both."""
     if not (_ok(weight_kg) and _ok(height_cm)) or weight_kg <= 0 or height_cm <= 0:  # type: ignore[operator]
@@ -145,9 +164,9 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
             action = "at target"
         elif generic in taper and mg is not None:
             action = f"at or below the ≤ {taper[generic]:g} mg/day taper goal"
-        if mg is not None and weight_kg is not None and _ok(weight_kg) and not basis:
-            per = _per(mg, "mg_per_kg", weight_kg, None)
-            basis = f"{per} at {weight_kg:.0f} kg" if per else ""
+        if mg is not None and _ok(weight_kg) and weight_kg > 0 and not basis and drug is not None \
+                and _dosed_by_weight(drug):  # type: ignore[operator]
+            basis = f"{_per_kg_dose(mg, float(weight_kg), *cycle)} at {weight_kg:.0f} kg"  # type: ignore[arg-type]
         out.append(replace(line, target=target, status=status, fraction_of_target=frac, action=action, basis=basis))
     return tuple(out)
 

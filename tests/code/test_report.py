@@ -510,6 +510,8 @@ def test_dose_rules_flag_steroid_above_taper_goal_and_show_room_within_range():
                                    tolerance=TOLERANCE)
     assert pred.status == "above_goal" and "taper" in pred.action and "2.0× the ≤ 7.5 mg/day goal" in pred.action
     assert pred.basis == "0.214 mg/kg/day at 70 kg"
+    assert ivig.basis == "0.5 g/kg a course at 70 kg"  # per course as prescribed, never '17.9 mg/kg/day'
+    assert mmf.basis == ""  # a fixed-dose target: no per-kg figure
     assert mmf.status == "at" and "room up to 3 g/day" in mmf.action
     assert ivig.status == "below" and ivig.action.startswith("raise towards") and "is 50 % of the lowest" in ivig.action
     assert R.summarise(dataclasses.replace(sample_page(), regimen=(pred, mmf, ivig))).dose_actions == (
