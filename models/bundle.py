@@ -759,19 +759,20 @@ def fit_escalate_model(
             taken[rows], response[rows], groups[rows], elig[rows])
         response_kind = chosen.learner
         response_updates.update(chosen.updates())
+    # (head, learner kind, outcome, labels, seed offset, learner settings, optional: too few labels leave it out)
     specs = (
-        ("response", response_kind, "binary", response, 1, response_updates),
+        ("response", response_kind, "binary", response, 1, response_updates, False),
         ("tis", cfg.tis_learner or response_kind, "continuous", tis, 2,
-         response_updates if cfg.tis_learner is None else modifiers),
-        ("safety", cfg.safety_learner, "binary", safety, 3, {}),
-        *((("steroid_sparing", cfg.steroid_learner, "binary", sparing, 4, {}),) if sparing is not None else ()),
+         response_updates if cfg.tis_learner is None else modifiers, False),
+        ("safety", cfg.safety_learner, "binary", safety, 3, {}, False),
+        *((("steroid_sparing", cfg.steroid_learner, "binary", sparing, 4, {}, True),) if sparing is not None else ()),
     )
     not_fitted: dict[str, str] = {}
-    for name, kind, outcome, y, offset, updates in specs:
+    for name, kind, outcome, y, offset, updates, optional in specs:
         rows = in_arms & np.isfinite(y)
         labelled[name] = int(rows.sum())
         idx = np.flatnonzero(rows)
-        if name == "steroid_sparing" and (len(idx) < cfg.min_rows_per_option or len(np.unique(y[idx])) < 2):
+        if optional and (len(idx) < cfg.min_rows_per_option or len(np.unique(y[idx])) < 2):
             # an optional outcome: too few labels, or one class only, leaves it out (said in the summary)
             not_fitted[name] = f"{len(idx)} labelled decision(s), outcomes {sorted(set(y[idx].tolist()))}"
             continue
