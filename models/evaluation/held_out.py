@@ -205,17 +205,24 @@ def _beside(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> pd.Data
 
 def _baseline_headline(baselines: pd.DataFrame) -> dict[str, float]:
     """The overall AIPW value of each baseline and the model's gain over the guideline list, for headline.json."""
-    overall = baselines[baselines["subgroup"] == "all"].set_index("policy")
-    out: dict[str, float] = {}
-    for key, name in (("guideline", "guideline"), ("best_single_option", "best_single"),
-                      ("always_continue", "always_continue")):
-        if key in overall.index:
-            out[f"decision_value_{name}"] = float(overall.loc[key, "value"])
+    return _overall_headline(
+        baselines, "value",
+        {"guideline": "decision_value_guideline", "best_single_option": "decision_value_best_single",
+         "always_continue": "decision_value_always_continue"},
+        {"decision_value_gain_vs_guideline": "difference_vs_guideline",
+         "decision_value_gain_vs_guideline_ci_low": "difference_ci_low",
+         "decision_value_gain_vs_guideline_ci_high": "difference_ci_high"})
+
+
+def _overall_headline(table: pd.DataFrame, column: str, policies: dict[str, str],
+                      vs_guideline: dict[str, str]) -> dict[str, float]:
+    """Headline entries from a baseline table's overall rows: `column` of each policy in `policies` (policy ->
+    headline key), and the model's comparison with the guideline list (headline key -> column of the model's
+    row) when the list was scored. The AIPW values and the simulator's regrets share this shape."""
+    overall = table[table["subgroup"] == "all"].set_index("policy")
+    out = {key: float(overall.loc[policy, column]) for policy, key in policies.items() if policy in overall.index}
     if "guideline" in overall.index:
-        rec = overall.loc["recommended"]
-        out.update({"decision_value_gain_vs_guideline": float(rec["difference_vs_guideline"]),
-                    "decision_value_gain_vs_guideline_ci_low": float(rec["difference_ci_low"]),
-                    "decision_value_gain_vs_guideline_ci_high": float(rec["difference_ci_high"])})
+        out.update({key: float(overall.loc["recommended", col]) for key, col in vs_guideline.items()})
     return out
 
 
@@ -296,14 +303,11 @@ def _simulator_evaluation(
     scored_p = np.where(both, np.nan_to_num(true_p, nan=0.5), true_p)
     regrets = baseline_regret_table(scored_p, both, choices, groups=subgroup_labels(features.iloc[hit]),
                                     min_n=config.subgroup_min_n, confidence_level=config.confidence_level)
-    overall = regrets[regrets["subgroup"] == "all"].set_index("policy")
-    for key, name in (("guideline", "guideline"), ("best_single_option", "best_single"),
-                      ("always_continue", "always_continue"), ("observed", "observed")):
-        if key in overall.index:
-            headline[f"sim_{name}_regret"] = float(overall.loc[key, "regret"])
-    if "guideline" in overall.index:
-        rec = overall.loc["recommended"]
-        headline.update({"sim_regret_vs_guideline": float(rec["regret_vs_guideline"]),
-                         "sim_regret_vs_guideline_ci_low": float(rec["regret_vs_guideline_ci_low"]),
-                         "sim_regret_vs_guideline_ci_high": float(rec["regret_vs_guideline_ci_high"])})
+    headline.update(_overall_headline(
+        regrets, "regret",
+        {"guideline": "sim_guideline_regret", "best_single_option": "sim_best_single_regret",
+         "always_continue": "sim_always_continue_regret", "observed": "sim_observed_regret"},
+        {"sim_regret_vs_guideline": "regret_vs_guideline",
+         "sim_regret_vs_guideline_ci_low": "regret_vs_guideline_ci_low",
+         "sim_regret_vs_guideline_ci_high": "regret_vs_guideline_ci_high"}))
     return table, headline, plots, len(hit), regrets
