@@ -147,6 +147,7 @@ def bench_data(train: Cohort, train_rows: np.ndarray, test: Cohort, test_rows: n
     ids = test.truth_decisions["decision_id"].to_numpy()[pos[pos >= 0]]
     outcomes = test.truth_outcomes[test.truth_outcomes["option"].isin(arms)]
     true_p = ev.option_matrix(outcomes, "p_response", arms).reindex(ids).to_numpy(dtype=float)
+    true_tis = ev.option_matrix(outcomes, "tis", arms).reindex(ids).to_numpy(dtype=float)
     true_elig = ev.option_matrix(outcomes, "eligible", arms).reindex(ids).fillna(False).astype(bool).to_numpy()
     derived = test.decisions.iloc[hit][[f"eligible_{a}" for a in arms]].fillna(False).astype(bool).to_numpy()
     eligible = derived & true_elig & np.isfinite(true_p)
@@ -166,6 +167,7 @@ def bench_data(train: Cohort, train_rows: np.ndarray, test: Cohort, test_rows: n
         "eval_features": test.features.iloc[hit].reset_index(drop=True),
         "X_eval": test.features.iloc[hit][cols].astype(float).reset_index(drop=True),
         "truth": np.nan_to_num(true_p, nan=0.0),
+        "true_tis": true_tis,
         "eligible": eligible,
         "describe": (
             f"{len(cols)} features; train {len(taken)} labelled decisions of {n_train_patients} patients; "
@@ -220,24 +222,32 @@ def shipped(settings: Settings) -> Runner:
     from models.bundle import fit_escalate_model
 
     def run(data: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray]:
-        arms = data["arms"]
         model = fit_escalate_model(data["train_features"], data["train_decisions"], data["catalog"], settings.train)
         summary = getattr(model, "summary", {}) or {}
         chosen = summary.get("learner")
         knobs = summary.get("learner_settings") or {}
         run.setting = (f"{chosen}" + (f"({', '.join(f'{k}={v}' for k, v in knobs.items())})" if knobs else "")
                        if chosen else "")  # type: ignore[attr-defined]
-        pred = model.predict_arrays(data["eval_features"])
-        own_elig = model.eligibility(data["eval_features"])[0]
-        cols = [list(model.arms).index(a) if a in model.arms else -1 for a in arms]
-        p = np.column_stack([pred["p_response"][:, j] if j >= 0 else np.full(len(own_elig), np.nan) for j in cols])
-        modelled = np.array([a in model.arms for a in arms])
-        own = own_elig.reindex(columns=list(arms), fill_value=False).to_numpy(dtype=bool) & modelled[None, :]
-        usable = data["eligible"] & own
-        usable[:, 0] = True
-        return np.nan_to_num(p, nan=0.0), argmax_eligible(p, usable)
+        out = shipped_arrays(model, data)
+        return np.nan_to_num(out["p_response"], nan=0.0), argmax_eligible(out["p_response"], out["usable"])
 
     return run
+
+
+def shipped_arrays(model: Any, data: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A fitted bundle's `p_response` and its interval bounds on the evaluation rows in `data["arms"]` order (NaN
+    for an option the bundle does not model), and `usable`: eligible for the evaluation and for the bundle."""
+    arms = data["arms"]
+    pred = model.predict_arrays(data["eval_features"])
+    own_elig = model.eligibility(data["eval_features"])[0]
+    cols = [list(model.arms).index(a) if a in model.arms else -1 for a in arms]
+    out = {name: np.column_stack([pred[name][:, j] if j >= 0 else np.full(len(own_elig), np.nan) for j in cols])
+           for name in ("p_response", "p_response_low", "p_response_high")}
+    modelled = np.array([a in model.arms for a in arms])
+    own = own_elig.reindex(columns=list(arms), fill_value=False).to_numpy(dtype=bool) & modelled[None, :]
+    usable = data["eligible"] & own
+    usable[:, 0] = True
+    return {**out, "usable": usable}
 
 
 def learner_config(settings: Settings, data: dict[str, Any]) -> LearnerConfig:
