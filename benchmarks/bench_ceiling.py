@@ -20,7 +20,9 @@ calibrated bundle of `escalate train`, trained on the first `--shipped-patients`
 and the guideline list:
 
 - regret against the oracle's best eligible option, and the share of the guideline list's regret it keeps;
-- mean per-option AUROC on the realised potential response (the oracle's is the issue's reference);
+- mean per-option AUROC on the realised potential response (the oracle's is the issue's reference), over the
+  options the shipped model predicts (an option seen at fewer than `train.min_rows_per_option` training decisions
+  is not modelled);
 - RMSE of the probability against the truth (the ceiling's is what no record-based model can remove) and √PEHE;
 - the shipped model's 90 % interval coverage of the true probability and of the record ceiling, and their width;
   for the ceiling, the 90th percentile of |truth − ceiling|: the half-width even a perfect record-based estimate
@@ -95,27 +97,27 @@ def predict_ceiling(models: list[xgb.XGBRegressor | None], X: pd.DataFrame) -> n
 def measure(name: str, p: np.ndarray, evaluation: dict[str, Any], potential: np.ndarray,
             ceiling: np.ndarray | None = None, low: np.ndarray | None = None, high: np.ndarray | None = None,
             usable: np.ndarray | None = None, choice: np.ndarray | None = None) -> dict[str, object]:
-    """Regret, mean per-option AUROC (model and oracle), RMSE, √PEHE and — with bounds — coverage of one row."""
+    """Regret, per-option AUROC (model and oracle), RMSE, √PEHE and — with bounds — coverage of one row. Error
+    and coverage count the eligible cells the row predicts (an option the model does not model has none)."""
     truth, elig, arms = evaluation["truth"], evaluation["eligible"], list(evaluation["arms"])
-    p = np.where(elig, np.nan_to_num(p, nan=0.5), 0.5)
-    rec = choice if choice is not None else argmax_eligible(p, usable if usable is not None else elig)
-    bounds = {} if low is None else {"lower": np.where(elig, np.nan_to_num(low, nan=0.0), 0.0),
-                                     "upper": np.where(elig, np.nan_to_num(high, nan=1.0), 1.0)}
-    sim = ev.simulator_metrics(p, truth, potential, elig, rec, arms, control=0, **bounds)
-    table = sim.per_option
+    known = elig & np.isfinite(p)
+    filled = np.where(known, p, 0.5)
+    rec = choice if choice is not None else argmax_eligible(filled, usable if usable is not None else elig)
+    sim = ev.simulator_metrics(filled, truth, potential, elig, rec, arms, control=0)
+    cells = known & known[:, [0]]
+    cells[:, 0] = False
+    effect_error = (filled - filled[:, [0]]) - (truth - truth[:, [0]])
     row: dict[str, object] = {"row": name, "regret": sim.regret.regret,
-                              "auroc_mean": float(np.nanmean(table["auroc_model"])),
-                              "auroc_oracle_mean": float(np.nanmean(table["auroc_oracle"])),
-                              "rmse_p": float(np.sqrt(np.mean((p - truth)[elig] ** 2))),
-                              "sqrt_pehe": sim.sqrt_pehe_overall}
-    if low is not None:
-        weights = table["n_eligible"].to_numpy(dtype=float)
-        row["coverage_truth"] = float(np.nansum(table["coverage"].to_numpy(dtype=float) * weights) / weights.sum())
-        row["width"] = float(np.nansum(table["mean_interval_width"].to_numpy(dtype=float) * weights) / weights.sum())
+                              "auroc": sim.per_option["auroc_model"].to_numpy(dtype=float),
+                              "auroc_oracle": sim.per_option["auroc_oracle"].to_numpy(dtype=float),
+                              "rmse_p": float(np.sqrt(np.mean((filled - truth)[known] ** 2))),
+                              "sqrt_pehe": float(np.sqrt(np.mean(effect_error[cells] ** 2)))}
+    if low is not None and high is not None:
+        row["coverage_truth"] = float(((low <= truth) & (truth <= high))[known].mean())
+        row["width"] = float((high - low)[known].mean())
         if ceiling is not None:
-            known = elig & np.isfinite(ceiling)
-            inside = (bounds["lower"] <= ceiling) & (ceiling <= bounds["upper"])
-            row["coverage_ceiling"] = float(inside[known].mean())
+            both = known & np.isfinite(ceiling)
+            row["coverage_ceiling"] = float(((low <= ceiling) & (ceiling <= high))[both].mean())
     return row
 
 
@@ -159,10 +161,14 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, object]]:
     rows[-1].update(fit_s=time.perf_counter() - started, patients=float(args.shipped_patients))
     rows.append(measure("guideline list", evaluation["truth"], evaluation, potential,
                         choice=guideline_pick(evaluation)))
-    for r in rows[-1:]:  # a list has no probabilities of its own: only its regret means anything
-        r.update(auroc_mean=np.nan, rmse_p=np.nan, sqrt_pehe=np.nan)
+    rows[-1].update(rmse_p=np.nan, sqrt_pehe=np.nan)  # a list has no probabilities: only its regret means anything
     listed = rows[-1]["regret"]
+    # per-option AUROC means over the options the shipped model predicts (one seen at too few training decisions
+    # is not modelled, and scoring it as a coin toss would say nothing about the model), for every row alike
+    modelled = np.isfinite(out["p_response"]).any(axis=0)
     for r in rows:
+        r["auroc_mean"] = float(np.nanmean(r.pop("auroc")[modelled])) if r["row"] != "guideline list" else np.nan
+        r["auroc_oracle_mean"] = float(np.nanmean(r.pop("auroc_oracle")[modelled]))
         r["seed"] = seed
         r["share_of_list_regret"] = float(r["regret"]) / float(listed) if listed else np.nan
         print(f"  {r['row']}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()
