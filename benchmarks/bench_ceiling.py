@@ -156,6 +156,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, object]]:
     model = fit_escalate_model(evaluation["train_features"], evaluation["train_decisions"], evaluation["catalog"],
                                settings.train)
     out = shipped_arrays(model, evaluation)
+    summary = getattr(model, "summary", {}) or {}
+    print(f"  shipped model chose {summary.get('learner')} {summary.get('learner_settings') or ''}", flush=True)
     rows.append(measure("shipped model", out["p_response"], evaluation, potential,
                         best_ceiling, out["p_response_low"], out["p_response_high"], out["usable"]))
     rows[-1].update(fit_s=time.perf_counter() - started, patients=float(args.shipped_patients))
