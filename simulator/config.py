@@ -439,6 +439,9 @@ class TrialHistory(_Frozen):
     min_prednisone_mg: float = Field(0.0, ge=0, description="prednisone at baseline at least this (mg/day)")
     max_prednisone_mg: float | None = Field(None, ge=0)
     min_years_since_diagnosis: float = Field(0.0, ge=0)
+    washout_days: dict[str, int] = Field(
+        default_factory=dict,
+        description="per prior advanced agent: no exposure (an ongoing one counts) within this many days before baseline")
     candidates_per_patient: int = Field(8, ge=1, description="candidates drawn per enrolled patient")
 
     @model_validator(mode="after")

@@ -124,7 +124,8 @@ def expect(follow: dict[str, np.ndarray], expectation: TrialExpectation) -> dict
 def history_counts(hist: History, n: int, config: HistoryConfig) -> dict[str, np.ndarray]:
     """Per patient, what the record shows before the baseline visit: distinct prior advanced agents
     (`config.prior_advanced`), distinct steroid-sparing agents (`config.conventional_mix`), the prednisone dose the
-    induction taper stopped at (mg/day) and the years from diagnosis to the baseline visit."""
+    induction taper stopped at (mg/day), the years from diagnosis to the baseline visit and, per advanced agent,
+    the days since its last exposure ended (`days_since_<agent>`: 0 while ongoing, infinite if never given)."""
     reg = hist.regimens
     patient, generic = reg["patient"].to_numpy(), reg["generic"].to_numpy()
 
@@ -137,7 +138,17 @@ def history_counts(hist: History, n: int, config: HistoryConfig) -> dict[str, np
     floor = np.zeros(n)
     last = pred.groupby("patient", sort=True).tail(1)
     floor[last["patient"].to_numpy(np.int64)] = last["dose"].to_numpy(float)
+    since: dict[str, np.ndarray] = {}
+    for agent in config.prior_advanced:
+        rows = reg.loc[generic == agent, ["patient", "end"]]
+        ended = rows["end"].to_numpy(float)
+        who = rows["patient"].to_numpy(np.int64)
+        last_end = np.where(np.isnan(ended), hist.first_decision_day[who], ended)  # ongoing: exposed until baseline
+        latest = np.full(n, -np.inf)
+        np.maximum.at(latest, who, last_end)
+        since[f"days_since_{agent}"] = np.maximum(hist.first_decision_day - latest, 0.0)
     return {
+        **since,
         "prior_advanced": distinct(config.prior_advanced),
         "conventional": distinct(config.conventional_mix),
         "prednisone_mg": floor,
@@ -154,6 +165,11 @@ def meets_history(counts: dict[str, np.ndarray], rules: TrialHistory) -> np.ndar
         ok &= adv <= rules.max_prior_advanced
     if rules.max_prednisone_mg is not None:
         ok &= pred <= rules.max_prednisone_mg
+    for agent, days in rules.washout_days.items():
+        if f"days_since_{agent}" not in counts:
+            raise ValueError(f"trial history washout_days: {agent!r} is not a prior advanced agent the history tracks "
+                             f"(history.prior_advanced: {sorted(k[11:] for k in counts if k.startswith('days_since_'))})")
+        ok &= counts[f"days_since_{agent}"] > days
     return ok
 
 

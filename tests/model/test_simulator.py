@@ -356,22 +356,26 @@ def test_too_strict_trial_screening_is_a_clear_error(inputs):
 
 def test_abatacept_trial_enrols_by_treatment_history_a_less_refractory_population(inputs, abatacept_trial):
     """The abatacept trial enrols by the treatment history its record shows (trial.populations.abatacept_dm.history):
-    no advanced agent before the baseline visit and prednisone tapered to the configured cap. Refractoriness shows
-    in that history, so the population is less refractory: the abatacept arm improves more than in patients enrolled
-    with the opposite history (advanced agents tried, a high prednisone floor), at the same background."""
+    the registry's washout (no advanced agent within its window before the baseline visit) and prednisone tapered
+    to the configured cap. Refractoriness shows in that history, so the population is less refractory: the abatacept
+    arm improves more than in patients enrolled with the opposite history (advanced agents tried, a high prednisone
+    floor), at the same background."""
     config, vocabulary, catalog = inputs
     rules = config.trial.population("abatacept_dm").history
-    assert rules is not None and rules.max_prior_advanced == 0
+    assert rules is not None and set(rules.washout_days) == set(config.history.prior_advanced)
     reg = abatacept_trial.regimens.assign(generic=vocabulary.lookup_many(abatacept_trial.regimens["drug"]))
     reg = reg.merge(abatacept_trial.decisions[["patient_id", "date"]], on="patient_id")
     before = reg[reg["start_date"] < reg["date"]]
-    assert not before["generic"].isin(list(config.history.prior_advanced)).any()
+    advanced = before[before["generic"].isin(list(rules.washout_days))]
+    ended_days_before = (advanced["date"] - advanced["end_date"]).dt.days  # NaN: still ongoing at baseline
+    window = advanced["generic"].map(rules.washout_days)
+    assert (ended_days_before > window).all(), advanced[~(ended_days_before > window)]
     on_day = before[(before["generic"] == "prednisone") & (before["end_date"].isna() | (before["end_date"] >= before["date"]))]
     assert on_day["patient_id"].nunique() == len(abatacept_trial.decisions)
     assert (on_day["dose"] <= rules.max_prednisone_mg).all()
     # the opposite history: a more refractory population at the same background responds less to abatacept
     pop = config.trial.population("abatacept_dm")
-    opposite = rules.model_copy(update={"max_prior_advanced": None, "min_prior_advanced": 1, "max_prednisone_mg": None,
+    opposite = rules.model_copy(update={"washout_days": {}, "min_prior_advanced": 1, "max_prednisone_mg": None,
                                         "min_prednisone_mg": 10.0})
     doi = {}
     for name, p in (("trial", pop), ("opposite", pop.model_copy(update={"history": opposite}))):
@@ -391,6 +395,13 @@ def test_trial_history_criteria_and_a_too_strict_trial(inputs):
     assert meets_history(counts, TrialHistory(max_prior_advanced=0, max_prednisone_mg=5)).tolist() == [True, False, False, False]
     assert meets_history(counts, TrialHistory(min_prior_advanced=1, min_conventional=2)).tolist() == [False, True, False, False]
     assert meets_history(counts, TrialHistory(min_prednisone_mg=7.5, min_years_since_diagnosis=1)).tolist() == [False, True, True, False]
+    # a washout: no rituximab within a year, no IVIG within 6 months (0 = ongoing; inf = never given)
+    counts |= {"days_since_rituximab": np.array([400.0, 200.0, np.inf, 0.0]),
+               "days_since_ivig": np.array([np.inf, 300.0, 100.0, np.inf])}
+    washout = TrialHistory(washout_days={"rituximab": 365, "ivig": 182})
+    assert meets_history(counts, washout).tolist() == [True, False, False, False]
+    with pytest.raises(ValueError, match="'abatacept' is not a prior advanced agent the history tracks"):
+        meets_history(counts, TrialHistory(washout_days={"abatacept": 182}))
     with pytest.raises(ValueError, match="max_prior_advanced 0 < min_prior_advanced 1"):
         TrialHistory(min_prior_advanced=1, max_prior_advanced=0)
     config, vocabulary, catalog = inputs
