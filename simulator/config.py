@@ -449,6 +449,9 @@ class TrialHistory(_Frozen):
         if self.max_prior_advanced is not None and self.max_prior_advanced < self.min_prior_advanced:
             raise ValueError(f"trial history: max_prior_advanced {self.max_prior_advanced} < min_prior_advanced "
                              f"{self.min_prior_advanced}")
+        negative = {agent: days for agent, days in self.washout_days.items() if days < 0}
+        if negative:
+            raise ValueError(f"trial history: washout_days {negative} must be ≥ 0 days")
         if self.max_prednisone_mg is not None and self.max_prednisone_mg < self.min_prednisone_mg:
             raise ValueError(f"trial history: max_prednisone_mg {self.max_prednisone_mg} < min_prednisone_mg "
                              f"{self.min_prednisone_mg}")

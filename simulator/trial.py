@@ -121,11 +121,15 @@ def expect(follow: dict[str, np.ndarray], expectation: TrialExpectation) -> dict
     return out
 
 
+#: `history_counts` key prefix of the days since an advanced agent's last exposure (a trial's washout reads it).
+SINCE = "days_since_"
+
+
 def history_counts(hist: History, n: int, config: HistoryConfig) -> dict[str, np.ndarray]:
     """Per patient, what the record shows before the baseline visit: distinct prior advanced agents
     (`config.prior_advanced`), distinct steroid-sparing agents (`config.conventional_mix`), the prednisone dose the
     induction taper stopped at (mg/day), the years from diagnosis to the baseline visit and, per advanced agent,
-    the days since its last exposure ended (`days_since_<agent>`: 0 while ongoing, infinite if never given)."""
+    the days since its last exposure ended (`SINCE + agent`: 0 while ongoing, infinite if never given)."""
     reg = hist.regimens
     patient, generic = reg["patient"].to_numpy(), reg["generic"].to_numpy()
 
@@ -146,7 +150,7 @@ def history_counts(hist: History, n: int, config: HistoryConfig) -> dict[str, np
         last_end = np.where(np.isnan(ended), hist.first_decision_day[who], ended)  # ongoing: exposed until baseline
         latest = np.full(n, -np.inf)
         np.maximum.at(latest, who, last_end)
-        since[f"days_since_{agent}"] = np.maximum(hist.first_decision_day - latest, 0.0)
+        since[SINCE + agent] = np.maximum(hist.first_decision_day - latest, 0.0)
     return {
         **since,
         "prior_advanced": distinct(config.prior_advanced),
@@ -166,10 +170,11 @@ def meets_history(counts: dict[str, np.ndarray], rules: TrialHistory) -> np.ndar
     if rules.max_prednisone_mg is not None:
         ok &= pred <= rules.max_prednisone_mg
     for agent, days in rules.washout_days.items():
-        if f"days_since_{agent}" not in counts:
+        if SINCE + agent not in counts:
+            tracked = sorted(k.removeprefix(SINCE) for k in counts if k.startswith(SINCE))
             raise ValueError(f"trial history washout_days: {agent!r} is not a prior advanced agent the history tracks "
-                             f"(history.prior_advanced: {sorted(k[11:] for k in counts if k.startswith('days_since_'))})")
-        ok &= counts[f"days_since_{agent}"] > days
+                             f"(history.prior_advanced: {tracked})")
+        ok &= counts[SINCE + agent] > days
     return ok
 
 

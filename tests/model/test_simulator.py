@@ -400,8 +400,10 @@ def test_trial_history_criteria_and_a_too_strict_trial(inputs):
                "days_since_ivig": np.array([np.inf, 300.0, 100.0, np.inf])}
     washout = TrialHistory(washout_days={"rituximab": 365, "ivig": 182})
     assert meets_history(counts, washout).tolist() == [True, False, False, False]
-    with pytest.raises(ValueError, match="'abatacept' is not a prior advanced agent the history tracks"):
+    with pytest.raises(ValueError, match=r"'abatacept' is not a prior advanced agent the history tracks .*'ivig'"):
         meets_history(counts, TrialHistory(washout_days={"abatacept": 182}))
+    with pytest.raises(ValueError, match="washout_days {'ivig': -1} must be ≥ 0 days"):
+        TrialHistory(washout_days={"ivig": -1})
     with pytest.raises(ValueError, match="max_prior_advanced 0 < min_prior_advanced 1"):
         TrialHistory(min_prior_advanced=1, max_prior_advanced=0)
     config, vocabulary, catalog = inputs
