@@ -258,8 +258,10 @@ def interval_meaning(config: BundleConfig) -> str:
     if config.interval_calibration.enabled:
         text += (", widened by how far the out-of-fold predictions of patients with a similar predicted chance "
                  "who took that option missed their observed response rate (plus that rate's uncertainty)")
-    return text + (". It does not cover unmeasured confounding, and for an option rarely given to patients like "
-                   "this one it can still be too narrow.")
+    return text + (". It is the uncertainty of the chance among patients who look like this one in the record, not "
+                   "of what the record cannot show about this patient; it does not cover unmeasured confounding or "
+                   "the model's own misfit, and for an option rarely given to patients like this one it can still be "
+                   "too narrow.")
 
 
 class EscalateModel:

@@ -287,6 +287,7 @@ def test_the_model_says_what_its_interval_means(model):
     meaning = model.summary["interval_meaning"]
     assert "90 %" in meaning and "refits on patients drawn with replacement" in meaning
     assert "out-of-fold" in meaning and "unmeasured confounding" in meaning
+    assert "patients who look like this one in the record" in meaning  # not this patient's own, unrecorded chance
     bands = model.summary["interval_calibration"]
     assert set(bands) == {"response", "safety"} and all(v > 0 for v in bands["response"].values())
 
