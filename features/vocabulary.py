@@ -286,14 +286,6 @@ class Vocabulary(_Frozen):
 #: the diagnosis code that makes a decision juvenile where the age is unknown (docs/data-contract.md)
 JUVENILE_DIAGNOSIS = "juvenile_dermatomyositis"
 
-#: the columns of `Vocabulary.target_daily_mg`
-TARGET_COLUMNS: tuple[str, ...] = (
-    "target_low", "target_high", "target_text", "target_source", "target_defined", "target_by", "target_needs",
-    "induction_only",
-    "target_basis", "target_doses_per_cycle", "target_cycle_days", "target_per_dose",
-)
-
-
 class _Targets:
     """The per-row arrays `target_daily_mg` fills, one target and row mask at a time."""
 

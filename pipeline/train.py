@@ -169,7 +169,7 @@ def run_train(
             mlflow.log_dict({"chosen": model.learner_name, "candidates": summary["selection"]}, "train/selection.json")
             for row in summary["selection"]:
                 for name, key in (("policy_value", "selection_value"), ("dr_loss", "selection_dr_loss")):
-                    if row.get(name) == row.get(name) and row.get(name) is not None:  # a failed candidate: NaN
+                    if pd.notna(row.get(name)):  # a failed candidate has none (NaN)
                         mlflow.log_metric(f"{key}.{_metric_key(row['candidate'])}", row[name])
         mlflow.log_artifact(str(model_dir / "contract.json"), artifact_path="train")
         example = registry.deidentified_example(train_features, key_columns=model.contract.keys)

@@ -101,9 +101,7 @@ def annotate_rows(
         w, h = size_at(body, p, rows["start"].to_numpy(float))
     weight = pd.Series(w, index=rows.index)
     bsa = pd.Series(body_surface_area(w, h), index=rows.index)
-    dose_mg = dose_to_mg(rows["dose"], rows["dose_unit"], weight, bsa)
-    schedule = parse_intervals(rows["interval"])
-    daily = (dose_mg * schedule["doses_per_cycle"] / schedule["cycle_days"]).to_numpy(float, copy=True)
+    daily = _daily_mg(rows, weight, bsa)
     target = vocabulary.target_daily_mg(rows["generic"], rows["route"], weight, bsa)["target_low"].to_numpy(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         below = daily < (1 - BELOW_TARGET_TOLERANCE) * target
@@ -122,13 +120,18 @@ def annotate_rows(
     if body is not None and regimens:
         out, changed = juvenile_doses(out, shortfall, w, bsa.to_numpy(float), paediatric(body, p, rows["start"].to_numpy(float)), regimens)
         if changed.any():  # the intensity of the dose as now written (the shortfall stays the drawn intent)
-            sub = out.loc[changed]
-            mg = dose_to_mg(sub["dose"], sub["dose_unit"], weight[changed], bsa[changed])
-            sched = parse_intervals(sub["interval"])
-            daily[changed] = (mg * sched["doses_per_cycle"] / sched["cycle_days"]).to_numpy(float)
+            daily[changed] = _daily_mg(out.loc[changed], weight[changed], bsa[changed])
     out["daily_mg"] = daily
     out["shortfall"] = shortfall
     return out
+
+
+def _daily_mg(rows: pd.DataFrame, weight: pd.Series, bsa: pd.Series) -> np.ndarray:
+    """Dose intensity (mg/day) of regimen rows as written: the dose per administration in mg × administrations a
+    day (NaN where the unit, the body size it needs or the interval is unreadable)."""
+    schedule = parse_intervals(rows["interval"])
+    dose_mg = dose_to_mg(rows["dose"], rows["dose_unit"], weight, bsa)
+    return (dose_mg * schedule["doses_per_cycle"] / schedule["cycle_days"]).to_numpy(float, copy=True)
 
 
 def juvenile_doses(
