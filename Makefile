@@ -2,6 +2,9 @@
 # Each creates the virtual environment (.venv) from requirements.lock when it is missing or stale, with the
 # libraries' bytecode compiled at install (a process then imports them without compiling: the clinician page and
 # every CLI call start seconds faster, also where PYTHONDONTWRITEBYTECODE is set).
+# Installs bypass uv's cache (--no-cache): pyspark ships only as a source archive, and a registry that does not
+# mark it immutable makes uv build it again into a new ~2 GB cache entry on every install, which filled the CI
+# disk; a full install without the cache takes about 45 s on 2 cores.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -16,7 +19,7 @@ export MPLBACKEND := Agg
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
-	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -c requirements.lock -e ".[$(EXTRAS)]"
+	$(BIN)/uv pip install --quiet --no-cache --compile-bytecode --python $(BIN)/python -c requirements.lock -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(STAMP)
@@ -47,7 +50,7 @@ BENCH := .venv-bench
 bench-env:
 	test -x $(BENCH)/bin/python || $(PYTHON) -m venv $(BENCH)
 	$(BENCH)/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
-	$(BENCH)/bin/uv pip install --quiet --python $(BENCH)/bin/python -c requirements.lock -e ".[dev,spark,bench]"
+	$(BENCH)/bin/uv pip install --quiet --no-cache --python $(BENCH)/bin/python -c requirements.lock -e ".[dev,spark,bench]"
 
 bench: bench-env
 	for b in benchmarks/bench_*.py; do echo "== $$b"; OMP_NUM_THREADS=1 $(BENCH)/bin/python $$b || exit 1; done
