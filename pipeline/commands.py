@@ -214,10 +214,12 @@ def train_command(
 
     with _inputs_present():
         record = run_train(settings, features_dir=features_dir, split_dir=split_dir, out_dir=out_dir)
-    typer.echo(
-        f"trained {record['learner']} on options {', '.join(record['modelled_options'])} in "
-        f"{record['fit_seconds']} s; registered {record['model_uri']} (alias candidate), run {record['run_id']}"
-    )
+    registered = (f"registered {record['model_uri']} (alias candidate), run {record['run_id']}"
+                  if record["new_version"] else
+                  f"the same bytes as {record['model_uri']} (alias candidate, run {record['run_id']}): kept that "
+                  "version and its held-out metrics, nothing new registered")
+    typer.echo(f"trained {record['learner']} on options {', '.join(record['modelled_options'])} in "
+               f"{record['fit_seconds']} s; {registered}")
 
 
 def evaluate_command(

@@ -36,6 +36,8 @@ from pipeline.registry_store import CANDIDATE, CHAMPION, MODEL_NAME  # noqa: F40
 
 EXPERIMENT = "escalate"
 BUNDLE_FILE = "escalate_model.joblib"
+#: the training run's tag holding the sha256 of the bundle it registered (same inputs give the same bytes).
+BUNDLE_SHA_TAG = "model.bundle.sha256"
 #: the registered model's code file and the pure packages shipped with it (what that file imports).
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 CODE_PACKAGES: tuple[str, ...] = ("models", "features")
@@ -194,6 +196,20 @@ def alias_run_id(alias: str, name: str = MODEL_NAME) -> tuple[str, str] | None:
     except mlflow.exceptions.MlflowException:
         return None
     return str(version.version), str(version.run_id)
+
+
+def candidate_with_bundle(sha256: str, name: str = MODEL_NAME) -> tuple[str, str] | None:
+    """(version, run id) of the `candidate` version when its bundle has exactly these bytes (run tag
+    `BUNDLE_SHA_TAG`), else None. Training again to the same bytes keeps that version, which `evaluate` already
+    judged: DVC skips `evaluate` when the model it depends on is unchanged, so a copy would never be evaluated."""
+    found = alias_run_id(CANDIDATE, name)
+    if found is None:
+        return None
+    try:
+        tags = MlflowClient().get_run(found[1]).data.tags
+    except mlflow.exceptions.MlflowException:  # the version's run was deleted from the store
+        return None
+    return found if tags.get(BUNDLE_SHA_TAG) == sha256 else None
 
 
 def set_alias(alias: str, version: str, name: str = MODEL_NAME) -> None:

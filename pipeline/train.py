@@ -2,6 +2,7 @@
 
 Reads `data/features/{features,decisions}.parquet`, the patient split and `params.yaml`; writes the bundle to
 `data/train/model/` (later stages load it without MLflow), `data/train/run.json` and `data/train/overlap.json`.
+A bundle byte-identical to the `candidate` version's keeps that version and run (no copy is registered).
 """
 
 from __future__ import annotations
@@ -147,9 +148,47 @@ def run_train(
         tags[f"dataset.{name}.sha256"] = registry.sha256_file(path)
     for f in sorted(Path(split_dir).glob("*.parquet")):
         tags[f"dataset.split.{f.stem}.sha256"] = registry.sha256_file(f)
+    tags[registry.BUNDLE_SHA_TAG] = registry.sha256_file(bundle_path)
 
     registry.setup_mlflow(root)
-    run_name = f"train-{model.summary['learner']}-{sha[:7]}"
+    summary = model.summary
+    kept = registry.candidate_with_bundle(tags[registry.BUNDLE_SHA_TAG])
+    if kept is not None:  # the same bytes as the candidate: keep that version and its held-out metrics
+        version, run_id = kept
+        run_name = str(mlflow.get_run(run_id).info.run_name)
+        model_uri = f"models:/{registry.MODEL_NAME}/{version}"
+    else:
+        run_name, run_id, model_uri, version = _log_training_run(
+            model, settings, tags, fit_seconds, features_dir, out_dir, train_features, git_sha=sha)
+    record = {
+        "run_id": run_id,
+        "run_name": run_name,
+        "experiment": registry.EXPERIMENT,
+        "registered_model": registry.MODEL_NAME,
+        "model_version": version,
+        "model_uri": model_uri,
+        "alias_uri": f"models:/{registry.MODEL_NAME}@{registry.CANDIDATE}",
+        "new_version": kept is None,
+        "learner": model.learner_name,
+        "modelled_options": summary["modelled_options"],
+        "fit_seconds": round(fit_seconds, 2),
+        "stage_seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(record, Path(out_dir) / "run.json")
+    return record
+
+
+def _log_training_run(model: Any, settings: Settings, tags: dict[str, str], fit_seconds: float, features_dir: Path,
+                      out_dir: Path, train_features: pd.DataFrame, *, git_sha: str) -> tuple[str, str, str, str]:
+    """Log one MLflow run (tags, params, training counts, selection table, artifacts) and register the bundle
+    as the new `candidate`; returns (run name, run id, model uri, version)."""
+    import mlflow
+    import pandas as pd
+
+    from pipeline import registry
+
+    model_dir = Path(out_dir) / "model"
+    run_name = f"train-{model.summary['learner']}-{git_sha[:7]}"
     summary = model.summary
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.set_tags(tags)
@@ -173,20 +212,5 @@ def run_train(
                         mlflow.log_metric(f"{key}.{_metric_key(row['candidate'])}", row[name])
         mlflow.log_artifact(str(model_dir / "contract.json"), artifact_path="train")
         example = registry.deidentified_example(train_features, key_columns=model.contract.keys)
-        model_uri, version = registry.log_and_register(model, bundle_path, example)
-        run_id = run.info.run_id
-    record = {
-        "run_id": run_id,
-        "run_name": run_name,
-        "experiment": registry.EXPERIMENT,
-        "registered_model": registry.MODEL_NAME,
-        "model_version": version,
-        "model_uri": model_uri,
-        "alias_uri": f"models:/{registry.MODEL_NAME}@{registry.CANDIDATE}",
-        "learner": model.learner_name,
-        "modelled_options": summary["modelled_options"],
-        "fit_seconds": round(fit_seconds, 2),
-        "stage_seconds": round(time.perf_counter() - started, 2),
-    }
-    write_json(record, Path(out_dir) / "run.json")
-    return record
+        model_uri, version = registry.log_and_register(model, model_dir / registry.BUNDLE_FILE, example)
+    return run_name, run.info.run_id, model_uri, version

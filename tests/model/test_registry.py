@@ -128,6 +128,26 @@ def test_alias_candidate_points_at_the_run_that_trained(trained):
     assert on_disk["alias_uri"] == "models:/escalate-response@candidate"
 
 
+def test_training_again_to_the_same_bytes_keeps_the_candidate_version(trained):
+    """DVC skips `evaluate` when the model it depends on is unchanged: a retrain to the same bytes must keep the
+    version evaluate judged (and its held-out metrics) instead of registering a copy nothing evaluates."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import registry
+    from pipeline.train import run_train
+
+    root, paths, record = trained
+    assert record["new_version"] is True
+    client = MlflowClient()
+    versions = {v.version for v in client.search_model_versions(f"name='{registry.MODEL_NAME}'")}
+    again = run_train(paths["params"], paths["features"], paths["split"], paths["train"], root)
+    assert again["new_version"] is False
+    assert (again["model_version"], again["run_id"]) == (record["model_version"], record["run_id"])
+    assert {v.version for v in client.search_model_versions(f"name='{registry.MODEL_NAME}'")} == versions
+    tags = client.get_run(record["run_id"]).data.tags
+    assert tags[registry.BUNDLE_SHA_TAG] == registry.sha256_file(paths["train"] / "model" / registry.BUNDLE_FILE)
+
+
 def test_signature_and_input_example_are_logged(trained):
     import mlflow
 
