@@ -123,3 +123,19 @@ def test_unevaluated_candidate_is_not_promoted(registry_store):
     assert not decision.promote
     assert "escalate evaluate" in decision.reason
     assert _champion(client) is None
+
+
+def test_promote_stage_fails_on_an_unevaluated_candidate_and_writes_no_evidence(registry_store, tmp_path):
+    """Under DVC an exit 0 with empty evidence would mark the pipeline done with nothing judged."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root, params, add_version, client = registry_store
+    add_version({"train_decisions": 100.0})
+    evidence = tmp_path / "evidence.json"
+    result = CliRunner().invoke(app, ["promote", "--params", str(params), "--evidence", str(evidence)])
+    assert result.exit_code == 1
+    assert "no held-out figures" in result.output and "escalate evaluate" in result.output
+    assert not evidence.exists()
+    assert _champion(client) is None
