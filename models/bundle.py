@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
@@ -25,8 +26,10 @@ from models.config import BoosterConfig, CalibrationConfig, IntervalConfig, Lear
 from models.intervals import (
     BootstrapEnsemble,
     CalibrationBands,
+    PatientSpread,
     SharedFeatures,
     fit_calibration_bands,
+    fit_patient_spread,
     shared_outcomes,
     widen_interval,
 )
@@ -66,6 +69,9 @@ class IntervalCalibrationConfig(_Frozen):
     enabled: bool = True
     min_bin_patients: int = Field(40, ge=5, description="patients per risk bin (fewer: wider, noisier bins)")
     max_bins: int = Field(10, ge=1, le=50)
+    patient_spread: bool = Field(True, description="also widen by the spread of the true chance that the residuals "
+                                 "of a patient's own decisions reveal (`models.intervals.PatientSpread`)")
+    min_decision_pairs: int = Field(100, ge=1, description="fewer same-patient decision pairs: no spread term")
 
 
 class LearnerCandidate(_Frozen):
@@ -216,16 +222,19 @@ class Head:
         ensemble: BootstrapEnsemble | None,
         level: float,
         bands: CalibrationBands | None = None,
+        spread: PatientSpread | None = None,
     ) -> None:
         self.learner = learner
         self.ensemble = ensemble
         self.level = level
         self.bands = bands
+        self.spread = spread
 
     def predict(self, X: pd.DataFrame | SharedFeatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Point estimate (full-data learner) and the percentile interval of the bootstrap members (mapped
         through the same calibration), widened where needed so it always contains the point estimate, and —
-        for a binary head with `bands` — widened in quadrature by the out-of-fold calibration term.
+        for a binary head with `bands` — widened in quadrature by the out-of-fold calibration term and the
+        patients' own spread (`spread`).
 
         Pass a `SharedFeatures` to share one float32 conversion / DMatrix with the other heads."""
         shared = X if isinstance(X, SharedFeatures) else SharedFeatures(X)
@@ -245,8 +254,12 @@ class Head:
             # Weibull plotting positions: with a dozen members interpolated percentiles sit inside the draws
             low, high = np.quantile(draws, [alpha, 1 - alpha], axis=0, method="weibull")
             low, high = np.minimum(low, point), np.maximum(high, point)
-        if getattr(self, "bands", None) is not None:
-            low, high = widen_interval(point, low, high, self.bands.half_width(point))  # type: ignore[union-attr]
+        bands, spread = getattr(self, "bands", None), getattr(self, "spread", None)  # older pickles lack them
+        if bands is not None or spread is not None:
+            extra = bands.half_width(point) if bands is not None else np.zeros_like(point)
+            if spread is not None:
+                extra = np.hypot(extra, spread.half_width(point, NormalDist().inv_cdf(0.5 + self.level / 2)))
+            low, high = widen_interval(point, low, high, extra)
         return point, low, high
 
 
@@ -258,6 +271,11 @@ def interval_meaning(config: BundleConfig) -> str:
     if config.interval_calibration.enabled:
         text += (", widened by how far the out-of-fold predictions of patients with a similar predicted chance "
                  "who took that option missed their observed response rate (plus that rate's uncertainty)")
+    if config.interval_calibration.enabled and config.interval_calibration.patient_spread:
+        return text + (", and by how far the chance of one patient strays from that of patients alike in the record, as "
+                       "the outcomes of the same patients' other decisions show it (a trait the record does not show "
+                       "moves all of a patient's outcomes together). It does not cover unmeasured confounding, and for "
+                       "an option rarely given to patients like this one it can still be too narrow.")
     return text + (". It is the uncertainty of the chance among patients who look like this one in the record, not "
                    "of what the record cannot show about this patient; it does not cover unmeasured confounding or "
                    "the model's own misfit, and for an option rarely given to patients like this one it can still be "
@@ -631,7 +649,7 @@ def _fit_head(
             icfg = cfg.intervals.model_copy(update={"seed": cfg.intervals.seed + seed_offset})
             ensemble = BootstrapEnsemble(make_learner(_KIND[kind], lcfg), icfg)
             ensemble.fit(X, t, y, groups=groups, eligible=eligible)
-        bands = None
+        bands, spread = None, None
         if outcome == "binary" and cfg.interval_calibration.enabled:
             if isinstance(learner, CalibratedLearner):
                 p_oof = learner.calibrate(learner.oof_)  # the out-of-fold rows the calibrators were fitted on
@@ -640,10 +658,14 @@ def _fit_head(
                                              eligible=eligible, n_folds=cfg.calibration.n_folds,
                                              seed=cfg.calibration.seed)
             ic = cfg.interval_calibration
+            codes = pd.Index(arms).get_indexer(t)
             bands = fit_calibration_bands(
-                np.clip(p_oof, 0.0, 1.0), pd.Index(arms).get_indexer(t), y, groups, arms,
+                np.clip(p_oof, 0.0, 1.0), codes, y, groups, arms,
                 level=cfg.intervals.level, min_bin_patients=ic.min_bin_patients, max_bins=ic.max_bins)
-    return Head(learner, ensemble, cfg.intervals.level, bands)
+            if ic.patient_spread:
+                taken = np.clip(p_oof[np.arange(len(codes)), codes], 0.0, 1.0)
+                spread = fit_patient_spread(taken, y, groups, min_pairs=ic.min_decision_pairs)
+    return Head(learner, ensemble, cfg.intervals.level, bands, spread)
 
 
 def fit_escalate_model(
@@ -819,6 +841,8 @@ def fit_escalate_model(
         "interval_meaning": interval_meaning(cfg),
         "interval_calibration": {name: heads[name].bands.summary() for name in heads  # type: ignore[union-attr]
                                  if heads[name].bands is not None},
+        "interval_patient_spread": {name: heads[name].spread.summary() for name in heads  # type: ignore[union-attr]
+                                    if heads[name].spread is not None},
         "overlap": overlap.reset_index().to_dict(orient="records"),
     }
     return EscalateModel(

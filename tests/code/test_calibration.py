@@ -231,6 +231,54 @@ def test_calibration_bands_refuse_an_option_never_taken():
                               ("continue", "add_ivig"), level=0.9)
 
 
+def _random_intercept_rows(n_patients: int, sigma: float, seed: int, decisions: int = 3):
+    """Decisions of patients with an unrecorded trait u ~ N(0, sigma²) on the logit scale, and the chance a model
+    of the record can know: the population average over u at the recorded x."""
+    from scipy.special import expit
+
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_patients), decisions)
+    x = rng.normal(size=len(groups))
+    u = np.repeat(rng.normal(0.0, sigma, n_patients), decisions)
+    y = (rng.random(len(groups)) < expit(-0.3 + 0.8 * x + u)).astype(float)
+    nodes = np.random.default_rng(0).normal(0.0, sigma, 400)
+    p_record = expit(-0.3 + 0.8 * x[:, None] + nodes[None, :]).mean(axis=1)
+    return p_record, y, groups
+
+
+@pytest.mark.parametrize(("sigma", "low", "high"), [(0.0, 0.0, 0.25), (0.8, 0.6, 0.95), (1.5, 0.95, 1.5)])
+def test_patient_spread_recovers_the_unrecorded_traits_spread(sigma, low, high):
+    """The same patient's decisions move together by a trait the record lacks: the within-patient covariance of
+    residuals around what the record can know gives its spread (the delta method's first order understates a
+    wide one: about 1.1 for 1.5); without such a trait it is about zero."""
+    from models.intervals import fit_patient_spread
+
+    p, y, groups = _random_intercept_rows(3000, sigma, seed=11)
+    spread = fit_patient_spread(p, y, groups)
+    assert low <= spread.sigma_logit <= high
+    assert spread.n_pairs == 3000 * 3
+
+
+def test_patient_spread_needs_pairs_of_one_patients_decisions():
+    """One decision per patient shows nothing of a patient's own trait; too few pairs are too noisy to tell."""
+    from models.intervals import fit_patient_spread
+
+    p, y, _ = _random_intercept_rows(300, 1.5, seed=12)
+    alone = fit_patient_spread(p, y, np.arange(len(y)))
+    assert (alone.sigma_logit, alone.n_pairs) == (0.0, 0)
+    few = fit_patient_spread(p[:60], y[:60], np.repeat(np.arange(20), 3), min_pairs=100)
+    assert (few.sigma_logit, few.n_pairs) == (0.0, 60)
+    with_gaps = fit_patient_spread(np.r_[p[:300], np.nan], np.r_[y[:300], 1.0], np.r_[np.repeat(np.arange(100), 3), 0])
+    assert with_gaps.n_pairs == 300  # a row without a prediction is no pair
+
+
+def test_patient_spread_half_width_is_widest_at_even_odds():
+    from models.intervals import PatientSpread
+
+    half = PatientSpread(1.0, 500).half_width(np.array([[0.0, 0.1, 0.5, 0.9, 1.0]]), z=1.645)
+    np.testing.assert_allclose(half, [[0.0, 1.645 * 0.09, 1.645 * 0.25, 1.645 * 0.09, 0.0]])
+
+
 @pytest.mark.parametrize("extra", [0.0, 0.05, 0.3])
 def test_widen_interval_adds_the_term_in_quadrature_within_0_1(extra):
     from models.intervals import widen_interval

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.bundle import BundleConfig, EscalateModel, fit_escalate_model
+from models.bundle import BundleConfig, EscalateModel, fit_escalate_model, interval_meaning
 from tests.model.synthetic_escalate import catalog, make_cohort
 
 PRED = [
@@ -287,9 +287,30 @@ def test_the_model_says_what_its_interval_means(model):
     meaning = model.summary["interval_meaning"]
     assert "90 %" in meaning and "refits on patients drawn with replacement" in meaning
     assert "out-of-fold" in meaning and "unmeasured confounding" in meaning
-    assert "patients who look like this one in the record" in meaning  # not this patient's own, unrecorded chance
+    assert "the same patients' other decisions" in meaning  # this patient's own, unrecorded chance: as far as seen
     bands = model.summary["interval_calibration"]
     assert set(bands) == {"response", "safety"} and all(v > 0 for v in bands["response"].values())
+    spread = model.summary["interval_patient_spread"]
+    assert set(spread) == {"response", "safety"} and spread["response"]["decision_pairs"] > 0
+    without = interval_meaning(small_config(interval_calibration={"patient_spread": False}))
+    assert "patients who look like this one in the record" in without  # not this patient's own, unrecorded chance
+
+
+def test_the_patient_spread_widens_binary_intervals_only(cohort):
+    """The spread term adds to the calibration term in quadrature: same point estimates, intervals at least as
+    wide for response and safety, TIS untouched."""
+    features, decisions, _ = cohort
+    cfg = small_config(interval_calibration={"min_decision_pairs": 1})
+    with_spread = fit_escalate_model(features, decisions, catalog(), cfg)
+    without = fit_escalate_model(features, decisions, catalog(),
+                                 small_config(interval_calibration={"patient_spread": False}))
+    a, b = with_spread.predict_arrays(features), without.predict_arrays(features)
+    for name in ("p_response", "p_safety"):
+        np.testing.assert_allclose(a[name], b[name])
+        assert (a[f"{name}_low"] <= b[f"{name}_low"] + 1e-12).all()
+        assert (a[f"{name}_high"] >= b[f"{name}_high"] - 1e-12).all()
+    np.testing.assert_allclose(a["expected_tis_high"], b["expected_tis_high"])
+    assert without.heads["response"].spread is None and with_spread.heads["tis"].spread is None
 
 
 def test_steroid_sparing_is_a_head_with_intervals_when_the_labels_have_it(cohort, model):
