@@ -271,7 +271,8 @@ def interval_meaning(config: BundleConfig) -> str:
     if config.interval_calibration.enabled:
         text += (", widened by how far the out-of-fold predictions of patients with a similar predicted chance "
                  "who took that option missed their observed response rate (plus that rate's uncertainty)")
-    if config.interval_calibration.enabled and config.interval_calibration.patient_spread:
+    # a model pickled before the spread term has a config without the field (and heads without a spread)
+    if config.interval_calibration.enabled and getattr(config.interval_calibration, "patient_spread", False):
         return text + (", and by how far the chance of one patient strays from that of patients alike in the record, as "
                        "the outcomes of the same patients' other decisions show it (a trait the record does not show "
                        "moves all of a patient's outcomes together). It does not cover unmeasured confounding, and for "

@@ -229,6 +229,17 @@ def test_a_bundle_saved_before_juvenile_thresholds_loads_with_the_rule_it_was_tr
     assert pickle.loads(pickle.dumps(current)).config.juvenile_response_threshold == 47.0
 
 
+def test_a_bundle_saved_before_the_patient_spread_still_says_what_its_interval_means():
+    """A champion registered by the earlier code has neither the setting nor the term: its page states the interval
+    it really gives (no spread) instead of failing."""
+    from models.bundle import BundleConfig, IntervalCalibrationConfig, interval_meaning
+
+    stale = BundleConfig(interval_calibration=IntervalCalibrationConfig())
+    del stale.interval_calibration.__dict__["patient_spread"]  # what a bundle pickled by the earlier code holds
+    meaning = interval_meaning(stale)
+    assert "out-of-fold" in meaning and "other decisions" not in meaning
+
+
 def test_registered_model_is_code_plus_artifacts_and_records_its_settings(trained):
     """Models-from-code: the model holds its code file, the pure packages it imports (never `pipeline`), the bundle
     artifact and no cloudpickled class; its metadata records the feature columns and the feature and label
