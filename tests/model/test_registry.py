@@ -144,7 +144,9 @@ def test_training_again_to_the_same_bytes_keeps_the_candidate_version(trained):
     assert again["new_version"] is False
     assert (again["model_version"], again["run_id"]) == (record["model_version"], record["run_id"])
     assert {v.version for v in client.search_model_versions(f"name='{registry.MODEL_NAME}'")} == versions
-    tags = client.get_run(record["run_id"]).data.tags
+    run = client.get_run(record["run_id"]).data
+    assert run.metrics["interval_spread_sigma_logit.response"] >= 0  # the interval's patient-spread term, logged
+    tags = run.tags
     assert tags[registry.BUNDLE_SHA_TAG] == registry.sha256_file(paths["train"] / "model" / registry.BUNDLE_FILE)
 
 
