@@ -17,6 +17,9 @@ from simulator.config import MeasurementConfig
 #: the core set measures scored on a VAS or index (ENZYMES follow), in the column order of the noise array.
 CORE_MEASURES: tuple[str, ...] = ("physician_global", "patient_global", "mmt8", "haq", "extramuscular_global")
 ENZYMES: tuple[str, ...] = ("ck", "aldolase", "ast", "alt", "ldh")
+#: steps per unit each subjective rating is recorded in (0.1 on the 0–10 globals, 1/8 on the HAQ-DI), as
+#: `latent_to_measures` rounds it; the trial emulation rounds an expected improvement to the same steps.
+STEPS_PER_UNIT: dict[str, int] = {"physician_global": 10, "patient_global": 10, "extramuscular_global": 10, "haq": 8}
 #: measures driven by latent activity, in the column order of the noise array `z`.
 NOISE_COLUMNS: tuple[str, ...] = (*CORE_MEASURES, *ENZYMES, "cdasi_activity")
 #: the per-patient traits `latent_to_measures` reads (see `measurement_traits`).

@@ -17,10 +17,7 @@ import pandas as pd
 from simulator.body import BodySize
 from simulator.config import HistoryConfig, MeasurementConfig, TrialExpectation, TrialHistory, TrialScreening
 from simulator.history import History
-from simulator.measures import ENZYMES, NOISE_COLUMNS, latent_to_measures
-
-#: steps per unit each subjective rating is recorded in (as `simulator.measures.latent_to_measures` rounds it)
-_PER_UNIT = {"physician_global": 10, "patient_global": 10, "extramuscular_global": 10, "haq": 8}
+from simulator.measures import ENZYMES, NOISE_COLUMNS, STEPS_PER_UNIT, latent_to_measures
 
 
 class Enrolment(NamedTuple):
@@ -116,7 +113,7 @@ def expect(follow: dict[str, np.ndarray], expectation: TrialExpectation) -> dict
         return follow
     out = dict(follow)
     for m in expectation.measures:
-        k = _PER_UNIT[m]
+        k = STEPS_PER_UNIT[m]
         out[m] = np.round(follow[m] * (1 - expectation.relative) * k) / k
     return out
 

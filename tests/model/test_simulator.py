@@ -85,6 +85,16 @@ def test_truth_tables_have_documented_columns(cohort, inputs):
     assert set(per_decision.index) == set(cohort.decisions["decision_id"])
 
 
+def test_ratings_are_recorded_at_their_instruments_steps(cohort):
+    """The globals in tenths, the HAQ-DI in eighths: the steps the trial emulation rounds to (`STEPS_PER_UNIT`)."""
+    from simulator.measures import STEPS_PER_UNIT
+
+    wide = _wide(cohort.assessments)
+    for measure, steps in STEPS_PER_UNIT.items():
+        scaled = wide[measure].dropna().to_numpy() * steps
+        assert len(scaled) and np.allclose(scaled, np.round(scaled)), measure
+
+
 def test_no_record_after_today_and_no_assessment_before_diagnosis(cohort):
     today = pd.Timestamp(TODAY)
     assert (cohort.assessments["date"] <= today).all()
