@@ -344,7 +344,7 @@ def build_patient_page(
     """Everything for one patient from the normalised contract tables (all patients or only this one); every
     statement about the model (horizon, interval level, performance) comes from `evidence`, every clinical rule
     (lab grades, dose goals, disease notes) from `rules` (configs/clinical_rules.yaml)."""
-    from features.build import build_features
+    from features.build import build_features, juvenile_decisions, to_days
     from features.vocabulary import OptionCatalog, Vocabulary
     from models import explain as E
     from models.bundle import interval_meaning
@@ -403,8 +403,7 @@ def build_patient_page(
     patient = one["patients"].iloc[0].to_dict()
     weight, height = _latest(one["assessments"], "weight", as_of), _latest(one["assessments"], "height", as_of)
     bsa = C.mosteller_bsa(weight, height)
-    age = as_of.year - int(patient["birth_year"]) if _ok(patient.get("birth_year")) else None
-    juvenile = bool(vocabulary.is_juvenile([patient.get("diagnosis")], [age])[0])  # the features' rule
+    juvenile = bool(juvenile_decisions(keys, to_days(keys["as_of"]), one["patients"], vocabulary)[0])  # as features do
     regimen = C.dose_lines(current, vocabulary, juvenile=juvenile, weight_kg=weight, bsa_m2=bsa,
                            tolerance=model.feature_config().dose_tolerance)
     size = ", ".join(x for x in (f"{weight:.0f} kg" if weight else "", f"{height:.0f} cm" if height else "",

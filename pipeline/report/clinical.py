@@ -5,7 +5,6 @@ passed in: no file I/O, so every rule is tested on small frames."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -101,10 +100,12 @@ def _per_kg_dose(mg_day: float, weight: float, cycle_days: float, doses_per_cycl
 
 
 def mosteller_bsa(weight_kg: float | None, height_cm: float | None) -> float | None:
-    """Body surface area (m²) by Mosteller: √(height cm × weight kg / 3600); None without both."""
+    """Body surface area (m²) by Mosteller, as the features compute it (`body_surface_area`); None without both."""
+    from features.vocabulary import body_surface_area
+
     if not (_ok(weight_kg) and _ok(height_cm)) or weight_kg <= 0 or height_cm <= 0:  # type: ignore[operator]
         return None
-    return math.sqrt(float(height_cm) * float(weight_kg) / 3600.0)  # type: ignore[arg-type]
+    return float(body_surface_area(np.array([weight_kg]), np.array([height_cm]))[0])
 
 
 def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool, weight_kg: float | None,
