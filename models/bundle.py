@@ -30,6 +30,7 @@ from models.intervals import (
     SharedFeatures,
     fit_calibration_bands,
     fit_patient_spread,
+    fit_patient_spread_from_scores,
     shared_outcomes,
     widen_interval,
 )
@@ -669,6 +670,18 @@ def _fit_head(
     return Head(learner, ensemble, cfg.intervals.level, bands, spread)
 
 
+def _score_spread(kind: str, cfg: BundleConfig, lcfg: LearnerConfig, X: pd.DataFrame, t: np.ndarray,
+                  score: np.ndarray, groups: np.ndarray, eligible: np.ndarray) -> PatientSpread:
+    """The response's patient spread from the out-of-fold residuals of the score it thresholds (the TIS head's
+    learner, cross-fitted by patient): far more precise than from the 0/1 responses."""
+    oof = out_of_fold_outcomes(make_learner(_KIND[kind], lcfg), X, t, score, groups=groups, eligible=eligible,
+                               n_folds=cfg.calibration.n_folds, seed=cfg.calibration.seed)
+    codes = pd.Index(tuple(lcfg.arms or ())).get_indexer(t)
+    return fit_patient_spread_from_scores(score - oof[np.arange(len(codes)), codes], groups,
+                                          min_pairs=cfg.interval_calibration.min_decision_pairs,
+                                          source="total_improvement_score")
+
+
 def fit_escalate_model(
     features: pd.DataFrame,
     decisions: pd.DataFrame,
@@ -801,17 +814,12 @@ def fit_escalate_model(
             # an optional outcome: too few labels, or one class only, leaves it out (said in the summary)
             not_fitted[name] = f"{len(idx)} labelled decision(s), outcomes {sorted(set(y[idx].tolist()))}"
             continue
-        heads[name] = _fit_head(
-            kind,
-            cfg,
-            _learner_config(cfg, outcome, arms, 100 * offset, updates),  # type: ignore[arg-type]
-            X.iloc[idx].reset_index(drop=True),
-            taken[idx],
-            y[idx],
-            groups[idx],
-            elig[idx],
-            seed_offset=100 * offset,
-        )
+        lcfg = _learner_config(cfg, outcome, arms, 100 * offset, updates)  # type: ignore[arg-type]
+        inputs = (X.iloc[idx].reset_index(drop=True), taken[idx], y[idx], groups[idx], elig[idx])
+        heads[name] = _fit_head(kind, cfg, lcfg, *inputs, seed_offset=100 * offset)
+        ic = cfg.interval_calibration
+        if name == "tis" and "response" in heads and ic.enabled and ic.patient_spread:
+            heads["response"].spread = _score_spread(kind, cfg, lcfg, *inputs)  # response = TIS over a threshold
     fit_rows = np.flatnonzero(in_arms)
     propensity = PropensityModel(arms, cfg.propensity).fit(
         X.iloc[fit_rows].reset_index(drop=True), taken[fit_rows], eligible=elig[fit_rows]

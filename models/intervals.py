@@ -331,47 +331,79 @@ def fit_calibration_bands(
 class PatientSpread:
     """How far the true chance of one patient spreads around the prediction for patients alike in the record, as
     far as the same patient's other decisions reveal it: a trait the record does not show (refractoriness, say)
-    moves the outcomes of all of a patient's decisions together, so out-of-fold residuals of two decisions of
-    one patient covary by about w1 w2 sigma² on the logit scale (w = p(1 - p), the delta method). The moment
-    estimator of a random intercept's variance (as for an exchangeable working correlation, Liang & Zeger 1986);
-    zero where residuals of a patient's decisions do not covary, so a record that shows everything adds nothing.
-    First order: it understates a wide spread (about 1.1 for a true 1.5).
+    moves the outcomes of all of a patient's decisions together, so their out-of-fold residuals covary. `sigma_logit`
+    is that trait's spread on the logit scale; `source` says which residuals showed it (`fit_patient_spread`: the
+    binary outcome's; `fit_patient_spread_from_scores`: the continuous score it thresholds). Zero where a patient's
+    residuals do not covary, so a record that shows everything adds nothing.
     """
 
-    def __init__(self, sigma_logit: float, n_pairs: int) -> None:
+    def __init__(self, sigma_logit: float, n_pairs: int, source: str = "binary outcome") -> None:
         self.sigma_logit = sigma_logit
         self.n_pairs = n_pairs
+        self.source = source
 
     def half_width(self, p: np.ndarray, z: float) -> np.ndarray:
         """Half-width of the spread at each predicted probability (z standard deviations, p-scale)."""
         p = np.asarray(p, dtype="float64")
         return z * self.sigma_logit * p * (1.0 - p)
 
-    def summary(self) -> dict[str, float]:
-        """sigma on the logit scale and the number of within-patient decision pairs it was estimated from."""
-        return {"sigma_logit": round(self.sigma_logit, 4), "decision_pairs": self.n_pairs}
+    def summary(self) -> dict[str, float | int | str]:
+        """sigma on the logit scale, the within-patient decision pairs it was estimated from, and from what."""
+        return {"sigma_logit": round(self.sigma_logit, 4), "decision_pairs": self.n_pairs, "source": self.source}
+
+
+def _same_patient_pairs(values: np.ndarray, patient: np.ndarray) -> float:
+    """Sum over same-patient pairs i < j of values_i x values_j (patient: integer codes)."""
+    total, squares = np.bincount(patient, weights=values), np.bincount(patient, weights=values * values)
+    return float(np.sum(total**2 - squares) / 2)
+
+
+def _patient_codes(groups: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int]:
+    """Integer patient codes of the kept rows and their number of same-patient pairs."""
+    _, patient = np.unique(np.asarray(groups).astype(str)[keep], return_inverse=True)
+    n = np.bincount(patient)
+    return patient, int(np.sum(n * (n - 1)) // 2)
 
 
 def fit_patient_spread(p_taken: np.ndarray, y: np.ndarray, groups: np.ndarray, *, min_pairs: int = 100
                        ) -> PatientSpread:
     """`PatientSpread` from the out-of-fold probability of the option each decision took, its binary outcome and
-    the patient ids (never any truth): sigma² = sum over same-patient pairs of r_i r_j / sum of w_i w_j, with
-    r = y - p, cut at zero; fewer than `min_pairs` pairs (too noisy to tell) give sigma 0."""
+    the patient ids (never any truth). Residuals r = y - p of two decisions of a patient covary by about
+    w1 w2 sigma² (w = p(1 - p), the delta method), so sigma² = sum over same-patient pairs of r_i r_j / sum of
+    w_i w_j: the moment estimator of a random intercept's variance (as for an exchangeable working correlation,
+    Liang & Zeger 1986), cut at zero. First order, it understates a wide spread (about 1.1 for a true 1.5); fewer
+    than `min_pairs` pairs give sigma 0."""
     p, y = np.asarray(p_taken, dtype="float64"), np.asarray(y, dtype="float64")
     keep = np.isfinite(p) & np.isfinite(y)
-    _, patient = np.unique(np.asarray(groups).astype(str)[keep], return_inverse=True)
-    r, w = y[keep] - p[keep], p[keep] * (1.0 - p[keep])
-
-    def pair_sum(v: np.ndarray) -> float:  # sum over same-patient pairs i < j of v_i v_j
-        total, squares = np.bincount(patient, weights=v), np.bincount(patient, weights=v * v)
-        return float(np.sum(total**2 - squares) / 2)
-
-    n = np.bincount(patient)
-    n_pairs = int(np.sum(n * (n - 1)) // 2)
+    patient, n_pairs = _patient_codes(groups, keep)
     if n_pairs < min_pairs:
         return PatientSpread(0.0, n_pairs)
-    sigma2 = pair_sum(r) / max(pair_sum(w), 1e-12)
+    r, w = y[keep] - p[keep], p[keep] * (1.0 - p[keep])
+    sigma2 = _same_patient_pairs(r, patient) / max(_same_patient_pairs(w, patient), 1e-12)
     return PatientSpread(float(np.sqrt(max(sigma2, 0.0))), n_pairs)
+
+
+#: logistic standard deviations per probit unit (the logistic that best matches the normal CDF).
+LOGIT_PER_PROBIT = 1.702
+
+
+def fit_patient_spread_from_scores(residual: np.ndarray, groups: np.ndarray, *, min_pairs: int = 100,
+                                   source: str = "score") -> PatientSpread:
+    """`PatientSpread` of a binary outcome defined by a continuous score crossing a threshold (response: the Total
+    Improvement Score), from the score's out-of-fold residuals. A patient-level shift u of the score (variance
+    sigma_u², the residuals' within-patient covariance) on top of decision-level noise (variance s², the rest of
+    the residual variance) moves the chance of crossing the threshold by u / s on the probit scale (a
+    liability-threshold model), so sigma_logit = 1.702 sigma_u / s. A score shows the shared part far more
+    precisely than 0/1 outcomes do; fewer than `min_pairs` pairs give sigma 0."""
+    r = np.asarray(residual, dtype="float64")
+    keep = np.isfinite(r)
+    patient, n_pairs = _patient_codes(groups, keep)
+    if n_pairs < min_pairs:
+        return PatientSpread(0.0, n_pairs, source)
+    r = r[keep]
+    shared = max(_same_patient_pairs(r, patient) / n_pairs, 0.0)
+    noise = max(float(np.mean(r * r)) - shared, 1e-12)
+    return PatientSpread(LOGIT_PER_PROBIT * float(np.sqrt(shared / noise)), n_pairs, source)
 
 
 def widen_interval(
