@@ -292,6 +292,8 @@ def test_the_model_says_what_its_interval_means(model):
     assert set(bands) == {"response", "safety"} and all(v > 0 for v in bands["response"].values())
     spread = model.summary["interval_patient_spread"]
     assert set(spread) == {"response", "safety"} and spread["response"]["decision_pairs"] > 0
+    # the response is the TIS over a threshold: its spread comes from the TIS residuals, the others' from 0/1
+    assert (spread["response"]["source"], spread["safety"]["source"]) == ("total_improvement_score", "binary outcome")
     without = interval_meaning(small_config(interval_calibration={"patient_spread": False}))
     assert "patients who look like this one in the record" in without  # not this patient's own, unrecorded chance
 
