@@ -284,6 +284,15 @@ def interval_meaning(config: BundleConfig) -> str:
                    "too narrow.")
 
 
+def spread_estimates(summary: dict[str, object]) -> str:
+    """The patient spreads a fitted model estimated, in words for its model card ("" when it has none)."""
+    spreads = summary.get("interval_patient_spread") or {}
+    parts = [f"{head} σ {v['sigma_logit']:.2f} on the logit scale from {v['decision_pairs']} same-patient pairs "
+             f"({str(v.get('source', 'binary outcome')).replace('_', ' ')} residuals)"
+             for head, v in spreads.items()]  # type: ignore[union-attr]
+    return f" Patient spread estimated: {'; '.join(parts)}." if parts else ""
+
+
 class EscalateModel:
     """The fitted bundle. `predict_frame(features)` returns one row per input row x option."""
 

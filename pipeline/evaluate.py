@@ -76,7 +76,7 @@ def run_evaluate(
     import matplotlib.pyplot as plt
 
     from models import plots
-    from models.bundle import interval_meaning
+    from models.bundle import interval_meaning, spread_estimates
     from models.evaluation import evaluate_bundle
     from models.model_card import ModelCardInputs, build_model_card
     from pipeline import registry
@@ -143,7 +143,7 @@ def run_evaluate(
         selection=pd.DataFrame(model.summary["selection"]) if model.summary.get("selection") else None,
         response_threshold=model.config.response_threshold,
         juvenile_response_threshold=model.config.juvenile_response_threshold,
-        interval_meaning=interval_meaning(model.config),
+        interval_meaning=interval_meaning(model.config) + spread_estimates(model.summary),
         horizon_weeks=settings.labels.horizon_weeks,
         data_source="literature-calibrated simulated cohort" if truth else f"contract tables in {settings.data.dir}",
         n_train_patients=int(n_train["n_patients"]),

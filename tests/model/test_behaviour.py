@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.bundle import BundleConfig, EscalateModel, fit_escalate_model, interval_meaning
+from models.bundle import BundleConfig, EscalateModel, fit_escalate_model, interval_meaning, spread_estimates
 from tests.model.synthetic_escalate import catalog, make_cohort
 
 PRED = [
@@ -294,6 +294,9 @@ def test_the_model_says_what_its_interval_means(model):
     assert set(spread) == {"response", "safety"} and spread["response"]["decision_pairs"] > 0
     # the response is the TIS over a threshold: its spread comes from the TIS residuals, the others' from 0/1
     assert (spread["response"]["source"], spread["safety"]["source"]) == ("total_improvement_score", "binary outcome")
+    words = spread_estimates(model.summary)  # the model card's line
+    assert "response σ" in words and "total improvement score residuals" in words and "safety σ" in words
+    assert spread_estimates({}) == ""
     without = interval_meaning(small_config(interval_calibration={"patient_spread": False}))
     assert "patients who look like this one in the record" in without  # not this patient's own, unrecorded chance
 
