@@ -41,7 +41,8 @@ def _identifiers(features: pd.DataFrame) -> tuple[set[str], set[str]]:
 
 def _leaks(text: str, ids: set[str], years: set[str]) -> list[str]:
     found = [i for i in ids if i in text]
-    tokens = set(re.findall(r"(?<![\d.])\d{4}(?![\d.])", text))  # whole 4-digit numbers, not parts of decimals
+    # whole 4-digit numbers: not parts of decimals, nor of hex ids such as MLflow's "m-0b16…6d1969d"
+    tokens = set(re.findall(r"(?<![\w.])\d{4}(?![\w.])", text))
     found += sorted(tokens & years)
     if "birth_year" in text:
         found.append("birth_year")
