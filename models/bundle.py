@@ -65,7 +65,8 @@ class EligibilityColumns(_Frozen):
 
 class IntervalCalibrationConfig(_Frozen):
     """Widening of binary heads' intervals by the out-of-fold calibration term (`models.intervals.
-    CalibrationBands`): the bootstrap alone reflects variance, not the trees' bias."""
+    CalibrationBands`: the bootstrap alone reflects variance, not the trees' bias) and, with `patient_spread`, by
+    how far one patient's chance strays from that of patients alike (`models.intervals.PatientSpread`)."""
 
     enabled: bool = True
     min_bin_patients: int = Field(40, ge=5, description="patients per risk bin (fewer: wider, noisier bins)")
@@ -682,7 +683,7 @@ def _fit_head(
 def _score_spread(kind: str, cfg: BundleConfig, lcfg: LearnerConfig, X: pd.DataFrame, t: np.ndarray,
                   score: np.ndarray, groups: np.ndarray, eligible: np.ndarray) -> PatientSpread:
     """The response's patient spread from the out-of-fold residuals of the score it thresholds (the TIS head's
-    learner, cross-fitted by patient): far more precise than from the 0/1 responses."""
+    learner, cross-fitted by patient): steadier than from the 0/1 responses (it replaces that estimate)."""
     oof = out_of_fold_outcomes(make_learner(_KIND[kind], lcfg), X, t, score, groups=groups, eligible=eligible,
                                n_folds=cfg.calibration.n_folds, seed=cfg.calibration.seed)
     codes = pd.Index(tuple(lcfg.arms or ())).get_indexer(t)
