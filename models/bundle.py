@@ -646,8 +646,11 @@ def _fit_head(
     groups: np.ndarray,
     eligible: np.ndarray,
     seed_offset: int,
+    spread_from_outcomes: bool = True,
 ) -> Head:
-    """Fit one outcome head: full-data learner, calibration (binary) and bootstrap ensemble."""
+    """Fit one outcome head: full-data learner, calibration (binary) and bootstrap ensemble; a binary head's
+    patient spread from its 0/1 residuals unless `spread_from_outcomes` is off (the response's comes from the TIS,
+    `_score_spread`)."""
     outcome = lcfg.outcome
     arms = tuple(lcfg.arms or ())
     learner: BaseLearner = make_learner(_KIND[kind], lcfg)
@@ -674,7 +677,7 @@ def _fit_head(
             bands = fit_calibration_bands(
                 np.clip(p_oof, 0.0, 1.0), codes, y, groups, arms,
                 level=cfg.intervals.level, min_bin_patients=ic.min_bin_patients, max_bins=ic.max_bins)
-            if ic.patient_spread:
+            if ic.patient_spread and spread_from_outcomes:
                 taken = np.clip(p_oof[np.arange(len(codes)), codes], 0.0, 1.0)
                 spread = fit_patient_spread(taken, y, groups, min_pairs=ic.min_decision_pairs)
     return Head(learner, ensemble, cfg.intervals.level, bands, spread)
@@ -816,6 +819,7 @@ def fit_escalate_model(
         *((("steroid_sparing", cfg.steroid_learner, "binary", sparing, 4, {}, True),) if sparing is not None else ()),
     )
     not_fitted: dict[str, str] = {}
+    ic = cfg.interval_calibration
     for name, kind, outcome, y, offset, updates, optional in specs:
         rows = in_arms & np.isfinite(y)
         labelled[name] = int(rows.sum())
@@ -826,8 +830,8 @@ def fit_escalate_model(
             continue
         lcfg = _learner_config(cfg, outcome, arms, 100 * offset, updates)  # type: ignore[arg-type]
         inputs = (X.iloc[idx].reset_index(drop=True), taken[idx], y[idx], groups[idx], elig[idx])
-        heads[name] = _fit_head(kind, cfg, lcfg, *inputs, seed_offset=100 * offset)
-        ic = cfg.interval_calibration
+        heads[name] = _fit_head(kind, cfg, lcfg, *inputs, seed_offset=100 * offset,
+                                spread_from_outcomes=name != "response")
         if name == "tis" and "response" in heads and ic.enabled and ic.patient_spread:
             heads["response"].spread = _score_spread(kind, cfg, lcfg, *inputs)  # response = TIS over a threshold
     fit_rows = np.flatnonzero(in_arms)

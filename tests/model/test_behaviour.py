@@ -265,6 +265,18 @@ def test_no_rows_in_no_rows_out_with_reason_columns(explained_model, cohort):
     assert len(out) == 0 and "reason_1_text" in out.columns
 
 
+def _binary_intervals_contain(wider: EscalateModel, narrower: EscalateModel, features: pd.DataFrame
+                              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Both models' predictions, after asserting the same response and safety points with the first model's
+    intervals containing the second's."""
+    a, b = wider.predict_arrays(features), narrower.predict_arrays(features)
+    for name in ("p_response", "p_safety"):
+        np.testing.assert_allclose(a[name], b[name])
+        assert (a[f"{name}_low"] <= b[f"{name}_low"] + 1e-12).all()
+        assert (a[f"{name}_high"] >= b[f"{name}_high"] - 1e-12).all()
+    return a, b
+
+
 def test_interval_calibration_term_widens_binary_intervals_only(cohort):
     """The out-of-fold calibration term widens response and safety intervals (never narrows them), keeps them in
     [0, 1] around the same point estimates, and leaves TIS intervals as the bootstrap gives them."""
@@ -272,11 +284,8 @@ def test_interval_calibration_term_widens_binary_intervals_only(cohort):
     with_term = fit_escalate_model(features, decisions, catalog(), small_config())
     without = fit_escalate_model(features, decisions, catalog(),
                                  small_config(interval_calibration={"enabled": False}))
-    a, b = with_term.predict_arrays(features), without.predict_arrays(features)
+    a, b = _binary_intervals_contain(with_term, without, features)
     for name in ("p_response", "p_safety"):
-        np.testing.assert_allclose(a[name], b[name])
-        assert (a[f"{name}_low"] <= b[f"{name}_low"] + 1e-12).all()
-        assert (a[f"{name}_high"] >= b[f"{name}_high"] - 1e-12).all()
         assert ((a[f"{name}_high"] - a[f"{name}_low"]).mean() > (b[f"{name}_high"] - b[f"{name}_low"]).mean())
         assert (a[f"{name}_low"] >= 0).all() and (a[f"{name}_high"] <= 1).all()
     np.testing.assert_allclose(a["expected_tis_low"], b["expected_tis_low"])
@@ -309,11 +318,7 @@ def test_the_patient_spread_widens_binary_intervals_only(cohort):
     with_spread = fit_escalate_model(features, decisions, catalog(), cfg)
     without = fit_escalate_model(features, decisions, catalog(),
                                  small_config(interval_calibration={"patient_spread": False}))
-    a, b = with_spread.predict_arrays(features), without.predict_arrays(features)
-    for name in ("p_response", "p_safety"):
-        np.testing.assert_allclose(a[name], b[name])
-        assert (a[f"{name}_low"] <= b[f"{name}_low"] + 1e-12).all()
-        assert (a[f"{name}_high"] >= b[f"{name}_high"] - 1e-12).all()
+    a, b = _binary_intervals_contain(with_spread, without, features)
     np.testing.assert_allclose(a["expected_tis_high"], b["expected_tis_high"])
     assert without.heads["response"].spread is None and with_spread.heads["tis"].spread is None
 
