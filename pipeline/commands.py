@@ -290,7 +290,7 @@ def promote_command(
     if out is not None:
         write_json({"promoted": decision.promote, "reason": decision.reason,
                     "champion_version": registry_champion_version()}, out)
-    if None in decision.evidence.get("candidate", {}).values():
+    if not decision.judged:
         # never record an unjudged candidate as the stage's output: DVC would call the pipeline done
         typer.echo("error: the candidate has no held-out figures, so it cannot be judged; evaluate it first "
                    "(`escalate evaluate`, or under DVC `dvc repro --force --single-item evaluate`, then `dvc repro`)",

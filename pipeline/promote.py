@@ -38,11 +38,13 @@ class PromotionRule(BaseModel):
 @dataclass(frozen=True)
 class PromotionDecision:
     """Whether to move `champion`, and why (printed either way); `evidence`: the rule and the candidate's
-    held-out figures it was judged on (what only the inputs decide, unlike the registry's versions)."""
+    held-out figures it was judged on (what only the inputs decide, unlike the registry's versions); `judged`:
+    false when the candidate lacks the held-out figures the rule needs (never evaluated)."""
 
     promote: bool
     reason: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    judged: bool = True
 
 
 def _metric(metrics: Mapping[str, float] | None, key: str) -> float:
@@ -62,7 +64,8 @@ def promotion_decision(
     c_dv, c_ece = _metric(candidate, DECISION_VALUE), _metric(candidate, CALIBRATION)
     if math.isnan(c_dv) or math.isnan(c_ece):
         missing = [k for k, v in ((DECISION_VALUE, c_dv), (CALIBRATION, c_ece)) if math.isnan(v)]
-        return PromotionDecision(False, f"candidate has no held-out {', '.join(missing)}: run `escalate evaluate` first")
+        return PromotionDecision(False, f"candidate has no held-out {', '.join(missing)}: run `escalate evaluate` first",
+                                 judged=False)
     if champion is None:
         return PromotionDecision(True, f"no champion yet: the first evaluated candidate becomes champion "
                                        f"(decision value {c_dv:.3f}, ECE {c_ece:.3f})")

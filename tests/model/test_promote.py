@@ -39,6 +39,7 @@ def test_promotion_rule(candidate, rule, promote, reason):
     decision = promotion_decision(candidate, CHAMPION, rule)
     assert decision.promote is promote
     assert reason in decision.reason
+    assert decision.judged is ("no held-out" not in decision.reason)  # the stage fails on an unjudged candidate
 
 
 def test_first_evaluated_candidate_becomes_champion():
@@ -120,7 +121,7 @@ def test_unevaluated_candidate_is_not_promoted(registry_store):
     root, params, add_version, client = registry_store
     add_version({"train_decisions": 100.0})
     decision = run_promote(params, root)
-    assert not decision.promote
+    assert not decision.promote and not decision.judged
     assert "escalate evaluate" in decision.reason
     assert _champion(client) is None
 
