@@ -77,10 +77,6 @@ class LearnerConfig(_Frozen):
     # Linear baseline and modifier GLM: inverse L2 strength (logistic) / ridge penalty (continuous).
     linear_C: float = Field(1.0, gt=0)
     linear_alpha: float = Field(1.0, gt=0)
-    # ... and the penalty on each option's average effect relative to a feature's (glmnet's penalty.factor): an
-    # average effect is what the trials measured, so it is left nearly free; the penalty shrinks the features and
-    # the option x feature terms, where the many weak and noisy coefficients are.
-    option_penalty_factor: float = Field(0.01, gt=0, le=1)
     # Published effect modifiers, option -> feature columns (configs/options.yaml): option x modifier terms.
     effect_modifiers: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     # Stacked learner: weight of the S-learner's logit beside the modifier GLM's (0 = GLM only, 1 = S only).

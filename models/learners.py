@@ -534,21 +534,13 @@ class LinearLearner(BaseLearner):
     def _others(self) -> list[int]:
         return [j for j in range(len(self.arms_)) if j != self.control_index_]
 
-    def _option_scale(self) -> float:
-        """Value of the option indicator columns: 1 / sqrt(`option_penalty_factor`), so the L2 penalty on an
-        option's average effect is that factor times a standardised feature's (1 for models fitted before it)."""
-        return 1.0 / float(np.sqrt(getattr(self.config, "option_penalty_factor", 1.0)))
-
-    def _onehot(self, codes: np.ndarray) -> np.ndarray:
-        """(n, options but control) indicator columns of the option each row takes, at `_option_scale`."""
-        return (codes[:, None] == np.asarray(self._others())[None, :]) * self._option_scale()
-
     def _prepare(self, data: FitData) -> None:
         """Hook for subclasses that need more than the scaled features before designing (none here)."""
 
     def _design(self, z: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        onehot = self._onehot(codes)
-        inter = ((onehot[:, :, None] > 0) * z[:, None, :]).reshape(len(z), -1)
+        others = self._others()
+        onehot = (codes[:, None] == np.asarray(others)[None, :]).astype("float64")
+        inter = (onehot[:, :, None] * z[:, None, :]).reshape(len(z), -1)
         return np.hstack([z, onehot, inter])
 
     def arm_weights(self, arm: str) -> tuple[np.ndarray, float]:
@@ -560,7 +552,7 @@ class LinearLearner(BaseLearner):
         if k == self.control_index_:
             return coef[:d].copy(), 0.0
         i = others.index(k)
-        return coef[:d] + self._arm_interaction(coef[d + len(others):], i), float(coef[d + i]) * self._option_scale()
+        return coef[:d] + self._arm_interaction(coef[d + len(others):], i), float(coef[d + i])
 
     def _arm_interaction(self, inter: np.ndarray, i: int) -> np.ndarray:
         """The interaction weights of the i-th non-control option, over all `z` columns."""
@@ -614,7 +606,9 @@ class ModifierGLM(LinearLearner):
         self.modifier_index_ = modifier_index(self.columns_, data.arms, self.config.effect_modifiers)
 
     def _design(self, z: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        return np.hstack([z, self._onehot(codes), modifier_terms(z, codes, self.modifier_index_)])
+        others = self._others()
+        onehot = (codes[:, None] == np.asarray(others)[None, :]).astype("float64")
+        return np.hstack([z, onehot, modifier_terms(z, codes, self.modifier_index_)])
 
     def _arm_interaction(self, inter: np.ndarray, i: int) -> np.ndarray:
         k = self._others()[i]
