@@ -39,7 +39,7 @@ def test_promotion_rule(candidate, rule, promote, reason):
     decision = promotion_decision(candidate, CHAMPION, rule)
     assert decision.promote is promote
     assert reason in decision.reason
-    assert decision.judged is ("no held-out" not in decision.reason)  # the stage fails on an unjudged candidate
+    assert decision.judged is ("candidate has no held-out" not in decision.reason)  # the stage fails if not judged
 
 
 def test_first_evaluated_candidate_becomes_champion():
