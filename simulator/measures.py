@@ -17,9 +17,10 @@ from simulator.config import MeasurementConfig
 #: the core set measures scored on a VAS or index (ENZYMES follow), in the column order of the noise array.
 CORE_MEASURES: tuple[str, ...] = ("physician_global", "patient_global", "mmt8", "haq", "extramuscular_global")
 ENZYMES: tuple[str, ...] = ("ck", "aldolase", "ast", "alt", "ldh")
-#: steps per unit each subjective rating is recorded in (0.1 on the 0–10 globals, 1/8 on the HAQ-DI), as
-#: `latent_to_measures` rounds it; the trial emulation rounds an expected improvement to the same steps.
-STEPS_PER_UNIT: dict[str, int] = {"physician_global": 10, "patient_global": 10, "extramuscular_global": 10, "haq": 8}
+#: steps per unit each rating is recorded in (0.1 on the 0–10 globals, 1/8 on the HAQ-DI, whole CDASI points):
+#: what `latent_to_measures` and the trial emulation's expected improvement round to (`round_to_steps`).
+STEPS_PER_UNIT: dict[str, int] = {"physician_global": 10, "patient_global": 10, "extramuscular_global": 10, "haq": 8,
+                                  "cdasi_activity": 1}
 #: measures driven by latent activity, in the column order of the noise array `z`.
 NOISE_COLUMNS: tuple[str, ...] = (*CORE_MEASURES, *ENZYMES, "cdasi_activity")
 #: the per-patient traits `latent_to_measures` reads (see `measurement_traits`).
@@ -96,19 +97,20 @@ def latent_to_measures(
     zc = dict(zip(NOISE_COLUMNS, z, strict=True))
     out: dict[str, np.ndarray] = {}
     wm, ws = config.physician_global
-    out["physician_global"] = _rounded(10 * (wm * m + ws * s) + config.physician_global_sd * zc["physician_global"], 10, 1)
+    out["physician_global"] = _rounded(10 * (wm * m + ws * s) + config.physician_global_sd * zc["physician_global"], 10,
+                                       "physician_global")
     wm, ws = config.patient_global
     pg = 10 * (wm * m + ws * s) + _col(np.asarray(traits["patient_global_offset"]), nd)
     pg += config.patient_global_sd * zc["patient_global"]
-    out["patient_global"] = _rounded(pg, 10, 1)
+    out["patient_global"] = _rounded(pg, 10, "patient_global")
     mmt = scale * (1 - config.mmt8_loss_at_full_activity * m) + config.mmt8_sd_fraction * scale * zc["mmt8"]
     out["mmt8"] = np.round(np.clip(mmt, 0, scale))
     hm, hs = config.haq
     haq = _col(np.asarray(traits["haq_offset"]), nd) + hm * m + hs * s + config.haq_sd * zc["haq"]
-    out["haq"] = np.round(np.clip(haq, 0, 3) * 8) / 8
+    out["haq"] = _rounded(haq, 3, "haq")
     em, es, ei = config.extramuscular_global
     emg = 10 * (em * m + es * s + ei * ild_x) + config.extramuscular_global_sd * zc["extramuscular_global"]
-    out["extramuscular_global"] = _rounded(emg, 10, 1)
+    out["extramuscular_global"] = _rounded(emg, 10, "extramuscular_global")
     for enzyme in ENZYMES:
         gain = _col(np.asarray(traits[f"{enzyme}_gain"]), nd)
         uln = _col(np.asarray(traits[f"{enzyme}_uln"]), nd)
@@ -123,14 +125,23 @@ def latent_to_measures(
         np.copyto(value, np.nan, where=~measured)
         out[enzyme] = value
     cd = config.cdasi_activity_at_full * s + config.cdasi_activity_sd * zc["cdasi_activity"]
-    out["cdasi_activity"] = _rounded(cd, 100, 0)
+    out["cdasi_activity"] = _rounded(cd, 100, "cdasi_activity")
     return out
 
 
-def _rounded(values: np.ndarray, high: float, decimals: int) -> np.ndarray:
-    """Clip to [0, high] and round to the instrument's resolution, in place (values is a fresh temporary)."""
+def round_to_steps(values: np.ndarray, steps: int) -> np.ndarray:
+    """Round to the nearest 1 / `steps`, in place (values is a fresh float temporary)."""
+    values *= steps
+    np.rint(values, out=values)
+    values /= steps
+    return values
+
+
+def _rounded(values: np.ndarray, high: float, measure: str) -> np.ndarray:
+    """Clip to [0, high] and round to the measure's recording steps (`STEPS_PER_UNIT`), in place (values is a
+    fresh temporary)."""
     np.clip(values, 0, high, out=values)
-    return np.round(values, decimals, out=values)
+    return round_to_steps(values, STEPS_PER_UNIT[measure])
 
 
 def is_active(

@@ -17,7 +17,7 @@ import pandas as pd
 from simulator.body import BodySize
 from simulator.config import HistoryConfig, MeasurementConfig, TrialExpectation, TrialHistory, TrialScreening
 from simulator.history import History
-from simulator.measures import ENZYMES, NOISE_COLUMNS, STEPS_PER_UNIT, latent_to_measures
+from simulator.measures import ENZYMES, NOISE_COLUMNS, STEPS_PER_UNIT, latent_to_measures, round_to_steps
 
 
 class Enrolment(NamedTuple):
@@ -113,8 +113,7 @@ def expect(follow: dict[str, np.ndarray], expectation: TrialExpectation) -> dict
         return follow
     out = dict(follow)
     for m in expectation.measures:
-        k = STEPS_PER_UNIT[m]
-        out[m] = np.round(follow[m] * (1 - expectation.relative) * k) / k
+        out[m] = round_to_steps(follow[m] * (1 - expectation.relative), STEPS_PER_UNIT[m])
     return out
 
 

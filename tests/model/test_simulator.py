@@ -86,7 +86,8 @@ def test_truth_tables_have_documented_columns(cohort, inputs):
 
 
 def test_ratings_are_recorded_at_their_instruments_steps(cohort):
-    """The globals in tenths, the HAQ-DI in eighths: the steps the trial emulation rounds to (`STEPS_PER_UNIT`)."""
+    """The globals in tenths, the HAQ-DI in eighths, CDASI in whole points (`STEPS_PER_UNIT`, what the simulator
+    and the trial emulation round to)."""
     from simulator.measures import STEPS_PER_UNIT
 
     wide = _wide(cohort.assessments)
