@@ -273,16 +273,16 @@ def interval_meaning(config: BundleConfig) -> str:
     if config.interval_calibration.enabled:
         text += (", widened by how far the out-of-fold predictions of patients with a similar predicted chance "
                  "who took that option missed their observed response rate (plus that rate's uncertainty)")
+    rare = "for an option rarely given to patients like this one it can still be too narrow."
     # a model pickled before the spread term has a config without the field (and heads without a spread)
     if config.interval_calibration.enabled and getattr(config.interval_calibration, "patient_spread", False):
         return text + (", and by how far the chance of one patient strays from that of patients alike in the record, as "
                        "the outcomes of the same patients' other decisions show it (a trait the record does not show "
-                       "moves all of a patient's outcomes together). It does not cover unmeasured confounding, and for "
-                       "an option rarely given to patients like this one it can still be too narrow.")
+                       "moves all of a patient's outcomes together). It does not cover unmeasured confounding, and "
+                       + rare)
     return text + (". It is the uncertainty of the chance among patients who look like this one in the record, not "
                    "of what the record cannot show about this patient; it does not cover unmeasured confounding or "
-                   "the model's own misfit, and for an option rarely given to patients like this one it can still be "
-                   "too narrow.")
+                   "the model's own misfit, and " + rare)
 
 
 def spread_estimates(summary: dict[str, object]) -> str:
