@@ -74,6 +74,7 @@ def run_evaluate(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import typer
 
     from models import plots
     from models.bundle import interval_meaning, spread_estimates
@@ -87,8 +88,16 @@ def run_evaluate(
     started = time.perf_counter()
     settings = resolve(params)
     cfg = settings.evaluation
-    model = joblib.load(Path(train_dir) / "model" / registry.BUNDLE_FILE)
+    bundle_path = Path(train_dir) / "model" / registry.BUNDLE_FILE
+    model = joblib.load(bundle_path)
     run = json.loads((Path(train_dir) / "run.json").read_text(encoding="utf-8"))
+    if log_to_mlflow:
+        registry.setup_mlflow(root)
+        if not registry.run_holds_bundle(run["run_id"], bundle_path):
+            raise typer.BadParameter(
+                f"{Path(train_dir) / 'run.json'} names run {run['run_id']}, which registered another model than "
+                f"{bundle_path} (DVC restored this one from its cache without running train): run `dvc repro --force "
+                "--single-item train`, then `dvc repro`")
     features = pd.read_parquet(Path(features_dir) / "features.parquet")
     decisions = pd.read_parquet(Path(features_dir) / "decisions.parquet")
     split = read_split(split_dir)
@@ -170,7 +179,6 @@ def run_evaluate(
     if log_to_mlflow:
         import mlflow
 
-        registry.setup_mlflow(root)
         with mlflow.start_run(run_id=run["run_id"]):
             mlflow.log_metrics({k: v for k, v in result.headline.items() if v == v})
             if result.simulator is not None:

@@ -119,6 +119,8 @@ def _log(out: Path, model_dir: Path) -> None:
     registry.setup_mlflow()
     run_file = Path(model_dir).parent / "run.json"
     run_id = json.loads(run_file.read_text()).get("run_id") if run_file.is_file() else None
+    if run_id and not registry.run_holds_bundle(run_id, Path(model_dir) / registry.BUNDLE_FILE):
+        run_id = None  # run.json names the run of another model (restored by DVC): a run of its own instead
     with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name="explain"):
         mlflow.log_artifact(str(out / "mean_abs_shap.csv"), artifact_path="explain")
         mlflow.log_artifact(str(out / "summary.json"), artifact_path="explain")

@@ -212,6 +212,15 @@ def candidate_with_bundle(sha256: str, name: str = MODEL_NAME) -> tuple[str, str
     return found if tags.get(BUNDLE_SHA_TAG) == sha256 else None
 
 
+def run_holds_bundle(run_id: str, bundle_path: Path) -> bool:
+    """Whether training run `run_id` registered exactly the bundle at `bundle_path` (run tag `BUNDLE_SHA_TAG`).
+    `data/train/run.json` is no DVC output: when DVC restores an earlier model from its cache without running
+    `train`, the file still names the later run, and held-out metrics logged there would describe another model.
+    True for a run logged before the tag existed (nothing to compare)."""
+    tag = MlflowClient().get_run(run_id).data.tags.get(BUNDLE_SHA_TAG)
+    return tag is None or tag == sha256_file(bundle_path)
+
+
 def set_alias(alias: str, version: str, name: str = MODEL_NAME) -> None:
     """Point `alias` at `version` of the registered model."""
     MlflowClient().set_registered_model_alias(name, alias, version)

@@ -150,6 +150,30 @@ def test_training_again_to_the_same_bytes_keeps_the_candidate_version(trained):
     assert tags[registry.BUNDLE_SHA_TAG] == registry.sha256_file(paths["train"] / "model" / registry.BUNDLE_FILE)
 
 
+def test_evaluate_refuses_to_judge_a_model_its_run_file_does_not_name(trained, tmp_path):
+    """run.json is no DVC output: when DVC restores an earlier model from its cache without running train, the file
+    still names the later run, and evaluate must not log one model's held-out metrics onto another's run."""
+    import shutil
+
+    import typer
+
+    from pipeline import registry
+    from pipeline.evaluate import run_evaluate
+
+    root, paths, record = trained
+    bundle = paths["train"] / "model" / registry.BUNDLE_FILE
+    assert registry.run_holds_bundle(record["run_id"], bundle)
+    restored = tmp_path / "train"
+    shutil.copytree(paths["train"], restored)
+    other = joblib.load(bundle)
+    other.summary["restored"] = True  # another model: other bytes
+    joblib.dump(other, restored / "model" / registry.BUNDLE_FILE)
+    assert not registry.run_holds_bundle(record["run_id"], restored / "model" / registry.BUNDLE_FILE)
+    with pytest.raises(typer.BadParameter, match=r"names run .* another model .*`dvc repro --force --single-item train`"):
+        run_evaluate(paths["params"], paths["features"], paths["split"], restored, tmp_path / "evaluate", root)
+    assert not (tmp_path / "evaluate").exists()  # refused before writing anything
+
+
 def test_signature_and_input_example_are_logged(trained):
     import mlflow
 
