@@ -285,11 +285,18 @@ def interval_meaning(config: BundleConfig) -> str:
                    "the model's own misfit, and " + rare)
 
 
+def _spread_range(spread: dict[str, object]) -> str:
+    """' (90 % range a–b)' of a spread summary; '' for a model fitted before the range was kept."""
+    if "sigma_logit_low" not in spread:
+        return ""
+    return f" (90 % range {spread['sigma_logit_low']:.2f}–{spread['sigma_logit_high']:.2f})"
+
+
 def spread_estimates(summary: dict[str, object]) -> str:
     """The patient spreads a fitted model estimated, in words for its model card ("" when it has none)."""
     spreads = summary.get("interval_patient_spread") or {}
-    parts = [f"{head} σ {v['sigma_logit']:.2f} on the logit scale from {v['decision_pairs']} same-patient pairs "
-             f"({str(v.get('source', 'binary outcome')).replace('_', ' ')} residuals)"
+    parts = [f"{head} σ {v['sigma_logit']:.2f} on the logit scale{_spread_range(v)} from {v['decision_pairs']} "
+             f"same-patient pairs ({str(v.get('source', 'binary outcome')).replace('_', ' ')} residuals)"
              for head, v in spreads.items()]  # type: ignore[union-attr]
     return f" Patient spread estimated: {'; '.join(parts)}." if parts else ""
 

@@ -334,13 +334,17 @@ class PatientSpread:
     moves the outcomes of all of a patient's decisions together, so their out-of-fold residuals covary. `sigma_logit`
     is that trait's spread on the logit scale; `source` says which residuals showed it (`fit_patient_spread`: the
     binary outcome's; `fit_patient_spread_from_scores`: the continuous score it thresholds). Zero where a patient's
-    residuals do not covary, so a record that shows everything adds nothing.
+    residuals do not covary, so a record that shows everything adds nothing. `sigma_range` is the 90 % range that
+    the estimate's own sampling error allows (patients as the unit); one that reaches 0 says the pairs cannot tell
+    the spread from none.
     """
 
-    def __init__(self, sigma_logit: float, n_pairs: int, source: str = "binary outcome") -> None:
+    def __init__(self, sigma_logit: float, n_pairs: int, source: str = "binary outcome",
+                 sigma_range: tuple[float, float] | None = None) -> None:
         self.sigma_logit = sigma_logit
         self.n_pairs = n_pairs
         self.source = source
+        self.sigma_range = sigma_range or (sigma_logit, sigma_logit)
 
     def half_width(self, p: np.ndarray, z: float) -> np.ndarray:
         """Half-width of the spread at each predicted probability (z standard deviations, p-scale)."""
@@ -348,14 +352,15 @@ class PatientSpread:
         return z * self.sigma_logit * p * (1.0 - p)
 
     def summary(self) -> dict[str, float | int | str]:
-        """sigma on the logit scale, the within-patient decision pairs it was estimated from, and from what."""
-        return {"sigma_logit": round(self.sigma_logit, 4), "decision_pairs": self.n_pairs, "source": self.source}
+        """sigma on the logit scale and its 90 % range, the within-patient decision pairs it was estimated from,
+        and from what."""
+        low, high = getattr(self, "sigma_range", (self.sigma_logit, self.sigma_logit))  # older pickles lack it
+        return {"sigma_logit": round(self.sigma_logit, 4), "sigma_logit_low": round(low, 4),
+                "sigma_logit_high": round(high, 4), "decision_pairs": self.n_pairs, "source": self.source}
 
 
-def _same_patient_pairs(values: np.ndarray, patient: np.ndarray) -> float:
-    """Sum over same-patient pairs i < j of values_i x values_j (patient: integer codes)."""
-    total, squares = np.bincount(patient, weights=values), np.bincount(patient, weights=values * values)
-    return float(np.sum(total**2 - squares) / 2)
+#: two-sided 90 % normal quantile, for the spread's range.
+_RANGE_Z = 1.6449
 
 
 def _patient_codes(groups: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int]:
@@ -363,6 +368,23 @@ def _patient_codes(groups: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, in
     _, patient = np.unique(np.asarray(groups).astype(str)[keep], return_inverse=True)
     n = np.bincount(patient)
     return patient, int(np.sum(n * (n - 1)) // 2)
+
+
+def _within_patient_ratio(r: np.ndarray, w: np.ndarray, patient: np.ndarray) -> tuple[float, float]:
+    """sum of r_i r_j / sum of w_i w_j over same-patient pairs i < j (patient: integer codes), and its standard
+    error with patients as the independent unit (the linearised ratio's cluster variance)."""
+    def pair_sums(v: np.ndarray) -> np.ndarray:
+        total, squares = np.bincount(patient, weights=v), np.bincount(patient, weights=v * v)
+        return (total**2 - squares) / 2
+
+    shared, weight = pair_sums(r), pair_sums(w)
+    ratio = float(shared.sum() / max(weight.sum(), 1e-12))
+    has = weight > 0
+    k = int(has.sum())
+    if k < 2:
+        return ratio, 0.0
+    linear = shared[has] - ratio * weight[has]
+    return ratio, float(np.sqrt(k / (k - 1) * np.sum(linear**2)) / weight.sum())
 
 
 def fit_patient_spread(p_taken: np.ndarray, y: np.ndarray, groups: np.ndarray, *, min_pairs: int = 100
@@ -378,9 +400,13 @@ def fit_patient_spread(p_taken: np.ndarray, y: np.ndarray, groups: np.ndarray, *
     patient, n_pairs = _patient_codes(groups, keep)
     if n_pairs < min_pairs:
         return PatientSpread(0.0, n_pairs)
-    r, w = y[keep] - p[keep], p[keep] * (1.0 - p[keep])
-    sigma2 = _same_patient_pairs(r, patient) / max(_same_patient_pairs(w, patient), 1e-12)
-    return PatientSpread(float(np.sqrt(max(sigma2, 0.0))), n_pairs)
+    variance, se = _within_patient_ratio(y[keep] - p[keep], p[keep] * (1.0 - p[keep]), patient)
+
+    def sigma(v: float) -> float:
+        return float(np.sqrt(max(v, 0.0)))
+
+    return PatientSpread(sigma(variance), n_pairs,
+                         sigma_range=(sigma(variance - _RANGE_Z * se), sigma(variance + _RANGE_Z * se)))
 
 
 #: logistic standard deviations per probit unit (the logistic that best matches the normal CDF).
@@ -402,9 +428,15 @@ def fit_patient_spread_from_scores(residual: np.ndarray, groups: np.ndarray, *, 
     if n_pairs < min_pairs:
         return PatientSpread(0.0, n_pairs, source)
     r = r[keep]
-    shared = max(_same_patient_pairs(r, patient) / n_pairs, 0.0)
-    noise = max(float(np.mean(r * r)) - shared, 1e-12)
-    return PatientSpread(LOGIT_PER_PROBIT * float(np.sqrt(shared / noise)), n_pairs, source)
+    covariance, se = _within_patient_ratio(r, np.ones_like(r), patient)
+    total = float(np.mean(r * r))
+
+    def sigma(v: float) -> float:
+        shared = max(v, 0.0)
+        return LOGIT_PER_PROBIT * float(np.sqrt(shared / max(total - shared, 1e-12)))
+
+    return PatientSpread(sigma(covariance), n_pairs, source,
+                         (sigma(covariance - _RANGE_Z * se), sigma(covariance + _RANGE_Z * se)))
 
 
 def widen_interval(

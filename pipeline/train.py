@@ -199,9 +199,11 @@ def _log_training_run(model: Any, settings: Settings, tags: dict[str, str], fit_
             "train_response_rate": float(summary["response_rate"]),
             "train_fit_seconds": fit_seconds,
             **{f"train_taken_{k}": float(v) for k, v in summary["option_counts"].items()},
-            # how far one patient's chance strays from patients alike (models.intervals.PatientSpread), per head
-            **{f"interval_spread_sigma_logit.{head}": float(v["sigma_logit"])
-               for head, v in summary.get("interval_patient_spread", {}).items()},
+            # how far one patient's chance strays from patients alike (models.intervals.PatientSpread), per head,
+            # with the 90 % range of the estimate
+            **{f"interval_spread_{key}.{head}": float(v[key])
+               for head, v in summary.get("interval_patient_spread", {}).items()
+               for key in ("sigma_logit", "sigma_logit_low", "sigma_logit_high")},
         })
         dictionary = Path(features_dir) / "feature_dictionary.json"
         if dictionary.is_file():

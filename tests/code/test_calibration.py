@@ -312,6 +312,28 @@ def test_the_score_and_the_binary_outcome_tell_the_same_spread_the_score_more_st
     assert np.std(by_score) * 1.5 < np.std(by_outcome)
 
 
+def test_the_spreads_range_holds_the_true_spread_and_reaches_zero_without_one():
+    """The model card gives the spread with the 90 % range its sampling error allows (patients as the unit): over
+    draws it holds the true spread about 90 % of the time, and where no trait is shared it reaches 0 — the pairs
+    cannot tell the spread from none, and a reader can see that."""
+    from models.intervals import fit_patient_spread, fit_patient_spread_from_scores
+
+    held, reaches_zero = [], []
+    for seed in range(40):
+        score, expected, groups = _scores_with_a_patient_shift(1000, 6.0, 18.0, seed=seed, decisions=2)
+        low, high = fit_patient_spread_from_scores(score - expected, groups).sigma_range
+        held.append(low <= 1.702 * 6 / 18 <= high)
+        score, expected, groups = _scores_with_a_patient_shift(1000, 0.0, 18.0, seed=seed, decisions=2)
+        reaches_zero.append(fit_patient_spread_from_scores(score - expected, groups).sigma_range[0] == 0.0)
+    assert 0.78 <= np.mean(held) <= 1.0
+    assert np.mean(reaches_zero) >= 0.85
+    p, y, groups = _random_intercept_rows(3000, 0.8, seed=11)
+    spread = fit_patient_spread(p, y, groups)
+    low, high = spread.sigma_range
+    assert 0 < low < spread.sigma_logit < high
+    assert spread.summary()["sigma_logit_low"] == round(low, 4)
+
+
 def test_patient_spread_from_scores_needs_pairs():
     from models.intervals import fit_patient_spread_from_scores
 

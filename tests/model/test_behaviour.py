@@ -305,6 +305,9 @@ def test_the_model_says_what_its_interval_means(model):
     assert (spread["response"]["source"], spread["safety"]["source"]) == ("total_improvement_score", "binary outcome")
     words = spread_estimates(model.summary)  # the model card's line
     assert "response σ" in words and "total improvement score residuals" in words and "safety σ" in words
+    r = spread["response"]  # with the range its sampling error allows, so a reader sees whether it is told from 0
+    assert r["sigma_logit_low"] <= r["sigma_logit"] <= r["sigma_logit_high"]
+    assert f"(90 % range {r['sigma_logit_low']:.2f}–{r['sigma_logit_high']:.2f})" in words
     assert spread_estimates({}) == ""
     without = interval_meaning(small_config(interval_calibration={"patient_spread": False}))
     assert "patients who look like this one in the record" in without  # not this patient's own, unrecorded chance

@@ -146,6 +146,8 @@ def test_training_again_to_the_same_bytes_keeps_the_candidate_version(trained):
     assert {v.version for v in client.search_model_versions(f"name='{registry.MODEL_NAME}'")} == versions
     run = client.get_run(record["run_id"]).data
     assert run.metrics["interval_spread_sigma_logit.response"] >= 0  # the interval's patient-spread term, logged
+    assert (run.metrics["interval_spread_sigma_logit_low.response"] <= run.metrics["interval_spread_sigma_logit.response"]
+            <= run.metrics["interval_spread_sigma_logit_high.response"])  # and the range of that estimate
     tags = run.tags
     assert tags[registry.BUNDLE_SHA_TAG] == registry.sha256_file(paths["train"] / "model" / registry.BUNDLE_FILE)
 
