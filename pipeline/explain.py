@@ -35,11 +35,12 @@ def run_explain(params: Settings | Path = Path("params.yaml"), features: Path = 
     from models import explain as E
     from pipeline.config import load_reference
     from pipeline.io import write_csv, write_json
+    from pipeline.registry_store import BUNDLE_FILE
     from pipeline.settings import resolve
 
     seed = resolve(params).seed if seed is None else seed
     started = time.perf_counter()
-    model = joblib.load(Path(model_dir) / "escalate_model.joblib")
+    model = joblib.load(Path(model_dir) / BUNDLE_FILE)
     frame = pd.read_parquet(features)
     dict_frame = E.with_dose_targets(pd.read_json(dictionary, orient="records"),
                                      Vocabulary.from_config(load_reference("drugs")))

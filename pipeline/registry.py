@@ -32,10 +32,9 @@ from mlflow.tracking import MlflowClient
 
 from models.bundle import EXPLAIN_PARAM, explain_top_k_param  # noqa: F401 - part of this module's interface
 from pipeline.config import ROOT, quiet_library_notices, tracking_uri
-from pipeline.registry_store import CANDIDATE, CHAMPION, MODEL_NAME  # noqa: F401 - defined there (no MLflow import)
+from pipeline.registry_store import BUNDLE_FILE, CANDIDATE, CHAMPION, MODEL_NAME  # noqa: F401 - there: no MLflow import
 
 EXPERIMENT = "escalate"
-BUNDLE_FILE = "escalate_model.joblib"
 #: the training run's tag holding the sha256 of the bundle it registered (same inputs give the same bytes).
 BUNDLE_SHA_TAG = "model.bundle.sha256"
 #: the registered model's code file and the pure packages shipped with it (what that file imports).

@@ -13,7 +13,7 @@ file, workspaces are on, the schema is not the one expected, a location is not a
 one `registry.log_model` writes — it raises `StoreUnreadable` and the caller asks MLflow itself. A store file that
 does not exist yet is an empty registry (MLflow would create it empty).
 
-The registered model's name and aliases live here, so light readers need not import `pipeline.registry` (which
+The registered model's name, its aliases and the bundle's file name live here, so light readers need not import `pipeline.registry` (which
 imports MLflow); `pipeline.registry` re-exports them.
 """
 
@@ -32,6 +32,8 @@ from urllib.request import url2pathname
 from pipeline.config import ROOT, read_yaml, tracking_uri
 
 MODEL_NAME = "escalate-response"
+#: the fitted bundle's file name, in the train stage's model folder and among a registered version's artifacts.
+BUNDLE_FILE = "escalate_model.joblib"
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 #: the name under which `registry.log_model` logs the fitted bundle (an artifact of the pyfunc)

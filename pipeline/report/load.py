@@ -77,14 +77,16 @@ def _load_model_with_mlflow(model_dir: Path) -> LoadedModel:
 
 def _load_local_bundle(model_dir: Path) -> LoadedModel:
     """The bundle the train stage wrote to `model_dir` (no registered model); FileNotFoundError when absent."""
-    path = Path(model_dir) / "escalate_model.joblib"
+    from pipeline import registry_store as store
+
+    path = Path(model_dir) / store.BUNDLE_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"no registered model (aliases champion, candidate) and no bundle at {path}: run `dvc repro train`"
         )
     run = Path(model_dir).parent / "run.json"
     run_id = json.loads(run.read_text()).get("run_id", "unknown") if run.is_file() else "unknown"
-    return LoadedModel(_load_bundle(path), "escalate-response", "local", "data/train/model", str(run_id))
+    return LoadedModel(_load_bundle(path), store.MODEL_NAME, "local", "data/train/model", str(run_id))
 
 
 @contextmanager
