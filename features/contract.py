@@ -245,8 +245,13 @@ def _map_unique(s: pd.Series, func: Callable[[Any], Any]) -> pd.Series:
     return pd.Series(mapped[codes], index=s.index, name=s.name)  # dtype inferred, as Series.map does
 
 
+#: the calendar a datetime64[ns] holds (a typo like 2300-01-01 is unreadable, never an overflow).
+DATE_RANGE = (pd.Timestamp("1678-01-01"), pd.Timestamp("2261-12-31"))
+
+
 def parse_dates(s: pd.Series) -> pd.Series:
-    """ISO dates (YYYY-MM-DD, a time part is dropped) → datetime64[ns] calendar dates; NaT where unreadable."""
+    """ISO dates (YYYY-MM-DD, a time part is dropped) → datetime64[ns] calendar dates; NaT where unreadable or
+    outside `DATE_RANGE`."""
     if isinstance(s.dtype, pd.DatetimeTZDtype):
         s = s.dt.tz_localize(None)
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
@@ -258,16 +263,18 @@ def parse_dates(s: pd.Series) -> pd.Series:
         out = pd.to_datetime(text, errors="coerce", format="ISO8601")
         if isinstance(out.dtype, pd.DatetimeTZDtype):
             out = out.dt.tz_localize(None)
-    return out.dt.normalize().astype("datetime64[ns]")
+    out = out.dt.normalize()
+    return out.where((out >= DATE_RANGE[0]) & (out <= DATE_RANGE[1])).astype("datetime64[ns]")
 
 
 def parse_numbers(s: pd.Series) -> pd.Series:
-    """Numbers as written (strings or numeric) → float64; NaN where unreadable. Booleans are not numbers."""
+    """Numbers as written (strings or numeric) → float64; NaN where unreadable or infinite (no measurement is).
+    Booleans are not numbers."""
     if pd.api.types.is_bool_dtype(s.dtype):
         return pd.Series(np.nan, index=s.index)
-    if pd.api.types.is_numeric_dtype(s.dtype):
-        return s.astype("float64")
-    return pd.to_numeric(s, errors="coerce").astype("float64")
+    x = s.astype("float64") if pd.api.types.is_numeric_dtype(s.dtype) else pd.to_numeric(s, errors="coerce")
+    x = x.astype("float64")
+    return x.where(np.isfinite(x))
 
 
 def map_codes(s: pd.Series, index: Mapping[str, Any]) -> pd.Series:
@@ -579,9 +586,10 @@ def _message(
     if rule == "duplicate_patient":
         return f"patient_id {value!r} appears more than once in patients; each patient needs exactly one row"
     if rule == "unparseable_date":
-        return f"{value!r} is not a date; write dates as YYYY-MM-DD"
+        return (f"{value!r} is not a calendar date of the years {DATE_RANGE[0].year}–{DATE_RANGE[1].year}; "
+                "write dates as YYYY-MM-DD")
     if rule == "unparseable_number":
-        expected = "a whole number" if kind == "integer" else "a number"
+        expected = "a whole number" if kind == "integer" else "a finite number"
         return f"{value!r} is not {expected}"
     if rule == "out_of_range":
         lo, hi, lo_inclusive = _range(table, column, today) or (None, None, True)

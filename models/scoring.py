@@ -21,6 +21,8 @@ PatientIds = pa.Array | pa.ChunkedArray | pd.Series | np.ndarray | Sequence[obje
 REJECT_COLUMNS: tuple[str, ...] = ("patient_id", "table", "row", "column", "rule", "message")
 #: the leading columns of every scored part file (the model's prediction and reason columns follow).
 LEAD_COLUMNS: tuple[str, ...] = ("patient_id", "as_of", "option")
+#: the longest patient id a run plans (an export's identifiers are short; a longer one is a broken cell).
+MAX_ID_CHARS = 256
 #: fixed key of the id hash that places rows of patients missing from `patients` into a chunk (stable across runs).
 _HASH_KEY = "escalate-score01"  # 16 bytes, as pandas requires
 
@@ -108,13 +110,21 @@ class ChunkPlan:
         chunk = np.zeros(len(text), dtype=np.int64)
         if not present.any():
             return chunk
-        wanted = _fixed_width(text.filter(present))
-        pos = np.searchsorted(self.ids, wanted) if len(self.ids) else np.zeros(len(wanted), dtype=np.int64)
-        found = pos < len(self.ids)
-        found[found] = self.ids[pos[found]] == wanted[found]
-        placed = np.where(found, pos // self.chunk_patients, 0)
+        text = text.filter(present)
+        placed = np.zeros(len(text), dtype=np.int64)
+        found = np.zeros(len(text), dtype=bool)
+        # an id longer than every planned one is no planned patient: never widened to fixed width (memory)
+        fits = pc.less_equal(pc.binary_length(text), self.ids.itemsize if len(self.ids) else 0)
+        fits = fits.to_numpy(zero_copy_only=False)
+        if fits.any():
+            wanted = _fixed_width(text.filter(fits))
+            pos = np.searchsorted(self.ids, wanted)
+            hit = pos < len(self.ids)
+            hit[hit] = self.ids[pos[hit]] == wanted[hit]
+            rows = np.flatnonzero(fits)[hit]
+            found[rows], placed[rows] = True, pos[hit] // self.chunk_patients
         if not found.all():
-            orphans = np.char.decode(wanted[~found], "utf-8").astype(object)
+            orphans = text.filter(~found).to_numpy(zero_copy_only=False).astype(object)
             hashed = pd.util.hash_array(orphans, hash_key=_HASH_KEY)
             placed[~found] = (hashed % np.uint64(self.total)).astype(np.int64)
         chunk[present] = placed
@@ -132,6 +142,11 @@ def plan_chunks(patient_ids: PatientIds, chunk_patients: int) -> ChunkPlan:
         row = int(np.flatnonzero(nul)[0])
         raise ValueError(f"table patients: row {row}, column 'patient_id' contains a NUL character "
                          "(rule: identifiers are printable text)")
+    length = pc.fill_null(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False)
+    if len(length) and length.max() > MAX_ID_CHARS:  # the plan holds every id at the longest one's width
+        row = int(np.argmax(length > MAX_ID_CHARS))
+        raise ValueError(f"table patients: row {row}, column 'patient_id' is {int(length[row])} characters long "
+                         f"(rule: identifiers of at most {MAX_ID_CHARS} characters)")
     distinct = pc.unique(text.drop_null())
     del text
     ordered = distinct.take(pc.array_sort_indices(distinct))  # Arrow orders text by its UTF-8 bytes, as numpy does

@@ -51,9 +51,12 @@ def check_readable(path: Path) -> list[str]:
         raise TableReadError(f"{path}: cannot be opened ({err.strerror or err})") from err
     if size == 0:
         raise TableReadError(f"{path}: the file is empty (no header row)")
-    if path.suffix == ".parquet":
-        return _parquet_columns(path, head, tail)
-    return _csv_columns(path, head)
+    names = _parquet_columns(path, head, tail) if path.suffix == ".parquet" else _csv_columns(path, head)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # a reader would keep one of them, or rename the other, and its values would go unchecked
+        raise TableReadError(f"{path}: column(s) {twice} appear more than once in the header (rule: "
+                             "duplicate_column); keep one of each")
+    return names
 
 
 def _parquet_columns(path: Path, head: bytes, tail: bytes) -> list[str]:
@@ -128,12 +131,25 @@ def read_table(path: Path) -> pd.DataFrame:
     """
     path = Path(path)
     check_readable(path)
+    if path.suffix != ".parquet":
+        return next(iter(read_csv_text(path)))
     try:
-        if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as err:
+        raise TableReadError(f"{path}: cannot be read ({err})") from err
+
+
+def read_csv_text(path: Path, chunksize: int | None = None) -> Iterator[pd.DataFrame]:
+    """A CSV table with every cell a string (only empty cells missing): the whole table, or frames of `chunksize`
+    rows. A malformed file is a `TableReadError` naming the file and the line, whenever the reader meets it."""
+    try:
+        if chunksize is None:
+            yield pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+            return
+        yield from pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig",
+                               chunksize=chunksize)
     except pd.errors.ParserError as err:
-        raise TableReadError(f"{path}: not a well-formed CSV ({err}); a value containing a comma or a line break "
+        raise TableReadError(f"{path}: not a well-formed CSV ({str(err).strip()}); a value containing a comma or a line break "
                              "must be quoted") from err
     except (OSError, ValueError) as err:
         raise TableReadError(f"{path}: cannot be read ({err})") from err

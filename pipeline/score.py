@@ -78,6 +78,11 @@ def input_hash(paths: dict[str, Path | None]) -> str:
     return digest.hexdigest()
 
 
+def _with_rule(message: str) -> str:
+    """A read error's message with its rule (unreadable_table unless it names a narrower one)."""
+    return message if "(rule: " in message else f"{message} (rule: unreadable_table)"
+
+
 def _columns_of(path: Path) -> list[str]:
     """The header of one table, after the checks that name an unreadable file and its likely cause (separator,
     encoding, truncated Parquet: `pipeline.io.check_readable`)."""
@@ -86,7 +91,7 @@ def _columns_of(path: Path) -> list[str]:
     try:
         return check_readable(path)
     except TableReadError as err:
-        raise ScoreRefusal(f"{err} (rule: unreadable_table)") from None
+        raise ScoreRefusal(_with_rule(str(err))) from None
 
 
 def check_structure(paths: dict[str, Path | None]) -> None:
@@ -96,6 +101,7 @@ def check_structure(paths: dict[str, Path | None]) -> None:
         if path is None:
             continue
         have = _columns_of(path)
+        _check_id_type(name, path)
         missing = [c.name for c in CONTRACT_COLUMNS[name] if c.required and c.name not in have]
         if missing:
             unexpected = [c for c in have if c not in {s.name for s in CONTRACT_COLUMNS[name]}]
@@ -105,13 +111,30 @@ def check_structure(paths: dict[str, Path | None]) -> None:
                                + (f"; {' '.join(hints)}" if hints else ""))
 
 
+def _check_id_type(name: str, path: Path) -> None:
+    """A Parquet `patient_id` stored as text or whole numbers: ids stored as floating point (1.0) or dates have no
+    one spelling the contract and the chunk plan would agree on, so the run is refused naming table and column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.suffix != ".parquet":
+        return
+    schema = pq.read_schema(path)
+    if "patient_id" not in schema.names:
+        return
+    kind = schema.field("patient_id").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+            or pa.types.is_null(kind) or pa.types.is_dictionary(kind) and pa.types.is_string(kind.value_type)):
+        raise ScoreRefusal(f"table {name} ({path.name}): column 'patient_id' is stored as {kind} (rule: "
+                           "identifier_type); store identifiers as text or whole numbers")
+
+
 def _batches(path: Path) -> Any:
     """Record batches of one table: Parquet batches as stored; CSV read as text (only empty cells missing).
 
     Parquet is read one row group at a time: one `iter_batches` over a whole file of many row groups keeps
     allocating (pyarrow 25: +0.6 MB a batch, 400 MB over a 303M-row table; cf. apache/arrow#39808), while a
     reader per row group stays flat."""
-    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -120,11 +143,15 @@ def _batches(path: Path) -> Any:
         for group in range(parquet.num_row_groups):
             yield from parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[group])
         return
+    from pipeline.io import TableReadError, read_csv_text
+
     names = _columns_of(path)
     schema = pa.schema([(n, pa.string()) for n in names])
-    for frame in pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig",
-                             chunksize=BATCH_ROWS):
-        yield pa.RecordBatch.from_pandas(frame.astype(object), schema=schema, preserve_index=False)
+    try:
+        for frame in read_csv_text(path, chunksize=BATCH_ROWS):
+            yield pa.RecordBatch.from_pandas(frame.astype(object), schema=schema, preserve_index=False)
+    except TableReadError as err:
+        raise ScoreRefusal(_with_rule(str(err))) from None
 
 
 def read_patient_ids(path: Path) -> PatientIds:
@@ -517,7 +544,10 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
     run_file = out / WORK / RUN_FILE
 
     # planning and staging (redone unless a finished staging of this very input exists)
-    plan = plan_chunks(read_patient_ids(paths["patients"]), task.settings.chunk_patients)
+    try:
+        plan = plan_chunks(read_patient_ids(paths["patients"]), task.settings.chunk_patients)
+    except ValueError as err:  # an id the plan cannot hold (names table, row, column and rule)
+        raise ScoreRefusal(str(err)) from None
     release_memory()
     total = plan.total
     for stale in out.rglob(".*.tmp") if out.exists() else ():  # half-written files of a killed run

@@ -73,6 +73,20 @@ def test_every_row_lands_in_exactly_one_chunk() -> None:
     assert (plan.chunk_of(rows) == chunk).all()  # deterministic
 
 
+def test_an_id_too_long_to_plan_is_refused_and_one_elsewhere_is_an_unknown_patient() -> None:
+    """The plan holds ids at the longest one's width, so a broken cell (a 100,000-character id) would cost memory
+    per patient: refused naming its row. In another table such an id is no planned patient: it is placed by its
+    hash like any unknown id, without widening the batch to its length."""
+    from models.scoring import MAX_ID_CHARS
+
+    with pytest.raises(ValueError, match=rf"row 1, column .patient_id. is 100000 characters long .*{MAX_ID_CHARS}"):
+        plan_chunks(["a", "x" * 100_000], 5)
+    plan = plan_chunks(["a", "b", "c", "d"], 2)
+    long_id = "y" * 1_000_000
+    chunk = plan.chunk_of(pd.Series(["d", long_id, "a", long_id], dtype=object))
+    assert chunk[0] == 1 and chunk[2] == 0 and chunk[1] == chunk[3] and 0 <= chunk[1] < 2
+
+
 def test_clean_ids_strip_like_the_contract() -> None:
     assert clean_ids(pd.Series([" a", "b ", "", None, 7], dtype=object)).tolist() == ["a", "b", None, None, "7"]
 
@@ -85,7 +99,7 @@ def test_rejects_keep_errors_only_and_point_at_input_rows() -> None:
         "column": ["value", "unit", "patient_id", "dose"],
         "rule": ["unparseable_number", "unknown_unit", "missing_column", "out_of_range"],
         "severity": ["error", "warning", "error", "error"],
-        "message": ["'x' is not a number", "odd unit", "gone", "-1 is out of range"],
+        "message": ["'x' is not a finite number", "odd unit", "gone", "-1 is out of range"],
     })
     out = rejects_from_violations(violations, {"assessments": np.array([40, 41]), "regimens": np.array([7])})
     assert list(out.columns) == list(REJECT_COLUMNS)
@@ -243,6 +257,27 @@ def test_structure_and_identity_of_the_input(tmp_path: Path) -> None:
         table_paths(tmp_path / "in")
     with pytest.raises(ScoreRefusal, match="no such folder"):
         table_paths(tmp_path / "nowhere")
+
+
+def test_ids_stored_as_floats_are_refused_before_any_work(tmp_path: Path) -> None:
+    """1.0 has no one spelling the contract ('1.0') and the chunk plan ('1') agree on: refused, naming the table."""
+    tables = _write_tables(tmp_path / "in", "parquet")
+    paths = table_paths(tmp_path / "in")
+    tables["patients"].assign(patient_id=[2.0, 1.0, 3.0]).to_parquet(paths["patients"], index=False)
+    with pytest.raises(ScoreRefusal, match=r"table patients .*'patient_id' is stored as double .*identifier_type"):
+        check_structure(paths)
+    tables["patients"].assign(patient_id=[2, 1, 3]).to_parquet(paths["patients"], index=False)
+    check_structure(paths)  # whole numbers are fine
+
+
+def test_a_malformed_csv_met_while_staging_is_a_refusal_naming_file_and_line(tmp_path: Path) -> None:
+    tables = _write_tables(tmp_path / "in", "csv")
+    paths = table_paths(tmp_path / "in")
+    with paths["regimens"].open("a", encoding="utf-8") as f:
+        f.write("p1,prednisone,10,mg,oral,daily,2021-01-01,,one,too,many\n")
+    plan = plan_chunks(tables["patients"]["patient_id"], 2)
+    with pytest.raises(ScoreRefusal, match=r"regimens\.csv: not a well-formed CSV .*line 6.*unreadable_table"):
+        stage_tables(paths, plan, tmp_path / "staging")
 
 
 def test_part_names_sort_in_chunk_order() -> None:

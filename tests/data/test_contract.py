@@ -122,6 +122,11 @@ BROKEN = {
                          {("regimens", 0, "start_date", "unparseable_date", E)}),
     "unparseable number": (_set("assessments", 1, "value", "five"),
                            {("assessments", 1, "value", "unparseable_number", E)}),
+    # a typo's year no datetime64[ns] holds, and an infinite lab value: a rejected row, never a crash or a feature
+    "date beyond the calendar": (_set("regimens", 0, "end_date", "2300-01-01"),
+                                 {("regimens", 0, "end_date", "unparseable_date", E)}),
+    "infinite number": (_set("assessments", 1, "value", "Infinity"),
+                        {("assessments", 1, "value", "unparseable_number", E)}),
     "birth year not whole": (_set("patients", 0, "birth_year", "1970.5"),
                              {("patients", 0, "birth_year", "unparseable_number", E)}),
     "unknown sex": (_set("patients", 0, "sex", "X"), {("patients", 0, "sex", "unknown_category", E)}),
@@ -605,6 +610,8 @@ UNREADABLE = {
     "empty": (lambda b: b"", "patients.csv", ["the file is empty"]),
     "ragged rows": (lambda b: b + b"SEED-0002,F,1970,DM,2020-01-01,,false,false,extra,cells\n", "patients.csv",
                     ["not a well-formed CSV", "must be quoted"]),
+    "a column twice": (lambda b: b.replace(b"cancer_associated", b"cancer_associated,ild", 1), "patients.csv",
+                       ["['ild'] appear more than once", "duplicate_column"]),
 }
 
 
