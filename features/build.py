@@ -450,6 +450,23 @@ def _keys_frame(keys: pd.DataFrame) -> pd.DataFrame:
     return out[list(KEY_COLUMNS)]
 
 
+#: the rule broken by a patient whose record holds no assessment before the as-of date.
+NO_RECORD_RULE = "no_record_before_as_of"
+
+
+def without_record_before(patients: pd.DataFrame, assessments: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Violations (`features.contract.VIOLATION_COLUMNS`, errors) of the normalised patients with no assessment
+    dated before `as_of`: every feature would be imputed, so a prediction would describe an average patient, not
+    this one (a diagnosis recorded later, or an as-of date before the export's first visit)."""
+    seen = assessments.loc[assessments["date"] < as_of, "patient_id"].dropna().astype(str).unique()
+    lacking = patients[~patients["patient_id"].astype(str).isin(seen)]
+    return pd.DataFrame({
+        "table": "patients", "row": lacking["row"].to_numpy(), "patient_id": lacking["patient_id"].to_numpy(),
+        "column": "patient_id", "rule": NO_RECORD_RULE, "severity": "error",
+        "message": f"no assessment dated before the as-of date {as_of.date()}: nothing of this patient to predict "
+                   "from (an as-of date before the first visit?)"})
+
+
 def build_features(
     keys: pd.DataFrame,
     tables: Mapping[str, pd.DataFrame],

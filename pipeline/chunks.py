@@ -209,7 +209,7 @@ class ChunkTask:
     def _score(self, chunk: int, model: Any, refs: tuple[Any, Any, Any, Any]) -> dict[str, Any]:
         import pandas as pd
 
-        from features.build import build_features
+        from features.build import build_features, without_record_before
         from features.contract import check
         from models.scoring import assemble_chunk, predict_explained, rejects_from_violations
         from pipeline.io import write_parquet
@@ -223,11 +223,13 @@ class ChunkTask:
             tables[name], row_map[name] = read_shard(staging, name, chunk)
         t1 = time.perf_counter()
         result = check(tables, vocabulary, measures, pd.Timestamp(self.today))
-        rejects = rejects_from_violations(result.violations, row_map)
-        t2 = time.perf_counter()
+        as_of = pd.Timestamp(self.as_of)
         patients = result.normalised["patients"]
-        keys = pd.DataFrame({"patient_id": patients["patient_id"].astype(str).to_numpy(),
-                             "as_of": pd.Timestamp(self.as_of)})
+        unrecorded = without_record_before(patients, result.normalised["assessments"], as_of)
+        patients = patients[~patients["patient_id"].isin(unrecorded["patient_id"])]
+        rejects = rejects_from_violations(pd.concat([result.violations, unrecorded], ignore_index=True), row_map)
+        t2 = time.perf_counter()
+        keys = pd.DataFrame({"patient_id": patients["patient_id"].astype(str).to_numpy(), "as_of": as_of})
         fs = build_features(keys, result.normalised, vocabulary, catalog, fconfig)
         t3 = time.perf_counter()
         preds = predict_explained(model, fs.features, fs.dictionary, self.settings.explain_top_k)

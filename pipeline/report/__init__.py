@@ -106,8 +106,9 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
     an index into the folder `out`) for the decision on `as_of` (default: `today`), using only records dated
     before it; `today` (default: the current date) is the data's extraction date the records are checked
     against, so a retrospective page works for a patient with later records. One patient's page reads only
-    that patient's rows. An unknown patient, one whose record has data errors, or an as-of date after today is
-    refused (`ReportRefusal`) before the model loads."""
+    that patient's rows. An unknown patient, one whose record has data errors or no assessment before the as-of
+    date, or an as-of date after today is refused (`ReportRefusal`) before the model loads."""
+    from features.build import without_record_before
     from pipeline.config import load_reference
     from pipeline.settings import load_settings
 
@@ -128,6 +129,9 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
             raise ReportRefusal(f"--patient: no patient {patient!r} in {data}")
     else:
         tables, violations = _load_tables(data, str(the_day))
+    unrecorded = without_record_before(tables["patients"], tables["assessments"], when)
+    if patient is not None and len(unrecorded):
+        raise ReportRefusal(f"--patient {patient!r}: {unrecorded['message'].iloc[0]}")
     loaded = load_model(model_dir)
     evidence = load_evidence(loaded, load_settings())
     monitoring = load_reference("monitoring")
@@ -145,7 +149,11 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
     rejected = sorted(set(violations.loc[violations["severity"] == "error", "patient_id"].dropna().astype(str)))
     if rejected:
         typer.echo(f"{len(rejected)} patient(s) with data errors get no page: {', '.join(rejected[:20])}", err=True)
-    for pid in sorted(tables["patients"]["patient_id"].astype(str).unique()):
+    blank = sorted(unrecorded["patient_id"].astype(str))
+    if blank:
+        typer.echo(f"{len(blank)} patient(s) with no assessment before {when.date()} get no page: "
+                   f"{', '.join(blank[:20])}", err=True)
+    for pid in sorted(set(tables["patients"]["patient_id"].astype(str)) - set(blank)):
         page = build_patient_page(pid, when, tables, loaded, monitoring, evidence, top_k=top_k,
                                   findings=patient_findings(violations, pid), rules=rules)
         name = page_file_name(pid)

@@ -647,7 +647,8 @@ class _ModelLoaded(Exception):
 
 def test_a_retrospective_page_checks_records_against_today_not_the_decision_date(tmp_path, monkeypatch):
     """as of a past decision the seed patient's later records are no error (they are dated before --today); a
-    decision after today and an unknown patient are refused before the model loads."""
+    decision after today, an unknown patient and a decision before the patient's first visit are refused before
+    the model loads."""
     from datetime import date
 
     from tests.conftest import SEED_CASE
@@ -658,13 +659,16 @@ def test_a_retrospective_page_checks_records_against_today_not_the_decision_date
     monkeypatch.setattr(R, "load_model", loaded)
     out = tmp_path / "p.html"
     with pytest.raises(_ModelLoaded):
+        R.run_report("SEED-0001", as_of=date(2026, 3, 1), today=date(2026, 11, 25), data=SEED_CASE, out=out)
+    # before the first visit (2025-11-18) the record holds nothing of this patient: no page of an average patient
+    with pytest.raises(R.ReportRefusal, match=r"'SEED-0001': no assessment dated before the as-of date 2025-06-01"):
         R.run_report("SEED-0001", as_of=date(2025, 6, 1), today=date(2026, 11, 25), data=SEED_CASE, out=out)
     with pytest.raises(R.ReportRefusal, match=r"--as-of 2026-12-01 is after --today 2026-11-25"):
         R.run_report("SEED-0001", as_of=date(2026, 12, 1), today=date(2026, 11, 25), data=SEED_CASE, out=out)
     with pytest.raises(R.ReportRefusal, match=r"no patient 'NOPE'"):
         R.run_report("NOPE", as_of=date(2026, 11, 18), today=date(2026, 11, 25), data=SEED_CASE, out=out)
     with pytest.raises(R.ReportRefusal, match=r"data errors.*future"):  # records after today are errors
-        R.run_report("SEED-0001", as_of=date(2025, 6, 1), today=date(2025, 6, 1), data=SEED_CASE, out=out)
+        R.run_report("SEED-0001", as_of=date(2026, 3, 1), today=date(2026, 3, 1), data=SEED_CASE, out=out)
     assert not out.exists()
 
 

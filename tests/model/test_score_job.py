@@ -141,7 +141,8 @@ def read_output(out: Path) -> pd.DataFrame:
 
 
 def _broken_copy(world: ScoringWorld, target: Path) -> tuple[Path, str, int]:
-    """The cohort with assessments as CSV with one value made unreadable, and one regimen of an unknown patient."""
+    """The cohort with assessments as CSV with one value made unreadable, one regimen of an unknown patient, and
+    one patient (last row of patients) with nothing recorded."""
     target.mkdir()
     for f in world.data.glob("*.parquet"):
         if f.stem != "assessments":
@@ -154,6 +155,9 @@ def _broken_copy(world: ScoringWorld, target: Path) -> tuple[Path, str, int]:
     regimens = pd.read_parquet(target / "regimens.parquet")
     stray = regimens.iloc[[0]].assign(patient_id="NOT-A-PATIENT")
     pd.concat([regimens, stray], ignore_index=True).to_parquet(target / "regimens.parquet", index=False)
+    patients = pd.read_parquet(target / "patients.parquet")
+    blank = patients.iloc[[0]].assign(patient_id="NOTHING-RECORDED")
+    pd.concat([patients, blank], ignore_index=True).to_parquet(target / "patients.parquet", index=False)
     return target, str(assessments.loc[row, "patient_id"]), row
 
 
@@ -203,10 +207,14 @@ def test_broken_rows_reject_their_patient_and_name_the_record(world: ScoringWorl
     stray = rejects[rejects["patient_id"] == "NOT-A-PATIENT"]
     assert (stray["table"] == "regimens").all() and len(stray) == 1
     assert int(stray["row"].iloc[0]) == len(pd.read_parquet(data / "regimens.parquet")) - 1
+    # nothing recorded before the as-of date: every feature would be imputed — rejected, not scored as average
+    blank = rejects[rejects["patient_id"] == "NOTHING-RECORDED"]
+    assert blank[["table", "column", "rule"]].values.tolist() == [["patients", "patient_id", "no_record_before_as_of"]]
+    assert int(blank["row"].iloc[0]) == len(pd.read_parquet(data / "patients.parquet")) - 1
     scored = read_output(out)
-    assert bad_patient not in set(scored["patient_id"])
-    assert manifest["counts"]["rejected_patients"] == 1 and manifest["counts"]["unknown_patients"] == 1
-    assert manifest["counts"]["scored_patients"] == manifest["counts"]["input_patients"] - 1
+    assert {bad_patient, "NOTHING-RECORDED"}.isdisjoint(scored["patient_id"])
+    assert manifest["counts"]["rejected_patients"] == 2 and manifest["counts"]["unknown_patients"] == 1
+    assert manifest["counts"]["scored_patients"] == manifest["counts"]["input_patients"] - 2
 
 
 @pytest.mark.parametrize(
