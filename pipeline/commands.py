@@ -375,8 +375,9 @@ def score_command(
         raise Refusal(str(err)) from None
     c = manifest["counts"]
     if not c["scored_patients"]:
-        typer.echo(f"escalate score: error: no patient scored: all {c['input_patients']} rejected (reasons in "
-                   f"{out / 'rejects.parquet'})", err=True)
+        why = (f"all {c['input_patients']} rejected" if c["input_patients"] else
+               f"the patients table lists nobody ({c['unknown_patients']} patient(s) not in it have rows)")
+        typer.echo(f"escalate score: error: no patient scored: {why} (reasons in {out / 'rejects.parquet'})", err=True)
         raise typer.Exit(1)
     typer.echo(f"scored {c['scored_patients']} patient(s), rejected {c['rejected_patients']} "
                f"(+{c['unknown_patients']} unknown) of {c['input_patients']} with model "

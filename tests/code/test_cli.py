@@ -197,6 +197,14 @@ def test_score_maps_a_refusal_to_exit_2_and_nothing_scored_to_exit_1(tmp_path, m
     assert "no patient scored" in line and "all 3 rejected" in line
     assert seen == {"as_of": "2026-11-18", "today": "2026-11-25"}
 
+    def nobody_listed(data, as_of, model, out, **kwargs):  # an empty patients table: no "all 0 rejected"
+        counts = {"input_patients": 0, "scored_patients": 0, "rejected_patients": 0, "unknown_patients": 30}
+        return {"counts": counts, "model_uri": model, "model_version": "1", "as_of": as_of, "timings": {"total_s": 0.1}}
+
+    monkeypatch.setattr(score, "run_score", nobody_listed)
+    line = refused(args, code=1)
+    assert "the patients table lists nobody (30 patient(s) not in it have rows)" in line and "all 0" not in line
+
 
 @pytest.mark.parametrize("broken", [False, True], ids=["unknown-patient", "patient-with-data-errors"])
 def test_report_refuses_a_patient_it_cannot_page_before_loading_the_model(broken, tmp_path, monkeypatch):
