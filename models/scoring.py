@@ -163,12 +163,14 @@ def part_name(chunk: int) -> str:
     return f"part-{int(chunk):05d}.parquet"
 
 
-def rejects_from_violations(violations: pd.DataFrame, row_map: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
-    """Rejects rows (patient_id, table, row, column, rule, message) from contract violations, errors only.
+def rejects_from_violations(violations: pd.DataFrame, row_map: dict[str, np.ndarray] | None = None,
+                            severity: str = "error") -> pd.DataFrame:
+    """Rejects rows (patient_id, table, row, column, rule, message) from contract violations of one severity
+    (errors: the rejects; warnings: what a scored patient's record lacks, e.g. a per-kg dose without a weight).
 
     `row_map[table]` maps a row position in the chunk's table back to the row of the input table.
     """
-    errors = violations[violations["severity"] == "error"] if "severity" in violations else violations
+    errors = violations[violations["severity"] == severity] if "severity" in violations else violations
     rows = errors["row"].to_numpy(dtype="float64", na_value=np.nan)
     messages = errors["message"].astype(str)
     if row_map is not None and len(errors):

@@ -228,6 +228,8 @@ class ChunkTask:
         unrecorded = without_record_before(patients, result.normalised["assessments"], as_of)
         patients = patients[~patients["patient_id"].isin(unrecorded["patient_id"])]
         rejects = rejects_from_violations(pd.concat([result.violations, unrecorded], ignore_index=True), row_map)
+        warnings = rejects_from_violations(result.violations, row_map, severity="warning")
+        warnings = warnings[warnings["patient_id"].isin(patients["patient_id"])]  # of the scored patients
         t2 = time.perf_counter()
         keys = pd.DataFrame({"patient_id": patients["patient_id"].astype(str).to_numpy(), "as_of": as_of})
         fs = build_features(keys, result.normalised, vocabulary, catalog, fconfig)
@@ -237,6 +239,7 @@ class ChunkTask:
         t4 = time.perf_counter()
         out = Path(self.out)
         write_parquet(rejects, out / WORK / "rejects" / f"rejects-{int(chunk):05d}.parquet")
+        write_parquet(warnings, out / WORK / "warnings" / f"warnings-{int(chunk):05d}.parquet")
         write_parquet(scored, out / part_name(chunk))
         t5 = time.perf_counter()
         return {"chunk": int(chunk), "patients": int(len(tables["patients"])), "scored": int(len(keys)),

@@ -379,7 +379,8 @@ def score_command(
                f"the patients table lists nobody ({c['unknown_patients']} patient(s) not in it have rows)")
         typer.echo(f"escalate score: error: no patient scored: {why} (reasons in {out / 'rejects.parquet'})", err=True)
         raise typer.Exit(1)
+    warned = f", {c['warning_rows']} data warning(s) in warnings.parquet" if c.get("warning_rows") else ""
     typer.echo(f"scored {c['scored_patients']} patient(s), rejected {c['rejected_patients']} "
-               f"(+{c['unknown_patients']} unknown) of {c['input_patients']} with model "
+               f"(+{c['unknown_patients']} unknown{warned}) of {c['input_patients']} with model "
                f"{manifest['model_uri']} (version {manifest['model_version']}) as of {manifest['as_of']} in "
                f"{manifest['timings']['total_s']} s → {out}")

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 RUN_FILE = "run.json"
 MANIFEST = "manifest.json"
 REJECTS = "rejects.parquet"
+WARNINGS = "warnings.parquet"
 BATCH_ROWS = 262_144  # rows per record batch while staging (bounds staging memory)
 CHUNKS_PER_WORKER = 25  # chunks a worker process scores before a fresh one replaces it
 
@@ -577,7 +578,7 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
         summaries = runner.score(task, todo, done)
     chunks_s = time.perf_counter() - t_chunks
 
-    report, reject_rows, output_rows = _finish(out, plan, len(options))
+    report, reject_rows, warning_rows, output_rows = _finish(out, plan, len(options))
     if not report.ok:
         raise RuntimeError("scoring invariant broken: " + "; ".join(report.problems))
     shutil.rmtree(Path(task.staging), ignore_errors=True)
@@ -588,7 +589,8 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
         "input_hash": digest, "engine": engine, "settings": task.settings.model_dump(),
         "counts": {"input_patients": report.input_patients, "scored_patients": report.scored_patients,
                    "rejected_patients": report.rejected_patients, "unknown_patients": report.unknown_patients,
-                   "reject_rows": reject_rows, "output_rows": output_rows, "input_rows": rows},
+                   "reject_rows": reject_rows, "warning_rows": warning_rows, "output_rows": output_rows,
+                   "input_rows": rows},
         "chunks": {"total": total, "run_now": len(todo), "resumed": total - len(todo), "workers": runner.workers,
                    "chunks_per_worker": runner.chunks_per_worker, "processes": len({s["pid"] for s in summaries})},
         "options": options,
@@ -607,10 +609,11 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
     return manifest
 
 
-def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int]:
+def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int, int]:
     """Chunk by chunk (memory bounded by a chunk): check the invariant against each chunk's planned patients and
-    append its rejects to `rejects.parquet` (chunk order, sorted within a chunk). Returns (the invariant report of
-    the whole run, reject rows, output rows)."""
+    append its rejects to `rejects.parquet` and its scored patients' warnings to `warnings.parquet` (chunk order,
+    sorted within a chunk). Returns (the invariant report of the whole run, reject rows, warning rows, output
+    rows)."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -619,18 +622,22 @@ def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int]:
     from pipeline.io import atomic_path
 
     reports: list[InvariantReport] = []
-    reject_rows = output_rows = 0
+    reject_rows = warning_rows = output_rows = 0
     schema = pa.schema([(c, pa.int64() if c == "row" else pa.string()) for c in REJECT_COLUMNS])
-    with atomic_path(out / REJECTS) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(out / REJECTS) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
+            atomic_path(out / WARNINGS) as tmp_warnings, pq.ParquetWriter(tmp_warnings, schema) as warned:
         for chunk in range(plan.total):
             rejects = pd.read_parquet(out / WORK / "rejects" / f"rejects-{chunk:05d}.parquet")
             writer.write_table(pa.Table.from_pandas(rejects, schema=schema, preserve_index=False))
+            warnings = pd.read_parquet(out / WORK / "warnings" / f"warnings-{chunk:05d}.parquet")
+            warned.write_table(pa.Table.from_pandas(warnings, schema=schema, preserve_index=False))
+            warning_rows += len(warnings)
             scored = rows_per_patient(pd.read_parquet(out / part_name(chunk), columns=["patient_id"]))
             report = check_invariant(plan.patients(chunk), scored, rejects["patient_id"], n_options)
             reports.append(report.for_chunk(chunk))
             reject_rows += len(rejects)
             output_rows += int(scored.sum())
-    return InvariantReport.combine(reports), reject_rows, output_rows
+    return InvariantReport.combine(reports), reject_rows, warning_rows, output_rows
 
 
 def _worker_peaks(summaries: list[dict[str, Any]]) -> dict[str, float | None]:

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from models.scoring import REJECT_COLUMNS, ScoreSettings, check_invariant
-from pipeline.score import MANIFEST, REJECTS, WORK, ScoreRefusal, run_score
+from pipeline.score import MANIFEST, REJECTS, WARNINGS, WORK, ScoreRefusal, run_score
 
 pytestmark = pytest.mark.slow
 
@@ -141,8 +141,8 @@ def read_output(out: Path) -> pd.DataFrame:
 
 
 def _broken_copy(world: ScoringWorld, target: Path) -> tuple[Path, str, int]:
-    """The cohort with assessments as CSV with one value made unreadable, one regimen of an unknown patient, and
-    one patient (last row of patients) with nothing recorded."""
+    """The cohort with assessments as CSV with one value made unreadable and one row repeated (a warning: last
+    row), one regimen of an unknown patient, and one patient (last row of patients) with nothing recorded."""
     target.mkdir()
     for f in world.data.glob("*.parquet"):
         if f.stem != "assessments":
@@ -151,7 +151,8 @@ def _broken_copy(world: ScoringWorld, target: Path) -> tuple[Path, str, int]:
     assessments["value"] = assessments["value"].astype(str)
     row = 17
     assessments.loc[row, "value"] = "twelve"
-    assessments.to_csv(target / "assessments.csv", index=False)
+    repeated = assessments[assessments["patient_id"] != assessments.loc[row, "patient_id"]].iloc[[0]]
+    pd.concat([assessments, repeated], ignore_index=True).to_csv(target / "assessments.csv", index=False)
     regimens = pd.read_parquet(target / "regimens.parquet")
     stray = regimens.iloc[[0]].assign(patient_id="NOT-A-PATIENT")
     pd.concat([regimens, stray], ignore_index=True).to_parquet(target / "regimens.parquet", index=False)
@@ -215,6 +216,13 @@ def test_broken_rows_reject_their_patient_and_name_the_record(world: ScoringWorl
     assert {bad_patient, "NOTHING-RECORDED"}.isdisjoint(scored["patient_id"])
     assert manifest["counts"]["rejected_patients"] == 2 and manifest["counts"]["unknown_patients"] == 1
     assert manifest["counts"]["scored_patients"] == manifest["counts"]["input_patients"] - 2
+    # a scored patient's warning is kept beside the output, pointing at its input row
+    warnings = pd.read_parquet(out / WARNINGS)
+    assert list(warnings.columns) == list(REJECT_COLUMNS) and len(warnings) == manifest["counts"]["warning_rows"]
+    repeat = warnings[warnings["rule"] == "duplicate_row"]
+    n_assessments = len(pd.read_csv(data / "assessments.csv"))
+    assert repeat[["table", "row"]].values.tolist() == [["assessments", n_assessments - 1]]
+    assert set(warnings["patient_id"]) <= set(scored["patient_id"])
 
 
 @pytest.mark.parametrize(

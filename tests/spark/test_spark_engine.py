@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("pyspark")
 
 from models.scoring import ScoreSettings  # noqa: E402
-from pipeline.score import MANIFEST, REJECTS, run_score  # noqa: E402
+from pipeline.score import MANIFEST, REJECTS, WARNINGS, run_score  # noqa: E402
 from tests.model.test_score_job import AS_OF, TODAY, _broken_copy, build_world  # noqa: E402
 
 pytestmark = pytest.mark.spark
@@ -38,9 +38,9 @@ def test_spark_and_local_engines_write_identical_output(world, tmp_path: Path) -
     spark = run_score(data, AS_OF, world.model_uri, tmp_path / "spark", settings=settings, today=TODAY,
                       progress=False, engine="spark", master="local[2]")
     assert spark["engine"] == "spark" and local["engine"] == "local"
-    assert spark["counts"] == local["counts"] and spark["counts"]["rejected_patients"] == 1
+    assert spark["counts"] == local["counts"] and spark["counts"]["rejected_patients"] == 2
     names = sorted(p.name for p in (tmp_path / "local").glob("*.parquet"))
-    assert REJECTS in names and len(names) == local["chunks"]["total"] + 1
+    assert {REJECTS, WARNINGS} <= set(names) and len(names) == local["chunks"]["total"] + 2
     assert names == sorted(p.name for p in (tmp_path / "spark").glob("*.parquet"))
     for name in names:
         a, b = tmp_path / "local" / name, tmp_path / "spark" / name
