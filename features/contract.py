@@ -249,20 +249,30 @@ def _map_unique(s: pd.Series, func: Callable[[Any], Any]) -> pd.Series:
 DATE_RANGE = (pd.Timestamp("1678-01-01"), pd.Timestamp("2261-12-31"))
 
 
+#: a written date: YYYY-MM-DD, then optionally a time part (with or without an offset), which is dropped.
+_ISO_DAY = re.compile(r"(\d{4}-\d{2}-\d{2})(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s?(?:Z|[+-]\d{2}:?\d{2})?)?")
+
+
+def _iso_day(value: Any) -> str | None:
+    """The YYYY-MM-DD of a written date or a date object; None for anything else (numbers are not dates: an
+    integer would otherwise be read as nanoseconds since 1970, and 20260101 is not the contract's spelling)."""
+    if isinstance(value, str):
+        found = _ISO_DAY.fullmatch(value.strip())
+        return found.group(1) if found else None
+    if isinstance(value, date):
+        return f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
+    return None
+
+
 def parse_dates(s: pd.Series) -> pd.Series:
-    """ISO dates (YYYY-MM-DD, a time part is dropped) → datetime64[ns] calendar dates; NaT where unreadable or
-    outside `DATE_RANGE`."""
+    """ISO dates (YYYY-MM-DD; a time part, offset included, is dropped: the day as written) → datetime64[ns]
+    calendar dates; NaT where unreadable or outside `DATE_RANGE`."""
     if isinstance(s.dtype, pd.DatetimeTZDtype):
         s = s.dt.tz_localize(None)
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
         out = s
     else:
-        # numbers are not dates (an integer would otherwise be read as nanoseconds since 1970)
-        text = s if isinstance(s.dtype, pd.StringDtype) else _map_unique(
-            s, lambda v: v if isinstance(v, str | date) else None)
-        out = pd.to_datetime(text, errors="coerce", format="ISO8601")
-        if isinstance(out.dtype, pd.DatetimeTZDtype):
-            out = out.dt.tz_localize(None)
+        out = pd.to_datetime(_map_unique(s, _iso_day), errors="coerce", format="%Y-%m-%d")
     out = out.dt.normalize()
     return out.where((out >= DATE_RANGE[0]) & (out <= DATE_RANGE[1])).astype("datetime64[ns]")
 

@@ -23,6 +23,7 @@ def run_validate(directory: Path, today: date | None = None, json_path: Path | N
     the current date) is the data's extraction date. A file that cannot be read is one finding with its cause."""
     import pandas as pd
     from rich.console import Console
+    from rich.markup import escape
 
     from features.contract import MeasureCatalog, check
     from features.vocabulary import Vocabulary
@@ -34,7 +35,7 @@ def run_validate(directory: Path, today: date | None = None, json_path: Path | N
     try:
         tables, unreadable = load_contract_tables(directory)
     except (FileNotFoundError, OSError) as err:
-        console.print(f"[red]cannot read contract tables: {err}[/red]", soft_wrap=True)
+        console.print(f"[red]cannot read contract tables: {escape(str(err))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from err
 
     vocabulary = Vocabulary.from_config(load_reference("drugs"))
@@ -47,7 +48,7 @@ def run_validate(directory: Path, today: date | None = None, json_path: Path | N
         console.print(_findings_table(v, limit))
     rows = {name: (None if name in unreadable else len(tables[name])) for name in tables.keys() | unreadable.keys()}
     rows = {name: rows[name] for name in ("patients", "regimens", "assessments", "events") if name in rows}
-    console.print(summary_line(result, rows), soft_wrap=True)
+    console.print(escape(summary_line(result, rows)), soft_wrap=True)
     if json_path is not None:
         write_json({
             "directory": str(directory),
@@ -58,7 +59,7 @@ def run_validate(directory: Path, today: date | None = None, json_path: Path | N
             "rejected_patients": list(result.rejected_patients),
             "violations": v,
         }, json_path)
-        console.print(f"all {len(v)} finding(s) written to {json_path}")
+        console.print(escape(f"all {len(v)} finding(s) written to {json_path}"))
     if len(result.errors):
         raise typer.Exit(1)
 
@@ -91,22 +92,26 @@ def summary_line(result: Any, rows: dict[str, int | None]) -> str:
 
 
 def _counts_table(counts: Any, directory: Path) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
-    grid = Table(title=f"contract findings in {directory}, per rule")
+    grid = Table(title=escape(f"contract findings in {directory}, per rule"))
     for col, justify in (("severity", "left"), ("table", "left"), ("rule", "left"), ("findings", "right"),
                          ("patients", "right")):
         grid.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in counts.itertuples(index=False):
         style = "red" if r.severity == "error" else "yellow"
-        grid.add_row(f"[{style}]{r.severity}[/{style}]", r.table, r.rule, str(r.findings), str(r.patients))
+        grid.add_row(f"[{style}]{r.severity}[/{style}]", escape(r.table), escape(r.rule), str(r.findings),
+                     str(r.patients))
     return grid
 
 
 def _findings_table(v: Any, limit: int) -> Any:
     """The first `limit` findings (whole-table ones first: they explain the rest; then errors, then warnings), or
-    all when `limit` is 0."""
+    all when `limit` is 0. Text from the input (ids, columns, messages quoting cells) is escaped: printed as
+    written, never read as console markup."""
     import pandas as pd
+    from rich.markup import escape
     from rich.table import Table
 
     first = v.assign(_whole=v["row"].isna(), _error=v["severity"] == "error")
@@ -119,7 +124,8 @@ def _findings_table(v: Any, limit: int) -> Any:
         grid.add_column(col, overflow="fold")
     for r in shown.itertuples(index=False):
         style = "red" if r.severity == "error" else "yellow"
-        grid.add_row(f"[{style}]{r.severity}[/{style}]", r.table, "" if pd.isna(r.row) else str(int(r.row)),
-                     "" if r.patient_id is None or pd.isna(r.patient_id) else str(r.patient_id),
-                     "" if r.column is None or pd.isna(r.column) else str(r.column), r.rule, str(r.message))
+        grid.add_row(f"[{style}]{r.severity}[/{style}]", escape(r.table), "" if pd.isna(r.row) else str(int(r.row)),
+                     "" if r.patient_id is None or pd.isna(r.patient_id) else escape(str(r.patient_id)),
+                     "" if r.column is None or pd.isna(r.column) else escape(str(r.column)), escape(r.rule),
+                     escape(str(r.message)))
     return grid

@@ -211,3 +211,15 @@ def test_the_stages_refuse_an_unreadable_file_in_one_line(app, seed, tmp_path):
     assert res.exit_code == 2, res.output
     assert res.output.startswith("escalate features: error: ") and res.output.count("\n") == 1
     assert "events.csv: fields are separated by tabs, not commas" in res.output
+
+
+def test_cells_that_look_like_console_markup_are_printed_as_written(app, seed, tmp_path):
+    """A drug spelled '[/x]' once crashed validate (rich read it as a closing tag) and a patient id wrapped in
+    '[link=…]' was shown without it: text from the input is printed verbatim."""
+    _edit_csv(seed / "regimens.csv", 2, "drug", "[/x]")
+    _edit_csv(seed / "regimens.csv", 3, "patient_id", "[bold]SEED-0001[/bold]")
+    res, report = _validate(app, seed, tmp_path)
+    assert res.exit_code == 1
+    assert "unknown drug '[/x]'" in res.output
+    assert "[bold]SEED-0001[/bold]" in res.output
+    assert {v["rule"] for v in report["violations"]} >= {"unknown_drug", "unknown_patient"}

@@ -738,3 +738,14 @@ def test_score_refuses_an_unreadable_or_misspelt_table_before_any_work(tmp_path)
     (folder / "regimens.csv").write_bytes(b"\xef\xbb\xbf" + regimens.to_csv(index=False, sep=";").encode())
     with pytest.raises(ScoreRefusal, match=r"regimens\.csv: fields are separated by ';' \(semicolon\)"):
         check_structure(table_paths(folder))
+
+
+def test_a_date_is_the_day_as_written_whatever_its_time_or_offset_and_nothing_else():
+    """A time part is dropped, offsets included (mixed offsets in one column once crashed the parser), so the day
+    is the one written; compact or other spellings are unreadable, as the contract says (YYYY-MM-DD only)."""
+    from features.contract import parse_dates
+
+    written = pd.Series(["2026-01-01T10:00+14:00", "2026-01-02T23:30:05.1-05:00", "2026-01-03 10:00:00",
+                         " 2026-01-04 ", "20260105", "2026-01-06 afternoon", "06/01/2026", None])
+    days = [None if pd.isna(d) else str(d.date()) for d in parse_dates(written)]
+    assert days == ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04", None, None, None, None]
