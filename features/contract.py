@@ -209,7 +209,7 @@ CONTRACT_COLUMNS: dict[str, tuple[ColumnSpec, ...]] = {
 _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("patients", "birth_year"): (1900, None, True),
     ("regimens", "dose"): (0, None, False),
-    ("assessments", "upper_limit_normal"): (0, None, False),
+    ("assessments", "upper_limit_normal"): (1, 100_000, True),  # U/L: no enzyme's limit of normal is below 1
     ("events", "grade"): (1, 4, True),
 }
 

@@ -154,6 +154,10 @@ BROKEN = {
     "CDASI activity 120": (_set("assessments", 5, "value", "120"), {("assessments", 5, "value", "out_of_range", E)}),
     "HAQ 3.5": (_set("assessments", 4, "value", "3.5"), {("assessments", 4, "value", "out_of_range", E)}),
     "negative lab": (_set("assessments", 8, "value", "-1"), {("assessments", 8, "value", "out_of_range", E)}),
+    # finite cells whose ratio to the limit of normal would be infinite: entry-error screens
+    "CK 1e308": (_set("assessments", 3, "value", "1e308"), {("assessments", 3, "value", "out_of_range", E)}),
+    "limit of normal 1e-300": (_set("assessments", 3, "upper_limit_normal", "1e-300"),
+                               {("assessments", 3, "upper_limit_normal", "out_of_range", E)}),
     "grade 5": (_set("events", 0, "grade", "5"), {("events", 0, "grade", "out_of_range", E)}),
     "zero dose": (_set("regimens", 0, "dose", "0"), {("regimens", 0, "dose", "out_of_range", E)}),
     "birth year 1850": (_set("patients", 1, "birth_year", "1850"), {("patients", 1, "birth_year", "out_of_range", E)}),
