@@ -117,14 +117,21 @@ def run_features(params: Settings | Path = Path("params.yaml"), data: Path | Non
     tables, vocabulary, catalog, info = _load(data, the_day)
 
     if as_of is not None:
-        from features.build import build_features
+        from features.build import build_features, without_record_before
 
         try:
             when = pd.Timestamp(as_of)
         except ValueError as err:
             raise typer.BadParameter(f"{as_of!r} is not a date (YYYY-MM-DD)", param_hint="--as-of") from err
         fconfig = settings.features
-        keys = pd.DataFrame({"patient_id": tables["patients"]["patient_id"].astype(str).to_numpy(), "as_of": when})
+        # as the batch job and the page do: nothing recorded before the date, no row of an average patient
+        unrecorded = without_record_before(tables["patients"], tables["assessments"], when)
+        if len(unrecorded):
+            typer.echo(f"{len(unrecorded)} patient(s) with no assessment before {when.date()} get no row "
+                       f"(rule: {unrecorded['rule'].iloc[0]})", err=True)
+        listed = tables["patients"]["patient_id"].astype(str)
+        keys = pd.DataFrame({"patient_id": listed[~listed.isin(unrecorded["patient_id"].astype(str))].to_numpy(),
+                             "as_of": when})
         fs = build_features(keys, tables, vocabulary, catalog, fconfig)
         target = Path(out or f"data/features_as_of_{when.date()}.parquet")
         write_parquet(fs.features, target)

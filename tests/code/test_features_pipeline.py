@@ -51,6 +51,10 @@ def test_scoring_mode_one_row_per_patient(tmp_path):
     assert (tmp_path / "today_feature_dictionary.json").is_file()
     current = pd.read_parquet(tmp_path / "today_current_regimen.parquet")
     assert current.set_index("generic").loc["ivig", "status"] == "below"
+    # before the first visit (2025-11-18) nothing is recorded: no row of an average patient, as in scoring
+    early = tmp_path / "early.parquet"
+    invoke("features", "--data", str(SEED), "--today", "2026-11-25", "--as-of", "2025-06-01", "--out", str(early))
+    assert pd.read_parquet(early).empty
 
 
 @pytest.mark.slow
