@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from features.contract import DATE_RANGE
+
 #: the OMOP tables the importer reads, with the columns it needs (the vocabulary tables are optional).
 OMOP_COLUMNS: dict[str, tuple[str, ...]] = {
     "person": ("person_id", "gender_concept_id", "year_of_birth", "person_source_value"),
@@ -313,7 +315,13 @@ class ImportResult:
 
 
 def _dates(s: pd.Series) -> pd.Series:
-    return pd.to_datetime(s, errors="coerce").dt.normalize().astype("datetime64[ns]")
+    """OMOP dates → datetime64[ns] days; NaT where unreadable or outside the contract's `DATE_RANGE` (counted
+    by the caller, never an overflow)."""
+    out = pd.to_datetime(s, errors="coerce")
+    if isinstance(out.dtype, pd.DatetimeTZDtype):
+        out = out.dt.tz_localize(None)
+    out = out.dt.normalize()
+    return out.where((out >= DATE_RANGE[0]) & (out <= DATE_RANGE[1])).astype("datetime64[ns]")
 
 
 def _table(omop: Mapping[str, pd.DataFrame | None], name: str) -> pd.DataFrame:
@@ -349,7 +357,17 @@ def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, g
     person = person.assign(pid=_int_series(person["person_id"]))
     in_cohort = person["pid"].isin(cohort_ids)
     person = person.loc[in_cohort].copy()
-    cohort_ids = pd.Index(person["pid"].to_numpy())  # a diagnosed person missing from `person` is not imported
+    absent = cond["diagnosis"].notna() & ~_int_series(cond["person_id"]).isin(person["pid"]).to_numpy(
+        dtype=bool, na_value=False)
+    if absent.any():  # a diagnosed person missing from `person` cannot be imported: said, not dropped
+        reports.append(_count(cond.loc[absent], "condition_occurrence", "person_not_in_person_table", "error",
+                              "condition_concept_id", "condition_source_value"))
+    twice = person["pid"].duplicated(keep=False)
+    if twice.any():  # two person rows of one id: which sex and birth year hold cannot be told, so neither is used
+        reports.append(_count(person.loc[twice], "person", "duplicate_person_id", "error", "gender_concept_id",
+                              None))
+        person = person.loc[~twice]
+    cohort_ids = pd.Index(person["pid"].to_numpy())
     patient_id = (person["pid"].astype("string") if mapping.patient_id == "person_id"
                   else person["person_source_value"].astype("string"))
     ids = pd.Series(patient_id.to_numpy(), index=person["pid"].to_numpy())
@@ -418,7 +436,8 @@ def _patients(person: pd.DataFrame, cond: pd.DataFrame, meas: pd.DataFrame,
     is_ild = ild_idx.match(*args).notna()
     is_cancer = cancer_idx.match(*args).notna()
     ild_pids = set(cohort_cond.loc[is_ild, "pid"])
-    cancer = cohort_cond.loc[is_cancer, ["pid", "date"]].assign(dx_date=lambda f: f["pid"].map(first["date"]))
+    cancer = cohort_cond.loc[is_cancer, ["pid", "date"]].assign(
+        dx_date=lambda f: first["date"].reindex(f["pid"].to_numpy()).to_numpy())  # NaT where no readable diagnosis
     window = pd.Timedelta(days=mapping.cancer.window_days)
     cam = set(cancer.loc[(cancer["date"] - cancer["dx_date"]).abs() <= window, "pid"])
     other = cohort_cond.loc[cohort_cond["diagnosis"].isna() & ~is_ild & ~is_cancer]
@@ -490,6 +509,18 @@ def _regimens(drug: pd.DataFrame, omop: Mapping[str, pd.DataFrame | None], mappi
         reports.append(_count(d.loc[no_start], "drug_exposure", "unreadable_date", "error", "drug_concept_id",
                               "drug_source_value"))
         d = d.loc[~no_start]
+    # an end date is required in CDM v5.4; without one the exposure lasts its days_supply, else it is read as
+    # ending on its start day — counted either way, so a one-day regimen is never a silent guess
+    written = d["drug_exposure_end_date"].notna() & d["end"].isna()
+    if written.any():
+        reports.append(_count(d.loc[written.to_numpy()], "drug_exposure", "unreadable_end_date", "warning",
+                              "drug_concept_id", "drug_source_value"))
+    supplied = pd.to_numeric(d["days_supply"], errors="coerce")
+    by_supply = d["end"].isna() & (supplied > 0) & (supplied <= 36_500)  # a century at most: no overflow
+    d = d.assign(end=d["end"].where(~by_supply, d["start"] + pd.to_timedelta((supplied - 1).where(by_supply), unit="D")))
+    if d["end"].isna().any():
+        reports.append(_count(d.loc[d["end"].isna().to_numpy()], "drug_exposure", "no_end_date", "warning",
+                              "drug_concept_id", "drug_source_value"))
     quantity = pd.to_numeric(d["quantity"], errors="coerce")
     negative = quantity < 0
     if negative.any():
@@ -674,19 +705,29 @@ def _events(obs: pd.DataFrame, death: pd.DataFrame, mapping: OmopMapping, ancest
     event = idx.match(obs["observation_concept_id"], obs["observation_source_concept_id"],
                       obs["observation_source_value"])
     f = obs.loc[event.notna().to_numpy()]
-    grade = pd.to_numeric(f["value_as_number"], errors="coerce")
+    grade = pd.to_numeric(f["value_as_number"], errors="coerce").astype(float)
+    grade = grade.where(np.isfinite(grade))  # an infinite grade is no grade
     out = pd.DataFrame({"pid": f["pid"].to_numpy(), "date": _dates(f["observation_date"]).to_numpy(),
                         "event": event[event.notna()].to_numpy(), "grade": grade.to_numpy(dtype=float),
                         "details": f["value_as_string"].astype("object").to_numpy()})
     if mapping.death_event and not death.empty:
         out = pd.concat([out, pd.DataFrame({"pid": death["pid"].to_numpy(), "date": _dates(death["death_date"]).to_numpy(),
                                             "event": "death", "grade": np.nan, "details": pd.NA})], ignore_index=True)
-    is_death = out["event"].eq("death")  # a death recorded in both `observation` and `death` counts once
-    out = pd.concat([out.loc[~is_death], out.loc[is_death].drop_duplicates(["pid"])], ignore_index=True)
-    out["grade"] = pd.array(out["grade"].round().astype("Float64"), dtype="Int64") if len(out) else pd.array([], "Int64")
+    # a death recorded in both `observation` and `death`, or twice, counts once: the earliest date, the rest said
+    is_death = out["event"].eq("death")
+    deaths = out.loc[is_death].sort_values(["pid", "date"], kind="stable")
+    kept = deaths.drop_duplicates(["pid"])
+    report = pd.DataFrame(columns=list(REPORT_COLUMNS))
+    if len(kept) < len(deaths):
+        report = pd.DataFrame({"table": ["death"], "concept_id": [0], "source_value": [pd.NA],
+                               "reason": ["death_recorded_again"], "severity": ["info"],
+                               "records": [len(deaths) - len(kept)]})
+    out = pd.concat([out.loc[~is_death], kept], ignore_index=True)
+    # grades as recorded: one that is not whole is the contract's to reject (never rounded here)
+    out["grade"] = out["grade"].astype(float)
     out.insert(0, "patient_id", out["pid"].map(ids).astype("string"))
     out = out.drop(columns="pid").sort_values(["patient_id", "date", "event"], kind="stable")
-    return out.reset_index(drop=True), pd.DataFrame(columns=list(REPORT_COLUMNS))
+    return out.reset_index(drop=True), report
 
 
 # ------------------------------------------------------------------------------------------------ the writer

@@ -30,6 +30,17 @@ if TYPE_CHECKING:
 
 DDL = CONFIGS / "omop-cdm-5.4.sql"
 REQUIRED = ("person", "condition_occurrence")
+#: columns CDM v5.4 declares NOT NULL that the importer cannot do without, per table it reads: a table lacking one
+#: is refused (naming it) instead of read as empty.
+KEY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "person": ("person_id", "gender_concept_id", "year_of_birth"),
+    "observation_period": ("person_id", "observation_period_end_date"),
+    "condition_occurrence": ("person_id", "condition_concept_id", "condition_start_date"),
+    "drug_exposure": ("person_id", "drug_concept_id", "drug_exposure_start_date"),
+    "measurement": ("person_id", "measurement_concept_id", "measurement_date"),
+    "observation": ("person_id", "observation_concept_id", "observation_date"),
+    "death": ("person_id", "death_date"),
+}
 DB_NAME = "cdm.duckdb"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -89,7 +100,8 @@ class _DuckSource:
             if table not in self.files:
                 return None
             rel, params = self._relation(table)
-            return [c.lower() for c in self.con.execute(f"SELECT * FROM {rel} LIMIT 0", params).df().columns]
+            with self._named(table):
+                return [c.lower() for c in self.con.execute(f"SELECT * FROM {rel} LIMIT 0", params).df().columns]
         rows = self.con.execute("SELECT column_name FROM information_schema.columns WHERE lower(table_schema) = "
                                 "lower(?) AND lower(table_name) = ? ORDER BY ordinal_position",
                                 [self.schema, table]).fetchall()
@@ -106,11 +118,26 @@ class _DuckSource:
         """`SELECT columns FROM table [WHERE …]`: identifiers are this module's constants, values are bound."""
         rel, rel_params = self._relation(table)
         cols = ", ".join(f'"{c}"' for c in columns)
-        return self.con.execute(f"SELECT {cols} FROM {rel} {where}", [*rel_params, *params]).df()
+        with self._named(table):
+            return self.con.execute(f"SELECT {cols} FROM {rel} {where}", [*rel_params, *params]).df()
+
+    @contextmanager
+    def _named(self, table: str) -> Iterator[None]:
+        """A DuckDB error reading `table` (an unreadable file, a type it cannot compare) as one line naming it."""
+        import duckdb
+
+        try:
+            yield
+        except duckdb.Error as err:
+            where = self.files[table][0] if self.folder and table in self.files else f"{self.path}: table {table}"
+            raise OmopSourceError(f"{where}: cannot be read as the OMOP table {table} ({_first_line(err)}); "
+                                  "export it again (UTF-8 CSV or Parquet, CDM v5.4 column types)") from None
 
     def in_list(self, column: str, values: Sequence[Any], kind: str) -> tuple[str, list[Any]]:
-        """A bound `column IN (values)` condition."""
-        return f'"{column}" IN (SELECT UNNEST(?::{kind}[]))', [list(values)]
+        """A bound `column IN (values)` condition; a value that is not of `kind` (an id exported as text, a
+        header-only CSV's untyped column) is compared after a TRY_CAST, so it matches as the number it spells
+        or not at all, never an error."""
+        return f'TRY_CAST("{column}" AS {kind}) IN (SELECT UNNEST(?::{kind}[]))', [list(values)]
 
     def close(self) -> None:
         self.con.close()
@@ -199,6 +226,13 @@ def read_omop(src: _DuckSource | _SqlSource, mapping: OmopMapping) -> dict[str, 
     if missing:
         raise OmopSourceError(f"the OMOP source has no {' or '.join(missing)} table (schema: "
                               f"{getattr(src, 'schema', None) or 'default'})")
+    for table, needed in KEY_COLUMNS.items():
+        have = present.get(table)
+        lacking = [c for c in needed if have is not None and c not in have]
+        if lacking:
+            hint = "; it looks ';'-separated: export it comma-separated" if any(";" in c for c in have or ()) else ""
+            raise OmopSourceError(f"table {table}: required column(s) {lacking} missing (rule: missing_column; "
+                                  f"CDM v5.4 declares them NOT NULL){hint}")
     out: dict[str, pd.DataFrame | None] = {}
     mapped = [int(c) for d in mapping.diagnoses for c in d.concept_ids]
     ancestors = sorted({int(c) for group in (mapping.drugs, mapping.diagnoses, mapping.measures, mapping.antibodies,

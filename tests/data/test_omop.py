@@ -419,3 +419,45 @@ def test_duckdb_schema_option(cdm: Path, imported: ImportResult, tmp_path: Path)
     pd.testing.assert_frame_equal(got.tables["regimens"], imported.tables["regimens"])
     with pytest.raises(OmopSourceError, match="no person or condition_occurrence table"):
         run_import_omop(str(db), tmp_path / "out2", gap_days=30)  # nothing in main
+
+
+def _folder_of(tables: dict[str, pd.DataFrame], folder: Path) -> Path:
+    folder.mkdir()
+    for name, frame in tables.items():
+        frame.to_csv(folder / f"{name}.csv", index=False)
+    return folder
+
+
+def test_bad_cells_are_counted_and_bad_tables_refused_never_a_traceback(tmp_path: Path) -> None:
+    """Found by an adversarial probe: each of these once ended the import in a traceback or vanished unreported."""
+    t = fixture_tables()
+    t["person"] = pd.concat([t["person"], t["person"].iloc[[3]]], ignore_index=True)  # person 4 twice
+    t["condition_occurrence"].loc[len(t["condition_occurrence"])] = (8, 77, 80182, _d("2021-01-01"), None, 32817)
+    drug = t["drug_exposure"]
+    first = drug.index[drug["person_id"] == 1][0]
+    drug.loc[first, "drug_exposure_end_date"] = "2300-01-01"  # beyond the calendar: unreadable, then no end
+    drug.loc[first, "days_supply"] = np.inf
+    t["death"] = pd.DataFrame({"person_id": [1, 1], "death_date": [_d("2024-02-01"), _d("2024-01-01")],
+                               "death_type_concept_id": 32817})
+    obs = t["observation"]
+    obs.loc[obs["observation_source_value"] == "cytopenia", "value_as_number"] = np.inf
+    result = run_import_omop(str(_folder_of(t, tmp_path / "src")), tmp_path / "out")
+    reasons = {(r.table, r.reason): int(r.records) for r in result.report.itertuples()}
+    assert reasons[("person", "duplicate_person_id")] == 2  # neither copy used: which holds cannot be told
+    assert reasons[("condition_occurrence", "person_not_in_person_table")] == 1  # person 77 is said, not dropped
+    assert reasons[("drug_exposure", "unreadable_end_date")] == 1 and reasons[("drug_exposure", "no_end_date")] >= 1
+    assert reasons[("death", "death_recorded_again")] == 1
+    events = result.tables["events"]
+    assert events.loc[events["event"] == "death", "date"].tolist() == [_d("2024-01-01")]  # the earliest
+    assert events.loc[events["event"] == "cytopenia", "grade"].isna().all()  # an infinite grade is no grade
+    assert "4" not in set(result.tables["patients"]["patient_id"])
+
+    broken = fixture_tables()
+    broken["person"] = broken["person"].drop(columns="year_of_birth")
+    with pytest.raises(OmopSourceError, match=r"table person: required column\(s\) \['year_of_birth'\] missing"):
+        run_import_omop(str(_folder_of(broken, tmp_path / "no_birth_year")), tmp_path / "o1")
+    latin = _folder_of(fixture_tables(), tmp_path / "latin")
+    (latin / "observation.csv").write_bytes((latin / "observation.csv").read_bytes().replace(b"neutropenia",
+                                                                                            b"neutrop\xe9nie"))
+    with pytest.raises(OmopSourceError, match=r"observation\.csv: cannot be read as the OMOP table observation"):
+        run_import_omop(str(latin), tmp_path / "o2")
