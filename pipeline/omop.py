@@ -172,8 +172,12 @@ class _SqlSource:
         query = sa.select(*(t.c[c] for c in columns))
         if conditions:
             query = query.where(sa.or_(*[cond(t) for cond in conditions]) if len(conditions) > 1 else conditions[0](t))
-        with self.engine.connect() as con:
-            return pd.read_sql(query, con)
+        try:
+            with self.engine.connect() as con:
+                return pd.read_sql(query, con)
+        except sa.exc.SQLAlchemyError as err:  # e.g. an id column of text compared with numbers: one line
+            raise OmopSourceError(f"table {table}: cannot be read as the OMOP table ({_first_line(err)}); check its "
+                                  "column types against CDM v5.4") from None
 
     def close(self) -> None:
         self.engine.dispose()
