@@ -273,8 +273,13 @@ def parse_dates(s: pd.Series) -> pd.Series:
         out = s
     else:
         out = pd.to_datetime(_map_unique(s, _iso_day), errors="coerce", format="%Y-%m-%d")
-    out = out.dt.normalize()
-    return out.where((out >= DATE_RANGE[0]) & (out <= DATE_RANGE[1])).astype("datetime64[ns]")
+    return within_calendar(out)
+
+
+def within_calendar(dates: pd.Series) -> pd.Series:
+    """Datetimes (any unit, naive) → datetime64[ns] days, NaT outside `DATE_RANGE`."""
+    days = dates.dt.normalize()
+    return days.where((days >= DATE_RANGE[0]) & (days <= DATE_RANGE[1])).astype("datetime64[ns]")
 
 
 def parse_numbers(s: pd.Series) -> pd.Series:

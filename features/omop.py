@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from features.contract import DATE_RANGE
+from features.contract import within_calendar
 
 #: the OMOP tables the importer reads, with the columns it needs (the vocabulary tables are optional).
 OMOP_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -315,13 +315,12 @@ class ImportResult:
 
 
 def _dates(s: pd.Series) -> pd.Series:
-    """OMOP dates → datetime64[ns] days; NaT where unreadable or outside the contract's `DATE_RANGE` (counted
-    by the caller, never an overflow)."""
+    """OMOP dates → datetime64[ns] days; NaT where unreadable or outside the contract's calendar (counted by the
+    caller, never an overflow)."""
     out = pd.to_datetime(s, errors="coerce")
     if isinstance(out.dtype, pd.DatetimeTZDtype):
         out = out.dt.tz_localize(None)
-    out = out.dt.normalize()
-    return out.where((out >= DATE_RANGE[0]) & (out <= DATE_RANGE[1])).astype("datetime64[ns]")
+    return within_calendar(out)
 
 
 def _table(omop: Mapping[str, pd.DataFrame | None], name: str) -> pd.DataFrame:
