@@ -6,9 +6,12 @@ code in `features/decisions.py`, `features/build.py`, `features/labels.py` and `
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: a random seed as NumPy takes it (0 … 2³² − 1): a negative or larger one is refused where it is written.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class _Frozen(BaseModel):
@@ -96,4 +99,4 @@ class SplitConfig(_Frozen):
     """Patient-level train/test split by hashing patient ids with the seed (stable as patients are added)."""
 
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 20261125
+    seed: Seed = 20261125

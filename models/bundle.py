@@ -16,9 +16,9 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from features.config import FeatureConfig, LabelConfig
+from features.config import FeatureConfig, LabelConfig, Seed
 from features.response import response_threshold
 from features.vocabulary import OptionCatalog
 from models.calibration import CalibratedLearner, out_of_fold_outcomes
@@ -95,6 +95,11 @@ class LearnerCandidate(_Frozen):
         return {k: v for k, v in (("linear_C", self.linear_C), ("stack_weight", self.stack_weight)) if v is not None}
 
 
+class TrainingDataError(ValueError):
+    """The training decisions cannot support a model (too few decisions of the control or of any other option):
+    the message names the table, the counts and the rule."""
+
+
 class SelectionConfig(_Frozen):
     """Candidates for `learner: auto`, simplest first, compared by the cross-fitted doubly robust value of their
     recommendations on the training patients (`models.selection`); `folds` patient-grouped folds; the first
@@ -137,7 +142,18 @@ class BundleConfig(_Frozen):
     eligibility: EligibilityColumns = EligibilityColumns()
     #: reasons per option in the registered model's default output (pyfunc `params={"explain_top_k": K}`).
     explain_top_k: int = Field(3, ge=0, le=20)
-    seed: int = 20261125
+    seed: Seed = 20261125
+
+    @model_validator(mode="after")
+    def _a_candidate_for_the_response(self) -> BundleConfig:
+        """`learner: auto` picks the binary response head's learner among `selection.candidates`: at least one must
+        model a binary outcome, said when params.yaml is read instead of after the training data is loaded."""
+        if self.learner == "auto" and not any(
+                "binary" in LEARNERS[_KIND[c.learner]].outcomes for c in self.selection.candidates):
+            raise ValueError(f"selection.candidates {[c.name for c in self.selection.candidates]}: none models a "
+                             "binary outcome (rule: at least one for the response; gp_t_learner is for continuous "
+                             "outcomes)")
+        return self
 
 
 class RecordedSettings(_Frozen):
@@ -629,12 +645,12 @@ def select_response_learner(
     from models.learners import cross_fitted_aipw, prepare_fit
     from models.selection import select_learner
 
-    data = prepare_fit(X, t, y, lcfg, groups=groups, eligible=eligible)
-    scores, _ = cross_fitted_aipw(data, lcfg.model_copy(update={"cv_folds": cfg.selection.folds}))
     # a candidate made for another outcome kind (gp_t: continuous only) is not one for this head
     by_name = {c.name: c for c in cfg.selection.candidates if lcfg.outcome in LEARNERS[_KIND[c.learner]].outcomes}
     if not by_name:
         raise ValueError(f"train.selection.candidates: none models a {lcfg.outcome} outcome (rule: at least one)")
+    data = prepare_fit(X, t, y, lcfg, groups=groups, eligible=eligible)
+    scores, _ = cross_fitted_aipw(data, lcfg.model_copy(update={"cv_folds": cfg.selection.folds}))
     learners = {name: make_learner(_KIND[c.learner], lcfg.model_copy(update=c.updates())) for name, c in by_name.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence notes of penalised fits on a fold
@@ -785,12 +801,19 @@ def fit_escalate_model(
     control = catalog.control
     arms = tuple(o for o in catalog.names if option_counts[o] >= cfg.min_rows_per_option or o == control)
     if option_counts[control] < cfg.min_rows_per_option:
-        raise ValueError(
+        raise TrainingDataError(
             f"table decisions: control option {control!r} taken at {option_counts[control]} decision(s) "
             f"(rule: at least min_rows_per_option={cfg.min_rows_per_option})"
         )
+    if len(arms) < 2:
+        taken_most = ", ".join(f"{o} {int(n)}" for o, n in sorted(option_counts.items(), key=lambda kv: -kv[1])
+                               if o != control and n > 0) or "none"
+        raise TrainingDataError(
+            f"table decisions: no option but {control!r} is taken at min_rows_per_option="
+            f"{cfg.min_rows_per_option} decisions (others: {taken_most}); there is nothing to compare with "
+            "continuing: train on more patients or lower train.min_rows_per_option")
     in_arms = np.isin(taken, arms)
-    elig = eligible_all[list(arms)].to_numpy(dtype=bool)
+    elig = eligible_all[list(arms)].to_numpy(dtype=bool, copy=True)  # written below (a one-column view is read-only)
     taken_codes = pd.Index(arms).get_indexer(taken)
     taken_ok = elig[np.arange(len(taken)), np.maximum(taken_codes, 0)] | ~in_arms
     # What a clinician did was possible: an option taken against the eligibility rules (a dose raised that the

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from features.config import Seed
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -28,7 +30,7 @@ class BoosterConfig(_Frozen):
     reg_lambda: float = Field(1.0, ge=0)
     tree_method: Literal["hist", "approx", "exact"] = "hist"
     n_jobs: int = Field(1, ge=1, description="threads per model; 1 is fastest for small data on shared cores")
-    seed: int = 20261125
+    seed: Seed = 20261125
 
     def xgb_params(self, *, seed_offset: int = 0) -> dict[str, object]:
         """Keyword arguments for `xgboost.XGBClassifier/XGBRegressor`; `seed_offset` varies the seed per model."""
@@ -102,7 +104,7 @@ class CalibrationConfig(_Frozen):
     scope: Literal["pooled", "per_option"] = "pooled"
     n_folds: int = Field(5, ge=2, le=20)
     min_rows_per_arm: int = Field(30, ge=2, description="arms with fewer factual rows stay uncalibrated")
-    seed: int = 20261125
+    seed: Seed = 20261125
 
 
 class IntervalConfig(_Frozen):
@@ -111,7 +113,7 @@ class IntervalConfig(_Frozen):
 
     n_boot: int = Field(30, ge=2, le=2000)
     level: float = Field(0.9, gt=0, lt=1)
-    seed: int = 20261125
+    seed: Seed = 20261125
     boot_booster: BoosterConfig | None = None
     # Members fitted/predicted in parallel threads (results do not depend on it). 1 by default: on a busy
     # 2-core machine (CI runs two test workers) extra threads measured no faster.

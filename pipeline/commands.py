@@ -49,13 +49,16 @@ def _settings(params: Path) -> Settings:
 
 @contextmanager
 def _inputs_present() -> Iterator[None]:
-    """A missing input file (an earlier stage not run, a wrong folder) is refused on one line, not a traceback."""
+    """A missing input file (an earlier stage not run, a wrong folder), or a folder given for a file, is refused on
+    one line, not a traceback."""
     try:
         yield
     except FileNotFoundError as err:
         text = str(err.filename or err)
         bare_path = err.filename is not None or " " not in text.strip()  # pyarrow raises the path alone
         raise Refusal(f"{text}: no such file" if bare_path else text) from None
+    except IsADirectoryError as err:  # e.g. --dictionary given a folder
+        raise Refusal(f"{err.filename or err}: a folder where a file is expected") from None
 
 
 def _iso(day: date | None) -> str | None:
@@ -67,7 +70,8 @@ def simulate_command(
     out: Annotated[Path, typer.Option("--out", help="folder to write the cohort to")] = Path("data/cohort"),
     patients: Annotated[int | None, typer.Option("--patients", min=1, help="number of patients (default: "
                                                  "params simulate.patients)")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="random seed (default: params seed)")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**32 - 1,
+                                             help="random seed (default: params seed)")] = None,
     mode: Annotated[str | None, typer.Option("--mode", help="observational | trial (default: params "
                                              "simulate.mode)")] = None,
     trial_population: Annotated[str | None, typer.Option("--trial-population", help="trial mode: the emulated "
@@ -254,7 +258,8 @@ def explain_command(
     = TRAIN_DIR / "model",
     out: Annotated[Path, typer.Option("--out", help="output folder (DVC plots)")] = Path("data/explain"),
     sample: Annotated[int, typer.Option("--sample", min=1, help="decision rows explained (seeded sample)")] = 2000,
-    seed: Annotated[int | None, typer.Option("--seed", help="sampling seed (default: params seed)")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**32 - 1,
+                                             help="sampling seed (default: params seed)")] = None,
     mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log the summaries to MLflow")] = True,
     params: ParamsOption = PARAMS,
 ) -> None:

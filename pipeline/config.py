@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.cli_types import Refusal
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 
@@ -22,12 +24,40 @@ CONFIGS = ROOT / "configs"
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+class ConfigFileError(Refusal, ValueError):
+    """A YAML file that cannot be read as one: the message names the file, the line and what is wrong."""
+
+
+class _UniqueKeyLoader(SAFE_LOADER):  # type: ignore[valid-type,misc]
+    """The safe loader refusing a key written twice in one mapping (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is written twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read one YAML mapping; an empty file is an empty mapping."""
-    with Path(path).open(encoding="utf-8") as fh:
-        data = yaml.load(fh, Loader=SAFE_LOADER) or {}
+    """Read one YAML mapping; an empty file is an empty mapping. A file that is not UTF-8 YAML, writes a key
+    twice or holds no mapping is a `ConfigFileError` naming the file and the line."""
+    try:
+        with Path(path).open(encoding="utf-8") as fh:
+            data = yaml.load(fh, Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigFileError(f"{path}:{where}: not valid YAML ({problem})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigFileError(f"{path}: not UTF-8 (byte {err.start}); save it as UTF-8") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigFileError(f"{path}: expected a mapping (key: value lines) at the top level, got "
+                              f"{type(data).__name__}")
     return data
 
 

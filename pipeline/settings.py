@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from features.config import FeatureConfig, LabelConfig, SplitConfig
+from features.config import FeatureConfig, LabelConfig, Seed, SplitConfig
 from features.response import response_threshold
 from models.bundle import BundleConfig
 from models.config import PropensityConfig
@@ -57,7 +57,7 @@ class SimulateSettings(_Frozen):
     mode: Literal["observational", "trial"] = "observational"
     #: the cohort's "today": no record is dated after it (None: `data.today`).
     today: date | None = None
-    seed: int = DEFAULT_SEED
+    seed: Seed = DEFAULT_SEED
 
 
 class ReportSettings(_Frozen):
@@ -72,7 +72,7 @@ class ReportSettings(_Frozen):
 class Settings(_Frozen):
     """Everything `params.yaml` tunes, validated and with derived values filled (see the module docstring)."""
 
-    seed: int = DEFAULT_SEED
+    seed: Seed = DEFAULT_SEED
     data: DataSettings = DataSettings()
     simulate: SimulateSettings = SimulateSettings()
     evaluation: EvaluationConfig = EvaluationConfig()

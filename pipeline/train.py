@@ -102,9 +102,10 @@ def run_train(
     import pandas as pd
 
     from features.vocabulary import OptionCatalog, Vocabulary
-    from models.bundle import RecordedSettings, fit_escalate_model
+    from models.bundle import RecordedSettings, TrainingDataError, fit_escalate_model
     from models.explain import with_dose_targets
     from pipeline import registry
+    from pipeline.cli_types import Refusal
     from pipeline.io import write_json
     from pipeline.settings import resolve
 
@@ -125,7 +126,11 @@ def run_train(
 
     fit_started = time.perf_counter()
     recorded = RecordedSettings(features=settings.features, labels=settings.labels)  # the model carries them
-    model = fit_escalate_model(train_features, decisions, catalog, cfg, dictionary=dictionary, data_settings=recorded)
+    try:
+        model = fit_escalate_model(train_features, decisions, catalog, cfg, dictionary=dictionary,
+                                   data_settings=recorded)
+    except TrainingDataError as err:  # too few decisions to model: one line before anything is written
+        raise Refusal(str(err)) from None
     fit_seconds = time.perf_counter() - fit_started
 
     model_dir = Path(out_dir) / "model"

@@ -62,7 +62,9 @@ def test_help_lists_the_commands_in_pipeline_order_and_imports_no_stage_module()
               if line.strip(" │|").split() and line.strip(" │|").split()[0] in COMMANDS]
     assert listed == PIPELINE_ORDER, text
     assert "pandas" not in modules and "numpy" not in modules
-    assert [m for m in modules if m.startswith("pipeline.")] == ["pipeline.cli", "pipeline.config"]  # config: stdlib+yaml
+    # config: stdlib + yaml, and cli_types (typer) for its refusal of a malformed YAML file
+    assert sorted(m for m in modules if m.startswith("pipeline.")) == ["pipeline.cli", "pipeline.cli_types",
+                                                                       "pipeline.config"]
 
 
 def test_every_command_help_imports_neither_pandas_nor_its_stage_module():
@@ -235,3 +237,12 @@ def test_report_refuses_a_patient_it_cannot_page_before_loading_the_model(broken
 def test_a_stage_run_before_its_inputs_exist_is_refused_naming_the_missing_file(tmp_path):
     line = refused(["split", "--features-dir", str(tmp_path), "--out", str(tmp_path / "split")])
     assert line.startswith("escalate split: error:") and "decisions.parquet: no such file" in line
+
+
+def test_a_folder_given_for_an_input_file_is_one_line(tmp_path):
+    """`explain --dictionary data/features` once ended in IsADirectoryError's traceback."""
+    from pipeline.cli_types import Refusal
+    from pipeline.commands import _inputs_present
+
+    with pytest.raises(Refusal, match=rf"{tmp_path}: a folder where a file is expected"), _inputs_present():
+        tmp_path.open().read()

@@ -98,3 +98,34 @@ def test_mlflow_params_leave_out_the_patient_of_the_report_section() -> None:
     assert "report" not in logged and "data" not in logged
     assert logged["train"]["booster"]["seed"] == logged["seed"]
     assert isinstance(Settings.model_validate(settings_from({}).model_dump()), Settings)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"seed: 1\nseed: 2\n", r"line 2, column 1: not valid YAML \(key 'seed' is written twice"),  # not last-wins
+    (b"train: {learner: auto\n", r"line 2, column 1: not valid YAML"),
+    (b"- seed\n- 3\n", r"expected a mapping .* got list"),
+    (b"seed: caf\xe9\n", r"not UTF-8 \(byte 9\)"),
+])
+def test_a_yaml_file_that_cannot_be_read_is_one_refusal_naming_it(tmp_path, text, message):
+    """Found by a probe: these were tracebacks, and a key written twice silently took the last value."""
+    from pipeline.cli_types import Refusal
+    from pipeline.config import ConfigFileError, read_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigFileError, match=message) as err:
+        read_yaml(path)
+    assert str(path) in str(err.value) and isinstance(err.value, Refusal)  # the CLI prints it on one line, exit 2
+
+
+def test_seeds_and_the_auto_learners_candidates_are_checked_when_params_are_read():
+    """Found by a probe: a negative seed reached NumPy (traceback), a 1e23 one failed train after the work, and an
+    empty candidate list failed train after loading the data."""
+    from pipeline.settings import SettingsError, settings_from
+
+    for seed in (-5, 2**40):
+        with pytest.raises(SettingsError, match=r"seed"):
+            settings_from({"seed": seed}, source="params.yaml")
+    with pytest.raises(SettingsError, match=r"none models a binary outcome"):
+        settings_from({"train": {"learner": "auto", "selection": {"candidates": []}}}, source="params.yaml")
+    assert settings_from({"seed": 2**32 - 1}, source="params.yaml").seed == 2**32 - 1

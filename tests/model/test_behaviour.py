@@ -344,3 +344,18 @@ def test_steroid_sparing_is_a_head_with_intervals_when_the_labels_have_it(cohort
     assert "steroid_sparing" in one_class.summary["heads_not_fitted"]
     assert one_class.predict_frame(features)["p_steroid_sparing"].isna().all()
     assert model.predict_frame(features)["p_steroid_sparing"].isna().all()  # trained without the label
+
+
+def test_too_few_decisions_of_any_option_but_continue_is_a_clear_refusal_before_any_fit(cohort):
+    """A 60-patient cohort once crashed train (a read-only array, then a pydantic dump): with nothing to compare
+    with continuing, the refusal names the table, the counts and the rule."""
+    from models.bundle import TrainingDataError
+
+    features, decisions, _ = cohort
+    counts = decisions["option_taken"].value_counts()
+    others = int(counts.drop(catalog().control).max())
+    only_control = small_config(min_rows_per_option=others + 1)
+    assert counts[catalog().control] > others  # the synthetic cohort continues most often
+    with pytest.raises(TrainingDataError, match=r"table decisions: no option but 'continue' is taken at "
+                                                rf"min_rows_per_option={others + 1} decisions \(others: "):
+        fit_escalate_model(features, decisions, catalog(), only_control)
