@@ -100,6 +100,10 @@ def simulate_command(
     if config is not None and not config.is_file():
         raise Refusal(f"--config {config}: no such file (a simulator settings file like configs/simulator.yaml)")
     require_writable(out, "--out", folder=True)
+    if out.is_dir() and any(out.iterdir()) and not (out / "truth").is_dir():
+        # a simulated cohort always has its truth/ beside it: anything else may be real data it would shadow
+        raise Refusal(f"--out {out} is not empty and holds no simulated cohort (no truth/ folder): simulated "
+                      "tables would overwrite or shadow what is there; choose an empty or new folder")
     if metrics is not None:
         require_writable(metrics, "--metrics", folder=False)
     settings = _settings(params)

@@ -246,3 +246,17 @@ def test_a_folder_given_for_an_input_file_is_one_line(tmp_path):
 
     with pytest.raises(Refusal, match=rf"{tmp_path}: a folder where a file is expected"), _inputs_present():
         tmp_path.open().read()
+
+
+def test_simulate_refuses_a_folder_of_other_files(tmp_path):
+    """Found by a probe: `simulate --out` into an export of real contract CSVs wrote Parquet beside them, which the
+    stages then read instead of the real tables. A folder with a simulated cohort (its truth/) is rewritten."""
+    import shutil
+
+    from tests.conftest import SEED_CASE
+
+    real = tmp_path / "export"
+    shutil.copytree(SEED_CASE, real)
+    line = refused(["simulate", "--out", str(real), "--patients", "5"])
+    assert "is not empty and holds no simulated cohort" in line
+    assert sorted(p.name for p in real.iterdir()) == sorted(p.name for p in SEED_CASE.iterdir())  # untouched
