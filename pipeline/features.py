@@ -27,7 +27,24 @@ FEATURES_DIR = Path("data/features")
 SPLIT_DIR = Path("data/split")
 
 
-def _load(data: Path, today: str) -> tuple[dict[str, Any], Any, Any, Any]:
+def _check_named_codes(settings: Settings, vocabulary: Any, measures: Any) -> None:
+    """params.yaml's lists of drug classes and events name ones the reference data knows: a typo
+    (`serios_infection`) would silently change the labels or the decisions, so it is refused naming the key."""
+    from pipeline.cli_types import Refusal
+
+    classes = sorted({d.drug_class for d in vocabulary.drugs})
+    events = sorted(measures.codes("event"))
+    decisions = settings.features.decisions
+    for key, named, known in (("features.decisions.option_ignore_classes", decisions.option_ignore_classes, classes),
+                              ("features.decisions.stability_ignore_classes", decisions.stability_ignore_classes,
+                               classes),
+                              ("labels.safety_events", settings.labels.safety_events, events)):
+        unknown = [n for n in named if n not in known]
+        if unknown:
+            raise Refusal(f"params.yaml: {key}: {unknown} not known (rule: one of {', '.join(known)})")
+
+
+def _load(data: Path, today: str, settings: Settings) -> tuple[dict[str, Any], Any, Any, Any]:
     """Validated, normalised tables (patients with an error rejected and reported) and the reference data."""
     import pandas as pd
 
@@ -38,6 +55,7 @@ def _load(data: Path, today: str) -> tuple[dict[str, Any], Any, Any, Any]:
     vocabulary = Vocabulary.from_config(load_reference("drugs"))
     catalog = OptionCatalog.from_config(load_reference("options"))
     measures = MeasureCatalog.from_config(load_reference("measures"))
+    _check_named_codes(settings, vocabulary, measures)
     result = check(read_contract_tables(data), vocabulary, measures, pd.Timestamp(today))
     n_errors = len(result.errors)
     if len(result.rejected_patients):
@@ -114,7 +132,7 @@ def run_features(params: Settings | Path = Path("params.yaml"), data: Path | Non
     settings = resolve(params)
     data = Path(data if data is not None else settings.data.dir)
     the_day = str(today or settings.data.today or pd.Timestamp.today().date().isoformat())
-    tables, vocabulary, catalog, info = _load(data, the_day)
+    tables, vocabulary, catalog, info = _load(data, the_day, settings)
 
     if as_of is not None:
         from features.build import build_features, without_record_before

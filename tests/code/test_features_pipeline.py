@@ -70,3 +70,21 @@ def test_simulated_cohort_derivation_recovers_the_truth(tmp_path):
     # record holds (a carried-forward value), the truth the full examination: exact agreement on most, not all
     assert truth["labels"]["tis_exact_agreement"] >= 0.93
     assert truth["labels"]["response_agreement"] >= 0.95
+
+
+def test_a_typo_in_a_list_of_events_or_drug_classes_is_refused_naming_the_key(tmp_path):
+    """Found by a probe: `safety_events: [serios_infection, …]` silently dropped most safety events, and
+    `option_ignore_classes: [glucocorticoidz]` turned steroid tapers into decisions."""
+    from pipeline.cli_types import Refusal
+    from pipeline.features import run_features
+    from pipeline.settings import load_settings
+
+    settings = load_settings()
+    typo = settings.model_copy(update={"labels": settings.labels.model_copy(
+        update={"safety_events": ("serios_infection", "cytopenia")})})
+    with pytest.raises(Refusal, match=r"labels.safety_events: \['serios_infection'\] not known .*serious_infection"):
+        run_features(typo, data=SEED, out=tmp_path / "f", today="2026-11-25")
+    decisions = settings.features.decisions.model_copy(update={"option_ignore_classes": ("glucocorticoidz",)})
+    typo = settings.model_copy(update={"features": settings.features.model_copy(update={"decisions": decisions})})
+    with pytest.raises(Refusal, match=r"option_ignore_classes: \['glucocorticoidz'\] not known"):
+        run_features(typo, data=SEED, out=tmp_path / "f", today="2026-11-25")
