@@ -146,10 +146,14 @@ def _unit_key(text: Any) -> str:
 
 
 def _alias_index(codes: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    """Alias key → code; an alias written for two codes is refused (the later one would silently win)."""
     index: dict[str, str] = {}
     for code, aliases in codes.items():
         for name in (code, *aliases):
-            index[_key(name)] = code
+            key = _key(name)
+            if index.get(key, code) != code:
+                raise ValueError(f"alias {name!r} names both {index[key]!r} and {code!r} (rule: one code per alias)")
+            index[key] = code
     return index
 
 

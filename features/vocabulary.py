@@ -163,9 +163,17 @@ class Vocabulary(_Frozen):
 
     def model_post_init(self, __context: Any) -> None:
         index: dict[str, str] = {}
+        listed: set[str] = set()
         for drug in self.drugs:
+            if drug.generic in listed:
+                raise ValueError(f"drug {drug.generic!r} is listed twice (rule: one entry per generic)")
+            listed.add(drug.generic)
             for name in (drug.generic, drug.label, *drug.aliases):
-                index[_key(name)] = drug.generic
+                key = _key(name)
+                if index.get(key, drug.generic) != drug.generic:
+                    raise ValueError(f"alias {name!r} names both {index[key]!r} and {drug.generic!r} (rule: one "
+                                     "drug per alias)")
+                index[key] = drug.generic
         object.__setattr__(self, "_index", index)
         object.__setattr__(self, "_by_generic", {d.generic: d for d in self.drugs})
 
@@ -594,6 +602,9 @@ class OptionCatalog(_Frozen):
 
     @model_validator(mode="after")
     def _known_guideline(self) -> OptionCatalog:
+        twice = sorted({n for n in self.names if self.names.count(n) > 1})
+        if twice:
+            raise ValueError(f"option(s) {twice} listed twice (rule: one entry per option name)")
         unknown = [g for g in self.guideline if g not in self.names]
         if unknown:
             raise ValueError(f"guideline names unknown options {', '.join(unknown)}; known: {', '.join(self.names)}")

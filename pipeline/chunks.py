@@ -192,11 +192,11 @@ class ChunkTask:
         from features.config import FeatureConfig
         from features.contract import MeasureCatalog
         from features.vocabulary import OptionCatalog, Vocabulary
-        from pipeline.config import load_reference
+        from pipeline.config import load_catalog
 
-        return (Vocabulary.from_config(load_reference("drugs")),
-                MeasureCatalog.from_config(load_reference("measures")),
-                OptionCatalog.from_config(load_reference("options")),
+        return (load_catalog("drugs", Vocabulary.from_config),
+                load_catalog("measures", MeasureCatalog.from_config),
+                load_catalog("options", OptionCatalog.from_config),
                 FeatureConfig.model_validate(self.feature_config))
 
     def run(self, chunk: int, model: Any, refs: tuple[Any, Any, Any, Any]) -> dict[str, Any]:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from pipeline.cli_types import Refusal
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 
@@ -79,6 +81,35 @@ def tracking_uri(root: Path = ROOT) -> str:
 def load_reference(name: str) -> dict[str, Any]:
     """A reference-data file from `configs/` by stem, e.g. `load_reference("drugs")`."""
     return read_yaml(CONFIGS / f"{name}.yaml")
+
+
+def load_catalog(name: str, parse: Callable[[dict[str, Any]], T]) -> T:
+    """`configs/<name>.yaml` validated by `parse` (a reference class's `from_config`); a file that breaks a rule is
+    a `ConfigFileError` naming the file, the entry (by its name where it has one) and the rule."""
+    raw = load_reference(name)
+    try:
+        return parse(raw)
+    except ConfigFileError:
+        raise
+    except ValueError as err:  # pydantic's ValidationError is one
+        raise ConfigFileError(f"{CONFIGS / f'{name}.yaml'}: {first_problem(err, raw)}") from None
+
+
+def first_problem(err: ValueError, raw: Any) -> str:
+    """The first problem of a validation error as `key path: message`, list entries named by their name."""
+    errors = getattr(err, "errors", None)
+    if errors is None:
+        return str(err)
+    first = errors()[0]
+    parts, node = [], raw
+    for step in first["loc"]:
+        named = node[step] if isinstance(node, list) and isinstance(step, int) and step < len(node) else None
+        label = next((named[k] for k in ("generic", "name", "code", "drug") if isinstance(named, dict) and k in named),
+                     None)
+        parts.append(f"{step} ({label})" if label is not None else str(step))
+        node = node.get(step) if isinstance(node, dict) else named
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{'.'.join(parts)}: {message}" if parts else message
 
 
 #: warnings raised inside libraries that no user of Escalate can act on (message regex, category). Silenced in the

@@ -33,7 +33,7 @@ def run_explain(params: Settings | Path = Path("params.yaml"), features: Path = 
 
     from features.vocabulary import Vocabulary
     from models import explain as E
-    from pipeline.config import load_reference
+    from pipeline.config import load_catalog
     from pipeline.io import write_csv, write_json
     from pipeline.registry_store import BUNDLE_FILE
     from pipeline.settings import resolve
@@ -43,7 +43,7 @@ def run_explain(params: Settings | Path = Path("params.yaml"), features: Path = 
     model = joblib.load(Path(model_dir) / BUNDLE_FILE)
     frame = pd.read_parquet(features)
     dict_frame = E.with_dose_targets(pd.read_json(dictionary, orient="records"),
-                                     Vocabulary.from_config(load_reference("drugs")))
+                                     load_catalog("drugs", Vocabulary.from_config))
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(frame), size=min(sample, len(frame)), replace=False))
     frame = frame.iloc[rows].reset_index(drop=True)

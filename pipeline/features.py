@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from pipeline.config import load_reference
+from pipeline.config import load_catalog
 
 if TYPE_CHECKING:
     from features.config import FeatureConfig, LabelConfig
@@ -52,9 +52,9 @@ def _load(data: Path, today: str, settings: Settings) -> tuple[dict[str, Any], A
     from features.vocabulary import OptionCatalog, Vocabulary
     from pipeline.io import read_contract_tables
 
-    vocabulary = Vocabulary.from_config(load_reference("drugs"))
-    catalog = OptionCatalog.from_config(load_reference("options"))
-    measures = MeasureCatalog.from_config(load_reference("measures"))
+    vocabulary = load_catalog("drugs", Vocabulary.from_config)
+    catalog = load_catalog("options", OptionCatalog.from_config)
+    measures = load_catalog("measures", MeasureCatalog.from_config)
     _check_named_codes(settings, vocabulary, measures)
     result = check(read_contract_tables(data), vocabulary, measures, pd.Timestamp(today))
     n_errors = len(result.errors)

@@ -22,7 +22,7 @@ import pandas as pd
 import typer
 
 from pipeline.cli_types import Refusal
-from pipeline.config import CONFIGS, load_reference, read_yaml
+from pipeline.config import CONFIGS, load_catalog, load_reference, read_yaml
 from pipeline.io import write_json
 
 if TYPE_CHECKING:
@@ -65,8 +65,8 @@ def load_mapping(path: Path | None = None) -> OmopMapping:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise OmopSourceError(f"{where}: {loc}: {first['msg']}") from None
-    problems = mapping_problems(mapping, Vocabulary.from_config(load_reference("drugs")),
-                                MeasureCatalog.from_config(load_reference("measures")))
+    problems = mapping_problems(mapping, load_catalog("drugs", Vocabulary.from_config),
+                                load_catalog("measures", MeasureCatalog.from_config))
     if problems:
         raise OmopSourceError(f"{where}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1
                                                             else ""))
@@ -400,7 +400,7 @@ def write_cohort_omop(cohort: Any, out: Path, today: str, mapping_path: Path | N
 
     mapping = load_mapping(mapping_path)
     tables = {name: getattr(cohort, name) for name in ("patients", "regimens", "assessments", "events")}
-    omop = contract_to_omop(tables, mapping, Vocabulary.from_config(load_reference("drugs")), today)
+    omop = contract_to_omop(tables, mapping, load_catalog("drugs", Vocabulary.from_config), today)
     out.mkdir(parents=True, exist_ok=True)
     counts = {f"{DB_NAME}:{k}": v for k, v in write_omop_database(omop, out / DB_NAME).items()}
     (out / "truth").mkdir(exist_ok=True)

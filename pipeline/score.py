@@ -450,7 +450,7 @@ def model_feature_columns(facts: ModelFacts) -> list[str]:
     from features.config import FeatureConfig
     from features.contract import NORMALISED_COLUMNS
     from features.vocabulary import OptionCatalog, Vocabulary
-    from pipeline.config import load_reference
+    from pipeline.config import load_catalog
 
     try:
         fconfig = FeatureConfig.model_validate(facts.feature_config)
@@ -460,8 +460,8 @@ def model_feature_columns(facts: ModelFacts) -> list[str]:
     empty_tables = {k: pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
                     for k, cols in NORMALISED_COLUMNS.items()}
     empty_keys = pd.DataFrame({"patient_id": pd.Series(dtype=str), "as_of": pd.Series(dtype="datetime64[ns]")})
-    built = build_features(empty_keys, empty_tables, Vocabulary.from_config(load_reference("drugs")),
-                           OptionCatalog.from_config(load_reference("options")), fconfig)
+    built = build_features(empty_keys, empty_tables, load_catalog("drugs", Vocabulary.from_config),
+                           load_catalog("options", OptionCatalog.from_config), fconfig)
     return check_feature_contract(facts.columns, list(built.features.columns))
 
 

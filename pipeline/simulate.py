@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from pipeline.cli_types import Refusal
-from pipeline.config import load_reference, read_yaml
+from pipeline.config import ConfigFileError, first_problem, load_catalog, read_yaml
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -29,10 +29,18 @@ def build_inputs(config_file: Path | None = None) -> tuple[Any, Any, Any]:
     from features.vocabulary import OptionCatalog, Vocabulary
     from simulator.config import SimulatorConfig
 
+    if config_file is None:
+        simulator = load_catalog("simulator", SimulatorConfig.from_config)
+    else:
+        raw = read_yaml(config_file)
+        try:
+            simulator = SimulatorConfig.from_config(raw)
+        except ValueError as err:  # pydantic's ValidationError is a ValueError: name the file and the setting
+            raise ConfigFileError(f"--config {config_file}: {first_problem(err, raw)}") from None
     return (
-        SimulatorConfig.from_config(read_yaml(config_file) if config_file is not None else load_reference("simulator")),
-        Vocabulary.from_config(load_reference("drugs")),
-        OptionCatalog.from_config(load_reference("options")),
+        simulator,
+        load_catalog("drugs", Vocabulary.from_config),
+        load_catalog("options", OptionCatalog.from_config),
     )
 
 
@@ -75,10 +83,12 @@ def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path
                                  param_hint="--today")
     try:
         config, vocabulary, catalog = build_inputs(config_file)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError: name the file and the setting
+    except ValueError as exc:  # the configuration across files (the guideline's options, …): name the files
+        if isinstance(exc, ConfigFileError):
+            raise
         where = config_file or "configs/simulator.yaml"
-        first = str(exc)
-        raise Refusal(f"--config {where}: {' '.join(first.split())}") from None
+        raise Refusal(f"{where} with configs/drugs.yaml and configs/options.yaml: {' '.join(str(exc).split())}"
+                      ) from None
     if mc_draws is not None:
         config = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": mc_draws})})
     started = time.perf_counter()

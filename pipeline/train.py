@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import ROOT, load_reference
+from pipeline.config import ROOT, load_catalog
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -112,7 +112,7 @@ def run_train(
     started = time.perf_counter()
     settings = resolve(params)
     cfg = settings.train
-    catalog = OptionCatalog.from_config(load_reference("options"))
+    catalog = load_catalog("options", OptionCatalog.from_config)
     features_path = Path(features_dir) / "features.parquet"
     decisions_path = Path(features_dir) / "decisions.parquet"
     features = pd.read_parquet(features_path)
@@ -122,7 +122,7 @@ def run_train(
 
     dictionary_path = Path(features_dir) / "feature_dictionary.json"
     dictionary = with_dose_targets(pd.read_json(dictionary_path, orient="records"),
-                                   Vocabulary.from_config(load_reference("drugs"))) if dictionary_path.is_file() else None
+                                   load_catalog("drugs", Vocabulary.from_config)) if dictionary_path.is_file() else None
 
     fit_started = time.perf_counter()
     recorded = RecordedSettings(features=settings.features, labels=settings.labels)  # the model carries them

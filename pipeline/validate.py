@@ -27,7 +27,7 @@ def run_validate(directory: Path, today: date | None = None, json_path: Path | N
 
     from features.contract import MeasureCatalog, check
     from features.vocabulary import Vocabulary
-    from pipeline.config import load_reference
+    from pipeline.config import load_catalog
     from pipeline.io import load_contract_tables, write_json
 
     console = Console(width=200)
@@ -38,8 +38,8 @@ def run_validate(directory: Path, today: date | None = None, json_path: Path | N
         console.print(f"[red]cannot read contract tables: {escape(str(err))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from err
 
-    vocabulary = Vocabulary.from_config(load_reference("drugs"))
-    measures = MeasureCatalog.from_config(load_reference("measures"))
+    vocabulary = load_catalog("drugs", Vocabulary.from_config)
+    measures = load_catalog("measures", MeasureCatalog.from_config)
     result = check(tables, vocabulary, measures, the_day, unreadable=unreadable)
     v = result.violations
     counts = finding_counts(v)

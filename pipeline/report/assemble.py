@@ -348,13 +348,13 @@ def build_patient_page(
     from features.vocabulary import OptionCatalog, Vocabulary
     from models import explain as E
     from models.bundle import interval_meaning
-    from pipeline.config import load_reference
+    from pipeline.config import load_catalog, load_reference
     from pipeline.report import clinical as C
 
     drugs_cfg = load_reference("drugs")
     rules = rules if rules is not None else load_reference("clinical_rules")
     vocabulary = Vocabulary.from_config(drugs_cfg)
-    catalog = OptionCatalog.from_config(load_reference("options"))
+    catalog = load_catalog("options", OptionCatalog.from_config)
     one = {name: t[t["patient_id"].astype(str) == patient_id].reset_index(drop=True) for name, t in tables.items()}
     if one["patients"].empty:
         raise ValueError(f"table patients: no row with patient_id {patient_id!r} (rule: a known patient)")

@@ -179,10 +179,10 @@ def check_tables(raw: dict[str, pd.DataFrame], today: str | None) -> tuple[dict[
     with _without_pyspark_pandas():
         from features.contract import MeasureCatalog, check
     from features.vocabulary import Vocabulary
-    from pipeline.config import load_reference
+    from pipeline.config import load_catalog
 
-    vocabulary = Vocabulary.from_config(load_reference("drugs"))
-    measures = MeasureCatalog.from_config(load_reference("measures"))
+    vocabulary = load_catalog("drugs", Vocabulary.from_config)
+    measures = load_catalog("measures", MeasureCatalog.from_config)
     result = check(raw, vocabulary, measures, today)
     return result.normalised, result.violations
 

@@ -129,3 +129,29 @@ def test_seeds_and_the_auto_learners_candidates_are_checked_when_params_are_read
     with pytest.raises(SettingsError, match=r"none models a binary outcome"):
         settings_from({"train": {"learner": "auto", "selection": {"candidates": []}}}, source="params.yaml")
     assert settings_from({"seed": 2**32 - 1}, source="params.yaml").seed == 2**32 - 1
+
+
+def test_a_reference_file_that_breaks_a_rule_is_one_line_naming_file_entry_and_rule(monkeypatch):
+    """Found by a probe: a drug alias shared by two drugs silently went to the later one, a duplicate option was
+    reported as an unknown guideline option, and pydantic's multi-line dumps named `drugs.0`, not the drug."""
+    import copy
+
+    from features.vocabulary import OptionCatalog, Vocabulary
+    from pipeline import config
+    from pipeline.config import ConfigFileError, load_catalog
+
+    drugs, options = config.load_reference("drugs"), config.load_reference("options")
+    shared = copy.deepcopy(drugs)
+    shared["drugs"][1]["aliases"] = [*shared["drugs"][1].get("aliases", []), shared["drugs"][0]["generic"]]
+    typo = copy.deepcopy(drugs)
+    typo["drugs"][1]["dose_unit_typo"] = "mg"
+    twice = copy.deepcopy(options)
+    twice["options"].append(twice["options"][1])
+    for name, raw, parse, message in (
+            ("drugs", shared, Vocabulary.from_config, r"drugs\.yaml: alias .* names both .*one drug per alias"),
+            ("drugs", typo, Vocabulary.from_config,
+             rf"drugs\.yaml: drugs\.1 \({drugs['drugs'][1]['generic']}\)\.dose_unit_typo: Extra inputs"),
+            ("options", twice, OptionCatalog.from_config, r"options\.yaml: .*listed twice")):
+        monkeypatch.setattr(config, "load_reference", lambda _, raw=raw: raw)
+        with pytest.raises(ConfigFileError, match=message):
+            load_catalog(name, parse)

@@ -329,7 +329,8 @@ def test_label_combination_rules_block_the_options_that_create_the_clash():
     switch = {"name": "switch_tocilizumab_to_jak_inhibitor", "label": "switch tocilizumab to a JAK inhibitor",
               "kind": "switch", "stops": "tocilizumab", "adds": "tofacitinib",
               "eligible_unless_on": ["tofacitinib", "baricitinib"]}
-    catalog = OptionCatalog.from_config({**config, "options": [*config["options"], switch]})
+    others = [o for o in config["options"] if o["name"] != switch["name"]]  # configured already: listed once
+    catalog = OptionCatalog.from_config({**config, "options": [*others, switch]})
     on = pd.DataFrame({"tocilizumab": [True, False, False], "rituximab": [True, True, False]})
     blocked, text = catalog.combination_flags(on)
     assert blocked["add_jak_inhibitor"].tolist() == [True, False, False]
