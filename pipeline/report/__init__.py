@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import typer
@@ -99,6 +100,19 @@ class ReportRefusal(ValueError):
     after today); the CLI prints it on one line with exit status 2."""
 
 
+def page_references() -> tuple[dict[str, Any], dict[str, Any]]:
+    """configs/monitoring.yaml and configs/clinical_rules.yaml, each checked against the drugs and measures it names
+    (a file that breaks a rule is one line naming it)."""
+    from features.vocabulary import Vocabulary
+    from pipeline.config import load_catalog, load_reference
+    from pipeline.report import reference
+
+    generics = load_catalog("drugs", Vocabulary.from_config).generics
+    measures = tuple(load_reference("measures").get("measures") or ())  # the codes (the contract module is heavy)
+    return (load_catalog("monitoring", lambda raw: reference.monitoring(raw, generics)),
+            load_catalog("clinical_rules", lambda raw: reference.clinical_rules(raw, measures)))
+
+
 def run_report(patient: str | None = None, all_patients: bool = False, as_of: date | None = None,
                data: Path = Path("data/cohort"), out: Path = Path("report.html"),
                model_dir: Path = Path("data/train/model"), top_k: int = 3, today: date | None = None) -> None:
@@ -109,7 +123,6 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
     that patient's rows. An unknown patient, one whose record has data errors or no assessment before the as-of
     date, or an as-of date after today is refused (`ReportRefusal`) before the model loads."""
     from features.build import without_record_before
-    from pipeline.config import load_reference
     from pipeline.settings import load_settings
 
     if (patient is None) == (not all_patients):
@@ -134,8 +147,7 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
         raise ReportRefusal(f"--patient {patient!r}: {unrecorded['message'].iloc[0]}")
     loaded = load_model(model_dir)
     evidence = load_evidence(loaded, load_settings())
-    monitoring = load_reference("monitoring")
-    rules = load_reference("clinical_rules")
+    monitoring, rules = page_references()
     if patient is not None:
         page = build_patient_page(patient, when, tables, loaded, monitoring, evidence, top_k=top_k,
                                   findings=findings, rules=rules)

@@ -702,3 +702,33 @@ def test_rituximab_clock_judges_waiting_against_rims_median_time_to_improvement(
     assert rituximab_clock(pd.DataFrame({"months_since_rituximab": [float("nan")]})) == ""
     assert rituximab_clock(pd.DataFrame({"months_since_rituximab": [14.0]})) == ""
     assert rituximab_clock(pd.DataFrame({"age_years": [40.0]})) == ""
+
+
+def test_the_pages_reference_files_are_checked_whole(monkeypatch):
+    """Found by a probe: `reminderz:` silently dropped every monitoring reminder from the page, a misspelt
+    `flag_grade` or a missing `labs:` was a KeyError, and grades in the wrong order or unknown drugs passed."""
+    import copy
+
+    from pipeline import config
+    from pipeline.config import ConfigFileError, load_catalog, load_reference
+    from pipeline.report import page_references, reference
+
+    monitoring, rules = page_references()  # the shipped files pass, as written
+    assert len(monitoring["reminders"]) == len(load_reference("monitoring")["reminders"])
+    generics, measures = ("rituximab", "ivig"), ("neutrophils", "alt", "weight")
+    typo = {"reminderz": load_reference("monitoring")["reminders"]}
+    with pytest.raises(ValueError, match="reminderz"):
+        reference.monitoring(typo, generics)
+    with pytest.raises(ValueError, match=r"drug\(s\) \['rituxan'\] not in configs/drugs.yaml"):
+        reference.monitoring({"reminders": [{"test": "t", "when": "w", "why": "y", "drugs": ["rituxan"]}]}, generics)
+    lab = {"measure": "neutrophils", "label": "n", "unit": "u", "lln": 2.0, "below": [1.0, 1.5]}
+    with pytest.raises(ValueError, match=r"thresholds \[1.0, 1.5\] out of order"):
+        reference.clinical_rules({"labs": {"flag_grade": 2, "tests": [lab]}}, measures)
+    with pytest.raises(ValueError, match=r"measure\(s\) \['neutrophilz'\] not in configs/measures.yaml"):
+        reference.clinical_rules({"labs": {"flag_grade": 2, "tests": [{**lab, "below": [1.5, 1.0],
+                                                                        "measure": "neutrophilz"}]}}, measures)
+    no_labs = copy.deepcopy(load_reference("clinical_rules"))
+    del no_labs["labs"]
+    monkeypatch.setattr(config, "load_reference", lambda _: no_labs)
+    with pytest.raises(ConfigFileError, match=r"clinical_rules\.yaml: labs: Field required"):
+        load_catalog("clinical_rules", lambda raw: reference.clinical_rules(raw, measures))
