@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from datetime import date
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def output_problem(path: Path, *, folder: bool) -> str | None:
         if not folder and path.is_dir():
             return f"{path} is a folder, not a file"
         target = path if folder else path.parent
-        if not os.access(target, os.W_OK | os.X_OK) or (not folder and not os.access(path, os.W_OK)):
+        if (not os.access(target, os.W_OK | os.X_OK) or (not folder and not os.access(path, os.W_OK))
+                or not _can_create_in(target)):
             return f"{path} is not writable by this user"
         return None
     parent = path.absolute().parent
@@ -67,9 +69,21 @@ def output_problem(path: Path, *, folder: bool) -> str | None:
         parent = parent.parent
     if not parent.is_dir():
         return f"{path} cannot be created: {parent} is a file"
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not os.access(parent, os.W_OK | os.X_OK) or not _can_create_in(parent):
         return f"{path} cannot be created: {parent} is not writable by this user"
     return None
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be created in `folder`: `os.access` says yes to root everywhere, even in /proc or
+    on a read-only mount, so a run would fail at its last step; one empty file, removed at once, tells."""
+    try:
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".escalate-write-check-")
+    except OSError:
+        return False
+    os.close(handle)
+    os.unlink(name)
+    return True
 
 
 def require_writable(path: Path, option: str, *, folder: bool) -> Path:

@@ -260,3 +260,13 @@ def test_simulate_refuses_a_folder_of_other_files(tmp_path):
     line = refused(["simulate", "--out", str(real), "--patients", "5"])
     assert "is not empty and holds no simulated cohort" in line
     assert sorted(p.name for p in real.iterdir()) == sorted(p.name for p in SEED_CASE.iterdir())  # untouched
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (a folder no one can write)")
+def test_an_output_where_no_file_can_be_created_is_refused_before_any_work():
+    """`os.access` says yes to root everywhere: `--out /proc/x` once failed after the work (a fitted model lost,
+    a registry already updated). A real file created and removed at once tells."""
+    from pipeline.cli_types import output_problem
+
+    assert "cannot be created: /proc is not writable" in output_problem(Path("/proc/escalate-x"), folder=True)
+    assert "cannot be created" in output_problem(Path("/proc/escalate-x/evidence.json"), folder=False)
