@@ -15,7 +15,7 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ActivityRule(_Frozen):

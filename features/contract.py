@@ -39,7 +39,7 @@ CANONICAL_DOSE_UNITS: dict[str, str] = {k: k.replace("²", "2") for k in DOSE_UN
 
 # --- reference data ----------------------------------------------------------------------------------------------
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class UnitScale(_Frozen):

@@ -50,7 +50,7 @@ MASS_UNIT_MG: dict[int, float] = {8576: 1.0, 8504: 1000.0, 9655: 0.001}
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ConceptSet(_Frozen):

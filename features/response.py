@@ -45,7 +45,7 @@ _EPS_TOTAL = 1e-9
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class BandTable(_Frozen):

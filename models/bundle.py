@@ -53,7 +53,7 @@ EXPLAIN_PARAM = "explain_top_k"
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class EligibilityColumns(_Frozen):

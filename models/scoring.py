@@ -30,7 +30,7 @@ _HASH_KEY = "escalate-score01"  # 16 bytes, as pandas requires
 class ScoreSettings(BaseModel):
     """What decides a scoring run's output (chunking and explanation depth); part of the run's identity."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     chunk_patients: int = Field(1000, ge=1, description="patients per chunk (bounds memory per chunk)")
     explain_top_k: int = Field(3, ge=0, le=20, description="reasons per option; 0 = no explanations")

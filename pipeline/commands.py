@@ -320,7 +320,7 @@ def report_command(
     out: Annotated[Path, typer.Option("--out", help="FILE.html for one patient, a folder with --all")]
     = Path("report.html"),
     model_dir: Annotated[Path, typer.Option("--model-dir", help="fallback bundle folder")] = TRAIN_DIR / "model",
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="reasons in words per option")] = 3,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=20, help="reasons in words per option")] = 3,
     today: TodayOption = None,
 ) -> None:
     """Write the clinician page of one patient (or of every patient with --all and an index page).

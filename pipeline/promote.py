@@ -29,7 +29,7 @@ CALIBRATION = "response_ece"
 class PromotionRule(BaseModel):
     """Margins of the promotion rule (the `promote:` section of params.yaml)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     min_decision_value_gain: float = Field(0.0, ge=0, description="candidate DV must exceed champion DV by more")
     ece_tolerance: float = Field(0.0, ge=0, description="candidate ECE may exceed champion ECE by at most this")

@@ -16,7 +16,7 @@ class EvaluationInputError(ValueError):
 class EvaluationConfig(BaseModel):
     """Evaluation knobs (the `evaluation` section of params.yaml)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     propensity_floor: float = Field(
         0.02, gt=0, lt=1, description="AIPW weights use max(propensity, floor) to bound extreme weights."

@@ -129,6 +129,8 @@ def test_seeds_and_the_auto_learners_candidates_are_checked_when_params_are_read
     with pytest.raises(SettingsError, match=r"none models a binary outcome"):
         settings_from({"train": {"learner": "auto", "selection": {"candidates": []}}}, source="params.yaml")
     assert settings_from({"seed": 2**32 - 1}, source="params.yaml").seed == 2**32 - 1
+    with pytest.raises(SettingsError, match=r"train.safety_weight"):  # `.inf` in YAML: no setting is infinite
+        settings_from({"train": {"safety_weight": float("inf")}}, source="params.yaml")
 
 
 def test_a_reference_file_that_breaks_a_rule_is_one_line_naming_file_entry_and_rule(monkeypatch):
