@@ -22,7 +22,7 @@ import pandas as pd
 import typer
 
 from pipeline.cli_types import Refusal
-from pipeline.config import CONFIGS, load_catalog, load_reference, read_yaml
+from pipeline.config import CONFIGS, first_problem, load_catalog, load_reference, read_yaml
 from pipeline.io import write_json
 
 if TYPE_CHECKING:
@@ -62,9 +62,7 @@ def load_mapping(path: Path | None = None) -> OmopMapping:
     try:
         mapping = OmopMapping.from_config(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise OmopSourceError(f"{where}: {loc}: {first['msg']}") from None
+        raise OmopSourceError(f"{where}: {first_problem(err, raw)}") from None
     problems = mapping_problems(mapping, load_catalog("drugs", Vocabulary.from_config),
                                 load_catalog("measures", MeasureCatalog.from_config))
     if problems:
