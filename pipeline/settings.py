@@ -216,7 +216,11 @@ def settings_from(params: Mapping[str, Any], source: str = "params.yaml") -> Set
     try:
         return Settings.model_validate(params)
     except ValidationError as err:
-        lines = [f"{source}: {_describe(e)}" for e in err.errors(include_url=False)]
+        errors = err.errors(include_url=False)
+        if any(e["loc"] == ("seed",) for e in errors):  # said once: the derived seeds copy it (`fill_derived`)
+            errors = [e for e in errors if e["loc"] == ("seed",)
+                      or not (e["loc"][-1] == "seed" and e.get("input") == params.get("seed"))]
+        lines = [f"{source}: {_describe(e)}" for e in errors]
         raise SettingsError("\n".join(lines)) from None
 
 
