@@ -419,6 +419,8 @@ class EscalateModel:
                 out[name], out[f"{name}_low"], out[f"{name}_high"] = nan, nan.copy(), nan.copy()
                 continue
             point, low, high = self.heads[head].predict(shared)
+            if head in SCORE_RANGE:  # a regression can leave the score's scale; no patient can
+                point, low, high = (np.clip(a, *SCORE_RANGE[head]) for a in (point, low, high))
             out[name], out[f"{name}_low"], out[f"{name}_high"] = point, low, high
         return out
 
@@ -524,6 +526,8 @@ class EscalateModel:
 #: head -> its prediction column in `predict_frame` (with `_low` / `_high` interval columns).
 HEAD_OUTPUTS = {"response": "p_response", "tis": "expected_tis", "safety": "p_safety",
                 "steroid_sparing": "p_steroid_sparing"}
+#: the scale of a head's score (the Total Improvement Score is 0–100 points): predictions and intervals stay on it.
+SCORE_RANGE = {"tis": (0.0, 100.0)}
 _PRED_COLUMNS = (
     "p_response",
     "p_response_low",

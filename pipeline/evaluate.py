@@ -8,7 +8,6 @@ subgroups, simulator metrics, row counts), `plots/` (CSV data of the calibration
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,7 +67,6 @@ def run_evaluate(
     log_to_mlflow: bool = True,
 ) -> dict[str, float]:
     """The stage: returns every held-out metric (rounded as written to tables/headline.json) and its seconds."""
-    import joblib
     import matplotlib
     import pandas as pd
 
@@ -84,13 +82,14 @@ def run_evaluate(
     from pipeline.io import rounded, write_csv, write_json, write_text
     from pipeline.settings import resolve
     from pipeline.train import git_revision
+    from pipeline.trained import check_features_fit, load_bundle, read_run
 
     started = time.perf_counter()
     settings = resolve(params)
     cfg = settings.evaluation
     bundle_path = Path(train_dir) / "model" / registry.BUNDLE_FILE
-    model = joblib.load(bundle_path)
-    run = json.loads((Path(train_dir) / "run.json").read_text(encoding="utf-8"))
+    model = load_bundle(bundle_path)
+    run = read_run(Path(train_dir) / "run.json")
     if log_to_mlflow:
         registry.setup_mlflow(root)
         if not registry.run_holds_bundle(run["run_id"], bundle_path):
@@ -102,6 +101,7 @@ def run_evaluate(
     decisions = pd.read_parquet(Path(features_dir) / "decisions.parquet")
     split = read_split(split_dir)
     test = select_set(features, split, "test", "features")
+    check_features_fit(model, test, Path(features_dir) / "features.parquet")
     truth = truth_dir(settings.data.dir, root)
     truth_decisions = pd.read_parquet(truth / "decisions.parquet") if truth else None
     truth_outcomes = pd.read_parquet(truth / "outcomes.parquet") if truth else None

@@ -27,7 +27,6 @@ def run_explain(params: Settings | Path = Path("params.yaml"), features: Path = 
                 dictionary: Path = DICTIONARY, model_dir: Path = MODEL_DIR, out: Path = OUT, sample: int = 2000,
                 seed: int | None = None, mlflow_log: bool = True) -> None:
     """The stage: explain a seeded sample of rows (seed None: the settings' seed) and write the summaries."""
-    import joblib
     import numpy as np
     import pandas as pd
 
@@ -37,11 +36,13 @@ def run_explain(params: Settings | Path = Path("params.yaml"), features: Path = 
     from pipeline.io import write_csv, write_json
     from pipeline.registry_store import BUNDLE_FILE
     from pipeline.settings import resolve
+    from pipeline.trained import check_features_fit, load_bundle
 
     seed = resolve(params).seed if seed is None else seed
     started = time.perf_counter()
-    model = joblib.load(Path(model_dir) / BUNDLE_FILE)
+    model = load_bundle(Path(model_dir) / BUNDLE_FILE)
     frame = pd.read_parquet(features)
+    check_features_fit(model, frame.head(1), features)
     dict_frame = E.with_dose_targets(pd.read_json(dictionary, orient="records"),
                                      load_catalog("drugs", Vocabulary.from_config))
     rng = np.random.default_rng(seed)

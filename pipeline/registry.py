@@ -31,6 +31,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from models.bundle import EXPLAIN_PARAM, explain_top_k_param  # noqa: F401 - part of this module's interface
+from pipeline.cli_types import Refusal
 from pipeline.config import ROOT, quiet_library_notices, tracking_uri
 from pipeline.registry_store import BUNDLE_FILE, CANDIDATE, CHAMPION, MODEL_NAME  # noqa: F401 - there: no MLflow import
 
@@ -216,7 +217,12 @@ def run_holds_bundle(run_id: str, bundle_path: Path) -> bool:
     `data/train/run.json` is no DVC output: when DVC restores an earlier model from its cache without running
     `train`, the file still names the later run, and held-out metrics logged there would describe another model.
     True for a run logged before the tag existed (nothing to compare)."""
-    tag = MlflowClient().get_run(run_id).data.tags.get(BUNDLE_SHA_TAG)
+    try:
+        tag = MlflowClient().get_run(run_id).data.tags.get(BUNDLE_SHA_TAG)
+    except mlflow.exceptions.MlflowException as err:  # another tracking store than the one train logged to
+        raise Refusal(f"training run {run_id} is not in the tracking store {mlflow.get_tracking_uri()} "
+                      f"({str(err).strip().splitlines()[0]}): set MLFLOW_TRACKING_URI to the store train used, or "
+                      "run `dvc repro --force --single-item train`") from None
     return tag is None or tag == sha256_file(bundle_path)
 
 

@@ -493,6 +493,8 @@ def run_score(
     settings = settings or ScoreSettings()
     if engine not in ("local", "spark"):
         raise ScoreRefusal(f"--engine {engine!r}: choose local or spark")
+    if engine == "local" and master is not None:
+        raise ScoreRefusal("--master is for the spark engine (add --engine spark); the local engine would ignore it")
     if engine == "spark":
         import importlib.util
 

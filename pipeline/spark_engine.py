@@ -50,7 +50,14 @@ def spark_session(master: str | None = None, progress: bool = True) -> tuple[Any
             builder = builder.master("local[*]")
     builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
     builder = builder.config("spark.ui.showConsoleProgress", "true" if progress else "false")
-    return builder.getOrCreate(), active is None
+    try:
+        return builder.getOrCreate(), active is None
+    except Exception as err:  # noqa: BLE001 - py4j / JVM errors of a bad master URL: one line, before any chunk
+        from pipeline.chunks import ScoreRefusal
+
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ScoreRefusal(f"--master {master or '(Spark configuration)'}: Spark could not start a session ({first})"
+                           ) from None
 
 
 def score_groups(task: ChunkTask) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,9 +83,15 @@ def _load_local_bundle(model_dir: Path) -> LoadedModel:
         raise FileNotFoundError(
             f"no registered model (aliases champion, candidate) and no bundle at {path}: run `dvc repro train`"
         )
+    from pipeline.cli_types import Refusal
+    from pipeline.trained import load_bundle, read_run
+
     run = Path(model_dir).parent / "run.json"
-    run_id = json.loads(run.read_text()).get("run_id", "unknown") if run.is_file() else "unknown"
-    return LoadedModel(_load_bundle(path), store.MODEL_NAME, "local", "data/train/model", str(run_id))
+    try:
+        run_id = read_run(run)["run_id"] if run.is_file() else "unknown"
+    except Refusal:  # only shown on the page: a broken run.json does not stop it
+        run_id = "unknown"
+    return LoadedModel(load_bundle(path), store.MODEL_NAME, "local", str(model_dir), str(run_id))
 
 
 @contextmanager

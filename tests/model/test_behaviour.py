@@ -359,3 +359,15 @@ def test_too_few_decisions_of_any_option_but_continue_is_a_clear_refusal_before_
     with pytest.raises(TrainingDataError, match=r"table decisions: no option but 'continue' is taken at "
                                                 rf"min_rows_per_option={others + 1} decisions \(others: "):
         fit_escalate_model(features, decisions, catalog(), only_control)
+
+
+def test_the_expected_tis_and_its_interval_stay_on_the_scores_0_to_100_scale(model, cohort):
+    """Found by a probe: a regression head extrapolates (a page showed 87 (32–168), and −12521 for a CK of
+    4,999,999); the Total Improvement Score has 0–100 points, and so does every prediction of it."""
+    features = cohort[0].head(50).copy()
+    numeric = [c for c in model.contract.columns if pd.api.types.is_numeric_dtype(features[c])]
+    features[numeric] = features[numeric] * 1e4  # far outside anything seen in training
+    out = model.predict_arrays(features)
+    for key in ("expected_tis", "expected_tis_low", "expected_tis_high"):
+        finite = out[key][np.isfinite(out[key])]
+        assert len(finite) and finite.min() >= 0.0 and finite.max() <= 100.0, key

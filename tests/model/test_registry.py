@@ -176,6 +176,49 @@ def test_evaluate_refuses_to_judge_a_model_its_run_file_does_not_name(trained, t
     assert not (tmp_path / "evaluate").exists()  # refused before writing anything
 
 
+def test_evaluate_refuses_broken_train_outputs_and_foreign_features_on_one_line(trained, tmp_path):
+    """Found by a probe: a truncated bundle, a run.json without a run id, a run the tracking store does not hold,
+    and features built with other settings than the model's all ended in tracebacks deep inside evaluate."""
+    import shutil
+
+    from pipeline import registry
+    from pipeline.cli_types import Refusal
+    from pipeline.evaluate import run_evaluate
+
+    root, paths, record = trained
+
+    def copy(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copytree(paths["train"], target)
+        return target
+
+    def evaluate(train_dir: Path, features: Path = paths["features"]) -> None:
+        run_evaluate(paths["params"], features, paths["split"], train_dir, tmp_path / "evaluate", root)
+
+    truncated = copy("truncated")
+    bundle = truncated / "model" / registry.BUNDLE_FILE
+    bundle.write_bytes(bundle.read_bytes()[:1000])
+    with pytest.raises(Refusal, match=r"escalate_model.joblib: not a model bundle this code can read"):
+        evaluate(truncated)
+    for i, (text, rule) in enumerate((("{}", "holds no run_id"), ("[]", "holds no run_id"), ("{run", "not valid JSON"))):
+        broken = copy(f"run-{i}")
+        (broken / "run.json").write_text(text)
+        with pytest.raises(Refusal, match=rf"run.json: {rule}"):
+            evaluate(broken)
+    foreign = copy("foreign")
+    (foreign / "run.json").write_text(json.dumps({**record, "run_id": "0" * 32}))
+    with pytest.raises(Refusal, match=r"training run 0{32} is not in the tracking store"):
+        evaluate(foreign)
+    narrow = tmp_path / "features"
+    shutil.copytree(paths["features"], narrow)
+    table = pd.read_parquet(narrow / "features.parquet")
+    table.drop(columns=[c for c in table.columns if c.startswith("physician_global")]).to_parquet(
+        narrow / "features.parquet", index=False)
+    with pytest.raises(Refusal, match=r"features.parquet does not fit this model .*missing column"):
+        evaluate(paths["train"], narrow)
+    assert not (tmp_path / "evaluate").exists()  # refused before writing anything
+
+
 def test_signature_and_input_example_are_logged(trained):
     import mlflow
 

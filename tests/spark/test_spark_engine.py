@@ -71,3 +71,17 @@ def test_no_progress_keeps_sparks_console_progress_bar_off() -> None:
         assert spark.sparkContext.getConf().get("spark.ui.showConsoleProgress") == "false"
     finally:
         spark.stop()
+
+
+def test_a_master_spark_cannot_use_is_one_line_and_master_without_spark_is_refused(world, tmp_path: Path) -> None:
+    """Found by a probe: a bad --master ended in a 100-line Java/py4j traceback, and --master with the local
+    engine was silently ignored."""
+    from pipeline.score import ScoreRefusal
+
+    with pytest.raises(ScoreRefusal, match=r"--master local\[abc\]: Spark could not start a session"):
+        run_score(world.data, AS_OF, world.model_uri, tmp_path / "spark", today=TODAY, progress=False,
+                  engine="spark", master="local[abc]")
+    with pytest.raises(ScoreRefusal, match="--master is for the spark engine"):
+        run_score(world.data, AS_OF, world.model_uri, tmp_path / "local", today=TODAY, progress=False,
+                  master="local[2]")
+    assert not (tmp_path / "local").exists()
