@@ -172,7 +172,14 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
         (out / name).write_text(render_page(page), encoding="utf-8")
         best = next((o.label for o in page.options if o.recommended), "—")
         entries.append({"patient_id": pid, "href": name, "recommended": best})
+    pages = len(entries)
+    # a patient without a page is still found in the index, with why (the page would otherwise seem missing)
+    entries += [{"patient_id": pid, "href": "", "recommended": "no page: data errors (escalate validate lists them)"}
+                for pid in rejected]
+    entries += [{"patient_id": pid, "href": "", "recommended": f"no page: nothing recorded before {when.date()}"}
+                for pid in blank]
+    entries.sort(key=lambda e: e["patient_id"])
     (out / "index.html").write_text(
         render_index(entries, as_of=str(when.date()), model=f"{loaded.name} v{loaded.version}"), encoding="utf-8")
-    typer.echo(f"wrote {len(entries)} page{'s' if len(entries) != 1 else ''} and {out / 'index.html'}")
+    typer.echo(f"wrote {pages} page{'s' if pages != 1 else ''} and {out / 'index.html'}")
 

@@ -189,7 +189,18 @@ def check_tables(raw: dict[str, pd.DataFrame], today: str | None) -> tuple[dict[
     vocabulary = load_catalog("drugs", Vocabulary.from_config)
     measures = load_catalog("measures", MeasureCatalog.from_config)
     result = check(raw, vocabulary, measures, today)
-    return result.normalised, result.violations
+    return result.normalised, _rows_as_in_files(result.violations, raw)
+
+
+def _rows_as_in_files(violations: pd.DataFrame, raw: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Findings with `row` the row of the file: one patient's tables keep their file rows as index, while the
+    check numbers the rows it was given (a page once said `regimens, row 0` where validate says row 93)."""
+    out = violations.copy()
+    for table, frame in raw.items():
+        at = (out["table"] == table) & out["row"].notna()
+        if at.any():
+            out.loc[at, "row"] = frame.index.to_numpy()[out.loc[at, "row"].astype(int).to_numpy()]
+    return out
 
 
 def _load_tables(data: Path, today: str | None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:

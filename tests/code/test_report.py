@@ -732,3 +732,34 @@ def test_the_pages_reference_files_are_checked_whole(monkeypatch):
     monkeypatch.setattr(config, "load_reference", lambda _: no_labs)
     with pytest.raises(ConfigFileError, match=r"clinical_rules\.yaml: labs: Field required"):
         load_catalog("clinical_rules", lambda raw: reference.clinical_rules(raw, measures))
+
+
+def test_one_patients_findings_name_the_rows_of_the_files(tmp_path):
+    """Found by a probe: a page numbered the rows within the one patient's (`regimens, row 0`) while validate named
+    the file's row 93; one patient's tables keep their file rows."""
+    import shutil
+
+    from pipeline.report.load import check_tables, read_patient_tables
+    from tests.conftest import SEED_CASE
+
+    data = tmp_path / "data"
+    shutil.copytree(SEED_CASE, data)
+    patients = pd.read_csv(data / "patients.csv", dtype=str)
+    other = patients.assign(patient_id="SEED-0002")
+    pd.concat([other, patients]).to_csv(data / "patients.csv", index=False)
+    regimens = pd.read_csv(data / "regimens.csv", dtype=str)
+    broken = regimens.copy()
+    broken.loc[2, "drug"] = "no such drug"
+    pd.concat([regimens.assign(patient_id="SEED-0002"), broken]).to_csv(data / "regimens.csv", index=False)
+    _, findings = check_tables(read_patient_tables(data, "SEED-0001"), "2026-11-25")
+    [bad] = findings[findings["rule"] == "unknown_drug"].itertuples()
+    assert (bad.table, int(bad.row)) == ("regimens", len(regimens) + 2)  # the file's row, after SEED-0002's rows
+
+
+def test_the_index_lists_patients_without_a_page_and_why():
+    """Found by a probe: `report --all` left rejected patients out of the index, so a search found nothing."""
+    out = R.render_index([{"patient_id": "P1", "href": "P1.html", "recommended": "add IVIG"},
+                          {"patient_id": "<b>P2</b>", "href": "", "recommended": "no page: data errors"}],
+                         as_of="2026-11-18", model="escalate-response v1")
+    assert 'href="P1.html"' in out and 'href=""' not in out
+    assert "&lt;b&gt;P2&lt;/b&gt;" in out and "no page: data errors" in out
