@@ -57,20 +57,29 @@ RUNTIME_DISTRIBUTIONS: tuple[str, ...] = (
 
 
 def setup_mlflow(root: Path = ROOT, experiment: str = EXPERIMENT) -> str:
-    """Point MLflow at the store and make sure the experiment exists (artifacts under `<root>/mlruns`);
-    returns the experiment id."""
+    """Point MLflow at the store and make sure the experiment exists (artifacts beside a local SQLite store, in
+    its folder's `mlruns`; a tracking server keeps its own artifact store); returns the experiment id."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in stage output
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (creating tables, validating) are noise
-    mlflow.set_tracking_uri(tracking_uri(root))
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        artifact_location = (Path(root).resolve() / "mlruns").as_uri()
-        experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
+        experiment_id = client.create_experiment(experiment, artifact_location=local_artifact_location(uri))
     else:
         experiment_id = found.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def local_artifact_location(uri: str) -> str | None:
+    """`<folder of the SQLite file>/mlruns` for a local SQLite store (the repository's by default); None — the
+    server's own artifact store — for anything else (a remote server must not write into this checkout)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri.removeprefix(prefix)).resolve().parent / "mlruns").as_uri()
 
 
 def pip_requirements(distributions: Iterable[str] = RUNTIME_DISTRIBUTIONS) -> list[str]:

@@ -353,3 +353,13 @@ def test_recorded_label_category_must_give_the_models_response_thresholds():
     with pytest.raises(ValueError, match="response_threshold=40 but labels.response_category 'major' means 60"):
         settings.check_thresholds(BundleConfig())
     settings.check_thresholds(BundleConfig(response_threshold=60, juvenile_response_threshold=70))
+
+
+def test_artifacts_go_beside_a_local_store_and_to_a_servers_own_store(tmp_path):
+    """Found by a probe: every experiment put its artifacts in the code checkout's mlruns, even for a tracking
+    server (whose clients would then keep the artifacts on their own disks)."""
+    from pipeline.registry import local_artifact_location
+
+    assert local_artifact_location(f"sqlite:///{tmp_path}/mlflow.db") == (tmp_path / "mlruns").as_uri()
+    assert local_artifact_location("http://tracking.example:5000") is None
+    assert local_artifact_location("postgresql://mlflow@db/mlflow") is None
