@@ -646,7 +646,11 @@ class OptionCatalog(_Frozen):
                 why = pd.Series("", index=on_drug.index)
             elif opt.kind == "optimise":
                 ok = any_below_target.fillna(False).astype(bool)
-                why = pd.Series(np.where(ok, "", "every current drug is at or above its target dose"), index=on_drug.index)
+                on_any = on_drug.fillna(False).astype(bool).any(axis=1).to_numpy() if on_drug.shape[1] else \
+                    np.zeros(len(on_drug), dtype=bool)
+                why = pd.Series(np.where(ok, "", np.where(on_any, "every current drug is at or above its target dose",
+                                                          "no current drug to bring to its target dose")),
+                                index=on_drug.index)
             else:
                 blocking = [g for g in opt.eligible_unless_on if g in on_drug.columns]
                 on = on_drug[blocking].fillna(False).astype(bool).to_numpy() if blocking else np.zeros((len(on_drug), 0), bool)

@@ -340,3 +340,15 @@ def test_label_combination_rules_block_the_options_that_create_the_clash():
     assert text.loc[2].eq("").all() and not blocked.loc[2].any()
     assert not blocked["continue"].any() and text["continue"].eq("").all()
     assert blocked["add_abatacept"].tolist() == [True, False, False]  # the tocilizumab label: no second biologic
+
+
+def test_optimise_doses_says_why_not_for_a_patient_on_no_drug():
+    """Found by a probe: a patient on no drug was told 'every current drug is at or above its target dose'."""
+    from features.vocabulary import OptionCatalog
+
+    catalog = OptionCatalog.from_config(load_reference("options"))
+    on = pd.DataFrame({"ivig": [True, False, True]})
+    eligible, reason = catalog.eligibility(on, pd.Series([False, False, True]))
+    assert reason["optimise_dose"].tolist() == ["every current drug is at or above its target dose",
+                                                "no current drug to bring to its target dose", ""]
+    assert eligible["optimise_dose"].tolist() == [False, False, True]
