@@ -21,7 +21,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.vocabulary import DOSE_UNITS, Vocabulary, body_surface_area, parse_intervals
+from features.vocabulary import DOSE_UNITS, Vocabulary, alias_index, body_surface_area, parse_intervals
 
 CONTRACT_TABLES: tuple[str, ...] = ("patients", "regimens", "assessments", "events")
 
@@ -146,15 +146,7 @@ def _unit_key(text: Any) -> str:
 
 
 def _alias_index(codes: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
-    """Alias key → code; an alias written for two codes is refused (the later one would silently win)."""
-    index: dict[str, str] = {}
-    for code, aliases in codes.items():
-        for name in (code, *aliases):
-            key = _key(name)
-            if index.get(key, code) != code:
-                raise ValueError(f"alias {name!r} names both {index[key]!r} and {code!r} (rule: one code per alias)")
-            index[key] = code
-    return index
+    return alias_index(codes, _key)
 
 
 # --- the columns of each table -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -162,18 +162,10 @@ class Vocabulary(_Frozen):
         return cls.model_validate(config)
 
     def model_post_init(self, __context: Any) -> None:
-        index: dict[str, str] = {}
-        listed: set[str] = set()
-        for drug in self.drugs:
-            if drug.generic in listed:
-                raise ValueError(f"drug {drug.generic!r} is listed twice (rule: one entry per generic)")
-            listed.add(drug.generic)
-            for name in (drug.generic, drug.label, *drug.aliases):
-                key = _key(name)
-                if index.get(key, drug.generic) != drug.generic:
-                    raise ValueError(f"alias {name!r} names both {index[key]!r} and {drug.generic!r} (rule: one "
-                                     "drug per alias)")
-                index[key] = drug.generic
+        twice = sorted({g for g in self.generics if self.generics.count(g) > 1})
+        if twice:
+            raise ValueError(f"drug(s) {twice} listed twice (rule: one entry per generic)")
+        index = alias_index({d.generic: (d.label, *d.aliases) for d in self.drugs}, _key, what="drug")
         object.__setattr__(self, "_index", index)
         object.__setattr__(self, "_by_generic", {d.generic: d for d in self.drugs})
 
@@ -461,6 +453,19 @@ def _key(name: str) -> str:
     return re.sub(r"\s+", " ", str(name).strip().lower().replace("®", "").replace("™", ""))
 
 
+def alias_index(codes: Mapping[str, Iterable[str]], key: Callable[[Any], str], what: str = "code") -> dict[str, str]:
+    """Alias key → code, each code standing for itself and its aliases; an alias written for two codes is refused
+    (the later one would silently win)."""
+    index: dict[str, str] = {}
+    for code, aliases in codes.items():
+        for name in (code, *aliases):
+            k = key(name)
+            if index.get(k, code) != code:
+                raise ValueError(f"alias {name!r} names both {index[k]!r} and {code!r} (rule: one {what} per alias)")
+            index[k] = code
+    return index
+
+
 # --- schedules -------------------------------------------------------------------------------------------------
 _WORD_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "six": 6, "eight": 8, "twelve": 12}
 _PER_DAY = {
@@ -601,7 +606,7 @@ class OptionCatalog(_Frozen):
     combination_rules: tuple[CombinationRule, ...] = ()
 
     @model_validator(mode="after")
-    def _known_guideline(self) -> OptionCatalog:
+    def _names_once_guideline_known(self) -> OptionCatalog:
         twice = sorted({n for n in self.names if self.names.count(n) > 1})
         if twice:
             raise ValueError(f"option(s) {twice} listed twice (rule: one entry per option name)")

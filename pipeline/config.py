@@ -84,18 +84,22 @@ def load_reference(name: str) -> dict[str, Any]:
 
 
 def load_catalog(name: str, parse: Callable[[dict[str, Any]], T]) -> T:
-    """`configs/<name>.yaml` validated by `parse` (a reference class's `from_config`); a file that breaks a rule is
-    a `ConfigFileError` naming the file, the entry (by its name where it has one) and the rule."""
-    raw = load_reference(name)
+    """`configs/<name>.yaml` validated by `parse` (a reference class's `from_config`); see `validated`."""
+    return validated(load_reference(name), parse, str(CONFIGS / f"{name}.yaml"))
+
+
+def validated(raw: dict[str, Any], parse: Callable[[dict[str, Any]], T], where: str) -> T:
+    """`parse(raw)`; a mapping that breaks a rule is a `ConfigFileError` naming `where` (the file), the entry (by
+    its name where it has one) and the rule."""
     try:
         return parse(raw)
     except ConfigFileError:
         raise
     except ValueError as err:  # pydantic's ValidationError is one
-        raise ConfigFileError(f"{CONFIGS / f'{name}.yaml'}: {first_problem(err, raw)}") from None
+        raise ConfigFileError(f"{where}: {_first_problem(err, raw)}") from None
 
 
-def first_problem(err: ValueError, raw: Any) -> str:
+def _first_problem(err: ValueError, raw: Any) -> str:
     """The first problem of a validation error as `key path: message`, list entries named by their name."""
     errors = getattr(err, "errors", None)
     if errors is None:

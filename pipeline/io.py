@@ -131,23 +131,28 @@ def read_table(path: Path) -> pd.DataFrame:
     """
     path = Path(path)
     check_readable(path)
-    if path.suffix != ".parquet":
-        return next(iter(read_csv_text(path)))
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as err:
-        raise TableReadError(f"{path}: cannot be read ({err})") from err
+    with _read_errors(path):
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, **CSV_AS_TEXT)
 
 
-def read_csv_text(path: Path, chunksize: int | None = None) -> Iterator[pd.DataFrame]:
-    """A CSV table with every cell a string (only empty cells missing): the whole table, or frames of `chunksize`
-    rows. A malformed file is a `TableReadError` naming the file and the line, whenever the reader meets it."""
+#: `pandas.read_csv` options reading every cell as written, as a string (only empty cells missing).
+CSV_AS_TEXT: dict[str, Any] = {"dtype": str, "keep_default_na": False, "na_values": [""], "encoding": "utf-8-sig"}
+
+
+def read_csv_text(path: Path, chunksize: int) -> Iterator[pd.DataFrame]:
+    """A CSV table in frames of `chunksize` rows, every cell a string (`CSV_AS_TEXT`); a malformed file is a
+    `TableReadError` naming the file and the line, whenever the reader meets it."""
+    with _read_errors(path):
+        yield from pd.read_csv(path, chunksize=chunksize, **CSV_AS_TEXT)
+
+
+@contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """A table the reader cannot parse as a `TableReadError` naming the file and the likely cause."""
     try:
-        if chunksize is None:
-            yield pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
-            return
-        yield from pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig",
-                               chunksize=chunksize)
+        yield
     except pd.errors.ParserError as err:
         raise TableReadError(f"{path}: not a well-formed CSV ({str(err).strip()}); a value containing a comma or a line break "
                              "must be quoted") from err

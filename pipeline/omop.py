@@ -22,7 +22,7 @@ import pandas as pd
 import typer
 
 from pipeline.cli_types import Refusal
-from pipeline.config import CONFIGS, first_problem, load_catalog, load_reference, read_yaml
+from pipeline.config import CONFIGS, load_catalog, load_reference, read_yaml, validated
 from pipeline.io import write_json
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ class OmopSourceError(Refusal, ValueError):
 
 def load_mapping(path: Path | None = None) -> OmopMapping:
     """The mapping from `configs/omop.yaml` (or `path`), checked against the contract's vocabularies."""
-    from pydantic import ValidationError
 
     from features.contract import MeasureCatalog
     from features.omop import OmopMapping, mapping_problems
@@ -59,10 +58,7 @@ def load_mapping(path: Path | None = None) -> OmopMapping:
 
     raw = load_reference("omop") if path is None else read_yaml(path)
     where = path or CONFIGS / "omop.yaml"
-    try:
-        mapping = OmopMapping.from_config(raw)
-    except ValidationError as err:
-        raise OmopSourceError(f"{where}: {first_problem(err, raw)}") from None
+    mapping = validated(raw, OmopMapping.from_config, str(where))
     problems = mapping_problems(mapping, load_catalog("drugs", Vocabulary.from_config),
                                 load_catalog("measures", MeasureCatalog.from_config))
     if problems:

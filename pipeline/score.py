@@ -161,10 +161,11 @@ def read_patient_ids(path: Path) -> PatientIds:
     import pandas as pd
     import pyarrow.parquet as pq
 
+    from pipeline.io import CSV_AS_TEXT
+
     if path.suffix == ".parquet":
         return pq.read_table(path, columns=["patient_id"]).column(0)
-    return pd.read_csv(path, usecols=["patient_id"], dtype=str, keep_default_na=False, na_values=[""],
-                       encoding="utf-8-sig")["patient_id"]
+    return pd.read_csv(path, usecols=["patient_id"], **CSV_AS_TEXT)["patient_id"]
 
 
 class ShardWriters:

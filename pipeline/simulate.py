@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from pipeline.cli_types import Refusal
-from pipeline.config import ConfigFileError, first_problem, load_catalog, read_yaml
+from pipeline.config import load_catalog, read_yaml, validated
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -29,14 +28,8 @@ def build_inputs(config_file: Path | None = None) -> tuple[Any, Any, Any]:
     from features.vocabulary import OptionCatalog, Vocabulary
     from simulator.config import SimulatorConfig
 
-    if config_file is None:
-        simulator = load_catalog("simulator", SimulatorConfig.from_config)
-    else:
-        raw = read_yaml(config_file)
-        try:
-            simulator = SimulatorConfig.from_config(raw)
-        except ValueError as err:  # pydantic's ValidationError is a ValueError: name the file and the setting
-            raise ConfigFileError(f"--config {config_file}: {first_problem(err, raw)}") from None
+    simulator = (load_catalog("simulator", SimulatorConfig.from_config) if config_file is None
+                 else validated(read_yaml(config_file), SimulatorConfig.from_config, f"--config {config_file}"))
     return (
         simulator,
         load_catalog("drugs", Vocabulary.from_config),
@@ -81,14 +74,7 @@ def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path
     if not day:
         raise typer.BadParameter("the cohort needs a today: set simulate.today or data.today in params.yaml",
                                  param_hint="--today")
-    try:
-        config, vocabulary, catalog = build_inputs(config_file)
-    except ValueError as exc:  # the configuration across files (the guideline's options, …): name the files
-        if isinstance(exc, ConfigFileError):
-            raise
-        where = config_file or "configs/simulator.yaml"
-        raise Refusal(f"{where} with configs/drugs.yaml and configs/options.yaml: {' '.join(str(exc).split())}"
-                      ) from None
+    config, vocabulary, catalog = build_inputs(config_file)  # a file that breaks a rule: ConfigFileError, one line
     if mc_draws is not None:
         config = config.model_copy(update={"truth": config.truth.model_copy(update={"mc_draws": mc_draws})})
     started = time.perf_counter()

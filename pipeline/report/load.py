@@ -30,6 +30,7 @@ def load_model(model_dir: Path = Path("data/train/model")) -> LoadedModel:
     and the version's `bundle` artifact, unpickled with joblib, no MLflow import — the same object MLflow's loader
     unwraps); only when that path cannot answer (a remote store, another layout) is MLflow asked."""
     from pipeline import registry_store as store
+    from pipeline.trained import load_bundle
 
     try:
         for alias in (store.CHAMPION, store.CANDIDATE):
@@ -37,20 +38,13 @@ def load_model(model_dir: Path = Path("data/train/model")) -> LoadedModel:
             if target is None:
                 continue
             try:
-                bundle = _load_bundle(target.bundle)
+                bundle = load_bundle(target.bundle)
             except Exception as exc:  # noqa: BLE001 - e.g. a bundle pickled by other code: MLflow's loader decides
                 raise store.StoreUnreadable(f"{target.bundle} not loadable here ({exc})") from exc
             return LoadedModel(bundle, target.name, target.version, alias, target.run_id)
     except store.StoreUnreadable:
         return _load_model_with_mlflow(model_dir)
     return _load_local_bundle(model_dir)
-
-
-def _load_bundle(path: Path) -> Any:
-    """The fitted bundle from its joblib file (`registry.save_bundle`)."""
-    import joblib
-
-    return joblib.load(path)
 
 
 def _load_model_with_mlflow(model_dir: Path) -> LoadedModel:
@@ -77,15 +71,14 @@ def _load_model_with_mlflow(model_dir: Path) -> LoadedModel:
 def _load_local_bundle(model_dir: Path) -> LoadedModel:
     """The bundle the train stage wrote to `model_dir` (no registered model); FileNotFoundError when absent."""
     from pipeline import registry_store as store
+    from pipeline.cli_types import Refusal
+    from pipeline.trained import load_bundle, read_run
 
     path = Path(model_dir) / store.BUNDLE_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"no registered model (aliases champion, candidate) and no bundle at {path}: run `dvc repro train`"
         )
-    from pipeline.cli_types import Refusal
-    from pipeline.trained import load_bundle, read_run
-
     run = Path(model_dir).parent / "run.json"
     try:
         run_id = read_run(run)["run_id"] if run.is_file() else "unknown"
