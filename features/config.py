@@ -6,12 +6,18 @@ code in `features/decisions.py`, `features/build.py`, `features/labels.py` and `
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: a random seed as NumPy takes it (0 … 2³² − 1): a negative or larger one is refused where it is written.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+#: the days a `today` or `as_of` may name: from the data contract's earliest birth year to the last day a pandas
+#: date reaches; outside them no record could pass the contract (features/contract.py uses the same bounds).
+EARLIEST_DAY, LATEST_DAY = date(1900, 1, 1), date(2261, 12, 31)
+Day = Annotated[date, Field(ge=EARLIEST_DAY, le=LATEST_DAY)]
 
 
 class _Frozen(BaseModel):

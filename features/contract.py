@@ -21,6 +21,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from features.config import EARLIEST_DAY, LATEST_DAY
 from features.vocabulary import DOSE_UNITS, Vocabulary, alias_index, body_surface_area, parse_intervals
 
 CONTRACT_TABLES: tuple[str, ...] = ("patients", "regimens", "assessments", "events")
@@ -203,7 +204,7 @@ CONTRACT_COLUMNS: dict[str, tuple[ColumnSpec, ...]] = {
 #: numeric ranges of single columns (inclusive unless the bound is marked exclusive); birth_year's upper bound is
 #: the year of `today`.
 _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
-    ("patients", "birth_year"): (1900, None, True),
+    ("patients", "birth_year"): (EARLIEST_DAY.year, None, True),
     ("regimens", "dose"): (0, None, False),
     ("assessments", "upper_limit_normal"): (1, 100_000, True),  # U/L: no enzyme's limit of normal is below 1
     ("events", "grade"): (1, 4, True),
@@ -242,7 +243,7 @@ def _map_unique(s: pd.Series, func: Callable[[Any], Any]) -> pd.Series:
 
 
 #: the calendar a datetime64[ns] holds (a typo like 2300-01-01 is unreadable, never an overflow).
-DATE_RANGE = (pd.Timestamp("1678-01-01"), pd.Timestamp("2261-12-31"))
+DATE_RANGE = (pd.Timestamp("1678-01-01"), pd.Timestamp(LATEST_DAY))
 
 
 #: a written date: YYYY-MM-DD, then optionally a time part (with or without an offset), which is dropped.

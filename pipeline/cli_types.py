@@ -1,6 +1,7 @@
 """Option types and checks shared by every `escalate` command: strict dates, input folders, writable outputs.
 
-Standard library and typer only, so the CLI (and `run_score`) can refuse bad input before importing the stack.
+Standard library, typer and the calendar of features.config only, so the CLI (and `run_score`) can refuse bad
+input before importing the stack.
 """
 
 from __future__ import annotations
@@ -14,22 +15,29 @@ from pathlib import Path
 import typer
 from typer.exceptions import TyperException
 
+from features.config import EARLIEST_DAY, LATEST_DAY
+
 DATE_METAVAR = "YYYY-MM-DD"
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 
 
 def parse_iso_date(value: str | date, what: str = "date") -> date:
     """A real calendar date written `YYYY-MM-DD`; anything else (01/11/2026, 18.11.2026, 2026-13-01, 20261118) is a
-    ValueError naming `what`, since a day-first/month-first guess silently shifts every as-of window."""
+    ValueError naming `what`, since a day-first/month-first guess silently shifts every as-of window. Days outside
+    EARLIEST_DAY … LATEST_DAY are refused too: no record dated by them could pass the data contract."""
     if isinstance(value, date):
-        return value
-    text = str(value).strip()
-    if _ISO_DATE.fullmatch(text):
+        day = value
+    elif _ISO_DATE.fullmatch(text := str(value).strip()):
         try:
-            return date.fromisoformat(text)
+            day = date.fromisoformat(text)
         except ValueError as err:
             raise ValueError(f"{what} {value!r} is not a calendar date ({err})") from None
-    raise ValueError(f"{what} {value!r} is not a date in the form {DATE_METAVAR} (e.g. 2026-11-18)")
+    else:
+        raise ValueError(f"{what} {value!r} is not a date in the form {DATE_METAVAR} (e.g. 2026-11-18)")
+    if not EARLIEST_DAY <= day <= LATEST_DAY:
+        raise ValueError(f"{what} {day.isoformat()!r} lies outside {EARLIEST_DAY.isoformat()} … {LATEST_DAY.isoformat()}, "
+                         "the days the data contract reads (birth years from 1900)")
+    return day
 
 
 def iso_date_option(value: str | date | None) -> date | None:

@@ -13,13 +13,12 @@ import difflib
 import types
 import typing
 from collections.abc import Mapping
-from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from features.config import FeatureConfig, LabelConfig, Seed, SplitConfig
+from features.config import Day, FeatureConfig, LabelConfig, Seed, SplitConfig
 from features.response import response_threshold
 from models.bundle import BundleConfig
 from models.config import PropensityConfig
@@ -40,7 +39,7 @@ class DataSettings(_Frozen):
 
     dir: Path = Path("data/cohort")
     #: the data's extraction date: no record may be dated after it (None: the stage's own default).
-    today: date | None = None
+    today: Day | None = None
 
 
 class OmopSettings(_Frozen):
@@ -56,7 +55,7 @@ class SimulateSettings(_Frozen):
     patients: int = Field(3000, ge=1)
     mode: Literal["observational", "trial"] = "observational"
     #: the cohort's "today": no record is dated after it (None: `data.today`).
-    today: date | None = None
+    today: Day | None = None
     seed: Seed = DEFAULT_SEED
 
 
@@ -65,7 +64,7 @@ class ReportSettings(_Frozen):
 
     patient_data: Path = Path("tests/fixtures/seed-case")
     patient: str = "SEED-0001"
-    as_of: date | None = None
+    as_of: Day | None = None
     out: Path = Path("data/reports/seed-case.html")
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from features.config import EARLIEST_DAY
 from pipeline.config import load_catalog, read_yaml, validated
 
 if TYPE_CHECKING:
@@ -83,6 +84,12 @@ def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path
         raise typer.BadParameter(f"unknown trial population {trial_population!r}; configured: {known}", param_hint="--trial-population")
     cohort = simulate_cohort(n, s, config, vocabulary, catalog, day, m, trial_population)  # type: ignore[arg-type]
     elapsed = time.perf_counter() - started
+    born = int(cohort.patients["birth_year"].min()) if len(cohort.patients) else EARLIEST_DAY.year
+    if born < EARLIEST_DAY.year:  # the contract would reject those patients: write nothing
+        later = int(day[:4]) + EARLIEST_DAY.year - born
+        raise typer.BadParameter(f"with today {day} the oldest simulated patient is born in {born}, before the data "
+                                 f"contract's earliest birth year {EARLIEST_DAY.year}: choose a today in {later} or "
+                                 "later", param_hint="--today")
     if fmt == "omop":
         from pipeline.omop import write_cohort_omop
 

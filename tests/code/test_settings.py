@@ -134,6 +134,15 @@ def test_seeds_and_the_auto_learners_candidates_are_checked_when_params_are_read
         settings_from({"train": {"safety_weight": float("inf")}}, source="params.yaml")
 
 
+def test_a_today_or_as_of_outside_the_contracts_calendar_is_refused_when_params_are_read():
+    """A today before 1900 made validate say 'birth_year must be between 1900 and 1700' for every patient."""
+    for key, section in (("today", "data"), ("today", "simulate"), ("as_of", "report")):
+        for day in ("1899-12-31", "2262-01-01"):
+            with pytest.raises(SettingsError, match=rf"^params\.yaml: {section}\.{key}: .*(1900|2261)"):
+                settings_from({section: {key: day}}, source="params.yaml")
+    assert str(settings_from({"data": {"today": "1900-01-01"}}).data.today) == "1900-01-01"
+
+
 def test_a_reference_file_that_breaks_a_rule_is_one_line_naming_file_entry_and_rule(monkeypatch):
     """Found by a probe: a drug alias shared by two drugs silently went to the later one, a duplicate option was
     reported as an unknown guideline option, and pydantic's multi-line dumps named `drugs.0`, not the drug."""

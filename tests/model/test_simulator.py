@@ -618,6 +618,11 @@ def test_simulate_command_reads_another_settings_file_and_writes_the_card(tmp_pa
     broken.write_text((ROOT_CONFIGS / "simulator-easy.yaml").read_text().replace("female_fraction: 0.69", "female_fraction: 1.5"))
     bad = runner.invoke(app, ["simulate", "--out", str(out), "--config", str(broken)])
     assert bad.exit_code == 2 and "female_fraction" in bad.output
+    # a today so early that patients would be born before 1900: refused, nothing written (the contract rejected all)
+    early = runner.invoke(app, ["simulate", "--out", str(tmp_path / "early"), "--patients", "40", "--mc-draws", "10",
+                                "--today", "1950-06-01"], env={"COLUMNS": "200"})
+    assert early.exit_code == 2 and "before the data contract's earliest birth year 1900" in early.output
+    assert not (tmp_path / "early").exists()
 
 
 def test_default_testbed_is_harder_than_the_first(inputs):
