@@ -230,7 +230,10 @@ def load_settings(path: Path | str = "params.yaml") -> Settings:
         p = ROOT / p
     if not p.is_file():
         raise SettingsError(f"{path}: no such settings file")
-    return settings_from(read_yaml(p), source=str(path))
+    raw = read_yaml(p)
+    if not raw:  # an emptied file (a truncated save) would run every stage on the code's defaults, silently
+        raise SettingsError(f"{path}: holds no settings; write at least the sections you set (e.g. `seed: 1`)")
+    return settings_from(raw, source=str(path))
 
 
 def resolve(settings: Settings | Path | str) -> Settings:

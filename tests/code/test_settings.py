@@ -55,6 +55,14 @@ def test_a_missing_file_is_named() -> None:
         load_settings("/nowhere/nowhere.yaml")
 
 
+@pytest.mark.parametrize("text", ["", "# all commented out\n", "{}\n"])
+def test_a_settings_file_without_settings_is_refused(tmp_path, text) -> None:
+    empty = tmp_path / "params.yaml"
+    empty.write_text(text, encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"params\.yaml: holds no settings"):
+        load_settings(empty)
+
+
 def test_every_missing_seed_is_the_top_level_seed() -> None:
     s = settings_from({"seed": 7, "train": {"intervals": {"boot_booster": {"n_estimators": 20}},
                                             "propensity": {"kind": "xgboost"}}})
