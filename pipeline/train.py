@@ -121,8 +121,11 @@ def run_train(
     train_features = select_set(features, split, "train", "features")
 
     dictionary_path = Path(features_dir) / "feature_dictionary.json"
+    if not dictionary_path.is_file():  # without it the model could not word a reason: say so now, not when scoring
+        raise Refusal(f"{dictionary_path}: no such file; `escalate features` writes it beside features.parquet "
+                      "(the model words its reasons from it)")
     dictionary = with_dose_targets(pd.read_json(dictionary_path, orient="records"),
-                                   load_catalog("drugs", Vocabulary.from_config)) if dictionary_path.is_file() else None
+                                   load_catalog("drugs", Vocabulary.from_config))
 
     fit_started = time.perf_counter()
     recorded = RecordedSettings(features=settings.features, labels=settings.labels)  # the model carries them
@@ -210,9 +213,7 @@ def _log_training_run(model: Any, settings: Settings, tags: dict[str, str], fit_
                for head, v in summary.get("interval_patient_spread", {}).items()
                for key in ("sigma_logit", "sigma_logit_low", "sigma_logit_high")},
         })
-        dictionary = Path(features_dir) / "feature_dictionary.json"
-        if dictionary.is_file():
-            mlflow.log_artifact(str(dictionary), artifact_path="features")
+        mlflow.log_artifact(str(Path(features_dir) / "feature_dictionary.json"), artifact_path="features")
         mlflow.log_artifact(str(Path(out_dir) / "overlap.json"), artifact_path="train")
         if summary["selection"]:  # learner: auto — every candidate's cross-fitted doubly robust value
             mlflow.log_dict({"chosen": model.learner_name, "candidates": summary["selection"]}, "train/selection.json")

@@ -219,6 +219,23 @@ def test_evaluate_refuses_broken_train_outputs_and_foreign_features_on_one_line(
     assert not (tmp_path / "evaluate").exists()  # refused before writing anything
 
 
+def test_train_refuses_features_without_their_dictionary_before_fitting(trained, tmp_path):
+    """Without feature_dictionary.json the model trained silently and could word no reason: scoring with reasons
+    failed far from the cause."""
+    import shutil
+
+    from pipeline.cli_types import Refusal
+    from pipeline.train import run_train
+
+    root, paths, _ = trained
+    bare = tmp_path / "features"
+    shutil.copytree(paths["features"], bare)
+    (bare / "feature_dictionary.json").unlink()
+    with pytest.raises(Refusal, match=r"feature_dictionary.json: no such file; `escalate features` writes it"):
+        run_train(paths["params"], bare, paths["split"], tmp_path / "train", root)
+    assert not (tmp_path / "train").exists()
+
+
 def test_signature_and_input_example_are_logged(trained):
     import mlflow
 
