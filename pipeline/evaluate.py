@@ -196,4 +196,6 @@ def run_evaluate(
             card = build_model_card(inputs.model_copy(update={"model_version": str(version),
                                                               "git_revision": git_revision(root)[0][:12]}))
             MlflowClient().update_model_version(registry.MODEL_NAME, str(version), description=card[:5000])
+    # which run these files judge (untracked, like data/train/run.json): the page shows them for that run only
+    write_json({"run_id": run["run_id"], "model_uri": run.get("model_uri")}, out / "run.json")
     return {**headline, "evaluate_seconds": round(time.perf_counter() - started, 2)}

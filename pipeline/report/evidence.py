@@ -141,12 +141,22 @@ def ineligible_text(reason: str, drug_labels: Mapping[str, str]) -> str:
 
 
 
-def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = Path("data/evaluate"),
-                  train_dir: Path = Path("data/train"), *, use_mlflow: bool = True) -> ModelEvidence:
+def _names_run(path: Path, run_id: str) -> bool:
+    """Whether the run.json at `path` exists, is readable and names `run_id`."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("run_id") == run_id
+
+
+def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = Path("data/evaluate"), *,
+                  use_mlflow: bool = True) -> ModelEvidence:
     """What the page may say about this model version: the horizon and calibration settings it was trained and
     evaluated with (its MLflow run's params, else the settings), its validation metrics and calibration curve
-    (the run's metrics and `evaluate/` artefacts, else data/evaluate/ when data/train/run.json names the same
-    run). Metrics of another run are never shown. The run is read from the local store without MLflow
+    (the run's metrics and `evaluate/` artefacts, else data/evaluate/ when its run.json names the same run: a
+    model trained again but not yet evaluated is not described by the last evaluation). Metrics of another run
+    are never shown. The run is read from the local store without MLflow
     (`pipeline.registry_store.run_record`) when it can be, else through MLflow; `use_mlflow=False` reads neither."""
     cfg = loaded.model.config
     run_params: dict[str, str] = {}
@@ -190,8 +200,7 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
                 pass
         except Exception as exc:  # noqa: BLE001 - say why the registry's figures are missing, then fall back
             typer.echo(f"MLflow run {loaded.run_id} not readable ({exc}); using {evaluate_dir}", err=True)
-    run_json = Path(train_dir) / "run.json"
-    same_run = run_json.is_file() and json.loads(run_json.read_text()).get("run_id") == loaded.run_id
+    same_run = _names_run(Path(evaluate_dir) / "run.json", loaded.run_id)
     # every held-out metric is in tables/headline.json; metrics.json holds the headline ones only
     local = next((p for p in (Path(evaluate_dir) / "tables" / "headline.json", Path(evaluate_dir) / "metrics.json")
                   if p.is_file()), None)
