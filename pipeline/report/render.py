@@ -22,12 +22,25 @@ from pipeline.report.data import (
 
 
 # --- rendering --------------------------------------------------------------------------------------------------
+#: bidirectional embedding, override and isolate controls: in a record's text they would show it in another order
+#: than stored (a reversed dose, an identifier that reads as another), so every output shows U+FFFD instead.
+_BIDI_CONTROLS = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"), "\ufffd")
+
+
+def _without_bidi_controls(value: Any) -> Any:
+    """Jinja's finalize: every printed value, SVG and escaped text alike, without bidirectional controls."""
+    if isinstance(value, Markup):
+        return Markup(str.translate(value, _BIDI_CONTROLS))
+    return value.translate(_BIDI_CONTROLS) if isinstance(value, str) else value
+
+
 def _environment() -> Any:
     import jinja2
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=True,  # every value from the record is escaped; SVG text is escaped when built
+        finalize=_without_bidi_controls,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -149,6 +149,17 @@ def test_input_is_escaped_everywhere(where):
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in out
 
 
+@pytest.mark.parametrize("where", ["patient_id", "drug", "event"])
+def test_bidirectional_controls_from_input_cannot_reorder_the_page(where):
+    """A right-to-left override in a record (U+202E) would show `SEED-1\u202e2-gm` as 'SEED-1mg-2': replaced."""
+    page = sample_page(**{where: "SEED-1\u202emg-2\u2066x\u2069"})
+    for out in (R.render_page(page),
+                R.render_index([{"patient_id": page.patient_id, "href": "p.html", "recommended": "add IVIG"}],
+                               as_of="2026-11-01", model="m")):
+        assert not any(c in out for c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+    assert "SEED-1\ufffdmg-2\ufffdx\ufffd" in R.render_page(page)
+
+
 def test_svg_text_is_escaped():
     expl = R.OptionExplanation("x", XSS, 10, 20, (R.Bar(XSS, 10.0),), (R.Bar(XSS, 3.0),), 3.0)
     for svg in (R.waterfall_svg(expl), R.contrast_svg(expl),
