@@ -20,7 +20,6 @@ from pipeline.report.data import (
     summarise,
 )
 
-
 # --- rendering --------------------------------------------------------------------------------------------------
 #: bidirectional embedding, override and isolate controls: in a record's text they would show it in another order
 #: than stored (a reversed dose, an identifier that reads as another), so every output shows U+FFFD instead.
