@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,13 @@ def test_dvc_repro_runs_every_stage_and_is_then_up_to_date(repo: Path) -> None:
         assert label in page, label
     assert "not validated for clinical use" in page and "unmeasured" in page
     assert "SEED-0001" in page
+    # every option's 'Why' heading gives the table's difference with continuing (an option whose odds ratio no
+    # fact modifies too: its chart ends at that difference through a bar 'not attributed to one fact')
+    table = dict(re.findall(r'<td data-label="option" class="opt">([^<]+?)(?: <span|<br|</td>).*?'
+                            r'<td data-label="vs continue" class="num">([^<]*)</td>', page, re.S))
+    why = re.findall(r"<h3>(.+?): \d+ in 100 \((\S+) vs continuing\)</h3>", page)
+    shown = {label: next(v for k, v in table.items() if k == label or k.startswith(f"{label}:")) for label, _ in why}
+    assert len(why) >= 3 and all(shown[label] == diff for label, diff in why), (why, table)
 
     from mlflow import MlflowClient
 

@@ -34,6 +34,7 @@ from pipeline.report.assemble import (
     patient_facts,
     regimen_lines,
     safety_summary,
+    simulated_training,
     trend_series,
 )
 from pipeline.report.charts import axis_domain, contrast_svg, steps, trends_svg, waterfall_svg
@@ -61,6 +62,7 @@ from pipeline.report.data import (
     Reminder,
     Summary,
     TrendSeries,
+    calibration_lines,
     in_100,
     score_range,
     signed_points,
@@ -88,10 +90,10 @@ from pipeline.report.render import INDEX_SCRIPT, page_file_name, render_index, r
 __all__ = [
     "BANNER", "CAVEAT", "INDEX_SCRIPT", "OKABE_ITO", "SHAP_NOTE", "Bar", "LoadedModel", "ModelEvidence", "lab_results", "dose_lines", "disease_notes",
     "OptionExplanation", "OptionRow", "Page", "ReportRefusal", "check_tables", "read_patient_tables", "RegimenLine", "Reminder", "TrendSeries", "build_patient_page",
-    "calibration_note", "contrast_svg", "event_lines", "in_100", "ineligible_text", "latest_activity",
+    "calibration_lines", "calibration_note", "contrast_svg", "event_lines", "in_100", "ineligible_text", "latest_activity",
     "load_evidence", "load_model", "monitoring_reminders", "option_explanations", "option_rows", "page_file_name",
     "patient_facts", "patient_findings", "performance_facts", "pooled_calibration", "regimen_lines",
-    "render_index", "render_page", "run_report", "safety_summary", "score_range", "signed_points",
+    "render_index", "render_page", "run_report", "safety_summary", "simulated_training", "score_range", "signed_points",
     "thin_overlap_options", "steps", "axis_domain", "LabResult", "Summary", "summarise", "guideline_option", "lab_grade", "mosteller_bsa", "plain_reason", "trend_series", "trends_svg", "waterfall_svg",
 ]
 

@@ -191,7 +191,10 @@ def option_explanations(
         if con is not None:
             pts = E.contrast_points(con)
             start = float(con.probability_base[row] if con.probability_base is not None else con.base[row]) * 100
-            total = float(pts[row].sum()) * 100 + start
+            # the difference the table shows; where no fact moves the odds ratio (an option without modifiers) the
+            # change from the average difference is this patient's level, a bar 'not attributed to one fact'
+            total = (float(con.probability[row]) * 100 if con.probability is not None
+                     else float(pts[row].sum()) * 100 + start)
             con_own, contrast = _split_option(_bars(E.grouped_frame(con, groups, row=row, points=pts), n_bars,
                                                     total - start))
             con_base = start + con_own
@@ -247,13 +250,14 @@ def _reason_texts(r: pd.Series | None, prefix: str, k: int, min_points: float = 
 
 def _bars(grouped: pd.DataFrame, n: int, total: float | None = None) -> tuple[Bar, ...]:
     """The n largest clinical facts by points, the rest summed into 'all other facts', so the bars add up to the
-    explained change; if `total` (points) differs from their sum by more than 0.05, the gap is a bar of its own
+    explained change (facts under 0.05 points are no bar of their own); if `total` (points) differs from their sum by more than 0.05, the gap is a bar of its own
     ("not attributed to one fact") rather than a chart that does not add up."""
     g = grouped.reindex(grouped["points"].abs().sort_values(ascending=False).index)
-    top, rest = g.iloc[:n], g.iloc[n:]
+    top = g.iloc[:n][(g["points"].iloc[:n].abs() * 100) >= 0.05]  # a fact that moves nothing is no bar
     bars = [Bar(str(lab), float(p) * 100) for lab, p in zip(top["label"], top["points"], strict=True)]
-    if len(rest):
-        bars.append(Bar(f"all other facts ({len(rest)})", float(rest["points"].sum()) * 100))
+    rest = float(g["points"].sum() - top["points"].sum()) * 100
+    if len(g) > len(top) and abs(rest) >= 0.05:
+        bars.append(Bar(f"all other facts ({len(g) - len(top)})", rest))
     gap = (total - sum(b.points for b in bars)) if total is not None else 0.0
     if abs(gap) > 0.05:
         bars.append(Bar("not attributed to one fact", gap))
@@ -383,11 +387,11 @@ def build_patient_page(
     calibrated = (f"probabilities recalibrated ({cfg.calibration.method}, {scope})" if cfg.calibrate
                   else "probabilities not recalibrated")
     model_facts = (
-        ("what it does", "estimates, for each escalation option, the chance of response within "
+        ("what it does", "estimates, for each escalation option, the chance of response at "
                          f"{evidence.horizon_weeks} weeks, the expected total improvement score and the risk of a "
                          "serious infection or severe cytopenia"),
         ("population", f"{summary.get('n_decisions', '?')} treatment decisions of {summary.get('n_patients', '?')} "
-                       "patients with refractory myositis (simulated, literature-calibrated cohort by default)"),
+                       f"patients with refractory myositis ({TRAINING_DATA[simulated_training(evidence.metrics)]})"),
         ("outcome", f"response = ACR/EULAR 2016 total improvement score ≥ {evidence.response_threshold:g} "
                     f"(juvenile DM ≥ {evidence.juvenile_response_threshold:g}; moderate improvement) at "
                     f"{evidence.horizon_weeks} weeks"),
@@ -445,5 +449,18 @@ def build_patient_page(
         data_findings=tuple(findings), positivity_threshold=evidence.positivity_threshold, notes=ex.notes,
         steroid_goal=(model.data_settings.labels.steroid_goal_mg_day
                       if "steroid_sparing" in model.heads and model.data_settings is not None else None),
+        simulated_training=simulated_training(evidence.metrics),
     )
+
+
+#: the model facts' words for what the model learnt from (`simulated_training`)
+TRAINING_DATA = {True: "a simulated, literature-calibrated cohort: no real patient's records",
+                 False: "recorded patients: its evaluation had no simulator's truth",
+                 None: "not evaluated, so whether real or simulated is unknown"}
+
+
+def simulated_training(metrics: Mapping[str, float]) -> bool | None:
+    """Whether the model learnt from a simulated cohort, as its evaluation shows: judged against the simulator's
+    truth (`sim_*` metrics) or without it; None when it was not evaluated."""
+    return any(key.startswith("sim_") for key in metrics) if metrics else None
 

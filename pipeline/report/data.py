@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
-
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 BANNER = "Decision support — not validated for clinical use"
@@ -189,6 +184,8 @@ class Page:
     body_size: str = ""
     #: checks due before / after starting the recommended option (the monitoring rules of its drug)
     monitoring_due: tuple[Reminder, ...] = ()
+    #: whether the model learnt from a simulated cohort (its evaluation used the simulator's truth); None: unknown
+    simulated_training: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +244,16 @@ def summarise(page: Page) -> Summary:
 # --- numbers as words -------------------------------------------------------------------------------------------
 def _ok(x: float | None) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def calibration_lines(options: Sequence[OptionRow]) -> tuple[str, ...]:
+    """Each validation bin that holds an option's estimate, lowest first, naming the options it holds:
+    'continue current regimen (46), optimise doses (50): of patients given 40–50 in 100 …'."""
+    held: dict[str, list[OptionRow]] = {}
+    for o in sorted((o for o in options if o.calibration_note), key=lambda o: o.p_response or 0.0):
+        held.setdefault(o.calibration_note, []).append(o)
+    return tuple(", ".join(f"{o.label} ({round(100 * (o.p_response or 0.0))})" for o in rows) + f": {note}"
+                 for note, rows in held.items())
 
 
 def in_100(p: float | None, low: float | None = None, high: float | None = None) -> str:

@@ -14,6 +14,7 @@ from pipeline.report.data import (
     SHAP_NOTE,
     TEMPLATES,
     Page,
+    calibration_lines,
     in_100,
     score_range,
     signed_points,
@@ -44,7 +45,8 @@ def _environment() -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(in_100=in_100, signed_points=signed_points, score_range=score_range)
+    env.filters.update(in_100=in_100, signed_points=signed_points, score_range=score_range,
+                       calibration_lines=calibration_lines)
     return env
 
 

@@ -229,6 +229,11 @@ def test_bars_keep_the_total_when_small_facts_are_pooled():
     bars = A._bars(grouped, 3)
     assert [b.label for b in bars] == ["a", "b", "c", "all other facts (7)"]
     assert sum(b.points for b in bars) == pytest.approx(grouped["points"].sum() * 100)
+    # a fact that moves nothing (an option the GLM gives no modifier: every contrast bar 0) is no bar; the change
+    # the bars do not carry is one bar of its own, so the chart still ends at the difference the table shows
+    none = pd.DataFrame({"label": ["on IVIG = yes", "ild = no", "x"], "points": [0.0, 0.0, 0.0]})
+    assert A._bars(none, 8) == ()
+    assert [(b.label, b.points) for b in A._bars(none, 8, 1.0)] == [("not attributed to one fact", 1.0)]
 
 
 @pytest.mark.parametrize(
@@ -292,7 +297,7 @@ def test_horizon_and_interval_level_come_from_the_page_not_the_template():
     out = R.render_page(_page(horizon_weeks=16, interval_level=0.8))
     note = out[out.index('id="options-note"'):]
     note = note[: note.index("</p>")]
-    assert "Options at 16 weeks" in out and "within 16 weeks" in note and "80 % uncertainty interval" in note
+    assert "Options at 16 weeks" in out and "at 16 weeks" in note and "80 % uncertainty interval" in note
     assert "24 weeks" not in out and "90 %" not in note
 
 
@@ -473,6 +478,44 @@ def test_summary_band_comes_first_with_the_answer_dose_actions_and_reasons(html)
     assert "lymphocytes 0.4" in summary and "grade 3" in summary and "disease note" in summary
     assert "platelets" not in summary  # only flagged labs
     assert "1 activity measure out of date" in summary
+
+
+def test_a_drug_the_labels_advise_against_is_shown_but_never_starred_and_the_page_says_so():
+    """Found by a clinical review: a ⊘ option with the highest number read 'eligible: yes' beside a footnote
+    calling the ★ the highest estimate among the eligible options."""
+    page = sample_page()
+    advised = R.OptionRow("add_abatacept", "add abatacept", True, p_response=0.80, effect_vs_continue=0.39,
+                          p_safety=0.2, advised_against=True, combination_rule="labels advise against")
+    out = R.render_page(dataclasses.replace(page, options=(*page.options, advised)))
+    row = re.search(r'data-option="add_abatacept">(.*?)</tr>', out, re.S).group(1)
+    assert "⊘ not with current drugs" in row and "a label advises against it with the current drugs: never ★" in row
+    assert "★" not in row.split("never ★")[0]
+    note = out[out.index('id="options-note"'):]
+    assert "eligible options that no drug label advises against with the current drugs" in note[: note.index("</p>")]
+
+
+def test_summary_compares_the_starred_options_safety_risk_with_continuing(html):
+    summary = html[html.index('id="summary"'):html.index("</section>", html.index('id="summary"'))]
+    assert 'id="safety-vs-continue">continuing: 6 in 100 (+3)' in summary
+
+
+def test_the_banner_says_when_the_model_learnt_from_simulated_patients_only():
+    page = sample_page()
+    assert 'id="simulated-training"' not in R.render_page(page)  # unknown: said in model facts, not claimed
+    simulated = R.render_page(dataclasses.replace(page, simulated_training=True))
+    banner = simulated[simulated.index('id="banner"'):]
+    assert "simulated patients only" in banner[: banner.index("</div>")]
+    assert R.simulated_training({"sim_regret": 0.04, "response_auroc": 0.8}) is True
+    assert R.simulated_training({"response_auroc": 0.8}) is False and R.simulated_training({}) is None
+
+
+def test_calibration_context_names_the_options_each_validation_bin_holds_lowest_first():
+    rows = (R.OptionRow("a", "option A", True, p_response=0.62, calibration_note="of patients given 60–70 …"),
+            R.OptionRow("b", "option B", True, p_response=0.35, calibration_note="of patients given 30–40 …"),
+            R.OptionRow("c", "option C", True, p_response=0.64, calibration_note="of patients given 60–70 …"),
+            R.OptionRow("d", "option D", False))
+    assert R.calibration_lines(rows) == ("option B (35): of patients given 30–40 …",
+                                         "option A (62), option C (64): of patients given 60–70 …")
 
 
 def test_summary_band_carries_the_recommended_options_caution_and_thin_overlap(html):
