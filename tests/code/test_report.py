@@ -494,6 +494,22 @@ def test_a_drug_the_labels_advise_against_is_shown_but_never_starred_and_the_pag
     assert "eligible options that no drug label advises against with the current drugs" in note[: note.index("</p>")]
 
 
+def test_summary_gives_the_starred_options_reasons_against_continuing():
+    """The level's reasons (HAQ, lines of therapy) are the same for every option; what sets the ★ apart from
+    continuing is its average difference and this patient's facts that move it."""
+    page = sample_page()
+    jak = dataclasses.replace(page.explanations[1], contrast_base=9.0)
+    summary_of = lambda out: out[out.index('id="summary"'):out.index("</section>", out.index('id="summary"'))]  # noqa: E731
+    summary = summary_of(R.render_page(dataclasses.replace(page, explanations=(page.explanations[0], jak))))
+    contrast = summary[summary.index('id="summary-contrast"'):]
+    assert "Against continuing:</strong> +9 in 100 on average for all patients" in contrast
+    assert "latest CDASI activity = 28 score (0-100) → +12 in 100 vs continue" in contrast
+    alone = dataclasses.replace(jak, contrast_reasons=())
+    summary = summary_of(R.render_page(dataclasses.replace(page, explanations=(page.explanations[0], alone))))
+    assert "and no fact of this patient changes that" in summary
+    assert 'id="summary-contrast"' not in summary_of(R.render_page(page))  # no contrast explained: nothing said
+
+
 def test_summary_compares_the_starred_options_safety_risk_with_continuing(html):
     summary = html[html.index('id="summary"'):html.index("</section>", html.index('id="summary"'))]
     assert 'id="safety-vs-continue">continuing: 6 in 100 (+3)' in summary
