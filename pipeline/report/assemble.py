@@ -450,7 +450,15 @@ def build_patient_page(
         steroid_goal=(model.data_settings.labels.steroid_goal_mg_day
                       if "steroid_sparing" in model.heads and model.data_settings is not None else None),
         simulated_training=simulated_training(evidence.metrics),
+        star_rule=star_rule(float(getattr(model.config, "safety_weight", 0.0))),
     )
+
+
+def star_rule(safety_weight: float) -> str:
+    """What the ★ maximises in words (the bundle ranks by p_response − safety_weight × p_safety)."""
+    if safety_weight <= 0:
+        return "highest estimated chance of response"
+    return f"highest estimated chance of response less {safety_weight:g} × its risk of a serious infection or cytopenia"
 
 
 #: the model facts' words for what the model learnt from (`simulated_training`)

@@ -186,6 +186,8 @@ class Page:
     monitoring_due: tuple[Reminder, ...] = ()
     #: whether the model learnt from a simulated cohort (its evaluation used the simulator's truth); None: unknown
     simulated_training: bool | None = None
+    #: what the ★ maximises: the chance of response, less `safety_weight` × the safety risk when the model weighs it
+    star_rule: str = "highest estimated chance of response"
 
 
 @dataclass(frozen=True)

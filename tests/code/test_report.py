@@ -510,6 +510,14 @@ def test_summary_gives_the_starred_options_reasons_against_continuing():
     assert 'id="summary-contrast"' not in summary_of(R.render_page(page))  # no contrast explained: nothing said
 
 
+def test_the_star_says_what_it_maximises_when_the_model_weighs_safety():
+    page = dataclasses.replace(sample_page(), star_rule=A.star_rule(0.5))
+    out = R.render_page(page)
+    assert "Highest estimated chance of response less 0.5 × its risk of a serious infection or cytopenia at 24" in out
+    assert "★ = highest estimated chance of response less 0.5 ×" in out
+    assert A.star_rule(0.0) == "highest estimated chance of response"
+
+
 def test_summary_compares_the_starred_options_safety_risk_with_continuing(html):
     summary = html[html.index('id="summary"'):html.index("</section>", html.index('id="summary"'))]
     assert 'id="safety-vs-continue">continuing: 6 in 100 (+3)' in summary
