@@ -102,7 +102,18 @@ def require_writable(path: Path, option: str, *, folder: bool) -> Path:
         raise typer.BadParameter(problem, param_hint=option)
     return Path(path)
 
+
 class Refusal(TyperException):
     """A run refused before any work (exit status 2); the message says what is wrong and how to fix it."""
 
     exit_code = 2
+
+
+def require_own_folder(out: Path, option: str, marker: str, what: str) -> Path:
+    """`out` when it is new, empty or holds an earlier output of this command (`marker` inside it); else a refusal:
+    tables written there would overwrite or shadow what is there (the contract reads .parquet before .csv)."""
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
+        raise Refusal(f"{option} {out} is not empty and holds no {what} (no {marker}): the tables written there "
+                      "would overwrite or shadow what is there; choose an empty or new folder")
+    return out

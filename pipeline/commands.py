@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pipeline.cli_types import DATE_METAVAR, Refusal, iso_date_option, require_dir, require_writable
+from pipeline.cli_types import (
+    DATE_METAVAR,
+    Refusal,
+    iso_date_option,
+    require_dir,
+    require_own_folder,
+    require_writable,
+)
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -100,10 +107,7 @@ def simulate_command(
     if config is not None and not config.is_file():
         raise Refusal(f"--config {config}: no such file (a simulator settings file like configs/simulator.yaml)")
     require_writable(out, "--out", folder=True)
-    if out.is_dir() and any(out.iterdir()) and not (out / "truth").is_dir():
-        # a simulated cohort always has its truth/ beside it: anything else may be real data it would shadow
-        raise Refusal(f"--out {out} is not empty and holds no simulated cohort (no truth/ folder): simulated "
-                      "tables would overwrite or shadow what is there; choose an empty or new folder")
+    require_own_folder(out, "--out", "truth", "simulated cohort")  # a simulated cohort always has its truth/
     if metrics is not None:
         require_writable(metrics, "--metrics", folder=False)
     settings = _settings(params)
@@ -137,6 +141,7 @@ def import_command(
     if mapping is not None and not mapping.is_file():
         raise Refusal(f"--mapping {mapping}: no such file (a mapping like configs/omop.yaml)")
     require_writable(out, "--out", folder=True)
+    require_own_folder(out, "--out", "import_report.json", "earlier import")  # e.g. real CSVs, or the source itself
     if gap_days is None:
         gap_days = _settings(params).omop.gap_days
     from pipeline.omop import run_import_omop

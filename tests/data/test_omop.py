@@ -354,6 +354,15 @@ def test_cli_import_and_simulate_format_omop(tmp_path: Path) -> None:
     assert imp.returncode == 0, imp.stderr
     assert "imported 8 of 8 persons" in imp.stdout
     assert len(pd.read_parquet(tmp_path / "imp" / "patients.parquet")) == 8
+    again = subprocess.run(imp.args, capture_output=True, text=True, env=env)  # an earlier import is replaced
+    assert again.returncode == 0, again.stderr
+    # a folder of the user's own tables (here: the simulated cohort's, with its database) is never written into:
+    # the imported Parquet would shadow CSVs the contract reads after it (found by a walkthrough of the README)
+    (tmp_path / "sim" / "patients.csv").write_text("patient_id\n")
+    before = sorted(p.name for p in (tmp_path / "sim").iterdir())
+    foreign = subprocess.run([*imp.args[:-1], str(tmp_path / "sim")], capture_output=True, text=True, env=env)
+    assert foreign.returncode == 2 and "is not empty and holds no earlier import" in foreign.stderr
+    assert sorted(p.name for p in (tmp_path / "sim").iterdir()) == before and "patients.parquet" not in before
     bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "import", "omop", "--source",
                           str(tmp_path / "nowhere.duckdb"), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, env=env)
