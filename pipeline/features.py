@@ -60,7 +60,7 @@ def _load(data: Path, today: str, settings: Settings) -> tuple[dict[str, Any], A
     n_errors = len(result.errors)
     if len(result.rejected_patients):
         typer.echo(f"{n_errors} contract error(s): {len(result.rejected_patients)} patient(s) rejected "
-                   f"(run `escalate validate {data}` for the list)", err=True)
+                   f"(run `escalate validate --data {data}` for the list)", err=True)
     if result.normalised["patients"].empty:
         raise typer.BadParameter(f"no valid patient left in {data} after the data contract", param_hint="--data")
     info = {"patients": int(len(result.normalised["patients"]) + len(result.rejected_patients)),

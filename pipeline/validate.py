@@ -48,7 +48,10 @@ def run_validate(directory: Path, today: date | None = None, json_path: Path | N
         console.print(_findings_table(v, limit))
     rows = {name: (None if name in unreadable else len(tables[name])) for name in tables.keys() | unreadable.keys()}
     rows = {name: rows[name] for name in ("patients", "regimens", "assessments", "events") if name in rows}
-    console.print(escape(summary_line(result, rows)), soft_wrap=True)
+    patients = tables.get("patients")
+    listed = (set(patients["patient_id"].dropna().astype(str)) if patients is not None and "patient_id" in patients
+              else None)
+    console.print(escape(summary_line(result, rows, listed)), soft_wrap=True)
     if json_path is not None:
         write_json({
             "directory": str(directory),
@@ -78,8 +81,9 @@ def finding_counts(violations: Any) -> Any:
             .drop(columns="_s").reset_index(drop=True))
 
 
-def summary_line(result: Any, rows: dict[str, int | None]) -> str:
-    """One line: errors, warnings, rows per table and how many patients are rejected, or why all are."""
+def summary_line(result: Any, rows: dict[str, int | None], listed: set[str] | None = None) -> str:
+    """One line: errors, warnings, rows per table and how many patients are rejected, or why all are; ids of
+    other tables missing from the patients table (`listed`) are counted apart, as `score` does."""
     shown = ", ".join(f"{n} {name}" if n is not None else f"{name} unreadable" for name, n in rows.items())
     line = f"{len(result.errors)} error(s), {len(result.warnings)} warning(s) in {shown}; "
     n_patients = rows.get("patients")
@@ -88,7 +92,10 @@ def summary_line(result: Any, rows: dict[str, int | None]) -> str:
         total = f"all {n_patients}" if n_patients is not None else f"all {len(result.rejected_patients)} known"
         return line + (f"the {tables} table(s) cannot be used (structural error above), so {total} patient(s) "
                        "are rejected")
-    return line + f"{len(result.rejected_patients)} of {n_patients} patient(s) have an error"
+    rejected = [str(p) for p in result.rejected_patients]
+    unknown = 0 if listed is None else sum(p not in listed for p in rejected)
+    extra = f" (+{unknown} id(s) not in the patients table)" if unknown else ""
+    return line + f"{len(rejected) - unknown} of {n_patients} patient(s) have an error{extra}"
 
 
 def _counts_table(counts: Any, directory: Path) -> Any:

@@ -58,6 +58,18 @@ def test_the_seed_case_passes_with_its_warning(app, seed, tmp_path):
     }
 
 
+def test_the_summary_counts_ids_missing_from_the_patients_table_apart(app, seed):
+    """Found by a walkthrough: a regimen of an unknown patient made it '2 of 1 patient(s) have an error'."""
+    import pandas as pd
+
+    regimens = pd.read_csv(seed / "regimens.csv", dtype=str, keep_default_na=False)
+    extra = regimens.iloc[[0]].assign(patient_id="P9")
+    pd.concat([regimens, extra]).to_csv(seed / "regimens.csv", index=False)
+    res = runner.invoke(app, ["validate", "--data", str(seed), "--today", "2026-11-25"], env={"COLUMNS": "200"})
+    assert res.exit_code == 1, res.output
+    assert "0 of 1 patient(s) have an error (+1 id(s) not in the patients table)" in res.output
+
+
 def test_errors_exit_1_and_every_one_is_printed_and_written(app, seed, tmp_path):
     _edit_csv(seed / "regimens.csv", 5, "drug", "Privigenn")
     _edit_csv(seed / "assessments.csv", 2, "value", "95")
