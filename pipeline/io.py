@@ -69,9 +69,25 @@ def _parquet_columns(path: Path, head: bytes, tail: bytes) -> list[str]:
         raise TableReadError(f"{path}: truncated Parquet file, the footer is missing (an interrupted copy or "
                              "export?); export the table again")
     try:
-        return list(pq.read_schema(path).names)
+        schema = pq.read_schema(path)
     except Exception as err:  # pyarrow raises ArrowInvalid / OSError subclasses with its own wording
         raise TableReadError(f"{path}: cannot be read as Parquet ({err}); export the table again") from err
+    _check_id_type(path, schema)
+    return list(schema.names)
+
+
+def _check_id_type(path: Path, schema: Any) -> None:
+    """A Parquet `patient_id` stored as text or whole numbers: ids stored as floating point (1.0) or dates have no
+    one spelling every reader (contract, chunk plan, page) would agree on, so the table is refused."""
+    import pyarrow as pa
+
+    if "patient_id" not in schema.names:
+        return
+    kind = schema.field("patient_id").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+            or pa.types.is_null(kind) or pa.types.is_dictionary(kind) and pa.types.is_string(kind.value_type)):
+        raise TableReadError(f"{path}: column 'patient_id' is stored as {kind} (rule: identifier_type); store "
+                             "identifiers as text or whole numbers")
 
 
 def _looks_like_text(head: bytes) -> bool:

@@ -101,8 +101,7 @@ def check_structure(paths: dict[str, Path | None]) -> None:
     for name, path in paths.items():
         if path is None:
             continue
-        have = _columns_of(path)
-        _check_id_type(name, path)
+        have = _columns_of(path)  # a Parquet patient_id stored as floats or dates is refused there too
         missing = [c.name for c in CONTRACT_COLUMNS[name] if c.required and c.name not in have]
         if missing:
             unexpected = [c for c in have if c not in {s.name for s in CONTRACT_COLUMNS[name]}]
@@ -110,24 +109,6 @@ def check_structure(paths: dict[str, Path | None]) -> None:
             raise ScoreRefusal(f"table {name} ({path.name}): required column(s) {missing} missing "
                                "(rule: missing_column); every patient would be rejected"
                                + (f"; {' '.join(hints)}" if hints else ""))
-
-
-def _check_id_type(name: str, path: Path) -> None:
-    """A Parquet `patient_id` stored as text or whole numbers: ids stored as floating point (1.0) or dates have no
-    one spelling the contract and the chunk plan would agree on, so the run is refused naming table and column."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if path.suffix != ".parquet":
-        return
-    schema = pq.read_schema(path)
-    if "patient_id" not in schema.names:
-        return
-    kind = schema.field("patient_id").type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
-            or pa.types.is_null(kind) or pa.types.is_dictionary(kind) and pa.types.is_string(kind.value_type)):
-        raise ScoreRefusal(f"table {name} ({path.name}): column 'patient_id' is stored as {kind} (rule: "
-                           "identifier_type); store identifiers as text or whole numbers")
 
 
 def _batches(path: Path) -> Any:
