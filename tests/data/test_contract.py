@@ -396,6 +396,7 @@ CONVERSIONS = [
     ("weight", "154", "lb", 154 * 0.45359237, "kg"),
     ("height", "1.8", "m", 180.0, "cm"),
     ("platelets", "242000", "/uL", 242.0, "10^9/L"),
+    ("platelets", "250000", "cells/uL", 250.0, "10^9/L"),  # as neutrophils and lymphocytes take it
     ("neutrophils", "4.1", "x10^9/L", 4.1, "10^9/L"),
     ("alt", "24", "IU/L", 24.0, "U/L"),
     ("mmt8", "120", "score_0_150", 120.0, "score_0_150"),
