@@ -85,8 +85,8 @@ def _with_rule(message: str) -> str:
 
 
 def _columns_of(path: Path) -> list[str]:
-    """The header of one table, after the checks that name an unreadable file and its likely cause (separator,
-    encoding, truncated Parquet: `pipeline.io.check_readable`)."""
+    """The header of one table, after the checks that name an unreadable file and its likely cause
+    (`pipeline.io.check_readable`); a refusal otherwise."""
     from pipeline.io import TableReadError, check_readable
 
     try:
@@ -96,19 +96,29 @@ def _columns_of(path: Path) -> list[str]:
 
 
 def check_structure(paths: dict[str, Path | None]) -> None:
-    """Every required contract column exists in every table: a missing column breaks all patients, so it refuses
-    the run (naming table and column) instead of rejecting everyone."""
+    """Every table can be read (`pipeline.io.check_readable`: separator, encoding, truncated Parquet, ids stored
+    as floats) and has every required contract column: either breaks all patients, so the run is refused, naming
+    every such table and its rule, instead of rejecting everyone."""
+    from pipeline.io import TableReadError, check_readable
+
+    problems: list[str] = []
     for name, path in paths.items():
         if path is None:
             continue
-        have = _columns_of(path)  # a Parquet patient_id stored as floats or dates is refused there too
+        try:
+            have = check_readable(path)
+        except TableReadError as err:
+            problems.append(_with_rule(str(err)))
+            continue
         missing = [c.name for c in CONTRACT_COLUMNS[name] if c.required and c.name not in have]
         if missing:
             unexpected = [c for c in have if c not in {s.name for s in CONTRACT_COLUMNS[name]}]
             hints = [f"did you mean {h!r} for {m!r}?" for m in missing if (h := near_miss(m, unexpected))]
-            raise ScoreRefusal(f"table {name} ({path.name}): required column(s) {missing} missing "
-                               "(rule: missing_column); every patient would be rejected"
-                               + (f"; {' '.join(hints)}" if hints else ""))
+            problems.append(f"table {name} ({path.name}): required column(s) {missing} missing (rule: "
+                            "missing_column); every patient would be rejected"
+                            + (f"; {' '.join(hints)}" if hints else ""))
+    if problems:
+        raise ScoreRefusal("; ".join(problems))
 
 
 def _batches(path: Path) -> Any:

@@ -163,12 +163,18 @@ def read_patient_tables(data: Path, patient_id: str) -> dict[str, pd.DataFrame]:
     """The four contract tables of one patient only (an absent `events` table is empty), rows numbered as in
     the files: a page for one patient never loads the whole cohort."""
     with _without_pyspark_pandas():
-        from pipeline.io import CONTRACT_COLUMNS, table_paths
+        from pipeline.io import CONTRACT_COLUMNS, TableReadError, table_paths
 
     out: dict[str, pd.DataFrame] = {}
+    unreadable: list[str] = []  # every file that cannot be read is named, not only the first
     for name, path in table_paths(Path(data)).items():
-        out[name] = (pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[name]}) if path is None
-                     else _read_patient_rows(path, patient_id))
+        try:
+            out[name] = (pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[name]})
+                         if path is None else _read_patient_rows(path, patient_id))
+        except TableReadError as err:
+            unreadable.append(str(err))
+    if unreadable:
+        raise TableReadError("; ".join(unreadable))
     return out
 
 

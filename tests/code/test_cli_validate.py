@@ -235,6 +235,14 @@ def test_the_stages_refuse_an_unreadable_file_in_one_line(app, seed, tmp_path):
     assert res.exit_code == 2, res.output
     assert res.output.startswith("escalate features: error: ") and res.output.count("\n") == 1
     assert "events.csv: fields are separated by tabs, not commas" in res.output
+    # every unreadable file is named by each stage, not only the first (score and report stopped at regimens)
+    (seed / "regimens.csv").write_text("")
+    for args in (["features", "--data", str(seed), "--out", str(tmp_path / "features")],
+                 ["score", "--data", str(seed), "--as-of", "2026-11-18", "--out", str(tmp_path / "scores")],
+                 ["report", "--data", str(seed), "--patient", "SEED-0001", "--out", str(tmp_path / "p.html")]):
+        res = runner.invoke(app, args, env={"COLUMNS": "400"})
+        assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+        assert "regimens.csv: the file is empty" in res.output and "events.csv: fields are separated by tabs" in res.output
 
 
 def test_cells_that_look_like_console_markup_are_printed_as_written(app, seed, tmp_path):
