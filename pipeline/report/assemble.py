@@ -250,8 +250,9 @@ def _reason_texts(r: pd.Series | None, prefix: str, k: int, min_points: float = 
 
 def _bars(grouped: pd.DataFrame, n: int, total: float | None = None) -> tuple[Bar, ...]:
     """The n largest clinical facts by points, the rest summed into 'all other facts', so the bars add up to the
-    explained change (facts under 0.05 points are no bar of their own); if `total` (points) differs from their sum by more than 0.05, the gap is a bar of its own
-    ("not attributed to one fact") rather than a chart that does not add up."""
+    explained change (facts under 0.05 points are no bar of their own); if `total` (points) differs from their sum
+    by more than 0.05, the gap is a bar of its own ("not attributed to one fact") rather than a chart that does not
+    add up."""
     g = grouped.reindex(grouped["points"].abs().sort_values(ascending=False).index)
     top = g.iloc[:n][(g["points"].iloc[:n].abs() * 100) >= 0.05]  # a fact that moves nothing is no bar
     bars = [Bar(str(lab), float(p) * 100) for lab, p in zip(top["label"], top["points"], strict=True)]
@@ -471,4 +472,3 @@ def simulated_training(metrics: Mapping[str, float]) -> bool | None:
     """Whether the model learnt from a simulated cohort, as its evaluation shows: judged against the simulator's
     truth (`sim_*` metrics) or without it; None when it was not evaluated."""
     return any(key.startswith("sim_") for key in metrics) if metrics else None
-

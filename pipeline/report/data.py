@@ -239,15 +239,15 @@ class Summary:
 
 def summarise(page: Page) -> Summary:
     """The summary of a page: the ★ option, the guideline's choice, the ★ option's top reasons (the patient's
-    own facts) for its level and against continuing, the dose actions (first when a dose is below target or a steroid above its goal), flagged labs."""
+    own facts) for its level and against continuing, the dose actions (first when a dose is below target or a
+    steroid above its goal), flagged labs."""
     best = next((o for o in page.options if o.recommended), None)
     guideline = next((o for o in page.options if o.option == page.guideline_option), None)
     own = next((e for e in page.explanations if best is not None and e.option == best.option), None)
     actions = tuple(f"{r.label}: {r.action}" for r in page.regimen if r.status in ("below", "above_goal"))
-    if own is None:
-        return Summary(best, guideline, (), actions, tuple(lab for lab in page.labs if lab.flagged))
-    return Summary(best, guideline, own.reasons[:3], actions, tuple(lab for lab in page.labs if lab.flagged),
-                   contrast_base=own.contrast_base, contrast_reasons=own.contrast_reasons[:3])
+    return Summary(best, guideline, own.reasons[:3] if own else (), actions,
+                   tuple(lab for lab in page.labs if lab.flagged), contrast_base=own.contrast_base if own else None,
+                   contrast_reasons=own.contrast_reasons[:3] if own else ())
 
 
 # --- numbers as words -------------------------------------------------------------------------------------------

@@ -156,8 +156,8 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
     evaluated with (its MLflow run's params, else the settings), its validation metrics and calibration curve
     (the run's metrics and `evaluate/` artefacts, else data/evaluate/ when its run.json names the same run: a
     model trained again but not yet evaluated is not described by the last evaluation). Metrics of another run
-    are never shown. The run is read from the local store without MLflow
-    (`pipeline.registry_store.run_record`) when it can be, else through MLflow; `use_mlflow=False` reads neither."""
+    are never shown. The run is read from the local store without MLflow (`pipeline.registry_store.run_record`)
+    when it can be, else through MLflow; `use_mlflow=False` reads neither."""
     cfg = loaded.model.config
     run_params: dict[str, str] = {}
     metrics: dict[str, float] = {}
