@@ -70,16 +70,17 @@ def test_the_summary_counts_ids_missing_from_the_patients_table_apart(app, seed)
     assert "0 of 1 patient(s) have an error (+1 id(s) not in the patients table)" in res.output
 
 
-def test_ids_stored_as_floats_fail_validate_as_they_fail_score(app, seed):
+def test_ids_stored_as_floats_fail_validate_as_they_fail_score(app, seed, tmp_path):
     """Found by a walkthrough: Parquet ids stored as 1.0 passed validate with 0 errors while score refused them."""
     import pandas as pd
 
     patients = pd.read_csv(seed / "patients.csv", dtype=str)
     patients.assign(patient_id=[1.0]).to_parquet(seed / "patients.parquet", index=False)
     (seed / "patients.csv").unlink()
-    res = runner.invoke(app, ["validate", "--data", str(seed), "--today", "2026-11-25"], env={"COLUMNS": "250"})
+    res, report = _validate(app, seed, tmp_path)
     assert res.exit_code == 1, res.output
-    assert "'patient_id' is stored as double (rule: identifier_type)" in " ".join(res.output.split())
+    [error] = [v for v in report["violations"] if v["severity"] == "error"]
+    assert error["table"] == "patients" and "'patient_id' is stored as double (rule: identifier_type)" in error["message"]
 
 
 def test_errors_exit_1_and_every_one_is_printed_and_written(app, seed, tmp_path):
