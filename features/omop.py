@@ -19,6 +19,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from features.contract import within_calendar
+from features.vocabulary import repeated
 
 #: the OMOP tables the importer reads, with the columns it needs (the vocabulary tables are optional).
 OMOP_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -128,7 +129,7 @@ class OmopMapping(_Frozen):
     def _unique_targets(self) -> OmopMapping:
         for kind, names in (("drug", [d.drug for d in self.drugs]), ("measure", [m.measure for m in self.measures]),
                             ("antibody", [a.antibody for a in self.antibodies])):
-            dup = sorted({n for n in names if names.count(n) > 1})
+            dup = repeated(names)
             if dup and kind != "drug":
                 raise ValueError(f"{kind} listed twice in the mapping: {', '.join(dup)}")
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -162,7 +163,7 @@ class Vocabulary(_Frozen):
         return cls.model_validate(config)
 
     def model_post_init(self, __context: Any) -> None:
-        twice = sorted({g for g in self.generics if self.generics.count(g) > 1})
+        twice = repeated(self.generics)
         if twice:
             raise ValueError(f"drug(s) {twice} listed twice (rule: one entry per generic)")
         index = alias_index({d.generic: (d.label, *d.aliases) for d in self.drugs}, _key, what="drug")
@@ -453,6 +454,11 @@ def _key(name: str) -> str:
     return re.sub(r"\s+", " ", str(name).strip().lower().replace("®", "").replace("™", ""))
 
 
+def repeated(values: Iterable[str]) -> list[str]:
+    """The values written more than once, sorted: for lists whose entries must be unique (names, columns)."""
+    return sorted(v for v, n in Counter(values).items() if n > 1)
+
+
 def alias_index(codes: Mapping[str, Iterable[str]], key: Callable[[Any], str], what: str = "code") -> dict[str, str]:
     """Alias key → code, each code standing for itself and its aliases; an alias written for two codes is refused
     (the later one would silently win)."""
@@ -607,7 +613,7 @@ class OptionCatalog(_Frozen):
 
     @model_validator(mode="after")
     def _names_once_guideline_known(self) -> OptionCatalog:
-        twice = sorted({n for n in self.names if self.names.count(n) > 1})
+        twice = repeated(self.names)
         if twice:
             raise ValueError(f"option(s) {twice} listed twice (rule: one entry per option name)")
         unknown = [g for g in self.guideline if g not in self.names]

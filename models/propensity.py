@@ -17,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from features.vocabulary import repeated
 from models.config import PropensityConfig
 
 ArrayLike = np.ndarray | pd.DataFrame | pd.Series | Sequence
@@ -30,8 +31,8 @@ def as_feature_frame(X: pd.DataFrame | np.ndarray, *, columns: Sequence[str] | N
     """
     if isinstance(X, pd.DataFrame):
         names = [str(c) for c in X.columns]
-        if len(set(names)) != len(names):
-            dup = sorted({c for c in names if names.count(c) > 1})
+        dup = repeated(names)
+        if dup:
             raise ValueError(f"table X: duplicated column names {dup} (rule: unique feature names)")
         bad = [
             f"{c!r} ({dtype})"

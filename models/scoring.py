@@ -170,12 +170,12 @@ def rejects_from_violations(violations: pd.DataFrame, row_map: dict[str, np.ndar
 
     `row_map[table]` maps a row position in the chunk's table back to the row of the input table.
     """
-    errors = violations[violations["severity"] == severity] if "severity" in violations else violations
-    rows = errors["row"].to_numpy(dtype="float64", na_value=np.nan)
-    messages = errors["message"].astype(str)
-    if row_map is not None and len(errors):
-        mapped = np.full(len(errors), np.nan)
-        tables = errors["table"].to_numpy(dtype=object)
+    chosen = violations[violations["severity"] == severity] if "severity" in violations else violations
+    rows = chosen["row"].to_numpy(dtype="float64", na_value=np.nan)
+    messages = chosen["message"].astype(str)
+    if row_map is not None and len(chosen):
+        mapped = np.full(len(chosen), np.nan)
+        tables = chosen["table"].to_numpy(dtype=object)
         for table, rmap in row_map.items():
             rmap = np.asarray(rmap, dtype=np.int64)
             sel = (tables == table) & ~np.isnan(rows)
@@ -187,11 +187,11 @@ def rejects_from_violations(violations: pd.DataFrame, row_map: dict[str, np.ndar
                 rf"\b{table} row (\d+)", lambda m, t=table, r=rmap: f"{t} row {r[int(m.group(1))]}", regex=True)
         rows = mapped
     out = pd.DataFrame({
-        "patient_id": clean_ids(errors["patient_id"].to_numpy(dtype=object)).to_numpy(dtype=object),
-        "table": errors["table"].astype(str).to_numpy(dtype=object),
+        "patient_id": clean_ids(chosen["patient_id"].to_numpy(dtype=object)).to_numpy(dtype=object),
+        "table": chosen["table"].astype(str).to_numpy(dtype=object),
         "row": pd.array(np.where(np.isnan(rows), 0, rows).astype(np.int64), dtype="Int64"),
-        "column": errors["column"].astype(str).to_numpy(dtype=object),
-        "rule": errors["rule"].astype(str).to_numpy(dtype=object),
+        "column": chosen["column"].astype(str).to_numpy(dtype=object),
+        "rule": chosen["rule"].astype(str).to_numpy(dtype=object),
         "message": messages.to_numpy(dtype=object),
     })
     out.loc[np.isnan(rows), "row"] = pd.NA

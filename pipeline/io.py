@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import CONTRACT_COLUMNS, CONTRACT_TABLES
+from features.vocabulary import repeated
 from pipeline.cli_types import Refusal
 
 #: tables that may be absent from an export (then read as an empty table with the contract's columns).
@@ -52,7 +53,7 @@ def check_readable(path: Path) -> list[str]:
     if size == 0:
         raise TableReadError(f"{path}: the file is empty (no header row)")
     names = _parquet_columns(path, head, tail) if path.suffix == ".parquet" else _csv_columns(path, head)
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = repeated(names)
     if twice:  # a reader would keep one of them, or rename the other, and its values would go unchecked
         raise TableReadError(f"{path}: column(s) {twice} appear more than once in the header (rule: "
                              "duplicate_column); keep one of each")

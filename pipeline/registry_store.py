@@ -13,8 +13,8 @@ file, workspaces are on, the schema is not the one expected, a location is not a
 one `registry.log_model` writes — it raises `StoreUnreadable` and the caller asks MLflow itself. A store file that
 does not exist yet is an empty registry (MLflow would create it empty).
 
-The registered model's name, its aliases and the bundle's file name live here, so light readers need not import `pipeline.registry` (which
-imports MLflow); `pipeline.registry` re-exports them.
+The registered model's name, its aliases and the bundle's file name live here, so light readers need not import
+`pipeline.registry` (which imports MLflow); `pipeline.registry` re-exports them.
 """
 
 from __future__ import annotations
