@@ -313,7 +313,8 @@ class RegimenIndex:
         """Every row started before each query's cut-off, with its end read as of the cut-off.
 
         Columns: query, row (position), generic, ongoing (end on/after cut), current (ongoing, or rituximab given
-        within the active period), last_dose_day (rituximab: start of the latest course before the cut-off).
+        within the active period), last_dose_day (an ongoing row: start of the latest course before the cut-off;
+        else its end), course_start_day (start of the latest course begun before the cut-off, ended rows too).
         """
         q, r = self.started_before(codes, cut)
         c = cut[q]
@@ -321,9 +322,10 @@ class RegimenIndex:
         ongoing = end >= c
         start = self.start[r]
         cycle = self.cycle_days[r]
-        # the latest course start before the cut-off for an ongoing repeating row; else the end (last infusion)
+        # the latest course start before the cut-off (and before the row's end) of a repeating row; the last dose is
+        # that for an ongoing row, else the end (last infusion)
         with np.errstate(invalid="ignore"):
-            k = np.floor((c - 1 - start) / cycle)
+            k = np.floor((np.minimum(end, c - 1) - start) / cycle)
         course = np.where(np.isnan(k), start, start + np.nan_to_num(k, nan=0.0) * np.nan_to_num(cycle, nan=0.0))
         last_dose = np.where(ongoing, course, end).astype(np.int64)
         ritux = self.is_rituximab[r]
@@ -338,6 +340,7 @@ class RegimenIndex:
                 "ongoing": ongoing,
                 "current": current,
                 "last_dose_day": last_dose,
+                "course_start_day": np.round(course).astype(np.int64),  # a 6-month cycle is 182.625 days
                 "rituximab": ritux,
                 "ignored": self.ignored[r],
                 "stability_ignored": self.stability_ignored[r],
@@ -348,7 +351,8 @@ class RegimenIndex:
 
 def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | None = None,
                   bsa: np.ndarray | None = None) -> pd.DataFrame:
-    """One row per (query, generic) currently taken: summed intensity (mg/day), run start, latest row position.
+    """One row per (query, generic) currently taken: summed intensity (mg/day), run start, latest row position,
+    start of the latest course.
 
     Weight- and BSA-based doses are re-resolved with each query's `weight` / `bsa` (measured before as_of) when
     given, else the normalised `daily_mg` is used. Rituximab after its course has ended still counts (while
@@ -366,11 +370,12 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
                           [1.0, weight[q], bsa[q]], default=np.nan)
         daily = reg.dose[r] * reg.unit_factor[r] * scale * reg.per_day[r]
     cur = pd.DataFrame({"query": q, "generic": cur["generic"].to_numpy(), "row": r,
-                        "daily_mg": daily, "run_start": reg.run_start[r], "ignored": reg.ignored[r]})
+                        "daily_mg": daily, "run_start": reg.run_start[r], "ignored": reg.ignored[r],
+                        "course_start_day": cur["course_start_day"].to_numpy()})
     agg = (
         cur.groupby(["query", "generic"], sort=True)
         .agg(daily_mg=("daily_mg", "sum"), n_dosed=("daily_mg", "count"), run_start=("run_start", "min"),
-             row=("row", "max"), ignored=("ignored", "all"))
+             row=("row", "max"), ignored=("ignored", "all"), course_start_day=("course_start_day", "max"))
         .reset_index()
     )
     agg.loc[agg["n_dosed"].to_numpy() == 0, "daily_mg"] = np.nan
@@ -661,6 +666,9 @@ def _regimen_features(
             "route": route,
             "interval": frame["interval"].astype(object).to_numpy()[latest_row] if len(agg) else [],
             "start_date": from_days(agg["run_start"].to_numpy()),
+            # rituximab is given in courses months apart: when the latest began (the page's re-dose reminder)
+            "last_course_date": np.where(agg["generic"].to_numpy() == RITUXIMAB,
+                                         from_days(agg["course_start_day"].to_numpy()), np.datetime64("NaT")),
             "months_on": months_on,
             "intensity_mg_day": intensity,
             "target_low_mg_day": low,

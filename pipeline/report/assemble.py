@@ -410,7 +410,7 @@ def build_patient_page(
     bsa = C.mosteller_bsa(weight, height)
     juvenile = bool(juvenile_decisions(keys, to_days(keys["as_of"]), one["patients"], vocabulary)[0])  # as features do
     regimen = C.dose_lines(current, vocabulary, juvenile=juvenile, weight_kg=weight, bsa_m2=bsa,
-                           tolerance=model.feature_config().dose_tolerance)
+                           tolerance=model.feature_config().dose_tolerance, as_of=as_of)
     size = ", ".join(x for x in (f"{weight:.0f} kg" if weight else "", f"{height:.0f} cm" if height else "",
                                  f"body surface {bsa:.2f} m²" if bsa else "") if x)
     body_size = (("juvenile dose targets (per kg / per m²) for " if juvenile else "") + size) if size else ""

@@ -109,9 +109,10 @@ def mosteller_bsa(weight_kg: float | None, height_cm: float | None) -> float | N
 
 
 def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool, weight_kg: float | None,
-               bsa_m2: float | None, tolerance: float) -> tuple[RegimenLine, ...]:
+               bsa_m2: float | None, tolerance: float, as_of: pd.Timestamp | None = None) -> tuple[RegimenLine, ...]:
     """Every current drug against its goal, with the action a prescriber takes: raise a dose below target, taper a
-    glucocorticoid above its taper goal, the room left within a target range. A juvenile patient's doses are judged
+    glucocorticoid above its taper goal, the room left within a target range, and — as of `as_of` — when the next
+    course of a drug given in courses (rituximab) is due by its target schedule. A juvenile patient's doses are judged
     against the drugs' juvenile targets (configs/drugs.yaml `juvenile`: per kg, per m², or the weight band that
     applies) for this weight and body surface, by the same function and verdict as the features' dose flags
     (`Vocabulary.target_daily_mg`, `dose_status`) with the features' `tolerance`; adults keep the features' verdict."""
@@ -168,8 +169,35 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
         if mg is not None and _ok(weight_kg) and weight_kg > 0 and not basis and drug is not None \
                 and _dosed_by_weight(drug):  # type: ignore[operator]
             basis = f"{_per_kg_dose(mg, float(weight_kg), *cycle)} at {weight_kg:.0f} kg"  # type: ignore[arg-type]
-        out.append(replace(line, target=target, status=status, fraction_of_target=frac, action=action, basis=basis))
+        course, due = next_course(row.get("last_course_date"), cycle[0], as_of)
+        if course:
+            action = course if due or not action else f"{action}; {course}"
+        out.append(replace(line, target=target, status=status, fraction_of_target=frac, action=action, basis=basis,
+                           course_due=due))
     return tuple(out)
+
+
+#: how soon a next course counts as due on the page (it then leads "First, the doses")
+COURSE_DUE_WITHIN_DAYS = 28
+
+
+def next_course(last_course: Any, cycle_days: float, as_of: pd.Timestamp | None) -> tuple[str, bool]:
+    """When the next course of a drug given in courses is due by its target schedule (the latest course's start
+    plus the cycle) in words, and whether that is past or within `COURSE_DUE_WITHIN_DAYS`: ('next course due
+    2026-11-18, 3 weeks ago: the last began 2026-05-20 and the target repeats it every 6 months', True). ('', False)
+    without a course date, an as-of date, or a cycle of at least four weeks."""
+    if as_of is None or last_course is None or pd.isna(last_course) or not _ok(cycle_days) or cycle_days < 28:
+        return "", False
+    last = pd.Timestamp(last_course)
+    due = last + pd.Timedelta(days=float(cycle_days))
+    days = (due - pd.Timestamp(as_of)).days
+    weeks = round(abs(days) / 7)
+    when = ("today" if days == 0 else f"in {days} days" if 0 < days < 14 else f"in {weeks} weeks" if days > 0
+            else f"{-days} days ago" if days > -14 else f"{weeks} weeks ago")
+    every = f"every {round(float(cycle_days) / 30.44)} months" if cycle_days >= 56 else f"every {cycle_days:g} days"
+    soon = days <= COURSE_DUE_WITHIN_DAYS
+    return (f"next course {'due ' if soon else ''}{due.date()}, {when}: the last began {last.date()} and the target "
+            f"repeats it {every}"), soon
 
 
 def _juvenile_line(t: pd.Series, mg: float | None, weight_kg: float | None, bsa_m2: float | None, tol: float
@@ -209,11 +237,6 @@ def with_current_targets(dictionary: pd.DataFrame, current: pd.DataFrame) -> pd.
     hit = out["feature"].isin(list(texts))
     out.loc[hit, "target_text"] = out.loc[hit, "feature"].map(texts)
     return out
-
-
-def dose_actions(lines: Sequence[RegimenLine]) -> tuple[str, ...]:
-    """The dose changes to consider before adding a drug: below-target doses to raise, steroids to taper."""
-    return tuple(f"{line.label}: {line.action}" for line in lines if line.status in ("below", "above_goal"))
 
 
 def below_target_drugs(lines: Sequence[RegimenLine]) -> tuple[str, ...]:

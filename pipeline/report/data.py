@@ -54,6 +54,8 @@ class RegimenLine:
     action: str = ""
     #: how the dose was judged for this patient ("1.2 mg/kg/day at 42 kg", "juvenile target per m² (1.31 m²)")
     basis: str = ""
+    #: a drug given in courses months apart (rituximab) whose next course is overdue or due within four weeks
+    course_due: bool = False
 
 
 @dataclass(frozen=True)
@@ -239,12 +241,13 @@ class Summary:
 
 def summarise(page: Page) -> Summary:
     """The summary of a page: the ★ option, the guideline's choice, the ★ option's top reasons (the patient's
-    own facts) for its level and against continuing, the dose actions (first when a dose is below target or a
-    steroid above its goal), flagged labs."""
+    own facts) for its level and against continuing, the dose actions (first when a dose is below target, a
+    steroid above its goal or a course due), flagged labs."""
     best = next((o for o in page.options if o.recommended), None)
     guideline = next((o for o in page.options if o.option == page.guideline_option), None)
     own = next((e for e in page.explanations if best is not None and e.option == best.option), None)
-    actions = tuple(f"{r.label}: {r.action}" for r in page.regimen if r.status in ("below", "above_goal"))
+    actions = tuple(f"{r.label}: {r.action}" for r in page.regimen
+                    if r.status in ("below", "above_goal") or r.course_due)
     return Summary(best, guideline, own.reasons[:3] if own else (), actions,
                    tuple(lab for lab in page.labs if lab.flagged), contrast_base=own.contrast_base if own else None,
                    contrast_reasons=own.contrast_reasons[:3] if own else ())

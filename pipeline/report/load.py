@@ -174,7 +174,7 @@ def read_patient_tables(data: Path, patient_id: str) -> dict[str, pd.DataFrame]:
         except TableReadError as err:
             unreadable.append(str(err))
     if unreadable:
-        raise TableReadError("; ".join(unreadable))
+        raise TableReadError.joined(unreadable)
     return out
 
 

@@ -185,6 +185,27 @@ def test_rituximab_counts_as_current_while_active(days_after, active):
     assert e["eligible_add_rituximab"] == (not active)
 
 
+@pytest.mark.parametrize(
+    ("rows", "as_of", "last_course"),
+    [
+        ([("2024-06-01", "2024-06-15")], "2024-12-20", "2024-06-01"),  # one course: its first infusion
+        # one row spanning three 6-monthly courses: the third began 2025-06-01, the last before the row's end
+        ([("2024-06-01", "2025-06-14")], "2025-09-01", "2025-06-01"),
+        # ongoing: as of 2024-12-02 the next course (2024-12-01) is the decision's (test_regimen_cut_off) …
+        ([("2024-06-01", None)], "2024-12-02", "2024-06-01"),
+        ([("2024-06-01", None)], "2024-12-03", "2024-12-01"),  # … a day later it is history
+        # a re-dose row started on the visit day is part of the decision, not yet given
+        ([("2024-06-01", "2024-06-15"), ("2024-12-01", "2024-12-15")], "2024-12-01", "2024-06-01"),
+    ],
+)
+def test_the_latest_rituximab_course_start_is_known_before_the_decision(rows, as_of, last_course):
+    regimen = [("P1", "Rituxan", 1000, "mg", "intravenous", "days 1 and 15, every 6 months", start, end)
+               for start, end in rows]
+    side = features_at(normalised(BASE_REGIMEN + regimen), as_of).current_regimen.set_index("generic")
+    assert side.loc["rituximab", "last_course_date"] == pd.Timestamp(last_course)
+    assert pd.isna(side.loc["mycophenolate", "last_course_date"])  # a daily drug has no courses
+
+
 def test_prednisone_taper_cumulative_dose_and_continuity():
     t = normalised([
         ("P1", "prednisone", 60, "mg", "oral", "daily", "2025-01-01", "2025-01-10"),

@@ -600,6 +600,33 @@ def test_dose_rules_flag_steroid_above_taper_goal_and_show_room_within_range():
         f"prednisone: {pred.action}", f"ivig: {ivig.action}")
 
 
+@pytest.mark.parametrize(
+    ("as_of", "due", "words"),
+    [
+        ("2026-12-07", True, "next course due 2026-11-18, 3 weeks ago: the last began 2026-05-20"),  # the seed case
+        ("2026-11-10", True, "next course due 2026-11-18, in 8 days"),
+        ("2026-10-25", True, "next course due 2026-11-18, in 3 weeks"),
+        ("2026-09-01", False, "next course 2026-11-18, in 11 weeks"),
+    ],
+)
+def test_a_rituximab_course_due_by_its_schedule_leads_the_dose_actions(as_of, due, words):
+    rtx = {"dose": 1000.0, "route": "intravenous", "interval": "days 1 and 15, every 6 months",
+           "intensity_mg_day": 2000 / 182, "target_low_mg_day": 2000 / 182, "target_high_mg_day": 2000 / 182,
+           "fraction_of_target": 1.0, "status": "at", "target_text": "1 g × 2, two weeks apart, every 6 months",
+           "last_course_date": pd.Timestamp("2026-05-20")}
+    line, mmf = R.dose_lines(_current(rituximab=rtx, mycophenolate={"last_course_date": pd.NaT}), VOCABULARY,
+                             juvenile=False, weight_kg=70.0, bsa_m2=None, tolerance=TOLERANCE,
+                             as_of=pd.Timestamp(as_of))
+    assert line.course_due is due and words in line.action and "every 6 months" in line.action
+    assert line.action.startswith("next course") is due  # not due: after "at target"
+    assert not mmf.course_due and "course" not in mmf.action
+    actions = R.summarise(dataclasses.replace(sample_page(), regimen=(line, mmf))).dose_actions
+    assert actions == ((f"rituximab: {line.action}",) if due else ())
+    undated = R.dose_lines(_current(rituximab=rtx), VOCABULARY, juvenile=False, weight_kg=70.0, bsa_m2=None,
+                           tolerance=TOLERANCE)[0]  # no as-of date: nothing said about the schedule
+    assert not undated.course_due and "course" not in undated.action
+
+
 def test_a_juvenile_patient_is_judged_per_kg_and_per_m2_not_against_adult_doses():
     current = _current(
         methotrexate={"dose": 10.0, "interval": "weekly", "intensity_mg_day": 10 / 7, "target_low_mg_day": 15 / 7,
