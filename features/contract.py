@@ -406,12 +406,13 @@ def validate(
     vocabulary: Vocabulary,
     measures: MeasureCatalog,
     today: date | pd.Timestamp | str | None,
-    unreadable: Mapping[str, str] | None = None,
+    unreadable: Mapping[str, str | Exception] | None = None,
 ) -> pd.DataFrame:
     """Every violation of the contract as one row: `table, row, patient_id, column, rule, severity, message`.
 
     `row` is the 0-based row of the input table (missing for a whole-table finding such as a missing column).
-    `unreadable`: table → why its file could not be read (one `unreadable_table` finding; the table may be absent).
+    `unreadable`: table → why its file could not be read (one finding, rule `unreadable_table` unless the reason
+    carries a narrower `rule`, as `pipeline.io.TableReadError` does; the table may be absent).
     """
     return _analyse(tables, vocabulary, measures, today, unreadable).violations
 
@@ -421,7 +422,7 @@ def _analyse(
     vocabulary: Vocabulary,
     measures: MeasureCatalog,
     today: date | pd.Timestamp | str | None,
-    unreadable: Mapping[str, str] | None = None,
+    unreadable: Mapping[str, str | Exception] | None = None,
 ) -> _Analysis:
     today_ts = None if today is None else pd.Timestamp(today).normalize()
     unreadable = dict(unreadable or {})
@@ -454,14 +455,16 @@ def _empty_table(table: str) -> pd.DataFrame:
     return pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[table]})
 
 
-def _unreadable_findings(unreadable: Mapping[str, str]) -> pd.DataFrame | None:
-    """One whole-table finding per file that could not be read, with its cause."""
+def _unreadable_findings(unreadable: Mapping[str, str | Exception]) -> pd.DataFrame | None:
+    """One whole-table finding per file that could not be read, with its cause and rule."""
     if not unreadable:
         return None
     return pd.DataFrame({
         "table": list(unreadable), "row": pd.array([pd.NA] * len(unreadable), dtype="Int64"),
-        "patient_id": None, "column": None, "rule": "unreadable_table", "severity": "error",
-        "message": [f"the {t} table cannot be read: {why}" for t, why in unreadable.items()],
+        "patient_id": None, "column": None,
+        "rule": [getattr(why, "rule", None) or "unreadable_table" for why in unreadable.values()],
+        "severity": "error",
+        "message": [f"the {t} table cannot be read: {getattr(why, 'cause', why)}" for t, why in unreadable.items()],
     })
 
 
@@ -927,7 +930,7 @@ def normalise(
     vocabulary: Vocabulary,
     measures: MeasureCatalog,
     today: date | pd.Timestamp | str | None = None,
-    unreadable: Mapping[str, str] | None = None,
+    unreadable: Mapping[str, str | Exception] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The normalised tables (docs/architecture.md) of the rows free of errors; `row` = the input row.
 
@@ -1038,7 +1041,7 @@ def check(
     vocabulary: Vocabulary,
     measures: MeasureCatalog,
     today: date | pd.Timestamp | str | None,
-    unreadable: Mapping[str, str] | None = None,
+    unreadable: Mapping[str, str | Exception] | None = None,
 ) -> ContractResult:
     """Validate, normalise and drop every patient with an error, in one call (the pipeline's entry point).
 

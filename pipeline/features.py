@@ -4,7 +4,8 @@ Training mode (`escalate features`) reads the contract tables of `--data`, valid
 are rejected and counted, never silently dropped), derives decision points, builds features and labels, and writes
 into `--out` (default `data/features/`): `decisions.parquet`, `features.parquet`, `feature_dictionary.json`,
 `current_regimen.parquet` and `counts.json` (a DVC metric). When `DATA/truth/` exists (a simulated cohort), the
-counts also say how well the derivation recovers the simulator's true decision points, options and outcomes.
+counts also say how well the derivation recovers the simulator's true decision points, options and outcomes, and
+hold the settings that simulated it (`DATA/simulation.json`, logged by `train` as MLflow params).
 
 Scoring mode (`escalate features --as-of DATE --out FILE`) builds one row per patient as of DATE with the same
 code path, writing FILE plus `<FILE stem>_current_regimen.parquet` and `<FILE stem>_feature_dictionary.json`.
@@ -126,8 +127,9 @@ def run_features(params: Settings | Path = Path("params.yaml"), data: Path | Non
     """The stage: training-mode outputs into `out` (default data/features), or score-mode features as of a date."""
     import pandas as pd
 
-    from pipeline.io import write_json, write_parquet
+    from pipeline.io import read_json, write_json, write_parquet
     from pipeline.settings import resolve
+    from pipeline.simulate import SIMULATION_RECORD
 
     settings = resolve(params)
     data = Path(data if data is not None else settings.data.dir)
@@ -162,6 +164,8 @@ def run_features(params: Settings | Path = Path("params.yaml"), data: Path | Non
     result = build_training_set(tables, vocabulary, catalog, settings.features, settings.labels, the_day,
                                 data / "truth")
     counts = {**info, **result["counts"]}
+    if (data / SIMULATION_RECORD).is_file():  # a simulated cohort: the settings that made it (MLflow params)
+        counts["simulation"] = read_json(data / SIMULATION_RECORD)
     write_parquet(result["decisions"], out_dir / "decisions.parquet")
     write_parquet(result["features"], out_dir / "features.parquet")
     write_parquet(result["current_regimen"], out_dir / "current_regimen.parquet")

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
@@ -24,8 +24,18 @@ OPTIONAL_TABLES: frozenset[str] = frozenset({"events"})
 
 
 class TableReadError(Refusal, ValueError):
-    """A contract table file that cannot be read as the contract says; the message names the file and the likely
-    cause (wrong separator, not UTF-8, UTF-16, truncated Parquet, ...). A refusal: on the CLI one line, exit 2."""
+    """A contract table file that cannot be read as the contract says; the message names the file, the likely
+    cause (wrong separator, not UTF-8, UTF-16, truncated Parquet, ...) and ends with the rule broken (`rule`:
+    unreadable_table unless a narrower one). A refusal: on the CLI one line, exit 2."""
+
+    def __init__(self, message: str, rule: str | None = "unreadable_table") -> None:
+        self.cause, self.rule = message, rule
+        super().__init__(f"{message} (rule: {rule})" if rule else message)
+
+    @classmethod
+    def joined(cls, messages: Iterable[str], separator: str = "; ") -> TableReadError:
+        """One error for several files, each message with its own rule."""
+        return cls(separator.join(messages), rule=None)
 
 
 #: bytes read to sniff a file's encoding and header; CSV files are also scanned in full for invalid UTF-8.
@@ -55,8 +65,8 @@ def check_readable(path: Path) -> list[str]:
     names = _parquet_columns(path, head, tail) if path.suffix == ".parquet" else _csv_columns(path, head)
     twice = repeated(names)
     if twice:  # a reader would keep one of them, or rename the other, and its values would go unchecked
-        raise TableReadError(f"{path}: column(s) {twice} appear more than once in the header (rule: "
-                             "duplicate_column); keep one of each")
+        raise TableReadError(f"{path}: column(s) {twice} appear more than once in the header; keep one of each",
+                             rule="duplicate_column")
     return names
 
 
@@ -87,8 +97,8 @@ def _check_id_type(path: Path, schema: Any) -> None:
     kind = schema.field("patient_id").type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
             or pa.types.is_null(kind) or pa.types.is_dictionary(kind) and pa.types.is_string(kind.value_type)):
-        raise TableReadError(f"{path}: column 'patient_id' is stored as {kind} (rule: identifier_type); store "
-                             "identifiers as text or whole numbers")
+        raise TableReadError(f"{path}: column 'patient_id' is stored as {kind}; store identifiers as text or whole "
+                             "numbers", rule="identifier_type")
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -194,14 +204,15 @@ def table_paths(directory: Path) -> dict[str, Path | None]:
     return paths
 
 
-def load_contract_tables(directory: Path) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+def load_contract_tables(directory: Path) -> tuple[dict[str, pd.DataFrame], dict[str, TableReadError]]:
     """The contract tables of a folder that can be read, and for each one that cannot, why (for
-    `features.contract.check(..., unreadable=...)`: reported once, never cascading into other tables).
+    `features.contract.check(..., unreadable=...)`: reported once with its rule, never cascading into other
+    tables).
 
     An absent `events` table (no adverse events exported) is an empty table with the contract's columns.
     """
     tables: dict[str, pd.DataFrame] = {}
-    unreadable: dict[str, str] = {}
+    unreadable: dict[str, TableReadError] = {}
     for name, path in table_paths(directory).items():
         if path is None:
             tables[name] = pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[name]})
@@ -209,7 +220,7 @@ def load_contract_tables(directory: Path) -> tuple[dict[str, pd.DataFrame], dict
         try:
             tables[name] = read_table(path)
         except TableReadError as err:
-            unreadable[name] = str(err)
+            unreadable[name] = err
     return tables, unreadable
 
 
@@ -221,7 +232,7 @@ def read_contract_tables(directory: Path) -> dict[str, pd.DataFrame]:
     """
     tables, unreadable = load_contract_tables(directory)
     if unreadable:
-        raise TableReadError("\n".join(unreadable.values()))
+        raise TableReadError.joined(map(str, unreadable.values()), "\n")
     return tables
 
 
@@ -290,6 +301,11 @@ def rounded(obj: Any, digits: int = METRIC_DIGITS) -> Any:
     if isinstance(obj, float | np.floating) and math.isfinite(obj):
         return round(float(obj), digits) + 0.0  # + 0.0: no "-0.0" where another CPU gets "0.0"
     return obj
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file written by `write_json` (UTF-8)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def write_json(obj: Any, path: Path, *, round_floats: bool = False) -> None:

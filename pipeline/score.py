@@ -79,11 +79,6 @@ def input_hash(paths: dict[str, Path | None]) -> str:
     return digest.hexdigest()
 
 
-def _with_rule(message: str) -> str:
-    """A read error's message with its rule (unreadable_table unless it names a narrower one)."""
-    return message if "(rule: " in message else f"{message} (rule: unreadable_table)"
-
-
 def _columns_of(path: Path) -> list[str]:
     """The header of one table, after the checks that name an unreadable file and its likely cause
     (`pipeline.io.check_readable`); a refusal otherwise."""
@@ -92,7 +87,7 @@ def _columns_of(path: Path) -> list[str]:
     try:
         return check_readable(path)
     except TableReadError as err:
-        raise ScoreRefusal(_with_rule(str(err))) from None
+        raise ScoreRefusal(str(err)) from None
 
 
 def check_structure(paths: dict[str, Path | None]) -> None:
@@ -108,7 +103,7 @@ def check_structure(paths: dict[str, Path | None]) -> None:
         try:
             have = check_readable(path)
         except TableReadError as err:
-            problems.append(_with_rule(str(err)))
+            problems.append(str(err))
             continue
         missing = [c.name for c in CONTRACT_COLUMNS[name] if c.required and c.name not in have]
         if missing:
@@ -143,7 +138,7 @@ def _batches(path: Path) -> Any:
         for frame in read_csv_text(path, chunksize=BATCH_ROWS):
             yield pa.RecordBatch.from_pandas(frame.astype(object), schema=schema, preserve_index=False)
     except TableReadError as err:
-        raise ScoreRefusal(_with_rule(str(err))) from None
+        raise ScoreRefusal(str(err)) from None
 
 
 def read_patient_ids(path: Path) -> PatientIds:
@@ -422,11 +417,13 @@ def check_out(out: Path) -> None:
 def check_resumable(out: Path, identity: dict[str, Any]) -> None:
     """A non-empty `out` must hold an unfinished or finished run of this very job (same input, date, model version,
     settings): the same command resumes it; anything else is refused untouched."""
+    from pipeline.io import read_json
+
     run_file = out / WORK / RUN_FILE
     if out.is_dir() and any(out.iterdir()):
         if not run_file.is_file():
             raise ScoreRefusal(f"--out {out} is not empty and holds no scoring run: choose an empty folder")
-        previous = _read_json(run_file)
+        previous = read_json(run_file)
         if previous.get("identity") != identity:
             diff = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
             raise ScoreRefusal(f"--out {out} holds a different run (differs in: {', '.join(diff)}); use another "
@@ -532,7 +529,7 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
     from tqdm import tqdm
 
     from models.scoring import plan_chunks
-    from pipeline.io import write_json
+    from pipeline.io import read_json, write_json
 
     digest = identity["input_hash"]
     options = list(task.references()[2].names)
@@ -551,14 +548,14 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
     staged_marker = out / WORK / "staged.json"
     t_stage = time.perf_counter()
     if staged_marker.is_file():
-        rows = _read_json(staged_marker)["rows"]
+        rows = read_json(staged_marker)["rows"]
     elif todo:
         write_json({"identity": identity}, run_file)
         rows = stage_tables(paths, plan, Path(task.staging))
         write_json({"rows": rows}, staged_marker)
         release_memory()
     else:  # a finished run started again: nothing to stage
-        rows = _read_json(out / MANIFEST)["counts"]["input_rows"]
+        rows = read_json(out / MANIFEST)["counts"]["input_rows"]
     stage_s = time.perf_counter() - t_stage
 
     sizes = plan.sizes()
@@ -646,8 +643,3 @@ def _worker_peaks(summaries: list[dict[str, Any]]) -> dict[str, float | None]:
     return {"worker_peak_rss_mib": max(peaks) if peaks else None,
             "worker_median_peak_rss_mib": statistics.median(peaks) if peaks else None}
 
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -10,6 +10,7 @@ error into one line naming the file and the key's path, with a near-miss hint fo
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -90,12 +91,13 @@ class Settings(_Frozen):
         return fill_derived(raw) if isinstance(raw, Mapping) else raw
 
     def logged_params(self) -> dict[str, Any]:
-        """The sections that shape data and model, for MLflow params (no `report:`: it names a patient)."""
+        """The sections that shape data and model, for MLflow params (no `report:`: it names a patient; no
+        `simulate:`: `train` logs what simulated its data, `pipeline.train.simulated_with`)."""
         return self.model_dump(mode="json", include=set(LOGGED_SECTIONS))
 
 
 #: sections logged as MLflow params by `train` (flattened): what shaped the data and the model.
-LOGGED_SECTIONS: tuple[str, ...] = ("seed", "simulate", "features", "labels", "split", "train", "evaluation",
+LOGGED_SECTIONS: tuple[str, ...] = ("seed", "features", "labels", "split", "train", "evaluation",
                                     "promote")
 
 
@@ -196,6 +198,7 @@ def _describe(error: Mapping[str, Any]) -> str:
         message = message.removeprefix("Value error, ")
     value = error.get("input")
     shown = "" if isinstance(value, Mapping | list) or error.get("type") == "missing" else f" (got {value!r})"
+    shown += error.get("hint", "")  # `_one_per_choice`: the nearest allowed value
     return f"{path}: {message}{shown}" if path else f"{message}{shown}"
 
 
@@ -219,8 +222,33 @@ def settings_from(params: Mapping[str, Any], source: str = "params.yaml") -> Set
         if any(e["loc"] == ("seed",) for e in errors):  # said once: the derived seeds copy it (`fill_derived`)
             errors = [e for e in errors if e["loc"] == ("seed",)
                       or not (e["loc"][-1] == "seed" and e.get("input") == params.get("seed"))]
-        lines = [f"{source}: {_describe(e)}" for e in errors]
+        lines = [f"{source}: {_describe(e)}" for e in _one_per_choice(errors)]
         raise SettingsError("\n".join(lines)) from None
+
+
+def _one_per_choice(errors: list[Any]) -> list[Any]:
+    """A value outside a choice (a Literal, or a union of Literals such as `learner: LearnerKind | "auto"`) as
+    one error naming every allowed value and the nearest (pydantic says it once per union member, under the
+    member's tag: `train.learner.literal['s_learner', …]`)."""
+    out: list[Any] = []
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for e in errors:
+        if e.get("type") != "literal_error":
+            out.append(e)
+            continue
+        loc = tuple(e["loc"])
+        if loc and isinstance(loc[-1], str) and loc[-1].startswith("literal["):  # a union member's tag
+            loc = loc[:-1]
+        allowed = re.findall(r"'([^']*)'", str(e.get("ctx", {}).get("expected", "")))
+        if loc not in merged:
+            merged[loc] = {**e, "loc": loc, "allowed": []}
+            out.append(merged[loc])
+        merged[loc]["allowed"] += [a for a in allowed if a not in merged[loc]["allowed"]]
+    for e in merged.values():
+        near = difflib.get_close_matches(str(e.get("input")), e["allowed"], n=1, cutoff=0.6)
+        e["msg"] = "not one of " + ", ".join(e["allowed"])
+        e["hint"] = f"; did you mean {near[0]!r}?" if near else ""
+    return out
 
 
 def load_settings(path: Path | str = "params.yaml") -> Settings:

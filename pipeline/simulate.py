@@ -2,8 +2,9 @@
 
 Reads `params.yaml` (`seed`, `simulate:`) and `configs/{simulator,drugs,options}.yaml` (or another simulator
 file, `--config`: stress scenarios are files), calls the pure `simulator.simulate_cohort`, and writes
-DIR/{patients,regimens,assessments,events}.parquet, DIR/truth/{decisions,outcomes}.parquet and, for an
-observational cohort, the simulator card DIR/card.json (docs/simulator.md; headline numbers also to `metrics`).
+DIR/{patients,regimens,assessments,events}.parquet, DIR/truth/{decisions,outcomes}.parquet, the settings it used
+(DIR/simulation.json) and, for an observational cohort, the simulator card DIR/card.json (docs/simulator.md;
+headline numbers also to `metrics`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from pipeline.settings import Settings
 
 TABLES = ("patients", "regimens", "assessments", "events")
+#: the settings a simulated cohort was made with, beside its tables (read by `features` into counts.json)
+SIMULATION_RECORD = "simulation.json"
 
 
 def build_inputs(config_file: Path | None = None) -> tuple[Any, Any, Any]:
@@ -61,6 +64,7 @@ def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path
     """The stage: simulate the cohort (arguments left None come from the settings) and write it to `out`, with
     the simulator card (observational mode) as `out`/card.json and its headline numbers in `metrics`. `fmt`
     "omop" writes the contract tables as an OMOP CDM v5.4 DuckDB database, `out`/cdm.duckdb (pipeline/omop.py)."""
+    from pipeline.io import write_json
     from pipeline.settings import resolve
     from simulator.engine import simulate_cohort
 
@@ -96,12 +100,17 @@ def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path
         counts = write_cohort_omop(cohort, out, day)
     else:
         counts = write_cohort(cohort, out)
+        # what made these tables, for the training run's MLflow params (`--patients` may override params.yaml)
+        record = {"patients": n, "mode": m, "today": day, "seed": s,
+                  "config": str(config_file) if config_file is not None else "configs/simulator.yaml"}
+        if m == "trial":
+            record["trial_population"] = trial_population or config.trial.default_population
+        write_json(record, out / SIMULATION_RECORD)
     what = f"trial: {trial_population or config.trial.default_population}" if m == "trial" else m
     typer.echo(f"simulated {n} patients ({what}, seed {s}, today {day}) in {elapsed:.1f} s → {out}")
     for name, count in counts.items():
         typer.echo(f"  {name}: {count} rows")
     if m == "observational":
-        from pipeline.io import write_json
         from simulator.card import card_metrics, dvc_metrics, simulator_card
 
         card = simulator_card(cohort, config, catalog)

@@ -186,6 +186,17 @@ def run_train(
     return record
 
 
+def simulated_with(features_dir: Path) -> dict[str, Any]:
+    """`{"simulate": settings}` that simulated the features' cohort, as `escalate simulate` recorded them and
+    `escalate features` kept them in counts.json (`--patients` or `--seed` may override params.yaml); {} for data
+    that were not simulated, where params.yaml's `simulate:` section says nothing about them."""
+    from pipeline.io import read_json
+
+    counts = Path(features_dir) / "counts.json"
+    record = read_json(counts).get("simulation") if counts.is_file() else None
+    return {"simulate": record} if isinstance(record, dict) else {}
+
+
 def _log_training_run(model: Any, settings: Settings, tags: dict[str, str], fit_seconds: float, features_dir: Path,
                       out_dir: Path, train_features: pd.DataFrame, *, git_sha: str) -> tuple[str, str, str, str]:
     """Log one MLflow run (tags, params, training counts, selection table, artifacts) and register the bundle
@@ -200,7 +211,7 @@ def _log_training_run(model: Any, settings: Settings, tags: dict[str, str], fit_
     summary = model.summary
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.set_tags(tags)
-        mlflow.log_params(registry.flatten_params(settings.logged_params()))
+        mlflow.log_params(registry.flatten_params({**settings.logged_params(), **simulated_with(features_dir)}))
         mlflow.log_metrics({
             "train_decisions": float(summary["n_decisions"]),
             "train_patients": float(summary["n_patients"]),

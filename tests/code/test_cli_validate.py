@@ -80,7 +80,8 @@ def test_ids_stored_as_floats_fail_validate_as_they_fail_score(app, seed, tmp_pa
     res, report = _validate(app, seed, tmp_path)
     assert res.exit_code == 1, res.output
     [error] = [v for v in report["violations"] if v["severity"] == "error"]
-    assert error["table"] == "patients" and "'patient_id' is stored as double (rule: identifier_type)" in error["message"]
+    assert error["table"] == "patients" and error["rule"] == "identifier_type"  # the narrower rule, as score names it
+    assert "'patient_id' is stored as double; store identifiers as text" in error["message"]
 
 
 def test_errors_exit_1_and_every_one_is_printed_and_written(app, seed, tmp_path):

@@ -70,6 +70,19 @@ def test_simulated_cohort_derivation_recovers_the_truth(tmp_path):
     # record holds (a carried-forward value), the truth the full examination: exact agreement on most, not all
     assert truth["labels"]["tis_exact_agreement"] >= 0.93
     assert truth["labels"]["response_agreement"] >= 0.95
+    # the training run's MLflow params say what simulated this cohort (120 patients, seed 7), not params.yaml's 3000
+    from pipeline.train import simulated_with
+
+    assert simulated_with(out)["simulate"] == {"patients": 120, "mode": "observational", "today": "2026-11-01",
+                                               "seed": 7, "config": "configs/simulator.yaml"}
+
+
+def test_features_of_data_that_were_not_simulated_carry_no_simulation_settings(tmp_path):
+    from pipeline.train import simulated_with
+
+    invoke("features", "--data", str(SEED), "--today", "2026-11-25", "--out", str(tmp_path / "f"))
+    assert "simulation" not in json.loads((tmp_path / "f" / "counts.json").read_text())
+    assert simulated_with(tmp_path / "f") == {}  # params.yaml's simulate: section says nothing about these data
 
 
 def test_a_typo_in_a_list_of_events_or_drug_classes_is_refused_naming_the_key(tmp_path):

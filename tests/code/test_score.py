@@ -264,7 +264,7 @@ def test_ids_stored_as_floats_are_refused_before_any_work(tmp_path: Path) -> Non
     tables = _write_tables(tmp_path / "in", "parquet")
     paths = table_paths(tmp_path / "in")
     tables["patients"].assign(patient_id=[2.0, 1.0, 3.0]).to_parquet(paths["patients"], index=False)
-    with pytest.raises(ScoreRefusal, match=r"patients.parquet: column 'patient_id' is stored as double .*identifier_type"):
+    with pytest.raises(ScoreRefusal, match=r"patients.parquet: column 'patient_id' is stored as double;.*\(rule: identifier_type\)$"):
         check_structure(paths)
     tables["patients"].assign(patient_id=[2, 1, 3]).to_parquet(paths["patients"], index=False)
     check_structure(paths)  # whole numbers are fine

@@ -50,6 +50,17 @@ def test_every_problem_is_one_line_naming_the_file_and_the_value() -> None:
     assert any(line.startswith("exp.yaml: nonsense: unknown key") for line in lines)
 
 
+def test_a_value_outside_a_choice_is_one_line_with_every_allowed_value_and_the_nearest() -> None:
+    """`learner` is a union (a learner or `auto`): pydantic said it once per member, under its type's tag."""
+    with pytest.raises(SettingsError) as err:
+        settings_from({"train": {"learner": "modifer_glm"}, "simulate": {"mode": "trail"}})
+    mode, line = sorted(str(err.value).splitlines())
+    assert mode == "params.yaml: simulate.mode: not one of observational, trial (got 'trail'); did you mean 'trial'?"
+    assert line.startswith("params.yaml: train.learner: not one of s_learner, ")
+    assert "modifier_glm" in line and "auto" in line and "literal" not in line
+    assert line.endswith("(got 'modifer_glm'); did you mean 'modifier_glm'?")
+
+
 def test_a_missing_file_is_named() -> None:
     with pytest.raises(SettingsError, match="nowhere.yaml: no such settings file"):
         load_settings("/nowhere/nowhere.yaml")
@@ -104,6 +115,7 @@ def test_settings_are_frozen_at_every_level() -> None:
 def test_mlflow_params_leave_out_the_patient_of_the_report_section() -> None:
     logged = load_settings(ROOT / "params.yaml").logged_params()
     assert "report" not in logged and "data" not in logged
+    assert "simulate" not in logged  # train logs what simulated its data (pipeline.train.simulated_with)
     assert logged["train"]["booster"]["seed"] == logged["seed"]
     assert isinstance(Settings.model_validate(settings_from({}).model_dump()), Settings)
 

@@ -634,6 +634,9 @@ def test_an_unreadable_csv_names_the_file_and_the_likely_cause(tmp_path, name):
         assert text in str(err.value), str(err.value)
     tables, unreadable = load_contract_tables(folder)
     assert set(unreadable) == {"patients"} and set(tables) == {"regimens", "assessments", "events"}
+    # every message ends with the rule broken, the narrower one where there is one
+    rule = "duplicate_column" if name == "a column twice" else "unreadable_table"
+    assert unreadable["patients"].rule == rule and str(err.value).endswith(f"(rule: {rule})")
 
 
 def test_a_utf8_bom_is_stripped_silently(tmp_path):
