@@ -44,8 +44,8 @@ def _method(model: object) -> str:
     elif name.startswith(("s_learner", "t_learner", "dr_learner", "x_learner")):
         words = f"{name.split('(')[0].replace('_', '-')} on gradient-boosted trees"
     chosen = bool(model.summary.get("selection"))  # type: ignore[attr-defined]
-    return words + ("; chosen among candidates by cross-fitted doubly robust value on the training patients"
-                    if chosen else "")
+    return words + ("; chosen among candidate models by how well their recommendations would have done for the "
+                    "training patients (cross-fitted doubly robust value)" if chosen else "")
 
 
 #: RIM (Oddis 2013): median time to the IMACS definition of improvement after rituximab, in weeks.
@@ -385,7 +385,8 @@ def build_patient_page(
     cfg = model.config
     counts = summary.get("option_counts", {}) if isinstance(summary.get("option_counts"), dict) else {}
     scope = "per option" if getattr(cfg.calibration, "scope", "per_option") == "per_option" else "one map for all options"
-    calibrated = (f"probabilities recalibrated ({cfg.calibration.method}, {scope})" if cfg.calibrate
+    calibrated = (f"probabilities recalibrated to the response rates of training patients left out of each fit "
+                  f"({cfg.calibration.method}, {scope})" if cfg.calibrate
                   else "probabilities not recalibrated")
     model_facts = (
         ("what it does", "estimates, for each escalation option, the chance of response at "

@@ -88,7 +88,7 @@ def performance_facts(metrics: Mapping[str, float], interval_level: float, horiz
         text = (f"calibration slope {m['response_calibration_slope']:.2f} and intercept "
                 f"{m['response_calibration_intercept']:+.2f} (ideal 1 and 0)")
         if "response_ece" in m:
-            text += f"; estimates were off by {100 * m['response_ece']:.1f} in 100 on average (ECE)"
+            text += f"; estimates were off by {100 * m['response_ece']:.1f} in 100 on average (expected calibration error)"
         out.append(("calibration", text))
     if "sim_interval_coverage" in m:
         cov, level = m["sim_interval_coverage"], interval_level
