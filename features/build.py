@@ -349,6 +349,10 @@ class RegimenIndex:
         )
 
 
+#: the infusions of one rituximab course (two, two weeks apart) start within this many days of each other
+RITUXIMAB_COURSE_DAYS = 28
+
+
 def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | None = None,
                   bsa: np.ndarray | None = None) -> pd.DataFrame:
     """One row per (query, generic) currently taken: summed intensity (mg/day), run start, latest row position,
@@ -359,6 +363,11 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
     active) at the intensity of its latest course only.
     """
     cur = state[state["current"].to_numpy() & pd.notna(state["generic"]).to_numpy()]
+    # an export may write each infusion as a row (day 1, day 15): a rituximab course begins at its first infusion
+    rx = cur[cur["rituximab"].to_numpy()]
+    latest = rx.groupby("query")["course_start_day"].transform("max")
+    same_course = rx["course_start_day"] >= latest - RITUXIMAB_COURSE_DAYS
+    course_start = rx[same_course].groupby("query")["course_start_day"].min()
     later_course = cur["rituximab"].to_numpy() & cur.duplicated(["query", "generic"], keep="last").to_numpy()
     cur = cur[~later_course]
     r = cur["row"].to_numpy()
@@ -379,6 +388,8 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
         .reset_index()
     )
     agg.loc[agg["n_dosed"].to_numpy() == 0, "daily_mg"] = np.nan
+    is_rx = agg["generic"].to_numpy() == RITUXIMAB
+    agg.loc[is_rx, "course_start_day"] = course_start.reindex(agg.loc[is_rx, "query"]).to_numpy()
     return agg.drop(columns="n_dosed")
 
 

@@ -197,8 +197,8 @@ def _describe(error: Mapping[str, Any]) -> str:
     if error.get("type") == "value_error":
         message = message.removeprefix("Value error, ")
     value = error.get("input")
-    shown = "" if isinstance(value, Mapping | list) or error.get("type") == "missing" else f" (got {value!r})"
-    shown += error.get("hint", "")  # `_one_per_choice`: the nearest allowed value
+    hint = error.get("hint", "")  # `_one_per_choice`: the nearest allowed value
+    shown = "" if isinstance(value, Mapping | list) or error.get("type") == "missing" else f" (got {value!r}{hint})"
     return f"{path}: {message}{shown}" if path else f"{message}{shown}"
 
 
@@ -247,7 +247,7 @@ def _one_per_choice(errors: list[Any]) -> list[Any]:
     for e in merged.values():
         near = difflib.get_close_matches(str(e.get("input")), e["allowed"], n=1, cutoff=0.6)
         e["msg"] = "not one of " + ", ".join(e["allowed"])
-        e["hint"] = f"; did you mean {near[0]!r}?" if near else ""
+        e["hint"] = f"; did you mean {near[0]!r}?" if near else ""  # inside the "(got …)" brackets
     return out
 
 

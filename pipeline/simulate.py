@@ -100,12 +100,14 @@ def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path
         counts = write_cohort_omop(cohort, out, day)
     else:
         counts = write_cohort(cohort, out)
-        # what made these tables, for the training run's MLflow params (`--patients` may override params.yaml)
-        record = {"patients": n, "mode": m, "today": day, "seed": s,
-                  "config": str(config_file) if config_file is not None else "configs/simulator.yaml"}
-        if m == "trial":
-            record["trial_population"] = trial_population or config.trial.default_population
-        write_json(record, out / SIMULATION_RECORD)
+    # what made these tables, for the training run's MLflow params (`--patients` may override params.yaml); an
+    # OMOP database keeps it beside cdm.duckdb (`import omop` writes recorded-data tables: not carried over)
+    record = {"patients": n, "mode": m, "today": day, "seed": s,
+              "config": str(config_file) if config_file is not None else "configs/simulator.yaml",
+              "mc_draws": int(config.truth.mc_draws)}
+    if m == "trial":
+        record["trial_population"] = trial_population or config.trial.default_population
+    write_json(record, out / SIMULATION_RECORD)
     what = f"trial: {trial_population or config.trial.default_population}" if m == "trial" else m
     typer.echo(f"simulated {n} patients ({what}, seed {s}, today {day}) in {elapsed:.1f} s → {out}")
     for name, count in counts.items():

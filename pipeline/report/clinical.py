@@ -169,9 +169,11 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
         if mg is not None and _ok(weight_kg) and weight_kg > 0 and not basis and drug is not None \
                 and _dosed_by_weight(drug):  # type: ignore[operator]
             basis = f"{_per_kg_dose(mg, float(weight_kg), *cycle)} at {weight_kg:.0f} kg"  # type: ignore[arg-type]
-        course, due = next_course(row.get("last_course_date"), cycle[0], as_of)
-        if course:
-            action = course if due or not action else f"{action}; {course}"
+        course, due = next_course(row.get("last_course_date"), row.get("interval"), cycle[0], as_of)
+        if course and due:  # first: what is due now, then anything about the dose itself
+            action = course if action in ("", "at target") else f"{course}; {action}"
+        elif course:
+            action = f"{action}; {course}" if action else course
         out.append(replace(line, target=target, status=status, fraction_of_target=frac, action=action, basis=basis,
                            course_due=due))
     return tuple(out)
@@ -181,23 +183,36 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
 COURSE_DUE_WITHIN_DAYS = 28
 
 
-def next_course(last_course: Any, cycle_days: float, as_of: pd.Timestamp | None) -> tuple[str, bool]:
-    """When the next course of a drug given in courses is due by its target schedule (the latest course's start
-    plus the cycle) in words, and whether that is past or within `COURSE_DUE_WITHIN_DAYS`: ('next course due
-    2026-11-18, 3 weeks ago: the last began 2026-05-20 and the target repeats it every 6 months', True). ('', False)
-    without a course date, an as-of date, or a cycle of at least four weeks."""
-    if as_of is None or last_course is None or pd.isna(last_course) or not _ok(cycle_days) or cycle_days < 28:
+def next_course(last_course: Any, interval: Any, target_cycle_days: float, as_of: pd.Timestamp | None
+                ) -> tuple[str, bool]:
+    """When the next course of a drug given in courses is due — the latest course's start plus the prescribed
+    interval (`interval` as written, e.g. 'days 1 and 15, every 6 months'), else the target's cycle — in words, and
+    whether that is past or within `COURSE_DUE_WITHIN_DAYS`: ('next course due 2026-11-20 (17 days ago) by the
+    prescribed schedule, a course every 6 months; the last began 2026-05-20: re-dose if still indicated', True).
+    ('', False) without a course date, an as-of date, or a cycle of at least four weeks."""
+    from features.vocabulary import parse_intervals
+
+    prescribed = float(parse_intervals(pd.Series([interval], dtype=object))["cycle_days"].iloc[0])
+    by, cycle = (("prescribed", prescribed) if np.isfinite(prescribed) and prescribed >= 28
+                 else ("target", float(target_cycle_days)) if _ok(target_cycle_days) else ("", np.nan))
+    if as_of is None or last_course is None or pd.isna(last_course) or not cycle >= 28:
         return "", False
     last = pd.Timestamp(last_course)
-    due = last + pd.Timedelta(days=float(cycle_days))
+    months = cycle / 30.4375
+    whole_months = cycle >= 56 and abs(months - round(months)) < 0.05  # "every 6 months": the calendar's
+    due = last + (pd.DateOffset(months=round(months)) if whole_months else pd.Timedelta(days=round(cycle)))
     days = (due - pd.Timestamp(as_of)).days
-    weeks = round(abs(days) / 7)
-    when = ("today" if days == 0 else f"in {days} days" if 0 < days < 14 else f"in {weeks} weeks" if days > 0
-            else f"{-days} days ago" if days > -14 else f"{weeks} weeks ago")
-    every = f"every {round(float(cycle_days) / 30.44)} months" if cycle_days >= 56 else f"every {cycle_days:g} days"
+
+    def count(n: int, unit: str) -> str:
+        return f"{n} {unit}" + ("s" if n != 1 else "")
+
+    span = count(abs(days), "day") if abs(days) < 42 else count(round(abs(days) / 7), "week")
+    when = "today" if days == 0 else f"in {span}" if days > 0 else f"{span} ago"
+    every = count(round(months), "month") if cycle >= 56 else count(round(cycle / 7), "week")
     soon = days <= COURSE_DUE_WITHIN_DAYS
-    return (f"next course {'due ' if soon else ''}{due.date()}, {when}: the last began {last.date()} and the target "
-            f"repeats it {every}"), soon
+    text = (f"next course {'due ' if soon else ''}{due.date()} ({when}) by the {by} schedule, a course every {every}; "
+            f"the last began {last.date()}")
+    return (text + ": re-dose if still indicated" if soon else text), soon
 
 
 def _juvenile_line(t: pd.Series, mg: float | None, weight_kg: float | None, bsa_m2: float | None, tol: float

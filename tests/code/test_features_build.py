@@ -194,8 +194,13 @@ def test_rituximab_counts_as_current_while_active(days_after, active):
         # ongoing: as of 2024-12-02 the next course (2024-12-01) is the decision's (test_regimen_cut_off) …
         ([("2024-06-01", None)], "2024-12-02", "2024-06-01"),
         ([("2024-06-01", None)], "2024-12-03", "2024-12-01"),  # … a day later it is history
-        # a re-dose row started on the visit day is part of the decision, not yet given
-        ([("2024-06-01", "2024-06-15"), ("2024-12-01", "2024-12-15")], "2024-12-01", "2024-06-01"),
+        # a re-dose row started on the visit day (as of 2024-12-02) is part of the decision, not yet given …
+        ([("2024-06-01", "2024-06-15"), ("2024-12-01", "2024-12-15")], "2024-12-02", "2024-06-01"),
+        ([("2024-06-01", "2024-06-15"), ("2024-12-01", "2024-12-15")], "2024-12-03", "2024-12-01"),  # … then it is
+        # one row per infusion: the course began at the first
+        ([("2024-06-01", "2024-06-01"), ("2024-06-15", "2024-06-15")], "2024-10-01", "2024-06-01"),
+        ([("2024-06-01", "2024-06-01"), ("2024-06-15", "2024-06-15"), ("2024-12-01", "2024-12-01"),
+          ("2024-12-15", "2024-12-15")], "2025-03-01", "2024-12-01"),
     ],
 )
 def test_the_latest_rituximab_course_start_is_known_before_the_decision(rows, as_of, last_course):

@@ -74,7 +74,7 @@ def test_simulated_cohort_derivation_recovers_the_truth(tmp_path):
     from pipeline.train import simulated_with
 
     assert simulated_with(out)["simulate"] == {"patients": 120, "mode": "observational", "today": "2026-11-01",
-                                               "seed": 7, "config": "configs/simulator.yaml"}
+                                               "seed": 7, "config": "configs/simulator.yaml", "mc_draws": 10}
 
 
 def test_features_of_data_that_were_not_simulated_carry_no_simulation_settings(tmp_path):

@@ -600,31 +600,53 @@ def test_dose_rules_flag_steroid_above_taper_goal_and_show_room_within_range():
         f"prednisone: {pred.action}", f"ivig: {ivig.action}")
 
 
+RTX = {"dose": 1000.0, "route": "intravenous", "interval": "days 1 and 15, every 6 months",
+       "intensity_mg_day": 2000 / 182, "target_low_mg_day": 2000 / 182, "target_high_mg_day": 2000 / 182,
+       "fraction_of_target": 1.0, "status": "at", "target_text": "1 g × 2, two weeks apart, every 6 months",
+       "last_course_date": pd.Timestamp("2026-05-20")}
+
+
 @pytest.mark.parametrize(
     ("as_of", "due", "words"),
     [
-        ("2026-12-07", True, "next course due 2026-11-18, 3 weeks ago: the last began 2026-05-20"),  # the seed case
-        ("2026-11-10", True, "next course due 2026-11-18, in 8 days"),
-        ("2026-10-25", True, "next course due 2026-11-18, in 3 weeks"),
-        ("2026-09-01", False, "next course 2026-11-18, in 11 weeks"),
+        ("2026-12-07", True, "next course due 2026-11-20 (17 days ago) by the prescribed schedule"),  # the seed case
+        ("2026-11-19", True, "next course due 2026-11-20 (in 1 day)"),
+        ("2026-10-23", True, "next course due 2026-11-20 (in 28 days)"),
+        ("2026-10-22", False, "next course 2026-11-20 (in 29 days)"),
+        ("2026-09-01", False, "next course 2026-11-20 (in 11 weeks)"),
     ],
 )
 def test_a_rituximab_course_due_by_its_schedule_leads_the_dose_actions(as_of, due, words):
-    rtx = {"dose": 1000.0, "route": "intravenous", "interval": "days 1 and 15, every 6 months",
-           "intensity_mg_day": 2000 / 182, "target_low_mg_day": 2000 / 182, "target_high_mg_day": 2000 / 182,
-           "fraction_of_target": 1.0, "status": "at", "target_text": "1 g × 2, two weeks apart, every 6 months",
-           "last_course_date": pd.Timestamp("2026-05-20")}
-    line, mmf = R.dose_lines(_current(rituximab=rtx, mycophenolate={"last_course_date": pd.NaT}), VOCABULARY,
+    line, mmf = R.dose_lines(_current(rituximab=RTX, mycophenolate={"last_course_date": pd.NaT}), VOCABULARY,
                              juvenile=False, weight_kg=70.0, bsa_m2=None, tolerance=TOLERANCE,
                              as_of=pd.Timestamp(as_of))
-    assert line.course_due is due and words in line.action and "every 6 months" in line.action
-    assert line.action.startswith("next course") is due  # not due: after "at target"
+    assert line.course_due is due and line.action.startswith(words if due else "at target; " + words)
+    assert "a course every 6 months; the last began 2026-05-20" in line.action
+    assert line.action.endswith(": re-dose if still indicated") is due  # a reminder, never an order
     assert not mmf.course_due and "course" not in mmf.action
     actions = R.summarise(dataclasses.replace(sample_page(), regimen=(line, mmf))).dose_actions
     assert actions == ((f"rituximab: {line.action}",) if due else ())
-    undated = R.dose_lines(_current(rituximab=rtx), VOCABULARY, juvenile=False, weight_kg=70.0, bsa_m2=None,
+    undated = R.dose_lines(_current(rituximab=RTX), VOCABULARY, juvenile=False, weight_kg=70.0, bsa_m2=None,
                            tolerance=TOLERANCE)[0]  # no as-of date: nothing said about the schedule
     assert not undated.course_due and "course" not in undated.action
+
+
+def test_a_course_due_keeps_the_dose_advice_and_follows_the_prescribed_interval():
+    """Found by a review: a due course replaced a below-target dose's 'raise towards …'."""
+    low = {**RTX, "dose": 500.0, "intensity_mg_day": 1000 / 182, "fraction_of_target": 0.5, "status": "below"}
+    [line] = R.dose_lines(_current(rituximab=low), VOCABULARY, juvenile=False, weight_kg=70.0, bsa_m2=None,
+                          tolerance=TOLERANCE, as_of=pd.Timestamp("2026-11-17"))
+    assert line.course_due and line.action.startswith("next course due 2026-11-20 (in 3 days)")
+    assert "; raise towards 1 g × 2" in line.action and "is 50 % of the lowest target" in line.action
+    # every 9 months as prescribed: not due on the 6-monthly target's date; a single course: the target's cycle
+    [nine] = R.dose_lines(_current(rituximab={**RTX, "interval": "every 9 months"}), VOCABULARY, juvenile=False,
+                          weight_kg=70.0, bsa_m2=None, tolerance=TOLERANCE, as_of=pd.Timestamp("2026-12-07"))
+    assert not nine.course_due
+    assert "2027-02-20 (in 11 weeks) by the prescribed schedule, a course every 9 months" in nine.action
+    [once] = R.dose_lines(_current(rituximab={**RTX, "interval": "days 1 and 15"}), VOCABULARY, juvenile=False,
+                          weight_kg=70.0, bsa_m2=None, tolerance=TOLERANCE, as_of=pd.Timestamp("2026-12-07"))
+    assert once.course_due
+    assert "2026-11-20 (17 days ago) by the target schedule, a course every 6 months" in once.action
 
 
 def test_a_juvenile_patient_is_judged_per_kg_and_per_m2_not_against_adult_doses():

@@ -55,10 +55,10 @@ def test_a_value_outside_a_choice_is_one_line_with_every_allowed_value_and_the_n
     with pytest.raises(SettingsError) as err:
         settings_from({"train": {"learner": "modifer_glm"}, "simulate": {"mode": "trail"}})
     mode, line = sorted(str(err.value).splitlines())
-    assert mode == "params.yaml: simulate.mode: not one of observational, trial (got 'trail'); did you mean 'trial'?"
+    assert mode == "params.yaml: simulate.mode: not one of observational, trial (got 'trail'; did you mean 'trial'?)"
     assert line.startswith("params.yaml: train.learner: not one of s_learner, ")
     assert "modifier_glm" in line and "auto" in line and "literal" not in line
-    assert line.endswith("(got 'modifer_glm'); did you mean 'modifier_glm'?")
+    assert line.endswith("(got 'modifer_glm'; did you mean 'modifier_glm'?)")
 
 
 def test_a_missing_file_is_named() -> None:
