@@ -98,6 +98,12 @@ def performance_facts(metrics: Mapping[str, float], interval_level: float, horiz
             text += (": they are too narrow — read them as the spread between refitted models, not as the full "
                      "uncertainty")
         out.append(("uncertainty intervals", text))
+    if "sim_sqrt_pehe" in m:  # why the page gives the differences no interval (docs/benchmarks.md)
+        out.append(("differences from continuing", f"on the simulated cohort an option's estimated difference from "
+                                                   f"continuing was off by about {round(100 * m['sim_sqrt_pehe'])} in "
+                                                   "100 (root mean square against the truth): a smaller difference is "
+                                                   "within the model's error. It has no interval: refitted models "
+                                                   "agree on it far more closely than the truth does"))
     if "sim_recommended_value" in m and "sim_oracle_value" in m:
         out.append(("recommendations", f"on the simulated cohort, following the ★ option gave a response within "
                                        f"{horizon_weeks} weeks in {round(100 * m['sim_recommended_value'])} in 100 "
