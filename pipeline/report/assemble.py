@@ -48,6 +48,11 @@ def _method(model: object) -> str:
                     "training patients (cross-fitted doubly robust value)" if chosen else "")
 
 
+#: `models.explain.CALIBRATION_NOTE` in a clinician's words for the model facts
+CALIBRATED_REASONS = ("a fact's points are its SHAP value — its exact share of the model's score before "
+                      "recalibration — rescaled so that the points of all facts add up to the chance shown")
+
+
 #: RIM (Oddis 2013): median time to the IMACS definition of improvement after rituximab, in weeks.
 RITUXIMAB_MEDIAN_WEEKS = 20.0
 
@@ -404,7 +409,8 @@ def build_patient_page(
                                                     for o in catalog.names if o in counts) or "not recorded"),
         ("when not to use", "patients unlike the training population; options shown greyed; any decision "
                             "without a clinician's review"),
-        ("explanations", " ".join(ex.notes) or SHAP_NOTE),
+        ("explanations", " ".join(CALIBRATED_REASONS if n == E.CALIBRATION_NOTE else n for n in ex.notes)
+         or SHAP_NOTE),
     )
     patient = one["patients"].iloc[0].to_dict()
     weight, height = _latest(one["assessments"], "weight", as_of), _latest(one["assessments"], "height", as_of)

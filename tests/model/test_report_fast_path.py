@@ -97,6 +97,8 @@ def test_fast_path_loads_the_champion_mlflow_loads_and_gives_the_same_page(champ
     assert [o.option for o in fast_page.options if o.eligible]  # the seed case has eligible options
     assert fast_page.options == slow_page.options  # same predictions, intervals, safety and ★ on the seed case
     assert fast_page.explanations == slow_page.explanations
+    facts = dict(fast_page.model_facts)  # the explanations' note in a clinician's words, not the batch output's
+    assert "uncalibrated margin" not in facts["explanations"] and "SHAP value" in facts["explanations"]
 
 
 def test_the_fast_path_says_when_only_mlflow_can_answer(monkeypatch, tmp_path):
