@@ -32,6 +32,9 @@ _STRIDE = np.int64(1 << 23)  # composite key = patient code × stride + day + of
 _OFFSET = np.int64(1 << 22)
 FAR_FUTURE = int((1 << 22) - 2)  # the day of an open end date ("ongoing")
 RITUXIMAB = "rituximab"
+#: the infusions of one rituximab course (two, two weeks apart; the second up to a month late) fall within this many
+#: days of its start; courses are months apart
+RITUXIMAB_COURSE_DAYS = 42
 
 #: disease-activity measures with a latest / change / worst feature: (measure, label, unit, higher is worse).
 DISEASE_MEASURES: tuple[tuple[str, str, str, bool], ...] = (
@@ -314,7 +317,8 @@ class RegimenIndex:
 
         Columns: query, row (position), generic, ongoing (end on/after cut), current (ongoing, or rituximab given
         within the active period), last_dose_day (an ongoing row: start of the latest course before the cut-off;
-        else its end), course_start_day (start of the latest course begun before the cut-off, ended rows too).
+        else its end), course_start_day (start of the latest course begun before the cut-off, ended rows too, for
+        cycles longer than `RITUXIMAB_COURSE_DAYS`) and course_record (given / scheduled / stopped).
         """
         q, r = self.started_before(codes, cut)
         c = cut[q]
@@ -328,6 +332,10 @@ class RegimenIndex:
             k = np.floor((np.minimum(end, c - 1) - start) / cycle)
         course = np.where(np.isnan(k), start, start + np.nan_to_num(k, nan=0.0) * np.nan_to_num(cycle, nan=0.0))
         last_dose = np.where(ongoing, course, end).astype(np.int64)
+        # courses months apart (rituximab's): the latest one begun before the cut-off; a row repeating more often
+        # (infusions of one course) is one course from its start. A 6-month cycle is 182.625 days: rounded.
+        by_schedule = np.nan_to_num(k, nan=0.0) * (np.nan_to_num(cycle, nan=0.0) > RITUXIMAB_COURSE_DAYS)
+        course_start = np.round(start + by_schedule * np.nan_to_num(cycle, nan=0.0)).astype(np.int64)
         ritux = self.is_rituximab[r]
         current = np.where(ritux, (c - last_dose) <= self.rituximab_active_days, ongoing)
         return pd.DataFrame(
@@ -340,17 +348,18 @@ class RegimenIndex:
                 "ongoing": ongoing,
                 "current": current,
                 "last_dose_day": last_dose,
-                "course_start_day": np.round(course).astype(np.int64),  # a 6-month cycle is 182.625 days
+                "course_start_day": course_start,
+                # the course as the record has it: a row's start, a date of an ongoing order's repeat schedule, or
+                # the last course of an order that ended well after it began (stopped: none further prescribed)
+                "course_record": np.select(
+                    [ongoing & (by_schedule > 0), ~ongoing & (end - course_start > RITUXIMAB_COURSE_DAYS)],
+                    ["scheduled", "stopped"], "given"),
                 "rituximab": ritux,
                 "ignored": self.ignored[r],
                 "stability_ignored": self.stability_ignored[r],
                 "redose": self.redose[r],
             }
         )
-
-
-#: the infusions of one rituximab course (two, two weeks apart) start within this many days of each other
-RITUXIMAB_COURSE_DAYS = 28
 
 
 def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | None = None,
@@ -364,10 +373,11 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
     """
     cur = state[state["current"].to_numpy() & pd.notna(state["generic"]).to_numpy()]
     # an export may write each infusion as a row (day 1, day 15): a rituximab course begins at its first infusion
-    rx = cur[cur["rituximab"].to_numpy()]
+    rx = cur[cur["rituximab"].to_numpy()].sort_values(["query", "course_start_day"], kind="stable")
     latest = rx.groupby("query")["course_start_day"].transform("max")
     same_course = rx["course_start_day"] >= latest - RITUXIMAB_COURSE_DAYS
     course_start = rx[same_course].groupby("query")["course_start_day"].min()
+    course_record = rx.groupby("query")["course_record"].last()  # the row of the latest course
     later_course = cur["rituximab"].to_numpy() & cur.duplicated(["query", "generic"], keep="last").to_numpy()
     cur = cur[~later_course]
     r = cur["row"].to_numpy()
@@ -390,6 +400,8 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
     agg.loc[agg["n_dosed"].to_numpy() == 0, "daily_mg"] = np.nan
     is_rx = agg["generic"].to_numpy() == RITUXIMAB
     agg.loc[is_rx, "course_start_day"] = course_start.reindex(agg.loc[is_rx, "query"]).to_numpy()
+    agg["course_record"] = None
+    agg.loc[is_rx, "course_record"] = course_record.reindex(agg.loc[is_rx, "query"]).to_numpy()
     return agg.drop(columns="n_dosed")
 
 
@@ -677,9 +689,11 @@ def _regimen_features(
             "route": route,
             "interval": frame["interval"].astype(object).to_numpy()[latest_row] if len(agg) else [],
             "start_date": from_days(agg["run_start"].to_numpy()),
-            # rituximab is given in courses months apart: when the latest began (the page's re-dose reminder)
+            # rituximab is given in courses months apart: when the latest began and how the record has it (given,
+            # scheduled by an ongoing order, or stopped after it): the page's re-dose reminder
             "last_course_date": np.where(agg["generic"].to_numpy() == RITUXIMAB,
                                          from_days(agg["course_start_day"].to_numpy()), np.datetime64("NaT")),
+            "last_course_record": agg["course_record"].to_numpy(),
             "months_on": months_on,
             "intensity_mg_day": intensity,
             "target_low_mg_day": low,

@@ -57,19 +57,29 @@ CALIBRATED_REASONS = ("a fact's points are its SHAP value — its exact share of
 RITUXIMAB_MEDIAN_WEEKS = 20.0
 
 
-def rituximab_clock(X: pd.DataFrame, row: int = 0) -> str:
-    """'Waiting for rituximab' judged against how long the patient has waited: months since the last course beside
-    RIM's median time to improvement ("" when the patient never had rituximab or it was over a year ago)."""
-    if "months_since_rituximab" not in X.columns:
+def rituximab_clock(X: pd.DataFrame, current: pd.DataFrame | None = None, as_of: pd.Timestamp | None = None,
+                    row: int = 0) -> str:
+    """'Waiting for rituximab' judged against how long the patient has waited: weeks since the last course began
+    (its first infusion, as RIM counted; the current regimen's `last_course_date`, else the features' months since
+    the last infusion) beside RIM's median time to improvement ("" when the patient never had rituximab or it was
+    over a year ago)."""
+    from pipeline.report.clinical import count
+
+    started = (current.loc[current["generic"] == "rituximab", "last_course_date"].dropna()
+               if current is not None and as_of is not None and "last_course_date" in current.columns
+               else pd.Series(dtype="datetime64[ns]"))
+    if len(started):
+        weeks, since = (pd.Timestamp(as_of) - pd.Timestamp(started.max())).days / 7, " began"
+    elif "months_since_rituximab" in X.columns and _ok(X["months_since_rituximab"].iloc[row]):
+        weeks, since = float(X["months_since_rituximab"].iloc[row]) * 52.18 / 12, ""
+    else:
         return ""
-    months = X["months_since_rituximab"].iloc[row]
-    if not _ok(months) or float(months) > 12:
+    if weeks > 52.18:
         return ""
-    weeks = float(months) * 52.18 / 12
     verdict = ("still within the usual time to respond" if weeks < RITUXIMAB_MEDIAN_WEEKS
                else "past the median time to respond")
-    return (f"rituximab clock: last course {weeks:.0f} weeks ago; in RIM the median time to improvement was "
-            f"{RITUXIMAB_MEDIAN_WEEKS:.0f} weeks — {verdict}")
+    return (f"rituximab clock: the last course{since} {count(round(weeks), 'week')} ago; in RIM the median time to "
+            f"improvement was {RITUXIMAB_MEDIAN_WEEKS:.0f} weeks — {verdict}")
 
 
 def monitoring_reminders(config: Mapping[str, Any], current: Sequence[str], proposed: Sequence[str],
@@ -429,7 +439,7 @@ def build_patient_page(
     optimise = C.below_target_drugs(regimen)
     options = tuple(replace(o, label=f"{o.label}: {', '.join(optimise)}") if o.option == "optimise_dose" and
                     o.eligible and optimise else o for o in options)
-    clock = rituximab_clock(X)
+    clock = rituximab_clock(X, current, as_of)
     options = tuple(replace(o, note=clock) if o.option == catalog.control and clock else o for o in options)
     best = next((o.option for o in options if o.recommended), None)
     adds = catalog.option(best).adds if best is not None else None

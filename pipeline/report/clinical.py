@@ -169,7 +169,8 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
         if mg is not None and _ok(weight_kg) and weight_kg > 0 and not basis and drug is not None \
                 and _dosed_by_weight(drug):  # type: ignore[operator]
             basis = f"{_per_kg_dose(mg, float(weight_kg), *cycle)} at {weight_kg:.0f} kg"  # type: ignore[arg-type]
-        course, due = next_course(row.get("last_course_date"), row.get("interval"), cycle[0], as_of)
+        course, due = next_course(row.get("last_course_date"), row.get("last_course_record"), row.get("interval"),
+                                  cycle[0], as_of)
         if course and due:  # first: what is due now, then anything about the dose itself
             action = course if action in ("", "at target") else f"{course}; {action}"
         elif course:
@@ -183,35 +184,45 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
 COURSE_DUE_WITHIN_DAYS = 28
 
 
-def next_course(last_course: Any, interval: Any, target_cycle_days: float, as_of: pd.Timestamp | None
-                ) -> tuple[str, bool]:
+def count(n: int, unit: str) -> str:
+    """'1 day', '3 weeks'."""
+    return f"{n} {unit}" + ("s" if n != 1 else "")
+
+
+def next_course(last_course: Any, record: Any, interval: Any, target_cycle_days: float,
+                as_of: pd.Timestamp | None) -> tuple[str, bool]:
     """When the next course of a drug given in courses is due — the latest course's start plus the prescribed
     interval (`interval` as written, e.g. 'days 1 and 15, every 6 months'), else the target's cycle — in words, and
-    whether that is past or within `COURSE_DUE_WITHIN_DAYS`: ('next course due 2026-11-20 (17 days ago) by the
-    prescribed schedule, a course every 6 months; the last began 2026-05-20: re-dose if still indicated', True).
-    ('', False) without a course date, an as-of date, or a cycle of at least four weeks."""
+    whether that is past or within `COURSE_DUE_WITHIN_DAYS`: ('next course overdue since 2026-11-20 (17 days) by
+    the prescribed schedule, a course every 6 months; the last began 2026-05-20: re-dose if still indicated', True).
+    `record` (the features' `last_course_record`): a course only an ongoing order's schedule dates ('scheduled') is
+    said to be unrecorded; an order that ended after its last course ('stopped') prescribes no next one. ('', False)
+    without a course date, an as-of date, or a cycle of at least four weeks."""
     from features.vocabulary import parse_intervals
 
+    if as_of is None or last_course is None or pd.isna(last_course):
+        return "", False
+    last = pd.Timestamp(last_course)
+    if record == "stopped":
+        return f"the order ended after the course that began {last.date()}: no next course prescribed", False
     prescribed = float(parse_intervals(pd.Series([interval], dtype=object))["cycle_days"].iloc[0])
     by, cycle = (("prescribed", prescribed) if np.isfinite(prescribed) and prescribed >= 28
                  else ("target", float(target_cycle_days)) if _ok(target_cycle_days) else ("", np.nan))
-    if as_of is None or last_course is None or pd.isna(last_course) or not cycle >= 28:
+    if not cycle >= 28:
         return "", False
-    last = pd.Timestamp(last_course)
     months = cycle / 30.4375
-    whole_months = cycle >= 56 and abs(months - round(months)) < 0.05  # "every 6 months": the calendar's
+    # "every 6 months" as written is whole months exactly; the target's 182 days reads as 6 months too
+    whole_months = cycle >= 56 and abs(months - round(months)) < (1e-6 if by == "prescribed" else 0.05)
     due = last + (pd.DateOffset(months=round(months)) if whole_months else pd.Timedelta(days=round(cycle)))
     days = (due - pd.Timestamp(as_of)).days
-
-    def count(n: int, unit: str) -> str:
-        return f"{n} {unit}" + ("s" if n != 1 else "")
-
     span = count(abs(days), "day") if abs(days) < 42 else count(round(abs(days) / 7), "week")
-    when = "today" if days == 0 else f"in {span}" if days > 0 else f"{span} ago"
-    every = count(round(months), "month") if cycle >= 56 else count(round(cycle / 7), "week")
+    when = (f"overdue since {due.date()} ({span})" if days < 0 else f"due today ({due.date()})" if days == 0
+            else f"due {due.date()} (in {span})" if days <= COURSE_DUE_WITHIN_DAYS else f"{due.date()} (in {span})")
+    every = (count(round(months), "month") if whole_months
+             else count(round(cycle / 7), "week") if round(cycle) % 7 == 0 else count(round(cycle), "day"))
+    unrecorded = " by the open order's schedule (no row records it: check it was given)" if record == "scheduled" else ""
     soon = days <= COURSE_DUE_WITHIN_DAYS
-    text = (f"next course {'due ' if soon else ''}{due.date()} ({when}) by the {by} schedule, a course every {every}; "
-            f"the last began {last.date()}")
+    text = f"next course {when} by the {by} schedule, a course every {every}; the last began {last.date()}{unrecorded}"
     return (text + ": re-dose if still indicated" if soon else text), soon
 
 

@@ -208,7 +208,26 @@ def test_the_latest_rituximab_course_start_is_known_before_the_decision(rows, as
                for start, end in rows]
     side = features_at(normalised(BASE_REGIMEN + regimen), as_of).current_regimen.set_index("generic")
     assert side.loc["rituximab", "last_course_date"] == pd.Timestamp(last_course)
+    # only an open order's later dates are 'scheduled' (no row records them as given)
+    scheduled = rows[-1][1] is None and last_course != rows[-1][0]
+    assert side.loc["rituximab", "last_course_record"] == ("scheduled" if scheduled else "given")
     assert pd.isna(side.loc["mycophenolate", "last_course_date"])  # a daily drug has no courses
+
+
+@pytest.mark.parametrize(
+    ("interval", "start", "end", "as_of", "last_course", "record"),
+    [
+        # infusions every 2 weeks within one row are one course, from its start (not its last infusion)
+        ("every 2 weeks", "2026-05-20", "2026-06-03", "2026-08-01", "2026-05-20", "given"),
+        # a 6-monthly order that ended 7 weeks after its last course (2025-01-10) was stopped: none further
+        ("every 6 months", "2022-01-10", "2025-03-01", "2025-06-01", "2025-01-10", "stopped"),
+    ],
+)
+def test_a_rituximab_row_tells_one_course_from_a_stopped_order(interval, start, end, as_of, last_course, record):
+    regimen = [("P1", "Rituxan", 1000, "mg", "intravenous", interval, start, end)]
+    side = features_at(normalised(BASE_REGIMEN + regimen), as_of).current_regimen.set_index("generic")
+    assert side.loc["rituximab", "last_course_date"] == pd.Timestamp(last_course)
+    assert side.loc["rituximab", "last_course_record"] == record
 
 
 def test_prednisone_taper_cumulative_dose_and_continuity():

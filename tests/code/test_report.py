@@ -617,7 +617,8 @@ RTX = {"dose": 1000.0, "route": "intravenous", "interval": "days 1 and 15, every
 @pytest.mark.parametrize(
     ("as_of", "due", "words"),
     [
-        ("2026-12-07", True, "next course due 2026-11-20 (17 days ago) by the prescribed schedule"),  # the seed case
+        ("2026-12-07", True, "next course overdue since 2026-11-20 (17 days) by the prescribed schedule"),  # seed case
+        ("2026-11-20", True, "next course due today (2026-11-20)"),
         ("2026-11-19", True, "next course due 2026-11-20 (in 1 day)"),
         ("2026-10-23", True, "next course due 2026-11-20 (in 28 days)"),
         ("2026-10-22", False, "next course 2026-11-20 (in 29 days)"),
@@ -654,7 +655,28 @@ def test_a_course_due_keeps_the_dose_advice_and_follows_the_prescribed_interval(
     [once] = R.dose_lines(_current(rituximab={**RTX, "interval": "days 1 and 15"}), VOCABULARY, juvenile=False,
                           weight_kg=70.0, bsa_m2=None, tolerance=TOLERANCE, as_of=pd.Timestamp("2026-12-07"))
     assert once.course_due
-    assert "2026-11-20 (17 days ago) by the target schedule, a course every 6 months" in once.action
+    assert "overdue since 2026-11-20 (17 days) by the target schedule, a course every 6 months" in once.action
+
+
+@pytest.mark.parametrize(
+    ("changes", "due", "words"),
+    [
+        # a course only an open order's schedule dates is not said to have been given
+        ({"last_course_record": "scheduled", "last_course_date": pd.Timestamp("2026-11-19")}, False,
+         "the last began 2026-11-19 by the open order's schedule (no row records it: check it was given)"),
+        # an order that ended well after its last course prescribes no next one
+        ({"last_course_record": "stopped"}, False,
+         "the order ended after the course that began 2026-05-20: no next course prescribed"),
+        # weeks as written stay weeks: 24 weeks, not '6 months'
+        ({"interval": "every 24 weeks"}, True, "overdue since 2026-11-04 (33 days) by the prescribed schedule, a "
+                                               "course every 24 weeks"),
+    ],
+)
+def test_a_course_reminder_says_what_the_record_does_not_show(changes, due, words):
+    [line] = R.dose_lines(_current(rituximab={**RTX, "last_course_record": "given", **changes}), VOCABULARY,
+                          juvenile=False, weight_kg=70.0, bsa_m2=None, tolerance=TOLERANCE,
+                          as_of=pd.Timestamp("2026-12-07"))
+    assert line.course_due is due and words in line.action
 
 
 def test_a_juvenile_patient_is_judged_per_kg_and_per_m2_not_against_adult_doses():
@@ -841,6 +863,12 @@ def test_rituximab_clock_judges_waiting_against_rims_median_time_to_improvement(
     assert rituximab_clock(pd.DataFrame({"months_since_rituximab": [float("nan")]})) == ""
     assert rituximab_clock(pd.DataFrame({"months_since_rituximab": [14.0]})) == ""
     assert rituximab_clock(pd.DataFrame({"age_years": [40.0]})) == ""
+    # counted from the first infusion of the last course, as RIM counted, where the current regimen has it
+    current = pd.DataFrame({"generic": ["rituximab", "ivig"], "last_course_date": pd.to_datetime(["2026-05-20", None])})
+    seed = rituximab_clock(pd.DataFrame({"months_since_rituximab": [6.1]}), current, pd.Timestamp("2026-12-07"))
+    assert "the last course began 29 weeks ago" in seed and "past the median time" in seed
+    week = rituximab_clock(pd.DataFrame({"months_since_rituximab": [0.0]}), current, pd.Timestamp("2026-05-27"))
+    assert "began 1 week ago" in week
 
 
 def test_the_pages_reference_files_are_checked_whole(monkeypatch):
