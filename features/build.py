@@ -364,8 +364,9 @@ class RegimenIndex:
 
 def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | None = None,
                   bsa: np.ndarray | None = None) -> pd.DataFrame:
-    """One row per (query, generic) currently taken: summed intensity (mg/day), run start, latest row position,
-    start of the latest course.
+    """One row per (query, generic) currently taken: summed intensity (mg/day), run start, latest row position;
+    for rituximab the day its latest course began (`course_start_day`, NaN for other drugs) and how the record has
+    that course (`course_record`: given / scheduled / stopped, `RegimenIndex.state`).
 
     Weight- and BSA-based doses are re-resolved with each query's `weight` / `bsa` (measured before as_of) when
     given, else the normalised `daily_mg` is used. Rituximab after its course has ended still counts (while
@@ -389,19 +390,17 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
                           [1.0, weight[q], bsa[q]], default=np.nan)
         daily = reg.dose[r] * reg.unit_factor[r] * scale * reg.per_day[r]
     cur = pd.DataFrame({"query": q, "generic": cur["generic"].to_numpy(), "row": r,
-                        "daily_mg": daily, "run_start": reg.run_start[r], "ignored": reg.ignored[r],
-                        "course_start_day": cur["course_start_day"].to_numpy()})
+                        "daily_mg": daily, "run_start": reg.run_start[r], "ignored": reg.ignored[r]})
     agg = (
         cur.groupby(["query", "generic"], sort=True)
         .agg(daily_mg=("daily_mg", "sum"), n_dosed=("daily_mg", "count"), run_start=("run_start", "min"),
-             row=("row", "max"), ignored=("ignored", "all"), course_start_day=("course_start_day", "max"))
+             row=("row", "max"), ignored=("ignored", "all"))
         .reset_index()
     )
     agg.loc[agg["n_dosed"].to_numpy() == 0, "daily_mg"] = np.nan
     is_rx = agg["generic"].to_numpy() == RITUXIMAB
-    agg.loc[is_rx, "course_start_day"] = course_start.reindex(agg.loc[is_rx, "query"]).to_numpy()
-    agg["course_record"] = None
-    agg.loc[is_rx, "course_record"] = course_record.reindex(agg.loc[is_rx, "query"]).to_numpy()
+    agg["course_start_day"] = np.where(is_rx, course_start.reindex(agg["query"]).to_numpy(float), np.nan)
+    agg["course_record"] = np.where(is_rx, course_record.reindex(agg["query"]).to_numpy(object), None)
     return agg.drop(columns="n_dosed")
 
 
@@ -691,8 +690,7 @@ def _regimen_features(
             "start_date": from_days(agg["run_start"].to_numpy()),
             # rituximab is given in courses months apart: when the latest began and how the record has it (given,
             # scheduled by an ongoing order, or stopped after it): the page's re-dose reminder
-            "last_course_date": np.where(agg["generic"].to_numpy() == RITUXIMAB,
-                                         from_days(agg["course_start_day"].to_numpy()), np.datetime64("NaT")),
+            "last_course_date": pd.to_datetime(agg["course_start_day"].to_numpy(), unit="D"),
             "last_course_record": agg["course_record"].to_numpy(),
             "months_on": months_on,
             "intensity_mg_day": intensity,

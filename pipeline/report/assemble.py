@@ -63,9 +63,10 @@ def rituximab_clock(X: pd.DataFrame, current: pd.DataFrame | None = None, as_of:
     (its first infusion, as RIM counted; the current regimen's `last_course_date`, else the features' months since
     the last infusion) beside RIM's median time to improvement ("" when the patient never had rituximab or it was
     over a year ago)."""
+    from features.build import RITUXIMAB
     from pipeline.report.clinical import count
 
-    started = (current.loc[current["generic"] == "rituximab", "last_course_date"].dropna()
+    started = (current.loc[current["generic"] == RITUXIMAB, "last_course_date"].dropna()
                if current is not None and as_of is not None and "last_course_date" in current.columns
                else pd.Series(dtype="datetime64[ns]"))
     if len(started):

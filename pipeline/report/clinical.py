@@ -112,7 +112,7 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
                bsa_m2: float | None, tolerance: float, as_of: pd.Timestamp | None = None) -> tuple[RegimenLine, ...]:
     """Every current drug against its goal, with the action a prescriber takes: raise a dose below target, taper a
     glucocorticoid above its taper goal, the room left within a target range, and — as of `as_of` — when the next
-    course of a drug given in courses (rituximab) is due by its target schedule. A juvenile patient's doses are judged
+    course of a drug given in courses (rituximab) is due (`next_course`). A juvenile patient's doses are judged
     against the drugs' juvenile targets (configs/drugs.yaml `juvenile`: per kg, per m², or the weight band that
     applies) for this weight and body surface, by the same function and verdict as the features' dose flags
     (`Vocabulary.target_daily_mg`, `dose_status`) with the features' `tolerance`; adults keep the features' verdict."""
