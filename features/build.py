@@ -690,7 +690,7 @@ def _regimen_features(
             "start_date": from_days(agg["run_start"].to_numpy()),
             # rituximab is given in courses months apart: when the latest began and how the record has it (given,
             # scheduled by an ongoing order, or stopped after it): the page's re-dose reminder
-            "last_course_date": pd.to_datetime(agg["course_start_day"].to_numpy(), unit="D"),
+            "last_course_date": pd.to_datetime(agg["course_start_day"].to_numpy(), unit="D").as_unit("ns"),
             "last_course_record": agg["course_record"].to_numpy(),
             "months_on": months_on,
             "intensity_mg_day": intensity,
