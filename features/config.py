@@ -20,11 +20,14 @@ EARLIEST_DAY, LATEST_DAY = date(1900, 1, 1), date(2261, 12, 31)
 Day = Annotated[date, Field(ge=EARLIEST_DAY, le=LATEST_DAY)]
 
 
-class _Frozen(BaseModel):
+class Frozen(BaseModel):
+    """The base of every settings and reference model: immutable, no unknown key (a misspelt one is named), no NaN
+    or infinity (`.nan` in a YAML file is refused where it is written)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-class ActivityRule(_Frozen):
+class ActivityRule(Frozen):
     """Active disease at a visit: any one criterion met (physician global, CDASI activity or weak MMT-8)."""
 
     physician_global_min_cm: float | None = Field(2.0, ge=0, le=10)
@@ -39,7 +42,7 @@ class ActivityRule(_Frozen):
         return self
 
 
-class DecisionConfig(_Frozen):
+class DecisionConfig(Frozen):
     """How decision points and the option taken are read from raw history (records have no decision table)."""
 
     activity: ActivityRule = ActivityRule()
@@ -60,7 +63,7 @@ class DecisionConfig(_Frozen):
     dose_change_tolerance: float = Field(0.05, ge=0, lt=1)
 
 
-class FeatureConfig(_Frozen):
+class FeatureConfig(Frozen):
     """Point-in-time feature settings: the regimen lag, look-back windows and dose-versus-target tolerance."""
 
     decisions: DecisionConfig = DecisionConfig()
@@ -85,7 +88,7 @@ class FeatureConfig(_Frozen):
         return self
 
 
-class LabelConfig(_Frozen):
+class LabelConfig(Frozen):
     """Outcome labels after a decision: follow-up visit, response threshold, skin response and safety window."""
 
     horizon_weeks: int = Field(24, gt=0)
@@ -101,7 +104,7 @@ class LabelConfig(_Frozen):
     steroid_goal_mg_day: float = Field(7.5, ge=0)
 
 
-class SplitConfig(_Frozen):
+class SplitConfig(Frozen):
     """Patient-level train/test split by hashing patient ids with the seed (stable as patients are added)."""
 
     test_fraction: float = Field(0.2, gt=0, lt=1)

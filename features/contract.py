@@ -19,9 +19,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from features.config import EARLIEST_DAY, LATEST_DAY
+from features.config import EARLIEST_DAY, LATEST_DAY, Frozen
 from features.vocabulary import DOSE_UNITS, Vocabulary, alias_index, body_surface_area, parse_intervals
 
 CONTRACT_TABLES: tuple[str, ...] = ("patients", "regimens", "assessments", "events")
@@ -39,11 +39,7 @@ CANONICAL_DOSE_UNITS: dict[str, str] = {k: k.replace("²", "2") for k in DOSE_UN
 
 
 # --- reference data ----------------------------------------------------------------------------------------------
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-class UnitScale(_Frozen):
+class UnitScale(Frozen):
     """A unit with its own range (MMT-8 is scored 0–80 or 0–150; the unit says which)."""
 
     min: float | None = None
@@ -51,7 +47,7 @@ class UnitScale(_Frozen):
     scale_max: float | None = None
 
 
-class Measure(_Frozen):
+class Measure(Frozen):
     """One assessment measure: canonical unit, accepted units (value × factor → canonical), range."""
 
     label: str
@@ -64,12 +60,12 @@ class Measure(_Frozen):
     aliases: tuple[str, ...] = ()
 
 
-class Antibody(_Frozen):
+class Antibody(Frozen):
     flag: str
     aliases: tuple[str, ...] = ()
 
 
-class MeasureCatalog(_Frozen):
+class MeasureCatalog(Frozen):
     """Measures, units, conversions and the code lists (with aliases) of `configs/measures.yaml`."""
 
     measures: dict[str, Measure]

@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from features.config import Frozen
 from features.contract import within_calendar
 from features.vocabulary import repeated
 
@@ -50,11 +51,7 @@ CONTRACT_DOSE_UNITS = ("mg", "g", "mg/kg", "g/kg", "mg/m2", "g/m2")
 MASS_UNIT_MG: dict[int, float] = {8576: 1.0, 8504: 1000.0, 9655: 0.001}
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-class ConceptSet(_Frozen):
+class ConceptSet(Frozen):
     """Records meaning one thing: standard concept ids (descendants added when the vocabulary is present),
     source concept ids (local concepts ≥ 2,000,000,000 included) and source values (case-insensitive)."""
 
@@ -88,7 +85,7 @@ class EventMap(ConceptSet):
     event: str
 
 
-class ResultValues(_Frozen):
+class ResultValues(Frozen):
     """How a presence test (an antibody) says positive or negative: value concepts or value source text."""
 
     positive_concept_ids: tuple[int, ...] = ()
@@ -103,7 +100,7 @@ class CancerMap(ConceptSet):
     window_days: int = Field(default=1096, ge=0)
 
 
-class OmopMapping(_Frozen):
+class OmopMapping(Frozen):
     """`configs/omop.yaml`: which OMOP concepts mean what in the data contract (see docs/omop.md)."""
 
     patient_id: Literal["person_id", "person_source_value"] = "person_id"

@@ -23,7 +23,9 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from features.config import Frozen
 
 #: the six IMACS core set measures in display order (the enzyme is the most abnormal one at baseline).
 CORE_SET: tuple[str, ...] = (
@@ -44,11 +46,7 @@ CATEGORIES: tuple[str, ...] = ("none", "minimal", "moderate", "major")
 _EPS_TOTAL = 1e-9
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-class BandTable(_Frozen):
+class BandTable(Frozen):
     """Points for a percent improvement: band i covers (upper_edges[i-1], upper_edges[i]]; upper edges inclusive."""
 
     upper_edges: tuple[float, ...]
@@ -88,7 +86,7 @@ def _standard_bands(points: tuple[float, ...]) -> BandTable:
     return BandTable(upper_edges=(5.0, 15.0, 25.0, 40.0), points=points)
 
 
-class Instruments(_Frozen):
+class Instruments(Frozen):
     """Ranges of the core set instruments (the TIS denominators and the validity limits of the inputs)."""
 
     physician_global_max: float = Field(10.0, gt=0, description="VAS 0-10 cm")
@@ -111,7 +109,7 @@ class Instruments(_Frozen):
         return float(getattr(self, f"{measure}_max"))
 
 
-class TisRules(_Frozen):
+class TisRules(Frozen):
     """The ACR/EULAR 2016 scoring rules; defaults are the published table (docs/sources.md §1)."""
 
     physician_global: BandTable = _standard_bands((0.0, 7.5, 15.0, 17.5, 20.0))
@@ -144,7 +142,7 @@ class TisRules(_Frozen):
         return getattr(self, measure)
 
 
-class DoiRules(_Frozen):
+class DoiRules(Frozen):
     """The IMACS 2004 Definition of Improvement; percent changes are relative to the baseline value."""
 
     improvement_percent: float = Field(20.0, gt=0)
@@ -553,7 +551,7 @@ def imacs_doi(
 # Confirmed deterioration (ProDERM)
 
 
-class DeteriorationRules(_Frozen):
+class DeteriorationRules(Frozen):
     """ProDERM deterioration at one visit; MMT-8 and the 3-of-5 rule use percent of the baseline value
     [unconfirmed: the reference does not say which percent; kept a setting like the enzyme rule]."""
 

@@ -16,9 +16,9 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from features.config import FeatureConfig, LabelConfig, Seed
+from features.config import FeatureConfig, Frozen, LabelConfig, Seed
 from features.response import response_threshold
 from features.vocabulary import OptionCatalog
 from models.calibration import CalibratedLearner, out_of_fold_outcomes
@@ -52,18 +52,14 @@ REASON_PREFIX = "ineligible_reason_"
 EXPLAIN_PARAM = "explain_top_k"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-class EligibilityColumns(_Frozen):
+class EligibilityColumns(Frozen):
     """Which feature columns carry eligibility: `on_<generic>` flags and the "a drug is below target" flag."""
 
     on_prefix: str = "on_"
     below_target: str = "any_below_target"
 
 
-class IntervalCalibrationConfig(_Frozen):
+class IntervalCalibrationConfig(Frozen):
     """Widening of binary heads' intervals by the out-of-fold calibration term (`models.intervals.
     CalibrationBands`: the bootstrap alone reflects variance, not the trees' bias) and, with `patient_spread`, by
     how far one patient's chance strays from that of patients alike (`models.intervals.PatientSpread`)."""
@@ -76,7 +72,7 @@ class IntervalCalibrationConfig(_Frozen):
     min_decision_pairs: int = Field(100, ge=1, description="fewer same-patient decision pairs: no spread term")
 
 
-class LearnerCandidate(_Frozen):
+class LearnerCandidate(Frozen):
     """One learner and its settings that `train.learner: auto` may choose."""
 
     learner: LearnerKind
@@ -100,7 +96,7 @@ class TrainingDataError(ValueError):
     the message names the table, the counts and the rule."""
 
 
-class SelectionConfig(_Frozen):
+class SelectionConfig(Frozen):
     """Candidates for `learner: auto`, simplest first, compared by the cross-fitted doubly robust value of their
     recommendations on the training patients (`models.selection`); `folds` patient-grouped folds; the first
     candidate within `tolerance_se` standard errors of the best wins (one-standard-error rule)."""
@@ -116,7 +112,7 @@ class SelectionConfig(_Frozen):
     criterion: Literal["auto", "policy_value", "dr_loss"] = "auto"
 
 
-class BundleConfig(_Frozen):
+class BundleConfig(Frozen):
     """Training settings of the whole model (the `train:` section of params.yaml)."""
 
     learner: LearnerKind | Literal["auto"] = "t_learner"
@@ -156,7 +152,7 @@ class BundleConfig(_Frozen):
         return self
 
 
-class RecordedSettings(_Frozen):
+class RecordedSettings(Frozen):
     """The feature and label settings a model was trained with, recorded in it: scoring and the clinician page
     build features with these, never with whatever params.yaml says on the day they run."""
 
@@ -186,7 +182,7 @@ def explain_top_k_param(params: dict[str, object] | None, default: int) -> int:
     return k
 
 
-class FeatureContract(_Frozen):
+class FeatureContract(Frozen):
     """The feature columns (in model order) and their dtypes at fit; predict checks input against it."""
 
     keys: tuple[str, ...]

@@ -8,16 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from features.config import Seed
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+from features.config import Frozen, Seed
 
 
-class BoosterConfig(_Frozen):
+class BoosterConfig(Frozen):
     """XGBoost hyper-parameters shared by every tree model; modest defaults keep TreeSHAP affordable
     (its cost grows with trees x leaves x depth^2)."""
 
@@ -48,7 +44,7 @@ class BoosterConfig(_Frozen):
         }
 
 
-class PropensityConfig(_Frozen):
+class PropensityConfig(Frozen):
     """Multinomial model of which eligible option was taken; `positivity_threshold` flags weak overlap and
     `clip` is the floor applied to the taken option's propensity before inverse weighting (AIPW)."""
 
@@ -59,7 +55,7 @@ class PropensityConfig(_Frozen):
     clip: float = Field(0.02, gt=0, lt=1)
 
 
-class LearnerConfig(_Frozen):
+class LearnerConfig(Frozen):
     """What every outcome learner needs: the arm order, the control arm, the outcome type and the booster.
 
     `arms` fixes the column order of predictions (default: the control arm, then the other observed options
@@ -96,7 +92,7 @@ class LearnerConfig(_Frozen):
         return self
 
 
-class CalibrationConfig(_Frozen):
+class CalibrationConfig(Frozen):
     """Recalibration fitted on patient-grouped out-of-fold predictions of the factual option: one map for all
     options (`pooled`, monotone, so it never reorders a patient's options) or one per option."""
 
@@ -107,7 +103,7 @@ class CalibrationConfig(_Frozen):
     seed: Seed = 20261125
 
 
-class IntervalConfig(_Frozen):
+class IntervalConfig(Frozen):
     """Patient-level bootstrap ensemble: `n_boot` refits on patients drawn with replacement; percentile
     intervals at `level`. `boot_booster` optionally lightens each refit (fewer trees) to bound the cost."""
 

@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from features.config import Frozen
 
 #: patient ids as the job meets them: an Arrow column (Parquet), a pandas column (CSV, contract output) or values.
 PatientIds = pa.Array | pa.ChunkedArray | pd.Series | np.ndarray | Sequence[object]
@@ -27,10 +29,8 @@ MAX_ID_CHARS = 256
 _HASH_KEY = "escalate-score01"  # 16 bytes, as pandas requires
 
 
-class ScoreSettings(BaseModel):
+class ScoreSettings(Frozen):
     """What decides a scoring run's output (chunking and explanation depth); part of the run's identity."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     chunk_patients: int = Field(1000, ge=1, description="patients per chunk (bounds memory per chunk)")
     explain_top_k: int = Field(3, ge=0, le=20, description="reasons per option; 0 = no explanations")

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from features.config import Frozen
 from pipeline.config import ROOT
 
 if TYPE_CHECKING:
@@ -26,10 +27,8 @@ DECISION_VALUE = "decision_value_recommended"
 CALIBRATION = "response_ece"
 
 
-class PromotionRule(BaseModel):
+class PromotionRule(Frozen):
     """Margins of the promotion rule (the `promote:` section of params.yaml)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     min_decision_value_gain: float = Field(0.0, ge=0, description="candidate DV must exceed champion DV by more")
     ece_tolerance: float = Field(0.0, ge=0, description="candidate ECE may exceed champion ECE by at most this")

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from features.config import Day, FeatureConfig, LabelConfig, Seed, SplitConfig
+from features.config import Day, FeatureConfig, Frozen, LabelConfig, Seed, SplitConfig
 from features.response import response_threshold
 from models.bundle import BundleConfig
 from models.config import PropensityConfig
@@ -31,11 +31,7 @@ from pipeline.promote import PromotionRule
 DEFAULT_SEED = 20261125
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-class DataSettings(_Frozen):
+class DataSettings(Frozen):
     """The contract tables the pipeline reads (`data:`) and their extraction date."""
 
     dir: Path = Path("data/cohort")
@@ -43,14 +39,14 @@ class DataSettings(_Frozen):
     today: Day | None = None
 
 
-class OmopSettings(_Frozen):
+class OmopSettings(Frozen):
     """`escalate import omop` (`omop:`): the gap rule that merges drug exposures into regimens (docs/omop.md)."""
 
     #: exposures of one drug at one dose, route and schedule less than this many days apart are one regimen.
     gap_days: int = Field(default=30, ge=0)
 
 
-class SimulateSettings(_Frozen):
+class SimulateSettings(Frozen):
     """The simulated default cohort (`simulate:`): size, mode, its "today" and seed."""
 
     patients: int = Field(3000, ge=1)
@@ -60,7 +56,7 @@ class SimulateSettings(_Frozen):
     seed: Seed = DEFAULT_SEED
 
 
-class ReportSettings(_Frozen):
+class ReportSettings(Frozen):
     """The showcase page of the `report` stage (`report:`): whose page, as of when, written where."""
 
     patient_data: Path = Path("tests/fixtures/seed-case")
@@ -69,7 +65,7 @@ class ReportSettings(_Frozen):
     out: Path = Path("data/reports/seed-case.html")
 
 
-class Settings(_Frozen):
+class Settings(Frozen):
     """Everything `params.yaml` tunes, validated and with derived values filled (see the module docstring)."""
 
     seed: Seed = DEFAULT_SEED

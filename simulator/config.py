@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from features.config import Frozen
 
 #: patient subgroups an effect modifier can name (computed per decision by `simulator.effects.subgroups`).
 Subgroup = Literal[
@@ -26,11 +28,7 @@ Subgroup = Literal[
 ]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-class Range(_Frozen):
+class Range(Frozen):
     """A closed interval [low, high] drawn uniformly."""
 
     low: float
@@ -43,7 +41,7 @@ class Range(_Frozen):
         return self
 
 
-class DiagnosisProfile(_Frozen):
+class DiagnosisProfile(Frozen):
     """What a diagnosis implies for a patient: antibody mix, ILD, cancer, and which tissues are active."""
 
     share: float = Field(ge=0)
@@ -55,7 +53,7 @@ class DiagnosisProfile(_Frozen):
     skin: Range = Range(low=0.2, high=0.7)
 
 
-class CohortConfig(_Frozen):
+class CohortConfig(Frozen):
     """Demographics and disease mix (EuroMyositis; docs/sources.md §5)."""
 
     female_fraction: float = Field(0.69, ge=0, le=1)
@@ -88,7 +86,7 @@ class CohortConfig(_Frozen):
         return self
 
 
-class DoseVariant(_Frozen):
+class DoseVariant(Frozen):
     """One way a record writes a drug's regimen."""
 
     dose: float = Field(gt=0)
@@ -104,7 +102,7 @@ class WeightRegimen(DoseVariant):
     below_kg: float | None = Field(None, gt=0)
 
 
-class DrugRegimens(_Frozen):
+class DrugRegimens(Frozen):
     """How records write one generic: brand names as clinicians write them, at-target and below-target regimens."""
 
     written_as: tuple[str, ...] = Field(min_length=1)
@@ -138,7 +136,7 @@ class DrugRegimens(_Frozen):
         return self
 
 
-class BodyConfig(_Frozen):
+class BodyConfig(Frozen):
     """Body size over time (v2, docs/simulator.md). `changes: false` keeps weight and height constant (first
     testbed). Adults: weight at diagnosis plus a glucocorticoid gain (a fraction of body weight, normal over
     patients) accruing over the first `steroid_gain_weeks` of induction, then a plateau (Fardet 2020; Morgan 2020,
@@ -155,7 +153,7 @@ class BodyConfig(_Frozen):
     reference_adult_cm: float = Field(170.0, gt=0)
 
 
-class HistoryConfig(_Frozen):
+class HistoryConfig(Frozen):
     """The treatment history before the first decision point (induction, steroid-sparing agents, biologics)."""
 
     prednisone_mg_per_kg: Range = Range(low=0.75, high=1.0)
@@ -195,7 +193,7 @@ class HistoryConfig(_Frozen):
     regimens: dict[str, DrugRegimens]
 
 
-class MeasurementConfig(_Frozen):
+class MeasurementConfig(Frozen):
     """How latent muscle (m) and skin (s) activity in [0, 1] become IMACS core set measures, and their noise."""
 
     physician_global: tuple[float, float] = (0.55, 0.45)
@@ -226,7 +224,7 @@ class MeasurementConfig(_Frozen):
     other_missing: float = Field(0.05, ge=0, lt=1, description="a non-core measure missing at a visit")
 
 
-class Modifier(_Frozen):
+class Modifier(Frozen):
     """Multiplies a drug's muscle / skin effect (and its onset time constant) in one subgroup."""
 
     when: Subgroup
@@ -235,7 +233,7 @@ class Modifier(_Frozen):
     onset: float = Field(1.0, gt=0)
 
 
-class DrugEffect(_Frozen):
+class DrugEffect(Frozen):
     """Fraction of latent activity a drug removes at full onset, with kinetics 1 − exp(−t/onset_weeks)."""
 
     muscle: float = Field(0.0, ge=0, le=0.95)
@@ -244,7 +242,7 @@ class DrugEffect(_Frozen):
     modifiers: tuple[Modifier, ...] = ()
 
 
-class OptimiseEffect(_Frozen):
+class OptimiseEffect(Frozen):
     """Raising below-target doses: effect per unit of shortfall (1 − dose/target) for each generic."""
 
     potency: dict[str, float] = Field(default_factory=dict)
@@ -257,7 +255,7 @@ HARM_EVENTS: tuple[str, ...] = ("serious_infection", "opportunistic_infection", 
 SAFETY_EVENTS: tuple[str, ...] = ("serious_infection", "opportunistic_infection", "cytopenia")
 
 
-class HarmConfig(_Frozen):
+class HarmConfig(Frozen):
     """Adding a drug can lower the chance of response: a serious infection or toxicity interrupts it early (the
     new effect is lost) and the disease flares. Off by default (no interruption)."""
 
@@ -285,7 +283,7 @@ class HarmConfig(_Frozen):
         return self
 
 
-class PrednisoneRule(_Frozen):
+class PrednisoneRule(Frozen):
     """Prednisone after a decision follows the latent disease activity A = max(m, s) (issue 17; sources in
     docs/sources.md §7, the rule in docs/simulator.md). At the horizon, a relative fall of A by at least
     `taper_if_fall` has let the clinician taper (steps of `step_mg`, `large_step_mg` above `large_step_above_mg`,
@@ -314,7 +312,7 @@ class PrednisoneRule(_Frozen):
     activity_floor: float = Field(0.05, gt=0)
 
 
-class EffectsConfig(_Frozen):
+class EffectsConfig(Frozen):
     """Treatment effects on latent activity (docs/sources.md §3; uncontrolled results shrunk to placebo)."""
 
     #: what every arm gets: placebo response and regression to the mean of a flare.
@@ -349,7 +347,7 @@ class EffectsConfig(_Frozen):
     washout_default_weeks: float = Field(8.0, gt=0)
 
 
-class SafetyConfig(_Frozen):
+class SafetyConfig(Frozen):
     """Logistic model of serious infection or grade ≥ 3 cytopenia within the reference horizon."""
 
     intercept: float
@@ -367,7 +365,7 @@ class SafetyConfig(_Frozen):
     background_cytopenia_grades: tuple[float, float, float, float] = (0.5, 0.3, 0.15, 0.05)
 
 
-class PolicyConfig(_Frozen):
+class PolicyConfig(Frozen):
     """The simulated clinician: option log-odds by patient features (confounding by indication), with overlap."""
 
     min_probability: float = Field(0.02, ge=0, lt=0.14)
@@ -380,7 +378,7 @@ class PolicyConfig(_Frozen):
     switch_base: float = -1.5
 
 
-class DecisionRule(_Frozen):
+class DecisionRule(Frozen):
     """When a visit is a decision point and how follow-up unfolds after it."""
 
     physician_global_min_cm: float = 2.0
@@ -399,7 +397,7 @@ class DecisionRule(_Frozen):
     loss_if_no_response_log_or: float = 0.0
 
 
-class TrialScreening(_Frozen):
+class TrialScreening(Frozen):
     """A trial's inclusion criteria, applied to the core set MEASURED at a screening visit (not to the latent
     activity): MMT-8 at most `mmt8_max` and at least `min_items` of the listed abnormalities. MMT-8 limits are in
     units of a 0–`mmt8_scale` score, the scale the trial used (every enrolled patient is scored on it).
@@ -424,7 +422,7 @@ class TrialScreening(_Frozen):
     max_candidates_per_patient: int = Field(50, ge=1, description="screen at most this many candidates per enrolled patient")
 
 
-class TrialHistory(_Frozen):
+class TrialHistory(Frozen):
     """A trial's inclusion criteria on the treatment history the record shows before the baseline visit: the number
     of distinct prior advanced agents (`history.prior_advanced`: IVIG, rituximab, tocilizumab) and of steroid-sparing
     agents (`history.conventional_mix`), the prednisone dose the taper stopped at (steroid dependence) and the years
@@ -458,7 +456,7 @@ class TrialHistory(_Frozen):
         return self
 
 
-class TrialPopulation(_Frozen):
+class TrialPopulation(Frozen):
     """One emulated trial's population: who is enrolled, when outcomes are read, and how much the background
     (placebo response, regression to the mean, background therapy) helps, relative to the refractory default.
 
@@ -485,7 +483,7 @@ class TrialPopulation(_Frozen):
 EXPECTATION_MEASURES: tuple[str, ...] = ("physician_global", "patient_global", "extramuscular_global", "haq")
 
 
-class TrialExpectation(_Frozen):
+class TrialExpectation(Frozen):
     """The expectation (placebo) response of a randomised trial: at every follow-up visit of every arm of every
     emulated trial, the subjective core-set ratings (`measures`) read `relative` lower than the patient's activity
     gives (rating × (1 − relative), re-rounded to the instrument's resolution). Trial mode only: the observational
@@ -505,7 +503,7 @@ class TrialExpectation(_Frozen):
         return self
 
 
-class TrialConfig(_Frozen):
+class TrialConfig(Frozen):
     """Trial-emulation mode: options randomised among the eligible, one decision per patient, and a named
     population per published trial (each calibration anchor is reproduced in the population of its trial)."""
 
@@ -532,7 +530,7 @@ class TrialConfig(_Frozen):
         return self.populations[key]
 
 
-class TruthConfig(_Frozen):
+class TruthConfig(Frozen):
     """Monte Carlo settings of the true probabilities."""
 
     mc_draws: int = Field(200, ge=10)
@@ -540,7 +538,7 @@ class TruthConfig(_Frozen):
     chunk_rows: int = Field(2_000_000, ge=10_000, description="pairs scored per batch (memory bound)")
 
 
-class SimulatorConfig(_Frozen):
+class SimulatorConfig(Frozen):
     """Everything the simulator needs besides the drug vocabulary and option catalogue."""
 
     cohort: CohortConfig

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from features.config import Frozen
 
 BinStrategy = Literal["uniform", "quantile"]
 
@@ -13,10 +15,8 @@ class EvaluationInputError(ValueError):
     """Bad evaluation input: the message names the input, the offending rows, and the rule they break."""
 
 
-class EvaluationConfig(BaseModel):
+class EvaluationConfig(Frozen):
     """Evaluation knobs (the `evaluation` section of params.yaml)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     propensity_floor: float = Field(
         0.02, gt=0, lt=1, description="AIPW weights use max(propensity, floor) to bound extreme weights."

@@ -372,9 +372,8 @@ def build_patient_page(
     from pipeline.config import load_catalog, load_reference
     from pipeline.report import clinical as C
 
-    drugs_cfg = load_reference("drugs")
     rules = rules if rules is not None else load_reference("clinical_rules")
-    vocabulary = Vocabulary.from_config(drugs_cfg)
+    vocabulary = load_catalog("drugs", Vocabulary.from_config)
     catalog = load_catalog("options", OptionCatalog.from_config)
     one = {name: t[t["patient_id"].astype(str) == patient_id].reset_index(drop=True) for name, t in tables.items()}
     if one["patients"].empty:

@@ -149,11 +149,13 @@ def ineligible_text(reason: str, drug_labels: Mapping[str, str]) -> str:
 
 def _names_run(path: Path, run_id: str) -> bool:
     """Whether the run.json at `path` exists, is readable and names `run_id`."""
+    from pipeline.cli_types import Refusal
+    from pipeline.trained import read_run
+
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_run(path)["run_id"] == run_id
+    except (OSError, Refusal):
         return False
-    return isinstance(record, dict) and record.get("run_id") == run_id
 
 
 def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = Path("data/evaluate"), *,

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from features.config import Frozen
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-class LabTest(_Frozen):
+class LabTest(Frozen):
     """One graded lab: below a lower limit (`lln`, CTCAE `below` thresholds, falling) or above an upper one (`uln`,
     `above_x_uln` multiples, rising)."""
 
@@ -42,17 +40,17 @@ class LabTest(_Frozen):
         return self
 
 
-class Labs(_Frozen):
+class Labs(Frozen):
     flag_grade: int = Field(ge=1, le=4)
     tests: tuple[LabTest, ...] = Field(min_length=1)
 
 
-class DiseaseNote(_Frozen):
+class DiseaseNote(Frozen):
     when: dict[Literal["antibody", "ild", "cancer_associated", "diagnosis"], str | bool] = Field(min_length=1)
     note: str = Field(min_length=1)
 
 
-class ClinicalRules(_Frozen):
+class ClinicalRules(Frozen):
     labs: Labs
     disease_notes: tuple[DiseaseNote, ...] = ()
     stale_after_days: dict[str, int] = Field(default_factory=lambda: {"default": 45})
@@ -65,7 +63,7 @@ class ClinicalRules(_Frozen):
         return self
 
 
-class Check(_Frozen):
+class Check(Frozen):
     test: str = Field(min_length=1)
     when: str = Field(min_length=1)
     why: str = Field(min_length=1)
@@ -75,7 +73,7 @@ class Reminder(Check):
     drugs: tuple[str, ...] = Field(min_length=1)
 
 
-class Monitoring(_Frozen):
+class Monitoring(Frozen):
     always: tuple[Check, ...] = ()
     reminders: tuple[Reminder, ...] = ()
 
