@@ -263,6 +263,10 @@ class RegimenIndex:
         self.unit_factor = units.map({u: v[0] for u, v in known.items() if v}).to_numpy(float, na_value=np.nan)
         self.unit_basis = units.map({u: v[1] for u, v in known.items() if v}).fillna("").to_numpy(object)
         self.dose = pd.to_numeric(self.frame["dose"], errors="coerce").to_numpy(float)
+        self.dose_mg = pd.to_numeric(self.frame["dose_mg"], errors="coerce").to_numpy(float)
+        rituximab = vocabulary.drug(RITUXIMAB) if RITUXIMAB in vocabulary.generics else None
+        #: a course's length when its rows give none (one row per infusion written "once"): the target's cycle
+        self.rituximab_cycle_days = rituximab.target.cycle_days if rituximab and rituximab.target.has_target else np.nan
         with np.errstate(invalid="ignore", divide="ignore"):
             self.per_day = (pd.to_numeric(self.frame["doses_per_cycle"], errors="coerce").to_numpy(float)
                             / pd.to_numeric(self.frame["cycle_days"], errors="coerce").to_numpy(float))
@@ -370,7 +374,7 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
 
     Weight- and BSA-based doses are re-resolved with each query's `weight` / `bsa` (measured before as_of) when
     given, else the normalised `daily_mg` is used. Rituximab after its course has ended still counts (while
-    active) at the intensity of its latest course only.
+    active) at the intensity of its latest course only (`rituximab_course_intensity`).
     """
     cur = state[state["current"].to_numpy() & pd.notna(state["generic"]).to_numpy()]
     # an export may write each infusion as a row (day 1, day 15): a rituximab course begins at its first infusion
@@ -380,15 +384,12 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
     course_start = rx[same_course].groupby("query")["course_start_day"].min()
     course_record = rx.groupby("query")["course_record"].last()  # the row of the latest course
     later_course = cur["rituximab"].to_numpy() & cur.duplicated(["query", "generic"], keep="last").to_numpy()
+    course_mg_day = rituximab_course_intensity(reg, rx[same_course], _dose_mg(reg, rx[same_course], weight, bsa))
     cur = cur[~later_course]
     r = cur["row"].to_numpy()
     q = cur["query"].to_numpy()
-    daily = reg.daily_mg[r]
-    if weight is not None and bsa is not None:
-        basis = reg.unit_basis[r]
-        scale = np.select([basis == "mg", basis == "mg_per_kg", basis == "mg_per_m2"],
-                          [1.0, weight[q], bsa[q]], default=np.nan)
-        daily = reg.dose[r] * reg.unit_factor[r] * scale * reg.per_day[r]
+    daily = reg.daily_mg[r] if weight is None or bsa is None else _dose_mg(reg, cur, weight, bsa) * reg.per_day[r]
+    daily = np.where(reg.is_rituximab[r], course_mg_day.reindex(q).to_numpy(float), daily)
     cur = pd.DataFrame({"query": q, "generic": cur["generic"].to_numpy(), "row": r,
                         "daily_mg": daily, "run_start": reg.run_start[r], "ignored": reg.ignored[r]})
     agg = (
@@ -402,6 +403,51 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
     agg["course_start_day"] = np.where(is_rx, course_start.reindex(agg["query"]).to_numpy(float), np.nan)
     agg["course_record"] = np.where(is_rx, course_record.reindex(agg["query"]).to_numpy(object), None)
     return agg.drop(columns="n_dosed")
+
+
+def _dose_mg(reg: RegimenIndex, rows: pd.DataFrame, weight: np.ndarray | None, bsa: np.ndarray | None) -> np.ndarray:
+    """mg per administration of each state row, re-resolved with its query's weight / BSA when given."""
+    r = rows["row"].to_numpy()
+    if weight is None or bsa is None:
+        return reg.dose_mg[r]
+    q = rows["query"].to_numpy()
+    basis = reg.unit_basis[r]
+    scale = np.select([basis == "mg", basis == "mg_per_kg", basis == "mg_per_m2"], [1.0, weight[q], bsa[q]],
+                      default=np.nan)
+    return reg.dose[r] * reg.unit_factor[r] * scale
+
+
+def rituximab_course_intensity(reg: RegimenIndex, course: pd.DataFrame, dose_mg: np.ndarray) -> pd.Series:
+    """Intensity (mg/day) of each query's latest rituximab course, whatever rows the record splits it into.
+
+    The latest-started row of the course states it where it prescribes a whole course ("days 1 and 15, every 6
+    months"; an earlier row of the window is then the order it replaced). Otherwise the course's dose is every
+    infusion of its rows: a row written "once" or with the courses' interval ("every 6 months") one, a row repeating
+    within the course ("every 2 weeks") its infusions up to its last dose. The dose is spread over the interval
+    between courses the rows prescribe, else the target's 6 months, so a row per infusion reads like the course row.
+    """
+    q = course["query"].to_numpy()
+    r = course["row"].to_numpy()
+    cycle = reg.cycle_days[r]
+    doses_per_cycle = pd.to_numeric(reg.frame["doses_per_cycle"], errors="coerce").to_numpy(float)[r]
+    is_course_cycle = cycle > RITUXIMAB_COURSE_DAYS
+    whole_course = is_course_cycle & (doses_per_cycle >= 2)
+    latest_row = pd.Series(r).groupby(q).max()
+    is_latest = r == latest_row.reindex(q).to_numpy()
+    latest_whole = pd.Series(whole_course[is_latest], index=q[is_latest])
+    keep = is_latest | ~latest_whole.reindex(q).to_numpy(bool)
+    start = course["start"].to_numpy(float)
+    within = np.minimum(course["last_dose_day"].to_numpy(float), start + RITUXIMAB_COURSE_DAYS) - start
+    with np.errstate(invalid="ignore"):
+        repeats = np.where(np.isfinite(cycle), 1 + np.floor(np.maximum(within, 0) / cycle), 1.0)
+    # an unreadable schedule (no doses per cycle) leaves the infusions, and so the course's dose, unknown
+    infusions = np.where(is_course_cycle, doses_per_cycle, np.where(np.isnan(doses_per_cycle), np.nan, repeats))
+    latest_cycle = pd.Series(cycle[is_latest], index=q[is_latest])
+    interval = latest_cycle.where(latest_cycle > RITUXIMAB_COURSE_DAYS, reg.rituximab_cycle_days)
+    # per row as dose × (doses / days), the order the other drugs' intensity is computed in
+    mg_day = pd.Series(dose_mg * (infusions / interval.reindex(q).to_numpy(float)), index=q)[keep]
+    unknown = mg_day.isna().groupby(level=0).any()
+    return mg_day.groupby(level=0).sum().where(~unknown)
 
 
 def last_change_day(state: pd.DataFrame, cut: np.ndarray, n: int) -> np.ndarray:

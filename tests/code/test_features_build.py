@@ -230,6 +230,38 @@ def test_a_rituximab_row_tells_one_course_from_a_stopped_order(interval, start, 
     assert side.loc["rituximab", "last_course_record"] == record
 
 
+@pytest.mark.parametrize(
+    ("rows", "fraction"),
+    [
+        ([("days 1 and 15, every 6 months", "2024-06-01", "2024-06-15")], 1.0),  # the course as one row
+        ([("once", "2024-06-01", "2024-06-01"), ("once", "2024-06-15", "2024-06-15")], 1.0),  # a row per infusion
+        # a row per infusion, each with the courses' interval (an open order too)
+        ([("every 6 months", "2024-06-01", "2024-06-01"), ("every 6 months", "2024-06-15", "2024-06-15")], 1.0),
+        ([("every 6 months", "2024-06-01", None), ("every 6 months", "2024-06-15", None)], 1.0),
+        ([("every 2 weeks", "2024-06-01", "2024-06-15")], 1.0),  # the two infusions as a two-weekly row
+        ([("once", "2024-06-01", "2024-06-01")], 0.5),  # half a course
+        ([("once", "2023-12-01", "2023-12-01"), ("once", "2024-06-01", "2024-06-01")], 0.5),  # one a course
+        ([("now and then", "2024-06-01", "2024-06-01"), ("once", "2024-06-15", "2024-06-15")], None),  # unreadable
+        # a raised dose: the new order's course replaces the old order's, begun days before (not added to it)
+        ([("days 1 and 15, every 6 months", "2023-09-01", "2024-03-05", 500),
+          ("days 1 and 15, every 6 months", "2024-03-06", None)], 1.0),
+    ],
+)
+def test_a_rituximab_course_is_judged_whole_however_the_record_splits_it(rows, fraction):
+    """The dose of the latest course (every infusion within six weeks of its first) over the courses' interval, else
+    the target's 6 months: a row per infusion is not "below target" where the course row would not be."""
+    regimen = [("P1", "Rituxan", dose[0] if dose else 1000, "mg", "intravenous", interval, start, end)
+               for interval, start, end, *dose in rows]
+    fs = features_at(normalised(BASE_REGIMEN + regimen), "2024-07-01")
+    f = fs.features.iloc[0]
+    if fraction is None:
+        assert np.isnan(f["rituximab_dose_fraction"]) and f["rituximab_below_target"] == 0.0
+    else:
+        assert f["rituximab_dose_fraction"] == pytest.approx(fraction, rel=0.01)
+        assert f["rituximab_below_target"] == float(fraction < 1)
+    assert f["rituximab_above_target"] == 0.0
+
+
 def test_prednisone_taper_cumulative_dose_and_continuity():
     t = normalised([
         ("P1", "prednisone", 60, "mg", "oral", "daily", "2025-01-01", "2025-01-10"),
