@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from features.config import FeatureConfig, Frozen, LabelConfig, Seed
 from features.response import response_threshold
 from features.vocabulary import OptionCatalog
-from models.calibration import CalibratedLearner, out_of_fold_outcomes
+from models.calibration import CalibratedLearner, out_of_fold_outcomes, out_of_fold_predictions
 from models.config import BoosterConfig, CalibrationConfig, IntervalConfig, LearnerConfig, PropensityConfig
 from models.intervals import (
     BootstrapEnsemble,
@@ -34,14 +34,14 @@ from models.intervals import (
     shared_outcomes,
     widen_interval,
 )
-from models.learners import LEARNERS, BaseLearner, make_learner
+from models.learners import LEARNERS, BaseLearner, make_learner, prepare_fit
 from models.propensity import PropensityModel, overlap_report
-from models.response import response_of
+from models.response import response_margin, response_of
 
-LearnerKind = Literal["s_learner", "t_learner", "dr_learner", "linear", "modifier_glm", "x_learner", "stacked",
-                      "gp_t_learner"]
+LearnerKind = Literal["s_learner", "t_learner", "dr_learner", "linear", "modifier_glm", "score_glm", "x_learner",
+                      "stacked", "gp_t_learner"]
 _KIND = {"s_learner": "s", "t_learner": "t", "dr_learner": "dr", "linear": "linear", "modifier_glm": "modifier_glm",
-         "x_learner": "x", "stacked": "stacked", "gp_t_learner": "gp_t"}
+         "score_glm": "score_glm", "x_learner": "x", "stacked": "stacked", "gp_t_learner": "gp_t"}
 #: `train.learner: auto` — the response learner is chosen among `train.selection.candidates` (`models.selection`).
 AUTO = "auto"
 #: identifier / date columns carried through to the output, never used as features.
@@ -77,18 +77,21 @@ class LearnerCandidate(Frozen):
 
     learner: LearnerKind
     linear_C: float | None = Field(None, gt=0, description="modifier GLM / linear: inverse L2 strength")
+    linear_alpha: float | None = Field(None, gt=0, description="score GLM: ridge penalty of the score regression")
+    score_weight: float | None = Field(None, ge=0, le=1, description="score GLM: weight of the score's log-odds")
     stack_weight: float | None = Field(None, ge=0, le=1, description="stacked: weight of the S-learner")
 
     @property
     def name(self) -> str:
         """A readable label, e.g. `modifier_glm(C=1)`."""
-        settings = [f"C={self.linear_C:g}"] if self.linear_C is not None else []
-        settings += [f"w={self.stack_weight:g}"] if self.stack_weight is not None else []
+        short = {"linear_C": "C", "linear_alpha": "alpha", "score_weight": "w", "stack_weight": "w"}
+        settings = [f"{short[k]}={v:g}" for k, v in self.updates().items()]
         return f"{self.learner}({', '.join(settings)})" if settings else self.learner
 
     def updates(self) -> dict[str, object]:
         """The `LearnerConfig` fields this candidate sets."""
-        return {k: v for k, v in (("linear_C", self.linear_C), ("stack_weight", self.stack_weight)) if v is not None}
+        fields = ("linear_C", "linear_alpha", "score_weight", "stack_weight")
+        return {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
 
 
 class TrainingDataError(ValueError):
@@ -120,7 +123,7 @@ class BundleConfig(Frozen):
     safety_learner: LearnerKind = "s_learner"
     #: steroid sparing (prednisone ≤ the taper goal at the horizon without a rise): pooled like safety
     steroid_learner: LearnerKind = "s_learner"
-    tis_learner: LearnerKind | None = None  # None: same as `learner`
+    tis_learner: LearnerKind | None = None  # None: the response's learner (the modifier GLM for `score_glm`)
     booster: BoosterConfig = BoosterConfig()
     propensity: PropensityConfig = PropensityConfig()
     calibration: CalibrationConfig = CalibrationConfig()
@@ -638,18 +641,18 @@ def _learner_config(cfg: BundleConfig, outcome: Literal["binary", "continuous"],
 
 def select_response_learner(
     cfg: BundleConfig, lcfg: LearnerConfig, X: pd.DataFrame, t: np.ndarray, y: np.ndarray, groups: np.ndarray,
-    eligible: np.ndarray,
+    eligible: np.ndarray, score: np.ndarray | None = None,
 ) -> tuple[LearnerCandidate, pd.DataFrame]:
     """`learner: auto`: the candidate whose recommendations have the highest cross-fitted doubly robust value on
-    the training patients, and the selection table (`models.selection`)."""
-    from models.learners import cross_fitted_aipw, prepare_fit
+    the training patients, and the selection table (`models.selection`). `score`: what `y` thresholds."""
+    from models.learners import cross_fitted_aipw
     from models.selection import select_learner
 
     # a candidate made for another outcome kind (gp_t: continuous only) is not one for this head
     by_name = {c.name: c for c in cfg.selection.candidates if lcfg.outcome in LEARNERS[_KIND[c.learner]].outcomes}
     if not by_name:
         raise ValueError(f"train.selection.candidates: none models a {lcfg.outcome} outcome (rule: at least one)")
-    data = prepare_fit(X, t, y, lcfg, groups=groups, eligible=eligible)
+    data = prepare_fit(X, t, y, lcfg, groups=groups, eligible=eligible, score=score)
     scores, _ = cross_fitted_aipw(data, lcfg.model_copy(update={"cv_folds": cfg.selection.folds}))
     learners = {name: make_learner(_KIND[c.learner], lcfg.model_copy(update=c.updates())) for name, c in by_name.items()}
     with warnings.catch_warnings():
@@ -670,31 +673,31 @@ def _fit_head(
     eligible: np.ndarray,
     seed_offset: int,
     spread_from_outcomes: bool = True,
+    score: np.ndarray | None = None,
 ) -> Head:
     """Fit one outcome head: full-data learner, calibration (binary) and bootstrap ensemble; a binary head's
     patient spread from its 0/1 residuals unless `spread_from_outcomes` is off (the response's comes from the TIS,
-    `_score_spread`)."""
+    `_score_spread`). `score`: what a binary `y` thresholds, for learners that learn from it (`ScoreGLM`)."""
     outcome = lcfg.outcome
     arms = tuple(lcfg.arms or ())
+    data = prepare_fit(X, t, y, lcfg, groups=groups, eligible=eligible, score=score)
     learner: BaseLearner = make_learner(_KIND[kind], lcfg)
     if outcome == "binary" and cfg.calibrate:
         learner = CalibratedLearner(learner, cfg.calibration)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # small options left uncalibrated: listed in summary
-        learner.fit(X, t, y, groups=groups, eligible=eligible)
+        learner.fit_prepared(data)
         ensemble = None
         if cfg.intervals.n_boot > 0:
             icfg = cfg.intervals.model_copy(update={"seed": cfg.intervals.seed + seed_offset})
-            ensemble = BootstrapEnsemble(make_learner(_KIND[kind], lcfg), icfg)
-            ensemble.fit(X, t, y, groups=groups, eligible=eligible)
+            ensemble = BootstrapEnsemble(make_learner(_KIND[kind], lcfg), icfg).fit_prepared(data)
         bands, spread = None, None
         if outcome == "binary" and cfg.interval_calibration.enabled:
             if isinstance(learner, CalibratedLearner):
                 p_oof = learner.calibrate(learner.oof_)  # the out-of-fold rows the calibrators were fitted on
             else:
-                p_oof = out_of_fold_outcomes(make_learner(_KIND[kind], lcfg), X, t, y, groups=groups,
-                                             eligible=eligible, n_folds=cfg.calibration.n_folds,
-                                             seed=cfg.calibration.seed)
+                p_oof = out_of_fold_predictions(make_learner(_KIND[kind], lcfg), data,
+                                                n_folds=cfg.calibration.n_folds, seed=cfg.calibration.seed)
             ic = cfg.interval_calibration
             codes = pd.Index(arms).get_indexer(t)
             bands = fit_calibration_bands(
@@ -824,6 +827,7 @@ def fit_escalate_model(
     tis = pd.to_numeric(merged["total_improvement_score"], errors="coerce").to_numpy(dtype=float)
     safety = pd.to_numeric(merged["safety_event"], errors="coerce").to_numpy(dtype=float)
     response = response_of(tis, features, cfg)
+    margin = response_margin(tis, features, cfg)  # what the response thresholds, for learners that learn from it
     sparing = (pd.to_numeric(merged["steroid_sparing"], errors="coerce").to_numpy(dtype=float)
                if "steroid_sparing" in merged.columns else None)
 
@@ -837,14 +841,16 @@ def fit_escalate_model(
         rows = np.flatnonzero(in_arms & np.isfinite(response))
         chosen, selection_table = select_response_learner(
             cfg, _learner_config(cfg, "binary", arms, 100, modifiers), X.iloc[rows].reset_index(drop=True),
-            taken[rows], response[rows], groups[rows], elig[rows])
+            taken[rows], response[rows], groups[rows], elig[rows], margin[rows])
         response_kind = chosen.learner
         response_updates.update(chosen.updates())
+    # the TIS head: the response's learner where it models a score (the score GLM's own regression is the GLM's)
+    tis_kind = cfg.tis_learner or (response_kind if "continuous" in LEARNERS[_KIND[response_kind]].outcomes
+                                   else "modifier_glm")
     # (head, learner kind, outcome, labels, seed offset, learner settings, optional: too few labels leave it out)
     specs = (
         ("response", response_kind, "binary", response, 1, response_updates, False),
-        ("tis", cfg.tis_learner or response_kind, "continuous", tis, 2,
-         response_updates if cfg.tis_learner is None else modifiers, False),
+        ("tis", tis_kind, "continuous", tis, 2, response_updates if cfg.tis_learner is None else modifiers, False),
         ("safety", cfg.safety_learner, "binary", safety, 3, {}, False),
         *((("steroid_sparing", cfg.steroid_learner, "binary", sparing, 4, {}, True),) if sparing is not None else ()),
     )
@@ -861,7 +867,8 @@ def fit_escalate_model(
         lcfg = _learner_config(cfg, outcome, arms, 100 * offset, updates)  # type: ignore[arg-type]
         inputs = (X.iloc[idx].reset_index(drop=True), taken[idx], y[idx], groups[idx], elig[idx])
         heads[name] = _fit_head(kind, cfg, lcfg, *inputs, seed_offset=100 * offset,
-                                spread_from_outcomes=name != "response")
+                                spread_from_outcomes=name != "response",
+                                score=margin[idx] if name == "response" else None)
         if name == "tis" and "response" in heads and ic.enabled and ic.patient_spread:
             heads["response"].spread = _score_spread(kind, cfg, lcfg, *inputs)  # response = TIS over a threshold
     fit_rows = np.flatnonzero(in_arms)

@@ -79,6 +79,8 @@ class LearnerConfig(Frozen):
     effect_modifiers: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     # Stacked learner: weight of the S-learner's logit beside the modifier GLM's (0 = GLM only, 1 = S only).
     stack_weight: float = Field(0.5, ge=0, le=1)
+    # Score GLM: weight of the log-odds learnt from the thresholded score beside the modifier GLM's (0 = GLM only).
+    score_weight: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _control_in_arms(self) -> LearnerConfig:

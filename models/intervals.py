@@ -7,6 +7,7 @@ patients, not of correlated decision rows. `interval_coverage` measures how ofte
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, Self
@@ -104,7 +105,7 @@ def _with_weights(data: FitData, weight: np.ndarray) -> FitData:
     """Rows with positive weight, carrying the new weights."""
     rows = np.flatnonzero(weight > 0)
     sub = data.rows(rows)
-    return FitData(sub.X, sub.codes, sub.y, sub.groups, weight[rows], sub.eligible, sub.arms, sub.outcome)
+    return dataclasses.replace(sub, weight=weight[rows])
 
 
 class BootstrapEnsemble(BaseLearner):

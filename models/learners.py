@@ -21,6 +21,9 @@ How each arm's prediction is formed from the fitted XGBoost models (for exact Tr
   blended by the propensity); outcome k = control outcome + effect k.
 - `StackedLearner`: the modifier GLM and the S-learner averaged on the logit scale (`config.stack_weight`): the
   published modifiers plus whatever the trees find.
+- `ScoreGLM` (binary outcomes that threshold a score: the response, a total improvement score at or above its
+  threshold): the modifier GLM averaged on the logit scale with a ridge regression of the score on the same design
+  (`config.score_weight`); one linear model on that design, explained by exact linear SHAP like the GLM.
 - `GaussianProcessTLearner` (continuous outcomes only): one Gaussian-process regression per option on the
   scaled features (`arm_models_`); smooth surfaces that trees approximate in steps (IHDP's exponential control
   surface). No TreeSHAP or linear SHAP: not explainable, so never a candidate for the binary response head.
@@ -78,6 +81,7 @@ class OutcomeLearner(Protocol):
         groups: ArrayLike | None = None,
         sample_weight: ArrayLike | None = None,
         eligible: pd.DataFrame | np.ndarray | None = None,
+        score: ArrayLike | None = None,
     ) -> Self: ...
 
     def fit_prepared(self, data: FitData) -> Self: ...
@@ -91,7 +95,8 @@ class OutcomeLearner(Protocol):
 
 @dataclass(frozen=True)
 class FitData:
-    """Checked, aligned training inputs: features, option codes, outcome, patient groups, weights, eligibility."""
+    """Checked, aligned training inputs: features, option codes, outcome, patient groups, weights, eligibility,
+    and optionally the score a binary outcome thresholds (its margin over the threshold: y = 1 where score ≥ 0)."""
 
     X: pd.DataFrame
     codes: np.ndarray
@@ -101,6 +106,7 @@ class FitData:
     eligible: np.ndarray
     arms: tuple[str, ...]
     outcome: Outcome
+    score: np.ndarray | None = None
 
     def rows(self, idx: np.ndarray) -> FitData:
         """The subset of rows `idx` (positions), with a fresh 0..m-1 index."""
@@ -113,6 +119,7 @@ class FitData:
             eligible=self.eligible[idx],
             arms=self.arms,
             outcome=self.outcome,
+            score=None if self.score is None else self.score[idx],
         )
 
 
@@ -155,8 +162,10 @@ def prepare_fit(
     groups: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
     eligible: pd.DataFrame | np.ndarray | None = None,
+    score: ArrayLike | None = None,
 ) -> FitData:
-    """Check and align the training inputs; every error names the table, row, column and rule."""
+    """Check and align the training inputs; every error names the table, row, column and rule. `score`: the
+    margin over its threshold of the score a binary `y` thresholds (`ScoreGLM` learns from it; others ignore it)."""
     frame = as_feature_frame(X)
     n = len(frame)
     t = np.asarray(treatment, dtype=object).ravel()
@@ -201,7 +210,25 @@ def prepare_fit(
     elig = as_eligible_matrix(eligible, arms, n)
     if eligible is not None:
         check_factual_eligible(codes, elig, arms)
-    return FitData(frame, codes, yv, np.asarray(g), w, elig, arms, outcome)
+    return FitData(frame, codes, yv, np.asarray(g), w, elig, arms, outcome, _checked_score(score, yv, outcome))
+
+
+def _checked_score(score: ArrayLike | None, y: np.ndarray, outcome: Outcome) -> np.ndarray | None:
+    """The score a binary outcome thresholds, checked against it: finite, and y = 1 exactly where score ≥ 0."""
+    if score is None:
+        return None
+    s = np.asarray(score, dtype="float64").ravel()
+    if len(s) != len(y):
+        raise ValueError(f"table score: {len(s)} rows but X has {len(y)} (rule: one score per row of X)")
+    if outcome != "binary":
+        raise ValueError("table score: given for a continuous outcome (rule: a score is what a binary outcome "
+                         "thresholds)")
+    bad = ~np.isfinite(s) | ((s >= 0) != (y > 0.5))
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"table score: row {r} is {s[r]} where y is {y[r]:g} (rule: finite, and y = 1 exactly "
+                         "where the score's margin over its threshold is ≥ 0)")
+    return s
 
 
 def patient_folds(
@@ -347,12 +374,13 @@ class BaseLearner(ABC):
         groups: ArrayLike | None = None,
         sample_weight: ArrayLike | None = None,
         eligible: pd.DataFrame | np.ndarray | None = None,
+        score: ArrayLike | None = None,
     ) -> Self:
         """Fit on factual rows. `groups` are patient ids (used for cross-fitting); `eligible` (n, n_arms) is
-        used by learners that model propensities and is otherwise only checked against the option taken."""
-        data = prepare_fit(
-            X, treatment, y, self.config, groups=groups, sample_weight=sample_weight, eligible=eligible
-        )
+        used by learners that model propensities and is otherwise only checked against the option taken;
+        `score` is what a binary `y` thresholds, as its margin over the threshold (`prepare_fit`)."""
+        data = prepare_fit(X, treatment, y, self.config, groups=groups, sample_weight=sample_weight,
+                           eligible=eligible, score=score)
         return self.fit_prepared(data)
 
     def fit_prepared(self, data: FitData) -> Self:
@@ -621,6 +649,56 @@ class ModifierGLM(LinearLearner):
         return weights
 
 
+class _LinearLogit:
+    """A fitted log-odds model linear in a design, with what `LinearLearner` predicts and explains from."""
+
+    def __init__(self, coef: np.ndarray, intercept: float) -> None:
+        self.coef_ = np.asarray(coef, dtype="float64").reshape(1, -1)
+        self.intercept_ = np.array([float(intercept)])
+
+    def predict_proba(self, design: np.ndarray) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-(design @ self.coef_[0] + self.intercept_[0])))
+        return np.column_stack([1.0 - p, p])
+
+
+class ScoreGLM(ModifierGLM):
+    """The modifier GLM that also learns from the score its binary outcome thresholds (`FitData.score`: the total
+    improvement score's margin over the response threshold).
+
+    A response keeps one bit of the score it thresholds: a ridge regression of the score on the GLM's design
+    (`linear_alpha`) ranks patients within an option more surely. Its patient-grouped out-of-fold predictions are
+    mapped to log-odds by a logistic regression of the response on them (how sharply the chance rises with the
+    expected score), and the response's log-odds are the weighted mean of that and the GLM's own (`score_weight`;
+    0 = the GLM alone). Both are linear in one design, so the result is one linear model with exact linear SHAP.
+    """
+
+    outcomes = ("binary",)
+
+    def _fit(self, data: FitData) -> None:
+        if data.outcome != "binary" or data.score is None:
+            raise ValueError(f"table score: the {type(self).__name__} learner needs a binary outcome and the score "
+                             "it thresholds (rule: fit(..., score=margin over the threshold))")
+        super()._fit(data)
+        self.glm_ = self.model_
+        design = self._design(self.preprocess_.transform(data.X), data.codes)
+        n_folds = min(self.config.cv_folds, len(np.unique(data.groups)))
+        oof = np.empty(len(data.y))
+        for train, test in patient_folds(data.groups, n_folds, seed=self.config.booster.seed):
+            ridge = Ridge(alpha=self.config.linear_alpha).fit(design[train], data.score[train],
+                                                               sample_weight=data.weight[train])
+            oof[test] = ridge.predict(design[test])
+        self.ridge_ = Ridge(alpha=self.config.linear_alpha).fit(design, data.score, sample_weight=data.weight)
+        link = LogisticRegression(C=1e6, max_iter=1000).fit(oof[:, None], data.y, sample_weight=data.weight)
+        slope, offset = float(link.coef_[0, 0]), float(link.intercept_[0])
+        # a score no better than chance on the left-out patients (slope ≤ 0) is left out, never turned round
+        weight = self.config.score_weight if slope > 0 else 0.0
+        self.link_ = {"slope": slope, "intercept": offset, "score_weight": weight}
+        glm_coef, glm_intercept = self.glm_.coef_.ravel(), float(self.glm_.intercept_[0])
+        self.model_ = _LinearLogit(
+            (1 - weight) * glm_coef + weight * slope * self.ridge_.coef_,
+            (1 - weight) * glm_intercept + weight * (slope * float(self.ridge_.intercept_) + offset))
+
+
 class XLearner(BaseLearner):
     """Künzel et al.'s X-learner, option by option against control: per-option outcome models (a T-learner,
     `outcome_models_`), imputed effects — y − control model on rows that took the option, option model − y on
@@ -752,7 +830,7 @@ class GaussianProcessTLearner(BaseLearner):
 
 LEARNERS: Mapping[str, type[BaseLearner]] = MappingProxyType(
     {"s": SLearner, "t": TLearner, "dr": DRLearner, "linear": LinearLearner, "modifier_glm": ModifierGLM,
-     "x": XLearner, "stacked": StackedLearner, "gp_t": GaussianProcessTLearner}
+     "x": XLearner, "stacked": StackedLearner, "gp_t": GaussianProcessTLearner, "score_glm": ScoreGLM}
 )
 
 

@@ -26,13 +26,17 @@ def is_juvenile(features: pd.DataFrame) -> np.ndarray:
     return features[JUVENILE_COLUMN].fillna(0).astype(bool).to_numpy()
 
 
-def response_of(tis: np.ndarray, features: pd.DataFrame, config: ResponseThresholds) -> np.ndarray:
-    """Response (1/0; NaN without a score) per row of `features` (and per option column when `tis` is 2-D): TIS at
-    or above the threshold of the patient's diagnosis — ACR/EULAR 2016 gives juvenile DM its own — as the labels
-    stage defines it."""
+def response_margin(tis: np.ndarray, features: pd.DataFrame, config: ResponseThresholds) -> np.ndarray:
+    """TIS minus the response threshold of the patient's diagnosis, per row of `features` (and per option column
+    when `tis` is 2-D): a response is a margin ≥ 0 (`response_of`). ACR/EULAR 2016 gives juvenile DM its own."""
     threshold = np.where(is_juvenile(features), config.juvenile_response_threshold, config.response_threshold)
     tis = np.asarray(tis, dtype=float)
-    if tis.ndim == 2:
-        threshold = threshold[:, None]
+    return np.round(tis, 9) - (threshold[:, None] if tis.ndim == 2 else threshold)
+
+
+def response_of(tis: np.ndarray, features: pd.DataFrame, config: ResponseThresholds) -> np.ndarray:
+    """Response (1/0; NaN without a score) per row of `features` (and per option column when `tis` is 2-D): TIS at
+    or above the threshold of the patient's diagnosis, as the labels stage defines it."""
+    margin = response_margin(tis, features, config)
     with np.errstate(invalid="ignore"):
-        return np.where(np.isnan(tis), np.nan, (np.round(tis, 9) >= threshold).astype(float))
+        return np.where(np.isnan(margin), np.nan, (margin >= 0).astype(float))

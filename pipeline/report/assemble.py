@@ -41,6 +41,9 @@ def _method(model: object) -> str:
     words = name.replace("_", " ")
     if name.startswith("modifier_glm"):
         words = f"penalised logistic regression with the published effect modifiers ({name})"
+    elif name.startswith("score_glm"):
+        words = ("penalised logistic regression with the published effect modifiers, averaged with a regression of "
+                 f"the total improvement score itself, which carries more than whether it reached response ({name})")
     elif name.startswith(("s_learner", "t_learner", "dr_learner", "x_learner")):
         words = f"{name.split('(')[0].replace('_', '-')} on gradient-boosted trees"
     chosen = bool(model.summary.get("selection"))  # type: ignore[attr-defined]

@@ -95,7 +95,7 @@ def test_juvenile_thresholds_apply_to_juvenile_dm():
 def test_the_model_scores_response_by_the_labels_rule(juvenile: bool):
     """Training and evaluation turn TIS into response with the labels' own thresholds (juvenile DM: 45, not 40)."""
     from models.bundle import BundleConfig
-    from models.response import JUVENILE_COLUMN, response_of
+    from models.response import JUVENILE_COLUMN, response_margin, response_of
 
     follow = visit(week(24), pga=4.0, mmt8=70.0, ck=400.0)  # TIS 42.5: adult responder, juvenile not
     diagnosis = "juvenile_dermatomyositis" if juvenile else "adult_dermatomyositis"
@@ -106,6 +106,9 @@ def test_the_model_scores_response_by_the_labels_rule(juvenile: bool):
     assert response_of(tis, features, BundleConfig()).tolist() == [lab["response"]]
     both = response_of(np.array([[np.nan, 42.5, 45.0]]), features, BundleConfig())  # one row, three options
     assert np.isnan(both[0, 0]) and both[0, 1:].tolist() == [0.0 if juvenile else 1.0, 1.0]
+    # the score GLM learns from the margin over that threshold: a response is a margin ≥ 0
+    margin = response_margin(np.array([[np.nan, 42.5, 45.0]]), features, BundleConfig())
+    assert np.isnan(margin[0, 0]) and margin[0, 1:].tolist() == ([-2.5, 0.0] if juvenile else [2.5, 5.0])
 
 
 @pytest.mark.parametrize(

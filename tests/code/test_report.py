@@ -930,3 +930,19 @@ def test_the_index_lists_patients_without_a_page_and_why():
                          as_of="2026-11-18", model="escalate-response v1")
     assert 'href="P1.html"' in out and 'href=""' not in out
     assert "&lt;b&gt;P2&lt;/b&gt;" in out and "no page: data errors" in out
+
+
+@pytest.mark.parametrize(
+    ("learner", "words"),
+    [
+        ("modifier_glm(C=0.1)", "penalised logistic regression with the published effect modifiers (modifier_glm"),
+        ("score_glm(C=0.1, alpha=30, w=0.5)", "averaged with a regression of the total improvement score itself"),
+        ("s_learner", "s-learner on gradient-boosted trees"),
+    ],
+)
+def test_model_facts_name_the_method_in_words(learner, words):
+    from types import SimpleNamespace
+
+    chosen = SimpleNamespace(learner_name=learner, config=SimpleNamespace(learner="auto"), summary={"selection": [{"candidate": learner}]})
+    assert words in A._method(chosen)
+    assert A._method(chosen).endswith("(cross-fitted doubly robust value)")

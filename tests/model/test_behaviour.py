@@ -150,6 +150,19 @@ def test_same_seed_same_model(cohort):
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_the_score_glm_learns_the_response_from_the_total_improvement_score(cohort):
+    """`score_glm` fits the response on its TIS margin over the patient's threshold as well; the TIS head, which
+    it cannot fit (a score is not a response), is the modifier GLM its score regression is."""
+    features, decisions, _ = cohort
+    model = fit_escalate_model(features, decisions, catalog(), small_config("score_glm"))
+    learner = model.heads["response"].learner.base_
+    assert type(learner).__name__ == "ScoreGLM" and learner.link_["slope"] > 0
+    assert type(model.heads["tis"].learner).__name__ == "ModifierGLM"
+    predictions = model.predict_frame(features)
+    shown = predictions["p_response"].dropna()  # ineligible options get no number
+    assert len(shown) > len(predictions) / 4 and shown.between(0, 1).all()
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
