@@ -67,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 from models import evaluation as ev  # noqa: E402
 from models.config import BoosterConfig, LearnerConfig  # noqa: E402
 from models.learners import LEARNERS, make_learner  # noqa: E402
+from models.response import response_margin  # noqa: E402
 from pipeline.settings import Settings, settings_from  # noqa: E402
 
 #: seeds never used in development (params.yaml's seed is the development seed and is refused).
@@ -162,6 +163,7 @@ def bench_data(train: Cohort, train_rows: np.ndarray, test: Cohort, test_rows: n
         "X": train.features.loc[fit, cols].astype(float).reset_index(drop=True),
         "t": taken,
         "y": y_all[fit],
+        "tis": train.decisions["total_improvement_score"].to_numpy(dtype=float)[fit],
         "groups": train.decisions["patient_id"].to_numpy()[fit].astype(str),
         "eligible_train": elig_train,
         "eval_features": test.features.iloc[hit].reset_index(drop=True),
@@ -267,7 +269,9 @@ def ours(kind: str, settings: Settings) -> Runner:
 
     def run(data: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray]:
         model = make_learner(kind, learner_config(settings, data))
-        model.fit(data["X"], data["t"], data["y"], groups=data["groups"], eligible=data["eligible_train"])
+        score = response_margin(data["tis"], data["X"], settings.train)  # what the response thresholds (score GLM)
+        model.fit(data["X"], data["t"], data["y"], groups=data["groups"], eligible=data["eligible_train"],
+                  score=score)
         effects = model.predict_effects(data["X_eval"])
         return effects, argmax_eligible(effects, data["eligible"])
 
