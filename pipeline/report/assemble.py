@@ -38,12 +38,12 @@ from pipeline.report.load import LoadedModel
 def _method(model: object) -> str:
     """The response learner in words, with how it was chosen."""
     name = str(getattr(model, "learner_name", model.config.learner))  # type: ignore[attr-defined]
-    words = name.replace("_", " ")
+    words = name.split("(")[0].replace("_", " ")  # the settings in brackets are the model card's, not the page's
     if name.startswith("modifier_glm"):
-        words = f"penalised logistic regression with the published effect modifiers ({name})"
+        words = "penalised logistic regression with the published effect modifiers"
     elif name.startswith("score_glm"):
         words = ("penalised logistic regression with the published effect modifiers, averaged with a regression of "
-                 f"the total improvement score itself, which carries more than whether it reached response ({name})")
+                 "the total improvement score itself, which carries more than whether it reached response")
     elif name.startswith(("s_learner", "t_learner", "dr_learner", "x_learner")):
         words = f"{name.split('(')[0].replace('_', '-')} on gradient-boosted trees"
     chosen = bool(model.summary.get("selection"))  # type: ignore[attr-defined]

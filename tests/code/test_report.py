@@ -935,7 +935,7 @@ def test_the_index_lists_patients_without_a_page_and_why():
 @pytest.mark.parametrize(
     ("learner", "words"),
     [
-        ("modifier_glm(C=0.1)", "penalised logistic regression with the published effect modifiers (modifier_glm"),
+        ("modifier_glm(C=0.1)", "penalised logistic regression with the published effect modifiers;"),
         ("score_glm(C=0.1, alpha=30, w=0.5)", "averaged with a regression of the total improvement score itself"),
         ("s_learner", "s-learner on gradient-boosted trees"),
     ],
@@ -946,3 +946,4 @@ def test_model_facts_name_the_method_in_words(learner, words):
     chosen = SimpleNamespace(learner_name=learner, config=SimpleNamespace(learner="auto"), summary={"selection": [{"candidate": learner}]})
     assert words in A._method(chosen)
     assert A._method(chosen).endswith("(cross-fitted doubly robust value)")
+    assert "C=" not in A._method(chosen)  # settings are for the model card, not a clinician
