@@ -844,7 +844,8 @@ def fit_escalate_model(
             taken[rows], response[rows], groups[rows], elig[rows], margin[rows])
         response_kind = chosen.learner
         response_updates.update(chosen.updates())
-    # the TIS head: the response's learner where it models a score (the score GLM's own regression is the GLM's)
+    # the TIS head: the response's learner where it can model a score, else the modifier GLM (with the score GLM's
+    # settings: its ridge regression of the TIS)
     tis_kind = cfg.tis_learner or (response_kind if "continuous" in LEARNERS[_KIND[response_kind]].outcomes
                                    else "modifier_glm")
     # (head, learner kind, outcome, labels, seed offset, learner settings, optional: too few labels leave it out)
