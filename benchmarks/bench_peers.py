@@ -269,7 +269,8 @@ def ours(kind: str, settings: Settings) -> Runner:
 
     def run(data: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray]:
         model = make_learner(kind, learner_config(settings, data))
-        score = response_margin(data["tis"], data["X"], settings.train)  # what the response thresholds (score GLM)
+        # the score GLM learns from what the response thresholds (the TIS margin); the others take none
+        score = response_margin(data["tis"], data["X"], settings.train) if kind == "score_glm" else None
         model.fit(data["X"], data["t"], data["y"], groups=data["groups"], eligible=data["eligible_train"],
                   score=score)
         effects = model.predict_effects(data["X_eval"])

@@ -267,9 +267,9 @@ class RegimenIndex:
         rituximab = vocabulary.drug(RITUXIMAB) if RITUXIMAB in vocabulary.generics else None
         #: a course's length when its rows give none (one row per infusion written "once"): the target's cycle
         self.rituximab_cycle_days = rituximab.target.cycle_days if rituximab and rituximab.target.has_target else np.nan
+        self.doses_per_cycle = pd.to_numeric(self.frame["doses_per_cycle"], errors="coerce").to_numpy(float)
         with np.errstate(invalid="ignore", divide="ignore"):
-            self.per_day = (pd.to_numeric(self.frame["doses_per_cycle"], errors="coerce").to_numpy(float)
-                            / pd.to_numeric(self.frame["cycle_days"], errors="coerce").to_numpy(float))
+            self.per_day = self.doses_per_cycle / pd.to_numeric(self.frame["cycle_days"], errors="coerce").to_numpy(float)
         self.is_rituximab = self.generic == RITUXIMAB
         cycle = pd.to_numeric(self.frame["cycle_days"], errors="coerce").to_numpy(float)
         self.cycle_days = np.where(np.isfinite(cycle) & (cycle > 0), cycle, np.nan)
@@ -384,11 +384,11 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
     course_start = rx[same_course].groupby("query")["course_start_day"].min()
     course_record = rx.groupby("query")["course_record"].last()  # the row of the latest course
     later_course = cur["rituximab"].to_numpy() & cur.duplicated(["query", "generic"], keep="last").to_numpy()
-    course_mg_day = rituximab_course_intensity(reg, rx[same_course], _dose_mg(reg, rx[same_course], weight, bsa))
+    course_mg_day = rituximab_course_intensity(reg, rx[same_course], dose_mg_of(reg, rx[same_course], weight, bsa))
     cur = cur[~later_course]
     r = cur["row"].to_numpy()
     q = cur["query"].to_numpy()
-    daily = reg.daily_mg[r] if weight is None or bsa is None else _dose_mg(reg, cur, weight, bsa) * reg.per_day[r]
+    daily = reg.daily_mg[r] if weight is None or bsa is None else dose_mg_of(reg, cur, weight, bsa) * reg.per_day[r]
     daily = np.where(reg.is_rituximab[r], course_mg_day.reindex(q).to_numpy(float), daily)
     cur = pd.DataFrame({"query": q, "generic": cur["generic"].to_numpy(), "row": r,
                         "daily_mg": daily, "run_start": reg.run_start[r], "ignored": reg.ignored[r]})
@@ -405,8 +405,8 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
     return agg.drop(columns="n_dosed")
 
 
-def _dose_mg(reg: RegimenIndex, rows: pd.DataFrame, weight: np.ndarray | None, bsa: np.ndarray | None) -> np.ndarray:
-    """mg per administration of each state row, re-resolved with its query's weight / BSA when given."""
+def dose_mg_of(reg: RegimenIndex, rows: pd.DataFrame, weight: np.ndarray | None, bsa: np.ndarray | None) -> np.ndarray:
+    """mg per administration of each (query, row), re-resolved with its query's weight / BSA when given."""
     r = rows["row"].to_numpy()
     if weight is None or bsa is None:
         return reg.dose_mg[r]
@@ -422,20 +422,23 @@ def rituximab_course_intensity(reg: RegimenIndex, course: pd.DataFrame, dose_mg:
 
     The latest-started row of the course states it where it prescribes a whole course ("days 1 and 15, every 6
     months"; an earlier row of the window is then the order it replaced). Otherwise the course's dose is every
-    infusion of its rows: a row written "once" or with the courses' interval ("every 6 months") one, a row repeating
-    within the course ("every 2 weeks") its infusions up to its last dose. The dose is spread over the interval
-    between courses the rows prescribe, else the target's 6 months, so a row per infusion reads like the course row.
+    infusion of its rows at the latest row's dose (a row at another dose is the order it replaced): a row written
+    "once" or with the courses' interval ("every 6 months") one, a row repeating within the course ("every 2 weeks")
+    its infusions up to its last dose. The dose is spread over the interval between courses the rows prescribe, else
+    the target's 6 months, so a row per infusion reads like the course row. `course`: query, row, start and
+    last_dose_day (`RegimenIndex.state`) of the course's rows.
     """
     q = course["query"].to_numpy()
     r = course["row"].to_numpy()
     cycle = reg.cycle_days[r]
-    doses_per_cycle = pd.to_numeric(reg.frame["doses_per_cycle"], errors="coerce").to_numpy(float)[r]
+    doses_per_cycle = reg.doses_per_cycle[r]
     is_course_cycle = cycle > RITUXIMAB_COURSE_DAYS
     whole_course = is_course_cycle & (doses_per_cycle >= 2)
     latest_row = pd.Series(r).groupby(q).max()
     is_latest = r == latest_row.reindex(q).to_numpy()
     latest_whole = pd.Series(whole_course[is_latest], index=q[is_latest])
-    keep = is_latest | ~latest_whole.reindex(q).to_numpy(bool)
+    latest_dose = pd.Series(dose_mg[is_latest], index=q[is_latest]).reindex(q).to_numpy(float)
+    keep = is_latest | (~latest_whole.reindex(q).to_numpy(bool) & np.isclose(dose_mg, latest_dose, rtol=1e-6))
     start = course["start"].to_numpy(float)
     within = np.minimum(course["last_dose_day"].to_numpy(float), start + RITUXIMAB_COURSE_DAYS) - start
     with np.errstate(invalid="ignore"):

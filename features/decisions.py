@@ -20,9 +20,11 @@ from features.build import (
     Track,
     current_drugs,
     decompose,
+    dose_mg_of,
     from_days,
     last_change_day,
     measure_tracks,
+    rituximab_course_intensity,
     to_days,
 )
 from features.config import FeatureConfig
@@ -225,10 +227,12 @@ def _option_taken(
     was = current_mg.reindex(key)
     is_current = pd.Series(key.isin(current_mg.index), dtype=bool).to_numpy()
     was_mg = was.to_numpy(float)
-    basis = reg.unit_basis[r]
-    scale = np.select([basis == "mg", basis == "mg_per_kg", basis == "mg_per_m2"], [1.0, weight[q], bsa[q]],
-                      default=np.nan)
-    new_mg = reg.dose[r] * reg.unit_factor[r] * scale * reg.per_day[r]
+    started_rows = pd.DataFrame({"query": q, "row": r, "start": reg.start[r], "last_dose_day": reg.end[r]})
+    new_mg = dose_mg_of(reg, started_rows, weight, bsa) * reg.per_day[r]
+    # rituximab: the new course as a whole, however the export splits it (as its current intensity is read)
+    rx = reg.is_rituximab[r]
+    course_mg = rituximab_course_intensity(reg, started_rows[rx], dose_mg_of(reg, started_rows[rx], weight, bsa))
+    new_mg[rx] = course_mg.reindex(q[rx]).to_numpy(float)
     tol = rule.dose_change_tolerance
     with np.errstate(invalid="ignore"):
         increase = is_current & (new_mg > was_mg * (1 + tol))

@@ -144,6 +144,15 @@ class BundleConfig(Frozen):
     seed: Seed = 20261125
 
     @model_validator(mode="after")
+    def _a_score_learner_only_for_the_response(self) -> BundleConfig:
+        """The score GLM learns the response from the TIS it thresholds: no other head has such a score."""
+        for name in ("tis_learner", "safety_learner", "steroid_learner"):
+            if getattr(self, name) == "score_glm":
+                raise ValueError(f"{name}: score_glm learns a response from the score it thresholds; only the "
+                                 "response head has one (rule: score_glm for `learner` or a selection candidate)")
+        return self
+
+    @model_validator(mode="after")
     def _a_candidate_for_the_response(self) -> BundleConfig:
         """`learner: auto` picks the binary response head's learner among `selection.candidates`: at least one must
         model a binary outcome, said when params.yaml is read instead of after the training data is loaded."""
@@ -844,8 +853,8 @@ def fit_escalate_model(
             taken[rows], response[rows], groups[rows], elig[rows], margin[rows])
         response_kind = chosen.learner
         response_updates.update(chosen.updates())
-    # the TIS head: the response's learner where it can model a score, else the modifier GLM (with the score GLM's
-    # settings: its ridge regression of the TIS)
+    # the TIS head: the response's learner where it can model a score, else the modifier GLM with the chosen
+    # candidate's settings (for the score GLM: a ridge of the TIS with its penalty, fitted on its own)
     tis_kind = cfg.tis_learner or (response_kind if "continuous" in LEARNERS[_KIND[response_kind]].outcomes
                                    else "modifier_glm")
     # (head, learner kind, outcome, labels, seed offset, learner settings, optional: too few labels leave it out)

@@ -681,15 +681,17 @@ class ScoreGLM(ModifierGLM):
         super()._fit(data)
         self.glm_ = self.model_
         design = self._design(self.preprocess_.transform(data.X), data.codes)
-        n_folds = min(self.config.cv_folds, len(np.unique(data.groups)))
-        oof = np.empty(len(data.y))
-        for train, test in patient_folds(data.groups, n_folds, seed=self.config.booster.seed):
-            ridge = Ridge(alpha=self.config.linear_alpha).fit(design[train], data.score[train],
-                                                               sample_weight=data.weight[train])
-            oof[test] = ridge.predict(design[test])
         self.ridge_ = Ridge(alpha=self.config.linear_alpha).fit(design, data.score, sample_weight=data.weight)
-        link = LogisticRegression(C=1e6, max_iter=1000).fit(oof[:, None], data.y, sample_weight=data.weight)
-        slope, offset = float(link.coef_[0, 0]), float(link.intercept_[0])
+        n_folds = min(self.config.cv_folds, len(np.unique(data.groups)))
+        slope = offset = 0.0
+        if n_folds >= 2 and len(np.unique(data.y)) == 2:  # else no left-out patients to learn the link from
+            oof = np.empty(len(data.y))
+            for train, test in patient_folds(data.groups, n_folds, seed=self.config.booster.seed):
+                ridge = Ridge(alpha=self.config.linear_alpha).fit(design[train], data.score[train],
+                                                                   sample_weight=data.weight[train])
+                oof[test] = ridge.predict(design[test])
+            link = LogisticRegression(C=1e6, max_iter=1000).fit(oof[:, None], data.y, sample_weight=data.weight)
+            slope, offset = float(link.coef_[0, 0]), float(link.intercept_[0])
         # a score no better than chance on the left-out patients (slope ≤ 0) is left out, never turned round
         weight = self.config.score_weight if slope > 0 else 0.0
         self.link_ = {"slope": slope, "intercept": offset, "score_weight": weight}

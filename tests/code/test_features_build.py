@@ -242,9 +242,12 @@ def test_a_rituximab_row_tells_one_course_from_a_stopped_order(interval, start, 
         ([("once", "2024-06-01", "2024-06-01")], 0.5),  # half a course
         ([("once", "2023-12-01", "2023-12-01"), ("once", "2024-06-01", "2024-06-01")], 0.5),  # one a course
         ([("now and then", "2024-06-01", "2024-06-01"), ("once", "2024-06-15", "2024-06-15")], None),  # unreadable
-        # a raised dose: the new order's course replaces the old order's, begun days before (not added to it)
+        # a raised dose: the new order's course replaces the old order's, begun days before (not added to it) ...
         ([("days 1 and 15, every 6 months", "2023-09-01", "2024-03-05", 500),
           ("days 1 and 15, every 6 months", "2024-03-06", None)], 1.0),
+        # ... also when the new course is written a row per infusion
+        ([("days 1 and 15, every 6 months", "2023-09-01", "2024-03-05", 500), ("once", "2024-03-06", "2024-03-06"),
+          ("once", "2024-03-20", "2024-03-20")], 1.0),
     ],
 )
 def test_a_rituximab_course_is_judged_whole_however_the_record_splits_it(rows, fraction):

@@ -137,6 +137,25 @@ def test_rituximab_new_course_while_active_is_a_redose_or_an_increase(dose, opti
     assert d["option_taken"].tolist() == [option]
 
 
+@pytest.mark.parametrize(
+    ("new_rows", "option"),
+    [
+        # the next course written one row per infusion, at the same dose: a re-dose (before: "reduce rituximab")
+        ([(1000, "once", "2025-03-10", "2025-03-10"), (1000, "once", "2025-03-24", "2025-03-24")], "continue"),
+        ([(1000, "every 2 weeks", "2025-03-10", "2025-03-24")], "continue"),
+        # the same two infusions at twice the dose: the dose raised
+        ([(2000, "once", "2025-03-10", "2025-03-10"), (2000, "once", "2025-03-24", "2025-03-24")], "optimise_dose"),
+    ],
+)
+def test_a_rituximab_course_written_per_infusion_is_compared_as_a_course(new_rows, option):
+    """The option taken compares the new course with the current one as wholes, however each is written."""
+    regimens = STABLE + [("P1", "MabThera", 1000, "mg", "intravenous", "days 1 and 15, every 6 months", "2024-09-01",
+                          "2025-03-09")]
+    regimens += [("P1", "MabThera", dose, "mg", "intravenous", interval, start, end)
+                 for dose, interval, start, end in new_rows]
+    assert derive(regimens, active_visit())["option_taken"].tolist() == [option]
+
+
 def test_option_window_past_today_is_flagged():
     d = derive_decisions(normalised(STABLE, active_visit() + active_visit("2025-09-01")), VOCABULARY, CATALOG,
                          today="2025-09-20")

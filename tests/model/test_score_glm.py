@@ -92,3 +92,21 @@ def test_a_score_that_contradicts_the_response_or_is_missing_is_refused():
         ScoreGLM(cfg).fit(X, t, y, groups=g, score=wrong)
     with pytest.raises(ValueError, match="table score: the ScoreGLM learner needs a binary outcome and the score"):
         ScoreGLM(cfg).fit(X, t, y, groups=g)
+
+
+def test_one_patient_leaves_no_one_out_to_learn_the_link_from_so_it_is_the_glm():
+    X, t, y, margin, _, _ = scored(60, 27)
+    one = np.zeros(len(y))  # every row the same patient: no patient-grouped folds
+    cfg = _config(ARMS, linear_alpha=30.0)
+    model = ScoreGLM(cfg).fit(X, t, y, groups=one, score=margin)
+    assert model.link_["score_weight"] == 0.0
+    np.testing.assert_allclose(model.predict_outcomes(X), ModifierGLM(cfg).fit(X, t, y, groups=one).predict_outcomes(X),
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("head", ["tis_learner", "safety_learner", "steroid_learner"])
+def test_only_the_response_head_may_use_the_score_glm(head):
+    from models.bundle import BundleConfig
+
+    with pytest.raises(ValueError, match=f"{head}: score_glm learns a response from the score it thresholds"):
+        BundleConfig.model_validate({head: "score_glm"})
