@@ -268,10 +268,10 @@ class RegimenIndex:
         #: a course's length when its rows give none (one row per infusion written "once"): the target's cycle
         self.rituximab_cycle_days = rituximab.target.cycle_days if rituximab and rituximab.target.has_target else np.nan
         self.doses_per_cycle = pd.to_numeric(self.frame["doses_per_cycle"], errors="coerce").to_numpy(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.per_day = self.doses_per_cycle / pd.to_numeric(self.frame["cycle_days"], errors="coerce").to_numpy(float)
-        self.is_rituximab = self.generic == RITUXIMAB
         cycle = pd.to_numeric(self.frame["cycle_days"], errors="coerce").to_numpy(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.per_day = self.doses_per_cycle / cycle
+        self.is_rituximab = self.generic == RITUXIMAB
         self.cycle_days = np.where(np.isfinite(cycle) & (cycle > 0), cycle, np.nan)
         self._derive_runs(gen_code[order], continuity_gap_days)
 
@@ -380,11 +380,11 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
     # an export may write each infusion as a row (day 1, day 15): a rituximab course begins at its first infusion
     rx = cur[cur["rituximab"].to_numpy()].sort_values(["query", "course_start_day"], kind="stable")
     latest = rx.groupby("query")["course_start_day"].transform("max")
-    same_course = rx["course_start_day"] >= latest - RITUXIMAB_COURSE_DAYS
-    course_start = rx[same_course].groupby("query")["course_start_day"].min()
+    course = rx[rx["course_start_day"] >= latest - RITUXIMAB_COURSE_DAYS]  # the latest course's rows
+    course_start = course.groupby("query")["course_start_day"].min()
     course_record = rx.groupby("query")["course_record"].last()  # the row of the latest course
     later_course = cur["rituximab"].to_numpy() & cur.duplicated(["query", "generic"], keep="last").to_numpy()
-    course_mg_day = rituximab_course_intensity(reg, rx[same_course], dose_mg_of(reg, rx[same_course], weight, bsa))
+    course_mg_day = rituximab_course_intensity(reg, course, dose_mg_of(reg, course, weight, bsa))
     cur = cur[~later_course]
     r = cur["row"].to_numpy()
     q = cur["query"].to_numpy()

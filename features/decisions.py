@@ -228,10 +228,11 @@ def _option_taken(
     is_current = pd.Series(key.isin(current_mg.index), dtype=bool).to_numpy()
     was_mg = was.to_numpy(float)
     started_rows = pd.DataFrame({"query": q, "row": r, "start": reg.start[r], "last_dose_day": reg.end[r]})
-    new_mg = dose_mg_of(reg, started_rows, weight, bsa) * reg.per_day[r]
+    dose_mg = dose_mg_of(reg, started_rows, weight, bsa)
+    new_mg = dose_mg * reg.per_day[r]
     # rituximab: the new course as a whole, however the export splits it (as its current intensity is read)
     rx = reg.is_rituximab[r]
-    course_mg = rituximab_course_intensity(reg, started_rows[rx], dose_mg_of(reg, started_rows[rx], weight, bsa))
+    course_mg = rituximab_course_intensity(reg, started_rows[rx], dose_mg[rx])
     new_mg[rx] = course_mg.reindex(q[rx]).to_numpy(float)
     tol = rule.dose_change_tolerance
     with np.errstate(invalid="ignore"):

@@ -7,7 +7,6 @@ a bar and a beeswarm plot per option (PNG), and logs them to the training run in
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -117,10 +116,11 @@ def _log(out: Path, model_dir: Path) -> None:
     import mlflow
 
     from pipeline import registry
+    from pipeline.io import read_json
 
     registry.setup_mlflow()
     run_file = Path(model_dir).parent / "run.json"
-    run_id = json.loads(run_file.read_text()).get("run_id") if run_file.is_file() else None
+    run_id = read_json(run_file).get("run_id") if run_file.is_file() else None
     if run_id and not registry.run_holds_bundle(run_id, Path(model_dir) / registry.BUNDLE_FILE):
         run_id = None  # run.json names the run of another model (restored by DVC): a run of its own instead
     with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name="explain"):

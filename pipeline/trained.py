@@ -30,9 +30,11 @@ def load_bundle(path: Path) -> Any:
 
 def read_run(path: Path) -> dict[str, Any]:
     """`run.json` of the train stage: an object with the training run's `run_id`."""
+    from pipeline.io import read_json  # (pipeline.io pulls in pandera: not at import time)
+
     path = Path(path)
     try:
-        run = json.loads(path.read_text(encoding="utf-8"))
+        run = read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise Refusal(f"{path}: not valid JSON ({err}); {RETRAIN}") from None
     if not isinstance(run, dict) or not isinstance(run.get("run_id"), str):

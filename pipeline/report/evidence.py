@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +212,9 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
     local = next((p for p in (Path(evaluate_dir) / "tables" / "headline.json", Path(evaluate_dir) / "metrics.json")
                   if p.is_file()), None)
     if same_run and "response_auroc" not in metrics and local is not None:
-        metrics = {k: v for k, v in json.loads(local.read_text()).items() if v is not None}
+        from pipeline.io import read_json
+
+        metrics = {k: v for k, v in read_json(local).items() if v is not None}
         source = str(local)
     if same_run and curve.empty and (Path(evaluate_dir) / "plots" / "calibration.csv").is_file():
         curve = pd.read_csv(Path(evaluate_dir) / "plots" / "calibration.csv")
