@@ -35,6 +35,9 @@ RITUXIMAB = "rituximab"
 #: the infusions of one rituximab course (two, two weeks apart; the second up to a month late) fall within this many
 #: days of its start; courses are months apart
 RITUXIMAB_COURSE_DAYS = 42
+#: a course begun fewer days than this before the cut-off is still being given: its second infusion is due on day
+#: 15 (a week's grace); after that, a course with one infusion of two is half a course
+RITUXIMAB_SECOND_INFUSION_DAYS = 21
 
 #: disease-activity measures with a latest / change / worst feature: (measure, label, unit, higher is worse).
 DISEASE_MEASURES: tuple[tuple[str, str, str, bool], ...] = (
@@ -267,6 +270,9 @@ class RegimenIndex:
         rituximab = vocabulary.drug(RITUXIMAB) if RITUXIMAB in vocabulary.generics else None
         #: a course's length when its rows give none (one row per infusion written "once"): the target's cycle
         self.rituximab_cycle_days = rituximab.target.cycle_days if rituximab and rituximab.target.has_target else np.nan
+        #: infusions of the target's course (2): a course still being given at the cut-off counts at least these
+        self.rituximab_course_doses = (rituximab.target.doses_per_cycle if rituximab and rituximab.target.has_target
+                                       else np.nan)
         self.doses_per_cycle = pd.to_numeric(self.frame["doses_per_cycle"], errors="coerce").to_numpy(float)
         cycle = pd.to_numeric(self.frame["cycle_days"], errors="coerce").to_numpy(float)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -319,7 +325,7 @@ class RegimenIndex:
     def state(self, codes: np.ndarray, cut: np.ndarray) -> pd.DataFrame:
         """Every row started before each query's cut-off, with its end read as of the cut-off.
 
-        Columns: query, row (position), generic, ongoing (end on/after cut), current (ongoing, or rituximab given
+        Columns: query, row (position), generic, cut_day, ongoing (end on/after cut), current (ongoing, or rituximab given
         within the active period), last_dose_day (an ongoing row: start of the latest course before the cut-off;
         else its end), course_start_day (start of the latest course begun before the cut-off, ended rows too, for
         cycles longer than `RITUXIMAB_COURSE_DAYS`) and course_record (given / scheduled / stopped).
@@ -347,6 +353,7 @@ class RegimenIndex:
                 "query": q,
                 "row": r,
                 "generic": self.generic[r],
+                "cut_day": c,
                 "start": start,
                 "end_as_of": np.where(ongoing, FAR_FUTURE, end),
                 "ongoing": ongoing,
@@ -384,7 +391,8 @@ def current_drugs(reg: RegimenIndex, state: pd.DataFrame, weight: np.ndarray | N
     course_start = course.groupby("query")["course_start_day"].min()
     course_record = rx.groupby("query")["course_record"].last()  # the row of the latest course
     later_course = cur["rituximab"].to_numpy() & cur.duplicated(["query", "generic"], keep="last").to_numpy()
-    course_mg_day = rituximab_course_intensity(reg, course, dose_mg_of(reg, course, weight, bsa))
+    in_progress = course.groupby("query")["cut_day"].first() - course_start < RITUXIMAB_SECOND_INFUSION_DAYS
+    course_mg_day = rituximab_course_intensity(reg, course, dose_mg_of(reg, course, weight, bsa), in_progress)
     cur = cur[~later_course]
     r = cur["row"].to_numpy()
     q = cur["query"].to_numpy()
@@ -417,7 +425,8 @@ def dose_mg_of(reg: RegimenIndex, rows: pd.DataFrame, weight: np.ndarray | None,
     return reg.dose[r] * reg.unit_factor[r] * scale
 
 
-def rituximab_course_intensity(reg: RegimenIndex, course: pd.DataFrame, dose_mg: np.ndarray) -> pd.Series:
+def rituximab_course_intensity(reg: RegimenIndex, course: pd.DataFrame, dose_mg: np.ndarray,
+                               in_progress: pd.Series | None = None) -> pd.Series:
     """Intensity (mg/day) of each query's latest rituximab course, whatever rows the record splits it into.
 
     The latest-started row of the course states it where it prescribes a whole course ("days 1 and 15, every 6
@@ -426,7 +435,9 @@ def rituximab_course_intensity(reg: RegimenIndex, course: pd.DataFrame, dose_mg:
     "once" or with the courses' interval ("every 6 months") one, a row repeating within the course ("every 2 weeks")
     its infusions up to its last dose. The dose is spread over the interval between courses the rows prescribe, else
     the target's 6 months, so a row per infusion reads like the course row. `course`: query, row, start and
-    last_dose_day (`RegimenIndex.state`) of the course's rows.
+    last_dose_day (`RegimenIndex.state`) of the course's rows. A course `in_progress` (per query: its second infusion
+    not yet due at the cut-off) counts at least the target course's infusions, so it is judged by its dose per
+    infusion, not read as half a course.
     """
     q = course["query"].to_numpy()
     r = course["row"].to_numpy()
@@ -450,7 +461,14 @@ def rituximab_course_intensity(reg: RegimenIndex, course: pd.DataFrame, dose_mg:
     # per row as dose × (doses / days), the order the other drugs' intensity is computed in
     mg_day = pd.Series(dose_mg * (infusions / interval.reindex(q).to_numpy(float)), index=q)[keep]
     unknown = mg_day.isna().groupby(level=0).any()
-    return mg_day.groupby(level=0).sum().where(~unknown)
+    total = mg_day.groupby(level=0).sum().where(~unknown)
+    if in_progress is not None and np.isfinite(reg.rituximab_course_doses):
+        # kept rows share the latest dose, so the course's dose scales with its infusions
+        given = pd.Series(infusions, index=q)[keep].groupby(level=0).sum()
+        short = in_progress.reindex(total.index, fill_value=False).to_numpy(bool) & ~latest_whole.reindex(
+            total.index).to_numpy(bool) & (given.reindex(total.index).to_numpy(float) < reg.rituximab_course_doses)
+        total[short] = total[short] * reg.rituximab_course_doses / given.reindex(total.index)[short]
+    return total
 
 
 def last_change_day(state: pd.DataFrame, cut: np.ndarray, n: int) -> np.ndarray:

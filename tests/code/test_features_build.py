@@ -265,6 +265,25 @@ def test_a_rituximab_course_is_judged_whole_however_the_record_splits_it(rows, f
     assert f["rituximab_above_target"] == 0.0
 
 
+@pytest.mark.parametrize(
+    ("interval", "end", "dose", "as_of", "fraction"),
+    [
+        ("once", "2024-06-01", 1000, "2024-06-10", 1.0),  # the first infusion given, the second not yet due
+        ("once", "2024-06-01", 500, "2024-06-10", 0.5),  # judged by its dose per infusion
+        ("once", "2024-06-01", 1000, "2024-06-25", 0.5),  # three weeks on, no second infusion: half a course
+        ("every 2 weeks", None, 1000, "2024-06-10", 1.0),  # an open two-weekly order before its second infusion
+        ("days 1 and 15, every 6 months", None, 1000, "2024-06-10", 1.0),  # the course as one row, as before
+    ],
+)
+def test_a_rituximab_course_still_being_given_is_not_read_as_half_a_course(interval, end, dose, as_of, fraction):
+    """A course whose second infusion is not yet due (day 15, a week's grace) counts at least the target's two
+    infusions: a page between the infusions of a course written a row per infusion does not flag "below target"."""
+    regimen = [("P1", "Rituxan", dose, "mg", "intravenous", interval, "2024-06-01", end)]
+    f = features_at(normalised(BASE_REGIMEN + regimen), as_of).features.iloc[0]
+    assert f["rituximab_dose_fraction"] == pytest.approx(fraction, rel=0.01)
+    assert f["rituximab_below_target"] == float(fraction < 1)
+
+
 def test_prednisone_taper_cumulative_dose_and_continuity():
     t = normalised([
         ("P1", "prednisone", 60, "mg", "oral", "daily", "2025-01-01", "2025-01-10"),
