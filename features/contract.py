@@ -597,8 +597,7 @@ def _message(
     if rule == "duplicate_patient":
         return f"patient_id {value!r} appears more than once in patients; each patient needs exactly one row"
     if rule == "unparseable_date":
-        return (f"{value!r} is not a calendar date of the years {DATE_RANGE[0].year}–{DATE_RANGE[1].year}; "
-                "write dates as YYYY-MM-DD")
+        return f"{value!r} is not a readable calendar date; write dates as YYYY-MM-DD, e.g. 2024-03-01"
     if rule == "unparseable_number":
         expected = "a whole number" if kind == "integer" else "a finite number"
         return f"{value!r} is not {expected}"
@@ -835,10 +834,10 @@ def _resolve_doses(
     warnings = _assemble([
         _finding("regimens", r, no_weight, "dose_unit", "no_body_size",
                  lambda f: f["dose_unit"].astype(str) + " dose but no weight measured on or before "
-                 + _fmt_dates(f["start_date"]) + "; dose_mg left empty", severity="warning"),
+                 + _fmt_dates(f["start_date"]) + ", so its dose in mg is unknown", severity="warning"),
         _finding("regimens", r, no_height, "dose_unit", "no_body_size",
                  lambda f: "mg/m2 dose but no height measured on or before " + _fmt_dates(f["start_date"])
-                 + "; dose_mg left empty", severity="warning"),
+                 + ", so its dose in mg is unknown", severity="warning"),
     ])
     return r, warnings
 

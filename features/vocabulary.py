@@ -590,13 +590,17 @@ class OptionSpec(_Frozen):
 
 class CombinationRule(_Frozen):
     """Drugs a product label advises against combining: an option that starts one of `drugs` while one of
-    `with_drugs` is current (or the other way round) breaks it. `advised_against` options are never the
-    recommendation; `caution` ones are only flagged."""
+    `with_drugs` is current (or, unless `one_way`, the other way round) breaks it. `advised_against` options are
+    never the recommendation; `caution` ones are only flagged. A one-way rule tells the two directions apart where
+    they differ: rituximab counts as current for a year after its last infusion, so a JAK inhibitor started then
+    meets depleted B cells (a caution), while rituximab started on top of a JAK inhibitor taken now is the
+    combination the label advises against."""
 
     name: str
     drugs: tuple[str, ...]
     with_drugs: tuple[str, ...] = Field(alias="with")
     level: Literal["advised_against", "caution"] = "advised_against"
+    one_way: bool = False
     text: str
     source: str
 
@@ -698,7 +702,7 @@ class OptionCatalog(_Frozen):
                 for rule in self.combination_rules:
                     if opt.adds in rule.drugs:
                         partners = rule.with_drugs
-                    elif opt.adds in rule.with_drugs:
+                    elif opt.adds in rule.with_drugs and not getattr(rule, "one_way", False):  # older pickles
                         partners = rule.drugs
                     else:
                         continue

@@ -82,11 +82,13 @@ def finding_counts(violations: Any) -> Any:
 
 
 def summary_line(result: Any, rows: dict[str, int | None], listed: set[str] | None = None) -> str:
-    """One line: errors, warnings, rows per table and how many patients are rejected, or why all are; ids of
-    other tables missing from the patients table (`listed`) are counted apart, as `score` does."""
-    shown = ", ".join(f"{n} {name}" if n is not None else f"{name} unreadable" for name, n in rows.items())
-    line = f"{len(result.errors)} error(s), {len(result.warnings)} warning(s) in {shown}; "
-    n_patients = rows.get("patients")
+    """One line: errors, warnings, rows per table and how many of the patients (`listed`: the ids of the patients
+    table) are rejected, or why all are; ids of other tables missing from the patients table are counted apart, as
+    `score` does."""
+    shown = ", ".join(f"{name} {n}" if n is not None else f"{name} unreadable" for name, n in rows.items())
+    line = f"{len(result.errors)} error(s), {len(result.warnings)} warning(s) in the rows of {shown}; "
+    # patients, not rows of the patients table (a duplicated row is one patient)
+    n_patients = len(listed) if listed is not None else rows.get("patients")
     if result.broken_tables:
         tables = ", ".join(t for t in rows if t in result.broken_tables)
         total = f"all {n_patients}" if n_patients is not None else f"all {len(result.rejected_patients)} known"

@@ -115,6 +115,10 @@ def page_references() -> tuple[dict[str, Any], dict[str, Any]]:
             load_catalog("clinical_rules", lambda raw: reference.clinical_rules(raw, measures)))
 
 
+#: `report --all` says how many pages it has written every this many pages
+PROGRESS_EVERY = 100
+
+
 def run_report(patient: str | None = None, all_patients: bool = False, as_of: date | None = None,
                data: Path = Path("data/cohort"), out: Path = Path("report.html"),
                model_dir: Path = Path("data/train/model"), top_k: int = 3, today: date | None = None) -> None:
@@ -167,7 +171,10 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
     if blank:
         typer.echo(f"{len(blank)} patient(s) with no assessment before {when.date()} get no page: "
                    f"{', '.join(blank[:20])}", err=True)
-    for pid in sorted(set(tables["patients"]["patient_id"].astype(str)) - set(blank)):
+    todo = sorted(set(tables["patients"]["patient_id"].astype(str)) - set(blank))
+    for done, pid in enumerate(todo, start=1):
+        if done % PROGRESS_EVERY == 0 and done < len(todo):  # a long run says how far it is (pages count, never ids)
+            typer.echo(f"{done} of {len(todo)} pages written", err=True)
         page = build_patient_page(pid, when, tables, loaded, monitoring, evidence, top_k=top_k,
                                   findings=patient_findings(violations, pid), rules=rules)
         name = page_file_name(pid)

@@ -212,16 +212,18 @@ def _load_tables(data: Path, today: str | None) -> tuple[dict[str, pd.DataFrame]
 
 
 def patient_findings(violations: pd.DataFrame, patient_id: str) -> tuple[str, ...]:
-    """This patient's data-check findings as lines naming table, row, column and rule; an error stops the page
-    (a ValueError listing every error), because its record was rejected and any estimate would be wrong."""
+    """This patient's data-check warnings as page lines: the finding in words, then the table and row where whoever
+    fixes the export finds it. An error stops the page (a ValueError naming table, row, column and rule), because
+    the record was rejected and any estimate would be wrong."""
     if violations.empty:
         return ()
     v = violations[violations["patient_id"].astype(str) == patient_id]
-    lines = tuple(f"{r['severity']}: table {r['table']}, row {r['row']}, column {r['column']} "
-                  f"(rule {r['rule']}): {r['message']}" for r in v.to_dict(orient="records"))
-    errors = [line for line, sev in zip(lines, v["severity"], strict=True) if sev == "error"]
+    records = v.to_dict(orient="records")
+    errors = [f"table {r['table']}, row {r['row']}, column {r['column']} (rule {r['rule']}): {r['message']}"
+              for r in records if r["severity"] == "error"]
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ValueError(f"patient {patient_id!r} has data errors, no page written: {errors[0]}{more}")
-    return lines
+    return tuple(f"{r['message']} ({r['table']} table"
+                 + ("" if pd.isna(r["row"]) else f", row {r['row']} counted from 0") + ")" for r in records)
 

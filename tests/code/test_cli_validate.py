@@ -70,6 +70,17 @@ def test_the_summary_counts_ids_missing_from_the_patients_table_apart(app, seed)
     assert "0 of 1 patient(s) have an error (+1 id(s) not in the patients table)" in res.output
 
 
+def test_the_summary_counts_a_duplicated_patient_row_as_one_patient(app, seed):
+    """Found by a review: a patient listed twice made it '1 of 2 patient(s)'; the rows are counted apart."""
+    import pandas as pd
+
+    patients = pd.read_csv(seed / "patients.csv", dtype=str, keep_default_na=False)
+    pd.concat([patients, patients]).to_csv(seed / "patients.csv", index=False)
+    res = runner.invoke(app, ["validate", "--data", str(seed), "--today", "2026-11-25"], env={"COLUMNS": "200"})
+    assert res.exit_code == 1, res.output
+    assert "in the rows of patients 2," in res.output and "1 of 1 patient(s) have an error" in res.output
+
+
 def test_ids_stored_as_floats_fail_validate_as_they_fail_score(app, seed, tmp_path):
     """Found by a walkthrough: Parquet ids stored as 1.0 passed validate with 0 errors while score refused them."""
     import pandas as pd
@@ -128,7 +139,7 @@ def test_events_may_be_absent(app, seed):
     (seed / "events.csv").unlink()
     res = runner.invoke(app, ["validate", "--data", str(seed), "--today", "2026-11-25"])
     assert res.exit_code == 0, res.output
-    assert "0 events" in res.output
+    assert "events 0" in res.output
 
 
 def test_a_bad_today_exits_2(app, seed):

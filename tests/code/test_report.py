@@ -327,9 +327,9 @@ def test_model_facts_show_performance_or_say_there_is_none():
 
 
 def test_data_findings_are_shown_and_escaped():
-    out = R.render_page(_page(data_findings=(f"warning: table regimens, row 5, column drug (rule x): {XSS}",)))
+    out = R.render_page(_page(data_findings=(f"{XSS} (regimens table, row 5 counted from 0)",)))
     box = out[out.index('id="data-findings"'):]
-    assert "table regimens, row 5, column drug" in box and "<script>window.__pwned" not in out
+    assert "regimens table, row 5 counted from 0" in box and "<script>window.__pwned" not in out
 
 
 # --- the pure helpers behind those statements -----------------------------------------------------------------------
@@ -415,12 +415,15 @@ def test_small_reasons_are_left_out_of_the_page():
     assert A._reason_texts(r, "reason", 2) == ("latest HAQ = 1.4 \u2192 +5 in 100",)
 
 
-def test_patient_findings_name_table_row_column_rule_and_errors_stop_the_page():
-    v = pd.DataFrame({"table": ["regimens", "assessments"], "row": [5, 9], "patient_id": ["P1", "P2"],
-                      "column": ["dose_unit", "value"], "rule": ["no_body_size", "range"],
-                      "severity": ["warning", "error"], "message": ["no weight", "mmt8 = 99 above 80"]})
-    assert R.patient_findings(v, "P1") == (
-        "warning: table regimens, row 5, column dose_unit (rule no_body_size): no weight",)
+def test_patient_findings_say_the_warning_in_words_and_errors_stop_the_page():
+    """A clinician reads the warning, then where the export holds it (no column names or rule codes); an error names
+    table, row, column and rule and writes no page."""
+    v = pd.DataFrame({"table": ["regimens", "assessments", "regimens"], "row": pd.array([5, 9, None], "Int64"),
+                      "patient_id": ["P1", "P2", "P1"], "column": ["dose_unit", "value", "dose_unit"],
+                      "rule": ["no_body_size", "range", "check_skipped"], "severity": ["warning", "error", "warning"],
+                      "message": ["no weight", "mmt8 = 99 above 80", "not checked"]})
+    assert R.patient_findings(v, "P1") == ("no weight (regimens table, row 5 counted from 0)",
+                                           "not checked (regimens table)")
     with pytest.raises(ValueError, match=r"table assessments, row 9, column value \(rule range\)"):
         R.patient_findings(v, "P2")
     assert R.patient_findings(v.iloc[:0], "P1") == ()

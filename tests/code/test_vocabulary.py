@@ -342,6 +342,25 @@ def test_label_combination_rules_block_the_options_that_create_the_clash():
     assert blocked["add_abatacept"].tolist() == [True, False, False]  # the tocilizumab label: no second biologic
 
 
+def test_rituximab_started_on_a_current_jak_inhibitor_or_abatacept_is_advised_against():
+    """Found by a review: rituximab added on top of a current JAK inhibitor was the ★ with a caution meant for the
+    other direction. The one-way rules tell them apart: rituximab started on a JAK inhibitor or abatacept taken now
+    is advised against (their labels: no concurrent biologic); a JAK inhibitor or abatacept started within a year of
+    a rituximab course stays a caution (B cells may still be depleted)."""
+    from features.vocabulary import OptionCatalog
+
+    catalog = OptionCatalog.from_config(load_reference("options"))
+    on = pd.DataFrame({"tofacitinib": [True, False, False], "abatacept": [False, True, False],
+                       "rituximab": [False, False, True]})
+    blocked, text = catalog.combination_flags(on)
+    assert blocked["add_rituximab"].tolist() == [True, True, False]
+    assert "such as rituximab" in text.loc[0, "add_rituximab"] and "abatacept label" in text.loc[1, "add_rituximab"]
+    assert "last year" not in text.loc[0, "add_rituximab"] + text.loc[1, "add_rituximab"]
+    assert not blocked.loc[2, ["add_jak_inhibitor", "add_abatacept"]].any()  # after rituximab: caution only
+    assert text.loc[2, "add_jak_inhibitor"].startswith("rituximab in the last year")
+    assert text.loc[2, "add_abatacept"].startswith("rituximab in the last year")
+
+
 def test_optimise_doses_says_why_not_for_a_patient_on_no_drug():
     """Found by a probe: a patient on no drug was told 'every current drug is at or above its target dose'."""
     from features.vocabulary import OptionCatalog
