@@ -40,6 +40,11 @@ class ModelEvidence:
         return self.juvenile_response_threshold if juvenile else self.response_threshold
 
 
+def _signed(x: float, decimals: int = 1) -> str:
+    """'+1.8' / '−9.0': a signed number with the typographic minus the rest of the page uses."""
+    return f"{x:+.{decimals}f}".replace("-", "\u2212")
+
+
 def pooled_calibration(curve: pd.DataFrame, n_bins: int, strategy: str = "uniform") -> pd.DataFrame:
     """Pool the per-option calibration curve (evaluate's plots/calibration.csv) over options, bin by bin.
 
@@ -85,7 +90,7 @@ def performance_facts(metrics: Mapping[str, float], interval_level: float, horiz
         out.append(("discrimination", f"response AUROC {m['response_auroc']:.2f}{n}{pts} (0.5 = chance, 1 = perfect)"))
     if "response_calibration_slope" in m and "response_calibration_intercept" in m:
         text = (f"calibration slope {m['response_calibration_slope']:.2f} and intercept "
-                f"{m['response_calibration_intercept']:+.2f} (ideal 1 and 0)")
+                f"{_signed(m['response_calibration_intercept'], 2)} (ideal 1 and 0)")
         if "response_ece" in m:
             text += f"; estimates were off by {100 * m['response_ece']:.1f} in 100 on average (expected calibration error)"
         out.append(("calibration", text))
@@ -110,11 +115,11 @@ def performance_facts(metrics: Mapping[str, float], interval_level: float, horiz
                                        "best option had always been chosen"))
     if "decision_value_gain_vs_guideline" in m:
         text = (f"following the ★ option instead of the guideline list's choice changed the response rate of "
-                f"held-out patients by {100 * m['decision_value_gain_vs_guideline']:+.1f} in 100")
+                f"held-out patients by {_signed(100 * m['decision_value_gain_vs_guideline'])} in 100")
         if "decision_value_gain_vs_guideline_ci_low" in m and "decision_value_gain_vs_guideline_ci_high" in m:
             text += (f" ({round(100 * confidence_level)} % confidence interval "
-                     f"{100 * m['decision_value_gain_vs_guideline_ci_low']:+.1f} to "
-                     f"{100 * m['decision_value_gain_vs_guideline_ci_high']:+.1f}; doubly robust estimate)")
+                     f"{_signed(100 * m['decision_value_gain_vs_guideline_ci_low'])} to "
+                     f"{_signed(100 * m['decision_value_gain_vs_guideline_ci_high'])}; doubly robust estimate)")
         if "sim_regret" in m and "sim_guideline_regret" in m:
             text += (f"; on the simulated cohort the ★ option fell short of the truly best option by "
                      f"{100 * m['sim_regret']:.1f} in 100, the guideline list by {100 * m['sim_guideline_regret']:.1f}"

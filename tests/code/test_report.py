@@ -375,6 +375,14 @@ def test_the_error_of_the_differences_from_continuing_is_said_where_the_truth_me
     assert "differences from continuing" not in dict(R.performance_facts({"response_auroc": 0.8}, 0.9, 24))
 
 
+def test_the_gain_over_the_guideline_list_is_signed_with_the_pages_minus():
+    """Found by a review: '95 % confidence interval -9.0 to +17.8' beside '−5' elsewhere on the page."""
+    gain = {"decision_value_gain_vs_guideline": 0.044, "decision_value_gain_vs_guideline_ci_low": -0.09,
+            "decision_value_gain_vs_guideline_ci_high": 0.178}
+    text = dict(R.performance_facts(gain, 0.9, 24))["against the guideline list"]
+    assert "by +4.4 in 100 (95 % confidence interval \u22129.0 to +17.8;" in text
+
+
 def test_missing_or_nan_metrics_are_left_out_not_invented():
     assert R.performance_facts({}, 0.9, 24) == ()
     facts = dict(R.performance_facts({"response_auroc": float("nan"), "safety_auroc": 0.73}, 0.9, 24))
