@@ -128,6 +128,7 @@ def _findings_table(v: Any, limit: int) -> Any:
     shown = first if limit <= 0 else first.head(limit)
     title = (f"all {len(v)} finding(s)" if len(shown) == len(v)
              else f"first {len(shown)} of {len(v)} finding(s) (--limit 0 prints all; the JSON has every one)")
+    title += "; rows count from 0, the first data row of a file (a CSV's line 2)"
     grid = Table(title=title)
     for col in ("severity", "table", "row", "patient", "column", "rule", "message"):
         grid.add_column(col, overflow="fold")

@@ -162,6 +162,7 @@ def test_a_summary_per_rule_and_the_first_findings_instead_of_every_line(app, se
     assert res.exit_code == 1
     # counts per (severity, table, rule), then a first page of 20 findings; the JSON keeps all 25
     assert "first 20 of 26 finding(s)" in res.output and res.output.count("'furlongs'") == 20
+    assert "rows count from 0" in " ".join(res.output.split())  # a data manager counting lines is told how
     assert re.search(r"error\s+│ assessments\s+│ unknown_unit\s+│\s+25 │\s+1 │", res.output), res.output
     assert sum(v["rule"] == "unknown_unit" for v in report["violations"]) == 25
     assert {"severity": "error", "table": "assessments", "rule": "unknown_unit", "findings": 25,
