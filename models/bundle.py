@@ -79,18 +79,21 @@ class LearnerCandidate(Frozen):
     linear_C: float | None = Field(None, gt=0, description="modifier GLM / linear: inverse L2 strength")
     linear_alpha: float | None = Field(None, gt=0, description="score GLM: ridge penalty of the score regression")
     score_weight: float | None = Field(None, ge=0, le=1, description="score GLM: weight of the score's log-odds")
+    score_trees_weight: float | None = Field(None, ge=0, le=1,
+                                             description="score GLM: weight of the trees on the score's log-odds")
     stack_weight: float | None = Field(None, ge=0, le=1, description="stacked: weight of the S-learner")
 
     @property
     def name(self) -> str:
         """A readable label, e.g. `modifier_glm(C=1)`."""
-        short = {"linear_C": "C", "linear_alpha": "alpha", "score_weight": "w", "stack_weight": "w"}
+        short = {"linear_C": "C", "linear_alpha": "alpha", "score_weight": "w", "score_trees_weight": "trees",
+                 "stack_weight": "w"}
         settings = [f"{short[k]}={v:g}" for k, v in self.updates().items()]
         return f"{self.learner}({', '.join(settings)})" if settings else self.learner
 
     def updates(self) -> dict[str, object]:
         """The `LearnerConfig` fields this candidate sets."""
-        fields = ("linear_C", "linear_alpha", "score_weight", "stack_weight")
+        fields = ("linear_C", "linear_alpha", "score_weight", "score_trees_weight", "stack_weight")
         return {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
 
 
@@ -100,7 +103,7 @@ class TrainingDataError(ValueError):
 
 
 class SelectionConfig(Frozen):
-    """Candidates for `learner: auto`, simplest first, compared by the cross-fitted doubly robust value of their
+    """Candidates for `learner: auto`, preferred first, compared by the cross-fitted doubly robust value of their
     recommendations on the training patients (`models.selection`); `folds` patient-grouped folds; the first
     candidate within `tolerance_se` standard errors of the best wins (one-standard-error rule)."""
 

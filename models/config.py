@@ -81,6 +81,9 @@ class LearnerConfig(Frozen):
     stack_weight: float = Field(0.5, ge=0, le=1)
     # Score GLM: weight of the log-odds learnt from the thresholded score beside the modifier GLM's (0 = GLM only).
     score_weight: float = Field(0.5, ge=0, le=1)
+    # Score GLM: weight of the log-odds of gradient-boosted trees' regression of the score beside the linear model's
+    # (0 = none): the interactions the trees find, learnt from the score rather than its one bit.
+    score_trees_weight: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _control_in_arms(self) -> LearnerConfig:

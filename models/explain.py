@@ -231,7 +231,10 @@ def explain_learner(
     elif kind == "linear":
         columns = list(frame.columns)
         scale = "log_odds" if binary else "value"
-        shaps = {a: finish(a, columns, *_linear_arm_shap(learner, frame, a), scale) for a in need}
+        parts = {a: _linear_arm_shap(learner, frame, a) for a in need}
+        if getattr(learner, "trees_", None) is not None:  # a score GLM with trees on the score
+            columns, parts = _with_score_trees(learner, frame, need, parts)
+        shaps = {a: finish(a, columns, *parts[a], scale) for a in need}
         for a in wanted:
             out[(target, a)] = shaps[a]
         if contrasts:
@@ -322,6 +325,29 @@ def contrast_points(contrast: Shap) -> np.ndarray:
     small = np.abs(dm) < 1e-9
     slope = np.where(small, 0.25, dp / np.where(small, 1.0, dm))
     return contrast.values * slope[:, None]
+
+
+def _with_score_trees(learner: object, frame: pd.DataFrame, arms: Sequence[str],
+                      linear: dict[str, tuple[np.ndarray, np.ndarray]]
+                      ) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """SHAP of a score GLM whose log-odds average the linear model's (weight 1 − w) with the linked trees' (w ×
+    (slope × trees + intercept)): SHAP is linear in the model, so each option's values are the weighted sum of the
+    linear SHAP (on the feature columns) and the trees' TreeSHAP (on their design: features, option x modifier
+    terms, options), over the trees' design columns."""
+    trees = learner.trees_  # type: ignore[attr-defined]
+    link = learner.trees_link_  # type: ignore[attr-defined]
+    w, slope, intercept = float(link["weight"]), float(link["slope"]), float(link["intercept"])
+    n, p = frame.shape
+    codes = np.repeat(np.asarray([trees.arms_.index(a) for a in arms]), n)
+    design = trees._design(pd.concat([frame] * len(arms), ignore_index=True), codes)
+    v_all, b_all = tree_shap(trees.model_, design)
+    out = {}
+    for i, a in enumerate(arms):
+        values = w * slope * v_all[i * n:(i + 1) * n]
+        values[:, :p] += (1 - w) * linear[a][0]
+        base = (1 - w) * linear[a][1] + w * (slope * b_all[i * n:(i + 1) * n] + intercept)
+        out[a] = (values, base)
+    return list(design.columns), out
 
 
 def _linear_arm_shap(learner: object, frame: pd.DataFrame, arm: str) -> tuple[np.ndarray, np.ndarray]:

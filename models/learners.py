@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Literal, Protocol, Self, runtime_checkable
 
@@ -670,6 +670,11 @@ class ScoreGLM(ModifierGLM):
     mapped to log-odds by a logistic regression of the response on them (how sharply the chance rises with the
     expected score), and the response's log-odds are the weighted mean of that and the GLM's own (`score_weight`;
     0 = the GLM alone). Both are linear in one design, so the result is one linear model with exact linear SHAP.
+
+    With `score_trees_weight` > 0, an S-learner's gradient-boosted trees (same option x modifier terms) also regress
+    the score; their out-of-fold predictions get a logistic link of their own, and that log-odds is averaged in
+    with this weight (`trees_`, `trees_link_`): the interactions trees find, learnt from the score rather than its
+    one bit. SHAP stays exact: the linear model's linear SHAP plus the trees' TreeSHAP, each scaled by its weight.
     """
 
     outcomes = ("binary",)
@@ -699,6 +704,34 @@ class ScoreGLM(ModifierGLM):
         self.model_ = _LinearLogit(
             (1 - weight) * glm_coef + weight * slope * self.ridge_.coef_,
             (1 - weight) * glm_intercept + weight * (slope * float(self.ridge_.intercept_) + offset))
+        self.trees_: SLearner | None = None
+        self.trees_link_ = {"slope": 0.0, "intercept": 0.0, "weight": 0.0}
+        if self.config.score_trees_weight > 0 and n_folds >= 2 and len(np.unique(data.y)) == 2:
+            self._fit_trees(data, n_folds)
+
+    def _fit_trees(self, data: FitData, n_folds: int) -> None:
+        """The trees' regression of the score and its out-of-fold logistic link (left out when no better than
+        chance on the left-out patients)."""
+        on_score = replace(data, y=data.score, outcome="continuous", score=None)
+        fixed = self.config.model_copy(update={"arms": data.arms, "outcome": "continuous"})
+        oof = np.empty(len(data.y))
+        for train, test in patient_folds(data.groups, n_folds, seed=self.config.booster.seed):
+            fold = SLearner(fixed).fit_prepared(on_score.rows(train))
+            oof[test] = fold._predict_outcomes(data.X.iloc[test])[np.arange(len(test)), data.codes[test]]
+        link = LogisticRegression(C=1e6, max_iter=1000).fit(oof[:, None], data.y, sample_weight=data.weight)
+        slope, offset = float(link.coef_[0, 0]), float(link.intercept_[0])
+        if slope > 0:
+            self.trees_ = SLearner(fixed).fit_prepared(on_score)
+            self.trees_link_ = {"slope": slope, "intercept": offset, "weight": self.config.score_trees_weight}
+
+    def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
+        p = super()._predict_outcomes(frame)
+        trees = getattr(self, "trees_", None)  # older pickles have none
+        if trees is None:
+            return p
+        w, slope, offset = (self.trees_link_[k] for k in ("weight", "slope", "intercept"))
+        margin = (1 - w) * logit(p) + w * (slope * trees._predict_outcomes(frame) + offset)
+        return 1.0 / (1.0 + np.exp(-margin))
 
 
 class XLearner(BaseLearner):

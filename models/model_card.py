@@ -159,7 +159,7 @@ def build_model_card(inputs: ModelCardInputs) -> str:
             "held-out fold; the value is the cross-fitted doubly robust response rate of its recommendations, the "
             "DR-loss the mean squared error of its option-vs-continue effects against doubly robust pseudo-outcomes. "
             "The first candidate listed within one standard error of the best by the `criterion` column (policy "
-            "value for a binary outcome) was chosen (simplest first).",
+            "value for a binary outcome) was chosen (candidates in the order params.yaml lists them: preferred first).",
             "",
             markdown_table(i.selection, ["candidate", "criterion", "policy_value", "policy_value_se",
                                          "difference_vs_best", "difference_se", "dr_loss", "dr_loss_se",

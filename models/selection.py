@@ -14,7 +14,7 @@ predictions against cross-fitted AIPW scores, and the selection table gives both
 `criterion="auto"` ranks by the policy value for a binary outcome (escalation: a choice among many options,
 where a predicted response is worth what its ranking is worth) and by the DR-loss for a continuous outcome (a
 score whose effect size is what is reported, as in IHDP). The first candidate (in the configured order,
-simplest first) within `tolerance_se` standard errors of the best one wins — the one-standard-error rule: on a
+preferred first) within `tolerance_se` standard errors of the best one wins — the one-standard-error rule: on a
 few thousand decisions close candidates differ by less than their noise.
 
 Nothing here needs counterfactual outcomes, so the same selection runs on real records. Pure: no I/O.

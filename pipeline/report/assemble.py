@@ -44,6 +44,8 @@ def _method(model: object) -> str:
     elif name.startswith("score_glm"):
         words = ("penalised logistic regression with the published effect modifiers, averaged with a regression of "
                  "the total improvement score itself, which carries more than whether it reached response")
+        if "trees=" in name:
+            words += ", and with gradient-boosted trees fitted to that score"
     elif name.startswith(("s_learner", "t_learner", "dr_learner", "x_learner")):
         words = f"{name.split('(')[0].replace('_', '-')} on gradient-boosted trees"
     chosen = bool(model.summary.get("selection"))  # type: ignore[attr-defined]

@@ -948,6 +948,7 @@ def test_the_index_lists_patients_without_a_page_and_why():
     [
         ("modifier_glm(C=0.1)", "penalised logistic regression with the published effect modifiers;"),
         ("score_glm(C=0.1, alpha=30, w=0.5)", "averaged with a regression of the total improvement score itself"),
+        ("score_glm(C=0.1, alpha=30, w=0.5, trees=0.3)", "and with gradient-boosted trees fitted to that score"),
         ("s_learner", "s-learner on gradient-boosted trees"),
     ],
 )

@@ -178,7 +178,7 @@ def test_the_clinician_page_model_facts_give_the_gain_over_the_guideline_list():
 
     facts = dict(performance_facts(GAIN, 0.9, 24, confidence_level=0.95))
     text = facts["against the guideline list"]
-    assert "changed the response rate of held-out patients by +3.4 in 100 (95 % confidence interval -1.2 to +8.0" \
+    assert "changed the response rate of held-out patients by +3.4 in 100 (95 % confidence interval \u22121.2 to +8.0" \
         in text
     assert "fell short of the truly best option by 2.1 in 100, the guideline list by 5.5 in 100" in text
     assert "against the guideline list" not in dict(performance_facts({"response_auroc": 0.7}, 0.9, 24))

@@ -71,6 +71,36 @@ def test_one_linear_model_whose_shap_is_exact():
             np.testing.assert_allclose(s.probability, predicted[:, ARMS.index(option)], atol=1e-9)
 
 
+def interacting(n_patients: int, seed: int):
+    """As `scored`, but IVIG's effect on the score needs two facts at once (f0 > 0 and f1 > 0): an interaction no
+    listed modifier carries, which trees on the score can find."""
+    rng = np.random.default_rng(seed)
+    X, t, _, g, _ = cohort(n_patients, ARMS, "continuous", seed=seed)
+    f0, f1 = X["f0"].to_numpy(), X["f1"].to_numpy()
+    both = ((f0 > 0) & (f1 > 0)).astype(float)
+    mean = np.column_stack([0.2 * f1, 0.2 * f1 + 1.2 * both - 0.3, 0.2 * f1 + 0.1])
+    codes = pd.Index(ARMS).get_indexer(t)
+    margin = mean[np.arange(len(t)), codes] + rng.normal(0, 0.6, len(t)) - THRESHOLD
+    return X, t, (margin >= 0).astype(float), margin, g, norm.sf(THRESHOLD, loc=mean, scale=0.6)
+
+
+def test_trees_on_the_score_find_an_interaction_no_modifier_names_and_stay_exactly_explained():
+    X, t, y, margin, g, _ = interacting(400, 31)
+    cfg = _config(ARMS, linear_C=0.1, linear_alpha=30.0)
+    plain = ScoreGLM(cfg).fit(X, t, y, groups=g, score=margin)
+    trees = ScoreGLM(cfg.model_copy(update={"score_trees_weight": 0.5})).fit(X, t, y, groups=g, score=margin)
+    assert plain.trees_ is None and trees.trees_ is not None and trees.trees_link_["slope"] > 0
+    X_new, *_, p_true = interacting(1500, 32)
+    err = [float(np.sqrt(np.mean((m.predict_outcomes(X_new) - p_true) ** 2))) for m in (plain, trees)]
+    assert err[1] < err[0] - 0.01, err
+    predicted = trees.predict_outcomes(X_new[:80])
+    for (target, option), s in explain_learner(trees, X_new[:80]).items():  # to xgboost's float32 precision
+        np.testing.assert_allclose(s.base + s.values.sum(axis=1), s.output, atol=1e-6)
+        if target == "response":
+            np.testing.assert_allclose(s.probability, predicted[:, ARMS.index(option)], atol=1e-6)
+    assert any(c.startswith("option__") for c in s.columns)  # the trees' design: option and modifier columns too
+
+
 def test_calibration_and_bootstrap_refits_learn_from_the_score_too():
     """Out-of-fold and bootstrap refits fit on row subsets (`FitData.rows`): each keeps its rows' scores."""
     X, t, y, margin, g, _ = scored(300, 25)
@@ -81,6 +111,9 @@ def test_calibration_and_bootstrap_refits_learn_from_the_score_too():
     assert calibrated.base_.link_["slope"] > 0
     ensemble = BootstrapEnsemble(ScoreGLM(cfg), IntervalConfig(n_boot=3)).fit_prepared(data)
     assert all(member.link_["slope"] > 0 for member in ensemble.members_)
+    with_trees = ScoreGLM(cfg.model_copy(update={"score_trees_weight": 0.3}))
+    ensemble = BootstrapEnsemble(with_trees, IntervalConfig(n_boot=2)).fit_prepared(data)
+    assert all(member.trees_ is not None for member in ensemble.members_)
 
 
 def test_a_score_that_contradicts_the_response_or_is_missing_is_refused():
