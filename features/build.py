@@ -464,10 +464,11 @@ def rituximab_course_intensity(reg: RegimenIndex, course: pd.DataFrame, dose_mg:
     total = mg_day.groupby(level=0).sum().where(~unknown)
     if in_progress is not None and np.isfinite(reg.rituximab_course_doses):
         # kept rows share the latest dose, so the course's dose scales with its infusions
-        given = pd.Series(infusions, index=q)[keep].groupby(level=0).sum()
-        short = in_progress.reindex(total.index, fill_value=False).to_numpy(bool) & ~latest_whole.reindex(
-            total.index).to_numpy(bool) & (given.reindex(total.index).to_numpy(float) < reg.rituximab_course_doses)
-        total[short] = total[short] * reg.rituximab_course_doses / given.reindex(total.index)[short]
+        given = pd.Series(infusions, index=q)[keep].groupby(level=0).sum().reindex(total.index)
+        rows_per_infusion = ~latest_whole.reindex(total.index, fill_value=False).astype(bool)
+        short = in_progress.reindex(total.index, fill_value=False) & rows_per_infusion & (
+            given < reg.rituximab_course_doses)
+        total[short] *= reg.rituximab_course_doses / given[short]
     return total
 
 
