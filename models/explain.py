@@ -332,22 +332,35 @@ def _with_score_trees(learner: object, frame: pd.DataFrame, arms: Sequence[str],
                       ) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """SHAP of a score GLM whose log-odds average the linear model's (weight 1 − w) with the linked trees' (w ×
     (slope × trees + intercept)): SHAP is linear in the model, so each option's values are the weighted sum of the
-    linear SHAP (on the feature columns) and the trees' TreeSHAP (on their design: features, option x modifier
-    terms, options), over the trees' design columns."""
+    linear SHAP (on the feature columns) and the trees' SHAP (on their design: features, option x modifier terms,
+    options), over the trees' design columns.
+
+    The trees are explained against the average training patient under the same option (interventional TreeSHAP
+    with that one reference row): their option columns are equal on both sides and get nothing, so the baseline
+    holds the option's effect for the average patient and the reasons are this patient's facts — as the linear
+    model's intercept and option offset are its baseline. (Path-dependent TreeSHAP would give the option columns
+    half of every interaction the trees found, and the page would show it as the average effect.)"""
+    import shap
+
     trees = learner.trees_  # type: ignore[attr-defined]
     link = learner.trees_link_  # type: ignore[attr-defined]
+    reference = learner.trees_reference_  # type: ignore[attr-defined]
     w, slope, intercept = float(link["weight"]), float(link["slope"]), float(link["intercept"])
-    n, p = frame.shape
-    codes = np.repeat(np.asarray([trees.arms_.index(a) for a in arms]), n)
-    design = trees._design(pd.concat([frame] * len(arms), ignore_index=True), codes)
-    v_all, b_all = tree_shap(trees.model_, design)
+    p = frame.shape[1]
     out = {}
-    for i, a in enumerate(arms):
-        values = w * slope * v_all[i * n:(i + 1) * n]
+    columns: list[str] = []
+    for a in arms:
+        k = trees.arms_.index(a)
+        design = trees._design(frame, np.full(len(frame), k)).astype("float64")
+        explainer = shap.TreeExplainer(trees.model_, data=trees._design(reference, np.full(1, k)).astype("float64"),
+                                       feature_perturbation="interventional")
+        tree_values = np.asarray(explainer.shap_values(design), dtype="float64")
+        values = w * slope * tree_values
         values[:, :p] += (1 - w) * linear[a][0]
-        base = (1 - w) * linear[a][1] + w * (slope * b_all[i * n:(i + 1) * n] + intercept)
+        base = (1 - w) * linear[a][1] + w * (slope * float(np.ravel(explainer.expected_value)[0]) + intercept)
         out[a] = (values, base)
-    return list(design.columns), out
+        columns = list(design.columns)
+    return columns, out
 
 
 def _linear_arm_shap(learner: object, frame: pd.DataFrame, arm: str) -> tuple[np.ndarray, np.ndarray]:

@@ -674,7 +674,9 @@ class ScoreGLM(ModifierGLM):
     With `score_trees_weight` > 0, an S-learner's gradient-boosted trees (same option x modifier terms) also regress
     the score; their out-of-fold predictions get a logistic link of their own, and that log-odds is averaged in
     with this weight (`trees_`, `trees_link_`): the interactions trees find, learnt from the score rather than its
-    one bit. SHAP stays exact: the linear model's linear SHAP plus the trees' TreeSHAP, each scaled by its weight.
+    one bit. SHAP stays exact: the linear model's linear SHAP plus the trees' SHAP, each scaled by its weight; the
+    trees' SHAP is taken against the average training patient under the same option (`trees_reference_`), so the
+    option itself is the baseline, never a reason, as for the linear model.
     """
 
     outcomes = ("binary",)
@@ -723,6 +725,8 @@ class ScoreGLM(ModifierGLM):
         if slope > 0:
             self.trees_ = SLearner(fixed).fit_prepared(on_score)
             self.trees_link_ = {"slope": slope, "intercept": offset, "weight": self.config.score_trees_weight}
+            # the average patient the trees' explanations start from (column means: no one patient's record)
+            self.trees_reference_ = data.X.mean(axis=0, skipna=True).to_frame().T.astype("float64")
 
     def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
         p = super()._predict_outcomes(frame)
