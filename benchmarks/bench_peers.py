@@ -431,6 +431,7 @@ PEER_GRID: tuple[tuple[str, dict[str, object]], ...] = (
     ("flexible", {"max_depth": 5, "n_estimators": 100}),
     ("slow", {"learning_rate": 0.035, "n_estimators": 300}),
     ("stumps", {"max_depth": 1, "n_estimators": 300}),
+    ("shrunk", {"reg_lambda": 10.0, "min_child_weight": 10.0}),
 )
 
 Grid = list[tuple[str, Callable[[], Runner]]]
