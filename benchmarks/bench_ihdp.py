@@ -101,8 +101,9 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0, help="first realisation (default 0, the reported ones; "
                         "develop on others, e.g. 5000)")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="held-out share of each realisation")
-    parser.add_argument("--kinds", nargs="+", default=None, help="learner kinds (default: every LEARNERS key for a continuous outcome, and "
-                        "'auto' — the learner train's selection picks on each realisation — when params.yaml says auto)")
+    parser.add_argument("--kinds", nargs="+", default=None,
+                        help="learner kinds (default: every LEARNERS key for a continuous outcome, and 'auto' — the "
+                        "learner train's selection picks on each realisation — when params.yaml says auto)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     args = parser.parse_args()
     if args.realisations < 2:

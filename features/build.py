@@ -325,9 +325,9 @@ class RegimenIndex:
     def state(self, codes: np.ndarray, cut: np.ndarray) -> pd.DataFrame:
         """Every row started before each query's cut-off, with its end read as of the cut-off.
 
-        Columns: query, row (position), generic, cut_day, ongoing (end on/after cut), current (ongoing, or rituximab given
-        within the active period), last_dose_day (an ongoing row: start of the latest course before the cut-off;
-        else its end), course_start_day (start of the latest course begun before the cut-off, ended rows too, for
+        Columns: query, row (position), generic, cut_day, ongoing (end on/after cut), current (ongoing, or
+        rituximab given within the active period), last_dose_day (an ongoing row: start of the latest course before
+        the cut-off; else its end), course_start_day (start of the latest course begun before the cut-off, ended rows too, for
         cycles longer than `RITUXIMAB_COURSE_DAYS`) and course_record (given / scheduled / stopped).
         """
         q, r = self.started_before(codes, cut)

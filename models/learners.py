@@ -35,7 +35,7 @@ Every learner that builds an option design (S, modifier GLM) adds the option x m
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Literal, Protocol, Self, runtime_checkable
@@ -690,15 +690,15 @@ class ScoreGLM(ModifierGLM):
         design = self._design(self.preprocess_.transform(data.X), data.codes)
         self.ridge_ = Ridge(alpha=self.config.linear_alpha).fit(design, data.score, sample_weight=data.weight)
         n_folds = min(self.config.cv_folds, len(np.unique(data.groups)))
-        slope = offset = 0.0
-        if n_folds >= 2 and len(np.unique(data.y)) == 2:  # else no left-out patients to learn the link from
-            oof = np.empty(len(data.y))
-            for train, test in patient_folds(data.groups, n_folds, seed=self.config.booster.seed):
-                ridge = Ridge(alpha=self.config.linear_alpha).fit(design[train], data.score[train],
-                                                                   sample_weight=data.weight[train])
-                oof[test] = ridge.predict(design[test])
-            link = LogisticRegression(C=1e6, max_iter=1000).fit(oof[:, None], data.y, sample_weight=data.weight)
-            slope, offset = float(link.coef_[0, 0]), float(link.intercept_[0])
+        # no left-out patients (or one outcome only) leave no link to learn: the GLM alone
+        can_link = n_folds >= 2 and len(np.unique(data.y)) == 2
+
+        def ridge_left_out(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+            ridge = Ridge(alpha=self.config.linear_alpha).fit(design[train], data.score[train],
+                                                               sample_weight=data.weight[train])
+            return ridge.predict(design[test])
+
+        slope, offset = self._left_out_link(data, n_folds, ridge_left_out) if can_link else (0.0, 0.0)
         # a score no better than chance on the left-out patients (slope ≤ 0) is left out, never turned round
         weight = self.config.score_weight if slope > 0 else 0.0
         self.link_ = {"slope": slope, "intercept": offset, "score_weight": weight}
@@ -708,20 +708,31 @@ class ScoreGLM(ModifierGLM):
             (1 - weight) * glm_intercept + weight * (slope * float(self.ridge_.intercept_) + offset))
         self.trees_: SLearner | None = None
         self.trees_link_ = {"slope": 0.0, "intercept": 0.0, "weight": 0.0}
-        if self.config.score_trees_weight > 0 and n_folds >= 2 and len(np.unique(data.y)) == 2:
+        if self.config.score_trees_weight > 0 and can_link:
             self._fit_trees(data, n_folds)
+
+    def _left_out_link(self, data: FitData, n_folds: int,
+                       predict_left_out: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> tuple[float, float]:
+        """(slope, intercept) of the logistic regression of the response on a score model's patient-grouped
+        out-of-fold predictions (`predict_left_out(train rows, test rows)`): how sharply the chance rises with the
+        expected score."""
+        oof = np.empty(len(data.y))
+        for train, test in patient_folds(data.groups, n_folds, seed=self.config.booster.seed):
+            oof[test] = predict_left_out(train, test)
+        link = LogisticRegression(C=1e6, max_iter=1000).fit(oof[:, None], data.y, sample_weight=data.weight)
+        return float(link.coef_[0, 0]), float(link.intercept_[0])
 
     def _fit_trees(self, data: FitData, n_folds: int) -> None:
         """The trees' regression of the score and its out-of-fold logistic link (left out when no better than
         chance on the left-out patients)."""
         on_score = replace(data, y=data.score, outcome="continuous", score=None)
         fixed = self.config.model_copy(update={"arms": data.arms, "outcome": "continuous"})
-        oof = np.empty(len(data.y))
-        for train, test in patient_folds(data.groups, n_folds, seed=self.config.booster.seed):
+
+        def trees_left_out(train: np.ndarray, test: np.ndarray) -> np.ndarray:
             fold = SLearner(fixed).fit_prepared(on_score.rows(train))
-            oof[test] = fold._predict_outcomes(data.X.iloc[test])[np.arange(len(test)), data.codes[test]]
-        link = LogisticRegression(C=1e6, max_iter=1000).fit(oof[:, None], data.y, sample_weight=data.weight)
-        slope, offset = float(link.coef_[0, 0]), float(link.intercept_[0])
+            return fold._predict_outcomes(data.X.iloc[test])[np.arange(len(test)), data.codes[test]]
+
+        slope, offset = self._left_out_link(data, n_folds, trees_left_out)
         if slope > 0:
             self.trees_ = SLearner(fixed).fit_prepared(on_score)
             self.trees_link_ = {"slope": slope, "intercept": offset, "weight": self.config.score_trees_weight}
