@@ -637,25 +637,31 @@ def _top_k(grouped: np.ndarray, k: int) -> np.ndarray:
 
 
 def _choose(
-    shap: Shap, groups: FeatureGroups, k: int, points: np.ndarray | None
+    shap: Shap, groups: FeatureGroups, k: int, points: np.ndarray | None, values: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The top-k reasons of every row as numbers, before any wording: (n, k) clinical-feature (group) index,
     the member column whose value is shown, and the group's contribution (probability points or the outcome's
-    units). Grouped SHAP is one product with the 0/1 membership matrix."""
+    units). Grouped SHAP is one product with the 0/1 membership matrix; `values` are the rows' feature values
+    (`_feature_values`)."""
     pts = shap.points() if points is None else points
     grouped = groups.group(pts)
     # the S-learner's option group is the option's average effect, no fact of this patient: never a reason
     grouped = np.where(groups.is_option_group[None, :], 0.0, grouped)
     order = _top_k(grouped, min(k, int((~groups.is_option_group).sum()) or grouped.shape[1]))
     contrib = np.take_along_axis(grouped, order, axis=1)
-    # Within a group, the member column that moved the prediction most gives the value shown (first on ties).
+    # Within a group, the member column that moved the prediction most gives the value shown (first on ties), a
+    # recorded one before any that is not: "on abatacept = no", never "months on abatacept = not recorded".
     col_pts = np.abs(pts)
+    recorded = np.zeros(pts.shape, dtype=bool)
+    recorded[:, : values.shape[1]] = np.isfinite(values)
+    head = float(np.nanmax(col_pts, initial=0.0)) + 1.0  # a recorded member outranks every unrecorded one
+    rank = np.where(np.isnan(col_pts), 0.0, col_pts) + head * recorded
     rows = np.arange(len(pts))
     table = groups.member_table  # (g, largest group size), padded with -1
     best = np.empty_like(order)
     for i in range(order.shape[1]):
         cand = table[order[:, i]]
-        moved = np.where(cand >= 0, col_pts[rows[:, None], np.maximum(cand, 0)], -1.0)
+        moved = np.where(cand >= 0, rank[rows[:, None], np.maximum(cand, 0)], -1.0)
         best[:, i] = cand[rows, np.argmax(moved, axis=1)]
     return order, best, contrib
 
@@ -727,12 +733,13 @@ def top_reasons(
     n = len(X)
     if shap.values.shape[0] != n:
         raise ValueError(f"explanation has {shap.values.shape[0]} rows but X has {n} (rule: same rows)")
-    order, best, contrib = _choose(shap, groups, k, points)
+    values = _feature_values(X, groups)
+    order, best, contrib = _choose(shap, groups, k, points, values)
     k_eff = order.shape[1]
     cells = (np.arange(n)[:, None] * len(groups.columns) + best).ravel()
     is_option = groups.is_option_group[order].ravel()
     tails = _effect_tails(contrib, shap.scale in ("log_odds", "probability"), suffix)
-    text = _reason_texts(_facts(_feature_values(X, groups), groups, cells), tails, is_option, prefix)
+    text = _reason_texts(_facts(values, groups, cells), tails, is_option, prefix)
     text = text.reshape(n, k_eff)
     names = np.asarray(groups.groups, dtype=object)[order]
     out: dict[str, np.ndarray] = {}
@@ -776,6 +783,7 @@ def reasons_frame(
     elig = _eligible_matrix(eligible, options, n)
     any_shap = next(iter(explanations.items.values()))
     groups_of = {any_shap.columns: feature_groups(any_shap.columns, dictionary)}
+    values_of: dict[tuple[str, ...], np.ndarray] = {}
     versus = f" vs {explanations.control.replace('_', ' ')}"
 
     # 1. choose: indices and numbers for every (option, target), no strings yet
@@ -792,7 +800,9 @@ def reasons_frame(
             if shap.columns not in groups_of:
                 groups_of[shap.columns] = feature_groups(shap.columns, dictionary)
             groups = groups_of[shap.columns]
-            order, best, contrib = _choose(shap, groups, k, points)
+            if shap.columns not in values_of:
+                values_of[shap.columns] = _feature_values(X, groups)
+            order, best, contrib = _choose(shap, groups, k, points, values_of[shap.columns])
             tails = _effect_tails(contrib, shap.scale in ("log_odds", "probability"), suffix)
             chosen.append((j, prefix, groups, order, best, contrib, tails))
 
@@ -804,7 +814,7 @@ def reasons_frame(
             cells = np.concatenate(
                 [(np.arange(n)[:, None] * len(columns) + c[4]).ravel() for c in mine]
             )
-            facts[columns] = _facts(_feature_values(X, groups), groups, cells)
+            facts[columns] = _facts(values_of[columns], groups, cells)
 
     # 3. fill (n, options) grids per output column, raveled row-major: rows in X order, options in arm order
     grids: dict[str, np.ndarray] = {}

@@ -202,10 +202,12 @@ def option_explanations(
         s = explanations.get("response", option)
         if s is None:
             continue
+        r = reasons.loc[option] if option in reasons.index else None
         groups = E.feature_groups(s.columns, dictionary)
         base = float(s.probability_base[row]) * 100 if s.probability_base is not None else float(s.base[row])
         final = float(s.probability[row]) * 100 if s.probability is not None else float(s.output[row])
-        own, bars = _split_option(_bars(E.grouped_frame(s, groups, row=row), n_bars, final - base))
+        own, bars = _split_option(_bars(_worded(E.grouped_frame(s, groups, row=row), r, "reason"), n_bars,
+                                        final - base))
         con = explanations.get("contrast", option)
         contrast: tuple[Bar, ...] = ()
         total = con_base = None
@@ -216,33 +218,31 @@ def option_explanations(
             # change from the average difference is this patient's level, a bar 'not attributed to one fact'
             total = (float(con.probability[row]) * 100 if con.probability is not None
                      else float(pts[row].sum()) * 100 + start)
-            con_own, contrast = _split_option(_bars(E.grouped_frame(con, groups, row=row, points=pts), n_bars,
-                                                    total - start))
+            worded = _worded(E.grouped_frame(con, groups, row=row, points=pts), r, "contrast_reason")
+            con_own, contrast = _split_option(_bars(worded, n_bars, total - start))
             con_base = start + con_own
-        r = reasons.loc[option] if option in reasons.index else None
-        bars = _facts_as_labels(bars, r, "reason", max(k, n_bars) + 1)
-        contrast = _facts_as_labels(contrast, r, "contrast_reason", max(k, n_bars) + 1)
         out.append(OptionExplanation(
             option, labels.get(option, option), base + own, final, bars, contrast, total,
             _reason_texts(r, "reason", k), _reason_texts(r, "contrast_reason", k), contrast_base=con_base))
     return tuple(out)
 
 
-def _facts_as_labels(bars: tuple[Bar, ...], r: pd.Series | None, prefix: str, n: int) -> tuple[Bar, ...]:
-    """Each bar labelled with this patient's fact ("latest CK = 4.9 × upper limit of normal") where one of the
-    option's reasons names the bar's group, else with the group's name; the points are unchanged."""
+def _worded(grouped: pd.DataFrame, r: pd.Series | None, prefix: str) -> pd.DataFrame:
+    """The grouped explanation with each clinical feature labelled by this patient's fact as the option's reasons
+    word it ("latest CK = 4.9 × upper limit of normal", matched by clinical feature), else by the feature's name;
+    the points are unchanged, so a bar and a reason about one feature read alike."""
+    from models.explain import OPTION_GROUP
     from pipeline.report.clinical import plain_reason
 
-    if r is None:
-        return bars
-    facts = [plain_reason(str(r.get(f"{prefix}_{i}_text"))).split(" → ")[0] for i in range(1, n + 1)
-             if isinstance(r.get(f"{prefix}_{i}_text"), str)]
-
-    def fact(label: str) -> str:
-        stem = label.lower().rstrip("s")
-        return next((f for f in facts if stem and stem in f.lower()), label)
-
-    return tuple(Bar(fact(b.label), b.points) for b in bars)
+    facts: dict[str, str] = {}
+    i = 1
+    while r is not None and f"{prefix}_{i}_feature" in r.index:
+        group, text = r[f"{prefix}_{i}_feature"], r[f"{prefix}_{i}_text"]
+        if isinstance(group, str) and isinstance(text, str) and group != OPTION_GROUP:
+            facts.setdefault(group, plain_reason(text).split(" → ")[0])
+        i += 1
+    return grouped.assign(label=[facts.get(g, label) for g, label in zip(grouped["group"], grouped["label"],
+                                                                          strict=True)])
 
 
 def _split_option(bars: tuple[Bar, ...]) -> tuple[float, tuple[Bar, ...]]:
@@ -325,22 +325,23 @@ def _latest(assessments: pd.DataFrame, measure: str, as_of: pd.Timestamp) -> flo
 
 
 def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.DataFrame, *, row: int,
-                         k: int = 3, facts: Sequence[str] = ()) -> OptionRow:
-    """The option's row with the facts that move its safety risk most (points out of 100, the option group
-    left out: it is no fact about the patient), each worded as this patient's fact where `facts` has it."""
+                         k: int = 3) -> OptionRow:
+    """The option's row with the facts that move its safety risk most (points out of 100; the option group is left
+    out, being no fact about the patient), each worded as this patient's fact, as the response reasons are."""
     from models import explain as E
+    from pipeline.report.clinical import plain_reason
 
     s = ex.get("safety", o.option) if o.eligible else None
     if s is None:
         return o
-    g = E.grouped_frame(s, E.feature_groups(s.columns, dictionary), row=row)
-    g = g[g["label"] != E.OPTION_LABEL]
-    g = g.reindex(g["points"].abs().sort_values(ascending=False).index).iloc[:k]
-    worded = _facts_as_labels(tuple(Bar(str(lab), float(p)) for lab, p in zip(g["label"], g["points"], strict=True)),
-                              pd.Series({f"f_{i}_text": f for i, f in enumerate(facts, 1)}), "f", len(facts))
-    texts = tuple(f"{b.label} {'raises' if b.points > 0 else 'lowers'} it ({signed_points(b.points)})"
-                  for b in worded if abs(b.points) >= 0.005)
-    return replace(o, safety_reasons=texts)
+    top = E.top_reasons(s, X.iloc[[row]], E.feature_groups(s.columns, dictionary), k).iloc[0]
+    texts = []
+    for i in range(1, k + 1):
+        text, points = top.get(f"reason_{i}_text"), top.get(f"reason_{i}_contribution")
+        if isinstance(text, str) and _ok(points) and abs(float(points)) >= 0.005:
+            texts.append(f"{plain_reason(text).split(' → ')[0]} {'raises' if points > 0 else 'lowers'} it "
+                         f"({signed_points(points)})")
+    return replace(o, safety_reasons=tuple(texts))
 
 
 def event_lines(events: pd.DataFrame, as_of: pd.Timestamp) -> tuple[tuple[str, str, str], ...]:
@@ -437,10 +438,7 @@ def build_patient_page(
                                  f"body surface {bsa:.2f} m²" if bsa else "") if x)
     body_size = (("juvenile dose targets (per kg / per m²) for " if juvenile else "") + size) if size else ""
     options = option_rows(pred, labels, thin, calibration=evidence.calibration, drug_labels=drug_labels)
-    # this patient's facts in words: the reasons' facts, then the current doses ("prednisone dose" → its line)
-    facts = [b.label for e in explanations for b in (*e.bars, *e.contrast)] + [
-        f"{r.label} dose {r.dose}" for r in regimen]
-    options = tuple(_with_safety_reasons(o, ex, X, dictionary, row=0, facts=facts) for o in options)
+    options = tuple(_with_safety_reasons(o, ex, X, dictionary, row=0) for o in options)
     optimise = C.below_target_drugs(regimen)
     options = tuple(replace(o, label=f"{o.label}: {', '.join(optimise)}") if o.option == "optimise_dose" and
                     o.eligible and optimise else o for o in options)

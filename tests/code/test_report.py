@@ -844,13 +844,20 @@ def test_a_retrospective_page_checks_records_against_today_not_the_decision_date
     assert not out.exists()
 
 
-def test_bars_are_labelled_with_the_patients_fact_and_keep_their_points():
-    r = pd.Series({"reason_1_text": "latest CK = 4.9 × ULN → +2 in 100",
-                   "reason_2_text": "months on tocilizumab = 5.95 → +1 in 100"})
-    bars = (R.Bar("CK", 2.0), R.Bar("tocilizumab", 1.0), R.Bar("haemoglobin", -1.0))
-    out = A._facts_as_labels(bars, r, "reason", 3)
-    assert [b.label for b in out] == ["latest CK = 4.9 × ULN", "6 months on tocilizumab", "haemoglobin"]
-    assert [b.points for b in out] == [2.0, 1.0, -1.0]
+def test_bars_are_labelled_with_the_patients_fact_by_clinical_feature_and_keep_their_points():
+    """A bar and a reason about one clinical feature read alike, matched by the feature, not by its name's words:
+    the 'treatment history' bar reads 'lines of therapy so far = 6' when that is the reason's fact."""
+    r = pd.Series({"reason_1_feature": "CK", "reason_1_text": "latest CK = 4.9 × ULN → +2 in 100",
+                   "reason_2_feature": "tocilizumab", "reason_2_text": "months on tocilizumab = 5.95 → +1 in 100",
+                   "reason_3_feature": "treatment history", "reason_3_text": "lines of therapy so far = 6 → +1 in 100"})
+    grouped = pd.DataFrame({"group": ["CK", "tocilizumab", "haemoglobin", "treatment history"],
+                            "label": ["creatine kinase", "tocilizumab", "haemoglobin", "treatment history"],
+                            "points": [0.02, 0.01, -0.01, 0.012]})
+    out = A._worded(grouped, r, "reason")
+    assert out["label"].tolist() == ["latest CK = 4.9 × ULN", "6 months on tocilizumab", "haemoglobin",
+                                     "lines of therapy so far = 6"]
+    assert out["points"].tolist() == grouped["points"].tolist()
+    assert A._worded(grouped, None, "reason")["label"].tolist() == grouped["label"].tolist()
 
 
 def test_a_gap_between_the_bars_and_the_explained_change_is_drawn_not_hidden():

@@ -365,6 +365,24 @@ def test_reasons_rank_by_size_ties_to_the_earlier_feature_and_show_the_member_th
     assert out.loc[1, "reason_4_contribution"] == 0.0
 
 
+def test_a_reason_shows_a_recorded_fact_of_its_feature_before_a_missing_one():
+    """Trees split on a missing value (months on abatacept for a patient not on it): the reason names the recorded
+    fact of the same feature ("on abatacept = no"), and only a feature with nothing recorded reads 'not recorded'."""
+    columns = ("on_abatacept", "abatacept_months_on", "cdasi_latest", "cdasi_days_since")
+    dictionary = pd.DataFrame({
+        "feature": list(columns),
+        "clinical_feature": ["abatacept", "abatacept", "CDASI", "CDASI"],
+        "label": ["on abatacept", "months on abatacept", "latest CDASI", "days since CDASI"],
+        "unit": ["0/1", "months", "score (0-100)", "days"],
+    })
+    groups = E.feature_groups(columns, dictionary)
+    X = pd.DataFrame([[0.0, np.nan, 20.0, 30.0], [1.0, 4.0, np.nan, np.nan]], columns=list(columns))
+    values = np.array([[0.01, 0.06, 0.0, 0.02], [0.0, 0.01, 0.03, 0.0]])
+    out = E.top_reasons(_hand_shap(values, columns), X, groups, 2)
+    assert out.loc[0, "reason_1_text"] == "on abatacept = no → +0.07"   # the group's sum, the recorded member
+    assert out.loc[0, "reason_2_text"] == "days since CDASI = 30 days → +0.02"
+    assert out.loc[1, "reason_1_text"] == "latest CDASI = not recorded → +0.03"  # nothing of CDASI is recorded
+
 def test_values_in_one_call_are_each_worded_by_their_own_unit():
     values = np.array([0.55, 1.0, 0.0, np.nan, 28.0, 6.25, 1450.0, 28.0, 0.55])
     units = np.array(["fraction of target", "0/1", "0/1", "cm (0-10)", "score (0-100)", "cm (0-10)", "U/L", "",
