@@ -33,7 +33,8 @@ probability), √PEHE of option-vs-continue effects (pooled over eligible option
 recommendations, fit seconds (fit + predicting the evaluation rows) and fit time as a ratio to the fastest of our
 learners measured in the same process on the same seed.
 
-`--learning-curve`: regret of the shipped model and the guideline list against the number of training patients
+`--learning-curve`: regret of the shipped model and the guideline list, and the shipped model's mean per-option AUROC
+beside the oracle's, against the number of training patients
 (`--sizes`); each seed trains on a cohort of that many patients (all of them) and is evaluated on the same
 independent cohort of `--eval-patients` patients (simulated with seed + 1).
 """
@@ -67,7 +68,7 @@ sys.path.insert(0, str(ROOT))
 from models import evaluation as ev  # noqa: E402
 from models.config import BoosterConfig, LearnerConfig  # noqa: E402
 from models.learners import LEARNERS, make_learner  # noqa: E402
-from models.response import response_margin  # noqa: E402
+from models.response import response_margin, response_of  # noqa: E402
 from pipeline.settings import Settings, settings_from  # noqa: E402
 
 #: seeds never used in development (params.yaml's seed is the development seed and is refused).
@@ -231,9 +232,22 @@ def shipped(settings: Settings) -> Runner:
         run.setting = (f"{chosen}" + (f"({', '.join(f'{k}={v}' for k, v in knobs.items())})" if knobs else "")
                        if chosen else "")  # type: ignore[attr-defined]
         out = shipped_arrays(model, data)
+        run.p_response = out["p_response"]  # type: ignore[attr-defined]  # NaN where an option is not modelled
         return np.nan_to_num(out["p_response"], nan=0.0), argmax_eligible(out["p_response"], out["usable"])
 
     return run
+
+
+def mean_option_auroc(p: np.ndarray, data: dict[str, Any], settings: Settings) -> tuple[float, float]:
+    """Mean per-option AUROC of `p` and of the oracle (the true probability) against each eligible row's response
+    under that option (the simulator's potential outcome), over the options `p` predicts."""
+    potential = np.nan_to_num(response_of(data["true_tis"], data["eval_features"], settings.train))
+    model, oracle = [], []
+    for k in np.flatnonzero(np.isfinite(p).any(axis=0)):
+        rows = data["eligible"][:, k] & np.isfinite(p[:, k])
+        model.append(ev.auroc(potential[rows, k], p[rows, k]))
+        oracle.append(ev.auroc(potential[rows, k], data["truth"][rows, k]))
+    return float(np.nanmean(model)), float(np.nanmean(oracle))
 
 
 def shipped_arrays(model: Any, data: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -662,7 +676,7 @@ def peers_main(args: argparse.Namespace) -> None:
 
 
 def curve_main(args: argparse.Namespace) -> None:
-    """Regret of the shipped model and the guideline list against the number of training patients."""
+    """Regret of the shipped model and the guideline list, and its per-option AUROC, against training patients."""
     rows: list[dict[str, object]] = []
     for seed in args.seeds:
         settings = seeded_settings(args.params, seed)
@@ -677,14 +691,20 @@ def curve_main(args: argparse.Namespace) -> None:
             data = bench_data(train, np.ones(len(train.decisions), dtype=bool), evaluation, every)
             prepared = time.perf_counter() - started
             name = f"shipped model ({settings.train.learner}, calibrated)"
-            row = run_one(name, [("", lambda s=settings: shipped(s))], data)
+            runner = shipped(settings)
+            row = run_one(name, [("", lambda r=runner: r)], data)
+            if row["status"] == "ok":
+                p = runner.p_response  # type: ignore[attr-defined]
+                row["auroc"], row["auroc_oracle"] = mean_option_auroc(p, data, settings)
             base = baselines(data)[0]
             n_labelled = len(data["y"])
             for r in (row, base):
                 rows.append({**r, "seed": seed, "patients": size, "labelled": n_labelled, "prepare_s": prepared})
             print(f"  {size} patients: {data['describe']}; simulate + features {prepared:.0f} s, fit "
                   f"{row.get('fit_s', float('nan')):.0f} s; regret {row.get('regret', float('nan')):.3f} "
-                  f"(guideline {base.get('regret', float('nan')):.3f}) {row['status']} {row.get('setting', '')}",
+                  f"(guideline {base.get('regret', float('nan')):.3f}), mean per-option AUROC "
+                  f"{row.get('auroc', float('nan')):.3f} (oracle {row.get('auroc_oracle', float('nan')):.3f}) "
+                  f"{row['status']} {row.get('setting', '')}",
                   flush=True)
     frame = pd.DataFrame(rows)
     out = []
@@ -695,6 +715,9 @@ def curve_main(args: argparse.Namespace) -> None:
             got = mine[(mine["learner"] == learner) & (mine["status"] == "ok")]
             values = pd.to_numeric(got.get("regret", pd.Series(dtype=float)), errors="coerce").dropna()
             row[label] = _mean_se(values, 3)
+        got = mine[(mine["learner"] == name) & (mine["status"] == "ok")]
+        for column, label in (("auroc", "shipped mean per-option AUROC"), ("auroc_oracle", "oracle's AUROC")):
+            row[label] = _mean_se(pd.to_numeric(got.get(column, pd.Series(dtype=float)), errors="coerce").dropna(), 3)
         fit = pd.to_numeric(mine.loc[mine["learner"] == name, "fit_s"], errors="coerce").dropna()
         row["shipped fit s"] = f"{fit.mean():.0f}" if len(fit) else ""
         picks = mine.loc[mine["learner"] == name, "setting"] if "setting" in mine else pd.Series(dtype=object)
