@@ -16,10 +16,11 @@ SHAP says which facts moved this model's prediction; it is not a causal effect o
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -340,8 +341,6 @@ def _with_score_trees(learner: object, frame: pd.DataFrame, arms: Sequence[str],
     holds the option's effect for the average patient and the reasons are this patient's facts — as the linear
     model's intercept and option offset are its baseline. (Path-dependent TreeSHAP would give the option columns
     half of every interaction the trees found, and the page would show it as the average effect.)"""
-    import shap
-
     trees = learner.trees_  # type: ignore[attr-defined]
     link = learner.trees_link_  # type: ignore[attr-defined]
     reference = learner.trees_reference_  # type: ignore[attr-defined]
@@ -352,8 +351,7 @@ def _with_score_trees(learner: object, frame: pd.DataFrame, arms: Sequence[str],
     for a in arms:
         k = trees.arms_.index(a)
         design = trees._design(frame, np.full(len(frame), k)).astype("float64")
-        explainer = shap.TreeExplainer(trees.model_, data=trees._design(reference, np.full(1, k)).astype("float64"),
-                                       feature_perturbation="interventional")
+        explainer = _reference_explainer(trees, reference, k)
         tree_values = np.asarray(explainer.shap_values(design), dtype="float64")
         values = w * slope * tree_values
         values[:, :p] += (1 - w) * linear[a][0]
@@ -361,6 +359,29 @@ def _with_score_trees(learner: object, frame: pd.DataFrame, arms: Sequence[str],
         out[a] = (values, base)
         columns = list(design.columns)
     return columns, out
+
+
+#: fitted trees -> (their reference frame, {option index: interventional explainer}); weak, so a model that is gone
+#: takes its explainers with it. shap parses the whole booster on every TreeExplainer it builds (most of a page's
+#: time and of a batch's per-chunk cost), and the explainer depends only on the fitted trees and the reference row.
+_REFERENCE_EXPLAINERS: weakref.WeakKeyDictionary[object, tuple[pd.DataFrame, dict[int, object]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _reference_explainer(trees: object, reference: pd.DataFrame, k: int) -> Any:
+    """The interventional TreeExplainer of fitted S-learner `trees` against the one `reference` row under option
+    index `k`, built once per fitted model, reference and option."""
+    import shap
+
+    cached = _REFERENCE_EXPLAINERS.get(trees)
+    if cached is None or cached[0] is not reference:
+        cached = (reference, {})
+        _REFERENCE_EXPLAINERS[trees] = cached
+    if k not in cached[1]:
+        background = trees._design(reference, np.full(1, k)).astype("float64")  # type: ignore[attr-defined]
+        cached[1][k] = shap.TreeExplainer(trees.model_, data=background,  # type: ignore[attr-defined]
+                                          feature_perturbation="interventional")
+    return cached[1][k]
 
 
 def _linear_arm_shap(learner: object, frame: pd.DataFrame, arm: str) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,7 +35,10 @@ def _without_bidi_controls(value: Any) -> Any:
     return value.translate(_BIDI_CONTROLS) if isinstance(value, str) else value
 
 
+@functools.cache
 def _environment() -> Any:
+    """The one Jinja environment of this process: it compiles each template once (a page is otherwise mostly
+    template compilation), and its templates and filters never change while the process runs."""
     import jinja2
 
     env = jinja2.Environment(

@@ -102,6 +102,12 @@ def test_trees_on_the_score_find_an_interaction_no_modifier_names_and_stay_exact
     # the same option), never a reason: the option's effect is not split with the facts it interacts with
     options = [i for i, c in enumerate(s.columns) if c.startswith("option__") and ":" not in c]
     assert options and np.all(s.values[:, options] == 0)
+    # the trees' explainers are built once per fitted model: a refit (new trees, new reference row) is explained by
+    # its own trees, still exactly
+    X2, t2, y2, margin2, g2, _ = interacting(1500, 32)
+    trees.fit(X2, t2, y2, groups=g2, score=margin2)
+    refit = explain_learner(trees, X2[:80])[("response", ARMS[1])]
+    np.testing.assert_allclose(refit.probability, trees.predict_outcomes(X2[:80])[:, 1], atol=1e-6)
 
 
 def test_calibration_and_bootstrap_refits_learn_from_the_score_too():
