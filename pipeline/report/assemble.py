@@ -232,17 +232,24 @@ def _worded(grouped: pd.DataFrame, r: pd.Series | None, prefix: str) -> pd.DataF
     word it ("latest CK = 4.9 × upper limit of normal", matched by clinical feature), else by the feature's name;
     the points are unchanged, so a bar and a reason about one feature read alike."""
     from models.explain import OPTION_GROUP
-    from pipeline.report.clinical import plain_reason
 
     facts: dict[str, str] = {}
     i = 1
     while r is not None and f"{prefix}_{i}_feature" in r.index:
         group, text = r[f"{prefix}_{i}_feature"], r[f"{prefix}_{i}_text"]
         if isinstance(group, str) and isinstance(text, str) and group != OPTION_GROUP:
-            facts.setdefault(group, plain_reason(text).split(" → ")[0])
+            facts.setdefault(group, _fact(text))
         i += 1
     return grouped.assign(label=[facts.get(g, label) for g, label in zip(grouped["group"], grouped["label"],
                                                                           strict=True)])
+
+
+def _fact(reason: str) -> str:
+    """The fact of a worded reason in clinical words, without its effect: 'latest CK = 4.9 × upper limit of normal
+    → +2 in 100' reads 'latest CK = 4.9 × upper limit of normal'."""
+    from pipeline.report.clinical import plain_reason
+
+    return plain_reason(reason).split(" → ")[0]
 
 
 def _split_option(bars: tuple[Bar, ...]) -> tuple[float, tuple[Bar, ...]]:
@@ -329,7 +336,6 @@ def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.
     """The option's row with the facts that move its safety risk most (points out of 100; the option group is left
     out, being no fact about the patient), each worded as this patient's fact, as the response reasons are."""
     from models import explain as E
-    from pipeline.report.clinical import plain_reason
 
     s = ex.get("safety", o.option) if o.eligible else None
     if s is None:
@@ -339,7 +345,7 @@ def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.
     for i in range(1, k + 1):
         text, points = top.get(f"reason_{i}_text"), top.get(f"reason_{i}_contribution")
         if isinstance(text, str) and _ok(points) and abs(float(points)) >= 0.005:
-            texts.append(f"{plain_reason(text).split(' → ')[0]} {'raises' if points > 0 else 'lowers'} it "
+            texts.append(f"{_fact(text)} {'raises' if points > 0 else 'lowers'} it "
                          f"({signed_points(points)})")
     return replace(o, safety_reasons=tuple(texts))
 

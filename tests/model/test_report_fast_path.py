@@ -101,6 +101,23 @@ def test_fast_path_loads_the_champion_mlflow_loads_and_gives_the_same_page(champ
     assert "uncalibrated margin" not in facts["explanations"] and "SHAP value" in facts["explanations"]
 
 
+def test_the_seed_pages_bars_and_reasons_name_the_same_facts(champion, monkeypatch, tmp_path):
+    """A reason and the chart bar of the same clinical feature read alike ('lines of therapy so far = 6' in both,
+    never the feature's name in one)."""
+    from pipeline.report import load as L
+    from pipeline.report.evidence import load_evidence
+    from pipeline.settings import load_settings
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion[0])
+    loaded = L.load_model(tmp_path / "no-bundle")
+    page = _seed_page(loaded, load_evidence(loaded, load_settings()))
+    for e in page.explanations:
+        labels = {b.label for b in (*e.bars, *e.contrast)}
+        for reason in (*e.reasons, *e.contrast_reasons):
+            assert reason.split(" \u2192 ")[0] in labels, (e.option, reason, labels)
+    assert page.explanations and any(e.reasons for e in page.explanations)
+
+
 def test_the_fast_path_says_when_only_mlflow_can_answer(monkeypatch, tmp_path):
     from pipeline import registry_store as store
 
