@@ -3,7 +3,8 @@ a page for one patient reads only that patient, ≤ 3 s and ≤ 400 MB on the 3,
 
 Run: `python benchmarks/bench_report.py [--data data/cohort] [--patients SIM-000001 SIM-000004 …] [--as-of D]
 [--today T] [--repeat 3] [--pycache /tmp/escalate-pyc] [--cli-only]` after `dvc repro` (needs the cohort and a
-trained model: registry champion or data/train/model/).
+trained model: registry champion or data/train/model/). `--all N` instead times N pages as `report --all` builds
+them, the model run once per batch of patients, against the model run for each page (pages per second and ratio).
 
 First the whole command twice per patient, alternately: reading the registry without MLflow (the page's path now,
 pipeline/registry_store.py) and through MLflow (`ESCALATE_REGISTRY_FAST_PATH=0`, the path before), with the ratio of
@@ -111,6 +112,47 @@ def cli(data: Path, patient: str, as_of: str, today: str, env: dict[str, str] | 
     return seconds, usage.ru_maxrss / 1024
 
 
+def all_pages(data: Path, n: int, as_of: str, today: str) -> None:
+    """`report --all`'s pages for the first n patients, built as it builds them (`ModelOutputs` of a batch of
+    `PAGES_PER_BATCH`, each page its share) and, as the baseline, with the model run for each page alone; the pages
+    must be identical. Prints pages/s of both and the ratio (model loaded and tables read before either clock)."""
+    import pandas as pd
+
+    from pipeline import report as R
+    from pipeline.report.assemble import decision_keys, model_outputs
+    from pipeline.settings import load_settings
+
+    when = pd.Timestamp(as_of)
+    tables, violations = R._load_tables(data, today)
+    loaded = R.load_model()
+    evidence = R.load_evidence(loaded, load_settings())
+    monitoring, rules = R.page_references()
+    ids = sorted(set(tables["patients"]["patient_id"].astype(str)))[:n]
+    own = {name: {str(p): rows for p, rows in t.groupby(t["patient_id"].astype(str), sort=False)}
+           for name, t in tables.items()}
+
+    def page(pid: str, outputs: object = None) -> str:
+        mine = {name: rows.get(pid, tables[name].iloc[:0]) for name, rows in own.items()}
+        return R.render_page(R.build_patient_page(pid, when, mine, loaded, monitoring, evidence, rules=rules,
+                                                  findings=R.patient_findings(violations, pid), outputs=outputs))
+
+    t0 = time.perf_counter()
+    alone = [page(pid) for pid in ids]
+    t1 = time.perf_counter()
+    batched = []
+    for start in range(0, len(ids), R.PAGES_PER_BATCH):
+        chunk = ids[start:start + R.PAGES_PER_BATCH]
+        chunk_tables = {name: pd.concat([rows[p] for p in chunk if p in rows] or [tables[name].iloc[:0]],
+                                        ignore_index=True) for name, rows in own.items()}
+        batch = model_outputs(decision_keys(chunk, when), chunk_tables, loaded)
+        batched += [page(pid, batch.one(pid)) for pid in chunk]
+    t2 = time.perf_counter()
+    same = sum(a == b for a, b in zip(alone, batched, strict=True))
+    print(f"{len(ids)} pages as of {as_of} ({same} identical both ways), batches of {R.PAGES_PER_BATCH}")
+    print(f"model run per page (before): {len(ids) / (t1 - t0):.2f} pages/s; once per batch (report --all now): "
+          f"{len(ids) / (t2 - t1):.2f} pages/s; ratio {(t1 - t0) / (t2 - t1):.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "cohort")
@@ -122,7 +164,13 @@ def main() -> None:
                     help="a folder for Python's bytecode cache in the measured CLI runs (warmed by one untimed run); "
                          "default: the environment as it is")
     ap.add_argument("--cli-only", action="store_true", help="only the whole-command rows (no stage split)")
+    ap.add_argument("--all", type=int, default=0, metavar="N",
+                    help="instead: N pages as `report --all` builds them (the model once per batch) against one "
+                         "model run per page, in this process")
     args = ap.parse_args()
+    if args.all:
+        all_pages(args.data, args.all, args.as_of, args.today)
+        return
     import pandas as pd
 
     n = len(pd.read_parquet(args.data / "patients.parquet", columns=["patient_id"]))

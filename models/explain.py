@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
@@ -134,6 +134,18 @@ class Explanations:
 
     def get(self, target: str, option: str) -> Shap | None:
         return self.items.get((target, option))
+
+    def rows(self, index: Sequence[int] | np.ndarray) -> Explanations:
+        """The same explanations of the rows at `index` only, in that order (one page's share of a batch)."""
+        idx = np.asarray(index, dtype=np.int64)
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[idx]
+
+        items = {key: replace(s, values=s.values[idx], base=s.base[idx], output=s.output[idx],
+                              probability=pick(s.probability), probability_base=pick(s.probability_base))
+                 for key, s in self.items.items()}
+        return replace(self, items=items, n_rows=len(idx))
 
 
 Calibrator = Callable[[str, np.ndarray], np.ndarray]

@@ -27,7 +27,9 @@ import typer
 
 from pipeline.report.assemble import (
     build_patient_page,
+    decision_keys,
     event_lines,
+    model_outputs,
     monitoring_reminders,
     option_explanations,
     option_rows,
@@ -117,6 +119,8 @@ def page_references() -> tuple[dict[str, Any], dict[str, Any]]:
 
 #: `report --all` says how many pages it has written every this many pages
 PROGRESS_EVERY = 100
+#: `report --all` runs the model once for this many patients' pages (bounded memory: explanations are per row)
+PAGES_PER_BATCH = 250
 
 
 def run_report(patient: str | None = None, all_patients: bool = False, as_of: date | None = None,
@@ -172,15 +176,24 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
         typer.echo(f"{len(blank)} patient(s) with no assessment before {when.date()} get no page: "
                    f"{', '.join(blank[:20])}", err=True)
     todo = sorted(set(tables["patients"]["patient_id"].astype(str)) - set(blank))
-    for done, pid in enumerate(todo, start=1):
-        if done % PROGRESS_EVERY == 0 and done < len(todo):  # a long run says how far it is (pages count, never ids)
-            typer.echo(f"{done} of {len(todo)} pages written", err=True)
-        page = build_patient_page(pid, when, tables, loaded, monitoring, evidence, top_k=top_k,
-                                  findings=patient_findings(violations, pid), rules=rules)
-        name = page_file_name(pid)
-        (out / name).write_text(render_page(page), encoding="utf-8")
-        best = next((o.label for o in page.options if o.recommended), "—")
-        entries.append({"patient_id": pid, "href": name, "recommended": best})
+    own = {name: {str(pid): rows for pid, rows in t.groupby(t["patient_id"].astype(str), sort=False)}
+           for name, t in tables.items()}  # each patient's rows, split once
+    for start in range(0, len(todo), PAGES_PER_BATCH):
+        chunk = todo[start:start + PAGES_PER_BATCH]
+        chunk_tables = {name: pd.concat([rows[p] for p in chunk if p in rows] or [tables[name].iloc[:0]],
+                                        ignore_index=True) for name, rows in own.items()}
+        batch = model_outputs(decision_keys(chunk, when), chunk_tables, loaded)  # the model runs once per batch
+        for done, pid in enumerate(chunk, start=start + 1):
+            if done % PROGRESS_EVERY == 0 and done < len(todo):  # a long run says how far it is (a count, no ids)
+                typer.echo(f"{done} of {len(todo)} pages written", err=True)
+            mine = {name: rows.get(pid, tables[name].iloc[:0]) for name, rows in own.items()}
+            page = build_patient_page(pid, when, mine, loaded, monitoring, evidence, top_k=top_k,
+                                      findings=patient_findings(violations, pid), rules=rules,
+                                      outputs=batch.one(pid))
+            name = page_file_name(pid)
+            (out / name).write_text(render_page(page), encoding="utf-8")
+            best = next((o.label for o in page.options if o.recommended), "—")
+            entries.append({"patient_id": pid, "href": name, "recommended": best})
     pages = len(entries)
     # a patient without a page is still found in the index, with why (the page would otherwise seem missing)
     entries += [{"patient_id": pid, "href": "", "recommended": "no page: data errors (escalate validate lists them)"}

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    pass
 from pipeline.report.data import (
     SHAP_NOTE,
     TREND_MEASURES,
@@ -362,6 +361,55 @@ def event_lines(events: pd.DataFrame, as_of: pd.Timestamp) -> tuple[tuple[str, s
 
 
 
+@dataclass(frozen=True)
+class ModelOutputs:
+    """What the model says about a batch of decisions, one per patient: their features, current regimens and
+    feature dictionary, the predictions (long; `row` = the decision's position), the checked model matrix and the
+    explanations. The model runs once for the batch; `one` is one decision's share, what its page needs."""
+
+    features: pd.DataFrame
+    dictionary: pd.DataFrame
+    current: pd.DataFrame
+    pred: pd.DataFrame
+    X: pd.DataFrame
+    ex: Any  # models.explain.Explanations
+
+    def one(self, patient_id: str) -> ModelOutputs:
+        """The outputs of one patient's decision, as if the model had run on it alone."""
+        at = np.flatnonzero(self.features["patient_id"].astype(str).to_numpy() == patient_id)
+        if len(at) != 1:
+            raise ValueError(f"model outputs: {len(at)} decisions of patient {patient_id!r} (rule: exactly one)")
+        i = int(at[0])
+        pred = self.pred[self.pred["row"] == i].assign(row=0).reset_index(drop=True)
+        current = self.current[self.current["patient_id"].astype(str) == patient_id].reset_index(drop=True)
+        return ModelOutputs(self.features.iloc[[i]].reset_index(drop=True), self.dictionary, current, pred,
+                            self.X.iloc[[i]].reset_index(drop=True), self.ex.rows([i]))
+
+
+def decision_keys(patient_ids: Sequence[str], as_of: pd.Timestamp) -> pd.DataFrame:
+    """One decision per patient on `as_of`: the keys a page's features and predictions are built for."""
+    return pd.DataFrame({"patient_id": list(patient_ids),
+                         "decision_id": [f"{pid}@{as_of.date()}" for pid in patient_ids], "as_of": as_of})
+
+
+def model_outputs(keys: pd.DataFrame, tables: Mapping[str, pd.DataFrame], loaded: LoadedModel) -> ModelOutputs:
+    """Features, predictions and explanations of every decision in `keys` in one pass of the model, with the
+    feature settings the model was trained with (refused when it records none), never today's params.yaml."""
+    from features.build import build_features
+    from features.vocabulary import OptionCatalog, Vocabulary
+    from models import explain as E
+    from pipeline.config import load_catalog
+
+    vocabulary = load_catalog("drugs", Vocabulary.from_config)
+    catalog = load_catalog("options", OptionCatalog.from_config)
+    model = loaded.model
+    fs = build_features(keys, tables, vocabulary, catalog, model.feature_config())
+    features = fs.features.reset_index(drop=True)
+    return ModelOutputs(features, E.with_dose_targets(fs.dictionary, vocabulary), fs.current_regimen,
+                        model.predict_frame(features), model.contract.check(features),
+                        E.explain_model(model, features))
+
+
 def build_patient_page(
     patient_id: str,
     as_of: pd.Timestamp,
@@ -373,11 +421,13 @@ def build_patient_page(
     top_k: int = 3,
     findings: Sequence[str] = (),
     rules: Mapping[str, Any] | None = None,
+    outputs: ModelOutputs | None = None,
 ) -> Page:
     """Everything for one patient from the normalised contract tables (all patients or only this one); every
     statement about the model (horizon, interval level, performance) comes from `evidence`, every clinical rule
-    (lab grades, dose goals, disease notes) from `rules` (configs/clinical_rules.yaml)."""
-    from features.build import build_features, juvenile_decisions, to_days
+    (lab grades, dose goals, disease notes) from `rules` (configs/clinical_rules.yaml). `outputs` are the model's
+    for this patient's decision (`ModelOutputs.one` of a batch); without them the model runs for this page."""
+    from features.build import juvenile_decisions, to_days
     from features.vocabulary import OptionCatalog, Vocabulary
     from models import explain as E
     from models.bundle import interval_meaning
@@ -390,16 +440,11 @@ def build_patient_page(
     one = {name: t[t["patient_id"].astype(str) == patient_id].reset_index(drop=True) for name, t in tables.items()}
     if one["patients"].empty:
         raise ValueError(f"table patients: no row with patient_id {patient_id!r} (rule: a known patient)")
-    keys = pd.DataFrame({"patient_id": [patient_id], "decision_id": [f"{patient_id}@{as_of.date()}"],
-                         "as_of": [as_of]})
+    keys = decision_keys([patient_id], as_of)
     model = loaded.model
-    # the feature settings the model was trained with (refused when it records none), never today's params.yaml
-    fs = build_features(keys, one, vocabulary, catalog, model.feature_config())
-    features, dictionary, current = fs.features, fs.dictionary, fs.current_regimen
-    pred = model.predict_frame(features)
-    X = model.contract.check(features)
-    ex = E.explain_model(model, features)
-    dictionary = C.with_current_targets(E.with_dose_targets(dictionary, vocabulary), current)
+    outputs = outputs if outputs is not None else model_outputs(keys, one, loaded)
+    pred, X, ex, current = outputs.pred, outputs.X, outputs.ex, outputs.current
+    dictionary = C.with_current_targets(outputs.dictionary, current)
     labels = {o.name: o.label for o in catalog.options}
     eligible = pred.loc[pred["eligible"].astype(bool), "option"].astype(str).tolist()
     explanations = option_explanations(ex, X, dictionary, eligible, labels, k=top_k)

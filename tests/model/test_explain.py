@@ -390,3 +390,19 @@ def test_values_in_one_call_are_each_worded_by_their_own_unit():
     assert E.format_value(values, units).tolist() == [
         "55 % of target", "yes", "no", "not recorded", "28 score (0-100)", "6.25 cm (0-10)", "1450 U/L", "28",
         "0.55 U/L"]
+
+
+def test_explanations_of_some_rows_are_those_rows_explanations(fitted, cohort):
+    """`Explanations.rows` (one page's share of a batch) keeps every target and option, each row's numbers as
+    they were, in the order asked."""
+    model, X = fitted["s"], cohort[0]
+    ex = E.explain(X, model)
+    part = ex.rows([3, 0])
+    assert part.n_rows == 2 and part.items.keys() == ex.items.keys() and part.arms == ex.arms
+    for key, s in ex.items.items():
+        got = part.items[key]
+        np.testing.assert_array_equal(got.values, s.values[[3, 0]])
+        np.testing.assert_array_equal(got.output, s.output[[3, 0]])
+        np.testing.assert_array_equal(got.base, s.base[[3, 0]])
+        if s.probability is not None:
+            np.testing.assert_array_equal(got.probability, s.probability[[3, 0]])
