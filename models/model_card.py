@@ -40,6 +40,7 @@ class ModelCardInputs(BaseModel):
     simulator: pd.DataFrame | None = None
     baselines: pd.DataFrame | None = None  # models.evaluation.HeldOutEvaluation.baselines
     guideline: Sequence[str] = ()  # configs/options.yaml's guideline order (option names)
+    safety_weight: float = 0.0  # the recommendation ranks by p_response - safety_weight x p_safety
     confidence_level: float = 0.95
     overlap_warnings: Mapping[str, str] = {}
     modelled_options: Sequence[str] | None = None  # None: every option
@@ -142,7 +143,10 @@ def build_model_card(inputs: ModelCardInputs) -> str:
     lines += [
         "",
         "Ineligible options get no number. The recommended option is the eligible option with the highest "
-        "predicted probability of response.",
+        "predicted probability of response"
+        + (f" less {i.safety_weight:g} × its predicted safety risk" if i.safety_weight else "")
+        + " among those no drug label advises against with the current drugs; an option a label advises against "
+        "is shown, ranked after the others, and never recommended.",
         "",
         "## Model",
         f"- Outcome learner: `{i.learner}`; probabilities recalibrated on patient-grouped out-of-fold predictions "

@@ -168,6 +168,7 @@ def run_evaluate(
             [c for c in sim_cols if c in result.simulator.columns]],
         baselines=result.baselines,
         guideline=[g for g in model.catalog.guideline if g in model.arms],
+        safety_weight=float(model.config.safety_weight),
         confidence_level=cfg.confidence_level,
         overlap_warnings=warnings_,
         modelled_options=list(model.arms),

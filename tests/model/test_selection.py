@@ -89,6 +89,11 @@ def test_the_model_card_shows_the_selection_table():
     assert "How the learner was chosen" in card
     assert "| modifier_glm(C=0.1) | 0.510 | 0.040 | 0.000 | 0.000 | 0.570 | True |" in card
     assert "How the learner was chosen" not in build_model_card(ModelCardInputs(**base))
+    # the card states the recommendation rule as the bundle ranks: label rules first, the safety weight where set
+    rule = "highest predicted probability of response among those no drug label advises against"
+    assert rule in card and "safety risk" not in card
+    weighted = build_model_card(ModelCardInputs(**base, safety_weight=0.5))
+    assert "highest predicted probability of response less 0.5 × its predicted safety risk among those" in weighted
 
 
 def test_a_rare_option_with_one_outcome_in_a_fold_never_stops_selection():
