@@ -241,10 +241,10 @@ def shipped(settings: Settings) -> Runner:
 def mean_option_auroc(p: np.ndarray, data: dict[str, Any], settings: Settings) -> tuple[float, float]:
     """Mean per-option AUROC of `p` and of the oracle (the true probability) against each eligible row's response
     under that option (the simulator's potential outcome), over the options `p` predicts."""
-    potential = np.nan_to_num(response_of(data["true_tis"], data["eval_features"], settings.train))
+    potential = response_of(data["true_tis"], data["eval_features"], settings.train)
     model, oracle = [], []
     for k in np.flatnonzero(np.isfinite(p).any(axis=0)):
-        rows = data["eligible"][:, k] & np.isfinite(p[:, k])
+        rows = data["eligible"][:, k] & np.isfinite(p[:, k]) & np.isfinite(potential[:, k])  # cells with a truth
         model.append(ev.auroc(potential[rows, k], p[rows, k]))
         oracle.append(ev.auroc(potential[rows, k], data["truth"][rows, k]))
     return float(np.nanmean(model)), float(np.nanmean(oracle))

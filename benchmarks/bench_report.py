@@ -113,13 +113,13 @@ def cli(data: Path, patient: str, as_of: str, today: str, env: dict[str, str] | 
 
 
 def all_pages(data: Path, n: int, as_of: str, today: str) -> None:
-    """`report --all`'s pages for the first n patients, built as it builds them (`ModelOutputs` of a batch of
-    `PAGES_PER_BATCH`, each page its share) and, as the baseline, with the model run for each page alone; the pages
-    must be identical. Prints pages/s of both and the ratio (model loaded and tables read before either clock)."""
+    """`report --all`'s pages for its first n patients, built as it builds them (`pipeline.report.batched_pages`: the
+    model once per batch) and, as the baseline, with the model run for each page alone; the pages must be identical.
+    Prints pages/s of both and the ratio (model loaded and tables read before either clock)."""
     import pandas as pd
 
+    from features.build import without_record_before
     from pipeline import report as R
-    from pipeline.report.assemble import decision_keys, model_outputs
     from pipeline.settings import load_settings
 
     when = pd.Timestamp(as_of)
@@ -127,25 +127,14 @@ def all_pages(data: Path, n: int, as_of: str, today: str) -> None:
     loaded = R.load_model()
     evidence = R.load_evidence(loaded, load_settings())
     monitoring, rules = R.page_references()
-    ids = sorted(set(tables["patients"]["patient_id"].astype(str)))[:n]
-    own = {name: {str(p): rows for p, rows in t.groupby(t["patient_id"].astype(str), sort=False)}
-           for name, t in tables.items()}
-
-    def page(pid: str, outputs: object = None) -> str:
-        mine = {name: rows.get(pid, tables[name].iloc[:0]) for name, rows in own.items()}
-        return R.render_page(R.build_patient_page(pid, when, mine, loaded, monitoring, evidence, rules=rules,
-                                                  findings=R.patient_findings(violations, pid), outputs=outputs))
-
+    blank = set(without_record_before(tables["patients"], tables["assessments"], when)["patient_id"].astype(str))
+    ids = sorted(set(tables["patients"]["patient_id"].astype(str)) - blank)[:n]  # as --all chooses them
     t0 = time.perf_counter()
-    alone = [page(pid) for pid in ids]
+    alone = [R.render_page(R.build_patient_page(pid, when, tables, loaded, monitoring, evidence, rules=rules,
+                                                findings=R.patient_findings(violations, pid))) for pid in ids]
     t1 = time.perf_counter()
-    batched = []
-    for start in range(0, len(ids), R.PAGES_PER_BATCH):
-        chunk = ids[start:start + R.PAGES_PER_BATCH]
-        chunk_tables = {name: pd.concat([rows[p] for p in chunk if p in rows] or [tables[name].iloc[:0]],
-                                        ignore_index=True) for name, rows in own.items()}
-        batch = model_outputs(decision_keys(chunk, when), chunk_tables, loaded)
-        batched += [page(pid, batch.one(pid)) for pid in chunk]
+    batched = [R.render_page(page) for _, page in R.batched_pages(ids, when, tables, loaded, monitoring, evidence,
+                                                                  violations, rules=rules)]
     t2 = time.perf_counter()
     same = sum(a == b for a, b in zip(alone, batched, strict=True))
     print(f"{len(ids)} pages as of {as_of} ({same} identical both ways), batches of {R.PAGES_PER_BATCH}")

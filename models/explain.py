@@ -137,7 +137,10 @@ class Explanations:
 
     def rows(self, index: Sequence[int] | np.ndarray) -> Explanations:
         """The same explanations of the rows at `index` only, in that order (one page's share of a batch)."""
-        idx = np.asarray(index, dtype=np.int64)
+        idx = np.asarray(index)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):  # a boolean mask is no list of positions
+            raise ValueError("Explanations.rows: give row positions (integers), not a mask (rule: positions)")
+        idx = idx.astype(np.int64)
 
         def pick(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else a[idx]
@@ -373,27 +376,28 @@ def _with_score_trees(learner: object, frame: pd.DataFrame, arms: Sequence[str],
     return columns, out
 
 
-#: fitted trees -> (their reference frame, {option index: interventional explainer}); weak, so a model that is gone
-#: takes its explainers with it. shap parses the whole booster on every TreeExplainer it builds (most of a page's
-#: time and of a batch's per-chunk cost), and the explainer depends only on the fitted trees and the reference row.
-_REFERENCE_EXPLAINERS: weakref.WeakKeyDictionary[object, tuple[pd.DataFrame, dict[int, object]]] = (
+#: fitted trees -> (their booster, the reference frame, {option index: interventional explainer}); weak, so a model
+#: that is gone takes its explainers with it. shap parses the whole booster on every TreeExplainer it builds (most of
+#: a page's time and of a batch's per-chunk cost), and the explainer depends only on the booster and the reference.
+_REFERENCE_EXPLAINERS: weakref.WeakKeyDictionary[object, tuple[object, pd.DataFrame, dict[int, object]]] = (
     weakref.WeakKeyDictionary())
 
 
 def _reference_explainer(trees: object, reference: pd.DataFrame, k: int) -> Any:
     """The interventional TreeExplainer of fitted S-learner `trees` against the one `reference` row under option
-    index `k`, built once per fitted model, reference and option."""
+    index `k`, built once per booster, reference and option (a refit, even in place, gets new ones)."""
     import shap
 
+    booster = trees.model_  # type: ignore[attr-defined]
     cached = _REFERENCE_EXPLAINERS.get(trees)
-    if cached is None or cached[0] is not reference:
-        cached = (reference, {})
+    if cached is None or cached[0] is not booster or cached[1] is not reference:
+        cached = (booster, reference, {})
         _REFERENCE_EXPLAINERS[trees] = cached
-    if k not in cached[1]:
+    explainers = cached[2]
+    if k not in explainers:
         background = trees._design(reference, np.full(1, k)).astype("float64")  # type: ignore[attr-defined]
-        cached[1][k] = shap.TreeExplainer(trees.model_, data=background,  # type: ignore[attr-defined]
-                                          feature_perturbation="interventional")
-    return cached[1][k]
+        explainers[k] = shap.TreeExplainer(booster, data=background, feature_perturbation="interventional")
+    return explainers[k]
 
 
 def _linear_arm_shap(learner: object, frame: pd.DataFrame, arm: str) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ This module is the stage entry point (`run_report`) and re-exports the names the
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ __all__ = [
     "calibration_lines", "calibration_note", "contrast_svg", "event_lines", "in_100", "ineligible_text", "latest_activity",
     "load_evidence", "load_model", "monitoring_reminders", "option_explanations", "option_rows", "page_file_name",
     "patient_facts", "patient_findings", "performance_facts", "pooled_calibration", "regimen_lines",
-    "render_index", "render_page", "run_report", "safety_summary", "simulated_training", "score_range", "signed_points",
+    "batched_pages", "render_index", "render_page", "run_report", "safety_summary", "simulated_training", "score_range", "signed_points",
     "thin_overlap_options", "steps", "axis_domain", "LabResult", "Summary", "summarise", "guideline_option", "lab_grade", "mosteller_bsa", "plain_reason", "trend_series", "trends_svg", "waterfall_svg",
 ]
 
@@ -121,6 +122,25 @@ def page_references() -> tuple[dict[str, Any], dict[str, Any]]:
 PROGRESS_EVERY = 100
 #: `report --all` runs the model once for this many patients' pages (bounded memory: explanations are per row)
 PAGES_PER_BATCH = 250
+
+
+def batched_pages(patient_ids: Sequence[str], as_of: pd.Timestamp, tables: Mapping[str, pd.DataFrame],
+                  loaded: LoadedModel, monitoring: Mapping[str, Any], evidence: ModelEvidence,
+                  violations: pd.DataFrame, *, top_k: int = 3, rules: Mapping[str, Any] | None = None
+                  ) -> Iterator[tuple[str, Page]]:
+    """(patient, page) for each patient in order, as `report --all` builds them: the model runs once per batch of
+    `PAGES_PER_BATCH` patients (features, predictions and explanations), and each page takes its patient's share;
+    only one batch's rows are held apart from `tables` at a time."""
+    for start in range(0, len(patient_ids), PAGES_PER_BATCH):
+        chunk = list(patient_ids[start:start + PAGES_PER_BATCH])
+        rows = {name: t[t["patient_id"].astype(str).isin(chunk)].reset_index(drop=True) for name, t in tables.items()}
+        own = {name: dict(tuple(t.groupby(t["patient_id"].astype(str), sort=False))) for name, t in rows.items()}
+        batch = model_outputs(decision_keys(chunk, as_of), rows, loaded)
+        for pid in chunk:
+            mine = {name: own[name].get(pid, t.iloc[:0]) for name, t in rows.items()}
+            yield pid, build_patient_page(pid, as_of, mine, loaded, monitoring, evidence, top_k=top_k,
+                                          findings=patient_findings(violations, pid), rules=rules,
+                                          outputs=batch.one(pid))
 
 
 def run_report(patient: str | None = None, all_patients: bool = False, as_of: date | None = None,
@@ -176,24 +196,14 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
         typer.echo(f"{len(blank)} patient(s) with no assessment before {when.date()} get no page: "
                    f"{', '.join(blank[:20])}", err=True)
     todo = sorted(set(tables["patients"]["patient_id"].astype(str)) - set(blank))
-    own = {name: {str(pid): rows for pid, rows in t.groupby(t["patient_id"].astype(str), sort=False)}
-           for name, t in tables.items()}  # each patient's rows, split once
-    for start in range(0, len(todo), PAGES_PER_BATCH):
-        chunk = todo[start:start + PAGES_PER_BATCH]
-        chunk_tables = {name: pd.concat([rows[p] for p in chunk if p in rows] or [tables[name].iloc[:0]],
-                                        ignore_index=True) for name, rows in own.items()}
-        batch = model_outputs(decision_keys(chunk, when), chunk_tables, loaded)  # the model runs once per batch
-        for done, pid in enumerate(chunk, start=start + 1):
-            if done % PROGRESS_EVERY == 0 and done < len(todo):  # a long run says how far it is (a count, no ids)
-                typer.echo(f"{done} of {len(todo)} pages written", err=True)
-            mine = {name: rows.get(pid, tables[name].iloc[:0]) for name, rows in own.items()}
-            page = build_patient_page(pid, when, mine, loaded, monitoring, evidence, top_k=top_k,
-                                      findings=patient_findings(violations, pid), rules=rules,
-                                      outputs=batch.one(pid))
-            name = page_file_name(pid)
-            (out / name).write_text(render_page(page), encoding="utf-8")
-            best = next((o.label for o in page.options if o.recommended), "—")
-            entries.append({"patient_id": pid, "href": name, "recommended": best})
+    pages_of = batched_pages(todo, when, tables, loaded, monitoring, evidence, violations, top_k=top_k, rules=rules)
+    for done, (pid, page) in enumerate(pages_of, start=1):
+        name = page_file_name(pid)
+        (out / name).write_text(render_page(page), encoding="utf-8")
+        best = next((o.label for o in page.options if o.recommended), "—")
+        entries.append({"patient_id": pid, "href": name, "recommended": best})
+        if done % PROGRESS_EVERY == 0 and done < len(todo):  # a long run says how far it is (a count, no ids)
+            typer.echo(f"{done} of {len(todo)} pages written", err=True)
     pages = len(entries)
     # a patient without a page is still found in the index, with why (the page would otherwise seem missing)
     entries += [{"patient_id": pid, "href": "", "recommended": "no page: data errors (escalate validate lists them)"}

@@ -336,7 +336,7 @@ def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.
     out, being no fact about the patient), each worded as this patient's fact, as the response reasons are."""
     from models import explain as E
 
-    s = ex.get("safety", o.option) if o.eligible else None
+    s = ex.rows([row]).get("safety", o.option) if o.eligible else None
     if s is None:
         return o
     top = E.top_reasons(s, X.iloc[[row]], E.feature_groups(s.columns, dictionary), k).iloc[0]
@@ -361,7 +361,7 @@ def event_lines(events: pd.DataFrame, as_of: pd.Timestamp) -> tuple[tuple[str, s
 
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModelOutputs:
     """What the model says about a batch of decisions, one per patient: their features, current regimens and
     feature dictionary, the predictions (long; `row` = the decision's position), the checked model matrix and the
@@ -443,6 +443,9 @@ def build_patient_page(
     keys = decision_keys([patient_id], as_of)
     model = loaded.model
     outputs = outputs if outputs is not None else model_outputs(keys, one, loaded)
+    if outputs.features["patient_id"].astype(str).tolist() != [patient_id]:
+        raise ValueError(f"model outputs: not the one decision of patient {patient_id!r} (rule: a page's outputs are "
+                         "its patient's, ModelOutputs.one)")
     pred, X, ex, current = outputs.pred, outputs.X, outputs.ex, outputs.current
     dictionary = C.with_current_targets(outputs.dictionary, current)
     labels = {o.name: o.label for o in catalog.options}

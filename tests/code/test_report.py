@@ -864,8 +864,6 @@ def test_bars_are_labelled_with_the_patients_fact_by_clinical_feature_and_keep_t
 def test_safety_reasons_are_the_safety_models_own_facts_with_signed_points():
     """Each safety reason names the fact of its clinical feature that moved the risk most (as a response reason
     would), with the feature's summed points; facts under half a point are left out."""
-    from types import SimpleNamespace
-
     from models import explain as E
 
     columns = ("lines_of_therapy", "months_since_regimen_change", "cumulative_prednisone_g", "age_years")
@@ -877,7 +875,7 @@ def test_safety_reasons_are_the_safety_models_own_facts_with_signed_points():
     X = pd.DataFrame([[6.0, 6.2, 37.6, 48.0]], columns=list(columns))
     values = np.array([[0.01, 0.03, -0.02, 0.001]])
     shap = E.Shap("safety", "continue", "probability", columns, values, np.zeros(1), values.sum(axis=1))
-    explained = SimpleNamespace(get=lambda target, option: shap if target == "safety" else None)
+    explained = E.Explanations({("safety", "continue"): shap}, ("continue",), "continue", "s", 1)
     row = R.OptionRow("continue", "continue current regimen", True, p_safety=0.2)
     out = A._with_safety_reasons(row, explained, X, dictionary, row=0)
     assert out.safety_reasons == ("6 months on the current regimen raises it (+4)",

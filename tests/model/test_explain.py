@@ -406,3 +406,5 @@ def test_explanations_of_some_rows_are_those_rows_explanations(fitted, cohort):
         np.testing.assert_array_equal(got.base, s.base[[3, 0]])
         if s.probability is not None:
             np.testing.assert_array_equal(got.probability, s.probability[[3, 0]])
+    with pytest.raises(ValueError, match="not a mask"):
+        ex.rows(np.arange(len(X)) < 2)

@@ -108,6 +108,15 @@ def test_trees_on_the_score_find_an_interaction_no_modifier_names_and_stay_exact
     trees.fit(X2, t2, y2, groups=g2, score=margin2)
     refit = explain_learner(trees, X2[:80])[("response", ARMS[1])]
     np.testing.assert_allclose(refit.probability, trees.predict_outcomes(X2[:80])[:, 1], atol=1e-6)
+    # and a booster replaced in place (the same trees object) is never explained by the old one's explainer
+    import copy
+
+    from models.explain import _reference_explainer
+
+    first = _reference_explainer(trees.trees_, trees.trees_reference_, 1)
+    assert _reference_explainer(trees.trees_, trees.trees_reference_, 1) is first
+    trees.trees_.model_ = copy.deepcopy(trees.trees_.model_)
+    assert _reference_explainer(trees.trees_, trees.trees_reference_, 1) is not first
 
 
 def test_calibration_and_bootstrap_refits_learn_from_the_score_too():
