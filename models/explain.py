@@ -527,7 +527,11 @@ def feature_groups(columns: Sequence[str], dictionary: pd.DataFrame) -> FeatureG
     group_of: list[str] = []
     labels: list[str] = []
     units: list[str] = []
-    records = d.to_dict(orient="index")
+    # only the fields wording needs, column by column (a row-wise to_dict of the long descriptions costs more than
+    # everything else here: a page groups once per option and target)
+    fields = [f for f in ("clinical_feature", "label", "unit", "target_text") if f in d.columns]
+    records = {feature: dict(zip(fields, values, strict=True))
+               for feature, *values in zip(d.index.tolist(), *(d[f].tolist() for f in fields), strict=True)}
     for c in cols:
         if c.startswith(OPTION_PREFIX):
             group_of.append(OPTION_GROUP)

@@ -131,9 +131,10 @@ def batched_pages(patient_ids: Sequence[str], as_of: pd.Timestamp, tables: Mappi
     """(patient, page) for each patient in order, as `report --all` builds them: the model runs once per batch of
     `PAGES_PER_BATCH` patients (features, predictions and explanations), and each page takes its patient's share;
     only one batch's rows are held apart from `tables` at a time."""
+    ids = {name: t["patient_id"].astype(str) for name, t in tables.items()}
     for start in range(0, len(patient_ids), PAGES_PER_BATCH):
         chunk = list(patient_ids[start:start + PAGES_PER_BATCH])
-        rows = {name: t[t["patient_id"].astype(str).isin(chunk)].reset_index(drop=True) for name, t in tables.items()}
+        rows = {name: t[ids[name].isin(chunk).to_numpy()].reset_index(drop=True) for name, t in tables.items()}
         own = {name: dict(tuple(t.groupby(t["patient_id"].astype(str), sort=False))) for name, t in rows.items()}
         batch = model_outputs(decision_keys(chunk, as_of), rows, loaded)
         for pid in chunk:
