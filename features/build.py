@@ -327,8 +327,8 @@ class RegimenIndex:
 
         Columns: query, row (position), generic, cut_day, ongoing (end on/after cut), current (ongoing, or
         rituximab given within the active period), last_dose_day (an ongoing row: start of the latest course before
-        the cut-off; else its end), course_start_day (start of the latest course begun before the cut-off, ended rows too, for
-        cycles longer than `RITUXIMAB_COURSE_DAYS`) and course_record (given / scheduled / stopped).
+        the cut-off; else its end), course_start_day (start of the latest course begun before the cut-off, ended
+        rows too, for cycles longer than `RITUXIMAB_COURSE_DAYS`) and course_record (given / scheduled / stopped).
         """
         q, r = self.started_before(codes, cut)
         c = cut[q]

@@ -104,6 +104,19 @@ class Shap:
     probability_base: np.ndarray | None = None
     note: str = ""
 
+    def rows(self, index: Sequence[int] | np.ndarray) -> Shap:
+        """The same explanation of the rows at `index` only (positions, in that order)."""
+        idx = np.asarray(index)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):  # a boolean mask is no list of positions
+            raise ValueError("explanation rows: give row positions (integers), not a mask (rule: positions)")
+        idx = idx.astype(np.int64)
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[idx]
+
+        return replace(self, values=self.values[idx], base=self.base[idx], output=self.output[idx],
+                       probability=pick(self.probability), probability_base=pick(self.probability_base))
+
     def points(self) -> np.ndarray:
         """Contributions in probability units (fractions: 0.06 = 6 in 100) that add up to
         probability - probability_base; the values themselves on a probability or value scale."""
@@ -137,18 +150,7 @@ class Explanations:
 
     def rows(self, index: Sequence[int] | np.ndarray) -> Explanations:
         """The same explanations of the rows at `index` only, in that order (one page's share of a batch)."""
-        idx = np.asarray(index)
-        if idx.size and not np.issubdtype(idx.dtype, np.integer):  # a boolean mask is no list of positions
-            raise ValueError("Explanations.rows: give row positions (integers), not a mask (rule: positions)")
-        idx = idx.astype(np.int64)
-
-        def pick(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else a[idx]
-
-        items = {key: replace(s, values=s.values[idx], base=s.base[idx], output=s.output[idx],
-                              probability=pick(s.probability), probability_base=pick(s.probability_base))
-                 for key, s in self.items.items()}
-        return replace(self, items=items, n_rows=len(idx))
+        return replace(self, items={key: s.rows(index) for key, s in self.items.items()}, n_rows=len(index))
 
 
 Calibrator = Callable[[str, np.ndarray], np.ndarray]

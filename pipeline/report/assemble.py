@@ -336,10 +336,10 @@ def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.
     out, being no fact about the patient), each worded as this patient's fact, as the response reasons are."""
     from models import explain as E
 
-    s = ex.rows([row]).get("safety", o.option) if o.eligible else None
+    s = ex.get("safety", o.option) if o.eligible else None
     if s is None:
         return o
-    top = E.top_reasons(s, X.iloc[[row]], E.feature_groups(s.columns, dictionary), k).iloc[0]
+    top = E.top_reasons(s.rows([row]), X.iloc[[row]], E.feature_groups(s.columns, dictionary), k).iloc[0]
     texts = []
     for i in range(1, k + 1):
         text, points = top.get(f"reason_{i}_text"), top.get(f"reason_{i}_contribution")
