@@ -331,7 +331,8 @@ def report_command(
     """Write the clinician page of one patient (or of every patient with --all and an index page).
 
     `--as-of` is the decision date, `--today` the data's extraction date (default: the current date), as for
-    `score`: a page as of a past decision works for a patient with later records. Exit status 2: refused."""
+    `score`: a page as of a past decision works for a patient with later records. Exit status 1: some
+    --all pages failed (the others are written; the index says why), 2: refused."""
     if (patient is None) == (not all_patients):
         raise typer.BadParameter("give either --patient ID or --all", param_hint="--patient/--all")
     require_dir(data, "--data")

@@ -19,6 +19,7 @@ This module is the stage entry point (`run_report`) and re-exports the names the
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ from pipeline.report.render import INDEX_SCRIPT, page_file_name, render_index, r
 
 __all__ = [
     "BANNER", "CAVEAT", "INDEX_SCRIPT", "OKABE_ITO", "SHAP_NOTE", "Bar", "LoadedModel", "ModelEvidence", "lab_results", "dose_lines", "disease_notes",
-    "OptionExplanation", "OptionRow", "Page", "ReportRefusal", "check_tables", "read_patient_tables", "RegimenLine", "Reminder", "TrendSeries", "build_patient_page",
+    "OptionExplanation", "OptionRow", "Page", "PageFailure", "ReportRefusal", "check_tables", "read_patient_tables", "RegimenLine", "Reminder", "TrendSeries", "build_patient_page",
     "calibration_lines", "calibration_note", "contrast_svg", "event_lines", "in_100", "ineligible_text", "latest_activity",
     "load_evidence", "load_model", "monitoring_reminders", "option_explanations", "option_rows", "page_file_name",
     "patient_facts", "patient_findings", "performance_facts", "pooled_calibration", "regimen_lines",
@@ -124,24 +125,45 @@ PROGRESS_EVERY = 100
 PAGES_PER_BATCH = 250
 
 
+@dataclass(frozen=True)
+class PageFailure:
+    """A page `report --all` could not build: why, in one line. The other patients' pages are still written."""
+
+    reason: str
+
+
+def _failure(err: Exception) -> PageFailure:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return PageFailure(f"{type(err).__name__}: {first}" if first else type(err).__name__)
+
+
 def batched_pages(patient_ids: Sequence[str], as_of: pd.Timestamp, tables: Mapping[str, pd.DataFrame],
                   loaded: LoadedModel, monitoring: Mapping[str, Any], evidence: ModelEvidence,
                   violations: pd.DataFrame, *, top_k: int = 3, rules: Mapping[str, Any] | None = None
-                  ) -> Iterator[tuple[str, Page]]:
+                  ) -> Iterator[tuple[str, Page | PageFailure]]:
     """(patient, page) for each patient in order, as `report --all` builds them: the model runs once per batch of
     `PAGES_PER_BATCH` patients (features, predictions and explanations), and each page takes its patient's share;
-    only one batch's rows are held apart from `tables` at a time."""
+    only one batch's rows are held apart from `tables` at a time. A batch the model fails on is paged patient by
+    patient, so one patient's failure costs only that page: it comes as a `PageFailure` with the reason."""
     ids = {name: t["patient_id"].astype(str) for name, t in tables.items()}
     for start in range(0, len(patient_ids), PAGES_PER_BATCH):
         chunk = list(patient_ids[start:start + PAGES_PER_BATCH])
         rows = {name: t[ids[name].isin(chunk).to_numpy()].reset_index(drop=True) for name, t in tables.items()}
         own = {name: dict(tuple(t.groupby(t["patient_id"].astype(str), sort=False))) for name, t in rows.items()}
-        batch = model_outputs(decision_keys(chunk, as_of), rows, loaded)
+        try:
+            batch = model_outputs(decision_keys(chunk, as_of), rows, loaded)
+        except Exception:  # noqa: BLE001 - one patient's record can break the batch: each page runs the model alone
+            batch = None
         for pid in chunk:
             mine = {name: own[name].get(pid, t.iloc[:0]) for name, t in rows.items()}
-            yield pid, build_patient_page(pid, as_of, mine, loaded, monitoring, evidence, top_k=top_k,
+            try:
+                page = build_patient_page(pid, as_of, mine, loaded, monitoring, evidence, top_k=top_k,
                                           findings=patient_findings(violations, pid), rules=rules,
-                                          outputs=batch.one(pid))
+                                          outputs=None if batch is None else batch.one(pid))
+            except Exception as err:  # noqa: BLE001 - the page is lost, never the run: the index says why
+                yield pid, _failure(err)
+            else:
+                yield pid, page
 
 
 def run_report(patient: str | None = None, all_patients: bool = False, as_of: date | None = None,
@@ -198,7 +220,12 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
                    f"{', '.join(blank[:20])}", err=True)
     todo = sorted(set(tables["patients"]["patient_id"].astype(str)) - set(blank))
     pages_of = batched_pages(todo, when, tables, loaded, monitoring, evidence, violations, top_k=top_k, rules=rules)
+    failed: list[tuple[str, str]] = []
     for done, (pid, page) in enumerate(pages_of, start=1):
+        if isinstance(page, PageFailure):
+            failed.append((pid, page.reason))
+            typer.echo(f"no page for {pid}: {page.reason}", err=True)
+            continue
         name = page_file_name(pid)
         (out / name).write_text(render_page(page), encoding="utf-8")
         best = next((o.label for o in page.options if o.recommended), "—")
@@ -211,8 +238,13 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
                 for pid in rejected]
     entries += [{"patient_id": pid, "href": "", "recommended": f"no page: nothing recorded before {when.date()}"}
                 for pid in blank]
+    entries += [{"patient_id": pid, "href": "", "recommended": f"no page: it failed ({reason})"}
+                for pid, reason in failed]
     entries.sort(key=lambda e: e["patient_id"])
     (out / "index.html").write_text(
         render_index(entries, as_of=str(when.date()), model=f"{loaded.name} v{loaded.version}"), encoding="utf-8")
     typer.echo(f"wrote {pages} page{'s' if pages != 1 else ''} and {out / 'index.html'}")
+    if failed:  # the run wrote what it could, and says it is not complete
+        typer.echo(f"{len(failed)} page(s) failed: the index lists why", err=True)
+        raise typer.Exit(1)
 
