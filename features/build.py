@@ -67,15 +67,19 @@ DIAGNOSES: tuple[str, ...] = (
     "antisynthetase_syndrome",
     "immune_mediated_necrotising_myopathy",
 )
-ANTIBODY_FLAGS: tuple[tuple[str, str], ...] = (
-    ("anti_mda5", "anti-MDA5"),
-    ("anti_tif1g", "anti-TIF1γ"),
-    ("anti_nxp2", "anti-NXP2"),
-    ("anti_mi2", "anti-Mi-2"),
-    ("anti_sae", "anti-SAE"),
-    ("anti_synthetase", "anti-synthetase (Jo-1, PL-7, PL-12, EJ, OJ)"),
-    ("anti_srp_hmgcr", "anti-SRP / anti-HMGCR"),
-    ("antibody_negative", "antibody negative"),
+#: (flag, label, description); a negative result is worded as the state clinicians name ("seronegative = no"
+#: reads plainly, "antibody negative = no" is a double negative)
+ANTIBODY_FLAGS: tuple[tuple[str, str, str], ...] = (
+    *((flag, label, f"{label} antibody positive") for flag, label in (
+        ("anti_mda5", "anti-MDA5"),
+        ("anti_tif1g", "anti-TIF1γ"),
+        ("anti_nxp2", "anti-NXP2"),
+        ("anti_mi2", "anti-Mi-2"),
+        ("anti_sae", "anti-SAE"),
+        ("anti_synthetase", "anti-synthetase (Jo-1, PL-7, PL-12, EJ, OJ)"),
+        ("anti_srp_hmgcr", "anti-SRP / anti-HMGCR"),
+    )),
+    ("antibody_negative", "seronegative", "tested, and no myositis-specific or -associated antibody found"),
 )
 KEY_COLUMNS: tuple[str, ...] = ("patient_id", "decision_id", "as_of")
 DICTIONARY_COLUMNS: tuple[str, ...] = (
@@ -873,9 +877,9 @@ def _patient_features(b: _Builder, k: pd.DataFrame, as_of: np.ndarray, patients:
     known = (diag_day < FAR_FUTURE) & (diag_day < as_of)
     b.add("disease_duration_years", np.where(known, (as_of - diag_day) / 365.25, np.nan), "patient",
           "disease duration", "disease duration", "years", "time from diagnosis to the decision")
-    for flag, label in ANTIBODY_FLAGS:
+    for flag, label, description in ANTIBODY_FLAGS:
         values = col(flag).astype("boolean").fillna(False).to_numpy(bool) if flag in p.columns else np.zeros(len(idx))
-        b.add(flag, values, "patient", "myositis antibodies", label, "0/1", f"{label} antibody positive")
+        b.add(flag, values, "patient", "myositis antibodies", label, "0/1", description)
     for flag, label in (("ild", "interstitial lung disease"), ("cancer_associated", "cancer-associated myositis")):
         values = col(flag).astype("boolean").fillna(False).to_numpy(bool) if flag in p.columns else np.zeros(len(idx))
         b.add(flag, values, "patient", label, label, "0/1", f"{label} recorded")
@@ -910,7 +914,7 @@ def _safety_features(b: _Builder, codes: np.ndarray, as_of: np.ndarray, tracks: 
         b.add(f"{measure}_lab_latest", t.take("value", pos), "safety", label, f"latest {label}", unit,
               f"most recent {label} before the decision (NaN if never measured)")
         b.add(f"{measure}_lab_observed", pos >= 0, "safety", label, f"{label} measured", "0/1",
-              f"{label} was measured before the decision")
+              f"a {label} result is recorded before the decision")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -486,3 +486,14 @@ def test_many_patients_match_one_at_a_time(seed_tables):
     for i in range(2):
         alone = build_features(keys.iloc[[i]], both, VOCABULARY, CATALOG).matrix
         pd.testing.assert_frame_equal(together.iloc[[i]].reset_index(drop=True), alone)
+
+
+def test_flag_labels_read_plainly_with_yes_and_no(seed_features):
+    """A flag's label is a state: a reason reads 'label = yes/no', so a negated label would read as a double
+    negative ('antibody negative = no'); each description says what 'yes' means."""
+    d = seed_features.dictionary
+    flags = d[d["unit"] == "0/1"]
+    negated = flags[flags["label"].str.contains(r"\b(?:negative|not|no|without)\b", regex=True)]
+    assert negated.empty, negated["label"].tolist()
+    row = d.set_index("feature").loc["antibody_negative"]
+    assert row["label"] == "seronegative" and "no myositis" in row["description"]
