@@ -115,7 +115,8 @@ def _read_patient_rows(path: Path, patient_id: str) -> pd.DataFrame:
     path = Path(path)
     if path.suffix != ".parquet":
         t = read_table(path)
-        return t[t["patient_id"].astype(str) == patient_id] if "patient_id" in t.columns else t.iloc[:0]
+        # ids compared as the contract check normalises them: surrounding blanks are no part of an id
+        return t[t["patient_id"].astype(str).str.strip() == patient_id] if "patient_id" in t.columns else t.iloc[:0]
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -131,14 +132,13 @@ def _read_patient_rows(path: Path, patient_id: str) -> pd.DataFrame:
         text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
         pf = pq.ParquetFile(path, read_dictionary=text)
         ids = pf.read(columns=["patient_id"]).column(0)
-        if pa.types.is_dictionary(ids.type):
+        if pa.types.is_dictionary(ids.type):  # ids stripped as the contract check does ("P1 " is P1)
             ids = ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
-            code = ids.dictionary.index(patient_id).as_py()
-            match = pc.equal(ids.indices, pa.scalar(max(code, 0), ids.indices.type)) if code >= 0 else None
+            codes = pc.indices_nonzero(pc.equal(pc.utf8_trim_whitespace(ids.dictionary), patient_id))
+            match = pc.is_in(ids.indices, value_set=pc.cast(codes, ids.indices.type))
         else:
-            match = pc.equal(pc.cast(ids, pa.string()), patient_id)
-        rows = (np.flatnonzero(pc.fill_null(match, False).to_numpy(zero_copy_only=False)) if match is not None
-                else np.zeros(0, dtype=np.int64))
+            match = pc.equal(pc.utf8_trim_whitespace(pc.cast(ids, pa.string())), patient_id)
+        rows = np.flatnonzero(pc.fill_null(match, False).to_numpy(zero_copy_only=False))
         del ids, match
         starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
         groups = sorted(set(np.searchsorted(starts, rows, side="right") - 1))

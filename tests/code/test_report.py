@@ -814,6 +814,26 @@ def test_one_patients_tables_are_read_alone_with_their_file_rows(tmp_path):
     assert R.read_patient_tables(tmp_path, "NOPE")["patients"].empty
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "parquet-plain", "csv"])
+def test_a_patient_id_with_surrounding_blanks_is_that_patient(tmp_path, fmt):
+    """The contract check strips ids, so one patient's page reads the rows of " SEED-0001 " as SEED-0001's — as
+    `--all` and `validate` do — whether the file stores ids plainly, dictionary-encoded (Parquet's default) or as
+    CSV text."""
+    from pipeline.io import read_contract_tables
+    from tests.conftest import SEED_CASE
+
+    full = read_contract_tables(SEED_CASE)
+    for name, t in full.items():
+        t = t.assign(patient_id=[" SEED-0001", "SEED-0001 "] * (len(t) // 2) + ["SEED-0001"] * (len(t) % 2))
+        t = pd.concat([t, t.iloc[:1].assign(patient_id="SEED-00011")], ignore_index=True)  # a prefix is no match
+        if fmt == "csv":
+            t.to_csv(tmp_path / f"{name}.csv", index=False)
+        else:
+            t.to_parquet(tmp_path / f"{name}.parquet", index=False, use_dictionary=fmt == "parquet")
+    one = R.read_patient_tables(tmp_path, "SEED-0001")
+    assert {name: len(t) for name, t in one.items()} == {name: len(t) for name, t in full.items()}
+
+
 class _ModelLoaded(Exception):
     """Raised by a stand-in `load_model`: the page got past every refusal."""
 
