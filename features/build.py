@@ -247,10 +247,15 @@ class RegimenIndex:
         start = to_days(reg["start_date"])
         end = to_days(reg["end_date"])
         generic = reg["generic"].astype(object).to_numpy()
-        # a deterministic order that never depends on the input row order
+        # a deterministic order that never depends on the input row order, nor on an end date (rows of one drug
+        # started the same day are ordered by what is known when they start, so a later end never reorders them)
         gen_code = pd.Index(sorted(pd.unique(generic[pd.notna(generic)]))).get_indexer(generic)
         daily = pd.to_numeric(reg["daily_mg"], errors="coerce").to_numpy(float)
-        order = np.lexsort((np.nan_to_num(daily, nan=-1.0), end, gen_code, start, codes))
+        dose_mg = pd.to_numeric(reg["dose_mg"], errors="coerce").to_numpy(float)
+        route = reg["route"].astype(str).to_numpy()
+        route_code = pd.Index(sorted(pd.unique(route))).get_indexer(route)
+        order = np.lexsort((route_code, np.nan_to_num(dose_mg, nan=-1.0), np.nan_to_num(daily, nan=-1.0), gen_code,
+                            start, codes))
         order = order[codes[order] >= 0]
         self.frame = reg.iloc[order].reset_index(drop=True)
         self.codes = codes[order]
@@ -914,7 +919,7 @@ def _safety_features(b: _Builder, codes: np.ndarray, as_of: np.ndarray, tracks: 
         b.add(f"{measure}_lab_latest", t.take("value", pos), "safety", label, f"latest {label}", unit,
               f"most recent {label} before the decision (NaN if never measured)")
         b.add(f"{measure}_lab_observed", pos >= 0, "safety", label, f"{label} measured", "0/1",
-              f"a {label} result is recorded before the decision")
+              f"{label}: a result is recorded before the decision")
 
 
 # ---------------------------------------------------------------------------------------------------------------

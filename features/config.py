@@ -67,8 +67,9 @@ class FeatureConfig(Frozen):
     """Point-in-time feature settings: the regimen lag, look-back windows and dose-versus-target tolerance."""
 
     decisions: DecisionConfig = DecisionConfig()
-    #: regimen rows count only if started before as_of − lag (changes on the decision visit's day belong to it).
-    regimen_lag_days: int = Field(1, ge=0)
+    #: regimen rows count only if started before as_of − lag (changes on the decision visit's day belong to it:
+    #: as_of is the visit day + 1, so a lag of 0 would make the option taken a feature of its own decision).
+    regimen_lag_days: int = Field(1, ge=1)
     change_windows_days: tuple[int, ...] = (91, 182)
     worst_window_days: int = Field(365, gt=0)
     safety_windows_days: tuple[int, ...] = (182, 365)

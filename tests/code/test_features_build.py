@@ -163,6 +163,25 @@ def test_regimen_cut_off(start, end, as_of, current):
     assert f["on_mycophenolate"] == 1.0
 
 
+@pytest.mark.parametrize("orders", [
+    [("Orencia", 750, "mg", "intravenous", "every 4 weeks"), ("Orencia", 125, "mg", "subcutaneous", "weekly")],
+    [("Rituxan", 1000, "mg", "intravenous", "days 1 and 15, every 6 months"),
+     ("Rituxan", 500, "mg", "intravenous", "every 6 months")],
+])
+def test_end_dates_after_the_decision_never_change_its_features(orders):
+    """Two orders of one drug started the same day and running at the decision: which one the features read as
+    the latest (its route sets abatacept's target; rituximab's course intensity) is decided by what was known at
+    the decision, never by their end dates, recorded later."""
+    def features(ends):
+        rows = [("P1", *order, "2025-03-01", end) for order, end in zip(orders, ends, strict=True)]
+        return features_at(normalised(BASE_REGIMEN + rows, [("P1", "2025-01-10", "weight", 70.0)]),
+                           "2025-06-02").matrix
+
+    before = features(["2025-09-01", "2025-10-01"])
+    for ends in (["2025-12-01", "2025-10-01"], [None, "2025-10-01"], ["2025-10-01", "2025-09-01"]):
+        pd.testing.assert_frame_equal(features(ends), before)
+
+
 def test_dose_fraction_uses_weight_measured_before_as_of():
     regimen = BASE_REGIMEN + [("P1", "IVIG", 140, "g", "intravenous", "every 4 weeks", "2024-06-01", None)]
     t = normalised(regimen, [("P1", "2025-01-10", "weight", 70.0), ("P1", "2025-06-10", "weight", 140.0)])

@@ -187,3 +187,10 @@ def test_a_reference_file_that_breaks_a_rule_is_one_line_naming_file_entry_and_r
         monkeypatch.setattr(config, "load_reference", lambda _, raw=raw: raw)
         with pytest.raises(ConfigFileError, match=message):
             load_catalog(name, parse)
+
+
+def test_a_regimen_lag_of_zero_is_refused_it_would_leak_the_decision() -> None:
+    """as_of is the visit day + 1: with no lag, a drug started at the decision visit (the option taken) would be a
+    feature of that very decision."""
+    with pytest.raises(SettingsError, match=r"features\.regimen_lag_days.*\(got 0\)"):
+        settings_from({"features": {"regimen_lag_days": 0}})
