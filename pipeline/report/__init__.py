@@ -68,6 +68,7 @@ from pipeline.report.data import (
     TrendSeries,
     calibration_lines,
     in_100,
+    points_between,
     score_range,
     signed_points,
     summarise,
@@ -96,7 +97,7 @@ __all__ = [
     "OptionExplanation", "OptionRow", "Page", "PageFailure", "ReportRefusal", "check_tables", "read_patient_tables", "RegimenLine", "Reminder", "TrendSeries", "build_patient_page",
     "calibration_lines", "calibration_note", "contrast_svg", "event_lines", "in_100", "ineligible_text", "latest_activity",
     "load_evidence", "load_model", "monitoring_reminders", "option_explanations", "option_rows", "page_file_name",
-    "patient_facts", "patient_findings", "performance_facts", "pooled_calibration", "regimen_lines",
+    "patient_facts", "patient_findings", "points_between", "performance_facts", "pooled_calibration", "regimen_lines",
     "batched_pages", "render_index", "render_page", "run_report", "safety_summary", "simulated_training", "score_range", "signed_points",
     "thin_overlap_options", "steps", "axis_domain", "LabResult", "Summary", "summarise", "guideline_option", "lab_grade", "mosteller_bsa", "plain_reason", "trend_series", "trends_svg", "waterfall_svg",
 ]

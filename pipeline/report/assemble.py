@@ -21,6 +21,7 @@ from pipeline.report.data import (
     Reminder,
     TrendSeries,
     _ok,
+    points_between,
     signed_points,
 )
 from pipeline.report.evidence import (
@@ -223,6 +224,12 @@ def option_explanations(
         out.append(OptionExplanation(
             option, labels.get(option, option), base + own, final, bars, contrast, total,
             _reason_texts(r, "reason", k), _reason_texts(r, "contrast_reason", k), contrast_base=con_base))
+    # the heading and the contrast chart print the difference of the two estimates as the page shows them
+    control = next((e.final_points / 100 for e in out if e.option == explanations.control), None)
+    for i, e in enumerate(out):
+        shown = points_between(e.final_points / 100, control) if e.contrast_total is not None else None
+        if shown is not None:
+            out[i] = replace(e, contrast_shown=100 * shown)
     return tuple(out)
 
 

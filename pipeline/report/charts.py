@@ -121,10 +121,12 @@ def waterfall_svg(expl: OptionExplanation, *, width: int = CHART_W) -> Markup:
     """Waterfall on a chance-of-response axis (0–100, wider if a running total leaves it): from the average
     patient's estimate, each clinical fact moves the estimate (blue up, vermillion down) to this patient's."""
     layout = steps("average patient on this option", expl.base_points, expl.bars, "this patient")
-    final = layout[-1].end
+    final = expl.final_points  # the estimate printed above the chart (the drawn sum leaves out facts under 0.05)
 
     def value(s: Step) -> str:
-        return f"{s.end:.0f}" if s.kind in ("base", "total") else signed_points((s.end - s.start) / 100)
+        if s.kind == "total":
+            return f"{final:.0f}"
+        return f"{s.end:.0f}" if s.kind == "base" else signed_points((s.end - s.start) / 100)
 
     title = f"Why the estimate for {expl.label} is {final:.0f} in 100"
     desc = "; ".join(f"{b.label}: {signed_points(b.points / 100)}" for b in expl.bars)
@@ -147,10 +149,14 @@ def contrast_svg(expl: OptionExplanation, *, width: int = CHART_W) -> Markup:
     extent = max(abs(v) for s in layout for v in (s.start, s.end))
     domain = axis_domain(layout, (-max(extent, 5.0), max(extent, 5.0)))
 
-    def value(s: Step) -> str:
-        return signed_points((s.end if s.kind in ("base", "total") else s.end - s.start) / 100)
+    # the difference printed beside the chart (`contrast_shown`), never a drawn sum that rounds the other way
+    total = expl.contrast_shown if expl.contrast_shown is not None else layout[-1].end
 
-    total = layout[-1].end
+    def value(s: Step) -> str:
+        if s.kind == "total":
+            return signed_points(total / 100)
+        return signed_points((s.end if s.kind == "base" else s.end - s.start) / 100)
+
     title = f"{expl.label} compared with continuing: {signed_points(total / 100)} in 100"
     desc = "; ".join(f"{b.label}: {signed_points(b.points / 100)}" for b in expl.contrast)
     return _chart(layout, domain, title=title, cls="contrast", value_text=value,

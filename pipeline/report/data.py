@@ -129,6 +129,8 @@ class OptionExplanation:
     contrast_reasons: tuple[str, ...] = ()
     #: the option's average difference with continuing over all patients (the contrast chart's labelled base)
     contrast_base: float | None = None
+    #: the difference with continuing as the page prints it (`points_between` of the two estimates, in points)
+    contrast_shown: float | None = None
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,14 @@ def signed_points(d: float | None) -> str:
         return "—"
     v = round(100 * d)  # type: ignore[operator]
     return f"+{v}" if v > 0 else (f"\u2212{abs(v)}" if v < 0 else "0")
+
+
+def points_between(a: float | None, b: float | None) -> float | None:
+    """a − b (probabilities) as the page prints it: the difference of the two figures in 100, each rounded first,
+    so a difference always matches the numbers shown beside it (61 and 38 in 100 → +23, never +24)."""
+    if not (_ok(a) and _ok(b)):
+        return None
+    return (round(100 * a) - round(100 * b)) / 100  # type: ignore[operator]
 
 
 def score_range(x: float | None, low: float | None = None, high: float | None = None) -> str:

@@ -17,6 +17,7 @@ from pipeline.report.data import (
     Page,
     calibration_lines,
     in_100,
+    points_between,
     score_range,
     signed_points,
     summarise,
@@ -49,8 +50,8 @@ def _environment() -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(in_100=in_100, signed_points=signed_points, score_range=score_range,
-                       calibration_lines=calibration_lines)
+    env.filters.update(in_100=in_100, points_between=points_between, signed_points=signed_points,
+                       score_range=score_range, calibration_lines=calibration_lines)
     return env
 
 

@@ -1009,3 +1009,26 @@ def test_model_facts_name_the_method_in_words(learner, words):
     assert words in A._method(chosen)
     assert A._method(chosen).endswith("(cross-fitted doubly robust value)")
     assert "C=" not in A._method(chosen)  # settings are for the model card, not a clinician
+
+
+def test_a_printed_difference_is_the_difference_of_the_printed_figures():
+    """61.4 and 37.6 in 100 print as 61 and 38, so every difference beside them reads +23, not the unrounded +24:
+    the options table, the summary's vs-continuing and vs-guideline tiles, the safety tile (8.6 and 6.4 print as 9
+    and 6: +3), the explanation's heading and its contrast chart."""
+    assert R.points_between(0.614, 0.376) == pytest.approx(0.23)
+    assert R.points_between(0.5, None) is None and R.signed_points(R.points_between(0.5, None)) == "—"
+    page = sample_page()
+    cont, ivig, jak = page.options
+    options = (dataclasses.replace(cont, p_response=0.376, p_safety=0.064), ivig,
+               dataclasses.replace(jak, p_response=0.614, effect_vs_continue=0.238, p_safety=0.086))
+    explanation = dataclasses.replace(page.explanations[1], final_points=61.4, contrast_total=23.8,
+                                      contrast_shown=23.0)
+    html = R.render_page(dataclasses.replace(page, options=options, explanations=(page.explanations[0], explanation)))
+    row = html[html.index('data-option="add_jak_inhibitor"'):]
+    assert re.search(r'data-label="vs continue" class="num">\+23<', row[:row.index("</tr>")])
+    tiles = html[html.index('class="tiles"'):html.index("</dl>")]
+    assert tiles.count("+23 in 100") == 2 and "+24" not in tiles  # vs continuing, vs the guideline (continue)
+    assert 'id="safety-vs-continue">continuing: 6 in 100 (+3)' in tiles
+    assert "61 in 100 (+23 vs continuing)" in html
+    chart = str(R.contrast_svg(explanation))
+    assert "compared with continuing: +23 in 100" in chart and ">+23<" in chart and "+24" not in chart

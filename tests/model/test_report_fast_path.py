@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from datetime import date
@@ -103,7 +104,8 @@ def test_fast_path_loads_the_champion_mlflow_loads_and_gives_the_same_page(champ
 
 def test_the_seed_pages_bars_and_reasons_name_the_same_facts(champion, monkeypatch, tmp_path):
     """A reason and the chart bar of the same clinical feature read alike ('lines of therapy so far = 6' in both,
-    never the feature's name in one)."""
+    never the feature's name in one), and each heading prints its row's difference with continuing."""
+    from pipeline import report as R
     from pipeline.report import load as L
     from pipeline.report.evidence import load_evidence
     from pipeline.settings import load_settings
@@ -116,6 +118,13 @@ def test_the_seed_pages_bars_and_reasons_name_the_same_facts(champion, monkeypat
         for reason in (*e.reasons, *e.contrast_reasons):
             assert reason.split(" \u2192 ")[0] in labels, (e.option, reason, labels)
     assert page.explanations and any(e.reasons for e in page.explanations)
+    # each option's heading prints the same difference with continuing as its row of the options table
+    html = R.render_page(page)
+    for e in page.explanations:
+        if e.option != "continue":
+            row = html[html.index(f'data-option="{e.option}"'):]
+            cell = re.search(r'data-label="vs continue" class="num">([^<]+)<', row).group(1)
+            assert f"{e.final_points:.0f} in 100 ({cell} vs continuing)" in html, (e.option, cell)
 
 
 def test_the_fast_path_says_when_only_mlflow_can_answer(monkeypatch, tmp_path):
