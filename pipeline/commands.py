@@ -395,6 +395,8 @@ def score_command(
         typer.echo(f"escalate score: error: no patient scored: {why} (reasons in {out / 'rejects.parquet'})", err=True)
         raise typer.Exit(1)
     warned = f", {c['warning_rows']} data warning(s) in warnings.parquet" if c.get("warning_rows") else ""
+    if c.get("rows_without_patient_id"):  # rejected rows no patient can be rejected for: said, never silent
+        warned = f", {c['rows_without_patient_id']} row(s) without a patient id in rejects.parquet" + warned
     typer.echo(f"scored {c['scored_patients']} patient(s), rejected {c['rejected_patients']} "
                f"(+{c['unknown_patients']} unknown{warned}) of {c['input_patients']} with model "
                f"{manifest['model_uri']} (version {manifest['model_version']}) as of {manifest['as_of']} in "

@@ -14,6 +14,7 @@ never reach logs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -550,8 +551,17 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
     if staged_marker.is_file():
         rows = read_json(staged_marker)["rows"]
     elif todo:
+        fresh = not run_file.is_file()
         write_json({"identity": identity}, run_file)
-        rows = stage_tables(paths, plan, Path(task.staging))
+        try:
+            rows = stage_tables(paths, plan, Path(task.staging))
+        except ScoreRefusal:  # a row the header check cannot see: --out is left as it was, so the fixed input runs
+            shutil.rmtree(Path(task.staging), ignore_errors=True)
+            if fresh:
+                run_file.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # only if nothing else is in it
+                    run_file.parent.rmdir()
+            raise
         write_json({"rows": rows}, staged_marker)
         release_memory()
     else:  # a finished run started again: nothing to stage
@@ -580,6 +590,7 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
         "input_hash": digest, "engine": engine, "settings": task.settings.model_dump(),
         "counts": {"input_patients": report.input_patients, "scored_patients": report.scored_patients,
                    "rejected_patients": report.rejected_patients, "unknown_patients": report.unknown_patients,
+                   "rows_without_patient_id": report.rows_without_patient,
                    "reject_rows": reject_rows, "warning_rows": warning_rows, "output_rows": output_rows,
                    "input_rows": rows},
         "chunks": {"total": total, "run_now": len(todo), "resumed": total - len(todo), "workers": runner.workers,

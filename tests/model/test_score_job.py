@@ -142,7 +142,8 @@ def read_output(out: Path) -> pd.DataFrame:
 
 def _broken_copy(world: ScoringWorld, target: Path) -> tuple[Path, str, int]:
     """The cohort with assessments as CSV with one value made unreadable and one row repeated (a warning: last
-    row), one regimen of an unknown patient, and one patient (last row of patients) with nothing recorded."""
+    row), one regimen without a patient id and one of an unknown patient (the last two rows), and one patient
+    (last row of patients) with nothing recorded."""
     target.mkdir()
     for f in world.data.glob("*.parquet"):
         if f.stem != "assessments":
@@ -155,7 +156,8 @@ def _broken_copy(world: ScoringWorld, target: Path) -> tuple[Path, str, int]:
     pd.concat([assessments, repeated], ignore_index=True).to_csv(target / "assessments.csv", index=False)
     regimens = pd.read_parquet(target / "regimens.parquet")
     stray = regimens.iloc[[0]].assign(patient_id="NOT-A-PATIENT")
-    pd.concat([regimens, stray], ignore_index=True).to_parquet(target / "regimens.parquet", index=False)
+    nobody = regimens.iloc[[1]].assign(patient_id="  ")  # a row whose patient nobody can tell
+    pd.concat([regimens, nobody, stray], ignore_index=True).to_parquet(target / "regimens.parquet", index=False)
     patients = pd.read_parquet(target / "patients.parquet")
     blank = patients.iloc[[0]].assign(patient_id="NOTHING-RECORDED")
     pd.concat([patients, blank], ignore_index=True).to_parquet(target / "patients.parquet", index=False)
@@ -215,6 +217,11 @@ def test_broken_rows_reject_their_patient_and_name_the_record(world: ScoringWorl
     scored = read_output(out)
     assert {bad_patient, "NOTHING-RECORDED"}.isdisjoint(scored["patient_id"])
     assert manifest["counts"]["rejected_patients"] == 2 and manifest["counts"]["unknown_patients"] == 1
+    # a row without a patient id is rejected on its own and counted apart: no patient to reject, never silent
+    nobody = rejects[rejects["patient_id"].isna()]
+    assert nobody[["table", "column"]].values.tolist() == [["regimens", "patient_id"]]
+    assert int(nobody["row"].iloc[0]) == len(pd.read_parquet(data / "regimens.parquet")) - 2
+    assert manifest["counts"]["rows_without_patient_id"] == 1
     assert manifest["counts"]["scored_patients"] == manifest["counts"]["input_patients"] - 2
     # a scored patient's warning is kept beside the output, pointing at its input row
     warnings = pd.read_parquet(out / WARNINGS)
@@ -243,6 +250,31 @@ def test_refuses_before_any_work(world: ScoringWorld, tmp_path: Path, change: di
     with pytest.raises(ScoreRefusal, match=match):
         _score(world, world.data, out, **change)
     assert not out.exists()
+
+
+def test_a_malformed_csv_row_is_refused_and_leaves_the_output_folder_reusable(world: ScoringWorld,
+                                                                               tmp_path: Path) -> None:
+    """A row with one cell too many is found only while staging, after the header check: the refusal names the
+    line, and --out is left as it was, so the same command runs once the file is mended."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in world.data.glob("*.parquet"):
+        (data / f.name).write_bytes(f.read_bytes())
+    regimens = pd.read_parquet(data / "regimens.parquet")
+    (data / "regimens.parquet").unlink()
+    regimens.to_csv(data / "regimens.csv", index=False)
+    lines = (data / "regimens.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    mended = "".join(lines)
+    lines[4] = lines[4].rstrip("\n") + ",extra\n"
+    (data / "regimens.csv").write_text("".join(lines), encoding="utf-8")
+    out = tmp_path / "out"
+    with pytest.raises(ScoreRefusal, match=r"regimens\.csv.*line 5.*unreadable_table"):
+        _score(world, data, out)
+    assert not out.exists() or not any(out.iterdir())
+    (data / "regimens.csv").write_text(mended, encoding="utf-8")
+    manifest = _score(world, data, out)
+    assert manifest["counts"]["scored_patients"] + manifest["counts"]["rejected_patients"] == \
+        manifest["counts"]["input_patients"] > 0
 
 
 def _register_variant(tmp_path: Path, name: str, extra_columns: tuple[str, ...] = (), **changes: object) -> str:
