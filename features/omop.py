@@ -19,7 +19,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from features.config import Frozen
-from features.contract import within_calendar
+from features.contract import parse_dates
 from features.vocabulary import repeated
 
 #: the OMOP tables the importer reads, with the columns it needs (the vocabulary tables are optional).
@@ -45,7 +45,9 @@ VOCABULARY_COLUMNS: dict[str, tuple[str, ...]] = {
                       "numerator_value", "numerator_unit_concept_id", "denominator_value"),
     "concept": ("concept_id", "concept_name", "domain_id", "vocabulary_id", "standard_concept", "invalid_reason"),
 }
-REPORT_COLUMNS = ("table", "concept_id", "source_value", "reason", "severity", "records")
+#: one import-report row: records of one table, concept (source value only for concept 0), unit concept (only for
+#: the unit reasons) and reason.
+REPORT_COLUMNS = ("table", "concept_id", "source_value", "unit_concept_id", "reason", "severity", "records")
 CONTRACT_DOSE_UNITS = ("mg", "g", "mg/kg", "g/kg", "mg/m2", "g/m2")
 #: milligrams per unit of the mass-unit concepts a drug_strength row may use (UCUM: mg 8576, g 8504, ug 9655).
 MASS_UNIT_MG: dict[int, float] = {8576: 1.0, 8504: 1000.0, 9655: 0.001}
@@ -216,8 +218,16 @@ def _map_unique(values: pd.Series | np.ndarray, func: Any) -> np.ndarray:
     return mapped[codes]
 
 
-def _int_series(s: pd.Series) -> pd.Series:
-    return pd.to_numeric(s, errors="coerce").astype("Int64")
+def integer_ids(s: pd.Series) -> pd.Series:
+    """Ids (person, concept) → Int64; NA where empty or not a whole number ('P2', 3.5, inf), never truncated
+    to another id."""
+    x = pd.to_numeric(s, errors="coerce")
+    if pd.api.types.is_float_dtype(x.dtype):
+        v = x.to_numpy(dtype=float, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(v) & (np.floor(v) == v) & (np.abs(v) < 2.0**63)
+        x = pd.Series(np.where(whole, v, np.nan), index=s.index)
+    return x.astype("Int64")
 
 
 def descendants(concept_ancestor: pd.DataFrame | None, ids: Iterable[int]) -> dict[int, list[int]]:
@@ -270,7 +280,7 @@ def mapped_concepts(mapping: OmopMapping, concept: pd.DataFrame | None) -> pd.Da
     rows += [("condition", "cancer", int(c)) for c in mapping.cancer.concept_ids]
     out = pd.DataFrame(rows, columns=["kind", "target", "concept_id"])
     names = (concept.rename(columns=str.lower).drop_duplicates("concept_id")
-             .assign(concept_id=lambda f: _int_series(f["concept_id"]).astype("float"))
+             .assign(concept_id=lambda f: integer_ids(f["concept_id"]).astype("float"))
              if concept is not None and len(concept) else None)
     extra = ["concept_name", "domain_id", "vocabulary_id", "standard_concept", "invalid_reason"]
     if names is None:
@@ -283,21 +293,25 @@ def mapped_concepts(mapping: OmopMapping, concept: pd.DataFrame | None) -> pd.Da
 
 # ----------------------------------------------------------------------------------------------------- report
 def _count(records: pd.DataFrame, table: str, reason: str, severity: str, concept_col: str,
-           source_col: str | None) -> pd.DataFrame:
-    """Report rows: records of `table` grouped by concept id (and source value where the concept is 0/missing)."""
+           source_col: str | None, unit_col: str | None = None) -> pd.DataFrame:
+    """Report rows: records of `table` grouped by concept id (and source value where the concept is 0/missing),
+    and by unit concept (0 for none) when `unit_col` names it (the unit reasons)."""
     if records.empty:
         return pd.DataFrame(columns=list(REPORT_COLUMNS))
-    concept = _int_series(records[concept_col]).fillna(0)
+    concept = integer_ids(records[concept_col]).fillna(0)
     if source_col is not None and source_col in records:
         src = records[source_col].astype("string").str.slice(0, 50).where(concept == 0, pd.NA)
     else:
         src = pd.Series(pd.NA, index=records.index, dtype="string")
-    g = (pd.DataFrame({"concept_id": concept, "source_value": src.fillna("")})
-         .groupby(["concept_id", "source_value"], sort=True).size().rename("records").reset_index())
+    unit = integer_ids(records[unit_col]).fillna(0) if unit_col is not None else pd.Series(-1, index=records.index)
+    g = (pd.DataFrame({"concept_id": concept, "source_value": src.fillna(""), "unit_concept_id": unit})
+         .groupby(["concept_id", "source_value", "unit_concept_id"], sort=True).size().rename("records")
+         .reset_index())
     g.insert(0, "table", table)
     g["reason"] = reason
     g["severity"] = severity
     g["source_value"] = g["source_value"].replace("", pd.NA)
+    g["unit_concept_id"] = g["unit_concept_id"].astype("Int64").where(g["unit_concept_id"] >= 0, pd.NA)
     return g[list(REPORT_COLUMNS)]
 
 
@@ -313,12 +327,10 @@ class ImportResult:
 
 
 def _dates(s: pd.Series) -> pd.Series:
-    """OMOP dates → datetime64[ns] days; NaT where unreadable or outside the contract's calendar (counted by the
-    caller, never an overflow)."""
-    out = pd.to_datetime(s, errors="coerce")
-    if isinstance(out.dtype, pd.DatetimeTZDtype):
-        out = out.dt.tz_localize(None)
-    return within_calendar(out)
+    """OMOP dates (DATE/DATETIME values or ISO text) → datetime64[ns] days, read as the contract reads dates; NaT
+    where unreadable — a number (20210105) included, never nanoseconds since 1970 — or outside the calendar
+    (counted by the caller, never an overflow)."""
+    return parse_dates(s)
 
 
 def _table(omop: Mapping[str, pd.DataFrame | None], name: str) -> pd.DataFrame:
@@ -350,12 +362,17 @@ def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, g
     cond = cond.assign(diagnosis=diag_index.match(cond["condition_concept_id"], cond["condition_source_concept_id"],
                                                   cond["condition_source_value"]),
                        date=_dates(cond["condition_start_date"]))
-    cohort_ids = pd.Index(_int_series(cond.loc[cond["diagnosis"].notna(), "person_id"]).dropna().unique())
-    person = person.assign(pid=_int_series(person["person_id"]))
+    cond_pid = integer_ids(cond["person_id"])
+    diagnosed = cond["diagnosis"].notna().to_numpy()
+    cohort_ids = pd.Index(cond_pid[diagnosed].dropna().unique())
+    no_id = diagnosed & cond_pid.isna().to_numpy()
+    if no_id.any():  # CDM person ids are integers: a diagnosis of 'P2' names no person that can be imported
+        reports.append(_count(cond.loc[no_id], "condition_occurrence", "non_integer_person_id", "error",
+                              "condition_concept_id", "condition_source_value"))
+    person = person.assign(pid=integer_ids(person["person_id"]))
     in_cohort = person["pid"].isin(cohort_ids)
     person = person.loc[in_cohort].copy()
-    absent = cond["diagnosis"].notna() & ~_int_series(cond["person_id"]).isin(person["pid"]).to_numpy(
-        dtype=bool, na_value=False)
+    absent = diagnosed & ~no_id & ~cond_pid.isin(person["pid"]).to_numpy(dtype=bool, na_value=False)
     if absent.any():  # a diagnosed person missing from `person` cannot be imported: said, not dropped
         reports.append(_count(cond.loc[absent], "condition_occurrence", "person_not_in_person_table", "error",
                               "condition_concept_id", "condition_source_value"))
@@ -376,7 +393,7 @@ def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, g
     obs = _cohort(_table(omop, "observation"), cohort_ids)
     patients, rep = _patients(person, cond, meas, mapping, ancestor, ids)
     reports.append(rep)
-    obs_end = (_table(omop, "observation_period").assign(pid=lambda f: _int_series(f["person_id"]))
+    obs_end = (_table(omop, "observation_period").assign(pid=lambda f: integer_ids(f["person_id"]))
                .assign(end=lambda f: _dates(f["observation_period_end_date"])).groupby("pid")["end"].max())
     regimens, rep = _regimens(_cohort(_table(omop, "drug_exposure"), cohort_ids), omop, mapping, ancestor, ids,
                               obs_end, gap_days)
@@ -387,9 +404,10 @@ def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, g
     reports.append(rep)
     report = pd.concat([r for r in reports if not r.empty], ignore_index=True) if any(
         not r.empty for r in reports) else pd.DataFrame(columns=list(REPORT_COLUMNS))
-    report = report.groupby(["table", "concept_id", "source_value", "reason", "severity"], dropna=False,
-                            sort=True)["records"].sum().reset_index()
+    report = report.groupby(["table", "concept_id", "source_value", "unit_concept_id", "reason", "severity"],
+                            dropna=False, sort=True)["records"].sum().reset_index()
     report["concept_id"] = report["concept_id"].astype("int64")
+    report["unit_concept_id"] = report["unit_concept_id"].astype("Int64")
     report["records"] = report["records"].astype("int64")
     total = int(omop["person"].shape[0]) if omop.get("person") is not None else 0
     return ImportResult({"patients": patients, "regimens": regimens, "assessments": assessments, "events": events},
@@ -398,7 +416,7 @@ def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, g
 
 def _cohort(frame: pd.DataFrame, cohort_ids: pd.Index) -> pd.DataFrame:
     """The rows of the cohort's persons, with their person id as an integer column `pid`."""
-    pid = _int_series(frame["person_id"])
+    pid = integer_ids(frame["person_id"])
     inside = pid.isin(cohort_ids).to_numpy(dtype=bool, na_value=False)
     if inside.all():  # the pipeline reads only the cohort: no copy
         return frame.assign(pid=pid)
@@ -410,7 +428,7 @@ def _patients(person: pd.DataFrame, cond: pd.DataFrame, meas: pd.DataFrame,
     """One contract `patients` row per cohort person."""
     reports = []
     order = {d.diagnosis: i for i, d in enumerate(mapping.diagnoses)}
-    dx = cond.loc[cond["diagnosis"].notna()].assign(pid=lambda f: _int_series(f["person_id"]),
+    dx = cond.loc[cond["diagnosis"].notna()].assign(pid=lambda f: integer_ids(f["person_id"]),
                                                     rank=lambda f: f["diagnosis"].map(order))
     bad_dates = dx["date"].isna()
     if bad_dates.any():
@@ -419,12 +437,12 @@ def _patients(person: pd.DataFrame, cond: pd.DataFrame, meas: pd.DataFrame,
     dx = dx.loc[~bad_dates].sort_values(["pid", "rank", "date"])
     first = dx.drop_duplicates("pid").set_index("pid")
     pid = person["pid"]
-    sex = _int_series(person["gender_concept_id"]).map(mapping.sex)
+    sex = integer_ids(person["gender_concept_id"]).map(mapping.sex)
     unknown_sex = sex.isna()
     if unknown_sex.any():
         reports.append(_count(person.loc[unknown_sex], "person", "unmapped_gender", "error", "gender_concept_id", None))
 
-    cohort_cond = cond.assign(pid=_int_series(cond["person_id"]))
+    cohort_cond = cond.assign(pid=integer_ids(cond["person_id"]))
     cohort_cond = cohort_cond.loc[cohort_cond["pid"].isin(pid)]
     ild_idx = build_index([("ild", mapping.ild)], ancestor, mapping.include_descendants)
     cancer_idx = build_index([("cancer", mapping.cancer)], ancestor, mapping.include_descendants)
@@ -432,7 +450,11 @@ def _patients(person: pd.DataFrame, cond: pd.DataFrame, meas: pd.DataFrame,
             cohort_cond["condition_source_value"])
     is_ild = ild_idx.match(*args).notna()
     is_cancer = cancer_idx.match(*args).notna()
-    ild_pids = set(cohort_cond.loc[is_ild, "pid"])
+    ild_pids = set(cohort_cond.loc[is_ild, "pid"])  # an undated fact: any ILD record, its date not needed
+    undated_cancer = is_cancer & cohort_cond["date"].isna() & cohort_cond["diagnosis"].isna()
+    if undated_cancer.any():  # cannot tell whether it falls in the window: said, not dropped
+        reports.append(_count(cohort_cond.loc[undated_cancer], "condition_occurrence", "unreadable_date", "error",
+                              "condition_concept_id", "condition_source_value"))
     cancer = cohort_cond.loc[is_cancer, ["pid", "date"]].assign(
         dx_date=lambda f: first["date"].reindex(f["pid"].to_numpy()).to_numpy())  # NaT where no readable diagnosis
     window = pd.Timedelta(days=mapping.cancer.window_days)
@@ -444,7 +466,7 @@ def _patients(person: pd.DataFrame, cond: pd.DataFrame, meas: pd.DataFrame,
     patients = pd.DataFrame({
         "patient_id": ids.reindex(pid.to_numpy()).to_numpy(),
         "sex": sex.to_numpy(),
-        "birth_year": _int_series(person["year_of_birth"]).to_numpy(),
+        "birth_year": integer_ids(person["year_of_birth"]).to_numpy(),
         "diagnosis": first["diagnosis"].reindex(pid.to_numpy()).to_numpy(),
         "diagnosis_date": first["date"].reindex(pid.to_numpy()).to_numpy(),
         "antibodies": pd.Series(pd.NA, index=range(len(pid)), dtype="object").to_numpy(),
@@ -471,7 +493,7 @@ def _antibodies(meas: pd.DataFrame, mapping: OmopMapping, ancestor: pd.DataFrame
                    meas["measurement_source_value"])
     tests = meas.loc[ab.notna()].assign(antibody=ab[ab.notna()])
     res = mapping.antibody_results
-    vc = _int_series(tests["value_as_concept_id"])
+    vc = integer_ids(tests["value_as_concept_id"])
     text = _norm_text(tests["value_source_value"])
     pos_text = {" ".join(v.lower().split()) for v in res.positive_values}
     neg_text = {" ".join(v.lower().split()) for v in res.negative_values}
@@ -518,6 +540,12 @@ def _regimens(drug: pd.DataFrame, omop: Mapping[str, pd.DataFrame | None], mappi
     if d["end"].isna().any():
         reports.append(_count(d.loc[d["end"].isna().to_numpy()], "drug_exposure", "no_end_date", "warning",
                               "drug_concept_id", "drug_source_value"))
+        d = d.assign(end=d["end"].fillna(d["start"]))  # ends on its start day, a single dose ('once') included
+    period_end = pd.Series(pd.to_datetime(obs_end.reindex(d["pid"].to_numpy()).to_numpy()), index=d.index)
+    after = (d["start"] > period_end).fillna(False)
+    if after.any():  # recorded after the person's last observation period: imported as recorded, and said
+        reports.append(_count(d.loc[after.to_numpy()], "drug_exposure", "after_observation_period", "warning",
+                              "drug_concept_id", "drug_source_value"))
     quantity = pd.to_numeric(d["quantity"], errors="coerce")
     negative = quantity < 0
     if negative.any():
@@ -549,14 +577,14 @@ def _regimens(drug: pd.DataFrame, omop: Mapping[str, pd.DataFrame | None], mappi
                 ingredient_of.setdefault(dm.drug, int(cid))
         s = strength.rename(columns=str.lower)
         s = s.assign(mg=pd.to_numeric(s["amount_value"], errors="coerce")
-                     * _int_series(s["amount_unit_concept_id"]).map(MASS_UNIT_MG).astype(float))
+                     * integer_ids(s["amount_unit_concept_id"]).map(MASS_UNIT_MG).astype(float))
         s = s.assign(mg=s["mg"].fillna(pd.to_numeric(s["numerator_value"], errors="coerce")
-                                       * _int_series(s["numerator_unit_concept_id"]).map(MASS_UNIT_MG).astype(float)))
-        s = s.dropna(subset=["mg"]).assign(key=lambda f: list(zip(_int_series(f["drug_concept_id"]),
-                                                                   _int_series(f["ingredient_concept_id"]),
+                                       * integer_ids(s["numerator_unit_concept_id"]).map(MASS_UNIT_MG).astype(float)))
+        s = s.dropna(subset=["mg"]).assign(key=lambda f: list(zip(integer_ids(f["drug_concept_id"]),
+                                                                   integer_ids(f["ingredient_concept_id"]),
                                                                    strict=True)))
         mg_of = dict(zip(s["key"], s["mg"], strict=True))
-        keys = list(zip(_int_series(d["drug_concept_id"]), d["drug"].map(ingredient_of), strict=True))
+        keys = list(zip(integer_ids(d["drug_concept_id"]), d["drug"].map(ingredient_of), strict=True))
         mg_unit = pd.Series([mg_of.get(k, np.nan) for k in keys], index=d.index, dtype=float)
         days = supply.fillna(((d["end"] - d["start"]).dt.days + 1).where(d["end"] > d["start"]))
         amount = quantity * mg_unit
@@ -577,7 +605,7 @@ def _regimens(drug: pd.DataFrame, omop: Mapping[str, pd.DataFrame | None], mappi
     if no_interval.any():
         reports.append(_count(d.loc[no_interval.to_numpy()], "drug_exposure", "no_schedule", "warning",
                               "drug_concept_id", "drug_source_value"))
-    route = _int_series(d["route_concept_id"]).map(mapping.routes).astype("object")
+    route = integer_ids(d["route_concept_id"]).map(mapping.routes).astype("object")
     route = route.where(route.notna(), d["route_source_value"].astype("string").str.strip())
     if route.isna().any():
         reports.append(_count(d.loc[route.isna().to_numpy()], "drug_exposure", "no_route", "warning",
@@ -589,35 +617,41 @@ def _regimens(drug: pd.DataFrame, omop: Mapping[str, pd.DataFrame | None], mappi
         "end_date": d["end"].to_numpy(), "order_ok": (~order).to_numpy(),
     })
     regimens = merge_exposures(rows, gap_days)
+    # a regimen running at the end of the observation period (started by then, ending on or after it) is
+    # ongoing; any other keeps its end as recorded — one recorded after the period (reported above) included
     ends = pd.Series(pd.to_datetime(obs_end.reindex(regimens["pid"].to_numpy()).to_numpy()), index=regimens.index)
-    regimens.loc[regimens["end_date"].notna() & ends.notna() & (regimens["end_date"] >= ends), "end_date"] = pd.NaT
+    running = (regimens["start_date"] <= ends) & (regimens["end_date"] >= ends)
+    regimens.loc[running.fillna(False), "end_date"] = pd.NaT
     regimens.insert(0, "patient_id", regimens["pid"].map(ids).astype("string"))
     regimens = regimens.drop(columns="pid").sort_values(["patient_id", "start_date", "drug"], kind="stable")
     return regimens.reset_index(drop=True), _concat(reports)
 
 
 def merge_exposures(rows: pd.DataFrame, gap_days: int) -> pd.DataFrame:
-    """Exposures of one drug at one dose, unit, route and schedule that overlap or are less than `gap_days`
-    apart become one regimen (earliest start, latest end). A new dose ends the previous regimen of that drug
-    and route the day before it starts. Single administrations ('once') and rows whose end is before their
-    start are kept as they are (the contract reports the latter)."""
+    """Exposures of one drug and route, taken in order of their start: a run of rows at one dose, unit and
+    schedule becomes one regimen (earliest start, latest end) where each row overlaps or starts less than
+    `gap_days` after the run so far ended; another dose (or a single administration) between them starts a new
+    regimen, so every row is in one. A new dose ends the previous regimen of that drug and route the day before
+    it starts. Single administrations ('once') and rows whose end is before their start are kept as they are (the
+    contract reports the latter); a missing end is the start day."""
     cols = ["pid", "drug", "dose", "dose_unit", "route", "interval", "start_date", "end_date"]
     if rows.empty:
         return pd.DataFrame({c: rows[c] for c in cols})
-    keep = ~rows["order_ok"] | rows["interval"].astype("string").str.lower().eq("once").fillna(False)
-    fixed = rows.loc[keep, cols]
-    r = rows.loc[~keep, cols].copy()
-    key = ["pid", "drug", "dose_unit", "route", "interval", "dose"]
-    kf = r[key].astype("string").fillna("\x00")
-    r = r.assign(_k=pd.util.hash_pandas_object(kf, index=False).to_numpy())
-    r = r.sort_values(["_k", "start_date", "end_date"], kind="stable")
-    end = r["end_date"].fillna(r["start_date"])
-    prev_end = end.groupby(r["_k"]).cummax().groupby(r["_k"]).shift()
-    new = prev_end.isna() | (r["start_date"] > prev_end + pd.Timedelta(days=gap_days))
-    r = r.assign(_b=new.cumsum(), _e=end)
-    merged = r.groupby("_b", sort=False).agg(
-        **{c: (c, "first") for c in key}, start_date=("start_date", "min"), end_date=("_e", "max"))
-    out = pd.concat([merged[cols], fixed], ignore_index=True)
+    alone = (~rows["order_ok"].astype(bool) | rows["interval"].astype("string").str.lower().eq("once").fillna(False))
+    r = rows[cols].assign(end_date=rows["end_date"].fillna(rows["start_date"]), _alone=alone.to_numpy())
+    group = ["pid", "drug", "route"]
+    key = [*group, "dose_unit", "interval", "dose"]
+    text = r[key].astype("string").fillna("\x00")
+    r = r.assign(_g=pd.util.hash_pandas_object(text[group], index=False).to_numpy(),
+                 _k=pd.util.hash_pandas_object(text, index=False).to_numpy())
+    r = r.sort_values(["_g", "start_date", "end_date", "_k"], kind="stable")
+    # a run: consecutive rows (by start) of one drug and route at one dose; a single administration is its own
+    k, single = r["_k"].to_numpy(), r["_alone"].to_numpy()
+    run = pd.Series(np.cumsum(np.r_[True, k[1:] != k[:-1]] | single | np.r_[True, single[:-1]]), index=r.index)
+    prev_end = r["end_date"].groupby(run).cummax().groupby(run).shift()
+    block = (prev_end.isna() | (r["start_date"] > prev_end + pd.Timedelta(days=gap_days))).cumsum()
+    out = r.groupby(block, sort=False).agg(**{c: (c, "first") for c in key}, start_date=("start_date", "min"),
+                                           end_date=("end_date", "max"))[cols]
     out = out.sort_values(["pid", "drug", "route", "start_date", "end_date"], kind="stable").reset_index(drop=True)
     same = (out["pid"].eq(out["pid"].shift(-1)) & out["drug"].eq(out["drug"].shift(-1))
             & out["route"].astype("string").eq(out["route"].astype("string").shift(-1)).fillna(False))
@@ -660,21 +694,38 @@ def _assessments(meas: pd.DataFrame, obs: pd.DataFrame, mapping: OmopMapping, an
                                   f"{prefix}_concept_id", f"{prefix}_source_value"))
         value = _numbers(f["value_as_number"])
         date = _dates(f[f"{prefix}_date"]).to_numpy()
-        missing = mapped & (np.isnan(value) | pd.isna(date))
+        unreadable = mapped & pd.isna(date) & f[f"{prefix}_date"].notna().to_numpy()
+        if unreadable.any():  # a blank cell is no date, not an unreadable one
+            written = f[f"{prefix}_date"].to_numpy()[unreadable]
+            unreadable[unreadable] = [str(v).strip() != "" for v in written]
+        if unreadable.any():
+            reports.append(_count(f.loc[unreadable], table, "unreadable_date", "error",
+                                  f"{prefix}_concept_id", f"{prefix}_source_value"))
+        missing = mapped & ~unreadable & (np.isnan(value) | pd.isna(date))
         if missing.any():
             reports.append(_count(f.loc[missing], table, "no_value_or_date", "warning",
                                   f"{prefix}_concept_id", f"{prefix}_source_value"))
-        keep = mapped & ~missing
-        unit = _map_codes(_numbers(f["unit_concept_id"]), lambda u: unit_code(mapping.units.get(int(u))))
+        keep = mapped & ~unreadable & ~missing
+        # the unit concept, else the unit as written, else the measure's default — the default only where the
+        # record names no unit at all: a recorded unit the mapping lacks is said, never replaced by the default
+        unit_concept = _numbers(f["unit_concept_id"])
+        named_unit = ~np.isnan(unit_concept) & (unit_concept != 0)
+        unit = _map_codes(unit_concept, lambda u: unit_code(mapping.units.get(int(u))))
         todo = (unit < 0) & keep
         if todo.any():
             unit = np.where(todo, _map_codes(f["unit_source_value"], lambda u: unit_code(str(u).strip() or None)), unit)
             todo = (unit < 0) & keep
+        unmapped_unit = todo & named_unit
+        if unmapped_unit.any():
+            reports.append(_count(f.loc[unmapped_unit], table, "unmapped_unit", "warning", f"{prefix}_concept_id",
+                                  f"{prefix}_source_value", "unit_concept_id"))
+        todo &= ~named_unit
         if todo.any():
             unit = np.where(todo, default_code[measure], unit)
-            todo = (unit < 0) & keep
+            todo = (unit < 0) & keep & ~named_unit
         if todo.any():
-            reports.append(_count(f.loc[todo], table, "no_unit", "warning", "unit_concept_id", None))
+            reports.append(_count(f.loc[todo], table, "no_unit", "warning", f"{prefix}_concept_id",
+                                  f"{prefix}_source_value", "unit_concept_id"))
         uln = _numbers(f["range_high"]) if "range_high" in f else np.full(len(f), np.nan)
         frames.append(pd.DataFrame({"pid": f["pid"].to_numpy(dtype="int64")[keep], "date": date[keep],
                                     "measure": measure[keep], "value": value[keep], "unit": unit[keep],

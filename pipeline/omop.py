@@ -217,7 +217,7 @@ def open_source(source: str, schema: str | None = None) -> Iterator[_DuckSource 
 def read_omop(src: _DuckSource | _SqlSource, mapping: OmopMapping) -> dict[str, pd.DataFrame | None]:
     """The cohort's OMOP records: persons with a mapped diagnosis and all their records in the tables the
     importer uses; `concept_ancestor` and `drug_strength` restricted to the mapping's concepts (None if absent)."""
-    from features.omop import OMOP_COLUMNS, VOCABULARY_COLUMNS
+    from features.omop import OMOP_COLUMNS, VOCABULARY_COLUMNS, integer_ids
 
     present = {t: src.columns(t) for t in (*OMOP_COLUMNS, *VOCABULARY_COLUMNS)}
     missing = [t for t in REQUIRED if present[t] is None]
@@ -247,13 +247,17 @@ def read_omop(src: _DuckSource | _SqlSource, mapping: OmopMapping) -> dict[str, 
     source_concepts = sorted({int(c) for d in mapping.diagnoses for c in (*d.source_concept_ids, *d.concept_ids)})
     dx = _read(src, "condition_occurrence", present, [
         ("condition_concept_id", mapped, "BIGINT"), ("condition_source_concept_id", source_concepts, "BIGINT"),
-        ("condition_source_value", values, "VARCHAR")], columns=["person_id"], case_insensitive=True)
-    cohort = sorted({int(p) for p in pd.to_numeric(dx["person_id"], errors="coerce").dropna()})
+        ("condition_source_value", values, "VARCHAR")], case_insensitive=True)
+    dx_ids = integer_ids(dx["person_id"])
+    cohort = sorted({int(p) for p in dx_ids.dropna()})
     for table in OMOP_COLUMNS:
         if present[table] is None:
             out[table] = None
             continue
         out[table] = _read(src, table, present, [("person_id", cohort, "BIGINT")])
+    if dx_ids.isna().any():  # diagnoses of a person id that is not an integer ('P2'): passed on to be reported
+        out["condition_occurrence"] = pd.concat([out["condition_occurrence"].astype(object),
+                                                 dx.loc[dx_ids.isna().to_numpy()].astype(object)], ignore_index=True)
     if present["person"] is not None:  # the persons' count for the report, not their records
         out["person_total"] = _count_rows(src, "person")  # type: ignore[assignment]
     named = sorted({int(c) for group in (mapping.drugs, mapping.diagnoses, mapping.measures, mapping.antibodies,

@@ -431,7 +431,7 @@ def test_duckdb_schema_option(cdm: Path, imported: ImportResult, tmp_path: Path)
 
 
 def _folder_of(tables: dict[str, pd.DataFrame], folder: Path) -> Path:
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for name, frame in tables.items():
         frame.to_csv(folder / f"{name}.csv", index=False)
     return folder
@@ -470,3 +470,177 @@ def test_bad_cells_are_counted_and_bad_tables_refused_never_a_traceback(tmp_path
                                                                                             b"neutrop\xe9nie"))
     with pytest.raises(OmopSourceError, match=r"observation\.csv: cannot be read as the OMOP table observation"):
         run_import_omop(str(latin), tmp_path / "o2")
+
+
+# ------------------------------------------------------------------ small extracts (found by a review helper)
+PREDNISONE, METHOTREXATE, RITUXIMAB, HYDROXYCHLOROQUINE = 1551099, 1305058, 1314273, 1777087
+ORAL, IV = 4132161, 4171047
+
+
+def _small_cdm(drugs: list[tuple] = (), meas: list[tuple] = (), obs: list[tuple] = (), conds: list[tuple] = (),
+               persons: list[tuple] | None = None, period_end: str = TODAY) -> dict[str, pd.DataFrame]:
+    """A hand-built extract: person 1 (F, 1970) with dermatomyositis from 2020-01-10, observed 2019-01-01 to
+    `period_end`, plus the given rows (drug: person, concept, start, end, quantity, days_supply, sig, route, dose
+    unit; measurement: person, concept, date, value, value concept, unit concept, range_high, source value, unit
+    source value, value source value; observation: person, concept, date, value, text, source value, unit concept,
+    unit source value; condition: person, concept, start, source value)."""
+    person = pd.DataFrame(persons or [(1, 8532, 1970)], columns=["person_id", "gender_concept_id", "year_of_birth"])
+    person = person.assign(race_concept_id=0, ethnicity_concept_id=0)
+    cond = pd.DataFrame([(1, 80182, "2020-01-10", None), *conds],
+                        columns=["person_id", "condition_concept_id", "condition_start_date", "condition_source_value"])
+    cond.insert(0, "condition_occurrence_id", range(1, len(cond) + 1))
+    period = pd.DataFrame({"observation_period_id": range(1, len(person) + 1), "person_id": person["person_id"],
+                           "observation_period_start_date": "2019-01-01", "observation_period_end_date": period_end})
+    drug = pd.DataFrame(list(drugs), columns=["person_id", "drug_concept_id", "drug_exposure_start_date",
+                                              "drug_exposure_end_date", "quantity", "days_supply", "sig",
+                                              "route_concept_id", "dose_unit_source_value"])
+    drug.insert(0, "drug_exposure_id", range(1, len(drug) + 1))
+    m = pd.DataFrame(list(meas), columns=["person_id", "measurement_concept_id", "measurement_date",
+                                          "value_as_number", "value_as_concept_id", "unit_concept_id", "range_high",
+                                          "measurement_source_value", "unit_source_value", "value_source_value"])
+    m.insert(0, "measurement_id", range(1, len(m) + 1))
+    o = pd.DataFrame(list(obs), columns=["person_id", "observation_concept_id", "observation_date",
+                                         "value_as_number", "value_as_string", "observation_source_value",
+                                         "unit_concept_id", "unit_source_value"])
+    o.insert(0, "observation_id", range(1, len(o) + 1))
+    return {"person": person, "observation_period": period, "condition_occurrence": cond, "drug_exposure": drug,
+            "measurement": m, "observation": o}
+
+
+def _import_small(tmp_path: Path, **rows: object) -> ImportResult:
+    """`_small_cdm(**rows)` as a folder of CSV files, imported as a user would."""
+    return run_import_omop(str(_folder_of(_small_cdm(**rows), tmp_path / "src")), tmp_path / "out", gap_days=30)
+
+
+def _regimen_rows(result: ImportResult) -> list[list[object]]:
+    r = result.tables["regimens"]
+    return [[row.drug, row.dose, str(row.start_date.date()), None if pd.isna(row.end_date) else str(row.end_date.date())]
+            for row in r.itertuples()]
+
+
+def test_a_dose_change_between_two_runs_of_one_dose_keeps_every_exposure(tmp_path: Path) -> None:
+    """10 mg, then 20 mg, then 10 mg again of prednisone: three regimens, each with its recorded dates — the two
+    10 mg runs are never merged across the 20 mg between them (which then cut the third exposure away)."""
+    def pred(start: str, end: str, dose: int) -> tuple:
+        return (1, PREDNISONE, start, end, dose, None, "daily", ORAL, "mg")
+
+    got = _import_small(tmp_path / "a", drugs=[pred("2021-01-01", "2021-01-31", 10),
+                                               pred("2021-02-01", "2021-02-14", 20),
+                                               pred("2021-02-15", "2021-03-31", 10)])
+    assert _regimen_rows(got) == [["prednisone", 10.0, "2021-01-01", "2021-01-31"],
+                                  ["prednisone", 20.0, "2021-02-01", "2021-02-14"],
+                                  ["prednisone", 10.0, "2021-02-15", "2021-03-31"]]
+    # monthly 10 mg fills January to June with a 20 mg burst in March: April to June are still on 10 mg
+    fills = [pred(s, e, 10) for s, e in [("2021-01-01", "2021-01-31"), ("2021-02-01", "2021-02-28"),
+                                         ("2021-03-01", "2021-03-31"), ("2021-04-01", "2021-04-30"),
+                                         ("2021-05-01", "2021-05-31"), ("2021-06-01", "2021-06-30")]]
+    got = _import_small(tmp_path / "b", drugs=[*fills, pred("2021-03-10", "2021-03-20", 20)])
+    assert _regimen_rows(got) == [["prednisone", 10.0, "2021-01-01", "2021-03-09"],  # the new dose ends it
+                                  ["prednisone", 20.0, "2021-03-10", "2021-03-20"],
+                                  ["prednisone", 10.0, "2021-04-01", "2021-06-30"]]
+    # a single administration between two fills of one dose separates them in the same way
+    rows = pd.DataFrame([{"pid": 1, "drug": "prednisone", "dose": dose, "dose_unit": "mg", "route": "oral",
+                          "interval": interval, "start_date": _d(s), "end_date": _d(e), "order_ok": True}
+                         for dose, interval, s, e in [(10.0, "daily", "2021-01-01", "2021-01-31"),
+                                                      (50.0, "once", "2021-02-01", "2021-02-01"),
+                                                      (10.0, "daily", "2021-02-02", "2021-02-28")]])
+    assert merge_exposures(rows, gap_days=30)[["dose", "start_date", "end_date"]].values.tolist() == [
+        [10.0, _d("2021-01-01"), _d("2021-01-31")], [50.0, _d("2021-02-01"), _d("2021-02-01")],
+        [10.0, _d("2021-02-02"), _d("2021-02-28")]]
+
+
+def test_an_exposure_after_the_observation_period_keeps_its_end_date(tmp_path: Path) -> None:
+    """Only a regimen running at the end of the observation period is ongoing; one recorded after the period
+    keeps its recorded end (never turned into 'still running') and is reported."""
+    got = _import_small(tmp_path, period_end="2021-12-31", drugs=[
+        (1, METHOTREXATE, "2022-01-10", "2022-02-10", 15, None, "weekly", ORAL, "mg"),     # after the period
+        (1, RITUXIMAB, "2022-03-01", "2022-03-01", 1000, None, "once", IV, "mg"),          # after the period
+        (1, HYDROXYCHLOROQUINE, "2021-06-01", "2022-06-30", 200, None, "daily", ORAL, "mg"),  # runs past its end
+        (1, PREDNISONE, "2021-02-01", "2021-03-02", 10, None, "daily", ORAL, "mg")])       # ended within it
+    assert _regimen_rows(got) == [["prednisone", 10.0, "2021-02-01", "2021-03-02"],
+                                  ["hydroxychloroquine", 200.0, "2021-06-01", None],
+                                  ["methotrexate", 15.0, "2022-01-10", "2022-02-10"],
+                                  ["rituximab", 1000.0, "2022-03-01", "2022-03-01"]]
+    after = got.report[got.report["reason"] == "after_observation_period"]
+    assert dict(zip(after["concept_id"], after["records"], strict=True)) == {METHOTREXATE: 1, RITUXIMAB: 1}
+    assert set(after["severity"]) == {"warning"}
+
+
+def test_a_diagnosed_person_whose_id_is_not_an_integer_is_reported(tmp_path: Path) -> None:
+    """person_id 'P2' (text in a CSV or a SQL table) with a dermatomyositis diagnosis cannot be imported: the
+    report says so (condition_occurrence, non_integer_person_id) instead of the person silently going missing;
+    ids that spell integers ('0004') are imported."""
+    t = _small_cdm(persons=[(1, 8532, 1970), ("P2", 8507, 1980), ("0004", 8507, 1985)],
+                   conds=[("P2", 80182, "2020-02-02", None), ("0004", 80182, "2020-03-03", None)])
+    for name in ("person", "condition_occurrence", "observation_period"):
+        t[name]["person_id"] = t[name]["person_id"].astype(str)
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'cdm.sqlite'}")
+    for name, frame in t.items():  # SQLite compares a text id with a number as text: '0004' is left out there
+        frame.loc[frame["person_id"] != "0004"].to_sql(name, engine, index=False)
+    engine.dispose()
+    for source, ids in ((str(_folder_of(t, tmp_path / "csv")), ["1", "4"]),
+                        (f"sqlite:///{tmp_path / 'cdm.sqlite'}", ["1"])):
+        got = run_import_omop(source, tmp_path / "out", gap_days=30)
+        assert got.tables["patients"]["patient_id"].tolist() == ids, source
+        bad = got.report[got.report["reason"] == "non_integer_person_id"]
+        assert bad[["table", "concept_id", "severity", "records"]].values.tolist() == [
+            ["condition_occurrence", 80182, "error", 1]], source
+
+
+def test_a_number_in_a_date_column_is_an_unreadable_date(tmp_path: Path) -> None:
+    """Dates exported as numbers (20210105) are unreadable dates, reported as such — never 1970-01-01."""
+    t = _small_cdm(drugs=[(1, METHOTREXATE, "2021-01-05", "2021-02-03", 15, None, "weekly", ORAL, "mg")],
+                   meas=[(1, 3007220, "2021-01-05", 900.0, None, 8645, 200.0, None, None, None)])
+    for name, col in (("condition_occurrence", "condition_start_date"), ("drug_exposure", "drug_exposure_start_date"),
+                      ("drug_exposure", "drug_exposure_end_date"), ("measurement", "measurement_date")):
+        t[name][col] = pd.to_datetime(t[name][col]).dt.strftime("%Y%m%d").astype("int64")
+    got = run_import_omop(str(_folder_of(t, tmp_path / "src")), tmp_path / "out", gap_days=30)
+    dates = [got.tables["patients"]["diagnosis_date"], got.tables["regimens"]["start_date"],
+             got.tables["assessments"]["date"]]
+    assert not any((d.dt.year == 1970).any() for d in dates)
+    reasons = {(r.table, r.reason): int(r.records) for r in got.report.itertuples()}
+    assert reasons[("condition_occurrence", "unreadable_date")] == 1
+    assert reasons[("drug_exposure", "unreadable_date")] == 1
+    assert reasons[("measurement", "unreadable_date")] == 1
+    assert got.tables["patients"]["diagnosis_date"].isna().all() and got.tables["regimens"].empty
+
+
+def test_a_recorded_unit_the_mapping_lacks_is_reported_never_the_default(tmp_path: Path) -> None:
+    """Physician global 5 in mm (unit concept 8588, not in `units:`) is never read as 5 cm, the measure's default
+    unit: the row keeps an empty unit and the report names the measure's concept and the unit concept; a unit
+    source value beside it is used as written."""
+    got = _import_small(tmp_path, meas=[
+        (1, 3025315, "2021-01-05", 154.0, None, 8739, None, None, None, None),     # weight in pounds (unmapped)
+        (1, 3007220, "2021-01-06", 15.0, None, 8753, None, None, "ukat/L", None)],  # CK: unmapped, source unit
+        obs=[(1, 0, "2021-07-01", 5.0, None, "physician global activity", 8588, None),   # mm, unmapped
+             (1, 0, "2021-07-02", 0.5, None, "HAQ-DI", None, None)])                     # no unit: the default
+    a = got.tables["assessments"].set_index("measure")
+    assert pd.isna(a.loc["physician_global", "unit"]) and pd.isna(a.loc["weight", "unit"])
+    assert a.loc["ck", "unit"] == "ukat/L" and a.loc["haq", "unit"] == "score_0_3"
+    unit = got.report[got.report["reason"] == "unmapped_unit"]
+    assert unit[["table", "concept_id", "source_value", "unit_concept_id", "records"]].astype(object).values.tolist() \
+        == [["measurement", 3025315, pd.NA, 8739, 1],
+            ["observation", 0, "physician global activity", 8588, 1]]
+    assert "no_unit" not in set(got.report["reason"])
+
+
+def test_a_cancer_condition_with_an_unreadable_date_is_reported(tmp_path: Path) -> None:
+    """A cancer condition whose date cannot be read cannot say whether the myositis is cancer-associated: it is
+    reported as an unreadable date, like a diagnosis, not dropped unseen."""
+    got = _import_small(tmp_path, conds=[(1, 443392, "not a date", None)])
+    assert not got.tables["patients"]["cancer_associated"].any()
+    bad = got.report[got.report["reason"] == "unreadable_date"]
+    assert bad[["table", "concept_id", "severity", "records"]].values.tolist() == [
+        ["condition_occurrence", 443392, "error", 1]]
+
+
+def test_a_single_dose_without_an_end_date_ends_on_its_day(tmp_path: Path) -> None:
+    """A rituximab infusion ('once') recorded without an end date ends on its start day, as the report's
+    no_end_date says — it is never written as an ongoing regimen."""
+    got = _import_small(tmp_path, drugs=[(1, RITUXIMAB, "2021-03-01", None, 1000, None, "once", IV, "mg"),
+                                         (1, METHOTREXATE, "2021-06-05", None, 15, 28, "weekly", ORAL, "mg")])
+    assert _regimen_rows(got) == [["rituximab", 1000.0, "2021-03-01", "2021-03-01"],
+                                  ["methotrexate", 15.0, "2021-06-05", "2021-07-02"]]
+    assert _reasons(got.report)[("drug_exposure", RITUXIMAB, "no_end_date")] == 1
