@@ -735,8 +735,9 @@ def _regimen_features(
     last_rx = np.full(n, -np.inf)
     np.maximum.at(last_rx, rx["query"].to_numpy(), rx["last_dose_day"].to_numpy(float))
     rx_months = np.where(np.isinf(last_rx), np.nan, (cut - last_rx) / DAYS_PER_MONTH)
-    b.add("months_since_rituximab", rx_months, "current_regimen", "rituximab", "months since last rituximab course",
-          "months", "time since the last rituximab course (NaN if never given)")
+    b.add("months_since_rituximab", rx_months, "current_regimen", "rituximab", "months since the last rituximab dose",
+          "months", "time since the last recorded rituximab infusion; on a running schedule, since its latest course "
+          "began (NaN if never given)")
     b.add("rituximab_ever", ~np.isnan(rx_months), "current_regimen", "rituximab", "rituximab ever given", "0/1",
           "rituximab was given at some time before the decision")
     # lines of therapy: distinct non-glucocorticoid drugs ever started before the cut-off
@@ -832,14 +833,17 @@ def _disease_features(b: _Builder, codes: np.ndarray, as_of: np.ndarray, tracks:
         b.add(f"{measure}_observed", pos >= 0, "disease_activity", clinical, f"{label} recorded", "0/1",
               f"{label} was recorded at least once before the decision")
         b.add(f"{measure}_days_since", as_of - t.take_days(pos), "disease_activity", clinical,
-              f"days since {label}", "days", f"age of the latest {label} (NaN if never recorded)")
+              f"days since the latest {label}", "days", f"age of the latest {label} (NaN if never recorded)")
         for window in config.change_windows_days:
             then_pos = t.latest(codes, as_of - window + 1)  # latest value at least `window` days before as_of
             then = np.where(then_pos >= 0, values[np.maximum(then_pos, 0)] if len(values) else np.nan, np.nan)
             months = round(window / DAYS_PER_MONTH)
+            # nothing recorded within the window gives 0 (the last value carried forward; with the days since the
+            # latest value the model tells it from a stable measure — as NaN every metric was worse); pages word it
             b.add(f"{measure}_change_{months}m", latest - then, "disease_activity", clinical,
                   f"change in {label} over {months} months", unit,
-                  f"latest {label} minus the value {months} months earlier (positive = higher)")
+                  f"latest {label} minus the value {months} months earlier (positive = higher; 0 when nothing was "
+                  f"recorded in those months)")
         ufunc = np.fmax if higher_worse else np.fmin
         worst = t.window_reduce(codes, as_of - config.worst_window_days, as_of, values, ufunc)
         wm = round(config.worst_window_days / DAYS_PER_MONTH)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -188,10 +188,10 @@ def option_rows(pred: pd.DataFrame, labels: Mapping[str, str], thin: set[str] | 
 
 def option_explanations(
     explanations: Any, X: pd.DataFrame, dictionary: pd.DataFrame, eligible: Sequence[str],
-    labels: Mapping[str, str], *, row: int = 0, n_bars: int = 8, k: int = 3,
+    labels: Mapping[str, str], *, row: int = 0, n_bars: int = 8, k: int = 3, unmeasured: Collection[str] = (),
 ) -> tuple[OptionExplanation, ...]:
     """Waterfall bars (top clinical facts + 'all other facts'), contrast bars and plain-words reasons per eligible
-    option for one row of X, from `models.explain.Explanations`."""
+    option for one row of X, from `models.explain.Explanations` (`unmeasured`: see `clinical.plain_reason`)."""
     from models import explain as E
 
     out = []
@@ -206,7 +206,7 @@ def option_explanations(
         groups = E.feature_groups(s.columns, dictionary)
         base = float(s.probability_base[row]) * 100 if s.probability_base is not None else float(s.base[row])
         final = float(s.probability[row]) * 100 if s.probability is not None else float(s.output[row])
-        own, bars = _split_option(_bars(_worded(E.grouped_frame(s, groups, row=row), r, "reason"), n_bars,
+        own, bars = _split_option(_bars(_worded(E.grouped_frame(s, groups, row=row), r, "reason", unmeasured), n_bars,
                                         final - base))
         con = explanations.get("contrast", option)
         contrast: tuple[Bar, ...] = ()
@@ -218,7 +218,7 @@ def option_explanations(
             # change from the average difference is this patient's level, a bar 'not attributed to one fact'
             total = (float(con.probability[row]) * 100 if con.probability is not None
                      else float(pts[row].sum()) * 100 + start)
-            worded = _worded(E.grouped_frame(con, groups, row=row, points=pts), r, "contrast_reason")
+            worded = _worded(E.grouped_frame(con, groups, row=row, points=pts), r, "contrast_reason", unmeasured)
             con_own, contrast = _split_option(_bars(worded, n_bars, total - start))
             con_base = start + con_own
         out.append(OptionExplanation(
@@ -233,7 +233,8 @@ def option_explanations(
     return tuple(out)
 
 
-def _worded(grouped: pd.DataFrame, r: pd.Series | None, prefix: str) -> pd.DataFrame:
+def _worded(grouped: pd.DataFrame, r: pd.Series | None, prefix: str, unmeasured: Collection[str] = ()
+            ) -> pd.DataFrame:
     """The grouped explanation with each clinical feature labelled by this patient's fact as the option's reasons
     word it ("latest CK = 4.9 × upper limit of normal", matched by clinical feature), else by the feature's name;
     the points are unchanged, so a bar and a reason about one feature read alike."""
@@ -244,18 +245,18 @@ def _worded(grouped: pd.DataFrame, r: pd.Series | None, prefix: str) -> pd.DataF
     while r is not None and f"{prefix}_{i}_feature" in r.index:
         group, text = r[f"{prefix}_{i}_feature"], r[f"{prefix}_{i}_text"]
         if isinstance(group, str) and isinstance(text, str) and group != OPTION_GROUP:
-            facts.setdefault(group, _fact(text))
+            facts.setdefault(group, _fact(text, unmeasured))
         i += 1
     return grouped.assign(label=[facts.get(g, label) for g, label in zip(grouped["group"], grouped["label"],
                                                                           strict=True)])
 
 
-def _fact(reason: str) -> str:
+def _fact(reason: str, unmeasured: Collection[str] = ()) -> str:
     """The fact of a worded reason in clinical words, without its effect: 'latest CK = 4.9 × upper limit of normal
     → +2 in 100' reads 'latest CK = 4.9 × upper limit of normal'."""
     from pipeline.report.clinical import plain_reason
 
-    return plain_reason(reason).split(" → ")[0]
+    return plain_reason(reason, unmeasured).split(" → ")[0]
 
 
 def _split_option(bars: tuple[Bar, ...]) -> tuple[float, tuple[Bar, ...]]:
@@ -338,7 +339,7 @@ def _latest(assessments: pd.DataFrame, measure: str, as_of: pd.Timestamp) -> flo
 
 
 def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.DataFrame, *, row: int,
-                         k: int = 3) -> OptionRow:
+                         k: int = 3, unmeasured: Collection[str] = ()) -> OptionRow:
     """The option's row with the facts that move its safety risk most (points out of 100; the option group is left
     out, being no fact about the patient), each worded as this patient's fact, as the response reasons are."""
     from models import explain as E
@@ -351,7 +352,7 @@ def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.
     for i in range(1, k + 1):
         text, points = top.get(f"reason_{i}_text"), top.get(f"reason_{i}_contribution")
         if isinstance(text, str) and _ok(points) and abs(float(points)) >= 0.005:
-            texts.append(f"{_fact(text)} {'raises' if points > 0 else 'lowers'} it "
+            texts.append(f"{_fact(text, unmeasured)} {'raises' if points > 0 else 'lowers'} it "
                          f"({signed_points(points)})")
     return replace(o, safety_reasons=tuple(texts))
 
@@ -457,7 +458,9 @@ def build_patient_page(
     dictionary = C.with_current_targets(outputs.dictionary, current)
     labels = {o.name: o.label for o in catalog.options}
     eligible = pred.loc[pred["eligible"].astype(bool), "option"].astype(str).tolist()
-    explanations = option_explanations(ex, X, dictionary, eligible, labels, k=top_k)
+    # changes that are 0 only because nothing was recorded in their window are worded so, never "unchanged"
+    unmeasured = C.unmeasured_changes(X, dictionary, model.feature_config().change_windows_days)
+    explanations = option_explanations(ex, X, dictionary, eligible, labels, k=top_k, unmeasured=unmeasured)
     drug_labels = {d.generic: d.label for d in vocabulary.drugs}
     current_generics = current["generic"].astype(str).tolist() if len(current) else []
     proposed = [catalog.option(o).adds for o in eligible if catalog.option(o).adds]
@@ -499,7 +502,7 @@ def build_patient_page(
                                  f"body surface {bsa:.2f} m²" if bsa else "") if x)
     body_size = (("juvenile dose targets (per kg / per m²) for " if juvenile else "") + size) if size else ""
     options = option_rows(pred, labels, thin, calibration=evidence.calibration, drug_labels=drug_labels)
-    options = tuple(_with_safety_reasons(o, ex, X, dictionary, row=0) for o in options)
+    options = tuple(_with_safety_reasons(o, ex, X, dictionary, row=0, unmeasured=unmeasured) for o in options)
     optimise = C.below_target_drugs(regimen)
     options = tuple(replace(o, label=f"{o.label}: {', '.join(optimise)}") if o.option == "optimise_dose" and
                     o.eligible and optimise else o for o in options)
@@ -510,8 +513,8 @@ def build_patient_page(
     due = tuple(r for r in monitoring_reminders(monitoring, current_generics, [adds] if adds else [], drug_labels)
                 if r.drugs and (adds is None or any(drug_labels.get(adds, adds) in d for d in r.drugs)))
     guideline = C.guideline_option(options, catalog.guideline)  # configs/options.yaml's guideline list
-    explanations = tuple(replace(e, reasons=tuple(C.plain_reason(r) for r in e.reasons),
-                                 contrast_reasons=tuple(C.plain_reason(r) for r in e.contrast_reasons))
+    explanations = tuple(replace(e, reasons=tuple(C.plain_reason(r, unmeasured) for r in e.reasons),
+                                 contrast_reasons=tuple(C.plain_reason(r, unmeasured) for r in e.contrast_reasons))
                          for e in explanations)
     return Page(
         patient_id=patient_id, as_of=str(as_of.date()), model_name=loaded.name, model_version=loaded.version,
@@ -533,6 +536,7 @@ def build_patient_page(
                       if "steroid_sparing" in model.heads and model.data_settings is not None else None),
         simulated_training=simulated_training(evidence.metrics),
         star_rule=star_rule(float(getattr(model.config, "safety_weight", 0.0))),
+        regimen_cautions=catalog.current_combinations(current_generics, drug_labels),
     )
 
 

@@ -6,7 +6,7 @@ passed in: no file I/O, so every rule is tested on small frames."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -160,7 +160,7 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
         elif status == "above" and high is not None and mg is not None:
             action = f"above target ({aim}): {round(100 * mg / high)} % of the highest; check for toxicity"
         elif status == "at" and mg is not None and high is not None and high > mg * (1 + tol):
-            action = (f"at target; room up to {_per_cycle(high, *cycle)} within the range "
+            action = (f"room up to {_per_cycle(high, *cycle)} within the target range "
                       f"(now {_per_cycle(mg, *cycle)})")
         elif status == "at":
             action = "at target"
@@ -173,8 +173,8 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
                                   cycle[0], as_of)
         if course and due:  # first: what is due now, then anything about the dose itself
             action = course if action in ("", "at target") else f"{course}; {action}"
-        elif course:
-            action = f"{action}; {course}" if action else course
+        elif course:  # "at target" is the row's flag already
+            action = f"{action}; {course}" if action not in ("", "at target") else course
         out.append(replace(line, target=target, status=status, fraction_of_target=frac, action=action, basis=basis,
                            course_due=due))
     return tuple(out)
@@ -325,6 +325,25 @@ def age_words(days: int) -> str:
 
 
 # --- options: guideline choice, reasons in words ----------------------------------------------------------------
+def unmeasured_changes(X: pd.DataFrame, dictionary: pd.DataFrame, windows_days: Sequence[int], row: int = 0
+                       ) -> frozenset[str]:
+    """The labels of the change features ('change in CDASI activity over 3 months') that are 0 in `row` only
+    because nothing was recorded within their window (the latest value is at least the window old): the feature
+    carries the last value forward, a page must not call that 'unchanged'. `windows_days` are the feature
+    settings' change windows, named in whole months as the features name them."""
+    from features.vocabulary import DAYS_PER_MONTH
+
+    labels = dict(zip(dictionary["feature"], dictionary["label"], strict=True))
+    out = set()
+    for window in windows_days:
+        suffix = f"_change_{round(window / DAYS_PER_MONTH)}m"
+        for feature in (c for c in X.columns if c.endswith(suffix) and c in labels):
+            since = f"{feature.removesuffix(suffix)}_days_since"
+            if since in X.columns and X[feature].iloc[row] == 0 and X[since].iloc[row] >= window:
+                out.add(labels[feature])
+    return frozenset(out)
+
+
 def guideline_option(options: Sequence[OptionRow], order: Sequence[str]) -> OptionRow | None:
     """The first eligible, modelled option in the guideline order (configs/options.yaml `guideline`) that no label
     combination rule advises against — a clinician following the list obeys the labels too — else None."""
@@ -338,13 +357,17 @@ _CHANGE = re.compile(r"^change in (?P<what>.+?) over (?P<span>\d+ months?) = (?P
 _MONTHS_ON = re.compile(r"^months on (?P<drug>.+?) = (?P<value>[\d.]+)(?: months)? (?P<arrow>→.*)$")
 
 
-def plain_reason(text: str) -> str:
+def plain_reason(text: str, unmeasured: Collection[str] = ()) -> str:
     """A model reason in clinical words with sensible precision: changes say their direction ('physician global
-    activity rose by 1.2 cm (0-10) over 6 months'), time on a drug in whole months, other numbers 3 figures."""
+    activity rose by 1.2 cm (0-10) over 6 months'), time on a drug in whole months, other numbers 3 figures. A
+    change in `unmeasured` ('change in CDASI activity over 3 months': nothing recorded in those months, so the
+    last value was carried forward) reads 'CDASI activity not recorded in the last 3 months', never 'unchanged'."""
     text = _NUMBER.sub(lambda m: f"{float(m.group(1)):.3g}", text)
     m = _CHANGE.match(text)
     if m:
         v = float(m["value"])
+        if v == 0 and f"change in {m['what']} over {m['span']}" in unmeasured:
+            return f"{m['what']} not recorded in the last {m['span']} {m['arrow']}"
         verb = "unchanged" if v == 0 else ("fell by" if m["sign"] else "rose by")
         amount = "" if v == 0 else f" {v:.2g} {m['unit'].strip()}".rstrip()
         return f"{m['what']} {verb}{amount} over {m['span']} {m['arrow']}"

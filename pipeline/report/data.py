@@ -192,6 +192,9 @@ class Page:
     simulated_training: bool | None = None
     #: what the ★ maximises: the chance of response, less `safety_weight` × the safety risk when the model weighs it
     star_rule: str = "highest estimated chance of response"
+    #: label combination rules the current drugs already break together (continuing keeps them): (the drugs,
+    #: the rule's text), e.g. ("tofacitinib with abatacept", "JAK inhibitor labels advise against …")
+    regimen_cautions: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -540,7 +540,7 @@ def test_the_star_says_what_it_maximises_when_the_model_weighs_safety():
 
 def test_summary_compares_the_starred_options_safety_risk_with_continuing(html):
     summary = html[html.index('id="summary"'):html.index("</section>", html.index('id="summary"'))]
-    assert 'id="safety-vs-continue">continuing: 6 in 100 (+3)' in summary
+    assert 'id="safety-vs-continue">continuing: 6 in 100 (this option: +3)' in summary
 
 
 def test_the_banner_says_when_the_model_learnt_from_simulated_patients_only():
@@ -641,7 +641,7 @@ def test_a_rituximab_course_due_by_its_schedule_leads_the_dose_actions(as_of, du
     line, mmf = R.dose_lines(_current(rituximab=RTX, mycophenolate={"last_course_date": pd.NaT}), VOCABULARY,
                              juvenile=False, weight_kg=70.0, bsa_m2=None, tolerance=TOLERANCE,
                              as_of=pd.Timestamp(as_of))
-    assert line.course_due is due and line.action.startswith(words if due else "at target; " + words)
+    assert line.course_due is due and line.action.startswith(words)
     assert "a course every 6 months; the last began 2026-05-20" in line.action
     assert line.action.endswith(": re-dose if still indicated") is due  # a reminder, never an order
     assert not mmf.course_due and "course" not in mmf.action
@@ -1028,7 +1028,56 @@ def test_a_printed_difference_is_the_difference_of_the_printed_figures():
     assert re.search(r'data-label="vs continue" class="num">\+23<', row[:row.index("</tr>")])
     tiles = html[html.index('class="tiles"'):html.index("</dl>")]
     assert tiles.count("+23 in 100") == 2 and "+24" not in tiles  # vs continuing, vs the guideline (continue)
-    assert 'id="safety-vs-continue">continuing: 6 in 100 (+3)' in tiles
+    assert 'id="safety-vs-continue">continuing: 6 in 100 (this option: +3)' in tiles
     assert "61 in 100 (+23 vs continuing)" in html
     chart = str(R.contrast_svg(explanation))
     assert "compared with continuing: +23 in 100" in chart and ">+23<" in chart and "+24" not in chart
+
+
+def test_the_prednisone_column_is_explained_where_it_is_shown():
+    """The steroid-sparing column's heading is short; the table's note says what its chance is of."""
+    shown = R.render_page(dataclasses.replace(sample_page(), steroid_goal=7.5))
+    note = shown[shown.index('id="options-note"'):]
+    assert "Prednisone column: the chance that prednisone is at or below 7.5 mg/day at 24 weeks" in note[:2000]
+    assert "Prednisone column" not in R.render_page(sample_page())
+
+
+def test_current_drugs_a_label_advises_against_combining_are_said_on_the_page():
+    """Continuing starts nothing, so no option row flags it: the page itself says when the drugs taken now already
+    break a label's combination rule, each pair once, in the summary and beside the regimen."""
+    from features.vocabulary import OptionCatalog
+
+    catalog = OptionCatalog.from_config(load_reference("options"))
+    labels = {"tofacitinib": "tofacitinib (JAK inhibitor)"}
+    said = catalog.current_combinations(["abatacept", "rituximab", "tofacitinib", "methotrexate"], labels)
+    assert said[0][0] == "tofacitinib (JAK inhibitor) with abatacept"
+    assert said[0][1].startswith("JAK inhibitor labels advise against combining with a biologic DMARD")
+    assert [pair for pair, _ in said[1:]] == ["rituximab with tofacitinib (JAK inhibitor)", "rituximab with abatacept"]
+    assert catalog.current_combinations(["ivig", "mycophenolate", "prednisone", "rituximab"]) == ()
+    html = R.render_page(dataclasses.replace(sample_page(), regimen_cautions=said))
+    summary = html[html.index('id="summary-regimen-caution"'):]
+    assert summary.index("tofacitinib (JAK inhibitor) with abatacept; rituximab with") < summary.index("</p>")
+    assert f"tofacitinib (JAK inhibitor) with abatacept: {said[0][1]}" in html[html.index('id="regimen-cautions"'):]
+    assert 'id="regimen-cautions"' not in R.render_page(sample_page())
+
+
+def test_a_change_over_months_with_nothing_recorded_in_them_is_not_called_unchanged():
+    """The change features carry the last value forward, so a measure last recorded 10 months ago has a 3-month
+    change of 0: the page says it was not recorded in those months; a measure recorded twice, equal, is unchanged."""
+    from pipeline.report import clinical as C
+
+    dictionary = pd.DataFrame({"feature": ["cdasi_activity_change_3m", "cdasi_activity_change_6m",
+                                           "mmt8_change_3m", "cdasi_activity_days_since", "mmt8_days_since"],
+                               "label": ["change in CDASI activity over 3 months",
+                                         "change in CDASI activity over 6 months", "change in MMT-8 over 3 months",
+                                         "days since the latest CDASI activity", "days since the latest MMT-8"]})
+    X = pd.DataFrame({"cdasi_activity_change_3m": [0.0], "cdasi_activity_change_6m": [-4.0], "mmt8_change_3m": [0.0],
+                      "cdasi_activity_days_since": [120.0], "mmt8_days_since": [30.0]})
+    unmeasured = C.unmeasured_changes(X, dictionary, (91, 182))
+    assert unmeasured == {"change in CDASI activity over 3 months"}
+    assert C.plain_reason("change in CDASI activity over 3 months = 0 score (0-100) → +2 in 100", unmeasured) == \
+        "CDASI activity not recorded in the last 3 months → +2 in 100"
+    assert C.plain_reason("change in MMT-8 over 3 months = 0 score (0-80) → −1 in 100", unmeasured) == \
+        "MMT-8 unchanged over 3 months → −1 in 100"
+    assert C.plain_reason("change in CDASI activity over 3 months = 0 score (0-100) → +2 in 100") == \
+        "CDASI activity unchanged over 3 months → +2 in 100"
