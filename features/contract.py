@@ -833,11 +833,13 @@ def _resolve_doses(
                                       per_body)])
     warnings = _assemble([
         _finding("regimens", r, no_weight, "dose_unit", "no_body_size",
-                 lambda f: f["dose_unit"].astype(str) + " dose but no weight measured on or before "
-                 + _fmt_dates(f["start_date"]) + ", so its dose in mg is unknown", severity="warning"),
+                 lambda f: f["drug"].astype(str) + " dosed per " + f["dose_unit"].astype(str).str.split("/").str[-1]
+                 + " from " + _fmt_dates(f["start_date"]) + ": no weight measured on or before that start, so its "
+                 "dose in mg is unknown until a weight is recorded", severity="warning"),
         _finding("regimens", r, no_height, "dose_unit", "no_body_size",
-                 lambda f: "mg/m2 dose but no height measured on or before " + _fmt_dates(f["start_date"])
-                 + ", so its dose in mg is unknown", severity="warning"),
+                 lambda f: f["drug"].astype(str) + " dosed per m2 from " + _fmt_dates(f["start_date"])
+                 + ": no height measured on or before that start, so its dose in mg is unknown until a height is "
+                 "recorded", severity="warning"),
     ])
     return r, warnings
 

@@ -29,6 +29,7 @@ from pipeline.report.evidence import (
     calibration_note,
     ineligible_text,
     performance_facts,
+    subgroup_fact,
     thin_overlap_options,
 )
 from pipeline.report.load import LoadedModel
@@ -487,6 +488,8 @@ def build_patient_page(
         ("options modelled", ", ".join(labels.get(a, a) for a in model.arms)),
         ("training decisions per option", ", ".join(f"{labels.get(o, o)} {int(counts[o])}"
                                                     for o in catalog.names if o in counts) or "not recorded"),
+        ("in validation, for patients like this", subgroup_fact(evidence.subgroups, _subgroups(one["patients"]))
+         or "no validation by subgroup recorded"),
         ("when not to use", "patients unlike the training population; options shown greyed; any decision "
                             "without a clinician's review"),
         ("explanations", " ".join(CALIBRATED_REASONS if n == E.CALIBRATION_NOTE else n for n in ex.notes)
@@ -537,7 +540,16 @@ def build_patient_page(
         simulated_training=simulated_training(evidence.metrics),
         star_rule=star_rule(float(getattr(model.config, "safety_weight", 0.0))),
         regimen_cautions=catalog.current_combinations(current_generics, drug_labels),
+        difference_error=evidence.metrics.get("sim_sqrt_pehe"),
     )
+
+
+def _subgroups(patients: pd.DataFrame) -> dict[str, str]:
+    """This patient's clinical subgroups as the evaluation labels them (antibody group, ILD, juvenile or adult)."""
+    from models.evaluation.subgroups import clinical_subgroups
+
+    row = clinical_subgroups(patients).iloc[0]
+    return {name: str(row[name]) for name in ("antibody_group", "ild", "age_group")}
 
 
 def star_rule(safety_weight: float) -> str:

@@ -248,7 +248,9 @@ def _juvenile_line(t: pd.Series, mg: float | None, weight_kg: float | None, bsa_
     span = (f"{_per_cycle(low, days, doses, '')}–{_per_cycle(high, days, doses, word)}"
             if high > low * (1 + tol) else _per_cycle(low, days, doses, word))
     unit = {"mg_per_kg": "per kg", "mg_per_m2": "per m²"}.get(str(t["target_basis"]), "by weight band")
-    return f"{text}: {span} for {what}", status, f"juvenile target {unit} ({what})", low, high, frac
+    # an induction band ('induction 1–2 mg/kg/day …, then the lowest effective dose') names the induction dose
+    sized = f" (induction for {what}: {span})" if bool(t.get("induction_only", False)) else f": {span} for {what}"
+    return f"{text}{sized}", status, f"juvenile target {unit} ({what})", low, high, frac
 
 
 def with_current_targets(dictionary: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:

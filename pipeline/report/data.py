@@ -195,6 +195,9 @@ class Page:
     #: label combination rules the current drugs already break together (continuing keeps them): (the drugs,
     #: the rule's text), e.g. ("tofacitinib with abatacept", "JAK inhibitor labels advise against …")
     regimen_cautions: tuple[tuple[str, str], ...] = ()
+    #: how far an option's estimated difference from continuing was from the truth in validation (root mean square,
+    #: probability; known on a simulated cohort only): said beside the ★'s difference
+    difference_error: float | None = None
 
 
 @dataclass(frozen=True)

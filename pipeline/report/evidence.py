@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ class ModelEvidence:
     source: str = "unknown"
     #: the two-sided level of the evaluation's confidence intervals (params.yaml `evaluation.confidence_level`)
     confidence_level: float = 0.95
+    #: validation metrics by clinical subgroup (evaluate's tables/subgroups.csv; empty when unknown)
+    subgroups: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def threshold_for(self, patient: Mapping[str, Any]) -> float:
         """The response threshold of this patient's diagnosis (juvenile DM has its own)."""
@@ -162,6 +165,31 @@ def _names_run(path: Path, run_id: str) -> bool:
         return False
 
 
+#: evaluate's artefacts the page reads, by name: their paths in data/evaluate/ and under the run's `evaluate/`
+ARTIFACTS = {"calibration": "plots/calibration.csv", "subgroups": "tables/subgroups.csv"}
+
+
+def subgroup_fact(subgroups: pd.DataFrame, groups: Mapping[str, str]) -> str:
+    """How the model did in validation for this patient's clinical subgroups (`groups`: subgroup → level, as
+    `models.evaluation.clinical_subgroups` labels them), e.g. 'ILD (164 decisions): AUROC 0.79, calibration error 9
+    in 100; juvenile (18 decisions): too few to judge'; '' when the evaluation has no subgroup table."""
+    if subgroups.empty or not {"subgroup", "level", "n"} <= set(subgroups.columns):
+        return ""
+    parts = []
+    for subgroup, level in groups.items():
+        row = subgroups[(subgroups["subgroup"] == subgroup) & (subgroups["level"].astype(str) == str(level))]
+        if row.empty:
+            continue
+        r = row.iloc[0]
+        n = int(r["n"])
+        if not _ok(r.get("auroc")):
+            parts.append(f"{level} ({n:,} decisions): too few to judge")
+            continue
+        ece = f", calibration error {round(100 * float(r['ece']))} in 100" if _ok(r.get("ece")) else ""
+        parts.append(f"{level} ({n:,} decisions): AUROC {float(r['auroc']):.2f}{ece}")
+    return "; ".join(parts)
+
+
 def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = Path("data/evaluate"), *,
                   use_mlflow: bool = True) -> ModelEvidence:
     """What the page may say about this model version: the horizon and calibration settings it was trained and
@@ -173,7 +201,7 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
     cfg = loaded.model.config
     run_params: dict[str, str] = {}
     metrics: dict[str, float] = {}
-    curve = pd.DataFrame()
+    tables: dict[str, pd.DataFrame] = {}  # ARTIFACTS found: the run's, else the local ones of the same run
     source = "not evaluated"
     if use_mlflow and loaded.run_id not in ("", "unknown"):
         from pipeline import registry_store as store
@@ -187,9 +215,10 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
                 run_params, metrics = record.params, record.metrics
                 if "response_auroc" in metrics:
                     source = f"MLflow run {loaded.run_id}"
-                logged = None if record.artifact_dir is None else record.artifact_dir / "evaluate/plots/calibration.csv"
-                if logged is not None and logged.is_file():
-                    curve = pd.read_csv(logged)
+                for name, path in ARTIFACTS.items():
+                    logged = None if record.artifact_dir is None else record.artifact_dir / "evaluate" / path
+                    if logged is not None and logged.is_file():
+                        tables[name] = pd.read_csv(logged)
         except store.StoreUnreadable:
             pass  # MLflow below
     if use_mlflow and loaded.run_id not in ("", "unknown"):
@@ -204,12 +233,10 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
             run_params, metrics = dict(run.data.params), dict(run.data.metrics)
             if "response_auroc" in metrics:
                 source = f"MLflow run {loaded.run_id}"
-            try:
-                path = mlflow.artifacts.download_artifacts(run_id=loaded.run_id,
-                                                           artifact_path="evaluate/plots/calibration.csv")
-                curve = pd.read_csv(path)
-            except Exception:  # noqa: BLE001 - no logged curve: the local one below, if it is this run's
-                pass
+            for name, path in ARTIFACTS.items():
+                with contextlib.suppress(Exception):  # not logged: the local one below, if it is this run's
+                    tables[name] = pd.read_csv(mlflow.artifacts.download_artifacts(
+                        run_id=loaded.run_id, artifact_path=f"evaluate/{path}"))
         except Exception as exc:  # noqa: BLE001 - say why the registry's figures are missing, then fall back
             typer.echo(f"MLflow run {loaded.run_id} not readable ({exc}); using {evaluate_dir}", err=True)
     same_run = _names_run(Path(evaluate_dir) / "run.json", loaded.run_id)
@@ -221,8 +248,10 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
 
         metrics = {k: v for k, v in read_json(local).items() if v is not None}
         source = str(local)
-    if same_run and curve.empty and (Path(evaluate_dir) / "plots" / "calibration.csv").is_file():
-        curve = pd.read_csv(Path(evaluate_dir) / "plots" / "calibration.csv")
+    for name, path in ARTIFACTS.items():
+        if same_run and name not in tables and (Path(evaluate_dir) / path).is_file():
+            tables[name] = pd.read_csv(Path(evaluate_dir) / path)
+    curve = tables.get("calibration", pd.DataFrame())
     recorded = getattr(loaded.model, "data_settings", None)  # the label settings the model was trained with
     horizon = (recorded.labels.horizon_weeks if recorded is not None
                else run_params.get("labels.horizon_weeks", settings.labels.horizon_weeks))
@@ -235,5 +264,6 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
         positivity_threshold=float(cfg.propensity.positivity_threshold),
         metrics=metrics, calibration=pooled_calibration(curve, n_bins, strategy), source=source,
         confidence_level=float(run_params.get("evaluation.confidence_level", settings.evaluation.confidence_level)),
+        subgroups=tables.get("subgroups", pd.DataFrame()),
     )
 

@@ -475,11 +475,36 @@ def test_evidence_uses_local_metrics_only_for_the_same_run(tmp_path):
     # evaluated another run (the model was trained again, evaluate not yet rerun), or unknown which: not shown
     for other in (evidence("run-b"), evidence(None)):
         assert other.metrics == {} and other.calibration.empty and other.source == "not evaluated"
+        assert other.subgroups.empty
     # every held-out metric (tables/headline.json) is preferred to the headline subset in metrics.json
     (tmp_path / "evaluate" / "tables").mkdir()
     (tmp_path / "evaluate" / "tables" / "headline.json").write_text(json.dumps({"response_auroc": 0.8, "response_n": 90}))
     full = evidence("run-a")
     assert full.metrics == {"response_auroc": 0.8, "response_n": 90} and full.source.endswith("headline.json")
+    # the validation by clinical subgroup, from the same evaluation's tables
+    SUBGROUPS.to_csv(tmp_path / "evaluate" / "tables" / "subgroups.csv", index=False)
+    assert evidence("run-a").subgroups.equals(SUBGROUPS) and evidence("run-b").subgroups.empty
+
+
+SUBGROUPS = pd.DataFrame({"subgroup": ["ild", "ild", "age_group", "age_group"],
+                          "level": ["ILD", "no ILD", "adult", "juvenile"], "n": [164, 430, 576, 18],
+                          "auroc": [0.7867, 0.8078, 0.802, np.nan], "ece": [0.0875, 0.0455, 0.0426, np.nan]})
+
+
+def test_the_model_facts_say_how_it_did_for_this_patients_subgroups():
+    """From the evaluation's subgroup table: the rows of this patient's ILD status and age group, in words; a
+    subgroup too small to judge says so; no table, no sentence."""
+    from pipeline.report.assemble import _subgroups
+    from pipeline.report.evidence import subgroup_fact
+
+    child = pd.DataFrame({"patient_id": ["P1"], "diagnosis": ["juvenile_dermatomyositis"], "ild": [True],
+                          **{f: [False] for f in ("anti_mda5", "anti_synthetase", "anti_tif1g", "anti_nxp2",
+                                                  "anti_mi2", "anti_sae", "anti_srp_hmgcr", "antibody_negative")}})
+    groups = _subgroups(child)
+    assert groups == {"antibody_group": "no antibody recorded", "ild": "ILD", "age_group": "juvenile"}
+    assert subgroup_fact(SUBGROUPS, groups) == ("ILD (164 decisions): AUROC 0.79, calibration error 9 in 100; "
+                                                "juvenile (18 decisions): too few to judge")
+    assert subgroup_fact(pd.DataFrame(), groups) == ""
 
 
 # --- the summary band, clinical rules, one patient's read ------------------------------------------------------
@@ -1081,3 +1106,21 @@ def test_a_change_over_months_with_nothing_recorded_in_them_is_not_called_unchan
         "MMT-8 unchanged over 3 months → −1 in 100"
     assert C.plain_reason("change in CDASI activity over 3 months = 0 score (0-100) → +2 in 100") == \
         "CDASI activity unchanged over 3 months → +2 in 100"
+
+
+def test_a_childs_prednisone_target_names_its_figure_as_the_induction_dose():
+    """SHARE's juvenile prednisone is an induction band then 'the lowest effective dose': the figure for this
+    child is the induction dose, never read as the lowest effective dose."""
+    [pred] = R.dose_lines(_current(prednisone={"dose": 20.0, "intensity_mg_day": 20.0}), VOCABULARY, juvenile=True,
+                          weight_kg=56.0, bsa_m2=R.mosteller_bsa(56.0, 150.0), tolerance=TOLERANCE)
+    assert pred.target == ("induction 1–2 mg/kg/day (at most 60 mg/day), then the lowest effective dose "
+                           "(induction for 56 kg: 56 mg/day)")
+
+
+def test_the_stars_difference_from_continuing_carries_the_models_error_where_it_is_known():
+    """A +10 shown bare reads as certain: where validation measured how far such differences were from the truth
+    (a simulated cohort), the tile says so; elsewhere nothing is claimed."""
+    shown = R.render_page(dataclasses.replace(sample_page(), difference_error=0.177))
+    tiles = shown[shown.index('class="tiles"'):shown.index("</dl>")]
+    assert 'id="difference-error">in validation such a difference was off by about 18 in 100' in tiles
+    assert 'id="difference-error"' not in R.render_page(sample_page())

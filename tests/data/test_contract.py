@@ -563,6 +563,9 @@ def test_the_seed_case_validates_without_errors(vocabulary, measures):
     assert result.errors.empty, result.errors.to_string()
     # IVIG started in 2024, before the first recorded weight: a warning, the row kept without dose_mg
     assert _found(result.warnings) == {("regimens", 5, "dose_unit", "no_body_size", W)}
+    # the finding names the drug as written, so the page's data check says which dose it is about
+    assert result.warnings["message"].iloc[0].startswith(
+        "IVIG (Privigen) dosed per kg from 2024-01-10: no weight measured on or before that start")
     r = result.normalised["regimens"].set_index("generic")
     assert r.loc["tocilizumab", "dose_mg"] == pytest.approx(8 * 70)  # weight 70 kg on 2026-05-19
     assert r.loc["mycophenolate", "daily_mg"] == pytest.approx(2000)
