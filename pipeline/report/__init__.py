@@ -41,7 +41,7 @@ from pipeline.report.assemble import (
     simulated_training,
     trend_series,
 )
-from pipeline.report.charts import axis_domain, contrast_svg, steps, trends_svg, waterfall_svg
+from pipeline.report.charts import axis_domain, contrast_svg, icon_array_svg, steps, trends_svg, waterfall_svg
 from pipeline.report.clinical import (
     disease_notes,
     dose_lines,
@@ -99,7 +99,7 @@ __all__ = [
     "load_evidence", "load_model", "monitoring_reminders", "option_explanations", "option_rows", "page_file_name",
     "patient_facts", "patient_findings", "points_between", "performance_facts", "pooled_calibration", "regimen_lines",
     "batched_pages", "render_index", "render_page", "run_report", "safety_summary", "simulated_training", "score_range", "signed_points",
-    "thin_overlap_options", "steps", "axis_domain", "LabResult", "Summary", "summarise", "guideline_option", "lab_grade", "mosteller_bsa", "plain_reason", "trend_series", "trends_svg", "waterfall_svg",
+    "thin_overlap_options", "icon_array_svg", "steps", "axis_domain", "LabResult", "Summary", "summarise", "guideline_option", "lab_grade", "mosteller_bsa", "plain_reason", "trend_series", "trends_svg", "waterfall_svg",
 ]
 
 class ReportRefusal(ValueError):

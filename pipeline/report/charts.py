@@ -165,6 +165,21 @@ def contrast_svg(expl: OptionExplanation, *, width: int = CHART_W) -> Markup:
                   axis="◀ worse than continuing · better ▶ (points in 100)")
 
 
+def icon_array_svg(p: float | None, what: str, *, cell: int = 6, gap: int = 1) -> Markup:
+    """An icon array of 100 patients like this one, the first round(100 p) filled: the number and its denominator
+    seen at once (risk-communication practice); `what` says what a filled icon means ("respond within 24 weeks").
+    Empty markup without a probability."""
+    if p is None or not math.isfinite(p):
+        return Markup("")
+    n = int(round(100 * min(max(p, 0.0), 1.0)))
+    step = cell + gap
+    body = [f'<rect x="{(i % 10) * step}" y="{(i // 10) * step}" width="{cell}" height="{cell}" rx="2" '
+            f'fill="{UP if i < n else "#e4e4e4"}"/>' for i in range(100)]
+    title = f"{n} in 100 patients like this {what}"
+    return _svg(10 * step - gap, 10 * step - gap, title, f"{n} filled squares of 100; {100 - n} empty.", body,
+                "icons")
+
+
 def trends_svg(series: Sequence[TrendSeries], *, panel_w: int = 240, panel_h: int = 140) -> Markup:
     """Small multiples: one SVG panel per measure with its own scale on a shared time axis, values over time with
     dated markers; the panels wrap to the screen's width (one per row on a phone)."""

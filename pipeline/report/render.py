@@ -8,7 +8,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from pipeline.report.charts import contrast_svg, trends_svg, waterfall_svg
+from pipeline.report.charts import contrast_svg, icon_array_svg, trends_svg, waterfall_svg
 from pipeline.report.data import (
     BANNER,
     CAVEAT,
@@ -58,8 +58,10 @@ def _environment() -> Any:
 def render_page(page: Page) -> str:
     """The self-contained HTML of one patient's page (inline CSS and SVG, no script, no network)."""
     env = _environment()
+    best = next((o for o in page.options if o.recommended), None)
     charts = {
         "trends": trends_svg(page.trends),
+        "icons": icon_array_svg(best.p_response if best else None, f"respond within {page.horizon_weeks} weeks"),
         "waterfalls": {e.option: waterfall_svg(e) for e in page.explanations},
         "contrasts": {e.option: contrast_svg(e) for e in page.explanations if e.contrast},
     }

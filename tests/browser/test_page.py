@@ -74,10 +74,11 @@ def test_page_renders_without_errors_with_every_plot_and_option(browser, site):
     banner = page.locator("#banner")
     assert banner.is_visible() and R.BANNER.upper() in banner.inner_text().upper()
     svgs = page.locator("svg.chart")
-    assert svgs.count() == 5  # two trend panels, two waterfalls, one contrast
+    assert svgs.count() == 6  # the ★'s icon array, two trend panels, two waterfalls, one contrast
     for i in range(svgs.count()):
         box = svgs.nth(i).bounding_box()
-        assert box is not None and box["width"] > 100 and box["height"] > 30, i
+        icons = "icons" in (svgs.nth(i).get_attribute("class") or "")  # 100 small squares beside the number
+        assert box is not None and box["width"] > (60 if icons else 100) and box["height"] > 30, i
         assert svgs.nth(i).get_attribute("aria-label")
     rows = page.locator("#options-table tbody tr")
     assert rows.count() == len(sample_page().options)

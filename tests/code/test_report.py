@@ -93,7 +93,7 @@ def test_options_table_has_one_row_per_option_with_absolute_numbers(html):
 
 def test_every_chart_is_inline_svg_with_alt_text_and_a_data_table(html):
     svgs = re.findall(r"<svg [^>]*>", html)
-    assert len(svgs) == 5  # two trend panels, two waterfalls, one contrast (continue has none)
+    assert len(svgs) == 6  # the ★'s icon array, two trend panels, two waterfalls, one contrast (continue has none)
     assert all('role="img"' in s and "aria-label=" in s for s in svgs)
     assert html.count("<title>") >= 5  # page title + one per chart
     assert html.count("Data behind the chart") == 3  # trends + one per explained option
@@ -565,7 +565,7 @@ def test_the_star_says_what_it_maximises_when_the_model_weighs_safety():
 
 def test_summary_compares_the_starred_options_safety_risk_with_continuing(html):
     summary = html[html.index('id="summary"'):html.index("</section>", html.index('id="summary"'))]
-    assert 'id="safety-vs-continue">continuing: 6 in 100 (this option: +3)' in summary
+    assert 'id="safety-vs-continue">+3 vs continuing (6 in 100)' in summary
 
 
 def test_the_banner_says_when_the_model_learnt_from_simulated_patients_only():
@@ -1053,7 +1053,7 @@ def test_a_printed_difference_is_the_difference_of_the_printed_figures():
     assert re.search(r'data-label="vs continue" class="num">\+23<', row[:row.index("</tr>")])
     tiles = html[html.index('class="tiles"'):html.index("</dl>")]
     assert tiles.count("+23 in 100") == 2 and "+24" not in tiles  # vs continuing, vs the guideline (continue)
-    assert 'id="safety-vs-continue">continuing: 6 in 100 (this option: +3)' in tiles
+    assert 'id="safety-vs-continue">+3 vs continuing (6 in 100)' in tiles
     assert "61 in 100 (+23 vs continuing)" in html
     chart = str(R.contrast_svg(explanation))
     assert "compared with continuing: +23 in 100" in chart and ">+23<" in chart and "+24" not in chart
@@ -1124,3 +1124,13 @@ def test_the_stars_difference_from_continuing_carries_the_models_error_where_it_
     tiles = shown[shown.index('class="tiles"'):shown.index("</dl>")]
     assert 'id="difference-error">in validation such a difference was off by about 18 in 100' in tiles
     assert 'id="difference-error"' not in R.render_page(sample_page())
+
+
+def test_the_stars_chance_is_drawn_as_100_patients_like_this(html):
+    """An icon array beside the headline number shows numerator and denominator at once: 62 of 100 filled."""
+    tile = html[html.index('class="tiles"'):html.index("</dl>")]
+    icons = tile[tile.index('<svg class="chart icons"'):tile.index("</svg>")]
+    assert 'aria-label="62 in 100 patients like this respond within 24 weeks"' in icons
+    assert icons.count("<rect") == 100 and icons.count(f'fill="{R.OKABE_ITO["blue"]}"') == 62
+    assert "62 in 100</strong> <span class=\"ci\">patients like this (90 % interval 52–72)" in tile and "chance of response (TIS ≥ 40)" in tile
+    assert str(R.icon_array_svg(None, "respond")) == ""
