@@ -38,6 +38,8 @@ from pipeline.registry_store import BUNDLE_FILE, CANDIDATE, CHAMPION, MODEL_NAME
 EXPERIMENT = "escalate"
 #: the training run's tag holding the sha256 of the bundle it registered (same inputs give the same bytes).
 BUNDLE_SHA_TAG = "model.bundle.sha256"
+#: and of what the registered model ships beside it (`code_fingerprint`): its code and its requirements.
+CODE_SHA_TAG = "model.code.sha256"
 #: the registered model's code file and the pure packages shipped with it (what that file imports).
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 CODE_PACKAGES: tuple[str, ...] = ("models", "features")
@@ -53,6 +55,7 @@ RUNTIME_DISTRIBUTIONS: tuple[str, ...] = (
     "pyarrow",
     "pydantic",
     "joblib",
+    "shap",  # the trees of a score GLM (the default learner) are explained with shap's TreeExplainer
 )
 
 
@@ -207,10 +210,24 @@ def alias_run_id(alias: str, name: str = MODEL_NAME) -> tuple[str, str] | None:
     return str(version.version), str(version.run_id)
 
 
-def candidate_with_bundle(sha256: str, name: str = MODEL_NAME) -> tuple[str, str] | None:
+def code_fingerprint() -> str:
+    """sha256 of what the registered model ships besides its bundle: the sources of its code packages and its
+    pyfunc file, and its pinned requirements. A change to any of them (an explanation's wording, a missing
+    requirement) is a new model version even when the bundle's bytes are the same."""
+    digest = hashlib.sha256()
+    files = sorted(p for package in CODE_PACKAGES for p in (ROOT / package).rglob("*.py")) + [MODEL_CODE]
+    for path in files:
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update("\n".join(pip_requirements()).encode())
+    return digest.hexdigest()
+
+
+def candidate_with_bundle(sha256: str, code_sha256: str | None = None, name: str = MODEL_NAME
+                          ) -> tuple[str, str] | None:
     """(version, run id) of the `candidate` version when its bundle has exactly these bytes (run tag
-    `BUNDLE_SHA_TAG`), else None. Training again to the same bytes keeps that version, which `evaluate` already
-    judged: DVC skips `evaluate` when the model it depends on is unchanged, so a copy would never be evaluated."""
+    `BUNDLE_SHA_TAG`) and, when `code_sha256` is given, it ships the same code and requirements (`CODE_SHA_TAG`),
+    else None. Training again to the same model keeps that version, which `evaluate` already judged: DVC skips
+    `evaluate` when the model it depends on is unchanged, so a copy would never be evaluated."""
     found = alias_run_id(CANDIDATE, name)
     if found is None:
         return None
@@ -218,7 +235,8 @@ def candidate_with_bundle(sha256: str, name: str = MODEL_NAME) -> tuple[str, str
         tags = MlflowClient().get_run(found[1]).data.tags
     except mlflow.exceptions.MlflowException:  # the version's run was deleted from the store
         return None
-    return found if tags.get(BUNDLE_SHA_TAG) == sha256 else None
+    same_code = code_sha256 is None or tags.get(CODE_SHA_TAG) == code_sha256
+    return found if tags.get(BUNDLE_SHA_TAG) == sha256 and same_code else None
 
 
 def run_holds_bundle(run_id: str, bundle_path: Path) -> bool:

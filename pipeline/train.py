@@ -141,6 +141,10 @@ def run_train(
     bundle_path = model_dir / registry.BUNDLE_FILE
     registry.save_bundle(model, bundle_path)  # same inputs, same bytes (sets written sorted)
     write_json(model.contract.model_dump(), model_dir / "contract.json")
+    # what the registered model ships beside the bundle: a change to it is a new version, which DVC must evaluate
+    # (evaluate depends on this folder, so the record makes it run again even when the bundle's bytes are the same)
+    code_sha = registry.code_fingerprint()
+    write_json({"code_sha256": code_sha, "requirements": registry.pip_requirements()}, model_dir / "code.json")
     overlap = pd.DataFrame(model.summary["overlap"])
     write_json({"threshold": cfg.propensity.positivity_threshold, "options": overlap}, Path(out_dir) / "overlap.json")
 
@@ -157,11 +161,12 @@ def run_train(
     for f in sorted(Path(split_dir).glob("*.parquet")):
         tags[f"dataset.split.{f.stem}.sha256"] = registry.sha256_file(f)
     tags[registry.BUNDLE_SHA_TAG] = registry.sha256_file(bundle_path)
+    tags[registry.CODE_SHA_TAG] = code_sha
 
     registry.setup_mlflow(root)
     summary = model.summary
-    kept = registry.candidate_with_bundle(tags[registry.BUNDLE_SHA_TAG])
-    if kept is not None:  # the same bytes as the candidate: keep that version and its held-out metrics
+    kept = registry.candidate_with_bundle(tags[registry.BUNDLE_SHA_TAG], tags[registry.CODE_SHA_TAG])
+    if kept is not None:  # the same bytes and code as the candidate: keep that version and its held-out metrics
         version, run_id = kept
         run_name = str(mlflow.get_run(run_id).info.run_name)
         model_uri = f"models:/{registry.MODEL_NAME}/{version}"

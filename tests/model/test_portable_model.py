@@ -73,7 +73,11 @@ def registered(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         uri = mlflow_store(root)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        paths = write_stage_inputs(root, n_patients=120, with_truth=False)
+        # the shipped default's kind (params.yaml's first candidate): its trees on the score are explained with
+        # shap's TreeExplainer, so shap must travel in the model's requirements (a T-learner's TreeSHAP does not)
+        paths = write_stage_inputs(root, n_patients=120, with_truth=False,
+                                   train_overrides={"learner": "auto", "selection": {"folds": 2, "candidates": [
+                                       {"learner": "score_glm", "score_trees_weight": 0.3}]}})
         from pipeline import registry
         from pipeline.train import run_train
 
@@ -166,7 +170,8 @@ def test_mlflow_models_serve_answers_a_rest_request(registered, fresh_env, tmp_p
             if time.monotonic() > deadline:
                 pytest.fail(f"no answer on {base}/ping in 180 s: {(tmp_path / 'serve.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        split = json.loads(features.to_json(orient="split", date_format="iso", index=False))
+        # 15 significant digits (pandas' default is 10, which moves a score GLM's tails by 1e-8 relative)
+        split = json.loads(features.to_json(orient="split", date_format="iso", index=False, double_precision=15))
         body = json.dumps({"dataframe_split": split}).encode()
         status, answer = _request(f"{base}/invocations", body, timeout=120)
         assert status == 200

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.model.synthetic_escalate import mlflow_store, write_stage_inputs
+from tests.model.synthetic_escalate import make_truth, mlflow_store, write_stage_inputs
 
 LINEAR = {"learner": "linear", "safety_learner": "linear"}
 
@@ -150,6 +150,32 @@ def test_training_again_to_the_same_bytes_keeps_the_candidate_version(trained):
             <= run.metrics["interval_spread_sigma_logit_high.response"])  # and the range of that estimate
     tags = run.tags
     assert tags[registry.BUNDLE_SHA_TAG] == registry.sha256_file(paths["train"] / "model" / registry.BUNDLE_FILE)
+
+
+def test_the_same_bundle_with_other_code_or_requirements_is_a_new_version(tmp_path, monkeypatch):
+    """Found by a review: a model whose explanations needed shap was kept as the version registered before shap
+    was a requirement, because only the bundle's bytes were compared; the code and requirements it ships count."""
+    import mlflow
+
+    from pipeline import registry
+    from pipeline.train import run_train
+
+    previous = mlflow.get_tracking_uri()  # the module's store, for the tests after this one
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    paths = write_stage_inputs(tmp_path, n_patients=120, with_truth=False, train_overrides=LINEAR)
+
+    def train() -> dict:
+        return run_train(paths["params"], paths["features"], paths["split"], paths["train"], tmp_path)
+
+    try:
+        first = train()
+        assert train()["new_version"] is False  # same bundle, same code: kept
+        monkeypatch.setattr(registry, "code_fingerprint", lambda: "0" * 64)  # e.g. a requirement added
+        changed = train()
+        assert changed["new_version"] is True and changed["model_version"] != first["model_version"]
+        assert registry.alias_run_id(registry.CANDIDATE) == (changed["model_version"], changed["run_id"])
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def test_evaluate_refuses_to_judge_a_model_its_run_file_does_not_name(trained, tmp_path):
@@ -380,3 +406,32 @@ def test_artifacts_go_beside_a_local_store_and_to_a_servers_own_store(tmp_path):
     assert local_artifact_location(f"sqlite:///{tmp_path}/mlflow.db") == (tmp_path / "mlruns").as_uri()
     assert local_artifact_location("http://tracking.example:5000") is None
     assert local_artifact_location("postgresql://mlflow@db/mlflow") is None
+
+
+def test_evaluate_refuses_the_simulator_truth_of_another_cohort(trained, tmp_path):
+    """Found by a newcomer's walkthrough: params.yaml's data.dir named another cohort, whose truth shares the patient
+    ids, and evaluate wrote regret 0 and coverage 1 into the model card and MLflow. The truth must be the cohort's
+    the features were built from: its decisions found by patient and visit, taking the same options."""
+
+    import typer
+    import yaml
+
+    from pipeline.evaluate import run_evaluate
+
+    root, paths, _ = trained
+    other = tmp_path / "other-cohort" / "truth"
+    other.mkdir(parents=True)
+    truth, outcomes = make_truth(pd.read_parquet(paths["features"] / "features.parquet"),
+                                 pd.read_parquet(paths["features"] / "decisions.parquet"))
+    options = truth["option_taken"].astype(str)
+    truth["option_taken"] = np.roll(options.to_numpy(), 7)  # the same patients and visits, other choices
+    assert (truth["option_taken"] != options).mean() > 0.3
+    truth.to_parquet(other / "decisions.parquet", index=False)
+    outcomes.to_parquet(other / "outcomes.parquet", index=False)
+    params = yaml.safe_load(paths["params"].read_text(encoding="utf-8"))
+    params["data"]["dir"] = str(other.parent)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    with pytest.raises(typer.BadParameter, match=r"truth in .* is not of the cohort .*took the same option"):
+        run_evaluate(tmp_path / "params.yaml", paths["features"], paths["split"], paths["train"],
+                     tmp_path / "evaluate", root, log_to_mlflow=False)
+    assert not (tmp_path / "evaluate").exists()  # refused before writing anything
