@@ -583,7 +583,10 @@ def _unit_format(unit: str) -> tuple[int, str]:
         return _FRACTION, " " + unit.replace("fraction of", "% of").replace("fraction", "%")
     if lower in FLAG_UNITS:
         return _FLAG, ""
-    # a count reads as the bare number ("lines of therapy so far = 6", never "= 6 count")
+    # a count reads as the bare number ("lines of therapy so far = 6", never "= 6 count"), with what it counts
+    # where the unit says ("count (days with an event)" → "1 (days with an event)")
+    if lower.startswith("count (") and unit.endswith(")"):
+        return _PLAIN, " " + unit[len("count "):]
     return _PLAIN, "" if lower in ("", "count") else " " + unit
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ROOT, load_reference
 from pipeline.train import FEATURES_DIR, SPLIT_DIR, TRAIN_DIR, read_split, select_set
@@ -55,6 +55,29 @@ def truth_dir(data_dir: Path, root: Path = ROOT) -> Path | None:
         folder = Path(root) / folder
     ok = (folder / "decisions.parquet").is_file() and (folder / "outcomes.parquet").is_file()
     return folder if ok else None
+
+
+#: the least share of held-out decisions found in the truth, and of those the least share taking the same option,
+#: for the truth to be the features' cohort's (its own truth: 0.98 and 1.0 on the default cohort)
+TRUTH_MIN_MATCHED, TRUTH_MIN_SAME_OPTION = 0.5, 0.95
+
+
+def check_truth_belongs(test: Any, decisions: Any, truth_decisions: Any, truth: Path, features_dir: Path) -> None:
+    """Refuse the simulator's truth of another cohort (params.yaml `data.dir` not the cohort `--features-dir` was
+    built from): its metrics would be computed against outcomes of other patients with the same ids."""
+    import typer
+
+    from models.evaluation.simulator import truth_agreement
+
+    matched, same = truth_agreement(test, decisions, truth_decisions)
+    if matched < TRUTH_MIN_MATCHED or not same >= TRUTH_MIN_SAME_OPTION:
+        raise typer.BadParameter(
+            f"the simulator truth in {truth} is not of the cohort {features_dir} was built from: "
+            f"{matched:.0%} of its held-out decisions are found in it by patient and visit date"
+            + (f", and {same:.0%} of those took the same option" if matched else "")
+            + " (rule: the truth of the same cohort, at least "
+            f"{TRUTH_MIN_MATCHED:.0%} found and {TRUTH_MIN_SAME_OPTION:.0%} agreeing); point params.yaml data.dir "
+            "(or --params) at the cohort the features came from")
 
 
 def run_evaluate(
@@ -105,6 +128,8 @@ def run_evaluate(
     truth = truth_dir(settings.data.dir, root)
     truth_decisions = pd.read_parquet(truth / "decisions.parquet") if truth else None
     truth_outcomes = pd.read_parquet(truth / "outcomes.parquet") if truth else None
+    if truth_decisions is not None:
+        check_truth_belongs(test, decisions, truth_decisions, truth, features_dir)
 
     result = evaluate_bundle(model, test, decisions, cfg, truth_decisions, truth_outcomes)
     out = Path(out_dir)

@@ -236,15 +236,27 @@ def read_contract_tables(directory: Path) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it, then put back: done once, at import)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary file next to `path` that replaces it only when the block finishes without error."""
+    """A temporary file next to `path` that replaces it only when the block finishes without error, with the
+    permissions a plain open would give it (mkstemp's own are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

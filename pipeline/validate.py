@@ -12,6 +12,8 @@ from typing import Any
 
 import typer
 
+from pipeline.cli_types import Refusal
+
 #: findings printed by default (the JSON file always has every one).
 DEFAULT_LIMIT = 20
 
@@ -34,9 +36,8 @@ def run_validate(directory: Path, today: date | None = None, json_path: Path | N
     the_day = pd.Timestamp(today or date.today())
     try:
         tables, unreadable = load_contract_tables(directory)
-    except (FileNotFoundError, OSError) as err:
-        console.print(f"[red]cannot read contract tables: {escape(str(err))}[/red]", soft_wrap=True)
-        raise typer.Exit(2) from err
+    except (FileNotFoundError, OSError) as err:  # a refusal: one line on stderr, exit 2, as every command's
+        raise Refusal(f"cannot read contract tables: {err}") from None
 
     vocabulary = load_catalog("drugs", Vocabulary.from_config)
     measures = load_catalog("measures", MeasureCatalog.from_config)

@@ -313,6 +313,21 @@ def baseline_regret_table(
     return pd.DataFrame(rows)
 
 
+def truth_agreement(features: pd.DataFrame, decisions: pd.DataFrame, truth_decisions: pd.DataFrame
+                    ) -> tuple[float, float]:
+    """(share of the feature rows' decisions found in the truth by patient and visit date, share of those whose
+    option taken agrees): the truth of the cohort the features were built from matches nearly all of them (0.98 and
+    1.0 on the default cohort); another cohort's truth, with the same patient ids, does not."""
+    visit = decisions.set_index("decision_id").reindex(features["decision_id"].to_numpy())
+    pos = match_truth(features, truth_decisions, pd.Series(visit["date"].to_numpy()) if "date" in visit else None)
+    hit = pos >= 0
+    if not hit.any():
+        return 0.0, float("nan")
+    same = truth_decisions["option_taken"].astype(str).to_numpy()[pos[hit]] == \
+        visit["option_taken"].astype(str).to_numpy()[hit]
+    return float(hit.mean()), float(same.mean())
+
+
 def match_truth(features: pd.DataFrame, truth_decisions: pd.DataFrame, visit_date: pd.Series | None = None
                 ) -> np.ndarray:
     """Position in `truth_decisions` of each feature row's decision (same patient and visit date), -1 if none.

@@ -271,3 +271,27 @@ def test_an_output_where_no_file_can_be_created_is_refused_before_any_work():
 
     assert "cannot be created: /proc is not writable" in output_problem(Path("/proc/escalate-x"), folder=True)
     assert "cannot be created" in output_problem(Path("/proc/escalate-x/evidence.json"), folder=False)
+
+
+def test_features_from_a_folder_without_the_contract_tables_is_one_line(tmp_path):
+    """Found by a newcomer: `features --data` of an empty folder (or of simulate's OMOP output) ended in a traceback
+    while validate, score and report refused it on one line."""
+    (tmp_path / "empty").mkdir()
+    for extra in ([], ["--as-of", "2026-10-01"]):
+        line = refused(["features", "--data", str(tmp_path / "empty"), "--today", "2026-11-01", *extra,
+                        "--out", str(tmp_path / ("f.parquet" if extra else "f"))])
+        assert line.startswith("escalate features: error: contract table 'patients' not found in "), line
+
+
+def test_features_refuse_an_as_of_after_today_as_score_and_report_do(tmp_path):
+    (tmp_path / "cohort").mkdir()
+    line = refused(["features", "--data", str(tmp_path / "cohort"), "--today", "2026-11-01", "--as-of", "2026-12-01",
+                    "--out", str(tmp_path / "f.parquet")])
+    assert "--as-of 2026-12-01 is in the future (today is 2026-11-01)" in line
+
+
+def test_validate_refuses_a_folder_without_the_contract_tables_on_stderr_like_every_command(tmp_path):
+    res = runner.invoke(app, ["validate", "--data", str(tmp_path), "--today", "2026-11-01"])
+    assert res.exit_code == 2 and res.stdout == "", res.output
+    assert res.stderr.strip() == (f"escalate validate: error: cannot read contract tables: contract table 'patients' "
+                                  f"not found in {tmp_path}: expected patients.parquet or patients.csv")

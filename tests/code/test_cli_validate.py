@@ -244,7 +244,7 @@ def test_a_1e9_prednisone_dose_is_an_error_with_the_plausible_range(app, seed, t
 
 def test_the_stages_refuse_an_unreadable_file_in_one_line(app, seed, tmp_path):
     (seed / "events.csv").write_bytes((seed / "events.csv").read_bytes().replace(b",", b"\t"))
-    res = runner.invoke(app, ["features", "--data", str(seed), "--as-of", "2026-11-18",
+    res = runner.invoke(app, ["features", "--data", str(seed), "--as-of", "2026-11-18", "--today", "2026-11-25",
                               "--out", str(tmp_path / "f.parquet")])
     assert res.exit_code == 2, res.output
     assert res.output.startswith("escalate features: error: ") and res.output.count("\n") == 1

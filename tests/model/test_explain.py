@@ -247,6 +247,7 @@ def test_dictionary_gaps_are_clear_errors(fitted, cohort):
         (6.25, "cm (0-10)", "6.25 cm (0-10)"),
         (1450.0, "U/L", "1450 U/L"),
         (6.0, "count", "6"),
+        (1.0, "count (days with an event)", "1 (days with an event)"),
     ],
 )
 def test_values_are_formatted_as_clinicians_read_them(value, unit, text):
