@@ -213,6 +213,12 @@ class FeatureContract(Frozen):
                 f"table {table}: missing column(s) {missing[:10]}{' …' if len(missing) > 10 else ''} "
                 "(rule: the feature contract of the trained model)"
             )
+        for key in (k for k in self.keys if k in features.columns):  # an output row must be joinable to its input
+            given = features[key]
+            blank = given.isna().to_numpy() | given.astype(str).str.strip().eq("").to_numpy()
+            if blank.any():
+                raise ValueError(f"table {table}: row {int(np.flatnonzero(blank)[0])}, column {key!r} is empty "
+                                 f"(rule: a key names every row); {int(blank.sum())} row(s) in all")
         block = features[list(self.columns)]
         dtypes = block.dtypes.to_numpy()
         bad = [

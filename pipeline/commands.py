@@ -54,16 +54,23 @@ def _settings(params: Path) -> Settings:
         raise Refusal(str(err)) from None
 
 
+#: the stage that writes each file a later stage reads: a missing one names the command to run
+WRITTEN_BY = {"features.parquet": "features", "decisions.parquet": "features", "feature_dictionary.json": "features",
+              "split.parquet": "split", "escalate_model.joblib": "train", "contract.json": "train"}
+
+
 @contextmanager
 def _inputs_present() -> Iterator[None]:
     """A missing input file (an earlier stage not run, a wrong folder), or a folder given for a file, is refused on
-    one line, not a traceback."""
+    one line, not a traceback; a file an earlier stage writes names that stage."""
     try:
         yield
     except FileNotFoundError as err:
         text = str(err.filename or err)
         bare_path = err.filename is not None or " " not in text.strip()  # pyarrow raises the path alone
-        raise Refusal(f"{text}: no such file" if bare_path else text) from None
+        stage = WRITTEN_BY.get(Path(text.strip()).name) if bare_path else None
+        hint = f" (`escalate {stage}` writes it: run it first, or point the option at its output)" if stage else ""
+        raise Refusal(f"{text}: no such file{hint}" if bare_path else text) from None
     except IsADirectoryError as err:  # e.g. --dictionary given a folder
         raise Refusal(f"{err.filename or err}: a folder where a file is expected") from None
 
@@ -156,7 +163,7 @@ def validate_command(
                                                     "it (default: the current date)")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the findings here as JSON")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=0, help="print at most this many findings (0 = all; "
-                                              "default: a first page; --json has every one)")] = None,
+                                              "default: 20; --json has every one)")] = None,
 ) -> None:
     """Check contract tables against the data contract (docs/data-contract.md) and list every violation.
 
@@ -248,7 +255,10 @@ def evaluate_command(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="metrics, tables, plots and the model card")]
     = Path("data/evaluate"),
 ) -> None:
-    """Evaluate the trained model on the held-out patients and log the results to its MLflow run."""
+    """Evaluate the trained model on the held-out patients and log the results to its MLflow run.
+
+    On a simulated cohort the simulator's truth (`truth/` in params data.dir) is read too, and refused when it is
+    not of the cohort the features were built from."""
     for folder, option in ((features_dir, "--features-dir"), (split_dir, "--split-dir"), (train_dir, "--train-dir")):
         require_dir(folder, option)
     require_writable(out_dir, "--out-dir", folder=True)

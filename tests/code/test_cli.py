@@ -238,6 +238,7 @@ def test_report_refuses_a_patient_it_cannot_page_before_loading_the_model(broken
 def test_a_stage_run_before_its_inputs_exist_is_refused_naming_the_missing_file(tmp_path):
     line = refused(["split", "--features-dir", str(tmp_path), "--out", str(tmp_path / "split")])
     assert line.startswith("escalate split: error:") and "decisions.parquet: no such file" in line
+    assert line.endswith("(`escalate features` writes it: run it first, or point the option at its output)")
 
 
 def test_a_folder_given_for_an_input_file_is_one_line(tmp_path):

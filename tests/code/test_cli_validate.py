@@ -269,3 +269,11 @@ def test_cells_that_look_like_console_markup_are_printed_as_written(app, seed, t
     assert "unknown drug '[/x]'" in res.output
     assert "[bold]SEED-0001[/bold]" in res.output
     assert {v["rule"] for v in report["violations"]} >= {"unknown_drug", "unknown_patient"}
+
+
+def test_validate_help_states_the_default_limit_it_uses(app):
+    """The help is built without importing the stage (fast), so it names the default itself: it must be the one."""
+    from pipeline.validate import DEFAULT_LIMIT
+
+    res = runner.invoke(app, ["validate", "--help"], env={"COLUMNS": "200"})
+    assert f"default: {DEFAULT_LIMIT};" in res.output

@@ -47,6 +47,22 @@ def test_registered_pyfunc_by_alias_matches_the_bundle(trained):
         assert got[col].tolist() == expected[col].tolist()
 
 
+def test_a_row_without_its_key_is_refused_naming_it(trained):
+    """Found by a review: a row with no patient_id (or decision_id, or as_of) was scored, its output joinable to
+    nobody; now the row and the key are named, through the registered model too."""
+    from pipeline import registry
+
+    root, paths, _ = trained
+    features = pd.read_parquet(paths["features"] / "features.parquet").head(5)
+    bundle = joblib.load(paths["train"] / "model" / registry.BUNDLE_FILE)
+    for key, blank in (("patient_id", None), ("decision_id", "  "), ("as_of", pd.NaT)):
+        broken = features.copy()
+        broken[key] = broken[key].astype(object)
+        broken.loc[3, key] = blank
+        with pytest.raises(ValueError, match=rf"table features: row 3, column '{key}' is empty \(rule: a key"):
+            bundle.predict_frame(broken, explain_top_k=0)
+
+
 def test_pyfunc_explain_top_k_param_sets_the_reasons_and_matches_model_reasons(trained):
     from models.explain import model_reasons
     from pipeline import registry
