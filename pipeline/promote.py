@@ -57,8 +57,11 @@ def promotion_decision(
     rule: PromotionRule | None = None,
     *,
     same_data: bool = True,
+    same_fit: bool = False,
 ) -> PromotionDecision:
-    """Apply the promotion rule to the held-out metrics of candidate and champion (None: no champion yet)."""
+    """Apply the promotion rule to the held-out metrics of candidate and champion (None: no champion yet).
+    `same_fit`: the candidate's bundle is byte for byte the champion's, shipped with other code or requirements
+    (a fix): the same model, so it replaces the champion once evaluated, without having to beat itself."""
     rule = rule or PromotionRule()
     c_dv, c_ece = _metric(candidate, DECISION_VALUE), _metric(candidate, CALIBRATION)
     if math.isnan(c_dv) or math.isnan(c_ece):
@@ -68,6 +71,9 @@ def promotion_decision(
     if champion is None:
         return PromotionDecision(True, f"no champion yet: the first evaluated candidate becomes champion "
                                        f"(decision value {c_dv:.3f}, ECE {c_ece:.3f})")
+    if same_fit and same_data:
+        return PromotionDecision(True, "the champion's fitted model with the code and requirements shipped now "
+                                       f"(decision value {c_dv:.3f}, ECE {c_ece:.3f}): it replaces the champion")
     h_dv, h_ece = _metric(champion, DECISION_VALUE), _metric(champion, CALIBRATION)
     if math.isnan(h_dv) or math.isnan(h_ece):
         return PromotionDecision(True, "the champion has no held-out decision value or ECE on record: the "
@@ -116,8 +122,11 @@ def run_promote(params: Settings | Path = Path("params.yaml"), root: Path = ROOT
     same = champ_info is None or all(
         cand_info.tags.get(k) == champ_info.tags.get(k) for k in cand_info.tags if k.startswith("dataset.")
     )
+    same_fit = champ_info is not None and cand_info.tags.get(registry.BUNDLE_SHA_TAG) is not None and (
+        cand_info.tags.get(registry.BUNDLE_SHA_TAG) == champ_info.tags.get(registry.BUNDLE_SHA_TAG)
+        and cand_info.tags.get(registry.CODE_SHA_TAG) != champ_info.tags.get(registry.CODE_SHA_TAG))
     decision = replace(promotion_decision(cand_info.metrics, champ_info.metrics if champ_info else None, rule,
-                                          same_data=same), evidence=evidence)
+                                          same_data=same, same_fit=same_fit), evidence=evidence)
     if decision.promote:
         registry.set_alias(registry.CHAMPION, cand_version)
         client.set_model_version_tag(registry.MODEL_NAME, cand_version, "promotion", decision.reason[:4900])

@@ -69,10 +69,11 @@ def registry_store(tmp_path, monkeypatch):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"promote": {"min_decision_value_gain": 0.0, "ece_tolerance": 0.0}}))
 
-    def add_version(metrics: dict[str, float]) -> str:
+    def add_version(metrics: dict[str, float], tags: dict[str, str] | None = None) -> str:
         with mlflow.start_run() as run:
             mlflow.log_metrics(metrics)
             mlflow.set_tag("dataset.features.sha256", "same")
+            mlflow.set_tags(tags or {})
         version = client.create_model_version(registry.MODEL_NAME, f"runs:/{run.info.run_id}/m", run.info.run_id)
         client.set_registered_model_alias(registry.MODEL_NAME, "candidate", version.version)
         return str(version.version)
@@ -113,6 +114,25 @@ def test_champion_moves_only_for_a_better_candidate(registry_store):
 
     result = runner.invoke(app, ["promote", "--params", str(params)])
     assert "already the champion" in result.output
+
+
+def test_the_champions_fitted_model_with_fixed_code_replaces_it(registry_store):
+    """A fix to the shipped code or requirements (shap once missing) registers the same bundle again: it cannot
+    beat itself on held-out value, yet the champion must be the one that runs; another bundle still has to win."""
+    from pipeline import registry
+    from pipeline.promote import run_promote
+
+    root, params, add_version, client = registry_store
+    held_out = {"decision_value_recommended": 0.50, "response_ece": 0.05}
+    first = add_version(held_out, {registry.BUNDLE_SHA_TAG: "b1", registry.CODE_SHA_TAG: "c1"})
+    assert run_promote(params, root).promote and _champion(client) == first
+    fixed = add_version(held_out, {registry.BUNDLE_SHA_TAG: "b1", registry.CODE_SHA_TAG: "c2"})
+    decision = run_promote(params, root)
+    assert decision.promote and "the champion's fitted model with the code and requirements shipped now" in \
+        decision.reason
+    assert _champion(client) == fixed
+    refit = add_version(held_out, {registry.BUNDLE_SHA_TAG: "b2", registry.CODE_SHA_TAG: "c2"})
+    assert not run_promote(params, root).promote and _champion(client) == fixed != refit
 
 
 def test_unevaluated_candidate_is_not_promoted(registry_store):
