@@ -247,8 +247,9 @@ class RegimenIndex:
         start = to_days(reg["start_date"])
         end = to_days(reg["end_date"])
         generic = reg["generic"].astype(object).to_numpy()
-        # a deterministic order that never depends on the input row order, nor on an end date (rows of one drug
-        # started the same day are ordered by what is known when they start, so a later end never reorders them)
+        # a deterministic order that never depends on an end date: rows of one drug started the same day are
+        # ordered by what is known when they start (dose, route), so a later end never reorders them; rows alike
+        # in all of that keep their input order
         gen_code = pd.Index(sorted(pd.unique(generic[pd.notna(generic)]))).get_indexer(generic)
         daily = pd.to_numeric(reg["daily_mg"], errors="coerce").to_numpy(float)
         dose_mg = pd.to_numeric(reg["dose_mg"], errors="coerce").to_numpy(float)

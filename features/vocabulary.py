@@ -199,7 +199,7 @@ class Vocabulary(_Frozen):
         """The known names nearest to an unknown one, for the error message."""
         index: dict[str, str] = self._index  # type: ignore[attr-defined]
         matches = difflib.get_close_matches(_key(str(written)), list(index), n=n * 3, cutoff=0.5)
-        out: list[tuple[str, str]] = []
+        out: list[str] = []
         for m in matches:
             label = f"{m} ({index[m]})" if m != index[m] else m
             if label not in out:
@@ -689,14 +689,16 @@ class OptionCatalog(_Frozen):
 
     def current_combinations(self, generics: Iterable[str], labels: Mapping[str, str] | None = None
                              ) -> tuple[tuple[str, str], ...]:
-        """The `advised_against` rules the current drugs already break together, as ("tofacitinib with abatacept",
-        the rule's text) (`labels` names the drugs): continuing keeps such a combination, so a page says so even
-        though no option starts it."""
+        """The two-way `advised_against` rules the current drugs already break together, as ("tofacitinib with
+        abatacept", the rule's text) (`labels` names the drugs): continuing keeps such a combination, so a page says
+        so even though no option starts it. A one-way rule is about starting its `drugs` side after its partner
+        (rituximab after a JAK inhibitor, not a JAK inhibitor after rituximab): which came first is not known here,
+        so it is left out."""
         on = set(generics)
         name = (lambda g: labels.get(g, g)) if labels else (lambda g: g)
         out: list[tuple[str, str]] = []
         said: set[frozenset[str]] = set()  # a pair two rules cover is said once, by the first
-        for rule in (r for r in self.combination_rules if r.level == "advised_against"):
+        for rule in (r for r in self.combination_rules if r.level == "advised_against" and not r.one_way):
             for drug in (g for g in rule.drugs if g in on):
                 partners = [g for g in rule.with_drugs if g in on and g != drug and frozenset((drug, g)) not in said]
                 if partners:

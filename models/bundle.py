@@ -215,7 +215,9 @@ class FeatureContract(Frozen):
             )
         for key in (k for k in self.keys if k in features.columns):  # an output row must be joinable to its input
             given = features[key]
-            blank = given.isna().to_numpy() | given.astype(str).str.strip().eq("").to_numpy()
+            blank = given.isna().to_numpy()
+            if given.dtype == object or pd.api.types.is_string_dtype(given.dtype):  # a blank text id is none
+                blank = blank | given.astype(str).str.strip().eq("").to_numpy()
             if blank.any():
                 raise ValueError(f"table {table}: row {int(np.flatnonzero(blank)[0])}, column {key!r} is empty "
                                  f"(rule: a key names every row); {int(blank.sum())} row(s) in all")

@@ -240,8 +240,6 @@ class InvariantReport:
     rejected_patients: int
     unknown_patients: int
     problems: tuple[str, ...]
-    #: rejected rows with no patient id: no patient can be rejected for them, so they are counted apart
-    rows_without_patient: int = 0
 
     @property
     def ok(self) -> bool:
@@ -261,7 +259,6 @@ class InvariantReport:
             rejected_patients=sum(r.rejected_patients for r in reports),
             unknown_patients=sum(r.unknown_patients for r in reports),
             problems=tuple(p for r in reports for p in r.problems),
-            rows_without_patient=sum(r.rows_without_patient for r in reports),
         )
 
 
@@ -280,8 +277,7 @@ def check_invariant(
 ) -> InvariantReport:
     """Every input patient is scored or rejected, never both, never twice; every scored patient has exactly one row
     per catalogue option. `scored` is the output rows or, for big runs, the rows per patient of each part
-    concatenated. Rejected ids not among the input patients (rows of unknown patients) and rejected rows without an
-    id are counted apart.
+    concatenated. Rejected ids not among the input patients (rows of unknown patients) are counted apart.
 
     Problems name counts, never patient identifiers (they may reach logs).
     """
@@ -290,8 +286,7 @@ def check_invariant(
         scored = rows_per_patient(scored)
     rows_per = scored.groupby(level=0, sort=False).sum() if len(scored) else pd.Series(dtype=np.int64)
     scored_ids = pd.Index(rows_per.index)
-    rejected_all = clean_ids(rejected_ids)
-    rejected = pd.Index(rejected_all.dropna().unique())
+    rejected = pd.Index(clean_ids(rejected_ids).dropna().unique())
     problems: list[str] = []
     lost = inputs.difference(scored_ids.union(rejected))
     if len(lost):
@@ -313,7 +308,6 @@ def check_invariant(
         rejected_patients=len(rejected.intersection(inputs)),
         unknown_patients=len(unknown),
         problems=tuple(problems),
-        rows_without_patient=int(rejected_all.isna().sum()),
     )
 
 

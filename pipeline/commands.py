@@ -198,10 +198,6 @@ def features_command(
     settings = _settings(params)
     if data is None:
         require_dir(settings.data.dir, "--data (params data.dir)")
-    the_day = today or (date.fromisoformat(str(settings.data.today)) if settings.data.today else date.today())
-    if as_of is not None and as_of > the_day:  # as score and report refuse it
-        raise Refusal(f"--as-of {as_of} is in the future (today is {the_day}): features can only use what is "
-                      "already recorded")
     from pipeline.features import run_features
 
     with _inputs_present():  # a folder without the contract tables is one line, not a traceback

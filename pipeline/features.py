@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from pipeline.cli_types import Refusal
 from pipeline.config import load_catalog
 
 if TYPE_CHECKING:
@@ -134,6 +135,9 @@ def run_features(params: Settings | Path = Path("params.yaml"), data: Path | Non
     settings = resolve(params)
     data = Path(data if data is not None else settings.data.dir)
     the_day = str(today or settings.data.today or pd.Timestamp.today().date().isoformat())
+    if as_of is not None and str(as_of) > the_day:  # ISO dates compare as text; as score and report refuse it
+        raise Refusal(f"--as-of {as_of} is in the future (today is {the_day}): features can only use what is "
+                      "already recorded")
     tables, vocabulary, catalog, info = _load(data, the_day, settings)
 
     if as_of is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -249,14 +250,15 @@ _UMASK = _umask()
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary file next to `path` that replaces it only when the block finishes without error, with the
-    permissions a plain open would give it (mkstemp's own are owner-only)."""
+    permissions writing `path` in place would leave: an existing file's own, else the umask's for a new file
+    (mkstemp's are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -122,9 +122,13 @@ def run_promote(params: Settings | Path = Path("params.yaml"), root: Path = ROOT
     same = champ_info is None or all(
         cand_info.tags.get(k) == champ_info.tags.get(k) for k in cand_info.tags if k.startswith("dataset.")
     )
-    same_fit = champ_info is not None and cand_info.tags.get(registry.BUNDLE_SHA_TAG) is not None and (
-        cand_info.tags.get(registry.BUNDLE_SHA_TAG) == champ_info.tags.get(registry.BUNDLE_SHA_TAG)
-        and cand_info.tags.get(registry.CODE_SHA_TAG) != champ_info.tags.get(registry.CODE_SHA_TAG))
+    # the champion's bundle shipped anew: only by a run that records what it ships (a run from before the code tag,
+    # or one reverting to older code, has none to compare or is not newer)
+    same_fit = (champ_info is not None and cand_info.tags.get(registry.BUNDLE_SHA_TAG) is not None
+                and cand_info.tags.get(registry.CODE_SHA_TAG) is not None
+                and cand_info.tags.get(registry.BUNDLE_SHA_TAG) == champ_info.tags.get(registry.BUNDLE_SHA_TAG)
+                and cand_info.tags.get(registry.CODE_SHA_TAG) != champ_info.tags.get(registry.CODE_SHA_TAG)
+                and int(cand_version) > int(champ[0]))
     decision = replace(promotion_decision(cand_info.metrics, champ_info.metrics if champ_info else None, rule,
                                           same_data=same, same_fit=same_fit), evidence=evidence)
     if decision.promote:

@@ -579,7 +579,7 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
         summaries = runner.score(task, todo, done)
     chunks_s = time.perf_counter() - t_chunks
 
-    report, reject_rows, warning_rows, output_rows = _finish(out, plan, len(options))
+    report, reject_rows, warning_rows, output_rows, nobody_rows = _finish(out, plan, len(options))
     if not report.ok:
         raise RuntimeError("scoring invariant broken: " + "; ".join(report.problems))
     shutil.rmtree(Path(task.staging), ignore_errors=True)
@@ -590,7 +590,7 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
         "input_hash": digest, "engine": engine, "settings": task.settings.model_dump(),
         "counts": {"input_patients": report.input_patients, "scored_patients": report.scored_patients,
                    "rejected_patients": report.rejected_patients, "unknown_patients": report.unknown_patients,
-                   "rows_without_patient_id": report.rows_without_patient,
+                   "rows_without_patient_id": nobody_rows,
                    "reject_rows": reject_rows, "warning_rows": warning_rows, "output_rows": output_rows,
                    "input_rows": rows},
         "chunks": {"total": total, "run_now": len(todo), "resumed": total - len(todo), "workers": runner.workers,
@@ -611,11 +611,12 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
     return manifest
 
 
-def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int, int]:
+def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int, int, int]:
     """Chunk by chunk (memory bounded by a chunk): check the invariant against each chunk's planned patients and
     append its rejects to `rejects.parquet` and its scored patients' warnings to `warnings.parquet` (chunk order,
     sorted within a chunk). Returns (the invariant report of the whole run, reject rows, warning rows, output
-    rows)."""
+    rows, input rows rejected without a patient id — no patient can be rejected for them, so they are counted
+    apart: distinct (table, row), however many rules each broke)."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -624,7 +625,7 @@ def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int, 
     from pipeline.io import atomic_path
 
     reports: list[InvariantReport] = []
-    reject_rows = warning_rows = output_rows = 0
+    reject_rows = warning_rows = output_rows = nobody_rows = 0
     schema = pa.schema([(c, pa.int64() if c == "row" else pa.string()) for c in REJECT_COLUMNS])
     with atomic_path(out / REJECTS) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
             atomic_path(out / WARNINGS) as tmp_warnings, pq.ParquetWriter(tmp_warnings, schema) as warned:
@@ -638,8 +639,10 @@ def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int, 
             report = check_invariant(plan.patients(chunk), scored, rejects["patient_id"], n_options)
             reports.append(report.for_chunk(chunk))
             reject_rows += len(rejects)
+            nobody = rejects["patient_id"].isna() | rejects["patient_id"].astype(str).str.strip().eq("")
+            nobody_rows += len(rejects.loc[nobody, ["table", "row"]].drop_duplicates())
             output_rows += int(scored.sum())
-    return InvariantReport.combine(reports), reject_rows, warning_rows, output_rows
+    return InvariantReport.combine(reports), reject_rows, warning_rows, output_rows, nobody_rows
 
 
 def _worker_peaks(summaries: list[dict[str, Any]]) -> dict[str, float | None]:

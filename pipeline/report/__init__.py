@@ -153,7 +153,9 @@ def batched_pages(patient_ids: Sequence[str], as_of: pd.Timestamp, tables: Mappi
         own = {name: dict(tuple(t.groupby(t["patient_id"].astype(str), sort=False))) for name, t in rows.items()}
         try:
             batch = model_outputs(decision_keys(chunk, as_of), rows, loaded)
-        except Exception:  # noqa: BLE001 - one patient's record can break the batch: each page runs the model alone
+        except Exception as err:  # noqa: BLE001 - one patient's record can break the batch: each page runs alone
+            typer.echo(f"the model failed on a batch of {len(chunk)} patients ({_failure(err).reason}): paging them "
+                       "one by one", err=True)
             batch = None
         for pid in chunk:
             mine = {name: own[name].get(pid, t.iloc[:0]) for name, t in rows.items()}
@@ -223,12 +225,17 @@ def run_report(patient: str | None = None, all_patients: bool = False, as_of: da
     pages_of = batched_pages(todo, when, tables, loaded, monitoring, evidence, violations, top_k=top_k, rules=rules)
     failed: list[tuple[str, str]] = []
     for done, (pid, page) in enumerate(pages_of, start=1):
+        if not isinstance(page, PageFailure):
+            try:
+                html = render_page(page)
+            except Exception as err:  # noqa: BLE001 - as a page that fails to build: the others are still written
+                page = _failure(err)
         if isinstance(page, PageFailure):
             failed.append((pid, page.reason))
             typer.echo(f"no page for {pid}: {page.reason}", err=True)
             continue
         name = page_file_name(pid)
-        (out / name).write_text(render_page(page), encoding="utf-8")
+        (out / name).write_text(html, encoding="utf-8")
         best = next((o.label for o in page.options if o.recommended), "—")
         entries.append({"patient_id": pid, "href": name, "recommended": best})
         if done % PROGRESS_EVERY == 0 and done < len(todo):  # a long run says how far it is (a count, no ids)

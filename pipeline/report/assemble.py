@@ -488,7 +488,7 @@ def build_patient_page(
         ("options modelled", ", ".join(labels.get(a, a) for a in model.arms)),
         ("training decisions per option", ", ".join(f"{labels.get(o, o)} {int(counts[o])}"
                                                     for o in catalog.names if o in counts) or "not recorded"),
-        ("in validation, for patients like this", subgroup_fact(evidence.subgroups, _subgroups(one["patients"]))
+        ("in validation, for patients like this", subgroup_fact(evidence.subgroups, _subgroups(outputs.features))
          or "no validation by subgroup recorded"),
         ("when not to use", "patients unlike the training population; options shown greyed; any decision "
                             "without a clinician's review"),
@@ -540,15 +540,16 @@ def build_patient_page(
         simulated_training=simulated_training(evidence.metrics),
         star_rule=star_rule(float(getattr(model.config, "safety_weight", 0.0))),
         regimen_cautions=catalog.current_combinations(current_generics, drug_labels),
-        difference_error=evidence.metrics.get("sim_sqrt_pehe"),
+        difference_error=next((e for e in [evidence.metrics.get("sim_sqrt_pehe")] if _ok(e)), None),
     )
 
 
-def _subgroups(patients: pd.DataFrame) -> dict[str, str]:
-    """This patient's clinical subgroups as the evaluation labels them (antibody group, ILD, juvenile or adult)."""
-    from models.evaluation.subgroups import clinical_subgroups
+def _subgroups(features: pd.DataFrame) -> dict[str, str]:
+    """This decision's clinical subgroups labelled from its feature row exactly as the evaluation labels held-out
+    decisions (antibody group, ILD, juvenile or adult), so each names a row of the subgroup table."""
+    from models.evaluation.subgroups import subgroup_labels
 
-    row = clinical_subgroups(patients).iloc[0]
+    row = subgroup_labels(features).iloc[0]
     return {name: str(row[name]) for name in ("antibody_group", "ild", "age_group")}
 
 

@@ -58,7 +58,8 @@ def _environment() -> Any:
 def render_page(page: Page) -> str:
     """The self-contained HTML of one patient's page (inline CSS and SVG, no script, no network)."""
     env = _environment()
-    best = next((o for o in page.options if o.recommended), None)
+    summary = summarise(page)
+    best = summary.option
     charts = {
         "trends": trends_svg(page.trends),
         "icons": icon_array_svg(best.p_response if best else None, f"respond within {page.horizon_weeks} weeks"),
@@ -67,7 +68,7 @@ def render_page(page: Page) -> str:
     }
     css = (TEMPLATES / "page.css").read_text(encoding="utf-8")
     return env.get_template("patient.html.j2").render(page=page, charts=charts, css=Markup(css), banner=BANNER,
-                                                      caveat=CAVEAT, shap_note=SHAP_NOTE, summary=summarise(page))
+                                                      caveat=CAVEAT, shap_note=SHAP_NOTE, summary=summary)
 
 
 def render_index(entries: Sequence[Mapping[str, str]], *, as_of: str, model: str) -> str:

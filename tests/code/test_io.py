@@ -19,3 +19,12 @@ def test_outputs_get_the_permissions_a_plain_open_gives_never_owner_only(tmp_pat
     write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "out.parquet")
     for name in ("out.json", "out.parquet"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
+
+
+def test_rewriting_a_file_keeps_the_permissions_its_owner_set(tmp_path):
+    """A file locked to its owner (patient data) stays so when a stage writes it again."""
+    target = tmp_path / "out.json"
+    write_json({"a": 1}, target)
+    target.chmod(0o600)
+    write_json({"a": 2}, target)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
