@@ -367,8 +367,9 @@ def score_command(
     model: Annotated[str, typer.Option("--model", help="MLflow model URI")] = "models:/escalate-response@champion",
     engine: Annotated[str, typer.Option("--engine", help="local | spark")] = "local",
     chunk_patients: Annotated[int, typer.Option("--chunk-patients", min=1, help="patients per chunk")] = 1000,
-    explain_top: Annotated[int, typer.Option("--explain-top", min=0, max=20,
-                                             help="reasons per option (0 = no explanations)")] = 3,
+    explain_top: Annotated[int, typer.Option("--explain-top", "--top-k", min=0, max=20,
+                                             help="reasons per option (0 = no explanations; --top-k as `report` "
+                                                  "names it)")] = 3,
     today: Annotated[date | None, typer.Option("--today", parser=iso_date_option, metavar=DATE_METAVAR,
                                                help="the data's extraction date (default: the current date)")]
     = None,

@@ -296,3 +296,21 @@ def test_validate_refuses_a_folder_without_the_contract_tables_on_stderr_like_ev
     assert res.exit_code == 2 and res.stdout == "", res.output
     assert res.stderr.strip() == (f"escalate validate: error: cannot read contract tables: contract table 'patients' "
                                   f"not found in {tmp_path}: expected patients.parquet or patients.csv")
+
+
+def test_score_takes_reasons_per_option_under_reports_name_too(tmp_path, monkeypatch):
+    """`report --top-k N` and `score --explain-top N` set the same thing: score accepts both names."""
+    from pipeline import score
+
+    seen = {}
+
+    def nothing_scored(data, as_of, model, out, **kwargs):
+        seen["top"] = kwargs["settings"].explain_top_k
+        counts = {"input_patients": 1, "scored_patients": 0, "rejected_patients": 1, "unknown_patients": 0}
+        return {"counts": counts, "model_uri": model, "model_version": "1", "as_of": as_of, "timings": {"total_s": 0.1}}
+
+    monkeypatch.setattr(score, "run_score", nothing_scored)
+    base = ["score", "--data", str(SEED_CASE), "--as-of", "2026-11-18", "--today", "2026-11-25"]
+    for i, name in enumerate(("--explain-top", "--top-k")):
+        refused([*base, "--out", str(tmp_path / f"s{i}"), name, "5"], code=1)
+        assert seen["top"] == 5, name
