@@ -124,11 +124,10 @@ def run_promote(params: Settings | Path = Path("params.yaml"), root: Path = ROOT
     )
     # the champion's bundle shipped anew: only by a run that records what it ships (a run from before the code tag,
     # or one reverting to older code, has none to compare or is not newer)
-    same_fit = (champ_info is not None and cand_info.tags.get(registry.BUNDLE_SHA_TAG) is not None
-                and cand_info.tags.get(registry.CODE_SHA_TAG) is not None
-                and cand_info.tags.get(registry.BUNDLE_SHA_TAG) == champ_info.tags.get(registry.BUNDLE_SHA_TAG)
-                and cand_info.tags.get(registry.CODE_SHA_TAG) != champ_info.tags.get(registry.CODE_SHA_TAG)
-                and int(cand_version) > int(champ[0]))
+    c_tags, h_tags = cand_info.tags, champ_info.tags if champ_info is not None else {}
+    bundle, code = c_tags.get(registry.BUNDLE_SHA_TAG), c_tags.get(registry.CODE_SHA_TAG)
+    same_fit = (champ is not None and None not in (bundle, code) and bundle == h_tags.get(registry.BUNDLE_SHA_TAG)
+                and code != h_tags.get(registry.CODE_SHA_TAG) and int(cand_version) > int(champ[0]))
     decision = replace(promotion_decision(cand_info.metrics, champ_info.metrics if champ_info else None, rule,
                                           same_data=same, same_fit=same_fit), evidence=evidence)
     if decision.promote:

@@ -621,7 +621,7 @@ def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from models.scoring import REJECT_COLUMNS, InvariantReport, check_invariant, rows_per_patient
+    from models.scoring import REJECT_COLUMNS, InvariantReport, check_invariant, clean_ids, rows_per_patient
     from pipeline.io import atomic_path
 
     reports: list[InvariantReport] = []
@@ -639,7 +639,7 @@ def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int, 
             report = check_invariant(plan.patients(chunk), scored, rejects["patient_id"], n_options)
             reports.append(report.for_chunk(chunk))
             reject_rows += len(rejects)
-            nobody = rejects["patient_id"].isna() | rejects["patient_id"].astype(str).str.strip().eq("")
+            nobody = clean_ids(rejects["patient_id"]).isna().to_numpy()  # as the invariant reads ids
             nobody_rows += len(rejects.loc[nobody, ["table", "row"]].drop_duplicates())
             output_rows += int(scored.sum())
     return InvariantReport.combine(reports), reject_rows, warning_rows, output_rows, nobody_rows

@@ -461,6 +461,7 @@ def build_patient_page(
     eligible = pred.loc[pred["eligible"].astype(bool), "option"].astype(str).tolist()
     # changes that are 0 only because nothing was recorded in their window are worded so, never "unchanged"
     unmeasured = C.unmeasured_changes(X, dictionary, model.feature_config().change_windows_days)
+    difference_error = evidence.metrics.get("sim_sqrt_pehe")  # known on a simulated cohort only
     explanations = option_explanations(ex, X, dictionary, eligible, labels, k=top_k, unmeasured=unmeasured)
     drug_labels = {d.generic: d.label for d in vocabulary.drugs}
     current_generics = current["generic"].astype(str).tolist() if len(current) else []
@@ -540,7 +541,7 @@ def build_patient_page(
         simulated_training=simulated_training(evidence.metrics),
         star_rule=star_rule(float(getattr(model.config, "safety_weight", 0.0))),
         regimen_cautions=catalog.current_combinations(current_generics, drug_labels),
-        difference_error=next((e for e in [evidence.metrics.get("sim_sqrt_pehe")] if _ok(e)), None),
+        difference_error=difference_error if _ok(difference_error) else None,
     )
 
 

@@ -55,6 +55,12 @@ def _environment() -> Any:
     return env
 
 
+@functools.cache
+def _page_css() -> Markup:
+    """The pages' and the index's inline style sheet, read once per process (`report --all` renders thousands)."""
+    return Markup((TEMPLATES / "page.css").read_text(encoding="utf-8"))
+
+
 def render_page(page: Page) -> str:
     """The self-contained HTML of one patient's page (inline CSS and SVG, no script, no network)."""
     env = _environment()
@@ -66,8 +72,8 @@ def render_page(page: Page) -> str:
         "waterfalls": {e.option: waterfall_svg(e) for e in page.explanations},
         "contrasts": {e.option: contrast_svg(e) for e in page.explanations if e.contrast},
     }
-    css = (TEMPLATES / "page.css").read_text(encoding="utf-8")
-    return env.get_template("patient.html.j2").render(page=page, charts=charts, css=Markup(css), banner=BANNER,
+    css = _page_css()
+    return env.get_template("patient.html.j2").render(page=page, charts=charts, css=css, banner=BANNER,
                                                       caveat=CAVEAT, shap_note=SHAP_NOTE, summary=summary)
 
 
@@ -78,9 +84,9 @@ def render_index(entries: Sequence[Mapping[str, str]], *, as_of: str, model: str
     import hashlib
 
     env = _environment()
-    css = (TEMPLATES / "page.css").read_text(encoding="utf-8")
+    css = _page_css()
     digest = base64.b64encode(hashlib.sha256(INDEX_SCRIPT.encode()).digest()).decode()
-    return env.get_template("index.html.j2").render(entries=entries, as_of=as_of, model=model, css=Markup(css),
+    return env.get_template("index.html.j2").render(entries=entries, as_of=as_of, model=model, css=css,
                                                      banner=BANNER, script=Markup(INDEX_SCRIPT), script_hash=digest)
 
 
