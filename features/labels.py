@@ -1,11 +1,12 @@
 """Outcome labels of each decision from the assessments and events that followed it.
 
 Baseline is the decision visit's core set (a missing measure carried forward from at most `carry_forward_days`
-before); follow-up is the visit nearest decision + horizon within ± window. From the pair: the ACR/EULAR Total
-Improvement Score, its category, response at the configured threshold (juvenile DM thresholds for juvenile DM),
-CDASI activity change and skin response, a safety event within (visit, visit + horizon], and steroid sparing
-(prednisone at or below the taper goal at follow-up with no dose rise in between). No follow-up visit → the
-efficacy labels are missing (and counted), never guessed.
+before); follow-up is the visit nearest decision + horizon within ± window and not after the patient's next
+decision (a later visit measures the next option). From the pair: the ACR/EULAR Total Improvement Score, its
+category, response at the configured threshold (juvenile DM thresholds for juvenile DM), CDASI activity change
+and skin response, a safety event within (visit, visit + horizon], and steroid sparing (prednisone at or below
+the taper goal at follow-up with no dose rise in between). No follow-up visit → the efficacy labels are missing
+(and counted), never guessed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from features.build import FAR_FUTURE, composite, from_days, measure_tracks, pairs, patient_codes, to_days
+from features.build import FAR_FUTURE, composite, decompose, from_days, measure_tracks, pairs, patient_codes, to_days
 from features.config import LabelConfig
 from features.decisions import visit_days, visit_measures, visit_values
 from features.response import (
@@ -60,8 +61,11 @@ def outcome_labels(
     vkey = composite(vc, vd)
     target = day + horizon
     lo_day = np.maximum(target - window, day + 1)
+    # a visit after the patient's next decision measures the option chosen there, not this one
+    next_day = next_decision_day(codes, day)
+    hi_day = np.minimum(target + window, next_day)
     lo = np.searchsorted(vkey, composite(codes, lo_day), side="left")
-    hi = np.searchsorted(vkey, composite(codes, target + window + 1), side="left")
+    hi = np.searchsorted(vkey, composite(codes, hi_day + 1), side="left")
     q, pos = pairs(lo, np.maximum(hi, lo))
     fu_day = np.full(len(day), -1, dtype=np.int64)
     if len(q):
@@ -90,9 +94,10 @@ def outcome_labels(
     safety = _safety_event(tables["events"], tables["assessments"], index, codes, day, horizon, has_fu, config)
     sparing = steroid_sparing(tables["regimens"], index, codes, day, np.where(has_fu, fu_day, -1),
                               config.steroid_goal_mg_day)
+    no_visit = f"no follow-up visit within ±{config.window_weeks} weeks of week {config.horizon_weeks}"
     reason = np.where(
         ~has_fu,
-        f"no follow-up visit within ±{config.window_weeks} weeks of week {config.horizon_weeks}",
+        np.where(next_day < lo_day, f"{no_visit} before the next decision", no_visit),
         tis["missing_reason"].astype(object).to_numpy(),
     )
     reason = np.where(np.isnan(score), reason, None)
@@ -111,6 +116,15 @@ def outcome_labels(
         index=decisions.index,
     )
     return out
+
+
+def next_decision_day(codes: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Day of each decision's next decision of the same patient (a later day; `FAR_FUTURE` for the last one)."""
+    keys = np.unique(composite(codes, day))
+    after = np.searchsorted(keys, composite(codes, day), side="right")
+    found = np.minimum(after, len(keys) - 1)
+    same = (after < len(keys)) & (decompose(keys[found])[0] == codes)
+    return np.where(same, decompose(keys[found])[1], FAR_FUTURE)
 
 
 def steroid_sparing(regimens: pd.DataFrame, index: pd.Index, codes: np.ndarray, day: np.ndarray,

@@ -176,3 +176,21 @@ def test_steroid_sparing_is_missing_without_follow_up():
     t = normalised([("P1", "prednisone", 5, "mg", "oral", "daily", "2024-06-01", None)], visit(DECISION))
     decisions = pd.DataFrame({"patient_id": ["P1"], "date": [pd.Timestamp(DECISION)]})
     assert np.isnan(outcome_labels(decisions, t).iloc[0]["steroid_sparing"])
+
+
+def two_decisions(assessments, second: str) -> pd.DataFrame:
+    t = normalised([], assessments)
+    decisions = pd.DataFrame({"patient_id": ["P1", "P1"], "date": [pd.Timestamp(second), pd.Timestamp(DECISION)]})
+    return outcome_labels(decisions, t)
+
+
+def test_follow_up_is_never_after_the_next_decision():
+    # the next decision at week 20 is this option's outcome visit; week 24 already measures the option chosen then
+    out = two_decisions(visit(DECISION) + visit(week(20), **IMPROVED) + visit(week(24)), week(20))
+    first = out.iloc[1]
+    assert first["followup_date"] == pd.Timestamp(week(20))
+    assert first["total_improvement_score"] == pytest.approx(72.5) and first["response"] == 1.0
+    # a next decision before the window leaves the label missing, and says why
+    out = two_decisions(visit(DECISION) + visit(week(12)) + visit(week(24), **IMPROVED), week(12))
+    assert np.isnan(out.iloc[1]["response"])
+    assert out.iloc[1]["label_missing_reason"].endswith("before the next decision")
