@@ -358,7 +358,8 @@ class SafetyConfig(Frozen):
     ild: float = 0.0
     prior_infection: float = 0.0
     event_mix: dict[str, float] = Field(default_factory=lambda: {"serious_infection": 0.6, "opportunistic_infection": 0.15, "cytopenia": 0.25})
-    #: IVIG thrombo-embolism (ProDERM 6.3 %) — recorded, but not part of the safety outcome.
+    #: IVIG thrombo-embolism within the horizon among all IVIG-treated patients (ProDERM 6.3 %), those that stopped
+    #: IVIG (`effects.harm`) included — recorded, but not part of the safety outcome.
     ivig_thromboembolism: float = Field(0.063, ge=0, le=1)
     background_infection_per_year: float = Field(0.05, ge=0)
     background_cytopenia_per_year: float = Field(0.06, ge=0)

@@ -632,8 +632,8 @@ def simulate_cohort(
         if harmed is not None and stop_day is not None:
             ev = pd.concat([ev, harm_ev], ignore_index=True)
         if "add_ivig" in option_names:
-            te = (taken == option_names.index("add_ivig")) & (rng.random(n) < cfg.safety.ivig_thromboembolism)
-            te_day = t + rng.integers(7, 7 * main_h - 14, n)
+            te = (taken == option_names.index("add_ivig")) & (rng.random(n) < _ivig_thromboembolism_beside_harm(cfg))
+            te_day = change_day + rng.integers(7, 7 * main_h - 14, n) - 6  # after the first infusion, in the horizon
             ev = pd.concat([ev, pd.DataFrame({"patient": idx[te], "day": te_day[te], "event": "thromboembolism", "grade": np.nan, "details": "deep vein thrombosis"})], ignore_index=True)
         pos = np.full(n_patients, -1)
         pos[idx] = np.arange(n)
@@ -865,6 +865,15 @@ def _adjust_prednisone(rows, idx, t, pred, taken_course, last_day, horizon_days:
     new = regimen_rows(idx[i], "prednisone", np.zeros(len(i), bool), day, end, cfg.history.regimens, brand_u, rng)
     new["dose"] = v
     return pd.concat([rows, annotate_rows(new, patients, vocabulary, body, cfg.history.regimens)], ignore_index=True)
+
+
+def _ivig_thromboembolism_beside_harm(cfg: SimulatorConfig) -> float:
+    """P(a thrombo-embolism on IVIG that did not stop it): `safety.ivig_thromboembolism` is the rate among all
+    IVIG-treated patients, and the interruptions for a thrombo-embolism (`effects.harm`) already give part of it."""
+    harm = cfg.effects.harm
+    mix = harm.events.get("ivig", cfg.safety.event_mix)
+    stopped = harm.interruption.get("ivig", 0.0) * mix.get("thromboembolism", 0.0) / sum(mix.values())
+    return max(0.0, 1.0 - (1.0 - cfg.safety.ivig_thromboembolism) / (1.0 - stopped))
 
 
 def _harm_events(catalog: OptionCatalog, cfg: SimulatorConfig, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ import pytest
 from features.response import total_improvement_score
 from features.vocabulary import OptionCatalog, Vocabulary
 from pipeline.config import load_reference
+from simulator.cohort import sample_patients
 from simulator.config import SimulatorConfig
 from simulator.engine import SimulatedCohort, simulate_cohort
 
@@ -136,6 +137,14 @@ def test_cohort_mix_follows_published_prevalence(inputs):
     assert years.min() >= 0.99 and years.max() <= 10.01
     per_patient = big.decisions.groupby("patient_id").size()
     assert per_patient.min() >= 1 and per_patient.max() <= 4
+
+
+def test_malignancy_share_of_adult_dm_is_the_published_one(inputs):
+    """EuroMyositis: malignancy in 20 % of DM — after the sex and ILD risk ratios, not before them."""
+    config = inputs[0]
+    p = sample_patients(20_000, config.cohort, config.measurement, np.random.default_rng(4))
+    adult = p["diagnosis"] == "adult_dermatomyositis"
+    assert abs(p.loc[adult, "cancer_associated"].mean() - 0.20) < 0.015
 
 
 def test_every_eligible_option_keeps_positive_propensity(cohort, inputs):
