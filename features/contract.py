@@ -258,8 +258,9 @@ def _iso_day(value: Any) -> str | None:
 
 
 def parse_dates(s: pd.Series) -> pd.Series:
-    """ISO dates (YYYY-MM-DD; a time part, offset included, is dropped: the day as written) → datetime64[ns]
-    calendar dates; NaT where unreadable or outside `DATE_RANGE`."""
+    """ISO dates (YYYY-MM-DD; a time part, offset included, is dropped: the day as written) or DATE/DATETIME
+    values → datetime64[ns] calendar dates; NaT where unreadable — a number (20210105) included, never read as
+    nanoseconds since 1970 — or outside `DATE_RANGE` (for the caller to count, never an overflow)."""
     if isinstance(s.dtype, pd.DatetimeTZDtype):
         s = s.dt.tz_localize(None)
     if pd.api.types.is_datetime64_any_dtype(s.dtype):

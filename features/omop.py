@@ -326,13 +326,6 @@ class ImportResult:
     persons_imported: int
 
 
-def _dates(s: pd.Series) -> pd.Series:
-    """OMOP dates (DATE/DATETIME values or ISO text) → datetime64[ns] days, read as the contract reads dates; NaT
-    where unreadable — a number (20210105) included, never nanoseconds since 1970 — or outside the calendar
-    (counted by the caller, never an overflow)."""
-    return parse_dates(s)
-
-
 def _table(omop: Mapping[str, pd.DataFrame | None], name: str) -> pd.DataFrame:
     """An OMOP table with the columns the importer needs (missing optional columns as empty)."""
     frame = omop.get(name)
@@ -361,7 +354,7 @@ def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, g
     diag_index = build_index([(d.diagnosis, d) for d in mapping.diagnoses], ancestor, desc)
     cond = cond.assign(diagnosis=diag_index.match(cond["condition_concept_id"], cond["condition_source_concept_id"],
                                                   cond["condition_source_value"]),
-                       date=_dates(cond["condition_start_date"]))
+                       date=parse_dates(cond["condition_start_date"]))
     cond_pid = integer_ids(cond["person_id"])
     diagnosed = cond["diagnosis"].notna().to_numpy()
     cohort_ids = pd.Index(cond_pid[diagnosed].dropna().unique())
@@ -394,7 +387,7 @@ def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, g
     patients, rep = _patients(person, cond, meas, mapping, ancestor, ids)
     reports.append(rep)
     obs_end = (_table(omop, "observation_period").assign(pid=lambda f: integer_ids(f["person_id"]))
-               .assign(end=lambda f: _dates(f["observation_period_end_date"])).groupby("pid")["end"].max())
+               .assign(end=lambda f: parse_dates(f["observation_period_end_date"])).groupby("pid")["end"].max())
     regimens, rep = _regimens(_cohort(_table(omop, "drug_exposure"), cohort_ids), omop, mapping, ancestor, ids,
                               obs_end, gap_days)
     reports.append(rep)
@@ -522,7 +515,7 @@ def _regimens(drug: pd.DataFrame, omop: Mapping[str, pd.DataFrame | None], mappi
     reports.append(_count(unmapped, "drug_exposure", "unmapped_concept", "info", "drug_concept_id",
                           "drug_source_value"))
     d = drug.loc[name.notna().to_numpy()].assign(drug=name[name.notna()].to_numpy())
-    d = d.assign(start=_dates(d["drug_exposure_start_date"]), end=_dates(d["drug_exposure_end_date"]))
+    d = d.assign(start=parse_dates(d["drug_exposure_start_date"]), end=parse_dates(d["drug_exposure_end_date"]))
     no_start = d["start"].isna()
     if no_start.any():
         reports.append(_count(d.loc[no_start], "drug_exposure", "unreadable_date", "error", "drug_concept_id",
@@ -693,7 +686,7 @@ def _assessments(meas: pd.DataFrame, obs: pd.DataFrame, mapping: OmopMapping, an
             reports.append(_count(f.loc[~mapped & ~other], table, "unmapped_concept", "info",
                                   f"{prefix}_concept_id", f"{prefix}_source_value"))
         value = _numbers(f["value_as_number"])
-        date = _dates(f[f"{prefix}_date"]).to_numpy()
+        date = parse_dates(f[f"{prefix}_date"]).to_numpy()
         unreadable = mapped & pd.isna(date) & f[f"{prefix}_date"].notna().to_numpy()
         if unreadable.any():  # a blank cell is no date, not an unreadable one
             written = f[f"{prefix}_date"].to_numpy()[unreadable]
@@ -755,11 +748,12 @@ def _events(obs: pd.DataFrame, death: pd.DataFrame, mapping: OmopMapping, ancest
     f = obs.loc[event.notna().to_numpy()]
     grade = pd.to_numeric(f["value_as_number"], errors="coerce").astype(float)
     grade = grade.where(np.isfinite(grade))  # an infinite grade is no grade
-    out = pd.DataFrame({"pid": f["pid"].to_numpy(), "date": _dates(f["observation_date"]).to_numpy(),
+    out = pd.DataFrame({"pid": f["pid"].to_numpy(), "date": parse_dates(f["observation_date"]).to_numpy(),
                         "event": event[event.notna()].to_numpy(), "grade": grade.to_numpy(dtype=float),
                         "details": f["value_as_string"].astype("object").to_numpy()})
     if mapping.death_event and not death.empty:
-        out = pd.concat([out, pd.DataFrame({"pid": death["pid"].to_numpy(), "date": _dates(death["death_date"]).to_numpy(),
+        out = pd.concat([out, pd.DataFrame({"pid": death["pid"].to_numpy(),
+                                            "date": parse_dates(death["death_date"]).to_numpy(),
                                             "event": "death", "grade": np.nan, "details": pd.NA})], ignore_index=True)
     # a death recorded in both `observation` and `death`, or twice, counts once: the earliest date, the rest said
     is_death = out["event"].eq("death")
