@@ -292,13 +292,15 @@ def mapped_concepts(mapping: OmopMapping, concept: pd.DataFrame | None) -> pd.Da
 
 
 # ----------------------------------------------------------------------------------------------------- report
-def _count(records: pd.DataFrame, table: str, reason: str, severity: str, concept_col: str,
+def _count(records: pd.DataFrame, table: str, reason: str, severity: str, concept_col: str | None,
            source_col: str | None, unit_col: str | None = None) -> pd.DataFrame:
-    """Report rows: records of `table` grouped by concept id (and source value where the concept is 0/missing),
-    and by unit concept (0 for none) when `unit_col` names it (the unit reasons)."""
+    """Report rows: records of `table` grouped by concept id (0 for a table without one: death,
+    observation_period) and source value where the concept is 0/missing, and by unit concept (0 for none) when
+    `unit_col` names it (the unit reasons)."""
     if records.empty:
         return pd.DataFrame(columns=list(REPORT_COLUMNS))
-    concept = integer_ids(records[concept_col]).fillna(0)
+    concept = (integer_ids(records[concept_col]).fillna(0) if concept_col is not None
+               else pd.Series(0, index=records.index, dtype="Int64"))
     if source_col is not None and source_col in records:
         src = records[source_col].astype("string").str.slice(0, 50).where(concept == 0, pd.NA)
     else:
@@ -386,8 +388,12 @@ def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, g
     obs = _cohort(_table(omop, "observation"), cohort_ids)
     patients, rep = _patients(person, cond, meas, mapping, ancestor, ids)
     reports.append(rep)
-    obs_end = (_table(omop, "observation_period").assign(pid=lambda f: integer_ids(f["person_id"]))
-               .assign(end=lambda f: parse_dates(f["observation_period_end_date"])).groupby("pid")["end"].max())
+    periods = _cohort(_table(omop, "observation_period"), cohort_ids)
+    periods = periods.assign(end=parse_dates(periods["observation_period_end_date"]))
+    if periods["end"].isna().any():  # cannot tell whether a regimen runs at its end: said, not passed over
+        reports.append(_count(periods.loc[periods["end"].isna()], "observation_period", "unreadable_date", "error",
+                              None, None))
+    obs_end = periods.groupby("pid")["end"].max()
     regimens, rep = _regimens(_cohort(_table(omop, "drug_exposure"), cohort_ids), omop, mapping, ancestor, ids,
                               obs_end, gap_days)
     reports.append(rep)
@@ -751,25 +757,30 @@ def _events(obs: pd.DataFrame, death: pd.DataFrame, mapping: OmopMapping, ancest
     out = pd.DataFrame({"pid": f["pid"].to_numpy(), "date": parse_dates(f["observation_date"]).to_numpy(),
                         "event": event[event.notna()].to_numpy(), "grade": grade.to_numpy(dtype=float),
                         "details": f["value_as_string"].astype("object").to_numpy()})
+    # an event without a readable date cannot be placed before or after a decision: not imported, and said
+    reports = [_count(f.loc[out["date"].isna().to_numpy()], "observation", "unreadable_date", "error",
+                      "observation_concept_id", "observation_source_value")]
+    out = out.loc[out["date"].notna()]
     if mapping.death_event and not death.empty:
-        out = pd.concat([out, pd.DataFrame({"pid": death["pid"].to_numpy(),
-                                            "date": parse_dates(death["death_date"]).to_numpy(),
-                                            "event": "death", "grade": np.nan, "details": pd.NA})], ignore_index=True)
+        died = parse_dates(death["death_date"])
+        reports.append(_count(death.loc[died.isna()], "death", "unreadable_date", "error", None, None))
+        out = pd.concat([out, pd.DataFrame({"pid": death["pid"].to_numpy(), "date": died.to_numpy(),
+                                            "event": "death", "grade": np.nan, "details": pd.NA})
+                         .loc[died.notna().to_numpy()]], ignore_index=True)
     # a death recorded in both `observation` and `death`, or twice, counts once: the earliest date, the rest said
     is_death = out["event"].eq("death")
     deaths = out.loc[is_death].sort_values(["pid", "date"], kind="stable")
     kept = deaths.drop_duplicates(["pid"])
-    report = pd.DataFrame(columns=list(REPORT_COLUMNS))
     if len(kept) < len(deaths):
-        report = pd.DataFrame({"table": ["death"], "concept_id": [0], "source_value": [pd.NA],
-                               "reason": ["death_recorded_again"], "severity": ["info"],
-                               "records": [len(deaths) - len(kept)]})
+        reports.append(pd.DataFrame({"table": ["death"], "concept_id": [0], "source_value": [pd.NA],
+                                     "reason": ["death_recorded_again"], "severity": ["info"],
+                                     "records": [len(deaths) - len(kept)]}))
     out = pd.concat([out.loc[~is_death], kept], ignore_index=True)
     # grades as recorded: one that is not whole is the contract's to reject (never rounded here)
     out["grade"] = out["grade"].astype(float)
     out.insert(0, "patient_id", out["pid"].map(ids).astype("string"))
     out = out.drop(columns="pid").sort_values(["patient_id", "date", "event"], kind="stable")
-    return out.reset_index(drop=True), report
+    return out.reset_index(drop=True), _concat(reports)
 
 
 # ------------------------------------------------------------------------------------------------ the writer

@@ -644,3 +644,19 @@ def test_a_single_dose_without_an_end_date_ends_on_its_day(tmp_path: Path) -> No
     assert _regimen_rows(got) == [["rituximab", 1000.0, "2021-03-01", "2021-03-01"],
                                   ["methotrexate", 15.0, "2021-06-05", "2021-07-02"]]
     assert _reasons(got.report)[("drug_exposure", RITUXIMAB, "no_end_date")] == 1
+
+
+def test_events_deaths_and_period_ends_with_unreadable_dates_are_reported(tmp_path: Path) -> None:
+    """An infection, a death or an observation period end whose date cannot be read is counted in the report
+    (table, unreadable_date, error) like a diagnosis or an exposure — never an event row without a date, never
+    passed over unsaid; a readable event beside them is imported."""
+    t = _small_cdm(period_end="31/12/2026", obs=[(1, 0, "2021-07-01", None, "sepsis", "serious infection", None, None),
+                                                 (1, 0, "July 2021", None, None, "serious infection", None, None)])
+    t["death"] = pd.DataFrame({"person_id": [1], "death_date": ["20240101"], "death_type_concept_id": 32817})
+    got = run_import_omop(str(_folder_of(t, tmp_path / "src")), tmp_path / "out", gap_days=30)
+    events = got.tables["events"]
+    assert events[["event", "date"]].values.tolist() == [["serious_infection", _d("2021-07-01")]]
+    bad = got.report[got.report["reason"] == "unreadable_date"]
+    assert bad[["table", "concept_id", "source_value", "severity", "records"]].astype(object).values.tolist() == [
+        ["death", 0, pd.NA, "error", 1], ["observation", 0, "serious infection", "error", 1],
+        ["observation_period", 0, pd.NA, "error", 1]]
