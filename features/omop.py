@@ -155,7 +155,7 @@ def mapping_problems(mapping: OmopMapping, vocabulary: Any, measures: Any) -> li
 
 
 # ---------------------------------------------------------------------------------------------------- indexes
-def _norm_text(s: pd.Series) -> pd.Series:
+def norm_text(s: pd.Series) -> pd.Series:
     """Source values compared case-insensitively, with surrounding and repeated blanks ignored (each distinct
     value normalised once: a column of millions of rows holds few distinct codes)."""
     codes, uniques = pd.factorize(s, use_na_sentinel=True)
@@ -236,9 +236,9 @@ def descendants(concept_ancestor: pd.DataFrame | None, ids: Iterable[int]) -> di
     out: dict[int, list[int]] = {i: [i] for i in ids}
     if concept_ancestor is None or concept_ancestor.empty or not ids:
         return out
-    ca = concept_ancestor.loc[concept_ancestor["ancestor_concept_id"].isin(ids),
-                              ["ancestor_concept_id", "descendant_concept_id"]]
-    for anc, desc in ca.groupby("ancestor_concept_id")["descendant_concept_id"]:
+    ca = pd.DataFrame({"anc": integer_ids(concept_ancestor["ancestor_concept_id"]),
+                       "desc": integer_ids(concept_ancestor["descendant_concept_id"])}).dropna()
+    for anc, desc in ca.loc[ca["anc"].isin(ids)].groupby("anc")["desc"]:  # ids as the importer reads them
         out[int(anc)] = [int(anc), *(int(d) for d in desc if int(d) != int(anc))]
     return out
 
@@ -493,7 +493,7 @@ def _antibodies(meas: pd.DataFrame, mapping: OmopMapping, ancestor: pd.DataFrame
     tests = meas.loc[ab.notna()].assign(antibody=ab[ab.notna()])
     res = mapping.antibody_results
     vc = integer_ids(tests["value_as_concept_id"])
-    text = _norm_text(tests["value_source_value"])
+    text = norm_text(tests["value_source_value"])
     pos_text = {" ".join(v.lower().split()) for v in res.positive_values}
     neg_text = {" ".join(v.lower().split()) for v in res.negative_values}
     positive = vc.isin(res.positive_concept_ids).fillna(False) | text.isin(pos_text).fillna(False)

@@ -42,6 +42,8 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     "death": ("person_id", "death_date"),
 }
 DB_NAME = "cdm.duckdb"
+_DUCK_NUMBERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                 "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -127,11 +129,28 @@ class _DuckSource:
             raise OmopSourceError(f"{where}: cannot be read as the OMOP table {table} ({_first_line(err)}); "
                                   "export it again (UTF-8 CSV or Parquet, CDM v5.4 column types)") from None
 
-    def in_list(self, column: str, values: Sequence[Any], kind: str) -> tuple[str, list[Any]]:
-        """A bound `column IN (values)` condition; a value that is not of `kind` (an id exported as text, a
-        header-only CSV's untyped column) is compared after a TRY_CAST, so it matches as the number it spells
-        or not at all, never an error."""
-        return f'TRY_CAST("{column}" AS {kind}) IN (SELECT UNNEST(?::{kind}[]))', [list(values)]
+    def numeric(self, table: str, column: str) -> bool:
+        """Whether the column holds numbers (an integer, decimal or floating type), compared with ids as numbers."""
+        rel, params = self._relation(table)
+        with self._named(table):
+            kind = str(self.con.execute(f'SELECT "{column}" FROM {rel} LIMIT 0', params).description[0][1])
+        return kind.upper() in _DUCK_NUMBERS or kind.upper().startswith("DECIMAL")
+
+    def distinct(self, table: str, column: str) -> list[Any]:
+        """The column's distinct values, as text (what `where`'s text test compares)."""
+        rel, params = self._relation(table)
+        with self._named(table):
+            rows = self.con.execute(f'SELECT DISTINCT CAST("{column}" AS VARCHAR) FROM {rel} '
+                                    f'WHERE "{column}" IS NOT NULL', params).fetchall()
+        return [r[0] for r in rows]
+
+    def where(self, table: str, columns: Sequence[str], tests: Sequence[tuple[str, Sequence[Any], bool]]
+              ) -> pd.DataFrame:
+        """Rows where any test holds: (column, values, by_number) is a numeric `column IN values`, else the
+        column as text IN values (values `distinct` gave); one bound list per test."""
+        parts = [f'"{c}" IN (SELECT UNNEST(?::BIGINT[]))' if by_number
+                 else f'CAST("{c}" AS VARCHAR) IN (SELECT UNNEST(?::VARCHAR[]))' for c, _, by_number in tests]
+        return self.read(table, columns, "WHERE " + " OR ".join(parts), [list(v) for _, v, _ in tests])
 
     def close(self) -> None:
         self.con.close()
@@ -145,6 +164,7 @@ class _SqlSource:
 
         self.sa = sa
         self.schema = schema
+        self.types: dict[str, dict[str, Any]] = {}
         try:
             self.engine = sa.create_engine(url)
             self.inspector = sa.inspect(self.engine)
@@ -154,9 +174,33 @@ class _SqlSource:
 
     def columns(self, table: str) -> list[str] | None:
         try:
-            return [c["name"].lower() for c in self.inspector.get_columns(table, schema=self.schema)] or None
+            found = self.inspector.get_columns(table, schema=self.schema)
         except self.sa.exc.NoSuchTableError:
             return None
+        self.types[table] = {c["name"].lower(): c["type"] for c in found}
+        return list(self.types[table]) or None
+
+    def numeric(self, table: str, column: str) -> bool:
+        """Whether the column is declared as numbers (integer, numeric, floating), compared with ids as numbers."""
+        return isinstance(self.types[table].get(column), self.sa.types.Numeric | self.sa.types.Integer)
+
+    def distinct(self, table: str, column: str) -> list[Any]:
+        """The column's distinct values as the driver returns them (what `where`'s text test compares)."""
+        sa = self.sa
+        t = sa.table(table, sa.column(column), schema=self.schema)
+        query = sa.select(t.c[column]).distinct().where(t.c[column].is_not(None))
+        try:
+            with self.engine.connect() as con:
+                return [r[0] for r in con.execute(query)]
+        except sa.exc.SQLAlchemyError as err:
+            raise OmopSourceError(f"table {table}: cannot be read as the OMOP table ({_first_line(err)})") from None
+
+    def where(self, table: str, columns: Sequence[str], tests: Sequence[tuple[str, Sequence[Any], bool]]
+              ) -> pd.DataFrame:
+        """Rows where any (column, values, by_number) test holds: `column IN values`, bound (values as numbers,
+        or as `distinct` returned them)."""
+        conditions = [lambda t, c=c, v=v: t.c[c].in_(list(v)) for c, v, _ in tests]
+        return self.read(table, columns, conditions, known=[c for c, _, _ in tests])
 
     def read(self, table: str, columns: Sequence[str], conditions: Sequence[Any] = (),
              known: Sequence[str] = ()) -> pd.DataFrame:
@@ -239,15 +283,15 @@ def read_omop(src: _DuckSource | _SqlSource, mapping: OmopMapping) -> dict[str, 
     if present["concept_ancestor"] is not None and mapping.include_descendants:
         out["concept_ancestor"] = _read(src, "concept_ancestor", present, [("ancestor_concept_id", ancestors, "BIGINT")])
         ca = out["concept_ancestor"]
-        d = ca.loc[ca["ancestor_concept_id"].isin(mapped), "descendant_concept_id"]
-        mapped = sorted({*mapped, *(int(x) for x in d)})
+        d = integer_ids(ca["descendant_concept_id"])[integer_ids(ca["ancestor_concept_id"]).isin(mapped)]
+        mapped = sorted({*mapped, *(int(x) for x in d.dropna())})
     else:
         out["concept_ancestor"] = None
     values = sorted({v for d in mapping.diagnoses for v in d.source_values})
     source_concepts = sorted({int(c) for d in mapping.diagnoses for c in (*d.source_concept_ids, *d.concept_ids)})
     dx = _read(src, "condition_occurrence", present, [
         ("condition_concept_id", mapped, "BIGINT"), ("condition_source_concept_id", source_concepts, "BIGINT"),
-        ("condition_source_value", values, "VARCHAR")], case_insensitive=True)
+        ("condition_source_value", values, "VARCHAR")])
     dx_ids = integer_ids(dx["person_id"])
     cohort = sorted({int(p) for p in dx_ids.dropna()})
     for table in OMOP_COLUMNS:
@@ -283,40 +327,31 @@ def _count_rows(src: _DuckSource | _SqlSource, table: str) -> int:
 
 
 def _read(src: _DuckSource | _SqlSource, table: str, present: dict[str, list[str] | None],
-          any_of: Sequence[tuple[str, Sequence[Any], str]], columns: Sequence[str] | None = None,
-          case_insensitive: bool = False) -> pd.DataFrame:
-    """Rows of `table` where any (column IN values) holds; the importer's columns that the table has (the others
-    come back empty). Text matches are case-insensitive and ignore surrounding blanks when asked."""
-    from features.omop import OMOP_COLUMNS, VOCABULARY_COLUMNS
+          any_of: Sequence[tuple[str, Sequence[Any], str]], columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Rows of `table` where any (column, values, kind) test holds; the importer's columns that the table has
+    (the others come back empty). The rows are those the importer itself would match, from every backend: a
+    numeric column is compared as numbers; ids in any other column (text ' 17 ', '0004') and `VARCHAR` source
+    values (case, surrounding and repeated blanks ignored) are read the importer's way (`integer_ids`,
+    `norm_text`) from the column's distinct values, and the values that match are bound as they are stored."""
+    from features.omop import OMOP_COLUMNS, VOCABULARY_COLUMNS, integer_ids, norm_text
 
     wanted = list(columns or OMOP_COLUMNS.get(table) or VOCABULARY_COLUMNS[table])
     have = [c for c in wanted if c in (present[table] or [])]
-    tests = [(c, v, k) for c, v, k in any_of if c in (present[table] or []) and len(v)]
-    if not tests:
-        frame = pd.DataFrame({c: pd.Series(dtype="object") for c in have})
-    elif isinstance(src, _DuckSource):
-        parts, params = [], []
-        for c, v, k in tests:
-            if k == "VARCHAR" and case_insensitive:
-                parts.append(f'lower(trim(CAST("{c}" AS VARCHAR))) IN (SELECT UNNEST(?::VARCHAR[]))')
-                params.append([" ".join(str(x).lower().split()) for x in v])
-            else:
-                sql, p = src.in_list(c, v, k)
-                parts.append(sql)
-                params.extend(p)
-        frame = src.read(table, have, "WHERE " + " OR ".join(parts), params)
-    else:
-        sa = src.sa
-
-        def cond(c: str, v: Sequence[Any], k: str) -> Any:
-            def build(t: Any) -> Any:
-                col = t.c[c]
-                if k == "VARCHAR" and case_insensitive:
-                    return sa.func.lower(sa.func.trim(col)).in_([" ".join(str(x).lower().split()) for x in v])
-                return col.in_(list(v))
-            return build
-
-        frame = src.read(table, have, [cond(c, v, k) for c, v, k in tests], known=[c for c, _, _ in tests])
+    tests: list[tuple[str, Sequence[Any], bool]] = []
+    for c, v, k in any_of:
+        if c not in (present[table] or []) or not len(v):
+            continue
+        if k == "BIGINT" and src.numeric(table, c):
+            tests.append((c, v, True))
+            continue
+        stored = pd.Series(src.distinct(table, c), dtype=object)
+        if k == "BIGINT":
+            match = integer_ids(stored).isin([int(x) for x in v])
+        else:
+            match = norm_text(stored).isin({" ".join(str(x).lower().split()) for x in v})
+        if match.any():
+            tests.append((c, stored[match.to_numpy(dtype=bool, na_value=False)].tolist(), False))
+    frame = src.where(table, have, tests) if tests else pd.DataFrame({c: pd.Series(dtype="object") for c in have})
     frame.columns = [c.lower() for c in frame.columns]
     for c in wanted:
         if c not in frame:

@@ -577,13 +577,12 @@ def test_a_diagnosed_person_whose_id_is_not_an_integer_is_reported(tmp_path: Pat
     import sqlalchemy as sa
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'cdm.sqlite'}")
-    for name, frame in t.items():  # SQLite compares a text id with a number as text: '0004' is left out there
-        frame.loc[frame["person_id"] != "0004"].to_sql(name, engine, index=False)
+    for name, frame in t.items():  # a text id is read as the number it spells in SQLite too ('0004' is 4)
+        frame.to_sql(name, engine, index=False)
     engine.dispose()
-    for source, ids in ((str(_folder_of(t, tmp_path / "csv")), ["1", "4"]),
-                        (f"sqlite:///{tmp_path / 'cdm.sqlite'}", ["1"])):
+    for source in (str(_folder_of(t, tmp_path / "csv")), f"sqlite:///{tmp_path / 'cdm.sqlite'}"):
         got = run_import_omop(source, tmp_path / "out", gap_days=30)
-        assert got.tables["patients"]["patient_id"].tolist() == ids, source
+        assert got.tables["patients"]["patient_id"].tolist() == ["1", "4"], source
         bad = got.report[got.report["reason"] == "non_integer_person_id"]
         assert bad[["table", "concept_id", "severity", "records"]].values.tolist() == [
             ["condition_occurrence", 80182, "error", 1]], source
@@ -660,3 +659,52 @@ def test_events_deaths_and_period_ends_with_unreadable_dates_are_reported(tmp_pa
     assert bad[["table", "concept_id", "source_value", "severity", "records"]].astype(object).values.tolist() == [
         ["death", 0, pd.NA, "error", 1], ["observation", 0, "serious infection", "error", 1],
         ["observation_period", 0, pd.NA, "error", 1]]
+
+
+def test_one_cdm_imports_to_the_same_tables_from_every_backend(tmp_path: Path) -> None:
+    """One CDM whose ids are text (person_id ' 17 ' and '0004', a concept id ' 80182 ', a concept_ancestor id
+    ' 2100000010 ') and whose source value has repeated blanks ('JUVENILE   dermatomyositis') imports to the same
+    tables and report from a DuckDB file, a folder of CSV, a folder of Parquet and SQLite (SQLAlchemy) — each
+    backend once matched such ids or text its own way, and SQLite left persons 17 and 4 out unsaid."""
+    t = _small_cdm(persons=[(1, 8532, 1970), (" 17 ", 8507, 1980), ("0004", 8507, 1985), ("P2", 8532, 1990)],
+                   conds=[(" 17 ", " 80182 ", "2020-02-02", None), ("0004", 0, "2020-03-03", "JUVENILE   dermatomyositis"),
+                          ("P2", 80182, "2020-04-04", None), ("0004", 4119786, "2020-03-03", None)],
+                   drugs=[(" 17 ", PRODUCT_PREDNISONE, "2021-01-01", "2021-01-31", 10, None, "daily", ORAL, "mg"),
+                          ("0004", METHOTREXATE, "2021-02-01", "2021-03-01", 15, None, "weekly", ORAL, "mg")],
+                   meas=[(" 17 ", 3007220, "2021-01-05", 900.0, None, 8645, 200.0, None, None, None)],
+                   obs=[("0004", 0, "2021-07-01", None, "sepsis", "serious infection", None, None)])
+    t["concept_ancestor"] = pd.DataFrame({"ancestor_concept_id": ["1551099", "4119786"],
+                                          "descendant_concept_id": [" 2100000010 ", "4119786"]})
+    for frame in t.values():  # every id column as text, as a site's export may hold it
+        for col in [c for c in frame if c == "person_id" or c.endswith("concept_id")]:
+            frame[col] = frame[col].map(lambda v: None if pd.isna(v) else str(v))
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'cdm.sqlite'}")
+    for name, frame in t.items():
+        frame.to_sql(name, engine, index=False)
+    engine.dispose()
+    con = duckdb.connect(str(tmp_path / "cdm.duckdb"))
+    for name, frame in t.items():
+        con.register("frame", frame)
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")
+        con.unregister("frame")
+    con.close()
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    for name, frame in t.items():
+        frame.to_parquet(parquet / f"{name}.parquet", index=False)
+    sources = [str(tmp_path / "cdm.duckdb"), str(_folder_of(t, tmp_path / "csv")), str(parquet),
+               f"sqlite:///{tmp_path / 'cdm.sqlite'}"]
+    got = [run_import_omop(source, tmp_path / f"out{i}", gap_days=30) for i, source in enumerate(sources)]
+    p = got[0].tables["patients"]
+    assert p[["patient_id", "diagnosis", "ild"]].values.tolist() == [
+        ["1", "adult_dermatomyositis", False], ["17", "adult_dermatomyositis", False],
+        ["4", "juvenile_dermatomyositis", True]]
+    assert got[0].tables["regimens"][["patient_id", "drug"]].values.tolist() == [["17", "prednisone"],
+                                                                                 ["4", "methotrexate"]]
+    assert _reasons(got[0].report) == {("condition_occurrence", 80182, "non_integer_person_id"): 1}
+    for source, result in zip(sources[1:], got[1:], strict=True):
+        for name, frame in got[0].tables.items():
+            pd.testing.assert_frame_equal(result.tables[name], frame, obj=f"{source} {name}")
+        pd.testing.assert_frame_equal(result.report, got[0].report, obj=f"{source} report")
