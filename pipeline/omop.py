@@ -289,19 +289,18 @@ def read_omop(src: _DuckSource | _SqlSource, mapping: OmopMapping) -> dict[str, 
         out["concept_ancestor"] = None
     values = sorted({v for d in mapping.diagnoses for v in d.source_values})
     source_concepts = sorted({int(c) for d in mapping.diagnoses for c in (*d.source_concept_ids, *d.concept_ids)})
-    dx = _read(src, "condition_occurrence", present, [
-        ("condition_concept_id", mapped, "BIGINT"), ("condition_source_concept_id", source_concepts, "BIGINT"),
-        ("condition_source_value", values, "VARCHAR")])
-    dx_ids = integer_ids(dx["person_id"])
-    cohort = sorted({int(p) for p in dx_ids.dropna()})
+    diagnosed = [("condition_concept_id", mapped, "BIGINT"), ("condition_source_concept_id", source_concepts, "BIGINT"),
+                 ("condition_source_value", values, "VARCHAR")]
+    dx = _read(src, "condition_occurrence", present, diagnosed)
+    cohort = sorted({int(p) for p in integer_ids(dx["person_id"]).dropna()})
     for table in OMOP_COLUMNS:
         if present[table] is None:
             out[table] = None
             continue
-        out[table] = _read(src, table, present, [("person_id", cohort, "BIGINT")])
-    if dx_ids.isna().any():  # diagnoses of a person id that is not an integer ('P2'): passed on to be reported
-        out["condition_occurrence"] = pd.concat([out["condition_occurrence"].astype(object),
-                                                 dx.loc[dx_ids.isna().to_numpy()].astype(object)], ignore_index=True)
+        # conditions: the cohort's, and the diagnoses of a person id that is not an integer ('P2'), to be
+        # reported (every diagnosis of an integer id is a cohort person's): one query, the table's own types
+        extra = diagnosed if table == "condition_occurrence" else []
+        out[table] = _read(src, table, present, [("person_id", cohort, "BIGINT"), *extra])
     if present["person"] is not None:  # the persons' count for the report, not their records
         out["person_total"] = _count_rows(src, "person")  # type: ignore[assignment]
     named = sorted({int(c) for group in (mapping.drugs, mapping.diagnoses, mapping.measures, mapping.antibodies,

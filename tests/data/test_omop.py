@@ -708,3 +708,15 @@ def test_one_cdm_imports_to_the_same_tables_from_every_backend(tmp_path: Path) -
         for name, frame in got[0].tables.items():
             pd.testing.assert_frame_equal(result.tables[name], frame, obj=f"{source} {name}")
         pd.testing.assert_frame_equal(result.report, got[0].report, obj=f"{source} report")
+
+
+def test_a_diagnosis_of_a_non_integer_person_id_keeps_the_condition_table_types(tmp_path: Path) -> None:
+    """read_omop passes the 'P2' diagnosis on to be reported with the cohort's conditions in the table's own
+    types (concept ids numbers, dates dates) — never every column turned to object to append it — and once."""
+    t = _small_cdm(persons=[(1, 8532, 1970), ("P2", 8507, 1980)], conds=[("P2", 80182, "2020-02-02", None)])
+    t["condition_occurrence"]["person_id"] = t["condition_occurrence"]["person_id"].astype(str)
+    with open_source(str(_folder_of(t, tmp_path / "src"))) as src:
+        cond = read_omop(src, load_mapping())["condition_occurrence"]
+    assert cond["person_id"].tolist() == ["1", "P2"]
+    assert cond["condition_concept_id"].dtype == "int64"
+    assert pd.api.types.is_datetime64_any_dtype(cond["condition_start_date"])
