@@ -394,6 +394,9 @@ def import_omop(omop: Mapping[str, pd.DataFrame | None], mapping: OmopMapping, g
         reports.append(_count(periods.loc[periods["end"].isna()], "observation_period", "unreadable_date", "error",
                               None, None))
     obs_end = periods.groupby("pid")["end"].max()
+    unobserved = ~person["pid"].isin(periods["pid"]).to_numpy(dtype=bool)
+    if unobserved.any():  # CDM v5.4 gives every person one: without it no regimen can be told to be ongoing
+        reports.append(_count(person.loc[unobserved], "person", "no_observation_period", "warning", None, None))
     regimens, rep = _regimens(_cohort(_table(omop, "drug_exposure"), cohort_ids), omop, mapping, ancestor, ids,
                               obs_end, gap_days)
     reports.append(rep)
@@ -427,8 +430,10 @@ def _patients(person: pd.DataFrame, cond: pd.DataFrame, meas: pd.DataFrame,
     """One contract `patients` row per cohort person."""
     reports = []
     order = {d.diagnosis: i for i, d in enumerate(mapping.diagnoses)}
-    dx = cond.loc[cond["diagnosis"].notna()].assign(pid=lambda f: integer_ids(f["person_id"]),
-                                                    rank=lambda f: f["diagnosis"].map(order))
+    # the cohort's diagnoses: one of a person not imported is reported once, by the reason it was not
+    dx = cond.assign(pid=integer_ids(cond["person_id"]))
+    dx = dx.loc[dx["diagnosis"].notna() & dx["pid"].isin(person["pid"])]
+    dx = dx.assign(rank=dx["diagnosis"].map(order))
     bad_dates = dx["date"].isna()
     if bad_dates.any():
         reports.append(_count(dx.loc[bad_dates], "condition_occurrence", "unreadable_date", "error",
@@ -439,7 +444,11 @@ def _patients(person: pd.DataFrame, cond: pd.DataFrame, meas: pd.DataFrame,
     sex = integer_ids(person["gender_concept_id"]).map(mapping.sex)
     unknown_sex = sex.isna()
     if unknown_sex.any():
-        reports.append(_count(person.loc[unknown_sex], "person", "unmapped_gender", "error", "gender_concept_id", None))
+        reports.append(_count(person.loc[unknown_sex], "person", "unmapped_gender", "error", "gender_concept_id",
+                              None))
+    birth_year = integer_ids(person["year_of_birth"])
+    if birth_year.isna().any():  # imported empty (the contract rejects the patient): said here, at its source
+        reports.append(_count(person.loc[birth_year.isna()], "person", "unreadable_birth_year", "error", None, None))
 
     cohort_cond = cond.assign(pid=integer_ids(cond["person_id"]))
     cohort_cond = cohort_cond.loc[cohort_cond["pid"].isin(pid)]
@@ -465,7 +474,7 @@ def _patients(person: pd.DataFrame, cond: pd.DataFrame, meas: pd.DataFrame,
     patients = pd.DataFrame({
         "patient_id": ids.reindex(pid.to_numpy()).to_numpy(),
         "sex": sex.to_numpy(),
-        "birth_year": integer_ids(person["year_of_birth"]).to_numpy(),
+        "birth_year": birth_year.to_numpy(),
         "diagnosis": first["diagnosis"].reindex(pid.to_numpy()).to_numpy(),
         "diagnosis_date": first["date"].reindex(pid.to_numpy()).to_numpy(),
         "antibodies": pd.Series(pd.NA, index=range(len(pid)), dtype="object").to_numpy(),
@@ -484,7 +493,8 @@ def _concat(reports: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=list(REPORT_COLUMNS))
 
 
-def _antibodies(meas: pd.DataFrame, mapping: OmopMapping, ancestor: pd.DataFrame | None) -> tuple[pd.Series, pd.DataFrame]:
+def _antibodies(meas: pd.DataFrame, mapping: OmopMapping,
+                ancestor: pd.DataFrame | None) -> tuple[pd.Series, pd.DataFrame]:
     """pid → the contract `antibodies` cell: the positive antibodies joined by ';', `negative` when every test
     was negative, NA when none was tested. A result neither positive nor negative is reported, not guessed."""
     idx = build_index([(a.antibody, a) for a in mapping.antibodies], ancestor, mapping.include_descendants)
@@ -535,7 +545,8 @@ def _regimens(drug: pd.DataFrame, omop: Mapping[str, pd.DataFrame | None], mappi
                               "drug_concept_id", "drug_source_value"))
     supplied = pd.to_numeric(d["days_supply"], errors="coerce")
     by_supply = d["end"].isna() & (supplied > 0) & (supplied <= 36_500)  # a century at most: no overflow
-    d = d.assign(end=d["end"].where(~by_supply, d["start"] + pd.to_timedelta((supplied - 1).where(by_supply), unit="D")))
+    d = d.assign(end=d["end"].where(~by_supply, d["start"] + pd.to_timedelta((supplied - 1).where(by_supply),
+                                                                              unit="D")))
     if d["end"].isna().any():
         reports.append(_count(d.loc[d["end"].isna().to_numpy()], "drug_exposure", "no_end_date", "warning",
                               "drug_concept_id", "drug_source_value"))
@@ -805,7 +816,9 @@ def contract_to_omop(tables: Mapping[str, pd.DataFrame], mapping: OmopMapping, v
         "person_source_value": p["patient_id"].astype(str), "gender_source_value": p["sex"].astype(str)})
 
     def code(cs: ConceptSet) -> tuple[int, str | None]:
-        return (int(cs.concept_ids[0]), None) if cs.concept_ids else (0, cs.source_values[0] if cs.source_values else None)
+        if cs.concept_ids:
+            return int(cs.concept_ids[0]), None
+        return 0, cs.source_values[0] if cs.source_values else None
 
     cond_rows = []
     diag = {d.diagnosis: code(d) for d in mapping.diagnoses}

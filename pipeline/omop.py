@@ -281,7 +281,8 @@ def read_omop(src: _DuckSource | _SqlSource, mapping: OmopMapping) -> dict[str, 
                                              mapping.events, (mapping.ild, mapping.cancer))
                         for cs in group for c in cs.concept_ids})
     if present["concept_ancestor"] is not None and mapping.include_descendants:
-        out["concept_ancestor"] = _read(src, "concept_ancestor", present, [("ancestor_concept_id", ancestors, "BIGINT")])
+        out["concept_ancestor"] = _read(src, "concept_ancestor", present,
+                                        [("ancestor_concept_id", ancestors, "BIGINT")])
         ca = out["concept_ancestor"]
         d = integer_ids(ca["descendant_concept_id"])[integer_ids(ca["ancestor_concept_id"]).isin(mapped)]
         mapped = sorted({*mapped, *(int(x) for x in d.dropna())})

@@ -116,8 +116,8 @@ def fixture_tables() -> dict[str, pd.DataFrame]:
     strength = pd.DataFrame({"drug_concept_id": [PRODUCT_PREDNISONE], "ingredient_concept_id": [1551099],
                              "amount_value": [5.0], "amount_unit_concept_id": [8576],
                              "valid_start_date": [_d("2000-01-01")], "valid_end_date": [_d("2099-12-31")]})
-    concept = pd.DataFrame({"concept_id": [1551099, PRODUCT_PREDNISONE], "concept_name": ["prednisone",
-                                                                                          "prednisone 5 MG Oral Tablet"],
+    concept = pd.DataFrame({"concept_id": [1551099, PRODUCT_PREDNISONE],
+                            "concept_name": ["prednisone", "prednisone 5 MG Oral Tablet"],
                             "domain_id": "Drug", "vocabulary_id": "RxNorm", "concept_class_id": ["Ingredient",
                                                                                                  "Clinical Drug"],
                             "standard_concept": "S", "concept_code": ["8640", "x"],
@@ -514,8 +514,8 @@ def _import_small(tmp_path: Path, **rows: object) -> ImportResult:
 
 def _regimen_rows(result: ImportResult) -> list[list[object]]:
     r = result.tables["regimens"]
-    return [[row.drug, row.dose, str(row.start_date.date()), None if pd.isna(row.end_date) else str(row.end_date.date())]
-            for row in r.itertuples()]
+    return [[row.drug, row.dose, str(row.start_date.date()),
+             None if pd.isna(row.end_date) else str(row.end_date.date())] for row in r.itertuples()]
 
 
 def test_a_dose_change_between_two_runs_of_one_dose_keeps_every_exposure(tmp_path: Path) -> None:
@@ -667,7 +667,8 @@ def test_one_cdm_imports_to_the_same_tables_from_every_backend(tmp_path: Path) -
     tables and report from a DuckDB file, a folder of CSV, a folder of Parquet and SQLite (SQLAlchemy) — each
     backend once matched such ids or text its own way, and SQLite left persons 17 and 4 out unsaid."""
     t = _small_cdm(persons=[(1, 8532, 1970), (" 17 ", 8507, 1980), ("0004", 8507, 1985), ("P2", 8532, 1990)],
-                   conds=[(" 17 ", " 80182 ", "2020-02-02", None), ("0004", 0, "2020-03-03", "JUVENILE   dermatomyositis"),
+                   conds=[(" 17 ", " 80182 ", "2020-02-02", None),
+                          ("0004", 0, "2020-03-03", "JUVENILE   dermatomyositis"),
                           ("P2", 80182, "2020-04-04", None), ("0004", 4119786, "2020-03-03", None)],
                    drugs=[(" 17 ", PRODUCT_PREDNISONE, "2021-01-01", "2021-01-31", 10, None, "daily", ORAL, "mg"),
                           ("0004", METHOTREXATE, "2021-02-01", "2021-03-01", 15, None, "weekly", ORAL, "mg")],
@@ -720,3 +721,21 @@ def test_a_diagnosis_of_a_non_integer_person_id_keeps_the_condition_table_types(
     assert cond["person_id"].tolist() == ["1", "P2"]
     assert cond["condition_concept_id"].dtype == "int64"
     assert pd.api.types.is_datetime64_any_dtype(cond["condition_start_date"])
+
+
+def test_what_a_person_row_lacks_is_reported_and_each_diagnosis_counted_once(tmp_path: Path) -> None:
+    """A person whose year of birth cannot be read, or who has no observation period (so no regimen can be told
+    to be ongoing), is named in the report at its source; a diagnosis of a person that cannot be imported is
+    counted once, by that reason, even when its date is unreadable too."""
+    t = _small_cdm(persons=[(1, 8532, "19x0"), (2, 8507, 1980)],
+                   conds=[(2, 80182, "2020-02-02", None), ("P3", 80182, "not a date", None)],
+                   drugs=[(2, METHOTREXATE, "2021-01-01", TODAY, 15, None, "weekly", ORAL, "mg")])
+    t["observation_period"] = t["observation_period"].loc[t["observation_period"]["person_id"] == 1]
+    got = run_import_omop(str(_folder_of(t, tmp_path / "src")), tmp_path / "out", gap_days=30)
+    assert got.tables["patients"]["patient_id"].tolist() == ["1", "2"]
+    assert pd.isna(got.tables["patients"]["birth_year"].iloc[0])
+    assert got.tables["regimens"]["end_date"].notna().all()  # person 2 has no period: the end as recorded
+    rows = got.report[["table", "reason", "severity", "records"]].values.tolist()
+    assert sorted(rows) == [["condition_occurrence", "non_integer_person_id", "error", 1],
+                            ["person", "no_observation_period", "warning", 1],
+                            ["person", "unreadable_birth_year", "error", 1]]
