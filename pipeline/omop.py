@@ -348,7 +348,7 @@ def _read(src: _DuckSource | _SqlSource, table: str, present: dict[str, list[str
         if k == "BIGINT":
             match = integer_ids(stored).isin([int(x) for x in v])
         else:
-            match = norm_text(stored).isin({" ".join(str(x).lower().split()) for x in v})
+            match = norm_text(stored).isin(set(norm_text(pd.Series(list(v), dtype=object))))
         if match.any():
             tests.append((c, stored[match.to_numpy(dtype=bool, na_value=False)].tolist(), False))
     frame = src.where(table, have, tests) if tests else pd.DataFrame({c: pd.Series(dtype="object") for c in have})
