@@ -27,8 +27,9 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, Schema
 
 from models.bundle import EXPLAIN_PARAM, explain_top_k_param  # noqa: F401 - part of this module's interface
 from pipeline.cli_types import Refusal
@@ -152,6 +153,24 @@ def model_metadata(model: Any) -> dict[str, Any]:
                          "settings": None if settings is None else settings.model_dump(mode="json")}}
 
 
+def required_inputs(inputs: Schema) -> Schema:
+    """The input schema with every column required: MLflow infers a column that is all missing in the example (a
+    feature no training patient had, such as a drug none was on) as optional, so a request could leave it out."""
+    return Schema([ColSpec(spec.type, spec.name, required=True) for spec in inputs.inputs])
+
+
+def json_example(example: pd.DataFrame) -> pd.DataFrame:
+    """The input example with each missing value None in an object column, so that MLflow writes JSON `null`: its
+    own NaN-to-None step leaves a float column's NaN under pandas 3, and the example files then held bare `NaN`,
+    which is no JSON (strict parsers and REST clients reject it). The signature is inferred from `example`."""
+    out = example.copy()
+    for col in out.columns:
+        missing = out[col].isna()
+        if missing.any():
+            out[col] = out[col].astype(object).where(~missing, None)
+    return out
+
+
 def log_model(model: Any, bundle_path: Path, example_input: pd.DataFrame, name: str = "escalate_model") -> Any:
     """Log the fitted bundle as a self-contained models-from-code pyfunc in the active run (code, pure packages,
     bundle artifact, pinned requirements, signature, input example, metadata); returns MLflow's ModelInfo."""
@@ -162,8 +181,9 @@ def log_model(model: Any, bundle_path: Path, example_input: pd.DataFrame, name: 
     # output integers (`row`) described as doubles: MLflow hints about integer columns otherwise (outputs are not
     # enforced against the schema, so nothing changes for a caller)
     ints = [c for c in example_output.columns if pd.api.types.is_integer_dtype(example_output[c])]
-    signature = infer_signature(example_input, example_output.astype(dict.fromkeys(ints, "float64")),
-                                params={EXPLAIN_PARAM: k})
+    inferred = infer_signature(example_input, example_output.astype(dict.fromkeys(ints, "float64")),
+                               params={EXPLAIN_PARAM: k})
+    signature = ModelSignature(required_inputs(inferred.inputs), inferred.outputs, inferred.params)
     with warnings.catch_warnings():
         quiet_library_notices()  # MLflow's optional PySpark import and its input-example check warn from inside
         return mlflow.pyfunc.log_model(
@@ -172,7 +192,7 @@ def log_model(model: Any, bundle_path: Path, example_input: pd.DataFrame, name: 
             artifacts={"bundle": str(bundle_path)},
             code_paths=[str(ROOT / package) for package in CODE_PACKAGES],
             signature=signature,
-            input_example=example_input,
+            input_example=json_example(example_input),
             pip_requirements=pip_requirements(),
             metadata=model_metadata(model),
         )

@@ -122,12 +122,15 @@ TINY_TRAIN = {
 
 
 def write_stage_inputs(root: Path, n_patients: int = 160, seed: int = 7, with_truth: bool = True,
-                       train_overrides: dict | None = None) -> dict[str, Path]:
+                       train_overrides: dict | None = None, all_missing: tuple[str, ...] = ()) -> dict[str, Path]:
     """Write what `escalate features`/`split`/`simulate` would (features, decisions, split, optional truth)
-    and a tiny params.yaml under `root`; returns the paths the stages take."""
+    and a tiny params.yaml under `root`; returns the paths the stages take. `all_missing` adds features no patient
+    has a value of (as `baricitinib_dose_fraction` when no patient of the cohort takes baricitinib)."""
     import yaml
 
     features, decisions, split = make_cohort(n_patients, seed)
+    for name in all_missing:
+        features[name] = np.nan
     paths = {"root": root, "features": root / "data/features", "split": root / "data/split",
              "train": root / "data/train", "evaluate": root / "data/evaluate", "cohort": root / "data/cohort"}
     for key in ("features", "split"):

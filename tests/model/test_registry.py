@@ -14,6 +14,8 @@ import pytest
 from tests.model.synthetic_escalate import make_truth, mlflow_store, write_stage_inputs
 
 LINEAR = {"learner": "linear", "safety_learner": "linear"}
+#: a feature no training patient has a value of (in the default cohort: the dose of a drug nobody takes)
+NEVER_SEEN = "baricitinib_dose_fraction"
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_store(root))
-        paths = write_stage_inputs(root, n_patients=120, with_truth=False, train_overrides=LINEAR)
+        paths = write_stage_inputs(root, n_patients=120, with_truth=False, train_overrides=LINEAR,
+                                   all_missing=(NEVER_SEEN,))
         from pipeline.train import run_train
 
         record = run_train(paths["params"], paths["features"], paths["split"], paths["train"], root)
@@ -451,3 +454,49 @@ def test_evaluate_refuses_the_simulator_truth_of_another_cohort(trained, tmp_pat
         run_evaluate(tmp_path / "params.yaml", paths["features"], paths["split"], paths["train"],
                      tmp_path / "evaluate", root, log_to_mlflow=False)
     assert not (tmp_path / "evaluate").exists()  # refused before writing anything
+
+
+def _strict_json(text: str) -> object:
+    """`text` read as strict JSON does: a bare NaN or Infinity is an error, as in browsers and most REST clients."""
+    def refuse(constant: str) -> object:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_feature_is_required_and_the_serving_example_is_json_a_server_answers(trained):
+    """Found by a review: a feature no training patient had a value of was optional in the signature (a request
+    could leave it out), and the model's example files held bare `NaN`, which strict JSON parsers reject."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+    from mlflow.types import DataType
+
+    from pipeline import registry
+
+    _, paths, _ = trained
+    info = mlflow.models.get_model_info("models:/escalate-response@candidate")
+    specs = {spec.name: spec for spec in info.signature.inputs.inputs}
+    assert [name for name, spec in specs.items() if not spec.required] == []
+    assert specs[NEVER_SEEN].type == DataType.double and specs["on_ivig"].type == DataType.double
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    _strict_json((local / "input_example.json").read_text())
+    serving = _strict_json((local / "serving_input_example.json").read_text())
+    columns, rows = serving["dataframe_split"]["columns"], serving["dataframe_split"]["data"]
+    assert [row[columns.index(NEVER_SEEN)] for row in rows] == [None] * len(rows)  # null, not NaN
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    schema = model.metadata.get_input_schema()
+    example = scoring_server.infer_and_parse_data(serving, schema)
+    bundle = joblib.load(paths["train"] / "model" / registry.BUNDLE_FILE)
+    expected = bundle.predict_frame(example, explain_top_k=bundle.explain_top_k)
+    got = model.predict(example)
+    # the JSON a REST client posts to `mlflow models serve`, handled by the server's own request code
+    response = scoring_server.invocations(json.dumps(serving), "application/json", model, schema)
+    assert response.status == 200
+    served = pd.DataFrame(json.loads(response.response)["predictions"])  # MLflow writes NaN for "no estimate"
+    for table in (got, served):
+        assert table["option"].tolist() == expected["option"].tolist()
+        np.testing.assert_allclose(table["p_response"].to_numpy(float), expected["p_response"].to_numpy(float),
+                                   equal_nan=True)
+    with pytest.raises(MlflowException, match=rf"missing inputs \['{NEVER_SEEN}'\]"):
+        model.predict(example.drop(columns=NEVER_SEEN))
