@@ -58,9 +58,12 @@ def require_dir(path: Path, option: str) -> Path:
     return Path(path)
 
 
-def output_problem(path: Path, *, folder: bool) -> str | None:
+def output_problem(path: str | Path, *, folder: bool) -> str | None:
     """Why this user cannot create or overwrite `path` (a folder when `folder`, else a file), or None when it can:
-    checked before any work so a run cannot fail at its last step."""
+    checked before any work so a run cannot fail at its last step. Given as typed (`str`), a path ending in a
+    separator names a folder, as for `score --out DIR/`, so it is no file name (Path drops that separator)."""
+    if not folder and isinstance(path, str) and path.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        return f"{path} names a folder (it ends in {path[-1]!r}), not a file"
     path = Path(path)
     if path.exists():
         if folder and not path.is_dir():
@@ -94,9 +97,9 @@ def _can_create_in(folder: Path) -> bool:
     return True
 
 
-def require_writable(path: Path, option: str, *, folder: bool) -> Path:
+def require_writable(path: str | Path, option: str, *, folder: bool) -> Path:
     """`path` when this user can create or overwrite it (see `output_problem`); else a one-line usage error naming
-    `option`."""
+    `option`. A file option passes its value as typed (text), so `--out new/` is refused, never made a file."""
     problem = output_problem(path, folder=folder)
     if problem is not None:
         raise typer.BadParameter(problem, param_hint=option)

@@ -100,8 +100,9 @@ def simulate_command(
     config: Annotated[Path | None, typer.Option("--config", help="simulator settings file (default: "
                                                 "configs/simulator.yaml; configs/simulator-easy.yaml is the "
                                                 "first, easy testbed)")] = None,
-    metrics: Annotated[Path | None, typer.Option("--metrics", help="write the simulator card's headline "
-                                                 "numbers here as JSON (the full card is OUT/card.json)")] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", metavar="<file>", help="write the simulator card's "
+                                                "headline numbers here as JSON (the full card is OUT/card.json)")]
+    = None,
     fmt: Annotated[str, typer.Option("--format", help="contract: the four contract tables as Parquet; omop: an "
                                      "OMOP CDM v5.4 DuckDB database, OUT/cdm.duckdb (docs/omop.md)")] = "contract",
     params: ParamsOption = PARAMS,
@@ -115,13 +116,12 @@ def simulate_command(
         raise Refusal(f"--config {config}: no such file (a simulator settings file like configs/simulator.yaml)")
     require_writable(out, "--out", folder=True)
     require_own_folder(out, "--out", "truth", "simulated cohort")  # a simulated cohort always has its truth/
-    if metrics is not None:
-        require_writable(metrics, "--metrics", folder=False)
+    metrics_path = None if metrics is None else require_writable(metrics, "--metrics", folder=False)
     settings = _settings(params)
     from pipeline.simulate import run_simulate
 
     run_simulate(settings, out=out, patients=patients, seed=seed, mode=mode, trial_population=trial_population,
-                 today=_iso(today), mc_draws=mc_draws, config_file=config, metrics=metrics, fmt=fmt)
+                 today=_iso(today), mc_draws=mc_draws, config_file=config, metrics=metrics_path, fmt=fmt)
 
 
 def import_command(
@@ -161,7 +161,8 @@ def validate_command(
     today: Annotated[date | None, typer.Option("--today", parser=iso_date_option, metavar=DATE_METAVAR,
                                                help="the data's extraction date: no record may be dated after "
                                                     "it (default: the current date)")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the findings here as JSON")] = None,
+    json_path: Annotated[str | None, typer.Option("--json", metavar="<file>", help="write the findings here as JSON")]
+    = None,
     limit: Annotated[int | None, typer.Option("--limit", min=0, help="print at most this many findings (0 = all; "
                                               "default: 20; --json has every one)")] = None,
 ) -> None:
@@ -169,18 +170,18 @@ def validate_command(
 
     Exit status: 0 no error (warnings are fine), 1 the contract is broken, 2 the run is refused."""
     require_dir(data, "--data")
-    if json_path is not None:
-        require_writable(json_path, "--json", folder=False)
+    json_file = None if json_path is None else require_writable(json_path, "--json", folder=False)
     from pipeline.validate import run_validate
 
-    run_validate(data, today=today, json_path=json_path, **({} if limit is None else {"limit": limit}))
+    run_validate(data, today=today, json_path=json_file, **({} if limit is None else {"limit": limit}))
 
 
 def features_command(
     data: Annotated[Path | None, typer.Option("--data", help="folder of contract tables (default: params "
                                                              "data.dir)")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="training mode: output folder (default "
-                                                           "data/features); with --as-of: the features file")]
+    out: Annotated[str | None, typer.Option("--out", metavar="<path>", help="training mode: output folder (default "
+                                                                         "data/features); with --as-of: the "
+                                                                         "features file")]
     = None,
     as_of: Annotated[date | None, typer.Option("--as-of", parser=iso_date_option, metavar=DATE_METAVAR,
                                                help="scoring mode: one row per patient with data dated before "
@@ -193,15 +194,14 @@ def features_command(
     """Derive decision points, point-in-time features and outcome labels (or score-mode features as of a date)."""
     if data is not None:
         require_dir(data, "--data")
-    if out is not None:
-        require_writable(out, "--out", folder=as_of is None)
+    out_path = None if out is None else require_writable(out, "--out", folder=as_of is None)
     settings = _settings(params)
     if data is None:
         require_dir(settings.data.dir, "--data (params data.dir)")
     from pipeline.features import run_features
 
     with _inputs_present():  # a folder without the contract tables is one line, not a traceback
-        run_features(settings, data=data, out=out, as_of=_iso(as_of), today=_iso(today))
+        run_features(settings, data=data, out=out_path, as_of=_iso(as_of), today=_iso(today))
 
 
 def split_command(
@@ -296,33 +296,33 @@ def explain_command(
 
 def promote_command(
     params: ParamsOption = PARAMS,
-    out: Annotated[Path | None, typer.Option("--out", help="write the decision and the champion's version here as "
-                                                          "JSON (registry state: not a DVC output)")] = None,
-    evidence: Annotated[Path | None, typer.Option("--evidence", help="write the rule and the candidate's judged "
-                                                  "figures here as JSON (same inputs, same bytes: the DVC output)")]
-    = None,
+    out: Annotated[str | None, typer.Option("--out", metavar="<file>", help="write the decision and the champion's "
+                                                                         "version here as JSON (registry state: not "
+                                                                         "a DVC output)")] = None,
+    evidence: Annotated[str | None, typer.Option("--evidence", metavar="<file>", help="write the rule and the "
+                                                 "candidate's judged figures here as JSON (same inputs, same bytes: "
+                                                 "the DVC output)")] = None,
 ) -> None:
     """Move alias `champion` to the candidate if it beats the champion on held-out decision value and calibration."""
-    for path, option in ((out, "--out"), (evidence, "--evidence")):
-        if path is not None:
-            require_writable(path, option, folder=False)
+    out_file, evidence_file = (None if path is None else require_writable(path, option, folder=False)
+                               for path, option in ((out, "--out"), (evidence, "--evidence")))
     settings = _settings(params)
     from pipeline.io import write_json
     from pipeline.promote import registry_champion_version, run_promote
 
     decision = run_promote(settings)
     typer.echo(f"{'promoted' if decision.promote else 'not promoted'}: {decision.reason}")
-    if out is not None:
+    if out_file is not None:
         write_json({"promoted": decision.promote, "reason": decision.reason,
-                    "champion_version": registry_champion_version()}, out)
+                    "champion_version": registry_champion_version()}, out_file)
     if not decision.judged:
         # never record an unjudged candidate as the stage's output: DVC would call the pipeline done
         typer.echo("error: the candidate has no held-out figures, so it cannot be judged; evaluate it first "
                    "(`escalate evaluate`, or under DVC `dvc repro --force --single-item evaluate`, then `dvc repro`)",
                    err=True)
         raise typer.Exit(1)
-    if evidence is not None:
-        write_json(decision.evidence, evidence)
+    if evidence_file is not None:
+        write_json(decision.evidence, evidence_file)
 
 
 def report_command(
@@ -333,8 +333,8 @@ def report_command(
                                                help="the decision's date: only records dated before it are used "
                                                     "(default: --today)")] = None,
     data: DataOption = Path("data/cohort"),
-    out: Annotated[Path, typer.Option("--out", help="FILE.html for one patient, a folder with --all")]
-    = Path("report.html"),
+    out: Annotated[str, typer.Option("--out", metavar="<path>", help="FILE.html for one patient, a folder with "
+                                                                   "--all")] = "report.html",
     model_dir: Annotated[Path, typer.Option("--model-dir", help="fallback bundle folder")] = TRAIN_DIR / "model",
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=20, help="reasons in words per option")] = 3,
     today: TodayOption = None,
@@ -347,12 +347,12 @@ def report_command(
     if (patient is None) == (not all_patients):
         raise typer.BadParameter("give either --patient ID or --all", param_hint="--patient/--all")
     require_dir(data, "--data")
-    require_writable(out, "--out", folder=all_patients)
+    out_path = require_writable(out, "--out", folder=all_patients)
     from pipeline.report import ReportRefusal, run_report
 
     try:
         with _inputs_present():
-            run_report(patient, all_patients=all_patients, as_of=as_of, data=data, out=out, model_dir=model_dir,
+            run_report(patient, all_patients=all_patients, as_of=as_of, data=data, out=out_path, model_dir=model_dir,
                        top_k=top_k, today=today)
     except ReportRefusal as err:
         raise Refusal(str(err)) from None

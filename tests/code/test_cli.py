@@ -146,6 +146,42 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(args, optio
     assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+FILE_OUTPUTS = [  # (arguments, an option that names one file)
+    (["simulate", "--out", "{tmp}/cohort"], "--metrics"),
+    (["validate", "--data", "{seed}"], "--json"),
+    (["features", "--data", "{seed}", "--as-of", "2026-11-18"], "--out"),
+    (["promote"], "--out"),
+    (["promote"], "--evidence"),
+    (["report", "--data", "{seed}", "--patient", "SEED-0001", "--as-of", "2026-11-18"], "--out"),
+]
+
+
+@pytest.mark.parametrize(("args", "option"), FILE_OUTPUTS, ids=[f"{a[0]}{o}" for a, o in FILE_OUTPUTS])
+def test_a_folder_given_for_a_file_output_is_refused_and_left_alone(args, option, tmp_path):
+    """Found by a review: `features --as-of D --out new/` and `report --out new/` wrote a *file* named `new` (the
+    trailing '/' that makes `score --out DIR/` a folder was dropped). A path ending in '/', or an existing folder,
+    where one file is written is refused before any work, and nothing is created or replaced."""
+    line = refused([*_fill(args, tmp_path), option, f"{tmp_path}/new/"])
+    assert option in line and f"{tmp_path}/new/ names a folder (it ends in '/'), not a file" in line
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "page.html").write_text("earlier")
+    for given in (kept, f"{kept}/"):
+        line = refused([*_fill(args, tmp_path), option, str(given)])
+        assert option in line and f"{given}" in line and "folder" in line and "not a file" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert [p.name for p in kept.iterdir()] == ["page.html"] and (kept / "page.html").read_text() == "earlier"
+
+
+def test_a_folder_output_may_end_in_a_slash(tmp_path):
+    """`score --out DIR/` (as in the README) is the folder DIR; the same spelling for a file output is refused."""
+    from pipeline.cli_types import output_problem, require_writable
+
+    assert require_writable(f"{tmp_path}/scores/", "--out", folder=True) == tmp_path / "scores"
+    assert output_problem(f"{tmp_path}/scores/", folder=False) is not None
+    assert output_problem(tmp_path / "scores", folder=False) is None  # a Path carries no trailing '/'
+
+
 def test_a_read_only_output_folder_is_refused(read_only_folder):
     line = refused(["score", "--data", str(SEED_CASE), "--as-of", "2026-11-18", "--out",
                     str(read_only_folder / "s")])
