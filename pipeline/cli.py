@@ -132,6 +132,7 @@ app = typer.Typer(
     cls=LazyGroup,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: typer 0.29's Rich help shows every on/off flag as `--all <bool>`
 )
 
 

@@ -182,6 +182,20 @@ def test_a_folder_output_may_end_in_a_slash(tmp_path):
     assert output_problem(tmp_path / "scores", folder=False) is None  # a Path carries no trailing '/'
 
 
+@pytest.mark.parametrize(("args", "flags"), [(["report"], ["--all", "--help"]),
+                                             (["score"], ["--progress / --no-progress", "--help"])])
+def test_help_shows_a_flag_without_a_value_type(args, flags):
+    """Found by a review: typer's Rich help showed every on/off flag as `--all <bool>`, as if it took a value; the
+    plain help (`rich_markup_mode=None`) lists a flag alone and an option with its value's type."""
+    res = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "<bool>" not in res.output
+    lines = [line.strip() for line in res.output.splitlines()]
+    for flag in flags:
+        assert any(line.startswith(f"{flag}  ") for line in lines), res.output
+    assert any(line.startswith("--data <path>") for line in lines), res.output
+
+
 def test_a_read_only_output_folder_is_refused(read_only_folder):
     line = refused(["score", "--data", str(SEED_CASE), "--as-of", "2026-11-18", "--out",
                     str(read_only_folder / "s")])
