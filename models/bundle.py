@@ -451,6 +451,25 @@ class EscalateModel:
             return 0
         return int(getattr(self.config, "explain_top_k", 0))
 
+    def check_yes_no(self, X: pd.DataFrame, table: str = "features") -> None:
+        """Refuse a yes/no feature (its stored dictionary unit a flag unit, e.g. '0/1') holding anything but 0, 1 or
+        nothing: a 2 or 0.5 would be scored as no patient can be. JSON true/false reach the model as 1/0."""
+        from models.explain import FLAG_UNITS
+
+        d = getattr(self, "dictionary", None)
+        if d is None or "unit" not in d.columns:  # a bundle without a dictionary says no feature's unit
+            return
+        flags = set(d.loc[d["unit"].astype(str).str.strip().str.lower().isin(FLAG_UNITS), "feature"])
+        cols = [i for i, c in enumerate(X.columns) if c in flags]
+        values = X.to_numpy()[:, cols]
+        bad = ~(np.isnan(values) | (values == 0) | (values == 1))
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise ValueError(
+                f"table {table}: row {int(r)}, column {X.columns[cols[c]]!r} is {values[r, c]:g} (rule: a yes/no "
+                f"feature is 0 or 1; JSON false/true are read as 0/1); {int(bad.sum())} value(s) in all"
+            )
+
     def predict_frame(
         self, features: pd.DataFrame, explain_top_k: int = 0, *, dictionary: pd.DataFrame | None = None
     ) -> pd.DataFrame:
@@ -469,6 +488,8 @@ class EscalateModel:
         k = len(options)
         eligible, reason = self.eligibility(features)
         X = self.contract.check(features) if n else None
+        if X is not None:
+            self.check_yes_no(X)
         arrays = self.predict_arrays(features, X=X) if n else {}
         elig = eligible[options].to_numpy(dtype=bool)
         col_of = np.asarray([options.index(a) for a in self.arms])

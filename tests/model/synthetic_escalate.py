@@ -122,15 +122,20 @@ TINY_TRAIN = {
 
 
 def write_stage_inputs(root: Path, n_patients: int = 160, seed: int = 7, with_truth: bool = True,
-                       train_overrides: dict | None = None, all_missing: tuple[str, ...] = ()) -> dict[str, Path]:
+                       train_overrides: dict | None = None, all_missing: tuple[str, ...] = (),
+                       flags_as_numbers: bool = False) -> dict[str, Path]:
     """Write what `escalate features`/`split`/`simulate` would (features, decisions, split, optional truth)
     and a tiny params.yaml under `root`; returns the paths the stages take. `all_missing` adds features no patient
-    has a value of (as `baricitinib_dose_fraction` when no patient of the cohort takes baricitinib)."""
+    has a value of (as `baricitinib_dose_fraction` when no patient of the cohort takes baricitinib);
+    `flags_as_numbers` writes the yes/no features as 0/1 numbers, as `escalate features` does (else true/false)."""
     import yaml
 
     features, decisions, split = make_cohort(n_patients, seed)
     for name in all_missing:
         features[name] = np.nan
+    flags = [c for c in features.columns if c.startswith("on_") or features[c].dtype == bool]
+    if flags_as_numbers:
+        features[flags] = features[flags].astype(float)
     paths = {"root": root, "features": root / "data/features", "split": root / "data/split",
              "train": root / "data/train", "evaluate": root / "data/evaluate", "cohort": root / "data/cohort"}
     for key in ("features", "split"):
@@ -140,7 +145,8 @@ def write_stage_inputs(root: Path, n_patients: int = 160, seed: int = 7, with_tr
     # one entry per feature column, as `escalate features` writes it (the bundle labels its reasons from it)
     import json
 
-    entries = [{"feature": c, "clinical_feature": c, "label": c.replace("_", " "), "unit": ""}
+    entries = [{"feature": c, "clinical_feature": c, "label": c.replace("_", " "),
+                "unit": "0/1" if c in flags else ""}
                for c in features.columns if c not in ("patient_id", "decision_id", "as_of")]
     (paths["features"] / "feature_dictionary.json").write_text(json.dumps(entries), encoding="utf-8")
     split.rename(columns={"split": "set"}).to_parquet(paths["split"] / "split.parquet", index=False)

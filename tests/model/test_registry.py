@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_store(root))
         paths = write_stage_inputs(root, n_patients=120, with_truth=False, train_overrides=LINEAR,
-                                   all_missing=(NEVER_SEEN,))
+                                   all_missing=(NEVER_SEEN,), flags_as_numbers=True)
         from pipeline.train import run_train
 
         record = run_train(paths["params"], paths["features"], paths["split"], paths["train"], root)
@@ -500,3 +500,47 @@ def test_every_feature_is_required_and_the_serving_example_is_json_a_server_answ
                                    equal_nan=True)
     with pytest.raises(MlflowException, match=rf"missing inputs \['{NEVER_SEEN}'\]"):
         model.predict(example.drop(columns=NEVER_SEEN))
+
+
+def test_a_yes_no_feature_takes_0_or_1_or_json_false_or_true_and_nothing_else(trained):
+    """Asked by a review: may a REST client send JSON true/false for a yes/no feature (a 0/1 number in the signature)?
+    It may: MLflow's server reads them as 1/0 and the answer equals sending 0/1. Any other value of a yes/no feature
+    (2, 0.5) is refused naming row, column and rule, served or not: it was scored as no patient can be. A Python
+    caller sends numbers too: MLflow's schema check refuses a pandas bool column for it, naming the column."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    info = mlflow.models.get_model_info("models:/escalate-response@candidate")
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    serving = json.loads((local / "serving_input_example.json").read_text())
+    columns = serving["dataframe_split"]["columns"]
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    schema = model.metadata.get_input_schema()
+
+    def request(values: dict[str, list]) -> dict:
+        rows = [list(row) for row in serving["dataframe_split"]["data"]]
+        for name, column in values.items():
+            for row, value in zip(rows, column, strict=True):
+                row[columns.index(name)] = value
+        return {"dataframe_split": {"columns": columns, "data": rows}}
+
+    def served(payload: dict) -> pd.DataFrame:
+        response = scoring_server.invocations(json.dumps(payload), "application/json", model, schema)
+        assert response.status == 200, response.response
+        return pd.DataFrame(json.loads(response.response)["predictions"])
+
+    yes_no = {"ild": [1, 0, 1, 0, 1], "on_ivig": [0, 1, 0, 0, 1], "anti_mda5": [1, 1, 0, 0, 0]}
+    numbers = served(request(yes_no))
+    booleans = served(request({name: [bool(v) for v in column] for name, column in yes_no.items()}))
+    pd.testing.assert_frame_equal(booleans, numbers)
+    frame = scoring_server.infer_and_parse_data(request(yes_no), schema)
+    for value in (2.0, 0.5):
+        with pytest.raises(ValueError, match=rf"table features: row 3, column 'ild' is {value:g} \(rule: a yes/no "
+                                             r"feature is 0 or 1; JSON false/true are read as 0/1\)"):
+            model.predict(frame.assign(ild=[1.0, 0.0, 1.0, value, 1.0]))
+        with pytest.raises(MlflowException) as served_error:  # the server answers 400 with the model's message
+            served(request({"ild": [1, 0, 1, value, 1]}))
+        assert f"column 'ild' is {value:g} (rule: a yes/no feature" in json.dumps(served_error.value.json_kwargs)
+    with pytest.raises(MlflowException, match=r"column ild\. Can not safely convert bool to float64"):
+        model.predict(frame.assign(ild=frame["ild"].astype(bool)))
