@@ -87,6 +87,22 @@ DICTIONARY_COLUMNS: tuple[str, ...] = (
 )
 
 
+def window_months(window_days: float) -> int:
+    """A look-back window in the whole months that feature names and labels give it (91 days → 3)."""
+    return round(window_days / DAYS_PER_MONTH)
+
+
+def change_feature(measure: str, window_days: float) -> str:
+    """The name of a disease measure's change over a window ('cdasi_activity_change_3m'): the one spelling the
+    features write and the page reads (it words a change with nothing recorded in its window by this name)."""
+    return f"{measure}_change_{window_months(window_days)}m"
+
+
+def days_since_feature(measure: str) -> str:
+    """The name of the age in days of a disease measure's latest value ('cdasi_activity_days_since')."""
+    return f"{measure}_days_since"
+
+
 def to_days(values: pd.Series | np.ndarray) -> np.ndarray:
     """Calendar dates → int64 days since 1970-01-01; a missing date (an open end) becomes FAR_FUTURE."""
     arr = np.asarray(pd.to_datetime(pd.Series(values)).to_numpy()).astype("datetime64[D]")
@@ -833,21 +849,21 @@ def _disease_features(b: _Builder, codes: np.ndarray, as_of: np.ndarray, tracks:
               f"most recent {label} before the decision")
         b.add(f"{measure}_observed", pos >= 0, "disease_activity", clinical, f"{label} recorded", "0/1",
               f"{label} was recorded at least once before the decision")
-        b.add(f"{measure}_days_since", as_of - t.take_days(pos), "disease_activity", clinical,
+        b.add(days_since_feature(measure), as_of - t.take_days(pos), "disease_activity", clinical,
               f"days since the latest {label}", "days", f"age of the latest {label} (NaN if never recorded)")
         for window in config.change_windows_days:
             then_pos = t.latest(codes, as_of - window + 1)  # latest value at least `window` days before as_of
             then = np.where(then_pos >= 0, values[np.maximum(then_pos, 0)] if len(values) else np.nan, np.nan)
-            months = round(window / DAYS_PER_MONTH)
+            months = window_months(window)
             # nothing recorded within the window gives 0 (the last value carried forward; with the days since the
             # latest value the model tells it from a stable measure — as NaN every metric was worse); pages word it
-            b.add(f"{measure}_change_{months}m", latest - then, "disease_activity", clinical,
+            b.add(change_feature(measure, window), latest - then, "disease_activity", clinical,
                   f"change in {label} over {months} months", unit,
                   f"latest {label} minus the value {months} months earlier (positive = higher; 0 when nothing was "
                   f"recorded in those months)")
         ufunc = np.fmax if higher_worse else np.fmin
         worst = t.window_reduce(codes, as_of - config.worst_window_days, as_of, values, ufunc)
-        wm = round(config.worst_window_days / DAYS_PER_MONTH)
+        wm = window_months(config.worst_window_days)
         b.add(f"{measure}_worst_{wm}m", worst, "disease_activity", clinical, f"worst {label} in {wm} months", unit,
               f"{'highest' if higher_worse else 'lowest'} {label} in the {wm} months before the decision")
     ratios = []
@@ -915,7 +931,7 @@ def _safety_features(b: _Builder, codes: np.ndarray, as_of: np.ndarray, tracks: 
         # Track averages same-day duplicates; count distinct event days instead (no double counting of one episode)
         for window in config.safety_windows_days:
             lo, hi = t.bounds(codes, as_of - window, as_of)
-            months = round(window / DAYS_PER_MONTH)
+            months = window_months(window)
             b.add(f"{name}_{months}m", (hi - lo).astype(float), "safety", label, f"{label} in {months} months",
                   "count (days with an event)", f"{label} in the {months} months before the decision")
     for measure, label, unit in SAFETY_LABS:

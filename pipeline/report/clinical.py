@@ -332,16 +332,17 @@ def unmeasured_changes(X: pd.DataFrame, dictionary: pd.DataFrame, windows_days: 
     """The labels of the change features ('change in CDASI activity over 3 months') that are 0 in `row` only
     because nothing was recorded within their window (the latest value is at least the window old): the feature
     carries the last value forward, a page must not call that 'unchanged'. `windows_days` are the feature
-    settings' change windows, named in whole months as the features name them."""
-    from features.vocabulary import DAYS_PER_MONTH
+    settings' change windows; the features are found by the names `features.build` gives them."""
+    from features.build import DISEASE_MEASURES, change_feature, days_since_feature
 
     labels = dict(zip(dictionary["feature"], dictionary["label"], strict=True))
     out = set()
-    for window in windows_days:
-        suffix = f"_change_{round(window / DAYS_PER_MONTH)}m"
-        for feature in (c for c in X.columns if c.endswith(suffix) and c in labels):
-            since = f"{feature.removesuffix(suffix)}_days_since"
-            if since in X.columns and X[feature].iloc[row] == 0 and X[since].iloc[row] >= window:
+    for measure, *_ in DISEASE_MEASURES:
+        since = days_since_feature(measure)
+        for window in windows_days:
+            feature = change_feature(measure, window)
+            if feature in labels and feature in X.columns and since in X.columns \
+                    and X[feature].iloc[row] == 0 and X[since].iloc[row] >= window:
                 out.add(labels[feature])
     return frozenset(out)
 

@@ -1110,6 +1110,34 @@ def test_a_change_over_months_with_nothing_recorded_in_them_is_not_called_unchan
         "CDASI activity unchanged over 3 months → +2 in 100"
 
 
+@pytest.mark.parametrize("renamed", [False, True])
+def test_the_page_reads_the_change_features_by_the_names_the_features_write(monkeypatch, renamed):
+    """A CDASI last recorded 4 months before the decision: its 3-month change in the features `build_features`
+    writes is 0, and the page says it was not recorded in those months — also when the features name their
+    changes otherwise, since the page and the features take the name from one helper (the page once rebuilt the
+    name itself, so a renamed feature would have read 'unchanged' without a word)."""
+    import features.build as B
+    from features.config import FeatureConfig
+    from features.vocabulary import OptionCatalog
+    from pipeline.report import clinical as C
+    from tests.code.test_features_build import BASE_REGIMEN, normalised
+
+    if renamed:
+        monkeypatch.setattr(B, "change_feature", lambda measure, days: f"{measure}_delta_{B.window_months(days)}mo")
+    tables = normalised(BASE_REGIMEN, [
+        ("P1", "2025-01-01", "cdasi_activity", 20.0), ("P1", "2025-03-01", "cdasi_activity", 28.0),
+        ("P1", "2025-05-01", "mmt8", 60.0), ("P1", "2025-07-01", "mmt8", 60.0),
+    ])
+    config = FeatureConfig()
+    keys = pd.DataFrame({"patient_id": ["P1"], "as_of": [pd.Timestamp("2025-07-02")]})
+    fs = B.build_features(keys, tables, VOCABULARY, OptionCatalog.from_config(load_reference("options")), config)
+    three = B.change_feature("cdasi_activity", 91)
+    assert (three in fs.features.columns) and ("cdasi_activity_change_3m" in fs.features.columns) != renamed
+    assert fs.features[three].iloc[0] == 0 and fs.features[B.change_feature("cdasi_activity", 182)].iloc[0] == 8
+    unmeasured = C.unmeasured_changes(fs.features, fs.dictionary, config.change_windows_days)
+    assert unmeasured == {"change in CDASI activity over 3 months"}  # MMT-8 recorded twice, equal: unchanged
+
+
 def test_a_childs_prednisone_target_names_its_figure_as_the_induction_dose():
     """SHARE's juvenile prednisone is an induction band then 'the lowest effective dose': the figure for this
     child is the induction dose, never read as the lowest effective dose."""
