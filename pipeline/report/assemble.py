@@ -188,49 +188,51 @@ def option_rows(pred: pd.DataFrame, labels: Mapping[str, str], thin: set[str] | 
 
 
 def option_explanations(
-    explanations: Any, X: pd.DataFrame, dictionary: pd.DataFrame, eligible: Sequence[str],
+    explanations: Any, X: pd.DataFrame, dictionary: pd.DataFrame, estimates: Mapping[str, float | None],
     labels: Mapping[str, str], *, row: int = 0, n_bars: int = 8, k: int = 3, unmeasured: Collection[str] = (),
 ) -> tuple[OptionExplanation, ...]:
-    """Waterfall bars (top clinical facts + 'all other facts'), contrast bars and plain-words reasons per eligible
-    option for one row of X, from `models.explain.Explanations` (`unmeasured`: see `clinical.plain_reason`)."""
+    """Waterfall bars (top clinical facts + 'all other facts'), contrast bars and plain-words reasons per option
+    with an estimate in `estimates` (the chance of response the options table prints, by option) for one row of X,
+    from `models.explain.Explanations` (`unmeasured`: see `clinical.plain_reason`). The heading's chance, the
+    waterfall's end, the difference with continuing and the contrast chart's end are those estimates, never the
+    explainer's own copy of them: the page has one source for each figure (the bars share the explained change;
+    a gap between the two is drawn as 'not attributed to one fact')."""
     from models import explain as E
 
     out = []
     # every bar's fact in words (n_bars + the option group), so a bar reads "IVIG 1 g/kg … = 50 % of target", not "IVIG"
     reasons = E.reasons_frame(explanations, X, dictionary, max(k, n_bars) + 1)
     reasons = reasons[reasons["row"] == row].set_index("option")
-    for option in [o for o in explanations.arms if o in eligible]:
+    shown = {o: float(p) for o, p in estimates.items() if _ok(p)}
+    control = shown.get(explanations.control)
+    for option in [o for o in explanations.arms if o in shown]:
         s = explanations.get("response", option)
         if s is None:
             continue
         r = reasons.loc[option] if option in reasons.index else None
         groups = E.feature_groups(s.columns, dictionary)
         base = float(s.probability_base[row]) * 100 if s.probability_base is not None else float(s.base[row])
-        final = float(s.probability[row]) * 100 if s.probability is not None else float(s.output[row])
+        final = 100 * shown[option]
         own, bars = _split_option(_bars(_worded(E.grouped_frame(s, groups, row=row), r, "reason", unmeasured), n_bars,
                                         final - base))
         con = explanations.get("contrast", option)
         contrast: tuple[Bar, ...] = ()
-        total = con_base = None
-        if con is not None:
+        total = con_base = difference = None
+        if con is not None and control is not None:
             pts = E.contrast_points(con)
             start = float(con.probability_base[row] if con.probability_base is not None else con.base[row]) * 100
             # the difference the table shows; where no fact moves the odds ratio (an option without modifiers) the
             # change from the average difference is this patient's level, a bar 'not attributed to one fact'
-            total = (float(con.probability[row]) * 100 if con.probability is not None
-                     else float(pts[row].sum()) * 100 + start)
+            total = 100 * (shown[option] - control)
             worded = _worded(E.grouped_frame(con, groups, row=row, points=pts), r, "contrast_reason", unmeasured)
             con_own, contrast = _split_option(_bars(worded, n_bars, total - start))
             con_base = start + con_own
+            # the heading and the contrast chart print the difference of the two estimates as the page shows them
+            difference = 100 * points_between(shown[option], control)  # type: ignore[operator]
         out.append(OptionExplanation(
             option, labels.get(option, option), base + own, final, bars, contrast, total,
-            _reason_texts(r, "reason", k), _reason_texts(r, "contrast_reason", k), contrast_base=con_base))
-    # the heading and the contrast chart print the difference of the two estimates as the page shows them
-    control = next((e.final_points / 100 for e in out if e.option == explanations.control), None)
-    for i, e in enumerate(out):
-        shown = points_between(e.final_points / 100, control) if e.contrast_total is not None else None
-        if shown is not None:
-            out[i] = replace(e, contrast_shown=100 * shown)
+            _reason_texts(r, "reason", k), _reason_texts(r, "contrast_reason", k), contrast_base=con_base,
+            contrast_shown=difference))
     return tuple(out)
 
 
@@ -462,11 +464,14 @@ def build_patient_page(
     # changes that are 0 only because nothing was recorded in their window are worded so, never "unchanged"
     unmeasured = C.unmeasured_changes(X, dictionary, model.feature_config().change_windows_days)
     difference_error = evidence.metrics.get("sim_sqrt_pehe")  # known on a simulated cohort only
-    explanations = option_explanations(ex, X, dictionary, eligible, labels, k=top_k, unmeasured=unmeasured)
     drug_labels = {d.generic: d.label for d in vocabulary.drugs}
     current_generics = current["generic"].astype(str).tolist() if len(current) else []
     proposed = [catalog.option(o).adds for o in eligible if catalog.option(o).adds]
     thin = thin_overlap_options(pred, evidence.positivity_threshold)
+    options = option_rows(pred, labels, thin, calibration=evidence.calibration, drug_labels=drug_labels)
+    # the explanations print the options table's chances and their differences: one source for each figure
+    explanations = option_explanations(ex, X, dictionary, {o.option: o.p_response for o in options if o.eligible},
+                                       labels, k=top_k, unmeasured=unmeasured)
     trends = trend_series(one["assessments"], as_of)
     summary = model.summary if isinstance(model.summary, dict) else {}
     cfg = model.config
@@ -505,7 +510,6 @@ def build_patient_page(
     size = ", ".join(x for x in (f"{weight:.0f} kg" if weight else "", f"{height:.0f} cm" if height else "",
                                  f"body surface {bsa:.2f} m²" if bsa else "") if x)
     body_size = (("juvenile dose targets (per kg / per m²) for " if juvenile else "") + size) if size else ""
-    options = option_rows(pred, labels, thin, calibration=evidence.calibration, drug_labels=drug_labels)
     options = tuple(_with_safety_reasons(o, ex, X, dictionary, row=0, unmeasured=unmeasured) for o in options)
     optimise = C.below_target_drugs(regimen)
     options = tuple(replace(o, label=f"{o.label}: {', '.join(optimise)}") if o.option == "optimise_dose" and

@@ -1059,6 +1059,48 @@ def test_a_printed_difference_is_the_difference_of_the_printed_figures():
     assert "compared with continuing: +23 in 100" in chart and ">+23<" in chart and "+24" not in chart
 
 
+def test_the_explanations_print_the_options_tables_figures():
+    """The heading above each waterfall, the waterfall's end and the difference with continuing come from the
+    chance of response the options table prints, never from the explainer's own copy of it: where the two part
+    (here the explainer says 43 and 67 in 100, the table 38 and 61), the page still says one thing, and the bars
+    show the gap as 'not attributed to one fact' rather than reaching another figure."""
+    from models import explain as E
+
+    columns = ("lines_of_therapy", "age_years")
+    dictionary = pd.DataFrame({"feature": list(columns), "clinical_feature": ["treatment history", "age"],
+                               "label": ["lines of therapy so far", "age"], "unit": ["count", "years"]})
+    X = pd.DataFrame([[6.0, 48.0]], columns=list(columns))
+
+    def shap(option: str, values: list[float], base: float) -> E.Shap:
+        v, b = np.array([values]), np.array([base])
+        return E.Shap("response", option, "log_odds", columns, v, b, b + v.sum(axis=1),
+                      E._sigmoid(b + v.sum(axis=1)), E._sigmoid(b))
+
+    cont, jak = shap("continue", [0.2, -0.1], -0.4), shap("add_jak_inhibitor", [0.5, 0.2], 0.0)
+    ex = E.Explanations({("response", "continue"): cont, ("response", "add_jak_inhibitor"): jak,
+                         ("contrast", "add_jak_inhibitor"): E._contrast(jak, cont, "contrast")},
+                        ("continue", "add_jak_inhibitor", "add_ivig"), "continue", "linear", 1)
+    assert round(100 * float(cont.probability[0])) == 43 and round(100 * float(jak.probability[0])) == 67
+    labels = {"continue": "continue current regimen", "add_jak_inhibitor": "add a JAK inhibitor (tofacitinib)"}
+    shown = {"continue": 0.376, "add_jak_inhibitor": 0.614, "add_ivig": None}  # IVIG: no estimate, no explanation
+    explained = A.option_explanations(ex, X, dictionary, shown, labels)
+    assert [e.option for e in explained] == ["continue", "add_jak_inhibitor"]
+    c, j = explained
+    assert c.final_points == pytest.approx(37.6) and j.final_points == pytest.approx(61.4)
+    assert j.contrast_shown == pytest.approx(23.0) and j.contrast_total == pytest.approx(23.8)
+    assert j.base_points + sum(b.points for b in j.bars) == pytest.approx(61.4)
+    assert j.bars[-1].label == "not attributed to one fact"
+    assert j.contrast_base + sum(b.points for b in j.contrast) == pytest.approx(23.8)
+
+    page = sample_page()
+    rows = (dataclasses.replace(page.options[0], p_response=0.376), page.options[1],
+            dataclasses.replace(page.options[2], p_response=0.614))
+    html = R.render_page(dataclasses.replace(page, options=rows, explanations=explained))
+    assert "add a JAK inhibitor (tofacitinib): 61 in 100 (+23 vs continuing)" in html
+    assert "continue current regimen: 38 in 100</h3>" in html
+    assert "67 in 100" not in html and "43 in 100" not in html
+
+
 def test_the_prednisone_column_is_explained_where_it_is_shown():
     """The steroid-sparing column's heading is short; the table's note says what its chance is of."""
     shown = R.render_page(dataclasses.replace(sample_page(), steroid_goal=7.5))
