@@ -532,7 +532,7 @@ def build_patient_page(
         activity=C.latest_activity(trends, as_of, rules),
         safety_facts=safety_summary(one["events"], one["assessments"], as_of),
         events=event_lines(one["events"], as_of), regimen=regimen, trends=trends, options=options,
-        explanations=explanations, labs=C.lab_results(one["assessments"], as_of, rules),
+        explanations=explanations, labs=C.lab_results(one["assessments"], as_of, rules, patient.get("sex")),
         disease_notes=C.disease_notes(patient, rules), guideline_option=guideline.option if guideline else None,
         body_size=body_size, monitoring_due=due,
         monitoring=monitoring_reminders(monitoring, current_generics, proposed, drug_labels),

@@ -20,21 +20,32 @@ if TYPE_CHECKING:
 
 
 # --- laboratory grades ------------------------------------------------------------------------------------------
-def lab_grade(value: float, rule: Mapping[str, Any], uln: float | None = None) -> tuple[int, str]:
-    """CTCAE grade (0–4) and direction of one value: below the lower limit of normal (`lln`, `below`
-    thresholds) or above the upper limit (`above_x_uln` multiples of the row's ULN, else the rule's `uln`)."""
-    if "below" in rule:
-        if value >= float(rule["lln"]):
-            return 0, ""
+def reference_range(rule: Mapping[str, Any], sex: str | None = None, uln: float | None = None) -> tuple[float, float]:
+    """A lab's reference range (lower, upper) for this patient: the rule's range for the recorded sex (`by_sex`),
+    else its own; the row's upper limit of normal, when the laboratory reported one, replaces the upper limit."""
+    limits = {"lln": rule["lln"], "uln": rule["uln"], **rule.get("by_sex", {}).get(str(sex), {})}
+    high = uln if uln is not None and _ok(uln) and uln > 0 else float(limits["uln"])
+    return float(limits["lln"]), float(high)
+
+
+def lab_grade(value: float, rule: Mapping[str, Any], uln: float | None = None, *, sex: str | None = None
+              ) -> tuple[int, str]:
+    """CTCAE grade (0–4) of one value on the lab's graded side — below the lower limit (`below` thresholds) or
+    above the upper one (`above_x_uln` multiples of the row's ULN, else the rule's) — and its direction: 'low' or
+    'high' whenever it is outside the reference range (`reference_range`), graded or not (a low creatinine has no
+    CTCAE grade, yet is not normal), else ''."""
+    low, high = reference_range(rule, sex, uln)
+    if "below" in rule and value < low:
         return 1 + sum(value < float(t) for t in rule["below"]), "low"
-    limit = uln if uln is not None and _ok(uln) and uln > 0 else float(rule["uln"])
-    if value <= limit:
-        return 0, ""
-    return 1 + sum(value > float(t) * limit for t in rule["above_x_uln"]), "high"
+    if "above_x_uln" in rule and value > high:
+        return 1 + sum(value > float(t) * high for t in rule["above_x_uln"]), "high"
+    return 0, "low" if value < low else "high" if value > high else ""
 
 
-def lab_results(assessments: pd.DataFrame, as_of: pd.Timestamp, rules: Mapping[str, Any]) -> tuple[LabResult, ...]:
-    """The latest value of each lab in `rules['labs']` dated before `as_of`, graded; flagged from `flag_grade`."""
+def lab_results(assessments: pd.DataFrame, as_of: pd.Timestamp, rules: Mapping[str, Any], sex: str | None = None
+                ) -> tuple[LabResult, ...]:
+    """The latest value of each lab in `rules['labs']` dated before `as_of`, graded against the reference range
+    of the patient's `sex` (F, M); flagged from `flag_grade`."""
     cfg = rules["labs"]
     a = assessments[pd.to_datetime(assessments["date"]) < as_of]
     out = []
@@ -46,10 +57,12 @@ def lab_results(assessments: pd.DataFrame, as_of: pd.Timestamp, rules: Mapping[s
         last = m.iloc[-1]
         value = float(last["value"])
         uln = pd.to_numeric(pd.Series([last.get("upper_limit_normal")]), errors="coerce").iloc[0]
-        grade, direction = lab_grade(value, rule, None if pd.isna(uln) else float(uln))
+        row_uln = None if pd.isna(uln) else float(uln)
+        grade, direction = lab_grade(value, rule, row_uln, sex=sex)
+        low, high = reference_range(rule, sex, row_uln)
         when = pd.Timestamp(last["date"])
         out.append(LabResult(rule["label"], value, rule["unit"], str(when.date()), int((as_of - when).days), grade,
-                             grade >= int(cfg["flag_grade"]), direction))
+                             grade >= int(cfg["flag_grade"]), direction, low, high))
     return tuple(out)
 
 

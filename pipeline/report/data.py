@@ -209,14 +209,28 @@ class LabResult:
     unit: str
     date: str
     age_days: int
-    grade: int  # 0 = within normal limits
+    grade: int  # 0 = no CTCAE grade: within the reference range, or outside it on the side CTCAE does not grade
     flagged: bool
-    direction: str  # low | high | ""
+    direction: str  # low | high (outside the reference range, graded or not) | "" (within it)
+    #: the reference range the value was judged against (this patient's sex; the row's own upper limit if given)
+    lln: float | None = None
+    uln: float | None = None
+
+    @property
+    def outside(self) -> str:
+        """An ungraded value outside the reference range in words ('below the reference range 45–90 µmol/L'), else
+        '' — so a low creatinine, which CTCAE does not grade, is never shown as normal."""
+        if self.grade or not self.direction:
+            return ""
+        side = "below" if self.direction == "low" else "above"
+        limits = f" {self.lln:.3g}–{self.uln:.3g} {self.unit}" if self.lln is not None and self.uln is not None else ""
+        return f"{side} the reference range{limits}"
 
     @property
     def text(self) -> str:
-        """'lymphocytes 0.4 ×10⁹/L (2026-10-02): grade 3 (severe), low'."""
-        judged = f"{GRADE_WORDS[self.grade]}, {self.direction}" if self.grade else "within normal limits"
+        """'lymphocytes 0.4 ×10⁹/L (2026-10-02): grade 3 (severe), low'; '…: below the reference range 45–90 µmol/L'."""
+        judged = (f"{GRADE_WORDS[self.grade]}, {self.direction}" if self.grade
+                  else self.outside or "within normal limits")
         return f"{self.label} {self.value:.3g} {self.unit} ({self.date}): {judged}"
 
 

@@ -15,28 +15,41 @@ from pydantic import Field, model_validator
 from features.config import Frozen
 
 
+class ReferenceRange(Frozen):
+    """A lab's reference range for one sex: below `lln` or above `uln` is outside it."""
+
+    lln: float = Field(ge=0)
+    uln: float = Field(gt=0)
+
+
 class LabTest(Frozen):
-    """One graded lab: below a lower limit (`lln`, CTCAE `below` thresholds, falling) or above an upper one (`uln`,
-    `above_x_uln` multiples, rising)."""
+    """One graded lab: its reference range (`lln`–`uln`, by sex where it differs) and one graded side — below the
+    lower limit (`below` thresholds, falling) or above the upper one (`above_x_uln` multiples, rising). A value
+    outside the range on the other side has no grade and is said to be outside the range, never normal."""
 
     measure: str
     label: str
     unit: str
-    lln: float | None = Field(None, gt=0)
+    lln: float = Field(ge=0)
+    uln: float = Field(gt=0)
+    by_sex: dict[Literal["F", "M"], ReferenceRange] = Field(default_factory=dict)
     below: tuple[float, ...] = ()
-    uln: float | None = Field(None, gt=0)
     above_x_uln: tuple[float, ...] = ()
 
     @model_validator(mode="after")
     def _one_direction_in_order(self) -> LabTest:
-        low, high = self.lln is not None and bool(self.below), self.uln is not None and bool(self.above_x_uln)
-        if low == high:
-            raise ValueError("give either lln with below or uln with above_x_uln (rule: one direction per lab)")
-        steps = list(self.below) if low else list(self.above_x_uln)
-        ordered = all(a > b for a, b in zip([self.lln, *steps], steps, strict=False)) if low else \
-            all(a < b for a, b in zip([1.0, *steps], steps, strict=False))
-        if not ordered:
-            raise ValueError(f"thresholds {steps} out of order (rule: grades grow away from the limit of normal)")
+        if bool(self.below) == bool(self.above_x_uln):
+            raise ValueError("give either below or above_x_uln (rule: one graded direction per lab)")
+        ranges = {"": ReferenceRange(lln=self.lln, uln=self.uln), **self.by_sex}
+        empty = [f"{sex or 'all'} {r.lln:g}–{r.uln:g}" for sex, r in ranges.items() if not r.lln < r.uln]
+        if empty:
+            raise ValueError(f"reference range {empty[0]} is empty (rule: lln below uln)")
+        for r in ranges.values():
+            steps = list(self.below) if self.below else list(self.above_x_uln)
+            ordered = all(a > b for a, b in zip([r.lln, *steps], steps, strict=False)) if self.below else \
+                all(a < b for a, b in zip([1.0, *steps], steps, strict=False))
+            if not ordered:
+                raise ValueError(f"thresholds {steps} out of order (rule: grades grow away from the limit of normal)")
         return self
 
 
@@ -85,7 +98,7 @@ def clinical_rules(raw: dict[str, Any], measures: tuple[str, ...]) -> dict[str, 
     unknown = sorted(named - set(measures))
     if unknown:
         raise ValueError(f"measure(s) {unknown} not in configs/measures.yaml (rule: a known measure)")
-    return rules.model_dump(exclude_none=True, exclude_defaults=True)  # as written: a lab has one direction
+    return rules.model_dump(exclude_none=True, exclude_defaults=True)  # as written: one graded direction
 
 
 def monitoring(raw: dict[str, Any], generics: tuple[str, ...]) -> dict[str, Any]:

@@ -619,6 +619,41 @@ def test_labs_are_graded_against_ctcae_v5_and_flagged_from_grade_2():
     assert out[0].text == "lymphocytes 0.4 ×10⁹/L (2026-10-02): grade 3 (severe), low"
 
 
+def test_a_lab_outside_its_reference_range_is_never_called_normal():
+    """CTCAE grades one side of each lab (creatinine only when it rises), but a low creatinine means low muscle
+    mass in myositis: every lab shown says 'below / above the reference range' on its ungraded side, judged
+    against the range of the patient's sex, and only a value within the range reads 'normal'."""
+    from pipeline.report import page_references
+
+    rules = page_references()[1]  # the shipped rules, as the page reads them
+    labs = {r["measure"]: r for r in rules["labs"]["tests"]}
+    assert R.lab_grade(38, labs["creatinine"]) == (0, "low")  # no CTCAE grade, yet not normal
+    for rule in rules["labs"]["tests"]:
+        for sex in ("F", "M", None):
+            low, high = R.reference_range(rule, sex)
+            assert R.lab_grade(low * 0.98, rule, sex=sex)[1] == "low", (rule["measure"], sex)
+            assert R.lab_grade(high * 1.02, rule, sex=sex)[1] == "high", (rule["measure"], sex)
+            assert R.lab_grade((low + high) / 2, rule, sex=sex) == (0, ""), (rule["measure"], sex)
+    assert R.lab_grade(38, labs["creatinine"], sex="F") == (0, "low")
+    assert R.lab_grade(55, labs["creatinine"], sex="M") == (0, "low") and R.lab_grade(55, labs["creatinine"],
+                                                                                         sex="F") == (0, "")
+    assert R.lab_grade(480, labs["platelets"]) == (0, "high") and R.lab_grade(9.1, labs["neutrophils"]) == (0, "high")
+    assert R.lab_grade(200, labs["creatinine"], sex="F") == (2, "high")  # > 1.5 × the female ULN of 90
+    a = pd.DataFrame({"measure": ["creatinine", "haemoglobin", "alt"], "value": [38.0, 16.2, 5.0],
+                      "date": pd.to_datetime(["2026-10-02"] * 3), "upper_limit_normal": [None, None, 25.0]})
+    out = R.lab_results(a, pd.Timestamp("2026-11-01"), rules, sex="F")
+    assert [(x.label, x.grade, x.direction, x.flagged) for x in out] == [
+        ("haemoglobin", 0, "high", False), ("ALT", 0, "low", False), ("creatinine", 0, "low", False)]
+    assert out[2].text == "creatinine 38 µmol/L (2026-10-02): below the reference range 45–90 µmol/L"
+    assert out[1].outside == "below the reference range 7–25 U/L"  # the laboratory's own upper limit
+    html = R.render_page(dataclasses.replace(sample_page(), labs=out))
+    table = html[html.index('id="labs"'):]
+    table = table[:table.index("</table>")]
+    assert "below the reference range 45–90 µmol/L" in table and "above the reference range 12–15.5 g/dL" in table
+    assert "normal" not in table.replace("reference range", "")
+    assert "creatinine" not in html[html.index('class="alerts"'):][:400]  # outside the range, but no flag
+
+
 def _current(**rows: dict) -> pd.DataFrame:
     base = {"drug": None, "label": None, "dose": None, "dose_unit": "mg", "route": "oral", "interval": "daily",
             "target_text": None, "fraction_of_target": None, "status": "no_target", "intensity_mg_day": None,
@@ -974,7 +1009,7 @@ def test_the_pages_reference_files_are_checked_whole(monkeypatch):
         reference.monitoring(typo, generics)
     with pytest.raises(ValueError, match=r"drug\(s\) \['rituxan'\] not in configs/drugs.yaml"):
         reference.monitoring({"reminders": [{"test": "t", "when": "w", "why": "y", "drugs": ["rituxan"]}]}, generics)
-    lab = {"measure": "neutrophils", "label": "n", "unit": "u", "lln": 2.0, "below": [1.0, 1.5]}
+    lab = {"measure": "neutrophils", "label": "n", "unit": "u", "lln": 2.0, "uln": 7.5, "below": [1.0, 1.5]}
     with pytest.raises(ValueError, match=r"thresholds \[1.0, 1.5\] out of order"):
         reference.clinical_rules({"labs": {"flag_grade": 2, "tests": [lab]}}, measures)
     with pytest.raises(ValueError, match=r"measure\(s\) \['neutrophilz'\] not in configs/measures.yaml"):
