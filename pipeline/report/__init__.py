@@ -100,7 +100,8 @@ __all__ = [
     "load_evidence", "load_model", "monitoring_reminders", "option_explanations", "option_rows", "page_file_name",
     "patient_facts", "patient_findings", "points_between", "performance_facts", "pooled_calibration", "regimen_lines",
     "batched_pages", "render_index", "render_page", "run_report", "safety_summary", "simulated_training", "score_range", "signed_points",
-    "thin_overlap_options", "icon_array_svg", "steps", "axis_domain", "LabResult", "Summary", "summarise", "guideline_option", "lab_grade", "mosteller_bsa", "plain_reason", "reference_range", "trend_series", "trends_svg", "waterfall_svg",
+    "thin_overlap_options", "icon_array_svg", "steps", "axis_domain", "LabResult", "Summary", "summarise", "guideline_option", "lab_grade", "mosteller_bsa", "plain_reason",
+    "reference_range", "trend_series", "trends_svg", "waterfall_svg",
 ]
 
 class ReportRefusal(ValueError):

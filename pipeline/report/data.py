@@ -223,12 +223,14 @@ class LabResult:
         if self.grade or not self.direction:
             return ""
         side = "below" if self.direction == "low" else "above"
-        limits = f" {self.lln:.3g}–{self.uln:.3g} {self.unit}" if self.lln is not None and self.uln is not None else ""
+        known = self.lln is not None and self.uln is not None
+        limits = f" {self.lln:.3g}–{self.uln:.3g} {self.unit}" if known else ""
         return f"{side} the reference range{limits}"
 
     @property
     def text(self) -> str:
-        """'lymphocytes 0.4 ×10⁹/L (2026-10-02): grade 3 (severe), low'; '…: below the reference range 45–90 µmol/L'."""
+        """'lymphocytes 0.4 ×10⁹/L (2026-10-02): grade 3 (severe), low'; 'creatinine 38 µmol/L (2026-10-02): below
+        the reference range 45–90 µmol/L'."""
         judged = (f"{GRADE_WORDS[self.grade]}, {self.direction}" if self.grade
                   else self.outside or "within normal limits")
         return f"{self.label} {self.value:.3g} {self.unit} ({self.date}): {judged}"
