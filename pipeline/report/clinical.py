@@ -156,7 +156,8 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
         target, status, frac, basis = line.target, line.status, line.fraction_of_target, ""
         aim = target  # the target as an action names it (a juvenile target without its source note)
         drug = vocabulary.drug(generic) if generic in vocabulary.generics else None
-        cycle = (drug.target.cycle_days, drug.target.doses_per_cycle, drug.target.per_dose or "a dose") if drug else (1,)
+        cycle = ((drug.target.cycle_days, drug.target.doses_per_cycle, drug.target.per_dose or "a dose") if drug
+                 else (1,))
         if juv is not None and juv["target_source"].iloc[i] == "juvenile":
             target, status, basis, low, high, frac = _juvenile_line(juv.iloc[i], mg, weight_kg, bsa_m2, tol)
             note = str(juv["target_text"].iloc[i]).partition(" — ")[2]  # the source note ("JIA label dose …")
@@ -169,7 +170,8 @@ def dose_lines(current: pd.DataFrame, vocabulary: Vocabulary, *, juvenile: bool,
             action = (f"taper: {_mg(mg)} is {mg / taper[generic]:.1f}× the ≤ {taper[generic]:g} mg/day goal"
                       + (" (Pneumocystis risk rises above 10 mg/day)" if mg > 10 else ""))
         elif status == "below" and low is not None and mg is not None:
-            action = f"raise towards {aim}: the dose now is {round(100 * mg / low)} % of the lowest target"
+            action = (spaced_courses(row, cycle, low, aim, tol)
+                      or f"raise towards {aim}: the dose now is {round(100 * mg / low)} % of the lowest target")
         elif status == "above" and high is not None and mg is not None:
             action = f"above target ({aim}): {round(100 * mg / high)} % of the highest; check for toxicity"
         elif status == "at" and mg is not None and high is not None and high > mg * (1 + tol):
@@ -202,6 +204,43 @@ def count(n: int, unit: str) -> str:
     return f"{n} {unit}" + ("s" if n != 1 else "")
 
 
+def course_schedule(last: pd.Timestamp, cycle_days: float, *, exact: bool) -> tuple[pd.Timestamp, str]:
+    """The day a course `cycle_days` after `last` falls due and the interval in words ('6 months'): whole months
+    as a prescriber writes them — exactly for an interval as written (`exact`), within 5 % for a target's days
+    (182 days reads as 6 months) — else weeks or days."""
+    months = cycle_days / 30.4375
+    whole_months = cycle_days >= 56 and abs(months - round(months)) < (1e-6 if exact else 0.05)
+    due = last + (pd.DateOffset(months=round(months)) if whole_months else pd.Timedelta(days=round(cycle_days)))
+    days = round(cycle_days)
+    every = (count(round(months), "month") if whole_months
+             else count(days // 7, "week") if days % 7 == 0 else count(days, "day"))
+    return due, every
+
+
+def spaced_courses(row: Mapping[str, Any], target: tuple[Any, ...], low_mg_day: float, aim: str, tol: float) -> str:
+    """The advice for a drug given in courses whose dose per course is at target but whose courses are further
+    apart than the target's (rituximab 1 g × 2 every 12 months against every 6): its intensity is below target
+    because of the interval, so the advice is to shorten the interval — with the day the next course falls by
+    the target's schedule — never to raise a dose that is already the target's. '' when that is not the case
+    (`target`: the target's cycle days and doses per cycle; `low_mg_day`: its lowest intensity)."""
+    from features.vocabulary import parse_intervals
+
+    mg, target_days = row.get("intensity_mg_day"), float(target[0])
+    days = float(parse_intervals(pd.Series([row.get("interval")], dtype=object))["cycle_days"].iloc[0])
+    if not (_ok(mg) and np.isfinite(days) and target_days >= 28 and days > target_days * (1 + tol)):
+        return ""
+    if float(mg) * days < low_mg_day * target_days * (1 - tol):  # less than a target course each time: the dose
+        return ""
+    every = course_schedule(pd.Timestamp(0), days, exact=True)[1]
+    text = (f"a course every {every}, the target {aim}: {round(100 * float(mg) / low_mg_day)} % of the target's "
+            "intensity with each course at the target dose — shorten the interval")
+    last = row.get("last_course_date")
+    if last is not None and not pd.isna(last) and row.get("last_course_record") != "stopped":
+        due = course_schedule(pd.Timestamp(last), target_days, exact=False)[0]
+        text += f" (by the target's schedule the next course falls {due.date()})"
+    return text
+
+
 def next_course(last_course: Any, record: Any, interval: Any, target_cycle_days: float,
                 as_of: pd.Timestamp | None) -> tuple[str, bool]:
     """When the next course of a drug given in courses is due — the latest course's start plus the prescribed
@@ -223,17 +262,13 @@ def next_course(last_course: Any, record: Any, interval: Any, target_cycle_days:
                  else ("target", float(target_cycle_days)) if _ok(target_cycle_days) else ("", np.nan))
     if not cycle >= 28:
         return "", False
-    months = cycle / 30.4375
-    # "every 6 months" as written is whole months exactly; the target's 182 days reads as 6 months too
-    whole_months = cycle >= 56 and abs(months - round(months)) < (1e-6 if by == "prescribed" else 0.05)
-    due = last + (pd.DateOffset(months=round(months)) if whole_months else pd.Timedelta(days=round(cycle)))
+    due, every = course_schedule(last, cycle, exact=by == "prescribed")
     days = (due - pd.Timestamp(as_of)).days
     span = count(abs(days), "day") if abs(days) < 42 else count(round(abs(days) / 7), "week")
     when = (f"overdue since {due.date()} ({span})" if days < 0 else f"due today ({due.date()})" if days == 0
             else f"due {due.date()} (in {span})" if days <= COURSE_DUE_WITHIN_DAYS else f"{due.date()} (in {span})")
-    every = (count(round(months), "month") if whole_months
-             else count(round(cycle / 7), "week") if round(cycle) % 7 == 0 else count(round(cycle), "day"))
-    unrecorded = " by the open order's schedule (no row records it: check it was given)" if record == "scheduled" else ""
+    unrecorded = (" by the open order's schedule (no row records it: check it was given)" if record == "scheduled"
+                  else "")
     soon = days <= COURSE_DUE_WITHIN_DAYS
     text = f"next course {when} by the {by} schedule, a course every {every}; the last began {last.date()}{unrecorded}"
     return (text + ": re-dose if still indicated" if soon else text), soon

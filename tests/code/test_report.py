@@ -731,6 +731,34 @@ def test_a_course_due_keeps_the_dose_advice_and_follows_the_prescribed_interval(
     assert "overdue since 2026-11-20 (17 days) by the target schedule, a course every 6 months" in once.action
 
 
+def test_rituximab_every_12_months_is_advised_to_come_sooner_not_to_be_raised():
+    """1 g × 2 every 12 months gives half the intensity of the target's 1 g × 2 every 6 months — the features' 50 %
+    and 'below target' stand — but each course is the target's dose: the page said 'raise towards 1 g × 2 …: the
+    dose now is 50 % of the lowest target'. It now says the courses are twice as far apart as the target's and when
+    the next one falls by the target's schedule; half a course every 6 months is still advised to be raised."""
+    yearly = {**RTX, "interval": "days 1 and 15, every 12 months", "intensity_mg_day": 2000 / 365.25,
+              "fraction_of_target": 0.498, "status": "below", "last_course_record": "scheduled"}
+    [line] = R.dose_lines(_current(rituximab=yearly), VOCABULARY, juvenile=False, weight_kg=70.0, bsa_m2=None,
+                          tolerance=TOLERANCE, as_of=pd.Timestamp("2026-11-18"))
+    assert line.status == "below" and line.fraction_of_target == pytest.approx(0.498)
+    assert "raise towards" not in line.action and "the dose now is" not in line.action
+    assert line.action.startswith("a course every 12 months, the target 1 g × 2, two weeks apart, every 6 months: "
+                                  "50 % of the target's intensity with each course at the target dose — shorten the "
+                                  "interval (by the target's schedule the next course falls 2026-11-20)")
+    assert "next course 2027-05-20 (in 26 weeks) by the prescribed schedule, a course every 12 months" in line.action
+    summary = R.summarise(dataclasses.replace(sample_page(), regimen=(line,))).dose_actions
+    assert summary == (f"rituximab: {line.action}",)  # below target: among the dose actions, first
+    half = {**RTX, "dose": 500.0, "intensity_mg_day": 1000 / 182, "fraction_of_target": 0.5, "status": "below"}
+    [low] = R.dose_lines(_current(rituximab=half), VOCABULARY, juvenile=False, weight_kg=70.0, bsa_m2=None,
+                         tolerance=TOLERANCE, as_of=pd.Timestamp("2026-09-01"))
+    assert low.action.startswith("raise towards 1 g × 2, two weeks apart, every 6 months: the dose now is 50 %")
+    # half a course a year: the course itself is below target, so the dose is what to raise
+    thin = {**yearly, "dose": 500.0, "intensity_mg_day": 1000 / 365.25, "fraction_of_target": 0.25}
+    [thin_line] = R.dose_lines(_current(rituximab=thin), VOCABULARY, juvenile=False, weight_kg=70.0, bsa_m2=None,
+                               tolerance=TOLERANCE, as_of=pd.Timestamp("2026-09-01"))
+    assert thin_line.action.startswith("raise towards 1 g × 2")
+
+
 @pytest.mark.parametrize(
     ("changes", "due", "words"),
     [
