@@ -249,7 +249,8 @@ def explain_learner(
     elif kind == "linear":
         columns = list(frame.columns)
         scale = "log_odds" if binary else "value"
-        parts = {a: _linear_arm_shap(learner, frame, a) for a in need}
+        z = learner.preprocess_.transform(frame)  # type: ignore[attr-defined]  # one design for every option
+        parts = {a: _linear_arm_shap(learner, frame, a, z) for a in need}
         if getattr(learner, "trees_", None) is not None:  # a score GLM with trees on the score
             columns, parts = _with_score_trees(learner, frame, need, parts)
         shaps = {a: finish(a, columns, *parts[a], scale) for a in need}
@@ -402,10 +403,13 @@ def _reference_explainer(trees: object, reference: pd.DataFrame, k: int) -> Any:
     return explainers[k]
 
 
-def _linear_arm_shap(learner: object, frame: pd.DataFrame, arm: str) -> tuple[np.ndarray, np.ndarray]:
+def _linear_arm_shap(learner: object, frame: pd.DataFrame, arm: str, z: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Exact linear SHAP of a linear learner (`LinearLearner`, `ModifierGLM`) for one option, mapped back from
-    its standardised design (features plus missing-indicators) to the original feature columns."""
-    z = learner.preprocess_.transform(frame)  # type: ignore[attr-defined]
+    its standardised design `z` (features plus missing-indicators: `preprocess_.transform(frame)`, computed once
+    for all options by the caller) to the original feature columns."""
+    if z is None:
+        z = learner.preprocess_.transform(frame)  # type: ignore[attr-defined]
     intercept = float(np.ravel(learner.model_.intercept_)[0])  # type: ignore[attr-defined]
     d = z.shape[1]
     w, offset = learner.arm_weights(arm)  # type: ignore[attr-defined]

@@ -8,7 +8,9 @@ patients, not of correlated decision rows. `interval_coverage` measures how ofte
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, Self
 
@@ -17,7 +19,19 @@ import pandas as pd
 import xgboost as xgb
 
 from models.config import IntervalConfig
-from models.learners import OPTION_PREFIX, BaseLearner, DRLearner, FitData, SLearner, TLearner, prepare_fit
+from models.learners import (
+    OPTION_PREFIX,
+    BaseLearner,
+    DRLearner,
+    FitData,
+    LinearLearner,
+    ScoreGLM,
+    SLearner,
+    TLearner,
+    modifier_names,
+    modifier_terms,
+    prepare_fit,
+)
 from models.propensity import ArrayLike, as_feature_frame
 
 Kind = Literal["outcomes", "effects"]
@@ -34,10 +48,17 @@ class SharedFeatures:
         self.frame = frame
         self.columns: list[str] = [str(c) for c in frame.columns]
         self.values = np.ascontiguousarray(frame.to_numpy(dtype="float32", na_value=np.nan))
-        self._cache: dict[int, xgb.DMatrix] = {}
+        #: no infinite value: linear learners may then skip their own per-call check and copy of the frame
+        self.finite = not bool(np.isinf(self.values).any())
+        self._cache: dict[object, xgb.DMatrix] = {}
 
     def __len__(self) -> int:
         return len(self.values)
+
+    @functools.cached_property
+    def values64(self) -> np.ndarray:
+        """The features in float64, as the learners' own frame check reads them (option x modifier terms)."""
+        return self.frame.to_numpy(dtype="float64", na_value=np.nan)
 
     def _dmatrix(self, values: np.ndarray) -> xgb.DMatrix:
         # one thread for small inputs (one patient): thread start-up would cost more than the conversion
@@ -46,18 +67,25 @@ class SharedFeatures:
 
     def plain(self) -> xgb.DMatrix:
         """The features as they are (T-learner arm models, DR control and effect models)."""
-        if 0 not in self._cache:
-            self._cache[0] = self._dmatrix(self.values)
-        return self._cache[0]
+        if "plain" not in self._cache:
+            self._cache["plain"] = self._dmatrix(self.values)
+        return self._cache["plain"]
 
-    def stacked(self, n_arms: int) -> xgb.DMatrix:
-        """Every row once per arm (arm-major) with the S-learner's one-hot option columns appended."""
-        if n_arms not in self._cache:
+    def stacked(self, n_arms: int, modifiers: Mapping[int, list[int]] | None = None) -> xgb.DMatrix:
+        """Every row once per arm (arm-major): the features, the S-learner's option x modifier terms (`modifiers`,
+        its `modifier_index_`, computed in float64 as its own design does) and its one-hot option columns — one
+        matrix for every member that shares the design (a score GLM's trees in each bootstrap refit)."""
+        key = (n_arms, tuple((k, tuple(cols)) for k, cols in (modifiers or {}).items()))
+        if key not in self._cache:
             n = len(self.values)
             codes = np.repeat(np.arange(n_arms), n)
-            onehot = (codes[:, None] == np.arange(n_arms)[None, :]).astype("float32")
-            self._cache[n_arms] = self._dmatrix(np.hstack([np.tile(self.values, (n_arms, 1)), onehot]))
-        return self._cache[n_arms]
+            parts = [np.tile(self.values, (n_arms, 1))]
+            if modifiers:
+                terms = modifier_terms(np.tile(self.values64, (n_arms, 1)), codes, modifiers)
+                parts.append(terms.astype("float32"))
+            parts.append((codes[:, None] == np.arange(n_arms)[None, :]).astype("float32"))
+            self._cache[key] = self._dmatrix(np.hstack(parts))
+        return self._cache[key]
 
 
 def _booster_predict(model: xgb.XGBModel, dm: xgb.DMatrix) -> np.ndarray:
@@ -67,18 +95,21 @@ def _booster_predict(model: xgb.XGBModel, dm: xgb.DMatrix) -> np.ndarray:
 
 def shared_outcomes(learner: BaseLearner, shared: SharedFeatures) -> np.ndarray:
     """`learner.predict_outcomes(shared.frame)` computed on the shared matrices: S, T and DR learners predict
-    straight from the prepared DMatrix (same numbers, no per-learner frame conversion); other learners, or a
-    learner fitted on other columns, take their own path."""
+    straight from the prepared DMatrix (same numbers, no per-learner frame conversion), linear learners from the
+    shared, already checked frame (a score GLM's trees from the shared design); other learners, or a learner
+    fitted on other columns, take their own path."""
     if not hasattr(learner, "arms_"):
         raise RuntimeError(f"{type(learner).__name__} is not fitted: call fit(X, treatment, y) first")
     if list(learner.columns_) != shared.columns:
         return learner.predict_outcomes(shared.frame)
     arms = learner.arms_
     n, k = len(shared), len(arms)
+    modifiers = getattr(learner, "modifier_index_", {}) if isinstance(learner, SLearner) else {}
     design = list(learner.model_.get_booster().feature_names or []) if isinstance(learner, SLearner) else []
-    if design and design[-k:] == [f"{OPTION_PREFIX}{a}" for a in arms] and len(design) == len(shared.columns) + k:
-        # features + one-hot options only (no option x modifier terms): one stacked DMatrix serves every arm
-        out = _booster_predict(learner.model_, shared.stacked(k)).reshape(k, n).T
+    if design and design == [*shared.columns, *modifier_names(shared.columns, arms, modifiers),
+                             *(f"{OPTION_PREFIX}{a}" for a in arms)]:
+        # features, option x modifier terms, one-hot options: one stacked DMatrix serves every arm and member
+        out = _booster_predict(learner.model_, shared.stacked(k, modifiers)).reshape(k, n).T
     elif isinstance(learner, TLearner):
         dm = shared.plain()
         out = np.column_stack([_booster_predict(learner.models_[a], dm) for a in arms]) if n else np.empty((0, k))
@@ -89,6 +120,11 @@ def shared_outcomes(learner: BaseLearner, shared: SharedFeatures) -> np.ndarray:
         for j, arm in enumerate(arms):
             if arm != learner.control:
                 out[:, j] += _booster_predict(learner.effect_models_[arm], dm)
+    elif isinstance(learner, ScoreGLM) and shared.finite:
+        out = learner._predict_outcomes(shared.frame, shared.values64,
+                                        trees_outcomes=lambda trees: shared_outcomes(trees, shared))
+    elif isinstance(learner, LinearLearner) and shared.finite:
+        out = learner._predict_outcomes(shared.frame, shared.values64)
     else:
         return learner.predict_outcomes(shared.frame)
     return np.clip(out, 0.0, 1.0) if learner.outcome == "binary" else out

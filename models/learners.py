@@ -551,6 +551,26 @@ class DRLearner(BaseLearner):
         return out
 
 
+def _plain_preprocess(preprocess: object, width: int) -> bool:
+    """Whether a linear learner's `preprocess_` is exactly the pipeline `LinearLearner._fit` builds (a NaN-median
+    imputer keeping empty features, with dense missing-indicators, then a centring and scaling scaler, plain
+    array output) for `width` features: `LinearLearner.standardised` may then compute it from its statistics."""
+    import sklearn
+
+    if not isinstance(preprocess, Pipeline) or [name for name, _ in preprocess.steps] != ["impute", "scale"]:
+        return False
+    impute, scale = preprocess.named_steps["impute"], preprocess.named_steps["scale"]
+    indicator = getattr(impute, "indicator_", None)
+    return (type(impute) is SimpleImputer and type(scale) is StandardScaler
+            and isinstance(impute.missing_values, float) and np.isnan(impute.missing_values)
+            and impute.keep_empty_features and getattr(impute, "n_features_in_", None) == width
+            and impute.add_indicator == (indicator is not None)
+            and (indicator is None or (indicator.features == "missing-only" and indicator.sparse in (False, "auto")))
+            and scale.with_mean and scale.with_std and scale.mean_ is not None and scale.scale_ is not None
+            and sklearn.get_config()["transform_output"] == "default"
+            and not any(getattr(step, "_sklearn_output_config", None) for step in (preprocess, impute, scale)))
+
+
 class LinearLearner(BaseLearner):
     """Baseline: regularised logistic (binary) or ridge (continuous) regression on scaled features, option
     indicators and option x feature interactions; `preprocess_` is a sklearn Pipeline (median imputer with
@@ -608,8 +628,26 @@ class LinearLearner(BaseLearner):
             self.model_ = Ridge(alpha=self.config.linear_alpha)
         self.model_.fit(self._design(z, data.codes), data.y, sample_weight=data.weight)
 
-    def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
-        z = self.preprocess_.transform(frame)
+    def standardised(self, frame: pd.DataFrame, values: np.ndarray | None = None) -> np.ndarray:
+        """`preprocess_.transform(frame)`: the imputed, missing-indicator and scaled design columns. With `values`
+        (the frame's float64 block, already checked, as `models.intervals.SharedFeatures` holds it) they come from
+        the fitted statistics directly, the same numbers in the same operations — sklearn checks a frame's 160
+        columns on every call, most of a page's prediction time over a dozen bootstrap members — unless the
+        pipeline is not the median-imputer-then-scaler one `_fit` builds."""
+        if values is None or not _plain_preprocess(self.preprocess_, values.shape[1]):
+            return self.preprocess_.transform(frame)
+        impute, scale = self.preprocess_.named_steps["impute"], self.preprocess_.named_steps["scale"]
+        missing = np.isnan(values)
+        z = np.where(missing, impute.statistics_.astype("float64"), values)
+        indicator = getattr(impute, "indicator_", None)
+        if indicator is not None:
+            z = np.hstack((z, missing[:, indicator.features_]))
+        z -= scale.mean_
+        z /= scale.scale_
+        return z
+
+    def _predict_outcomes(self, frame: pd.DataFrame, values: np.ndarray | None = None) -> np.ndarray:
+        z = self.standardised(frame, values)
         n, k = len(z), len(self.arms_)
         design = self._design(np.tile(z, (k, 1)), np.repeat(np.arange(k), n))
         if self.outcome == "binary":
@@ -739,13 +777,18 @@ class ScoreGLM(ModifierGLM):
             # the average patient the trees' explanations start from (column means: no one patient's record)
             self.trees_reference_ = data.X.mean(axis=0, skipna=True).to_frame().T.astype("float64")
 
-    def _predict_outcomes(self, frame: pd.DataFrame) -> np.ndarray:
-        p = super()._predict_outcomes(frame)
+    def _predict_outcomes(self, frame: pd.DataFrame, values: np.ndarray | None = None,
+                          trees_outcomes: Callable[[SLearner], np.ndarray] | None = None) -> np.ndarray:
+        """The averaged log-odds as probabilities (`values`: see `standardised`); `trees_outcomes(trees)` gives the
+        trees' predictions from a matrix prepared elsewhere (`models.intervals.shared_outcomes`: one for every
+        bootstrap member)."""
+        p = super()._predict_outcomes(frame, values)
         trees = getattr(self, "trees_", None)  # older pickles have none
         if trees is None:
             return p
         w, slope, offset = (self.trees_link_[k] for k in ("weight", "slope", "intercept"))
-        margin = (1 - w) * logit(p) + w * (slope * trees._predict_outcomes(frame) + offset)
+        score = trees._predict_outcomes(frame) if trees_outcomes is None else trees_outcomes(trees)
+        margin = (1 - w) * logit(p) + w * (slope * score + offset)
         return 1.0 / (1.0 + np.exp(-margin))
 
 

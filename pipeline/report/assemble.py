@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -190,13 +191,14 @@ def option_rows(pred: pd.DataFrame, labels: Mapping[str, str], thin: set[str] | 
 def option_explanations(
     explanations: Any, X: pd.DataFrame, dictionary: pd.DataFrame, estimates: Mapping[str, float | None],
     labels: Mapping[str, str], *, row: int = 0, n_bars: int = 8, k: int = 3, unmeasured: Collection[str] = (),
+    groups_of: dict[tuple[str, ...], Any] | None = None,
 ) -> tuple[OptionExplanation, ...]:
     """Waterfall bars (top clinical facts + 'all other facts'), contrast bars and plain-words reasons per option
     with an estimate in `estimates` (the chance of response the options table prints, by option) for one row of X,
     from `models.explain.Explanations` (`unmeasured`: see `clinical.plain_reason`). The heading's chance, the
     waterfall's end, the difference with continuing and the contrast chart's end are those estimates, never the
     explainer's own copy of them: the page has one source for each figure (the bars share the explained change;
-    a gap between the two is drawn as 'not attributed to one fact')."""
+    a gap between the two is drawn as 'not attributed to one fact'). `groups_of`: see `_feature_groups`."""
     from models import explain as E
 
     out = []
@@ -210,7 +212,7 @@ def option_explanations(
         if s is None:
             continue
         r = reasons.loc[option] if option in reasons.index else None
-        groups = E.feature_groups(s.columns, dictionary)
+        groups = _feature_groups(s.columns, dictionary, groups_of)
         base = float(s.probability_base[row]) * 100 if s.probability_base is not None else float(s.base[row])
         final = 100 * shown[option]
         own, bars = _split_option(_bars(_worded(E.grouped_frame(s, groups, row=row), r, "reason", unmeasured), n_bars,
@@ -234,6 +236,19 @@ def option_explanations(
             _reason_texts(r, "reason", k), _reason_texts(r, "contrast_reason", k), contrast_base=con_base,
             contrast_shown=difference))
     return tuple(out)
+
+
+def _feature_groups(columns: tuple[str, ...], dictionary: pd.DataFrame,
+                    groups_of: dict[tuple[str, ...], Any] | None = None) -> Any:
+    """`models.explain.feature_groups` of a model's columns, kept in `groups_of` (one page's: its dictionary)
+    so each model's grouping is built once per page, not once per option and target."""
+    from models.explain import feature_groups
+
+    if groups_of is None:
+        return feature_groups(columns, dictionary)
+    if columns not in groups_of:
+        groups_of[columns] = feature_groups(columns, dictionary)
+    return groups_of[columns]
 
 
 def _worded(grouped: pd.DataFrame, r: pd.Series | None, prefix: str, unmeasured: Collection[str] = ()
@@ -342,7 +357,8 @@ def _latest(assessments: pd.DataFrame, measure: str, as_of: pd.Timestamp) -> flo
 
 
 def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.DataFrame, *, row: int,
-                         k: int = 3, unmeasured: Collection[str] = ()) -> OptionRow:
+                         k: int = 3, unmeasured: Collection[str] = (),
+                         groups_of: dict[tuple[str, ...], Any] | None = None) -> OptionRow:
     """The option's row with the facts that move its safety risk most (points out of 100; the option group is left
     out, being no fact about the patient), each worded as this patient's fact, as the response reasons are."""
     from models import explain as E
@@ -350,7 +366,7 @@ def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.
     s = ex.get("safety", o.option) if o.eligible else None
     if s is None:
         return o
-    top = E.top_reasons(s.rows([row]), X.iloc[[row]], E.feature_groups(s.columns, dictionary), k).iloc[0]
+    top = E.top_reasons(s.rows([row]), X.iloc[[row]], _feature_groups(s.columns, dictionary, groups_of), k).iloc[0]
     texts = []
     for i in range(1, k + 1):
         text, points = top.get(f"reason_{i}_text"), top.get(f"reason_{i}_contribution")
@@ -385,14 +401,26 @@ class ModelOutputs:
     X: pd.DataFrame
     ex: Any  # models.explain.Explanations
 
+    @functools.cached_property
+    def _positions(self) -> tuple[dict[str, np.ndarray], dict[int, np.ndarray], dict[str, np.ndarray]]:
+        """Where each patient's decisions, each decision's predictions and each patient's current drugs sit in
+        the batch (row positions, in order), found once for the batch rather than by a scan per page."""
+        decisions = pd.Series(np.arange(len(self.features))).groupby(
+            self.features["patient_id"].astype(str).to_numpy(), sort=False).indices
+        predictions = self.pred.groupby(self.pred["row"].to_numpy(), sort=False).indices
+        drugs = self.current.groupby(self.current["patient_id"].astype(str).to_numpy(), sort=False).indices
+        return decisions, {int(k): v for k, v in predictions.items()}, drugs
+
     def one(self, patient_id: str) -> ModelOutputs:
         """The outputs of one patient's decision, as if the model had run on it alone."""
-        at = np.flatnonzero(self.features["patient_id"].astype(str).to_numpy() == patient_id)
+        decisions, predictions, drugs = self._positions
+        none = np.empty(0, dtype=np.intp)
+        at = decisions.get(patient_id, none)
         if len(at) != 1:
             raise ValueError(f"model outputs: {len(at)} decisions of patient {patient_id!r} (rule: exactly one)")
         i = int(at[0])
-        pred = self.pred[self.pred["row"] == i].assign(row=0).reset_index(drop=True)
-        current = self.current[self.current["patient_id"].astype(str) == patient_id].reset_index(drop=True)
+        pred = self.pred.iloc[predictions.get(i, none)].assign(row=0).reset_index(drop=True)
+        current = self.current.iloc[drugs.get(patient_id, none)].reset_index(drop=True)
         return ModelOutputs(self.features.iloc[[i]].reset_index(drop=True), self.dictionary, current, pred,
                             self.X.iloc[[i]].reset_index(drop=True), self.ex.rows([i]))
 
@@ -470,8 +498,9 @@ def build_patient_page(
     thin = thin_overlap_options(pred, evidence.positivity_threshold)
     options = option_rows(pred, labels, thin, calibration=evidence.calibration, drug_labels=drug_labels)
     # the explanations print the options table's chances and their differences: one source for each figure
+    groups_of: dict[tuple[str, ...], Any] = {}  # each model's columns grouped once for this page's dictionary
     explanations = option_explanations(ex, X, dictionary, {o.option: o.p_response for o in options if o.eligible},
-                                       labels, k=top_k, unmeasured=unmeasured)
+                                       labels, k=top_k, unmeasured=unmeasured, groups_of=groups_of)
     trends = trend_series(one["assessments"], as_of)
     summary = model.summary if isinstance(model.summary, dict) else {}
     cfg = model.config
@@ -510,7 +539,8 @@ def build_patient_page(
     size = ", ".join(x for x in (f"{weight:.0f} kg" if weight else "", f"{height:.0f} cm" if height else "",
                                  f"body surface {bsa:.2f} m²" if bsa else "") if x)
     body_size = (("juvenile dose targets (per kg / per m²) for " if juvenile else "") + size) if size else ""
-    options = tuple(_with_safety_reasons(o, ex, X, dictionary, row=0, unmeasured=unmeasured) for o in options)
+    options = tuple(_with_safety_reasons(o, ex, X, dictionary, row=0, unmeasured=unmeasured, groups_of=groups_of)
+                    for o in options)
     optimise = C.below_target_drugs(regimen)
     options = tuple(replace(o, label=f"{o.label}: {', '.join(optimise)}") if o.option == "optimise_dose" and
                     o.eligible and optimise else o for o in options)

@@ -1269,3 +1269,34 @@ def test_the_stars_chance_is_drawn_as_100_patients_like_this(html):
     assert icons.count("<rect") == 100 and icons.count(f'fill="{R.OKABE_ITO["blue"]}"') == 62
     assert "62 in 100</strong> <span class=\"ci\">patients like this (90 % interval 52–72)" in tile and "chance of response (TIS ≥ 40)" in tile
     assert str(R.icon_array_svg(None, "respond")) == ""
+
+
+def test_one_patients_share_of_a_batch_is_what_the_model_said_about_that_patient():
+    """`report --all` runs the model once per batch and each page takes its patient's rows (`ModelOutputs.one`,
+    found by an index built once for the batch): the decision's features, its predictions renumbered as row 0, the
+    patient's current drugs only (none: an empty table), its explanation row; a patient with no decision, or two,
+    is refused by name."""
+    from models import explain as E
+
+    ids = ["P1", "P2", "P3", "P3"]
+    features = pd.DataFrame({"patient_id": ids, "age_years": [40.0, 50.0, 60.0, 61.0]})
+    pred = pd.DataFrame({"row": [0, 0, 1, 1, 2, 2, 3, 3], "option": ["continue", "add_ivig"] * 4,
+                         "p_response": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]})
+    current = pd.DataFrame({"patient_id": ["P2", "P1", "P2"], "generic": ["ivig", "rituximab", "prednisone"]})
+    values = np.array([[1.0], [2.0], [3.0], [4.0]])
+    shap = E.Shap("response", "continue", "probability", ("age_years",), values, np.zeros(4), values.sum(axis=1))
+    ex = E.Explanations({("response", "continue"): shap}, ("continue",), "continue", "s", 4)
+    batch = A.ModelOutputs(features, pd.DataFrame(), current, pred, features[["age_years"]], ex)
+    two = batch.one("P2")
+    assert two.features.to_dict("records") == [{"patient_id": "P2", "age_years": 50.0}]
+    assert two.pred.to_dict("records") == [{"row": 0, "option": "continue", "p_response": 0.3},
+                                           {"row": 0, "option": "add_ivig", "p_response": 0.4}]
+    assert two.current["generic"].tolist() == ["ivig", "prednisone"] and two.X["age_years"].tolist() == [50.0]
+    assert two.ex.get("response", "continue").values.tolist() == [[2.0]]
+    assert batch.one("P1").current["generic"].tolist() == ["rituximab"]
+    alone = A.ModelOutputs(features.iloc[:1], pd.DataFrame(), current.iloc[:0], pred.iloc[:2], features.iloc[:1], ex)
+    assert alone.one("P1").current.columns.tolist() == ["patient_id", "generic"] and alone.one("P1").current.empty
+    with pytest.raises(ValueError, match=r"0 decisions of patient 'P9' \(rule: exactly one\)"):
+        batch.one("P9")
+    with pytest.raises(ValueError, match=r"2 decisions of patient 'P3'"):
+        batch.one("P3")

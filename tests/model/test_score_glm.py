@@ -161,3 +161,38 @@ def test_only_the_response_head_may_use_the_score_glm(head):
 
     with pytest.raises(ValueError, match=f"{head}: score_glm learns a response from the score it thresholds"):
         BundleConfig.model_validate({head: "score_glm"})
+
+
+def test_a_bootstraps_members_read_the_shared_features_and_predict_the_same_numbers(monkeypatch):
+    """A page predicts one decision with a dozen bootstrap refits per head: each score GLM member (with its trees
+    and option x modifier terms) and each modifier GLM member predicts from the features checked and converted once
+    (`SharedFeatures`) — no per-member frame check, sklearn transform of the frame or design frame for the trees,
+    most of a page's prediction time — and its numbers are exactly those of its own checked path, missing values
+    (the imputer's indicators) included."""
+    from sklearn.pipeline import Pipeline
+
+    from models import learners
+    from models.intervals import SharedFeatures, shared_outcomes
+
+    X, t, y, margin, g, _ = scored(200, 27)
+    assert X.isna().any().any()  # the imputer fills and flags them
+    cfg = _config(ARMS, effect_modifiers={"add_ivig": ("f0", "f4")}, linear_C=0.1, linear_alpha=30.0,
+                  score_trees_weight=0.4)
+    data = prepare_fit(X, t, y, cfg, groups=g, score=margin)
+    score = BootstrapEnsemble(ScoreGLM(cfg), IntervalConfig(n_boot=2, seed=3)).fit_prepared(data)
+    glm = BootstrapEnsemble(ModifierGLM(cfg), IntervalConfig(n_boot=2, seed=3)).fit_prepared(data)
+    assert all(m.trees_ is not None and m.trees_.modifier_index_ for m in score.members_)
+    X_new = scored(40, 28)[0]
+    own = {id(m): m.predict_outcomes(X_new) for e in (score, glm) for m in (e.point_, *e.members_)}
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a bootstrap member re-read the features")
+
+    monkeypatch.setattr(Pipeline, "transform", refuse)
+    monkeypatch.setattr(learners, "as_feature_frame", refuse)
+    monkeypatch.setattr(learners.SLearner, "_design", refuse)
+    shared = SharedFeatures(X_new)  # the checked feature block, as a bundle's predict passes it
+    for e in (score, glm):
+        for m in (e.point_, *e.members_):
+            np.testing.assert_array_equal(shared_outcomes(m, shared), own[id(m)])
+        np.testing.assert_array_equal(e.predict_draws(shared), np.stack([own[id(m)] for m in e.members_]))
