@@ -16,7 +16,16 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from features.build import FAR_FUTURE, composite, decompose, from_days, measure_tracks, pairs, patient_codes, to_days
+from features.build import (
+    FAR_FUTURE,
+    composite,
+    decompose,
+    from_days,
+    measure_tracks,
+    pairs,
+    patient_codes,
+    to_days,
+)
 from features.config import LabelConfig
 from features.decisions import visit_days, visit_measures, visit_values
 from features.response import (

@@ -516,3 +516,51 @@ def test_flag_labels_read_plainly_with_yes_and_no(seed_features):
     assert negated.empty, negated["label"].tolist()
     row = d.set_index("feature").loc["antibody_negative"]
     assert row["label"] == "seronegative" and "no myositis" in row["description"]
+
+
+# boundaries and units the clinical numbers depend on (each caught a mutant the tests above let through)
+
+
+def test_mmt8_on_the_0_150_scale_is_a_percent_of_150():
+    t = normalised(BASE_REGIMEN, [("P1", "2025-07-01", "mmt8", 120.0)])
+    t["assessments"]["scale_max"] = 150.0
+    f = features_at(t, "2025-07-02").features.iloc[0]
+    assert f["mmt8_latest"] == pytest.approx(80.0)
+
+
+def test_ck_multiple_uses_its_own_upper_limit():
+    t = normalised(BASE_REGIMEN, [("P1", "2025-07-01", "ck", 1000.0, 250.0)])
+    f = features_at(t, "2025-07-02").features.iloc[0]
+    assert f["ck_x_uln"] == pytest.approx(4.0) and f["enzyme_max_x_uln"] == pytest.approx(4.0)
+
+
+def test_most_abnormal_enzyme_need_not_be_ck():
+    t = normalised(BASE_REGIMEN, [("P1", "2025-07-01", "ck", 1000.0, 200.0),
+                                  ("P1", "2025-07-01", "aldolase", 45.0, 7.5)])
+    f = features_at(t, "2025-07-02").features.iloc[0]
+    assert f["enzyme_max_x_uln"] == pytest.approx(6.0)
+
+
+def test_weight_on_the_as_of_day_is_not_known():
+    t = normalised(BASE_REGIMEN, [("P1", "2025-01-10", "weight", 70.0), ("P1", "2025-07-02", "weight", 90.0)])
+    assert features_at(t, "2025-07-02").features.iloc[0]["weight_kg"] == 70.0
+
+
+def test_diagnosis_after_the_decision_gives_no_duration():
+    t = normalised(BASE_REGIMEN, patients=[{"patient_id": "P1", "diagnosis_date": "2025-09-01"}])
+    assert np.isnan(features_at(t, "2025-07-02").features.iloc[0]["disease_duration_years"])
+
+
+def test_prednisone_at_the_taper_goal_is_not_above_it():
+    t = normalised(BASE_REGIMEN + [("P1", "prednisone", 7.5, "mg", "oral", "daily", "2025-01-01", None)])
+    f = features_at(t, "2025-07-02").features.iloc[0]
+    assert f["prednisone_mg_day"] == 7.5 and f["prednisone_above_taper_goal"] == 0.0
+
+
+def test_worst_window_is_365_days():
+    t = normalised(BASE_REGIMEN, [("P1", "2024-07-01", "physician_global", 8.0),
+                                  ("P1", "2025-07-01", "physician_global", 3.0)])
+    assert features_at(t, "2025-07-02").features.iloc[0]["physician_global_worst_12m"] == 3.0  # 366 days: out
+    t = normalised(BASE_REGIMEN, [("P1", "2024-07-02", "physician_global", 8.0),
+                                  ("P1", "2025-07-01", "physician_global", 3.0)])
+    assert features_at(t, "2025-07-02").features.iloc[0]["physician_global_worst_12m"] == 8.0

@@ -194,3 +194,39 @@ def test_follow_up_is_never_after_the_next_decision():
     out = two_decisions(visit(DECISION) + visit(week(12)) + visit(week(24), **IMPROVED), week(12))
     assert np.isnan(out.iloc[1]["response"])
     assert out.iloc[1]["label_missing_reason"].endswith("before the next decision")
+
+
+# boundaries of the label rules: exactly at a threshold, at a window's edge, a tie
+
+
+def test_tis_exactly_at_the_threshold_is_a_response():
+    # physician 6->4 (20 % -> 15), MMT 60->70 (12.5 % -> 20), patient 6->5 (10 % -> 2.5), CK 1000->850 (15 % -> 2.5)
+    lab = labels(visit(DECISION) + visit(week(24), pga=4.0, ptga=5.0, mmt8=70.0, ck=850.0))
+    assert lab["total_improvement_score"] == 40.0
+    assert lab["improvement_category"] == "moderate" and lab["response"] == 1.0
+
+
+def test_cdasi_drop_of_exactly_5_is_a_skin_response():
+    lab = labels(visit(DECISION) + visit(week(24), cdasi=25.0))
+    assert lab["cdasi_change"] == -5.0 and lab["skin_response"] == 1.0
+
+
+def test_prednisone_at_exactly_the_goal_is_steroid_sparing():
+    assert _with_prednisone([("P1", "prednisone", 7.5, "mg", "oral", "daily", "2024-06-01", None)]) == 1.0
+
+
+def test_a_small_prednisone_rise_in_between_is_a_rise():
+    assert _with_prednisone([("P1", "prednisone", 5, "mg", "oral", "daily", "2024-06-01", week(4)),
+                             ("P1", "prednisone", 7.5, "mg", "oral", "daily", week(4.15), week(12)),
+                             ("P1", "prednisone", 5, "mg", "oral", "daily", week(12.15), None)]) == 0.0
+
+
+@pytest.mark.parametrize("w", [18, 30])
+def test_follow_up_window_edges_are_inclusive(w):
+    lab = labels(visit(DECISION) + visit(week(w), **IMPROVED))
+    assert lab["total_improvement_score"] == pytest.approx(72.5)
+
+
+def test_equidistant_visits_take_the_earlier():
+    lab = labels(visit(DECISION) + visit(week(22), **IMPROVED) + visit(week(26)))
+    assert lab["followup_date"] == pd.Timestamp(week(22))

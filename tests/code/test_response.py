@@ -681,3 +681,10 @@ def test_kernel_and_frame_function_agree_on_band_edges() -> None:
     assert scored.points["haq"][0] == 7.5
     frames = [pd.DataFrame({k: v for k, v in visit.items()}) for visit in (base, follow)]
     assert total_improvement_score(*frames)["total_improvement_score"].iloc[0] == scored.total[0]
+
+
+def test_doi_enzyme_change_is_relative_to_its_baseline_value():
+    # physician and patient 20 % better; CK 1000 -> 900 is 10 % of baseline (not improved) but 50 % of its ULN
+    b, f = pair(None, {"physician_global": 4.0, "patient_global": 4.0, "ck": 900.0})
+    assert bool(imacs_doi(b, f).iloc[0]) is False
+

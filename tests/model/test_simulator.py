@@ -47,7 +47,8 @@ def cohort(inputs):
 @pytest.fixture(scope="module")
 def trial(inputs):
     config, vocabulary, catalog = inputs
-    return simulate_cohort(1200, 5, config, vocabulary, catalog, TODAY, mode="trial")
+    # 2,400 patients: a 1,200-patient emulation strays up to half a point beyond the anchors' ±5 (docs/simulator.md)
+    return simulate_cohort(2400, 5, config, vocabulary, catalog, TODAY, mode="trial")
 
 
 @pytest.fixture(scope="module")
@@ -584,7 +585,9 @@ def test_card_policies_never_beat_the_oracle_and_shares_add_up(cohort, inputs):
     assert abs(taken["p_response"].mean() - card["policies"]["clinicians"]["value"]) < 0.05
     assert 0.5 < card["bayes_auroc"] <= 1.0
     props = card["propensity"]["options"]
-    assert all(0 < r["min"] <= r["max"] < 1 for r in props.values())
+    # continuing is always open, so where nothing else is it is certain; every other option is a choice
+    assert all(0 < r["min"] <= r["max"] <= 1 for r in props.values())
+    assert all(r["max"] < 1 for name, r in props.items() if name != catalog.control)
 
 
 def test_easy_settings_file_reproduces_the_first_testbed():
@@ -798,8 +801,9 @@ SWITCH_NAMES = [o["name"] for o in SWITCHES]
 # a failed decision, with cyclophosphamide's severity log-odds 2.0 (without these two: regimens 3d80aa8a35caee53),
 # and the prednisone floor follows steroid dependence (without it: regimens 59df4bb0c5119bed); the birth year is the
 # true one (diagnosis date minus age at diagnosis; was the diagnosis year minus whole years: patients 5fd23500eed9ba44)
-UNCHANGED = {"patients": "fc82ae1fb72c0b91", "regimens": "c8fbdde193271de2", "assessments": "82f2e4d4fc0f2148",
-             "events": "6b29f538c91769bc", "decisions": "d2104701a7f330b7", "outcomes": "d3d719aab3c7c745"}
+# re-pinned after the v2.6 calibration fixes (adult DM malignancy 20 %, IVIG thrombo-embolism 6.3 % in all)
+UNCHANGED = {"patients": "8734c239c994ee45", "regimens": "9f4169b79b2cd473", "assessments": "785903342f972fd8",
+             "events": "b069cb0250a0d813", "decisions": "f35c5f139ea9429f", "outcomes": "3a729c0408a8aa74"}
 
 
 def _without_switches(catalog: OptionCatalog) -> OptionCatalog:
@@ -835,8 +839,9 @@ def _digest(frame: pd.DataFrame) -> str:
 
 
 def test_default_catalogue_cohort_is_unchanged_by_switches_and_prednisone(inputs):
-    """Without switch options and with prednisone.adjusts off the cohort is byte for byte the one before issue 17:
-    the new mechanisms draw from their own random streams (the default turns both on)."""
+    """Without switch options and with prednisone.adjusts off the cohort is byte for byte the one before issue 17
+    (`UNCHANGED`, re-pinned where a calibration fix changed that cohort itself): the new mechanisms draw from their
+    own random streams (the default turns both on)."""
     config, vocabulary, catalog = inputs
     assert config.prednisone.adjusts is True
     flat = config.model_copy(update={"prednisone": config.prednisone.model_copy(update={"adjusts": False})})
