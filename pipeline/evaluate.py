@@ -2,7 +2,7 @@
 
 Writes `data/evaluate/metrics.json` (the headline metrics for `dvc metrics show`), `tables/` (every metric in
 `headline.json`, factual metrics, decision value, the model beside its baselines overall and by subgroup,
-subgroups, simulator metrics, row counts), `plots/` (CSV data of the calibration, ROC, Qini and
+subgroups, simulator metrics, row counts, the evaluation settings used), `plots/` (CSV data of the calibration, ROC, Qini and
 — with the simulator's truth — effect-scatter plots), `figures/` (the same as PNG) and `model_card.md`.
 """
 
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from pipeline.settings import Settings
 
 EVALUATE_DIR = Path("data/evaluate")
+#: the evaluation settings the figures were computed with (params.yaml `evaluation:`), beside them and in the run's
+#: `evaluate/` artifacts: the clinician page labels intervals and calibration bins from it, never from params.yaml
+SETTINGS_FILE = "tables/evaluation_settings.json"
 PLOTS = {  # plot data name -> (csv, png, models.plots function)
     "calibration": ("calibration.csv", "calibration.png", "plot_calibration"),
     "roc": ("roc.csv", "roc.png", "plot_roc"),
@@ -144,6 +147,7 @@ def run_evaluate(
     write_csv(simulator, tables / "simulator.csv")  # header only without the simulator's truth
     write_json(result.counts, tables / "counts.json")
     write_json(result.headline, tables / "headline.json", round_floats=True)  # every held-out metric
+    write_json(cfg.model_dump(mode="json"), out / SETTINGS_FILE)
     labels = {o.name: o.label for o in model.catalog.options}
     for name, (csv, png, fn) in PLOTS.items():
         data = result.plot_data.get(name, pd.DataFrame(columns=PLOT_COLUMNS[name]))

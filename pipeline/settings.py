@@ -92,9 +92,10 @@ class Settings(Frozen):
         return self.model_dump(mode="json", include=set(LOGGED_SECTIONS))
 
 
-#: sections logged as MLflow params by `train` (flattened): what shaped the data and the model.
-LOGGED_SECTIONS: tuple[str, ...] = ("seed", "features", "labels", "split", "train", "evaluation",
-                                    "promote")
+#: sections logged as MLflow params by `train` (flattened): what shaped the data and the model, each declared by
+#: dvc.yaml's train stage (so a run's params never go stale). Not `evaluation:` nor `promote:`: evaluate and
+#: promote read them later, may run again with other values, and record what they used in their own outputs.
+LOGGED_SECTIONS: tuple[str, ...] = ("seed", "features", "labels", "split", "train")
 
 
 class SettingsError(ValueError):

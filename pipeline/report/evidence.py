@@ -13,6 +13,7 @@ import typer
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
+from pipeline.evaluate import SETTINGS_FILE
 from pipeline.report.data import _ok
 from pipeline.report.load import LoadedModel
 
@@ -166,7 +167,17 @@ def _names_run(path: Path, run_id: str) -> bool:
 
 
 #: evaluate's artefacts the page reads, by name: their paths in data/evaluate/ and under the run's `evaluate/`
-ARTIFACTS = {"calibration": "plots/calibration.csv", "subgroups": "tables/subgroups.csv"}
+#: (the evaluation settings those figures were computed with among them)
+ARTIFACTS = {"calibration": "plots/calibration.csv", "subgroups": "tables/subgroups.csv", "evaluation": SETTINGS_FILE}
+
+
+def _read_artifact(path: Path | str) -> Any:
+    """One of evaluate's `ARTIFACTS`: a CSV as a DataFrame, a JSON file as what it holds."""
+    if str(path).endswith(".json"):
+        from pipeline.io import read_json
+
+        return read_json(Path(path))
+    return pd.read_csv(path)
 
 
 def subgroup_fact(subgroups: pd.DataFrame, groups: Mapping[str, str]) -> str:
@@ -192,8 +203,9 @@ def subgroup_fact(subgroups: pd.DataFrame, groups: Mapping[str, str]) -> str:
 
 def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = Path("data/evaluate"), *,
                   use_mlflow: bool = True) -> ModelEvidence:
-    """What the page may say about this model version: the horizon and calibration settings it was trained and
-    evaluated with (its MLflow run's params, else the settings), its validation metrics and calibration curve
+    """What the page may say about this model version: the horizon it was trained with (its recorded settings),
+    the evaluation settings its figures were computed with (evaluate's tables/evaluation_settings.json, from the
+    same place as the figures; params.yaml's when it was not evaluated), its validation metrics and calibration curve
     (the run's metrics and `evaluate/` artefacts, else data/evaluate/ when its run.json names the same run: a
     model trained again but not yet evaluated is not described by the last evaluation). Metrics of another run
     are never shown. The run is read from the local store without MLflow (`pipeline.registry_store.run_record`)
@@ -201,7 +213,7 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
     cfg = loaded.model.config
     run_params: dict[str, str] = {}
     metrics: dict[str, float] = {}
-    tables: dict[str, pd.DataFrame] = {}  # ARTIFACTS found: the run's, else the local ones of the same run
+    tables: dict[str, Any] = {}  # ARTIFACTS found: the run's, else the local ones of the same run
     source = "not evaluated"
     if use_mlflow and loaded.run_id not in ("", "unknown"):
         from pipeline import registry_store as store
@@ -218,7 +230,7 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
                 for name, path in ARTIFACTS.items():
                     logged = None if record.artifact_dir is None else record.artifact_dir / "evaluate" / path
                     if logged is not None and logged.is_file():
-                        tables[name] = pd.read_csv(logged)
+                        tables[name] = _read_artifact(logged)
         except store.StoreUnreadable:
             pass  # MLflow below
     if use_mlflow and loaded.run_id not in ("", "unknown"):
@@ -235,7 +247,7 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
                 source = f"MLflow run {loaded.run_id}"
             for name, path in ARTIFACTS.items():
                 with contextlib.suppress(Exception):  # not logged: the local one below, if it is this run's
-                    tables[name] = pd.read_csv(mlflow.artifacts.download_artifacts(
+                    tables[name] = _read_artifact(mlflow.artifacts.download_artifacts(
                         run_id=loaded.run_id, artifact_path=f"evaluate/{path}"))
         except Exception as exc:  # noqa: BLE001 - say why the registry's figures are missing, then fall back
             typer.echo(f"MLflow run {loaded.run_id} not readable ({exc}); using {evaluate_dir}", err=True)
@@ -250,20 +262,24 @@ def load_evidence(loaded: LoadedModel, settings: Settings, evaluate_dir: Path = 
         source = str(local)
     for name, path in ARTIFACTS.items():
         if same_run and name not in tables and (Path(evaluate_dir) / path).is_file():
-            tables[name] = pd.read_csv(Path(evaluate_dir) / path)
+            tables[name] = _read_artifact(Path(evaluate_dir) / path)
     curve = tables.get("calibration", pd.DataFrame())
     recorded = getattr(loaded.model, "data_settings", None)  # the label settings the model was trained with
     horizon = (recorded.labels.horizon_weeks if recorded is not None
                else run_params.get("labels.horizon_weeks", settings.labels.horizon_weeks))
-    n_bins = int(run_params.get("evaluation.calibration_bins", settings.evaluation.calibration_bins))
-    strategy = str(run_params.get("evaluation.calibration_strategy", settings.evaluation.calibration_strategy))
+    # the settings evaluate computed these figures with (params.yaml may have changed since; train's run never
+    # held them); a run not evaluated has no figures they could describe, so params.yaml's stand in
+    used = tables.get("evaluation")
+    evaluation = used if isinstance(used, Mapping) else settings.evaluation.model_dump()
+    n_bins = int(evaluation.get("calibration_bins", settings.evaluation.calibration_bins))
+    strategy = str(evaluation.get("calibration_strategy", settings.evaluation.calibration_strategy))
     return ModelEvidence(
         horizon_weeks=int(float(horizon)), interval_level=float(cfg.intervals.level),
         response_threshold=float(cfg.response_threshold),
         juvenile_response_threshold=float(cfg.juvenile_response_threshold),
         positivity_threshold=float(cfg.propensity.positivity_threshold),
         metrics=metrics, calibration=pooled_calibration(curve, n_bins, strategy), source=source,
-        confidence_level=float(run_params.get("evaluation.confidence_level", settings.evaluation.confidence_level)),
+        confidence_level=float(evaluation.get("confidence_level", settings.evaluation.confidence_level)),
         subgroups=tables.get("subgroups", pd.DataFrame()),
     )
 

@@ -8,7 +8,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from pipeline.settings import DEFAULT_SEED, Settings, SettingsError, load_settings, settings_from
+from pipeline.settings import (
+    DEFAULT_SEED,
+    LOGGED_SECTIONS,
+    Settings,
+    SettingsError,
+    load_settings,
+    settings_from,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,6 +125,31 @@ def test_mlflow_params_leave_out_the_patient_of_the_report_section() -> None:
     assert "simulate" not in logged  # train logs what simulated its data (pipeline.train.simulated_with)
     assert logged["train"]["booster"]["seed"] == logged["seed"]
     assert isinstance(Settings.model_validate(settings_from({}).model_dump()), Settings)
+
+
+def _declared(stage: str) -> set[str]:
+    """The params dvc.yaml's `stage` declares, as written: a section (`data`) or one key (`data.today`)."""
+    names = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"][stage].get("params", [])
+    return {str(n) for n in names}
+
+
+def _covers(declared: set[str], key: str) -> bool:
+    """Whether declaring `declared` makes DVC rerun the stage when `key` (a dotted path) changes."""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in declared for i in range(1, len(parts) + 1))
+
+
+@pytest.mark.parametrize(("stage", "reads"), [
+    ("train", LOGGED_SECTIONS),  # logged as the run's params: an undeclared one goes stale in MLflow
+    ("evaluate", ("evaluation", "data.dir", "labels.horizon_weeks")),
+    ("report", ("evaluation.calibration_bins", "evaluation.calibration_strategy", "evaluation.confidence_level",
+                "labels.horizon_weeks", "report")),  # evaluation: for a model not evaluated yet
+])
+def test_every_stage_declares_the_params_it_reads(stage, reads):
+    """Found by a review: train logged `evaluation:` and `promote:` as its run's params without declaring them (a
+    changed confidence level left the run, and the page reading it, stale)."""
+    declared = _declared(stage)
+    assert [key for key in reads if not _covers(declared, key)] == []
 
 
 @pytest.mark.parametrize(("text", "message"), [

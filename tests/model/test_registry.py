@@ -456,6 +456,34 @@ def test_evaluate_refuses_the_simulator_truth_of_another_cohort(trained, tmp_pat
     assert not (tmp_path / "evaluate").exists()  # refused before writing anything
 
 
+def test_the_page_labels_figures_with_the_evaluation_settings_evaluate_used(trained, tmp_path):
+    """Found by a review: after `evaluation.confidence_level: 0.8` and `calibration_bins: 5` the page still said
+    "95 % confidence interval" and drew 10-bin edges, read from train's MLflow params (train does not declare
+    `evaluation:`, so they were stale). Evaluate now records the settings it used; the page reads them there."""
+    import mlflow
+    import yaml
+
+    from pipeline.evaluate import run_evaluate
+    from pipeline.registry_store import BUNDLE_FILE
+    from pipeline.report import LoadedModel, load_evidence
+    from pipeline.settings import load_settings
+    from pipeline.trained import load_bundle
+
+    root, paths, record = trained
+    params = yaml.safe_load(paths["params"].read_text(encoding="utf-8"))
+    params["evaluation"] = {"confidence_level": 0.8, "calibration_bins": 5}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    run_evaluate(tmp_path / "params.yaml", paths["features"], paths["split"], paths["train"], tmp_path / "evaluate",
+                 root, log_to_mlflow=False)
+    (tmp_path / "evaluate" / "run.json").write_text(json.dumps({"run_id": record["run_id"]}))
+    model = load_bundle(paths["train"] / "model" / BUNDLE_FILE)
+    loaded = LoadedModel(model, "m", "local", str(paths["train"] / "model"), record["run_id"])
+    evidence = load_evidence(loaded, load_settings(paths["params"]), tmp_path / "evaluate", use_mlflow=False)
+    assert evidence.confidence_level == 0.8 and evidence.metrics
+    assert not evidence.calibration.empty and set(evidence.calibration["upper"] * 5) <= {1, 2, 3, 4, 5}
+    assert "evaluation.confidence_level" not in mlflow.get_run(record["run_id"]).data.params  # never stale there
+
+
 def _strict_json(text: str) -> object:
     """`text` read as strict JSON does: a bare NaN or Infinity is an error, as in browsers and most REST clients."""
     def refuse(constant: str) -> object:

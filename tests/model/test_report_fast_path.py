@@ -25,8 +25,8 @@ AS_OF, TODAY = date(2026, 11, 18), date(2026, 11, 25)
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):
     """A tiny model on simulated patients' real features, registered as champion in a temporary SQLite store
-    (tests/model/test_score_job.build_world), its run given params and metrics (one NaN) as train logs them;
-    yields the tracking URI, the version and the run id."""
+    (tests/model/test_score_job.build_world), its run given params, metrics (one NaN) and evaluate's settings as
+    train and evaluate log them; yields the tracking URI, the version and the run id."""
     import mlflow
 
     from tests.model.test_score_job import build_world
@@ -39,7 +39,7 @@ def champion(tmp_path_factory):
         client = mlflow.tracking.MlflowClient(world.tracking_uri)
         run_id = client.get_model_version_by_alias("escalate-response", "champion").run_id
         client.log_param(run_id, "labels.horizon_weeks", "24")
-        client.log_param(run_id, "evaluation.confidence_level", "0.9")
+        client.log_dict(run_id, {"confidence_level": 0.9}, "evaluate/tables/evaluation_settings.json")  # as evaluate
         for step, value in enumerate((0.61, 0.67)):  # the latest value is the one shown
             client.log_metric(run_id, "response_auroc", value, step=step)
         client.log_metric(run_id, "response_ece", math.nan)
