@@ -141,13 +141,15 @@ def _covers(declared: set[str], key: str) -> bool:
 
 @pytest.mark.parametrize(("stage", "reads"), [
     ("train", LOGGED_SECTIONS),  # logged as the run's params: an undeclared one goes stale in MLflow
+    ("simulate", ("seed", "simulate", "data.today")),  # simulate.today null: the cohort's today is data.today
     ("evaluate", ("evaluation", "data.dir", "labels.horizon_weeks")),
     ("report", ("evaluation.calibration_bins", "evaluation.calibration_strategy", "evaluation.confidence_level",
                 "labels.horizon_weeks", "report")),  # evaluation: for a model not evaluated yet
 ])
 def test_every_stage_declares_the_params_it_reads(stage, reads):
     """Found by a review: train logged `evaluation:` and `promote:` as its run's params without declaring them (a
-    changed confidence level left the run, and the page reading it, stale)."""
+    changed confidence level left the run, and the page reading it, stale), and simulate read `data.today`
+    undeclared (changing it left the cohort as it was)."""
     declared = _declared(stage)
     assert [key for key in reads if not _covers(declared, key)] == []
 
