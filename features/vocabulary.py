@@ -629,6 +629,38 @@ class OptionCatalog(_Frozen):
     def from_config(cls, config: dict[str, Any]) -> OptionCatalog:
         return cls.model_validate(config)
 
+    def unknown_drugs(self, vocabulary: Vocabulary) -> list[str]:
+        """Every drug an option (`adds`, `stops`, `eligible_unless_on`) or combination rule (`drugs`, `with`) names
+        that `vocabulary` does not know, as "option 'add_ivig': eligible_unless_on names 'ivgi', ..." (eligibility
+        and the rules skip such a name, so a typo would silently make add IVIG eligible for patients on IVIG)."""
+        generics = vocabulary.generics
+
+        def unknown(where: str, key: str, names: Iterable[str | None]) -> list[str]:
+            out = []
+            for name in (n for n in names if n is not None and n not in generics):
+                near = difflib.get_close_matches(name, generics, n=1, cutoff=0.6)
+                hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(generics)}"
+                out.append(f"{where}: {key} names {name!r}, not a generic of the drug vocabulary ({hint})")
+            return out
+
+        found: list[str] = []
+        for o in self.options:
+            where = f"option {o.name!r}"
+            found += unknown(where, "adds", [o.adds]) + unknown(where, "stops", [o.stops])
+            found += unknown(where, "eligible_unless_on", o.eligible_unless_on)
+        for rule in self.combination_rules:
+            where = f"combination rule {rule.name!r}"
+            found += unknown(where, "drugs", rule.drugs) + unknown(where, "with", rule.with_drugs)
+        return found
+
+    def checked_against(self, vocabulary: Vocabulary) -> OptionCatalog:
+        """This catalog, once every drug it names is one of `vocabulary`'s generics (else a ValueError naming each
+        option, key and name: `unknown_drugs`)."""
+        found = self.unknown_drugs(vocabulary)
+        if found:
+            raise ValueError("; ".join(found))
+        return self
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.options)

@@ -191,12 +191,12 @@ class ChunkTask:
         """(vocabulary, measures, option catalogue, feature config) from configs/ and the model's settings."""
         from features.config import FeatureConfig
         from features.contract import MeasureCatalog
-        from features.vocabulary import OptionCatalog, Vocabulary
-        from pipeline.config import load_catalog
+        from features.vocabulary import Vocabulary
+        from pipeline.config import load_catalog, load_options
 
         return (load_catalog("drugs", Vocabulary.from_config),
                 load_catalog("measures", MeasureCatalog.from_config),
-                load_catalog("options", OptionCatalog.from_config),
+                load_options(),
                 FeatureConfig.model_validate(self.feature_config))
 
     def run(self, chunk: int, model: Any, refs: tuple[Any, Any, Any, Any]) -> dict[str, Any]:

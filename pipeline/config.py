@@ -11,11 +11,14 @@ import warnings
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from pipeline.cli_types import Refusal
+
+if TYPE_CHECKING:
+    from features.vocabulary import OptionCatalog
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +89,15 @@ def load_reference(name: str) -> dict[str, Any]:
 def load_catalog(name: str, parse: Callable[[dict[str, Any]], T]) -> T:
     """`configs/<name>.yaml` validated by `parse` (a reference class's `from_config`); see `validated`."""
     return validated(load_reference(name), parse, str(CONFIGS / f"{name}.yaml"))
+
+
+def load_options() -> OptionCatalog:
+    """`configs/options.yaml` validated, every drug it names checked against `configs/drugs.yaml`'s generics (a
+    misspelt name is an error naming the file, option, key and name, never skipped)."""
+    from features.vocabulary import OptionCatalog, Vocabulary
+
+    vocabulary = load_catalog("drugs", Vocabulary.from_config)
+    return load_catalog("options", lambda raw: OptionCatalog.from_config(raw).checked_against(vocabulary))
 
 
 def validated(raw: dict[str, Any], parse: Callable[[dict[str, Any]], T], where: str) -> T:

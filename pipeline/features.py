@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from pipeline.cli_types import Refusal
-from pipeline.config import load_catalog
+from pipeline.config import load_catalog, load_options
 
 if TYPE_CHECKING:
     from features.config import FeatureConfig, LabelConfig
@@ -51,11 +51,11 @@ def _load(data: Path, today: str, settings: Settings) -> tuple[dict[str, Any], A
     import pandas as pd
 
     from features.contract import MeasureCatalog, check
-    from features.vocabulary import OptionCatalog, Vocabulary
+    from features.vocabulary import Vocabulary
     from pipeline.io import read_contract_tables
 
     vocabulary = load_catalog("drugs", Vocabulary.from_config)
-    catalog = load_catalog("options", OptionCatalog.from_config)
+    catalog = load_options()
     measures = load_catalog("measures", MeasureCatalog.from_config)
     _check_named_codes(settings, vocabulary, measures)
     result = check(read_contract_tables(data), vocabulary, measures, pd.Timestamp(today))

@@ -439,8 +439,8 @@ def model_feature_columns(facts: ModelFacts) -> list[str]:
     from features.build import build_features
     from features.config import FeatureConfig
     from features.contract import NORMALISED_COLUMNS
-    from features.vocabulary import OptionCatalog, Vocabulary
-    from pipeline.config import load_catalog
+    from features.vocabulary import Vocabulary
+    from pipeline.config import load_catalog, load_options
 
     try:
         fconfig = FeatureConfig.model_validate(facts.feature_config)
@@ -451,7 +451,7 @@ def model_feature_columns(facts: ModelFacts) -> list[str]:
                     for k, cols in NORMALISED_COLUMNS.items()}
     empty_keys = pd.DataFrame({"patient_id": pd.Series(dtype=str), "as_of": pd.Series(dtype="datetime64[ns]")})
     built = build_features(empty_keys, empty_tables, load_catalog("drugs", Vocabulary.from_config),
-                           load_catalog("options", OptionCatalog.from_config), fconfig)
+                           load_options(), fconfig)
     return check_feature_contract(facts.columns, list(built.features.columns))
 
 

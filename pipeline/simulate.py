@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from features.config import EARLIEST_DAY
-from pipeline.config import load_catalog, read_yaml, validated
+from pipeline.config import load_catalog, load_options, read_yaml, validated
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -29,7 +29,7 @@ SIMULATION_RECORD = "simulation.json"
 def build_inputs(config_file: Path | None = None) -> tuple[Any, Any, Any]:
     """The simulator's frozen configuration (`config_file`, default configs/simulator.yaml), the drug vocabulary
     and the option catalogue from `configs/`."""
-    from features.vocabulary import OptionCatalog, Vocabulary
+    from features.vocabulary import Vocabulary
     from simulator.config import SimulatorConfig
 
     simulator = (load_catalog("simulator", SimulatorConfig.from_config) if config_file is None
@@ -37,7 +37,7 @@ def build_inputs(config_file: Path | None = None) -> tuple[Any, Any, Any]:
     return (
         simulator,
         load_catalog("drugs", Vocabulary.from_config),
-        load_catalog("options", OptionCatalog.from_config),
+        load_options(),
     )
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import ROOT, load_catalog
+from pipeline.config import ROOT, load_catalog, load_options
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -101,7 +101,7 @@ def run_train(
     import mlflow
     import pandas as pd
 
-    from features.vocabulary import OptionCatalog, Vocabulary
+    from features.vocabulary import Vocabulary
     from models.bundle import RecordedSettings, TrainingDataError, fit_escalate_model
     from models.explain import with_dose_targets
     from pipeline import registry
@@ -112,7 +112,7 @@ def run_train(
     started = time.perf_counter()
     settings = resolve(params)
     cfg = settings.train
-    catalog = load_catalog("options", OptionCatalog.from_config)
+    catalog = load_options()
     features_path = Path(features_dir) / "features.parquet"
     decisions_path = Path(features_dir) / "decisions.parquet"
     features = pd.read_parquet(features_path)

@@ -435,12 +435,12 @@ def model_outputs(keys: pd.DataFrame, tables: Mapping[str, pd.DataFrame], loaded
     """Features, predictions and explanations of every decision in `keys` in one pass of the model, with the
     feature settings the model was trained with (refused when it records none), never today's params.yaml."""
     from features.build import build_features
-    from features.vocabulary import OptionCatalog, Vocabulary
+    from features.vocabulary import Vocabulary
     from models import explain as E
-    from pipeline.config import load_catalog
+    from pipeline.config import load_catalog, load_options
 
     vocabulary = load_catalog("drugs", Vocabulary.from_config)
-    catalog = load_catalog("options", OptionCatalog.from_config)
+    catalog = load_options()
     model = loaded.model
     fs = build_features(keys, tables, vocabulary, catalog, model.feature_config())
     features = fs.features.reset_index(drop=True)
@@ -467,15 +467,15 @@ def build_patient_page(
     (lab grades, dose goals, disease notes) from `rules` (configs/clinical_rules.yaml). `outputs` are the model's
     for this patient's decision (`ModelOutputs.one` of a batch); without them the model runs for this page."""
     from features.build import juvenile_decisions, to_days
-    from features.vocabulary import OptionCatalog, Vocabulary
+    from features.vocabulary import Vocabulary
     from models import explain as E
     from models.bundle import interval_meaning
-    from pipeline.config import load_catalog, load_reference
+    from pipeline.config import load_catalog, load_options, load_reference
     from pipeline.report import clinical as C
 
     rules = rules if rules is not None else load_reference("clinical_rules")
     vocabulary = load_catalog("drugs", Vocabulary.from_config)
-    catalog = load_catalog("options", OptionCatalog.from_config)
+    catalog = load_options()
     one = {name: t[t["patient_id"].astype(str) == patient_id].reset_index(drop=True) for name, t in tables.items()}
     if one["patients"].empty:
         raise ValueError(f"table patients: no row with patient_id {patient_id!r} (rule: a known patient)")

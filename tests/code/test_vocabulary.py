@@ -371,3 +371,34 @@ def test_optimise_doses_says_why_not_for_a_patient_on_no_drug():
     assert reason["optimise_dose"].tolist() == ["every current drug is at or above its target dose",
                                                 "no current drug to bring to its target dose", ""]
     assert eligible["optimise_dose"].tolist() == [False, False, True]
+
+
+@pytest.mark.parametrize(("option", "key", "value", "said"), [
+    ("add_ivig", "eligible_unless_on", ["ivgi"], "option 'add_ivig': eligible_unless_on names 'ivgi', "
+                                                 "not a generic of the drug vocabulary (did you mean 'ivig'?)"),
+    ("add_ivig", "adds", "ivgi", "option 'add_ivig': adds names 'ivgi'"),
+    ("switch_tocilizumab_to_abatacept", "stops", "tocilizumub", "stops names 'tocilizumub'"),
+    ("jak_inhibitor_with_biologic", "with", ["tocilizumab", "abatacet"], "combination rule "
+                                                                         "'jak_inhibitor_with_biologic': with names"),
+])
+def test_a_drug_name_the_vocabulary_does_not_know_in_options_yaml_is_refused_naming_file_option_and_key(
+        monkeypatch, option, key, value, said):
+    """Found by a review: eligibility skipped an unknown name, so `eligible_unless_on: [ivgi]` made add IVIG
+    eligible for patients already on IVIG, silently. configs/options.yaml's drug names are now checked at load."""
+    from features.vocabulary import OptionCatalog
+    from pipeline import config as C
+
+    shipped = load_reference("options")
+    entries = {"options": [dict(o) for o in shipped["options"]],
+               "combination_rules": [dict(r) for r in shipped["combination_rules"]]}
+    section = "options" if option.startswith(("add_", "switch_")) else "combination_rules"
+    next(e for e in entries[section] if e["name"] == option)[key] = value
+    typo = {**shipped, **entries}
+    on_ivig = pd.DataFrame({"ivig": [True]})
+    if key == "eligible_unless_on":  # what the typo did: the drug it meant no longer blocks the option
+        assert OptionCatalog.from_config(typo).eligibility(on_ivig, pd.Series([False]))[0].loc[0, option]
+    assert not C.load_options().eligibility(on_ivig, pd.Series([False]))[0].loc[0, "add_ivig"]  # shipped: checked
+    monkeypatch.setattr(C, "load_reference", lambda name: typo if name == "options" else load_reference(name))
+    with pytest.raises(C.ConfigFileError) as refused:
+        C.load_options()
+    assert str(refused.value).startswith(f"{C.CONFIGS / 'options.yaml'}: ") and said in str(refused.value)
