@@ -14,6 +14,8 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from features.config import LabelConfig
+
 
 class ModelCardInputs(BaseModel):
     """Everything the card reports; aggregate numbers only (never a patient identifier)."""
@@ -27,6 +29,9 @@ class ModelCardInputs(BaseModel):
     juvenile_response_threshold: float
     interval_meaning: str = "intervals from a patient-level bootstrap ensemble"
     horizon_weeks: int | None = None
+    #: the label settings the model was trained with (its recorded data settings): the outcome definition the card
+    #: states; None for a model saved before they were recorded (then only its thresholds are known)
+    labels: LabelConfig | None = None
     data_source: str
     n_train_patients: int
     n_train_decisions: int
@@ -104,11 +109,24 @@ def guideline_gain(headline: Mapping[str, float], guideline_labels: Sequence[str
     return text + "."
 
 
+def safety_outcome(labels: LabelConfig | None) -> str:
+    """The safety outcome in words from the label settings ('serious infection, opportunistic infection or grade ≥ 3
+    cytopenia'); a neutral phrase when they are unknown."""
+    if labels is None:
+        return "a safety event as defined when the model was trained"
+    words = [f"grade ≥ {labels.cytopenia_min_grade} cytopenia" if e == "cytopenia" else e.replace("_", " ")
+             for e in labels.safety_events]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 def build_model_card(inputs: ModelCardInputs) -> str:
     """The markdown model card (TRIPOD+AI items 1-3, 5-7, 9, 12, 19, 22-23, 26 as they apply to a CDS model)."""
     i = inputs
     h = dict(i.headline)
     version = f" version {i.model_version}" if i.model_version else ""
+    safety = safety_outcome(i.labels)
+    category = f"; {i.labels.response_category} improvement" if i.labels is not None else ""
+    horizon = i.labels.horizon_weeks if i.labels is not None else i.horizon_weeks or 24
     lines: list[str] = [
         f"# Model card: {i.model_name}{version}",
         "",
@@ -116,7 +134,7 @@ def build_model_card(inputs: ModelCardInputs) -> str:
         "**Decision support, not validated for clinical use.** For a patient with refractory dermatomyositis "
         "who still has active disease on their current regimen, the model estimates, for each escalation "
         "option the patient is eligible for, the probability of a clinical response, the expected Total "
-        "Improvement Score and the risk of a serious infection or grade ≥ 3 cytopenia, each with an interval. "
+        f"Improvement Score and the risk of {safety}, each with an interval. "
         "It informs a rheumatologist's discussion with the patient; it does not make the decision.",
         "",
         "## Data and population",
@@ -129,9 +147,8 @@ def build_model_card(inputs: ModelCardInputs) -> str:
         "",
         "## Outcome",
         f"- Response: ACR/EULAR 2016 Total Improvement Score (TIS) ≥ {i.response_threshold:g} "
-        f"(juvenile DM ≥ {i.juvenile_response_threshold:g}; moderate improvement) at {i.horizon_weeks or 24} weeks after the decision.",
-        "- Expected TIS (0-100) at the same visit; safety: serious infection or grade ≥ 3 cytopenia within "
-        "the horizon.",
+        f"(juvenile DM ≥ {i.juvenile_response_threshold:g}{category}) at {horizon} weeks after the decision.",
+        f"- Expected TIS (0-100) at the same visit; safety: {safety} within the horizon.",
         "",
         "## Options and eligibility",
     ]

@@ -183,6 +183,7 @@ def run_evaluate(
         juvenile_response_threshold=model.config.juvenile_response_threshold,
         interval_meaning=interval_meaning(model.config) + spread_estimates(model.summary),
         horizon_weeks=settings.labels.horizon_weeks,
+        labels=model.data_settings.labels if model.data_settings is not None else None,  # what it was trained on
         data_source="literature-calibrated simulated cohort" if truth else f"contract tables in {settings.data.dir}",
         n_train_patients=int(n_train["n_patients"]),
         n_train_decisions=int(n_train["n_decisions"]),

@@ -96,6 +96,24 @@ def test_the_model_card_shows_the_selection_table():
     assert "highest predicted probability of response less 0.5 × its predicted safety risk among those" in weighted
 
 
+def test_the_model_card_states_the_outcome_the_model_was_trained_on():
+    """Found by a review: the card always said "TIS ≥ 40 … moderate improvement" and "grade ≥ 3 cytopenia", whatever
+    labels the model was trained with. It now words them from the model's recorded label settings."""
+    from features.config import LabelConfig
+    from models.model_card import ModelCardInputs, build_model_card
+
+    labels = LabelConfig(response_category="major", horizon_weeks=16, cytopenia_min_grade=4,
+                         safety_events=("serious_infection", "cytopenia"))
+    card = build_model_card(ModelCardInputs(
+        model_name="escalate", learner="linear", response_threshold=60, juvenile_response_threshold=70,
+        data_source="simulated", n_train_patients=10, n_train_decisions=20, n_test_patients=5, n_test_decisions=9,
+        options=[("continue", "continue")], eligibility_rules={}, headline={}, labels=labels))
+    assert "(TIS) ≥ 60 (juvenile DM ≥ 70; major improvement) at 16 weeks" in card
+    assert "safety: serious infection or grade ≥ 4 cytopenia within the horizon" in card
+    assert "the risk of serious infection or grade ≥ 4 cytopenia" in card
+    assert "moderate" not in card and "grade ≥ 3" not in card
+
+
 def test_a_rare_option_with_one_outcome_in_a_fold_never_stops_selection():
     """A rare option (a switch taken at a handful of decisions, all non-responders) leaves the nuisance fold
     without a model for it: it gets its mean outcome instead, the AIPW scores stay finite, and a candidate that
