@@ -1,7 +1,8 @@
 """`escalate promote`: move the `champion` alias to the candidate only when it is better on held-out data.
 
-The rule (`promotion_decision`, pure): the first evaluated candidate becomes champion; after that the candidate
-must beat the champion's held-out decision value (doubly robust response rate under the recommendation) by
+The rule (`promotion_decision`, pure): the first evaluated candidate becomes champion; a candidate trained on
+another outcome definition than the champion (`labels:`, the response thresholds) is not compared with it, since
+their figures measure different outcomes (the champion stays until moved by hand); otherwise the candidate must beat the champion's held-out decision value (doubly robust response rate under the recommendation) by
 more than `min_decision_value_gain` AND be at least as well calibrated (expected calibration error no worse
 than the champion's plus `ece_tolerance`). Otherwise the champion stays and the reason is printed.
 """
@@ -9,7 +10,7 @@ than the champion's plus `ece_tolerance`). Otherwise the champion stays and the 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 DECISION_VALUE = "decision_value_recommended"
 CALIBRATION = "response_ece"
+#: the run params (as train logs them, flattened) that define the outcomes the held-out figures measure
+OUTCOME_PARAMS = ("labels.", "train.response_threshold", "train.juvenile_response_threshold")
 
 
 class PromotionRule(Frozen):
@@ -58,10 +61,13 @@ def promotion_decision(
     *,
     same_data: bool = True,
     same_fit: bool = False,
+    other_outcome: Sequence[str] = (),
 ) -> PromotionDecision:
     """Apply the promotion rule to the held-out metrics of candidate and champion (None: no champion yet).
     `same_fit`: the candidate's bundle is byte for byte the champion's, shipped with other code or requirements
-    (a fix): the same model, so it replaces the champion once evaluated, without having to beat itself."""
+    (a fix): the same model, so it replaces the champion once evaluated, without having to beat itself.
+    `other_outcome`: the outcome settings the two were trained with differently (`outcome_differences`): their
+    response rates and calibration measure different outcomes, so they are not compared and the champion stays."""
     rule = rule or PromotionRule()
     c_dv, c_ece = _metric(candidate, DECISION_VALUE), _metric(candidate, CALIBRATION)
     if math.isnan(c_dv) or math.isnan(c_ece):
@@ -71,6 +77,13 @@ def promotion_decision(
     if champion is None:
         return PromotionDecision(True, f"no champion yet: the first evaluated candidate becomes champion "
                                        f"(decision value {c_dv:.3f}, ECE {c_ece:.3f})")
+    if other_outcome:
+        return PromotionDecision(False, "champion kept, not compared: the candidate was trained on another outcome "
+                                        f"definition than the champion ({'; '.join(other_outcome)}), so their held-out "
+                                        "decision values and ECE measure different outcomes. To keep the new "
+                                        "definition, re-evaluate the champion on it or move alias 'champion' to the "
+                                        "candidate explicitly (MLflow's UI or "
+                                        "MlflowClient().set_registered_model_alias)")
     if same_fit and same_data:
         return PromotionDecision(True, "the champion's fitted model with the code and requirements shipped now "
                                        f"(decision value {c_dv:.3f}, ECE {c_ece:.3f}): it replaces the champion")
@@ -93,6 +106,13 @@ def promotion_decision(
     if not calibrated:
         why.append("it is worse calibrated" if why else "the candidate is worse calibrated")
     return PromotionDecision(False, f"champion kept: {' and '.join(why)}: {summary}{note}")
+
+
+def outcome_differences(candidate: Mapping[str, str], champion: Mapping[str, str]) -> list[str]:
+    """The `OUTCOME_PARAMS` two runs' params both hold with different values, as "labels.response_category:
+    candidate 'major', champion 'moderate'" (a setting only one run logged, added since, is not compared)."""
+    keys = sorted(k for k in candidate.keys() & champion.keys() if k.startswith(OUTCOME_PARAMS))
+    return [f"{k}: candidate {candidate[k]!r}, champion {champion[k]!r}" for k in keys if candidate[k] != champion[k]]
 
 
 def run_promote(params: Settings | Path = Path("params.yaml"), root: Path = ROOT) -> PromotionDecision:
@@ -128,8 +148,9 @@ def run_promote(params: Settings | Path = Path("params.yaml"), root: Path = ROOT
     bundle, code = c_tags.get(registry.BUNDLE_SHA_TAG), c_tags.get(registry.CODE_SHA_TAG)
     same_fit = (champ is not None and None not in (bundle, code) and bundle == h_tags.get(registry.BUNDLE_SHA_TAG)
                 and code != h_tags.get(registry.CODE_SHA_TAG) and int(cand_version) > int(champ[0]))
+    other = outcome_differences(cand_info.params, champ_info.params) if champ_info is not None else []
     decision = replace(promotion_decision(cand_info.metrics, champ_info.metrics if champ_info else None, rule,
-                                          same_data=same, same_fit=same_fit), evidence=evidence)
+                                          same_data=same, same_fit=same_fit, other_outcome=other), evidence=evidence)
     if decision.promote:
         registry.set_alias(registry.CHAMPION, cand_version)
         client.set_model_version_tag(registry.MODEL_NAME, cand_version, "promotion", decision.reason[:4900])

@@ -69,9 +69,11 @@ def registry_store(tmp_path, monkeypatch):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"promote": {"min_decision_value_gain": 0.0, "ece_tolerance": 0.0}}))
 
-    def add_version(metrics: dict[str, float], tags: dict[str, str] | None = None) -> str:
+    def add_version(metrics: dict[str, float], tags: dict[str, str] | None = None,
+                    params: dict[str, str] | None = None) -> str:
         with mlflow.start_run() as run:
             mlflow.log_metrics(metrics)
+            mlflow.log_params(params or {})
             mlflow.set_tag("dataset.features.sha256", "same")
             mlflow.set_tags(tags or {})
         version = client.create_model_version(registry.MODEL_NAME, f"runs:/{run.info.run_id}/m", run.info.run_id)
@@ -160,3 +162,34 @@ def test_promote_stage_fails_on_an_unevaluated_candidate_and_writes_no_evidence(
     assert "no held-out figures" in result.output and "escalate evaluate" in result.output
     assert not evidence.exists()
     assert _champion(client) is None
+
+
+def test_a_candidate_trained_on_another_outcome_is_not_compared_with_the_champion(registry_store):
+    """Found by a review: a candidate trained on major response (TIS ≥ 60) was compared with a champion trained on
+    moderate response (TIS ≥ 40) by response rate and calibration, figures of different outcomes, and could replace
+    it. Promote now keeps the champion, says which label setting differs, and how to move the alias on purpose."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root, params, add_version, client = registry_store
+    moderate = {"labels.response_category": "moderate", "labels.safety_events": "serious_infection,cytopenia",
+                "train.response_threshold": "40.0"}
+    first = add_version({"decision_value_recommended": 0.50, "response_ece": 0.05}, params=moderate)
+    assert CliRunner().invoke(app, ["promote", "--params", str(params)]).exit_code == 0
+    major = {**moderate, "labels.response_category": "major", "train.response_threshold": "60.0"}
+    other = add_version({"decision_value_recommended": 0.70, "response_ece": 0.01}, params=major)
+    result = CliRunner().invoke(app, ["promote", "--params", str(params)])
+    assert result.exit_code == 0 and _champion(client) == first != other
+    assert "not promoted: champion kept, not compared: the candidate was trained on another outcome" in result.output
+    assert "labels.response_category: candidate 'major', champion 'moderate'" in result.output
+    assert "train.response_threshold: candidate '60.0', champion '40.0'" in result.output
+    assert "move alias 'champion' to the candidate explicitly" in result.output
+    # another safety definition is another outcome too; the same definition is compared as before
+    add_version({"decision_value_recommended": 0.70, "response_ece": 0.01},
+                params={**moderate, "labels.safety_events": "serious_infection"})
+    assert "labels.safety_events: candidate 'serious_infection'" in CliRunner().invoke(
+        app, ["promote", "--params", str(params)]).output and _champion(client) == first
+    same = add_version({"decision_value_recommended": 0.70, "response_ece": 0.01}, params=moderate)
+    assert "candidate beats the champion" in CliRunner().invoke(app, ["promote", "--params", str(params)]).output
+    assert _champion(client) == same
