@@ -47,6 +47,19 @@ class _UniqueKeyLoader(SAFE_LOADER):  # type: ignore[valid-type,misc]
         return super().construct_mapping(node, deep=deep)
 
 
+def _timestamp(loader: Any, node: Any) -> Any:
+    """A YAML date or time as PyYAML reads it; an impossible one (`2026-13-01`, `2026-02-30`) is a YAML error at
+    its line rather than a traceback from the date constructor."""
+    try:
+        return SAFE_LOADER.construct_yaml_timestamp(loader, node)
+    except ValueError as err:
+        raise yaml.constructor.ConstructorError(None, None, f"{node.value!r} is not a real date ({err})",
+                                                node.start_mark) from None
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read one YAML mapping; an empty file is an empty mapping. A file that is not UTF-8 YAML, writes a key
     twice or holds no mapping is a `ConfigFileError` naming the file and the line."""

@@ -159,6 +159,9 @@ def test_every_stage_declares_the_params_it_reads(stage, reads):
     (b"train: {learner: auto\n", r"line 2, column 1: not valid YAML"),
     (b"- seed\n- 3\n", r"expected a mapping .* got list"),
     (b"seed: caf\xe9\n", r"not UTF-8 \(byte 9\)"),
+    # an unquoted impossible date (found by a review: a traceback from PyYAML's date constructor)
+    (b"data:\n  today: 2026-13-01\n", r"line 2, column 10: not valid YAML \('2026-13-01' is not a real date"),
+    (b"data: {today: 2026-02-30}\n", r"line 1, column 15: not valid YAML \('2026-02-30' is not a real date \(day"),
 ])
 def test_a_yaml_file_that_cannot_be_read_is_one_refusal_naming_it(tmp_path, text, message):
     """Found by a probe: these were tracebacks, and a key written twice silently took the last value."""
