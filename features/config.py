@@ -6,13 +6,27 @@ code in `features/decisions.py`, `features/build.py`, `features/labels.py` and `
 
 from __future__ import annotations
 
+import types
+import typing
 from datetime import date
-from typing import Annotated, Literal
+from functools import cache
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 #: a random seed as NumPy takes it (0 … 2³² − 1): a negative or larger one is refused where it is written.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+#: text that says something: surrounding blanks are dropped, and nothing left is refused ("" is no source).
+NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 #: the days a `today` or `as_of` may name: from the data contract's earliest birth year to the last day a pandas
 #: date reaches; outside them no record could pass the contract (features/contract.py uses the same bounds).
@@ -20,11 +34,68 @@ EARLIEST_DAY, LATEST_DAY = date(1900, 1, 1), date(2261, 12, 31)
 Day = Annotated[date, Field(ge=EARLIEST_DAY, le=LATEST_DAY)]
 
 
+@cache
+def _kinds(annotation: Any) -> tuple[frozenset[str], Any]:
+    """What a field's annotation takes, as ({"bool", "number", "none", "other"} kinds, element annotation of a
+    `tuple[X, ...]` or None): `int | None` is {"number", "none"}; a union is the union of its members' kinds."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _kinds(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        kinds: set[str] = set()
+        element = None
+        for arg in typing.get_args(annotation):
+            k, e = _kinds(arg)
+            kinds |= k
+            element = element or e
+        return frozenset(kinds), element
+    if annotation is bool:
+        return frozenset({"bool"}), None
+    if annotation in (int, float):
+        return frozenset({"number"}), None
+    if annotation is type(None):
+        return frozenset({"none"}), None
+    args = typing.get_args(annotation)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return frozenset({"other"}), args[0]
+    return frozenset({"other"}), None
+
+
+def exact_kind(value: Any, annotation: Any) -> str | None:
+    """Why `value` (as read from YAML) is the wrong kind for `annotation`, or None: true/false where a number
+    belongs (pydantic reads true as 1), a number or text where true/false belongs (it reads 1 or "yes" as true),
+    text where a number belongs ("12"); the elements of a `tuple[X, ...]` likewise."""
+    kinds, element = _kinds(annotation)
+    if element is not None and isinstance(value, list | tuple):
+        return next((f"item {i}: {why}" for i, v in enumerate(value) if (why := exact_kind(v, element))), None)
+    if "other" in kinds:
+        return None
+    if isinstance(value, bool):
+        return None if "bool" in kinds else "a number, not true/false"
+    if kinds & {"bool", "number"} == {"bool"} and isinstance(value, int | float | str):
+        return "true or false (unquoted), not a number or text"
+    if "number" in kinds and isinstance(value, str):
+        return "a number (unquoted), not text"
+    return None
+
+
 class Frozen(BaseModel):
     """The base of every settings and reference model: immutable, no unknown key (a misspelt one is named), no NaN
-    or infinity (`.nan` in a YAML file is refused where it is written)."""
+    or infinity (`.nan` in a YAML file is refused where it is written), and each value of the kind its field
+    takes: no true/false for a number, no number or text for true/false (`exact_kind`; an int for a float is
+    fine)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _exact_kind(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse a value pydantic would silently convert across kinds (`seed: true` as seed 1)."""
+        field = cls.model_fields.get(info.field_name or "")
+        why = exact_kind(value, field.annotation) if field is not None else None
+        if why is not None:
+            raise ValueError(why)
+        return value
 
 
 class ActivityRule(Frozen):
@@ -98,7 +169,9 @@ class LabelConfig(Frozen):
     carry_forward_days: int = Field(30, ge=0)
     response_category: Literal["minimal", "moderate", "major"] = "moderate"
     skin_response_drop: float = Field(5.0, gt=0)
-    safety_events: tuple[str, ...] = ("serious_infection", "opportunistic_infection", "cytopenia")
+    #: the events that make the safety outcome (at least one: an empty list would label every decision safe)
+    safety_events: tuple[str, ...] = Field(("serious_infection", "opportunistic_infection", "cytopenia"),
+                                           min_length=1)
     cytopenia_min_grade: int = Field(3, ge=1, le=4)
     #: steroid sparing = prednisone at or below this (mg/day) at follow-up with no dose rise in between (EULAR
     #: glucocorticoid taper goal for maintenance, ≤ 7.5 mg/day; docs/sources.md §4).

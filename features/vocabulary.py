@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from features.config import Frozen, NonBlank
 
 DAYS_PER_MONTH = 365.25 / 12
 
@@ -32,8 +34,11 @@ DOSE_UNITS: dict[str, tuple[float, str]] = {
 }
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+class _Frozen(Frozen):
+    """`Frozen` (immutable, no unknown key, no NaN, values of their field's kind) that also takes a field's name
+    where it has an alias (`with`)."""
+
+    model_config = ConfigDict(populate_by_name=True)
 
 
 class WeightBand(_Frozen):
@@ -53,18 +58,18 @@ class DoseTarget(_Frozen):
     and how it reads (`text`)."""
 
     basis: Literal["mg", "mg_per_kg", "mg_per_m2"] = "mg"
-    low: float | None = None
-    high: float | None = None
-    doses_per_cycle: float = 1.0
-    cycle_days: float = 1.0
+    low: float | None = Field(default=None, gt=0)
+    high: float | None = Field(default=None, gt=0)
+    doses_per_cycle: float = Field(default=1.0, gt=0)
+    cycle_days: float = Field(default=1.0, gt=0)
     route: str | None = None
-    max_mg_per_administration: float | None = None
+    max_mg_per_administration: float | None = Field(default=None, gt=0)
     #: cap on the target intensity (mg/day): a child's per-kg dose never exceeds the adult maximum
     max_mg_per_day: float | None = Field(default=None, gt=0)
-    daily_cap_mg_per_kg: float | None = None
+    daily_cap_mg_per_kg: float | None = Field(default=None, gt=0)
     weight_bands: tuple[WeightBand, ...] = ()
     alternatives: tuple[DoseTarget, ...] = ()
-    taper_goal_mg_per_day: float | None = None
+    taper_goal_mg_per_day: float | None = Field(default=None, ge=0)
     min_kg: float | None = Field(default=None, gt=0)
     adult_from_kg: float | None = Field(default=None, gt=0)
     adult_above_m2: float | None = Field(default=None, gt=0)
@@ -562,7 +567,7 @@ class EffectModifier(_Frozen):
 
     feature: str
     direction: Literal["raises", "lowers"]
-    source: str
+    source: NonBlank  # the publication behind it (docs/sources.md)
 
 
 class OptionSpec(_Frozen):
@@ -601,15 +606,15 @@ class CombinationRule(_Frozen):
     with_drugs: tuple[str, ...] = Field(alias="with")
     level: Literal["advised_against", "caution"] = "advised_against"
     one_way: bool = False
-    text: str
-    source: str
+    text: NonBlank
+    source: NonBlank
 
 
 class OptionCatalog(_Frozen):
     """The configured escalation options, in display order, with their eligibility rules."""
 
     options: tuple[OptionSpec, ...]
-    rituximab_active_days: int = 365
+    rituximab_active_days: int = Field(365, ge=0)
     #: a fixed guideline-ordered policy (first eligible option wins); the simulator card's comparison policy.
     guideline: tuple[str, ...] = ()
     #: label combination rules (configs/options.yaml `combination_rules`), checked per option and decision.

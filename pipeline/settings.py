@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from features.config import Day, FeatureConfig, Frozen, LabelConfig, Seed, SplitConfig
 from features.response import response_threshold
@@ -35,8 +35,18 @@ class DataSettings(Frozen):
     """The contract tables the pipeline reads (`data:`) and their extraction date."""
 
     dir: Path = Path("data/cohort")
-    #: the data's extraction date: no record may be dated after it (None: the stage's own default).
-    today: Day | None = None
+    #: the data's extraction date: no record may be dated after it (left out: the stage's own default; written,
+    #: it must be a date: dvc.yaml passes it to validate and features as `--today`, where null would be 'None').
+    today: Day | None = Field(None, exclude_if=lambda day: day is None)  # a dump re-validates
+
+    @field_validator("today", mode="before")
+    @classmethod
+    def _today_written_is_a_date(cls, value: Any) -> Any:
+        """`today: null` is refused where it is written (the stages would get `--today None`)."""
+        if value is None:
+            raise ValueError("the data's extraction date (no record may be dated after it), which dvc.yaml passes "
+                             "to validate and features as --today: write a date (YYYY-MM-DD), not null")
+        return value
 
 
 class OmopSettings(Frozen):
@@ -85,6 +95,16 @@ class Settings(Frozen):
     def _fill(cls, raw: Any) -> Any:
         """The one place derived settings are filled: missing seeds and the response thresholds."""
         return fill_derived(raw) if isinstance(raw, Mapping) else raw
+
+    @model_validator(mode="after")
+    def _one_serious_cytopenia(self) -> Settings:
+        """The safety features and the safety label count the same cytopenias as serious (a feature of grade ≥ 2
+        cytopenias beside a grade ≥ 3 label would describe another event than the one predicted)."""
+        grades = self.features.cytopenia_min_grade, self.labels.cytopenia_min_grade
+        if grades[0] != grades[1]:
+            raise ValueError(f"labels.cytopenia_min_grade: {grades[1]} differs from features.cytopenia_min_grade "
+                             f"{grades[0]} (rule: one definition of a serious cytopenia; set both to the same grade)")
+        return self
 
     def logged_params(self) -> dict[str, Any]:
         """The sections that shape data and model, for MLflow params (no `report:`: it names a patient; no

@@ -6,7 +6,7 @@ effect size, prevalence and noise level is a visible, sourced number rather than
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -28,6 +28,14 @@ Subgroup = Literal[
 ]
 
 
+#: a probability or a prevalence, e.g. of ILD with an antibody (a value outside [0, 1] is refused where written).
+Probability = Annotated[float, Field(ge=0, le=1)]
+#: a weight of a mix, normalised over the mix when drawn (`conventional_mix`, `event_mix`).
+Weight = Annotated[float, Field(ge=0)]
+#: a shape parameter of a Beta distribution (a, b > 0).
+BetaShape = Annotated[float, Field(gt=0)]
+
+
 class Range(Frozen):
     """A closed interval [low, high] drawn uniformly."""
 
@@ -45,7 +53,7 @@ class DiagnosisProfile(Frozen):
     """What a diagnosis implies for a patient: antibody mix, ILD, cancer, and which tissues are active."""
 
     share: float = Field(ge=0)
-    antibodies: dict[str, float] = Field(default_factory=dict, description="antibody → prevalence; rest negative")
+    antibodies: dict[str, Probability] = Field(default_factory=dict, description="antibody → prevalence; rest negative")
     ild: float = Field(ge=0, le=1, description="ILD probability when no antibody sets it")
     cancer: float = Field(ge=0, le=1, description="cancer-associated probability when no antibody sets it")
     juvenile: bool = False
@@ -59,9 +67,9 @@ class CohortConfig(Frozen):
     female_fraction: float = Field(0.69, ge=0, le=1)
     diagnoses: dict[str, DiagnosisProfile]
     #: antibody → ILD probability overriding the diagnosis default (anti-MDA5: RP-ILD; synthetase: 71 %).
-    ild_by_antibody: dict[str, float] = Field(default_factory=dict)
+    ild_by_antibody: dict[str, Probability] = Field(default_factory=dict)
     #: antibody → cancer-associated probability overriding the diagnosis default (anti-TIF1γ ~41 %).
-    cancer_by_antibody: dict[str, float] = Field(default_factory=dict)
+    cancer_by_antibody: dict[str, Probability] = Field(default_factory=dict)
     cancer_male_rr: float = Field(1.53, gt=0)
     cancer_ild_rr: float = Field(0.49, gt=0)
     cancer_sites: tuple[str, ...] = ("breast carcinoma", "ovarian carcinoma", "lung carcinoma")
@@ -69,8 +77,8 @@ class CohortConfig(Frozen):
     juvenile_age_at_diagnosis: Range = Range(low=5, high=16)
     #: how age at diagnosis spreads over its range: uniform, or a Beta(a, b) shape (a single peak inside the range).
     age_shape: Literal["uniform", "beta"] = "uniform"
-    adult_age_beta: tuple[float, float] = (3.0, 3.2)
-    juvenile_age_beta: tuple[float, float] = (2.0, 3.0)
+    adult_age_beta: tuple[BetaShape, BetaShape] = (3.0, 3.2)
+    juvenile_age_beta: tuple[BetaShape, BetaShape] = (2.0, 3.0)
     years_since_diagnosis_max: float = Field(10.0, gt=1)
     weight_kg: dict[str, Range] = Field(default_factory=lambda: {"F": Range(low=50, high=95), "M": Range(low=62, high=110)})
     height_cm: dict[str, Range] = Field(default_factory=lambda: {"F": Range(low=152, high=176), "M": Range(low=165, high=190)})
@@ -169,11 +177,11 @@ class HistoryConfig(Frozen):
     prednisone_juvenile_max_mg: float = 60.0
     hydroxychloroquine_in_dm: float = Field(0.8, ge=0, le=1)
     conventional_start_days: Range = Range(low=90, high=365)
-    conventional_mix: dict[str, float] = Field(default_factory=lambda: {"mycophenolate": 0.5, "methotrexate": 0.3, "azathioprine": 0.2})
+    conventional_mix: dict[str, Weight] = Field(default_factory=lambda: {"mycophenolate": 0.5, "methotrexate": 0.3, "azathioprine": 0.2})
     conventional_switch: float = Field(0.35, ge=0, le=1)
     conventional_switch_after_days: Range = Range(low=180, high=365)
     #: probability that a patient received each advanced agent before the first decision point.
-    prior_advanced: dict[str, float] = Field(default_factory=lambda: {"ivig": 0.35, "rituximab": 0.25, "tocilizumab": 0.06})
+    prior_advanced: dict[str, Probability] = Field(default_factory=lambda: {"ivig": 0.35, "rituximab": 0.25, "tocilizumab": 0.06})
     prior_advanced_start_days: Range = Range(low=240, high=900)
     #: log-odds of each prior advanced agent per SD of the patient's refractoriness latent (refractory patients
     #: have been through more agents before the first decision: history shows refractoriness in part).
@@ -212,7 +220,7 @@ class MeasurementConfig(Frozen):
     enzyme_gain: dict[str, Range] = Field(default_factory=dict, description="log(value/ULN) gain per unit m")
     enzyme_log_sd: float = 0.12
     enzyme_uln: dict[str, tuple[float, ...]] = Field(default_factory=dict)
-    enzyme_measured: dict[str, float] = Field(default_factory=dict, description="patient-level panel probability")
+    enzyme_measured: dict[str, Probability] = Field(default_factory=dict, description="patient-level panel probability")
     cdasi_activity_at_full: float = 60.0
     cdasi_activity_sd: float = 2.0
     cdasi_damage: Range = Range(low=0, high=12)
@@ -357,7 +365,7 @@ class SafetyConfig(Frozen):
     age_per_decade_over_50: float = 0.0
     ild: float = 0.0
     prior_infection: float = 0.0
-    event_mix: dict[str, float] = Field(default_factory=lambda: {"serious_infection": 0.6, "opportunistic_infection": 0.15, "cytopenia": 0.25})
+    event_mix: dict[str, Weight] = Field(default_factory=lambda: {"serious_infection": 0.6, "opportunistic_infection": 0.15, "cytopenia": 0.25})
     #: IVIG thrombo-embolism within the horizon among all IVIG-treated patients (ProDERM 6.3 %), those that stopped
     #: IVIG (`effects.harm`) included — recorded, but not part of the safety outcome.
     ivig_thromboembolism: float = Field(0.063, ge=0, le=1)

@@ -231,3 +231,34 @@ def test_a_regimen_lag_of_zero_is_refused_it_would_leak_the_decision() -> None:
     feature of that very decision."""
     with pytest.raises(SettingsError, match=r"features\.regimen_lag_days.*\(got 0\)"):
         settings_from({"features": {"regimen_lag_days": 0}})
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"seed": True}, r"^params\.yaml: seed: a number, not true/false \(got True\)$"),  # once, not per derived seed
+    ({"simulate": {"patients": True}}, r"simulate\.patients: a number, not true/false"),
+    ({"train": {"booster": {"max_depth": True}}}, r"train\.booster\.max_depth: a number, not true/false"),
+    ({"seed": "12"}, r"seed: a number \(unquoted\), not text \(got '12'\)"),
+    ({"train": {"interval_calibration": {"enabled": 1}}},
+     r"train\.interval_calibration\.enabled: true or false \(unquoted\), not a number or text \(got 1\)"),
+    ({"train": {"interval_calibration": {"enabled": "yes"}}}, r"enabled: true or false .*\(got 'yes'\)"),
+    ({"features": {"change_windows_days": [91, True]}}, r"features\.change_windows_days: item 1: a number"),
+    ({"labels": {"safety_events": []}}, r"labels\.safety_events: Tuple should have at least 1 item"),
+    ({"labels": {"cytopenia_min_grade": 2}},
+     r"labels\.cytopenia_min_grade: 2 differs from features\.cytopenia_min_grade 3 \(rule: one definition"),
+    ({"data": {"today": None}}, r"data\.today: the data's extraction date .* not null \(got None\)"),
+])
+def test_values_pydantic_would_convert_or_that_mean_nothing_are_refused_naming_the_key(params, message):
+    """Found by a review: `seed: true` ran with seed 1, `enabled: 1` or "yes" as true, an empty safety_events
+    labelled every decision safe, the two cytopenia grades could disagree, and `data.today: null` reached the
+    stages as `--today None`: each was accepted silently."""
+    with pytest.raises(SettingsError, match=message):
+        settings_from(params)
+
+
+def test_whole_numbers_for_decimal_settings_and_both_cytopenia_grades_changed_together_are_fine():
+    """YAML reads `0` as an int: a decimal setting takes it (only true/false and text are refused)."""
+    s = settings_from({"promote": {"ece_tolerance": 0}, "train": {"safety_weight": 1},
+                       "features": {"cytopenia_min_grade": 4}, "labels": {"cytopenia_min_grade": 4}})
+    assert s.promote.ece_tolerance == 0.0 and isinstance(s.train.safety_weight, float)
+    assert s.labels.cytopenia_min_grade == s.features.cytopenia_min_grade == 4
+    assert settings_from({}).data.today is None  # left out: the stage's own default

@@ -402,3 +402,42 @@ def test_a_drug_name_the_vocabulary_does_not_know_in_options_yaml_is_refused_nam
     with pytest.raises(C.ConfigFileError) as refused:
         C.load_options()
     assert str(refused.value).startswith(f"{C.CONFIGS / 'options.yaml'}: ") and said in str(refused.value)
+
+
+def _shipped_with(name: str, path: tuple, value) -> dict:
+    """configs/<name>.yaml as read, with the value at `path` (keys and list indices) replaced."""
+    import copy
+
+    raw = copy.deepcopy(load_reference(name))
+    node = raw
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize(("name", "path", "value", "said"), [
+    ("options", ("rituximab_active_days",), -5, "rituximab_active_days: Input should be greater than or equal to 0"),
+    ("options", ("rituximab_active_days",), True, "rituximab_active_days: a number, not true/false"),
+    ("options", ("options", 3, "effect_modifiers", 0, "source"), "",
+     "options.3 (add_rituximab).effect_modifiers.0.source: String should have at least 1 character"),
+    ("options", ("combination_rules", 0, "text"), "  ", "combination_rules.0 (jak_inhibitor_with_biologic).text"),
+    ("drugs", ("drugs", 0, "target", "low"), -1, "drugs.0 (ivig).target.low: Input should be greater than 0"),
+    ("simulator", ("cohort", "ild_by_antibody", "anti-MDA5"), 1.8,
+     "cohort.ild_by_antibody.anti-MDA5: Input should be less than or equal to 1"),
+    ("simulator", ("cohort", "adult_age_beta"), [-3.2, 3.0], "cohort.adult_age_beta.0: Input should be greater than 0"),
+    ("simulator", ("history", "prior_advanced", "ivig"), 1.35, "history.prior_advanced.ivig: Input should be less"),
+])
+def test_a_reference_value_that_means_nothing_is_refused_naming_file_entry_and_key(name, path, value, said):
+    """Found by a review: a negative rituximab window, a blank source, a negative target dose, an ILD probability of
+    1.8 and a negative Beta shape were all accepted (the simulator drew from them, the page printed them)."""
+    from features.vocabulary import OptionCatalog
+    from pipeline.config import ConfigFileError, validated
+    from simulator.config import SimulatorConfig
+
+    parse = {"options": OptionCatalog.from_config, "drugs": Vocabulary.from_config,
+             "simulator": SimulatorConfig.from_config}[name]
+    validated(load_reference(name), parse, f"{name}.yaml")  # the shipped file is fine
+    with pytest.raises(ConfigFileError) as refused:
+        validated(_shipped_with(name, path, value), parse, f"{name}.yaml")
+    assert str(refused.value).startswith(f"{name}.yaml: ") and said in str(refused.value)
