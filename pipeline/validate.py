@@ -116,10 +116,28 @@ def _counts_table(counts: Any, directory: Path) -> Any:
     return grid
 
 
+#: what the console prints in place of a patient identifier a message quotes (the JSON report keeps it).
+WITHHELD_ID = "<patient id: see the JSON report>"
+
+
+def console_message(message: str, patient_id: Any) -> str:
+    """A finding's message for the console (DVC and CI logs keep it): the finding's own patient identifier, which
+    a message about the patient_id column quotes ('patient_id 'P7' appears more than once'), is withheld; table
+    and row locate the finding, and the JSON report names the patient."""
+    import pandas as pd
+
+    if patient_id is None or pd.isna(patient_id) or str(patient_id) == "":
+        return message
+    for quoted in dict.fromkeys((repr(str(patient_id)), repr(patient_id))):
+        message = message.replace(quoted, WITHHELD_ID)
+    return message
+
+
 def _findings_table(v: Any, limit: int) -> Any:
     """The first `limit` findings (whole-table ones first: they explain the rest; then errors, then warnings), or
-    all when `limit` is 0. Text from the input (ids, columns, messages quoting cells) is escaped: printed as
-    written, never read as console markup."""
+    all when `limit` is 0, without patient identifiers: the console ends up in DVC and CI logs (no patient
+    identifier in logs), so the JSON report alone names them. Text from the input (columns, messages quoting cells)
+    is escaped: printed as written, never read as console markup."""
     import pandas as pd
     from rich.markup import escape
     from rich.table import Table
@@ -131,12 +149,11 @@ def _findings_table(v: Any, limit: int) -> Any:
              else f"first {len(shown)} of {len(v)} finding(s) (--limit 0 prints all; the JSON has every one)")
     title += "; rows count from 0, the first data row of a file (a CSV's line 2)"
     grid = Table(title=title)
-    for col in ("severity", "table", "row", "patient", "column", "rule", "message"):
+    for col in ("severity", "table", "row", "column", "rule", "message"):
         grid.add_column(col, overflow="fold")
     for r in shown.itertuples(index=False):
         style = "red" if r.severity == "error" else "yellow"
         grid.add_row(f"[{style}]{r.severity}[/{style}]", escape(r.table), "" if pd.isna(r.row) else str(int(r.row)),
-                     "" if r.patient_id is None or pd.isna(r.patient_id) else escape(str(r.patient_id)),
                      "" if r.column is None or pd.isna(r.column) else escape(str(r.column)), escape(r.rule),
-                     escape(str(r.message)))
+                     escape(console_message(str(r.message), r.patient_id)))
     return grid

@@ -260,15 +260,17 @@ def test_the_stages_refuse_an_unreadable_file_in_one_line(app, seed, tmp_path):
 
 
 def test_cells_that_look_like_console_markup_are_printed_as_written(app, seed, tmp_path):
-    """A drug spelled '[/x]' once crashed validate (rich read it as a closing tag) and a patient id wrapped in
-    '[link=…]' was shown without it: text from the input is printed verbatim."""
+    """A drug spelled '[/x]' once crashed validate (rich read it as a closing tag) and a cell wrapped in
+    '[link=…]' was shown without it: text from the input is printed verbatim (patient ids are not printed at all)."""
     _edit_csv(seed / "regimens.csv", 2, "drug", "[/x]")
-    _edit_csv(seed / "regimens.csv", 3, "patient_id", "[bold]SEED-0001[/bold]")
+    _edit_csv(seed / "regimens.csv", 3, "dose_unit", "[bold]mg[/bold]")
+    _edit_csv(seed / "regimens.csv", 4, "patient_id", "[bold]SEED-0001[/bold]")
     res, report = _validate(app, seed, tmp_path)
     assert res.exit_code == 1
     assert "unknown drug '[/x]'" in res.output
-    assert "[bold]SEED-0001[/bold]" in res.output
-    assert {v["rule"] for v in report["violations"]} >= {"unknown_drug", "unknown_patient"}
+    assert "unknown dose unit '[bold]mg[/bold]'" in res.output
+    assert "SEED-0001" not in res.output
+    assert {v["rule"] for v in report["violations"]} >= {"unknown_drug", "unknown_dose_unit", "unknown_patient"}
 
 
 def test_validate_help_states_the_default_limit_it_uses(app):
@@ -277,3 +279,23 @@ def test_validate_help_states_the_default_limit_it_uses(app):
 
     res = runner.invoke(app, ["validate", "--help"], env={"COLUMNS": "200"})
     assert f"default: {DEFAULT_LIMIT};" in res.output
+
+
+def test_the_console_names_no_patient_the_json_report_does(app, seed, tmp_path):
+    """Found by a review: the findings table printed a patient column with each finding's id, and a message about
+    the patient_id column quoted it; validate is a DVC stage, so the ids went into `dvc repro` and CI logs. The
+    console locates findings by table and row only; the JSON report keeps the ids."""
+    patients = pd.read_csv(seed / "patients.csv", dtype=str, keep_default_na=False)
+    pd.concat([patients, patients]).to_csv(seed / "patients.csv", index=False)  # duplicate_patient quotes the id
+    regimens = pd.read_csv(seed / "regimens.csv", dtype=str, keep_default_na=False)
+    pd.concat([regimens, regimens.iloc[[0]].assign(patient_id="P-UNKNOWN-9")]).to_csv(seed / "regimens.csv",
+                                                                                      index=False)
+    out = tmp_path / "validation.json"
+    res = runner.invoke(app, ["validate", "--data", str(seed), "--today", "2026-11-25", "--json", str(out),
+                              "--limit", "0"])
+    assert res.exit_code == 1, res.output
+    assert "SEED-0001" not in res.output and "P-UNKNOWN-9" not in res.output
+    assert "duplicate_patient" in res.output and "unknown_patient" in res.output  # the findings are still shown
+    assert "<patient id: see the JSON report>" in res.output
+    found = {(v["rule"], v["patient_id"]) for v in json.loads(out.read_text())["violations"]}
+    assert {("duplicate_patient", "SEED-0001"), ("unknown_patient", "P-UNKNOWN-9")} <= found
