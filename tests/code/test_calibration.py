@@ -15,7 +15,7 @@ from models.calibration import (
 )
 from models.config import CalibrationConfig, LearnerConfig
 from models.evaluation import expected_calibration_error
-from models.intervals import interval_coverage
+from models.intervals import fit_calibration_bands, interval_coverage
 from models.learners import LinearLearner, patient_folds
 
 ARMS = ("continue", "add_ivig")
@@ -360,3 +360,12 @@ def test_widen_interval_adds_the_term_in_quadrature_within_0_1(extra):
     assert (lo >= 0).all() and (hi <= 1).all() and (lo <= point).all() and (point <= hi).all()
     np.testing.assert_allclose(point[0, 0] - lo[0, 0], np.hypot(0.04, extra))
     np.testing.assert_allclose(hi[0, 0] - point[0, 0], np.hypot(0.03, extra))
+
+
+def test_a_calibration_band_of_an_unbiased_bin_is_the_two_sided_quantile_times_its_se():
+    """100 patients, p = 0.5, half respond: no bias, SE sqrt(0.25 / 100) = 0.05, so a 90 % band is 1.645 x 0.05 (a
+    one-sided quantile, 1.28, would make every interval too narrow)."""
+    n = 100
+    bands = fit_calibration_bands(np.full((n, 1), 0.5), np.zeros(n, int), np.r_[np.ones(50), np.zeros(50)],
+                                  np.arange(n), ("continue",), level=0.9, min_bin_patients=1000)
+    assert bands.half[0][0] == pytest.approx(1.6449 * 0.05, rel=1e-3)

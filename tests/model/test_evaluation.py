@@ -565,3 +565,13 @@ def test_params_yaml_evaluation_section_is_a_valid_config():
     assert 0 < cfg.propensity_floor < 0.5
     with pytest.raises(ValueError, match="calibration_strategy"):
         ev.EvaluationConfig(calibration_strategy="deciles")
+
+
+def test_overall_pehe_leaves_the_control_out():
+    """Continuing's effect against itself is zero by definition: averaged in, it would understate the headline
+    √PEHE (found by a mutation the tests above let through)."""
+    sim = trial(3_000, seed=8)
+    shifted = sim["p_true"].copy()
+    shifted[:, 0] -= 0.1  # every effect vs continue overstated by 0.1
+    result = ev.simulator_metrics(shifted, sim["p_true"], sim["y_potential"], sim["eligible"], [0] * 3_000, OPTIONS)
+    assert result.sqrt_pehe_overall == pytest.approx(0.1)
