@@ -63,10 +63,15 @@ def peak_rss_mib() -> float:
 
 
 def read_shard(staging: Path, table: str, chunk: int) -> tuple[pd.DataFrame, Any]:
-    """One chunk's rows of one table in input order, and their input row numbers."""
+    """One chunk's rows of one table in input order, and their input row numbers. A chunk without a folder has no
+    rows of the table; a table without one means the staging is gone (removed by another run on the same output
+    folder that finished), which fails the chunk instead of scoring its patients without their rows."""
     import pandas as pd
     import pyarrow.dataset as ds
 
+    if not (staging / table).is_dir():
+        raise RuntimeError(f"the staged input of table {table} is missing ({staging / table}): another run on the "
+                           "same output folder removed it; rerun the same command to resume")
     folder = staging / table / str(int(chunk))
     if not folder.is_dir():
         empty = pd.DataFrame({c.name: pd.Series(dtype=object) for c in CONTRACT_COLUMNS[table]})

@@ -38,11 +38,12 @@ from pipeline.chunks import (  # noqa: F401 - read_shard and ScoreRefusal are pa
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     Done = Callable[[dict[str, Any]], dict[str, Any]]  # told each chunk's summary as it finishes
 
 RUN_FILE = "run.json"
+LOCK_FILE = "lock"  # in `_work/`: held (flock) by the run using the output folder
 MANIFEST = "manifest.json"
 REJECTS = "rejects.parquet"
 WARNINGS = "warnings.parquet"
@@ -227,6 +228,7 @@ def stage_tables(paths: dict[str, Path | None], plan: ChunkPlan, staging: Path) 
         target = staging / name
         if target.exists():
             shutil.rmtree(target)
+        target.mkdir(parents=True)  # present even for a table without rows: its absence means staging is gone
         counts[name] = 0
         if path is None:
             continue
@@ -415,13 +417,58 @@ def check_out(out: Path) -> None:
         raise ScoreRefusal(f"--out {problem}")
 
 
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold `out/_work/lock` exclusively (`fcntl.flock`) for the whole run; refuse while another run holds it. Two
+    runs on one folder (the same command started again to resume while the first still runs) would otherwise
+    overwrite each other's parts, and the first to finish removes the staging the other still reads. The system
+    drops the lock when the process ends, even killed. A `_work` this run created and left holding only the lock
+    (a refusal) is removed again, so a refused run leaves the folder as it was."""
+    import fcntl
+
+    work = out / WORK
+    created = [d for d in (out, work) if not d.exists()]
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ScoreRefusal(f"--out {out}: another scoring run is using this folder now (it holds {path}); wait "
+                               "for it to end, then run the same command again: it resumes an unfinished run and "
+                               "leaves a finished one as it is") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # removed by the run that held it before (its clean-up below): lock the file now there
+    try:
+        yield
+    finally:
+        try:
+            if created and [p.name for p in work.iterdir()] == [LOCK_FILE]:
+                path.unlink()
+                for folder in reversed(created):
+                    with contextlib.suppress(OSError):  # only if nothing else is in it
+                        folder.rmdir()
+        finally:
+            os.close(fd)
+
+
+def _holds_something(out: Path) -> bool:
+    """Whether `out` holds anything besides the lock of the run now starting."""
+    return any(p.name != WORK or not p.is_dir() or any(q.name != LOCK_FILE for q in p.iterdir())
+               for p in out.iterdir())
+
+
 def check_resumable(out: Path, identity: dict[str, Any]) -> None:
     """A non-empty `out` must hold an unfinished or finished run of this very job (same input, date, model version,
     settings): the same command resumes it; anything else is refused untouched."""
     from pipeline.io import read_json
 
     run_file = out / WORK / RUN_FILE
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and _holds_something(out):
         if not run_file.is_file():
             raise ScoreRefusal(f"--out {out} is not empty and holds no scoring run: choose an empty folder")
         previous = read_json(run_file)
@@ -511,16 +558,17 @@ def run_score(
     digest = input_hash(paths)
     identity = {"input_hash": digest, "as_of": task.as_of, "model_uri": model_uri, "model_version": facts.version,
                 "settings": settings.model_dump(), "feature_config": facts.feature_config}
-    check_resumable(out, identity)
-    if engine == "spark":
-        runner: ChunkRunner = SparkChunks(master, progress)
-    elif workers == 0:
-        runner = ChunkRunner()
-    else:
-        runner = WorkerPool(workers or 1, chunks_per_worker)
-    with runner:
-        return _job(task, paths, out, runner, engine, progress, started,
-                    model_uri=model_uri, version=facts.version, identity=identity, unused=unused)
+    with run_lock(out):
+        check_resumable(out, identity)
+        if engine == "spark":
+            runner: ChunkRunner = SparkChunks(master, progress)
+        elif workers == 0:
+            runner = ChunkRunner()
+        else:
+            runner = WorkerPool(workers or 1, chunks_per_worker)
+        with runner:
+            return _job(task, paths, out, runner, engine, progress, started,
+                        model_uri=model_uri, version=facts.version, identity=identity, unused=unused)
 
 
 def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: ChunkRunner, engine: str,

@@ -227,6 +227,44 @@ def test_staging_reads_every_row_group_in_order(tmp_path: Path, monkeypatch: pyt
     assert pq.ParquetFile(paths["regimens"]).num_row_groups == -(-4 // row_group_size)
 
 
+def test_a_chunk_whose_staging_is_gone_fails_instead_of_scoring_without_rows(tmp_path: Path) -> None:
+    """Found by a review: a second run on the same --out removed the staging when it finished, and the first run's
+    remaining chunks read the missing shards as 'no rows', writing empty parts over good ones behind a manifest
+    saying complete. A chunk with no rows of a table still reads as empty; a staging that is gone fails loudly."""
+    import shutil
+
+    tables = _write_tables(tmp_path / "in", "parquet")
+    plan = plan_chunks(tables["patients"]["patient_id"], 1)
+    stage_tables(table_paths(tmp_path / "in"), plan, tmp_path / "staging")
+    events, rows = read_shard(tmp_path / "staging", "events", 0)  # the optional table is absent: no rows
+    assert events.empty and len(rows) == 0
+    regimens, _ = read_shard(tmp_path / "staging", "regimens", 1)  # p2 has no regimen
+    assert regimens.empty
+    shutil.rmtree(tmp_path / "staging")
+    with pytest.raises(RuntimeError, match=r"staged input of table patients is missing .*rerun the same command"):
+        read_shard(tmp_path / "staging", "patients", 0)
+
+
+def test_one_output_folder_is_used_by_one_run_at_a_time(tmp_path: Path) -> None:
+    """A second run on the folder a run holds is refused (flock, held for the whole run); a refused or empty run
+    leaves no folder behind, and the lock is free again once the run ends."""
+    from pipeline.score import WORK, run_lock
+
+    out = tmp_path / "out"
+    with run_lock(out):
+        with pytest.raises(ScoreRefusal, match=r"another scoring run is using this folder now .*same command again"), \
+                run_lock(out):
+            pass
+        (out / WORK / "run.json").write_text("{}", encoding="utf-8")  # the run got going
+    with run_lock(out):  # released when the run ended
+        pass
+    assert (out / WORK / "run.json").is_file()
+    fresh = tmp_path / "fresh"
+    with run_lock(fresh):
+        assert fresh.is_dir()
+    assert not fresh.exists()  # nothing but the lock was written: nothing left
+
+
 def test_shard_writers_reopen_an_evicted_chunk_in_a_new_file(tmp_path: Path) -> None:
     from pipeline.score import ShardWriters
 

@@ -387,6 +387,26 @@ def test_refuses_an_output_folder_of_another_run(world: ScoringWorld, reference,
     assert again["chunks"]["run_now"] == 0
 
 
+def test_a_second_run_on_a_folder_in_use_is_refused_and_touches_nothing(world: ScoringWorld, reference,
+                                                                       tmp_path: Path) -> None:
+    """Found by a review: the same command started again on an --out whose run was still going (as 'rerun to
+    resume' invites) scored beside it, and the first to finish removed the staging the other still read: 25 of
+    60 patients lost behind a manifest saying complete. The folder is now held by one run at a time."""
+    from pipeline.score import run_lock
+
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)
+    (out / MANIFEST).unlink()
+    (out / "part-00001.parquet").unlink()  # a run not finished yet
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with run_lock(out):  # that run, still going
+        with pytest.raises(ScoreRefusal, match="another scoring run is using this folder now"):
+            _score(world, world.data, out, workers=0)
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    resumed = _score(world, world.data, out, workers=0)  # once it has ended, the same command resumes
+    assert resumed["chunks"]["run_now"] == 1 and resumed["counts"] == reference[1]["counts"]
+
+
 @pytest.mark.parametrize(("workers", "chunks_per_worker"), [(0, 25), (1, 1), (2, 1)])
 def test_where_chunks_run_does_not_change_the_output(world: ScoringWorld, reference, tmp_path: Path,
                                                     workers: int, chunks_per_worker: int) -> None:
