@@ -212,9 +212,22 @@ def _open_file_budget(wanted: int) -> int:
     return max(16, min(wanted, limit))
 
 
+def plain_batch(batch: Any) -> Any:
+    """A record batch as the chunks read it: `patient_id` as text, spelled as the chunk plan reads it (`1`; an
+    integer column with a missing id would reach pandas as floats, `1.0`, and its patients' rows be lost)."""
+    import pyarrow as pa
+
+    columns = list(batch.columns)
+    if "patient_id" in batch.schema.names:
+        at = batch.schema.get_field_index("patient_id")
+        if not pa.types.is_string(columns[at].type):
+            columns[at] = columns[at].cast(pa.string())
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
 def stage_tables(paths: dict[str, Path | None], plan: ChunkPlan, staging: Path) -> dict[str, int]:
     """Write each table once into `staging/<table>/<chunk>/` shards with the input row number `_row`, streaming
-    record batches; returns rows per table.
+    record batches as the chunks read them (`plain_batch`); returns rows per table.
 
     Shards are Arrow IPC files, not Parquet: a Parquet writer keeps every row group's metadata until its file
     closes, and with one open file per chunk that metadata grows with chunks x batches (quadratic in the
@@ -234,7 +247,7 @@ def stage_tables(paths: dict[str, Path | None], plan: ChunkPlan, staging: Path) 
             continue
         writers: ShardWriters | None = None
         try:
-            for batch in _batches(path):
+            for batch in map(plain_batch, _batches(path)):
                 if writers is None:
                     schema = batch.schema.remove_metadata().append(pa.field("_row", pa.int64()))
                     writers = ShardWriters(target, schema, max_open=_open_file_budget(plan.total))

@@ -19,7 +19,15 @@ from models.scoring import (
     plan_chunks,
     rejects_from_violations,
 )
-from pipeline.score import ScoreRefusal, check_structure, input_hash, read_shard, stage_tables, table_paths
+from pipeline.score import (
+    ScoreRefusal,
+    check_structure,
+    input_hash,
+    read_patient_ids,
+    read_shard,
+    stage_tables,
+    table_paths,
+)
 
 OPTIONS = ("continue", "optimise_dose", "add_ivig")
 
@@ -225,6 +233,26 @@ def test_staging_reads_every_row_group_in_order(tmp_path: Path, monkeypatch: pyt
     rows = np.sort(np.concatenate([read_shard(tmp_path / "staging", "regimens", c)[1] for c in range(2)]))
     assert rows.tolist() == [0, 1, 2, 3]
     assert pq.ParquetFile(paths["regimens"]).num_row_groups == -(-4 // row_group_size)
+
+
+def test_integer_ids_with_a_missing_one_are_staged_as_the_plan_spells_them(tmp_path: Path) -> None:
+    """Found by a review: with one regimen row without an id, a Parquet integer `patient_id` reached pandas as
+    floats, so chunk 0's regimens read '1.0', '2.0': unknown patients, and patients 1 and 2 scored without drugs."""
+    tables = _write_tables(tmp_path / "in", "parquet")
+    paths = table_paths(tmp_path / "in")
+    ids = {"p1": 1, "p2": 2, "p3": 3, "ghost": 99}
+    for name, frame in tables.items():
+        whole = frame["patient_id"].map(ids).astype("Int64")
+        if name == "regimens":
+            whole.iloc[2] = pd.NA  # the ghost's row: no id at all
+        frame.assign(patient_id=whole).to_parquet(paths[name], index=False)
+    plan = plan_chunks(read_patient_ids(paths["patients"]), 2)
+    stage_tables(paths, plan, tmp_path / "staging")
+    regimens, rows = read_shard(tmp_path / "staging", "regimens", 0)  # patients 1 and 2, and the id-less row
+    assert rows.tolist() == [0, 2, 3]
+    assert regimens["patient_id"].tolist()[::2] == ["1", "1"] and pd.isna(regimens["patient_id"].iloc[1])
+    patients, _ = read_shard(tmp_path / "staging", "patients", 0)
+    assert sorted(patients["patient_id"]) == ["1", "2"] == list(plan.patients(0))
 
 
 def test_a_chunk_whose_staging_is_gone_fails_instead_of_scoring_without_rows(tmp_path: Path) -> None:
