@@ -475,8 +475,19 @@ def _holds_something(out: Path) -> bool:
                for p in out.iterdir())
 
 
+def run_day(out: Path) -> date | None:
+    """The `--today` of the run `out` holds, if any: the same command without `--today` resumes that run on a later
+    day with the day it started with (the contract's date rules and the manifest are one run's), never a mix."""
+    from pipeline.io import read_json
+
+    try:
+        return date.fromisoformat(read_json(out / WORK / RUN_FILE)["identity"]["today"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def check_resumable(out: Path, identity: dict[str, Any]) -> None:
-    """A non-empty `out` must hold an unfinished or finished run of this very job (same input, date, model version,
+    """A non-empty `out` must hold an unfinished or finished run of this very job (same input, dates, model version,
     settings): the same command resumes it; anything else is refused untouched."""
     from pipeline.io import read_json
 
@@ -487,8 +498,10 @@ def check_resumable(out: Path, identity: dict[str, Any]) -> None:
         previous = read_json(run_file)
         if previous.get("identity") != identity:
             diff = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
+            day = previous.get("identity", {}).get("today") if "today" in diff else None
+            resume = f"; to resume it, pass --today {day} (the day it started with)" if day else ""
             raise ScoreRefusal(f"--out {out} holds a different run (differs in: {', '.join(diff)}); use another "
-                               "folder or delete it to start over")
+                               f"folder or delete it to start over{resume}")
 
 
 def model_feature_columns(facts: ModelFacts) -> list[str]:
@@ -554,12 +567,12 @@ def run_score(
             raise ScoreRefusal("--workers is for the local engine: Spark's parallelism is its executors' cores")
     if (workers is not None and workers < 0) or chunks_per_worker < 1:
         raise ScoreRefusal("--workers must be >= 0 and --chunks-per-worker >= 1")
-    the_day = strict_date("--today", today) if today is not None else date.today()
+    out = Path(out).absolute()
+    the_day = strict_date("--today", today) if today is not None else run_day(out) or date.today()
     when = strict_date("--as-of", as_of)
     if when > the_day:
         raise ScoreRefusal(f"--as-of {when} is in the future (today is {the_day}): a prediction "
                            "can only use what is already recorded")
-    out = Path(out).absolute()
     check_out(out)
     paths = table_paths(Path(data))
     check_structure(paths)
@@ -569,8 +582,8 @@ def run_score(
     task = ChunkTask(staging=str(out / WORK / "staging"), out=str(out), model_uri=facts.uri, tracking_uri=store,
                      as_of=str(when), today=str(the_day), settings=settings, feature_config=facts.feature_config)
     digest = input_hash(paths)
-    identity = {"input_hash": digest, "as_of": task.as_of, "model_uri": model_uri, "model_version": facts.version,
-                "settings": settings.model_dump(), "feature_config": facts.feature_config}
+    identity = {"input_hash": digest, "as_of": task.as_of, "today": task.today, "model_uri": model_uri,
+                "model_version": facts.version, "settings": settings.model_dump(), "feature_config": facts.feature_config}
     with run_lock(out):
         check_resumable(out, identity)
         if engine == "spark":
@@ -607,11 +620,13 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
     for stale in out.rglob(".*.tmp") if out.exists() else ():  # half-written files of a killed run
         stale.unlink()
     todo = [c for c in range(total) if not (out / part_name(c)).is_file()]
+    if not todo and (out / MANIFEST).is_file():  # a finished run started again: its manifest stands as written
+        return dict(read_json(out / MANIFEST))
     staged_marker = out / WORK / "staged.json"
     t_stage = time.perf_counter()
     if staged_marker.is_file():
         rows = read_json(staged_marker)["rows"]
-    elif todo:
+    else:
         fresh = not run_file.is_file()
         write_json({"identity": identity}, run_file)
         try:
@@ -625,8 +640,6 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
             raise
         write_json({"rows": rows}, staged_marker)
         release_memory()
-    else:  # a finished run started again: nothing to stage
-        rows = read_json(out / MANIFEST)["counts"]["input_rows"]
     stage_s = time.perf_counter() - t_stage
 
     sizes = plan.sizes()
@@ -643,8 +656,6 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
     report, reject_rows, warning_rows, output_rows, nobody_rows = _finish(out, plan, len(options))
     if not report.ok:
         raise RuntimeError("scoring invariant broken: " + "; ".join(report.problems))
-    shutil.rmtree(Path(task.staging), ignore_errors=True)
-    staged_marker.unlink(missing_ok=True)
     timing_keys = ("read_s", "validate_s", "features_s", "predict_s", "write_s")
     manifest = {
         "model_uri": model_uri, "model_version": version, "as_of": task.as_of, "today": task.today,
@@ -668,7 +679,9 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
                     "driver_peak_rss_mib": peak_rss_mib(),
                     **_worker_peaks(summaries)},
     }
-    write_json(manifest, out / MANIFEST)
+    write_json(manifest, out / MANIFEST)  # the run is finished: only now is its staging no longer needed
+    shutil.rmtree(Path(task.staging), ignore_errors=True)
+    staged_marker.unlink(missing_ok=True)
     return manifest
 
 

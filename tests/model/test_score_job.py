@@ -4,6 +4,7 @@ refusals before any work, and a killed run that resumes to the same output as an
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -384,7 +385,28 @@ def test_refuses_an_output_folder_of_another_run(world: ScoringWorld, reference,
         _score(world, world.data, foreign)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
     again = _score(world, world.data, out)  # the same command on a finished run: nothing left to do
-    assert again["chunks"]["run_now"] == 0
+    assert again == json.loads((out / MANIFEST).read_text(encoding="utf-8")) == reference[1]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # not even the manifest
+
+
+def test_a_run_resumes_with_the_day_it_started_with(world: ScoringWorld, reference, tmp_path: Path) -> None:
+    """Found by a review: resuming with another --today (the same command without --today, run the next day) was
+    accepted, so one output mixed two days' contract rules (a record dated between them rejected a patient in one
+    chunk only) under a manifest naming the second day; and rerunning a finished run rewrote its manifest's today
+    and timings. --today is part of the run's identity: another one is refused saying which day resumes it, the
+    command without --today resumes with the run's own day, and a finished run's manifest stands."""
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)
+    (out / MANIFEST).unlink()
+    (out / "part-00001.parquet").unlink()  # killed before its second chunk
+    with pytest.raises(ScoreRefusal, match=rf"differs in: today\); .*pass --today {TODAY} \(the day it started"):
+        _score(world, world.data, out, today="2026-12-01")
+    resumed = _score(world, world.data, out, today=None, workers=0)  # no --today: the day the run started with
+    assert resumed["today"] == TODAY and resumed["chunks"]["run_now"] == 1
+    assert (out / "part-00001.parquet").read_bytes() == (reference[0] / "part-00001.parquet").read_bytes()
+    written = (out / MANIFEST).read_bytes()
+    assert _score(world, world.data, out, today=None, workers=0) == json.loads(written)
+    assert (out / MANIFEST).read_bytes() == written
 
 
 def test_a_second_run_on_a_folder_in_use_is_refused_and_touches_nothing(world: ScoringWorld, reference,
