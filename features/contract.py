@@ -222,7 +222,10 @@ NORMALISED_COLUMNS: dict[str, tuple[str, ...]] = {
 
 # --- parsing helpers (shared by the pandera checks and the normalisation) ---------------------------------------
 def _blank_to_na(s: pd.Series) -> pd.Series:
-    """Strings stripped; empty or blank strings become missing (a CSV cell of spaces is an empty cell)."""
+    """Strings stripped; empty or blank strings become missing (a CSV cell of spaces is an empty cell). Categorical
+    (Parquet dictionary) text is text: stripped the same way."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.astype(object)
     if isinstance(s.dtype, pd.StringDtype):
         t = s.str.strip()
         return t.where(t != "", np.nan)

@@ -213,11 +213,13 @@ def _open_file_budget(wanted: int) -> int:
 
 
 def plain_batch(batch: Any) -> Any:
-    """A record batch as the chunks read it: `patient_id` as text, spelled as the chunk plan reads it (`1`; an
-    integer column with a missing id would reach pandas as floats, `1.0`, and its patients' rows be lost)."""
+    """A record batch as the chunks read it: dictionary (categorical) columns decoded to their values (the pieces
+    of one table may carry their own dictionaries, which one shard file cannot hold), and `patient_id` as text,
+    spelled as the chunk plan reads it (`1`; an integer column with a missing id would reach pandas as floats,
+    `1.0`, and its patients' rows be lost)."""
     import pyarrow as pa
 
-    columns = list(batch.columns)
+    columns = [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in batch.columns]
     if "patient_id" in batch.schema.names:
         at = batch.schema.get_field_index("patient_id")
         if not pa.types.is_string(columns[at].type):
@@ -631,7 +633,8 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
         write_json({"identity": identity}, run_file)
         try:
             rows = stage_tables(paths, plan, Path(task.staging))
-        except ScoreRefusal:  # a row the header check cannot see: --out is left as it was, so the fixed input runs
+        except BaseException:  # e.g. a row the header check cannot see: --out is left as it was, so the fixed input
+            # runs (the run's identity was written for the parts to come; none exists yet)
             shutil.rmtree(Path(task.staging), ignore_errors=True)
             if fresh:
                 run_file.unlink(missing_ok=True)

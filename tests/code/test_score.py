@@ -255,6 +255,29 @@ def test_integer_ids_with_a_missing_one_are_staged_as_the_plan_spells_them(tmp_p
     assert sorted(patients["patient_id"]) == ["1", "2"] == list(plan.patients(0))
 
 
+def test_dictionary_columns_written_in_pieces_are_staged_as_their_values(tmp_path: Path) -> None:
+    """Found by a review: a Parquet table written in two pieces, each with its own dictionary (pandas categoricals
+    exported batch by batch), crashed staging (one IPC file holds one dictionary per column); a categorical id
+    padded with blanks was then not trimmed. Dictionary columns are staged as plain values."""
+    import pyarrow.parquet as pq
+
+    tables = _write_tables(tmp_path / "in", "parquet")
+    paths = table_paths(tmp_path / "in")
+    regimens = tables["regimens"].assign(patient_id=[" p1", "p3", "ghost", "p1"])
+    pieces = [pa.Table.from_pandas(piece.astype({"patient_id": "category", "drug": "category"}),
+                                   preserve_index=False) for piece in (regimens.iloc[:2], regimens.iloc[2:])]
+    assert pa.types.is_dictionary(pieces[0].schema.field("patient_id").type)
+    with pq.ParquetWriter(paths["regimens"], pieces[0].schema) as writer:
+        for piece in pieces:
+            writer.write_table(piece)
+    check_structure(paths)  # categorical ids are text
+    plan = plan_chunks(tables["patients"]["patient_id"], 2)
+    assert stage_tables(paths, plan, tmp_path / "staging")["regimens"] == 4
+    shard, rows = read_shard(tmp_path / "staging", "regimens", 0)  # p1 (and p2)
+    assert rows.tolist() == [0, 3] and shard["patient_id"].tolist() == [" p1", "p1"]
+    assert not isinstance(shard["drug"].dtype, pd.CategoricalDtype) and shard["drug"].tolist() == ["prednisone"] * 2
+
+
 def test_a_chunk_whose_staging_is_gone_fails_instead_of_scoring_without_rows(tmp_path: Path) -> None:
     """Found by a review: a second run on the same --out removed the staging when it finished, and the first run's
     remaining chunks read the missing shards as 'no rows', writing empty parts over good ones behind a manifest

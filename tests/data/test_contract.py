@@ -575,6 +575,21 @@ def test_the_seed_case_validates_without_errors(vocabulary, measures):
     assert result.normalised["patients"].loc[0, "anti_tif1g"]
 
 
+def test_categorical_text_is_trimmed_like_plain_text(vocabulary, measures):
+    """Found by a review: a categorical (Parquet dictionary) `patient_id` written ' P1 ' was not stripped as the
+    same text is, so P1's regimens belonged to an unknown patient ' P1 ' and P1 was rejected."""
+    tables = valid_tables()
+    for name in ("patients", "regimens"):
+        ids = tables[name]["patient_id"].where(tables[name]["patient_id"] != "P1", " P1 ")
+        tables[name] = tables[name].assign(patient_id=ids.astype("category"))
+    tables["patients"]["sex"] = tables["patients"]["sex"].astype("category")
+    result = check(tables, vocabulary, measures, TODAY)
+    plain = check(valid_tables(), vocabulary, measures, TODAY)
+    assert result.violations.empty
+    for name in CONTRACT_TABLES:
+        pd.testing.assert_frame_equal(result.normalised[name], plain.normalised[name], check_dtype=False)
+
+
 def test_parquet_with_its_own_types_normalises_like_csv(vocabulary, measures, tmp_path: Path):
     csv = read_contract_tables(SEED_DIR)
     typed = {

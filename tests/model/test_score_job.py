@@ -278,6 +278,31 @@ def test_a_malformed_csv_row_is_refused_and_leaves_the_output_folder_reusable(wo
         manifest["counts"]["input_patients"] > 0
 
 
+def test_a_crash_while_staging_leaves_the_output_folder_reusable(world: ScoringWorld, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: an error other than a refusal while staging (Arrow's, on a table exported in pieces with
+    their own dictionaries) left _work/run.json behind, so the same command on the mended input was refused as
+    'a different run'. A first run that fails while staging leaves --out as it was, whatever the error."""
+    import pipeline.score as score
+
+    data = tmp_path / "data"
+    shutil.copytree(world.data, data)
+
+    def crash(*_: object) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(score, "stage_tables", crash)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        _score(world, data, out, workers=0)
+    assert not out.exists()
+    monkeypatch.undo()
+    patients = pd.read_parquet(data / "patients.parquet")
+    patients.iloc[::-1].to_parquet(data / "patients.parquet", index=False)  # the mended input: another file
+    manifest = _score(world, data, out, workers=0)
+    assert manifest["counts"]["scored_patients"] + manifest["counts"]["rejected_patients"] == len(patients)
+
+
 def _register_variant(tmp_path: Path, name: str, extra_columns: tuple[str, ...] = (), **changes: object) -> str:
     """The champion's bundle with attributes changed (and `extra_columns` claimed in its metadata's feature
     contract), logged as a new model in the same store; its URI."""
