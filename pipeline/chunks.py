@@ -82,6 +82,24 @@ def read_shard(staging: Path, table: str, chunk: int) -> tuple[pd.DataFrame, Any
     return frame, rows
 
 
+def part_schema(frame: pd.DataFrame) -> Any:
+    """The Arrow schema of a part file from each column's kind alone: text as string, flags as bool, dates as
+    timestamp[us], other numbers as float64. Inferred from values, an all-rejected chunk's empty columns were
+    null-typed, text switched between string and large_string and dates were nanoseconds (unreadable by Spark),
+    so the parts of one run could not be read as one table."""
+    import pyarrow as pa
+    from pandas.api import types
+
+    def kind(dtype: Any) -> Any:
+        if types.is_bool_dtype(dtype):
+            return pa.bool_()
+        if types.is_datetime64_any_dtype(dtype):
+            return pa.timestamp("us")
+        return pa.float64() if types.is_numeric_dtype(dtype) else pa.string()
+
+    return pa.schema([(str(name), kind(dtype)) for name, dtype in frame.dtypes.items()])
+
+
 # --- the model: cheap facts first (driver), the heavy load once per process (workers) ---------------------------
 @dataclass(frozen=True)
 class ModelFacts:
@@ -245,7 +263,7 @@ class ChunkTask:
         out = Path(self.out)
         write_parquet(rejects, out / WORK / "rejects" / f"rejects-{int(chunk):05d}.parquet")
         write_parquet(warnings, out / WORK / "warnings" / f"warnings-{int(chunk):05d}.parquet")
-        write_parquet(scored, out / part_name(chunk))
+        write_parquet(scored, out / part_name(chunk), schema=part_schema(scored))
         t5 = time.perf_counter()
         return {"chunk": int(chunk), "patients": int(len(tables["patients"])), "scored": int(len(keys)),
                 "rejected": int(rejects["patient_id"].dropna().nunique()), "rows": int(len(scored)),

@@ -265,10 +265,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Write a frame to Parquet atomically (temp file + os.replace)."""
+def write_parquet(df: pd.DataFrame, path: Path, schema: Any = None) -> None:
+    """Write a frame to Parquet atomically (temp file + os.replace); with `schema` (a `pyarrow.Schema`) the file
+    has exactly that schema instead of the one Arrow infers from this frame's values."""
     with atomic_path(Path(path)) as tmp:
-        df.to_parquet(tmp, index=False)
+        if schema is None:
+            df.to_parquet(tmp, index=False)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False), tmp)
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -395,6 +395,33 @@ def test_a_run_where_every_patient_is_rejected_says_nothing_was_scored(world: Sc
     assert manifest["counts"]["rejected_patients"] == len(patients)
 
 
+def test_the_parts_of_a_run_read_as_one_table(world: ScoringWorld, tmp_path: Path) -> None:
+    """Found by a review: a chunk whose patients were all rejected wrote null-typed columns, text columns switched
+    between string and large_string, and as_of was written in nanoseconds (Spark cannot read it), so the parts of
+    one run could not be read as one table. Every part now has one fixed schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    shutil.copytree(world.data, data)
+    patients = pd.read_parquet(data / "patients.parquet").astype({"sex": object})
+    first = patients["patient_id"].astype(str).str.strip().min()
+    patients.loc[patients["patient_id"] == first, "sex"] = "X"  # chunk 0's only patient: rejected
+    patients.to_parquet(data / "patients.parquet", index=False)
+    out = tmp_path / "out"
+    manifest = _score(world, data, out, chunk_patients=1, workers=0)
+    assert manifest["counts"]["rejected_patients"] == 1
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) == len(patients) and pq.ParquetFile(parts[0]).metadata.num_rows == 0
+    schemas = {pq.read_schema(p).remove_metadata() for p in parts}
+    assert len(schemas) == 1
+    schema = schemas.pop()
+    assert schema.field("as_of").type == pa.timestamp("us") and schema.field("patient_id").type == pa.string()
+    whole = pd.read_parquet(parts)
+    assert len(whole) == manifest["counts"]["output_rows"] and first not in set(whole["patient_id"])
+    assert (whole["as_of"] == pd.Timestamp(AS_OF)).all()
+
+
 def test_refuses_an_output_folder_of_another_run(world: ScoringWorld, reference, tmp_path: Path) -> None:
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
