@@ -85,7 +85,23 @@ def _parquet_columns(path: Path, head: bytes, tail: bytes) -> list[str]:
     except Exception as err:  # pyarrow raises ArrowInvalid / OSError subclasses with its own wording
         raise TableReadError(f"{path}: cannot be read as Parquet ({err}); export the table again") from err
     _check_id_type(path, schema)
+    _check_scalar_columns(path, schema)
     return list(schema.names)
+
+
+def _check_scalar_columns(path: Path, schema: Any) -> None:
+    """Every Parquet column holds one value per cell: a list, record or map cell (antibodies as list<string>) has
+    no spelling the contract's rules read, so the table is refused, naming the columns."""
+    import pyarrow as pa
+
+    def nested(kind: Any) -> bool:
+        return pa.types.is_nested(kind) or pa.types.is_dictionary(kind) and nested(kind.value_type)
+
+    found = [f"{f.name!r} ({f.type})" for f in schema if nested(f.type)]
+    if found:
+        raise TableReadError(f"{path}: column(s) {', '.join(found)} hold lists or records, not one value per cell; "
+                             "store each as text, a number or a date (several antibodies as one text cell "
+                             "separated by ';')", rule="nested_column")
 
 
 def _check_id_type(path: Path, schema: Any) -> None:

@@ -95,6 +95,25 @@ def test_ids_stored_as_floats_fail_validate_as_they_fail_score(app, seed, tmp_pa
     assert "'patient_id' is stored as double; store identifiers as text" in error["message"]
 
 
+def test_a_list_column_fails_validate_and_score_naming_table_column_and_rule(app, seed, tmp_path):
+    """Found by a review: antibodies stored as list<string> crashed validate and score with a bare TypeError
+    (unhashable type). Both now name the file, the column and the rule."""
+    import pandas as pd
+
+    from pipeline.score import ScoreRefusal, check_structure, table_paths
+
+    patients = pd.read_csv(seed / "patients.csv", dtype=str)
+    patients.assign(antibodies=[["anti-Jo-1", "anti-Ro52"]]).to_parquet(seed / "patients.parquet", index=False)
+    (seed / "patients.csv").unlink()
+    res, report = _validate(app, seed, tmp_path)
+    assert res.exit_code == 1, res.output
+    [error] = [v for v in report["violations"] if v["severity"] == "error"]
+    assert error["table"] == "patients" and error["rule"] == "nested_column"
+    assert "column(s) 'antibodies' (list<element: string>) hold lists or records" in error["message"]
+    with pytest.raises(ScoreRefusal, match=r"patients\.parquet: column\(s\) 'antibodies' .*\(rule: nested_column\)$"):
+        check_structure(table_paths(seed))
+
+
 def test_errors_exit_1_and_every_one_is_printed_and_written(app, seed, tmp_path):
     _edit_csv(seed / "regimens.csv", 5, "drug", "Privigenn")
     _edit_csv(seed / "assessments.csv", 2, "value", "95")
