@@ -81,14 +81,24 @@ def run_chunks_spark(task: ChunkTask, todo: list[int], master: str | None = None
     import pandas as pd
 
     spark, created = spark_session(master, progress)
+    # one shuffle partition per chunk (capped): chunk ids are tiny, so adaptive coalescing would otherwise fold
+    # every chunk into one task and lose the parallelism. Set for this job only: a session the caller owns gets
+    # its own settings back.
+    ours = {"spark.sql.adaptive.coalescePartitions.enabled": "false",
+            "spark.sql.shuffle.partitions": str(max(1, min(len(todo), 2000)))}
+    theirs = {key: spark.conf.get(key, None) for key in ours}
     try:
-        # one shuffle partition per chunk (capped): chunk ids are tiny, so adaptive coalescing would otherwise
-        # fold every chunk into one task and lose the parallelism.
-        spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
-        spark.conf.set("spark.sql.shuffle.partitions", str(max(1, min(len(todo), 2000))))
+        for key, value in ours.items():
+            spark.conf.set(key, value)
         chunks = spark.createDataFrame(pd.DataFrame({"chunk": pd.Series(todo, dtype="int64")}))
         result = chunks.groupBy("chunk").applyInPandas(score_groups(task), schema=SUMMARY_SCHEMA).collect()
     finally:
         if created:
             spark.stop()
+        else:
+            for key, value in theirs.items():
+                if value is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, value)
     return sorted((row.asDict() for row in result), key=lambda r: r["chunk"])

@@ -61,6 +61,28 @@ def test_workers_are_refused_on_spark(world, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_a_callers_session_gets_its_settings_back_and_reads_the_parts(world, tmp_path: Path) -> None:
+    """Found by a review: scoring on the caller's own session (a notebook's, or spark-submit's) changed its
+    shuffle partitions and adaptive coalescing for good. They are the caller's again after the run; and that
+    session reads the run's parts as one table (as_of was nanoseconds, which Spark cannot read)."""
+    from pipeline.spark_engine import spark_session
+
+    keys = ("spark.sql.shuffle.partitions", "spark.sql.adaptive.coalescePartitions.enabled")
+    spark, created = spark_session("local[2]", progress=False)
+    try:
+        assert created
+        spark.conf.set("spark.sql.shuffle.partitions", "7")
+        before = {k: spark.conf.get(k, None) for k in keys}
+        manifest = run_score(world.data, AS_OF, world.model_uri, tmp_path / "out", today=TODAY, progress=False,
+                             engine="spark", settings=ScoreSettings(chunk_patients=10, explain_top_k=1))
+        assert {k: spark.conf.get(k, None) for k in keys} == before == dict(zip(keys, ("7", None), strict=True))
+        parts = spark.read.parquet(str(tmp_path / "out" / "part-*.parquet"))
+        assert parts.count() == manifest["counts"]["output_rows"] > 0
+        assert parts.select("patient_id").distinct().count() == manifest["counts"]["scored_patients"]
+    finally:
+        spark.stop()
+
+
 def test_no_progress_keeps_sparks_console_progress_bar_off() -> None:
     """`--no-progress` reaches Spark: a session the engine creates shows no console progress."""
     from pipeline.spark_engine import spark_session
