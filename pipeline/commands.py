@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -392,12 +392,10 @@ def score_command(
     from models.scoring import ScoreSettings
     from pipeline.score import ScoreRefusal, run_score
 
-    extra: dict[str, Any] = {} if chunks_per_worker is None else {"chunks_per_worker": chunks_per_worker}
     try:
         manifest = run_score(data, as_of.isoformat(), model, out, engine=engine, today=_iso(today), master=master,
-                             workers=workers, progress=progress,
-                             settings=ScoreSettings(chunk_patients=chunk_patients, explain_top_k=explain_top),
-                             **extra)
+                             workers=workers, chunks_per_worker=chunks_per_worker, progress=progress,
+                             settings=ScoreSettings(chunk_patients=chunk_patients, explain_top_k=explain_top))
     except ScoreRefusal as err:
         raise Refusal(str(err)) from None
     c = manifest["counts"]

@@ -155,3 +155,10 @@ def quiet_library_notices() -> None:
     """Ignore the `LIBRARY_NOTICES` in this process (worker processes call it again: filters are not inherited)."""
     for message, category in LIBRARY_NOTICES:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def library_notices_env() -> str:
+    """The `LIBRARY_NOTICES` written as plain text, as a `PYTHONWARNINGS` value: for processes others start (Spark's
+    Python workers), which raise a notice on an import before any of our code could call `quiet_library_notices`."""
+    plain = [(m, c) for m, c in LIBRARY_NOTICES if not set(m) & set(".^$*+?{}[]\\|():,")]
+    return ",".join(f"ignore:{m}:{c.__name__}" for m, c in plain)

@@ -542,7 +542,7 @@ def run_score(
     today: str | date | None = None,
     master: str | None = None,
     workers: int | None = None,
-    chunks_per_worker: int = CHUNKS_PER_WORKER,
+    chunks_per_worker: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """The whole job; returns the manifest (`nothing_scored` is true when no patient could be scored). Raises
@@ -551,7 +551,7 @@ def run_score(
     feature contract (all from the registry and the model's metadata; no model is loaded until the chunks run).
 
     Local engine: chunks are scored in `workers` worker processes (default 1) replaced every `chunks_per_worker`
-    chunks each, or in this process with `workers=0`. Spark: chunks are Spark tasks (`master`)."""
+    chunks each (default 25), or in this process with `workers=0`. Spark: chunks are Spark tasks (`master`)."""
     from pipeline.config import tracking_uri
 
     started = time.perf_counter()
@@ -567,7 +567,10 @@ def run_score(
             raise ScoreRefusal("--engine spark needs PySpark: install the spark extra (pip install -e '.[spark]')")
         if workers is not None:
             raise ScoreRefusal("--workers is for the local engine: Spark's parallelism is its executors' cores")
-    if (workers is not None and workers < 0) or chunks_per_worker < 1:
+        if chunks_per_worker is not None:
+            raise ScoreRefusal("--chunks-per-worker is for the local engine's worker processes: Spark runs each "
+                               "chunk as a task of its own executors")
+    if (workers is not None and workers < 0) or (chunks_per_worker is not None and chunks_per_worker < 1):
         raise ScoreRefusal("--workers must be >= 0 and --chunks-per-worker >= 1")
     out = Path(out).absolute()
     the_day = strict_date("--today", today) if today is not None else run_day(out) or date.today()
@@ -593,7 +596,7 @@ def run_score(
         elif workers == 0:
             runner = ChunkRunner()
         else:
-            runner = WorkerPool(workers or 1, chunks_per_worker)
+            runner = WorkerPool(workers or 1, chunks_per_worker or CHUNKS_PER_WORKER)
         with runner:
             return _job(task, paths, out, runner, engine, progress, started,
                         model_uri=model_uri, version=facts.version, identity=identity, unused=unused)

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from pipeline.chunks import ChunkTask, score_chunk
-from pipeline.config import quiet_library_notices
+from pipeline.config import library_notices_env, quiet_library_notices
 
 #: per-chunk summary columns returned by the tasks (counts and timings, never patient identifiers).
 SUMMARY_SCHEMA = (
@@ -32,7 +32,8 @@ _SUMMARY_COLUMNS = [part.split()[0] for part in SUMMARY_SCHEMA.split(", ")]
 def spark_session(master: str | None = None, progress: bool = True) -> tuple[Any, bool]:
     """(session, created): `master` when given, else the standard configuration (SPARK_REMOTE, spark.master),
     else `local[*]`. Workers run this interpreter unless PYSPARK_PYTHON says otherwise; without `progress` a
-    session created here shows no console progress bar (`spark.ui.showConsoleProgress`)."""
+    session created here shows no console progress bar (`spark.ui.showConsoleProgress`), and its Python workers
+    ignore the library notices (`spark.executorEnv.PYTHONWARNINGS`)."""
     quiet_library_notices()
     from pyspark.sql import SparkSession
 
@@ -50,6 +51,8 @@ def spark_session(master: str | None = None, progress: bool = True) -> tuple[Any
             builder = builder.master("local[*]")
     builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
     builder = builder.config("spark.ui.showConsoleProgress", "true" if progress else "false")
+    # filters do not cross processes: the Python workers import pandera (hence pyspark.pandas) before any filter
+    builder = builder.config("spark.executorEnv.PYTHONWARNINGS", library_notices_env())
     try:
         return builder.getOrCreate(), active is None
     except Exception as err:  # noqa: BLE001 - py4j / JVM errors of a bad master URL: one line, before any chunk
