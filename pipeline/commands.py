@@ -371,7 +371,8 @@ def score_command(
                                              help="reasons per option (0 = no explanations; --top-k as `report` "
                                                   "names it)")] = 3,
     today: Annotated[date | None, typer.Option("--today", parser=iso_date_option, metavar=DATE_METAVAR,
-                                               help="the data's extraction date (default: the current date)")]
+                                               help="the data's extraction date (default: the current date; "
+                                                    "resuming a run: the day it started with)")]
     = None,
     master: Annotated[str | None, typer.Option("--master", help="Spark master (default: SPARK_REMOTE / Spark "
                                                                "config / local[*])")] = None,

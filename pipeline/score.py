@@ -588,7 +588,8 @@ def run_score(
                      as_of=str(when), today=str(the_day), settings=settings, feature_config=facts.feature_config)
     digest = input_hash(paths)
     identity = {"input_hash": digest, "as_of": task.as_of, "today": task.today, "model_uri": model_uri,
-                "model_version": facts.version, "settings": settings.model_dump(), "feature_config": facts.feature_config}
+                "model_version": facts.version, "settings": settings.model_dump(),
+                "feature_config": facts.feature_config}
     with run_lock(out):
         check_resumable(out, identity)
         if engine == "spark":
