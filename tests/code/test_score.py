@@ -430,3 +430,11 @@ def test_both_engines_import_one_chunk_module_and_it_imports_neither() -> None:
     assert "pipeline.chunks" in imported("score") and "pipeline.chunks" in imported("spark_engine")
     assert "pipeline.score" not in imported("spark_engine")
     assert not {"pipeline.score", "pipeline.spark_engine"} & imported("chunks")
+
+
+def test_a_patient_scored_for_only_some_options_breaks_the_invariant() -> None:
+    """Every scored patient has exactly one row per option: a partly scored patient is lost rows, not a pass."""
+    scored = pd.DataFrame({"patient_id": ["a", "a", "a", "b", "b"],
+                           "option": ["continue", "add_ivig", "add_rituximab", "continue", "add_ivig"]})
+    report = check_invariant(pd.Series(["a", "b"]), scored, pd.Series([], dtype=object), 3)
+    assert not report.ok and any("exactly 3 option rows" in p for p in report.problems)
