@@ -785,13 +785,16 @@ def _cross_checks(
                                 "patient_id", "unknown_patient",
                                 lambda f: "patient_id " + f["patient_id"].astype(str).map(repr)
                                 + " is not in the patients table"))
-        for col in cols:
             if not births_usable:
-                break
+                out.append(_skipped(table, "birth_year", "date_before_birth",
+                                    "the patients table has no birth_year column (see its error)", frame))
+        for col in cols:
             d = frame[col]
-            out.append(_finding(table, frame, d.dt.year < frame["birth_year_of_patient"], col, "date_before_birth",
-                                lambda f, c=col: c + " " + _fmt_dates(f[c]) + " is before the birth year "
-                                + _fmt_numbers(f["birth_year_of_patient"])))
+            if births_usable:
+                out.append(_finding(table, frame, d.dt.year < frame["birth_year_of_patient"], col,
+                                    "date_before_birth", lambda f, c=col: c + " " + _fmt_dates(f[c])
+                                    + " is before the birth year " + _fmt_numbers(f["birth_year_of_patient"])))
+            # needs nothing from the patients table: checked whatever state that table is in
             if today is not None:
                 out.append(_finding(table, frame, d > today, col, "date_in_future",
                                     lambda f, c=col: c + " " + _fmt_dates(f[c])

@@ -285,6 +285,26 @@ def test_an_unreadable_patients_table_is_one_finding_and_no_cascade(vocabulary, 
         result.raise_for_errors()
 
 
+@pytest.mark.parametrize("break_patients", ["unreadable", "no patient_id", "no birth_year"])
+def test_a_date_after_today_is_found_whatever_state_the_patients_table_is_in(vocabulary, measures,
+                                                                              break_patients):
+    tables = valid_tables()
+    tables["events"].loc[1, "date"] = "2027-01-01"
+    unreadable = {}
+    if break_patients == "unreadable":
+        del tables["patients"]
+        unreadable = {"patients": "patients.csv: not UTF-8"}
+    else:
+        tables["patients"] = tables["patients"].drop(columns=break_patients.removeprefix("no "))
+    found = _found(validate(tables, vocabulary, measures, TODAY, unreadable=unreadable))
+    assert ("events", 1, "date", "date_in_future", E) in found
+    # what was not checked is said, once per table, and the after-today rule is not among it
+    skipped = {f[:2] for f in found if f[3] == "check_skipped"}
+    assert skipped == {(t, None) for t in ("regimens", "assessments", "events")}
+    if break_patients == "no birth_year":
+        assert not {f for f in found if f[3] == "date_before_birth"}
+
+
 def test_an_unreadable_assessments_table_gives_no_body_size_warning_per_row(vocabulary, measures):
     tables = valid_tables()
     del tables["assessments"]
