@@ -3,6 +3,7 @@ today, calibration anchors (docs/sources.md §3), overlap, heterogeneity and tru
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,15 @@ def test_truth_tables_have_documented_columns(cohort, inputs):
     per_decision = cohort.outcomes.groupby("decision_id")["option"].apply(tuple)
     assert (per_decision == tuple(catalog.names)).all()
     assert set(per_decision.index) == set(cohort.decisions["decision_id"])
+
+
+def test_the_architecture_doc_names_every_truth_column(cohort):
+    """docs/architecture.md is where a reader of data/cohort/truth/ learns what each column holds."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = doc.split("## The simulator's truth", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"[a-z_0-9<>]+", " ".join(re.findall(r"`([^`]+)`", section))))
+    decisions = [c if not c.startswith("propensity_") else "propensity_<option>" for c in cohort.decisions.columns]
+    assert set(decisions) - named == set() and set(cohort.outcomes.columns) - named == set()
 
 
 def test_ratings_are_recorded_at_their_instruments_steps(cohort):
