@@ -165,15 +165,23 @@ def validate_command(
     = None,
     limit: Annotated[int | None, typer.Option("--limit", min=0, help="print at most this many findings (0 = all; "
                                               "default: 20; --json has every one)")] = None,
+    exit_zero: Annotated[bool, typer.Option("--exit-zero", help="exit 0 even when there are errors, once every "
+                                            "finding is in --json (the DVC stage: the later stages reject the "
+                                            "patients with an error and count them)")] = False,
 ) -> None:
     """Check contract tables against the data contract (docs/data-contract.md) and list every violation.
 
-    Exit status: 0 no error (warnings are fine), 1 the contract is broken, 2 the run is refused."""
+    Exit status: 0 no error (warnings are fine), 1 the contract is broken (0 with --exit-zero), 2 the run is
+    refused."""
     require_dir(data, "--data")
+    if exit_zero and json_path is None:  # errors that stop nothing must be kept somewhere
+        raise typer.BadParameter("needs --json <file>: the findings of a run that goes on despite errors are kept "
+                                 "there", param_hint="--exit-zero")
     json_file = None if json_path is None else require_writable(json_path, "--json", folder=False)
     from pipeline.validate import run_validate
 
-    run_validate(data, today=today, json_path=json_file, **({} if limit is None else {"limit": limit}))
+    run_validate(data, today=today, json_path=json_file, exit_zero=exit_zero,
+                 **({} if limit is None else {"limit": limit}))
 
 
 def features_command(

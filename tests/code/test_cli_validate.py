@@ -131,6 +131,34 @@ def test_errors_exit_1_and_every_one_is_printed_and_written(app, seed, tmp_path)
     assert report["rejected_patients"] == ["SEED-0001"]
 
 
+def test_the_dvc_stage_records_the_errors_and_goes_on_while_by_hand_they_stop_the_run(app, seed, tmp_path):
+    """`dvc repro` on real data must not stop at the first patient with an error: later stages reject that patient
+    and count it (README, docs/data-contract.md). The stage's own command line exits 0 with every finding written;
+    the same check by hand still exits 1, and going on without a findings file is refused."""
+    import shlex
+
+    import yaml
+
+    from pipeline.config import ROOT
+
+    _edit_csv(seed / "regimens.csv", 5, "drug", "Privigenn")
+    out = tmp_path / "validation.json"
+    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["validate"]["cmd"]
+    given = {"${data.dir}": str(seed), "${data.today}": "2026-11-25", "data/validation.json": str(out)}
+    escalate, *args = shlex.split(cmd)
+    assert escalate == "escalate"
+    res = runner.invoke(app, [given.get(a, a) for a in args])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["summary"]["errors"] == 1 and report["rejected_patients"] == ["SEED-0001"]
+    assert [(v["table"], v["row"], v["rule"]) for v in report["violations"] if v["severity"] == "error"] == [
+        ("regimens", 5, "unknown_drug")]
+    by_hand = [a for a in args if a != "--exit-zero"]
+    assert runner.invoke(app, [given.get(a, a) for a in by_hand]).exit_code == 1
+    res = runner.invoke(app, ["validate", "--data", str(seed), "--today", "2026-11-25", "--exit-zero"])
+    assert res.exit_code == 2 and "--json" in res.output
+
+
 def test_today_before_the_last_visit_makes_dates_in_the_future(app, seed):
     res = runner.invoke(app, ["validate", "--data", str(seed), "--today", "2026-11-01"])
     assert res.exit_code == 1
