@@ -19,6 +19,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
+import pyarrow.compute as pc
 from pydantic import Field
 
 from features.config import EARLIEST_DAY, LATEST_DAY, Frozen
@@ -220,6 +222,29 @@ NORMALISED_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: the longest patient id the contract accepts: an export's identifiers are short, a longer one is a broken cell
+#: (and `escalate score` plans every id at the longest one's width).
+MAX_ID_CHARS = 256
+
+
+def identifier_faults(ids: pyarrow.Array) -> dict[str, np.ndarray]:
+    """Which ids (Arrow text, trimmed) break an identifier rule, per rule: `identifier_nul` (a NUL character, which
+    fixed-width text drops, merging two ids) and `identifier_too_long` (over `MAX_ID_CHARS` characters). Arrow in,
+    so `escalate score` checks a million ids without a Python string each; a missing id breaks neither."""
+    ids = ids.cast(pyarrow.large_string())
+    nul = pc.fill_null(pc.match_substring(ids, "\x00"), False)
+    long = pc.fill_null(pc.greater(pc.utf8_length(ids), MAX_ID_CHARS), False)
+    return {"identifier_nul": nul.to_numpy(zero_copy_only=False),
+            "identifier_too_long": long.to_numpy(zero_copy_only=False)}
+
+
+def _id_fails(s: pd.Series, rule: str) -> pd.Series:
+    """`identifier_faults` of one rule for a contract column, checked once per distinct id."""
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    bad = identifier_faults(pyarrow.array(pd.Series(uniques, dtype=object).astype("string")))[rule]
+    return pd.Series(np.append(bad, False)[codes], index=s.index)
+
+
 # --- parsing helpers (shared by the pandera checks and the normalisation) ---------------------------------------
 def _blank_to_na(s: pd.Series) -> pd.Series:
     """Strings stripped; empty or blank strings become missing (a CSV cell of spaces is an empty cell). Categorical
@@ -362,6 +387,9 @@ def _column_checks(
     elif kind == "interval":
         checks.append(_passes(lambda s: parse_intervals(s.astype("object"))["cycle_days"].isna(),
                               "unreadable_interval"))
+    elif kind == "id":
+        checks.extend(_passes(lambda s, r=rule: _id_fails(s, r), rule)
+                      for rule in ("identifier_nul", "identifier_too_long"))
     return checks
 
 
@@ -598,6 +626,13 @@ def _message(
     kind = _KIND_OF.get((table, column), "text")
     if rule == "required":
         return f"{column} is empty; every {table} row needs one"
+    if rule == "identifier_nul":
+        text = str(value)
+        shown = repr(text[:40]) + ("…" if len(text) > 40 else "")
+        return f"{column} {shown} contains a NUL character (\\x00); an identifier is text without NUL characters"
+    if rule == "identifier_too_long":
+        return (f"{column} is {len(str(value))} characters long; an identifier has at most {MAX_ID_CHARS} characters "
+                "(a longer one is a broken cell)")
     if rule == "duplicate_patient":
         return f"patient_id {value!r} appears more than once in patients; each patient needs exactly one row"
     if rule == "unparseable_date":

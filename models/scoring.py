@@ -7,7 +7,7 @@ layout and the "every input patient scored or rejected, none lost, none twice" c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from features.config import Frozen
+from features.contract import identifier_faults
 
 #: patient ids as the job meets them: an Arrow column (Parquet), a pandas column (CSV, contract output) or values.
 PatientIds = pa.Array | pa.ChunkedArray | pd.Series | np.ndarray | Sequence[object]
@@ -23,8 +24,6 @@ PatientIds = pa.Array | pa.ChunkedArray | pd.Series | np.ndarray | Sequence[obje
 REJECT_COLUMNS: tuple[str, ...] = ("patient_id", "table", "row", "column", "rule", "message")
 #: the leading columns of every scored part file (the model's prediction and reason columns follow).
 LEAD_COLUMNS: tuple[str, ...] = ("patient_id", "as_of", "option")
-#: the longest patient id a run plans (an export's identifiers are short; a longer one is a broken cell).
-MAX_ID_CHARS = 256
 #: fixed key of the id hash that places rows of patients missing from `patients` into a chunk (stable across runs).
 _HASH_KEY = "escalate-score01"  # 16 bytes, as pandas requires
 
@@ -50,6 +49,21 @@ def _trimmed(ids: PatientIds) -> pa.Array:
         ids = pa.array(pd.Series(ids, dtype=object).astype("string"))
     text = pc.utf8_trim_whitespace(ids.cast(pa.large_string()))
     return pc.if_else(pc.equal(pc.binary_length(text), 0), pa.scalar(None, pa.large_string()), text)
+
+
+def _unfit(text: pa.Array) -> np.ndarray:
+    """Ids fixed-width text cannot hold (features.contract's identifier rules): one with a NUL character would lose
+    a trailing NUL and merge with another id, an overlong one would widen every id of the plan to its length. The
+    contract rejects such a patient; the plan only has to place and count it."""
+    faults = identifier_faults(text)
+    return faults["identifier_nul"] | faults["identifier_too_long"]
+
+
+def _hashed_chunks(ids: pa.Array, total: int) -> np.ndarray:
+    """Chunk of each id outside the sorted plan: a fixed hash of the id (stable across runs and engines), so every
+    row of one such patient lands in one chunk."""
+    values = ids.to_numpy(zero_copy_only=False).astype(object)
+    return (pd.util.hash_array(values, hash_key=_HASH_KEY) % np.uint64(total)).astype(np.int64)
 
 
 def _fixed_width(text: pa.Array) -> np.ndarray:
@@ -78,14 +92,17 @@ class ChunkPlan:
     sorted positions [c * chunk_patients, (c + 1) * chunk_patients).
 
     Ids are kept as one fixed-width UTF-8 byte array (about 20 bytes a patient), so the plan of a million patients
-    stays small and a row's chunk is a binary search, not a hash table of Python strings.
+    stays small and a row's chunk is a binary search, not a hash table of Python strings. `unfit`: the distinct ids
+    that break the contract's identifier rules (a NUL character, too long), which fixed width cannot hold: placed by
+    their hash like an unknown patient's rows, and still input patients of that chunk, which rejects them.
     """
 
     ids: np.ndarray
     chunk_patients: int
+    unfit: pa.Array = field(default_factory=lambda: pa.array([], pa.large_string()))
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.ids) + len(self.unfit)
 
     @property
     def total(self) -> int:
@@ -95,11 +112,16 @@ class ChunkPlan:
     def patients(self, chunk: int) -> np.ndarray:
         """The patient ids (str) planned for one chunk."""
         part = self.ids[int(chunk) * self.chunk_patients:(int(chunk) + 1) * self.chunk_patients]
-        return np.char.decode(part, "utf-8").astype(object) if len(part) else np.empty(0, dtype=object)
+        ids = np.char.decode(part, "utf-8").astype(object) if len(part) else np.empty(0, dtype=object)
+        if len(self.unfit):
+            unfit = self.unfit.filter(pa.array(_hashed_chunks(self.unfit, self.total) == int(chunk)))
+            ids = np.concatenate([ids, unfit.to_numpy(zero_copy_only=False).astype(object)])
+        return ids
 
     def sizes(self) -> np.ndarray:
         """Planned patients per chunk (length `total`)."""
-        return np.bincount(np.arange(len(self.ids)) // self.chunk_patients, minlength=self.total)
+        sizes = np.bincount(np.arange(len(self.ids)) // self.chunk_patients, minlength=self.total)
+        return sizes + np.bincount(_hashed_chunks(self.unfit, self.total), minlength=self.total)
 
     def chunk_of(self, ids: PatientIds) -> np.ndarray:
         """Chunk of each row given its patient id: the plan's chunk; rows of patients absent from the plan (they
@@ -113,9 +135,10 @@ class ChunkPlan:
         text = text.filter(present)
         placed = np.zeros(len(text), dtype=np.int64)
         found = np.zeros(len(text), dtype=bool)
-        # an id longer than every planned one is no planned patient: never widened to fixed width (memory)
+        # an id longer than every planned one is no planned patient: never widened to fixed width (memory); nor is
+        # an unfit one (fixed width would drop its trailing NUL and match another patient)
         fits = pc.less_equal(pc.binary_length(text), self.ids.itemsize if len(self.ids) else 0)
-        fits = fits.to_numpy(zero_copy_only=False)
+        fits = fits.to_numpy(zero_copy_only=False) & ~_unfit(text)
         if fits.any():
             wanted = _fixed_width(text.filter(fits))
             pos = np.searchsorted(self.ids, wanted)
@@ -124,33 +147,25 @@ class ChunkPlan:
             rows = np.flatnonzero(fits)[hit]
             found[rows], placed[rows] = True, pos[hit] // self.chunk_patients
         if not found.all():
-            orphans = text.filter(~found).to_numpy(zero_copy_only=False).astype(object)
-            hashed = pd.util.hash_array(orphans, hash_key=_HASH_KEY)
-            placed[~found] = (hashed % np.uint64(self.total)).astype(np.int64)
+            placed[~found] = _hashed_chunks(text.filter(~found), self.total)
         chunk[present] = placed
         return chunk
 
 
 def plan_chunks(patient_ids: PatientIds, chunk_patients: int) -> ChunkPlan:
     """Deterministic chunk plan of the distinct cleaned patient ids; the same ids give the same plan whatever
-    their order in the input. Arrow input (the job's) is planned without a Python string per patient."""
+    their order in the input. Arrow input (the job's) is planned without a Python string per patient. Ids that break
+    the contract's identifier rules are kept apart (`ChunkPlan.unfit`): their chunk rejects them, the run goes on."""
     if chunk_patients < 1:
         raise ValueError(f"chunk_patients={chunk_patients} (rule: at least 1 patient per chunk)")
     text = _trimmed(patient_ids)
-    nul = pc.fill_null(pc.match_substring(text, "\x00"), False).to_numpy(zero_copy_only=False)
-    if nul.any():  # fixed-width bytes would drop a trailing NUL and merge two ids
-        row = int(np.flatnonzero(nul)[0])
-        raise ValueError(f"table patients: row {row}, column 'patient_id' contains a NUL character "
-                         "(rule: identifiers are printable text)")
-    length = pc.fill_null(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False)
-    if len(length) and length.max() > MAX_ID_CHARS:  # the plan holds every id at the longest one's width
-        row = int(np.argmax(length > MAX_ID_CHARS))
-        raise ValueError(f"table patients: row {row}, column 'patient_id' is {int(length[row])} characters long "
-                         f"(rule: identifiers of at most {MAX_ID_CHARS} characters)")
-    distinct = pc.unique(text.drop_null())
+    unfit = pa.array(_unfit(text))
+    distinct = pc.unique(text.filter(pc.invert(unfit)).drop_null())
+    rejected = pc.unique(text.filter(unfit))
     del text
     ordered = distinct.take(pc.array_sort_indices(distinct))  # Arrow orders text by its UTF-8 bytes, as numpy does
-    return ChunkPlan(ids=_fixed_width(ordered), chunk_patients=int(chunk_patients))
+    return ChunkPlan(ids=_fixed_width(ordered), chunk_patients=int(chunk_patients),
+                     unfit=rejected.take(pc.array_sort_indices(rejected)))
 
 
 def n_chunks(n_patients: int, chunk_patients: int) -> int:

@@ -174,6 +174,13 @@ BROKEN = {
                                                          ("patients", 2, "patient_id", "duplicate_patient", E)}),
     "patient not in patients": (_set("events", 1, "patient_id", "P9"),
                                 {("events", 1, "patient_id", "unknown_patient", E)}),
+    # ids `escalate score` cannot plan: contract errors on the row, so the patient is rejected like any other
+    "patient id with a NUL": (_set("events", 1, "patient_id", "P2\x00"),
+                              {("events", 1, "patient_id", "identifier_nul", E),
+                               ("events", 1, "patient_id", "unknown_patient", E)}),
+    "patient id of 257 characters": (_set("regimens", 0, "patient_id", "P" * 257),
+                                     {("regimens", 0, "patient_id", "identifier_too_long", E),
+                                      ("regimens", 0, "patient_id", "unknown_patient", E)}),
     "cytopenia without grade": (_set("events", 0, "grade", None), {("events", 0, "grade", "missing_grade", E)}),
     "prednisone 1e9 mg": (_set("regimens", 0, "dose", "1e9"), {("regimens", 0, "dose", "implausible_dose", E)}),
     "IVIG 20 g/kg": (_set("regimens", 1, "dose", "20"), {("regimens", 1, "dose", "implausible_dose", E)}),
@@ -303,6 +310,24 @@ def test_a_date_after_today_is_found_whatever_state_the_patients_table_is_in(voc
     assert skipped == {(t, None) for t in ("regimens", "assessments", "events")}
     if break_patients == "no birth_year":
         assert not {f for f in found if f[3] == "date_before_birth"}
+
+
+def test_a_patient_whose_id_breaks_the_identifier_rules_is_rejected_on_every_row(vocabulary, measures):
+    """A NUL character or an id over 256 characters: each row carrying it is an error naming table, row and rule,
+    and the patient is rejected whole (as validate, features and score all read the contract); 256 is fine."""
+    tables = valid_tables()
+    nul, long_id, longest = "P\x002", "Q" * 257, "R" * 256
+    for t in tables.values():
+        t["patient_id"] = t["patient_id"].replace({"P1": longest, "P2": nul})
+    result = check(tables, vocabulary, measures, TODAY)
+    assert list(result.rejected_patients) == [nul]
+    found = {(f[0], f[1], f[3]) for f in _found(result.violations) if f[4] == E}
+    assert found == {(t, r, "identifier_nul") for t in tables
+                     for r in tables[t].index[tables[t]["patient_id"] == nul]}
+    assert set(result.normalised["patients"]["patient_id"]) == {longest}
+    tables["patients"].loc[0, "patient_id"] = long_id
+    [msg] = validate(tables, vocabulary, measures, TODAY).query("rule == 'identifier_too_long'")["message"]
+    assert msg.startswith("patient_id is 257 characters long") and "at most 256" in msg
 
 
 def test_an_unreadable_assessments_table_gives_no_body_size_warning_per_row(vocabulary, measures):

@@ -422,6 +422,37 @@ def test_the_parts_of_a_run_read_as_one_table(world: ScoringWorld, tmp_path: Pat
     assert (whole["as_of"] == pd.Timestamp(AS_OF)).all()
 
 
+def test_an_id_with_a_nul_or_of_300_characters_rejects_that_patient_not_the_run(world: ScoringWorld,
+                                                                               tmp_path: Path) -> None:
+    """Such ids break the contract's identifier rules (validate and features reject the patient too); one of them
+    must not block a population: the patient is rejected whole into rejects.parquet naming table, row and rule,
+    counted as an input and a rejected patient, and everyone else is scored."""
+    data = tmp_path / "bad-ids"
+    data.mkdir()
+    patients = pd.read_parquet(world.data / "patients.parquet")
+    first, second = patients["patient_id"].iloc[3], patients["patient_id"].iloc[7]
+    renamed = {first: f"{first}\x00", second: "L" * 300}
+    for f in world.data.glob("*.parquet"):
+        table = pd.read_parquet(f)
+        table["patient_id"] = table["patient_id"].replace(renamed)
+        table.to_parquet(data / f.name, index=False)
+    out = tmp_path / "out"
+    manifest = _score(world, data, out, workers=0)
+    counts = manifest["counts"]
+    assert (counts["input_patients"], counts["rejected_patients"], counts["unknown_patients"]) == (
+        len(patients), 2, 0)
+    assert counts["scored_patients"] == len(patients) - 2
+    rejects = pd.read_parquet(out / REJECTS)
+    for pid, rule in zip(renamed.values(), ("identifier_nul", "identifier_too_long"), strict=True):
+        own = rejects[rejects["patient_id"] == pid]
+        assert set(own["rule"]) == {rule} and set(own["column"]) == {"patient_id"}
+        row = int(np.flatnonzero(pd.read_parquet(data / "patients.parquet")["patient_id"] == pid)[0])
+        assert ["patients", row] in own[["table", "row"]].values.tolist()
+    scored = read_output(out)
+    assert set(renamed.values()).isdisjoint(scored["patient_id"]) and first not in set(scored["patient_id"])
+    assert scored["patient_id"].nunique() == len(patients) - 2
+
+
 def test_refuses_an_output_folder_of_another_run(world: ScoringWorld, reference, tmp_path: Path) -> None:
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
