@@ -6,12 +6,13 @@ only finds and reads the files, so pure code never touches the file system.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import yaml
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from features.vocabulary import OptionCatalog
 
 T = TypeVar("T")
+P = ParamSpec("P")
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 
@@ -162,3 +164,18 @@ def library_notices_env() -> str:
     Python workers), which raise a notice on an import before any of our code could call `quiet_library_notices`."""
     plain = [(m, c) for m, c in LIBRARY_NOTICES if not set(m) & set(".^$*+?{}[]\\|():,")]
     return ",".join(f"ignore:{m}:{c.__name__}" for m, c in plain)
+
+
+def one_thread_numerics(stage: Callable[P, T]) -> Callable[P, T]:
+    """`stage` run with the BLAS and OpenMP thread pools at one thread. A multi-threaded BLAS splits its sums by
+    thread count, so the same deps and params gave other bytes on a machine with more cores (a logistic fit's
+    coefficients, then the bundle, overlap and metrics), which dvc.yaml promises they do not; XGBoost's threads
+    are its own `n_jobs` param (1 by default), so its fits depend on params only. For every DVC stage's entry."""
+    @functools.wraps(stage)
+    def pinned(*args: P.args, **kwargs: P.kwargs) -> T:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):
+            return stage(*args, **kwargs)
+
+    return pinned

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import ROOT, load_reference
+from pipeline.config import ROOT, load_reference, one_thread_numerics
 from pipeline.train import FEATURES_DIR, SPLIT_DIR, TRAIN_DIR, read_split, select_set
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ def check_truth_belongs(test: Any, decisions: Any, truth_decisions: Any, truth: 
             "(or --params) at the cohort the features came from")
 
 
+@one_thread_numerics
 def run_evaluate(
     params: Settings | Path = Path("params.yaml"),
     features_dir: Path = FEATURES_DIR,

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from pipeline.config import one_thread_numerics
+
 if TYPE_CHECKING:
     from pipeline.settings import Settings
 
@@ -22,6 +24,7 @@ MODEL_DIR = Path("data/train/model")
 OUT = Path("data/explain")
 
 
+@one_thread_numerics
 def run_explain(params: Settings | Path = Path("params.yaml"), features: Path = FEATURES,
                 dictionary: Path = DICTIONARY, model_dir: Path = MODEL_DIR, out: Path = OUT, sample: int = 2000,
                 seed: int | None = None, mlflow_log: bool = True) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from pipeline.cli_types import Refusal
-from pipeline.config import load_catalog, load_options
+from pipeline.config import load_catalog, load_options, one_thread_numerics
 
 if TYPE_CHECKING:
     from features.config import FeatureConfig, LabelConfig
@@ -123,6 +123,7 @@ def build_training_set(tables: dict[str, Any], vocabulary: Any, catalog: Any, fc
             "current_regimen": fs.current_regimen, "counts": counts}
 
 
+@one_thread_numerics
 def run_features(params: Settings | Path = Path("params.yaml"), data: Path | None = None, out: Path | None = None,
                  as_of: str | None = None, today: str | None = None) -> None:
     """The stage: training-mode outputs into `out` (default data/features), or score-mode features as of a date."""
@@ -184,6 +185,7 @@ def run_features(params: Settings | Path = Path("params.yaml"), data: Path | Non
                    f"option accuracy {t['option_accuracy']:.3f}")
 
 
+@one_thread_numerics
 def run_split(params: Settings | Path = Path("params.yaml"), features_dir: Path = FEATURES_DIR,
               out: Path = SPLIT_DIR) -> None:
     """The stage: `out/split.parquet` (patient_id, set) from the patients of `features_dir/decisions.parquet`."""

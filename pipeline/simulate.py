@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from features.config import EARLIEST_DAY
-from pipeline.config import load_catalog, load_options, read_yaml, validated
+from pipeline.config import load_catalog, load_options, one_thread_numerics, read_yaml, validated
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -57,6 +57,7 @@ def write_cohort(cohort: Any, out: Path) -> dict[str, int]:
     return counts
 
 
+@one_thread_numerics
 def run_simulate(params: Settings | Path = Path("params.yaml"), out: Path = Path("data/cohort"),
                  patients: int | None = None, seed: int | None = None, mode: str | None = None,
                  trial_population: str | None = None, today: str | None = None, mc_draws: int | None = None,

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import ROOT, load_catalog, load_options
+from pipeline.config import ROOT, load_catalog, load_options, one_thread_numerics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,6 +90,7 @@ def _metric_key(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip("_").replace("__", "_")
 
 
+@one_thread_numerics
 def run_train(
     params: Settings | Path = Path("params.yaml"),
     features_dir: Path = FEATURES_DIR,
