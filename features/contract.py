@@ -626,10 +626,9 @@ def _message(
     kind = _KIND_OF.get((table, column), "text")
     if rule == "required":
         return f"{column} is empty; every {table} row needs one"
-    if rule == "identifier_nul":
-        text = str(value)
-        shown = repr(text[:40]) + ("…" if len(text) > 40 else "")
-        return f"{column} {shown} contains a NUL character (\\x00); an identifier is text without NUL characters"
+    if rule == "identifier_nul":  # the id itself is not quoted: the console (DVC and CI logs) names no patient
+        return (f"{column} contains a NUL character (\\x00) at character {str(value).index(chr(0)) + 1}; an "
+                "identifier is text without NUL characters")
     if rule == "identifier_too_long":
         return (f"{column} is {len(str(value))} characters long; an identifier has at most {MAX_ID_CHARS} characters "
                 "(a longer one is a broken cell)")

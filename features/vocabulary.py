@@ -776,9 +776,3 @@ class OptionCatalog(_Frozen):
 def immunosuppressants(vocabulary: Vocabulary) -> tuple[str, ...]:
     """Generics that count towards the number of immunosuppressants taken at once."""
     return tuple(d.generic for d in vocabulary.drugs if d.immunosuppressant)
-
-
-def known_generics(vocabulary: Vocabulary, names: Iterable[str]) -> list[str]:
-    """The subset of `names` that the vocabulary knows (keeps order)."""
-    known = set(vocabulary.generics)
-    return [n for n in names if n in known]

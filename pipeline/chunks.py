@@ -217,9 +217,10 @@ class ChunkTask:
         from features.vocabulary import Vocabulary
         from pipeline.config import load_catalog, load_options
 
-        return (load_catalog("drugs", Vocabulary.from_config),
+        vocabulary = load_catalog("drugs", Vocabulary.from_config)
+        return (vocabulary,
                 load_catalog("measures", MeasureCatalog.from_config),
-                load_options(),
+                load_options(vocabulary),
                 FeatureConfig.model_validate(self.feature_config))
 
     def run(self, chunk: int, model: Any, refs: tuple[Any, Any, Any, Any]) -> dict[str, Any]:

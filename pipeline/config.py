@@ -6,11 +6,10 @@ only finds and reads the files, so pure code never touches the file system.
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from collections.abc import Callable
-from functools import cache
+from functools import cache, wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -19,7 +18,7 @@ import yaml
 from pipeline.cli_types import Refusal
 
 if TYPE_CHECKING:
-    from features.vocabulary import OptionCatalog
+    from features.vocabulary import OptionCatalog, Vocabulary
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -106,13 +105,14 @@ def load_catalog(name: str, parse: Callable[[dict[str, Any]], T]) -> T:
     return validated(load_reference(name), parse, str(CONFIGS / f"{name}.yaml"))
 
 
-def load_options() -> OptionCatalog:
+def load_options(vocabulary: Vocabulary | None = None) -> OptionCatalog:
     """`configs/options.yaml` validated, every drug it names checked against `configs/drugs.yaml`'s generics (a
-    misspelt name is an error naming the file, option, key and name, never skipped)."""
+    misspelt name is an error naming the file, option, key and name, never skipped); `vocabulary`: that file
+    already loaded by the caller."""
     from features.vocabulary import OptionCatalog, Vocabulary
 
-    vocabulary = load_catalog("drugs", Vocabulary.from_config)
-    return load_catalog("options", lambda raw: OptionCatalog.from_config(raw).checked_against(vocabulary))
+    drugs = vocabulary or load_catalog("drugs", Vocabulary.from_config)
+    return load_catalog("options", lambda raw: OptionCatalog.from_config(raw).checked_against(drugs))
 
 
 def validated(raw: dict[str, Any], parse: Callable[[dict[str, Any]], T], where: str) -> T:
@@ -171,7 +171,7 @@ def one_thread_numerics(stage: Callable[P, T]) -> Callable[P, T]:
     thread count, so the same deps and params gave other bytes on a machine with more cores (a logistic fit's
     coefficients, then the bundle, overlap and metrics), which dvc.yaml promises they do not; XGBoost's threads
     are its own `n_jobs` param (1 by default), so its fits depend on params only. For every DVC stage's entry."""
-    @functools.wraps(stage)
+    @wraps(stage)
     def pinned(*args: P.args, **kwargs: P.kwargs) -> T:
         from threadpoolctl import threadpool_limits
 

@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ROOT, load_reference, one_thread_numerics
+from pipeline.settings import EVALUATION_SETTINGS_FILE
 from pipeline.train import FEATURES_DIR, SPLIT_DIR, TRAIN_DIR, read_split, select_set
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
 
 EVALUATE_DIR = Path("data/evaluate")
-#: the evaluation settings the figures were computed with (params.yaml `evaluation:`), beside them and in the run's
-#: `evaluate/` artifacts: the clinician page labels intervals and calibration bins from it, never from params.yaml
-SETTINGS_FILE = "tables/evaluation_settings.json"
 PLOTS = {  # plot data name -> (csv, png, models.plots function)
     "calibration": ("calibration.csv", "calibration.png", "plot_calibration"),
     "roc": ("roc.csv", "roc.png", "plot_roc"),
@@ -148,7 +146,7 @@ def run_evaluate(
     write_csv(simulator, tables / "simulator.csv")  # header only without the simulator's truth
     write_json(result.counts, tables / "counts.json")
     write_json(result.headline, tables / "headline.json", round_floats=True)  # every held-out metric
-    write_json(cfg.model_dump(mode="json"), out / SETTINGS_FILE)
+    write_json(cfg.model_dump(mode="json"), out / EVALUATION_SETTINGS_FILE)
     labels = {o.name: o.label for o in model.catalog.options}
     for name, (csv, png, fn) in PLOTS.items():
         data = result.plot_data.get(name, pd.DataFrame(columns=PLOT_COLUMNS[name]))

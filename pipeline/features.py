@@ -55,7 +55,7 @@ def _load(data: Path, today: str, settings: Settings) -> tuple[dict[str, Any], A
     from pipeline.io import read_contract_tables
 
     vocabulary = load_catalog("drugs", Vocabulary.from_config)
-    catalog = load_options()
+    catalog = load_options(vocabulary)
     measures = load_catalog("measures", MeasureCatalog.from_config)
     _check_named_codes(settings, vocabulary, measures)
     result = check(read_contract_tables(data), vocabulary, measures, pd.Timestamp(today))

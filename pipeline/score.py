@@ -525,8 +525,8 @@ def model_feature_columns(facts: ModelFacts) -> list[str]:
     empty_tables = {k: pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
                     for k, cols in NORMALISED_COLUMNS.items()}
     empty_keys = pd.DataFrame({"patient_id": pd.Series(dtype=str), "as_of": pd.Series(dtype="datetime64[ns]")})
-    built = build_features(empty_keys, empty_tables, load_catalog("drugs", Vocabulary.from_config),
-                           load_options(), fconfig)
+    vocabulary = load_catalog("drugs", Vocabulary.from_config)
+    built = build_features(empty_keys, empty_tables, vocabulary, load_options(vocabulary), fconfig)
     return check_feature_contract(facts.columns, list(built.features.columns))
 
 
@@ -617,18 +617,16 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
     run_file = out / WORK / RUN_FILE
 
     # planning and staging (redone unless a finished staging of this very input exists)
-    try:
-        plan = plan_chunks(read_patient_ids(paths["patients"]), task.settings.chunk_patients)
-    except ValueError as err:  # an id the plan cannot hold (names table, row, column and rule)
-        raise ScoreRefusal(str(err)) from None
+    plan = plan_chunks(read_patient_ids(paths["patients"]), task.settings.chunk_patients)
     release_memory()
     total = plan.total
     for stale in out.rglob(".*.tmp") if out.exists() else ():  # half-written files of a killed run
         stale.unlink()
     todo = [c for c in range(total) if not (out / part_name(c)).is_file()]
-    if not todo and (out / MANIFEST).is_file():  # a finished run started again: its manifest stands as written
-        return dict(read_json(out / MANIFEST))
     staged_marker = out / WORK / "staged.json"
+    if not todo and (out / MANIFEST).is_file():  # a finished run started again: its manifest stands as written
+        _remove_staging(task, staged_marker)  # left only by a run stopped between its manifest and this cleanup
+        return dict(read_json(out / MANIFEST))
     t_stage = time.perf_counter()
     if staged_marker.is_file():
         rows = read_json(staged_marker)["rows"]
@@ -687,9 +685,14 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
                     **_worker_peaks(summaries)},
     }
     write_json(manifest, out / MANIFEST)  # the run is finished: only now is its staging no longer needed
+    _remove_staging(task, staged_marker)
+    return manifest
+
+
+def _remove_staging(task: ChunkTask, staged_marker: Path) -> None:
+    """Delete a finished run's staged copy of the input (patient data) and its marker."""
     shutil.rmtree(Path(task.staging), ignore_errors=True)
     staged_marker.unlink(missing_ok=True)
-    return manifest
 
 
 def _finish(out: Path, plan: ChunkPlan, n_options: int) -> tuple[Any, int, int, int, int]:

@@ -29,6 +29,10 @@ from pipeline.promote import PromotionRule
 
 #: the seed of every random draw when params.yaml names none (one default, here only).
 DEFAULT_SEED = 20261125
+#: the evaluation settings the figures were computed with (params.yaml `evaluation:`), written by evaluate beside
+#: them and in the run's `evaluate/` artifacts: the clinician page labels intervals and calibration bins from it,
+#: never from params.yaml (which may have changed since)
+EVALUATION_SETTINGS_FILE = "tables/evaluation_settings.json"
 
 
 class DataSettings(Frozen):

@@ -34,11 +34,8 @@ def build_inputs(config_file: Path | None = None) -> tuple[Any, Any, Any]:
 
     simulator = (load_catalog("simulator", SimulatorConfig.from_config) if config_file is None
                  else validated(read_yaml(config_file), SimulatorConfig.from_config, f"--config {config_file}"))
-    return (
-        simulator,
-        load_catalog("drugs", Vocabulary.from_config),
-        load_options(),
-    )
+    vocabulary = load_catalog("drugs", Vocabulary.from_config)
+    return simulator, vocabulary, load_options(vocabulary)
 
 
 def write_cohort(cohort: Any, out: Path) -> dict[str, int]:

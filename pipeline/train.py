@@ -113,7 +113,8 @@ def run_train(
     started = time.perf_counter()
     settings = resolve(params)
     cfg = settings.train
-    catalog = load_options()
+    vocabulary = load_catalog("drugs", Vocabulary.from_config)
+    catalog = load_options(vocabulary)
     features_path = Path(features_dir) / "features.parquet"
     decisions_path = Path(features_dir) / "decisions.parquet"
     features = pd.read_parquet(features_path)
@@ -125,8 +126,7 @@ def run_train(
     if not dictionary_path.is_file():  # without it the model could not word a reason: say so now, not when scoring
         raise Refusal(f"{dictionary_path}: no such file; `escalate features` writes it beside features.parquet "
                       "(the model words its reasons from it)")
-    dictionary = with_dose_targets(pd.read_json(dictionary_path, orient="records"),
-                                   load_catalog("drugs", Vocabulary.from_config))
+    dictionary = with_dose_targets(pd.read_json(dictionary_path, orient="records"), vocabulary)
 
     fit_started = time.perf_counter()
     recorded = RecordedSettings(features=settings.features, labels=settings.labels)  # the model carries them

@@ -440,7 +440,7 @@ def model_outputs(keys: pd.DataFrame, tables: Mapping[str, pd.DataFrame], loaded
     from pipeline.config import load_catalog, load_options
 
     vocabulary = load_catalog("drugs", Vocabulary.from_config)
-    catalog = load_options()
+    catalog = load_options(vocabulary)
     model = loaded.model
     fs = build_features(keys, tables, vocabulary, catalog, model.feature_config())
     features = fs.features.reset_index(drop=True)
@@ -475,7 +475,7 @@ def build_patient_page(
 
     rules = rules if rules is not None else load_reference("clinical_rules")
     vocabulary = load_catalog("drugs", Vocabulary.from_config)
-    catalog = load_options()
+    catalog = load_options(vocabulary)
     one = {name: t[t["patient_id"].astype(str) == patient_id].reset_index(drop=True) for name, t in tables.items()}
     if one["patients"].empty:
         raise ValueError(f"table patients: no row with patient_id {patient_id!r} (rule: a known patient)")

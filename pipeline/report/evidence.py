@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import typer
 
-if TYPE_CHECKING:
-    from pipeline.settings import Settings
-from pipeline.evaluate import SETTINGS_FILE
 from pipeline.report.data import _ok
 from pipeline.report.load import LoadedModel
+from pipeline.settings import EVALUATION_SETTINGS_FILE
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 
 # --- what this model version does and how it did in validation --------------------------------------------------
@@ -168,7 +169,8 @@ def _names_run(path: Path, run_id: str) -> bool:
 
 #: evaluate's artefacts the page reads, by name: their paths in data/evaluate/ and under the run's `evaluate/`
 #: (the evaluation settings those figures were computed with among them)
-ARTIFACTS = {"calibration": "plots/calibration.csv", "subgroups": "tables/subgroups.csv", "evaluation": SETTINGS_FILE}
+ARTIFACTS = {"calibration": "plots/calibration.csv", "subgroups": "tables/subgroups.csv",
+             "evaluation": EVALUATION_SETTINGS_FILE}
 
 
 def _read_artifact(path: Path | str) -> Any:

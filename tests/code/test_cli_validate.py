@@ -335,14 +335,17 @@ def test_the_console_names_no_patient_the_json_report_does(app, seed, tmp_path):
     patients = pd.read_csv(seed / "patients.csv", dtype=str, keep_default_na=False)
     pd.concat([patients, patients]).to_csv(seed / "patients.csv", index=False)  # duplicate_patient quotes the id
     regimens = pd.read_csv(seed / "regimens.csv", dtype=str, keep_default_na=False)
-    pd.concat([regimens, regimens.iloc[[0]].assign(patient_id="P-UNKNOWN-9")]).to_csv(seed / "regimens.csv",
-                                                                                      index=False)
+    long_nul = "SECRET-PATIENT-" + "0" * 40 + "\x00"  # a message cutting the id short must not quote the rest
+    pd.concat([regimens, regimens.iloc[[0]].assign(patient_id="P-UNKNOWN-9"),
+               regimens.iloc[[0]].assign(patient_id=long_nul)]).to_parquet(seed / "regimens.parquet", index=False)
+    (seed / "regimens.csv").unlink()
     out = tmp_path / "validation.json"
     res = runner.invoke(app, ["validate", "--data", str(seed), "--today", "2026-11-25", "--json", str(out),
                               "--limit", "0"])
     assert res.exit_code == 1, res.output
-    assert "SEED-0001" not in res.output and "P-UNKNOWN-9" not in res.output
+    assert "SEED-0001" not in res.output and "P-UNKNOWN-9" not in res.output and "SECRET" not in res.output
     assert "duplicate_patient" in res.output and "unknown_patient" in res.output  # the findings are still shown
+    assert "identifier_nul" in res.output and "at character 56" in res.output
     assert "<patient id: see the JSON report>" in res.output
     found = {(v["rule"], v["patient_id"]) for v in json.loads(out.read_text())["violations"]}
     assert {("duplicate_patient", "SEED-0001"), ("unknown_patient", "P-UNKNOWN-9")} <= found

@@ -470,6 +470,13 @@ def test_refuses_an_output_folder_of_another_run(world: ScoringWorld, reference,
     again = _score(world, world.data, out)  # the same command on a finished run: nothing left to do
     assert again == json.loads((out / MANIFEST).read_text(encoding="utf-8")) == reference[1]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # not even the manifest
+    # a run stopped between writing its manifest and removing its staged copy of the input (patient data): the
+    # same command removes it, and the manifest stands
+    (out / "_work" / "staging" / "patients").mkdir(parents=True)
+    (out / "_work" / "staging" / "patients" / "0.arrow").write_bytes(b"patient rows")
+    (out / "_work" / "staged.json").write_text('{"rows": {}}', encoding="utf-8")
+    assert _score(world, world.data, out) == reference[1]
+    assert not (out / "_work" / "staging").exists() and not (out / "_work" / "staged.json").exists()
 
 
 def test_a_run_resumes_with_the_day_it_started_with(world: ScoringWorld, reference, tmp_path: Path) -> None:
