@@ -177,6 +177,13 @@ class LabelConfig(Frozen):
     #: glucocorticoid taper goal for maintenance, ≤ 7.5 mg/day; docs/sources.md §4).
     steroid_goal_mg_day: float = Field(7.5, ge=0)
 
+    @model_validator(mode="after")
+    def _window_inside_horizon(self) -> LabelConfig:
+        if self.window_weeks >= self.horizon_weeks:  # else a visit days after the decision would be its outcome
+            raise ValueError(f"window_weeks {self.window_weeks} must be below horizon_weeks {self.horizon_weeks} "
+                             "(the follow-up visit is read within ± window of the horizon, after the decision)")
+        return self
+
 
 class SplitConfig(Frozen):
     """Patient-level train/test split by hashing patient ids with the seed (stable as patients are added)."""

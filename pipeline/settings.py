@@ -78,6 +78,13 @@ class ReportSettings(Frozen):
     as_of: Day | None = None
     out: Path = Path("data/reports/seed-case.html")
 
+    @field_validator("patient")
+    @classmethod
+    def _names_a_patient(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("names no patient: give the patient_id whose page the report stage writes")
+        return value
+
 
 class Settings(Frozen):
     """Everything `params.yaml` tunes, validated and with derived values filled (see the module docstring)."""

@@ -246,6 +246,8 @@ def test_a_regimen_lag_of_zero_is_refused_it_would_leak_the_decision() -> None:
     ({"labels": {"cytopenia_min_grade": 2}},
      r"labels\.cytopenia_min_grade: 2 differs from features\.cytopenia_min_grade 3 \(rule: one definition"),
     ({"data": {"today": None}}, r"data\.today: the data's extraction date .* not null \(got None\)"),
+    ({"labels": {"window_weeks": 24}}, r"labels.*window_weeks 24 must be below horizon_weeks 24"),
+    ({"report": {"patient": " "}}, r"report\.patient"),
 ])
 def test_values_pydantic_would_convert_or_that_mean_nothing_are_refused_naming_the_key(params, message):
     """Found by a review: `seed: true` ran with seed 1, `enabled: 1` or "yes" as true, an empty safety_events
