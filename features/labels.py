@@ -131,9 +131,8 @@ def next_decision_day(codes: np.ndarray, day: np.ndarray) -> np.ndarray:
     """Day of each decision's next decision of the same patient (a later day; `FAR_FUTURE` for the last one)."""
     keys = np.unique(composite(codes, day))
     after = np.searchsorted(keys, composite(codes, day), side="right")
-    found = np.minimum(after, len(keys) - 1)
-    same = (after < len(keys)) & (decompose(keys[found])[0] == codes)
-    return np.where(same, decompose(keys[found])[1], FAR_FUTURE)
+    next_code, next_day = decompose(keys[np.minimum(after, len(keys) - 1)])
+    return np.where((after < len(keys)) & (next_code == codes), next_day, FAR_FUTURE)
 
 
 def steroid_sparing(regimens: pd.DataFrame, index: pd.Index, codes: np.ndarray, day: np.ndarray,

@@ -723,7 +723,6 @@ class OptionCatalog(_Frozen):
             reason[opt.name] = why.to_numpy()
         return eligible, reason
 
-
     def current_combinations(self, generics: Iterable[str], labels: Mapping[str, str] | None = None
                              ) -> tuple[tuple[str, str], ...]:
         """The two-way `advised_against` rules the current drugs already break together, as ("tofacitinib with

@@ -810,6 +810,17 @@ def reason_columns(k: int, prefix: str = "reason") -> list[str]:
     return [f"{prefix}_{i}_{part}" for i in range(1, k + 1) for part in ("feature", "text", "contribution")]
 
 
+def cached_feature_groups(columns: tuple[str, ...], dictionary: pd.DataFrame,
+                          groups_of: dict[tuple[str, ...], FeatureGroups] | None = None) -> FeatureGroups:
+    """`feature_groups` of a model's columns, kept in `groups_of` (a cache for one `dictionary`, e.g. one page's)
+    so each model's grouping is built once, not once per option and target."""
+    if groups_of is None:
+        return feature_groups(columns, dictionary)
+    if columns not in groups_of:
+        groups_of[columns] = feature_groups(columns, dictionary)
+    return groups_of[columns]
+
+
 def reasons_frame(
     explanations: Explanations,
     X: pd.DataFrame,
@@ -817,9 +828,11 @@ def reasons_frame(
     k: int = 3,
     *,
     eligible: pd.DataFrame | np.ndarray | None = None,
+    groups_of: dict[tuple[str, ...], FeatureGroups] | None = None,
 ) -> pd.DataFrame:
     """Top-k reasons for every row x option, long (row, option, reason_i_*, contrast_reason_i_*): what the
     bundle's `predict_frame(..., explain_top_k=k)` appends so the batch job and the page show the same numbers.
+    `groups_of`: a caller's cache of feature groups for `dictionary` (`cached_feature_groups`).
 
     `row` is the 0-based position in X; rows in X order, options in the explanations' arm order. Ineligible
     options (per `eligible`, columns = options) get empty reasons (None / NaN); the control option has no
@@ -831,8 +844,7 @@ def reasons_frame(
     options = [o for o in explanations.arms if ("response", o) in explanations.items]
     n, n_opt = len(X), len(options)
     elig = _eligible_matrix(eligible, options, n)
-    any_shap = next(iter(explanations.items.values()))
-    groups_of = {any_shap.columns: feature_groups(any_shap.columns, dictionary)}
+    groups_of = {} if groups_of is None else groups_of
     values_of: dict[tuple[str, ...], np.ndarray] = {}
     versus = f" vs {explanations.control.replace('_', ' ')}"
 
@@ -847,9 +859,7 @@ def reasons_frame(
         for prefix, shap, points, suffix in targets:
             if shap.values.shape[0] != n:
                 raise ValueError(f"explanation has {shap.values.shape[0]} rows but X has {n} (rule: same rows)")
-            if shap.columns not in groups_of:
-                groups_of[shap.columns] = feature_groups(shap.columns, dictionary)
-            groups = groups_of[shap.columns]
+            groups = cached_feature_groups(shap.columns, dictionary, groups_of)
             if shap.columns not in values_of:
                 values_of[shap.columns] = _feature_values(X, groups)
             order, best, contrib = _choose(shap, groups, k, points, values_of[shap.columns])

@@ -198,12 +198,13 @@ def option_explanations(
     from `models.explain.Explanations` (`unmeasured`: see `clinical.plain_reason`). The heading's chance, the
     waterfall's end, the difference with continuing and the contrast chart's end are those estimates, never the
     explainer's own copy of them: the page has one source for each figure (the bars share the explained change;
-    a gap between the two is drawn as 'not attributed to one fact'). `groups_of`: see `_feature_groups`."""
+    a gap between the two is drawn as 'not attributed to one fact'). `groups_of`: the page's cache of feature
+    groups (`models.explain.cached_feature_groups`)."""
     from models import explain as E
 
     out = []
     # every bar's fact in words (n_bars + the option group), so a bar reads "IVIG 1 g/kg … = 50 % of target", not "IVIG"
-    reasons = E.reasons_frame(explanations, X, dictionary, max(k, n_bars) + 1)
+    reasons = E.reasons_frame(explanations, X, dictionary, max(k, n_bars) + 1, groups_of=groups_of)
     reasons = reasons[reasons["row"] == row].set_index("option")
     shown = {o: float(p) for o, p in estimates.items() if _ok(p)}
     control = shown.get(explanations.control)
@@ -212,7 +213,7 @@ def option_explanations(
         if s is None:
             continue
         r = reasons.loc[option] if option in reasons.index else None
-        groups = _feature_groups(s.columns, dictionary, groups_of)
+        groups = E.cached_feature_groups(s.columns, dictionary, groups_of)
         base = float(s.probability_base[row]) * 100 if s.probability_base is not None else float(s.base[row])
         final = 100 * shown[option]
         own, bars = _split_option(_bars(_worded(E.grouped_frame(s, groups, row=row), r, "reason", unmeasured), n_bars,
@@ -236,19 +237,6 @@ def option_explanations(
             _reason_texts(r, "reason", k), _reason_texts(r, "contrast_reason", k), contrast_base=con_base,
             contrast_shown=difference))
     return tuple(out)
-
-
-def _feature_groups(columns: tuple[str, ...], dictionary: pd.DataFrame,
-                    groups_of: dict[tuple[str, ...], Any] | None = None) -> Any:
-    """`models.explain.feature_groups` of a model's columns, kept in `groups_of` (one page's: its dictionary)
-    so each model's grouping is built once per page, not once per option and target."""
-    from models.explain import feature_groups
-
-    if groups_of is None:
-        return feature_groups(columns, dictionary)
-    if columns not in groups_of:
-        groups_of[columns] = feature_groups(columns, dictionary)
-    return groups_of[columns]
 
 
 def _worded(grouped: pd.DataFrame, r: pd.Series | None, prefix: str, unmeasured: Collection[str] = ()
@@ -366,7 +354,8 @@ def _with_safety_reasons(o: OptionRow, ex: Any, X: pd.DataFrame, dictionary: pd.
     s = ex.get("safety", o.option) if o.eligible else None
     if s is None:
         return o
-    top = E.top_reasons(s.rows([row]), X.iloc[[row]], _feature_groups(s.columns, dictionary, groups_of), k).iloc[0]
+    groups = E.cached_feature_groups(s.columns, dictionary, groups_of)
+    top = E.top_reasons(s.rows([row]), X.iloc[[row]], groups, k).iloc[0]
     texts = []
     for i in range(1, k + 1):
         text, points = top.get(f"reason_{i}_text"), top.get(f"reason_{i}_contribution")
