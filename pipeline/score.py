@@ -636,12 +636,11 @@ def _job(task: ChunkTask, paths: dict[str, Path | None], out: Path, runner: Chun
         try:
             rows = stage_tables(paths, plan, Path(task.staging))
         except BaseException:  # e.g. a row the header check cannot see: --out is left as it was, so the fixed input
-            # runs (the run's identity was written for the parts to come; none exists yet)
+            # runs (the run's identity was written for the parts to come; none exists yet; `run_lock` removes the
+            # `_work` folder it created)
             shutil.rmtree(Path(task.staging), ignore_errors=True)
             if fresh:
                 run_file.unlink(missing_ok=True)
-                with contextlib.suppress(OSError):  # only if nothing else is in it
-                    run_file.parent.rmdir()
             raise
         write_json({"rows": rows}, staged_marker)
         release_memory()
