@@ -2,8 +2,9 @@
 
 Writes `data/evaluate/metrics.json` (the headline metrics for `dvc metrics show`), `tables/` (every metric in
 `headline.json`, factual metrics, decision value, the model beside its baselines overall and by subgroup,
-subgroups, simulator metrics, row counts, the evaluation settings used), `plots/` (CSV data of the calibration, ROC, Qini and
-— with the simulator's truth — effect-scatter plots), `figures/` (the same as PNG) and `model_card.md`.
+subgroups, simulator metrics, row counts, the evaluation settings used), `plots/` (CSV data of the calibration,
+ROC, Qini and — with the simulator's truth — effect-scatter plots), `figures/` (the same as PNG) and
+`model_card.md`.
 """
 
 from __future__ import annotations

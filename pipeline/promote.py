@@ -2,9 +2,10 @@
 
 The rule (`promotion_decision`, pure): the first evaluated candidate becomes champion; a candidate trained on
 another outcome definition than the champion (`labels:`, the response thresholds) is not compared with it, since
-their figures measure different outcomes (the champion stays until moved by hand); otherwise the candidate must beat the champion's held-out decision value (doubly robust response rate under the recommendation) by
-more than `min_decision_value_gain` AND be at least as well calibrated (expected calibration error no worse
-than the champion's plus `ece_tolerance`). Otherwise the champion stays and the reason is printed.
+their figures measure different outcomes (the champion stays until moved by hand); otherwise the candidate must
+beat the champion's held-out decision value (doubly robust response rate under the recommendation) by more than
+`min_decision_value_gain` AND be at least as well calibrated (expected calibration error no worse than the
+champion's plus `ece_tolerance`). Otherwise the champion stays and the reason is printed.
 """
 
 from __future__ import annotations

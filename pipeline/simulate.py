@@ -1,8 +1,9 @@
 """`escalate simulate`: write a literature-calibrated simulated cohort (contract tables + truth) as Parquet.
 
-Reads `params.yaml` (`seed`, `simulate:`, and `data.today` when `simulate.today` is null) and `configs/{simulator,drugs,options}.yaml` (or another simulator
-file, `--config`: stress scenarios are files), calls the pure `simulator.simulate_cohort`, and writes
-DIR/{patients,regimens,assessments,events}.parquet, DIR/truth/{decisions,outcomes}.parquet, the settings it used
+Reads `params.yaml` (`seed`, `simulate:`, and `data.today` when `simulate.today` is null) and
+`configs/{simulator,drugs,options}.yaml` (or another simulator file, `--config`: stress scenarios are files), calls
+the pure `simulator.simulate_cohort`, and writes DIR/{patients,regimens,assessments,events}.parquet,
+DIR/truth/{decisions,outcomes}.parquet, the settings it used
 (DIR/simulation.json) and, for an observational cohort, the simulator card DIR/card.json (docs/simulator.md;
 headline numbers also to `metrics`).
 """

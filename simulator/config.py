@@ -177,11 +177,13 @@ class HistoryConfig(Frozen):
     prednisone_juvenile_max_mg: float = 60.0
     hydroxychloroquine_in_dm: float = Field(0.8, ge=0, le=1)
     conventional_start_days: Range = Range(low=90, high=365)
-    conventional_mix: dict[str, Weight] = Field(default_factory=lambda: {"mycophenolate": 0.5, "methotrexate": 0.3, "azathioprine": 0.2})
+    conventional_mix: dict[str, Weight] = Field(
+        default_factory=lambda: {"mycophenolate": 0.5, "methotrexate": 0.3, "azathioprine": 0.2})
     conventional_switch: float = Field(0.35, ge=0, le=1)
     conventional_switch_after_days: Range = Range(low=180, high=365)
     #: probability that a patient received each advanced agent before the first decision point.
-    prior_advanced: dict[str, Probability] = Field(default_factory=lambda: {"ivig": 0.35, "rituximab": 0.25, "tocilizumab": 0.06})
+    prior_advanced: dict[str, Probability] = Field(
+        default_factory=lambda: {"ivig": 0.35, "rituximab": 0.25, "tocilizumab": 0.06})
     prior_advanced_start_days: Range = Range(low=240, high=900)
     #: log-odds of each prior advanced agent per SD of the patient's refractoriness latent (refractory patients
     #: have been through more agents before the first decision: history shows refractoriness in part).
@@ -365,7 +367,8 @@ class SafetyConfig(Frozen):
     age_per_decade_over_50: float = 0.0
     ild: float = 0.0
     prior_infection: float = 0.0
-    event_mix: dict[str, Weight] = Field(default_factory=lambda: {"serious_infection": 0.6, "opportunistic_infection": 0.15, "cytopenia": 0.25})
+    event_mix: dict[str, Weight] = Field(
+        default_factory=lambda: {"serious_infection": 0.6, "opportunistic_infection": 0.15, "cytopenia": 0.25})
     #: IVIG thrombo-embolism within the horizon among all IVIG-treated patients (ProDERM 6.3 %), those that stopped
     #: IVIG (`effects.harm`) included — recorded, but not part of the safety outcome.
     ivig_thromboembolism: float = Field(0.063, ge=0, le=1)

@@ -94,15 +94,18 @@ from pipeline.report.load import (
 from pipeline.report.render import INDEX_SCRIPT, page_file_name, render_index, render_page
 
 __all__ = [
-    "BANNER", "CAVEAT", "INDEX_SCRIPT", "OKABE_ITO", "SHAP_NOTE", "Bar", "LoadedModel", "ModelEvidence", "lab_results", "dose_lines", "disease_notes",
-    "OptionExplanation", "OptionRow", "Page", "PageFailure", "ReportRefusal", "check_tables", "read_patient_tables", "RegimenLine", "Reminder", "TrendSeries", "build_patient_page",
-    "calibration_lines", "calibration_note", "contrast_svg", "event_lines", "in_100", "ineligible_text", "latest_activity",
-    "load_evidence", "load_model", "monitoring_reminders", "option_explanations", "option_rows", "page_file_name",
-    "patient_facts", "patient_findings", "points_between", "performance_facts", "pooled_calibration", "regimen_lines",
-    "batched_pages", "render_index", "render_page", "run_report", "safety_summary", "simulated_training", "score_range", "signed_points",
-    "thin_overlap_options", "icon_array_svg", "steps", "axis_domain", "LabResult", "Summary", "summarise", "guideline_option", "lab_grade", "mosteller_bsa", "plain_reason",
-    "reference_range", "trend_series", "trends_svg", "waterfall_svg",
+    "BANNER", "CAVEAT", "INDEX_SCRIPT", "OKABE_ITO", "SHAP_NOTE", "Bar", "LoadedModel", "ModelEvidence",
+    "lab_results", "dose_lines", "disease_notes", "OptionExplanation", "OptionRow", "Page", "PageFailure",
+    "ReportRefusal", "check_tables", "read_patient_tables", "RegimenLine", "Reminder", "TrendSeries",
+    "build_patient_page", "calibration_lines", "calibration_note", "contrast_svg", "event_lines", "in_100",
+    "ineligible_text", "latest_activity", "load_evidence", "load_model", "monitoring_reminders",
+    "option_explanations", "option_rows", "page_file_name", "patient_facts", "patient_findings", "points_between",
+    "performance_facts", "pooled_calibration", "regimen_lines", "batched_pages", "render_index", "render_page",
+    "run_report", "safety_summary", "simulated_training", "score_range", "signed_points", "thin_overlap_options",
+    "icon_array_svg", "steps", "axis_domain", "LabResult", "Summary", "summarise", "guideline_option", "lab_grade",
+    "mosteller_bsa", "plain_reason", "reference_range", "trend_series", "trends_svg", "waterfall_svg",
 ]
+
 
 class ReportRefusal(ValueError):
     """A page that cannot be written for a reason the user can fix (unknown patient, rejected record, a date
